@@ -1,0 +1,11 @@
+"""fleetroll's host agent.
+
+Shipped by the controller as a zipapp named by its content hash and run over SSH with one
+JSON request on stdin; it answers with one JSON document on stdout. It never imports
+controller code (it ships alone) and needs nothing on the host but python3.
+"""
+
+PROTOCOL = 1
+MANAGED_LABEL = "io.fleetroll.managed"
+ARCH_LABEL = "io.fleetroll.cuda-arch-list"
+REVISION_LABEL = "org.opencontainers.image.revision"

@@ -1,0 +1,60 @@
+"""Entry point: one JSON request on stdin, JSON lines out, the last line is the answer.
+
+Request:  {"protocol": 1, "op": "facts" | "rollout" | "status" | "unlock", "args": {...}}
+Answer:   {"protocol": 1, "op": ..., "ok": bool, "changed": bool, "msg": str, "data": {...}}
+Progress lines ({"event": ...}) may come before the answer so the controller can show
+what a host is doing while a long operation runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from typing import Any
+
+from . import PROTOCOL
+
+
+def answer(op: str, ok: bool, msg: str = "", data: Any = None, changed: bool = False) -> dict:
+    return {"protocol": PROTOCOL, "op": op, "ok": ok, "changed": changed, "msg": msg, "data": data or {}}
+
+
+def emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def handle(request: dict) -> dict:
+    op = request.get("op", "")
+    if request.get("protocol") != PROTOCOL:
+        return answer(op, False, f"protocol mismatch: controller speaks {request.get('protocol')}, agent speaks {PROTOCOL}")
+    args = request.get("args") or {}
+    if op == "facts":
+        from .facts import gather
+
+        return answer(op, True, data=gather(args))
+    if op in ("rollout", "status", "unlock", "journal"):
+        from . import ops
+
+        return ops.dispatch(op, args, emit)
+    return answer(op, False, f"unknown op {op!r}")
+
+
+def main() -> int:
+    raw = sys.stdin.read()
+    try:
+        request = json.loads(raw)
+    except ValueError as exc:
+        emit(answer("", False, f"request is not JSON: {exc}"))
+        return 2
+    try:
+        result = handle(request)
+    except Exception as exc:  # noqa: BLE001 - the controller must always get an answer
+        result = answer(request.get("op", ""), False, f"agent error: {exc}", {"traceback": traceback.format_exc()})
+    emit(result)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

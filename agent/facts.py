@@ -1,0 +1,200 @@
+"""Read-only facts about a host, in the pyinfra manner.
+
+Each fact has an I/O half that reads the host and a pure half that turns what was read
+into plain data, so the parsing is tested from captured input without a host. Facts
+never decide pass or fail: the controller's policy does, from the facts alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+from . import MANAGED_LABEL
+from .registry import RegistryClient, RegistryError
+
+HOOK = "nvidia-container-runtime-hook"
+HOOK_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/sbin")
+
+
+# --- NVML ------------------------------------------------------------------------------
+
+
+def nvml() -> dict[str, Any]:
+    """GPU facts from the real pynvml binding (a fake libnvidia-ml.so.1 in the lab)."""
+    try:
+        import pynvml
+    except ImportError as exc:  # pragma: no cover - the zipapp always vendors it
+        return {"ok": False, "error": f"pynvml not importable: {exc}"}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return {"ok": False, "error": f"NVML did not initialise: {exc} (is the NVIDIA driver loaded?)"}
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+            gpus.append(
+                {
+                    "index": i,
+                    "name": _text(pynvml.nvmlDeviceGetName(h)),
+                    "uuid": _text(pynvml.nvmlDeviceGetUUID(h)),
+                    "compute_capability": f"{major}.{minor}",
+                    "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total // (1024 * 1024),
+                }
+            )
+        return {
+            "ok": True,
+            "driver_version": _text(pynvml.nvmlSystemGetDriverVersion()),
+            "cuda_driver_version": pynvml.nvmlSystemGetCudaDriverVersion(),
+            "gpus": gpus,
+        }
+    except pynvml.NVMLError as exc:
+        return {"ok": False, "error": f"NVML query failed: {exc}"}
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# --- listening ports -------------------------------------------------------------------
+
+
+def parse_proc_net(text: str) -> set[int]:
+    """Ports in LISTEN state (st 0A) from /proc/net/tcp or tcp6 contents."""
+    ports = set()
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) > 3 and cols[3] == "0A":
+            ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def listening_ports() -> list[int]:
+    ports: set[int] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                ports |= parse_proc_net(f.read())
+        except OSError:
+            continue
+    return sorted(ports)
+
+
+# --- disk ------------------------------------------------------------------------------
+
+
+def disk_free(path: str) -> dict[str, Any]:
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        return {"path": path, "error": str(exc)}
+    return {"path": path, "free_gb": round(st.f_bavail * st.f_frsize / 1e9, 2)}
+
+
+# --- docker ----------------------------------------------------------------------------
+
+
+def docker_client(timeout: float = 10.0):
+    import docker
+
+    return docker.from_env(timeout=timeout)
+
+
+def summarize_container(attrs: dict) -> dict[str, Any]:
+    """The parts of `docker inspect` that planning and status need."""
+    cfg = attrs.get("Config") or {}
+    state = attrs.get("State") or {}
+    labels = cfg.get("Labels") or {}
+    return {
+        "name": attrs.get("Name", "").lstrip("/"),
+        "id": attrs.get("Id", "")[:12],
+        "image": cfg.get("Image", ""),
+        "image_id": attrs.get("Image", ""),
+        "status": state.get("Status", ""),
+        "running": bool(state.get("Running")),
+        "restart_count": attrs.get("RestartCount", 0),
+        "started_at": state.get("StartedAt", ""),
+        "service": labels.get("io.fleetroll.service", ""),
+        "tag": labels.get("io.fleetroll.tag", ""),
+        "digest": labels.get("io.fleetroll.digest", ""),
+        "rollout_id": labels.get("io.fleetroll.rollout-id", ""),
+        "spec_hash": labels.get("io.fleetroll.spec-hash", ""),
+        "phase": labels.get("io.fleetroll.phase", ""),
+    }
+
+
+def docker_facts() -> dict[str, Any]:
+    try:
+        client = docker_client()
+        version = client.version()
+        info = client.info()
+        containers = [
+            summarize_container(c.attrs)
+            for c in client.containers.list(all=True, filters={"label": MANAGED_LABEL})
+        ]
+    except Exception as exc:  # noqa: BLE001 - any failure here means "daemon not usable"
+        return {"ok": False, "error": f"Docker daemon not reachable: {str(exc)[:200]}"}
+    return {
+        "ok": True,
+        "version": version.get("Version", ""),
+        "api_version": version.get("ApiVersion", ""),
+        "root_dir": info.get("DockerRootDir", "/var/lib/docker"),
+        "runtimes": sorted((info.get("Runtimes") or {}).keys()),
+        "containers": containers,
+    }
+
+
+def nvidia_runtime(runtimes: list[str]) -> dict[str, Any]:
+    """Docker's --gpus needs the NVIDIA prestart hook on dockerd's PATH (or an nvidia runtime)."""
+    hook = shutil.which(HOOK) or next(
+        (os.path.join(d, HOOK) for d in HOOK_DIRS if os.access(os.path.join(d, HOOK), os.X_OK)), None
+    )
+    return {"hook": hook, "nvidia_runtime": "nvidia" in runtimes}
+
+
+# --- registry --------------------------------------------------------------------------
+
+
+def images(refs: list[str], insecure: bool, timeout: float = 5.0) -> dict[str, Any]:
+    """Digest and config of each ref, as the registry answers this host."""
+    client = RegistryClient(insecure=insecure, timeout=timeout)
+    out: dict[str, Any] = {}
+    unreachable: str | None = None
+    for ref in refs:
+        if unreachable:
+            # One dead registry should cost one timeout, not one per image.
+            out[ref] = {"ok": False, "kind": "unreachable", "error": unreachable}
+            continue
+        try:
+            out[ref] = {"ok": True, **client.inspect(ref).to_json()}
+        except RegistryError as exc:
+            out[ref] = {"ok": False, "kind": exc.kind, "error": str(exc)}
+            if exc.kind == "unreachable":
+                unreachable = str(exc)
+    return out
+
+
+def gather(args: dict[str, Any]) -> dict[str, Any]:
+    """All facts preflight, plan and status need, in one agent call."""
+    t0 = time.monotonic()
+    docker = docker_facts()
+    out: dict[str, Any] = {"docker": docker, "ports": listening_ports()}
+    root = docker.get("root_dir", "/var/lib/docker") if docker.get("ok") else "/"
+    out["disk"] = disk_free(root if os.path.exists(root) else "/")
+    if args.get("gpu", True):
+        out["nvml"] = nvml()
+        out["runtime"] = nvidia_runtime(docker.get("runtimes", []))
+    refs = args.get("images") or []
+    if refs:
+        out["images"] = images(refs, bool(args.get("insecure_registry")), float(args.get("registry_timeout", 5)))
+    out["elapsed_s"] = round(time.monotonic() - t0, 3)
+    return out

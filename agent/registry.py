@@ -1,0 +1,149 @@
+"""Ask a registry about an image without pulling it (OCI distribution API).
+
+Preflight must know, from the host, whether every tag a phase needs exists, what digest
+it names, and what its config says (user, entrypoint, labels) — before anything is
+pulled or stopped. A HEAD/GET of the manifest and a GET of the small config blob answer
+all of that in two or three requests, where a pull could move gigabytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import requests
+
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+
+
+class RegistryError(Exception):
+    """kind is one of: unreachable, missing, denied, bad-answer."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass
+class ImageInfo:
+    ref: str
+    digest: str
+    user: str = ""
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def split_ref(ref: str) -> tuple[str, str, str]:
+    """'reg:5000/org/img:tag' -> ('reg:5000', 'org/img', 'tag')."""
+    m = re.fullmatch(r"(?P<host>[^/]+)/(?P<repo>[^:@]+)(:(?P<tag>[^@]+))?(@(?P<digest>.+))?", ref)
+    if not m or not (m["tag"] or m["digest"]):
+        raise RegistryError("bad-answer", f"image reference {ref!r} is not HOST/REPO:TAG")
+    return m["host"], m["repo"], m["digest"] or m["tag"]
+
+
+class RegistryClient:
+    def __init__(self, insecure: bool = False, timeout: float = 5.0):
+        self.scheme = "http" if insecure else "https"
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.tokens: dict[tuple[str, str], str] = {}
+
+    def _get(self, host: str, repo: str, path: str, accept: str | None = None) -> requests.Response:
+        url = f"{self.scheme}://{host}/v2/{repo}/{path}"
+        headers = {"Accept": accept} if accept else {}
+        token = self.tokens.get((host, repo))
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            r = self.session.get(url, headers=headers, timeout=self.timeout)
+            if r.status_code == 401 and not token:
+                token = self._anonymous_token(r.headers.get("WWW-Authenticate", ""), repo)
+                if token:
+                    self.tokens[(host, repo)] = token
+                    headers["Authorization"] = f"Bearer {token}"
+                    r = self.session.get(url, headers=headers, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RegistryError("unreachable", f"registry {host} did not answer: {_short(exc)}") from exc
+        return r
+
+    def _anonymous_token(self, challenge: str, repo: str) -> str | None:
+        """Public registries (ghcr.io among them) hand anonymous pull tokens on request."""
+        if not challenge.lower().startswith("bearer "):
+            return None
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        realm = params.pop("realm", None)
+        if not realm:
+            return None
+        params.setdefault("scope", f"repository:{repo}:pull")
+        try:
+            r = self.session.get(realm, params=params, timeout=self.timeout)
+            return r.json().get("token") if r.ok else None
+        except (requests.RequestException, ValueError):
+            return None
+
+    def inspect(self, ref: str, platform: str = "linux/amd64") -> ImageInfo:
+        host, repo, ref_tag = split_ref(ref)
+        r = self._get(host, repo, f"manifests/{ref_tag}", ACCEPT)
+        if r.status_code == 404:
+            raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
+        if r.status_code in (401, 403):
+            raise RegistryError("denied", f"{ref}: registry {host} refused access (HTTP {r.status_code})")
+        if not r.ok:
+            raise RegistryError("bad-answer", f"{ref}: registry {host} answered HTTP {r.status_code}")
+        digest = r.headers.get("Docker-Content-Digest", "")
+        manifest = r.json()
+        if r.headers.get("Content-Type", "").split(";")[0] in INDEX_TYPES or "manifests" in manifest:
+            os_, arch = platform.split("/")
+            chosen = next(
+                (
+                    m
+                    for m in manifest.get("manifests", [])
+                    if m.get("platform", {}).get("os") == os_
+                    and m.get("platform", {}).get("architecture") == arch
+                ),
+                None,
+            )
+            if chosen is None:
+                raise RegistryError("missing", f"{ref}: no {platform} image in its manifest list")
+            r = self._get(host, repo, f"manifests/{chosen['digest']}", ACCEPT)
+            if not r.ok:
+                raise RegistryError("bad-answer", f"{ref}: manifest {chosen['digest']} HTTP {r.status_code}")
+            manifest = r.json()
+        config_digest = manifest.get("config", {}).get("digest")
+        if not config_digest:
+            raise RegistryError("bad-answer", f"{ref}: manifest has no config")
+        c = self._get(host, repo, f"blobs/{config_digest}")
+        if not c.ok:
+            raise RegistryError("bad-answer", f"{ref}: config blob HTTP {c.status_code}")
+        cfg = c.json().get("config") or {}
+        return ImageInfo(
+            ref=ref,
+            digest=digest,
+            user=cfg.get("User") or "",
+            entrypoint=list(cfg.get("Entrypoint") or []),
+            cmd=list(cfg.get("Cmd") or []),
+            labels=dict(cfg.get("Labels") or {}),
+        )
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host"):
+        if marker in text:
+            return marker
+    return text[:160]

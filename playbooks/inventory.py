@@ -1,0 +1,379 @@
+"""The fleet inventory: load, validate, and explain what is wrong with it.
+
+The inventory is the operators' frozen organizer. fleetroll reads it and never writes it,
+so every mistake must be reported well enough that a person can fix the file by hand:
+each error names the file, the line, the dotted field and what to do. Validation is done
+by pydantic (declarative types, unknown keys refused), line numbers come from the YAML
+node tree, and cross-field rules (port collisions, unknown hosts, GPU requests on hosts
+without GPUs) are checked after the per-field schema passes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+TAG_RE = re.compile(r"^(?P<date>\d{8})-(?P<sha>[0-9a-f]{7,40})$")
+NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+DEFAULT_MIN_DRIVER = "535"
+
+
+class InventoryError(Exception):
+    """One or more problems in an inventory file; `problems` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def tag_problem(tag: str) -> str | None:
+    """Why `tag` breaks the YYYYMMDD-<git_sha> scheme, or None if it keeps it."""
+    m = TAG_RE.match(tag)
+    if not m:
+        return (
+            f"tag {tag!r} does not match YYYYMMDD-<git_sha> (a UTC date, a dash, 7-40 lowercase"
+            " hex digits of the commit), e.g. 20250817-1a2b3c4"
+        )
+    try:
+        _dt.datetime.strptime(m["date"], "%Y%m%d")
+    except ValueError:
+        return f"tag {tag!r} starts with {m['date']!r}, which is not a calendar date (YYYYMMDD)"
+    return None
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'550.54.14' -> (550, 54, 14): driver versions compare numerically, not as text."""
+    parts = re.findall(r"\d+", text)
+    return tuple(int(p) for p in parts)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Registry(_Strict):
+    host: str = "ghcr.io"
+    org: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    insecure: bool = False  # plain HTTP; only for the lab's own registry
+
+
+class GpuSpec(_Strict):
+    model: str
+    count: int = Field(ge=1)
+    compute_capability: str = Field(pattern=r"^\d+\.\d$")
+    min_driver: str = DEFAULT_MIN_DRIVER
+
+    @field_validator("min_driver")
+    @classmethod
+    def _driver(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+)*", v):
+            raise ValueError("min_driver must look like 535 or 535.104")
+        return v
+
+
+class Host(_Strict):
+    address: str
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = "root"
+    role: Literal["gpu", "cpu", "infra"] = "cpu"
+    key_filename: str | None = None
+    known_hosts: str | None = None  # overrides ssh.known_hosts for this host
+    gpus: GpuSpec | None = None
+    disk_min_free_gb: float | None = Field(default=None, ge=0)
+
+
+class Health(_Strict):
+    path: str = Field(default="/health", pattern=r"^/")
+    port: int = Field(ge=1, le=65535)
+    healthy_deadline: float = Field(default=60.0, gt=0)
+    min_healthy_time: float = Field(default=10.0, ge=0)
+    interval: float = Field(default=0.5, gt=0)
+
+
+class Service(_Strict):
+    image: str = Field(pattern=r"^[a-z0-9][a-z0-9_./-]*$")
+    tag: str
+    host: str
+    ports: list[str] = []
+    env: dict[str, str] = {}
+    gpus: int | Literal["all"] = 0
+    user: str = "10001:10001"
+    restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
+    stop_timeout: int = Field(default=10, ge=0, le=600)
+    health: Health
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        problem = tag_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[str]) -> list[str]:
+        for item in v:
+            m = re.fullmatch(r"(\d+):(\d+)(/(tcp|udp))?", item)
+            if not m or not all(1 <= int(m[i]) <= 65535 for i in (1, 2)):
+                raise ValueError(f"port mapping {item!r} must be HOST:CONTAINER, e.g. '8080:8080'")
+        return v
+
+    def port_pairs(self) -> list[tuple[int, int, str]]:
+        out = []
+        for item in self.ports:
+            spec, _, proto = item.partition("/")
+            host, container = spec.split(":")
+            out.append((int(host), int(container), proto or "tcp"))
+        return out
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.gpus == "all" or int(self.gpus) > 0
+
+
+class Ssh(_Strict):
+    known_hosts: str = "~/.ssh/known_hosts"
+    connect_timeout: float = Field(default=5.0, gt=0)
+    max_parallel: int = Field(default=10, ge=1)
+
+
+class Defaults(_Strict):
+    disk_min_free_gb: float = Field(default=20.0, ge=0)
+
+
+class Fleet(_Strict):
+    registry: Registry
+    ssh: Ssh = Ssh()
+    defaults: Defaults = Defaults()
+    hosts: dict[str, Host]
+    services: dict[str, Service] = {}
+
+
+class Phase(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    services: list[str]
+
+
+class Phases(_Strict):
+    phases: list[Phase]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A validated fleet plus its phases, with the paths they came from (for messages)."""
+
+    fleet: Fleet
+    phases: list[Phase]
+    path: Path
+    phases_path: Path
+
+    def image_ref(self, service: str, tag: str | None = None) -> str:
+        svc = self.fleet.services[service]
+        return f"{self.repo(service)}:{tag or svc.tag}"
+
+    def repo(self, service: str) -> str:
+        r = self.fleet.registry
+        return f"{r.host}/{r.org}/{self.fleet.services[service].image}"
+
+    def phase(self, name: str) -> Phase:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.phases)
+        raise InventoryError(
+            [f"{self.phases_path}: no phase named {name!r}; phases in order are: {known}"]
+        )
+
+    def services_for(self, phase: str | None, hosts: list[str] | None = None) -> list[str]:
+        names = self.phase(phase).services if phase else list(self.fleet.services)
+        return [n for n in names if hosts is None or self.fleet.services[n].host in hosts]
+
+    def select_hosts(self, hosts: list[str] | None, phase: str | None = None) -> list[str]:
+        """Hosts to act on: those named (checked), else those the phase touches, else all."""
+        if hosts:
+            unknown = [h for h in hosts if h not in self.fleet.hosts]
+            if unknown:
+                raise InventoryError(
+                    [
+                        f"{self.path}: --hosts names {', '.join(unknown)}, not in the inventory;"
+                        f" known hosts: {', '.join(self.fleet.hosts)}"
+                    ]
+                )
+            return list(hosts)
+        if phase:
+            touched = {self.fleet.services[s].host for s in self.phase(phase).services}
+            return [h for h in self.fleet.hosts if h in touched]
+        return list(self.fleet.hosts)
+
+    def known_hosts_for(self, host: str) -> Path:
+        h = self.fleet.hosts[host]
+        raw = h.known_hosts or self.fleet.ssh.known_hosts
+        p = Path(raw).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def disk_min_free_gb(self, host: str) -> float:
+        h = self.fleet.hosts[host]
+        return h.disk_min_free_gb if h.disk_min_free_gb is not None else self.fleet.defaults.disk_min_free_gb
+
+
+# --- YAML with line numbers -------------------------------------------------------------
+
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+    """Map each dotted path in the document to the 1-based line it starts on."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_index(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_index(v, path + (i,), out)
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InventoryError([f"{path}: cannot read it ({exc.strerror}); check the path"]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InventoryError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax"]) from exc
+    if node is None or not isinstance(data, dict):
+        raise InventoryError([f"{path}:1: expected a YAML mapping at the top level"])
+    return data, _line_index(node)
+
+
+_FIXES = {
+    "extra_forbidden": "remove it or check its spelling",
+    "missing": "add it",
+}
+
+
+def _line_for(lines: dict, loc: tuple) -> int:
+    loc = tuple(loc)
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc, 1)
+
+
+def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        fix = _FIXES.get(e["type"], "correct the value")
+        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
+        out.append(f"{path}:{_line_for(lines, loc)}: {field}: {msg}{got}; fix: {fix}")
+    return out
+
+
+def _cross_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    problems = []
+    used: dict[tuple[str, int, str], str] = {}
+    for name, svc in fleet.services.items():
+        def at(*f: str, name: str = name) -> str:
+            return f"{path}:{_line_for(lines, ('services', name) + f)}"
+
+        if svc.host not in fleet.hosts:
+            problems.append(
+                f"{at('host')}: services.{name}.host: unknown host {svc.host!r}; fix: use one of"
+                f" {', '.join(fleet.hosts)} or add the host under hosts:"
+            )
+            continue
+        for hp, _cp, proto in svc.port_pairs():
+            other = used.get((svc.host, hp, proto))
+            if other:
+                problems.append(
+                    f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {svc.host} is"
+                    f" already published by service {other!r}; fix: give one of them another host port"
+                )
+            used[(svc.host, hp, proto)] = name
+        if svc.health.port not in [hp for hp, _, _ in svc.port_pairs()]:
+            problems.append(
+                f"{at('health', 'port')}: services.{name}.health.port: {svc.health.port} is not one of"
+                f" the service's published host ports ({', '.join(svc.ports) or 'none'}); fix: publish"
+                " it under ports: or point health.port at a published host port"
+            )
+        host = fleet.hosts[svc.host]
+        if svc.wants_gpu:
+            if host.gpus is None:
+                problems.append(
+                    f"{at('gpus')}: services.{name}.gpus: requests a GPU but host {svc.host!r} lists no"
+                    " gpus:; fix: set gpus: 0 or move the service to a GPU host"
+                )
+            elif svc.gpus != "all" and int(svc.gpus) > host.gpus.count:
+                problems.append(
+                    f"{at('gpus')}: services.{name}.gpus: requests {svc.gpus} GPUs but {svc.host!r} has"
+                    f" {host.gpus.count}; fix: lower the request"
+                )
+    return problems
+
+
+def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    problems, seen_phase, owner = [], set(), {}
+    for i, ph in enumerate(phases):
+        if ph.name in seen_phase:
+            problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}].name: phase {ph.name!r} appears twice; fix: rename one")
+        seen_phase.add(ph.name)
+        for j, s in enumerate(ph.services):
+            ln = _line_for(lines, ("phases", i, "services", j))
+            if s not in fleet.services:
+                problems.append(
+                    f"{path}:{ln}: phases[{i}].services: {s!r} is not a service in the inventory;"
+                    f" fix: add it under services: or remove it from phase {ph.name!r}"
+                )
+            elif s in owner:
+                problems.append(
+                    f"{path}:{ln}: phases[{i}].services: {s!r} is already in phase {owner[s]!r};"
+                    " fix: a service belongs to exactly one phase"
+                )
+            owner.setdefault(s, ph.name)
+    return problems
+
+
+def default_phases_path(inventory_path: Path) -> Path:
+    """The phases file beside the inventory wins (the lab writes its own); else the repo's."""
+    beside = inventory_path.parent / "phases.yml"
+    if beside.exists():
+        return beside
+    return Path(__file__).resolve().parent / "phases.yml"
+
+
+def load(path: str | Path, phases_path: str | Path | None = None) -> Inventory:
+    """Read and validate an inventory and its phases; raise InventoryError listing every problem."""
+    path = Path(path)
+    ppath = Path(phases_path) if phases_path else default_phases_path(path)
+    data, lines = _read_yaml(path)
+    try:
+        fleet = Fleet.model_validate(data)
+    except ValidationError as err:
+        raise InventoryError(_explain(path, lines, err)) from None
+    problems = _cross_checks(fleet, path, lines)
+    pdata, plines = _read_yaml(ppath)
+    try:
+        phases = Phases.model_validate(pdata).phases
+    except ValidationError as err:
+        raise InventoryError(problems + _explain(ppath, plines, err)) from None
+    problems += _phase_checks(phases, fleet, ppath, plines)
+    if problems:
+        raise InventoryError(problems)
+    return Inventory(fleet=fleet, phases=phases, path=path, phases_path=ppath)

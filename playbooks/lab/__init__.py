@@ -1,0 +1,1 @@
+"""The lab fleet: network namespaces with real sshd, dockerd and a registry (tests, demos)."""

@@ -1,0 +1,82 @@
+"""The lab writes an inventory of its own (it never edits inventory/fleet.yml).
+
+Its shape follows the default fleet: every host runs a `core-<host>` service in phase
+core-infra; mainpc carries the GPU phase and pc2 the CPU phase. Extra hosts (node03..)
+only take part in core-infra, so a 20-host lab rolls 20 hosts in one phase.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .fleet import LAB_DIR, LAB_USER, ORG, LabState
+
+
+def build_inventory(state: LabState, tags: dict[str, str]) -> tuple[dict, dict]:
+    hosts, services = {}, {}
+    core, gpu, cpu = [], [], []
+    for h in state.hosts:
+        entry = {
+            "address": h.address,
+            "user": LAB_USER,
+            "key_filename": state.key,
+            "role": "gpu" if h.name == "mainpc" else "cpu",
+        }
+        if h.driver:
+            entry["gpus"] = {
+                "model": h.gpu_name,
+                "count": 1,
+                "compute_capability": h.compute_capability,
+                "min_driver": "535",
+            }
+        hosts[h.name] = entry
+
+        def svc(image: str, port: int, gpus=0, host=h.name) -> dict:
+            return {
+                "image": image,
+                "tag": tags.get(image, "20261101-a1b2c3d"),
+                "host": host,
+                "ports": [f"{port}:8080"],
+                "env": {"MACHINE": host},
+                "gpus": gpus,
+                "stop_timeout": 5,
+                "health": {"port": port, "healthy_deadline": 20, "min_healthy_time": 2, "interval": 0.25},
+            }
+
+        services[f"core-{h.name}"] = svc("core", 9100)
+        core.append(f"core-{h.name}")
+        if h.name == "mainpc":
+            services["llm-api"] = svc("torch-svc", 8000, gpus="all")
+            services["vision-api"] = svc("vision-svc", 8001, gpus="all")
+            gpu += ["llm-api", "vision-api"]
+        if h.name == "pc2":
+            services["embed-api"] = svc("cpu-svc", 8100)
+            services["rag-api"] = svc("cpu-svc", 8101)
+            cpu += ["embed-api", "rag-api"]
+    fleet = {
+        "registry": {"host": state.registry, "org": ORG, "insecure": True},
+        "ssh": {"known_hosts": state.known_hosts, "connect_timeout": 3, "max_parallel": 20},
+        "defaults": {"disk_min_free_gb": 1},
+        "hosts": hosts,
+        "services": services,
+    }
+    phases = {
+        "phases": [
+            {"name": "core-infra", "description": "core services on every lab host", "services": core},
+            {"name": "gpu-mainpc", "description": "GPU services on mainpc", "services": gpu},
+            {"name": "cpu-pc2", "description": "CPU services on pc2", "services": cpu},
+        ]
+    }
+    return fleet, phases
+
+
+def write_inventory(state: LabState, tags: dict[str, str], directory: Path | None = None) -> Path:
+    d = directory or (LAB_DIR / "inventory")
+    d.mkdir(parents=True, exist_ok=True)
+    fleet, phases = build_inventory(state, tags)
+    header = "# Written by fleetroll's lab (fab lab.up); the default inventory is untouched.\n"
+    (d / "fleet.yml").write_text(header + yaml.safe_dump(fleet, sort_keys=False))
+    (d / "phases.yml").write_text(header + yaml.safe_dump(phases, sort_keys=False))
+    return d / "fleet.yml"

@@ -1,0 +1,200 @@
+"""Preflight policy: turn host facts into pass/warn/fail checks (pure, no I/O).
+
+The agent gathers facts in one call per host; everything here is a decision over plain
+data, so each rule is unit-tested without a host. Every failed check says what it
+observed, what was required, and what to do about it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .inventory import Inventory, parse_version, tag_problem
+
+PASS, WARN, FAIL = "pass", "warn", "fail"
+ARCH_LABEL = "io.fleetroll.cuda-arch-list"
+REVISION_LABEL = "org.opencontainers.image.revision"
+IMAGE_USER = "10001:10001"
+
+
+@dataclass
+class Check:
+    host: str
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def parse_arch_list(text: str) -> tuple[set[str], set[str]]:
+    """'89;86' / '8.9 8.6+PTX' -> ({'89','86'}, {'86'} with PTX). Separators: ; , space."""
+    archs, ptx = set(), set()
+    for item in re.split(r"[;,\s]+", text.strip()):
+        if not item:
+            continue
+        m = re.fullmatch(r"(\d+)\.?(\d)(\+PTX)?", item, re.IGNORECASE)
+        if not m:
+            continue
+        code = f"{m[1]}{m[2]}"
+        archs.add(code)
+        if m[3]:
+            ptx.add(code)
+    return archs, ptx
+
+
+def arch_covers(arch_label: str, cc: str) -> tuple[str, str]:
+    archs, ptx = parse_arch_list(arch_label)
+    want = cc.replace(".", "")
+    if want in archs:
+        return PASS, f"arch list {arch_label!r} includes {cc}"
+    lower_ptx = [a for a in ptx if int(a) <= int(want)]
+    if lower_ptx:
+        return WARN, f"arch list {arch_label!r} lacks {cc}; runs by PTX JIT from sm_{max(lower_ptx)} (slow first start)"
+    return FAIL, f"arch list {arch_label!r} does not cover compute capability {cc}"
+
+
+def image_contract(info: dict[str, Any], cc: str | None, wants_gpu: bool) -> list[tuple[str, str, str]]:
+    """Problems with an image's config: (status, detail, fix) for each."""
+    out = []
+    user = info.get("user") or "root (unset)"
+    if user != IMAGE_USER:
+        out.append((FAIL, f"runs as user {user}, required {IMAGE_USER}", "set USER 10001:10001 in the Dockerfile"))
+    entry = info.get("entrypoint") or []
+    if not entry or "tini" not in entry[0].rsplit("/", 1)[-1]:
+        out.append((FAIL, f"entrypoint {entry or '(none)'} does not start with tini", 'ENTRYPOINT ["tini", "--", ...]'))
+    labels = info.get("labels") or {}
+    if not labels.get(REVISION_LABEL):
+        out.append((WARN, f"no {REVISION_LABEL} label", "build with fab build, which sets it"))
+    if wants_gpu and cc:
+        arch = labels.get(ARCH_LABEL)
+        if not arch:
+            out.append((FAIL, f"GPU image has no {ARCH_LABEL} label; cannot prove it runs on CC {cc}", "build from a GPU family"))
+        else:
+            status, detail = arch_covers(arch, cc)
+            if status != PASS:
+                out.append((status, detail, f'rebuild with TORCH_CUDA_ARCH_LIST including "{cc.replace(".", "")}"'))
+    return out
+
+
+def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any] | None, error: str = "") -> list[Check]:
+    """All checks for one host given its facts (None when the agent could not be reached)."""
+    if facts is None:
+        return [Check(host, "ssh", FAIL, error or "no answer", "fix SSH access, then re-run fab preflight")]
+    checks = [Check(host, "ssh", PASS, "reachable, host key trusted")]
+    spec = inv.fleet.hosts[host]
+    services = inv.services_for(phase, [host])
+    gpu_services = [s for s in services if inv.fleet.services[s].wants_gpu]
+
+    docker = facts.get("docker") or {}
+    if docker.get("ok"):
+        checks.append(Check(host, "docker", PASS, f"dockerd {docker.get('version')} (API {docker.get('api_version')})"))
+    else:
+        checks.append(Check(host, "docker", FAIL, docker.get("error", "no answer"), "start dockerd and check DOCKER_HOST for the SSH user"))
+
+    cc = spec.gpus.compute_capability if spec.gpus else None
+    if spec.gpus:
+        checks += _gpu_checks(host, spec.gpus, facts.get("nvml") or {})
+    if gpu_services:
+        rt = facts.get("runtime") or {}
+        if rt.get("hook") or rt.get("nvidia_runtime"):
+            checks.append(Check(host, "nvidia-runtime", PASS, rt.get("hook") or "nvidia runtime registered"))
+        else:
+            checks.append(Check(host, "nvidia-runtime", FAIL, f"no nvidia-container-runtime-hook on dockerd's PATH; GPU services here: {', '.join(gpu_services)}", "apt-get install nvidia-container-toolkit, then restart dockerd"))
+
+    disk = facts.get("disk") or {}
+    need = inv.disk_min_free_gb(host)
+    if "free_gb" in disk:
+        ok = disk["free_gb"] >= need
+        checks.append(Check(host, "disk", PASS if ok else FAIL, f"{disk['free_gb']:.1f} GB free under {disk['path']} (need >= {need:g} GB)", "" if ok else "prune images (docker image prune) or grow the disk"))
+    else:
+        checks.append(Check(host, "disk", FAIL, disk.get("error", "not measured"), "check Docker's data root"))
+
+    checks += _image_checks(inv, host, services, cc, facts.get("images") or {})
+    checks += _port_checks(inv, host, services, facts)
+    return checks
+
+
+def _gpu_checks(host: str, gspec, nvml: dict[str, Any]) -> list[Check]:
+    if not nvml.get("ok"):
+        return [Check(host, "nvidia-driver", FAIL, nvml.get("error", "NVML not queried"), "install the NVIDIA driver >= " + gspec.min_driver)]
+    out = []
+    drv = nvml.get("driver_version", "0")
+    ok = parse_version(drv) >= parse_version(gspec.min_driver)
+    out.append(Check(host, "nvidia-driver", PASS if ok else FAIL, f"driver {drv} {'>=' if ok else '<'} required {gspec.min_driver}", "" if ok else f"upgrade the NVIDIA driver to >= {gspec.min_driver} before any GPU rollout (risk R1)"))
+    gpus = nvml.get("gpus") or []
+    problems = []
+    if len(gpus) != gspec.count:
+        problems.append(f"{len(gpus)} GPUs seen, inventory expects {gspec.count}")
+    for g in gpus:
+        if g["name"] != gspec.model:
+            problems.append(f"GPU {g['index']} is {g['name']!r}, inventory expects {gspec.model!r}")
+        if g["compute_capability"] != gspec.compute_capability:
+            problems.append(f"GPU {g['index']} has compute capability {g['compute_capability']}, inventory expects {gspec.compute_capability}")
+    if problems:
+        out.append(Check(host, "gpus", FAIL, "; ".join(problems), "fix the inventory's gpus: entry or check the hardware"))
+    else:
+        out.append(Check(host, "gpus", PASS, f"{len(gpus)} x {gspec.model} (CC {gspec.compute_capability})"))
+    return out
+
+
+def _image_checks(inv: Inventory, host: str, services: list[str], cc: str | None, images: dict[str, Any]) -> list[Check]:
+    out = []
+    for s in services:
+        svc = inv.fleet.services[s]
+        ref = inv.image_ref(s)
+        problem = tag_problem(svc.tag)
+        if problem:
+            out.append(Check(host, f"image:{s}", FAIL, problem, "retag the image and fix the inventory"))
+            continue
+        info = images.get(ref)
+        if info is None:
+            out.append(Check(host, f"image:{s}", FAIL, f"{ref} was not queried", "re-run preflight"))
+            continue
+        if not info.get("ok"):
+            kind = info.get("kind")
+            fix = {
+                "missing": f"push {ref} (fab build --push) or fix services.{s}.tag",
+                "unreachable": "check the registry is up and reachable from this host",
+                "denied": "log in to the registry on the host (docker login)",
+            }.get(kind, "check the registry")
+            out.append(Check(host, f"image:{s}", FAIL, info.get("error", ""), fix))
+            continue
+        found = image_contract(info, cc, svc.wants_gpu)
+        worst = FAIL if any(p[0] == FAIL for p in found) else WARN if found else PASS
+        detail = f"{ref}@{info.get('digest', '')[:19]}"
+        if found:
+            detail += ": " + "; ".join(p[1] for p in found)
+        out.append(Check(host, f"image:{s}", worst, detail, "; ".join(p[2] for p in found)))
+    return out
+
+
+def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str, Any]) -> list[Check]:
+    listening = set(facts.get("ports") or [])
+    containers = {c["name"]: c for c in (facts.get("docker") or {}).get("containers", [])}
+    busy = []
+    for s in services:
+        for hp, _cp, _proto in inv.fleet.services[s].port_pairs():
+            if hp in listening and not (containers.get(s) or {}).get("running"):
+                busy.append(f"{hp} (wanted by {s})")
+    if busy:
+        return [Check(host, "ports", FAIL, f"host ports in use by something else: {', '.join(busy)}", "stop what holds them (ss -ltnp) or change the inventory's ports")]
+    return [Check(host, "ports", PASS, "all service ports free or held by the service itself")]
+
+
+def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]:
+    services = inv.services_for(phase, [host])
+    return {
+        "gpu": inv.fleet.hosts[host].gpus is not None,
+        "images": sorted({inv.image_ref(s) for s in services if not tag_problem(inv.fleet.services[s].tag)}),
+        "insecure_registry": inv.fleet.registry.insecure,
+        "registry_timeout": min(5.0, inv.fleet.ssh.connect_timeout + 2),
+    }
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.status == FAIL for c in checks)

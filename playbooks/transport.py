@@ -1,0 +1,244 @@
+"""SSH to the fleet: strict host keys, one connection per host, the agent shipped by hash.
+
+Fabric's Connection would trust any host key on first sight (paramiko's AutoAddPolicy);
+a rollout tool must not, so every connection loads the inventory's known_hosts and uses
+RejectPolicy: an unknown key and a changed key are both refused, with a message that
+says which and what to do. A call to the agent is one exec: `python3 <agent>.pyz`
+with the JSON request on stdin. Only when the host lacks that exact agent build does
+the controller upload it (SFTP) and try again, so a warm call is one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from fabric import Connection
+
+from . import agentpack
+from .inventory import Inventory
+
+PROTOCOL = 1
+MISSING_AGENT_RC = 2  # python3's exit code for "can't open file"
+
+
+class TransportError(Exception):
+    """kind: unreachable, host-key-unknown, host-key-changed, auth, agent, timeout."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass
+class Target:
+    name: str
+    address: str
+    port: int
+    user: str
+    known_hosts: Path
+    key_filename: str | None
+    connect_timeout: float
+
+    @classmethod
+    def from_inventory(cls, inv: Inventory, host: str) -> Target:
+        h = inv.fleet.hosts[host]
+        return cls(
+            name=host,
+            address=h.address,
+            port=h.port,
+            user=h.user,
+            known_hosts=inv.known_hosts_for(host),
+            key_filename=str(Path(h.key_filename).expanduser()) if h.key_filename else None,
+            connect_timeout=inv.fleet.ssh.connect_timeout,
+        )
+
+
+@dataclass
+class CallResult:
+    host: str
+    ok: bool
+    answer: dict[str, Any] | None = None
+    error: str = ""
+    error_kind: str = ""
+    round_trips: int = 0
+    uploaded: bool = False
+    elapsed_s: float = 0.0
+    events: list[dict] = field(default_factory=list)
+
+
+def connect(t: Target) -> Connection:
+    """Open a Fabric connection that trusts only keys already in known_hosts."""
+    kwargs: dict[str, Any] = {
+        "banner_timeout": t.connect_timeout,
+        "auth_timeout": t.connect_timeout,
+    }
+    if t.key_filename:
+        kwargs.update(key_filename=t.key_filename, look_for_keys=False, allow_agent=False)
+    conn = Connection(t.address, user=t.user, port=t.port, connect_kwargs=kwargs, connect_timeout=t.connect_timeout)
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if not t.known_hosts.exists():
+        raise TransportError(
+            "host-key-unknown",
+            f"{t.name}: known_hosts file {t.known_hosts} does not exist; add the host's key"
+            f" (ssh-keyscan {t.address} after checking its fingerprint out of band)",
+        )
+    conn.client.load_host_keys(str(t.known_hosts))
+    where = f"{t.name} ({t.user}@{t.address}:{t.port})"
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as exc:
+        raise TransportError(
+            "host-key-changed",
+            f"{where}: HOST KEY CHANGED — it offered {exc.key.get_name()} {exc.key.fingerprint}"
+            f" but {t.known_hosts} records {exc.expected_key.fingerprint}. Refusing to connect."
+            " If the host was reinstalled, verify the new key out of band and replace its line in"
+            " known_hosts; otherwise treat this as an attack.",
+        ) from None
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            raise TransportError(
+                "host-key-unknown",
+                f"{where}: host key not in {t.known_hosts}; fleetroll never trusts on first use."
+                f" Verify the key out of band, then add it (e.g. ssh-keyscan -p {t.port} {t.address}).",
+            ) from None
+        if isinstance(exc, paramiko.AuthenticationException):
+            raise TransportError("auth", f"{where}: authentication failed ({exc}); check user and key_filename") from None
+        raise TransportError("unreachable", f"{where}: SSH failed: {exc}") from None
+    except TimeoutError:
+        raise TransportError(
+            "unreachable", f"{where}: no answer within {t.connect_timeout:g}s; is the host up and on the network?"
+        ) from None
+    except OSError as exc:
+        raise TransportError("unreachable", f"{where}: cannot connect: {exc.strerror or exc}") from None
+    return conn
+
+
+def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event) -> tuple[int, list[dict], str]:
+    chan = conn.client.get_transport().open_session(timeout=timeout)
+    chan.settimeout(timeout)
+    try:
+        chan.exec_command(command)
+        chan.sendall(stdin)
+        chan.shutdown_write()
+        lines: list[dict] = []
+        out = chan.makefile("rb")
+        for raw in out:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            lines.append(obj)
+            if "event" in obj and on_event:
+                on_event(obj)
+        rc = chan.recv_exit_status()
+        err = chan.makefile_stderr("rb").read().decode(errors="replace")
+    except TimeoutError:
+        raise TransportError("timeout", f"agent gave no answer within {timeout:g}s") from None
+    finally:
+        chan.close()
+    return rc, lines, err
+
+
+def _upload(conn: Connection, name: str, data: bytes) -> None:
+    sftp = conn.client.open_sftp()
+    try:
+        try:
+            sftp.mkdir(".fleetroll", 0o700)
+        except OSError:
+            pass
+        # A unique temporary name: two controllers (or lab hosts sharing a home) may upload at once.
+        tmp = f"{name}.{os.getpid()}.{threading.get_ident()}.part"
+        with sftp.open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            sftp.posix_rename(tmp, name)
+        except OSError:
+            sftp.rename(tmp, name)
+    finally:
+        sftp.close()
+
+
+def call_agent(
+    conn: Connection,
+    host: str,
+    op: str,
+    args: dict[str, Any],
+    timeout: float = 120.0,
+    on_event: Callable[[dict], None] | None = None,
+) -> CallResult:
+    data, digest = agentpack.build()
+    name = agentpack.remote_name(digest)
+    request = json.dumps({"protocol": PROTOCOL, "op": op, "args": args}).encode()
+    command = shlex.join(["python3", name])
+    res = CallResult(host=host, ok=False)
+    t0 = time.monotonic()
+    rc, lines, err = _exec(conn, command, request, timeout, on_event)
+    res.round_trips = 1
+    if rc == MISSING_AGENT_RC and not lines and "can't open file" in err:
+        _upload(conn, name, data)
+        res.uploaded = True
+        rc, lines, err = _exec(conn, command, request, timeout, on_event)
+        res.round_trips += 2
+    res.elapsed_s = time.monotonic() - t0
+    res.events = [x for x in lines if "event" in x]
+    answers = [x for x in lines if "event" not in x]
+    if not answers:
+        res.error_kind = "agent"
+        res.error = f"{host}: the agent gave no answer (exit {rc}): {err.strip()[-400:] or 'no output'}"
+        return res
+    res.answer = answers[-1]
+    if res.answer.get("protocol") != PROTOCOL:
+        res.error_kind = "agent"
+        res.error = f"{host}: agent speaks protocol {res.answer.get('protocol')}, controller {PROTOCOL}"
+        return res
+    res.ok = bool(res.answer.get("ok"))
+    if not res.ok:
+        res.error_kind = "agent"
+        res.error = res.answer.get("msg", "")
+    return res
+
+
+def on_hosts(
+    inv: Inventory,
+    hosts: list[str],
+    op: str,
+    args_for: Callable[[str], dict[str, Any]],
+    max_parallel: int | None = None,
+    timeout: float = 120.0,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> dict[str, CallResult]:
+    """Run one agent op on each host in parallel (bounded); never let one host hide another."""
+
+    def one(host: str) -> CallResult:
+        t0 = time.monotonic()
+        try:
+            conn = connect(Target.from_inventory(inv, host))
+        except TransportError as exc:
+            return CallResult(host=host, ok=False, error=str(exc), error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
+        try:
+            cb = (lambda ev: on_event(host, ev)) if on_event else None
+            return call_agent(conn, host, op, args_for(host), timeout=timeout, on_event=cb)
+        except TransportError as exc:
+            return CallResult(host=host, ok=False, error=f"{host}: {exc}", error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            return CallResult(
+                host=host, ok=False, error=f"{host}: SSH link lost during {op}: {exc}", error_kind="unreachable",
+                elapsed_s=time.monotonic() - t0,
+            )
+        finally:
+            conn.close()
+
+    workers = max(1, min(len(hosts), max_parallel or inv.fleet.ssh.max_parallel))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, hosts))
+    return {r.host: r for r in results}

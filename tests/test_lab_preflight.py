@@ -1,0 +1,165 @@
+"""Preflight against the lab: real sshd, dockerd, registry and the fake NVML library."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from playbooks import agentpack, transport
+from playbooks.inventory import load
+from playbooks.lab import fleet, images
+from playbooks.runner import run_preflight
+
+from .conftest import derive_inventory
+
+pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parent.parent
+FAB = str(Path(sys.executable).with_name("fab"))
+
+
+def by(report, host, check):
+    return next(c for c in report.checks if c.host == host and c.check == check)
+
+
+def test_lab_hosts_are_real(lab):
+    """testinfra over strict SSH: each host runs its own sshd and dockerd and sees its fake GPU."""
+    for name in ("mainpc", "pc2"):
+        host = testinfra.get_host(f"ssh://{name}", ssh_config=str(fleet.LAB_DIR / "ssh_config"))
+        assert host.check_output("cat /proc/net/route | wc -l") != ""
+        assert host.socket("tcp://0.0.0.0:22").is_listening or host.socket(f"tcp://{lab.host(name).address}:22").is_listening
+        assert host.run("docker info --format '{{.DockerRootDir}}'").stdout.strip().startswith(str(fleet.LAB_DIR))
+        assert host.environment()["FAKE_NVML_DRIVER"] == lab.host(name).driver
+
+
+def test_fab_preflight_passes_on_mainpc_and_pc2(lab):
+    r = subprocess.run(
+        [FAB, "preflight", "--inventory", lab.inventory, "--hosts", "mainpc,pc2", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] and out["hosts"] == ["mainpc", "pc2"]
+    names = {(c["host"], c["check"]) for c in out["checks"]}
+    assert ("mainpc", "nvidia-driver") in names and ("mainpc", "image:llm-api") in names
+    assert all(c["status"] == "pass" for c in out["checks"])
+
+
+def test_bad_driver_fails_naming_530_below_535(lab):
+    inv = load(lab.inventory)
+    rep = run_preflight(inv, hosts=["bad-driver"])
+    c = by(rep, "bad-driver", "nvidia-driver")
+    assert not rep.ok and c.status == "fail"
+    assert "530.41.03 < required 535" in c.detail
+
+
+def test_fab_preflight_exit_code_and_table(lab):
+    r = subprocess.run([FAB, "preflight", "--inventory", lab.inventory], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "FAIL bad-driver nvidia-driver: driver 530.41.03 < required 535" in r.stdout
+    assert "preflight FAILED" in r.stdout
+
+
+def test_89_only_image_refused_on_86_host(lab, tmp_path):
+    images.push(lab, "torch-svc", "20261102-89aaaaa", "healthy", arch="89")
+
+    def edit(doc):
+        doc["services"]["pc2-gpu"] = {
+            "image": "torch-svc", "tag": "20261102-89aaaaa", "host": "pc2", "ports": ["8500:8080"],
+            "gpus": 1, "health": {"port": 8500},
+        }
+
+    inv = load(derive_inventory(lab, tmp_path, edit, lambda p: p["phases"][2]["services"].append("pc2-gpu")))
+    rep = run_preflight(inv, "cpu-pc2")
+    c = by(rep, "pc2", "image:pc2-gpu")
+    assert c.status == "fail" and "arch list '89' does not cover compute capability 8.6" in c.detail
+
+
+def test_unknown_host_key_refused(lab, tmp_path):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(fleet.host_key_line(lab.host("pc2")))  # mainpc missing
+    inv = load(derive_inventory(lab, tmp_path, lambda d: d["ssh"].update(known_hosts=str(kh))))
+    rep = run_preflight(inv, hosts=["mainpc"])
+    c = by(rep, "mainpc", "ssh")
+    assert c.status == "fail" and "host key not in" in c.detail and "never trusts on first use" in c.detail
+    assert rep.calls["mainpc"].error_kind == "host-key-unknown"
+
+
+def test_changed_host_key_refused(lab, tmp_path):
+    kh = tmp_path / "known_hosts"
+    other = lab.host("pc2")  # pc2's key recorded under mainpc's address: as if mainpc's key changed
+    kh.write_text(fleet.host_key_line(other).replace(other.address, lab.host("mainpc").address))
+    inv = load(derive_inventory(lab, tmp_path, lambda d: d["ssh"].update(known_hosts=str(kh))))
+    rep = run_preflight(inv, hosts=["mainpc"])
+    assert rep.calls["mainpc"].error_kind == "host-key-changed"
+    assert "HOST KEY CHANGED" in by(rep, "mainpc", "ssh").detail
+
+
+def test_missing_tag_detected(lab, tmp_path):
+    inv = load(derive_inventory(lab, tmp_path, lambda d: d["services"]["embed-api"].update(tag="20261103-deadbee")))
+    rep = run_preflight(inv, "cpu-pc2")
+    c = by(rep, "pc2", "image:embed-api")
+    assert c.status == "fail" and "no such tag" in c.detail and "20261103-deadbee" in c.detail
+
+
+def test_registry_down_detected(lab):
+    inv = load(lab.inventory)
+    fleet.stop_registry()
+    try:
+        rep = run_preflight(inv, "gpu-mainpc")
+    finally:
+        fleet.start_registry()
+    c = by(rep, "mainpc", "image:llm-api")
+    assert c.status == "fail" and "did not answer" in c.detail
+    assert "registry is up" in c.fix
+
+
+def test_unreachable_host_reported_within_timeout(lab, tmp_path):
+    inv = load(derive_inventory(lab, tmp_path, lambda d: d["ssh"].update(connect_timeout=1.5)))
+    fleet.set_link(lab.host("pc2"), False)
+    try:
+        t0 = time.monotonic()
+        rep = run_preflight(inv, hosts=["mainpc", "pc2"])
+        took = time.monotonic() - t0
+    finally:
+        fleet.set_link(lab.host("pc2"), True)
+    assert by(rep, "pc2", "ssh").status == "fail"
+    assert "no answer within 1.5s" in by(rep, "pc2", "ssh").detail
+    assert by(rep, "mainpc", "docker").status == "pass"  # the other host is not hidden
+    assert took < 1.5 + 3.0
+
+
+def test_agent_uploaded_only_when_missing(lab):
+    inv = load(lab.inventory)
+    t = transport.Target.from_inventory(inv, "pc2")
+    conn = transport.connect(t)
+    try:
+        _, digest = agentpack.build()
+        conn.run(f"rm -rf ~/{agentpack.remote_name(digest)} ~/{agentpack.remote_name(digest)[:-4]}", hide=True, in_stream=False)
+        first = transport.call_agent(conn, "pc2", "facts", {"gpu": True})
+        second = transport.call_agent(conn, "pc2", "facts", {"gpu": True})
+    finally:
+        conn.close()
+    assert first.ok and first.uploaded and first.round_trips == 3
+    assert second.ok and not second.uploaded and second.round_trips == 1
+    assert second.answer["data"]["nvml"]["gpus"][0]["name"] == "NVIDIA GeForce RTX 3060"
+
+
+def test_agent_refuses_other_protocol(lab):
+    inv = load(lab.inventory)
+    conn = transport.connect(transport.Target.from_inventory(inv, "mainpc"))
+    try:
+        transport.call_agent(conn, "mainpc", "facts", {"gpu": False})  # make sure it is shipped
+        r = conn.run(
+            f"python3 ~/{agentpack.remote_name(agentpack.build()[1])}",
+            in_stream=io.StringIO('{"protocol": 99, "op": "facts"}'), hide=True, warn=True,
+        )
+    finally:
+        conn.close()
+    assert r.exited == 1 and "protocol mismatch" in r.stdout

@@ -1,0 +1,131 @@
+"""Preflight rules over captured facts: no hosts needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.facts import parse_proc_net
+from playbooks import agentpack, preflight
+from playbooks.inventory import load
+
+ROOT = Path(__file__).resolve().parent.parent
+INV = load(ROOT / "inventory" / "fleet.yml")
+GOOD_IMAGE = {
+    "ok": True,
+    "digest": "sha256:" + "a" * 64,
+    "user": "10001:10001",
+    "entrypoint": ["/usr/bin/tini", "--"],
+    "labels": {"org.opencontainers.image.revision": "0a1b2c3", "io.fleetroll.cuda-arch-list": "89;86"},
+}
+
+
+def facts(driver="550.54.14", name="NVIDIA GeForce RTX 4090", cc="8.9", images=None, ports=(), hook="/usr/bin/hook"):
+    return {
+        "docker": {"ok": True, "version": "20.10.24", "api_version": "1.41", "containers": []},
+        "nvml": {"ok": True, "driver_version": driver, "gpus": [{"index": 0, "name": name, "compute_capability": cc}]},
+        "runtime": {"hook": hook, "nvidia_runtime": False},
+        "disk": {"path": "/var/lib/docker", "free_gb": 100.0},
+        "ports": list(ports),
+        "images": images if images is not None else {INV.image_ref(s): GOOD_IMAGE for s in INV.fleet.services},
+    }
+
+
+def by_name(checks):
+    return {c.check: c for c in checks}
+
+
+def test_all_pass_on_good_facts():
+    checks = preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts())
+    assert [c for c in checks if c.status != "pass"] == []
+    assert {"ssh", "docker", "nvidia-driver", "gpus", "nvidia-runtime", "disk", "ports"} <= set(by_name(checks))
+
+
+def test_driver_below_minimum_names_both_versions():
+    c = by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts(driver="530.41.03")))["nvidia-driver"]
+    assert c.status == "fail" and "530.41.03 < required 535" in c.detail and "R1" in c.fix
+
+
+def test_driver_compares_numerically():
+    c = by_name(preflight.evaluate(INV, "mainpc", None, facts(driver="1000.1")))["nvidia-driver"]
+    assert c.status == "pass"
+
+
+def test_wrong_gpu_model_and_cc():
+    c = by_name(preflight.evaluate(INV, "mainpc", None, facts(name="NVIDIA GeForce RTX 3060", cc="8.6")))["gpus"]
+    assert c.status == "fail" and "RTX 3060" in c.detail and "8.6" in c.detail
+
+
+def test_arch_list_89_only_refused_on_86():
+    assert preflight.arch_covers("89", "8.6")[0] == "fail"
+    assert preflight.arch_covers("8.9;8.6", "8.6")[0] == "pass"
+    assert preflight.arch_covers("8.0+PTX", "8.6")[0] == "warn"
+
+
+def test_image_contract_root_and_no_tini():
+    bad = {**GOOD_IMAGE, "user": "", "entrypoint": ["/app/run"]}
+    found = preflight.image_contract(bad, None, False)
+    assert [f[0] for f in found] == ["fail", "fail"]
+    assert "root" in found[0][1] and "tini" in found[1][1]
+
+
+def test_missing_image_tag_fails_with_fix():
+    ref = INV.image_ref("llm-inference")
+    imgs = {**facts()["images"], ref: {"ok": False, "kind": "missing", "error": f"{ref}: no such tag"}}
+    c = by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts(images=imgs)))["image:llm-inference"]
+    assert c.status == "fail" and "fab build --push" in c.fix
+
+
+def test_port_held_by_someone_else():
+    c = by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts(ports=[8000])))["ports"]
+    assert c.status == "fail" and "8000 (wanted by llm-inference)" in c.detail
+
+
+def test_port_held_by_the_service_itself_passes():
+    f = facts(ports=[8000])
+    f["docker"]["containers"] = [{"name": "llm-inference", "running": True}]
+    assert by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", f))["ports"].status == "pass"
+
+
+def test_missing_runtime_hook_only_matters_for_gpu_services():
+    assert by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts(hook=None)))["nvidia-runtime"].status == "fail"
+    assert "nvidia-runtime" not in by_name(preflight.evaluate(INV, "pc2", "cpu-pc2", facts(hook=None)))
+
+
+def test_unreachable_host_is_one_failed_check():
+    checks = preflight.evaluate(INV, "pc2", None, None, "pc2: no answer within 5s")
+    assert [(c.check, c.status) for c in checks] == [("ssh", "fail")]
+
+
+def test_low_disk():
+    f = facts()
+    f["disk"]["free_gb"] = 3.0
+    c = by_name(preflight.evaluate(INV, "pc2", None, f))["disk"]
+    assert c.status == "fail" and "need >= 20 GB" in c.detail
+
+
+def test_proc_net_parse():
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n"
+        "   1: 0100007F:0016 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n"
+    )
+    assert parse_proc_net(text) == {8080}
+
+
+def test_agent_archive_is_deterministic_and_self_contained():
+    agentpack.build.cache_clear()
+    a, ha = agentpack.build()
+    agentpack.build.cache_clear()
+    b, hb = agentpack.build()
+    assert a == b and ha == hb
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(a)).namelist()
+    assert "__main__.py" in names and "agent/__main__.py" in names and "pynvml.py" in names
+    assert not any(n.startswith("playbooks/") for n in names)
+
+
+def test_agent_never_imports_controller_code():
+    for path in (ROOT / "agent").rglob("*.py"):
+        assert "playbooks" not in path.read_text(), path
