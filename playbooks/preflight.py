@@ -98,7 +98,13 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
 
     cc = spec.gpus.compute_capability if spec.gpus else None
     if spec.gpus:
-        checks += _gpu_checks(host, spec.gpus, facts.get("nvml") or {})
+        gpu_checks = _gpu_checks(host, spec.gpus, facts.get("nvml") or {})
+        if phase and not gpu_services:
+            # R1 gates GPU rollouts: a phase that starts no GPU service here only warns.
+            for c in gpu_checks:
+                if c.status == FAIL:
+                    c.status, c.detail = WARN, c.detail + f" (phase {phase} starts no GPU service here)"
+        checks += gpu_checks
     if gpu_services:
         rt = facts.get("runtime") or {}
         if rt.get("hook") or rt.get("nvidia_runtime"):

@@ -52,3 +52,48 @@ def preflight_text(checks: list[Check], hosts: list[str]) -> str:
 def dump_json(obj: Any, stream=None) -> None:
     json.dump(obj, stream or sys.stdout, indent=2, default=str)
     (stream or sys.stdout).write("\n")
+
+
+def rollout_text(r) -> str:
+    out = []
+    if r.preflight is not None and (not r.preflight.ok or r.state == "dry-run"):
+        out.append(preflight_text(r.preflight.checks, r.preflight.hosts))
+    for h, info in r.hosts.items():
+        for s in info.get("services", []):
+            g = s.get("gate") or {}
+            tth = g.get("time_to_healthy_s")
+            t = s.get("timings") or {}
+            timing = f" pull {t.get('pull_s', 0):.2f}s stop {t.get('stop_s', 0):.2f}s healthy after {tth:.2f}s" if tth is not None else ""
+            before = f"{s.get('before_tag') or '(none)'}"
+            after = f"{s.get('after_tag') or '(none)'}@{(s.get('after_digest') or '')[7:19]}"
+            out.append(f"  {h:12} {s['service']:20} {s['outcome']:13} {before} -> {after}{timing}")
+    out += r.messages
+    out.append(f"rollout {r.rollout_id} phase {r.phase}: {r.state.upper()} in {r.elapsed_s:.1f}s")
+    return "\n".join(out)
+
+
+def status_text(st: dict) -> str:
+    rows, notes = [], []
+    for h, info in st["hosts"].items():
+        if not info.get("reachable"):
+            rows.append([h, "-", "-", "-", "UNREACHABLE", info.get("error", "")[:60]])
+            continue
+        for s, v in info["services"].items():
+            rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", "healthy" if v["healthy"] else (v["health"] or v["status"])[:40], v["drift"] or "-"])
+        lock = info.get("lock")
+        if lock:
+            notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, {'alive' if lock.get('alive') else 'STALE'})")
+        last = info.get("last_rollout")
+        if last:
+            o = last.get("outcome") or {}
+            what = f"{last['state']}" + (f", {'ok' if o.get('ok') else 'failed'}, host state {o.get('state')}" if o else "")
+            if last["state"] == "finished":
+                svc = ", ".join(f"{x['service']} {x['outcome']}" for x in o.get("services", []))
+                what += f" ({svc})" if svc else ""
+            notes.append(f"{h}: last rollout {last['rollout_id']}: {what}")
+    return "\n".join([table(rows, ["host", "service", "tag", "digest", "health", "drift"])] + notes)
+
+
+def history_text(entries: list[dict], where: str) -> str:
+    rows = [[e.get("started") or e.get("time", ""), e["rollout_id"], e.get("phase", ""), e.get("operator", ""), e.get("final", "")] for e in entries]
+    return table(rows, ["started", "rollout", "phase", "operator", "final"]) + f"\n(ledger: {where})"

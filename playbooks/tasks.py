@@ -82,11 +82,130 @@ def lab_down(c):
     print("lab down: nothing left behind")
 
 
+def _confirm_or_yes(yes: bool):
+    """Ask before changing hosts, like Kamal; without a terminal, --yes is required."""
+
+    def confirm(plan) -> bool:
+        if yes:
+            return True
+        from .plan import plan_text
+
+        print(plan_text(plan), file=sys.stderr)
+        if not sys.stdin.isatty():
+            print("refusing to change hosts without confirmation: no terminal; re-run with --yes", file=sys.stderr)
+            return False
+        return input(f"roll out {len(plan.changes)} change(s)? [y/N] ").strip().lower() in ("y", "yes")
+
+    return confirm
+
+
+def _print_reports(reports, as_json: bool) -> None:
+    if as_json:
+        render.dump_json([r.to_json() for r in reports] if len(reports) > 1 else reports[0].to_json())
+        return
+    for r in reports:
+        print(render.rollout_text(r))
+
+
+@task(
+    help={
+        "phase": "phase to roll out (see playbooks/phases.yml)",
+        "all": "every phase in order, each gated on the previous one's success",
+        "dry-run": "print the plan and change nothing",
+        "hosts": "comma-separated hosts to limit the phase to",
+        "max-parallel": "hosts changed at once",
+        "on-failure": "revert-phase (default), revert-service or stop",
+        "json": "print the report as JSON",
+        "yes": "do not ask for confirmation",
+        "inventory": "inventory file",
+    }
+)
+def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=None, on_failure="revert-phase",
+            json=False, yes=False, inventory=None):
+    """Roll a phase out: preflight, plan, health-gated swaps, automatic rollback to -prev."""
+    from . import executor
+
+    inv = _inventory(inventory)
+    if bool(phase) == bool(all):
+        raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=2)
+    kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=int(max_parallel) if max_parallel else None,
+              on_failure=on_failure, confirm=_confirm_or_yes(yes), progress=executor.Progress(enabled=not json))
+    try:
+        reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
+    except (InventoryError, executor.RolloutError) as exc:
+        raise Exit(str(exc), code=2) from None
+    _print_reports(reports, json)
+    if any(not r.ok for r in reports):
+        raise Exit(code=1)
+
+
+@task(help={"phase": "phase whose services go back", "service": "only this service", "hosts": "limit to these hosts",
+            "json": "JSON output", "yes": "do not ask", "inventory": "inventory file"})
+def rollback(c, phase, service=None, hosts=None, json=False, yes=False, inventory=None):
+    """Put a phase's services (or one) back on the -prev image they recorded, health-gated."""
+    from . import executor
+
+    inv = _inventory(inventory)
+    if not yes and not (sys.stdin.isatty() and input(f"roll back {service or 'every service of ' + phase}? [y/N] ").lower().startswith("y")):
+        raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
+    try:
+        rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=executor.Progress(enabled=not json))
+    except (InventoryError, executor.RolloutError) as exc:
+        raise Exit(str(exc), code=2) from None
+    _print_reports([rep], json)
+    if not rep.ok:
+        raise Exit(code=1)
+
+
+@task(help={"json": "JSON output", "hosts": "limit to these hosts", "inventory": "inventory file"})
+def status(c, json=False, hosts=None, inventory=None):
+    """What runs where: tag, digest, health, drift from the inventory, last rollout, locks."""
+    from . import executor
+
+    inv = _inventory(inventory)
+    out = executor.status(inv, _hosts(hosts))
+    if json:
+        render.dump_json(out)
+    else:
+        print(render.status_text(out))
+    if any(not h.get("reachable") for h in out["hosts"].values()):
+        raise Exit(code=1)
+
+
+@task(help={"json": "JSON output", "limit": "show the last N rollouts"})
+def history(c, json=False, limit=20):
+    """Rollouts recorded in the ledger: who, when, phase, outcome."""
+    from . import ledger
+
+    entries = ledger.rollouts()[-int(limit):]
+    if json:
+        render.dump_json(entries)
+    else:
+        print(render.history_text(entries, str(ledger.path())))
+
+
+@task(help={"host": "host to unlock", "reason": "why (recorded on the host)", "force": "even if the holder looks alive",
+            "inventory": "inventory file"})
+def unlock(c, host, reason, force=False, inventory=None):
+    """Remove a host's rollout lock left by a dead transaction (the reason is recorded)."""
+    from . import transport
+    from .plan import operator
+
+    inv = _inventory(inventory)
+    inv.select_hosts([host])
+    res = transport.on_hosts(inv, [host], "unlock", lambda h: {"reason": reason, "force": force, "operator": operator()})[host]
+    if res.answer is None:
+        raise Exit(res.error, code=1)
+    print(f"{host}: {res.answer.get('msg')}")
+    if not res.ok:
+        raise Exit(code=1)
+
+
 lab = Collection("lab")
 lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 
-ns = Collection(preflight, lab)
+ns = Collection(preflight, rollout, rollback, status, history, unlock, lab)
 
 
 def main() -> None:  # pragma: no cover - `python -m playbooks` convenience

@@ -28,11 +28,12 @@ from . import agentpack
 from .inventory import Inventory
 
 PROTOCOL = 1
-MISSING_AGENT_RC = 2  # python3's exit code for "can't open file"
+MISSING_AGENT_RC = 2
+READ_ONLY_OPS = ("facts", "status", "journal")  # python3's exit code for "can't open file"
 
 
 class TransportError(Exception):
-    """kind: unreachable, host-key-unknown, host-key-changed, auth, agent, timeout."""
+    """kind: unreachable, host-key-unknown, host-key-changed, auth, agent, timeout, link-lost."""
 
     def __init__(self, kind: str, message: str):
         self.kind = kind
@@ -219,7 +220,7 @@ def on_hosts(
 ) -> dict[str, CallResult]:
     """Run one agent op on each host in parallel (bounded); never let one host hide another."""
 
-    def one(host: str) -> CallResult:
+    def attempt(host: str) -> CallResult:
         t0 = time.monotonic()
         try:
             conn = connect(Target.from_inventory(inv, host))
@@ -232,11 +233,19 @@ def on_hosts(
             return CallResult(host=host, ok=False, error=f"{host}: {exc}", error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             return CallResult(
-                host=host, ok=False, error=f"{host}: SSH link lost during {op}: {exc}", error_kind="unreachable",
+                host=host, ok=False, error=f"{host}: SSH link lost during {op}: {exc}", error_kind="link-lost",
                 elapsed_s=time.monotonic() - t0,
             )
         finally:
             conn.close()
+
+    def one(host: str) -> CallResult:
+        res = attempt(host)
+        if res.error_kind == "link-lost" and op in READ_ONLY_OPS:
+            # A read-only op is safe to repeat once on a fresh connection; a rollout is not
+            # (the executor re-attaches to its journal instead).
+            res = attempt(host)
+        return res
 
     workers = max(1, min(len(hosts), max_parallel or inv.fleet.ssh.max_parallel))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -129,3 +129,10 @@ def test_agent_archive_is_deterministic_and_self_contained():
 def test_agent_never_imports_controller_code():
     for path in (ROOT / "agent").rglob("*.py"):
         assert "playbooks" not in path.read_text(), path
+
+
+def test_low_driver_only_warns_for_a_phase_without_gpu_services_on_the_host():
+    c = by_name(preflight.evaluate(INV, "pc2", "cpu-pc2", facts(driver="530.41.03", name="NVIDIA GeForce RTX 3060", cc="8.6")))
+    assert c["nvidia-driver"].status == "warn" and "starts no GPU service here" in c["nvidia-driver"].detail
+    c = by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts(driver="530.41.03")))
+    assert c["nvidia-driver"].status == "fail"

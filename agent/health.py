@@ -1,0 +1,119 @@
+"""The health gate: GET /health must answer 200 with {"status": "ok"}, and keep doing so.
+
+Nomad's vocabulary: `healthy_deadline` is how long a new container has to become
+healthy; `min_healthy_time` is the stability window it must then stay healthy for
+(a restart or exit inside the window fails the gate). The verdict on one answer is a
+pure function; the polling uses tenacity for the wait-until-deadline part.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+
+@dataclass
+class Probe:
+    ok: bool
+    reason: str
+    status: int | None = None
+    body: str = ""
+
+
+def verdict(status: int | None, body: str) -> Probe:
+    """Judge one answer by its code and parsed body (busybox httpd sends no JSON content type)."""
+    if status is None:
+        return Probe(False, body or "no answer", None, "")
+    if status != 200:
+        return Probe(False, f"HTTP {status}", status, body[:200])
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return Probe(False, "HTTP 200 but the body is not JSON", status, body[:200])
+    if not isinstance(doc, dict) or doc.get("status") != "ok":
+        got = doc.get("status") if isinstance(doc, dict) else doc
+        return Probe(False, f'HTTP 200 but status is {got!r}, not "ok"', status, body[:200])
+    return Probe(True, "HTTP 200 {\"status\":\"ok\"}", status, body[:200])
+
+
+def probe(url: str, timeout: float) -> Probe:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - URL built from the plan's port
+            return verdict(r.status, r.read(4096).decode(errors="replace"))
+    except urllib.error.HTTPError as e:
+        return verdict(e.code, e.read(4096).decode(errors="replace") if e.fp else "")
+    except (TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        text = "timed out" if "timed out" in str(reason) else str(reason)
+        return Probe(False, f"no answer ({text} after {timeout:g}s)" if "timed out" in text else f"no answer ({text})")
+
+
+@dataclass
+class GateResult:
+    ok: bool
+    phase: str  # "deadline" | "window" | "passed"
+    reason: str
+    time_to_healthy_s: float | None = None
+    elapsed_s: float = 0.0
+    last: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def gate(
+    url: str,
+    healthy_deadline: float,
+    min_healthy_time: float,
+    interval: float,
+    container_state: Callable[[], tuple[bool, int, str]],
+    on_tick: Callable[[str], None] | None = None,
+) -> GateResult:
+    """Wait for healthy, then hold it for the window. container_state() -> (running, restarts, status)."""
+    t0 = time.monotonic()
+    timeout = max(0.5, min(2.0, interval * 4))
+    running0, restarts0, _ = container_state()
+    last: list[Probe] = []
+
+    def attempt() -> bool:
+        running, restarts, status = container_state()
+        if not running or restarts != restarts0:
+            last.append(Probe(False, f"container {status} (restarts {restarts})"))
+            return False
+        p = probe(url, timeout)
+        last.append(p)
+        return p.ok
+
+    try:
+        for att in Retrying(
+            stop=stop_after_delay(healthy_deadline),
+            wait=wait_fixed(interval),
+            retry=retry_if_result(lambda ok: not ok),
+        ):
+            with att:
+                ok = attempt()
+            if not att.retry_state.outcome.failed:
+                att.retry_state.set_result(ok)
+    except RetryError:
+        p = last[-1] if last else Probe(False, "never probed")
+        return GateResult(False, "deadline", f"not healthy within {healthy_deadline:g}s: {p.reason}",
+                          elapsed_s=time.monotonic() - t0, last=asdict(p))
+    healthy_at = time.monotonic() - t0
+    if on_tick:
+        on_tick(f"healthy after {healthy_at:.2f}s; holding for {min_healthy_time:g}s")
+    end = time.monotonic() + min_healthy_time
+    while time.monotonic() < end:
+        time.sleep(min(interval, max(0.0, end - time.monotonic())))
+        if not attempt():
+            p = last[-1]
+            return GateResult(False, "window", f"unhealthy {time.monotonic() - t0 - healthy_at:.1f}s into the"
+                              f" {min_healthy_time:g}s stability window: {p.reason}", healthy_at,
+                              time.monotonic() - t0, asdict(p))
+    p = last[-1]
+    return GateResult(True, "passed", p.reason, healthy_at, time.monotonic() - t0, asdict(p))

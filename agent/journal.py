@@ -1,0 +1,68 @@
+"""The host-side journal: each step is written (and fsync'd) before it is done.
+
+If the controller dies or the link drops, whoever looks next (`fab status`, the next
+rollout) reads here what the host did and how it ended. One JSON-lines file per
+rollout, plus `last` naming the most recent one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .paths import state_dir
+
+
+def _dir() -> Path:
+    d = state_dir() / "journal"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def path_for(rollout_id: str) -> Path:
+    safe = "".join(ch for ch in rollout_id if ch.isalnum() or ch in "-_.T")
+    return _dir() / f"{safe}.jsonl"
+
+
+def append(rollout_id: str, step: str, **fields: Any) -> dict:
+    rec = {"ts": round(time.time(), 3), "rollout_id": rollout_id, "step": step, **fields}
+    line = (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode()
+    fd = os.open(path_for(rollout_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        os.write(fd, line)  # one write of one line: never interleaved, never half a record
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return rec
+
+
+def mark_last(rollout_id: str) -> None:
+    tmp = _dir() / f".last.{os.getpid()}"
+    tmp.write_text(rollout_id)
+    os.replace(tmp, _dir() / "last")
+
+
+def last_id() -> str | None:
+    p = _dir() / "last"
+    return p.read_text().strip() if p.exists() else None
+
+
+def read(rollout_id: str) -> list[dict]:
+    p = path_for(rollout_id)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line after a power cut: ignore it
+    return out
+
+
+def outcome(records: list[dict]) -> dict | None:
+    done = [r for r in records if r.get("step") == "done"]
+    return done[-1] if done else None

@@ -1,0 +1,168 @@
+"""The planner: (inventory, phase, observed host state) -> plan. Pure; no I/O.
+
+A plan says, per host and service, what runs now (tag@digest), what should run
+(tag@digest, resolved from the registry before anything changes), and the action:
+`create` (nothing runs), `replace` (something else runs, or the same image with another
+configuration), or `noop`. No-op is the natural result of comparing: a second run of a
+finished rollout finds every service already at its digest and spec, and so touches
+nothing. The plan is plain data: printable for --dry-run, shipped to agents as JSON.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .inventory import Inventory
+
+CREATE, REPLACE, NOOP, BLOCKED = "create", "replace", "noop", "blocked"
+
+
+@dataclass
+class Step:
+    host: str
+    service: str
+    action: str
+    current_tag: str = ""
+    current_digest: str = ""
+    new_tag: str = ""
+    new_digest: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    rollout_id: str
+    phase: str
+    operator: str
+    steps: list[Step]
+    created: float = field(default_factory=time.time)
+
+    def for_host(self, host: str) -> list[Step]:
+        return [s for s in self.steps if s.host == host]
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(dict.fromkeys(s.host for s in self.steps))
+
+    @property
+    def changes(self) -> list[Step]:
+        return [s for s in self.steps if s.action in (CREATE, REPLACE)]
+
+    @property
+    def blocked(self) -> list[Step]:
+        return [s for s in self.steps if s.action == BLOCKED]
+
+    def to_json(self) -> dict:
+        return {
+            "rollout_id": self.rollout_id,
+            "phase": self.phase,
+            "operator": self.operator,
+            "created": self.created,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+
+def new_rollout_id(phase: str) -> str:
+    return f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{phase}-{uuid.uuid4().hex[:6]}"
+
+
+def operator() -> str:
+    user = os.environ.get("FLEETROLL_OPERATOR") or getpass.getuser()
+    return f"{user}@{socket.gethostname()}"
+
+
+def container_spec(inv: Inventory, service: str) -> dict[str, Any]:
+    """Everything the agent needs to start the service, from the inventory alone."""
+    svc = inv.fleet.services[service]
+    return {
+        "name": service,
+        "repo": inv.repo(service),
+        "tag": svc.tag,
+        "ports": {f"{c}/{proto}": h for h, c, proto in svc.port_pairs()},
+        "env": dict(svc.env),
+        "user": svc.user,
+        "gpus": svc.gpus,
+        "restart": svc.restart,
+        "stop_timeout": svc.stop_timeout,
+        "health": svc.health.model_dump(),
+    }
+
+
+def spec_hash(spec: dict[str, Any], digest: str) -> str:
+    """Identity of what should run: the config plus the exact image digest."""
+    blob = json.dumps({"spec": spec, "digest": digest}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_plan(
+    inv: Inventory,
+    phase: str,
+    facts: dict[str, dict[str, Any]],
+    hosts: list[str] | None = None,
+    rollout_id: str | None = None,
+    who: str | None = None,
+) -> Plan:
+    """Compare each service of the phase with what its host runs; facts come from the agents."""
+    steps = []
+    for service in inv.services_for(phase, hosts):
+        svc = inv.fleet.services[service]
+        host_facts = facts.get(svc.host) or {}
+        spec = container_spec(inv, service)
+        ref = inv.image_ref(service)
+        image = (host_facts.get("images") or {}).get(ref) or {}
+        running = next(
+            (c for c in (host_facts.get("docker") or {}).get("containers", []) if c.get("name") == service),
+            None,
+        )
+        step = Step(host=svc.host, service=service, action=CREATE, new_tag=svc.tag, spec=spec)
+        if running:
+            step.current_tag, step.current_digest = running.get("tag", ""), running.get("digest", "")
+        if not image.get("ok"):
+            step.action = BLOCKED
+            step.reason = image.get("error") or f"{ref} was not resolved in the registry"
+            steps.append(step)
+            continue
+        step.new_digest = image["digest"]
+        spec["digest"] = step.new_digest
+        spec["spec_hash"] = spec_hash({k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}, step.new_digest)
+        if running is None:
+            step.reason = "not running yet"
+        elif running.get("spec_hash") == spec["spec_hash"] and running.get("running"):
+            step.action = NOOP
+            step.reason = "already running this digest with this configuration"
+        elif running.get("spec_hash") == spec["spec_hash"]:
+            step.action = REPLACE
+            step.reason = f"container is {running.get('status', 'not running')}; start it afresh"
+        elif running.get("digest") == step.new_digest:
+            step.action = REPLACE
+            step.reason = "same image, configuration changed"
+        else:
+            step.action = REPLACE
+            step.reason = "new image"
+        steps.append(step)
+    return Plan(rollout_id or new_rollout_id(phase), phase, who or operator(), steps)
+
+
+def plan_text(plan: Plan) -> str:
+    lines = [f"plan {plan.rollout_id} (phase {plan.phase}, operator {plan.operator})"]
+    for host in plan.hosts:
+        lines.append(f"  {host}:")
+        for s in plan.for_host(host):
+            cur = f"{s.current_tag}@{s.current_digest[7:19]}" if s.current_tag else "(none)"
+            new = f"{s.new_tag}@{s.new_digest[7:19]}" if s.new_digest else s.new_tag
+            lines.append(f"    {s.action:8} {s.service:20} {cur} -> {new}   # {s.reason}")
+    n = len(plan.changes)
+    lines.append(f"  {n} change(s), {len(plan.steps) - n - len(plan.blocked)} no-op(s), {len(plan.blocked)} blocked")
+    return "\n".join(lines)

@@ -1,0 +1,342 @@
+"""The rollout engine against the lab: real swaps, real health gates, real rollbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from playbooks import executor, ledger
+from playbooks.inventory import load
+from playbooks.lab import fleet, images
+
+from .conftest import derive_inventory
+
+pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parent.parent
+FAB = str(Path(sys.executable).with_name("fab"))
+
+
+@pytest.fixture(autouse=True)
+def own_ledger(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
+
+
+def new_tag() -> str:
+    return f"20261126-{secrets.token_hex(4)[:7]}"
+
+
+def dclient(lab, host="mainpc"):
+    return docker.DockerClient(base_url=lab.host(host).docker_host)
+
+
+def baseline(lab, phase="gpu-mainpc"):
+    """Bring the phase to the lab inventory's tags (idempotent; cheap when already there)."""
+    rep = executor.rollout(load(lab.inventory), phase)
+    assert rep.ok, rep.messages
+    return rep
+
+
+def with_tags(lab, tmp_path, tags: dict[str, str], **health):
+    def edit(doc):
+        for svc, tag in tags.items():
+            doc["services"][svc]["tag"] = tag
+            doc["services"][svc]["health"].update(health)
+
+    return load(derive_inventory(lab, tmp_path / secrets.token_hex(3), edit))
+
+
+def health_of(lab, host, port) -> str:
+    # From inside the host's namespace (busybox wget crashes under nsenter here; python does not).
+    code = "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=2).read().decode())"
+    cmd = ["nsenter", f"--net=/var/run/netns/{lab.host(host).netns}", "/usr/bin/python3", "-c", code, f"http://127.0.0.1:{port}/health"]
+    return subprocess.run(cmd, capture_output=True, text=True).stdout
+
+
+def svc_result(rep, host, service):
+    return next(s for s in rep.hosts[host]["services"] if s["service"] == service)
+
+
+def test_good_upgrade_commits_and_pins_prev(lab, tmp_path):
+    base = baseline(lab)
+    old_tag = load(lab.inventory).fleet.services["llm-api"].tag
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    rep = executor.rollout(inv, "gpu-mainpc")
+    assert rep.ok and rep.state == "committed", rep.messages
+    s = svc_result(rep, "mainpc", "llm-api")
+    assert s["outcome"] == "committed" and s["before_tag"] == old_tag and s["after_tag"] == tag
+    assert s["gate"]["ok"] and s["gate"]["time_to_healthy_s"] is not None
+    # -prev tag on the host names the exact old digest
+    prev = dclient(lab).images.get(f"{inv.repo('llm-api')}:{old_tag}-prev")
+    assert any(s["prev_digest"] in d for d in prev.attrs["RepoDigests"])
+    c = dclient(lab).containers.get("llm-api")
+    assert c.labels["io.fleetroll.tag"] == tag and c.labels["io.fleetroll.rollout-id"] == rep.rollout_id
+    assert c.labels["io.fleetroll.phase"] == "gpu-mainpc" and c.labels["io.fleetroll.git-sha"] == tag.split("-")[1]
+    assert c.attrs["Config"]["User"] == "10001:10001" and "MACHINE=mainpc" in c.attrs["Config"]["Env"]
+    assert c.attrs["HostConfig"]["DeviceRequests"][0]["Count"] == -1
+    # ledger: started + finished with before/after and the pin; pins file for the operator
+    recs = [r for r in ledger.read() if r.get("rollout_id") == rep.rollout_id]
+    assert [r["kind"] for r in recs] == ["started", "finished"]
+    fin = recs[-1]
+    assert fin["final"] == "committed" and fin["operator"] and "inventory_git_sha" in fin
+    assert any(p["prev_ref"].endswith(f"{old_tag}-prev") for p in fin["pins"])
+    pins = json.loads((ledger.path().parent / "pins" / f"{rep.rollout_id}.json").read_text())
+    assert pins["pins"][0]["prev_digest"].startswith("sha256:")
+    assert base is not None
+
+
+@pytest.mark.parametrize(
+    "variant,health,expect",
+    [
+        ("degraded", {"healthy_deadline": 4}, "status is 'degraded'"),
+        ("http500", {"healthy_deadline": 4}, "HTTP 500"),
+        ("crash", {"min_healthy_time": 5}, "exit code 3"),
+        ("hang", {"healthy_deadline": 4}, "no answer"),
+    ],
+)
+def test_bad_release_rolls_back_to_prev(lab, tmp_path, variant, health, expect):
+    baseline(lab)
+    before = load(lab.inventory).fleet.services["vision-api"].tag
+    tag = new_tag()
+    images.push(lab, "vision-svc", tag, variant, arch="89;86")
+    inv = with_tags(lab, tmp_path, {"vision-api": tag}, **health)
+    rep = executor.rollout(inv, "gpu-mainpc")
+    assert not rep.ok and rep.state == "reverted"
+    s = svc_result(rep, "mainpc", "vision-api")
+    assert s["outcome"] == "reverted" and expect in s["message"] + json.dumps(s["details"]) + json.dumps(s["gate"])
+    assert s["prev_ref"].endswith(f"{before}-prev") and s["revert_gate"]["ok"]
+    text = "\n".join(rep.messages)
+    assert "FAILED mainpc vision-api: health-" in text and f"rolled back to {s['prev_ref']} ({s['prev_digest']})" in text
+    assert "next: " in text
+    if variant == "crash":
+        assert "crashing on purpose" in text
+    c = dclient(lab).containers.get("vision-api")
+    assert c.labels["io.fleetroll.tag"] == before and json.loads(health_of(lab, "mainpc", 8001))["status"] == "ok"
+
+
+def test_registry_down_before_swap_changes_nothing(lab, tmp_path):
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    before = dclient(lab).containers.get("llm-api").id
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            seen.append(health_of(lab, "mainpc", 8000))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    fleet.stop_registry()
+    try:
+        rep = executor.rollout(inv, "gpu-mainpc")
+    finally:
+        fleet.start_registry()
+        stop.set()
+        t.join()
+    assert not rep.ok and rep.state == "refused"
+    assert "preflight failed; nothing was changed" in rep.messages[0] and "did not answer" in rep.messages[0]
+    assert dclient(lab).containers.get("llm-api").id == before
+    assert seen and all('"ok"' in x for x in seen), "the old version stopped serving"
+
+
+def test_root_image_refused_nothing_stopped(lab, tmp_path):
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "root", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    before = dclient(lab).containers.get("llm-api").id
+    rep = executor.rollout(inv, "gpu-mainpc")
+    assert not rep.ok
+    assert any("runs as user 0:0, required 10001:10001" in m for m in rep.messages)
+    assert dclient(lab).containers.get("llm-api").id == before
+
+
+def test_no_tini_image_refused_by_agent_even_without_preflight(lab, tmp_path):
+    """The agent checks the contract itself: a plan that skipped preflight still cannot start it."""
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "notini", arch="89;86")
+    from playbooks import transport
+    from playbooks.plan import build_plan
+    from playbooks.runner import run_preflight
+
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    plan = build_plan(inv, "gpu-mainpc", run_preflight(inv, "gpu-mainpc").facts)
+    res = transport.on_hosts(inv, ["mainpc"], "rollout", lambda h: executor._step_args(plan, h, "revert-phase", inv))["mainpc"]
+    s = res.answer["data"]["services"][0]
+    assert s["outcome"] == "refused" and s["check"] == "image-entrypoint" and "nothing was stopped" in s["message"]
+
+
+def test_phase_wide_revert_across_both_hosts(lab, tmp_path):
+    baseline(lab, "core-infra")
+    base_tag = load(lab.inventory).fleet.services["core-mainpc"].tag
+    good, bad = new_tag(), new_tag()
+    images.push(lab, "core", good, "healthy")
+    images.push(lab, "core", bad, "degraded")
+    inv = with_tags(lab, tmp_path, {"core-mainpc": good, "core-pc2": bad, "core-bad-driver": good})
+    rep = executor.rollout(inv, "core-infra")
+    assert not rep.ok and rep.state == "reverted"
+    for host in ("mainpc", "pc2", "bad-driver"):
+        s = svc_result(rep, host, f"core-{host}")
+        assert s["outcome"] == "reverted", s
+        c = dclient(lab, host).containers.get(f"core-{host}")
+        assert c.labels["io.fleetroll.tag"] == base_tag
+    assert any("reverting the phase on" in m for m in rep.messages)
+
+
+def test_noop_rerun_restarts_nothing_and_costs_one_call_per_host(lab):
+    baseline(lab, "cpu-pc2")
+    before = {c.name: c.attrs["State"]["StartedAt"] for c in dclient(lab, "pc2").containers.list()}
+    rep = executor.rollout(load(lab.inventory), "cpu-pc2")
+    assert rep.ok and rep.state == "noop" and rep.agent_calls == 1
+    after = {c.name: c.attrs["State"]["StartedAt"] for c in dclient(lab, "pc2").containers.list()}
+    assert before == after
+
+
+def test_dry_run_changes_nothing(lab, tmp_path):
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    before = dclient(lab).containers.get("llm-api").id
+    r = subprocess.run([FAB, "rollout", "--phase", "gpu-mainpc", "--dry-run", "--inventory", str(inv.path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "replace  llm-api" in r.stdout and f"-> {tag}@" in r.stdout and "noop     vision-api" in r.stdout
+    assert dclient(lab).containers.get("llm-api").id == before
+    assert not ledger.path().exists() or all(x["kind"] != "started" for x in ledger.read())
+
+
+def test_concurrent_rollout_refused_with_holder(lab, tmp_path):
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    slow = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=6)
+    first: dict = {}
+    t = threading.Thread(target=lambda: first.update(rep=executor.rollout(slow, "gpu-mainpc")))
+    t.start()
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            st = executor.status(load(lab.inventory), ["mainpc"])["hosts"]["mainpc"]
+            if st.get("lock"):
+                break
+            time.sleep(0.2)
+        tag2 = new_tag()
+        images.push(lab, "vision-svc", tag2, "healthy", arch="89;86")
+        second = executor.rollout(with_tags(lab, tmp_path, {"vision-api": tag2}), "gpu-mainpc")
+    finally:
+        t.join()
+    assert not second.ok
+    text = "\n".join(second.messages)
+    assert "host is locked by" in text and first["rep"].rollout_id in text and "fab unlock" in text
+    assert first["rep"].ok
+
+
+def _wait_finished(lab, host, rid, timeout=40):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = executor.status(load(lab.inventory), [host])["hosts"][host]
+        last = st.get("last_rollout") or {}
+        if last.get("rollout_id") == rid and last.get("state") == "finished":
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"{host} did not finish {rid}")
+
+
+def test_controller_killed_during_gate_host_ends_good(lab, tmp_path):
+    baseline(lab)
+    before = load(lab.inventory).fleet.services["vision-api"].tag
+    tag = new_tag()
+    images.push(lab, "vision-svc", tag, "crash", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"vision-api": tag}, min_healthy_time=5)
+    p = subprocess.Popen([FAB, "rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(inv.path)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    rid = None
+    for line in p.stderr:
+        if "vision-api: gate" in line:
+            break
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    rid = [r for r in ledger.read() if r["kind"] == "started"][-1]["rollout_id"]
+    st = _wait_finished(lab, "mainpc", rid)
+    outcome = st["last_rollout"]["outcome"]
+    assert outcome["state"] == "good"
+    assert {s["service"]: s["outcome"] for s in outcome["services"]}["vision-api"] == "reverted"
+    assert st["services"]["vision-api"]["tag"] == before and st["services"]["vision-api"]["healthy"]
+    r = subprocess.run([FAB, "status", "--inventory", lab.inventory, "--hosts", "mainpc"], cwd=ROOT, capture_output=True, text=True)
+    assert f"last rollout {rid}: finished" in r.stdout and "vision-api reverted" in r.stdout
+    hist = subprocess.run([FAB, "history", "--json"], cwd=ROOT, capture_output=True, text=True)
+    entry = next(e for e in json.loads(hist.stdout) if e["rollout_id"] == rid)
+    assert entry["final"].startswith("unfinished")
+
+
+def test_ssh_link_cut_mid_transaction_host_ends_good(lab, tmp_path):
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=4)
+    out: dict = {}
+    events = []
+    t = threading.Thread(target=lambda: out.update(rep=executor.rollout(inv, "gpu-mainpc", progress=lambda h, e: events.append(e))))
+    t.start()
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(e.get("event") == "gate" for e in events):
+        time.sleep(0.05)
+    fleet.set_link(lab.host("mainpc"), False)
+    time.sleep(12)  # longer than the controller's read timeout: it must notice and re-attach
+    fleet.set_link(lab.host("mainpc"), True)
+    t.join(90)
+    rep = out["rep"]
+    assert rep.ok and rep.state == "committed", rep.messages
+    assert any("lost contact" in m for m in rep.messages)
+    st = executor.status(load(lab.inventory), ["mainpc"])["hosts"]["mainpc"]
+    assert st["services"]["llm-api"]["tag"] == tag and st["services"]["llm-api"]["healthy"]
+
+
+def test_rollback_command_and_unlock(lab, tmp_path):
+    baseline(lab)
+    before = load(lab.inventory).fleet.services["llm-api"].tag
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    assert executor.rollout(inv, "gpu-mainpc").ok
+    r = subprocess.run([FAB, "rollback", "--phase", "gpu-mainpc", "--service", "llm-api", "--yes", "--json", "--inventory", str(inv.path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["state"] == "reverted" and out["pins"][0]["prev_ref"].endswith(f"{before}-prev")
+    assert dclient(lab).containers.get("llm-api").labels["io.fleetroll.tag"] == before
+    # unlock: a lock left by a dead process is removed and the reason recorded
+    state = lab.host("mainpc").dir / "state"
+    (state / "lock").write_text(json.dumps({"holder": "ghost@laptop", "rollout_id": "r-dead", "pid": 999999, "time": 0}))
+    r = subprocess.run([FAB, "unlock", "--host", "mainpc", "--reason", "laptop died", "--inventory", lab.inventory],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "ghost@laptop" in r.stdout
+    assert not (state / "lock").exists() and "laptop died" in (state / "unlocks.jsonl").read_text()
+
+
+def test_fab_rollout_all_stops_after_failed_phase(lab, tmp_path):
+    baseline(lab, "core-infra")
+    baseline(lab, "gpu-mainpc")
+    bad = new_tag()
+    images.push(lab, "torch-svc", bad, "degraded", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": bad})
+    r = subprocess.run([FAB, "rollout", "--all", "--yes", "--inventory", str(inv.path)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 1
+    assert "phase core-infra: NOOP" in r.stdout and "phase gpu-mainpc: REVERTED" in r.stdout
+    assert "later phases not started: cpu-pc2" in r.stdout

@@ -1,0 +1,108 @@
+"""The planner and the health verdict are pure: tested here without hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.health import verdict
+from playbooks.inventory import load
+from playbooks.ledger import rollouts
+from playbooks.plan import BLOCKED, CREATE, NOOP, REPLACE, build_plan, container_spec, spec_hash
+
+ROOT = Path(__file__).resolve().parent.parent
+INV = load(ROOT / "inventory" / "fleet.yml")
+DIGEST = "sha256:" + "1" * 64
+
+
+def facts_with(containers=(), digest=DIGEST, ok=True):
+    imgs = {INV.image_ref(s): ({"ok": True, "digest": digest} if ok else {"ok": False, "error": "registry down"}) for s in INV.fleet.services}
+    return {h: {"images": imgs, "docker": {"containers": [c for c in containers if c.get("host", h) == h]}} for h in INV.fleet.hosts}
+
+
+def running(service, digest=DIGEST, tag=None, running=True, same_spec=True):
+    spec = container_spec(INV, service)
+    h = spec_hash(spec, digest) if same_spec else "other"
+    return {"name": service, "tag": tag or INV.fleet.services[service].tag, "digest": digest, "spec_hash": h,
+            "running": running, "status": "running" if running else "exited", "host": INV.fleet.services[service].host}
+
+
+def actions(plan):
+    return {s.service: s.action for s in plan.steps}
+
+
+def test_nothing_running_means_create():
+    plan = build_plan(INV, "gpu-mainpc", facts_with())
+    assert actions(plan) == {"llm-inference": CREATE, "vision-audio": CREATE}
+    assert plan.for_host("mainpc")[0].new_digest == DIGEST
+
+
+def test_same_digest_and_spec_is_noop():
+    plan = build_plan(INV, "gpu-mainpc", facts_with([running("llm-inference"), running("vision-audio")]))
+    assert actions(plan) == {"llm-inference": NOOP, "vision-audio": NOOP}
+    assert plan.changes == []
+
+
+def test_new_digest_is_replace_with_current_recorded():
+    old = "sha256:" + "0" * 64
+    plan = build_plan(INV, "gpu-mainpc", facts_with([running("llm-inference", old, "20250101-aaaaaaa"), running("vision-audio")]))
+    step = plan.for_host("mainpc")[0]
+    assert (step.action, step.current_tag, step.current_digest, step.new_digest) == (REPLACE, "20250101-aaaaaaa", old, DIGEST)
+    assert actions(plan)["vision-audio"] == NOOP
+
+
+def test_config_change_is_replace():
+    plan = build_plan(INV, "gpu-mainpc", facts_with([running("llm-inference", same_spec=False), running("vision-audio")]))
+    assert actions(plan)["llm-inference"] == REPLACE
+    assert "configuration changed" in plan.for_host("mainpc")[0].reason
+
+
+def test_stopped_container_is_replaced():
+    plan = build_plan(INV, "gpu-mainpc", facts_with([running("llm-inference", running=False), running("vision-audio")]))
+    assert actions(plan)["llm-inference"] == REPLACE
+
+
+def test_unresolved_image_blocks():
+    plan = build_plan(INV, "cpu-pc2", facts_with(ok=False))
+    assert {s.action for s in plan.steps} == {BLOCKED} and "registry down" in plan.steps[0].reason
+
+
+def test_plan_limited_to_hosts_and_carries_spec():
+    plan = build_plan(INV, "core-infra", facts_with(), hosts=["pc2"])
+    assert [s.service for s in plan.steps] == ["fleetroll-collector"]
+    spec = plan.steps[0].spec
+    assert spec["ports"] == {"9400/tcp": 9400} and spec["env"] == {"MACHINE": "pc2"} and spec["digest"] == DIGEST
+
+
+def test_gpu_request_in_spec():
+    assert container_spec(INV, "llm-inference")["gpus"] == "all"
+
+
+@pytest.mark.parametrize(
+    "status,body,ok,reason",
+    [
+        (200, '{"status":"ok"}', True, "HTTP 200"),
+        (200, '{"status": "degraded"}', False, "'degraded'"),
+        (500, '{"status":"ok"}', False, "HTTP 500"),
+        (200, "OK", False, "not JSON"),
+        (200, "[]", False, "not \"ok\""),
+        (None, "no answer (timed out after 1s)", False, "timed out"),
+    ],
+)
+def test_health_verdict(status, body, ok, reason):
+    v = verdict(status, body)
+    assert v.ok is ok and reason in v.reason
+
+
+def test_ledger_merges_started_and_finished(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "l.jsonl"))
+    from playbooks import ledger
+
+    ledger.append("started", rollout_id="r1", phase="p")
+    ledger.append("finished", rollout_id="r1", phase="p", final="committed")
+    ledger.append("started", rollout_id="r2", phase="p")
+    with open(tmp_path / "l.jsonl", "a") as f:
+        f.write('{"kind": "finished", "rollout_id": "r2"')  # torn write: ignored
+    got = {e["rollout_id"]: e["final"] for e in rollouts()}
+    assert got == {"r1": "committed", "r2": "unfinished (controller stopped before the end)"}
