@@ -84,11 +84,11 @@ def _follow(rid: str, pid: int, emit: Callable[[dict], None], deadline: float | 
             return done
         if deadline and time.monotonic() > deadline:
             return None
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def _run_detached_transaction(args: dict[str, Any]) -> None:
-    from .transaction import Transaction
+    from .transaction import Transaction  # already imported by rollout(): the fork inherits it
 
     rid = args["rollout_id"]
     try:
@@ -103,6 +103,8 @@ def _run_detached_transaction(args: dict[str, Any]) -> None:
 def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     rid = args["rollout_id"]
     holder = args.get("operator", "unknown")
+    from . import transaction  # noqa: F401 - import the docker SDK once, before the fork
+
     try:
         stale = lock.acquire(holder, rid)
     except lock.Locked as exc:

@@ -91,25 +91,27 @@ def _step_args(plan: Plan, host: str, policy: str, inv: Inventory, actions=("cre
     }
 
 
-def _reattach(inv: Inventory, host: str, rid: str, on_event, budget_s: float = 120.0) -> transport.CallResult | None:
+def _reattach(inv: Inventory, host: str, rid: str, on_event, pool: transport.Pool, budget_s: float = 120.0) -> transport.CallResult | None:
     """The link dropped mid-transaction: reconnect and wait for the host's own outcome."""
     deadline = time.monotonic() + budget_s
     while time.monotonic() < deadline:
         res = transport.on_hosts(inv, [host], "journal", lambda h: {"rollout_id": rid, "timeout": max(5, deadline - time.monotonic())},
-                                 timeout=budget_s, on_event=on_event)[host]
+                                 timeout=budget_s, on_event=on_event, pool=pool)[host]
         if res.answer is not None:
             return res
         time.sleep(2)
     return None
 
 
-def _run_on_hosts(inv: Inventory, plan: Plan, hosts: list[str], args_for, max_parallel, progress, report: RolloutReport) -> dict[str, transport.CallResult]:
-    results = transport.on_hosts(inv, hosts, "rollout", args_for, max_parallel=max_parallel, timeout=10.0, on_event=progress)
+def _run_on_hosts(inv: Inventory, plan: Plan, hosts: list[str], args_for, max_parallel, progress, report: RolloutReport,
+                  pool: transport.Pool) -> dict[str, transport.CallResult]:
+    # The agent sends a heartbeat every 2 s, so 10 s of silence means the link is gone.
+    results = transport.on_hosts(inv, hosts, "rollout", args_for, max_parallel=max_parallel, timeout=10.0, on_event=progress, pool=pool)
     report.agent_calls += len(hosts)
     for h, res in list(results.items()):
         if res.answer is None and res.error_kind in ("timeout", "agent", "link-lost"):
             report.messages.append(f"{h}: lost contact during the transaction ({res.error}); the host finishes on its own — re-attaching")
-            again = _reattach(inv, h, plan.rollout_id, progress)
+            again = _reattach(inv, h, plan.rollout_id, progress, pool)
             report.agent_calls += 1
             if again is not None:
                 results[h] = again
@@ -142,9 +144,16 @@ def describe_failure(host: str, s: dict, next_cmd: str) -> str:
     return "\n".join(parts)
 
 
-def rollout(
+def rollout(inv: Inventory, phase: str, **kw) -> RolloutReport:
+    """Roll one phase out over one SSH connection per host (preflight, transaction, revert)."""
+    with transport.Pool() as pool:
+        return _rollout(inv, phase, pool=pool, **kw)
+
+
+def _rollout(
     inv: Inventory,
     phase: str,
+    pool: transport.Pool,
     hosts: list[str] | None = None,
     dry_run: bool = False,
     max_parallel: int | None = None,
@@ -156,7 +165,7 @@ def rollout(
         raise RolloutError(f"--on-failure must be one of {', '.join(POLICIES)}, not {on_failure!r}")
     t0 = time.monotonic()
     inv.phase(phase)
-    pre = run_preflight(inv, phase, hosts, max_parallel)
+    pre = run_preflight(inv, phase, hosts, max_parallel, pool=pool)
     plan = build_plan(inv, phase, pre.facts, hosts)
     report = RolloutReport(plan.rollout_id, phase, False, "refused", plan, pre, agent_calls=len(pre.hosts))
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
@@ -192,7 +201,7 @@ def rollout(
 
     ledger.append("started", **common, plan=plan.to_json())
     busy = [h for h in plan.hosts if any(s.action not in (NOOP, BLOCKED) for s in plan.for_host(h))]
-    results = _run_on_hosts(inv, plan, busy, lambda h: _step_args(plan, h, on_failure, inv), max_parallel, progress, report)
+    results = _run_on_hosts(inv, plan, busy, lambda h: _step_args(plan, h, on_failure, inv), max_parallel, progress, report, pool)
     failed_hosts = [h for h, r in results.items() if not r.ok]
     unknown = [h for h, r in results.items() if r.answer is None]
     for h in unknown:
@@ -209,7 +218,7 @@ def rollout(
                 return {**_step_args(plan, h, "revert-service", inv, ()), "rollout_id": f"{plan.rollout_id}-revert",
                         "steps": steps, "reason": f"phase {phase} failed on {', '.join(failed_hosts)}"}
 
-            reverts = _run_on_hosts(inv, plan, to_revert, revert_args, max_parallel, progress, report)
+            reverts = _run_on_hosts(inv, plan, to_revert, revert_args, max_parallel, progress, report, pool)
             for h, r in reverts.items():
                 by_svc = {s["service"]: s for s in _services(r)}
                 for s in _services(results[h]):
@@ -283,8 +292,9 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
               "inventory_git_sha": ledger.inventory_git_sha(inv.path), "rollback": True}
     ledger.append("started", **common, plan=plan.to_json())
-    results = _run_on_hosts(inv, plan, plan.hosts, lambda h: {**_step_args(plan, h, "revert-service", inv, ("revert",)),
-                            "reason": "operator rollback"}, max_parallel, progress, report)
+    with transport.Pool() as pool:
+        results = _run_on_hosts(inv, plan, plan.hosts, lambda h: {**_step_args(plan, h, "revert-service", inv, ("revert",)),
+                                "reason": "operator rollback"}, max_parallel, progress, report, pool)
     report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r)} for h, r in results.items()}
     report.pins = [{"host": h, "service": s["service"], "prev_ref": s["prev_ref"], "prev_digest": s["prev_digest"]}
                    for h, r in results.items() for s in _services(r) if s.get("prev_ref")]

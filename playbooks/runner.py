@@ -34,12 +34,13 @@ class PreflightReport:
 
 
 def run_preflight(
-    inv: Inventory, phase: str | None = None, hosts: list[str] | None = None, max_parallel: int | None = None
+    inv: Inventory, phase: str | None = None, hosts: list[str] | None = None, max_parallel: int | None = None,
+    pool: transport.Pool | None = None,
 ) -> PreflightReport:
     t0 = time.monotonic()
     targets = inv.select_hosts(hosts, phase)
     calls = transport.on_hosts(
-        inv, targets, "facts", lambda h: preflight.request_args(inv, h, phase), max_parallel=max_parallel, timeout=60
+        inv, targets, "facts", lambda h: preflight.request_args(inv, h, phase), max_parallel=max_parallel, timeout=60, pool=pool
     )
     checks: list[preflight.Check] = []
     facts = {}

@@ -209,6 +209,41 @@ def call_agent(
     return res
 
 
+class Pool:
+    """One SSH connection per host for the length of a command (preflight, then rollout).
+
+    Outside a Pool every on_hosts() call connects afresh; inside, a connection that is
+    still up is reused, and one that broke is dropped and made again on the next call.
+    """
+
+    def __init__(self) -> None:
+        self.conns: dict[str, Connection] = {}
+        self.lock = threading.Lock()
+
+    def get(self, inv: Inventory, host: str) -> Connection:
+        with self.lock:
+            conn = self.conns.get(host)
+        if conn is not None and conn.is_connected and conn.client.get_transport().is_active():
+            return conn
+        conn = connect(Target.from_inventory(inv, host))
+        with self.lock:
+            self.conns[host] = conn
+        return conn
+
+    def drop(self, host: str) -> None:
+        with self.lock:
+            conn = self.conns.pop(host, None)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for host in list(self.conns):
+            self.drop(host)
+
+
 def on_hosts(
     inv: Inventory,
     hosts: list[str],
@@ -217,13 +252,14 @@ def on_hosts(
     max_parallel: int | None = None,
     timeout: float = 120.0,
     on_event: Callable[[str, dict], None] | None = None,
+    pool: Pool | None = None,
 ) -> dict[str, CallResult]:
     """Run one agent op on each host in parallel (bounded); never let one host hide another."""
 
     def attempt(host: str) -> CallResult:
         t0 = time.monotonic()
         try:
-            conn = connect(Target.from_inventory(inv, host))
+            conn = pool.get(inv, host) if pool else connect(Target.from_inventory(inv, host))
         except TransportError as exc:
             return CallResult(host=host, ok=False, error=str(exc), error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
         try:
@@ -232,12 +268,15 @@ def on_hosts(
         except TransportError as exc:
             return CallResult(host=host, ok=False, error=f"{host}: {exc}", error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            if pool:
+                pool.drop(host)
             return CallResult(
                 host=host, ok=False, error=f"{host}: SSH link lost during {op}: {exc}", error_kind="link-lost",
                 elapsed_s=time.monotonic() - t0,
             )
         finally:
-            conn.close()
+            if not pool:
+                conn.close()
 
     def one(host: str) -> CallResult:
         res = attempt(host)
@@ -248,6 +287,6 @@ def on_hosts(
         return res
 
     workers = max(1, min(len(hosts), max_parallel or inv.fleet.ssh.max_parallel))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, hosts))
+    with ThreadPoolExecutor(max_workers=workers) as threads:
+        results = list(threads.map(one, hosts))
     return {r.host: r for r in results}
