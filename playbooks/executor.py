@@ -80,6 +80,21 @@ class Progress:
             print(f"[{host}] {svc + ': ' if svc else ''}{step} {detail}".rstrip(), file=self.stream, flush=True)
 
 
+def security_gate(inv: Inventory, plan: Plan) -> list:
+    """Trivy HIGH/CRITICAL findings block a step unless an unexpired risk acceptance covers them (R4)."""
+    from .images import security
+
+    sec = inv.fleet.security
+    verdicts = []
+    for step in plan.changes:
+        svc = inv.fleet.services[step.service]
+        v = security.check(svc.image, step.new_tag, inv.resolve(sec.artifacts), inv.resolve(sec.acceptances), sec.missing_report)
+        verdicts.append(v)
+        if v.status == "refuse":
+            step.action, step.reason = BLOCKED, "security gate: " + "; ".join(v.reasons)
+    return verdicts
+
+
 def _step_args(plan: Plan, host: str, policy: str, inv: Inventory, actions=("create", "replace")) -> dict[str, Any]:
     return {
         "rollout_id": plan.rollout_id,
@@ -168,8 +183,15 @@ def _rollout(
     pre = run_preflight(inv, phase, hosts, max_parallel, pool=pool)
     plan = build_plan(inv, phase, pre.facts, hosts)
     report = RolloutReport(plan.rollout_id, phase, False, "refused", plan, pre, agent_calls=len(pre.hosts))
+    try:
+        verdicts = security_gate(inv, plan)
+    except ValueError as exc:
+        raise RolloutError(str(exc)) from None
+    report.messages += [f"security WARN: {r}" for v in verdicts if v.status == "warn" for r in v.reasons]
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
-              "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts}
+              "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts,
+              "security": [v.to_json() for v in verdicts if v.status != "pass"],
+              "risk_acceptances": [a for v in verdicts for a in v.accepted]}
     if not pre.ok:
         failing = [f"{c.host} {c.check}: {c.detail}" for c in pre.checks if c.status == "fail"]
         report.messages.append("preflight failed; nothing was changed:\n  " + "\n  ".join(failing))

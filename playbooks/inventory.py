@@ -144,6 +144,14 @@ class Ssh(_Strict):
     max_parallel: int = Field(default=10, ge=1)
 
 
+class Security(_Strict):
+    """Where the supply-chain gate finds reports and risk acceptances (paths relative to this file)."""
+
+    artifacts: str = "../artifacts"
+    acceptances: str = "../security/risk-acceptances.yml"
+    missing_report: Literal["refuse", "warn"] = "refuse"
+
+
 class Defaults(_Strict):
     disk_min_free_gb: float = Field(default=20.0, ge=0)
 
@@ -152,6 +160,7 @@ class Fleet(_Strict):
     registry: Registry
     ssh: Ssh = Ssh()
     defaults: Defaults = Defaults()
+    security: Security = Security()
     hosts: dict[str, Host]
     services: dict[str, Service] = {}
 
@@ -218,6 +227,10 @@ class Inventory:
         raw = h.known_hosts or self.fleet.ssh.known_hosts
         p = Path(raw).expanduser()
         return p if p.is_absolute() else (self.path.parent / p)
+
+    def resolve(self, raw: str) -> Path:
+        p = Path(raw).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
 
     def disk_min_free_gb(self, host: str) -> float:
         h = self.fleet.hosts[host]

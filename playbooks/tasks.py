@@ -201,11 +201,61 @@ def unlock(c, host, reason, force=False, inventory=None):
         raise Exit(code=1)
 
 
+@task(help={"family": "family name from families/families.yml", "push": "push to <registry>/<org> from the inventory",
+            "allow-dirty": "build from uncommitted families/ (tag -dirty, never pushed)", "json": "JSON output",
+            "inventory": "inventory whose registry to push to"})
+def build(c, family, push=False, allow_dirty=False, json=False, inventory=None):
+    """Build a family image reproducibly: tag from the commit, SBOM, size budget, optional push."""
+    from .images import build as images_build
+
+    inv = _inventory(inventory) if push else None
+    registry = f"{inv.fleet.registry.host}/{inv.fleet.registry.org}" if inv else ""
+    try:
+        r = images_build.build_family(family, registry, push, allow_dirty, insecure=bool(inv and inv.fleet.registry.insecure))
+    except images_build.BuildError as exc:
+        raise Exit(f"build of {family} failed: {exc}", code=1) from None
+    if json:
+        render.dump_json(r.to_json())
+    else:
+        print(f"{r.family}:{r.tag}  {r.digest}\n  base {r.base}\n  size {r.size_mb} MB (budget {r.budget_mb} MB)\n  SBOM {r.sbom} (SPDX, validated)")
+        if r.pushed:
+            print(f"  pushed {r.pushed}")
+        for n in r.notes:
+            print(f"  note: {n}")
+
+
+@task(help={"family": "family to audit", "image": "image to audit (default: this commit's local build)", "json": "JSON output"})
+def audit(c, family, image=None, json=False):
+    """List what a family image holds and fail on GPU-only deps in CPU families, unpinned or unhashed locks."""
+    from .images import audit as images_audit
+    from .images import build as images_build
+    from .images import spec
+
+    fams = spec.load()
+    fam = fams.family(family)
+    ref = image or f"{images_build.LOCAL}/{family}:{images_build.revision().tag}"
+    base = f"{images_build.LOCAL}/{fam.base}:base"
+    try:
+        rep = images_audit.audit_image(family, fam, ref, base)
+    except images_build.BuildError as exc:
+        raise Exit(f"cannot read {ref}: build it first (fab build --family {family}); {exc}", code=2) from None
+    if json:
+        render.dump_json(rep.to_json())
+    else:
+        print(render.table([[p["name"], p["version"]] for p in rep.python_packages], ["python package", "version"]))
+        print(f"\n{len(rep.debian_packages)} Debian packages (see --json)")
+        for p in rep.problems:
+            print(f"FAIL {p}")
+        print(f"audit of {family} ({ref}): {'passed' if rep.ok else 'FAILED'}")
+    if not rep.ok:
+        raise Exit(code=1)
+
+
 lab = Collection("lab")
 lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 
-ns = Collection(preflight, rollout, rollback, status, history, unlock, lab)
+ns = Collection(preflight, rollout, rollback, status, history, unlock, build, audit, lab)
 
 
 def main() -> None:  # pragma: no cover - `python -m playbooks` convenience

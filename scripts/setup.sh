@@ -4,7 +4,7 @@
 # installed in editable mode with its test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS=(docker.io docker-registry openssh-server openssh-client tini busybox-static iproute2 gcc libc6-dev iptables python3-venv python3-pip util-linux procps)
+PKGS=(docker.io docker-registry openssh-server openssh-client tini busybox-static iproute2 gcc libc6-dev iptables python3-venv python3-pip util-linux procps git buildah mmdebstrap ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -340,3 +340,42 @@ def test_fab_rollout_all_stops_after_failed_phase(lab, tmp_path):
     assert r.returncode == 1
     assert "phase core-infra: NOOP" in r.stdout and "phase gpu-mainpc: REVERTED" in r.stdout
     assert "later phases not started: cpu-pc2" in r.stdout
+
+
+TRIVY_HIGH = {"Results": [{"Target": "lab", "Vulnerabilities": [
+    {"VulnerabilityID": "CVE-2026-4242", "Severity": "CRITICAL", "PkgName": "busybox", "InstalledVersion": "1.35.0"}]}]}
+
+
+def test_security_gate_blocks_high_findings_unless_risk_accepted(lab, tmp_path):
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    arts = tmp_path / "artifacts"
+    (arts / "torch-svc" / tag).mkdir(parents=True)
+    (arts / "torch-svc" / tag / "trivy.json").write_text(json.dumps(TRIVY_HIGH))
+    acc = tmp_path / "risk-acceptances.yml"
+
+    def inv_with(acceptances: str):
+        acc.write_text(acceptances)
+
+        def edit(doc):
+            doc["services"]["llm-api"]["tag"] = tag
+            doc["security"] = {"artifacts": str(arts), "acceptances": str(acc), "missing_report": "refuse"}
+
+        return load(derive_inventory(lab, tmp_path / secrets.token_hex(3), edit))
+
+    before = dclient(lab).containers.get("llm-api").id
+    rep = executor.rollout(inv_with("acceptances: []\n"), "gpu-mainpc")
+    assert not rep.ok and rep.state == "refused"
+    assert any("blocked: security gate" in m and "CVE-2026-4242 (CRITICAL) in busybox" in m for m in rep.messages)
+    assert dclient(lab).containers.get("llm-api").id == before
+    expired = "acceptances:\n  - {image: torch-svc, cve: CVE-2026-4242, owner: alice, reason: lab only, expires: 2026-01-01}\n"
+    rep = executor.rollout(inv_with(expired), "gpu-mainpc")
+    assert not rep.ok and any("expired on 2026-01-01" in m for m in rep.messages)
+    good = expired.replace("2026-01-01", "2099-01-01")
+    rep = executor.rollout(inv_with(good), "gpu-mainpc")
+    assert rep.ok and rep.state == "committed"
+    assert any(m.startswith("security WARN") and "accepted by alice until 2099-01-01" in m for m in rep.messages)
+    fin = [r for r in ledger.read() if r.get("rollout_id") == rep.rollout_id and r["kind"] == "finished"][-1]
+    assert fin["risk_acceptances"] == [{"image": "torch-svc", "tag": tag, "cve": "CVE-2026-4242", "owner": "alice",
+                                        "reason": "lab only", "expires": "2099-01-01"}]

@@ -1,0 +1,251 @@
+"""Build family images reproducibly: base rootfs -> base image -> wheelhouse -> family image.
+
+Reproducible means the same commit gives the same image digest. What makes it so:
+the tag and every timestamp come from the commit (date in UTC + short sha; buildah's
+--timestamp and SOURCE_DATE_EPOCH set to the commit time), wheels are fetched once and
+checked against the lock's hashes, installed offline with --no-index, and bytecode is
+compiled with unchecked-hash invalidation (no mtimes inside .pyc files).
+
+Debian 12 has no buildx; buildah (a Debian package) builds Dockerfiles without a daemon,
+supports RUN --mount, and has --timestamp for deterministic output. Registry cache
+(--cache-to/--cache-from type=registry) is a buildx feature: where buildx is absent the
+build says so and uses buildah's local layer cache instead.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .spec import FAMILIES_DIR, ROOT, Families, load
+
+BUILD_DIR = Path(os.environ.get("FLEETROLL_BUILD_DIR", ROOT / "build"))
+ARTIFACTS = Path(os.environ.get("FLEETROLL_ARTIFACTS", ROOT / "artifacts"))
+LOCAL = "localhost/fleetroll"
+
+
+class BuildError(Exception):
+    pass
+
+
+def run(*argv: str, cwd: Path | None = None, env: dict | None = None, quiet: bool = True) -> str:
+    r = subprocess.run(list(argv), cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"{' '.join(argv[:4])}... failed ({r.returncode}):\n{(r.stderr or r.stdout).strip()[-1500:]}")
+    return r.stdout
+
+
+@dataclass
+class Revision:
+    sha: str
+    short: str
+    epoch: int
+    date: str  # YYYYMMDD, UTC, of the commit
+    dirty: bool
+
+    @property
+    def tag(self) -> str:
+        return f"{self.date}-{self.short}" + ("-dirty" if self.dirty else "")
+
+
+def revision(repo: Path = ROOT) -> Revision:
+    """The tag comes from the commit (its UTC date and short sha), never from today's date."""
+    sha = run("git", "-C", str(repo), "rev-parse", "HEAD").strip()
+    epoch = int(run("git", "-C", str(repo), "log", "-1", "--format=%ct").strip())
+    dirty = bool(run("git", "-C", str(repo), "status", "--porcelain", "--", "families").strip())
+    return Revision(sha, sha[:7], epoch, time.strftime("%Y%m%d", time.gmtime(epoch)), dirty)
+
+
+# --- base -----------------------------------------------------------------------------
+
+# What a runtime-only base sheds: no package manager, perl, docs or Python developer tools.
+# Applied by filtering the rootfs tar (mmdebstrap's own clean-up still needs apt inside).
+PRUNE = [
+    "usr/bin/apt*", "usr/lib/apt", "usr/lib/x86_64-linux-gnu/libapt-*", "var/lib/apt", "var/cache/apt", "etc/apt",
+    "usr/lib/x86_64-linux-gnu/libgnutls*", "usr/lib/x86_64-linux-gnu/libp11-kit*", "usr/lib/x86_64-linux-gnu/libtasn1*",
+    "usr/lib/python3.11/test", "usr/lib/python3.11/unittest/test",
+    "usr/share/perl", "usr/share/perl5", "usr/lib/x86_64-linux-gnu/perl", "usr/lib/x86_64-linux-gnu/perl-base",
+    "usr/lib/x86_64-linux-gnu/perl5", "usr/bin/perl*", "usr/lib/x86_64-linux-gnu/libperl.so*",
+    "usr/lib/x86_64-linux-gnu/gconv", "usr/share/info", "usr/share/common-licenses",
+    "var/cache/debconf", "var/lib/dpkg/info", "usr/share/bash-completion",
+    # Python's developer tools and leap-second zone duplicates: not needed to run services.
+    "usr/lib/python3.11/pydoc_data", "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/idlelib",
+    "usr/lib/python3.11/turtledemo", "usr/lib/python3.11/ensurepip", "usr/lib/python3.11/config-3.11-*",
+    "usr/share/zoneinfo/right", "usr/share/zoneinfo/posix",
+]
+DPKG_EXCLUDES = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*", "/usr/share/lintian/*"]
+
+
+def base_image(fams: Families, name: str, epoch: int) -> str:
+    """Make (or reuse) the base rootfs and image; return its reference pinned by digest."""
+    b = fams.bases[name]
+    out = BUILD_DIR / "bases" / name
+    out.mkdir(parents=True, exist_ok=True)
+    tar = out / "rootfs.tar"
+    if not tar.exists():
+        if not shutil.which("mmdebstrap"):
+            raise BuildError("mmdebstrap is missing: apt-get install mmdebstrap")
+        hooks: list[str] = []
+        argv = ["mmdebstrap", "--variant=minbase", f"--include={','.join(b.include)}",
+                *[f"--dpkgopt=path-exclude={x}" for x in DPKG_EXCLUDES],
+                '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/log/* "$1"/var/cache/ldconfig/aux-cache',
+                *hooks, b.suite, str(out / "rootfs.part.tar")]
+        run(*argv, env={"SOURCE_DATE_EPOCH": "0"})
+        if b.prune:
+            prune_tar(out / "rootfs.part.tar", out / "rootfs.pruned.tar")
+            os.replace(out / "rootfs.pruned.tar", out / "rootfs.part.tar")
+        os.replace(out / "rootfs.part.tar", tar)
+    (out / "Dockerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["/usr/bin/python3"]\n')
+    ref = f"{LOCAL}/{name}:base"
+    run("buildah", "bud", "--quiet", "--isolation", "chroot", "--timestamp", "0", "-t", ref, str(out))
+    return f"{ref}@{image_digest(ref)}"
+
+
+def pruned(name: str) -> bool:
+    name = name.removeprefix("./")
+    return any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(name, pat + "/*") for pat in PRUNE)
+
+
+def prune_tar(src: Path, dst: Path) -> None:
+    """Copy a rootfs tar without the PRUNE paths, member by member (metadata preserved)."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
+        for m in tin:
+            if pruned(m.name):
+                continue
+            tout.addfile(m, tin.extractfile(m) if m.isfile() else None)
+
+
+def image_digest(ref: str) -> str:
+    info = json.loads(run("buildah", "inspect", "--type", "image", ref))
+    return info["FromImageDigest"]
+
+
+def image_size_mb(ref: str) -> float:
+    """Uncompressed size of the image's filesystem (what the budget in families.yml means)."""
+    with Mounted(ref) as root:
+        return round(int(run("du", "-sb", "--apparent-size", str(root)).split()[0]) / 1e6, 1)
+
+
+# --- wheelhouse ---------------------------------------------------------------------------
+
+
+def wheelhouse(family: str, python: str) -> tuple[Path, str]:
+    """Fetch the locked wheels (pip checks each hash) into the build context; return (dir, pip wheel)."""
+    fam_dir = FAMILIES_DIR / family
+    wheels = fam_dir / "wheels"
+    wheels.mkdir(exist_ok=True)
+    for lock in (fam_dir / "requirements.txt", FAMILIES_DIR / "build-requirements.txt"):
+        run("python3", "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--require-hashes",
+            "--no-deps", "--only-binary=:all:", "--python-version", python, "--platform", "manylinux_2_28_x86_64",
+            "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux1_x86_64",
+            "--platform", "any",
+            "-d", str(wheels), "-r", str(lock))
+    pip_wheel = next(p.name for p in wheels.glob("pip-*.whl"))
+    return wheels, pip_wheel
+
+
+# --- family -----------------------------------------------------------------------------
+
+
+@dataclass
+class BuildResult:
+    family: str
+    tag: str
+    local_ref: str
+    digest: str
+    base: str
+    size_mb: float
+    budget_mb: int
+    sbom: str
+    pushed: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def build_family(family: str, registry: str = "", push: bool = False, allow_dirty: bool = False,
+                 insecure: bool = False, rev: Revision | None = None) -> BuildResult:
+    fams = load()
+    fam = fams.family(family)
+    if fam.build == "static":
+        raise BuildError(f"{family} is checked statically only: {fam.why_static}")
+    rev = rev or revision()
+    if rev.dirty and not allow_dirty:
+        raise BuildError("families/ has uncommitted changes: the tag would not name what is built."
+                         " Commit first, or pass --allow-dirty (tags -dirty, never pushed)")
+    if rev.dirty and push:
+        raise BuildError("refusing to push a -dirty build; commit first")
+    notes = []
+    if shutil.which("docker") and subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0:
+        notes.append("buildx present: CI uses --cache-to/--cache-from type=registry (.github/workflows/images.yml)")
+    else:
+        notes.append("no buildx here: no registry cache (type=registry); built every layer afresh with buildah"
+                     " (the pip wheel cache mount and the fetched wheelhouse still make it fast)")
+    base = base_image(fams, fam.base, rev.epoch)
+    _, pip_wheel = wheelhouse(family, fam.python)
+    shutil.copy(FAMILIES_DIR / "sbom_gen.py", FAMILIES_DIR / family / "sbom_gen.py")
+    local = f"{LOCAL}/{family}:{rev.tag}"
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rev.epoch))
+    args = {"BASE": base, "PIP_WHEEL": pip_wheel, "REVISION": rev.sha, "CREATED": created,
+            "SOURCE": "fleetroll/families/" + family, "VERSION": rev.tag, "SOURCE_DATE_EPOCH": str(rev.epoch)}
+    try:
+        # No layer cache: buildah keys cached COPY layers by content, not by --timestamp, so a
+        # cache warmed by another commit would hand back layers stamped with that commit's time.
+        # Offline unless the family installs Debian packages (apt needs the archive).
+        network = "host" if fam.allowed_system_packages else "none"
+        run("buildah", "bud", "--quiet", "--isolation", "oci", "--network", network, "--no-cache",
+            "--timestamp", str(rev.epoch), *[x for k, v in args.items() for x in ("--build-arg", f"{k}={v}")],
+            "-t", local, "-f", str(FAMILIES_DIR / family / "Dockerfile"), str(FAMILIES_DIR / family))
+    finally:
+        (FAMILIES_DIR / family / "sbom_gen.py").unlink(missing_ok=True)
+    digest = image_digest(local)
+    size = image_size_mb(local)
+    sbom_path = extract_sbom(local, family, rev.tag)
+    result = BuildResult(family, rev.tag, local, digest, base, size, fam.size_budget_mb, str(sbom_path), notes=notes)
+    if size > fam.size_budget_mb:
+        raise BuildError(f"{family}:{rev.tag} is {size} MB, over its budget of {fam.size_budget_mb} MB (families.yml);"
+                         " trim the requirements or the base")
+    if push:
+        dest = f"{registry}/{family}:{rev.tag}"
+        run("buildah", "push", "--quiet", *(["--tls-verify=false"] if insecure else []), "--digestfile",
+            str(BUILD_DIR / "pushed.digest"), local, f"docker://{dest}")
+        result.pushed = f"{dest}@{(BUILD_DIR / 'pushed.digest').read_text().strip()}"
+    return result
+
+
+def extract_sbom(ref: str, family: str, tag: str) -> Path:
+    """Copy the SBOM baked into the image out next to where its Trivy report goes, and validate it."""
+    from .sbom import validate
+
+    ctr = run("buildah", "from", "--quiet", ref).strip()
+    try:
+        mnt = Path(run("buildah", "mount", ctr).strip())
+        dest = ARTIFACTS / family / tag / "sbom.spdx.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(mnt / "usr/share/fleetroll/sbom.spdx.json", dest)
+    finally:
+        run("buildah", "rm", ctr)
+    validate(dest)
+    return dest
+
+
+class Mounted:
+    """`with Mounted(ref) as root:` — the image's filesystem, read-only use, cleaned up after."""
+
+    def __init__(self, ref: str):
+        self.ref = ref
+
+    def __enter__(self) -> Path:
+        self.ctr = run("buildah", "from", "--quiet", "--pull-never", self.ref).strip()
+        return Path(run("buildah", "mount", self.ctr).strip())
+
+    def __exit__(self, *exc) -> None:
+        run("buildah", "rm", self.ctr)

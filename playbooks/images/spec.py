@@ -1,0 +1,55 @@
+"""families/families.yml: the machine-readable list of family images and their bases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FAMILIES_DIR = ROOT / "families"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(_Strict):
+    suite: str = "bookworm"
+    include: list[str]
+    prune: bool = False
+
+
+class Family(_Strict):
+    base: str
+    python: str = Field(pattern=r"^3\.\d+$")
+    gpu: bool = False
+    size_budget_mb: int = Field(gt=0)
+    cuda_arch_list: str = ""
+    allowed_system_packages: list[str] = []
+    build: Literal["ci", "slow", "static"] = "ci"
+    why_static: str = ""
+
+
+class Families(_Strict):
+    bases: dict[str, Base]
+    families: dict[str, Family]
+
+    def family(self, name: str) -> Family:
+        if name not in self.families:
+            raise SystemExit(f"unknown family {name!r}; families.yml lists: {', '.join(self.families)}")
+        return self.families[name]
+
+
+def load(path: Path | None = None) -> Families:
+    path = path or FAMILIES_DIR / "families.yml"
+    try:
+        fams = Families.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
+    for name, fam in fams.families.items():
+        if fam.base not in fams.bases:
+            raise SystemExit(f"{path}: families.{name}.base: unknown base {fam.base!r}; bases: {', '.join(fams.bases)}")
+    return fams

