@@ -147,6 +147,9 @@ def status(args: dict[str, Any]) -> dict:
     probes = {}
     for svc, h in (args.get("health") or {}).items():
         probes[svc] = health.probe(f"http://127.0.0.1:{h['port']}{h.get('path', '/health')}", 2.0).__dict__
+    collector = None
+    if args.get("collector_port"):
+        collector = _collector_services(int(args["collector_port"]))
     last = journal.last_id()
     records = journal.read(last) if last else []
     done = journal.outcome(records)
@@ -158,7 +161,19 @@ def status(args: dict[str, Any]) -> dict:
         state = "finished" if done else ("running" if holder and holder.get("alive") else "interrupted")
         last_info = {"rollout_id": last, "state": state, "outcome": done, "steps": len(records),
                      "last_step": records[-1] if records else None}
-    return _answer("status", docker.get("ok", False), docker.get("error", ""), {"docker": docker, "health": probes, "lock": holder, "last": last_info})
+    return _answer("status", docker.get("ok", False), docker.get("error", ""),
+                   {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector})
+
+
+def _collector_services(port: int) -> dict:
+    """Ask the collector on this host what each service reported at start-up."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/services", timeout=3) as r:
+            return {"ok": True, "services": json.loads(r.read()).get("services", [])}
+    except Exception as exc:  # noqa: BLE001 - status must still answer
+        return {"ok": False, "error": f"collector not answering on port {port}: {exc}"}
 
 
 def unlock(args: dict[str, Any]) -> dict:

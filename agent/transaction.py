@@ -96,7 +96,12 @@ class Transaction:
         # The low-level API: the high-level create() does not take stop_timeout.
         api = self.client.api
         restart = spec.get("restart", "unless-stopped")
+        binds = {}
+        for vol in spec.get("volumes") or []:
+            src, dst, *mode = vol.split(":")
+            binds[src] = {"bind": dst, "mode": mode[0] if mode else "rw"}
         host_config = api.create_host_config(
+            binds=binds or None,
             port_bindings={k: v for k, v in (spec.get("ports") or {}).items()},
             restart_policy={"Name": restart} if restart != "no" else None,
             device_requests=requests or None,
@@ -105,7 +110,8 @@ class Transaction:
             image_id,
             name=spec["name"],
             user=spec.get("user") or IMAGE_USER,
-            environment=spec.get("env") or {},
+            # The exact digest this container runs, for the start-up report (issue 6).
+            environment={**(spec.get("env") or {}), "FLEETROLL_IMAGE_DIGEST": labels.get("io.fleetroll.digest", "")},
             ports=[(int(k.split("/")[0]), k.split("/")[1]) for k in (spec.get("ports") or {})],
             labels=labels,
             stop_timeout=int(spec.get("stop_timeout", 10)),

@@ -337,15 +337,45 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     return report
 
 
+def sha_drift(tag: str, report: dict | None, container_started: str) -> str:
+    """Compare what a service reported at start-up with what its tag names (pure)."""
+    if report is None:
+        return "no start-up report"
+    tag_sha = tag.rsplit("-", 1)[-1]
+    got = report.get("git_sha", "")
+    if not got or not (got.startswith(tag_sha) or tag_sha.startswith(got)):
+        return f"reported git {got[:12] or '(none)'}, tag names {tag_sha}"
+    try:
+        reported = time.mktime(time.strptime(report["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+        started = time.mktime(time.strptime(container_started[:19], "%Y-%m-%dT%H:%M:%S"))
+        if reported < started - 5:
+            return f"stale report (from a start at {report['started_at']}, container started {container_started[:19]}Z)"
+    except (KeyError, ValueError):
+        pass
+    return ""
+
+
 def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | None = None) -> dict[str, Any]:
     targets = inv.select_hosts(hosts)
+    coll = inv.fleet.observability.collector
+    coll_host = inv.fleet.services[coll].host if coll else None
 
     def args(h: str) -> dict:
-        return {"health": {s: inv.fleet.services[s].health.model_dump() for s in inv.services_for(None, [h])}}
+        a: dict[str, Any] = {"health": {s: inv.fleet.services[s].health.model_dump() for s in inv.services_for(None, [h])}}
+        if h == coll_host:
+            a["collector_port"] = inv.fleet.services[coll].port_pairs()[0][0]
+        return a
 
+    if coll_host and coll_host not in targets:
+        targets = [*targets, coll_host]
     results = transport.on_hosts(inv, targets, "status", args, max_parallel=max_parallel, timeout=30)
-    out: dict[str, Any] = {"hosts": {}}
-    for h in targets:
+    reports: dict[tuple[str, str], dict] | None = None
+    if coll_host and results[coll_host].answer:
+        c = (results[coll_host].answer.get("data") or {}).get("collector") or {}
+        if c.get("ok"):
+            reports = {(r["host"], r["service"]): r for r in c["services"]}
+    out: dict[str, Any] = {"hosts": {}, "collector": None if not coll else ("ok" if reports is not None else "unreachable")}
+    for h in inv.select_hosts(hosts):
         r = results[h]
         if r.answer is None:
             out["hosts"][h] = {"reachable": False, "error": r.error}
@@ -366,5 +396,9 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
             services[s] = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
                            "status": c.get("status") if c else "absent", "healthy": bool(probe.get("ok")),
                            "health": probe.get("reason", ""), "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
+            if reports is not None and c:
+                rep = reports.get((h, s))
+                services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None
+                services[s]["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
         out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last")}
     return out

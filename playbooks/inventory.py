@@ -106,7 +106,16 @@ class Service(_Strict):
     user: str = "10001:10001"
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     stop_timeout: int = Field(default=10, ge=0, le=600)
+    volumes: list[str] = []
     health: Health
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not re.fullmatch(r"([A-Za-z0-9][\w.-]*|/[^:]+):/[^:]*(:ro|:rw)?", item):
+                raise ValueError(f"volume {item!r} must be NAME:/path or /host/path:/path (optionally :ro)")
+        return v
 
     @field_validator("tag")
     @classmethod
@@ -152,6 +161,10 @@ class Security(_Strict):
     missing_report: Literal["refuse", "warn"] = "refuse"
 
 
+class Observability(_Strict):
+    collector: str | None = None  # the service that receives start-up reports (SBOM + git SHA)
+
+
 class Defaults(_Strict):
     disk_min_free_gb: float = Field(default=20.0, ge=0)
 
@@ -161,6 +174,7 @@ class Fleet(_Strict):
     ssh: Ssh = Ssh()
     defaults: Defaults = Defaults()
     security: Security = Security()
+    observability: Observability = Observability()
     hosts: dict[str, Host]
     services: dict[str, Service] = {}
 
@@ -231,6 +245,14 @@ class Inventory:
     def resolve(self, raw: str) -> Path:
         p = Path(raw).expanduser()
         return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    def collector_url(self) -> str | None:
+        """Where services report at start-up: the collector's host and first published port."""
+        name = self.fleet.observability.collector
+        if not name:
+            return None
+        svc = self.fleet.services[name]
+        return f"http://{self.fleet.hosts[svc.host].address}:{svc.port_pairs()[0][0]}"
 
     def disk_min_free_gb(self, host: str) -> float:
         h = self.fleet.hosts[host]
@@ -341,6 +363,14 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
     return problems
 
 
+def _observability_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    name = fleet.observability.collector
+    if name and (name not in fleet.services or not fleet.services[name].ports):
+        return [f"{path}:{_line_for(lines, ('observability', 'collector'))}: observability.collector: {name!r} is not a"
+                " service with a published port; fix: name the collector service or remove the key"]
+    return []
+
+
 def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict) -> list[str]:
     problems, seen_phase, owner = [], set(), {}
     for i, ph in enumerate(phases):
@@ -380,7 +410,7 @@ def load(path: str | Path, phases_path: str | Path | None = None) -> Inventory:
         fleet = Fleet.model_validate(data)
     except ValidationError as err:
         raise InventoryError(_explain(path, lines, err)) from None
-    problems = _cross_checks(fleet, path, lines)
+    problems = _cross_checks(fleet, path, lines) + _observability_checks(fleet, path, lines)
     pdata, plines = _read_yaml(ppath)
     try:
         phases = Phases.model_validate(pdata).phases

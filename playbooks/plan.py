@@ -86,12 +86,18 @@ def operator() -> str:
 def container_spec(inv: Inventory, service: str) -> dict[str, Any]:
     """Everything the agent needs to start the service, from the inventory alone."""
     svc = inv.fleet.services[service]
+    env = dict(svc.env)
+    env.update(FLEETROLL_SERVICE=service, FLEETROLL_HOST=svc.host)
+    url = inv.collector_url()
+    if url:
+        env["FLEETROLL_COLLECTOR_URL"] = url
     return {
         "name": service,
         "repo": inv.repo(service),
         "tag": svc.tag,
         "ports": {f"{c}/{proto}": h for h, c, proto in svc.port_pairs()},
-        "env": dict(svc.env),
+        "env": env,
+        "volumes": list(svc.volumes),
         "user": svc.user,
         "gpus": svc.gpus,
         "restart": svc.restart,

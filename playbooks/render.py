@@ -79,7 +79,8 @@ def status_text(st: dict) -> str:
             rows.append([h, "-", "-", "-", "UNREACHABLE", info.get("error", "")[:60]])
             continue
         for s, v in info["services"].items():
-            rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", "healthy" if v["healthy"] else (v["health"] or v["status"])[:40], v["drift"] or "-"])
+            drift = "; ".join(x for x in (v["drift"], v.get("sha_drift")) if x) or "-"
+            rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", "healthy" if v["healthy"] else (v["health"] or v["status"])[:40], drift])
         lock = info.get("lock")
         if lock:
             notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, {'alive' if lock.get('alive') else 'STALE'})")
@@ -91,6 +92,8 @@ def status_text(st: dict) -> str:
                 svc = ", ".join(f"{x['service']} {x['outcome']}" for x in o.get("services", []))
                 what += f" ({svc})" if svc else ""
             notes.append(f"{h}: last rollout {last['rollout_id']}: {what}")
+    if st.get("collector") == "unreachable":
+        notes.append("collector: not answering; git SHA drift not checked")
     return "\n".join([table(rows, ["host", "service", "tag", "digest", "health", "drift"])] + notes)
 
 

@@ -34,7 +34,7 @@ def test_dockerfile_keeps_the_image_contract(family):
     fam = FAMS.family(family)
     assert re.search(r"^FROM \$\{BASE\} AS builder$", text, re.M) and re.search(r"^FROM \$\{BASE\} AS runtime$", text, re.M)
     assert "USER 10001:10001" in text
-    assert 'ENTRYPOINT ["/usr/bin/tini", "--"]' in text
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/fleetroll-start"]' in text
     assert "--require-hashes" in text and "--no-index" in text
     assert "--mount=type=cache,target=/root/.cache/pip" in text
     for label in ("revision", "created", "source", "version"):

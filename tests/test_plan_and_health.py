@@ -72,7 +72,10 @@ def test_plan_limited_to_hosts_and_carries_spec():
     plan = build_plan(INV, "core-infra", facts_with(), hosts=["pc2"])
     assert [s.service for s in plan.steps] == ["fleetroll-collector"]
     spec = plan.steps[0].spec
-    assert spec["ports"] == {"9400/tcp": 9400} and spec["env"] == {"MACHINE": "pc2"} and spec["digest"] == DIGEST
+    assert spec["ports"] == {"9400/tcp": 9400} and spec["digest"] == DIGEST
+    assert spec["env"] == {"MACHINE": "pc2", "FLEETROLL_SERVICE": "fleetroll-collector", "FLEETROLL_HOST": "pc2",
+                           "FLEETROLL_COLLECTOR_URL": "http://192.168.1.11:9400"}
+    assert spec["volumes"] == ["fleetroll-collector-data:/data"]
 
 
 def test_gpu_request_in_spec():
@@ -106,3 +109,13 @@ def test_ledger_merges_started_and_finished(tmp_path, monkeypatch):
         f.write('{"kind": "finished", "rollout_id": "r2"')  # torn write: ignored
     got = {e["rollout_id"]: e["final"] for e in rollouts()}
     assert got == {"r1": "committed", "r2": "unfinished (controller stopped before the end)"}
+
+
+def test_sha_drift_rules():
+    from playbooks.executor import sha_drift
+
+    rep = {"git_sha": "0a1b2c3d4e5f", "started_at": "2026-11-26T06:00:10Z"}
+    assert sha_drift("20261126-0a1b2c3", rep, "2026-11-26T06:00:09.5Z") == ""
+    assert "tag names 9999999" in sha_drift("20261126-9999999", rep, "2026-11-26T06:00:09Z")
+    assert sha_drift("20261126-0a1b2c3", None, "") == "no start-up report"
+    assert "stale report" in sha_drift("20261126-0a1b2c3", rep, "2026-11-26T07:00:00Z")

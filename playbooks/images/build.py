@@ -136,9 +136,9 @@ def image_size_mb(ref: str) -> float:
 # --- wheelhouse ---------------------------------------------------------------------------
 
 
-def wheelhouse(family: str, python: str) -> tuple[Path, str]:
+def wheelhouse(context: Path, python: str) -> tuple[Path, str]:
     """Fetch the locked wheels (pip checks each hash) into the build context; return (dir, pip wheel)."""
-    fam_dir = FAMILIES_DIR / family
+    fam_dir = context
     wheels = fam_dir / "wheels"
     wheels.mkdir(exist_ok=True)
     for lock in (fam_dir / "requirements.txt", FAMILIES_DIR / "build-requirements.txt"):
@@ -190,8 +190,9 @@ def build_family(family: str, registry: str = "", push: bool = False, allow_dirt
         notes.append("no buildx here: no registry cache (type=registry); built every layer afresh with buildah"
                      " (the pip wheel cache mount and the fetched wheelhouse still make it fast)")
     base = base_image(fams, fam.base, rev.epoch)
-    _, pip_wheel = wheelhouse(family, fam.python)
+    _, pip_wheel = wheelhouse(FAMILIES_DIR / family, fam.python)
     shutil.copy(FAMILIES_DIR / "sbom_gen.py", FAMILIES_DIR / family / "sbom_gen.py")
+    shutil.copytree(FAMILIES_DIR / "emitter", FAMILIES_DIR / family / "emitter", dirs_exist_ok=True)
     local = f"{LOCAL}/{family}:{rev.tag}"
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rev.epoch))
     args = {"BASE": base, "PIP_WHEEL": pip_wheel, "REVISION": rev.sha, "CREATED": created,
@@ -206,6 +207,7 @@ def build_family(family: str, registry: str = "", push: bool = False, allow_dirt
             "-t", local, "-f", str(FAMILIES_DIR / family / "Dockerfile"), str(FAMILIES_DIR / family))
     finally:
         (FAMILIES_DIR / family / "sbom_gen.py").unlink(missing_ok=True)
+        shutil.rmtree(FAMILIES_DIR / family / "emitter", ignore_errors=True)
     digest = image_digest(local)
     size = image_size_mb(local)
     sbom_path = extract_sbom(local, family, rev.tag)
@@ -214,10 +216,7 @@ def build_family(family: str, registry: str = "", push: bool = False, allow_dirt
         raise BuildError(f"{family}:{rev.tag} is {size} MB, over its budget of {fam.size_budget_mb} MB (families.yml);"
                          " trim the requirements or the base")
     if push:
-        dest = f"{registry}/{family}:{rev.tag}"
-        run("buildah", "push", "--quiet", *(["--tls-verify=false"] if insecure else []), "--digestfile",
-            str(BUILD_DIR / "pushed.digest"), local, f"docker://{dest}")
-        result.pushed = f"{dest}@{(BUILD_DIR / 'pushed.digest').read_text().strip()}"
+        result.pushed = push_image(local, f"{registry}/{family}:{rev.tag}", insecure)
     return result
 
 
@@ -249,3 +248,49 @@ class Mounted:
 
     def __exit__(self, *exc) -> None:
         run("buildah", "rm", self.ctr)
+
+
+SERVICES_DIR = ROOT / "services"
+
+
+def build_service(name: str, family_ref: str | None = None, registry: str = "", push: bool = False,
+                  allow_dirty: bool = False, insecure: bool = False) -> BuildResult:
+    """Build a service image on its family (services/<name>/service.yml names it), same rules."""
+    import yaml
+
+    ctx = SERVICES_DIR / name
+    meta = yaml.safe_load((ctx / "service.yml").read_text())
+    fam = load().family(meta["family"])
+    rev = revision()
+    if rev.dirty and not allow_dirty:
+        raise BuildError("families/ has uncommitted changes; commit first or pass --allow-dirty")
+    family_ref = family_ref or f"{LOCAL}/{meta['family']}:{rev.tag}"
+    family_pinned = f"{family_ref.split('@')[0]}@{image_digest(family_ref)}"
+    _, pip_wheel = wheelhouse(ctx, fam.python)
+    shutil.copy(FAMILIES_DIR / "sbom_gen.py", ctx / "sbom_gen.py")
+    local = f"{LOCAL}/{name}:{rev.tag}"
+    args = {"FAMILY_IMAGE": family_pinned, "PIP_WHEEL": pip_wheel, "REVISION": rev.sha,
+            "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rev.epoch)),
+            "SOURCE": "fleetroll/services/" + name, "VERSION": rev.tag, "SOURCE_DATE_EPOCH": str(rev.epoch)}
+    try:
+        run("buildah", "bud", "--quiet", "--isolation", "oci", "--network", "none", "--no-cache", "--pull-never",
+            "--timestamp", str(rev.epoch), *[x for k, v in args.items() for x in ("--build-arg", f"{k}={v}")],
+            "-t", local, "-f", str(ctx / "Dockerfile"), str(ctx))
+    finally:
+        (ctx / "sbom_gen.py").unlink(missing_ok=True)
+    size = image_size_mb(local)
+    result = BuildResult(name, rev.tag, local, image_digest(local), family_pinned, size, int(meta["size_budget_mb"]),
+                         str(extract_sbom(local, name, rev.tag)))
+    if size > result.budget_mb:
+        raise BuildError(f"{name}:{rev.tag} is {size} MB, over its budget of {result.budget_mb} MB (services/{name}/service.yml)")
+    if push:
+        result.pushed = push_image(local, f"{registry}/{name}:{rev.tag}", insecure)
+    return result
+
+
+def push_image(local: str, dest: str, insecure: bool) -> str:
+    digest_file = BUILD_DIR / f"pushed-{os.getpid()}.digest"
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    run("buildah", "push", "--quiet", *(["--tls-verify=false"] if insecure else []), "--digestfile", str(digest_file),
+        local, f"docker://{dest}")
+    return f"{dest}@{digest_file.read_text().strip()}"

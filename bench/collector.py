@@ -1,0 +1,149 @@
+"""Benchmark the collector and the start-up emitter on the lab.
+
+(a) collector ingestion: 50 concurrent senders posting real start-up reports (the CPU
+    family's SBOM, gzip+base64) for a fixed time: payloads/s and latency p50/p99
+(b) emitter's added start-up latency: time from `docker start` to the first healthy
+    /health answer of `hello`, with and without FLEETROLL_COLLECTOR_URL, N runs each;
+    target: median added <= 50 ms
+
+Needs root, buildah and mmdebstrap; builds the images, brings the lab up and down.
+
+    .venv/bin/python bench/collector.py [--seconds 10] [--runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import docker
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from playbooks import executor  # noqa: E402
+from playbooks.images import build  # noqa: E402
+from playbooks.inventory import load  # noqa: E402
+from playbooks.lab import fleet  # noqa: E402
+
+TMP = Path(tempfile.mkdtemp(prefix="frl-bench-coll-"))
+os.environ.setdefault("FLEETROLL_LEDGER", str(TMP / "ledger.jsonl"))
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def ingest(url: str, body_for, senders: int, seconds: float) -> tuple[int, list[float], int]:
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def sender(i: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            body = body_for(i, n)
+            t0 = time.perf_counter()
+            try:
+                req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    ok = r.status == 201
+            except OSError:
+                ok = False
+            dt = time.perf_counter() - t0
+            with lock:
+                if ok:
+                    lat.append(dt)
+                else:
+                    errors[0] += 1
+            n += 1
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(lat), lat, errors[0]
+
+
+def time_to_healthy(d, ref: str, addr: str, port: int, env: dict) -> float:
+    c = d.containers.create(ref, environment=env, ports={"8080/tcp": port}, user="10001:10001")
+    try:
+        t0 = time.monotonic()
+        c.start()
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{addr}:{port}/health", timeout=0.5) as r:
+                    if r.status == 200:
+                        return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.005)
+    finally:
+        c.remove(force=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--runs", type=int, default=15)
+    args = ap.parse_args()
+    try:
+        state = fleet.up(2)
+        fam = build.build_family("family-cpu-py311", allow_dirty=True)
+        reg = f"{state.registry}/{fleet.ORG}"
+        coll = build.build_service("fleetroll-collector", fam.local_ref, reg, push=True, allow_dirty=True, insecure=True)
+        build.build_service("hello", fam.local_ref, reg, push=True, allow_dirty=True, insecure=True)
+        doc = yaml.safe_load(Path(state.inventory).read_text())
+        doc["services"]["fleetroll-collector"] = {
+            "image": "fleetroll-collector", "tag": coll.tag, "host": "pc2", "ports": ["9400:9400"],
+            "volumes": ["frl-bench-collector:/data"], "health": {"port": 9400, "min_healthy_time": 1}}
+        phases = yaml.safe_load((Path(state.inventory).parent / "phases.yml").read_text())
+        phases["phases"].append({"name": "bench", "services": ["fleetroll-collector"]})
+        (TMP / "fleet.yml").write_text(yaml.safe_dump(doc))
+        (TMP / "phases.yml").write_text(yaml.safe_dump(phases))
+        inv = load(TMP / "fleet.yml")
+        assert executor.rollout(inv, "bench").ok
+        url = f"http://{state.host('pc2').address}:9400/v1/startup"
+        sbom_b64 = base64.b64encode(gzip.compress(Path(fam.sbom).read_bytes())).decode()
+
+        def body(i: int, n: int) -> bytes:
+            return json.dumps({"host": "bench", "service": f"s{i:02d}", "git_sha": "0" * 40, "image_digest": f"sha256:{n:064x}",
+                               "started_at": "2026-11-26T00:00:00Z", "sbom": sbom_b64}).encode()
+
+        count, lat, errors = ingest(url, body, 50, args.seconds)
+        d = docker.DockerClient(base_url=state.host("mainpc").docker_host)
+        ref = f"{state.registry}/{fleet.ORG}/hello:{coll.tag}"
+        addr = state.host("mainpc").address
+        with_url = {"FLEETROLL_COLLECTOR_URL": f"http://{state.host('pc2').address}:9400", "FLEETROLL_SERVICE": "hello",
+                    "FLEETROLL_HOST": "mainpc"}
+        base, emit = [], []
+        for i in range(args.runs):  # interleaved, so drift in machine load hits both alike
+            base.append(time_to_healthy(d, ref, addr, 8500 + 2 * i, {}))
+            emit.append(time_to_healthy(d, ref, addr, 8501 + 2 * i, with_url))
+    finally:
+        fleet.down()
+    sbom_kb = len(sbom_b64) / 1024
+    print(f"(a) collector, 50 concurrent senders, {args.seconds:g} s, {sbom_kb:.0f} KB payloads:")
+    print(f"    {count / args.seconds:.1f} payloads/s, p50 {statistics.median(lat) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms,"
+          f" {errors} errors")
+    added = [e - b for b, e in zip(base, emit, strict=True)]
+    print(f"(b) time to healthy without emitter: median {statistics.median(base) * 1000:.0f} ms; with: "
+          f"median {statistics.median(emit) * 1000:.0f} ms")
+    print(f"    added by the emitter: median {statistics.median(added) * 1000:.0f} ms, p99 {pct(added, 99) * 1000:.0f} ms"
+          f" (target median <= 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
