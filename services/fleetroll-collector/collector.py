@@ -173,6 +173,15 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._send(400, {"error": "Content-Length is required"})
         if length > MAX_BODY:
+            # Read (and drop) a moderately oversized body so the sender sees the 400 rather than a
+            # reset; anything huge is cut off unread.
+            if length <= 16 * MAX_BODY:
+                left = length
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 65536))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
             self.close_connection = True
             return self._send(400, {"error": f"payload of {length} bytes is over the {MAX_BODY}-byte limit"})
         body = self.rfile.read(length)
