@@ -193,11 +193,15 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(201, {"stored": True})
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # socketserver's default of 5 resets bursts of start-ups
+
+
 def main() -> int:
     os.makedirs(DATA, exist_ok=True)
     Handler.store = Store(os.path.join(DATA, "collector.db"))
-    server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
-    server.daemon_threads = True
+    server = Server(("0.0.0.0", PORT), Handler)
     sys.stderr.write(f"collector: listening on :{PORT}, data in {DATA}\n")
     server.serve_forever()
     return 0
