@@ -126,6 +126,7 @@ def main() -> None:
         d = docker.DockerClient(base_url=state.host("mainpc").docker_host)
         ref = f"{state.registry}/{fleet.ORG}/hello:{coll.tag}"
         addr = state.host("mainpc").address
+        d.images.pull(ref)  # pulled once: the pull is not what is measured
         with_url = {"FLEETROLL_COLLECTOR_URL": f"http://{state.host('pc2').address}:9400", "FLEETROLL_SERVICE": "hello",
                     "FLEETROLL_HOST": "mainpc"}
         base, emit = [], []
