@@ -54,7 +54,7 @@ def rollouts() -> list[dict]:
     by_id: dict[str, dict] = {}
     for rec in read():
         rid = rec.get("rollout_id")
-        if not rid:
+        if not rid or rec.get("kind") not in ("started", "finished", "refused"):
             continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
         entry.update({k: v for k, v in rec.items() if k != "kind"})

@@ -56,18 +56,37 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
         raise Exit(code=1)
 
 
-@task(help={"hosts": "number of lab hosts (mainpc, pc2, node03, ...)", "extras": "extra hosts, e.g. bad-driver"})
-def lab_up(c, hosts=2, extras=""):
+@task(help={"hosts": "number of lab hosts (mainpc, pc2, node03, ...)", "extras": "extra hosts, e.g. bad-driver",
+            "with-observability": "also build the CPU family, collector and hello from this commit and add them"})
+def lab_up(c, hosts=2, extras="", with_observability=False):
     """Start the lab fleet: a netns per host with sshd + dockerd, a registry, fake NVML."""
+    from .images.build import BuildError
     from .lab import fleet
 
     try:
-        state = fleet.up(int(hosts), [e for e in extras.split(",") if e])
+        state = fleet.up(int(hosts), [e for e in extras.split(",") if e], observability=with_observability)
+    except BuildError as exc:
+        raise Exit(f"lab.up failed building images: {exc}", code=1) from None
     except fleet.LabError as exc:
         raise Exit(f"lab.up failed: {exc}", code=1) from None
     print(f"lab up: {', '.join(h.name for h in state.hosts)}; registry {state.registry}")
     print(f"inventory: {state.inventory}")
     print(f"try: fab preflight --inventory {state.inventory}")
+
+
+@task(help={"service": "lab service to release", "variant": "healthy, degraded, http500, crash, hang, root, notini",
+            "trivy-cve": "file a Trivy report with this HIGH finding next to the image", "name": "name of the written inventory",
+            "healthy-deadline": "override the service's health.healthy_deadline", "min-healthy-time": "override health.min_healthy_time"})
+def lab_release(c, service, variant="healthy", trivy_cve=None, name=None, healthy_deadline=None, min_healthy_time=None):
+    """Push a new lab image version and write a lab inventory naming it (prints the path)."""
+    from .lab import fleet
+    from .lab.release import release
+
+    health = {k: float(v) for k, v in (("healthy_deadline", healthy_deadline), ("min_healthy_time", min_healthy_time)) if v}
+    try:
+        print(release(service, variant, trivy_cve, name, health))
+    except fleet.LabError as exc:
+        raise Exit(str(exc), code=1) from None
 
 
 @task
@@ -251,11 +270,31 @@ def audit(c, family, image=None, json=False):
         raise Exit(code=1)
 
 
+@task(positional=["path"], help={"path": "the runbook (Markdown)", "from": "start at this step id", "yes": "do not ask before each step",
+            "json": "print the step results as JSON at the end"})
+def runbook(c, path="docs/runbook.md", from_=None, yes=False, json=False):
+    """Run a runbook's steps in order, stop at the first failure, record each step in the ledger."""
+    from . import runbook as rb
+
+    p = Path(path)
+    if not p.exists():
+        raise Exit(f"{path}: no such runbook", code=2)
+    try:
+        results = rb.run(p, from_, yes, out=sys.stderr if json else sys.stdout)
+    except rb.RunbookError as exc:
+        raise Exit(str(exc), code=2) from None
+    if json:
+        render.dump_json([r.to_json() for r in results])
+    if not results or not all(r.ok for r in results):
+        raise Exit(code=1)
+
+
 lab = Collection("lab")
 lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
+lab.add_task(lab_release, "release")
 
-ns = Collection(preflight, rollout, rollback, status, history, unlock, build, audit, lab)
+ns = Collection(preflight, rollout, rollback, status, history, unlock, build, audit, runbook, lab)
 
 
 def main() -> None:  # pragma: no cover - `python -m playbooks` convenience

@@ -447,7 +447,7 @@ def _docker_ping(h: LabHost) -> bool:
         return False
 
 
-def up(count: int = 2, extras: list[str] | None = None, images: bool = True) -> LabState:
+def up(count: int = 2, extras: list[str] | None = None, images: bool = True, observability: bool = False) -> LabState:
     """Bring up a fresh lab of `count` hosts (+ extras); tears down any earlier one first."""
     require_tools()
     down()
@@ -470,12 +470,30 @@ def up(count: int = 2, extras: list[str] | None = None, images: bool = True) -> 
         from .inventory import write_inventory
 
         tags = lab_images.seed(state) if images else {}
-        state.inventory = str(write_inventory(state, tags))
+        extra = None
+        if observability:
+            from .inventory import observability_services
+
+            extra = observability_services(state, _build_observability(state))
+        state.inventory = str(write_inventory(state, tags, extra=extra))
         state.save()
         return state
     except BaseException:
         down()
         raise
+
+
+def _build_observability(state: LabState) -> str:
+    """Build the CPU family, the collector and hello from this commit; push them; return the tag."""
+    from ..images import build
+
+    if build.revision().dirty:
+        raise LabError("--with-observability builds images from this commit: commit families/ first")
+    fam = build.build_family("family-cpu-py311")
+    reg = f"{state.registry}/{ORG}"
+    for svc in ("fleetroll-collector", "hello"):
+        build.build_service(svc, fam.local_ref, reg, push=True, insecure=True)
+    return fam.tag
 
 
 def docker_env(h: LabHost) -> dict[str, str]:

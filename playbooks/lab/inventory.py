@@ -14,7 +14,22 @@ import yaml
 from .fleet import LAB_DIR, LAB_USER, ORG, LabState
 
 
-def build_inventory(state: LabState, tags: dict[str, str]) -> tuple[dict, dict]:
+def observability_services(state: LabState, tag: str) -> dict:
+    """The collector on pc2 (or the only host) and `hello` on mainpc and pc2, all on the CPU family."""
+    names = [h.name for h in state.hosts]
+    coll_host = "pc2" if "pc2" in names else names[0]
+    out = {"fleetroll-collector": {
+        "image": "fleetroll-collector", "tag": tag, "host": coll_host, "ports": ["9400:9400"],
+        "volumes": ["fleetroll-collector-data:/data"], "stop_timeout": 5,
+        "health": {"port": 9400, "healthy_deadline": 30, "min_healthy_time": 2, "interval": 0.25}}}
+    for i, h in enumerate(n for n in ("mainpc", "pc2") if n in names):
+        out[f"hello-{h}"] = {
+            "image": "hello", "tag": tag, "host": h, "ports": [f"{8300 + i}:8080"], "env": {"MACHINE": h}, "stop_timeout": 5,
+            "health": {"port": 8300 + i, "healthy_deadline": 30, "min_healthy_time": 2, "interval": 0.25}}
+    return out
+
+
+def build_inventory(state: LabState, tags: dict[str, str], extra: dict | None = None) -> tuple[dict, dict]:
     hosts, services = {}, {}
     core, gpu, cpu = [], [], []
     for h in state.hosts:
@@ -55,6 +70,9 @@ def build_inventory(state: LabState, tags: dict[str, str]) -> tuple[dict, dict]:
             services["embed-api"] = svc("cpu-svc", 8100)
             services["rag-api"] = svc("cpu-svc", 8101)
             cpu += ["embed-api", "rag-api"]
+    if extra:
+        services.update(extra)
+        core += list(extra)
     fleet = {
         "registry": {"host": state.registry, "org": ORG, "insecure": True},
         "ssh": {"known_hosts": state.known_hosts, "connect_timeout": 3, "max_parallel": 20},
@@ -65,6 +83,8 @@ def build_inventory(state: LabState, tags: dict[str, str]) -> tuple[dict, dict]:
         "hosts": hosts,
         "services": services,
     }
+    if extra and "fleetroll-collector" in extra:
+        fleet["observability"] = {"collector": "fleetroll-collector"}
     phases = {
         "phases": [
             {"name": "core-infra", "description": "core services on every lab host", "services": core},
@@ -75,10 +95,10 @@ def build_inventory(state: LabState, tags: dict[str, str]) -> tuple[dict, dict]:
     return fleet, phases
 
 
-def write_inventory(state: LabState, tags: dict[str, str], directory: Path | None = None) -> Path:
+def write_inventory(state: LabState, tags: dict[str, str], directory: Path | None = None, extra: dict | None = None) -> Path:
     d = directory or (LAB_DIR / "inventory")
     d.mkdir(parents=True, exist_ok=True)
-    fleet, phases = build_inventory(state, tags)
+    fleet, phases = build_inventory(state, tags, extra)
     header = "# Written by fleetroll's lab (fab lab.up); the default inventory is untouched.\n"
     (d / "fleet.yml").write_text(header + yaml.safe_dump(fleet, sort_keys=False))
     (d / "phases.yml").write_text(header + yaml.safe_dump(phases, sort_keys=False))

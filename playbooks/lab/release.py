@@ -1,0 +1,46 @@
+"""Lab releases: push a new version of a service's image and write a lab inventory naming it.
+
+Operators change the inventory by hand and commit; in the lab, the runbook and tests need
+the same moves without touching any real inventory. `fab lab.release` pushes a test image
+variant (healthy, degraded, crash, ...) under a fresh tag, optionally files a Trivy report
+for it, and writes a copy of the lab inventory with that tag, printing its path.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+
+import yaml
+
+from . import images
+from .fleet import LAB_DIR, LabError, LabState
+
+
+def release(service: str, variant: str = "healthy", trivy_cve: str | None = None, name: str | None = None,
+            health: dict | None = None) -> Path:
+    state = LabState.load()
+    src = Path(state.inventory)
+    doc = yaml.safe_load(src.read_text())
+    if service not in doc["services"]:
+        raise LabError(f"lab inventory has no service {service!r}; services: {', '.join(doc['services'])}")
+    if variant not in images.VARIANTS:
+        raise LabError(f"unknown variant {variant!r}; variants: {', '.join(images.VARIANTS)}")
+    svc = doc["services"][service]
+    tag = f"{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(4)[:7]}"
+    arch = images.GPU_ARCH if svc.get("gpus") else None
+    images.push(state, svc["image"], tag, variant, arch)
+    svc["tag"] = tag
+    svc["health"].update(health or {})
+    if trivy_cve:
+        report = LAB_DIR / "artifacts" / svc["image"] / tag / "trivy.json"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps({"Results": [{"Target": f"{svc['image']}:{tag}", "Vulnerabilities": [
+            {"VulnerabilityID": trivy_cve, "Severity": "HIGH", "PkgName": "busybox", "InstalledVersion": "1.35.0"}]}]}))
+    out = LAB_DIR / "inventory" / "releases" / (name or f"{service}-{variant}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.yml").write_text("# Written by fab lab.release (lab only).\n" + yaml.safe_dump(doc, sort_keys=False))
+    (out / "phases.yml").write_text((src.parent / "phases.yml").read_text())
+    return out / "fleet.yml"

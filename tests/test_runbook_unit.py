@@ -1,0 +1,99 @@
+"""Runbook parsing and running, on small runbooks written here (no hosts)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from playbooks import ledger, runbook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """# t
+### one — first
+```sh
+echo one
+```
+Success: prints one
+
+### two — must fail
+```sh expect-exit=3
+exit 3
+```
+Success: exits 3
+
+### three — last
+```sh
+echo three > "$OUT"
+```
+Success: writes the file
+"""
+
+
+@pytest.fixture(autouse=True)
+def own_ledger(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+
+
+def test_repo_runbook_covers_phases_0_to_8_and_r4():
+    steps = runbook.parse((ROOT / "docs" / "runbook.md").read_text())
+    ids = [s.id for s in steps]
+    for must in ("preflight", "build-families", "audit", "ci-pipeline", "rollout-core-infra", "rollout-gpu-mainpc",
+                 "rollout-cpu-pc2", "sbom-sha-check", "bad-release", "operator-rollback", "risk-blocked", "risk-accepted"):
+        assert must in ids
+    assert next(s for s in steps if s.id == "bad-release").expect_exit == 1
+    assert all(s.success for s in steps)
+
+
+def test_parse_errors_name_the_line():
+    with pytest.raises(runbook.RunbookError, match=r"rb:1: step 'x' does not say what success looks like"):
+        runbook.parse("### x — t\n```sh\ntrue\n```\n", "rb")
+    with pytest.raises(runbook.RunbookError, match="has no ```sh block"):
+        runbook.parse("### x — t\nSuccess: y\n", "rb")
+    with pytest.raises(runbook.RunbookError, match="second sh block"):
+        runbook.parse("### x — t\n```sh\ntrue\n```\n```sh\ntrue\n```\nSuccess: y\n", "rb")
+    with pytest.raises(runbook.RunbookError, match="never closed"):
+        runbook.parse("### x — t\n```sh\ntrue\n", "rb")
+    with pytest.raises(runbook.RunbookError, match="repeated: x"):
+        runbook.parse("### x — a\n```sh\ntrue\n```\nSuccess: y\n### x — b\n```sh\ntrue\n```\nSuccess: y\n", "rb")
+
+
+def test_run_all_steps_with_expected_failure(tmp_path, monkeypatch):
+    rb = tmp_path / "rb.md"
+    rb.write_text(GOOD)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    out = io.StringIO()
+    res = runbook.run(rb, yes=True, out=out)
+    assert [(r.id, r.ok, r.exit_code) for r in res] == [("one", True, 0), ("two", True, 3), ("three", True, 0)]
+    assert (tmp_path / "out").read_text() == "three\n"
+    steps = [r for r in ledger.read() if r["kind"] == "runbook-step"]
+    assert [s["step"] for s in steps] == ["one", "two", "three"] and all(s["ok"] for s in steps)
+
+
+def test_stops_at_first_failure_and_resumes_with_from(tmp_path, monkeypatch):
+    rb = tmp_path / "rb.md"
+    rb.write_text(GOOD.replace("echo one", "echo broken >&2; exit 7"))
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    out = io.StringIO()
+    res = runbook.run(rb, yes=True, out=out)
+    assert [(r.id, r.ok, r.exit_code) for r in res] == [("one", False, 7)]
+    text = out.getvalue()
+    assert "FAILED step one: exit 7, expected 0" in text and "broken" in text and "--from one" in text
+    assert not (tmp_path / "out").exists()
+    res = runbook.run(rb, start="three", yes=True, out=io.StringIO())
+    assert [r.id for r in res] == ["three"] and (tmp_path / "out").exists()
+
+
+def test_unknown_from_step():
+    with pytest.raises(runbook.RunbookError, match="steps are: one, two, three"):
+        runbook.select(runbook.parse(GOOD), "four")
+
+
+def test_declining_a_step_stops(tmp_path):
+    rb = tmp_path / "rb.md"
+    rb.write_text(GOOD)
+    out = io.StringIO()
+    assert runbook.run(rb, confirm=lambda s: False, out=out) == []
+    assert "resume with: fab runbook" in out.getvalue()
