@@ -270,9 +270,9 @@ def audit(c, family, image=None, json=False):
         raise Exit(code=1)
 
 
-@task(positional=["path"], help={"path": "the runbook (Markdown)", "from": "start at this step id", "yes": "do not ask before each step",
+@task(help={"path": "the runbook (Markdown), e.g. docs/runbook.md", "from": "start at this step id", "yes": "do not ask before each step",
             "json": "print the step results as JSON at the end"})
-def runbook(c, path="docs/runbook.md", from_=None, yes=False, json=False):
+def runbook(c, path, from_=None, yes=False, json=False):
     """Run a runbook's steps in order, stop at the first failure, record each step in the ledger."""
     from . import runbook as rb
 
