@@ -16,6 +16,7 @@ downtime <= stop + start + first healthy + 0.3 s. Needs root; brings the lab up 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import secrets
 import statistics
@@ -74,7 +75,7 @@ def healthy(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status == 200 and b'"ok"' in r.read()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # a server stopping mid-answer is "down", not a crash
         return False
 
 

@@ -1,6 +1,6 @@
 """SSH to the fleet: strict host keys, one connection per host, the agent shipped by hash.
 
-Fabric's Connection would trust any host key on first sight (paramiko's AutoAddPolicy);
+Fabric's Connection would trust any host key on first sight (paramiko's auto-add policy);
 a rollout tool must not, so every connection loads the inventory's known_hosts and uses
 RejectPolicy: an unknown key and a changed key are both refused, with a message that
 says which and what to do. A call to the agent is one exec: `python3 <agent>.pyz`
