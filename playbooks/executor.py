@@ -16,7 +16,7 @@ from typing import Any
 
 from . import ledger, transport
 from .inventory import Inventory
-from .plan import BLOCKED, NOOP, Plan, build_plan, operator, plan_text
+from .plan import BLOCKED, NOOP, Plan, build_plan, container_spec, operator, plan_text
 from .runner import PreflightReport, run_preflight
 
 POLICIES = ("revert-phase", "revert-service", "stop")
@@ -306,8 +306,6 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     plan = build_plan(inv, phase, {}, hosts, who=operator())
     plan.rollout_id = plan.rollout_id.replace(f"-{phase}-", f"-{phase}-rollback-")
     plan.steps = [s for s in plan.steps if s.service in names]
-    from .plan import container_spec
-
     for s in plan.steps:
         s.action, s.spec = "revert", container_spec(inv, s.service)
     report = RolloutReport(plan.rollout_id, phase, False, "failed", plan)

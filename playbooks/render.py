@@ -76,11 +76,13 @@ def status_text(st: dict) -> str:
     rows, notes = [], []
     for h, info in st["hosts"].items():
         if not info.get("reachable"):
-            rows.append([h, "-", "-", "-", "UNREACHABLE", info.get("error", "")[:60]])
+            rows.append([h, "-", "-", "-", "-", "UNREACHABLE", info.get("error", "")[:60]])
             continue
         for s, v in info["services"].items():
             drift = "; ".join(x for x in (v["drift"], v.get("sha_drift")) if x) or "-"
-            rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", "healthy" if v["healthy"] else (v["health"] or v["status"])[:40], drift])
+            reported = (v.get("reported_git_sha") or "-")[:7] if "sha_drift" in v else "n/a"
+            rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", reported,
+                         "healthy" if v["healthy"] else (v["health"] or v["status"])[:40], drift])
         lock = info.get("lock")
         if lock:
             notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, {'alive' if lock.get('alive') else 'STALE'})")
@@ -94,7 +96,7 @@ def status_text(st: dict) -> str:
             notes.append(f"{h}: last rollout {last['rollout_id']}: {what}")
     if st.get("collector") == "unreachable":
         notes.append("collector: not answering; git SHA drift not checked")
-    return "\n".join([table(rows, ["host", "service", "tag", "digest", "health", "drift"])] + notes)
+    return "\n".join([table(rows, ["host", "service", "tag", "digest", "reported git", "health", "drift"])] + notes)
 
 
 def history_text(entries: list[dict], where: str) -> str:
