@@ -1,9 +1,13 @@
-"""Entry point: one JSON request on stdin, JSON lines out, the last line is the answer.
+"""Entry point: JSON requests on stdin, JSON lines out; each request ends with its answer.
 
-Request:  {"protocol": 1, "op": "facts" | "rollout" | "status" | "unlock", "args": {...}}
+Request:  {"protocol": 1, "op": "facts" | "rollout" | "status" | "unlock" | "journal", "args": {...}}
 Answer:   {"protocol": 1, "op": ..., "ok": bool, "changed": bool, "msg": str, "data": {...}}
 Progress lines ({"event": ...}) may come before the answer so the controller can show
 what a host is doing while a long operation runs.
+
+One request per process is the default. A request with "session": true keeps the process
+reading further requests, one per line, until stdin closes: a rollout's preflight and its
+transaction then share one agent process (and one import of the docker SDK) per host.
 """
 
 from __future__ import annotations
@@ -41,19 +45,29 @@ def handle(request: dict) -> dict:
     return answer(op, False, f"unknown op {op!r}")
 
 
-def main() -> int:
-    raw = sys.stdin.read()
+def serve_one(raw: str) -> tuple[dict, dict]:
     try:
         request = json.loads(raw)
     except ValueError as exc:
-        emit(answer("", False, f"request is not JSON: {exc}"))
-        return 2
+        return {}, answer("", False, f"request is not JSON: {exc}")
     try:
         result = handle(request)
     except Exception as exc:  # noqa: BLE001 - the controller must always get an answer
         result = answer(request.get("op", ""), False, f"agent error: {exc}", {"traceback": traceback.format_exc()})
-    emit(result)
-    return 0 if result["ok"] else 1
+    return request, result
+
+
+def main() -> int:
+    raw = sys.stdin.readline()
+    while True:
+        request, result = serve_one(raw)
+        emit(result)
+        if not request.get("session"):
+            break
+        raw = sys.stdin.readline()
+        if not raw.strip():
+            break
+    return 0 if result["ok"] else (2 if not request else 1)
 
 
 if __name__ == "__main__":
