@@ -38,7 +38,7 @@ from playbooks.runner import run_preflight  # noqa: E402
 TMP = Path(tempfile.mkdtemp(prefix="frl-report-"))
 os.environ.setdefault("FLEETROLL_LEDGER", str(TMP / "ledger.jsonl"))
 PHASE = "core-infra"
-READING = ("Reading it: every lab host shares the same 2 cores, so anything that costs CPU per host grows with N here, where on a real fleet each host pays its own. fleetroll's fixed cost per rollout is about 0.4 s over the floor (a preflight agent call with registry checks, then the transaction's agent call), which is the 1.3× at 1–2 hosts; beyond that, each host's two Python agent processes (≈0.1 s CPU each to start and import the docker SDK) queue for the 2 cores, which is the rise to ~1.8× at 20. Downtime per swap stays within its budget at every size. The failed-rollout column includes the 3 s health deadline and the phase-wide revert of every other host.")
+READING = ("Reading it: every lab host shares the same 2 cores, so anything that costs CPU per host grows with N here, where on a real fleet each host pays its own. A rollout keeps one SSH channel and one agent process per host for its preflight, transaction and revert; its fixed cost over the floor is that preflight (facts and registry checks), which is most of the gap at 1–2 hosts. Beyond that, the hosts' Python agents and the health gates queue for the 2 cores, which is why the ratio and the downtime per swap rise with N in the lab. The failed-rollout column includes the 3 s health deadline and the phase-wide revert of every other host.")
 
 
 def inventory_with(state, tags: dict[str, str] | None = None, deadline: float | None = None) -> Path:
@@ -127,7 +127,8 @@ def write(rows: list[dict], extra: str) -> None:
                      f" {r['ratio']:.2f}× | {r['downtime_s']:.2f} | {r['downtime_over_budget_s']:+.2f} | {r['failed_to_reverted_s']:.2f} |")
     lines += ["", "Targets (issues 3 and 4): preflight 2 hosts ≤ 1.0 s, 20 hosts ≤ 2.5 s; no-op ≤ 0.6 s (2 hosts), ≤ 1.5 s (20);"
               " upgrade ≤ 1.2× floor; downtime ≤ stop + start + first healthy + 0.3 s (last column ≤ 0).", "",
-              "![time vs hosts](scaling.png)", "", READING, "", extra, ""]
+              "![time vs hosts](scaling.png)", "", READING, "", extra, "",
+              "Reproduce: `.venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/report.py --sizes 1,2,5,10,20 --runs 3`.", ""]
     (HERE / "REPORT.md").write_text("\n".join(lines))
     try:
         import matplotlib
@@ -156,7 +157,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1,2,5,10,20")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--collector-note", default="Collector ingestion and emitter cost: see `bench/collector.py` (figures in the issue note).")
+    ap.add_argument("--collector-note", default="Collector ingestion and the emitter's start-up cost do not depend on N:"
+                    " `.venv/bin/python bench/collector.py`.")
     args = ap.parse_args()
     rows = []
     try:
