@@ -28,7 +28,13 @@ from . import agentpack
 from .inventory import Inventory
 
 PROTOCOL = 1
-MISSING_AGENT_RC = 2
+# What python3 says when the agent file is missing or not a complete zipapp: upload it again.
+_DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad local file header")
+
+
+def agent_needs_upload(rc: int, err: str) -> bool:
+    """No answer and python3 could not run the archive: it is missing, or damaged on the host."""
+    return rc != 0 and any(marker in err for marker in _DAMAGED)
 READ_ONLY_OPS = ("facts", "status", "journal")  # python3's exit code for "can't open file"
 
 
@@ -185,7 +191,7 @@ def call_agent(
     t0 = time.monotonic()
     rc, lines, err = _exec(conn, command, request, timeout, on_event)
     res.round_trips = 1
-    if rc == MISSING_AGENT_RC and not lines and "can't open file" in err:
+    if not lines and agent_needs_upload(rc, err):
         _upload(conn, name, data)
         res.uploaded = True
         rc, lines, err = _exec(conn, command, request, timeout, on_event)
@@ -260,7 +266,7 @@ class AgentSession:
             rc = self.chan.recv_exit_status()
             err = self.chan.makefile_stderr("rb").read().decode(errors="replace")
             self.close()
-            if attempt == 0 and rc == MISSING_AGENT_RC and "can't open file" in err:
+            if attempt == 0 and agent_needs_upload(rc, err):
                 data, digest = agentpack.build()
                 _upload(self.conn, agentpack.remote_name(digest), data)
                 res.uploaded = True

@@ -163,3 +163,16 @@ def test_agent_refuses_other_protocol(lab):
     finally:
         conn.close()
     assert r.exited == 1 and "protocol mismatch" in r.stdout
+
+
+def test_damaged_agent_on_a_host_is_uploaded_again(lab):
+    """A truncated archive (disk full, an interrupted copy) must not wedge the host."""
+    inv = load(lab.inventory)
+    conn = transport.connect(transport.Target.from_inventory(inv, "pc2"))
+    try:
+        name = agentpack.remote_name(agentpack.build()[1])
+        conn.run(f"rm -rf ~/{name[:-4]} && head -c 1000 ~/{name} > ~/{name}.t && mv ~/{name}.t ~/{name}", hide=True, in_stream=False)
+        res = transport.call_agent(conn, "pc2", "facts", {"gpu": False})
+    finally:
+        conn.close()
+    assert res.ok and res.uploaded, res.error

@@ -136,3 +136,12 @@ def test_low_driver_only_warns_for_a_phase_without_gpu_services_on_the_host():
     assert c["nvidia-driver"].status == "warn" and "starts no GPU service here" in c["nvidia-driver"].detail
     c = by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts(driver="530.41.03")))
     assert c["nvidia-driver"].status == "fail"
+
+
+def test_agent_upload_needed_only_when_python_cannot_run_it():
+    from playbooks.transport import agent_needs_upload
+
+    assert agent_needs_upload(2, "python3: can't open file '/home/x/.fleetroll/agent-1.pyz': [Errno 2]")
+    assert agent_needs_upload(1, "SyntaxError: Non-UTF-8 code starting with '\\x80' in file agent.pyz")
+    assert not agent_needs_upload(1, "Traceback ... docker.errors.DockerException")
+    assert not agent_needs_upload(0, "")
