@@ -204,14 +204,18 @@ def call_agent(
         res.error = f"{host}: the agent gave no answer (exit {rc}): {err.strip()[-400:] or 'no output'}"
         return res
     res.answer = answers[-1]
+    return _judge(res)
+
+
+def _judge(res: CallResult) -> CallResult:
+    """Set ok/error from the agent's answer: a wrong protocol or ok=false is a failed call."""
     if res.answer.get("protocol") != PROTOCOL:
         res.error_kind = "agent"
-        res.error = f"{host}: agent speaks protocol {res.answer.get('protocol')}, controller {PROTOCOL}"
-        return res
-    res.ok = bool(res.answer.get("ok"))
-    if not res.ok:
-        res.error_kind = "agent"
-        res.error = res.answer.get("msg", "")
+        res.error = f"{res.host}: agent speaks protocol {res.answer.get('protocol')}, controller {PROTOCOL}"
+    else:
+        res.ok = bool(res.answer.get("ok"))
+        if not res.ok:
+            res.error_kind, res.error = "agent", res.answer.get("msg", "")
     return res
 
 
@@ -276,13 +280,7 @@ class AgentSession:
             res.error = f"{self.host}: the agent gave no answer (exit {rc}): {err.strip()[-400:] or 'no output'}"
             break
         res.elapsed_s = time.monotonic() - t0
-        if res.answer is not None:
-            res.ok = bool(res.answer.get("ok")) and res.answer.get("protocol") == PROTOCOL
-            if res.answer.get("protocol") != PROTOCOL:
-                res.error_kind, res.error = "agent", f"{self.host}: agent speaks protocol {res.answer.get('protocol')}, controller {PROTOCOL}"
-            elif not res.ok:
-                res.error_kind, res.error = "agent", res.answer.get("msg", "")
-        return res
+        return _judge(res) if res.answer is not None else res
 
     def close(self) -> None:
         if self.chan is not None:

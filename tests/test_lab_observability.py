@@ -38,6 +38,8 @@ def obs(lab_session, tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("needs root and buildah")
         pytest.skip("needs root and buildah")
+    if build.revision().dirty:
+        pytest.skip("the working tree is dirty: -dirty tags can be neither pushed nor rolled out (commit to run these tests)")
     lab = lab_session()
     os.environ["FLEETROLL_LEDGER"] = str(tmp_path_factory.mktemp("ledger") / "ledger.jsonl")
     fam = build.build_family("family-cpu-py311", allow_dirty=True)
@@ -61,8 +63,6 @@ def obs(lab_session, tmp_path_factory):
         doc["phases"].append({"name": PHASE, "services": ["fleetroll-collector", "hello-mainpc", "hello-pc2"]})
 
     inv = load(derive_inventory(lab, tmp_path_factory.mktemp("inv"), edit, phases))
-    if tag.endswith("-dirty"):
-        pytest.skip("the working tree is dirty: -dirty tags cannot be rolled out (commit to run these tests)")
     rep = executor.rollout(inv, PHASE)
     assert rep.ok, rep.messages
     return {"lab": lab, "inv": inv, "tag": tag, "collector": coll, "hello": hello, "family": fam}

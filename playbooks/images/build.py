@@ -138,10 +138,9 @@ def image_size_mb(ref: str) -> float:
 
 def wheelhouse(context: Path, python: str) -> tuple[Path, str]:
     """Fetch the locked wheels (pip checks each hash) into the build context; return (dir, pip wheel)."""
-    fam_dir = context
-    wheels = fam_dir / "wheels"
+    wheels = context / "wheels"
     wheels.mkdir(exist_ok=True)
-    for lock in (fam_dir / "requirements.txt", FAMILIES_DIR / "build-requirements.txt"):
+    for lock in (context / "requirements.txt", FAMILIES_DIR / "build-requirements.txt"):
         run("python3", "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--require-hashes",
             "--no-deps", "--only-binary=:all:", "--python-version", python, "--platform", "manylinux_2_28_x86_64",
             "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux1_x86_64",
@@ -171,18 +170,23 @@ class BuildResult:
         return asdict(self)
 
 
-def build_family(family: str, registry: str = "", push: bool = False, allow_dirty: bool = False,
-                 insecure: bool = False, rev: Revision | None = None) -> BuildResult:
-    fams = load()
-    fam = fams.family(family)
-    if fam.build == "static":
-        raise BuildError(f"{family} is checked statically only: {fam.why_static}")
+def _checked_revision(allow_dirty: bool, push: bool, rev: Revision | None = None) -> Revision:
     rev = rev or revision()
     if rev.dirty and not allow_dirty:
         raise BuildError("families/ has uncommitted changes: the tag would not name what is built."
                          " Commit first, or pass --allow-dirty (tags -dirty, never pushed)")
     if rev.dirty and push:
         raise BuildError("refusing to push a -dirty build; commit first")
+    return rev
+
+
+def build_family(family: str, registry: str = "", push: bool = False, allow_dirty: bool = False,
+                 insecure: bool = False, rev: Revision | None = None) -> BuildResult:
+    fams = load()
+    fam = fams.family(family)
+    if fam.build == "static":
+        raise BuildError(f"{family} is checked statically only: {fam.why_static}")
+    rev = _checked_revision(allow_dirty, push, rev)
     notes = []
     if shutil.which("docker") and subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0:
         notes.append("buildx present: CI uses --cache-to/--cache-from type=registry (.github/workflows/images.yml)")
@@ -190,33 +194,40 @@ def build_family(family: str, registry: str = "", push: bool = False, allow_dirt
         notes.append("no buildx here: no registry cache (type=registry); built every layer afresh with buildah"
                      " (the pip wheel cache mount and the fetched wheelhouse still make it fast)")
     base = base_image(fams, fam.base, rev.epoch)
-    _, pip_wheel = wheelhouse(FAMILIES_DIR / family, fam.python)
-    shutil.copy(FAMILIES_DIR / "sbom_gen.py", FAMILIES_DIR / family / "sbom_gen.py")
-    shutil.copytree(FAMILIES_DIR / "emitter", FAMILIES_DIR / family / "emitter", dirs_exist_ok=True)
-    local = f"{LOCAL}/{family}:{rev.tag}"
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rev.epoch))
-    args = {"BASE": base, "PIP_WHEEL": pip_wheel, "REVISION": rev.sha, "CREATED": created,
-            "SOURCE": "fleetroll/families/" + family, "VERSION": rev.tag, "SOURCE_DATE_EPOCH": str(rev.epoch)}
+    ctx = FAMILIES_DIR / family
+    _, pip_wheel = wheelhouse(ctx, fam.python)
+    # Offline unless the family installs Debian packages (apt needs the archive).
+    return _build(family, ctx, rev, {"BASE": base, "PIP_WHEEL": pip_wheel}, base, fam.size_budget_mb, "families.yml",
+                  network="host" if fam.allowed_system_packages else "none", with_emitter=True,
+                  registry=registry, push=push, insecure=insecure, notes=notes)
+
+
+def _build(name: str, ctx: Path, rev: Revision, args: dict[str, str], base: str, budget_mb: int, budget_source: str,
+           network: str, with_emitter: bool, registry: str, push: bool, insecure: bool, notes: list[str]) -> BuildResult:
+    """The part families and services share: bud with commit-derived labels, then digest, size, SBOM, push."""
+    args = {**args, "REVISION": rev.sha, "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rev.epoch)),
+            "SOURCE": f"fleetroll/{ctx.parent.name}/{name}", "VERSION": rev.tag, "SOURCE_DATE_EPOCH": str(rev.epoch)}
+    local = f"{LOCAL}/{name}:{rev.tag}"
+    shutil.copy(FAMILIES_DIR / "sbom_gen.py", ctx / "sbom_gen.py")
+    if with_emitter:
+        shutil.copytree(FAMILIES_DIR / "emitter", ctx / "emitter", dirs_exist_ok=True)
     try:
         # No layer cache: buildah keys cached COPY layers by content, not by --timestamp, so a
         # cache warmed by another commit would hand back layers stamped with that commit's time.
-        # Offline unless the family installs Debian packages (apt needs the archive).
-        network = "host" if fam.allowed_system_packages else "none"
         run("buildah", "bud", "--quiet", "--isolation", "oci", "--network", network, "--no-cache",
             "--timestamp", str(rev.epoch), *[x for k, v in args.items() for x in ("--build-arg", f"{k}={v}")],
-            "-t", local, "-f", str(FAMILIES_DIR / family / "Dockerfile"), str(FAMILIES_DIR / family))
+            "-t", local, "-f", str(ctx / "Dockerfile"), str(ctx))
     finally:
-        (FAMILIES_DIR / family / "sbom_gen.py").unlink(missing_ok=True)
-        shutil.rmtree(FAMILIES_DIR / family / "emitter", ignore_errors=True)
-    digest = image_digest(local)
+        (ctx / "sbom_gen.py").unlink(missing_ok=True)
+        shutil.rmtree(ctx / "emitter", ignore_errors=True)
     size = image_size_mb(local)
-    sbom_path = extract_sbom(local, family, rev.tag)
-    result = BuildResult(family, rev.tag, local, digest, base, size, fam.size_budget_mb, str(sbom_path), notes=notes)
-    if size > fam.size_budget_mb:
-        raise BuildError(f"{family}:{rev.tag} is {size} MB, over its budget of {fam.size_budget_mb} MB (families.yml);"
+    result = BuildResult(name, rev.tag, local, image_digest(local), base, size, budget_mb,
+                         str(extract_sbom(local, name, rev.tag)), notes=notes)
+    if size > budget_mb:
+        raise BuildError(f"{name}:{rev.tag} is {size} MB, over its budget of {budget_mb} MB ({budget_source});"
                          " trim the requirements or the base")
     if push:
-        result.pushed = push_image(local, f"{registry}/{family}:{rev.tag}", insecure)
+        result.pushed = push_image(local, f"{registry}/{name}:{rev.tag}", insecure)
     return result
 
 
@@ -261,31 +272,13 @@ def build_service(name: str, family_ref: str | None = None, registry: str = "", 
     ctx = SERVICES_DIR / name
     meta = yaml.safe_load((ctx / "service.yml").read_text())
     fam = load().family(meta["family"])
-    rev = revision()
-    if rev.dirty and not allow_dirty:
-        raise BuildError("families/ has uncommitted changes; commit first or pass --allow-dirty")
+    rev = _checked_revision(allow_dirty, push)
     family_ref = family_ref or f"{LOCAL}/{meta['family']}:{rev.tag}"
     family_pinned = f"{family_ref.split('@')[0]}@{image_digest(family_ref)}"
     _, pip_wheel = wheelhouse(ctx, fam.python)
-    shutil.copy(FAMILIES_DIR / "sbom_gen.py", ctx / "sbom_gen.py")
-    local = f"{LOCAL}/{name}:{rev.tag}"
-    args = {"FAMILY_IMAGE": family_pinned, "PIP_WHEEL": pip_wheel, "REVISION": rev.sha,
-            "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rev.epoch)),
-            "SOURCE": "fleetroll/services/" + name, "VERSION": rev.tag, "SOURCE_DATE_EPOCH": str(rev.epoch)}
-    try:
-        run("buildah", "bud", "--quiet", "--isolation", "oci", "--network", "none", "--no-cache", "--pull-never",
-            "--timestamp", str(rev.epoch), *[x for k, v in args.items() for x in ("--build-arg", f"{k}={v}")],
-            "-t", local, "-f", str(ctx / "Dockerfile"), str(ctx))
-    finally:
-        (ctx / "sbom_gen.py").unlink(missing_ok=True)
-    size = image_size_mb(local)
-    result = BuildResult(name, rev.tag, local, image_digest(local), family_pinned, size, int(meta["size_budget_mb"]),
-                         str(extract_sbom(local, name, rev.tag)))
-    if size > result.budget_mb:
-        raise BuildError(f"{name}:{rev.tag} is {size} MB, over its budget of {result.budget_mb} MB (services/{name}/service.yml)")
-    if push:
-        result.pushed = push_image(local, f"{registry}/{name}:{rev.tag}", insecure)
-    return result
+    return _build(name, ctx, rev, {"FAMILY_IMAGE": family_pinned, "PIP_WHEEL": pip_wheel}, family_pinned,
+                  int(meta["size_budget_mb"]), f"services/{name}/service.yml", network="none", with_emitter=False,
+                  registry=registry, push=push, insecure=insecure, notes=[])
 
 
 def push_image(local: str, dest: str, insecure: bool) -> str:

@@ -290,11 +290,16 @@ def _registry() -> None:
         f"storage:\n  filesystem: {{rootdirectory: {d / 'data'}}}\n  delete: {{enabled: true}}\n"
         f"http:\n  addr: {REGISTRY_ADDR}\n"
     )
-    log = open(d / "registry.log", "w")
-    p = subprocess.Popen(
-        _nsenter(REGISTRY_NS) + ["setsid", "docker-registry", "serve", str(d / "config.yml")],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-    )
+    _spawn_registry()
+
+
+def _spawn_registry() -> None:
+    d = LAB_DIR / "registry"
+    with open(d / "registry.log", "a") as log:
+        p = subprocess.Popen(
+            _nsenter(REGISTRY_NS) + ["setsid", "docker-registry", "serve", str(d / "config.yml")],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
     (d / "registry.pid").write_text(str(p.pid))
 
 
@@ -315,17 +320,7 @@ def stop_registry() -> None:
 
 
 def start_registry() -> None:
-    _registry_restart()
-
-
-def _registry_restart() -> None:
-    d = LAB_DIR / "registry"
-    log = open(d / "registry.log", "a")
-    p = subprocess.Popen(
-        _nsenter(REGISTRY_NS) + ["setsid", "docker-registry", "serve", str(d / "config.yml")],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-    )
-    (d / "registry.pid").write_text(str(p.pid))
+    _spawn_registry()
     wait_for("registry", registry_up, 15)
 
 
@@ -494,11 +489,6 @@ def _build_observability(state: LabState) -> str:
     for svc in ("fleetroll-collector", "hello"):
         build.build_service(svc, fam.local_ref, reg, push=True, insecure=True)
     return fam.tag
-
-
-def docker_env(h: LabHost) -> dict[str, str]:
-    """Environment for running the docker CLI against one lab host's daemon."""
-    return {**os.environ, "DOCKER_HOST": h.docker_host}
 
 
 def set_link(h: LabHost, up_: bool) -> None:
