@@ -6,6 +6,3 @@ controller code (it ships alone) and needs nothing on the host but python3.
 """
 
 PROTOCOL = 1
-MANAGED_LABEL = "io.fleetroll.managed"
-ARCH_LABEL = "io.fleetroll.cuda-arch-list"
-REVISION_LABEL = "org.opencontainers.image.revision"

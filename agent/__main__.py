@@ -1,6 +1,6 @@
 """Entry point: JSON requests on stdin, JSON lines out; each request ends with its answer.
 
-Request:  {"protocol": 1, "op": "facts" | "rollout" | "status" | "unlock" | "journal", "args": {...}}
+Request:  {"protocol": 1, "op": "facts" | "prepare" | "rollout" | "status" | "unlock" | "journal", "args": {...}}
 Answer:   {"protocol": 1, "op": ..., "ok": bool, "changed": bool, "msg": str, "data": {...}}
 Progress lines ({"event": ...}) may come before the answer so the controller can show
 what a host is doing while a long operation runs.
@@ -13,6 +13,7 @@ transaction then share one agent process (and one import of the docker SDK) per 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from typing import Any
@@ -34,11 +35,29 @@ def handle(request: dict) -> dict:
     if request.get("protocol") != PROTOCOL:
         return answer(op, False, f"protocol mismatch: controller speaks {request.get('protocol')}, agent speaks {PROTOCOL}")
     args = request.get("args") or {}
+    recovered = _recover()
+    result = _run(op, args)
+    if recovered:
+        # Said in the answer of whatever call found and finished an interrupted transaction.
+        result["recovered"] = recovered
+    return result
+
+
+def _recover() -> list[dict]:
+    from .recovery import recover_pending
+
+    try:
+        return recover_pending()
+    except Exception as exc:  # noqa: BLE001 - the call itself must still be answered
+        return [{"error": f"recovery of an interrupted transaction failed: {exc}", "traceback": traceback.format_exc()}]
+
+
+def _run(op: str, args: dict) -> dict:
     if op == "facts":
         from .facts import gather
 
         return answer(op, True, data=gather(args))
-    if op in ("rollout", "status", "unlock", "journal"):
+    if op in ("rollout", "status", "unlock", "journal", "prepare"):
         from . import ops
 
         return ops.dispatch(op, args, emit)
@@ -58,6 +77,8 @@ def serve_one(raw: str) -> tuple[dict, dict]:
 
 
 def main() -> int:
+    # Journal and lock files are shared by every user of this host's Docker group.
+    os.umask(0o007)
     raw = sys.stdin.readline()
     while True:
         request, result = serve_one(raw)

@@ -12,7 +12,7 @@ import shutil
 import time
 from typing import Any
 
-from . import MANAGED_LABEL
+from . import contract
 from .registry import RegistryClient, RegistryError
 
 HOOK = "nvidia-container-runtime-hook"
@@ -123,12 +123,12 @@ def summarize_container(attrs: dict) -> dict[str, Any]:
         "running": bool(state.get("Running")),
         "restart_count": attrs.get("RestartCount", 0),
         "started_at": state.get("StartedAt", ""),
-        "service": labels.get("io.fleetroll.service", ""),
-        "tag": labels.get("io.fleetroll.tag", ""),
-        "digest": labels.get("io.fleetroll.digest", ""),
-        "rollout_id": labels.get("io.fleetroll.rollout-id", ""),
-        "spec_hash": labels.get("io.fleetroll.spec-hash", ""),
-        "phase": labels.get("io.fleetroll.phase", ""),
+        "service": labels.get(contract.SERVICE, ""),
+        "tag": labels.get(contract.TAG, ""),
+        "digest": labels.get(contract.DIGEST, ""),
+        "rollout_id": labels.get(contract.ROLLOUT_ID, ""),
+        "spec_hash": labels.get(contract.SPEC_HASH, ""),
+        "phase": labels.get(contract.PHASE, ""),
     }
 
 
@@ -139,7 +139,7 @@ def docker_facts() -> dict[str, Any]:
         info = client.info()
         containers = [
             summarize_container(c.attrs)
-            for c in client.containers.list(all=True, filters={"label": MANAGED_LABEL})
+            for c in client.containers.list(all=True, filters={"label": contract.MANAGED})
         ]
     except Exception as exc:  # noqa: BLE001 - any failure here means "daemon not usable"
         return {"ok": False, "error": f"Docker daemon not reachable: {str(exc)[:200]}"}

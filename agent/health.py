@@ -43,15 +43,27 @@ def verdict(status: int | None, body: str) -> Probe:
 
 
 def probe(url: str, timeout: float) -> Probe:
+    """One GET of the health URL; whatever goes wrong is a failed probe with its reason, never an exception.
+
+    A port that speaks another protocol (BadStatusLine), an endless header (LineTooLong),
+    a malformed URL (InvalidURL): all are simply "unhealthy", so the gate fails and the
+    transaction restores the old container instead of being torn down by a traceback.
+    """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - URL built from the plan's port
             return verdict(r.status, r.read(4096).decode(errors="replace"))
     except urllib.error.HTTPError as e:
-        return verdict(e.code, e.read(4096).decode(errors="replace") if e.fp else "")
+        try:
+            body = e.read(4096).decode(errors="replace") if e.fp else ""
+        except Exception:  # noqa: BLE001 - the code alone decides
+            body = ""
+        return verdict(e.code, body)
     except (TimeoutError, OSError) as e:
         reason = getattr(e, "reason", e)
         text = "timed out" if "timed out" in str(reason) else str(reason)
         return Probe(False, f"no answer ({text} after {timeout:g}s)" if "timed out" in text else f"no answer ({text})")
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return Probe(False, f"not a valid HTTP answer ({type(e).__name__}: {str(e)[:160]})")
 
 
 @dataclass
@@ -78,11 +90,18 @@ def gate(
     """Wait for healthy, then hold it for the window. container_state() -> (running, restarts, status)."""
     t0 = time.monotonic()
     timeout = max(0.5, min(2.0, interval * 4))
-    running0, restarts0, _ = container_state()
+    try:
+        restarts0 = container_state()[1]
+    except Exception:  # noqa: BLE001 - attempt() reports it
+        restarts0 = -1
     last: list[Probe] = []
 
     def attempt() -> bool:
-        running, restarts, status = container_state()
+        try:
+            running, restarts, status = container_state()
+        except Exception as exc:  # noqa: BLE001 - a daemon that cannot answer is not a healthy container
+            last.append(Probe(False, f"container state unknown: {str(exc)[:160]}"))
+            return False
         if not running or restarts != restarts0:
             last.append(Probe(False, f"container {status} (restarts {restarts})"))
             return False

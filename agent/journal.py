@@ -2,7 +2,9 @@
 
 If the controller dies or the link drops, whoever looks next (`fab status`, the next
 rollout) reads here what the host did and how it ended. One JSON-lines file per
-rollout, plus `last` naming the most recent one.
+rollout, plus `last` naming the most recent one, and an empty marker under `open/` for
+each transaction that has not written its outcome: the next agent call finds
+interrupted transactions there without reading every journal ever written.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def path_for(rollout_id: str) -> Path:
 def append(rollout_id: str, step: str, **fields: Any) -> dict:
     rec = {"ts": round(time.time(), 3), "rollout_id": rollout_id, "step": step, **fields}
     line = (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode()
-    fd = os.open(path_for(rollout_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    fd = os.open(path_for(rollout_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o660)
     try:
         os.write(fd, line)  # one write of one line: never interleaved, never half a record
         os.fsync(fd)
@@ -66,3 +68,32 @@ def read(rollout_id: str) -> list[dict]:
 def outcome(records: list[dict]) -> dict | None:
     done = [r for r in records if r.get("step") == "done"]
     return done[-1] if done else None
+
+
+def _open_dir() -> Path:
+    d = _dir() / "open"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def mark_open(rollout_id: str) -> None:
+    (_open_dir() / path_for(rollout_id).name).touch()
+
+
+def mark_closed(rollout_id: str) -> None:
+    try:
+        (_open_dir() / path_for(rollout_id).name).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def open_ids() -> list[str]:
+    """Transactions that were accepted and have not (yet) written their outcome."""
+    d = _dir() / "open"
+    if not d.is_dir():
+        return []
+    out = []
+    for marker in sorted(d.iterdir()):
+        recs = read(marker.name[: -len(".jsonl")])
+        out.append(recs[0]["rollout_id"] if recs else marker.name[: -len(".jsonl")])
+    return out

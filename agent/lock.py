@@ -1,18 +1,30 @@
-"""One rollout per host at a time: a lock file naming its holder, pid and time.
+"""One rollout per Docker daemon at a time: a kernel `flock`, held by the transaction process.
 
-Created with O_EXCL, so two agents cannot both take it. A lock whose pid is no longer
-alive on this host is stale (the transaction died with its host process) and may be
-taken over; the take-over is reported. `fab unlock` removes a lock by hand, with a reason.
+The kernel releases a flock when the last descriptor of its holder closes — the process
+exits, is SIGKILLed, or the host reboots — so there is no stale lock to detect and no
+file to unlink: a lock that is not held is simply free. The holder's name, rollout and
+pid are written into the file only *after* the lock is held, and are informational.
+
+The path is keyed by the Docker daemon the agent drives (DOCKER_HOST, or the default
+socket), not by the SSH user: `root` and `ops` driving the same daemon take the same
+lock. It lives in the system lock directory (/run/lock), created group-writable for the
+group that owns the Docker socket, since whoever can drive that daemon must be able to
+take its lock. FLEETROLL_LOCK_DIR overrides the directory (the lab gives each host its own).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .paths import state_dir
+LOCK_DIRS = ("/run/lock", "/var/lock", "/tmp")
 
 
 class Locked(Exception):
@@ -25,75 +37,137 @@ class Locked(Exception):
         )
 
 
-def _path():
-    return state_dir() / "lock"
+def docker_endpoint() -> str:
+    """The daemon this agent drives, normalized so two spellings of one socket are one key."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        return "unix://" + os.path.realpath(host[len("unix://"):])
+    return host
 
 
-def read() -> dict[str, Any] | None:
+def _socket_gid() -> int | None:
+    host = docker_endpoint()
+    if not host.startswith("unix://"):
+        return None
     try:
-        return json.loads(_path().read_text())
+        return os.stat(host[len("unix://"):]).st_gid
+    except OSError:
+        return None
+
+
+def path() -> Path:
+    d = os.environ.get("FLEETROLL_LOCK_DIR") or next((x for x in LOCK_DIRS if os.path.isdir(x) and os.access(x, os.W_OK)), "/tmp")
+    key = hashlib.sha256(docker_endpoint().encode()).hexdigest()[:16]
+    return Path(d) / f"fleetroll-docker-{key}.lock"
+
+
+def _open() -> int:
+    """Open the lock file, creating it (mode 0660, the Docker socket's group) if missing.
+
+    Opening an existing file without O_CREAT first: in a sticky world-writable directory
+    (fs.protected_regular) O_CREAT on another user's file is refused even when the file's
+    own mode allows the open.
+    """
+    p = path()
+    try:
+        return os.open(p, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o660)
+    except FileExistsError:
+        return os.open(p, os.O_RDWR | os.O_CLOEXEC)
+    gid = _socket_gid()
+    try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, 0o660)
+    except OSError:
+        pass  # not in that group: the file stays ours, mode 0660 of our own group
+    return fd
+
+
+def _read_fd(fd: int) -> dict[str, Any] | None:
+    try:
+        raw = os.pread(fd, 65536, 0)
+        return json.loads(raw) if raw.strip() else None
     except (OSError, ValueError):
         return None
 
 
-def alive(pid: int) -> bool:
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot: a pid plus this names one process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
-def acquire(holder: str, rollout_id: str, pid: int | None = None) -> dict[str, Any] | None:
-    """Take the lock; return the stale lock it replaced (or None). Raise Locked if held."""
-    info = {"holder": holder, "rollout_id": rollout_id, "pid": pid or os.getpid(), "time": time.time()}
-    replaced = None
-    for _ in range(2):
+def same_process(pid: int, start: str) -> bool:
+    """Is `pid` still the very process that was recorded (not a recycled pid)?"""
+    return pid > 0 and bool(start) and _start_time(pid) == start
+
+
+@dataclass
+class Held:
+    fd: int
+    rollout_id: str
+
+    def record(self, holder: str, pid: int | None = None) -> None:
+        """(Re)write the holder metadata: after the lock is held, never before."""
+        pid = pid or os.getpid()
+        info = {"holder": holder, "rollout_id": self.rollout_id, "pid": pid, "start": _start_time(pid), "time": time.time()}
+        data = json.dumps(info).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+        os.fsync(self.fd)
+
+    def release(self) -> None:
         try:
-            fd = os.open(_path(), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileExistsError:
-            current = read()
-            if current and alive(int(current.get("pid", 0))):
-                raise Locked(current) from None
-            replaced = current
-            try:
-                os.unlink(_path())
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
-            f.flush()
-            os.fsync(f.fileno())
-        return replaced
-    raise Locked(read() or {})
-
-
-def hand_over(rollout_id: str, pid: int) -> None:
-    """The detached transaction becomes the holder (its pid is what stale-detection checks)."""
-    info = read() or {}
-    if info.get("rollout_id") == rollout_id:
-        info["pid"] = pid
-        tmp = state_dir() / f".lock.{os.getpid()}"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, _path())
-
-
-def release(rollout_id: str) -> None:
-    info = read()
-    if info and info.get("rollout_id") == rollout_id:
-        try:
-            os.unlink(_path())
-        except FileNotFoundError:
+            os.ftruncate(self.fd, 0)
+        except OSError:
             pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
-def force_release() -> dict[str, Any] | None:
-    info = read()
+def acquire(holder: str, rollout_id: str) -> Held:
+    """Take the lock or raise Locked naming its holder. Never waits."""
+    fd = _open()
     try:
-        os.unlink(_path())
-    except FileNotFoundError:
-        pass
-    return info
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            os.close(fd)
+            raise
+        info = _read_fd(fd) or {"holder": "another agent (starting up)"}
+        os.close(fd)
+        raise Locked(info) from None
+    held = Held(fd, rollout_id)
+    held.record(holder)
+    return held
+
+
+def try_acquire(holder: str, rollout_id: str) -> Held | None:
+    try:
+        return acquire(holder, rollout_id)
+    except Locked:
+        return None
+
+
+def read() -> dict[str, Any] | None:
+    """The recorded holder, with `alive` = that exact process still runs. None when free."""
+    try:
+        fd = os.open(path(), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = _read_fd(fd)
+    finally:
+        os.close(fd)
+    if not info:
+        return None
+    info["alive"] = same_process(int(info.get("pid", 0)), str(info.get("start", "")))
+    info["path"] = str(path())
+    return info if info["alive"] else None

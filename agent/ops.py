@@ -1,9 +1,10 @@
 """Agent operations that change or report rollout state: rollout, status, journal, unlock.
 
 A rollout runs in a detached grandchild process (its own session, no tie to the SSH
-channel): the process the controller talks to only follows the journal and relays it
-as progress events. If the controller is killed or the link drops, the grandchild
-finishes the transaction and writes its outcome to the journal regardless.
+channel) that holds the host's lock: the process the controller talks to only follows
+the journal and relays it as progress events. If the controller is killed or the link
+drops, the grandchild finishes the transaction and writes its outcome regardless; if
+the grandchild itself dies, whoever next takes the lock recovers its journal.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _detach(fn: Callable[[], None]) -> int:
             os.write(w, str(os.getpid()).encode())
             os.close(w)
             devnull = os.open(os.devnull, os.O_RDWR)
-            log = os.open(state_dir() / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            log = os.open(state_dir() / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o660)
             os.dup2(devnull, 0)
             os.dup2(log, 1)
             os.dup2(log, 2)
@@ -54,13 +55,20 @@ def _detach(fn: Callable[[], None]) -> int:
     os.waitpid(pid, 0)
     gpid = int(os.read(r, 32) or b"0")
     os.close(r)
+    if not gpid:
+        raise RuntimeError("could not start the detached transaction process (fork failed)")
     return gpid
 
 
-def _follow(rid: str, pid: int, emit: Callable[[dict], None], deadline: float | None = None) -> dict | None:
-    """Relay journal records as events until the outcome is written (or the worker died)."""
+def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = None) -> dict | None:
+    """Relay journal records as events until the outcome is written.
+
+    The worker's liveness is the lock itself: if this process can take it, the worker is
+    dead (the kernel released its flock), so the transaction is recovered right here and
+    its recovered outcome is the answer.
+    """
     path = journal.path_for(rid)
-    offset, last_beat = 0, time.monotonic()
+    offset, last_beat, last_check = 0, time.monotonic(), time.monotonic()
     while True:
         new = []
         if path.exists():
@@ -74,30 +82,63 @@ def _follow(rid: str, pid: int, emit: Callable[[dict], None], deadline: float | 
             emit({"event": rec.get("step"), **{k: v for k, v in rec.items() if k != "step"}})
             if rec.get("step") == "done":
                 return rec
-        if not new and time.monotonic() - last_beat > HEARTBEAT_S:
+        now = time.monotonic()
+        if not new and now - last_beat > HEARTBEAT_S:
             emit({"event": "heartbeat", "rollout_id": rid})
-            last_beat = time.monotonic()
+            last_beat = now
         elif new:
-            last_beat = time.monotonic()
-        if pid and not lock.alive(pid):
-            done = journal.outcome(journal.read(rid))
-            return done
-        if deadline and time.monotonic() > deadline:
+            last_beat = now
+        if not new and now - last_check > 0.5:
+            last_check = now
+            held = lock.try_acquire("recovery", rid)
+            if held is not None:
+                try:
+                    from .recovery import recover
+
+                    done = recover(rid)
+                finally:
+                    held.release()
+                if done is not None:
+                    for rec in journal.read(rid)[-3:]:
+                        if rec.get("step") in ("recovering", "recovered"):
+                            emit({"event": rec["step"], **{k: v for k, v in rec.items() if k != "step"}})
+                return done
+        if deadline and now > deadline:
             return None
         time.sleep(0.02)
 
 
-def _run_detached_transaction(args: dict[str, Any]) -> None:
+def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:
     from .transaction import Transaction  # already imported by rollout(): the fork inherits it
 
     rid = args["rollout_id"]
+    held.record(args.get("operator", "unknown"))  # the holder is now this process
+    journal.append(rid, "worker", pid=os.getpid())
     try:
         result = Transaction(args).run()
     except Exception as exc:  # noqa: BLE001 - the journal must get an outcome whatever happens
-        result = {"ok": False, "state": "needs-operator", "error": f"transaction crashed: {exc}", "services": []}
-        journal.append(rid, "crashed", traceback=traceback.format_exc())
+        # Whatever the transaction did not finish, recovery finishes from its journal.
+        journal.append(rid, "crashed", error=str(exc)[:300], traceback=traceback.format_exc())
+        from .recovery import recover
+
+        recover(rid)
+        held.release()
+        return
     journal.append(rid, "done", **result)
-    lock.release(rid)
+    journal.mark_closed(rid)
+    held.release()
+
+
+def accepted_record(args: dict[str, Any]) -> dict[str, Any]:
+    """What recovery needs to know about a transaction, journalled before it starts."""
+    steps = args.get("steps") or []
+    return {
+        "operator": args.get("operator", "unknown"),
+        "phase": args.get("phase"),
+        "policy": args.get("on_failure", "revert-phase"),
+        "kind": "revert" if steps and all(s["action"] == "revert" for s in steps) else "rollout",
+        "steps": [{"service": s["spec"]["name"], "action": s["action"], "health": s["spec"].get("health") or {}} for s in steps],
+    }
 
 
 def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
@@ -106,21 +147,25 @@ def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     from . import transaction  # noqa: F401 - import the docker SDK once, before the fork
 
     try:
-        stale = lock.acquire(holder, rid)
+        held = lock.acquire(holder, rid)
     except lock.Locked as exc:
-        return _answer("rollout", False, f"host is {exc}; wait for it, or if it is dead: fab unlock --host <host> --reason ...", {"locked": exc.holder})
+        return _answer("rollout", False, f"host is {exc}; wait for it to finish (a dead holder releases it by itself;"
+                       " a live but stuck one: fab unlock --host <host> --force --reason ...)", {"locked": exc.holder})
     journal.mark_last(rid)
-    journal.append(rid, "accepted", operator=holder, phase=args.get("phase"), stale_lock=stale,
-                   steps=[{"service": s["spec"]["name"], "action": s["action"]} for s in args.get("steps", [])])
+    journal.mark_open(rid)
+    journal.append(rid, "accepted", **accepted_record(args))
     try:
-        pid = _detach(lambda: _run_detached_transaction(args))
+        _detach(lambda: _run_detached_transaction(args, held))
     except Exception:
-        lock.release(rid)
+        journal.append(rid, "done", ok=False, state="good", error="could not start the transaction process", services=[])
+        journal.mark_closed(rid)
+        held.release()
         raise
-    lock.hand_over(rid, pid)
-    done = _follow(rid, pid, emit)
+    # The worker holds the lock through the descriptor it inherited; ours goes (not unlocked).
+    os.close(held.fd)
+    done = _follow(rid, emit)
     if done is None:
-        return _answer("rollout", False, "the transaction process died without an outcome; see the agent log", {"rollout_id": rid})
+        return _answer("rollout", False, f"no outcome from the transaction; see the journal {journal.path_for(rid)}", {"rollout_id": rid})
     data = {k: v for k, v in done.items() if k not in ("step",)}
     return _answer("rollout", bool(done.get("ok")), "" if done.get("ok") else "rollout failed on this host", data, changed=True)
 
@@ -131,9 +176,7 @@ def follow(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     records = journal.read(rid)
     if not records:
         return _answer("journal", False, f"no journal for rollout {rid} on this host")
-    holder = lock.read() or {}
-    pid = int(holder.get("pid", 0)) if holder.get("rollout_id") == rid else 0
-    done = journal.outcome(records) or _follow(rid, pid, emit, time.monotonic() + float(args.get("timeout", 300)))
+    done = journal.outcome(records) or _follow(rid, emit, time.monotonic() + float(args.get("timeout", 300)))
     if done is None:
         return _answer("journal", False, f"rollout {rid} has no outcome yet", {"records": records[-20:]})
     return _answer("journal", bool(done.get("ok")), "", {k: v for k, v in done.items() if k != "step"})
@@ -154,11 +197,9 @@ def status(args: dict[str, Any]) -> dict:
     records = journal.read(last) if last else []
     done = journal.outcome(records)
     holder = lock.read()
-    if holder:
-        holder["alive"] = lock.alive(int(holder.get("pid", 0)))
     last_info = None
     if last:
-        state = "finished" if done else ("running" if holder and holder.get("alive") else "interrupted")
+        state = "finished" if done else ("running" if holder else "interrupted")
         last_info = {"rollout_id": last, "state": state, "outcome": done, "steps": len(records),
                      "last_step": records[-1] if records else None}
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
@@ -177,23 +218,69 @@ def _collector_services(port: int) -> dict:
 
 
 def unlock(args: dict[str, Any]) -> dict:
+    """A dead holder needs no unlock (the kernel released it); a live but stuck one is stopped with --force.
+
+    Only the exact recorded process (pid + start time) is signalled; then recovery
+    finishes its transaction, so the host is left in a good state, not merely unlocked.
+    """
     info = lock.read()
+    rec: dict[str, Any] = {"ts": time.time(), "by": args.get("operator"), "reason": args.get("reason"), "holder": info}
     if info is None:
-        return _answer("unlock", True, "not locked")
-    if lock.alive(int(info.get("pid", 0))) and not args.get("force"):
-        return _answer("unlock", False, f"lock is held by a live transaction (pid {info.get('pid')}, rollout {info.get('rollout_id')}); it will release it when done. Use --force only if you know it is stuck.", {"lock": info})
-    removed = lock.force_release()
-    rec = {"ts": time.time(), "removed": removed, "by": args.get("operator"), "reason": args.get("reason")}
+        msg = "not locked: no live transaction holds this host's lock (a dead one releases it by itself)"
+    elif not args.get("force"):
+        return _answer("unlock", False, f"lock is held by a live transaction (pid {info.get('pid')}, rollout {info.get('rollout_id')},"
+                       f" {info.get('holder')}); it releases it when done. If it is stuck: --force stops that process and"
+                       " recovers its transaction.", {"lock": info})
+    else:
+        pid, start = int(info["pid"]), str(info.get("start", ""))
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if lock.same_process(pid, start):
+                os.kill(pid, sig)
+            end = time.monotonic() + wait
+            while time.monotonic() < end and lock.same_process(pid, start):
+                time.sleep(0.05)
+        msg = f"stopped pid {pid} ({info.get('holder')}, rollout {info.get('rollout_id')})"
+    from .recovery import recover_pending
+
+    rec["recovered"] = recover_pending(f"unlock by {args.get('operator')}")
+    if rec["recovered"]:
+        msg += "; recovered " + ", ".join(f"{r['rollout_id']} ({r['state']})" for r in rec["recovered"])
     with open(state_dir() / "unlocks.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
-    return _answer("unlock", True, f"removed lock of {removed.get('holder') if removed else '?'}", rec, changed=True)
+    return _answer("unlock", True, msg, rec, changed=bool(info))
+
+
+def prepare(args: dict[str, Any]) -> dict:
+    """Pull every image of this host's steps by digest and check it, stopping nothing.
+
+    The controller runs this on every host before any host swaps, so a registry that went
+    away after preflight or a tag re-pushed after planning stops the rollout everywhere
+    before the first container is touched.
+    """
+    from .transaction import StepFailed, Transaction, failure_text
+
+    tx = Transaction({**args, "rollout_id": f"{args['rollout_id']}-prepare"})
+    out = []
+    for step in args.get("steps") or []:
+        name = step["spec"]["name"]
+        try:
+            tx.prepare(step["spec"], name)
+            out.append({"service": name, "ok": True})
+        except StepFailed as exc:
+            out.append({"service": name, "ok": False, "check": exc.check, "message": str(exc)})
+        except Exception as exc:  # noqa: BLE001
+            out.append({"service": name, "ok": False, "check": "prepare", "message": f"{failure_text(exc)}; nothing was stopped"})
+    bad = [s for s in out if not s["ok"]]
+    return _answer("prepare", not bad, "; ".join(f"{s['service']}: {s['message']}" for s in bad), {"services": out})
 
 
 def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
+    if op == "prepare":
+        return prepare(args)
+    if op == "unlock":
+        return unlock(args)
     if op == "rollout":
         return rollout(args, emit)
     if op == "journal":
         return follow(args, emit)
-    if op == "status":
-        return status(args)
-    return unlock(args)
+    return status(args)

@@ -8,6 +8,7 @@ all of that in two or three requests, where a pull could move gigabytes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -96,6 +97,16 @@ class RegistryClient:
         except (requests.RequestException, ValueError):
             return None
 
+    def digest(self, ref: str) -> str:
+        """What the tag names right now (one manifest GET): the agent's last check before a swap."""
+        host, repo, ref_tag = split_ref(ref)
+        r = self._get(host, repo, f"manifests/{ref_tag}", ACCEPT)
+        if r.status_code == 404:
+            raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
+        if not r.ok:
+            raise RegistryError("bad-answer", f"{ref}: registry {host} answered HTTP {r.status_code}")
+        return manifest_digest(r.headers.get("Docker-Content-Digest", ""), r.content)
+
     def inspect(self, ref: str, platform: str = "linux/amd64") -> ImageInfo:
         host, repo, ref_tag = split_ref(ref)
         r = self._get(host, repo, f"manifests/{ref_tag}", ACCEPT)
@@ -105,7 +116,7 @@ class RegistryClient:
             raise RegistryError("denied", f"{ref}: registry {host} refused access (HTTP {r.status_code})")
         if not r.ok:
             raise RegistryError("bad-answer", f"{ref}: registry {host} answered HTTP {r.status_code}")
-        digest = r.headers.get("Docker-Content-Digest", "")
+        digest = manifest_digest(r.headers.get("Docker-Content-Digest", ""), r.content)
         manifest = r.json()
         if r.headers.get("Content-Type", "").split(";")[0] in INDEX_TYPES or "manifests" in manifest:
             os_, arch = platform.split("/")
@@ -139,6 +150,18 @@ class RegistryClient:
             cmd=list(cfg.get("Cmd") or []),
             labels=dict(cfg.get("Labels") or {}),
         )
+
+
+def manifest_digest(header: str, body: bytes) -> str:
+    """The manifest's digest: the registry's header if it gave one, else sha256 of the exact bytes.
+
+    A registry may omit Docker-Content-Digest (the distribution spec only says SHOULD);
+    the digest of the served manifest bytes is by definition the same value, and an empty
+    digest would make pull-by-digest and every later comparison meaningless.
+    """
+    if header.startswith("sha256:"):
+        return header
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def _short(exc: Exception) -> str:

@@ -1,37 +1,60 @@
-"""The host-side transaction: pull -> pin -prev -> swap -> health gate -> commit | revert.
+"""The host-side transaction: prepare -> set the old container aside -> start new -> gate -> commit | restore.
 
-It runs detached from the SSH session (see ops.py), journals every step before doing it,
-and always ends a service in one of two good states: the new image running and healthy,
-or the last-known-good image (`<repo>:<old tag>-prev`, exact digest recorded) running
-and proven healthy. Nothing is stopped before the new image is pulled and its digest
-and contract checked, so a dead registry or a bad image changes nothing.
+The promise: every service ends either on its new image, proven healthy, or on its old
+container, proven healthy — and the journal says which. Three rules make it hold:
+
+* Nothing is stopped before the new image is present *by digest* (`repo@sha256:…`), meets
+  the image contract, and its tag still names that digest in the registry.
+* The old container is never removed before commit. It is renamed aside
+  (`<service>--kept-<hash>`), its restart policy switched off, and stopped; its full create
+  configuration is journalled first. Restoring means starting *that* container again: its
+  own image, env, ports, volumes and GPU requests, whatever the new release changed.
+* Every failure after the first change — a gate that fails, a Docker error, any exception —
+  goes to the restore branch; a restore that fails ends in `revert-failed` (needs an
+  operator) with the evidence, never in a silent half-state.
+
+Kept containers are removed only when the whole host commits, so a later service's failure
+under `revert-phase` restores earlier ones from their kept containers too (gates run
+concurrently). After a commit, `-prev` still pins the old image and the journal and the
+ledger keep its create configuration, so a later revert recreates it exactly.
+
+If this process dies, the next agent call on the host finishes the job from the journal
+(recovery.py), using the same restore and commit code.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import health, journal
+from . import container_args, contract, health, journal
 from .facts import docker_client
 
-MANAGED = "io.fleetroll.managed"
-IMAGE_USER = "10001:10001"
+FAILED = ("reverted", "removed", "revert-failed", "refused")
+CREATED_BY = "io.fleetroll.created-by"  # the transaction that created a container (recovery removes only its own)
 
 
 class StepFailed(Exception):
-    def __init__(self, check: str, message: str, **details: Any):
+    def __init__(self, check: str, message: str):
         self.check = check
-        self.details = details
         super().__init__(message)
+
+
+class GateFailed(Exception):
+    def __init__(self, gate: health.GateResult):
+        self.gate = gate
+        super().__init__(gate.reason)
 
 
 @dataclass
 class ServiceResult:
     service: str
     action: str
-    outcome: str = "pending"  # committed | reverted | removed | revert-failed | refused | noop | skipped
+    # gated (transient) | committed | reverted | removed | revert-failed | refused | noop | skipped
+    outcome: str = "pending"
     check: str = ""
     message: str = ""
     before_tag: str = ""
@@ -40,6 +63,10 @@ class ServiceResult:
     after_digest: str = ""
     prev_ref: str = ""
     prev_digest: str = ""
+    old_container: str = ""
+    kept_name: str = ""
+    old_config: dict = field(default_factory=dict)
+    new_container: str = ""
     gate: dict = field(default_factory=dict)
     revert_gate: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
@@ -49,88 +76,76 @@ class ServiceResult:
         return dict(self.__dict__)
 
 
+def daemon_retry(fn, budget_s: float = 60.0):
+    """Run fn, retrying while the Docker daemon cannot be reached at all (restarting, socket gone).
+
+    Only a connection failure is retried: an API error (a name conflict, a port in use)
+    is an answer, and repeating the call would not change it.
+    """
+    import requests
+    from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+    for attempt in Retrying(stop=stop_after_delay(budget_s), wait=wait_fixed(1.0), reraise=True,
+                            retry=retry_if_exception_type(requests.exceptions.ConnectionError)):
+        with attempt:
+            return fn()
+    return None  # pragma: no cover - Retrying either returns or raises
+
+
+def failure_text(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return f"{type(exc).__name__}: {str(text)[:300]}"
+
+
 class Transaction:
-    def __init__(self, args: dict[str, Any]):
+    def __init__(self, args: dict[str, Any], client: Any = None):
         self.args = args
         self.rid = args["rollout_id"]
-        self.client = docker_client(timeout=120)
+        self.client = client if client is not None else docker_client(timeout=120)
         self.results: list[ServiceResult] = []
+        self._jlock = threading.Lock()
 
-    # --- journal ------------------------------------------------------------------------
+    # --- journal and failpoints -------------------------------------------------------
 
     def j(self, step: str, service: str = "", **kw: Any) -> None:
-        journal.append(self.rid, step, service=service, **kw)
+        with self._jlock:
+            journal.append(self.rid, step, service=service, **kw)
+
+    def hit(self, name: str, service: str) -> None:
+        """Failpoint: tests ask the transaction to stop dead after a named step (and then kill it).
+
+        Only a request that names the failpoint triggers it; the process then waits to be
+        killed, which is exactly the fault being tested (a real SIGKILL at that boundary).
+        """
+        fp = self.args.get("failpoint") or {}
+        if fp.get("after") == name and fp.get("service", service) == service:
+            self.j("failpoint", service, after=name)
+            time.sleep(float(fp.get("sleep", 3600)))
 
     # --- docker helpers -----------------------------------------------------------------
 
-    def _container(self, name: str):
+    def _get(self, ref: str):
         import docker.errors
 
         try:
-            return self.client.containers.get(name)
+            return self.client.containers.get(ref)
         except docker.errors.NotFound:
             return None
 
-    def _labels(self, spec: dict, tag: str, digest: str, prev_tag: str, prev_digest: str, git_sha: str, spec_hash: str) -> dict:
-        return {
-            MANAGED: "true",
-            "io.fleetroll.service": spec["name"],
-            "io.fleetroll.tag": tag,
-            "io.fleetroll.digest": digest,
-            "io.fleetroll.rollout-id": self.rid,
-            "io.fleetroll.phase": self.args.get("phase", ""),
-            "io.fleetroll.spec-hash": spec_hash,
-            "io.fleetroll.prev-tag": prev_tag,
-            "io.fleetroll.prev-digest": prev_digest,
-            "io.fleetroll.git-sha": git_sha,
-            "io.fleetroll.operator": self.args.get("operator", ""),
-        }
+    def _created_by_me(self, service: str) -> list:
+        return self.client.containers.list(all=True, filters={"label": [f"{CREATED_BY}={self.rid}", f"{contract.SERVICE}={service}"]})
 
-    def _start(self, spec: dict, image_id: str, labels: dict):
-        from docker.types import DeviceRequest
-
-        gpus = spec.get("gpus") or 0
-        requests = []
-        if gpus == "all" or int(gpus) > 0:
-            requests = [DeviceRequest(count=-1 if gpus == "all" else int(gpus), capabilities=[["gpu"]])]
-        # The low-level API: the high-level create() does not take stop_timeout.
+    def _create_start(self, args: container_args.CreateArgs, service: str):
         api = self.client.api
-        restart = spec.get("restart", "unless-stopped")
-        binds = {}
-        for vol in spec.get("volumes") or []:
-            src, dst, *mode = vol.split(":")
-            binds[src] = {"bind": dst, "mode": mode[0] if mode else "rw"}
-        host_config = api.create_host_config(
-            binds=binds or None,
-            port_bindings={k: v for k, v in (spec.get("ports") or {}).items()},
-            restart_policy={"Name": restart} if restart != "no" else None,
-            device_requests=requests or None,
-        )
-        created = api.create_container(
-            image_id,
-            name=spec["name"],
-            user=spec.get("user") or IMAGE_USER,
-            # The exact digest this container runs, for the start-up report (issue 6).
-            environment={**(spec.get("env") or {}), "FLEETROLL_IMAGE_DIGEST": labels.get("io.fleetroll.digest", "")},
-            ports=[(int(k.split("/")[0]), k.split("/")[1]) for k in (spec.get("ports") or {})],
-            labels=labels,
-            stop_timeout=int(spec.get("stop_timeout", 10)),
-            host_config=host_config,
-        )
+        args = {**args, "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
+        ckw, hkw = container_args.api_kwargs(args)
+        created = api.create_container(**ckw, host_config=api.create_host_config(**hkw))
+        self.j("created", service, container=created["Id"])
         c = self.client.containers.get(created["Id"])
         c.start()
         return c
 
-    def _stop_remove(self, c, timeout: int) -> float:
-        t0 = time.monotonic()
-        try:
-            c.stop(timeout=timeout)
-        finally:
-            c.remove(force=True)
-        return time.monotonic() - t0
-
-    def _gate(self, c, spec: dict, service: str) -> health.GateResult:
-        h = spec["health"]
+    def _gate(self, c, h: dict, service: str) -> health.GateResult:
         url = f"http://127.0.0.1:{h['port']}{h.get('path', '/health')}"
 
         def state() -> tuple[bool, int, str]:
@@ -150,44 +165,114 @@ class Transaction:
             float(h.get("min_healthy_time", 10)),
             float(h.get("interval", 0.5)),
             state,
-            on_tick=lambda msg: self.j("gate-progress", service, message=msg),
+            on_tick=lambda msg: (self.j("gate-progress", service, message=msg), self.hit("gate", service)),
         )
 
-    def _evidence(self, c) -> dict:
+    def _evidence(self, container_id: str) -> dict:
+        if not container_id:
+            return {}
         try:
-            c.reload()
+            c = self.client.containers.get(container_id)
             st = c.attrs.get("State") or {}
             logs = c.logs(tail=10).decode(errors="replace").strip().splitlines()
-            return {"exit_code": st.get("ExitCode"), "status": st.get("Status"), "restarts": c.attrs.get("RestartCount", 0), "last_logs": logs[-10:]}
+            return {"exit_code": st.get("ExitCode"), "status": st.get("Status"), "restarts": c.attrs.get("RestartCount", 0),
+                    "last_logs": logs[-10:]}
         except Exception as exc:  # noqa: BLE001
-            return {"error": f"could not read the container: {exc}"}
+            return {"error": f"could not read the container: {failure_text(exc)}"}
 
-    # --- one service --------------------------------------------------------------------
+    # --- prepare: nothing is stopped until this has passed ------------------------------
 
-    def _pull(self, spec: dict, service: str):
+    def prepare(self, spec: dict, service: str):
+        """The image by digest, its contract, and the tag still naming that digest."""
+        digest = spec.get("digest") or ""
+        repo, tag = spec["repo"], spec["tag"]
+        ref = f"{repo}:{tag}"
+        if not digest.startswith("sha256:"):
+            raise StepFailed("digest", f"{ref}: the plan carries no digest; refusing to pull by tag (re-plan)")
+        self.j("pull", service, ref=ref, digest=digest)
         import docker.errors
 
-        ref = f"{spec['repo']}:{spec['tag']}"
-        self.j("pull", service, ref=ref, digest=spec.get("digest"))
         try:
-            image = self.client.images.pull(spec["repo"], tag=spec["tag"])
+            image = self.client.images.pull(repo, tag=digest)
         except docker.errors.APIError as exc:
-            raise StepFailed("pull", f"could not pull {ref}: {exc.explanation or exc}; nothing was stopped") from None
-        digests = [d.split("@", 1)[1] for d in image.attrs.get("RepoDigests", []) if "@" in d]
-        if spec.get("digest") and spec["digest"] not in digests:
-            raise StepFailed(
-                "digest",
-                f"{ref} now resolves to {', '.join(digests) or 'no digest'}, not the planned {spec['digest']}"
-                " (the tag moved after planning); nothing was stopped — re-plan",
-            )
+            raise StepFailed("pull", f"could not pull {repo}@{digest}: {exc.explanation or exc}; nothing was stopped") from None
+        self._tag_still_names(ref, digest)
+        image.tag(repo, tag)
         cfg = image.attrs.get("Config") or {}
-        user = cfg.get("User") or ""
-        if user != IMAGE_USER:
-            raise StepFailed("image-user", f"{ref} runs as {user or 'root (no USER)'}; required {IMAGE_USER}; refused, nothing was stopped")
-        entry = cfg.get("Entrypoint") or []
-        if not entry or "tini" not in entry[0].rsplit("/", 1)[-1]:
-            raise StepFailed("image-entrypoint", f"{ref} entrypoint {entry or '(none)'} does not start with tini; refused, nothing was stopped")
-        return image, (cfg.get("Labels") or {}).get("org.opencontainers.image.revision", "")
+        problems = contract.image_problems(cfg.get("User") or "", cfg.get("Entrypoint"))
+        if problems:
+            detail, _fix = problems[0]
+            check = "image-user" if "user" in detail else "image-entrypoint"
+            raise StepFailed(check, f"{ref} {detail}; refused, nothing was stopped")
+        return image, (cfg.get("Labels") or {}).get(contract.REVISION, "")
+
+    def _tag_still_names(self, ref: str, digest: str) -> None:
+        from .registry import RegistryClient, RegistryError
+
+        try:
+            now = RegistryClient(insecure=bool(self.args.get("insecure_registry")), timeout=5).digest(ref)
+        except RegistryError as exc:
+            raise StepFailed("registry", f"could not confirm that {ref} still names {digest}: {exc}; nothing was stopped") from None
+        if now != digest:
+            raise StepFailed("digest", f"{ref} now names {now}, not the planned {digest} (the tag was re-pushed after"
+                                       " planning); nothing was stopped — re-plan and roll out again")
+
+    # --- one service: replace whatever runs with `new_args`, or put it back ------------
+
+    def _set_aside(self, r: ServiceResult, old, repo: str, pin: bool) -> None:
+        labels = old.labels or {}
+        service = r.service
+        if pin:
+            prev_tag = f"{labels.get(contract.TAG) or 'unknown'}-prev"
+            r.prev_ref, r.prev_digest = f"{repo}:{prev_tag}", labels.get(contract.DIGEST, "")
+            self.j("pin-prev", service, prev_ref=r.prev_ref, prev_digest=r.prev_digest, image_id=old.attrs.get("Image"))
+            self.client.images.get(old.attrs["Image"]).tag(repo, prev_tag)
+            self.hit("pin-prev", service)
+        r.old_container = old.id
+        r.old_config = container_args.from_inspect(old.attrs)
+        r.kept_name = container_args.kept_name(service, self.rid)
+        # Journal first: whatever happens next, recovery finds the old container by its id.
+        self.j("set-aside", service, container=old.id, kept_name=r.kept_name, old_config=r.old_config,
+               prev_ref=r.prev_ref, prev_digest=r.prev_digest)
+        old.rename(r.kept_name)
+        # A kept container must not come back by itself (a dockerd restart with `always`).
+        old.update(restart_policy={"Name": "no"})
+        timeout = int(r.old_config.get("stop_timeout", 10))
+        self.j("stop-old", service, container=old.id, timeout=timeout)
+        t0 = time.monotonic()
+        old.stop(timeout=timeout)
+        r.timings["stop_s"] = round(time.monotonic() - t0, 3)
+        self.hit("stop-old", service)
+
+    def _replace(self, r: ServiceResult, current, new_args: container_args.CreateArgs, h: dict, repo: str, pin: bool) -> None:
+        """Set `current` aside (if any), start `new_args`, gate it. On any failure: restore."""
+        service = r.service
+        try:
+            if current is not None:
+                self._set_aside(r, current, repo, pin)
+            self.j("start-new", service, image=new_args["image"], tag=new_args["labels"].get(contract.TAG),
+                   digest=new_args["labels"].get(contract.DIGEST))
+            t1 = time.monotonic()
+            new = self._create_start(new_args, service)
+            r.new_container = new.id
+            r.timings["start_s"] = round(time.monotonic() - t1, 3)
+            self.hit("start-new", service)
+            self.j("gate", service, health=h)
+            gate = self._gate(new, h, service)
+            r.gate = gate.to_json()
+            if not gate.ok:
+                raise GateFailed(gate)
+            r.outcome = "gated"
+            self.j("gated", service, gate=r.gate)
+        except Exception as exc:  # noqa: BLE001 - every failure after the first change ends in restore
+            if isinstance(exc, GateFailed):
+                r.check, r.message = f"health-{exc.gate.phase}", exc.gate.reason
+            else:
+                r.check = r.check or "swap"
+                r.message = f"{failure_text(exc)} (while replacing {service})"
+            r.details = self._evidence(r.new_container)
+            self.j("swap-failed", service, check=r.check, reason=r.message, evidence=r.details, gate=r.gate)
+            self.restore(r, h)
 
     def swap(self, step: dict) -> ServiceResult:
         spec = step["spec"]
@@ -195,139 +280,211 @@ class Transaction:
         r = ServiceResult(service, step["action"], before_tag=step.get("current_tag", ""), before_digest=step.get("current_digest", ""))
         t0 = time.monotonic()
         try:
-            image, git_sha = self._pull(spec, service)
-        except StepFailed as exc:
-            r.outcome, r.check, r.message = "refused", exc.check, str(exc)
-            self.j("refused", service, check=exc.check, message=str(exc))
+            image, git_sha = self.prepare(spec, service)
+        except Exception as exc:  # noqa: BLE001 - nothing has changed yet: refuse, whatever the cause
+            r.outcome = "refused"
+            r.check, r.message = (exc.check, str(exc)) if isinstance(exc, StepFailed) else ("prepare", f"{failure_text(exc)}; nothing was stopped")
+            self.j("refused", service, check=r.check, message=r.message)
             return r
         r.timings["pull_s"] = round(time.monotonic() - t0, 3)
-        old = self._container(service)
-        if old is not None and (old.labels or {}).get(MANAGED) != "true":
+        current = self._get(service)
+        if current is not None and (current.labels or {}).get(contract.MANAGED) != "true":
             r.outcome, r.check = "refused", "foreign-container"
             r.message = f"a container named {service!r} exists and was not started by fleetroll; remove or rename it first (nothing was stopped)"
             self.j("refused", service, check=r.check, message=r.message)
             return r
-        prev_tag = prev_digest = ""
-        if old is not None:
-            old_labels = old.labels or {}
-            old_tag = old_labels.get("io.fleetroll.tag") or "unknown"
-            prev_tag = f"{old_tag}-prev"
-            prev_digest = old_labels.get("io.fleetroll.digest", "")
-            r.prev_ref, r.prev_digest = f"{spec['repo']}:{prev_tag}", prev_digest
-            self.j("pin-prev", service, prev_ref=r.prev_ref, prev_digest=prev_digest, image_id=old.image.id)
-            old.image.tag(spec["repo"], prev_tag)
-            self.j("stop-old", service, container=old.short_id, timeout=spec.get("stop_timeout", 10))
-            r.timings["stop_s"] = round(self._stop_remove(old, int(spec.get("stop_timeout", 10))), 3)
-        self.j("start-new", service, ref=f"{spec['repo']}:{spec['tag']}", digest=spec.get("digest"))
-        t1 = time.monotonic()
-        labels = self._labels(spec, spec["tag"], spec.get("digest", ""), prev_tag, prev_digest, git_sha, spec.get("spec_hash", ""))
-        try:
-            new = self._start(spec, image.id, labels)
-        except Exception as exc:  # noqa: BLE001 - a failed start is a failed gate
-            new = self._container(service)
-            gate = health.GateResult(False, "start", f"container did not start: {exc}")
-        else:
-            r.timings["start_s"] = round(time.monotonic() - t1, 3)
-            self.j("gate", service, health=spec["health"])
-            gate = self._gate(new, spec, service)
-        r.gate = gate.to_json()
-        if gate.ok:
-            r.outcome, r.after_tag, r.after_digest = "committed", spec["tag"], spec.get("digest", "")
-            r.timings["total_s"] = round(time.monotonic() - t0, 3)
-            self.j("committed", service, tag=spec["tag"], digest=spec.get("digest"), gate=r.gate)
-            return r
-        r.check = f"health-{gate.phase}"
-        r.message = gate.reason
-        r.details = self._evidence(new) if new is not None else {}
-        self.j("gate-failed", service, reason=gate.reason, evidence=r.details, gate=r.gate)
-        if new is not None:
-            new.remove(force=True)
-        self._restore(r, spec)
+        prev_tag = f"{(current.labels or {}).get(contract.TAG) or 'unknown'}-prev" if current is not None else ""
+        prev_digest = (current.labels or {}).get(contract.DIGEST, "") if current is not None else ""
+        labels = container_args.labels_for(spec, spec["tag"], spec["digest"], self.rid, self.args.get("phase", ""),
+                                           self.args.get("operator", ""), git_sha, prev_tag, prev_digest)
+        new_args = container_args.from_spec(spec, image.id, labels)
+        self._replace(r, current, new_args, spec["health"], spec["repo"], pin=True)
+        if r.outcome == "gated":
+            r.after_tag, r.after_digest = spec["tag"], spec["digest"]
         r.timings["total_s"] = round(time.monotonic() - t0, 3)
         return r
 
-    def _restore(self, r: ServiceResult, spec: dict) -> None:
-        """Put the -prev image back with the same config and prove it healthy."""
-        service = spec["name"]
-        if not r.prev_ref:
-            r.outcome = "removed"
-            self.j("removed", service, message="no earlier version to go back to; the service is not running")
-            return
-        self.j("reverting", service, prev_ref=r.prev_ref, prev_digest=r.prev_digest)
+    def restore(self, r: ServiceResult, fallback_health: dict) -> None:
+        """Put the old container back (the very one set aside) and prove it healthy."""
+        service = r.service
+        self.j("reverting", service, container=r.old_container, kept_name=r.kept_name, prev_ref=r.prev_ref)
         try:
-            image = self.client.images.get(r.prev_ref)
-            current = self._container(service)
-            if current is not None:
-                current.remove(force=True)
-            labels = self._labels(spec, r.prev_ref.rsplit(":", 1)[1].removesuffix("-prev"), r.prev_digest, "", "", "", "")
-            c = self._start(spec, image.id, labels)
-            gate = self._gate(c, spec, service)
+            kept = daemon_retry(lambda: self._bring_back(r))
+            if kept is None:
+                r.outcome = "removed"
+                r.after_tag = r.after_digest = ""
+                self.j("removed", service, message="no earlier version to go back to; the new container was removed")
+                return
+            h = container_args.health_of(r.old_config.get("labels") or {}, fallback_health)
+            gate = self._gate(kept, h, service)
         except Exception as exc:  # noqa: BLE001
-            gate = health.GateResult(False, "start", f"could not start {r.prev_ref}: {exc}")
+            gate = health.GateResult(False, "restore", f"could not bring back the old container of {service}: {failure_text(exc)}")
         r.revert_gate = gate.to_json()
+        labels = r.old_config.get("labels") or {}
         if gate.ok:
             r.outcome = "reverted"
-            r.after_tag, r.after_digest = r.prev_ref.rsplit(":", 1)[1].removesuffix("-prev"), r.prev_digest
-            self.j("reverted", service, ref=r.prev_ref, digest=r.prev_digest, gate=r.revert_gate)
+            r.after_tag, r.after_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
+            self.j("reverted", service, container=r.old_container, tag=r.after_tag, digest=r.after_digest, gate=r.revert_gate)
         else:
             r.outcome = "revert-failed"
-            self.j("revert-failed", service, ref=r.prev_ref, reason=gate.reason)
+            r.after_tag = r.after_digest = ""
+            self.j("revert-failed", service, container=r.old_container, reason=gate.reason, gate=r.revert_gate)
 
-    def revert_committed(self, step: dict, reason: str) -> ServiceResult:
-        """Send a service that is running its new image back to the -prev it recorded."""
+    def _bring_back(self, r: ServiceResult):
+        """Remove what this transaction started for the service; rename the kept container back and start it.
+
+        Idempotent, so it can be retried and re-run by recovery at any point.
+        """
+        for c in self._created_by_me(r.service):
+            if c.id != r.old_container:
+                c.remove(force=True)
+        if not r.old_container:
+            return None
+        kept = self._get(r.old_container)
+        if kept is None:
+            # Gone (removed by hand?): recreate it from its recorded configuration.
+            return self._create_start(r.old_config, r.service)
+        if kept.name != r.service:
+            kept.rename(r.service)
+        kept.update(restart_policy={"Name": r.old_config.get("restart") or "no"})
+        self.hit("reverting", r.service)
+        kept.reload()
+        if not (kept.attrs.get("State") or {}).get("Running"):
+            kept.start()
+        return kept
+
+    def commit(self, r: ServiceResult) -> None:
+        """The new container stays; the kept old one goes (-prev keeps pinning its image)."""
+        self.j("committing", r.service, container=r.new_container, kept=r.old_container)
+        if r.old_container:
+            try:
+                kept = self._get(r.old_container)
+                if kept is not None and kept.id != r.new_container:
+                    kept.remove(force=True)
+            except Exception as exc:  # noqa: BLE001 - the new release serves; a leftover kept container harms nothing
+                r.message = f"committed; the kept old container {r.kept_name} could not be removed: {failure_text(exc)}"
+        r.outcome = "committed"
+        self.j("committed", r.service, tag=r.after_tag, digest=r.after_digest, container=r.new_container, gate=r.gate)
+
+    # --- revert a committed service (phase-wide revert, fab rollback) ------------------
+
+    def revert_committed(self, step: dict) -> ServiceResult:
+        """Send a service back to the container configuration it had before `expect_rollout_id`."""
         spec = step["spec"]
         service = spec["name"]
-        r = ServiceResult(service, "revert", check="phase-revert", message=reason)
-        c = self._container(service)
-        labels = (c.labels or {}) if c is not None else {}
-        r.before_tag, r.before_digest = labels.get("io.fleetroll.tag", ""), labels.get("io.fleetroll.digest", "")
-        prev_tag = labels.get("io.fleetroll.prev-tag", "")
-        if not prev_tag:
-            r.outcome = "revert-failed" if c is not None else "skipped"
-            r.message = f"{service} has no -prev recorded (it was created, not replaced, or already reverted)"
-            if c is not None and step.get("remove_if_no_prev"):
-                c.remove(force=True)
-                r.outcome, r.message = "removed", f"{service} was new in this rollout; removed it"
-            self.j(r.outcome, service, message=r.message)
-            return r
-        r.prev_ref, r.prev_digest = f"{spec['repo']}:{prev_tag}", labels.get("io.fleetroll.prev-digest", "")
+        r = ServiceResult(service, "revert", check="phase-revert" if step.get("phase_revert") else "rollback",
+                          message=self.args.get("reason", "rollback requested"))
         t0 = time.monotonic()
-        self.j("stop-old", service, container=c.short_id, timeout=spec.get("stop_timeout", 10))
-        self._stop_remove(c, int(spec.get("stop_timeout", 10)))
-        self._restore(r, spec)
+        try:
+            current = self._get(service)
+            labels = (current.labels or {}) if current is not None else {}
+            r.before_tag, r.before_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
+            expect = step.get("expect_rollout_id")
+            if current is None:
+                r.outcome, r.message = "skipped", f"{service} is not running here; nothing to revert"
+                self.j("skipped", service, message=r.message)
+                return r
+            if expect and labels.get(contract.ROLLOUT_ID) != expect:
+                r.outcome, r.check = "refused", "not-this-rollout"
+                r.message = (f"{service} runs the container of rollout {labels.get(contract.ROLLOUT_ID) or '(unknown)'},"
+                             f" not of {expect}; not reverting someone else's release")
+                self.j("refused", service, check=r.check, message=r.message)
+                return r
+            old_cfg = step.get("old_config") or {}
+            if not old_cfg:
+                if step.get("remove_if_no_prev") and not labels.get(contract.PREV_TAG):
+                    current.remove(force=True)
+                    r.outcome, r.message = "removed", f"{service} was new in this rollout; removed it"
+                    self.j("removed", service, message=r.message)
+                    return r
+                r.outcome, r.check = "refused", "no-recorded-config"
+                r.message = (f"no recorded configuration of {service} before rollout {labels.get(contract.ROLLOUT_ID)}"
+                             " (the ledger has none for its running container); nothing was changed")
+                self.j("refused", service, check=r.check, message=r.message)
+                return r
+            old_labels = old_cfg.get("labels") or {}
+            r.prev_ref = f"{spec['repo']}:{old_labels.get(contract.TAG, 'unknown')}-prev"
+            r.prev_digest = old_labels.get(contract.DIGEST, "")
+            new_args = {**old_cfg, "name": service, "image": self._image_for(old_cfg, r.prev_ref)}
+            target = ServiceResult(service, "revert")
+            self._replace(target, current, new_args, container_args.health_of(old_labels, spec["health"]), spec["repo"], pin=False)
+        except Exception as exc:  # noqa: BLE001 - before anything changed (image lookup, inspect)
+            r.outcome, r.check = "revert-failed", "revert"
+            r.message = f"could not revert {service}: {failure_text(exc)}; nothing was changed"
+            self.j("revert-failed", service, reason=r.message)
+            return r
+        r.gate, r.details, r.timings = target.gate, target.details, target.timings
+        r.old_container, r.new_container, r.kept_name = target.old_container, target.new_container, target.kept_name
+        if target.outcome == "gated":
+            self.commit(target)  # the recreated old config stays; the set-aside release goes
+            r.outcome, r.revert_gate = "reverted", target.gate
+            r.after_tag, r.after_digest = old_labels.get(contract.TAG, ""), r.prev_digest
+            self.j("reverted", service, tag=r.after_tag, digest=r.after_digest, gate=r.revert_gate)
+        else:
+            # The old configuration failed its gate; `target` restored what ran before the revert.
+            r.outcome = "revert-failed" if target.outcome != "reverted" else "revert-refused"
+            r.message = (f"the recorded old configuration failed: {target.message}; "
+                         + ("the release it was to replace is back and healthy" if target.outcome == "reverted"
+                            else "and the release could not be brought back either"))
+            r.revert_gate = target.revert_gate
+            r.after_tag, r.after_digest = target.after_tag, target.after_digest
         r.timings["total_s"] = round(time.monotonic() - t0, 3)
         return r
+
+    def _image_for(self, cfg: dict, prev_ref: str) -> str:
+        """The old container's exact image (by id); -prev pins it, so it is normally still here."""
+        import docker.errors
+
+        try:
+            return self.client.images.get(cfg["image"]).id
+        except docker.errors.ImageNotFound:
+            return self.client.images.get(prev_ref).id
 
     # --- the whole host -----------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         policy = self.args.get("on_failure", "revert-phase")
         steps = self.args.get("steps") or []
-        failed = False
         t0 = time.monotonic()
+        if steps and all(s["action"] == "revert" for s in steps):
+            # Independent reverts (phase-wide, fab rollback): their gates run side by side.
+            with ThreadPoolExecutor(max_workers=min(8, len(steps))) as pool:
+                self.results = list(pool.map(self.revert_committed, steps))
+        else:
+            self._run_swaps(steps, policy)
+        return self.summary(time.monotonic() - t0)
+
+    def _run_swaps(self, steps: list[dict], policy: str) -> None:
+        failed = False
         for step in steps:
-            action = step["action"]
+            action, name = step["action"], step["spec"]["name"]
             if failed and policy != "revert-service":
-                self.results.append(ServiceResult(step["spec"]["name"], action, outcome="skipped", message="not started: an earlier service failed"))
+                self.results.append(ServiceResult(name, action, outcome="skipped", message="not started: an earlier service failed"))
                 continue
-            if action == "revert":
-                res = self.revert_committed(step, self.args.get("reason", "rollback requested"))
-            elif action in ("create", "replace"):
-                res = self.swap(step)
-            else:
-                res = ServiceResult(step["spec"]["name"], action, outcome="noop")
+            res = self.swap(step) if action in ("create", "replace") else ServiceResult(name, action, outcome="noop")
             self.results.append(res)
-            if res.outcome in ("reverted", "removed", "revert-failed", "refused") and action != "revert":
-                failed = True
-        if failed and policy == "revert-phase":
-            for res, step in zip(list(self.results), steps, strict=False):
-                if res.outcome == "committed":
-                    back = self.revert_committed({**step, "remove_if_no_prev": True}, "another service in the phase failed")
-                    res.outcome, res.revert_gate, res.message = back.outcome, back.revert_gate, back.message
-                    res.prev_ref, res.prev_digest = back.prev_ref or res.prev_ref, back.prev_digest or res.prev_digest
-                    res.after_tag, res.after_digest = back.after_tag, back.after_digest
-        ok = not any(r.outcome in ("reverted", "removed", "revert-failed", "refused") for r in self.results)
+            failed = failed or res.outcome in FAILED
+        gated = [r for r in self.results if r.outcome == "gated"]
+        if failed and policy == "revert-phase" and gated:
+            self.j("abort-host", reason="a service of this phase failed; restoring the others from their kept containers")
+            self.restore_all(gated, {s["spec"]["name"]: s["spec"]["health"] for s in steps}, "another service in the phase failed")
+        else:
+            self.j("commit-host", services=[r.service for r in gated])
+            for r in gated:
+                self.commit(r)
+
+    def restore_all(self, results: list[ServiceResult], health_by_service: dict[str, dict], why: str) -> None:
+        def one(r: ServiceResult) -> None:
+            r.check, r.message = "phase-revert", why
+            self.restore(r, health_by_service.get(r.service) or {})
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(results)))) as pool:
+            list(pool.map(one, results))
+
+    def summary(self, elapsed: float) -> dict[str, Any]:
+        outcomes = [r.outcome for r in self.results]
+        ok = not any(o in FAILED or o == "revert-refused" for o in outcomes)
         if any(r.action == "revert" for r in self.results):
-            ok = all(r.outcome in ("reverted", "removed", "skipped", "noop") for r in self.results)
-        state = "good" if not any(r.outcome == "revert-failed" for r in self.results) else "needs-operator"
-        return {"ok": ok, "state": state, "elapsed_s": round(time.monotonic() - t0, 3), "services": [r.to_json() for r in self.results]}
+            ok = all(o in ("reverted", "removed", "skipped", "noop") for o in outcomes)
+        state = "needs-operator" if any(o == "revert-failed" for o in outcomes) else "good"
+        return {"ok": ok, "state": state, "elapsed_s": round(elapsed, 3), "services": [r.to_json() for r in self.results]}

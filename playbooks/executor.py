@@ -137,6 +137,79 @@ def _services(res: transport.CallResult) -> list[dict]:
     return ((res.answer or {}).get("data") or {}).get("services") or []
 
 
+def record_recoveries(calls: dict[str, transport.CallResult]) -> None:
+    """A host finished an interrupted transaction during this call: the ledger learns how it ended."""
+    for h, r in calls.items():
+        for rec in (r.answer or {}).get("recovered") or []:
+            if rec.get("rollout_id"):
+                ledger.append("recovered", rollout_id=rec["rollout_id"].removesuffix("-revert"), host=h, host_rollout_id=rec["rollout_id"],
+                              state=rec.get("state"), services=rec.get("services"), interrupted_after=rec.get("interrupted_after"),
+                              by=operator())
+
+
+def recovered_notes(calls: dict[str, transport.CallResult]) -> list[str]:
+    """What hosts said they recovered (an interrupted transaction finished by this call)."""
+    out = []
+    for h, r in calls.items():
+        done = (r.answer or {}).get("data") or {}
+        if done.get("recovered"):
+            svcs = ", ".join(f"{s['service']} {s['outcome']}" for s in done.get("services") or [])
+            out.append(f"{h}: the transaction process died after step {done.get('interrupted_after')!r}; the host recovered it:"
+                       f" {svcs or 'no service had changed'}; host state {done.get('state')}")
+        for rec in (r.answer or {}).get("recovered") or []:
+            if rec.get("error"):
+                out.append(f"{h}: RECOVERY FAILED: {rec['error']} — run fab status --hosts {h} and look at the host")
+                continue
+            svcs = ", ".join(f"{s} {o}" for s, o in (rec.get("services") or {}).items()) or "no service had changed"
+            out.append(f"{h}: recovered interrupted transaction {rec['rollout_id']} (stopped after {rec.get('interrupted_after')!r}):"
+                       f" {svcs}; host state {rec.get('state')}")
+    return out
+
+
+def host_outcomes(results: dict[str, transport.CallResult]) -> dict[str, dict]:
+    """What each host reported, in the shape derive_state() judges."""
+    return {h: {"answered": r.answer is not None, "ok": r.ok, "error": r.error, "services": _services(r),
+                "locked": bool(((r.answer or {}).get("data") or {}).get("locked"))} for h, r in results.items()}
+
+
+def derive_state(hosts: dict[str, dict]) -> tuple[str, list[str]]:
+    """The rollout's state from per-service outcomes the hosts reported, and what needs an operator. Pure.
+
+    Only what was observed counts: a host that did not answer, answered without
+    per-service outcomes, or reported a service whose revert failed makes the rollout
+    `needs-operator`, never `reverted`.
+    """
+    needs: list[str] = []
+    outcomes: list[str] = []
+    for h, r in hosts.items():
+        if not r["answered"]:
+            needs.append(f"{h}: no outcome observed ({r.get('error') or 'no answer'}); run: fab status --hosts {h}")
+            continue
+        if r.get("locked"):
+            outcomes.append("refused")
+            continue
+        if not r["services"]:
+            if not r["ok"]:
+                needs.append(f"{h}: the host reported a failure without per-service outcomes: {r.get('error')}")
+            continue
+        mine = []
+        for s in r["services"]:
+            o = s.get("outcome", "")
+            if o not in ("committed", "noop", "reverted", "removed", "refused", "skipped"):
+                needs.append(f"{h} {s.get('service')}: {o or 'no outcome'}: {s.get('message') or (s.get('revert_gate') or {}).get('reason', '')}")
+            mine.append(o)
+        if not r["ok"] and not any(o in FAILED_OUTCOMES for o in mine):
+            mine.append("refused")  # failed before changing anything (an interrupted transaction recovered early)
+        outcomes += mine
+    if needs:
+        return "needs-operator", needs
+    if any(o in ("reverted", "removed") for o in outcomes):
+        return "reverted", []
+    if any(o == "refused" for o in outcomes):
+        return "refused", []
+    return "committed", []
+
+
 def describe_failure(host: str, s: dict, next_cmd: str) -> str:
     ev = s.get("details") or {}
     parts = [f"FAILED {host} {s['service']}: {s.get('check') or 'check'}: {s.get('message')}"]
@@ -145,10 +218,13 @@ def describe_failure(host: str, s: dict, next_cmd: str) -> str:
     last = (s.get("gate") or {}).get("last") or {}
     if last.get("status") is not None or last.get("body"):
         parts.append(f"  last /health answer: HTTP {last.get('status')} body {last.get('body')!r}")
+    elif last.get("reason") and not (s.get("message") or "").endswith(last["reason"]):
+        parts.append(f"  last /health probe: {last['reason']}")
     if ev.get("last_logs"):
         parts.append("  last log lines: " + " | ".join(ev["last_logs"][-5:]))
     if s["outcome"] == "reverted":
-        parts.append(f"  rolled back to {s['prev_ref']} ({s['prev_digest']}), proven healthy")
+        parts.append(f"  rolled back to {s['prev_ref']} ({s['prev_digest']}): the old container itself, with its own"
+                     " configuration, proven healthy")
     elif s["outcome"] == "removed":
         parts.append("  it had no earlier version; the new container was removed")
     elif s["outcome"] == "revert-failed":
@@ -159,10 +235,34 @@ def describe_failure(host: str, s: dict, next_cmd: str) -> str:
     return "\n".join(parts)
 
 
+EXIT_CODES = {"committed": 0, "noop": 0, "dry-run": 0, "reverted": 1, "refused": 1, "failed": 1, "needs-operator": 3, "unknown": 3}
+
+
+def exit_code(states: list[str]) -> int:
+    """0 all committed (or nothing to do); 1 rolled back or refused, every host good; 3 an operator must look."""
+    return max((EXIT_CODES.get(s, 3) for s in states), default=0)
+
+
 def rollout(inv: Inventory, phase: str, **kw) -> RolloutReport:
     """Roll one phase out over one SSH connection per host (preflight, transaction, revert)."""
     with transport.Pool() as pool:
         return _rollout(inv, phase, pool=pool, **kw)
+
+
+@dataclass
+class _Rollout:
+    """What decide() hands to run() and record(): the plan, its report and the ledger's common fields."""
+
+    inv: Inventory
+    plan: Plan
+    report: RolloutReport
+    common: dict[str, Any]
+    policy: str
+    max_parallel: int | None
+    progress: Any
+    pool: transport.Pool
+    t0: float
+    failpoint: dict | None = None
 
 
 def _rollout(
@@ -175,84 +275,137 @@ def _rollout(
     on_failure: str = "revert-phase",
     confirm: Callable[[Plan], bool] | None = None,
     progress: Callable[[str, dict], None] | None = None,
+    failpoint: dict | None = None,
 ) -> RolloutReport:
+    """failpoint (tests only): {"after": step, "service": name} makes the host transaction stop dead there."""
     if on_failure not in POLICIES:
         raise RolloutError(f"--on-failure must be one of {', '.join(POLICIES)}, not {on_failure!r}")
+    ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress)
+    ro.failpoint = failpoint
+    if _stop_before_changing(ro, dry_run, confirm):
+        ro.report.elapsed_s = time.monotonic() - ro.t0
+        return ro.report
+    results = _run(ro)
+    return _record(ro, results)
+
+
+def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_parallel, policy: str, progress) -> _Rollout:
+    """Preflight (which also recovers interrupted transactions on each host), plan, security gate."""
     t0 = time.monotonic()
     inv.phase(phase)
     pre = run_preflight(inv, phase, hosts, max_parallel, pool=pool)
     plan = build_plan(inv, phase, pre.facts, hosts)
     report = RolloutReport(plan.rollout_id, phase, False, "refused", plan, pre, agent_calls=len(pre.hosts))
+    report.messages += recovered_notes(pre.calls)
+    record_recoveries(pre.calls)
     try:
         verdicts = security_gate(inv, plan)
     except ValueError as exc:
         raise RolloutError(str(exc)) from None
     report.messages += [f"security WARN: {r}" for v in verdicts if v.status == "warn" for r in v.reasons]
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
-              "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts,
+              "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts, "policy": policy,
               "security": [v.to_json() for v in verdicts if v.status != "pass"],
               "risk_acceptances": [a for v in verdicts for a in v.accepted]}
+    return _Rollout(inv, plan, report, common, policy, max_parallel, progress, pool, t0)
+
+
+def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
+    """Every reason not to touch any host: failed preflight, blocked plan, dry run, no-op, no confirmation."""
+    report, plan, pre = ro.report, ro.plan, ro.report.preflight
     if not pre.ok:
         failing = [f"{c.host} {c.check}: {c.detail}" for c in pre.checks if c.status == "fail"]
         report.messages.append("preflight failed; nothing was changed:\n  " + "\n  ".join(failing))
         if not dry_run:
-            ledger.append("refused", **common, reason="preflight failed", failures=failing)
-        report.elapsed_s = time.monotonic() - t0
-        return report
+            ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)
+        return True
     if plan.blocked:
         report.messages += [f"{s.host} {s.service}: blocked: {s.reason}" for s in plan.blocked]
         if not dry_run:
-            ledger.append("refused", **common, reason="plan blocked", failures=report.messages)
-        report.elapsed_s = time.monotonic() - t0
-        return report
+            ledger.append("refused", **ro.common, reason="plan blocked", failures=report.messages)
+        return True
     if dry_run:
         report.ok, report.state = True, "dry-run"
         report.messages.append(plan_text(plan))
-        report.elapsed_s = time.monotonic() - t0
-        return report
+        return True
     if not plan.changes:
         report.ok, report.state = True, "noop"
-        report.messages.append(f"phase {phase}: nothing to do; every service already runs its planned digest")
-        ledger.append("finished", **common, final="noop", services=[s.to_json() for s in plan.steps])
-        report.elapsed_s = time.monotonic() - t0
-        return report
+        report.messages.append(f"phase {plan.phase}: nothing to do; every service already runs its planned digest")
+        ledger.append("finished", **ro.common, final="noop", services=[s.to_json() for s in plan.steps])
+        return True
     if confirm is not None and not confirm(plan):
         report.messages.append("not confirmed; nothing was changed")
-        report.elapsed_s = time.monotonic() - t0
-        return report
+        return True
+    return False
 
-    ledger.append("started", **common, plan=plan.to_json())
+
+def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
+    """Prepare everywhere, then the host transactions, then the phase-wide policy across hosts."""
+    inv, plan, report = ro.inv, ro.plan, ro.report
+    ledger.append("started", **ro.common, plan=plan.to_json())
     busy = [h for h in plan.hosts if any(s.action not in (NOOP, BLOCKED) for s in plan.for_host(h))]
-    results = _run_on_hosts(inv, plan, busy, lambda h: _step_args(plan, h, on_failure, inv), max_parallel, progress, report, pool)
+    # Every host pulls and checks its images by digest before any host stops anything.
+    prepared = transport.on_hosts(inv, busy, "prepare", lambda h: _step_args(plan, h, ro.policy, inv), max_parallel=ro.max_parallel,
+                                  timeout=600, pool=ro.pool)
+    report.agent_calls += len(busy)
+    unprepared = {h: r for h, r in prepared.items() if not r.ok}
+    if unprepared:
+        for h, r in unprepared.items():
+            bad = [s for s in _services(r) if not s.get("ok")]
+            detail = "; ".join(f"{s['service']}: {s['message']}" for s in bad) or r.error
+            report.messages.append(f"REFUSED {h}: {detail}")
+        report.messages.append("nothing was stopped on any host: every host must have every image, by its planned digest, before any swap")
+        return {h: transport.CallResult(host=h, ok=False, error=r.error, answer={"protocol": transport.PROTOCOL, "ok": False, "data": {
+            "services": [{"service": s["service"], "action": "replace", "outcome": "refused" if not s.get("ok") else "skipped",
+                          "check": s.get("check", ""), "message": s.get("message", "not started: another service could not be prepared"),
+                          "prev_ref": "", "prev_digest": ""} for s in _services(r)] or
+                        [{"service": st.service, "action": st.action, "outcome": "refused", "check": "prepare", "message": r.error,
+                          "prev_ref": "", "prev_digest": ""} for st in plan.for_host(h) if st.action in ("create", "replace")]}})
+                for h, r in prepared.items()}
+    extra = {"failpoint": ro.failpoint} if ro.failpoint else {}
+    results = _run_on_hosts(inv, plan, busy, lambda h: {**_step_args(plan, h, ro.policy, inv), **extra}, ro.max_parallel, ro.progress,
+                            report, ro.pool)
     failed_hosts = [h for h, r in results.items() if not r.ok]
-    unknown = [h for h, r in results.items() if r.answer is None]
-    for h in unknown:
-        report.messages.append(f"{h}: outcome unknown ({results[h].error}); the host finishes on its own: run fab status --inventory {inv.path}")
+    if failed_hosts and ro.policy == "revert-phase":
+        _revert_phase(ro, results, failed_hosts)
+    return results
 
-    if failed_hosts and on_failure == "revert-phase":
-        to_revert = [h for h, r in results.items() if r.ok and any(s["outcome"] == "committed" for s in _services(r))]
-        if to_revert:
-            report.messages.append(f"reverting the phase on {', '.join(to_revert)} because {', '.join(failed_hosts)} failed")
 
-            def revert_args(h: str) -> dict:
-                committed = {s["service"] for s in _services(results[h]) if s["outcome"] == "committed"}
-                steps = [{**s.to_json(), "action": "revert", "remove_if_no_prev": True} for s in plan.for_host(h) if s.service in committed]
-                return {**_step_args(plan, h, "revert-service", inv, ()), "rollout_id": f"{plan.rollout_id}-revert",
-                        "steps": steps, "reason": f"phase {phase} failed on {', '.join(failed_hosts)}"}
+def _revert_phase(ro: _Rollout, results: dict[str, transport.CallResult], failed_hosts: list[str]) -> None:
+    """A host failed: send the hosts that committed back to the configuration they had before this rollout."""
+    inv, plan, report = ro.inv, ro.plan, ro.report
+    to_revert = [h for h, r in results.items() if r.ok and any(s["outcome"] == "committed" for s in _services(r))]
+    if not to_revert:
+        return
+    report.messages.append(f"reverting the phase on {', '.join(to_revert)} because {', '.join(failed_hosts)} failed")
 
-            reverts = _run_on_hosts(inv, plan, to_revert, revert_args, max_parallel, progress, report, pool)
-            for h, r in reverts.items():
-                by_svc = {s["service"]: s for s in _services(r)}
-                for s in _services(results[h]):
-                    back = by_svc.get(s["service"])
-                    if back:
-                        s.update(outcome=back["outcome"], prev_ref=back.get("prev_ref") or s.get("prev_ref"),
-                                 prev_digest=back.get("prev_digest") or s.get("prev_digest"), after_tag=back.get("after_tag"),
-                                 after_digest=back.get("after_digest"), revert_gate=back.get("revert_gate"),
-                                 message=back.get("message") or s.get("message"))
-                if not r.ok:
-                    failed_hosts.append(h)
+    def revert_args(h: str) -> dict:
+        done = {s["service"]: s for s in _services(results[h]) if s["outcome"] == "committed"}
+        steps = [{**s.to_json(), "action": "revert", "phase_revert": True, "remove_if_no_prev": True,
+                  "expect_rollout_id": plan.rollout_id, "old_config": done[s.service].get("old_config") or {}}
+                 for s in plan.for_host(h) if s.service in done]
+        return {**_step_args(plan, h, "revert-service", inv, ()), "rollout_id": f"{plan.rollout_id}-revert",
+                "steps": steps, "reason": f"phase {plan.phase} failed on {', '.join(failed_hosts)}"}
 
+    reverts = _run_on_hosts(inv, plan, to_revert, revert_args, ro.max_parallel, ro.progress, report, ro.pool)
+    for h, r in reverts.items():
+        by_svc = {s["service"]: s for s in _services(r)}
+        for s in _services(results[h]):
+            back = by_svc.get(s["service"])
+            if back:
+                s.update(outcome=back["outcome"], prev_ref=back.get("prev_ref") or s.get("prev_ref"), check="phase-revert",
+                         prev_digest=back.get("prev_digest") or s.get("prev_digest"), after_tag=back.get("after_tag"),
+                         after_digest=back.get("after_digest"), revert_gate=back.get("revert_gate"),
+                         message=back.get("message") or s.get("message"))
+            elif s["outcome"] == "committed":
+                # Asked to revert, no per-service answer: not observed, so not reverted.
+                s.update(outcome="unknown", message=f"phase revert gave no outcome for it: {r.error}")
+
+
+def _record(ro: _Rollout, results: dict[str, transport.CallResult]) -> RolloutReport:
+    """Report and ledger, both from what the hosts reported."""
+    inv, plan, report = ro.inv, ro.plan, ro.report
+    report.messages += recovered_notes(results)
     report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r), "elapsed_s": round(r.elapsed_s, 3)} for h, r in results.items()}
     all_svcs = [(h, s) for h, r in results.items() for s in _services(r)]
     report.pins = [
@@ -260,26 +413,22 @@ def _rollout(
          "running_tag": s.get("after_tag"), "running_digest": s.get("after_digest")}
         for h, s in all_svcs if s.get("prev_ref")
     ]
-    if any(s["outcome"] == "revert-failed" for _, s in all_svcs):
-        report.state = "needs-operator"
-    elif unknown:
-        report.state = "unknown"
-    elif failed_hosts or any(s["outcome"] in FAILED_OUTCOMES for _, s in all_svcs):
-        report.state = "reverted"
-    else:
-        report.state, report.ok = "committed", True
-    next_cmd = f"fix the image or pin the inventory to the -prev tag's release, then: fab rollout --phase {phase} --inventory {inv.path}"
+    report.state, needs = derive_state(host_outcomes(results))
+    report.ok = report.state == "committed"
+    next_cmd = f"fix the image or pin the inventory to the -prev tag's release, then: fab rollout --phase {plan.phase} --inventory {inv.path}"
     for h, s in all_svcs:
-        if s["outcome"] in ("reverted", "removed", "revert-failed", "refused") and s.get("check") != "phase-revert" and s["action"] != "revert":
+        if s["outcome"] in FAILED_OUTCOMES + ("unknown",) and s.get("check") != "phase-revert" and s["action"] != "revert":
             report.messages.append(describe_failure(h, s, next_cmd))
     for h, r in results.items():
         if r.answer is not None and not r.ok and not _services(r):
             report.messages.append(f"FAILED {h}: {r.error}")
+    if needs:
+        report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))
     if report.pins:
         report.messages.append(f"pins written to {ledger.write_pins(plan.rollout_id, report.pins)}")
-    report.elapsed_s = time.monotonic() - t0
-    ledger.append("finished", **common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
-                  pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
+    report.elapsed_s = time.monotonic() - ro.t0
+    ledger.append("finished", **ro.common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
+                  needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
     return report
 
 
@@ -297,7 +446,13 @@ def rollout_all(inv: Inventory, **kw) -> list[RolloutReport]:
 
 def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list[str] | None = None,
              max_parallel: int | None = None, progress=None) -> RolloutReport:
-    """Put services of a phase back on the -prev image their running container recorded."""
+    """Put services of a phase back on the exact container configuration they had before their running release.
+
+    Which release runs is read from the host (the container's rollout label); what ran
+    before it is read from the ledger record of that rollout (the old container's full
+    create configuration), so the old env, ports and volumes come back, not today's
+    inventory with an old image.
+    """
     names = inv.services_for(phase, hosts)
     if service:
         if service not in names:
@@ -306,28 +461,45 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     plan = build_plan(inv, phase, {}, hosts, who=operator())
     plan.rollout_id = plan.rollout_id.replace(f"-{phase}-", f"-{phase}-rollback-")
     plan.steps = [s for s in plan.steps if s.service in names]
-    for s in plan.steps:
-        s.action, s.spec = "revert", container_spec(inv, s.service)
     report = RolloutReport(plan.rollout_id, phase, False, "failed", plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
               "inventory_git_sha": ledger.inventory_git_sha(inv.path), "rollback": True}
-    ledger.append("started", **common, plan=plan.to_json())
     with transport.Pool() as pool:
-        results = _run_on_hosts(inv, plan, plan.hosts, lambda h: {**_step_args(plan, h, "revert-service", inv, ("revert",)),
-                                "reason": "operator rollback"}, max_parallel, progress, report, pool)
+        facts = transport.on_hosts(inv, plan.hosts, "facts", lambda h: {"gpu": False}, max_parallel=max_parallel, timeout=60, pool=pool)
+        report.messages += recovered_notes(facts)
+        record_recoveries(facts)
+        targets: dict[tuple[str, str], dict] = {}
+        for s in plan.steps:
+            data = (facts[s.host].answer or {}).get("data") or {}
+            running = next((c for c in (data.get("docker") or {}).get("containers", []) if c.get("name") == s.service), None)
+            rid = (running or {}).get("rollout_id", "")
+            s.action, s.spec = "revert", container_spec(inv, s.service)
+            s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
+            s.reason = f"running release from rollout {rid or '(unknown)'}"
+            targets[(s.host, s.service)] = {"expect_rollout_id": rid, "old_config": ledger.old_config(s.host, s.service, rid) if rid else {}}
+        ledger.append("started", **common, plan=plan.to_json())
+
+        def args_for(h: str) -> dict:
+            steps = [{**st.to_json(), **targets[(h, st.service)]} for st in plan.for_host(h)]
+            return {**_step_args(plan, h, "revert-service", inv, ()), "steps": steps, "reason": "operator rollback"}
+
+        results = _run_on_hosts(inv, plan, plan.hosts, args_for, max_parallel, progress, report, pool)
     report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r)} for h, r in results.items()}
     report.pins = [{"host": h, "service": s["service"], "prev_ref": s["prev_ref"], "prev_digest": s["prev_digest"]}
                    for h, r in results.items() for s in _services(r) if s.get("prev_ref")]
-    report.ok = all(r.ok for r in results.values())
-    report.state = "reverted" if report.ok else "failed"
+    state, needs = derive_state(host_outcomes(results))
+    report.ok = all(r.ok for r in results.values()) and not needs
+    report.state = "reverted" if report.ok else ("needs-operator" if needs else "failed")
     for h, r in results.items():
         for s in _services(r):
             if s["outcome"] == "reverted":
-                report.messages.append(f"{h} {s['service']}: now on {s['prev_ref']} ({s['prev_digest']}), healthy")
+                report.messages.append(f"{h} {s['service']}: now on {s['after_tag']} ({s['prev_digest']}), its recorded configuration, healthy")
             else:
                 report.messages.append(f"{h} {s['service']}: {s['outcome']}: {s.get('message') or (s.get('revert_gate') or {}).get('reason')}")
         if r.answer is None or (not r.ok and not _services(r)):
             report.messages.append(f"{h}: {r.error}")
+    if needs:
+        report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))
     if report.pins:
         report.messages.append(f"pins written to {ledger.write_pins(plan.rollout_id, report.pins)}")
     ledger.append("finished", **common, final=report.state, services=[{"host": h, **s} for h, v in report.hosts.items() for s in v["services"]],
@@ -398,5 +570,7 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                 rep = reports.get((h, s))
                 services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None
                 services[s]["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
-        out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last")}
+        out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last"),
+                           "recovered": r.answer.get("recovered") or []}
+    record_recoveries(results)
     return out

@@ -54,15 +54,36 @@ def rollouts() -> list[dict]:
     by_id: dict[str, dict] = {}
     for rec in read():
         rid = rec.get("rollout_id")
-        if not rid or rec.get("kind") not in ("started", "finished", "refused"):
+        if not rid or rec.get("kind") not in ("started", "finished", "refused", "recovered"):
             continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
+        if rec["kind"] == "recovered":
+            # The controller died too; a later call found the host's interrupted transaction and finished it.
+            svcs = ", ".join(f"{s} {o}" for s, o in (rec.get("services") or {}).items())
+            entry.setdefault("recovered", []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
+            if entry.get("finished") is None:
+                entry["final"] = f"interrupted; recovered on {rec.get('host')} ({svcs}; host {rec.get('state')})"
+            continue
         entry.update({k: v for k, v in rec.items() if k != "kind"})
         if rec["kind"] == "started":
             entry["started"] = rec["time"]
         if rec["kind"] in ("finished", "refused"):
             entry["finished"] = rec["time"]
     return list(by_id.values())
+
+
+def old_config(host: str, service: str, rollout_id: str) -> dict:
+    """The create configuration `service` had on `host` before `rollout_id` replaced it, from that rollout's record.
+
+    Recorded by the host when it set the old container aside; what `fab rollback` recreates.
+    """
+    for rec in reversed(read()):
+        if rec.get("kind") != "finished" or rec.get("rollout_id") != rollout_id:
+            continue
+        for s in rec.get("services") or []:
+            if s.get("host") == host and s.get("service") == service and s.get("old_config"):
+                return s["old_config"]
+    return {}
 
 
 def write_pins(rollout_id: str, pins: list[dict]) -> Path:

@@ -11,12 +11,14 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from agent import contract
+
 from .inventory import Inventory, parse_version, tag_problem
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
-ARCH_LABEL = "io.fleetroll.cuda-arch-list"
-REVISION_LABEL = "org.opencontainers.image.revision"
-IMAGE_USER = "10001:10001"
+ARCH_LABEL = contract.ARCH
+REVISION_LABEL = contract.REVISION
+IMAGE_USER = contract.IMAGE_USER
 
 
 @dataclass
@@ -60,13 +62,7 @@ def arch_covers(arch_label: str, cc: str) -> tuple[str, str]:
 
 def image_contract(info: dict[str, Any], cc: str | None, wants_gpu: bool) -> list[tuple[str, str, str]]:
     """Problems with an image's config: (status, detail, fix) for each."""
-    out = []
-    user = info.get("user") or "root (unset)"
-    if user != IMAGE_USER:
-        out.append((FAIL, f"runs as user {user}, required {IMAGE_USER}", "set USER 10001:10001 in the Dockerfile"))
-    entry = info.get("entrypoint") or []
-    if not entry or "tini" not in entry[0].rsplit("/", 1)[-1]:
-        out.append((FAIL, f"entrypoint {entry or '(none)'} does not start with tini", 'ENTRYPOINT ["tini", "--", ...]'))
+    out = [(FAIL, detail, fix) for detail, fix in contract.image_problems(info.get("user") or "", info.get("entrypoint"))]
     labels = info.get("labels") or {}
     if not labels.get(REVISION_LABEL):
         out.append((WARN, f"no {REVISION_LABEL} label", "build with fab build, which sets it"))

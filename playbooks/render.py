@@ -85,11 +85,20 @@ def status_text(st: dict) -> str:
                          "healthy" if v["healthy"] else (v["health"] or v["status"])[:40], drift])
         lock = info.get("lock")
         if lock:
-            notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, {'alive' if lock.get('alive') else 'STALE'})")
+            notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, running)")
+        for rec in info.get("recovered") or []:
+            if rec.get("error"):
+                notes.append(f"{h}: RECOVERY FAILED: {rec['error']}")
+            else:
+                svc = ", ".join(f"{s} {o}" for s, o in (rec.get("services") or {}).items())
+                notes.append(f"{h}: recovered interrupted transaction {rec['rollout_id']} (stopped after"
+                             f" {rec.get('interrupted_after')!r}): {svc}; host state {rec.get('state')}")
         last = info.get("last_rollout")
         if last:
             o = last.get("outcome") or {}
             what = f"{last['state']}" + (f", {'ok' if o.get('ok') else 'failed'}, host state {o.get('state')}" if o else "")
+            if o.get("recovered"):
+                what += f", recovered after an interruption at {o.get('interrupted_after')!r}"
             if last["state"] == "finished":
                 svc = ", ".join(f"{x['service']} {x['outcome']}" for x in o.get("services", []))
                 what += f" ({svc})" if svc else ""

@@ -154,8 +154,9 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
     except (InventoryError, executor.RolloutError) as exc:
         raise Exit(str(exc), code=2) from None
     _print_reports(reports, json)
-    if any(not r.ok for r in reports):
-        raise Exit(code=1)
+    code = executor.exit_code([r.state for r in reports])
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={"phase": "phase whose services go back", "service": "only this service", "hosts": "limit to these hosts",
@@ -173,7 +174,7 @@ def rollback(c, phase, service=None, hosts=None, json=False, yes=False, inventor
         raise Exit(str(exc), code=2) from None
     _print_reports([rep], json)
     if not rep.ok:
-        raise Exit(code=1)
+        raise Exit(code=executor.exit_code([rep.state]))
 
 
 @task(help={"json": "JSON output", "hosts": "limit to these hosts", "inventory": "inventory file"})
@@ -203,10 +204,11 @@ def history(c, json=False, limit=20):
         print(render.history_text(entries, str(ledger.path())))
 
 
-@task(help={"host": "host to unlock", "reason": "why (recorded on the host)", "force": "even if the holder looks alive",
+@task(help={"host": "host to unlock", "reason": "why (recorded on the host)",
+            "force": "stop the live but stuck transaction process holding the lock, then recover its transaction",
             "inventory": "inventory file"})
 def unlock(c, host, reason, force=False, inventory=None):
-    """Remove a host's rollout lock left by a dead transaction (the reason is recorded)."""
+    """Free a host stuck behind a live transaction (--force); a dead holder's lock frees itself. Recorded with the reason."""
     from . import transport
     from .plan import operator
 

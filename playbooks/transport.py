@@ -35,7 +35,7 @@ _DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad lo
 def agent_needs_upload(rc: int, err: str) -> bool:
     """No answer and python3 could not run the archive: it is missing, or damaged on the host."""
     return rc != 0 and any(marker in err for marker in _DAMAGED)
-READ_ONLY_OPS = ("facts", "status", "journal")  # python3's exit code for "can't open file"
+READ_ONLY_OPS = ("facts", "status", "journal", "prepare")  # safe to repeat on a fresh connection
 
 
 class TransportError(Exception):

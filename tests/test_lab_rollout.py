@@ -307,7 +307,7 @@ def test_ssh_link_cut_mid_transaction_host_ends_good(lab, tmp_path):
     assert st["services"]["llm-api"]["tag"] == tag and st["services"]["llm-api"]["healthy"]
 
 
-def test_rollback_command_and_unlock(lab, tmp_path):
+def test_rollback_command(lab, tmp_path):
     baseline(lab)
     before = load(lab.inventory).fleet.services["llm-api"].tag
     tag = new_tag()
@@ -320,13 +320,7 @@ def test_rollback_command_and_unlock(lab, tmp_path):
     out = json.loads(r.stdout)
     assert out["state"] == "reverted" and out["pins"][0]["prev_ref"].endswith(f"{before}-prev")
     assert dclient(lab).containers.get("llm-api").labels["io.fleetroll.tag"] == before
-    # unlock: a lock left by a dead process is removed and the reason recorded
-    state = lab.host("mainpc").dir / "state"
-    (state / "lock").write_text(json.dumps({"holder": "ghost@laptop", "rollout_id": "r-dead", "pid": 999999, "time": 0}))
-    r = subprocess.run([FAB, "unlock", "--host", "mainpc", "--reason", "laptop died", "--inventory", lab.inventory],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "ghost@laptop" in r.stdout
-    assert not (state / "lock").exists() and "laptop died" in (state / "unlocks.jsonl").read_text()
+    # (unlock: see test_lab_integrity.py — a dead holder's kernel lock frees itself)
 
 
 def test_fab_rollout_all_stops_after_failed_phase(lab, tmp_path):

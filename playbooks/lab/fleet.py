@@ -35,6 +35,10 @@ ORG = "lab"
 # its shell and a home inside the lab: root's own dotfiles on the machine running the
 # lab (pyenv init and the like) must not run on every SSH command and skew timings.
 LAB_USER = "frlab"
+# A second operator account on every lab host (same key, also in the docker group): two
+# SSH users driving one Docker daemon must share its lock and its journal.
+LAB_OPS_USER = "frops"
+LAB_USERS = (LAB_USER, LAB_OPS_USER)
 SRC = Path(__file__).resolve().parent
 
 
@@ -164,8 +168,9 @@ def _lab_pids() -> set[int]:
         if ns.startswith(NS_PREFIX):
             out = sh("ip", "netns", "pids", ns, check=False).stdout.split()
             pids |= {int(p) for p in out if p.isdigit()}
-    r = sh("pgrep", "-u", LAB_USER, check=False)
-    pids |= {int(p) for p in r.stdout.split() if p.isdigit()}
+    for user in LAB_USERS:
+        r = sh("pgrep", "-u", user, check=False)
+        pids |= {int(p) for p in r.stdout.split() if p.isdigit()}
     marker = str(LAB_DIR).encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -223,8 +228,9 @@ def down(quiet: bool = False) -> list[str]:
             sh("ip", "link", "del", link.name, check=False)
     if LAB_DIR.exists():
         shutil.rmtree(LAB_DIR, ignore_errors=True)
-    if sh("id", "-u", LAB_USER, check=False).returncode == 0:
-        sh("userdel", LAB_USER, check=False)
+    for user in LAB_USERS:
+        if sh("id", "-u", user, check=False).returncode == 0:
+            sh("userdel", user, check=False)
     done.append("namespaces, bridge, mounts, files")
     return done
 
@@ -337,14 +343,19 @@ def _fake_nvml() -> Path:
     return lib
 
 
+def lab_home(user: str) -> Path:
+    return LAB_DIR / ("home" if user == LAB_USER else f"home-{user}")
+
+
 def _lab_user() -> None:
-    home = LAB_DIR / "home"
-    # "*" rather than useradd's locked "!": sshd without PAM refuses locked accounts.
-    if sh("id", "-u", LAB_USER, check=False).returncode != 0:
-        sh("useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh",
-           "--groups", "docker", "--user-group", "--password", "*", LAB_USER)
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.chown(home, LAB_USER, LAB_USER)
+    for user in LAB_USERS:
+        home = lab_home(user)
+        # "*" rather than useradd's locked "!": sshd without PAM refuses locked accounts.
+        if sh("id", "-u", user, check=False).returncode != 0:
+            sh("useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh",
+               "--groups", "docker", "--user-group", "--password", "*", user)
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.chown(home, user, user)
 
 
 def _client_key() -> Path:
@@ -358,6 +369,7 @@ def _host_env(h: LabHost) -> dict[str, str]:
     env = {
         "DOCKER_HOST": h.docker_host,
         "FLEETROLL_STATE_DIR": str(h.dir / "state"),
+        "FLEETROLL_LOCK_DIR": str(h.dir / "lock"),
         "PATH": f"{LAB_DIR / 'hookbin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         if h.hook
         else "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -374,39 +386,56 @@ def _host_env(h: LabHost) -> dict[str, str]:
 
 def _start_host(h: LabHost) -> None:
     d = h.dir
-    for sub in ("state", "docker", "exec"):
+    for sub in ("state", "lock", "docker", "exec"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    shutil.chown(d / "state", LAB_USER, LAB_USER)
+    # Shared by every operator account of the host, as /var/lib/fleetroll and /run/lock are.
+    for sub in ("state", "lock"):
+        shutil.chown(d / sub, LAB_USER, "docker")
+        (d / sub).chmod(0o2770)
     env = _host_env(h)
-    # dockerd: its own data root, socket, and the lab registry as insecure.
-    log = open(d / "dockerd.log", "w")
-    denv = {"PATH": env["PATH"], "HOME": "/root"}
-    subprocess.Popen(
-        _nsenter(h.netns)
-        + [
-            "setsid", "dockerd",
-            "--data-root", str(d / "docker"),
-            "--exec-root", str(d / "exec"),
-            "--pidfile", str(d / "dockerd.pid"),
-            "-H", h.docker_host,
-            "--insecure-registry", REGISTRY_ADDR,
-            "--shutdown-timeout", "3",
-        ],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=denv,
-    )
+    _spawn_dockerd(h)
     # sshd: fresh host key, SetEnv points sessions at this host's dockerd and fake GPU.
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "ssh_host_ed25519_key"))
     setenv = " ".join(f'"{k}={v}"' for k, v in env.items())
     (d / "sshd_config").write_text(
         f"Port 22\nListenAddress {h.address}\nHostKey {d / 'ssh_host_ed25519_key'}\n"
         f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {LAB_DIR / 'authorized_keys'}\n"
-        f"AllowUsers {LAB_USER}\nPermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"AllowUsers {' '.join(LAB_USERS)}\nPermitRootLogin no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "StrictModes no\nUsePAM no\nUseDNS no\nSubsystem sftp internal-sftp\n"
         "MaxStartups 200:30:400\nMaxSessions 100\nClientAliveInterval 5\nClientAliveCountMax 2\n"
         f"SetEnv {setenv}\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     sh(*_nsenter(h.netns), "/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log"))
+
+
+def _spawn_dockerd(h: LabHost) -> None:
+    """dockerd: its own data root, socket, and the lab registry as insecure."""
+    d = h.dir
+    with open(d / "dockerd.log", "a") as log:
+        subprocess.Popen(
+            _nsenter(h.netns)
+            + [
+                "setsid", "dockerd",
+                "--data-root", str(d / "docker"),
+                "--exec-root", str(d / "exec"),
+                "--pidfile", str(d / "dockerd.pid"),
+                "-H", h.docker_host,
+                "--insecure-registry", REGISTRY_ADDR,
+                "--shutdown-timeout", "3",
+            ],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={"PATH": _host_env(h)["PATH"], "HOME": "/root"},
+        )
+
+
+def restart_dockerd(h: LabHost) -> None:
+    """Fault injection: stop this host's dockerd (the pid it recorded) and start it again."""
+    pidfile = h.dir / "dockerd.pid"
+    pid = int(pidfile.read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    wait_for(f"dockerd on {h.name} to stop", lambda: not _alive(pidfile), 30)
+    _spawn_dockerd(h)
+    wait_for(f"dockerd on {h.name}", lambda: h.docker_sock.exists() and _docker_ping(h), 45)
 
 
 def _ssh_config(hosts: list[LabHost], key: Path) -> None:

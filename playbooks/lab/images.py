@@ -30,6 +30,7 @@ case "$VARIANT" in
   crash) httpd -p "$PORT" -h /www; sleep "${CRASH_AFTER:-3}"; echo "lab: crashing on purpose (exit 3)" >&2; exit 3 ;;
   http500) exec nc -ll -p "$PORT" -e /app/respond500 ;;
   hang) exec nc -ll -p "$PORT" -e /app/hang ;;
+  banner) exec nc -ll -p "$PORT" -e /app/banner ;;
   *) exec httpd -f -p "$PORT" -h /www ;;
 esac
 """
@@ -38,6 +39,8 @@ read -r _line
 printf 'HTTP/1.0 500 Internal Server Error\\r\\nContent-Type: application/json\\r\\n\\r\\n{"status":"error","detail":"lab http500 variant"}'
 """
 HANG = "#!/bin/sh\nsleep 3600\n"
+# The health port speaks another protocol (a port taken by the wrong process): not HTTP at all.
+BANNER = "#!/bin/sh\nprintf 'SSH-2.0-OpenSSH_9.2p1 Debian-2\\r\\n'\nsleep 1\n"
 
 VARIANTS = {
     # name: (health body, user, tini entrypoint)
@@ -46,6 +49,7 @@ VARIANTS = {
     "http500": ('{"status":"ok"}', "10001:10001", True),
     "crash": ('{"status":"ok"}', "10001:10001", True),
     "hang": ('{"status":"ok"}', "10001:10001", True),
+    "banner": ('{"status":"ok"}', "10001:10001", True),
     "root": ('{"status":"ok"}', "0:0", True),
     "notini": ('{"status":"ok"}', "10001:10001", False),
 }
@@ -64,7 +68,7 @@ def _context(variant: str, arch: str | None, revision: str) -> Path:
     (ctx / "www" / "health").write_text(body)
     (ctx / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\napp:x:10001:10001::/tmp:/bin/sh\n")
     (ctx / "etc" / "group").write_text("root:x:0:\napp:x:10001:\n")
-    for name, text in (("run", RUN), ("respond500", RESPOND500), ("hang", HANG)):
+    for name, text in (("run", RUN), ("respond500", RESPOND500), ("hang", HANG), ("banner", BANNER)):
         (ctx / "app" / name).write_text(text)
         (ctx / "app" / name).chmod(0o755)
     entry = '["/tini", "--", "/app/run"]' if tini else '["/app/run"]'

@@ -1,0 +1,153 @@
+"""Docker create arguments as plain data (Kamal's `commands/` layer): built, never executed, here.
+
+A container's whole configuration is one JSON-able dict, `CreateArgs`:
+
+    {"image", "name", "user", "env", "labels", "ports", "binds", "restart", "gpus", "stop_timeout"}
+
+It is built two ways — from the inventory's spec for a new release (`from_spec`) and from
+`docker inspect` of a running container (`from_inspect`) — and turned into Docker SDK
+keyword arguments by one function (`api_kwargs`). Recording `from_inspect(old)` before a
+swap is what lets a revert recreate the old container exactly (its own image, env, ports,
+volumes and GPU requests), whatever the inventory says today. Pure: tested without Docker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from . import contract
+
+CreateArgs = dict[str, Any]
+
+
+def gpus_count(gpus: Any) -> int:
+    """Inventory `gpus` (0, N or "all") as Docker's DeviceRequest count (-1 = all, 0 = none)."""
+    if gpus == "all":
+        return -1
+    return int(gpus or 0)
+
+
+def labels_for(spec: dict, tag: str, digest: str, rollout_id: str, phase: str, operator: str, git_sha: str,
+               prev_tag: str = "", prev_digest: str = "") -> dict[str, str]:
+    return {
+        contract.MANAGED: "true",
+        contract.SERVICE: spec["name"],
+        contract.TAG: tag,
+        contract.DIGEST: digest,
+        contract.ROLLOUT_ID: rollout_id,
+        contract.PHASE: phase,
+        contract.SPEC_HASH: spec.get("spec_hash", ""),
+        contract.PREV_TAG: prev_tag,
+        contract.PREV_DIGEST: prev_digest,
+        contract.GIT_SHA: git_sha,
+        contract.OPERATOR: operator,
+        contract.HEALTH: json.dumps(spec.get("health") or {}, sort_keys=True, separators=(",", ":")),
+    }
+
+
+def from_spec(spec: dict, image: str, labels: dict[str, str]) -> CreateArgs:
+    """The container a release asks for. `image` is an image id or a digest reference."""
+    binds = []
+    for vol in spec.get("volumes") or []:
+        src, dst, *mode = vol.split(":")
+        binds.append(f"{src}:{dst}:{mode[0] if mode else 'rw'}")
+    return {
+        "image": image,
+        "name": spec["name"],
+        "user": spec.get("user") or contract.IMAGE_USER,
+        # The exact digest this container runs, for the start-up report (observability).
+        "env": {**(spec.get("env") or {}), "FLEETROLL_IMAGE_DIGEST": labels.get(contract.DIGEST, "")},
+        "labels": dict(labels),
+        "ports": {k: str(v) for k, v in (spec.get("ports") or {}).items()},
+        "binds": binds,
+        "restart": spec.get("restart", "unless-stopped"),
+        "gpus": gpus_count(spec.get("gpus")),
+        "stop_timeout": int(spec.get("stop_timeout", 10)),
+    }
+
+
+def from_inspect(attrs: dict) -> CreateArgs:
+    """The configuration a running container was created with, as `docker inspect` shows it.
+
+    Env and labels include what the image contributed; recreating from the same image
+    with them is the same container. Only the first host binding of each port is used,
+    as fleetroll publishes each port once.
+    """
+    cfg = attrs.get("Config") or {}
+    hc = attrs.get("HostConfig") or {}
+    env = {}
+    for item in cfg.get("Env") or []:
+        k, _, v = item.partition("=")
+        env[k] = v
+    ports = {}
+    for port, bindings in (hc.get("PortBindings") or {}).items():
+        if bindings:
+            b = bindings[0]
+            ports[port] = f"{b['HostIp']}:{b.get('HostPort', '')}" if b.get("HostIp") else str(b.get("HostPort", ""))
+    gpus = 0
+    for req in hc.get("DeviceRequests") or []:
+        if ["gpu"] in (req.get("Capabilities") or []) or any("gpu" in c for c in (req.get("Capabilities") or [])):
+            gpus = int(req.get("Count", 0))
+    restart = (hc.get("RestartPolicy") or {}).get("Name") or "no"
+    return {
+        "image": attrs.get("Image", ""),
+        "name": (attrs.get("Name") or "").lstrip("/"),
+        "user": cfg.get("User") or "",
+        "env": env,
+        "labels": dict(cfg.get("Labels") or {}),
+        "ports": ports,
+        "binds": list(hc.get("Binds") or []),
+        "restart": restart,
+        "gpus": gpus,
+        "stop_timeout": int(cfg.get("StopTimeout") or 10),
+    }
+
+
+def _port_binding(value: str) -> Any:
+    """'8001' -> 8001; '127.0.0.1:8001' -> ('127.0.0.1', 8001), as the SDK takes them."""
+    if ":" in value:
+        ip, _, port = value.rpartition(":")
+        return (ip, int(port))
+    return int(value)
+
+
+def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(create_container kwargs, create_host_config kwargs) for the low-level Docker API."""
+    binds: dict[str, dict[str, str]] = {}
+    for b in args.get("binds") or []:
+        src, dst, *mode = b.split(":")
+        binds[src] = {"bind": dst, "mode": mode[0] if mode else "rw"}
+    gpus = int(args.get("gpus") or 0)
+    restart = args.get("restart") or "no"
+    host_config = {
+        "binds": binds or None,
+        "port_bindings": {k: _port_binding(v) for k, v in (args.get("ports") or {}).items()},
+        "restart_policy": {"Name": restart} if restart != "no" else None,
+        "device_requests": [{"count": gpus, "capabilities": [["gpu"]]}] if gpus else None,
+    }
+    container = {
+        "image": args["image"],
+        "name": args["name"],
+        "user": args.get("user") or contract.IMAGE_USER,
+        "environment": dict(args.get("env") or {}),
+        "ports": [(int(k.split("/")[0]), k.split("/")[1] if "/" in k else "tcp") for k in (args.get("ports") or {})],
+        "labels": dict(args.get("labels") or {}),
+        "stop_timeout": int(args.get("stop_timeout", 10)),
+    }
+    return container, host_config
+
+
+def kept_name(service: str, rollout_id: str) -> str:
+    """The name an old container waits under while its successor is gated."""
+    return f"{service}--kept-{hashlib.sha256(rollout_id.encode()).hexdigest()[:8]}"
+
+
+def health_of(labels: dict[str, str], fallback: dict) -> dict:
+    """The health settings a container was started with (a label), else the given ones."""
+    try:
+        h = json.loads(labels.get(contract.HEALTH) or "")
+    except ValueError:
+        return fallback
+    return h if isinstance(h, dict) and h.get("port") else fallback

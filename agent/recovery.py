@@ -1,0 +1,146 @@
+"""Finish a transaction whose process died (SIGKILL, OOM killer, power loss, reboot).
+
+Every agent call runs `recover_pending()` before its own work. A journal still marked
+open whose lock can be taken was interrupted: nothing alive holds it (the kernel dropped
+the dead holder's flock). Its records say, per service, how far it got; from that the
+host is put back in one of its two good states with the transaction's own restore and
+commit code:
+
+* the host had decided to commit (`commit-host` written): finish committing the services
+  that passed their gate, restore any other;
+* otherwise, under `revert-phase`: every touched service goes back to its kept old
+  container (a service that had no old one is removed), gated;
+* under `revert-service` / `stop`: services that passed their gate are committed, the
+  one caught mid-swap is restored.
+
+The journal then gets a `recovered` record and the outcome (`done`, with recovered=true),
+and the answer of the call that did it says so.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import journal, lock
+
+FINAL = ("committed", "reverted", "removed", "revert-failed", "refused", "skipped")
+
+
+def service_states(records: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per service, what the journal says happened (pure: tested from journal lines)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        svc = rec.get("service")
+        if not svc:
+            continue
+        st = out.setdefault(svc, {"last": "", "created": [], "gated": False, "final": ""})
+        step = rec.get("step", "")
+        st["last"] = step
+        if step == "set-aside":
+            st.update(old_container=rec.get("container", ""), kept_name=rec.get("kept_name", ""),
+                      old_config=rec.get("old_config") or {}, prev_ref=rec.get("prev_ref", ""), prev_digest=rec.get("prev_digest", ""))
+        elif step == "created":
+            st["created"].append(rec.get("container", ""))
+        elif step == "gated":
+            st["gated"] = True
+            st["gate"] = rec.get("gate") or {}
+        elif step == "start-new":
+            st["started"] = True
+            st["tag"], st["digest"] = rec.get("tag", ""), rec.get("digest", "")
+        elif step in FINAL:
+            st["final"] = step
+    return out
+
+
+def decide(records: list[dict]) -> dict[str, str]:
+    """Per unfinished service: "commit" or "restore" (pure). Untouched services are left out."""
+    accepted = next((r for r in records if r.get("step") == "accepted"), {})
+    policy = accepted.get("policy", "revert-phase")
+    revert_op = accepted.get("kind") == "revert"
+    committing = any(r.get("step") == "commit-host" for r in records)
+    out = {}
+    for svc, st in service_states(records).items():
+        if st["final"] or not (st.get("old_container") or st.get("started") or st["created"]):
+            continue
+        if st["gated"] and (committing or revert_op or policy != "revert-phase"):
+            out[svc] = "commit"
+        else:
+            out[svc] = "restore"
+    return out
+
+
+def recover(rid: str) -> dict | None:
+    """Finish one interrupted transaction (the caller holds the lock). Returns its outcome record."""
+    from .transaction import ServiceResult, Transaction
+
+    records = journal.read(rid)
+    done = journal.outcome(records)
+    if done is not None:
+        journal.mark_closed(rid)
+        return done
+    accepted = next((r for r in records if r.get("step") == "accepted"), {})
+    t0 = time.monotonic()
+    plan = decide(records)
+    states = service_states(records)
+    journal.append(rid, "recovering", actions=plan, last_step=records[-1].get("step") if records else None)
+    tx = Transaction({"rollout_id": rid, "phase": accepted.get("phase", ""), "operator": accepted.get("operator", "")})
+    health = {s["service"]: s.get("health") or {} for s in accepted.get("steps", [])}
+    results = []
+    to_restore = []
+    for svc, st in states.items():
+        r = ServiceResult(svc, "revert" if accepted.get("kind") == "revert" else "replace",
+                          old_container=st.get("old_container", ""), kept_name=st.get("kept_name", ""),
+                          old_config=st.get("old_config") or {}, prev_ref=st.get("prev_ref", ""),
+                          prev_digest=st.get("prev_digest", ""), new_container=(st["created"] or [""])[-1], gate=st.get("gate") or {})
+        results.append(r)
+        action = plan.get(svc)
+        if action is None:
+            r.outcome = st["final"] or "skipped"
+            if not st["final"]:
+                r.message = "not started before the transaction was interrupted"
+        elif action == "commit":
+            r.after_tag, r.after_digest = st.get("tag", ""), st.get("digest", "")
+            tx.commit(r)
+            r.check, r.message = "recovered", "passed its gate before the interruption; committed by recovery"
+        else:
+            r.check = "recovered"
+            r.message = f"transaction interrupted after step {st['last']!r}; restored by recovery"
+            to_restore.append(r)
+    if to_restore:
+        tx.restore_all(to_restore, health, "")
+        for r in to_restore:
+            r.check, r.message = "recovered", f"transaction interrupted after step {states[r.service]['last']!r}; restored by recovery"
+            if accepted.get("kind") == "revert" and r.outcome == "reverted":
+                # A revert op that was cut short: what came back is the release it was reverting.
+                r.outcome, r.message = "revert-failed", r.message + " (the revert did not complete; the release it was reverting runs again)"
+    tx.results = results
+    summary = tx.summary(time.monotonic() - t0)
+    summary["ok"] = False  # an interrupted transaction did not do what it was asked, whatever recovery saved
+    summary["recovered"] = True
+    summary["interrupted_after"] = records[-1].get("step") if records else None
+    journal.append(rid, "recovered", actions=plan, services={r.service: r.outcome for r in results})
+    rec = journal.append(rid, "done", **summary)
+    journal.mark_closed(rid)
+    return rec
+
+
+def recover_pending(holder: str = "recovery") -> list[dict]:
+    """Recover every interrupted transaction on this host; [] when there is none (the usual case)."""
+    ids = journal.open_ids()
+    if not ids:
+        return []
+    held = lock.try_acquire(holder, "recovery")
+    if held is None:
+        return []  # a live transaction holds the lock: it is running, not interrupted
+    try:
+        out = []
+        for rid in ids:
+            rec = recover(rid)
+            if rec is not None and rec.get("recovered"):
+                out.append({"rollout_id": rid, "state": rec.get("state"), "ok": rec.get("ok"),
+                            "services": {s["service"]: s["outcome"] for s in rec.get("services", [])},
+                            "interrupted_after": rec.get("interrupted_after")})
+        return out
+    finally:
+        held.release()
