@@ -188,7 +188,7 @@ class Transaction:
         repo, tag = spec["repo"], spec["tag"]
         ref = f"{repo}:{tag}"
         if not digest.startswith("sha256:"):
-            raise StepFailed("digest", f"{ref}: the plan carries no digest; refusing to pull by tag (re-plan)")
+            raise StepFailed("digest", f"{ref}: the plan carries no digest; refusing to pull by tag (re-plan); nothing was stopped")
         self.j("pull", service, ref=ref, digest=digest)
         import docker.errors
 
@@ -422,7 +422,7 @@ class Transaction:
             self.j("reverted", service, tag=r.after_tag, digest=r.after_digest, gate=r.revert_gate)
         else:
             # The old configuration failed its gate; `target` restored what ran before the revert.
-            r.outcome = "revert-failed" if target.outcome != "reverted" else "revert-refused"
+            r.outcome = "revert-failed"
             r.message = (f"the recorded old configuration failed: {target.message}; "
                          + ("the release it was to replace is back and healthy" if target.outcome == "reverted"
                             else "and the release could not be brought back either"))
@@ -483,7 +483,7 @@ class Transaction:
 
     def summary(self, elapsed: float) -> dict[str, Any]:
         outcomes = [r.outcome for r in self.results]
-        ok = not any(o in FAILED or o == "revert-refused" for o in outcomes)
+        ok = not any(o in FAILED for o in outcomes)
         if any(r.action == "revert" for r in self.results):
             ok = all(o in ("reverted", "removed", "skipped", "noop") for o in outcomes)
         state = "needs-operator" if any(o == "revert-failed" for o in outcomes) else "good"

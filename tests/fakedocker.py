@@ -1,0 +1,210 @@
+"""A fake Docker client for unit tests of the host transaction.
+
+Why a fake here when the lab has real dockerd: some faults a real daemon will not
+produce on demand at a chosen call (a `stop` that errors, a `rename` that fails, a
+`start` refused after the old container was set aside). The fake implements only the
+calls the transaction makes, keeps containers as plain data, and can be told to raise at
+any named call. Health is decided per image "behaviour" ("ok", "bad", "raise") through a
+patched `health.probe`, keyed by the published host port of the running container.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import docker.errors
+
+from agent import health
+
+_ids = itertools.count(1)
+
+
+class FakeImage:
+    def __init__(self, daemon: FakeDaemon, image_id: str, user: str = "10001:10001", entry=("/tini", "--", "/app/run"),
+                 behaviour: str = "ok"):
+        self.daemon, self.id, self.behaviour = daemon, image_id, behaviour
+        self.attrs = {"Id": image_id, "Config": {"User": user, "Entrypoint": list(entry), "Labels": {"org.opencontainers.image.revision": "abc1234"}}}
+        self.tags: list[str] = []
+
+    def tag(self, repo: str, tag: str) -> bool:
+        self.daemon.call("image.tag")
+        self.tags.append(f"{repo}:{tag}")
+        self.daemon.refs[f"{repo}:{tag}"] = self
+        return True
+
+
+class FakeContainer:
+    def __init__(self, daemon: FakeDaemon, cid: str, create: dict[str, Any], host_config: dict[str, Any]):
+        self.daemon, self.id = daemon, cid
+        self.name = create["name"]
+        self.create, self.host_config = create, host_config
+        self.running, self.restart_policy, self.exit_code = False, (host_config.get("restart_policy") or {}).get("Name", "no"), 0
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.create.get("labels") or {})
+
+    @property
+    def image(self) -> FakeImage:
+        return self.daemon.images.by_id[self.create["image"]]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        ports = {}
+        for port, b in (self.host_config.get("port_bindings") or {}).items():
+            ip, hp = (b if isinstance(b, tuple) else ("", b))
+            ports[port] = [{"HostIp": ip, "HostPort": str(hp)}]
+        binds = [f"{src}:{v['bind']}:{v['mode']}" for src, v in (self.host_config.get("binds") or {}).items()]
+        reqs = [{"Count": r["count"], "Capabilities": r["capabilities"]} for r in (self.host_config.get("device_requests") or [])]
+        return {
+            "Id": self.id, "Name": "/" + self.name, "Image": self.create["image"], "RestartCount": 0,
+            "State": {"Status": "running" if self.running else "exited", "Running": self.running, "ExitCode": self.exit_code},
+            "Config": {"User": self.create.get("user"), "Env": [f"{k}={v}" for k, v in (self.create.get("environment") or {}).items()],
+                       "Labels": self.labels, "StopTimeout": self.create.get("stop_timeout")},
+            "HostConfig": {"PortBindings": ports, "Binds": binds, "RestartPolicy": {"Name": self.restart_policy}, "DeviceRequests": reqs},
+        }
+
+    def host_ports(self) -> list[int]:
+        out = []
+        for b in (self.host_config.get("port_bindings") or {}).values():
+            out.append(int(b[1] if isinstance(b, tuple) else b))
+        return out
+
+    def reload(self) -> None:
+        self.daemon.call("container.reload")
+        if self.id not in self.daemon.containers.by_id:
+            raise docker.errors.NotFound("gone")
+
+    def rename(self, name: str) -> None:
+        self.daemon.call("container.rename")
+        if any(c.name == name and c is not self for c in self.daemon.containers.by_id.values()):
+            raise docker.errors.APIError(f"Conflict. The container name {name!r} is already in use")
+        self.name = name
+
+    def update(self, restart_policy: dict | None = None, **_: Any) -> None:
+        self.daemon.call("container.update")
+        if restart_policy is not None:
+            self.restart_policy = restart_policy.get("Name") or "no"
+
+    def stop(self, timeout: int = 10) -> None:
+        self.daemon.call("container.stop")
+        self.running = False
+
+    def start(self) -> None:
+        self.daemon.call("container.start")
+        for other in self.daemon.containers.by_id.values():
+            if other is not self and other.running and set(other.host_ports()) & set(self.host_ports()):
+                raise docker.errors.APIError("driver failed programming external connectivity: port is already allocated")
+        self.running = True
+
+    def remove(self, force: bool = False) -> None:
+        self.daemon.call("container.remove")
+        self.daemon.containers.by_id.pop(self.id, None)
+
+    def logs(self, tail: int = 10) -> bytes:
+        return b"fake log line\n"
+
+
+class FakeContainers:
+    def __init__(self, daemon: FakeDaemon):
+        self.daemon = daemon
+        self.by_id: dict[str, FakeContainer] = {}
+
+    def get(self, ref: str) -> FakeContainer:
+        self.daemon.call("containers.get")
+        for c in self.by_id.values():
+            if c.id == ref or c.name == ref:
+                return c
+        raise docker.errors.NotFound(f"No such container: {ref}")
+
+    def list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:
+        wanted = (filters or {}).get("label") or []
+        wanted = [wanted] if isinstance(wanted, str) else wanted
+        out = []
+        for c in self.by_id.values():
+            ok = True
+            for w in wanted:
+                k, _, v = w.partition("=")
+                ok = ok and k in c.labels and (not v or c.labels[k] == v)
+            if ok and (all or c.running):
+                out.append(c)
+        return out
+
+
+class FakeImages:
+    def __init__(self, daemon: FakeDaemon):
+        self.daemon = daemon
+        self.by_id: dict[str, FakeImage] = {}
+        self.registry: dict[str, FakeImage] = {}  # "repo@digest" -> image the registry would serve
+
+    def pull(self, repo: str, tag: str | None = None) -> FakeImage:
+        self.daemon.call("images.pull")
+        ref = f"{repo}@{tag}" if tag and tag.startswith("sha256:") else f"{repo}:{tag}"
+        img = self.registry.get(ref)
+        if img is None:
+            raise docker.errors.APIError(f"manifest for {ref} not found")
+        self.by_id[img.id] = img
+        self.daemon.refs[ref] = img
+        return img
+
+    def get(self, ref: str) -> FakeImage:
+        img = self.by_id.get(ref) or self.daemon.refs.get(ref)
+        if img is None:
+            raise docker.errors.ImageNotFound(f"No such image: {ref}")
+        return img
+
+
+class FakeAPI:
+    def __init__(self, daemon: FakeDaemon):
+        self.daemon = daemon
+
+    def create_host_config(self, **kw: Any) -> dict:
+        return kw
+
+    def create_container(self, host_config: dict | None = None, **kw: Any) -> dict:
+        self.daemon.call("api.create_container")
+        if any(c.name == kw["name"] for c in self.daemon.containers.by_id.values()):
+            raise docker.errors.APIError(f"Conflict. The container name {kw['name']!r} is already in use")
+        cid = f"{next(_ids):064x}"
+        self.daemon.containers.by_id[cid] = FakeContainer(self.daemon, cid, kw, host_config or {})
+        return {"Id": cid}
+
+
+class FakeDaemon:
+    """containers / images / api as the docker SDK's DockerClient offers them."""
+
+    def __init__(self) -> None:
+        self.containers = FakeContainers(self)
+        self.images = FakeImages(self)
+        self.api = FakeAPI(self)
+        self.refs: dict[str, FakeImage] = {}
+        self.fail: dict[str, BaseException] = {}  # call name -> exception raised the next time (once)
+        self.calls: list[str] = []
+
+    def call(self, name: str) -> None:
+        self.calls.append(name)
+        exc = self.fail.pop(name, None)
+        if exc is not None:
+            raise exc
+
+    def image(self, repo: str, digest: str, behaviour: str = "ok", **kw: Any) -> FakeImage:
+        img = FakeImage(self, "sha256:" + digest[-8:].rjust(64, "0"), behaviour=behaviour, **kw)
+        self.images.registry[f"{repo}@{digest}"] = img
+        return img
+
+    def probe(self, url: str, timeout: float) -> health.Probe:
+        port = int(url.split(":")[2].split("/")[0])
+        for c in self.containers.by_id.values():
+            if c.running and port in c.host_ports():
+                b = c.image.behaviour
+                if b == "raise":
+                    raise RuntimeError("a probe that blows up")
+                if b == "ok":
+                    return health.Probe(True, 'HTTP 200 {"status":"ok"}', 200, '{"status":"ok"}')
+                return health.Probe(False, 'HTTP 200 but status is "degraded"', 200, '{"status":"degraded"}')
+        return health.Probe(False, "no answer (Connection refused)")

@@ -1,0 +1,498 @@
+"""Every branch of the host transaction and its recovery, against a fake Docker client (no hosts).
+
+The lab tests prove the same promise on real dockerd; these reach the faults a real
+daemon will not produce at a chosen call (see tests/fakedocker.py for why a fake).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import docker.errors
+import pytest
+
+from agent import container_args, contract, health, journal, lock, recovery
+from agent import transaction as tx_mod
+from agent.transaction import Transaction
+from playbooks.executor import derive_state, exit_code
+
+from .fakedocker import FakeDaemon
+
+REAL_TAG_CHECK = Transaction._tag_still_names
+REPO = "reg:5000/lab/svc"
+OLD_D, NEW_D = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+FAST = {"port": 8000, "path": "/health", "healthy_deadline": 0.3, "min_healthy_time": 0.1, "interval": 0.02}
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("FLEETROLL_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(Transaction, "_tag_still_names", lambda self, ref, digest: None)
+
+
+@pytest.fixture
+def daemon(monkeypatch) -> FakeDaemon:
+    d = FakeDaemon()
+    monkeypatch.setattr(health, "probe", d.probe)
+    return d
+
+
+def spec(name="svc", tag="20261126-bbbbbbb", digest=NEW_D, port=8000, env=None, **kw) -> dict:
+    return {"name": name, "repo": REPO, "tag": tag, "digest": digest, "spec_hash": "h-" + tag, "ports": {"8080/tcp": port},
+            "env": env or {"MACHINE": "mainpc"}, "volumes": [], "user": "10001:10001", "gpus": 0, "restart": "unless-stopped",
+            "stop_timeout": 1, "health": {**FAST, "port": port}, **kw}
+
+
+def running_old(d: FakeDaemon, name="svc", port=8000, env=None, rid="r-old") -> str:
+    """An old release, started the way a transaction starts one; returns its container id."""
+    s = spec(name, "20261101-aaaaaaa", OLD_D, port, env or {"MACHINE": "mainpc", "OLD_ONLY": "1"})
+    img = d.image(REPO, OLD_D)
+    d.images.by_id[img.id] = img
+    labels = container_args.labels_for(s, s["tag"], OLD_D, rid, "gpu", "op", "aaaaaaa")
+    ckw, hkw = container_args.api_kwargs(container_args.from_spec(s, img.id, labels))
+    cid = d.api.create_container(**ckw, host_config=d.api.create_host_config(**hkw))["Id"]
+    d.containers.get(cid).start()
+    return cid
+
+
+def run(d: FakeDaemon, steps: list[dict], policy="revert-phase", rid="r-new", **extra) -> dict:
+    return Transaction({"rollout_id": rid, "phase": "gpu", "operator": "op", "on_failure": policy, "steps": steps, **extra}, client=d).run()
+
+
+def step(s: dict, action="replace") -> dict:
+    return {"action": action, "spec": s, "current_tag": "20261101-aaaaaaa", "current_digest": OLD_D}
+
+
+def by_service(out: dict) -> dict[str, dict]:
+    return {s["service"]: s for s in out["services"]}
+
+
+def only(d: FakeDaemon, name: str):
+    found = [c for c in d.containers.by_id.values() if c.name == name]
+    assert len(found) == 1, [c.name for c in d.containers.by_id.values()]
+    return found[0]
+
+
+# --- happy path -------------------------------------------------------------------------
+
+
+def test_good_release_commits_removes_kept_and_pins_prev(daemon):
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D)
+    out = run(daemon, [step(spec())])
+    s = by_service(out)["svc"]
+    assert out["ok"] and out["state"] == "good" and s["outcome"] == "committed"
+    c = only(daemon, "svc")
+    assert c.id != old and c.running and c.labels[contract.TAG] == "20261126-bbbbbbb"
+    assert c.labels[contract.PREV_TAG] == "20261101-aaaaaaa-prev" and c.labels[tx_mod.CREATED_BY] == "r-new"
+    assert old not in daemon.containers.by_id, "the kept container goes at commit"
+    assert f"{REPO}:20261101-aaaaaaa-prev" in daemon.refs
+    assert s["old_config"]["env"]["OLD_ONLY"] == "1" and s["old_container"] == old
+
+
+# --- every failure after the first change ends in restore -----------------------------
+
+
+@pytest.mark.parametrize("fault", ["unhealthy", "probe-raises", "create-fails", "start-fails", "stop-fails", "update-fails"])
+def test_any_failure_after_set_aside_restores_the_very_old_container(daemon, fault):
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour={"unhealthy": "bad", "probe-raises": "raise"}.get(fault, "ok"))
+    if fault == "create-fails":
+        daemon.fail["api.create_container"] = docker.errors.APIError("invalid mount config")
+    elif fault == "start-fails":
+        calls = {"n": 0}
+        real_start = daemon.containers.by_id[old].__class__.start
+
+        def start_once_fails(self):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise docker.errors.APIError("OCI runtime create failed")
+            return real_start(self)
+
+        daemon.containers.by_id[old].__class__.start = start_once_fails
+    elif fault == "stop-fails":
+        daemon.fail["container.stop"] = docker.errors.APIError("cannot stop: device busy")
+    elif fault == "update-fails":
+        daemon.fail["container.update"] = docker.errors.APIError("update refused")
+    try:
+        out = run(daemon, [step(spec(env={"MACHINE": "v2", "NEW_ONLY": "1"}, port=8000))])
+    finally:
+        if fault == "start-fails":
+            daemon.containers.by_id[old].__class__.start = real_start
+    s = by_service(out)["svc"]
+    assert s["outcome"] == "reverted", s
+    assert not out["ok"] and out["state"] == "good"
+    c = only(daemon, "svc")
+    assert c.id == old and c.running and c.restart_policy == "unless-stopped"
+    assert "OLD_ONLY=1" in c.attrs["Config"]["Env"] and "NEW_ONLY=1" not in c.attrs["Config"]["Env"]
+    assert len(daemon.containers.by_id) == 1, "the new container (if any) is gone"
+    assert s["revert_gate"]["ok"] and s["after_tag"] == "20261101-aaaaaaa"
+
+
+def test_restore_that_fails_is_revert_failed_and_needs_operator(daemon):
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    # the old container's image turns bad too: its restore gate fails
+    daemon.images.by_id[daemon.containers.by_id[old].create["image"]].behaviour = "bad"
+    out = run(daemon, [step(spec())])
+    s = by_service(out)["svc"]
+    assert s["outcome"] == "revert-failed" and out["state"] == "needs-operator" and not out["ok"]
+    assert "not healthy within" in s["revert_gate"]["reason"]
+    assert derive_state({"mainpc": {"answered": True, "ok": False, "services": out["services"]}})[0] == "needs-operator"
+
+
+def test_restore_recreates_from_recorded_config_when_the_kept_container_vanished(daemon):
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    real_gate = Transaction._gate
+
+    def gate_then_lose_kept(self, c, h, service):
+        result = real_gate(self, c, h, service)
+        daemon.containers.by_id.pop(old, None)  # someone removed the kept container by hand mid-gate
+        return result
+
+    Transaction._gate = gate_then_lose_kept
+    try:
+        out = run(daemon, [step(spec())])
+    finally:
+        Transaction._gate = real_gate
+    s = by_service(out)["svc"]
+    assert s["outcome"] == "reverted"
+    c = only(daemon, "svc")
+    assert c.id != old and "OLD_ONLY=1" in c.attrs["Config"]["Env"] and c.labels[contract.TAG] == "20261101-aaaaaaa"
+
+
+def test_new_service_that_fails_is_removed(daemon):
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    out = run(daemon, [step(spec(), "create")])
+    assert by_service(out)["svc"]["outcome"] == "removed" and daemon.containers.by_id == {}
+
+
+# --- nothing is stopped before the image is proven ------------------------------------
+
+
+@pytest.mark.parametrize("case,check", [("no-digest", "digest"), ("pull-fails", "pull"), ("root-user", "image-user"),
+                                        ("no-tini", "image-entrypoint"), ("tag-moved", "digest"), ("registry-down", "registry")])
+def test_prepare_failures_refuse_and_touch_nothing(daemon, monkeypatch, case, check):
+    old = running_old(daemon)
+    daemon.calls.clear()
+    s = spec()
+    if case == "no-digest":
+        s["digest"] = ""
+    elif case == "root-user":
+        daemon.image(REPO, NEW_D, user="0:0")
+    elif case == "no-tini":
+        daemon.image(REPO, NEW_D, entry=("/app/run",))
+    else:
+        if case != "pull-fails":
+            daemon.image(REPO, NEW_D)
+    if case in ("tag-moved", "registry-down"):
+        from agent.registry import RegistryClient, RegistryError
+
+        monkeypatch.setattr(Transaction, "_tag_still_names", REAL_TAG_CHECK)  # the real check, with a registry answer we choose
+
+        def digest(self, ref):
+            if case == "registry-down":
+                raise RegistryError("unreachable", "registry reg:5000 did not answer: Connection refused")
+            return "sha256:" + "c" * 64
+
+        monkeypatch.setattr(RegistryClient, "digest", digest)
+    out = run(daemon, [step(s)])
+    r = by_service(out)["svc"]
+    assert r["outcome"] == "refused" and r["check"] == check and "nothing was stopped" in r["message"]
+    c = only(daemon, "svc")
+    assert c.id == old and c.running
+    assert not any(n in daemon.calls for n in ("container.stop", "container.rename", "api.create_container"))
+
+
+def test_foreign_container_is_refused(daemon):
+    running_old(daemon)
+    c = only(daemon, "svc")
+    c.create["labels"] = {}
+    daemon.image(REPO, NEW_D)
+    assert by_service(run(daemon, [step(spec())]))["svc"]["check"] == "foreign-container"
+
+
+# --- host-wide policy -----------------------------------------------------------------
+
+
+def test_revert_phase_restores_earlier_gated_services_from_their_kept_containers(daemon):
+    a_old, b_old = running_old(daemon, "a", 8000), running_old(daemon, "b", 8001)
+    daemon.image(REPO, NEW_D)
+    bad = "sha256:" + "d" * 64
+    daemon.image(REPO, bad, behaviour="bad")
+    out = run(daemon, [step(spec("a", port=8000)), step(spec("b", digest=bad, port=8001))])
+    res = by_service(out)
+    assert res["a"]["outcome"] == "reverted" and res["a"]["check"] == "phase-revert"
+    assert res["b"]["outcome"] == "reverted" and res["b"]["check"].startswith("health-")
+    assert only(daemon, "a").id == a_old and only(daemon, "b").id == b_old
+    recs = [r["step"] for r in journal.read("r-new")]
+    assert "abort-host" in recs and "commit-host" not in recs
+
+
+def test_revert_service_keeps_the_good_ones(daemon):
+    running_old(daemon, "a", 8000)
+    b_old = running_old(daemon, "b", 8001)
+    bad = "sha256:" + "d" * 64
+    daemon.image(REPO, bad, behaviour="bad")
+    daemon.image(REPO, NEW_D)
+    out = run(daemon, [step(spec("b", digest=bad, port=8001)), step(spec("a", port=8000))], policy="revert-service")
+    res = by_service(out)
+    assert res["b"]["outcome"] == "reverted" and res["a"]["outcome"] == "committed"
+    assert only(daemon, "b").id == b_old and len(daemon.containers.by_id) == 2
+
+
+def test_stop_policy_skips_the_rest(daemon):
+    running_old(daemon, "a", 8000)
+    running_old(daemon, "b", 8001)
+    bad = "sha256:" + "d" * 64
+    daemon.image(REPO, bad, behaviour="bad")
+    daemon.image(REPO, NEW_D)
+    out = run(daemon, [step(spec("a", digest=bad)), step(spec("b", port=8001))], policy="stop")
+    assert [s["outcome"] for s in out["services"]] == ["reverted", "skipped"]
+
+
+# --- reverting a committed service ----------------------------------------------------
+
+
+def _committed(daemon) -> dict:
+    running_old(daemon, env={"MACHINE": "mainpc", "OLD_ONLY": "1"})
+    daemon.image(REPO, NEW_D)
+    out = run(daemon, [step(spec(env={"MACHINE": "v2"}))], rid="r-new")
+    return by_service(out)["svc"]
+
+
+def test_revert_committed_recreates_the_recorded_old_configuration(daemon):
+    s = _committed(daemon)
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-new", "old_config": s["old_config"]}
+    out = run(daemon, [rev], rid="r-new-revert", policy="revert-service")
+    r = by_service(out)["svc"]
+    assert out["ok"] and r["outcome"] == "reverted" and r["after_tag"] == "20261101-aaaaaaa"
+    c = only(daemon, "svc")
+    assert "OLD_ONLY=1" in c.attrs["Config"]["Env"] and "MACHINE=mainpc" in c.attrs["Config"]["Env"]
+    assert c.labels[contract.ROLLOUT_ID] == "r-old", "the old container's own labels come back"
+    assert len(daemon.containers.by_id) == 1
+
+
+def test_revert_committed_refuses_another_rollouts_container(daemon):
+    s = _committed(daemon)
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-someone-else", "old_config": s["old_config"]}
+    r = by_service(run(daemon, [rev], rid="r-x-revert"))["svc"]
+    assert r["outcome"] == "refused" and r["check"] == "not-this-rollout"
+    assert only(daemon, "svc").labels[contract.ROLLOUT_ID] == "r-new"
+
+
+def test_revert_committed_whose_old_config_fails_brings_the_release_back(daemon):
+    s = _committed(daemon)
+    daemon.images.by_id[s["old_config"]["image"]].behaviour = "bad"
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-new", "old_config": s["old_config"]}
+    out = run(daemon, [rev], rid="r-new-revert")
+    r = by_service(out)["svc"]
+    assert r["outcome"] == "revert-failed" and "the release it was to replace is back and healthy" in r["message"]
+    assert only(daemon, "svc").labels[contract.ROLLOUT_ID] == "r-new" and only(daemon, "svc").running
+
+
+def test_reverts_of_several_services_gate_concurrently(daemon, monkeypatch):
+    olds = {}
+    for i, name in enumerate(("a", "b", "c")):
+        running_old(daemon, name, 8000 + i)
+    daemon.image(REPO, NEW_D)
+    out = run(daemon, [step(spec(n, port=8000 + i)) for i, n in enumerate(("a", "b", "c"))])
+    olds = {s["service"]: s["old_config"] for s in out["services"]}
+    active, peak = [0], [0]
+    lock_ = threading.Lock()
+    real_gate = Transaction._gate
+
+    def counting_gate(self, c, h, service):
+        with lock_:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return real_gate(self, c, h, service)
+        finally:
+            with lock_:
+                active[0] -= 1
+
+    monkeypatch.setattr(Transaction, "_gate", counting_gate)
+    revs = [{"action": "revert", "spec": spec(n, port=8000 + i), "expect_rollout_id": "r-new", "old_config": olds[n]}
+            for i, n in enumerate(("a", "b", "c"))]
+    assert run(daemon, revs, rid="r-new-revert")["ok"]
+    assert peak[0] == 3
+
+
+# --- recovery -----------------------------------------------------------------------
+
+
+def _interrupted(daemon, failpoint: str, behaviour="ok") -> tuple[str, str]:
+    """Run a transaction whose failpoint raises instead of sleeping: the process 'dies' there."""
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour=behaviour)
+
+    class Died(BaseException):
+        pass
+
+    def die(self, name, service):
+        if name == failpoint:
+            raise Died(name)
+
+    args = {"rollout_id": "r-int", "phase": "gpu", "operator": "op", "on_failure": "revert-phase", "steps": [step(spec())]}
+    from agent.ops import accepted_record
+
+    journal.mark_open("r-int")
+    journal.append("r-int", "accepted", **accepted_record(args))
+    real_hit = Transaction.hit
+    Transaction.hit = die
+    try:
+        with pytest.raises(Died):
+            Transaction(args, client=daemon).run()
+    finally:
+        Transaction.hit = real_hit
+    return old, "r-int"
+
+
+@pytest.mark.parametrize("boundary", ["pin-prev", "stop-old", "start-new", "gate", "reverting"])
+def test_recovery_after_death_at_each_boundary_restores_the_old_container(daemon, monkeypatch, boundary):
+    old, rid = _interrupted(daemon, boundary, "bad" if boundary == "reverting" else "ok")
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    assert journal.open_ids() == [rid]
+    out = recovery.recover_pending()
+    assert [o["rollout_id"] for o in out] == [rid] and out[0]["state"] == "good"
+    c = only(daemon, "svc")
+    assert c.id == old and c.running and c.restart_policy == "unless-stopped"
+    assert len(daemon.containers.by_id) == 1
+    done = journal.outcome(journal.read(rid))
+    assert done["recovered"] and not done["ok"]
+    assert journal.open_ids() == [] and recovery.recover_pending() == []
+
+
+def test_recovery_commits_a_service_that_had_passed_its_gate_when_the_host_was_committing(daemon, monkeypatch):
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D)
+    args = {"rollout_id": "r-c", "phase": "gpu", "operator": "op", "on_failure": "revert-phase", "steps": [step(spec())]}
+    from agent.ops import accepted_record
+
+    journal.mark_open("r-c")
+    journal.append("r-c", "accepted", **accepted_record(args))
+    tx = Transaction(args, client=daemon)
+    r = tx.swap(step(spec()))
+    assert r.outcome == "gated"
+    tx.j("commit-host", services=["svc"])  # ... and the process died before commit() ran
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    out = recovery.recover_pending()
+    assert out[0]["services"] == {"svc": "committed"}
+    assert old not in daemon.containers.by_id and only(daemon, "svc").labels[contract.TAG] == "20261126-bbbbbbb"
+
+
+def test_recovery_skips_while_a_live_transaction_holds_the_lock(daemon):
+    journal.mark_open("r-live")
+    journal.append("r-live", "accepted", steps=[])
+    held = lock.acquire("someone", "r-live")
+    try:
+        assert recovery.recover_pending() == []
+        assert journal.open_ids() == ["r-live"]
+    finally:
+        held.release()
+
+
+def test_decide_is_pure_and_follows_policy():
+    base = [{"step": "accepted", "policy": "revert-phase"},
+            {"step": "set-aside", "service": "a", "container": "x"}, {"step": "start-new", "service": "a"}, {"step": "gated", "service": "a"},
+            {"step": "set-aside", "service": "b", "container": "y"}, {"step": "start-new", "service": "b"}]
+    assert recovery.decide(base) == {"a": "restore", "b": "restore"}
+    rs = [{**base[0], "policy": "revert-service"}, *base[1:]]
+    assert recovery.decide(rs) == {"a": "commit", "b": "restore"}
+    assert recovery.decide([*base, {"step": "commit-host"}]) == {"a": "commit", "b": "restore"}
+    assert recovery.decide([base[0], {"step": "pin-prev", "service": "a"}]) == {}
+    assert recovery.decide([*base, {"step": "reverted", "service": "b"}]) == {"a": "restore"}
+
+
+# --- the lock ------------------------------------------------------------------------
+
+
+def test_lock_is_exclusive_and_frees_itself_when_the_holder_dies(tmp_path):
+    import subprocess
+    import sys
+
+    held = lock.acquire("me", "r1")
+    with pytest.raises(lock.Locked, match="locked by me"):
+        lock.acquire("you", "r2")  # a second open file description: refused even in-process
+    held.release()
+    code = "import sys,time; from agent import lock; lock.acquire('child', 'r3'); print('held', flush=True); time.sleep(60)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=str(tmp_path),
+                         env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parent.parent),
+                              "FLEETROLL_LOCK_DIR": str(tmp_path)})
+    assert p.stdout.readline().strip() == "held"
+    info = lock.read()
+    assert info and info["holder"] == "child" and info["pid"] == p.pid and info["alive"]
+    p.kill()
+    p.wait()
+    assert lock.read() is None, "a dead holder is no holder"
+    lock.acquire("me", "r4").release()
+
+
+def test_lock_path_is_per_docker_daemon_not_per_user(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/a/../docker.sock")
+    a = lock.path()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")
+    assert lock.path() == a
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/other.sock")
+    assert lock.path() != a
+
+
+# --- pure pieces ----------------------------------------------------------------------
+
+
+def test_create_args_round_trip_through_inspect(daemon):
+    s = spec(volumes=["/srv/models:/models:ro"], gpus="all", ports={"8080/tcp": "127.0.0.1:8000"})
+    img = daemon.image(REPO, NEW_D)
+    daemon.images.by_id[img.id] = img
+    args = container_args.from_spec(s, img.id, container_args.labels_for(s, s["tag"], NEW_D, "r", "p", "o", "g"))
+    ckw, hkw = container_args.api_kwargs(args)
+    assert hkw["port_bindings"] == {"8080/tcp": ("127.0.0.1", 8000)} and hkw["binds"] == {"/srv/models": {"bind": "/models", "mode": "ro"}}
+    assert hkw["device_requests"] == [{"count": -1, "capabilities": [["gpu"]]}] and ckw["user"] == "10001:10001"
+    cid = daemon.api.create_container(**ckw, host_config=daemon.api.create_host_config(**hkw))["Id"]
+    back = container_args.from_inspect(daemon.containers.get(cid).attrs)
+    assert back == args
+    assert json.loads(args["labels"][contract.HEALTH])["port"] == 8000
+    assert container_args.health_of(args["labels"], {"port": 1})["port"] == 8000
+
+
+def test_health_probe_turns_any_exception_into_a_failed_probe():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve():
+        for _ in range(1):
+            conn, _ = srv.accept()
+            conn.recv(1024)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    port = srv.getsockname()[1]
+    p = health.probe(f"http://127.0.0.1:{port}/health", 2)
+    assert not p.ok and "BadStatusLine" in p.reason
+    p = health.probe(f"http://127.0.0.1:{port}/he alth", 2)
+    assert not p.ok and ("InvalidURL" in p.reason or "not a valid HTTP answer" in p.reason or "HTTP" in p.reason)
+    srv.close()
+
+
+def test_derive_state_only_trusts_observed_outcomes():
+    ok = {"answered": True, "ok": True, "services": [{"service": "a", "outcome": "committed"}]}
+    assert derive_state({"h1": ok}) == ("committed", [])
+    lost = {"answered": False, "ok": False, "error": "link lost", "services": []}
+    assert derive_state({"h1": ok, "h2": lost})[0] == "needs-operator"
+    empty = {"answered": True, "ok": False, "error": "transaction crashed", "services": []}
+    assert derive_state({"h1": empty})[0] == "needs-operator"
+    reverted = {"answered": True, "ok": False, "services": [{"service": "a", "outcome": "reverted"}]}
+    assert derive_state({"h1": reverted}) == ("reverted", [])
+    refused = {"answered": True, "ok": False, "services": [{"service": "a", "outcome": "refused"}]}
+    assert derive_state({"h1": refused}) == ("refused", [])
+    pending = {"answered": True, "ok": False, "services": [{"service": "a", "outcome": "gated"}]}
+    assert derive_state({"h1": pending})[0] == "needs-operator"
+    assert [exit_code(["committed"]), exit_code(["noop", "reverted"]), exit_code(["reverted", "needs-operator"])] == [0, 1, 3]
