@@ -239,42 +239,29 @@ def _core_ids(lab) -> dict[str, str]:
     return {h.name: dclient(lab, h.name).containers.get(f"core-{h.name}").id for h in lab.hosts}
 
 
-def test_registry_gone_after_preflight_stops_nothing_anywhere(lab, tmp_path):
+@pytest.mark.parametrize("fault,cause", [("registry-gone", "could not pull"), ("tag-repushed", "re-pushed after planning")])
+def test_fault_between_plan_and_swap_stops_nothing_anywhere(lab, tmp_path, fault, cause):
     baseline(lab, "core-infra")
     tag = new_tag()
     images.push(lab, "core", tag, "healthy")
     inv = with_tags(lab, tmp_path, {f"core-{h.name}": tag for h in lab.hosts})
     before = _core_ids(lab)
 
-    def stop_registry_then_confirm(plan) -> bool:
-        fleet.stop_registry()
+    def inject_then_confirm(plan) -> bool:  # runs after preflight and planning, before any host is touched
+        if fault == "registry-gone":
+            fleet.stop_registry()
+        else:
+            images.push(lab, "core", tag, "degraded")  # same tag, another digest
         return True
 
     try:
-        rep = executor.rollout(inv, "core-infra", confirm=stop_registry_then_confirm)
+        rep = executor.rollout(inv, "core-infra", confirm=inject_then_confirm)
     finally:
-        fleet.start_registry()
+        if not fleet.registry_up():
+            fleet.start_registry()
     text = "\n".join(rep.messages)
     assert not rep.ok and rep.state == "refused", text
-    assert "nothing was stopped on any host" in text and "could not pull" in text
-    assert _core_ids(lab) == before
-
-
-def test_tag_repushed_after_planning_stops_nothing_anywhere(lab, tmp_path):
-    baseline(lab, "core-infra")
-    tag = new_tag()
-    images.push(lab, "core", tag, "healthy")
-    inv = with_tags(lab, tmp_path, {f"core-{h.name}": tag for h in lab.hosts})
-    before = _core_ids(lab)
-
-    def repush_then_confirm(plan) -> bool:
-        images.push(lab, "core", tag, "degraded")  # same tag, another digest
-        return True
-
-    rep = executor.rollout(inv, "core-infra", confirm=repush_then_confirm)
-    text = "\n".join(rep.messages)
-    assert not rep.ok and rep.state == "refused", text
-    assert "re-pushed after planning" in text and "nothing was stopped on any host" in text
+    assert "nothing was stopped on any host" in text and cause in text
     assert _core_ids(lab) == before
 
 
@@ -328,41 +315,6 @@ def test_lock_is_exclusive_across_two_ssh_users_100_rounds(lab, tmp_path):
     overlaps = [(x, y) for x, y in zip(spans, spans[1:], strict=False) if y[0] < x[1]]
     assert overlaps == [], f"two agents held the lock at once {len(overlaps)} times"
     assert all(n == 1 for n in by_round.values()), by_round
-
-
-def test_second_operator_account_sees_and_respects_the_lock(lab, tmp_path):
-    baseline(lab)
-    tag = new_tag()
-    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
-    slow = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=6)
-    first: dict = {}
-    t = threading.Thread(target=lambda: first.update(rep=executor.rollout(slow, "gpu-mainpc")))
-    t.start()
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline and not executor.status(load(lab.inventory), ["mainpc"])["hosts"]["mainpc"].get("lock"):
-            time.sleep(0.2)
-
-        def as_ops(doc):
-            for host in doc["hosts"].values():
-                host["user"] = fleet.LAB_OPS_USER
-
-        ops = load(derive_inventory(lab, tmp_path / "ops", as_ops))
-        st = executor.status(ops, ["mainpc"])["hosts"]["mainpc"]
-        assert st["lock"] and st["lock"]["rollout_id"].startswith("r") and st["lock"]["holder"]
-        tag2 = new_tag()
-        images.push(lab, "vision-svc", tag2, "healthy", arch="89;86")
-
-        def as_ops_v2(doc):
-            as_ops(doc)
-            doc["services"]["vision-api"]["tag"] = tag2
-
-        second = executor.rollout(load(derive_inventory(lab, tmp_path / "ops2", as_ops_v2)), "gpu-mainpc")
-    finally:
-        t.join()
-    assert not second.ok and second.state == "refused"
-    assert any("host is locked by" in m and first["rep"].rollout_id in m for m in second.messages), second.messages
-    assert first["rep"].ok
 
 
 def test_unlock_force_stops_a_live_stuck_holder_and_records_why(lab, tmp_path):

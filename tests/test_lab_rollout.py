@@ -237,10 +237,19 @@ def test_concurrent_rollout_refused_with_holder(lab, tmp_path):
             time.sleep(0.2)
         tag2 = new_tag()
         images.push(lab, "vision-svc", tag2, "healthy", arch="89;86")
-        second = executor.rollout(with_tags(lab, tmp_path, {"vision-api": tag2}), "gpu-mainpc")
+
+        def second_operator(doc):  # another login account driving the same Docker daemon
+            for host in doc["hosts"].values():
+                host["user"] = fleet.LAB_OPS_USER
+            doc["services"]["vision-api"]["tag"] = tag2
+
+        ops = load(derive_inventory(lab, tmp_path / "ops", second_operator))
+        seen = executor.status(ops, ["mainpc"])["hosts"]["mainpc"]["lock"]
+        second = executor.rollout(ops, "gpu-mainpc")
     finally:
         t.join()
-    assert not second.ok
+    assert seen and seen["rollout_id"] == first["rep"].rollout_id, "the second account must see the first one's lock"
+    assert not second.ok and second.state == "refused"
     text = "\n".join(second.messages)
     assert "host is locked by" in text and first["rep"].rollout_id in text and "fab unlock" in text
     assert first["rep"].ok
