@@ -21,7 +21,6 @@ PREV_DIGEST = "io.fleetroll.prev-digest"
 GIT_SHA = "io.fleetroll.git-sha"
 OPERATOR = "io.fleetroll.operator"
 HEALTH = "io.fleetroll.health"  # the health gate settings, JSON: a restored container is gated on its own port
-KEPT_FOR = "io.fleetroll.kept-for"  # set on an old container while it waits, stopped, for the new one's commit
 ARCH = "io.fleetroll.cuda-arch-list"
 REVISION = "org.opencontainers.image.revision"
 

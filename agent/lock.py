@@ -45,7 +45,7 @@ def docker_endpoint() -> str:
     return host
 
 
-def _socket_gid() -> int | None:
+def socket_gid() -> int | None:
     host = docker_endpoint()
     if not host.startswith("unix://"):
         return None
@@ -77,7 +77,7 @@ def _open() -> int:
         fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o660)
     except FileExistsError:
         return os.open(p, os.O_RDWR | os.O_CLOEXEC)
-    gid = _socket_gid()
+    gid = socket_gid()
     try:
         if gid is not None:
             os.fchown(fd, -1, gid)

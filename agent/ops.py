@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -69,6 +70,7 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
     """
     path = journal.path_for(rid)
     offset, last_beat, last_check = 0, time.monotonic(), time.monotonic()
+    recovering: threading.Thread | None = None
     while True:
         new = []
         if path.exists():
@@ -88,24 +90,32 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
             last_beat = now
         elif new:
             last_beat = now
-        if not new and now - last_check > 0.5:
+        if not new and recovering is None and now - last_check > 0.5:
             last_check = now
             held = lock.try_acquire("recovery", rid)
             if held is not None:
-                try:
-                    from .recovery import recover
-
-                    done = recover(rid)
-                finally:
-                    held.release()
-                if done is not None:
-                    for rec in journal.read(rid)[-3:]:
-                        if rec.get("step") in ("recovering", "recovered"):
-                            emit({"event": rec["step"], **{k: v for k, v in rec.items() if k != "step"}})
+                # The worker is dead. Recover in a thread while this loop keeps relaying the
+                # journal (and heartbeats), so the controller sees the restore as it happens.
+                recovering = threading.Thread(target=_recover_holding, args=(rid, held), daemon=True)
+                recovering.start()
+        if recovering is not None and not recovering.is_alive() and not new:
+            done = journal.outcome(journal.read(rid))
+            if done is None or offset >= path.stat().st_size:
                 return done
         if deadline and now > deadline:
             return None
         time.sleep(0.02)
+
+
+def _recover_holding(rid: str, held: lock.Held) -> None:
+    from .recovery import recover
+
+    try:
+        recover(rid)
+    except Exception:  # noqa: BLE001 - the follower reports a missing outcome; the traceback goes to the agent log
+        traceback.print_exc()
+    finally:
+        held.release()
 
 
 def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:

@@ -22,9 +22,9 @@ def state_dir() -> Path:
         p = Path(env)
     elif os.geteuid() == 0 and not SYSTEM_DIR.exists():
         SYSTEM_DIR.mkdir(mode=0o2770, parents=True)
-        from .lock import _socket_gid
+        from .lock import socket_gid
 
-        gid = _socket_gid()
+        gid = socket_gid()
         if gid is not None:
             os.chown(SYSTEM_DIR, -1, gid)
         os.chmod(SYSTEM_DIR, 0o2770)

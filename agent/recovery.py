@@ -108,9 +108,8 @@ def recover(rid: str) -> dict | None:
             r.message = f"transaction interrupted after step {st['last']!r}; restored by recovery"
             to_restore.append(r)
     if to_restore:
-        tx.restore_all(to_restore, health, "")
+        tx.restore_all(to_restore, health)
         for r in to_restore:
-            r.check, r.message = "recovered", f"transaction interrupted after step {states[r.service]['last']!r}; restored by recovery"
             if accepted.get("kind") == "revert" and r.outcome == "reverted":
                 # A revert op that was cut short: what came back is the release it was reverting.
                 r.outcome, r.message = "revert-failed", r.message + " (the revert did not complete; the release it was reverting runs again)"

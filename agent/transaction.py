@@ -182,8 +182,13 @@ class Transaction:
 
     # --- prepare: nothing is stopped until this has passed ------------------------------
 
-    def prepare(self, spec: dict, service: str):
-        """The image by digest, its contract, and the tag still naming that digest."""
+    def prepare(self, spec: dict, service: str, check_tag: bool = True):
+        """The image by digest, its contract, and (check_tag) the tag still naming that digest.
+
+        An image already present by digest is not pulled again: the digest is its identity.
+        check_tag=False is for a swap whose controller ran the `prepare` op on every host just
+        before: the registry was asked then, and the digest pins what runs either way.
+        """
         digest = spec.get("digest") or ""
         repo, tag = spec["repo"], spec["tag"]
         ref = f"{repo}:{tag}"
@@ -193,10 +198,14 @@ class Transaction:
         import docker.errors
 
         try:
-            image = self.client.images.pull(repo, tag=digest)
-        except docker.errors.APIError as exc:
-            raise StepFailed("pull", f"could not pull {repo}@{digest}: {exc.explanation or exc}; nothing was stopped") from None
-        self._tag_still_names(ref, digest)
+            image = self.client.images.get(f"{repo}@{digest}")
+        except docker.errors.ImageNotFound:
+            try:
+                image = self.client.images.pull(repo, tag=digest)
+            except docker.errors.APIError as exc:
+                raise StepFailed("pull", f"could not pull {repo}@{digest}: {exc.explanation or exc}; nothing was stopped") from None
+        if check_tag:
+            self._tag_still_names(ref, digest)
         image.tag(repo, tag)
         cfg = image.attrs.get("Config") or {}
         problems = contract.image_problems(cfg.get("User") or "", cfg.get("Entrypoint"))
@@ -280,7 +289,7 @@ class Transaction:
         r = ServiceResult(service, step["action"], before_tag=step.get("current_tag", ""), before_digest=step.get("current_digest", ""))
         t0 = time.monotonic()
         try:
-            image, git_sha = self.prepare(spec, service)
+            image, git_sha = self.prepare(spec, service, check_tag=not self.args.get("prepared"))
         except Exception as exc:  # noqa: BLE001 - nothing has changed yet: refuse, whatever the cause
             r.outcome = "refused"
             r.check, r.message = (exc.check, str(exc)) if isinstance(exc, StepFailed) else ("prepare", f"{failure_text(exc)}; nothing was stopped")
@@ -473,9 +482,12 @@ class Transaction:
             for r in gated:
                 self.commit(r)
 
-    def restore_all(self, results: list[ServiceResult], health_by_service: dict[str, dict], why: str) -> None:
+    def restore_all(self, results: list[ServiceResult], health_by_service: dict[str, dict], why: str | None = None) -> None:
+        """Restore several services at once: their gates run side by side, not one window after another."""
+
         def one(r: ServiceResult) -> None:
-            r.check, r.message = "phase-revert", why
+            if why is not None:
+                r.check, r.message = "phase-revert", why
             self.restore(r, health_by_service.get(r.service) or {})
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(results)))) as pool:

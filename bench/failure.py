@@ -62,9 +62,14 @@ def all_healthy_on(state, inv, base_tag: str) -> bool:
     return True
 
 
+args_verbose = False
+
+
 def measure(n: int, runs: int, deadline: float) -> dict[str, float]:
     state = fleet.up(n)
-    base = load(state.inventory)
+    # The baseline runs with the same gate settings as the releases: a restore gates the old
+    # container on its own recorded settings, and the budget assumes no stability window.
+    base = load(inventory(state, {}, "", deadline))
     assert executor.rollout(base, "core-infra", max_parallel=n).ok
     base_tag = base.fleet.services[base.services_for("core-infra")[0]].tag
     services = base.services_for("core-infra")
@@ -85,6 +90,14 @@ def measure(n: int, runs: int, deadline: float) -> dict[str, float]:
         assert rep.state == "reverted", rep.messages
         assert all_healthy_on(state, base, base_tag)
         out["all-bad"].append(t)
+        if args_verbose:
+            svc = rep.hosts[state.hosts[0].name]["services"][0]
+            print(f"  {n} hosts all-bad {t:.2f}s: preflight {rep.preflight.elapsed_s:.2f}s, host {rep.hosts[state.hosts[0].name]['elapsed_s']:.2f}s,"
+                  f" timings {svc['timings']}, gate {svc['gate'].get('elapsed_s', 0):.2f}s, restore gate"
+                  f" {svc['revert_gate'].get('elapsed_s', 0):.2f}s", flush=True)
+            recs = [__import__("json").loads(x) for x in (state.hosts[0].dir / "state" / "journal" / f"{rep.rollout_id}.jsonl")
+                    .read_text().splitlines()]
+            print("   " + " ".join(f"{r['step']}+{r['ts'] - recs[0]['ts']:.2f}" for r in recs if r["step"] != "gate-progress"))
         one = {s: (bad if i == 0 else good) for i, s in enumerate(services)}
         inv = load(inventory(state, one, "mixed", deadline))
         t, rep = timed(lambda inv=inv: executor.rollout(inv, "core-infra", max_parallel=n))
@@ -99,7 +112,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sizes", default="2,20")
     ap.add_argument("--deadline", type=float, default=3.0)
+    ap.add_argument("--verbose", action="store_true", help="print where the time of each failed rollout went")
     args = ap.parse_args()
+    global args_verbose
+    args_verbose = args.verbose
     rows = []
     try:
         for n in (int(x) for x in args.sizes.split(",")):

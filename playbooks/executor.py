@@ -348,27 +348,38 @@ def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
     prepared = transport.on_hosts(inv, busy, "prepare", lambda h: _step_args(plan, h, ro.policy, inv), max_parallel=ro.max_parallel,
                                   timeout=600, pool=ro.pool)
     report.agent_calls += len(busy)
-    unprepared = {h: r for h, r in prepared.items() if not r.ok}
-    if unprepared:
-        for h, r in unprepared.items():
-            bad = [s for s in _services(r) if not s.get("ok")]
-            detail = "; ".join(f"{s['service']}: {s['message']}" for s in bad) or r.error
-            report.messages.append(f"REFUSED {h}: {detail}")
-        report.messages.append("nothing was stopped on any host: every host must have every image, by its planned digest, before any swap")
-        return {h: transport.CallResult(host=h, ok=False, error=r.error, answer={"protocol": transport.PROTOCOL, "ok": False, "data": {
-            "services": [{"service": s["service"], "action": "replace", "outcome": "refused" if not s.get("ok") else "skipped",
-                          "check": s.get("check", ""), "message": s.get("message", "not started: another service could not be prepared"),
-                          "prev_ref": "", "prev_digest": ""} for s in _services(r)] or
-                        [{"service": st.service, "action": st.action, "outcome": "refused", "check": "prepare", "message": r.error,
-                          "prev_ref": "", "prev_digest": ""} for st in plan.for_host(h) if st.action in ("create", "replace")]}})
-                for h, r in prepared.items()}
-    extra = {"failpoint": ro.failpoint} if ro.failpoint else {}
+    if any(not r.ok for r in prepared.values()):
+        return _refused_by_prepare(plan, prepared, report)
+    extra = {"prepared": True, **({"failpoint": ro.failpoint} if ro.failpoint else {})}
     results = _run_on_hosts(inv, plan, busy, lambda h: {**_step_args(plan, h, ro.policy, inv), **extra}, ro.max_parallel, ro.progress,
                             report, ro.pool)
     failed_hosts = [h for h, r in results.items() if not r.ok]
     if failed_hosts and ro.policy == "revert-phase":
         _revert_phase(ro, results, failed_hosts)
     return results
+
+
+def _refused_by_prepare(plan: Plan, prepared: dict[str, transport.CallResult], report: RolloutReport) -> dict[str, transport.CallResult]:
+    """Some host could not pull or verify its images: per service, what its host reported (refused), the rest skipped."""
+    for h, r in prepared.items():
+        if not r.ok:
+            detail = "; ".join(f"{s['service']}: {s['message']}" for s in _services(r) if not s.get("ok")) or r.error
+            report.messages.append(f"REFUSED {h}: {detail}")
+    report.messages.append("nothing was stopped on any host: every host must have every image, by its planned digest, before any swap")
+    out = {}
+    for h, r in prepared.items():
+        said = {s["service"]: s for s in _services(r)}
+        services = []
+        for st in plan.for_host(h):
+            if st.action not in ("create", "replace"):
+                continue
+            s = said.get(st.service) or {"ok": False, "check": "prepare", "message": r.error}
+            services.append({"service": st.service, "action": st.action, "prev_ref": "", "prev_digest": "",
+                             "outcome": "skipped" if s.get("ok") else "refused", "check": s.get("check", ""),
+                             "message": s.get("message") or "not started: another host could not prepare its images"})
+        out[h] = transport.CallResult(host=h, ok=False, error=r.error or "prepare refused elsewhere",
+                                      answer={"protocol": transport.PROTOCOL, "ok": False, "data": {"services": services}})
+    return out
 
 
 def _revert_phase(ro: _Rollout, results: dict[str, transport.CallResult], failed_hosts: list[str]) -> None:

@@ -153,6 +153,7 @@ class FakeImages:
         return img
 
     def get(self, ref: str) -> FakeImage:
+        self.daemon.call("images.get")
         img = self.by_id.get(ref) or self.daemon.refs.get(ref)
         if img is None:
             raise docker.errors.ImageNotFound(f"No such image: {ref}")

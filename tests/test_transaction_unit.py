@@ -496,3 +496,16 @@ def test_derive_state_only_trusts_observed_outcomes():
     pending = {"answered": True, "ok": False, "services": [{"service": "a", "outcome": "gated"}]}
     assert derive_state({"h1": pending})[0] == "needs-operator"
     assert [exit_code(["committed"]), exit_code(["noop", "reverted"]), exit_code(["reverted", "needs-operator"])] == [0, 1, 3]
+
+
+def test_image_present_by_digest_is_not_pulled_and_a_prepared_swap_asks_no_registry(daemon, monkeypatch):
+    running_old(daemon)
+    img = daemon.image(REPO, NEW_D)
+    daemon.refs[f"{REPO}@{NEW_D}"] = daemon.images.by_id[img.id] = img  # already on the host
+    asked = []
+    monkeypatch.setattr(Transaction, "_tag_still_names", lambda self, ref, digest: asked.append(ref))
+    out = run(daemon, [step(spec())], prepared=True)
+    assert by_service(out)["svc"]["outcome"] == "committed"
+    assert "images.pull" not in daemon.calls and asked == []
+    run(daemon, [step(spec(tag="20261126-ccccccc"))], rid="r-again")
+    assert asked == [f"{REPO}:20261126-ccccccc"], "an unprepared swap confirms the tag itself"
