@@ -14,6 +14,7 @@ volumes and GPU requests), whatever the inventory says today. Pure: tested witho
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -137,6 +138,18 @@ def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
         "stop_timeout": int(args.get("stop_timeout", 10)),
     }
     return container, host_config
+
+
+def redacted(args: CreateArgs, key: bytes) -> CreateArgs:
+    """The same configuration with each env value replaced by a short keyed hash (names stay).
+
+    Equal values give equal hashes on one host, so a changed value is still visible in a
+    record without the value itself ever being written there.
+    """
+    if not args:
+        return args
+    env = {k: "hmac:" + hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:12] for k, v in (args.get("env") or {}).items()}
+    return {**args, "env": env}
 
 
 def kept_name(service: str, rollout_id: str) -> str:

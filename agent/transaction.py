@@ -73,7 +73,22 @@ class ServiceResult:
     timings: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        """What leaves the host: the old configuration with its env values as keyed hashes.
+
+        The full configuration stays in this host's journal (the host holds those values in
+        `docker inspect` anyway); answers, and so the controller's ledger, never carry them.
+        """
+        out = dict(self.__dict__)
+        out["old_config"] = container_args.redacted(self.old_config, journal.redaction_key())
+        return out
+
+
+def recorded_config(rollout_id: str, service: str) -> dict:
+    """The configuration `service` had before `rollout_id` replaced it, as that transaction journalled it."""
+    for rec in reversed(journal.read(rollout_id)):
+        if rec.get("step") == "set-aside" and rec.get("service") == service and rec.get("old_config"):
+            return rec["old_config"]
+    return {}
 
 
 def daemon_retry(fn, budget_s: float = 60.0):
@@ -399,7 +414,7 @@ class Transaction:
                              f" not of {expect}; not reverting someone else's release")
                 self.j("refused", service, check=r.check, message=r.message)
                 return r
-            old_cfg = step.get("old_config") or {}
+            old_cfg = recorded_config(expect, service) if expect else {}
             if not old_cfg:
                 if step.get("remove_if_no_prev") and not labels.get(contract.PREV_TAG):
                     current.remove(force=True)
@@ -407,8 +422,9 @@ class Transaction:
                     self.j("removed", service, message=r.message)
                     return r
                 r.outcome, r.check = "refused", "no-recorded-config"
-                r.message = (f"no recorded configuration of {service} before rollout {labels.get(contract.ROLLOUT_ID)}"
-                             " (the ledger has none for its running container); nothing was changed")
+                r.message = (f"this host's journal has no recorded configuration of {service} from before rollout"
+                             f" {labels.get(contract.ROLLOUT_ID) or '(unknown)'}; nothing was changed — roll out the earlier"
+                             " release by tag instead")
                 self.j("refused", service, check=r.check, message=r.message)
                 return r
             old_labels = old_cfg.get("labels") or {}

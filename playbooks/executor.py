@@ -393,7 +393,7 @@ def _revert_phase(ro: _Rollout, results: dict[str, transport.CallResult], failed
     def revert_args(h: str) -> dict:
         done = {s["service"]: s for s in _services(results[h]) if s["outcome"] == "committed"}
         steps = [{**s.to_json(), "action": "revert", "phase_revert": True, "remove_if_no_prev": True,
-                  "expect_rollout_id": plan.rollout_id, "old_config": done[s.service].get("old_config") or {}}
+                  "expect_rollout_id": plan.rollout_id}
                  for s in plan.for_host(h) if s.service in done]
         return {**_step_args(plan, h, "revert-service", inv, ()), "rollout_id": f"{plan.rollout_id}-revert",
                 "steps": steps, "reason": f"phase {plan.phase} failed on {', '.join(failed_hosts)}"}
@@ -460,9 +460,9 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     """Put services of a phase back on the exact container configuration they had before their running release.
 
     Which release runs is read from the host (the container's rollout label); what ran
-    before it is read from the ledger record of that rollout (the old container's full
-    create configuration), so the old env, ports and volumes come back, not today's
-    inventory with an old image.
+    before it, the host finds in that rollout's journal (the old container's full create
+    configuration), so the old env, ports and volumes come back, not today's inventory
+    with an old image — and no env value ever travels back to the controller.
     """
     names = inv.services_for(phase, hosts)
     if service:
@@ -487,7 +487,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             s.action, s.spec = "revert", container_spec(inv, s.service)
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
             s.reason = f"running release from rollout {rid or '(unknown)'}"
-            targets[(s.host, s.service)] = {"expect_rollout_id": rid, "old_config": ledger.old_config(s.host, s.service, rid) if rid else {}}
+            targets[(s.host, s.service)] = {"expect_rollout_id": rid}
         ledger.append("started", **common, plan=plan.to_json())
 
         def args_for(h: str) -> dict:

@@ -72,20 +72,6 @@ def rollouts() -> list[dict]:
     return list(by_id.values())
 
 
-def old_config(host: str, service: str, rollout_id: str) -> dict:
-    """The create configuration `service` had on `host` before `rollout_id` replaced it, from that rollout's record.
-
-    Recorded by the host when it set the old container aside; what `fab rollback` recreates.
-    """
-    for rec in reversed(read()):
-        if rec.get("kind") != "finished" or rec.get("rollout_id") != rollout_id:
-            continue
-        for s in rec.get("services") or []:
-            if s.get("host") == host and s.get("service") == service and s.get("old_config"):
-                return s["old_config"]
-    return {}
-
-
 def write_pins(rollout_id: str, pins: list[dict]) -> Path:
     """What the operator must keep (the exact -prev pins), as JSON beside the ledger."""
     d = path().parent / "pins"

@@ -90,7 +90,10 @@ def test_good_release_commits_removes_kept_and_pins_prev(daemon):
     assert c.labels[contract.PREV_TAG] == "20261101-aaaaaaa-prev" and c.labels[tx_mod.CREATED_BY] == "r-new"
     assert old not in daemon.containers.by_id, "the kept container goes at commit"
     assert f"{REPO}:20261101-aaaaaaa-prev" in daemon.refs
-    assert s["old_config"]["env"]["OLD_ONLY"] == "1" and s["old_container"] == old
+    assert s["old_container"] == old
+    # The answer carries env values only as keyed hashes; the host journal keeps the configuration itself.
+    assert s["old_config"]["env"]["OLD_ONLY"].startswith("hmac:") and "1" not in s["old_config"]["env"].values()
+    assert tx_mod.recorded_config("r-new", "svc")["env"]["OLD_ONLY"] == "1"
 
 
 # --- every failure after the first change ends in restore -----------------------------
@@ -266,8 +269,8 @@ def _committed(daemon) -> dict:
 
 
 def test_revert_committed_recreates_the_recorded_old_configuration(daemon):
-    s = _committed(daemon)
-    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-new", "old_config": s["old_config"]}
+    _committed(daemon)
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-new"}
     out = run(daemon, [rev], rid="r-new-revert", policy="revert-service")
     r = by_service(out)["svc"]
     assert out["ok"] and r["outcome"] == "reverted" and r["after_tag"] == "20261101-aaaaaaa"
@@ -277,9 +280,16 @@ def test_revert_committed_recreates_the_recorded_old_configuration(daemon):
     assert len(daemon.containers.by_id) == 1
 
 
+def test_revert_without_a_journalled_configuration_is_refused(daemon):
+    running_old(daemon)
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-old"}
+    r = by_service(run(daemon, [rev], rid="r-old-revert"))["svc"]
+    assert r["outcome"] == "refused" and r["check"] == "no-recorded-config" and "nothing was changed" in r["message"]
+
+
 def test_revert_committed_refuses_another_rollouts_container(daemon):
-    s = _committed(daemon)
-    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-someone-else", "old_config": s["old_config"]}
+    _committed(daemon)
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-someone-else"}
     r = by_service(run(daemon, [rev], rid="r-x-revert"))["svc"]
     assert r["outcome"] == "refused" and r["check"] == "not-this-rollout"
     assert only(daemon, "svc").labels[contract.ROLLOUT_ID] == "r-new"
@@ -288,7 +298,7 @@ def test_revert_committed_refuses_another_rollouts_container(daemon):
 def test_revert_committed_whose_old_config_fails_brings_the_release_back(daemon):
     s = _committed(daemon)
     daemon.images.by_id[s["old_config"]["image"]].behaviour = "bad"
-    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-new", "old_config": s["old_config"]}
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-new"}
     out = run(daemon, [rev], rid="r-new-revert")
     r = by_service(out)["svc"]
     assert r["outcome"] == "revert-failed" and "the release it was to replace is back and healthy" in r["message"]
@@ -296,12 +306,11 @@ def test_revert_committed_whose_old_config_fails_brings_the_release_back(daemon)
 
 
 def test_reverts_of_several_services_gate_concurrently(daemon, monkeypatch):
-    olds = {}
     for i, name in enumerate(("a", "b", "c")):
         running_old(daemon, name, 8000 + i)
     daemon.image(REPO, NEW_D)
     out = run(daemon, [step(spec(n, port=8000 + i)) for i, n in enumerate(("a", "b", "c"))])
-    olds = {s["service"]: s["old_config"] for s in out["services"]}
+    assert all(s["outcome"] == "committed" for s in out["services"])
     active, peak = [0], [0]
     lock_ = threading.Lock()
     real_gate = Transaction._gate
@@ -317,7 +326,7 @@ def test_reverts_of_several_services_gate_concurrently(daemon, monkeypatch):
                 active[0] -= 1
 
     monkeypatch.setattr(Transaction, "_gate", counting_gate)
-    revs = [{"action": "revert", "spec": spec(n, port=8000 + i), "expect_rollout_id": "r-new", "old_config": olds[n]}
+    revs = [{"action": "revert", "spec": spec(n, port=8000 + i), "expect_rollout_id": "r-new"}
             for i, n in enumerate(("a", "b", "c"))]
     assert run(daemon, revs, rid="r-new-revert")["ok"]
     assert peak[0] == 3
