@@ -140,6 +140,19 @@ def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
     return container, host_config
 
 
+def problems(args: CreateArgs) -> list[str]:
+    """What in a container about to be created breaks the hard rules (checked on the host, before anything stops)."""
+    out = []
+    user_problem = contract.user_problem(args.get("user") or "")
+    if user_problem:
+        out.append(user_problem)
+    for b in args.get("binds") or []:
+        p = contract.host_path_problem(b.split(":")[0])
+        if p:
+            out.append(p)
+    return out
+
+
 def redacted(args: CreateArgs, key: bytes) -> CreateArgs:
     """The same configuration with each env value replaced by a short keyed hash (names stay).
 

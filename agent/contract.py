@@ -7,6 +7,9 @@ know what a container is, which rollout made it and what it replaced.
 
 from __future__ import annotations
 
+import posixpath
+import re
+
 IMAGE_USER = "10001:10001"
 
 MANAGED = "io.fleetroll.managed"
@@ -34,3 +37,37 @@ def image_problems(user: str, entrypoint: list[str] | None) -> list[tuple[str, s
     if not entry or "tini" not in entry[0].rsplit("/", 1)[-1]:
         out.append((f"entrypoint {entry or '(none)'} does not start with tini", 'ENTRYPOINT ["tini", "--", ...]'))
     return out
+
+
+# Host paths no container may see: the host's own configuration, kernel interfaces, devices,
+# and the Docker socket (which is root on the host). Checked in the inventory and again on
+# the host just before a container is created.
+FORBIDDEN_HOST_PATHS = ("/", "/etc", "/proc", "/sys", "/dev", "/boot", "/root", "/var/run/docker.sock", "/run/docker.sock",
+                        "/var/run", "/run", "/var/lib/docker")
+USER_RE = re.compile(r"[1-9][0-9]{0,9}:[1-9][0-9]{0,9}")
+
+
+def user_problem(user: str) -> str | None:
+    """A container user must be a numeric uid:gid, neither of them 0 (root)."""
+    if USER_RE.fullmatch(user or ""):
+        return None
+    return f"user {user!r} is not a numeric non-root uid:gid (e.g. {IMAGE_USER}); containers never run as root"
+
+
+def host_path_problem(src: str, allowed: tuple[str, ...] | list[str] | None = None) -> str | None:
+    """Why a bind-mount source must not be mounted; None if it may (named volumes are not host paths).
+
+    `allowed` are the prefixes the inventory opened (defaults.host_paths); None skips that
+    part (the host side checks only the hard rules, the inventory checks both).
+    """
+    if not src.startswith("/"):
+        return None
+    if ".." in src.split("/") or posixpath.normpath(src) != src or "//" in src:
+        return f"host path {src!r} is not normalized (no '..', '//' or trailing '/'); write it as {posixpath.normpath(src)!r}"
+    for bad in FORBIDDEN_HOST_PATHS:
+        if src == bad or (bad != "/" and src.startswith(bad + "/")) or (bad == "/" and src == "/"):
+            return f"host path {src!r} is {'' if src == bad else 'under '}{bad}, which no container may mount"
+    if allowed is not None and not any(src == a or src.startswith(a.rstrip("/") + "/") for a in allowed):
+        opened = ", ".join(allowed) or "none"
+        return f"host path {src!r} is not under a prefix the inventory allows (defaults.host_paths: {opened})"
+    return None

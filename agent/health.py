@@ -136,3 +136,10 @@ def gate(
                               time.monotonic() - t0, asdict(p))
     p = last[-1]
     return GateResult(True, "passed", p.reason, healthy_at, time.monotonic() - t0, asdict(p))
+
+
+def url_for(h: dict) -> str:
+    """The URL the host-side gate probes: the health port on its bound address (default loopback)."""
+    addr = h.get("address") or "127.0.0.1"
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"http://{host}:{h['port']}{h.get('path', '/health')}"

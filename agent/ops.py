@@ -199,7 +199,7 @@ def status(args: dict[str, Any]) -> dict:
     docker = docker_facts()
     probes = {}
     for svc, h in (args.get("health") or {}).items():
-        probes[svc] = health.probe(f"http://127.0.0.1:{h['port']}{h.get('path', '/health')}", 2.0).__dict__
+        probes[svc] = health.probe(health.url_for(h), 2.0).__dict__
     collector = None
     if args.get("collector_port"):
         collector = _collector_services(int(args["collector_port"]))

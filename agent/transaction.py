@@ -161,7 +161,7 @@ class Transaction:
         return c
 
     def _gate(self, c, h: dict, service: str) -> health.GateResult:
-        url = f"http://127.0.0.1:{h['port']}{h.get('path', '/health')}"
+        url = health.url_for(h)
 
         def state() -> tuple[bool, int, str]:
             try:
@@ -322,6 +322,12 @@ class Transaction:
         labels = container_args.labels_for(spec, spec["tag"], spec["digest"], self.rid, self.args.get("phase", ""),
                                            self.args.get("operator", ""), git_sha, prev_tag, prev_digest)
         new_args = container_args.from_spec(spec, image.id, labels)
+        refused = container_args.problems(new_args)
+        if refused:
+            r.outcome, r.check = "refused", "container-config"
+            r.message = "; ".join(refused) + "; refused, nothing was stopped"
+            self.j("refused", service, check=r.check, message=r.message)
+            return r
         self._replace(r, current, new_args, spec["health"], spec["repo"], pin=True)
         if r.outcome == "gated":
             r.after_tag, r.after_digest = spec["tag"], spec["digest"]

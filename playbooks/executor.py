@@ -542,7 +542,7 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
     coll_host = inv.fleet.services[coll].host if coll else None
 
     def args(h: str) -> dict:
-        a: dict[str, Any] = {"health": {s: inv.fleet.services[s].health.model_dump() for s in inv.services_for(None, [h])}}
+        a: dict[str, Any] = {"health": {s: inv.fleet.services[s].health_spec() for s in inv.services_for(None, [h])}}
         if h == coll_host:
             a["collector_port"] = inv.fleet.services[coll].port_pairs()[0][0]
         return a

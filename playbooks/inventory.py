@@ -19,7 +19,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-TAG_RE = re.compile(r"^(?P<date>\d{8})-(?P<sha>[0-9a-f]{7,40})$")
+from agent import contract
+
+TAG_RE = re.compile(r"(?P<date>\d{8})-(?P<sha>[0-9a-f]{7,40})")
 NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 DEFAULT_MIN_DRIVER = "535"
 
@@ -34,7 +36,7 @@ class InventoryError(Exception):
 
 def tag_problem(tag: str) -> str | None:
     """Why `tag` breaks the YYYYMMDD-<git_sha> scheme, or None if it keeps it."""
-    m = TAG_RE.match(tag)
+    m = TAG_RE.fullmatch(tag)
     if not m:
         return (
             f"tag {tag!r} does not match YYYYMMDD-<git_sha> (a UTC date, a dash, 7-40 lowercase"
@@ -77,6 +79,25 @@ class GpuSpec(_Strict):
         return v
 
 
+HOSTNAME_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+LOGIN_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~/%-]*")
+PORT_RE = re.compile(r"(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>tcp|udp))?")
+
+
+def _address(v: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(v)
+        return v
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.fullmatch(v):
+        raise ValueError(f"address {v!r} is neither an IP address nor a host name (letters, digits, '-', '.')")
+    return v
+
+
 class Host(_Strict):
     address: str
     port: int = Field(default=22, ge=1, le=65535)
@@ -87,13 +108,32 @@ class Host(_Strict):
     gpus: GpuSpec | None = None
     disk_min_free_gb: float | None = Field(default=None, ge=0)
 
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        return _address(v)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not LOGIN_RE.fullmatch(v):
+            raise ValueError(f"user {v!r} is not a POSIX login name (lowercase letters, digits, '_', '-'; 32 at most)")
+        return v
+
 
 class Health(_Strict):
-    path: str = Field(default="/health", pattern=r"^/")
+    path: str = "/health"
     port: int = Field(ge=1, le=65535)
     healthy_deadline: float = Field(default=60.0, gt=0)
     min_healthy_time: float = Field(default=10.0, ge=0)
     interval: float = Field(default=0.5, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not HEALTH_PATH_RE.fullmatch(v):
+            raise ValueError(f"health path {v!r} must start with '/' and use only letters, digits and . _ ~ / % -")
+        return v
 
 
 class Service(_Strict):
@@ -113,8 +153,19 @@ class Service(_Strict):
     @classmethod
     def _volumes(cls, v: list[str]) -> list[str]:
         for item in v:
-            if not re.fullmatch(r"([A-Za-z0-9][\w.-]*|/[^:]+):/[^:]*(:ro|:rw)?", item):
+            if not re.fullmatch(r"([A-Za-z0-9][\w.-]*|/[^:]*):/[^:]*(:ro|:rw)?", item):
                 raise ValueError(f"volume {item!r} must be NAME:/path or /host/path:/path (optionally :ro)")
+            problem = contract.host_path_problem(item.split(":")[0])  # the hard rules; allowed prefixes: cross-check
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        problem = contract.user_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("tag")
@@ -128,19 +179,35 @@ class Service(_Strict):
     @field_validator("ports")
     @classmethod
     def _ports(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
         for item in v:
-            m = re.fullmatch(r"(\d+):(\d+)(/(tcp|udp))?", item)
-            if not m or not all(1 <= int(m[i]) <= 65535 for i in (1, 2)):
-                raise ValueError(f"port mapping {item!r} must be HOST:CONTAINER, e.g. '8080:8080'")
+            m = PORT_RE.fullmatch(item)
+            if not m or not all(1 <= int(m[g]) <= 65535 for g in ("host", "container")):
+                raise ValueError(f"port mapping {item!r} must be [ADDRESS:]HOST:CONTAINER, e.g. '8080:8080' or '10.0.0.5:8080:8080'")
+            if m["ip"]:
+                try:
+                    ipaddress.ip_address(m["ip"].strip("[]"))
+                except ValueError:
+                    raise ValueError(f"port mapping {item!r}: {m['ip']!r} is not an IP address") from None
         return v
 
     def port_pairs(self) -> list[tuple[int, int, str]]:
+        return [(hp, cp, proto) for _ip, hp, cp, proto in self.port_bindings()]
+
+    def port_bindings(self) -> list[tuple[str, int, int, str]]:
+        """(address or "" for all, host port, container port, protocol) per published port."""
         out = []
         for item in self.ports:
-            spec, _, proto = item.partition("/")
-            host, container = spec.split(":")
-            out.append((int(host), int(container), proto or "tcp"))
+            m = PORT_RE.fullmatch(item)
+            out.append(((m["ip"] or "").strip("[]"), int(m["host"]), int(m["container"]), m["proto"] or "tcp"))
         return out
+
+    def health_spec(self) -> dict:
+        """The gate settings the agent gets; `address` only when the health port is bound to one address
+        (else the gate uses loopback), so services published on every address keep their spec hash."""
+        ip = next((ip for ip, hp, _cp, _p in self.port_bindings() if hp == self.health.port and ip), "")
+        return {**self.health.model_dump(), **({"address": ip} if ip else {})}
 
     @property
     def wants_gpu(self) -> bool:
@@ -167,6 +234,19 @@ class Observability(_Strict):
 
 class Defaults(_Strict):
     disk_min_free_gb: float = Field(default=20.0, ge=0)
+    # Absolute host directories services may bind-mount (and what is below them); nothing else.
+    host_paths: list[str] = []
+
+    @field_validator("host_paths")
+    @classmethod
+    def _host_paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith("/"):
+                raise ValueError(f"host path prefix {p!r} must be absolute")
+            problem = contract.host_path_problem(p)
+            if problem:
+                raise ValueError(problem)
+        return v
 
 
 class Fleet(_Strict):
@@ -323,7 +403,7 @@ def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
 
 def _cross_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
     problems = []
-    used: dict[tuple[str, int, str], str] = {}
+    used: dict[tuple[str, str, int, str], str] = {}
     for name, svc in fleet.services.items():
         def at(*f: str, name: str = name) -> str:
             return f"{path}:{_line_for(lines, ('services', name) + f)}"
@@ -334,14 +414,21 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
                 f" {', '.join(fleet.hosts)} or add the host under hosts:"
             )
             continue
-        for hp, _cp, proto in svc.port_pairs():
-            other = used.get((svc.host, hp, proto))
+        for ip, hp, _cp, proto in svc.port_bindings():
+            # Two bindings of one port clash on the same address, or when either takes every address.
+            other = next((o for (h, oip, ohp, op), o in used.items()
+                          if (h, ohp, op) == (svc.host, hp, proto) and (not ip or not oip or ip == oip)), None)
             if other:
                 problems.append(
                     f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {svc.host} is"
                     f" already published by service {other!r}; fix: give one of them another host port"
                 )
-            used[(svc.host, hp, proto)] = name
+            used[(svc.host, ip, hp, proto)] = name
+        for i, vol in enumerate(svc.volumes):
+            problem = contract.host_path_problem(vol.split(":")[0], fleet.defaults.host_paths)
+            if problem:
+                problems.append(f"{at('volumes', i)}: services.{name}.volumes[{i}]: {problem}; fix: mount a named volume,"
+                                " or open the directory in defaults.host_paths if the service must see it")
         if svc.health.port not in [hp for hp, _, _ in svc.port_pairs()]:
             problems.append(
                 f"{at('health', 'port')}: services.{name}.health.port: {svc.health.port} is not one of"

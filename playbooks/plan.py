@@ -95,14 +95,14 @@ def container_spec(inv: Inventory, service: str) -> dict[str, Any]:
         "name": service,
         "repo": inv.repo(service),
         "tag": svc.tag,
-        "ports": {f"{c}/{proto}": h for h, c, proto in svc.port_pairs()},
+        "ports": {f"{c}/{proto}": f"{ip}:{h}" if ip else h for ip, h, c, proto in svc.port_bindings()},
         "env": env,
         "volumes": list(svc.volumes),
         "user": svc.user,
         "gpus": svc.gpus,
         "restart": svc.restart,
         "stop_timeout": svc.stop_timeout,
-        "health": svc.health.model_dump(),
+        "health": svc.health_spec(),
     }
 
 

@@ -165,3 +165,88 @@ def test_tool_never_writes_the_inventory(tmp_path):
     before = path.stat().st_mtime_ns, path.read_bytes()
     load(path)
     assert (path.stat().st_mtime_ns, path.read_bytes()) == before
+
+
+# --- hardening: nothing the inventory says may give a container root or the host -------------------
+
+
+@pytest.mark.parametrize("user", ["0:0", "0:10001", "10001:0", "root", "10001", "10001:10001\n", "-1:5", "1e3:1"])
+def test_container_user_must_be_numeric_and_not_root(tmp_path, user):
+    fleet = BASE.replace("    host: mainpc\n", f"    host: mainpc\n    user: {user!r}\n")
+    out = problems(tmp_path, fleet)
+    assert any("services.api.user" in p and "numeric non-root uid:gid" in p for p in out), out
+
+
+@pytest.mark.parametrize("volume,why", [
+    ("/etc:/hostetc", "/etc, which no container may mount"),
+    ("/var/run/docker.sock:/var/run/docker.sock", "/var/run/docker.sock"),
+    ("//:/host", "not normalized"),
+    ("/:/host", "is /, which no container may mount"),
+    ("/proc:/p", "/proc, which no container may mount"),
+    ("/var/../:/h", "not normalized"),
+    ("/sys/fs/cgroup:/c", "under /sys"),
+    ("/srv/models/../../etc:/m", "not normalized"),
+])
+def test_host_paths_that_no_container_may_mount(tmp_path, volume, why):
+    fleet = BASE.replace("    host: mainpc\n", f"    host: mainpc\n    volumes: [{volume!r}]\n")
+    fleet = fleet.replace("hosts:\n", "defaults:\n  host_paths: [/srv/models]\nhosts:\n", 1)
+    out = problems(tmp_path, fleet)
+    assert any("services.api.volumes" in p and why in p for p in out), out
+
+
+def test_host_paths_only_under_allowed_prefixes(tmp_path):
+    fleet = BASE.replace("    host: mainpc\n", "    host: mainpc\n    volumes: ['/srv/models/llama:/models:ro', '/home/ops/data:/d', 'cache:/cache']\n")
+    out = problems(tmp_path, fleet.replace("hosts:\n", "defaults:\n  host_paths: [/srv/models]\nhosts:\n", 1))
+    assert len(out) == 1 and "/home/ops/data" in out[0] and "defaults.host_paths: /srv/models" in out[0]
+    assert out[0].startswith(f"{tmp_path / 'fleet.yml'}:") and "fix:" in out[0]
+    ok = fleet.replace("'/home/ops/data:/d', ", "")
+    inv = load(write(tmp_path, ok.replace("hosts:\n", "defaults:\n  host_paths: [/srv/models]\nhosts:\n", 1)))
+    assert inv.fleet.services["api"].volumes == ["/srv/models/llama:/models:ro", "cache:/cache"]
+
+
+@pytest.mark.parametrize("path", ["/he alth", "/health\r\nX-Injected: 1", "health", "/health?x=<script>"])
+def test_health_path_is_a_plain_path(tmp_path, path):
+    fleet = BASE.replace("health: {port: 8080}", f"health: {{port: 8080, path: {path!r}}}")
+    assert any("services.api.health.path" in p for p in problems(tmp_path, fleet))
+
+
+def test_tag_with_a_trailing_newline_is_refused():
+    assert tag_problem("20250817-abc1234\n") is not None and tag_problem("20250817-abc1234") is None
+
+
+@pytest.mark.parametrize("field,value", [("address", "x -oProxyCommand=touch /tmp/pwned"), ("address", "host;reboot"),
+                                         ("user", "ops -oProxyCommand=x"), ("user", "Root"), ("user", "a" * 40)])
+def test_host_address_and_user_are_names_not_text(tmp_path, field, value):
+    fleet = BASE.replace("    address: 10.0.0.2\n", "    address: 10.0.0.2\n    user: ops\n")
+    fleet = fleet.replace("    address: 10.0.0.2\n", f"    address: {value!r}\n" if field == "address" else "    address: 10.0.0.2\n")
+    if field == "user":
+        fleet = fleet.replace("    user: ops\n", f"    user: {value!r}\n")
+    assert any(f"hosts.pc2.{field}" in p for p in problems(tmp_path, fleet))
+
+
+def test_ports_may_bind_one_address_and_the_gate_probes_it(tmp_path):
+    fleet = BASE.replace('ports: ["8080:8080"]', 'ports: ["10.0.0.5:8080:8080", "9090:9090/udp"]')
+    inv = load(write(tmp_path, fleet))
+    svc = inv.fleet.services["api"]
+    assert svc.port_bindings() == [("10.0.0.5", 8080, 8080, "tcp"), ("", 9090, 9090, "udp")]
+    assert svc.health_spec()["address"] == "10.0.0.5"
+    from playbooks.plan import container_spec
+
+    assert container_spec(inv, "api")["ports"] == {"8080/tcp": "10.0.0.5:8080", "9090/udp": 9090}
+    assert "address" not in load(write(tmp_path, BASE)).fleet.services["api"].health_spec()
+    bad = BASE.replace('ports: ["8080:8080"]', 'ports: ["10.0.0.300:8080:8080"]')
+    assert any("not an IP address" in p for p in problems(tmp_path, bad))
+
+
+def test_same_port_on_two_addresses_is_fine_but_not_beside_a_wildcard(tmp_path):
+    two = BASE + """  web:
+    image: family-cpu-py311
+    tag: 20250817-abc1234
+    host: mainpc
+    ports: ["10.0.0.6:8080:8080"]
+    health: {port: 8080}
+"""
+    ph = "phases:\n  - name: one\n    services: [api, web]\n"
+    assert any("already published by service 'api'" in p for p in problems(tmp_path, two, ph))
+    inv = load(write(tmp_path, two.replace('ports: ["8080:8080"]', 'ports: ["10.0.0.5:8080:8080"]'), ph))
+    assert sorted(inv.fleet.services) == ["api", "web"]

@@ -518,3 +518,17 @@ def test_image_present_by_digest_is_not_pulled_and_a_prepared_swap_asks_no_regis
     assert "images.pull" not in daemon.calls and asked == []
     run(daemon, [step(spec(tag="20261126-ccccccc"))], rid="r-again")
     assert asked == [f"{REPO}:20261126-ccccccc"], "an unprepared swap confirms the tag itself"
+
+
+@pytest.mark.parametrize("change,why", [({"user": "0:0"}, "numeric non-root"), ({"volumes": ["/etc:/hostetc"]}, "/etc"),
+                                        ({"volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}, "docker.sock"),
+                                        ({"volumes": ["/var/../:/h"]}, "not normalized")])
+def test_host_refuses_a_container_config_that_breaks_the_hard_rules_before_stopping_anything(daemon, change, why):
+    """A plan that skipped the inventory's checks (or a forged request) still cannot run root or mount the host."""
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D)
+    daemon.calls.clear()
+    r = by_service(run(daemon, [step(spec(**change))]))["svc"]
+    assert r["outcome"] == "refused" and r["check"] == "container-config" and why in r["message"] and "nothing was stopped" in r["message"]
+    assert only(daemon, "svc").id == old and only(daemon, "svc").running
+    assert not any(n in daemon.calls for n in ("container.stop", "container.rename", "api.create_container"))
