@@ -18,7 +18,7 @@ import hmac
 import json
 from typing import Any
 
-from . import contract
+from . import contract, secrets
 
 CreateArgs = dict[str, Any]
 
@@ -54,13 +54,16 @@ def from_spec(spec: dict, image: str, labels: dict[str, str]) -> CreateArgs:
     for vol in spec.get("volumes") or []:
         src, dst, *mode = vol.split(":")
         binds.append(f"{src}:{dst}:{mode[0] if mode else 'rw'}")
+    env = spec.get("env") or {}
+    secret_keys = secrets.refs(env)
     return {
         "image": image,
         "name": spec["name"],
         "user": spec.get("user") or contract.IMAGE_USER,
         # The exact digest this container runs, for the start-up report (observability).
-        "env": {**(spec.get("env") or {}), "FLEETROLL_IMAGE_DIGEST": labels.get(contract.DIGEST, "")},
-        "labels": dict(labels),
+        # Secret references stay references here; the agent resolves them at create time.
+        "env": {**env, "FLEETROLL_IMAGE_DIGEST": labels.get(contract.DIGEST, "")},
+        "labels": {**labels, **({contract.SECRET_ENV: json.dumps(secret_keys, sort_keys=True)} if secret_keys else {})},
         "ports": {k: str(v) for k, v in (spec.get("ports") or {}).items()},
         "binds": binds,
         "restart": spec.get("restart", "unless-stopped"),
@@ -78,10 +81,15 @@ def from_inspect(attrs: dict) -> CreateArgs:
     """
     cfg = attrs.get("Config") or {}
     hc = attrs.get("HostConfig") or {}
-    env = {}
+    try:
+        from_secret = json.loads((cfg.get("Labels") or {}).get(contract.SECRET_ENV) or "{}")
+    except ValueError:
+        from_secret = {}
+    env: dict[str, Any] = {}
     for item in cfg.get("Env") or []:
         k, _, v = item.partition("=")
-        env[k] = v
+        # A value that came from a secret is recorded as its reference, never as itself.
+        env[k] = {"secret": from_secret[k]} if k in from_secret else v
     ports = {}
     for port, bindings in (hc.get("PortBindings") or {}).items():
         if bindings:
@@ -114,6 +122,13 @@ def _port_binding(value: str) -> Any:
     return int(value)
 
 
+def _plain_env(env: dict[str, Any]) -> dict[str, str]:
+    unresolved = sorted(secrets.refs(env))
+    if unresolved:
+        raise ValueError(f"env {', '.join(unresolved)}: secret references must be resolved (secrets.resolve) before create")
+    return {k: str(v) for k, v in env.items()}
+
+
 def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
     """(create_container kwargs, create_host_config kwargs) for the low-level Docker API."""
     binds: dict[str, dict[str, str]] = {}
@@ -132,7 +147,7 @@ def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
         "image": args["image"],
         "name": args["name"],
         "user": args.get("user") or contract.IMAGE_USER,
-        "environment": dict(args.get("env") or {}),
+        "environment": _plain_env(args.get("env") or {}),
         "ports": [(int(k.split("/")[0]), k.split("/")[1] if "/" in k else "tcp") for k in (args.get("ports") or {})],
         "labels": dict(args.get("labels") or {}),
         "stop_timeout": int(args.get("stop_timeout", 10)),
@@ -161,8 +176,13 @@ def redacted(args: CreateArgs, key: bytes) -> CreateArgs:
     """
     if not args:
         return args
-    env = {k: "hmac:" + hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:12] for k, v in (args.get("env") or {}).items()}
-    return {**args, "env": env}
+    return {**args, "env": redact_env(args.get("env") or {}, key)}
+
+
+def redact_env(env: dict[str, Any], key: bytes) -> dict[str, Any]:
+    """Names stay, references stay (they are not secret), values become short keyed hashes."""
+    return {k: v if secrets.is_ref(v) else "hmac:" + hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:12]
+            for k, v in env.items()}
 
 
 def kept_name(service: str, rollout_id: str) -> str:

@@ -23,6 +23,7 @@ PREV_TAG = "io.fleetroll.prev-tag"
 PREV_DIGEST = "io.fleetroll.prev-digest"
 GIT_SHA = "io.fleetroll.git-sha"
 OPERATOR = "io.fleetroll.operator"
+SECRET_ENV = "io.fleetroll.secret-env"  # JSON {ENV_KEY: secret name}: which env values came from host-side secrets
 HEALTH = "io.fleetroll.health"  # the health gate settings, JSON: a restored container is gated on its own port
 ARCH = "io.fleetroll.cuda-arch-list"
 REVISION = "org.opencontainers.image.revision"

@@ -81,7 +81,8 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
             offset += len(complete)
             new = [json.loads(x) for x in complete.splitlines() if x.strip()]
         for rec in new:
-            emit({"event": rec.get("step"), **{k: v for k, v in rec.items() if k != "step"}})
+            # The old configuration stays on the host (its env values are the host's business).
+            emit({"event": rec.get("step"), **{k: v for k, v in rec.items() if k not in ("step", "old_config")}})
             if rec.get("step") == "done":
                 return rec
         now = time.monotonic()

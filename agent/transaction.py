@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import container_args, contract, health, journal
+from . import container_args, contract, health, journal, secrets
 from .facts import docker_client
 
 FAILED = ("reverted", "removed", "revert-failed", "refused")
@@ -152,7 +152,7 @@ class Transaction:
 
     def _create_start(self, args: container_args.CreateArgs, service: str):
         api = self.client.api
-        args = {**args, "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
+        args = {**args, "env": secrets.resolve(args.get("env") or {}), "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
         ckw, hkw = container_args.api_kwargs(args)
         created = api.create_container(**ckw, host_config=api.create_host_config(**hkw))
         self.j("created", service, container=created["Id"])
@@ -323,6 +323,10 @@ class Transaction:
                                            self.args.get("operator", ""), git_sha, prev_tag, prev_digest)
         new_args = container_args.from_spec(spec, image.id, labels)
         refused = container_args.problems(new_args)
+        try:
+            secrets.resolve(new_args["env"])  # every referenced secret readable here, before anything stops
+        except secrets.SecretError as exc:
+            refused.append(str(exc))
         if refused:
             r.outcome, r.check = "refused", "container-config"
             r.message = "; ".join(refused) + "; refused, nothing was stopped"

@@ -49,7 +49,7 @@ class RolloutReport:
             "state": self.state,
             "elapsed_s": round(self.elapsed_s, 3),
             "agent_calls": self.agent_calls,
-            "plan": self.plan.to_json() if self.plan else None,
+            "plan": self.plan.to_json(ledger.redaction_key()) if self.plan else None,
             "preflight": self.preflight.to_json() if self.preflight else None,
             "hosts": self.hosts,
             "pins": self.pins,
@@ -331,7 +331,7 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     if not plan.changes:
         report.ok, report.state = True, "noop"
         report.messages.append(f"phase {plan.phase}: nothing to do; every service already runs its planned digest")
-        ledger.append("finished", **ro.common, final="noop", services=[s.to_json() for s in plan.steps])
+        ledger.append("finished", **ro.common, final="noop", services=[s.record(ledger.redaction_key()) for s in plan.steps])
         return True
     if confirm is not None and not confirm(plan):
         report.messages.append("not confirmed; nothing was changed")
@@ -342,7 +342,7 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
 def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
     """Prepare everywhere, then the host transactions, then the phase-wide policy across hosts."""
     inv, plan, report = ro.inv, ro.plan, ro.report
-    ledger.append("started", **ro.common, plan=plan.to_json())
+    ledger.append("started", **ro.common, plan=plan.to_json(ledger.redaction_key()))
     busy = [h for h in plan.hosts if any(s.action not in (NOOP, BLOCKED) for s in plan.for_host(h))]
     # Every host pulls and checks its images by digest before any host stops anything.
     prepared = transport.on_hosts(inv, busy, "prepare", lambda h: _step_args(plan, h, ro.policy, inv), max_parallel=ro.max_parallel,
@@ -488,7 +488,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
             s.reason = f"running release from rollout {rid or '(unknown)'}"
             targets[(s.host, s.service)] = {"expect_rollout_id": rid}
-        ledger.append("started", **common, plan=plan.to_json())
+        ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
 
         def args_for(h: str) -> dict:
             steps = [{**st.to_json(), **targets[(h, st.service)]} for st in plan.for_host(h)]

@@ -136,12 +136,18 @@ class Health(_Strict):
         return v
 
 
+class SecretRef(_Strict):
+    """An env value kept on the host: the file <secrets dir>/<secret> there, read at container create."""
+
+    secret: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
 class Service(_Strict):
     image: str = Field(pattern=r"^[a-z0-9][a-z0-9_./-]*$")
     tag: str
     host: str
     ports: list[str] = []
-    env: dict[str, str] = {}
+    env: dict[str, str | SecretRef] = {}
     gpus: int | Literal["all"] = 0
     user: str = "10001:10001"
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"

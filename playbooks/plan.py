@@ -20,7 +20,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .inventory import Inventory
+from agent.container_args import redact_env
+
+from .inventory import Inventory, SecretRef
 
 CREATE, REPLACE, NOOP, BLOCKED = "create", "replace", "noop", "blocked"
 
@@ -38,7 +40,15 @@ class Step:
     reason: str = ""
 
     def to_json(self) -> dict:
+        """Everything, env values included: what the agent is sent, never what is recorded or printed."""
         return asdict(self)
+
+    def record(self, env_key: bytes) -> dict:
+        """For records and outputs: env values as short keyed hashes (secret references as themselves)."""
+        d = asdict(self)
+        if d["spec"].get("env"):
+            d["spec"]["env"] = redact_env(d["spec"]["env"], env_key)
+        return d
 
 
 @dataclass
@@ -64,13 +74,14 @@ class Plan:
     def blocked(self) -> list[Step]:
         return [s for s in self.steps if s.action == BLOCKED]
 
-    def to_json(self) -> dict:
+    def to_json(self, env_key: bytes) -> dict:
+        """The plan as recorded and printed: env values never appear, only their keyed hashes."""
         return {
             "rollout_id": self.rollout_id,
             "phase": self.phase,
             "operator": self.operator,
             "created": self.created,
-            "steps": [s.to_json() for s in self.steps],
+            "steps": [s.record(env_key) for s in self.steps],
         }
 
 
@@ -86,7 +97,7 @@ def operator() -> str:
 def container_spec(inv: Inventory, service: str) -> dict[str, Any]:
     """Everything the agent needs to start the service, from the inventory alone."""
     svc = inv.fleet.services[service]
-    env = dict(svc.env)
+    env = {k: v.model_dump() if isinstance(v, SecretRef) else v for k, v in svc.env.items()}
     env.update(FLEETROLL_SERVICE=service, FLEETROLL_HOST=svc.host)
     url = inv.collector_url()
     if url:

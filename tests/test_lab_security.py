@@ -60,3 +60,63 @@ def test_inventory_asking_for_root_exits_2_naming_the_field_and_nothing_changes(
     assert "Traceback" not in out
     assert snapshot(lab, "llm-api") == before
     assert load(lab.inventory).fleet.services["llm-api"].user == "10001:10001"
+
+
+def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
+    """A token given as a host-side secret reaches the container and nothing else; plain env values reach no record."""
+    import json
+    import secrets as pysecrets
+
+    from playbooks import ledger
+    from playbooks.lab import fleet
+
+    from .test_lab_integrity import kept_leftovers
+    from .test_lab_rollout import dclient
+
+    baseline(lab)
+    token, plain = f"tok-{pysecrets.token_hex(8)}", f"plain-{pysecrets.token_hex(8)}"
+    host = lab.host("mainpc")
+    fleet.put_secret(host, "hf_token", token)
+    outputs = []
+
+    def fab(*args, ok=(0,)):
+        r = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode in ok, r.stdout + r.stderr
+        return r
+
+    def release(name, variant="healthy"):
+        tag = new_tag()
+        images.push(lab, "torch-svc", tag, variant, arch="89;86")
+
+        def edit(doc):
+            doc["services"]["llm-api"].update(tag=tag, env={"MACHINE": "mainpc", "HF_TOKEN": {"secret": "hf_token"}, "PLAIN": plain})
+
+        return derive_inventory(lab, tmp_path / name, edit)
+
+    first = release("one")
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(first))
+    env = dclient(lab).containers.get("llm-api").attrs["Config"]["Env"]
+    assert f"HF_TOKEN={token}" in env and f"PLAIN={plain}" in env  # resolved on the host, for the container only
+    # A second release replaces it (the journal records the old config) and fails: restored from the kept container.
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(release("two", "degraded")), ok=(1,))
+    assert f"HF_TOKEN={token}" in dclient(lab).containers.get("llm-api").attrs["Config"]["Env"]
+    # A third one commits; fab rollback then recreates the recorded config, resolving the secret again.
+    third = release("three")
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(third))
+    fab("rollback", "--phase", "gpu-mainpc", "--service", "llm-api", "--yes", "--json", "--inventory", str(third))
+    assert f"HF_TOKEN={token}" in dclient(lab).containers.get("llm-api").attrs["Config"]["Env"] and kept_leftovers(lab) == []
+    fab("status", "--inventory", str(third))
+    fab("status", "--json", "--inventory", str(third))
+    fab("history", "--json")
+    records = [ledger.path().read_text()] + [p.read_text() for p in (ledger.path().parent / "pins").glob("*.json")]
+    journals = [p.read_text(errors="replace") for p in (host.dir / "state").rglob("*") if p.is_file() and p.name != "redaction.key"]
+    for marker in (token, plain):
+        assert not any(marker in x for x in outputs), f"{marker} printed"
+        assert not any(marker in x for x in records), f"{marker} in the ledger or pins"
+    assert not any(token in x for x in journals), "the secret's value is in the host journal"
+    # What records keep instead: the name, and for plain values a keyed hash (a change stays visible).
+    started = [r for r in ledger.read() if r["kind"] == "started"][-1]
+    env_rec = next(s for s in started["plan"]["steps"] if s["service"] == "llm-api")["spec"]["env"]
+    assert env_rec["HF_TOKEN"] == {"secret": "hf_token"} and env_rec["PLAIN"].startswith("hmac:")
+    assert json.dumps(env_rec).count("hmac:") >= 2

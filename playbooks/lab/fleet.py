@@ -370,6 +370,7 @@ def _host_env(h: LabHost) -> dict[str, str]:
         "DOCKER_HOST": h.docker_host,
         "FLEETROLL_STATE_DIR": str(h.dir / "state"),
         "FLEETROLL_LOCK_DIR": str(h.dir / "lock"),
+        "FLEETROLL_SECRETS_DIR": str(h.dir / "secrets"),
         "PATH": f"{LAB_DIR / 'hookbin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         if h.hook
         else "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -386,8 +387,11 @@ def _host_env(h: LabHost) -> dict[str, str]:
 
 def _start_host(h: LabHost) -> None:
     d = h.dir
-    for sub in ("state", "lock", "docker", "exec"):
+    for sub in ("state", "lock", "secrets", "docker", "exec"):
         (d / sub).mkdir(parents=True, exist_ok=True)
+    # Host-side secrets: root's, readable by the Docker group (the operator accounts), as on a real host.
+    shutil.chown(d / "secrets", "root", "docker")
+    (d / "secrets").chmod(0o750)
     # Shared by every operator account of the host, as /var/lib/fleetroll and /run/lock are.
     for sub in ("state", "lock"):
         shutil.chown(d / sub, LAB_USER, "docker")
@@ -518,6 +522,16 @@ def _build_observability(state: LabState) -> str:
     for svc in ("fleetroll-collector", "hello"):
         build.build_service(svc, fam.local_ref, reg, push=True, insecure=True)
     return fam.tag
+
+
+def put_secret(h: LabHost, name: str, value: str) -> None:
+    """Place a secret on a lab host the way an operator would: root-owned, mode 0640, group docker."""
+    p = h.dir / "secrets" / name
+    tmp = p.with_name(f".{name}.tmp")
+    tmp.write_text(value + "\n")
+    shutil.chown(tmp, "root", "docker")
+    tmp.chmod(0o640)
+    os.replace(tmp, p)
 
 
 def set_link(h: LabHost, up_: bool) -> None:
