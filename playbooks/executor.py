@@ -7,6 +7,7 @@ answers, applies the phase-wide failure policy across hosts, and writes the ledg
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -523,8 +524,9 @@ def sha_drift(tag: str, report: dict | None, container_started: str) -> str:
     if report is None:
         return "no start-up report"
     tag_sha = tag.rsplit("-", 1)[-1]
-    got = report.get("git_sha", "")
-    if not got or not (got.startswith(tag_sha) or tag_sha.startswith(got)):
+    got = str(report.get("git_sha", ""))
+    # At least 7 hex digits, and at least as long as the tag's: a shorter report ("a", "") matches nothing.
+    if not re.fullmatch(r"[0-9a-f]{7,40}", got) or not got.startswith(tag_sha):
         return f"reported git {got[:12] or '(none)'}, tag names {tag_sha}"
     try:
         reported = time.mktime(time.strptime(report["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))

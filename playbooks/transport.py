@@ -24,7 +24,7 @@ from typing import Any
 import paramiko
 from fabric import Connection
 
-from . import agentpack
+from . import agentpack, remote
 from .inventory import Inventory
 
 PROTOCOL = 1
@@ -139,10 +139,13 @@ def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event
         chan.shutdown_write()
         lines: list[dict] = []
         out = chan.makefile("rb")
-        for raw in out:
+        while True:
+            raw = out.readline(remote.MAX_LINE + 1)
+            if not raw:
+                break
             try:
-                obj = json.loads(raw)
-            except ValueError:
+                obj = remote.parse_line(raw)
+            except remote.BadAnswer:
                 continue
             lines.append(obj)
             if "event" in obj and on_event:
@@ -201,7 +204,7 @@ def call_agent(
     answers = [x for x in lines if "event" not in x]
     if not answers:
         res.error_kind = "agent"
-        res.error = f"{host}: the agent gave no answer (exit {rc}): {err.strip()[-400:] or 'no output'}"
+        res.error = f"{host}: the agent gave no answer (exit {rc}): {remote.clean_text(err.strip()[-400:]) or 'no output'}"
         return res
     res.answer = answers[-1]
     return _judge(res)
@@ -249,12 +252,12 @@ class AgentSession:
                 self.chan.sendall(request)
                 res.round_trips += 1
                 while True:
-                    raw = self.out.readline()
+                    raw = self.out.readline(remote.MAX_LINE + 1)
                     if not raw:
                         break
                     try:
-                        obj = json.loads(raw)
-                    except ValueError:
+                        obj = remote.parse_line(raw)
+                    except remote.BadAnswer:
                         continue
                     if "event" in obj:
                         res.events.append(obj)
@@ -277,7 +280,7 @@ class AgentSession:
                 res.round_trips += 1
                 continue
             res.error_kind = "agent"
-            res.error = f"{self.host}: the agent gave no answer (exit {rc}): {err.strip()[-400:] or 'no output'}"
+            res.error = f"{self.host}: the agent gave no answer (exit {rc}): {remote.clean_text(err.strip()[-400:]) or 'no output'}"
             break
         res.elapsed_s = time.monotonic() - t0
         return _judge(res) if res.answer is not None else res

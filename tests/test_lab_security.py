@@ -120,3 +120,19 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     env_rec = next(s for s in started["plan"]["steps"] if s["service"] == "llm-api")["spec"]["env"]
     assert env_rec["HF_TOKEN"] == {"secret": "hf_token"} and env_rec["PLAIN"].startswith("hmac:")
     assert json.dumps(env_rec).count("hmac:") >= 2
+
+
+def test_escape_sequences_from_a_container_reach_neither_terminal_nor_ledger(lab, tmp_path):
+    from playbooks import ledger
+
+    baseline(lab)
+    tag = new_tag()
+    images.push(lab, "vision-svc", tag, "ansi", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"vision-api": tag}, healthy_deadline=3)
+    r = subprocess.run([FAB, "rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(inv.path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "ansi crash" in out, out  # the log line is shown ...
+    assert not [c for c in out if c in "\x1b\x07\r\x9b"], "a control character reached the terminal"  # ... defanged
+    assert "\\u001b" not in ledger.path().read_text() and "\x1b" not in ledger.path().read_text()

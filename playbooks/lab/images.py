@@ -31,6 +31,7 @@ case "$VARIANT" in
   http500) exec nc -ll -p "$PORT" -e /app/respond500 ;;
   hang) exec nc -ll -p "$PORT" -e /app/hang ;;
   banner) exec nc -ll -p "$PORT" -e /app/banner ;;
+  ansi) printf '\033]0;pwned\007\033[2J\033[31mansi crash\r\n' >&2; exit 4 ;;
   *) exec httpd -f -p "$PORT" -h /www ;;
 esac
 """
@@ -50,6 +51,7 @@ VARIANTS = {
     "crash": ('{"status":"ok"}', "10001:10001", True),
     "hang": ('{"status":"ok"}', "10001:10001", True),
     "banner": ('{"status":"ok"}', "10001:10001", True),
+    "ansi": ('{"status":"ok"}', "10001:10001", True),  # logs terminal escape sequences, then exits
     "root": ('{"status":"ok"}', "0:0", True),
     "notini": ('{"status":"ok"}', "10001:10001", False),
 }

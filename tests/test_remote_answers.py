@@ -1,0 +1,68 @@
+"""What hosts send back is untrusted: control characters stripped, size and depth capped (no hosts)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from playbooks import remote
+from playbooks.executor import sha_drift
+
+
+def test_control_characters_never_survive_in_strings_or_keys():
+    evil = {"msg": "ok\x1b]0;pwned\x07\x1b[2J", "last_logs": ["line\r\x1b[1A overwritten", "tab\tnew\nline"],
+            "k\x1bey": {"nested": "\x9b31mC1\x85"}}
+    out = remote.parse_line(json.dumps(evil).encode())
+    assert out == {"msg": "ok]0;pwned[2J", "last_logs": ["line[1A overwritten", "tab\tnew\nline"], "key": {"nested": "31mC1"}}
+    text = json.dumps(out, ensure_ascii=False).replace("\\t", "").replace("\\n", "")
+    assert not [c for c in text if ord(c) < 32 or 0x7f <= ord(c) <= 0x9f]
+
+
+def test_deep_or_huge_answers_are_refused_not_crashing():
+    deep = ("[" * 5000 + "]" * 5000).encode()
+    with pytest.raises(remote.BadAnswer, match="nested"):
+        remote.parse_line(deep)
+    medium = ("[" * 40 + "]" * 40).encode()
+    with pytest.raises(remote.BadAnswer, match="deeper than 32"):
+        remote.parse_line(medium)
+    with pytest.raises(remote.BadAnswer, match="over the"):
+        remote.parse_line(b"1" * (remote.MAX_LINE + 1))
+    with pytest.raises(remote.BadAnswer, match="not JSON"):
+        remote.parse_line(b"\x1b[31m not json")
+
+
+def test_agent_session_reads_through_the_choke_point(monkeypatch):
+    """The transport's reader: a control-laden line is cleaned, an overlong one dropped, the answer still found."""
+    import io
+
+    from playbooks import transport
+
+    lines = [json.dumps({"event": "gate", "message": "\x1b[2Jhi"}).encode() + b"\n",
+             b"[" * 100 + b"]" * 100 + b"\n",
+             json.dumps({"protocol": transport.PROTOCOL, "ok": True, "msg": "done\x07", "data": {}}).encode() + b"\n"]
+
+    class Chan:
+        def __init__(self):
+            self.buf = io.BytesIO(b"".join(lines))
+
+        def settimeout(self, t):
+            pass
+
+        def sendall(self, b):
+            pass
+
+    sess = transport.AgentSession(conn=None, host="h")
+    sess.chan = Chan()
+    sess.out = sess.chan.buf
+    events = []
+    res = sess.call("status", {}, timeout=5, on_event=events.append)
+    assert res.ok and res.answer["msg"] == "done" and events == [{"event": "gate", "message": "[2Jhi"}]
+
+
+def test_reported_git_sha_must_be_hex_and_match_the_tag():
+    rep = {"git_sha": "0a1b2c3d4e5f", "started_at": "2026-11-26T06:00:10Z"}
+    assert sha_drift("20261126-0a1b2c3", rep, "2026-11-26T06:00:09Z") == ""
+    for got in ("", "0", "0a1b2c", "0A1B2C3", "0a1b2c3\x1b", "zzzzzzz", "0a1b2c4"):
+        assert "tag names 0a1b2c3" in sha_drift("20261126-0a1b2c3", {**rep, "git_sha": got}, "2026-11-26T06:00:09Z"), got
+    assert "tag names 0a1b2c3d4e" in sha_drift("20261126-0a1b2c3d4e", {**rep, "git_sha": "0a1b2c3"}, "2026-11-26T06:00:09Z")
