@@ -95,18 +95,22 @@ def _read_fd(fd: int) -> dict[str, Any] | None:
         return None
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot: a pid plus this names one process."""
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot: a pid plus this names one process ("" if it is gone).
+
+    A zombie (exited, not yet reaped by its parent) counts as gone.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return ""
+    return "" if fields[0] in ("Z", "X") else fields[19]
 
 
 def same_process(pid: int, start: str) -> bool:
     """Is `pid` still the very process that was recorded (not a recycled pid)?"""
-    return pid > 0 and bool(start) and _start_time(pid) == start
+    return pid > 0 and bool(start) and start_time(pid) == start
 
 
 @dataclass
@@ -117,7 +121,7 @@ class Held:
     def record(self, holder: str, pid: int | None = None) -> None:
         """(Re)write the holder metadata: after the lock is held, never before."""
         pid = pid or os.getpid()
-        info = {"holder": holder, "rollout_id": self.rollout_id, "pid": pid, "start": _start_time(pid), "time": time.time()}
+        info = {"holder": holder, "rollout_id": self.rollout_id, "pid": pid, "start": start_time(pid), "time": time.time()}
         data = json.dumps(info).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)

@@ -94,7 +94,10 @@ def lab_down(c):
     """Stop the lab fleet and remove every namespace, process, mount and file it made."""
     from .lab import fleet
 
-    fleet.down()
+    try:
+        fleet.down()
+    except fleet.LabError as exc:
+        raise Exit(f"lab.down refused: {exc}", code=1) from None
     left = fleet.leftovers()
     if left:
         raise Exit("lab.down left behind: " + ", ".join(left), code=1)

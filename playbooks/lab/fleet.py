@@ -159,26 +159,75 @@ def require_tools() -> None:
 # --- teardown -------------------------------------------------------------------------
 
 
+MARKER = ".frlab-owned"  # written by up() into a directory it created: the only kind down() deletes
+
+
+def check_lab_dir() -> None:
+    """Refuse a lab directory that could be anything but the lab's own (it is rm -rf'd as root)."""
+    raw = Path(os.path.abspath(LAB_DIR))
+    if raw.is_symlink():
+        raise LabError(f"lab directory {raw} is a symlink; refusing to use it (set FLEETROLL_LAB_DIR to a plain directory)")
+    real = raw.resolve()
+    vital = {Path("/"), Path("/tmp"), Path("/var/tmp"), Path.home().resolve(), Path("/root"), Path("/etc"), Path("/usr"),
+             Path("/var"), Path("/home"), Path("/srv"), Path("/opt"), Path("/boot"), Path.cwd().resolve()}
+    for v in vital:
+        if real == v or v.is_relative_to(real):
+            raise LabError(f"lab directory {real} is {v} or a parent of it; refusing (set FLEETROLL_LAB_DIR to a directory of"
+                           " its own, e.g. /tmp/frlab)")
+    if real.exists():
+        st = real.stat()
+        if not real.is_dir() or st.st_uid != 0 or st.st_mode & 0o022:
+            raise LabError(f"lab directory {real} is not a root-owned directory closed to others' writes; refusing to touch it")
+        if not (real / MARKER).is_file():
+            raise LabError(f"lab directory {real} was not made by fab lab.up (no {MARKER} in it); refusing to touch it —"
+                           " remove it yourself if it is a leftover")
+
+
+def _record_process(pid: int, what: str) -> None:
+    """Remember a process the lab started (pid + start time), the only kind it signals by pid."""
+    from agent.lock import start_time
+
+    with open(LAB_DIR / "processes.jsonl", "a") as f:
+        f.write(json.dumps({"pid": pid, "start": start_time(pid), "what": what}) + "\n")
+
+
+def _recorded(what: str | None = None) -> list[int]:
+    """Recorded processes that are still the very processes the lab started."""
+    from agent.lock import same_process
+
+    path = LAB_DIR / "processes.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        kind = str(r.get("what", ""))
+        if (what is None or kind == what or kind.startswith(what + ":")) and same_process(int(r["pid"]), str(r["start"])):
+            out.append(int(r["pid"]))
+    return out
+
+
+def _created_users() -> list[str]:
+    path = LAB_DIR / "users.json"
+    return [u for u in json.loads(path.read_text()) if u in LAB_USERS] if path.exists() else []
+
+
 def _lab_pids() -> set[int]:
-    """Every process in a lab namespace, or whose command line points into the lab dir."""
-    pids: set[int] = set()
+    """What the lab started: recorded processes, whatever runs inside its own network namespaces,
+    and the processes of the login users it created. Never a match on a name or a command line."""
+    pids: set[int] = set(_recorded())
     r = sh("ip", "netns", "list", check=False)
     for line in r.stdout.splitlines():
         ns = line.split()[0] if line.strip() else ""
         if ns.startswith(NS_PREFIX):
             out = sh("ip", "netns", "pids", ns, check=False).stdout.split()
             pids |= {int(p) for p in out if p.isdigit()}
-    for user in LAB_USERS:
+    for user in _created_users():
         r = sh("pgrep", "-u", user, check=False)
         pids |= {int(p) for p in r.stdout.split() if p.isdigit()}
-    marker = str(LAB_DIR).encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cmdline").read_bytes():
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
     pids.discard(os.getpid())
     return pids
 
@@ -194,18 +243,18 @@ def _kill_all(sig: int) -> set[int]:
 
 
 def down(quiet: bool = False) -> list[str]:
-    """Remove every trace of the lab: processes, mounts, namespaces, bridge, files."""
+    """Remove every trace of the lab — and only the lab: processes, mounts, namespaces, bridge, files, users."""
+    check_lab_dir()
     done = []
     # dockerd first, politely, so it stops containers and unmounts its layers itself.
-    for pidfile in LAB_DIR.glob("hosts/*/dockerd.pid"):
+    dockerds = _recorded("dockerd")
+    for pid in dockerds:
         try:
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-        except (ValueError, OSError):
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
             pass
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(
-        _alive(p) for p in LAB_DIR.glob("hosts/*/dockerd.pid")
-    ):
+    while time.monotonic() < deadline and _recorded("dockerd"):
         time.sleep(0.2)
     if _kill_all(signal.SIGTERM):
         time.sleep(0.5)
@@ -226,21 +275,12 @@ def down(quiet: bool = False) -> list[str]:
     for link in Path("/sys/class/net").iterdir():
         if link.name.startswith("frv"):
             sh("ip", "link", "del", link.name, check=False)
+    for user in _created_users():
+        sh("userdel", user, check=False)
     if LAB_DIR.exists():
-        shutil.rmtree(LAB_DIR, ignore_errors=True)
-    for user in LAB_USERS:
-        if sh("id", "-u", user, check=False).returncode == 0:
-            sh("userdel", user, check=False)
-    done.append("namespaces, bridge, mounts, files")
+        shutil.rmtree(LAB_DIR, ignore_errors=True)  # checked above: root's, marked as the lab's own
+    done.append("namespaces, bridge, mounts, files, users")
     return done
-
-
-def _alive(pidfile: Path) -> bool:
-    try:
-        os.kill(int(pidfile.read_text().strip()), 0)
-        return True
-    except (ValueError, OSError):
-        return False
 
 
 def _lab_mounts() -> list[str]:
@@ -248,7 +288,8 @@ def _lab_mounts() -> list[str]:
     with open("/proc/self/mounts") as f:
         for line in f:
             mp = line.split()[1]
-            if mp.startswith(str(LAB_DIR)) or f"/netns/{NS_PREFIX}" in mp:
+            if mp == str(LAB_DIR) or mp.startswith(f"{LAB_DIR}/") or mp.startswith(f"/run/netns/{NS_PREFIX}") or \
+                    mp.startswith(f"/var/run/netns/{NS_PREFIX}"):
                 out.append(mp)
     return out
 
@@ -307,6 +348,7 @@ def _spawn_registry() -> None:
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
     (d / "registry.pid").write_text(str(p.pid))
+    _record_process(p.pid, "registry")
 
 
 def registry_up() -> bool:
@@ -316,13 +358,12 @@ def registry_up() -> bool:
 
 def stop_registry() -> None:
     """Fault injection for tests: the registry goes away, everything else stays."""
-    pid = int((LAB_DIR / "registry" / "registry.pid").read_text())
-    sh("pkill", "-f", f"{LAB_DIR}/registry/config.yml", check=False)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        pass
-    wait_for("registry stop", lambda: not registry_up(), 10)
+    for pid in _recorded("registry"):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    wait_for("registry stop", lambda: not registry_up() and not _recorded("registry"), 10)
 
 
 def start_registry() -> None:
@@ -348,14 +389,17 @@ def lab_home(user: str) -> Path:
 
 
 def _lab_user() -> None:
+    created = []
     for user in LAB_USERS:
         home = lab_home(user)
         # "*" rather than useradd's locked "!": sshd without PAM refuses locked accounts.
         if sh("id", "-u", user, check=False).returncode != 0:
             sh("useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh",
                "--groups", "docker", "--user-group", "--password", "*", user)
+            created.append(user)  # only these are ever deleted
         home.mkdir(parents=True, exist_ok=True)
         shutil.chown(home, user, user)
+    (LAB_DIR / "users.json").write_text(json.dumps(sorted(set(_created_users()) | set(created))))
 
 
 def _client_key() -> Path:
@@ -411,13 +455,15 @@ def _start_host(h: LabHost) -> None:
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     sh(*_nsenter(h.netns), "/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log"))
+    wait_for(f"sshd pid file on {h.name}", lambda: (d / "sshd.pid").exists(), 10)
+    _record_process(int((d / "sshd.pid").read_text().strip()), "sshd")
 
 
 def _spawn_dockerd(h: LabHost) -> None:
     """dockerd: its own data root, socket, and the lab registry as insecure."""
     d = h.dir
     with open(d / "dockerd.log", "a") as log:
-        subprocess.Popen(
+        p = subprocess.Popen(
             _nsenter(h.netns)
             + [
                 "setsid", "dockerd",
@@ -430,14 +476,14 @@ def _spawn_dockerd(h: LabHost) -> None:
             ],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={"PATH": _host_env(h)["PATH"], "HOME": "/root"},
         )
+    _record_process(p.pid, f"dockerd:{h.name}")
 
 
 def restart_dockerd(h: LabHost) -> None:
     """Fault injection: stop this host's dockerd (the pid it recorded) and start it again."""
-    pidfile = h.dir / "dockerd.pid"
-    pid = int(pidfile.read_text().strip())
-    os.kill(pid, signal.SIGTERM)
-    wait_for(f"dockerd on {h.name} to stop", lambda: not _alive(pidfile), 30)
+    for pid in _recorded(f"dockerd:{h.name}"):
+        os.kill(pid, signal.SIGTERM)
+    wait_for(f"dockerd on {h.name} to stop", lambda: not _recorded(f"dockerd:{h.name}"), 30)
     _spawn_dockerd(h)
     wait_for(f"dockerd on {h.name}", lambda: h.docker_sock.exists() and _docker_ping(h), 45)
 
@@ -479,7 +525,9 @@ def up(count: int = 2, extras: list[str] | None = None, images: bool = True, obs
     """Bring up a fresh lab of `count` hosts (+ extras); tears down any earlier one first."""
     require_tools()
     down()
-    LAB_DIR.mkdir(parents=True)
+    LAB_DIR.mkdir(parents=True, mode=0o711)
+    LAB_DIR.chmod(0o711)  # others may traverse (lab users reach their homes and state), not list or write
+    (LAB_DIR / MARKER).write_text(json.dumps({"created": time.time(), "by": os.getpid()}))
     hosts = plan_hosts(count, extras)
     try:
         _network(hosts)
