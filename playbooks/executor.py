@@ -86,14 +86,17 @@ def security_gate(inv: Inventory, plan: Plan) -> list:
     from .images import security
 
     sec = inv.fleet.security
-    verdicts = []
+    verdicts: dict[tuple[str, str, str], Any] = {}  # one verdict per image and digest, however many services run it
     for step in plan.changes:
         svc = inv.fleet.services[step.service]
-        v = security.check(svc.image, step.new_tag, inv.resolve(sec.artifacts), inv.resolve(sec.acceptances), sec.missing_report)
-        verdicts.append(v)
+        key = (svc.image, step.new_tag, step.new_digest)
+        if key not in verdicts:
+            verdicts[key] = security.check(svc.image, step.new_tag, step.new_digest, inv.resolve(sec.artifacts),
+                                           inv.resolve(sec.acceptances), sec.missing_report)
+        v = verdicts[key]
         if v.status == "refuse":
             step.action, step.reason = BLOCKED, "security gate: " + "; ".join(v.reasons)
-    return verdicts
+    return list(verdicts.values())
 
 
 def _step_args(plan: Plan, host: str, policy: str, inv: Inventory, actions=("create", "replace")) -> dict[str, Any]:

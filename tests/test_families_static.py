@@ -98,11 +98,18 @@ def test_prune_rules():
     assert not pruned("./usr/bin/python3.11") and not pruned("usr/lib/x86_64-linux-gnu/libssl.so.3")
 
 
-TRIVY = {"Results": [{"Target": "debian", "Vulnerabilities": [
-    {"VulnerabilityID": "CVE-2026-0001", "Severity": "HIGH", "PkgName": "openssl", "InstalledVersion": "3.0"},
-    {"VulnerabilityID": "CVE-2026-0002", "Severity": "LOW", "PkgName": "zlib", "InstalledVersion": "1"},
-]}]}
+DIGEST = "sha256:" + "d" * 64
+TRIVY = {"SchemaVersion": 2, "ArtifactName": "ghcr.io/acme/family-cpu-py311:20261126-abcdef0",
+         "Metadata": {"RepoDigests": [f"ghcr.io/acme/family-cpu-py311@{DIGEST}"]},
+         "Results": [{"Target": "debian", "Vulnerabilities": [
+             {"VulnerabilityID": "CVE-2026-0001", "Severity": "HIGH", "PkgName": "openssl", "InstalledVersion": "3.0"},
+             {"VulnerabilityID": "CVE-2026-0002", "Severity": "LOW", "PkgName": "zlib", "InstalledVersion": "1"},
+         ]}]}
 TODAY = dt.date(2026, 11, 26)
+
+
+def evaluate(report, acceptances=(), policy="refuse", digest=DIGEST, image="family-cpu-py311", tag="20261126-abcdef0"):
+    return security.evaluate(image, tag, report, list(acceptances), policy, TODAY, "trivy.json", digest)
 
 
 def acc(expires="2026-12-31", cve="CVE-2026-0001"):
@@ -110,32 +117,64 @@ def acc(expires="2026-12-31", cve="CVE-2026-0001"):
 
 
 def test_high_finding_refused():
-    v = security.evaluate("family-cpu-py311", "20261126-abcdef0", TRIVY, [], "refuse", TODAY)
+    v = evaluate(TRIVY)
     assert v.status == "refuse" and "CVE-2026-0001 (HIGH) in openssl" in v.reasons[0]
 
 
 def test_accepted_finding_warns_and_is_recorded():
-    v = security.evaluate("family-cpu-py311", "20261126-abcdef0", TRIVY, [acc()], "refuse", TODAY)
+    v = evaluate(TRIVY, [acc()])
     assert v.status == "warn" and v.accepted[0]["owner"] == "alice" and v.accepted[0]["cve"] == "CVE-2026-0001"
 
 
 def test_expired_acceptance_refused():
-    v = security.evaluate("family-cpu-py311", "20261126-abcdef0", TRIVY, [acc("2026-11-01")], "refuse", TODAY)
+    v = evaluate(TRIVY, [acc("2026-11-01")])
     assert v.status == "refuse" and "expired on 2026-11-01" in v.reasons[0]
 
 
 def test_acceptance_for_another_image_does_not_count():
     other = security.Acceptance(image="family-torch-cu121", cve="CVE-2026-0001", owner="a", reason="r", expires="2027-01-01")
-    assert security.evaluate("family-cpu-py311", "t", TRIVY, [other], "refuse", TODAY).status == "refuse"
+    assert evaluate(TRIVY, [other]).status == "refuse"
 
 
 def test_missing_report_follows_policy():
-    assert security.evaluate("x", "t", None, [], "refuse", TODAY).status == "refuse"
-    assert security.evaluate("x", "t", None, [], "warn", TODAY).status == "warn"
+    assert evaluate(None).status == "refuse"
+    assert evaluate(None, policy="warn").status == "warn"
 
 
 def test_clean_report_passes():
-    assert security.evaluate("x", "t", {"Results": [{"Target": "d", "Vulnerabilities": None}]}, [], "refuse", TODAY).status == "pass"
+    clean = {**TRIVY, "Results": [{"Target": "d", "Vulnerabilities": None}]}
+    assert evaluate(clean).status == "pass"
+
+
+@pytest.mark.parametrize("report,why", [({}, "SchemaVersion"), ({"Results": None}, "SchemaVersion"), ([], "not an object"),
+                                        ({**TRIVY, "Results": None}, "Results is not a list"),
+                                        ({**TRIVY, "Results": [{"Vulnerabilities": "x"}]}, "Vulnerabilities list")])
+def test_malformed_report_refuses_with_the_reason(report, why):
+    v = evaluate(report, policy="warn")
+    assert v.status == "refuse" and why in v.reasons[0]
+
+
+@pytest.mark.parametrize("report", [{**TRIVY, "Metadata": {"RepoDigests": ["ghcr.io/acme/family-cpu-py311@sha256:" + "e" * 64]}},
+                                    {**TRIVY, "Metadata": {}}])
+def test_report_of_another_digest_counts_as_missing(report):
+    assert evaluate(report).status == "refuse" and "does not count" in evaluate(report).reasons[0]
+    v = evaluate(report, policy="warn")
+    assert v.status == "warn" and ("not the planned" in v.reasons[0] or "names no image digest" in v.reasons[0])
+
+
+def test_unrated_severity_blocks_like_high():
+    unrated = {**TRIVY, "Results": [{"Target": "d", "Vulnerabilities": [
+        {"VulnerabilityID": "CVE-2026-0009", "Severity": "UNKNOWN", "PkgName": "libx", "InstalledVersion": "1"},
+        {"VulnerabilityID": "CVE-2026-0010", "PkgName": "liby", "InstalledVersion": "1"}]}]}
+    v = evaluate(unrated)
+    assert v.status == "refuse" and len(v.reasons) == 2 and "(UNKNOWN)" in v.reasons[0]
+
+
+def test_unparsable_report_file_refuses(tmp_path):
+    (tmp_path / "x" / "t").mkdir(parents=True)
+    (tmp_path / "x" / "t" / "trivy.json").write_text("{not json")
+    v = security.check("x", "t", DIGEST, tmp_path, None, "warn", TODAY)
+    assert v.status == "refuse" and "is not JSON" in v.reasons[0]
 
 
 def test_bad_acceptance_file_is_explained(tmp_path):
@@ -155,7 +194,9 @@ def test_ci_workflow_has_matrix_cache_trivy_sbom_and_tag_check():
     assert set(job["strategy"]["matrix"]["family"]) == set(FAMS.families)
     steps = {s.get("uses", s.get("name", "")).split("@")[0]: s for s in job["steps"]}
     b = steps["docker/build-push-action"]["with"]
-    assert b["cache-from"].startswith("type=registry") and b["cache-to"].startswith("type=registry")
+    assert b["cache-from"].startswith("type=registry")
+    # the shared cache is written by push builds only, never by a pull request's build
+    assert "github.event_name == 'push'" in b["cache-to"] and "type=registry" in b["cache-to"]
     assert "docker/setup-buildx-action" in steps
     t = steps["aquasecurity/trivy-action"]["with"]
     assert t["severity"] == "HIGH,CRITICAL" and str(t["exit-code"]) == "1"

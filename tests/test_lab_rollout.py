@@ -344,17 +344,16 @@ def test_fab_rollout_all_stops_after_failed_phase(lab, tmp_path):
     assert "later phases not started: cpu-pc2" in r.stdout
 
 
-TRIVY_HIGH = {"Results": [{"Target": "lab", "Vulnerabilities": [
-    {"VulnerabilityID": "CVE-2026-4242", "Severity": "CRITICAL", "PkgName": "busybox", "InstalledVersion": "1.35.0"}]}]}
+TRIVY_HIGH = [{"VulnerabilityID": "CVE-2026-4242", "Severity": "CRITICAL", "PkgName": "busybox", "InstalledVersion": "1.35.0"}]
 
 
 def test_security_gate_blocks_high_findings_unless_risk_accepted(lab, tmp_path):
     baseline(lab)
     tag = new_tag()
-    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    ref = images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
     arts = tmp_path / "artifacts"
     (arts / "torch-svc" / tag).mkdir(parents=True)
-    (arts / "torch-svc" / tag / "trivy.json").write_text(json.dumps(TRIVY_HIGH))
+    (arts / "torch-svc" / tag / "trivy.json").write_text(json.dumps(images.trivy_report(ref, images.digest(ref), TRIVY_HIGH)))
     acc = tmp_path / "risk-acceptances.yml"
 
     def inv_with(acceptances: str):
@@ -371,6 +370,13 @@ def test_security_gate_blocks_high_findings_unless_risk_accepted(lab, tmp_path):
     assert not rep.ok and rep.state == "refused"
     assert any("blocked: security gate" in m and "CVE-2026-4242 (CRITICAL) in busybox" in m for m in rep.messages)
     assert dclient(lab).containers.get("llm-api").id == before
+    # A clean report that scanned another digest vouches for nothing: missing, and the policy says refuse.
+    clean_other = images.trivy_report(ref, "sha256:" + "0" * 64, [])
+    (arts / "torch-svc" / tag / "trivy.json").write_text(json.dumps(clean_other))
+    rep = executor.rollout(inv_with("acceptances: []\n"), "gpu-mainpc")
+    assert not rep.ok and rep.state == "refused" and any("does not count" in m and "not the planned" in m for m in rep.messages)
+    assert dclient(lab).containers.get("llm-api").id == before
+    (arts / "torch-svc" / tag / "trivy.json").write_text(json.dumps(images.trivy_report(ref, images.digest(ref), TRIVY_HIGH)))
     expired = "acceptances:\n  - {image: torch-svc, cve: CVE-2026-4242, owner: alice, reason: lab only, expires: 2026-01-01}\n"
     rep = executor.rollout(inv_with(expired), "gpu-mainpc")
     assert not rep.ok and any("expired on 2026-01-01" in m for m in rep.messages)

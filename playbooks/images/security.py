@@ -2,8 +2,12 @@
 
 Trivy is not installable here, so fleetroll consumes Trivy's own JSON format
 (`Results[].Vulnerabilities[].Severity`), stored next to the image's SBOM as
-<artifacts>/<image>/<tag>/trivy.json. A finding becomes a WARN only when the
-risk-acceptance file lists that CVE for that image with an owner, a reason and an
+<artifacts>/<image>/<tag>/trivy.json. A report counts only for the image it scanned: a
+Trivy report (SchemaVersion 2, Results a list) whose Metadata.RepoDigests names the
+digest the plan is about to run. A report of another digest counts as missing (and
+follows `missing_report`); one that is not a Trivy report refuses, with the reason.
+A finding (HIGH, CRITICAL, or a severity Trivy could not rate) becomes a WARN only when
+the risk-acceptance file lists that CVE for that image with an owner, a reason and an
 expiry date that has not passed; the ledger records every acceptance used.
 """
 
@@ -17,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-BLOCKING = ("HIGH", "CRITICAL")
+BLOCKING = ("HIGH", "CRITICAL", "UNKNOWN")  # unrated is not "fine"
 
 
 class Acceptance(BaseModel):
@@ -45,12 +49,36 @@ class Verdict:
         return asdict(self)
 
 
+class BadReport(ValueError):
+    pass
+
+
+def report_problem(report: object, digest: str) -> tuple[str, str] | None:
+    """("malformed" | "other-digest", why) if this report cannot vouch for `digest`; None if it can. Pure."""
+    if not isinstance(report, dict):
+        return "malformed", f"not a Trivy JSON report (a {type(report).__name__}, not an object)"
+    if report.get("SchemaVersion") != 2:
+        return "malformed", f"not a Trivy JSON report (SchemaVersion {report.get('SchemaVersion')!r}, expected 2)"
+    if not isinstance(report.get("Results", []), list):
+        return "malformed", "Results is not a list"
+    for res in report.get("Results") or []:
+        if not isinstance(res, dict) or not isinstance(res.get("Vulnerabilities") or [], list):
+            return "malformed", "a Results entry is not an object with a Vulnerabilities list"
+    digests = [d.rsplit("@", 1)[-1] for d in ((report.get("Metadata") or {}).get("RepoDigests") or []) if isinstance(d, str)]
+    if not digests:
+        return "other-digest", "the report names no image digest (Metadata.RepoDigests), so it vouches for nothing"
+    if digest not in digests:
+        return "other-digest", f"the report is for {', '.join(d[:19] for d in digests)}, not the planned {digest[:19]}"
+    return None
+
+
 def findings(report: dict) -> list[dict]:
     out = []
     for res in report.get("Results") or []:
         for v in res.get("Vulnerabilities") or []:
-            if str(v.get("Severity", "")).upper() in BLOCKING:
-                out.append({"cve": v.get("VulnerabilityID", "?"), "severity": v["Severity"].upper(),
+            severity = str(v.get("Severity") or "UNKNOWN").upper()
+            if severity in BLOCKING or severity not in ("LOW", "MEDIUM"):
+                out.append({"cve": v.get("VulnerabilityID", "?"), "severity": severity,
                             "package": v.get("PkgName", "?"), "installed": v.get("InstalledVersion", ""),
                             "target": res.get("Target", "")})
     return out
@@ -66,14 +94,22 @@ def load_acceptances(path: Path | None) -> list[Acceptance]:
         raise ValueError(f"{path}: risk-acceptance file is not valid: {problems}; each entry needs image, cve, owner, reason, expires (YYYY-MM-DD)") from None
 
 
-def evaluate(image: str, tag: str, report: dict | None, acceptances: list[Acceptance], missing_report: str,
-             today: dt.date, report_path: str = "") -> Verdict:
+def evaluate(image: str, tag: str, report: object | None, acceptances: list[Acceptance], missing_report: str,
+             today: dt.date, report_path: str = "", digest: str = "") -> Verdict:
     ref = f"{image}:{tag}"
+    where = report_path or "<artifacts>/<image>/<tag>/trivy.json"
+    missing = f"{ref}: no Trivy report at {where}"
+    if report is not None:
+        problem = report_problem(report, digest)
+        if problem and problem[0] == "malformed":
+            return Verdict(ref, "refuse", [f"{ref}: {where} is {problem[1]}; replace it with trivy image --format json output"])
+        if problem:
+            missing = f"{ref}: the Trivy report at {where} does not count: {problem[1]}"
+            report = None
     if report is None:
-        msg = f"{ref}: no Trivy report at {report_path or '<artifacts>/<image>/<tag>/trivy.json'}"
         if missing_report == "warn":
-            return Verdict(ref, "warn", [msg + " (policy: warn)"])
-        return Verdict(ref, "refuse", [msg + "; scan the image (trivy image --format json) or set security.missing_report: warn"])
+            return Verdict(ref, "warn", [missing + " (policy: warn)"])
+        return Verdict(ref, "refuse", [missing + "; scan this digest (trivy image --format json) or set security.missing_report: warn"])
     v = Verdict(ref, "pass")
     for f in findings(report):
         acc = next((a for a in acceptances if a.image == image and a.cve == f["cve"]), None)
@@ -93,8 +129,13 @@ def evaluate(image: str, tag: str, report: dict | None, acceptances: list[Accept
     return v
 
 
-def check(image: str, tag: str, artifacts: Path, acceptances_path: Path | None, missing_report: str,
+def check(image: str, tag: str, digest: str, artifacts: Path, acceptances_path: Path | None, missing_report: str,
           today: dt.date | None = None) -> Verdict:
     path = artifacts / image / tag / "trivy.json"
-    report = json.loads(path.read_text()) if path.exists() else None
-    return evaluate(image, tag, report, load_acceptances(acceptances_path), missing_report, today or dt.date.today(), str(path))
+    report: object | None = None
+    if path.exists():
+        try:
+            report = json.loads(path.read_text())
+        except ValueError as exc:
+            return Verdict(f"{image}:{tag}", "refuse", [f"{image}:{tag}: {path} is not JSON ({exc}); replace it with trivy output"])
+    return evaluate(image, tag, report, load_acceptances(acceptances_path), missing_report, today or dt.date.today(), str(path), digest)

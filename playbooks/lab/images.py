@@ -121,3 +121,18 @@ def seed(state: LabState) -> dict[str, str]:
     for repo, (tag, variant, arch) in SEED.items():
         push(state, repo, tag, variant, arch)
     return {repo: tag for repo, (tag, _v, _a) in SEED.items()}
+
+
+def digest(ref: str) -> str:
+    """What the lab registry says `ref` names now."""
+    from agent.registry import RegistryClient
+
+    return RegistryClient(insecure=True).digest(ref)
+
+
+def trivy_report(ref: str, image_digest: str, vulnerabilities: list[dict]) -> dict:
+    """A report in Trivy's JSON shape (schema 2) for exactly this digest, as `trivy image --format json` writes it."""
+    repo = ref.rsplit(":", 1)[0]
+    return {"SchemaVersion": 2, "ArtifactName": ref, "ArtifactType": "container_image",
+            "Metadata": {"RepoDigests": [f"{repo}@{image_digest}"], "RepoTags": [ref]},
+            "Results": [{"Target": ref, "Class": "os-pkgs", "Type": "debian", "Vulnerabilities": vulnerabilities}]}

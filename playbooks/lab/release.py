@@ -31,14 +31,14 @@ def release(service: str, variant: str = "healthy", trivy_cve: str | None = None
     svc = doc["services"][service]
     tag = f"{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(4)[:7]}"
     arch = images.GPU_ARCH if svc.get("gpus") else None
-    images.push(state, svc["image"], tag, variant, arch)
+    ref = images.push(state, svc["image"], tag, variant, arch)
     svc["tag"] = tag
     svc["health"].update(health or {})
     if trivy_cve:
         report = LAB_DIR / "artifacts" / svc["image"] / tag / "trivy.json"
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps({"Results": [{"Target": f"{svc['image']}:{tag}", "Vulnerabilities": [
-            {"VulnerabilityID": trivy_cve, "Severity": "HIGH", "PkgName": "busybox", "InstalledVersion": "1.35.0"}]}]}))
+        report.write_text(json.dumps(images.trivy_report(ref, images.digest(ref), [
+            {"VulnerabilityID": trivy_cve, "Severity": "HIGH", "PkgName": "busybox", "InstalledVersion": "1.35.0"}])))
     out = LAB_DIR / "inventory" / "releases" / (name or f"{service}-{variant}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "fleet.yml").write_text("# Written by fab lab.release (lab only).\n" + yaml.safe_dump(doc, sort_keys=False))
