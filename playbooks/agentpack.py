@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -51,15 +52,24 @@ def build() -> tuple[bytes, str]:
     entries = [("__main__.py", AGENT_DIR / "bootstrap.py")]
     entries += _source_files(AGENT_DIR, "agent")
     entries += _vendored_files()
+    contents = {arc: path.read_bytes() for arc, path in sorted(entries)}
+    # What the host checks its unpacked tree against before every run (bootstrap.py).
+    contents["MANIFEST.json"] = json.dumps({arc: hashlib.sha256(b).hexdigest() for arc, b in contents.items()},
+                                           sort_keys=True).encode()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for arc, path in sorted(entries):
+        for arc in sorted(contents):
             info = zipfile.ZipInfo(arc, date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, path.read_bytes())
+            zf.writestr(info, contents[arc])
     data = buf.getvalue()
     return data, hashlib.sha256(data).hexdigest()
+
+
+def command(digest: str) -> list[str]:
+    """How a host runs the agent: isolated from PYTHON* variables and user site, naming the full hash to verify."""
+    return ["python3", "-I", remote_name(digest), digest]
 
 
 def remote_name(digest: str) -> str:

@@ -3,8 +3,8 @@
 Fabric's Connection would trust any host key on first sight (paramiko's auto-add policy);
 a rollout tool must not, so every connection loads the inventory's known_hosts and uses
 RejectPolicy: an unknown key and a changed key are both refused, with a message that
-says which and what to do. A call to the agent is one exec: `python3 <agent>.pyz`
-with the JSON request on stdin. Only when the host lacks that exact agent build does
+says which and what to do. A call to the agent is one exec: `python3 -I <agent>.pyz <sha256>`
+with the JSON request on stdin (the host verifies the archive and its unpacked tree first). Only when the host lacks that exact agent build does
 the controller upload it (SFTP) and try again, so a warm call is one round trip.
 """
 
@@ -29,7 +29,7 @@ from .inventory import Inventory
 
 PROTOCOL = 1
 # What python3 says when the agent file is missing or not a complete zipapp: upload it again.
-_DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad local file header")
+_DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad local file header", "fleetroll-agent: archive damaged")
 
 
 def agent_needs_upload(rc: int, err: str) -> bool:
@@ -189,7 +189,7 @@ def call_agent(
     data, digest = agentpack.build()
     name = agentpack.remote_name(digest)
     request = json.dumps({"protocol": PROTOCOL, "op": op, "args": args}).encode()
-    command = shlex.join(["python3", name])
+    command = shlex.join(agentpack.command(digest))
     res = CallResult(host=host, ok=False)
     t0 = time.monotonic()
     rc, lines, err = _exec(conn, command, request, timeout, on_event)
@@ -237,7 +237,7 @@ class AgentSession:
     def _open(self, timeout: float) -> None:
         _, digest = agentpack.build()
         self.chan = self.conn.client.get_transport().open_session(timeout=timeout)
-        self.chan.exec_command(shlex.join(["python3", agentpack.remote_name(digest)]))
+        self.chan.exec_command(shlex.join(agentpack.command(digest)))
         self.out = self.chan.makefile("rb")
 
     def call(self, op: str, args: dict[str, Any], timeout: float, on_event=None) -> CallResult:

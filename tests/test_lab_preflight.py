@@ -157,7 +157,7 @@ def test_agent_refuses_other_protocol(lab):
     try:
         transport.call_agent(conn, "mainpc", "facts", {"gpu": False})  # make sure it is shipped
         r = conn.run(
-            f"python3 ~/{agentpack.remote_name(agentpack.build()[1])}",
+            " ".join(agentpack.command(agentpack.build()[1])),
             in_stream=io.StringIO('{"protocol": 99, "op": "facts"}'), hide=True, warn=True,
         )
     finally:
@@ -176,3 +176,51 @@ def test_damaged_agent_on_a_host_is_uploaded_again(lab):
     finally:
         conn.close()
     assert res.ok and res.uploaded, res.error
+
+
+def _on_pc2(inv, fn):
+    conn = transport.connect(transport.Target.from_inventory(inv, "pc2"))
+    try:
+        transport.call_agent(conn, "pc2", "facts", {"gpu": False})  # shipped and unpacked
+        return fn(conn, agentpack.remote_name(agentpack.build()[1]))
+    finally:
+        conn.close()
+
+
+def test_agent_archive_that_does_not_match_its_hash_is_replaced(lab):
+    def tamper(conn, name):
+        conn.run(f"printf x >> ~/{name}", hide=True, in_stream=False)
+        r = conn.run(" ".join(agentpack.command(agentpack.build()[1])), hide=True, warn=True, in_stream=io.StringIO("{}"))
+        assert r.exited == 97 and "archive damaged" in r.stderr
+        return transport.call_agent(conn, "pc2", "facts", {"gpu": False})
+
+    res = _on_pc2(load(lab.inventory), tamper)
+    assert res.ok and res.uploaded, res.error
+
+
+def test_tampered_unpacked_tree_is_unpacked_again(lab):
+    def tamper(conn, name):
+        tree = name[:-4]
+        conn.run(f"chmod u+w ~/{tree}/agent/ops.py && echo 'raise SystemExit(42)' > ~/{tree}/agent/ops.py"
+                 f" && echo 'import os' > ~/{tree}/agent/extra.py", hide=True, in_stream=False)
+        res = transport.call_agent(conn, "pc2", "status", {})
+        ops = conn.run(f"head -c 200 ~/{tree}/agent/ops.py; ls ~/{tree}/agent", hide=True, in_stream=False).stdout
+        return res, ops
+
+    res, ops = _on_pc2(load(lab.inventory), tamper)
+    assert res.ok and "SystemExit(42)" not in ops and "extra.py" not in ops
+
+
+def test_agent_refuses_a_directory_others_can_write_and_a_missing_hash(lab):
+    def loosen(conn, name):
+        try:
+            conn.run("chmod 0777 ~/.fleetroll", hide=True, in_stream=False)
+            loose = transport.call_agent(conn, "pc2", "facts", {"gpu": False})
+        finally:
+            conn.run("chmod 0700 ~/.fleetroll", hide=True, in_stream=False)
+        nohash = conn.run(f"python3 -I ~/{name}", hide=True, warn=True, in_stream=io.StringIO("{}"))
+        return loose, nohash
+
+    loose, nohash = _on_pc2(load(lab.inventory), loosen)
+    assert not loose.ok and "group- or world-writable" in loose.error and "chmod go-w" in loose.error
+    assert nohash.exited == 96 and "must name the archive's SHA-256" in nohash.stderr
