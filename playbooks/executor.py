@@ -239,12 +239,22 @@ def describe_failure(host: str, s: dict, next_cmd: str) -> str:
     return "\n".join(parts)
 
 
-EXIT_CODES = {"committed": 0, "noop": 0, "dry-run": 0, "reverted": 1, "refused": 1, "failed": 1, "needs-operator": 3, "unknown": 3}
+# The contract scripts rely on (README): 0 committed or nothing to do, 1 error (bad input), 2 a dry run
+# that plans changes, 3 refused before any change, 4 rolled back (every host good), 5 an operator must look.
+EXIT_CODES = {"committed": 0, "noop": 0, "dry-run": 0, "changes-planned": 2, "refused": 3, "failed": 3, "reverted": 4,
+              "needs-operator": 5, "unknown": 5}
 
 
 def exit_code(states: list[str]) -> int:
-    """0 all committed (or nothing to do); 1 rolled back or refused, every host good; 3 an operator must look."""
-    return max((EXIT_CODES.get(s, 3) for s in states), default=0)
+    """The worst of the states' codes (a later phase never hides an earlier one's revert)."""
+    order = [0, 2, 3, 4, 5]
+    codes = [EXIT_CODES.get(s, 5) for s in states]
+    return max(codes, key=order.index, default=0)
+
+
+def report_state(r: RolloutReport) -> str:
+    """A dry run that plans changes is its own state for the exit code."""
+    return "changes-planned" if r.state == "dry-run" and r.plan is not None and r.plan.changes else r.state
 
 
 def rollout(inv: Inventory, phase: str, **kw) -> RolloutReport:

@@ -23,7 +23,7 @@ def _inventory(path: str | None):
     try:
         return load(chosen)
     except InventoryError as exc:
-        raise Exit("inventory is not valid:\n" + "\n".join(f"  {p}" for p in exc.problems), code=2) from None
+        raise Exit("inventory is not valid:\n" + "\n".join(f"  {p}" for p in exc.problems), code=1) from None
 
 
 def _hosts(value: str | None) -> list[str] | None:
@@ -47,7 +47,7 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
     try:
         report = run_preflight(inv, phase, _hosts(hosts), int(max_parallel) if max_parallel else None)
     except InventoryError as exc:
-        raise Exit("\n".join(exc.problems), code=2) from None
+        raise Exit("\n".join(exc.problems), code=1) from None
     if json:
         render.dump_json(report.to_json())
     else:
@@ -149,15 +149,15 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
 
     inv = _inventory(inventory)
     if bool(phase) == bool(all):
-        raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=2)
+        raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=1)
     kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=int(max_parallel) if max_parallel else None,
               on_failure=on_failure, confirm=_confirm_or_yes(yes), progress=executor.Progress(enabled=not json))
     try:
         reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
     except (InventoryError, executor.RolloutError) as exc:
-        raise Exit(str(exc), code=2) from None
+        raise Exit(str(exc), code=1) from None
     _print_reports(reports, json)
-    code = executor.exit_code([r.state for r in reports])
+    code = executor.exit_code([executor.report_state(r) for r in reports])
     if code:
         raise Exit(code=code)
 
@@ -174,7 +174,7 @@ def rollback(c, phase, service=None, hosts=None, json=False, yes=False, inventor
     try:
         rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=executor.Progress(enabled=not json))
     except (InventoryError, executor.RolloutError) as exc:
-        raise Exit(str(exc), code=2) from None
+        raise Exit(str(exc), code=1) from None
     _print_reports([rep], json)
     if not rep.ok:
         raise Exit(code=executor.exit_code([rep.state]))
@@ -262,7 +262,7 @@ def audit(c, family, image=None, json=False):
     try:
         rep = images_audit.audit_image(family, fam, ref, base)
     except images_build.BuildError as exc:
-        raise Exit(f"cannot read {ref}: build it first (fab build --family {family}); {exc}", code=2) from None
+        raise Exit(f"cannot read {ref}: build it first (fab build --family {family}); {exc}", code=1) from None
     if json:
         render.dump_json(rep.to_json())
     else:
@@ -283,11 +283,11 @@ def runbook(c, path, from_=None, yes=False, json=False):
 
     p = Path(path)
     if not p.exists():
-        raise Exit(f"{path}: no such runbook", code=2)
+        raise Exit(f"{path}: no such runbook", code=1)
     try:
         results = rb.run(p, from_, yes, out=sys.stderr if json else sys.stdout)
     except rb.RunbookError as exc:
-        raise Exit(str(exc), code=2) from None
+        raise Exit(str(exc), code=1) from None
     if json:
         render.dump_json([r.to_json() for r in results])
     if not results or not all(r.ok for r in results):

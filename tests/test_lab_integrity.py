@@ -52,7 +52,7 @@ def assert_back_on_old(lab, before: dict, service: str, port: int, host="mainpc"
     assert kept_leftovers(lab, host) == []
 
 
-def test_health_port_speaking_another_protocol_reverts_and_exits_1(lab, tmp_path):
+def test_health_port_speaking_another_protocol_reverts_and_exits_4(lab, tmp_path):
     baseline(lab)
     before = snapshot(lab, "vision-api")
     tag = new_tag()
@@ -60,7 +60,7 @@ def test_health_port_speaking_another_protocol_reverts_and_exits_1(lab, tmp_path
     inv = with_tags(lab, tmp_path, {"vision-api": tag}, healthy_deadline=3)
     r = subprocess.run([FAB, "rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(inv.path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 4, r.stdout + r.stderr  # rolled back, every host good
     out = json.loads(r.stdout)
     assert out["state"] == "reverted"
     s = next(x for x in out["hosts"]["mainpc"]["services"] if x["service"] == "vision-api")

@@ -42,7 +42,7 @@ def test_forged_plan_is_refused_on_the_host_and_nothing_changes(lab, tmp_path, c
     assert snapshot(lab, "llm-api") == before
 
 
-def test_inventory_asking_for_root_exits_2_naming_the_field_and_nothing_changes(lab, tmp_path):
+def test_inventory_asking_for_root_exits_1_naming_the_field_and_nothing_changes(lab, tmp_path):
     baseline(lab)
     before = snapshot(lab, "llm-api")
     tag = new_tag()
@@ -54,7 +54,7 @@ def test_inventory_asking_for_root_exits_2_naming_the_field_and_nothing_changes(
     path = derive_inventory(lab, tmp_path / "root", edit)
     r = subprocess.run([FAB, "rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr
     out = r.stdout + r.stderr
     assert f"{path}:" in out and "services.llm-api.user" in out and "services.llm-api.volumes" in out and "fix:" in out
     assert "Traceback" not in out
@@ -99,7 +99,7 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     env = dclient(lab).containers.get("llm-api").attrs["Config"]["Env"]
     assert f"HF_TOKEN={token}" in env and f"PLAIN={plain}" in env  # resolved on the host, for the container only
     # A second release replaces it (the journal records the old config) and fails: restored from the kept container.
-    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(release("two", "degraded")), ok=(1,))
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(release("two", "degraded")), ok=(4,))
     assert f"HF_TOKEN={token}" in dclient(lab).containers.get("llm-api").attrs["Config"]["Env"]
     # A third one commits; fab rollback then recreates the recorded config, resolving the secret again.
     third = release("three")
@@ -131,7 +131,7 @@ def test_escape_sequences_from_a_container_reach_neither_terminal_nor_ledger(lab
     inv = with_tags(lab, tmp_path, {"vision-api": tag}, healthy_deadline=3)
     r = subprocess.run([FAB, "rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(inv.path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.returncode == 4, r.stdout + r.stderr
     out = r.stdout + r.stderr
     assert "ansi crash" in out, out  # the log line is shown ...
     assert not [c for c in out if c in "\x1b\x07\r\x9b"], "a control character reached the terminal"  # ... defanged

@@ -43,7 +43,7 @@ def test_repo_runbook_covers_phases_0_to_8_and_r4():
     for must in ("preflight", "build-families", "audit", "ci-pipeline", "rollout-core-infra", "rollout-gpu-mainpc",
                  "rollout-cpu-pc2", "sbom-sha-check", "bad-release", "operator-rollback", "risk-blocked", "risk-accepted"):
         assert must in ids
-    assert next(s for s in steps if s.id == "bad-release").expect_exit == 1
+    assert next(s for s in steps if s.id == "bad-release").expect_exit == 4
     assert all(s.success for s in steps)
 
 

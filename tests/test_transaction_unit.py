@@ -504,7 +504,9 @@ def test_derive_state_only_trusts_observed_outcomes():
     assert derive_state({"h1": refused}) == ("refused", [])
     pending = {"answered": True, "ok": False, "services": [{"service": "a", "outcome": "gated"}]}
     assert derive_state({"h1": pending})[0] == "needs-operator"
-    assert [exit_code(["committed"]), exit_code(["noop", "reverted"]), exit_code(["reverted", "needs-operator"])] == [0, 1, 3]
+    codes = [exit_code(s) for s in (["committed"], ["noop"], ["changes-planned"], ["refused"], ["noop", "reverted"],
+                                     ["reverted", "needs-operator"], ["refused", "changes-planned"])]
+    assert codes == [0, 0, 2, 3, 4, 5, 3]
 
 
 def test_image_present_by_digest_is_not_pulled_and_a_prepared_swap_asks_no_registry(daemon, monkeypatch):
