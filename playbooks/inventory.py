@@ -221,7 +221,9 @@ class Service(_Strict):
 
 
 class Ssh(_Strict):
-    known_hosts: str = "~/.ssh/known_hosts"
+    # fleetroll's own pinned file, beside the inventory (relative paths are): OpenSSH's ~/.ssh/known_hosts
+    # is filled by trust on first use, this one only by `fab hostkeys` with the operator's confirmation.
+    known_hosts: str = "known_hosts"
     connect_timeout: float = Field(default=5.0, gt=0)
     max_parallel: int = Field(default=10, ge=1)
 

@@ -225,6 +225,61 @@ def unlock(c, host, reason, force=False, inventory=None):
         raise Exit(code=1)
 
 
+@task(
+    help={"hosts": "comma-separated hosts (default: all)", "inventory": "inventory file",
+          "accept": "HOST=SHA256:... — pin HOST's key if it has exactly this fingerprint (repeatable; for scripts)"},
+    iterable=["accept"],
+)
+def hostkeys(c, hosts=None, inventory=None, accept=None):
+    """Fetch each host's SSH key, show its fingerprint, pin only the keys you confirm (never trust on first use)."""
+    from . import hostkeys as hk
+
+    inv = _inventory(inventory)
+    try:
+        targets = inv.select_hosts(_hosts(hosts))
+    except InventoryError as exc:
+        raise Exit("\n".join(exc.problems), code=1) from None
+    expected: dict[str, str] = {}
+    for item in accept or []:
+        host, sep, fp = item.partition("=")
+        if not sep or not fp.startswith("SHA256:"):
+            raise Exit(f"--accept {item!r}: write it as HOST=SHA256:<fingerprint>", code=1)
+        expected[host] = fp
+    scans = []
+    for h in targets:
+        path = inv.known_hosts_for(h)
+        try:
+            hk.check_file(path)
+        except hk.HostKeyFileError as exc:
+            raise Exit(str(exc), code=1) from None
+        host = inv.fleet.hosts[h]
+        scans.append(hk.scan(h, host.address, host.port, path, inv.fleet.ssh.connect_timeout))
+    print(render.table([[s.host, s.entry, s.key.get_name() if s.key else "-", s.fingerprint or s.error, s.status] for s in scans],
+                       ["host", "address", "type", "fingerprint", "status"]))
+    accepted, open_ = [], []
+    for s in scans:
+        if s.status in ("same", "unreachable"):
+            continue
+        if s.host in expected:
+            ok = expected[s.host] == s.fingerprint
+            if not ok:
+                print(f"{s.host}: fingerprint is {s.fingerprint}, not the {expected[s.host]} you named; NOT pinned")
+        elif sys.stdin.isatty():
+            warn = " — THE KEY CHANGED; if the host was not reinstalled, stop: this may be an attack" if s.status == "CHANGED" else ""
+            ok = input(f"{s.host}: pin {s.fingerprint}{warn}? Compare it with the host's console first. [y/N] ").strip().lower() == "y"
+        else:
+            ok = False
+        (accepted if ok else open_).append(s)
+    for path in {s.path for s in accepted}:
+        hk.write(path, [s for s in accepted if s.path == path])
+    for s in accepted:
+        print(f"{s.host}: pinned {s.fingerprint} in {s.path}")
+    if open_ or any(s.status == "unreachable" for s in scans):
+        names = ", ".join(s.host for s in open_)
+        raise Exit(f"not pinned: {names or 'unreachable hosts'}; confirm each fingerprint out of band, then run"
+                   " fab hostkeys again (interactively, or with --accept HOST=SHA256:...)", code=1)
+
+
 @task(help={"family": "family name from families/families.yml", "push": "push to <registry>/<org> from the inventory",
             "allow-dirty": "build from uncommitted families/ (tag -dirty, never pushed)", "json": "JSON output",
             "inventory": "inventory whose registry to push to"})
@@ -299,7 +354,7 @@ lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 lab.add_task(lab_release, "release")
 
-ns = Collection(preflight, rollout, rollback, status, history, unlock, build, audit, runbook, lab)
+ns = Collection(preflight, rollout, rollback, status, history, unlock, hostkeys, build, audit, runbook, lab)
 
 
 def main() -> None:  # pragma: no cover - `python -m playbooks` convenience

@@ -96,9 +96,15 @@ def connect(t: Target) -> Connection:
     if not t.known_hosts.exists():
         raise TransportError(
             "host-key-unknown",
-            f"{t.name}: known_hosts file {t.known_hosts} does not exist; add the host's key"
-            f" (ssh-keyscan {t.address} after checking its fingerprint out of band)",
+            f"{t.name}: known_hosts file {t.known_hosts} does not exist; pin the host's key with"
+            f" fab hostkeys --hosts {t.name} (it shows the fingerprint to compare out of band)",
         )
+    from .hostkeys import HostKeyFileError, check_file
+
+    try:
+        check_file(t.known_hosts)
+    except HostKeyFileError as exc:
+        raise TransportError("host-key-file", f"{t.name}: {exc}") from None
     conn.client.load_host_keys(str(t.known_hosts))
     where = f"{t.name} ({t.user}@{t.address}:{t.port})"
     try:
@@ -116,7 +122,7 @@ def connect(t: Target) -> Connection:
             raise TransportError(
                 "host-key-unknown",
                 f"{where}: host key not in {t.known_hosts}; fleetroll never trusts on first use."
-                f" Verify the key out of band, then add it (e.g. ssh-keyscan -p {t.port} {t.address}).",
+                f" Pin it with fab hostkeys --hosts {t.name}, after comparing the fingerprint out of band.",
             ) from None
         if isinstance(exc, paramiko.AuthenticationException):
             raise TransportError("auth", f"{where}: authentication failed ({exc}); check user and key_filename") from None

@@ -136,3 +136,36 @@ def test_escape_sequences_from_a_container_reach_neither_terminal_nor_ledger(lab
     assert "ansi crash" in out, out  # the log line is shown ...
     assert not [c for c in out if c in "\x1b\x07\r\x9b"], "a control character reached the terminal"  # ... defanged
     assert "\\u001b" not in ledger.path().read_text() and "\x1b" not in ledger.path().read_text()
+
+
+def test_hostkeys_pins_only_what_the_operator_confirms(lab, tmp_path):
+    pinned = tmp_path / "pinned" / "known_hosts"
+
+    def edit(doc):
+        doc["ssh"]["known_hosts"] = str(pinned)
+
+    inv = derive_inventory(lab, tmp_path / "inv", edit)
+
+    def fab(*args):
+        r = subprocess.run([FAB, *args, "--inventory", str(inv)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        assert "Traceback" not in r.stderr, r.stderr
+        return r.returncode, r.stdout + r.stderr
+
+    rc, out = fab("preflight", "--hosts", "mainpc")
+    assert rc == 1 and "fab hostkeys --hosts mainpc" in out
+    real = {h: subprocess.run(["ssh-keygen", "-lf", str(lab.host(h).dir / "ssh_host_ed25519_key.pub")], capture_output=True,
+                              text=True).stdout.split()[1] for h in ("mainpc", "pc2")}
+    rc, out = fab("hostkeys", "--hosts", "mainpc,pc2")  # no terminal, nothing named: shows, pins nothing
+    assert rc == 1 and real["mainpc"] in out and real["pc2"] in out and "new" in out and not pinned.exists()
+    rc, out = fab("hostkeys", "--hosts", "mainpc,pc2", "--accept", f"mainpc={real['mainpc']}", "--accept", "pc2=SHA256:notit")
+    assert rc == 1 and "not the SHA256:notit you named; NOT pinned" in out and "not pinned: pc2" in out
+    text = pinned.read_text()
+    assert lab.host("mainpc").address in text and lab.host("pc2").address not in text
+    rc, out = fab("preflight", "--hosts", "mainpc")
+    assert rc == 0, out
+    rc, out = fab("hostkeys", "--hosts", "mainpc")
+    assert rc == 0 and "same" in out
+    pinned.write_text("@revoked * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n" + text)
+    rc, out = fab("preflight", "--hosts", "mainpc")
+    assert rc == 1 and "'@revoked' lines are not supported" in out
