@@ -202,6 +202,9 @@ def test_ci_workflow_has_matrix_cache_trivy_sbom_and_tag_check():
     assert t["severity"] == "HIGH,CRITICAL" and str(t["exit-code"]) == "1"
     assert steps["anchore/sbom-action"]["with"]["format"] == "spdx-json"
     assert "actions/upload-artifact" in steps
+    # Actions are pinned by full commit SHA (a moved tag cannot change what CI runs), with the version in a comment.
+    unpinned = [s["uses"] for s in job["steps"] if "uses" in s and not re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", s["uses"])]
+    assert unpinned == []
     tag_step = next(s for s in job["steps"] if s.get("id") == "tag")
     assert "[0-9]{8}-[0-9a-f]{7,40}" in tag_step["run"] and "%ct" in tag_step["run"]
 
