@@ -65,8 +65,8 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
     """Relay journal records as events until the outcome is written.
 
     The worker's liveness is the lock itself: if this process can take it, the worker is
-    dead (the kernel released its flock), so the transaction is recovered right here and
-    its recovered outcome is the answer.
+    dead (the kernel released its flock). This process then recovers the transaction (in a
+    thread, still relaying) and the recovered outcome is the answer.
     """
     path = journal.path_for(rid)
     offset, last_beat, last_check = 0, time.monotonic(), time.monotonic()
@@ -132,8 +132,10 @@ def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:
         journal.append(rid, "crashed", error=str(exc)[:300], traceback=traceback.format_exc())
         from .recovery import recover
 
-        recover(rid)
-        held.release()
+        try:
+            recover(rid)
+        finally:
+            held.release()  # if recovery failed too, the journal stays open and the next call tries again
         return
     journal.append(rid, "done", **result)
     journal.mark_closed(rid)
@@ -246,7 +248,11 @@ def unlock(args: dict[str, Any]) -> dict:
         pid, start = int(info["pid"]), str(info.get("start", ""))
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             if lock.same_process(pid, start):
-                os.kill(pid, sig)
+                try:
+                    os.kill(pid, sig)
+                except PermissionError:
+                    return _answer("unlock", False, f"the holder (pid {pid}, {info.get('holder')}) runs as another account; only"
+                                   " that account or root can stop it: run fab unlock --force as them", {"lock": info})
             end = time.monotonic() + wait
             while time.monotonic() < end and lock.same_process(pid, start):
                 time.sleep(0.05)

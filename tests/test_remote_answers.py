@@ -66,3 +66,14 @@ def test_reported_git_sha_must_be_hex_and_match_the_tag():
     for got in ("", "0", "0a1b2c", "0A1B2C3", "0a1b2c3\x1b", "zzzzzzz", "0a1b2c4"):
         assert "tag names 0a1b2c3" in sha_drift("20261126-0a1b2c3", {**rep, "git_sha": got}, "2026-11-26T06:00:09Z"), got
     assert "tag names 0a1b2c3d4e" in sha_drift("20261126-0a1b2c3d4e", {**rep, "git_sha": "0a1b2c3"}, "2026-11-26T06:00:09Z")
+
+
+def test_registry_without_a_digest_header_gets_the_digest_of_the_manifest_bytes():
+    import hashlib
+
+    from agent.registry import manifest_digest
+
+    body = b'{"schemaVersion":2,"config":{"digest":"sha256:abc"}}'
+    assert manifest_digest("", body) == "sha256:" + hashlib.sha256(body).hexdigest()
+    assert manifest_digest("sha256:" + "f" * 64, body) == "sha256:" + "f" * 64
+    assert manifest_digest("garbage", body).startswith("sha256:") and manifest_digest("garbage", body) != "garbage"
