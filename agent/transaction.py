@@ -259,8 +259,10 @@ class Transaction:
         self.j("set-aside", service, container=old.id, kept_name=r.kept_name, old_config=r.old_config,
                prev_ref=r.prev_ref, prev_digest=r.prev_digest)
         old.rename(r.kept_name)
-        # A kept container must not come back by itself (a dockerd restart with `always`).
-        old.update(restart_policy={"Name": "no"})
+        if r.old_config.get("restart") == "always":
+            # A kept container must not come back by itself: `always` restarts even a stopped container when dockerd
+            # restarts (unless-stopped and on-failure do not restart a container that was stopped on purpose).
+            old.update(restart_policy={"Name": "no"})
         timeout = int(r.old_config.get("stop_timeout", 10))
         self.j("stop-old", service, container=old.id, timeout=timeout)
         t0 = time.monotonic()
@@ -380,7 +382,10 @@ class Transaction:
             return self._create_start(r.old_config, r.service)
         if kept.name != r.service:
             kept.rename(r.service)
-        kept.update(restart_policy={"Name": r.old_config.get("restart") or "no"})
+        want = r.old_config.get("restart") or "no"
+        current = ((kept.attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
+        if current != want:
+            kept.update(restart_policy={"Name": want})
         self.hit("reverting", r.service)
         kept.reload()
         if not (kept.attrs.get("State") or {}).get("Running"):

@@ -46,9 +46,10 @@ def spec(name="svc", tag="20261126-bbbbbbb", digest=NEW_D, port=8000, env=None, 
             "stop_timeout": 1, "health": {**FAST, "port": port}, **kw}
 
 
-def running_old(d: FakeDaemon, name="svc", port=8000, env=None, rid="r-old") -> str:
+def running_old(d: FakeDaemon, name="svc", port=8000, env=None, rid="r-old", restart="unless-stopped") -> str:
     """An old release, started the way a transaction starts one; returns its container id."""
     s = spec(name, "20261101-aaaaaaa", OLD_D, port, env or {"MACHINE": "mainpc", "OLD_ONLY": "1"})
+    s["restart"] = restart
     img = d.image(REPO, OLD_D)
     d.images.by_id[img.id] = img
     labels = container_args.labels_for(s, s["tag"], OLD_D, rid, "gpu", "op", "aaaaaaa")
@@ -101,7 +102,9 @@ def test_good_release_commits_removes_kept_and_pins_prev(daemon):
 
 @pytest.mark.parametrize("fault", ["unhealthy", "probe-raises", "create-fails", "start-fails", "stop-fails", "update-fails"])
 def test_any_failure_after_set_aside_restores_the_very_old_container(daemon, fault):
-    old = running_old(daemon)
+    # An `always` container is the one whose restart policy is switched off while it waits.
+    restart = "always" if fault == "update-fails" else "unless-stopped"
+    old = running_old(daemon, restart=restart)
     daemon.image(REPO, NEW_D, behaviour={"unhealthy": "bad", "probe-raises": "raise"}.get(fault, "ok"))
     if fault == "create-fails":
         daemon.fail["api.create_container"] = docker.errors.APIError("invalid mount config")
@@ -129,7 +132,7 @@ def test_any_failure_after_set_aside_restores_the_very_old_container(daemon, fau
     assert s["outcome"] == "reverted", s
     assert not out["ok"] and out["state"] == "good"
     c = only(daemon, "svc")
-    assert c.id == old and c.running and c.restart_policy == "unless-stopped"
+    assert c.id == old and c.running and c.restart_policy == restart
     assert "OLD_ONLY=1" in c.attrs["Config"]["Env"] and "NEW_ONLY=1" not in c.attrs["Config"]["Env"]
     assert len(daemon.containers.by_id) == 1, "the new container (if any) is gone"
     assert s["revert_gate"]["ok"] and s["after_tag"] == "20261101-aaaaaaa"
@@ -534,3 +537,22 @@ def test_host_refuses_a_container_config_that_breaks_the_hard_rules_before_stopp
     assert r["outcome"] == "refused" and r["check"] == "container-config" and why in r["message"] and "nothing was stopped" in r["message"]
     assert only(daemon, "svc").id == old and only(daemon, "svc").running
     assert not any(n in daemon.calls for n in ("container.stop", "container.rename", "api.create_container"))
+
+
+def test_kept_always_container_cannot_come_back_by_itself_and_gets_its_policy_back(daemon):
+    old = running_old(daemon, restart="always")
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    seen = {}
+    real_gate = Transaction._gate
+
+    def look_during_gate(self, c, h, service):
+        seen.setdefault("policy", daemon.containers.by_id[old].restart_policy)  # the new release's gate, not the restore's
+        return real_gate(self, c, h, service)
+
+    Transaction._gate = look_during_gate
+    try:
+        out = run(daemon, [step(spec())])
+    finally:
+        Transaction._gate = real_gate
+    assert seen["policy"] == "no" and by_service(out)["svc"]["outcome"] == "reverted"
+    assert only(daemon, "svc").restart_policy == "always"

@@ -210,6 +210,15 @@ def _recorded(what: str | None = None) -> list[int]:
     return out
 
 
+def _pid_in(pidfile: Path) -> int | None:
+    """The pid a daemon wrote, once it has written all of it (it creates the file first)."""
+    try:
+        text = pidfile.read_text()
+    except OSError:
+        return None
+    return int(text.strip()) if text.endswith("\n") and text.strip().isdigit() else None
+
+
 def _created_users() -> list[str]:
     path = LAB_DIR / "users.json"
     return [u for u in json.loads(path.read_text()) if u in LAB_USERS] if path.exists() else []
@@ -455,8 +464,8 @@ def _start_host(h: LabHost) -> None:
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     sh(*_nsenter(h.netns), "/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log"))
-    wait_for(f"sshd pid file on {h.name}", lambda: (d / "sshd.pid").exists(), 10)
-    _record_process(int((d / "sshd.pid").read_text().strip()), "sshd")
+    wait_for(f"sshd pid file on {h.name}", lambda: _pid_in(d / "sshd.pid") is not None, 10)
+    _record_process(_pid_in(d / "sshd.pid"), f"sshd:{h.name}")
 
 
 def _spawn_dockerd(h: LabHost) -> None:
