@@ -101,18 +101,6 @@ def open_ids() -> list[str]:
 
 def redaction_key() -> bytes:
     """This host's key for hashing env values in answers: random, made once, readable by the state dir's group only."""
-    p = state_dir() / "redaction.key"
-    try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        pass
-    tmp = state_dir() / f".redaction.key.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32))
-    try:
-        os.link(tmp, p)  # first writer wins; everyone then reads the same key
-    except FileExistsError:
-        pass
-    os.unlink(tmp)
-    return p.read_bytes()
+    from .keyfile import load_or_create
+
+    return load_or_create(state_dir() / "redaction.key", 0o640)

@@ -74,21 +74,9 @@ def rollouts() -> list[dict]:
 
 def redaction_key() -> bytes:
     """The controller's key for hashing env values in records: random, made once, readable by its owner only."""
-    p = path().parent / "redaction.key"
-    try:
-        return p.read_bytes()
-    except FileNotFoundError:
-        pass
-    tmp = p.with_name(f".redaction.key.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(32))
-    try:
-        os.link(tmp, p)  # first writer wins
-    except FileExistsError:
-        pass
-    os.unlink(tmp)
-    return p.read_bytes()
+    from agent.keyfile import load_or_create
+
+    return load_or_create(path().parent / "redaction.key", 0o600)
 
 
 def write_pins(rollout_id: str, pins: list[dict]) -> Path:
