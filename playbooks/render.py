@@ -49,9 +49,29 @@ def preflight_text(checks: list[Check], hosts: list[str]) -> str:
     return "\n".join(out)
 
 
+def _closed_pipe() -> None:
+    """The reader went away (`fab history --json | head`): stop quietly, as Unix tools do, not with a traceback."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(1)
+
+
+def say(text: str = "") -> None:
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _closed_pipe()
+
+
 def dump_json(obj: Any, stream=None) -> None:
-    json.dump(obj, stream or sys.stdout, indent=2, default=str)
-    (stream or sys.stdout).write("\n")
+    try:
+        json.dump(obj, stream or sys.stdout, indent=2, default=str)
+        (stream or sys.stdout).write("\n")
+        (stream or sys.stdout).flush()
+    except BrokenPipeError:
+        _closed_pipe()
 
 
 def rollout_text(r) -> str:

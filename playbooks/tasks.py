@@ -26,6 +26,26 @@ def _inventory(path: str | None):
         raise Exit("inventory is not valid:\n" + "\n".join(f"  {p}" for p in exc.problems), code=1) from None
 
 
+def _required(value, option: str, example: str) -> str:
+    """A task option every run needs (a flag, not a positional, so `fab TASK --help` prints help)."""
+    if value in (None, ""):
+        raise Exit(f"--{option} is required, e.g. {example}", code=1)
+    return str(value)
+
+
+def _int(value, option: str) -> int | None:
+    """A numeric option: one line naming it and what it takes, not a traceback."""
+    if value in (None, ""):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise Exit(f"--{option} must be a whole number, not {value!r}", code=1) from None
+    if n < 1:
+        raise Exit(f"--{option} must be 1 or more, not {n}", code=1)
+    return n
+
+
 def _hosts(value: str | None) -> list[str] | None:
     return [h.strip() for h in value.split(",") if h.strip()] if value else None
 
@@ -45,46 +65,47 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
 
     inv = _inventory(inventory)
     try:
-        report = run_preflight(inv, phase, _hosts(hosts), int(max_parallel) if max_parallel else None)
+        report = run_preflight(inv, phase, _hosts(hosts), _int(max_parallel, "max-parallel"))
     except InventoryError as exc:
         raise Exit("\n".join(exc.problems), code=1) from None
     if json:
         render.dump_json(report.to_json())
     else:
-        print(render.preflight_text(report.checks, report.hosts))
+        render.say(render.preflight_text(report.checks, report.hosts))
     if not report.ok:
         raise Exit(code=1)
 
 
 @task(help={"hosts": "number of lab hosts (mainpc, pc2, node03, ...)", "extras": "extra hosts, e.g. bad-driver",
             "with-observability": "also build the CPU family, collector and hello from this commit and add them"})
-def lab_up(c, hosts=2, extras="", with_observability=False):
+def lab_up(c, hosts=None, extras="", with_observability=False):
     """Start the lab fleet: a netns per host with sshd + dockerd, a registry, fake NVML."""
     from .images.build import BuildError
     from .lab import fleet
 
     try:
-        state = fleet.up(int(hosts), [e for e in extras.split(",") if e], observability=with_observability)
+        state = fleet.up(_int(hosts, "hosts") or 2, [e for e in extras.split(",") if e], observability=with_observability)
     except BuildError as exc:
         raise Exit(f"lab.up failed building images: {exc}", code=1) from None
     except fleet.LabError as exc:
         raise Exit(f"lab.up failed: {exc}", code=1) from None
-    print(f"lab up: {', '.join(h.name for h in state.hosts)}; registry {state.registry}")
-    print(f"inventory: {state.inventory}")
-    print(f"try: fab preflight --inventory {state.inventory}")
+    render.say(f"lab up: {', '.join(h.name for h in state.hosts)}; registry {state.registry}")
+    render.say(f"inventory: {state.inventory}")
+    render.say(f"try: fab preflight --inventory {state.inventory}")
 
 
 @task(help={"service": "lab service to release", "variant": "healthy, degraded, http500, crash, hang, root, notini",
             "trivy-cve": "file a Trivy report with this HIGH finding next to the image", "name": "name of the written inventory",
             "healthy-deadline": "override the service's health.healthy_deadline", "min-healthy-time": "override health.min_healthy_time"})
-def lab_release(c, service, variant="healthy", trivy_cve=None, name=None, healthy_deadline=None, min_healthy_time=None):
+def lab_release(c, service=None, variant="healthy", trivy_cve=None, name=None, healthy_deadline=None, min_healthy_time=None):
     """Push a new lab image version and write a lab inventory naming it (prints the path)."""
     from .lab import fleet
     from .lab.release import release
 
+    service = _required(service, "service", "fab lab.release --service llm-api --variant degraded")
     health = {k: float(v) for k, v in (("healthy_deadline", healthy_deadline), ("min_healthy_time", min_healthy_time)) if v}
     try:
-        print(release(service, variant, trivy_cve, name, health))
+        render.say(release(service, variant, trivy_cve, name, health))
     except fleet.LabError as exc:
         raise Exit(str(exc), code=1) from None
 
@@ -101,7 +122,7 @@ def lab_down(c):
     left = fleet.leftovers()
     if left:
         raise Exit("lab.down left behind: " + ", ".join(left), code=1)
-    print("lab down: nothing left behind")
+    render.say("lab down: nothing left behind")
 
 
 def _confirm_or_yes(yes: bool):
@@ -126,7 +147,7 @@ def _print_reports(reports, as_json: bool) -> None:
         render.dump_json([r.to_json() for r in reports] if len(reports) > 1 else reports[0].to_json())
         return
     for r in reports:
-        print(render.rollout_text(r))
+        render.say(render.rollout_text(r))
 
 
 @task(
@@ -150,7 +171,7 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
     inv = _inventory(inventory)
     if bool(phase) == bool(all):
         raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=1)
-    kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=int(max_parallel) if max_parallel else None,
+    kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=_int(max_parallel, "max-parallel"),
               on_failure=on_failure, confirm=_confirm_or_yes(yes), progress=executor.Progress(enabled=not json))
     try:
         reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
@@ -164,10 +185,11 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
 
 @task(help={"phase": "phase whose services go back", "service": "only this service", "hosts": "limit to these hosts",
             "json": "JSON output", "yes": "do not ask", "inventory": "inventory file"})
-def rollback(c, phase, service=None, hosts=None, json=False, yes=False, inventory=None):
-    """Put a phase's services (or one) back on the -prev image they recorded, health-gated."""
+def rollback(c, phase=None, service=None, hosts=None, json=False, yes=False, inventory=None):
+    """Put a phase's services (or one) back on the configuration they ran before their release, health-gated."""
     from . import executor
 
+    phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
     inv = _inventory(inventory)
     if not yes and not (sys.stdin.isatty() and input(f"roll back {service or 'every service of ' + phase}? [y/N] ").lower().startswith("y")):
         raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
@@ -190,37 +212,42 @@ def status(c, json=False, hosts=None, inventory=None):
     if json:
         render.dump_json(out)
     else:
-        print(render.status_text(out))
+        render.say(render.status_text(out))
     if any(not h.get("reachable") for h in out["hosts"].values()):
         raise Exit(code=1)
 
 
-@task(help={"json": "JSON output", "limit": "show the last N rollouts"})
-def history(c, json=False, limit=20):
+@task(help={"json": "JSON output", "limit": "show the last N rollouts (default 20)"})
+def history(c, json=False, limit=None):
     """Rollouts recorded in the ledger: who, when, phase, outcome."""
     from . import ledger
 
-    entries = ledger.rollouts()[-int(limit):]
+    entries = ledger.rollouts()[-(_int(limit, "limit") or 20):]
     if json:
         render.dump_json(entries)
     else:
-        print(render.history_text(entries, str(ledger.path())))
+        render.say(render.history_text(entries, str(ledger.path())))
 
 
 @task(help={"host": "host to unlock", "reason": "why (recorded on the host)",
             "force": "stop the live but stuck transaction process holding the lock, then recover its transaction",
             "inventory": "inventory file"})
-def unlock(c, host, reason, force=False, inventory=None):
+def unlock(c, host=None, reason=None, force=False, inventory=None):
     """Free a host stuck behind a live transaction (--force); a dead holder's lock frees itself. Recorded with the reason."""
     from . import transport
     from .plan import operator
 
+    host = _required(host, "host", 'fab unlock --host mainpc --reason "why"')
+    reason = _required(reason, "reason", 'fab unlock --host mainpc --reason "why"')
     inv = _inventory(inventory)
-    inv.select_hosts([host])
+    try:
+        inv.select_hosts([host])
+    except InventoryError as exc:
+        raise Exit("\n".join(exc.problems), code=1) from None
     res = transport.on_hosts(inv, [host], "unlock", lambda h: {"reason": reason, "force": force, "operator": operator()})[host]
     if res.answer is None:
         raise Exit(res.error, code=1)
-    print(f"{host}: {res.answer.get('msg')}")
+    render.say(f"{host}: {res.answer.get('msg')}")
     if not res.ok:
         raise Exit(code=1)
 
@@ -254,7 +281,7 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
             raise Exit(str(exc), code=1) from None
         host = inv.fleet.hosts[h]
         scans.append(hk.scan(h, host.address, host.port, path, inv.fleet.ssh.connect_timeout))
-    print(render.table([[s.host, s.entry, s.key.get_name() if s.key else "-", s.fingerprint or s.error, s.status] for s in scans],
+    render.say(render.table([[s.host, s.entry, s.key.get_name() if s.key else "-", s.fingerprint or s.error, s.status] for s in scans],
                        ["host", "address", "type", "fingerprint", "status"]))
     accepted, open_ = [], []
     for s in scans:
@@ -263,7 +290,7 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
         if s.host in expected:
             ok = expected[s.host] == s.fingerprint
             if not ok:
-                print(f"{s.host}: fingerprint is {s.fingerprint}, not the {expected[s.host]} you named; NOT pinned")
+                render.say(f"{s.host}: fingerprint is {s.fingerprint}, not the {expected[s.host]} you named; NOT pinned")
         elif sys.stdin.isatty():
             warn = " — THE KEY CHANGED; if the host was not reinstalled, stop: this may be an attack" if s.status == "CHANGED" else ""
             ok = input(f"{s.host}: pin {s.fingerprint}{warn}? Compare it with the host's console first. [y/N] ").strip().lower() == "y"
@@ -273,7 +300,7 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
     for path in {s.path for s in accepted}:
         hk.write(path, [s for s in accepted if s.path == path])
     for s in accepted:
-        print(f"{s.host}: pinned {s.fingerprint} in {s.path}")
+        render.say(f"{s.host}: pinned {s.fingerprint} in {s.path}")
     if open_ or any(s.status == "unreachable" for s in scans):
         names = ", ".join(s.host for s in open_)
         raise Exit(f"not pinned: {names or 'unreachable hosts'}; confirm each fingerprint out of band, then run"
@@ -283,8 +310,9 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
 @task(help={"family": "family name from families/families.yml", "push": "push to <registry>/<org> from the inventory",
             "allow-dirty": "build from uncommitted families/ (tag -dirty, never pushed)", "json": "JSON output",
             "inventory": "inventory whose registry to push to"})
-def build(c, family, push=False, allow_dirty=False, json=False, inventory=None):
+def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=None):
     """Build a family image reproducibly: tag from the commit, SBOM, size budget, optional push."""
+    family = _required(family, "family", "fab build --family family-cpu-py311")
     from .images import build as images_build
 
     inv = _inventory(inventory) if push else None
@@ -296,16 +324,17 @@ def build(c, family, push=False, allow_dirty=False, json=False, inventory=None):
     if json:
         render.dump_json(r.to_json())
     else:
-        print(f"{r.family}:{r.tag}  {r.digest}\n  base {r.base}\n  size {r.size_mb} MB (budget {r.budget_mb} MB)\n  SBOM {r.sbom} (SPDX, validated)")
+        render.say(f"{r.family}:{r.tag}  {r.digest}\n  base {r.base}\n  size {r.size_mb} MB (budget {r.budget_mb} MB)\n  SBOM {r.sbom} (SPDX, validated)")
         if r.pushed:
-            print(f"  pushed {r.pushed}")
+            render.say(f"  pushed {r.pushed}")
         for n in r.notes:
-            print(f"  note: {n}")
+            render.say(f"  note: {n}")
 
 
 @task(help={"family": "family to audit", "image": "image to audit (default: this commit's local build)", "json": "JSON output"})
-def audit(c, family, image=None, json=False):
+def audit(c, family=None, image=None, json=False):
     """List what a family image holds and fail on GPU-only deps in CPU families, unpinned or unhashed locks."""
+    family = _required(family, "family", "fab audit --family family-cpu-py311")
     from .images import audit as images_audit
     from .images import build as images_build
     from .images import spec
@@ -321,21 +350,28 @@ def audit(c, family, image=None, json=False):
     if json:
         render.dump_json(rep.to_json())
     else:
-        print(render.table([[p["name"], p["version"]] for p in rep.python_packages], ["python package", "version"]))
-        print(f"\n{len(rep.debian_packages)} Debian packages (see --json)")
+        render.say(render.table([[p["name"], p["version"]] for p in rep.python_packages], ["python package", "version"]))
+        render.say(f"\n{len(rep.debian_packages)} Debian packages (see --json)")
         for p in rep.problems:
-            print(f"FAIL {p}")
-        print(f"audit of {family} ({ref}): {'passed' if rep.ok else 'FAILED'}")
+            render.say(f"FAIL {p}")
+        render.say(f"audit of {family} ({ref}): {'passed' if rep.ok else 'FAILED'}")
     if not rep.ok:
         raise Exit(code=1)
 
 
-@task(help={"path": "the runbook (Markdown), e.g. docs/runbook.md", "from": "start at this step id", "yes": "do not ask before each step",
-            "json": "print the step results as JSON at the end"})
+RUNBOOK_HELP = {"path": "the runbook (Markdown), e.g. docs/runbook.md", "from": "start at this step id",
+                "yes": "do not ask before each step", "json": "print the step results as JSON at the end"}
+
+
+@task(help=RUNBOOK_HELP)
 def runbook(c, path, from_=None, yes=False, json=False):
     """Run a runbook's steps in order, stop at the first failure, record each step in the ledger."""
     from . import runbook as rb
 
+    if path in ("--help", "-h"):  # PATH is positional, so invoke hands --help to us as its value
+        render.say("Usage: fab runbook PATH [--from STEP] [--yes] [--json]\n\n  " + (runbook.__doc__ or "").strip() + "\n\nOptions:\n"
+                   + "\n".join(f"  --{k:<6} {v}" for k, v in RUNBOOK_HELP.items() if k != "path"))
+        return
     p = Path(path)
     if not p.exists():
         raise Exit(f"{path}: no such runbook", code=1)

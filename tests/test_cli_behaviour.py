@@ -1,0 +1,55 @@
+"""The CLI under help, bad input and closed pipes: help for every task, one-line errors, no tracebacks (no hosts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAB = str(Path(sys.executable).with_name("fab"))
+TASKS = ["preflight", "rollout", "rollback", "status", "history", "unlock", "hostkeys", "build", "audit", "runbook",
+         "lab.up", "lab.down", "lab.release"]
+
+
+def fab(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, input=stdin)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_help_prints_help_and_runs_nothing(task):
+    r = fab(task, "--help")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Usage: fab" in r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,says", [
+    (["rollout", "--phase", "gpu-mainpc", "--max-parallel", "abc"], "--max-parallel must be a whole number, not 'abc'"),
+    (["preflight", "--max-parallel", "0"], "--max-parallel must be 1 or more"),
+    (["history", "--limit", "x"], "--limit must be a whole number, not 'x'"),
+    (["unlock", "--host", "nosuchhost", "--reason", "r"], "--hosts names nosuchhost, not in the inventory"),
+    (["unlock", "--host", "mainpc"], "--reason is required"),
+    (["rollback"], "--phase is required"),
+    (["lab.release"], "--service is required"),
+    (["build"], "--family is required"),
+    (["runbook", "no/such.md"], "no such runbook"),
+])
+def test_bad_input_is_one_line_and_exit_1(args, says):
+    r = fab(*args)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert says in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("".join(f'{{"kind":"started","rollout_id":"r{i}","time":"t","phase":"p"}}\n' for i in range(3000)))
+    p = subprocess.run(f"{FAB} history --json --limit 3000 | head -c 10", shell=True, cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={**__import__("os").environ, "FLEETROLL_LEDGER": str(ledger)})
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+def test_numeric_options_with_defaults_are_checked_by_us_not_the_parser():
+    r = fab("lab.up", "--hosts", "many")
+    assert r.returncode == 1 and "--hosts must be a whole number, not 'many'" in r.stderr and "Traceback" not in r.stderr
