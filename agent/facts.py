@@ -109,7 +109,17 @@ def docker_client(timeout: float = 10.0):
     return docker.from_env(timeout=timeout)
 
 
-def summarize_container(attrs: dict) -> dict[str, Any]:
+def up_seconds(started_at: str, now: float) -> float | None:
+    """Seconds since Docker's StartedAt (RFC 3339, nanoseconds, UTC). Pure."""
+    import calendar
+
+    try:
+        return max(0.0, now - calendar.timegm(time.strptime(started_at[:19], "%Y-%m-%dT%H:%M:%S")))
+    except (ValueError, TypeError):
+        return None
+
+
+def summarize_container(attrs: dict, now: float | None = None) -> dict[str, Any]:
     """The parts of `docker inspect` that planning and status need."""
     cfg = attrs.get("Config") or {}
     state = attrs.get("State") or {}
@@ -123,6 +133,7 @@ def summarize_container(attrs: dict) -> dict[str, Any]:
         "running": bool(state.get("Running")),
         "restart_count": attrs.get("RestartCount", 0),
         "started_at": state.get("StartedAt", ""),
+        "up_s": up_seconds(state.get("StartedAt", ""), now if now is not None else time.time()),
         "service": labels.get(contract.SERVICE, ""),
         "tag": labels.get(contract.TAG, ""),
         "digest": labels.get(contract.DIGEST, ""),

@@ -551,6 +551,27 @@ def sha_drift(tag: str, report: dict | None, container_started: str) -> str:
     return ""
 
 
+CRASH_LOOP_S = 60  # a container that restarted and has been up for less than this is not (yet) healthy
+
+
+def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
+    """Healthy means the container runs (not restarting, not exited) *and* /health answered ok. Pure.
+
+    A crash-looping container answers /health between crashes; the probe alone would call it healthy.
+    """
+    if c is None:
+        return False, "not running (no container)"
+    state = c.get("status") or "unknown"
+    if not c.get("running") or state != "running":
+        return False, f"container {state}" + (f" ({c.get('restart_count')} restarts)" if c.get("restart_count") else "")
+    if not probe.get("ok"):
+        return False, probe.get("reason") or "no /health answer"
+    up = c.get("up_s")
+    if c.get("restart_count") and up is not None and up < CRASH_LOOP_S:
+        return False, f"restarted {c['restart_count']} times, up only {up:.0f}s (crash loop?)"
+    return True, "healthy" + (f" ({c['restart_count']} restarts)" if c.get("restart_count") else "")
+
+
 def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | None = None) -> dict[str, Any]:
     targets = inv.select_hosts(hosts)
     coll = inv.fleet.observability.collector
@@ -589,9 +610,10 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                 drift = f"runs {c.get('tag')}, inventory says {want}"
             else:
                 drift = ""
+            healthy, health = service_health(c, probe)
             services[s] = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
-                           "status": c.get("status") if c else "absent", "healthy": bool(probe.get("ok")),
-                           "health": probe.get("reason", ""), "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
+                           "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
+                           "healthy": healthy, "health": health, "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
             if reports is not None and c:
                 rep = reports.get((h, s))
                 services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None

@@ -102,7 +102,7 @@ def status_text(st: dict) -> str:
             drift = "; ".join(x for x in (v["drift"], v.get("sha_drift")) if x) or "-"
             reported = (v.get("reported_git_sha") or "-")[:7] if "sha_drift" in v else "n/a"
             rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", reported,
-                         "healthy" if v["healthy"] else (v["health"] or v["status"])[:40], drift])
+                         (v["health"] or v["status"])[:40], drift])
         lock = info.get("lock")
         if lock:
             notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, running)")

@@ -204,7 +204,7 @@ def rollback(c, phase=None, service=None, hosts=None, json=False, yes=False, inv
 
 @task(help={"json": "JSON output", "hosts": "limit to these hosts", "inventory": "inventory file"})
 def status(c, json=False, hosts=None, inventory=None):
-    """What runs where: tag, digest, health, drift from the inventory, last rollout, locks."""
+    """What runs where: tag, digest, health, drift from the inventory, last rollout, locks. Exit 1 if a host or service is not healthy."""
     from . import executor
 
     inv = _inventory(inventory)
@@ -213,7 +213,8 @@ def status(c, json=False, hosts=None, inventory=None):
         render.dump_json(out)
     else:
         render.say(render.status_text(out))
-    if any(not h.get("reachable") for h in out["hosts"].values()):
+    unhealthy = [f"{h} {s}" for h, info in out["hosts"].items() for s, v in (info.get("services") or {}).items() if not v["healthy"]]
+    if any(not h.get("reachable") for h in out["hosts"].values()) or unhealthy:
         raise Exit(code=1)
 
 

@@ -177,6 +177,7 @@ def test_transaction_killed_at_each_step_boundary_is_recovered(lab, tmp_path, af
 
 
 def test_controller_and_transaction_both_killed_next_status_recovers(lab, tmp_path):
+    baseline(lab, "core-infra")  # every service of mainpc runs: fab status exits 0 only when all are healthy
     baseline(lab)
     llm = snapshot(lab, "llm-api")
     tag = new_tag()
@@ -346,3 +347,31 @@ def test_unlock_force_stops_a_live_stuck_holder_and_records_why(lab, tmp_path):
     finally:
         if stuck.poll() is None:
             stuck.kill()
+
+
+def test_crash_looping_service_is_not_shown_healthy_and_status_exits_1(lab, tmp_path):
+    baseline(lab, "core-infra")
+    baseline(lab)
+    tag = new_tag()
+    ref = images.push(lab, "vision-svc", tag, "crash", arch="89;86")
+    cl = dclient(lab)
+    old = cl.containers.get("vision-api")
+    labels = dict(old.labels)
+    old.remove(force=True)
+    try:
+        cl.images.pull(ref)
+        # Put there by hand (as an operator might): crashes 1 s after each start, restarted by Docker every time.
+        c = cl.containers.run(ref, name="vision-api", labels=labels, ports={"8080/tcp": 8001}, restart_policy={"Name": "always"},
+                              environment={"CRASH_AFTER": "1"}, user="10001:10001", detach=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and (c.reload() or c.attrs["RestartCount"] < 2):
+            time.sleep(0.2)
+        r = subprocess.run([FAB, "status", "--hosts", "mainpc", "--json", "--inventory", lab.inventory], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        v = json.loads(r.stdout)["hosts"]["mainpc"]["services"]["vision-api"]
+        assert not v["healthy"] and v["restarts"] >= 2 and ("restart" in v["health"] or "exited" in v["health"]), v
+        assert all(s["healthy"] for name, s in json.loads(r.stdout)["hosts"]["mainpc"]["services"].items() if name != "vision-api")
+    finally:
+        cl.containers.get("vision-api").remove(force=True)
+        baseline(lab)  # put the real one back for the tests after this

@@ -106,8 +106,8 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     fab("rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(third))
     fab("rollback", "--phase", "gpu-mainpc", "--service", "llm-api", "--yes", "--json", "--inventory", str(third))
     assert f"HF_TOKEN={token}" in dclient(lab).containers.get("llm-api").attrs["Config"]["Env"] and kept_leftovers(lab) == []
-    fab("status", "--inventory", str(third))
-    fab("status", "--json", "--inventory", str(third))
+    fab("status", "--inventory", str(third), ok=(0, 1))  # 1 if another phase's services are not deployed in this lab
+    fab("status", "--json", "--inventory", str(third), ok=(0, 1))
     fab("history", "--json")
     records = [ledger.path().read_text()] + [p.read_text() for p in (ledger.path().parent / "pins").glob("*.json")]
     journals = [p.read_text(errors="replace") for p in (host.dir / "state").rglob("*") if p.is_file() and p.name != "redaction.key"]

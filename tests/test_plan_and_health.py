@@ -119,3 +119,29 @@ def test_sha_drift_rules():
     assert "tag names 9999999" in sha_drift("20261126-9999999", rep, "2026-11-26T06:00:09Z")
     assert sha_drift("20261126-0a1b2c3", None, "") == "no start-up report"
     assert "stale report" in sha_drift("20261126-0a1b2c3", rep, "2026-11-26T07:00:00Z")
+
+
+def test_status_health_needs_a_running_container_not_only_a_good_probe():
+    from playbooks.executor import service_health
+
+    ok = {"ok": True, "reason": 'HTTP 200 {"status":"ok"}'}
+    assert service_health({"running": True, "status": "running", "restart_count": 0}, ok) == (True, "healthy")
+    assert service_health({"running": True, "status": "running", "restart_count": 3, "up_s": 3600}, ok) == (True, "healthy (3 restarts)")
+    # between two crashes of a crash loop: running, answering, but up only seconds after its last restart
+    assert service_health({"running": True, "status": "running", "restart_count": 4, "up_s": 2.0}, ok) == (
+        False, "restarted 4 times, up only 2s (crash loop?)")
+    # crash-looping: /health answered between crashes, but the container is restarting
+    healthy, text = service_health({"running": True, "status": "restarting", "restart_count": 7}, ok)
+    assert not healthy and text == "container restarting (7 restarts)"
+    assert service_health({"running": False, "status": "exited"}, ok) == (False, "container exited")
+    assert service_health(None, ok) == (False, "not running (no container)")
+    assert service_health({"running": True, "status": "running"}, {"ok": False, "reason": "HTTP 500"}) == (False, "HTTP 500")
+
+
+def test_container_uptime_from_dockers_timestamp():
+    from agent.facts import summarize_container, up_seconds
+
+    assert up_seconds("2026-11-26T10:00:00.123456789Z", 1795687260.0) == 60.0
+    assert up_seconds("", 1.0) is None
+    c = summarize_container({"Name": "/x", "State": {"StartedAt": "2026-11-26T10:00:00Z", "Running": True}}, now=1795687230.0)
+    assert c["up_s"] == 30.0
