@@ -45,9 +45,15 @@ def test_bad_input_is_one_line_and_exit_1(args, says):
 def test_closed_pipe_ends_quietly(tmp_path):
     ledger = tmp_path / "ledger.jsonl"
     ledger.write_text("".join(f'{{"kind":"started","rollout_id":"r{i}","time":"t","phase":"p"}}\n' for i in range(3000)))
-    p = subprocess.run(f"{FAB} history --json --limit 3000 | head -c 10", shell=True, cwd=ROOT, capture_output=True, text=True,
-                       timeout=60, env={**__import__("os").environ, "FLEETROLL_LEDGER": str(ledger)})
-    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+    # fab history --json | head -c 10, as two processes joined by a real pipe (no shell)
+    writer = subprocess.Popen([FAB, "history", "--json", "--limit", "3000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**__import__("os").environ, "FLEETROLL_LEDGER": str(ledger)})
+    reader = subprocess.run(["head", "-c", "10"], stdin=writer.stdout, capture_output=True, timeout=60)
+    writer.stdout.close()
+    err = writer.stderr.read().decode()
+    writer.wait(timeout=60)
+    assert len(reader.stdout) == 10
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_numeric_options_with_defaults_are_checked_by_us_not_the_parser():
