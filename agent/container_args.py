@@ -185,6 +185,11 @@ def redact_env(env: dict[str, Any], key: bytes) -> dict[str, Any]:
             for k, v in env.items()}
 
 
+def prev_of(labels: dict[str, str]) -> tuple[str, str]:
+    """(`<old tag>-prev`, old digest): how a container being replaced is pinned, from its own labels."""
+    return f"{labels.get(contract.TAG) or 'unknown'}-prev", labels.get(contract.DIGEST, "")
+
+
 def kept_name(service: str, rollout_id: str) -> str:
     """The name an old container waits under while its successor is gated."""
     return f"{service}--kept-{hashlib.sha256(rollout_id.encode()).hexdigest()[:8]}"

@@ -244,11 +244,10 @@ class Transaction:
     # --- one service: replace whatever runs with `new_args`, or put it back ------------
 
     def _set_aside(self, r: ServiceResult, old, repo: str, pin: bool) -> None:
-        labels = old.labels or {}
         service = r.service
         if pin:
-            prev_tag = f"{labels.get(contract.TAG) or 'unknown'}-prev"
-            r.prev_ref, r.prev_digest = f"{repo}:{prev_tag}", labels.get(contract.DIGEST, "")
+            prev_tag, r.prev_digest = container_args.prev_of(old.labels or {})
+            r.prev_ref = f"{repo}:{prev_tag}"
             self.j("pin-prev", service, prev_ref=r.prev_ref, prev_digest=r.prev_digest, image_id=old.attrs.get("Image"))
             self.client.images.get(old.attrs["Image"]).tag(repo, prev_tag)
             self.hit("pin-prev", service)
@@ -319,8 +318,7 @@ class Transaction:
             r.message = f"a container named {service!r} exists and was not started by fleetroll; remove or rename it first (nothing was stopped)"
             self.j("refused", service, check=r.check, message=r.message)
             return r
-        prev_tag = f"{(current.labels or {}).get(contract.TAG) or 'unknown'}-prev" if current is not None else ""
-        prev_digest = (current.labels or {}).get(contract.DIGEST, "") if current is not None else ""
+        prev_tag, prev_digest = container_args.prev_of(current.labels or {}) if current is not None else ("", "")
         labels = container_args.labels_for(spec, spec["tag"], spec["digest"], self.rid, self.args.get("phase", ""),
                                            self.args.get("operator", ""), git_sha, prev_tag, prev_digest)
         new_args = container_args.from_spec(spec, image.id, labels)

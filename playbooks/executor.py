@@ -447,14 +447,19 @@ def _record(ro: _Rollout, results: dict[str, transport.CallResult]) -> RolloutRe
     for h, r in results.items():
         if r.answer is not None and not r.ok and not _services(r):
             report.messages.append(f"FAILED {h}: {r.error}")
-    if needs:
-        report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))
-    if report.pins:
-        report.messages.append(f"pins written to {ledger.write_pins(plan.rollout_id, report.pins)}")
+    _closing_messages(report, needs)
     report.elapsed_s = time.monotonic() - ro.t0
     ledger.append("finished", **ro.common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
                   needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
     return report
+
+
+def _closing_messages(report: RolloutReport, needs: list[str]) -> None:
+    """What every rollout and rollback report ends with: who needs an operator, and where the pins went."""
+    if needs:
+        report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))
+    if report.pins:
+        report.messages.append(f"pins written to {ledger.write_pins(report.rollout_id, report.pins)}")
 
 
 def rollout_all(inv: Inventory, **kw) -> list[RolloutReport]:
@@ -512,7 +517,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r)} for h, r in results.items()}
     report.pins = [{"host": h, "service": s["service"], "prev_ref": s["prev_ref"], "prev_digest": s["prev_digest"]}
                    for h, r in results.items() for s in _services(r) if s.get("prev_ref")]
-    state, needs = derive_state(host_outcomes(results))
+    needs = derive_state(host_outcomes(results))[1]
     report.ok = all(r.ok for r in results.values()) and not needs
     report.state = "reverted" if report.ok else ("needs-operator" if needs else "failed")
     for h, r in results.items():
@@ -523,10 +528,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
                 report.messages.append(f"{h} {s['service']}: {s['outcome']}: {s.get('message') or (s.get('revert_gate') or {}).get('reason')}")
         if r.answer is None or (not r.ok and not _services(r)):
             report.messages.append(f"{h}: {r.error}")
-    if needs:
-        report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))
-    if report.pins:
-        report.messages.append(f"pins written to {ledger.write_pins(plan.rollout_id, report.pins)}")
+    _closing_messages(report, needs)
     ledger.append("finished", **common, final=report.state, services=[{"host": h, **s} for h, v in report.hosts.items() for s in v["services"]],
                   pins=report.pins, messages=report.messages)
     return report
