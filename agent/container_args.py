@@ -89,7 +89,8 @@ def from_inspect(attrs: dict) -> CreateArgs:
     for item in cfg.get("Env") or []:
         k, _, v = item.partition("=")
         # A value that came from a secret is recorded as its reference, never as itself.
-        env[k] = {"secret": from_secret[k]} if k in from_secret else v
+        ref = secrets.ref_from_label(from_secret[k]) if k in from_secret else None
+        env[k] = ref if ref is not None else v
     ports = {}
     for port, bindings in (hc.get("PortBindings") or {}).items():
         if bindings:

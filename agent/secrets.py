@@ -6,10 +6,19 @@ read. The agent reads it at the moment it creates a container, so a token never 
 the controller, the ledger, the journal or a terminal: everything else carries the
 reference. Containers record which env keys came from which secret (a label), so a
 restore or a recreation from the journal resolves them again.
+
+A second kind of reference, `{report_key: NAME}`, is made by the planner (never written in
+the inventory): the container's own start-up report key, derived here from the fleet's
+report secret NAME and the host, service and image digest this very container runs with.
+The collector derives the same key from what a report claims, so a container can report
+for itself and for nothing else, and the fleet secret itself never enters a container
+other than the collector's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import stat
@@ -27,13 +36,35 @@ def secrets_dir() -> Path:
     return Path(os.environ.get("FLEETROLL_SECRETS_DIR") or "/etc/fleetroll/secrets")
 
 
+REPORT_KEY_CONTEXT = b"fleetroll-report-v1"
+
+
 def is_ref(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"secret"}
+    return isinstance(value, dict) and (set(value) == {"secret"} or set(value) == {"report_key"})
 
 
-def refs(env: dict[str, Any]) -> dict[str, str]:
-    """{ENV_KEY: secret name} for the env entries that are references."""
-    return {k: v["secret"] for k, v in (env or {}).items() if is_ref(v)}
+def refs(env: dict[str, Any]) -> dict[str, str | dict]:
+    """{ENV_KEY: what the container's label records} for the env entries that are references.
+
+    A plain secret is recorded as its name (the label's original form); a derived report
+    key as its whole reference.
+    """
+    return {k: v["secret"] if "secret" in v else dict(v) for k, v in (env or {}).items() if is_ref(v)}
+
+
+def ref_from_label(recorded: Any) -> dict | None:
+    """The env reference a container's secret-env label recorded for one key (inverse of `refs`)."""
+    if isinstance(recorded, str):
+        return {"secret": recorded}
+    if is_ref(recorded):
+        return dict(recorded)
+    return None
+
+
+def report_key(fleet_secret: str, host: str, service: str, digest: str) -> str:
+    """The start-up report key of one container (the collector computes the same function)."""
+    msg = b"\0".join([REPORT_KEY_CONTEXT, host.encode(), service.encode(), digest.encode()])
+    return hmac.new(fleet_secret.encode(), msg, hashlib.sha256).hexdigest()
 
 
 def read(name: str) -> str:
@@ -57,5 +88,21 @@ def read(name: str) -> str:
 
 
 def resolve(env: dict[str, Any]) -> dict[str, str]:
-    """Env with every reference replaced by its value: only ever handed to Docker's create call."""
-    return {k: read(v["secret"]) if is_ref(v) else str(v) for k, v in (env or {}).items()}
+    """Env with every reference replaced by its value: only ever handed to Docker's create call.
+
+    A report key is derived from the host, service and digest in this same env, which the
+    agent set from what it verified (FLEETROLL_IMAGE_DIGEST is the digest it pulled).
+    """
+    env = env or {}
+    out = {}
+    for k, v in env.items():
+        if not is_ref(v):
+            out[k] = str(v)
+        elif "secret" in v:
+            out[k] = read(v["secret"])
+        else:
+            ctx = [env.get(n) for n in ("FLEETROLL_HOST", "FLEETROLL_SERVICE", "FLEETROLL_IMAGE_DIGEST")]
+            if not all(isinstance(c, str) and c for c in ctx):
+                raise SecretError(f"env {k}: a report key needs FLEETROLL_HOST, FLEETROLL_SERVICE and FLEETROLL_IMAGE_DIGEST")
+            out[k] = report_key(read(v["report_key"]), *ctx)
+    return out

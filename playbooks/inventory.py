@@ -238,6 +238,10 @@ class Security(_Strict):
 
 class Observability(_Strict):
     collector: str | None = None  # the service that receives start-up reports (SBOM + git SHA)
+    # The fleet's report secret: a host-side secret file of this name on every host that runs a
+    # service (and on the collector's). Each container gets only a key derived from it for its
+    # own host, service and digest; the collector alone gets the secret itself.
+    report_key_secret: str = Field(default="fleetroll-report-key", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class Defaults(_Strict):

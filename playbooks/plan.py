@@ -101,7 +101,12 @@ def container_spec(inv: Inventory, service: str) -> dict[str, Any]:
     env.update(FLEETROLL_SERVICE=service, FLEETROLL_HOST=svc.host)
     url = inv.collector_url()
     if url:
+        obs = inv.fleet.observability
         env["FLEETROLL_COLLECTOR_URL"] = url
+        # Derived on the host from the fleet secret for this container alone (agent/secrets.py).
+        env["FLEETROLL_REPORT_KEY"] = {"report_key": obs.report_key_secret}
+        if service == obs.collector:
+            env["COLLECTOR_FLEET_KEY"] = {"secret": obs.report_key_secret}
     return {
         "name": service,
         "repo": inv.repo(service),

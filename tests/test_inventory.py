@@ -250,3 +250,11 @@ def test_same_port_on_two_addresses_is_fine_but_not_beside_a_wildcard(tmp_path):
     assert any("already published by service 'api'" in p for p in problems(tmp_path, two, ph))
     inv = load(write(tmp_path, two.replace('ports: ["8080:8080"]', 'ports: ["10.0.0.5:8080:8080"]'), ph))
     assert sorted(inv.fleet.services) == ["api", "web"]
+
+
+def test_report_key_secret_must_be_a_plain_secret_name(tmp_path):
+    obs = "observability:\n  collector: api\n  report_key_secret: ../../etc/shadow\n"
+    out = problems(tmp_path, BASE + obs)
+    assert "observability.report_key_secret" in out[0] and ":19:" in out[0] and "etc/shadow" in out[0]
+    inv = load(write(tmp_path, BASE + "observability:\n  collector: api\n"))
+    assert inv.fleet.observability.report_key_secret == "fleetroll-report-key"

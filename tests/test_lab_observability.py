@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -21,6 +23,7 @@ import docker
 import pytest
 import yaml
 
+from agent import secrets as agent_secrets
 from playbooks import executor
 from playbooks.images import build
 from playbooks.inventory import load
@@ -77,8 +80,20 @@ def get(u, timeout=5):
         return r.status, json.loads(r.read())
 
 
-def post(u, body: bytes, timeout=10):
-    req = urllib.request.Request(u, data=body, headers={"Content-Type": "application/json"}, method="POST")
+def sign_as(obs, body: bytes, host: str, service: str, digest: str) -> str:
+    """What a container of (host, service, digest) would send: the body's HMAC under its derived key."""
+    key = agent_secrets.report_key(fleet.report_secret(obs["lab"]), host, service, digest)
+    return "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+def post(u, body: bytes, timeout=10, signature: str | None = None, obs=None):
+    headers = {"Content-Type": "application/json"}
+    if signature is None and obs is not None:  # sign as whatever the body claims to be
+        rec = json.loads(body)
+        signature = sign_as(obs, body, rec["host"], rec["service"], rec["image_digest"])
+    if signature:
+        headers["X-Fleetroll-Signature"] = signature
+    req = urllib.request.Request(u, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
@@ -133,7 +148,8 @@ def test_malformed_payloads_get_400_and_nothing_is_stored(obs):
     }
     expect = {"bad base64": "base64", "bad gzip": "gzip", "not JSON": "not JSON", "not SPDX": "SPDX", "missing field": "git_sha"}
     for name, body in cases.items():
-        code, ans = post(url(obs, "/v1/startup"), json.dumps(body).encode())
+        code, ans = post(url(obs, "/v1/startup"), json.dumps(body).encode(), signature="" if name == "missing field" else None,
+                         obs=obs)
         assert code == 400 and expect[name] in ans["error"], (name, ans)
     code, ans = post(url(obs, "/v1/startup"), b"x" * (3 * 1024 * 1024))
     assert code == 400 and "limit" in ans["error"]
@@ -143,12 +159,46 @@ def test_malformed_payloads_get_400_and_nothing_is_stored(obs):
     assert get(url(obs, "/health"))[1] == {"status": "ok"}
 
 
+def _env(container) -> dict[str, str]:
+    return dict(e.partition("=")[::2] for e in container.attrs["Config"]["Env"])
+
+
+def test_each_container_holds_only_its_own_report_key_and_cannot_report_for_another(obs):
+    lab = obs["lab"]
+    fleet_secret = fleet.report_secret(lab)
+    mainpc = docker.DockerClient(base_url=lab.host("mainpc").docker_host)
+    hello = mainpc.containers.get("hello-mainpc")
+    env = _env(hello)
+    digest = hello.labels["io.fleetroll.digest"]
+    # derived by the agent from what it started: this host, this service, the digest it pulled
+    assert env["FLEETROLL_REPORT_KEY"] == agent_secrets.report_key(fleet_secret, "mainpc", "hello-mainpc", digest)
+    assert env["FLEETROLL_IMAGE_DIGEST"] == digest
+    assert fleet_secret not in json.dumps(hello.attrs)  # only the collector holds the fleet secret
+    coll = docker.DockerClient(base_url=lab.host("pc2").docker_host).containers.get("fleetroll-collector")
+    assert _env(coll)["COLLECTOR_FLEET_KEY"] == fleet_secret
+    before = reports(obs)
+    key = env["FLEETROLL_REPORT_KEY"]
+    # hello-mainpc's own key, used to claim to be hello-pc2 (or another digest of itself): refused
+    for claim in ({"host": "pc2", "service": "hello-pc2", "image_digest": digest},
+                  {"host": "mainpc", "service": "hello-mainpc", "image_digest": "sha256:" + "2" * 64}):
+        body = json.dumps({**valid_payload(obs), **claim}).encode()
+        sig = "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        code, ans = post(url(obs, "/v1/startup"), body, signature=sig)
+        assert code == 401 and "only report for itself" in ans["error"], ans
+    code, ans = post(url(obs, "/v1/startup"), json.dumps(valid_payload(obs)).encode(), signature="")
+    assert code == 401 and "X-Fleetroll-Signature" in ans["error"]
+    assert reports(obs) == before
+    # the same key, for the report it is for, is accepted
+    body = json.dumps({**valid_payload(obs), "host": "mainpc", "service": "hello-mainpc", "image_digest": digest}).encode()
+    assert post(url(obs, "/v1/startup"), body, signature="sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest())[0] == 201
+
+
 def test_fifty_concurrent_startup_posts_are_all_stored(obs):
     before = len(reports(obs))
     sbom = open(obs["family"].sbom, "rb").read()
     bodies = [json.dumps(valid_payload(obs, f"burst-{i:02d}", "lab", sbom)).encode() for i in range(50)]
     with ThreadPoolExecutor(50) as pool:
-        codes = list(pool.map(lambda b: post(url(obs, "/v1/startup"), b, timeout=60)[0], bodies))
+        codes = list(pool.map(lambda b: post(url(obs, "/v1/startup"), b, timeout=60, obs=obs)[0], bodies))
     assert codes == [201] * 50
     assert len(reports(obs)) == before + 50
 

@@ -74,7 +74,10 @@ def test_plan_limited_to_hosts_and_carries_spec():
     spec = plan.steps[0].spec
     assert spec["ports"] == {"9400/tcp": 9400} and spec["digest"] == DIGEST
     assert spec["env"] == {"MACHINE": "pc2", "FLEETROLL_SERVICE": "fleetroll-collector", "FLEETROLL_HOST": "pc2",
-                           "FLEETROLL_COLLECTOR_URL": "http://192.168.1.11:9400"}
+                           "FLEETROLL_COLLECTOR_URL": "http://192.168.1.11:9400",
+                           # its own report key is derived on the host; the collector alone gets the fleet secret
+                           "FLEETROLL_REPORT_KEY": {"report_key": "fleetroll-report-key"},
+                           "COLLECTOR_FLEET_KEY": {"secret": "fleetroll-report-key"}}
     assert spec["volumes"] == ["fleetroll-collector-data:/data"]
 
 

@@ -2,7 +2,8 @@
 
 Runs detached beside the service (see fleetroll-start). Reads the SPDX JSON SBOM baked
 into the image, gzips and base64-encodes it, and POSTs it with host, service, image
-digest and start time to $FLEETROLL_COLLECTOR_URL. Retries in the background with
+digest and start time to $FLEETROLL_COLLECTOR_URL, signed with $FLEETROLL_REPORT_KEY (the key
+the agent derived for this container alone: host, service and digest). Retries in the background with
 tenacity (bounded attempts and time); whatever happens it logs one clear line and exits
 0 — a collector that is down, refusing, slow, hanging, answering 500 or unresolvable must
 never affect the service.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -49,7 +52,11 @@ class Refused(Exception):
 
 
 def post(url: str, body: bytes) -> int:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get("FLEETROLL_REPORT_KEY", "")
+    if key:
+        headers["X-Fleetroll-Signature"] = "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
             return r.status

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -550,6 +551,10 @@ def up(count: int = 2, extras: list[str] | None = None, images: bool = True, obs
             list(pool.map(_wait_host, hosts))
         (LAB_DIR / "known_hosts").write_text("".join(host_key_line(h) for h in hosts))
         _ssh_config(hosts, key)
+        # The fleet's start-up report secret, on every host as an operator would place it.
+        fleet_secret = secrets.token_urlsafe(32)
+        for h in hosts:
+            put_secret(h, REPORT_SECRET, fleet_secret)
         state = LabState(hosts=hosts, known_hosts=str(LAB_DIR / "known_hosts"), key=str(key))
         from . import images as lab_images
         from .inventory import write_inventory
@@ -579,6 +584,14 @@ def _build_observability(state: LabState) -> str:
     for svc in ("fleetroll-collector", "hello"):
         build.build_service(svc, fam.local_ref, reg, push=True, insecure=True)
     return fam.tag
+
+
+REPORT_SECRET = "fleetroll-report-key"  # the inventory's default observability.report_key_secret
+
+
+def report_secret(state: LabState) -> str:
+    """The lab fleet's report secret (tests and the bench sign reports with keys derived from it)."""
+    return (state.hosts[0].dir / "secrets" / REPORT_SECRET).read_text().strip()
 
 
 def put_secret(h: LabHost, name: str, value: str) -> None:

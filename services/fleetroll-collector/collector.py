@@ -1,10 +1,26 @@
 """fleetroll-collector: receives start-up reports (git SHA + SPDX SBOM) from every service.
 
-POST /v1/startup   validate (size, base64, gzip, JSON, SPDX via spdx-tools) and store;
-                   anything malformed gets 400 with the reason and nothing is stored
-GET  /v1/services  latest report per host/service: git SHA, image digest, times
-GET  /v1/sbom/<d>  the SBOM last reported for image digest <d>
-GET  /health       200 {"status": "ok"} when the database answers
+POST /v1/startup           an authenticated report; every bad one is a 400 (401 when the
+                           signature does not hold) with the reason, and nothing is stored
+GET  /v1/services          latest report per host/service: git SHA, image digest, times
+GET  /v1/sbom/<d>          the SBOM of image digest <d> (300 with the choices when reports
+                           for <d> named more than one git SHA)
+GET  /v1/sbom/<d>/<sha>    the SBOM reported for digest <d> and git SHA <sha>
+GET  /health               200 {"status": "ok"} when the database answers
+
+Who may report what. The agent gives each container a key of its own, derived from the
+fleet's report secret and the host, service and image digest it started the container
+with (agent/secrets.py `report_key`). The sender signs the body with it
+(`X-Fleetroll-Signature: sha256=<hmac>`); this collector holds the fleet secret
+(COLLECTOR_FLEET_KEY), derives the key from what the body claims and checks the
+signature, so a container can report for its own host, service and digest and for
+nothing else. The check runs before anything costly (SBOM decoding, SPDX validation).
+
+Why waitress rather than http.server: waitress reads requests on one event loop and hands
+only complete requests to a fixed pool of worker threads, so a slow or stalled sender
+holds a socket and a small buffer, never a thread; idle connections are closed after
+COLLECTOR_READ_TIMEOUT; connections are capped at COLLECTOR_MAX_CONNECTIONS; bodies and
+headers have hard limits. http.server has none of these.
 
 Records live in SQLite (WAL) under $COLLECTOR_DATA (a volume), so a restart loses nothing.
 """
@@ -15,33 +31,60 @@ import base64
 import binascii
 import gzip
 import hashlib
+import hmac
 import json
 import os
+import re
 import sqlite3
 import sys
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
 
 DATA = os.environ.get("COLLECTOR_DATA", "/data")
+BIND = os.environ.get("COLLECTOR_BIND", "0.0.0.0")  # inside its container; the inventory's port binding picks the host address
 PORT = int(os.environ.get("COLLECTOR_PORT", "9400"))
 MAX_BODY = int(os.environ.get("COLLECTOR_MAX_BODY", str(2 * 1024 * 1024)))
 MAX_SBOM = int(os.environ.get("COLLECTOR_MAX_SBOM", str(32 * 1024 * 1024)))
-REQUIRED = ("host", "service", "git_sha", "image_digest", "started_at", "sbom")
+# spdx-tools' validation is superlinear in the package count (4,000 packages cost 14 s of CPU);
+# a real image's SBOM has a few hundred.
+MAX_PACKAGES = int(os.environ.get("COLLECTOR_MAX_PACKAGES", "1500"))
+MAX_RELATIONSHIPS = int(os.environ.get("COLLECTOR_MAX_RELATIONSHIPS", "5000"))
+READ_TIMEOUT = float(os.environ.get("COLLECTOR_READ_TIMEOUT", "10"))
+MAX_CONNECTIONS = int(os.environ.get("COLLECTOR_MAX_CONNECTIONS", "500"))
+THREADS = int(os.environ.get("COLLECTOR_THREADS", "4"))
+
+REPORT_KEY_CONTEXT = b"fleetroll-report-v1"  # must match agent/secrets.py (a test holds them equal)
+SIGNATURE_HEADER = "HTTP_X_FLEETROLL_SIGNATURE"
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+FIELDS: dict[str, re.Pattern] = {
+    "host": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"),
+    "service": re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}"),
+    "git_sha": re.compile(r"[0-9a-f]{7,64}"),
+    "image_digest": DIGEST_RE,
+    "started_at": re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)"),
+}
+MAX_SBOM_FIELD = 4 * MAX_BODY // 3 + 4  # base64 of the largest body that can hold it
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS startups (
   id INTEGER PRIMARY KEY, host TEXT NOT NULL, service TEXT NOT NULL, git_sha TEXT NOT NULL,
   image_digest TEXT NOT NULL, started_at TEXT NOT NULL, received_at REAL NOT NULL, sbom_sha256 TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS startups_hs ON startups(host, service, id);
-CREATE TABLE IF NOT EXISTS sboms (sha256 TEXT PRIMARY KEY, image_digest TEXT NOT NULL, doc BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS sboms_digest ON sboms(image_digest);
+CREATE TABLE IF NOT EXISTS sbom_reports (
+  image_digest TEXT NOT NULL, git_sha TEXT NOT NULL, sbom_sha256 TEXT NOT NULL, doc BLOB NOT NULL,
+  first_host TEXT NOT NULL, first_service TEXT NOT NULL, received_at REAL NOT NULL,
+  PRIMARY KEY (image_digest, git_sha));
 """
 
 
 class Bad(Exception):
-    pass
+    status = 400
+
+
+class Unauthorized(Bad):
+    status = 401
 
 
 class Store:
@@ -53,14 +96,18 @@ class Store:
         self.lock = threading.Lock()
 
     def add(self, rec: dict, sbom: bytes) -> None:
+        """Record a start-up; the first SBOM for a (digest, git SHA) stays (an image's SBOM cannot change)."""
         sha = hashlib.sha256(sbom).hexdigest()
+        now = time.time()
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.execute("INSERT OR IGNORE INTO sboms VALUES (?,?,?)", (sha, rec["image_digest"], gzip.compress(sbom, mtime=0)))
+                self.db.execute("INSERT OR IGNORE INTO sbom_reports VALUES (?,?,?,?,?,?,?)",
+                                (rec["image_digest"], rec["git_sha"], sha, gzip.compress(sbom, mtime=0), rec["host"],
+                                 rec["service"], now))
                 self.db.execute("INSERT INTO startups (host, service, git_sha, image_digest, started_at, received_at, sbom_sha256)"
                                 " VALUES (?,?,?,?,?,?,?)",
-                                (rec["host"], rec["service"], rec["git_sha"], rec["image_digest"], rec["started_at"], time.time(), sha))
+                                (rec["host"], rec["service"], rec["git_sha"], rec["image_digest"], rec["started_at"], now, sha))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -74,9 +121,15 @@ class Store:
         keys = ("host", "service", "git_sha", "image_digest", "started_at", "received_at", "sbom_sha256")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def sbom(self, digest: str) -> bytes | None:
+    def sbom_shas(self, digest: str) -> list[str]:
         with self.lock:
-            row = self.db.execute("SELECT doc FROM sboms WHERE image_digest = ? ORDER BY rowid DESC LIMIT 1", (digest,)).fetchone()
+            return [r[0] for r in self.db.execute(
+                "SELECT git_sha FROM sbom_reports WHERE image_digest = ? ORDER BY received_at", (digest,)).fetchall()]
+
+    def sbom(self, digest: str, git_sha: str) -> bytes | None:
+        with self.lock:
+            row = self.db.execute("SELECT doc FROM sbom_reports WHERE image_digest = ? AND git_sha = ?",
+                                  (digest, git_sha)).fetchone()
         return gzip.decompress(row[0]) if row else None
 
     def ping(self) -> bool:
@@ -84,19 +137,55 @@ class Store:
             return self.db.execute("SELECT 1").fetchone() == (1,)
 
 
-def decode(body: bytes) -> tuple[dict, bytes]:
-    """Validate one report; raise Bad with the reason a sender can act on."""
+# --- validation (pure) -------------------------------------------------------------------
+
+
+def report_key(fleet_secret: str, host: str, service: str, digest: str) -> str:
+    msg = b"\0".join([REPORT_KEY_CONTEXT, host.encode(), service.encode(), digest.encode()])
+    return hmac.new(fleet_secret.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def sign(key: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+def parse_json(raw: bytes, what: str):
     try:
-        rec = json.loads(body)
+        return json.loads(raw)
+    except RecursionError:
+        raise Bad(f"{what} is nested too deeply") from None
     except ValueError:
-        raise Bad("body is not JSON") from None
+        raise Bad(f"{what} is not JSON") from None
+
+
+def check_fields(rec) -> dict:
+    """The claimed identity and times, each within its length and alphabet."""
     if not isinstance(rec, dict):
         raise Bad("body must be a JSON object")
-    missing = [k for k in REQUIRED if not isinstance(rec.get(k), str)]
+    missing = [k for k in (*FIELDS, "sbom") if not isinstance(rec.get(k), str)]
     if missing:
         raise Bad(f"missing or non-string fields: {', '.join(missing)}")
+    for name, rx in FIELDS.items():
+        if not rx.fullmatch(rec[name]):
+            raise Bad(f"field {name} is not valid: it must match {rx.pattern}")
+    if len(rec["sbom"]) > MAX_SBOM_FIELD:
+        raise Bad("field sbom is longer than the body limit allows")
     if rec.get("sbom_encoding", "gzip+base64") != "gzip+base64":
         raise Bad("sbom_encoding must be gzip+base64")
+    return rec
+
+
+def authenticate(rec: dict, body: bytes, signature: str | None, fleet_secret: str) -> None:
+    """The signature must be the body's HMAC under the key of the host, service and digest it claims."""
+    if not signature:
+        raise Unauthorized("no X-Fleetroll-Signature header: reports must be signed with the container's FLEETROLL_REPORT_KEY")
+    want = sign(report_key(fleet_secret, rec["host"], rec["service"], rec["image_digest"]), body)
+    if not hmac.compare_digest(want.encode(), signature.strip().encode()):
+        raise Unauthorized(f"signature does not match host {rec['host']!r}, service {rec['service']!r} and digest"
+                           f" {rec['image_digest'][:19]}…: a container can only report for itself")
+
+
+def decode_sbom(rec: dict) -> tuple[bytes, dict]:
     try:
         packed = base64.b64decode(rec["sbom"], validate=True)
     except (binascii.Error, ValueError):
@@ -110,100 +199,133 @@ def decode(body: bytes) -> tuple[dict, bytes]:
             raise Bad("sbom is not complete gzip data")
     except zlib.error:
         raise Bad("sbom is not gzip data") from None
-    try:
-        doc = json.loads(sbom)
-    except ValueError:
-        raise Bad("sbom is not JSON") from None
+    doc = parse_json(sbom, "sbom")
+    if not isinstance(doc, dict):
+        raise Bad("sbom is not a valid SPDX document: not a JSON object")
+    for key, cap in (("packages", MAX_PACKAGES), ("relationships", MAX_RELATIONSHIPS), ("files", MAX_PACKAGES)):
+        if isinstance(doc.get(key), list) and len(doc[key]) > cap:
+            raise Bad(f"sbom has {len(doc[key])} {key}, over the limit of {cap} (COLLECTOR_MAX_{key.upper()})")
+    return sbom, doc
+
+
+def decode(body: bytes, signature: str | None, fleet_secret: str) -> tuple[dict, bytes]:
+    """Validate one report, cheapest checks first; raise Bad with the reason a sender can act on."""
+    rec = check_fields(parse_json(body, "body"))
+    authenticate(rec, body, signature, fleet_secret)
+    sbom, doc = decode_sbom(rec)
     problems = spdx_problems(doc)
     if problems:
         raise Bad("sbom is not a valid SPDX document: " + "; ".join(problems[:3]))
     return rec, sbom
 
 
-def spdx_problems(doc) -> list[str]:
+def spdx_problems(doc: dict) -> list[str]:
     from spdx_tools.spdx.parser.error import SPDXParsingError
     from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDictParser
     from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-    if not isinstance(doc, dict):
-        return ["not a JSON object"]
     try:
         parsed = JsonLikeDictParser().parse(doc)
     except SPDXParsingError as exc:
-        return [str(m) for m in exc.get_messages()][:3] or ["unparseable"]
+        return [str(m)[:300] for m in exc.get_messages()][:3] or ["unparseable"]
     except Exception as exc:  # noqa: BLE001 - spdx-tools raises assorted errors on junk
         return [f"{type(exc).__name__}: {exc}"[:200]]
-    return [p.validation_message for p in validate_full_spdx_document(parsed)]
+    return [p.validation_message[:300] for p in validate_full_spdx_document(parsed)]
 
 
-class Handler(BaseHTTPRequestHandler):
-    store: Store
-    protocol_version = "HTTP/1.1"
+# --- the WSGI application ----------------------------------------------------------------
 
-    def _send(self, code: int, obj) -> None:
+
+StartResponse = Callable[..., object]
+
+
+def make_app(store: Store, fleet_secret: str):
+    def send(start_response: StartResponse, code: int, obj) -> Iterable[bytes]:
         body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reason = {200: "OK", 201: "Created", 300: "Multiple Choices", 400: "Bad Request", 401: "Unauthorized",
+                  404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}[code]
+        start_response(f"{code} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
 
-    def log_message(self, fmt, *args):  # one line per request on stderr, no reverse DNS
-        sys.stderr.write(f"collector: {self.client_address[0]} {fmt % args}\n")
+    def get(path: str, start_response: StartResponse) -> Iterable[bytes]:
+        if path == "/health":
+            ok = store.ping()
+            return send(start_response, 200 if ok else 503, {"status": "ok" if ok else "db-unavailable"})
+        if path == "/v1/services":
+            return send(start_response, 200, {"services": store.services()})
+        if path.startswith("/v1/sbom/"):
+            digest, _, sha = path.removeprefix("/v1/sbom/").partition("/")
+            if not DIGEST_RE.fullmatch(digest) or (sha and not FIELDS["git_sha"].fullmatch(sha)):
+                return send(start_response, 400, {"error": "expected /v1/sbom/sha256:<64 hex>[/<git sha>]"})
+            if not sha:
+                shas = store.sbom_shas(digest)
+                if len(shas) > 1:
+                    return send(start_response, 300, {"error": f"reports for {digest} name {len(shas)} git SHAs; ask for one",
+                                                      "choices": [f"/v1/sbom/{digest}/{s}" for s in shas]})
+                sha = shas[0] if shas else ""
+            doc = store.sbom(digest, sha) if sha else None
+            if doc is None:
+                return send(start_response, 404, {"error": "no SBOM for that digest" + (" and git SHA" if sha else "")})
+            return send(start_response, 200, json.loads(doc))
+        return send(start_response, 404, {"error": "not found"})
 
-    def do_GET(self):  # noqa: N802
-        if self.path == "/health":
-            ok = self.store.ping()
-            return self._send(200 if ok else 503, {"status": "ok" if ok else "db-unavailable"})
-        if self.path == "/v1/services":
-            return self._send(200, {"services": self.store.services()})
-        if self.path.startswith("/v1/sbom/"):
-            doc = self.store.sbom(self.path.removeprefix("/v1/sbom/"))
-            return self._send(200, json.loads(doc)) if doc else self._send(404, {"error": "no SBOM for that digest"})
-        return self._send(404, {"error": "not found"})
-
-    def do_POST(self):  # noqa: N802
-        if self.path != "/v1/startup":
-            return self._send(404, {"error": "not found"})
+    def post(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            length = int(self.headers.get("Content-Length", "-1"))
+            length = int(environ.get("CONTENT_LENGTH") or "-1")
         except ValueError:
             length = -1
         if length < 0:
-            self.close_connection = True
-            return self._send(400, {"error": "Content-Length is required"})
+            return send(start_response, 400, {"error": "Content-Length is required"})
         if length > MAX_BODY:
-            # Read (and drop) a moderately oversized body so the sender sees the 400 rather than a
-            # reset; anything huge is cut off unread.
-            if length <= 16 * MAX_BODY:
-                left = length
-                while left > 0:
-                    chunk = self.rfile.read(min(left, 65536))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-            self.close_connection = True
-            return self._send(400, {"error": f"payload of {length} bytes is over the {MAX_BODY}-byte limit"})
-        body = self.rfile.read(length)
+            return send(start_response, 400, {"error": f"payload of {length} bytes is over the {MAX_BODY}-byte limit"})
+        body = environ["wsgi.input"].read(length)
         try:
-            rec, sbom = decode(body)
+            rec, sbom = decode(body, environ.get(SIGNATURE_HEADER), fleet_secret)
         except Bad as exc:
-            return self._send(400, {"error": str(exc)})
-        self.store.add(rec, sbom)
-        return self._send(201, {"stored": True})
+            return send(start_response, exc.status, {"error": str(exc)})
+        store.add(rec, sbom)
+        return send(start_response, 201, {"stored": True})
+
+    def app(environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        if method == "GET":
+            return get(path, start_response)
+        if method == "POST" and path == "/v1/startup":
+            return post(environ, start_response)
+        if method == "POST":
+            return send(start_response, 404, {"error": "not found"})
+        return send(start_response, 405, {"error": f"method {method} is not allowed"})
+
+    return app
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # socketserver's default of 5 resets bursts of start-ups
+def serve(app, host: str, port: int, **overrides):
+    """Run `app` under waitress with the collector's limits (tests pass smaller ones)."""
+    from waitress import serve as waitress_serve
+
+    opts = dict(
+        host=host, port=port, threads=THREADS, connection_limit=MAX_CONNECTIONS,
+        channel_timeout=READ_TIMEOUT, cleanup_interval=max(1, int(READ_TIMEOUT // 4)),
+        # waitress answers 413 itself past this; up to it the app gives the 400 with the reason.
+        max_request_body_size=2 * MAX_BODY, max_request_header_size=16 * 1024, inbuf_overflow=256 * 1024,
+        asyncore_use_poll=True, backlog=1024, expose_tracebacks=False, ident="fleetroll-collector",
+        clear_untrusted_proxy_headers=True,
+    )
+    opts.update(overrides)
+    return waitress_serve(app, **opts)
 
 
 def main() -> int:
+    fleet_secret = os.environ.get("COLLECTOR_FLEET_KEY", "")
+    if len(fleet_secret) < 16:
+        sys.stderr.write("collector: COLLECTOR_FLEET_KEY is missing or shorter than 16 characters; it must hold the fleet's"
+                         " report secret (the inventory's observability.report_key_secret, given as a host-side secret)\n")
+        return 2
     os.makedirs(DATA, exist_ok=True)
-    Handler.store = Store(os.path.join(DATA, "collector.db"))
-    server = Server(("0.0.0.0", PORT), Handler)
-    sys.stderr.write(f"collector: listening on :{PORT}, data in {DATA}\n")
-    server.serve_forever()
+    store = Store(os.path.join(DATA, "collector.db"))
+    sys.stderr.write(f"collector: listening on {BIND}:{PORT}, data in {DATA}, {THREADS} workers,"
+                     f" at most {MAX_CONNECTIONS} connections, {READ_TIMEOUT:g} s read timeout\n")
+    serve(make_app(store, fleet_secret), BIND, PORT)
     return 0
 
 
