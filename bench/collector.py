@@ -2,10 +2,11 @@
 
 (a) collector ingestion: 50 concurrent honest senders posting real, signed start-up reports
     (the CPU family's SBOM, gzip+base64) for a fixed time: payloads/s and latency p50/p99
-(a') the same 50 senders while a slowloris holds 400 connections open (a header line every
-    2 s, never finishing a request) and 100 more connect and say nothing: target honest
-    p99 <= 2x its unloaded value in the same run, and the collector's memory bounded
-    (peak container memory during the attack vs before it)
+(a') the same 50 senders while a slowloris on another lab host (mainpc's network namespace:
+    its own address) keeps 400 connections open (a header line every 2 s, never finishing a
+    request, reconnecting whenever cut off) and 100 more that connect and say nothing:
+    target honest p99 <= 2x its unloaded value in the same run, and the collector's memory
+    bounded (peak container memory during the attack vs before it)
 (b) emitter's added start-up latency: time from `docker start` to the first healthy
     /health answer of `hello`, with and without FLEETROLL_COLLECTOR_URL, N runs each;
     target: median added <= 50 ms
@@ -138,6 +139,34 @@ class Slowloris:
         self.thread.join()
 
 
+class RemoteSlowloris:
+    """The Slowloris above, run by this script in another lab host's network namespace (another source address)."""
+
+    def __init__(self, netns: str, addr: str, port: int, n: int, mute: int, seconds: float):
+        self.cmd = ["ip", "netns", "exec", netns, sys.executable, __file__, "--slowloris-child",
+                    json.dumps([addr, port, n, mute, seconds])]
+        self.reconnects = 0
+
+    def __enter__(self):
+        import subprocess
+
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        return self
+
+    def __exit__(self, *exc):
+        out, _ = self.proc.communicate(timeout=120)
+        self.reconnects = json.loads(out.strip().splitlines()[-1])["reconnects"]
+
+
+def slowloris_child(spec: str) -> None:
+    addr, port, n, mute, seconds = json.loads(spec)
+    with Slowloris(addr, port, n, mute) as s:
+        print("ready", flush=True)
+        time.sleep(seconds)
+    print(json.dumps({"reconnects": s.reconnects}), flush=True)
+
+
 class MemoryWatch:
     """Peak memory of a container (cgroup usage as `docker stats` reports it), sampled every 0.5 s."""
 
@@ -182,8 +211,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--runs", type=int, default=15)
-    ap.add_argument("--slow", type=int, default=400, help="slowloris connections (the collector allows 500)")
+    ap.add_argument("--slow", type=int, default=400, help="slowloris connections")
+    ap.add_argument("--slowloris-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.slowloris_child:
+        return slowloris_child(args.slowloris_child)
     try:
         state = fleet.up(2)
         fam = build.build_family("family-cpu-py311", allow_dirty=True)
@@ -194,6 +226,7 @@ def main() -> None:
         doc["services"]["fleetroll-collector"] = {
             "image": "fleetroll-collector", "tag": coll.tag, "host": "pc2", "ports": ["9400:9400"],
             "volumes": ["frl-bench-collector:/data"], "health": {"port": 9400, "min_healthy_time": 1}}
+        doc["observability"] = {"collector": "fleetroll-collector"}  # gives it the fleet's report secret
         phases = yaml.safe_load((Path(state.inventory).parent / "phases.yml").read_text())
         phases["phases"].append({"name": "bench", "services": ["fleetroll-collector"]})
         (TMP / "fleet.yml").write_text(yaml.safe_dump(doc))
@@ -216,7 +249,8 @@ def main() -> None:
         ingest(url, body, 50, 2)  # warm-up: first connections, SQLite pages
         mem_before = MemoryWatch(collector).now()
         count, lat, errors = ingest(url, body, 50, args.seconds)
-        with MemoryWatch(collector) as mem, Slowloris(state.host("pc2").address, 9400, args.slow, 100) as slow:
+        attack = RemoteSlowloris(state.host("mainpc").netns, state.host("pc2").address, 9400, args.slow, 100, args.seconds + 2)
+        with MemoryWatch(collector) as mem, attack as slow:
             count_l, lat_l, errors_l = ingest(url, body, 50, args.seconds)
         mem_after = MemoryWatch(collector).now()
         d = docker.DockerClient(base_url=state.host("mainpc").docker_host)
@@ -236,7 +270,8 @@ def main() -> None:
     print(f"    {count / args.seconds:.1f} payloads/s, p50 {statistics.median(lat) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms,"
           f" {errors} errors")
     p99, p99_l = pct(lat, 99), pct(lat_l, 99)
-    print(f"(a') the same, during a slowloris of {args.slow} trickling + 100 silent connections ({slow.reconnects} reconnects):")
+    print(f"(a') the same, during a slowloris from mainpc of {args.slow} trickling + 100 silent connections"
+          f" ({slow.reconnects} reconnects after being cut off):")
     print(f"    {count_l / args.seconds:.1f} payloads/s, p50 {statistics.median(lat_l) * 1000:.0f} ms, p99 {p99_l * 1000:.0f} ms,"
           f" {errors_l} errors; p99 ratio loaded/unloaded {p99_l / p99:.2f} (target <= 2.00)")
     print(f"    collector memory: {mem_before / 1e6:.0f} MB before, peak {mem.peak / 1e6:.0f} MB during, {mem_after / 1e6:.0f} MB after")

@@ -198,19 +198,34 @@ def test_sboms_are_kept_per_digest_and_sha_and_the_first_one_stays(tmp_path, sma
 # --- the real server ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server(tmp_path, small_sbom):
-    """waitress in this process on a free port, with a 2 s read timeout and 2 workers."""
-    from waitress.server import create_server
-
+def start(tmp_path, **limits):
+    """The collector's own server (make_server) in this process on a free port; returns (base url, port, server)."""
     store = collector.Store(str(tmp_path / "c.db"))
-    srv = create_server(collector.make_app(store, FLEET), host="127.0.0.1", port=0, threads=2, connection_limit=400,
-                        channel_timeout=2, cleanup_interval=1, max_request_body_size=2 * collector.MAX_BODY,
-                        asyncore_use_poll=True, expose_tracebacks=False)
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.effective_port}", srv.effective_port
+    opts = {"threads": 2, "channel_timeout": 2, "request_deadline": 3, "per_client": 1000, **limits}
+    srv = collector.make_server(collector.make_app(store, FLEET), "127.0.0.1", 0, **opts)
+    threading.Thread(target=srv.run, daemon=True).start()
+    return f"http://127.0.0.1:{srv.effective_port}", srv.effective_port, srv
+
+
+@pytest.fixture
+def server(tmp_path):
+    base, port, srv = start(tmp_path)
+    yield base, port
     srv.close()
+
+
+def closed_by_server(socks: list[socket.socket], within: float) -> int:
+    deadline = time.monotonic() + within
+    closed = 0
+    for s in socks:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            closed += s.recv(1) == b""
+        except ConnectionResetError:
+            closed += 1
+        except TimeoutError:
+            pass
+    return closed
 
 
 def call(url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 20):
@@ -255,18 +270,48 @@ def test_slow_senders_hold_no_worker_and_are_cut_off_while_honest_ones_are_serve
         for i in range(10):  # honest senders get through while 150 connections stall
             b = report(small_sbom, service=f"honest-{i}")
             assert call(base + "/v1/startup", b, {"X-Fleetroll-Signature": signed(b, service=f"honest-{i}")}, timeout=10)[0] == 201
-        # the stalled ones are closed by the server once the read timeout passes
-        deadline = time.monotonic() + 15
-        closed = 0
-        for s in slow:
-            s.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                closed += s.recv(1) == b""
-            except ConnectionResetError:
-                closed += 1
-            except TimeoutError:
-                pass
-        assert closed == len(slow)
+        # the stalled ones are closed by the server once the idle timeout passes
+        assert closed_by_server(slow, 15) == len(slow)
     finally:
         for s in slow:
             s.close()
+
+
+def test_a_trickling_sender_is_cut_off_at_the_request_deadline(tmp_path):
+    base, port, srv = start(tmp_path, channel_timeout=30)  # never idle long enough for the idle timeout
+    try:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/startup HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        cut = False
+        while time.monotonic() - t0 < 15 and not cut:
+            try:
+                s.sendall(b"X-Pad: a\r\n")  # one header line every 0.5 s: always active, never complete
+                s.settimeout(0.5)
+                cut = s.recv(1) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                cut = True
+        assert cut, "the trickling request was never cut off"
+        s.close()
+    finally:
+        srv.close()
+
+
+def test_connections_per_client_are_capped_and_the_extra_ones_told_so(tmp_path, small_sbom):
+    base, port, srv = start(tmp_path, per_client=5)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    try:
+        time.sleep(0.3)  # accepted by the event loop
+        extra = socket.create_connection(("127.0.0.1", port))
+        extra.settimeout(5)
+        assert extra.recv(100).startswith(b"HTTP/1.1 503")
+        extra.close()
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    b = report(small_sbom)
+    assert call(base + "/v1/startup", b, {"X-Fleetroll-Signature": signed(b)})[0] == 201  # room again once they left
+    srv.close()

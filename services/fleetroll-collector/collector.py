@@ -20,7 +20,9 @@ Why waitress rather than http.server: waitress reads requests on one event loop 
 only complete requests to a fixed pool of worker threads, so a slow or stalled sender
 holds a socket and a small buffer, never a thread; idle connections are closed after
 COLLECTOR_READ_TIMEOUT; connections are capped at COLLECTOR_MAX_CONNECTIONS; bodies and
-headers have hard limits. http.server has none of these.
+headers have hard limits. http.server has none of these. Added here: at most
+COLLECTOR_MAX_PER_CLIENT connections per client address, and a request must arrive whole
+within COLLECTOR_REQUEST_DEADLINE of its first byte (a trickling slowloris is cut off).
 
 Records live in SQLite (WAL) under $COLLECTOR_DATA (a volume), so a restart loses nothing.
 """
@@ -51,8 +53,10 @@ MAX_SBOM = int(os.environ.get("COLLECTOR_MAX_SBOM", str(32 * 1024 * 1024)))
 # a real image's SBOM has a few hundred.
 MAX_PACKAGES = int(os.environ.get("COLLECTOR_MAX_PACKAGES", "1500"))
 MAX_RELATIONSHIPS = int(os.environ.get("COLLECTOR_MAX_RELATIONSHIPS", "5000"))
-READ_TIMEOUT = float(os.environ.get("COLLECTOR_READ_TIMEOUT", "10"))
-MAX_CONNECTIONS = int(os.environ.get("COLLECTOR_MAX_CONNECTIONS", "500"))
+READ_TIMEOUT = float(os.environ.get("COLLECTOR_READ_TIMEOUT", "10"))  # idle connection
+REQUEST_DEADLINE = float(os.environ.get("COLLECTOR_REQUEST_DEADLINE", "30"))  # first byte of a request to its last
+MAX_CONNECTIONS = int(os.environ.get("COLLECTOR_MAX_CONNECTIONS", "2000"))
+MAX_PER_CLIENT = int(os.environ.get("COLLECTOR_MAX_PER_CLIENT", "64"))  # a host's containers share its address
 THREADS = int(os.environ.get("COLLECTOR_THREADS", "4"))
 
 REPORT_KEY_CONTEXT = b"fleetroll-report-v1"  # must match agent/secrets.py (a test holds them equal)
@@ -299,20 +303,71 @@ def make_app(store: Store, fleet_secret: str):
     return app
 
 
-def serve(app, host: str, port: int, **overrides):
-    """Run `app` under waitress with the collector's limits (tests pass smaller ones)."""
-    from waitress import serve as waitress_serve
+def guarded_channel(per_client: int):
+    """waitress's channel, plus a cap on connections per client address and the start time of each request."""
+    from waitress.channel import HTTPChannel
+
+    busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    class Channel(HTTPChannel):
+        request_started = 0.0
+
+        def __init__(self, server, sock, addr, adj, map=None):
+            self.client_ip = addr[0] if isinstance(addr, tuple) else str(addr)
+            held = sum(1 for ch in server.active_channels.values() if getattr(ch, "client_ip", None) == self.client_ip)
+            if held >= per_client:
+                # Never registered with the event loop: one short answer, then the socket is gone.
+                try:
+                    sock.setblocking(False)
+                    sock.send(busy)
+                except OSError:
+                    pass
+                sock.close()
+                return
+            super().__init__(server, sock, addr, adj, map)
+
+        def received(self, data):
+            if self.request is None and data:
+                self.request_started = time.time()
+            return super().received(data)
+
+    return Channel
+
+
+def make_server(app, host: str, port: int, per_client: int = MAX_PER_CLIENT, request_deadline: float = REQUEST_DEADLINE,
+                **overrides):
+    """waitress with the collector's limits (tests pass smaller ones).
+
+    On top of waitress's own (idle timeout, connection cap, body and header limits): at most
+    `per_client` connections per client address, and a request must arrive whole within
+    `request_deadline` seconds of its first byte, so a sender trickling a header line every
+    few seconds (slowloris) is cut off rather than kept forever.
+    """
+    from waitress.server import create_server
 
     opts = dict(
-        host=host, port=port, threads=THREADS, connection_limit=MAX_CONNECTIONS,
-        channel_timeout=READ_TIMEOUT, cleanup_interval=max(1, int(READ_TIMEOUT // 4)),
+        threads=THREADS, connection_limit=MAX_CONNECTIONS,
+        channel_timeout=READ_TIMEOUT, cleanup_interval=1,
         # waitress answers 413 itself past this; up to it the app gives the 400 with the reason.
         max_request_body_size=2 * MAX_BODY, max_request_header_size=16 * 1024, inbuf_overflow=256 * 1024,
         asyncore_use_poll=True, backlog=1024, expose_tracebacks=False, ident="fleetroll-collector",
         clear_untrusted_proxy_headers=True,
     )
     opts.update(overrides)
-    return waitress_serve(app, **opts)
+    server = create_server(app, host=host, port=port, **opts)
+    server.channel_class = guarded_channel(per_client)
+    idle_check = server.maintenance
+
+    def maintenance(now: float) -> None:
+        idle_check(now)
+        cutoff = now - request_deadline
+        for ch in list(server.active_channels.values()):
+            req = getattr(ch, "request", None)
+            if req is not None and not req.completed and 0 < getattr(ch, "request_started", 0) < cutoff:
+                ch.will_close = True
+
+    server.maintenance = maintenance
+    return server
 
 
 def main() -> int:
@@ -323,9 +378,10 @@ def main() -> int:
         return 2
     os.makedirs(DATA, exist_ok=True)
     store = Store(os.path.join(DATA, "collector.db"))
-    sys.stderr.write(f"collector: listening on {BIND}:{PORT}, data in {DATA}, {THREADS} workers,"
-                     f" at most {MAX_CONNECTIONS} connections, {READ_TIMEOUT:g} s read timeout\n")
-    serve(make_app(store, fleet_secret), BIND, PORT)
+    sys.stderr.write(f"collector: listening on {BIND}:{PORT}, data in {DATA}, {THREADS} workers, at most {MAX_CONNECTIONS}"
+                     f" connections ({MAX_PER_CLIENT} per client), {READ_TIMEOUT:g} s idle timeout, {REQUEST_DEADLINE:g} s per"
+                     " request\n")
+    make_server(make_app(store, fleet_secret), BIND, PORT).run()
     return 0
 
 
