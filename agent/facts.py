@@ -207,5 +207,8 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     refs = args.get("images") or []
     if refs:
         out["images"] = images(refs, bool(args.get("insecure_registry")), float(args.get("registry_timeout", 5)))
+    from .freeze import all_freezes
+
+    out["freezes"] = all_freezes()
     out["elapsed_s"] = round(time.monotonic() - t0, 3)
     return out

@@ -215,8 +215,11 @@ def status(args: dict[str, Any]) -> dict:
         state = "finished" if done else ("running" if holder else "interrupted")
         last_info = {"rollout_id": last, "state": state, "outcome": done, "steps": len(records),
                      "last_step": records[-1] if records else None}
+    from .freeze import all_freezes
+
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
-                   {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector})
+                   {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector,
+                    "freezes": all_freezes()})
 
 
 def _collector_services(port: int) -> dict:
@@ -291,7 +294,58 @@ def prepare(args: dict[str, Any]) -> dict:
     return _answer("prepare", not bad, "; ".join(f"{s['service']}: {s['message']}" for s in bad), {"services": out})
 
 
+def freeze_op(args: dict[str, Any]) -> dict:
+    """Freeze or thaw a phase on this host (`fab freeze` / `fab thaw`)."""
+    from . import freeze
+
+    phase, by, reason = args.get("phase", ""), args.get("operator", "unknown"), args.get("reason", "")
+    try:
+        if args.get("thaw"):
+            removed = freeze.thaw(phase, by, reason)
+            return _answer("freeze", True, f"thawed {phase}" if removed else f"{phase} was not frozen here",
+                           {"removed": removed}, changed=removed is not None)
+        return _answer("freeze", True, f"froze {phase}", {"freeze": freeze.write(phase, reason, by)}, changed=True)
+    except (ValueError, OSError) as exc:
+        return _answer("freeze", False, str(exc))
+
+
+def versions_op(args: dict[str, Any]) -> dict:
+    """What `fab versions` lists for one service here: every start, its outcome, and whether its image is still here."""
+    from . import contract, versions
+    from .facts import docker_client
+
+    service = args.get("service", "")
+    rows = versions.list_versions(service)
+    running: dict[str, Any] = {}
+    try:
+        import docker.errors
+
+        client = docker_client()
+        try:
+            labels = client.containers.get(service).labels or {}
+            running = {"tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, ""),
+                       "rollout_id": labels.get(contract.ROLLOUT_ID, "")}
+        except docker.errors.NotFound:
+            pass
+        for r in rows:
+            try:
+                client.images.get(r["image"])
+                r["image_present"] = True
+            except docker.errors.ImageNotFound:
+                r["image_present"] = False
+    except Exception as exc:  # noqa: BLE001 - the journal's record stands without Docker's view
+        return _answer("versions", True, f"Docker not reachable, image presence unknown: {str(exc)[:200]}",
+                       {"service": service, "versions": rows, "running": running})
+    for r in rows:
+        r["running"] = bool(running) and r["tag"] == running.get("tag") and r["digest"] == running.get("digest")
+    return _answer("versions", True, "", {"service": service, "versions": rows, "running": running})
+
+
 def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
+    if op == "versions":
+        return versions_op(args)
+    if op == "freeze":
+        return freeze_op(args)
     if op == "prepare":
         return prepare(args)
     if op == "unlock":

@@ -107,6 +107,12 @@ def daemon_retry(fn, budget_s: float = 60.0):
     return None  # pragma: no cover - Retrying either returns or raises
 
 
+def docker_errors():
+    import docker.errors
+
+    return docker.errors
+
+
 def failure_text(exc: BaseException) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     return f"{type(exc).__name__}: {str(text)[:300]}"
@@ -276,7 +282,7 @@ class Transaction:
             if current is not None:
                 self._set_aside(r, current, repo, pin)
             self.j("start-new", service, image=new_args["image"], tag=new_args["labels"].get(contract.TAG),
-                   digest=new_args["labels"].get(contract.DIGEST))
+                   digest=new_args["labels"].get(contract.DIGEST), operator=self.args.get("operator", ""))
             t1 = time.monotonic()
             new = self._create_start(new_args, service)
             r.new_container = new.id
@@ -427,7 +433,20 @@ class Transaction:
                              f" not of {expect}; not reverting someone else's release")
                 self.j("refused", service, check=r.check, message=r.message)
                 return r
-            old_cfg = recorded_config(expect, service) if expect else {}
+            if step.get("to_tag") and step["to_tag"] == labels.get(contract.TAG):
+                r.outcome, r.message = "skipped", f"{service} already runs {step['to_tag']}; nothing to do"
+                self.j("skipped", service, message=r.message)
+                return r
+            if step.get("to_tag"):
+                from . import versions
+
+                old_cfg, why = versions.find_config(service, step["to_tag"])
+                if not old_cfg:
+                    r.outcome, r.check, r.message = "refused", "no-such-version", f"{why}; nothing was changed"
+                    self.j("refused", service, check=r.check, message=r.message)
+                    return r
+            else:
+                old_cfg = recorded_config(expect, service) if expect else {}
             if not old_cfg:
                 if step.get("remove_if_no_prev") and not labels.get(contract.PREV_TAG):
                     current.remove(force=True)
@@ -443,7 +462,15 @@ class Transaction:
             old_labels = old_cfg.get("labels") or {}
             r.prev_ref = f"{spec['repo']}:{old_labels.get(contract.TAG, 'unknown')}-prev"
             r.prev_digest = old_labels.get(contract.DIGEST, "")
-            new_args = {**old_cfg, "name": service, "image": self._image_for(old_cfg, r.prev_ref)}
+            try:
+                image = self._image_for(old_cfg, r.prev_ref)
+            except docker_errors().ImageNotFound:
+                r.outcome, r.check = "refused", "image-gone"
+                r.message = (f"the image of {service} {old_labels.get(contract.TAG, '')} ({r.prev_digest}) is no longer on this"
+                             " host (pruned?); nothing was changed — roll out that release by tag instead")
+                self.j("refused", service, check=r.check, message=r.message)
+                return r
+            new_args = {**old_cfg, "name": service, "image": image}
             target = ServiceResult(service, "revert")
             self._replace(target, current, new_args, container_args.health_of(old_labels, spec["health"]), spec["repo"], pin=False)
         except Exception as exc:  # noqa: BLE001 - before anything changed (image lookup, inspect)
@@ -490,7 +517,33 @@ class Transaction:
                 self.results = list(pool.map(self.revert_committed, steps))
         else:
             self._run_swaps(steps, policy)
+            self._freeze_after(steps)
         return self.summary(time.monotonic() - t0)
+
+    def _freeze_after(self, steps: list[dict]) -> None:
+        """After an automatic revert, freeze the phase against the tags that failed; after a clean commit, lift that.
+
+        Done here on the host, so it holds even when the controller is gone by then.
+        """
+        from . import freeze
+
+        phase = self.args.get("phase") or ""
+        if not freeze.PHASE_RE.fullmatch(phase):
+            return
+        tags = {s["spec"]["name"]: s["spec"].get("tag", "") for s in steps}
+        failed = {r.service: tags.get(r.service, "") for r in self.results
+                  if r.outcome in ("reverted", "removed", "revert-failed") and r.check != "phase-revert"}
+        try:
+            if failed:
+                what = ", ".join(f"{s}:{t}" for s, t in sorted(failed.items()))
+                freeze.write(phase, f"automatic revert of rollout {self.rid}: {what} failed", self.args.get("operator", "unknown"),
+                             auto=True, releases=failed, rollout_id=self.rid)
+                self.j("frozen", phase=phase, releases=failed)
+            elif self.results and all(r.outcome in ("committed", "noop") for r in self.results):
+                if freeze.thaw(phase, self.args.get("operator", "unknown"), f"rollout {self.rid} committed", only_auto=True):
+                    self.j("thawed", phase=phase)
+        except OSError as exc:  # the transaction's outcome stands; the freeze is a guard, not part of it
+            self.j("freeze-failed", error=str(exc))
 
     def _run_swaps(self, steps: list[dict], policy: str) -> None:
         failed = False

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ledger, transport
+from . import freezes, ledger, transport
 from .inventory import Inventory
 from .plan import BLOCKED, NOOP, Plan, build_plan, container_spec, operator, plan_text
 from .runner import PreflightReport, run_preflight
@@ -333,6 +333,12 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
         if not dry_run:
             ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)
         return True
+    frozen = freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else []
+    if frozen and not dry_run:
+        report.messages += frozen
+        ledger.append("refused", **ro.common, reason="phase frozen", failures=frozen)
+        return True
+    report.messages += [f"a real rollout would be refused now: {m}" for m in frozen]
     if plan.blocked:
         report.messages += [f"{s.host} {s.service}: blocked: {s.reason}" for s in plan.blocked]
         if not dry_run:
@@ -475,7 +481,7 @@ def rollout_all(inv: Inventory, **kw) -> list[RolloutReport]:
 
 
 def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list[str] | None = None,
-             max_parallel: int | None = None, progress=None) -> RolloutReport:
+             max_parallel: int | None = None, progress=None, to_tag: str | None = None) -> RolloutReport:
     """Put services of a phase back on the exact container configuration they had before their running release.
 
     Which release runs is read from the host (the container's rollout label); what ran
@@ -505,8 +511,8 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             rid = (running or {}).get("rollout_id", "")
             s.action, s.spec = "revert", container_spec(inv, s.service)
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
-            s.reason = f"running release from rollout {rid or '(unknown)'}"
-            targets[(s.host, s.service)] = {"expect_rollout_id": rid}
+            s.reason = f"running release from rollout {rid or '(unknown)'}" + (f", back to {to_tag}" if to_tag else "")
+            targets[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
         ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
 
         def args_for(h: str) -> dict:
@@ -519,7 +525,9 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
                    for h, r in results.items() for s in _services(r) if s.get("prev_ref")]
     needs = derive_state(host_outcomes(results))[1]
     report.ok = all(r.ok for r in results.values()) and not needs
-    report.state = "reverted" if report.ok else ("needs-operator" if needs else "failed")
+    outcomes = [s["outcome"] for r in results.values() for s in _services(r)]
+    refused = bool(outcomes) and all(o in ("refused", "skipped") for o in outcomes)
+    report.state = "reverted" if report.ok else ("needs-operator" if needs else "refused" if refused else "failed")
     for h, r in results.items():
         for s in _services(r):
             if s["outcome"] == "reverted":
@@ -621,6 +629,39 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                 services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None
                 services[s]["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
         out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last"),
-                           "recovered": r.answer.get("recovered") or []}
+                           "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or []}
     record_recoveries(results)
     return out
+
+
+def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, hosts: list[str] | None = None) -> tuple[bool, list[str]]:
+    """Freeze (or thaw) a phase on every host it runs on; recorded in the ledger. Returns (all hosts answered, lines)."""
+    inv.phase(phase)
+    targets = inv.select_hosts(hosts, phase)
+    who = operator()
+    results = transport.on_hosts(inv, targets, "freeze", lambda h: {"phase": phase, "reason": reason, "thaw": thaw, "operator": who},
+                                 timeout=30)
+    lines, ok = [], True
+    for h in targets:
+        r = results[h]
+        if r.answer is None or not r.ok:
+            ok = False
+            lines.append(f"{h}: FAILED: {r.error or (r.answer or {}).get('msg')}")
+        else:
+            lines.append(f"{h}: {r.answer.get('msg')}")
+    ledger.append("thaw" if thaw else "freeze", phase=phase, operator=who, reason=reason, hosts=targets, ok=ok, inventory=str(inv.path))
+    return ok, lines
+
+
+def versions(inv: Inventory, service: str) -> dict[str, Any]:
+    """Every version `service` has started on its host, newest first, from that host's journal (`fab versions`)."""
+    if service not in inv.fleet.services:
+        raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
+    host = inv.fleet.services[service].host
+    r = transport.on_hosts(inv, [host], "versions", lambda h: {"service": service}, timeout=60)[host]
+    if r.answer is None or not r.ok:
+        raise RolloutError(f"{host}: could not read the versions of {service}: {r.error or (r.answer or {}).get('msg')}")
+    data = r.answer.get("data") or {}
+    rows = list(reversed(data.get("versions") or []))
+    return {"host": host, "service": service, "running": data.get("running") or {}, "versions": rows,
+            "note": r.answer.get("msg") or ""}

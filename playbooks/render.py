@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from .preflight import FAIL, PASS, WARN, Check
@@ -103,6 +104,10 @@ def status_text(st: dict) -> str:
             reported = (v.get("reported_git_sha") or "-")[:7] if "sha_drift" in v else "n/a"
             rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", reported,
                          (v["health"] or v["status"])[:40], drift])
+        for f in info.get("freezes") or []:
+            kind = "frozen by an automatic revert" if f.get("auto") else f"frozen by {f.get('by')}"
+            notes.append(f"{h}: phase {f.get('phase')} {kind} since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(f.get('ts') or 0))}:"
+                         f" {f.get('reason')} (fab thaw --phase {f.get('phase')} --reason ...)")
         lock = info.get("lock")
         if lock:
             notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, running)")
@@ -131,3 +136,18 @@ def status_text(st: dict) -> str:
 def history_text(entries: list[dict], where: str) -> str:
     rows = [[e.get("started") or e.get("time", ""), e["rollout_id"], e.get("phase", ""), e.get("operator", ""), e.get("final", "")] for e in entries]
     return table(rows, ["started", "rollout", "phase", "operator", "final"]) + f"\n(ledger: {where})"
+
+
+def versions_text(out: dict) -> str:
+    """`fab versions`: newest first; what can be rolled back to is marked."""
+    rows = []
+    for v in out["versions"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(v.get("ts") or 0))
+        can = v["outcome"].startswith("committed") and v.get("image_present") and not v.get("running")
+        mark = "running" if v.get("running") else ("rollback --to" if can else "-")
+        rows.append([when, v["tag"], (v["digest"] or "")[7:19], v["rollout_id"], v["operator"], v["kind"], v["outcome"], mark])
+    head = f"{out['service']} on {out['host']}" + (f" (running {out['running'].get('tag')})" if out.get("running") else " (not running)")
+    lines = [head, table(rows, ["started", "tag", "digest", "rollout", "operator", "kind", "outcome", "use"]) if rows else "  no versions recorded"]
+    if out.get("note"):
+        lines.append(out["note"])
+    return "\n".join(lines)

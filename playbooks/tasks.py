@@ -184,9 +184,10 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
 
 
 @task(help={"phase": "phase whose services go back", "service": "only this service", "hosts": "limit to these hosts",
+            "to": "go back to this tag of --service (any version that passed its gate and is still on the host; see fab versions)",
             "json": "JSON output", "yes": "do not ask", "inventory": "inventory file"})
-def rollback(c, phase=None, service=None, hosts=None, json=False, yes=False, inventory=None):
-    """Put a phase's services (or one) back on the configuration they ran before their release, health-gated."""
+def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=False, inventory=None):
+    """Put a phase's services (or one) back on the configuration they ran before their release (or --to a tag), health-gated."""
     from . import executor
 
     phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
@@ -194,7 +195,7 @@ def rollback(c, phase=None, service=None, hosts=None, json=False, yes=False, inv
     if not yes and not (sys.stdin.isatty() and input(f"roll back {service or 'every service of ' + phase}? [y/N] ").lower().startswith("y")):
         raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
     try:
-        rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=executor.Progress(enabled=not json))
+        rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=executor.Progress(enabled=not json), to_tag=to)
     except (InventoryError, executor.RolloutError) as exc:
         raise Exit(str(exc), code=1) from None
     _print_reports([rep], json)
@@ -251,6 +252,51 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
     render.say(f"{host}: {res.answer.get('msg')}")
     if not res.ok:
         raise Exit(code=1)
+
+
+@task(help={"service": "service whose versions to list", "json": "JSON output", "inventory": "inventory file"})
+def versions(c, service=None, json=False, inventory=None):
+    """Versions a service has run on its host (tag, digest, when, rollout, operator, outcome), from the host's journal."""
+    from . import executor
+
+    service = _required(service, "service", "fab versions --service llm-inference")
+    inv = _inventory(inventory)
+    try:
+        out = executor.versions(inv, service)
+    except executor.RolloutError as exc:
+        raise Exit(str(exc), code=1) from None
+    if json:
+        render.dump_json(out)
+    else:
+        render.say(render.versions_text(out))
+
+
+def _freeze(phase, reason, inventory, thaw: bool) -> None:
+    from . import executor
+
+    name = "thaw" if thaw else "freeze"
+    phase = _required(phase, "phase", f'fab {name} --phase gpu-mainpc --reason "why"')
+    reason = _required(reason, "reason", f'fab {name} --phase gpu-mainpc --reason "why"')
+    inv = _inventory(inventory)
+    try:
+        ok, lines = executor.set_freeze(inv, phase, reason, thaw=thaw)
+    except InventoryError as exc:
+        raise Exit("\n".join(exc.problems), code=1) from None
+    render.say("\n".join(lines))
+    if not ok:
+        raise Exit(f"not every host of {phase} answered: the {name} is incomplete; run it again", code=1)
+
+
+@task(help={"phase": "phase to freeze", "reason": "why (shown to whoever tries to roll it out)", "inventory": "inventory file"})
+def freeze(c, phase=None, reason=None, inventory=None):
+    """Stop rollouts of a phase until `fab thaw` (kept on its hosts, so every operator's controller sees it)."""
+    _freeze(phase, reason, inventory, thaw=False)
+
+
+@task(help={"phase": "phase to thaw", "reason": "why it may go ahead now (recorded)", "inventory": "inventory file"})
+def thaw(c, phase=None, reason=None, inventory=None):
+    """Lift a phase's freeze, manual or left by an automatic revert; recorded with the reason."""
+    _freeze(phase, reason, inventory, thaw=True)
 
 
 @task(
@@ -391,7 +437,7 @@ lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 lab.add_task(lab_release, "release")
 
-ns = Collection(preflight, rollout, rollback, status, history, unlock, hostkeys, build, audit, runbook, lab)
+ns = Collection(preflight, rollout, rollback, status, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
 
 
 def main() -> None:  # pragma: no cover - `python -m playbooks` convenience

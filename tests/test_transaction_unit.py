@@ -556,3 +556,40 @@ def test_kept_always_container_cannot_come_back_by_itself_and_gets_its_policy_ba
         Transaction._gate = real_gate
     assert seen["policy"] == "no" and by_service(out)["svc"]["outcome"] == "reverted"
     assert only(daemon, "svc").restart_policy == "always"
+
+
+# --- versions and rollback --to ------------------------------------------------------------
+
+
+def test_versions_list_every_start_and_rollback_to_goes_only_to_a_version_that_passed_its_gate(daemon):
+    from agent import versions
+
+    running_old(daemon)
+    c_d, d_d = "sha256:" + "c" * 64, "sha256:" + "d" * 64
+    daemon.image(REPO, NEW_D)
+    assert run(daemon, [step(spec(env={"MACHINE": "v-b"}))], rid="r-2")["ok"]
+    daemon.image(REPO, c_d)
+    assert run(daemon, [step(spec(tag="20261127-ccccccc", digest=c_d, env={"MACHINE": "v-c"}))], rid="r-3")["ok"]
+    daemon.image(REPO, d_d, behaviour="bad")
+    assert by_service(run(daemon, [step(spec(tag="20261128-ddddddd", digest=d_d))], rid="r-4"))["svc"]["outcome"] == "reverted"
+    rows = versions.list_versions("svc")
+    assert [(v["tag"], v["rollout_id"], v["outcome"]) for v in rows] == [
+        ("20261126-bbbbbbb", "r-2", "committed"), ("20261127-ccccccc", "r-3", "committed"),
+        ("20261128-ddddddd", "r-4", "failed health-deadline")]
+    assert rows[0]["operator"] == "op" and rows[0]["digest"] == NEW_D
+    # the failed one is never a target, whatever is asked
+    cfg, why = versions.find_config("svc", "20261128-ddddddd")
+    assert cfg == {} and "never passed its health gate" in why
+    assert "never ran" in versions.find_config("svc", "20261001-zzzzzzz")[1]
+    # back two versions: b's own configuration (env included), not today's inventory
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-3", "to_tag": "20261126-bbbbbbb"}
+    r = by_service(run(daemon, [rev], rid="r-5", policy="revert-service"))["svc"]
+    assert r["outcome"] == "reverted" and r["after_tag"] == "20261126-bbbbbbb", r
+    c = only(daemon, "svc")
+    assert c.labels[contract.TAG] == "20261126-bbbbbbb" and "MACHINE=v-b" in c.attrs["Config"]["Env"]
+    # asking for a failed version refuses and changes nothing
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-2", "to_tag": "20261128-ddddddd"}
+    r = by_service(run(daemon, [rev], rid="r-6", policy="revert-service"))["svc"]
+    assert r["outcome"] == "refused" and r["check"] == "no-such-version" and only(daemon, "svc").id == c.id
+    rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-2", "to_tag": "20261126-bbbbbbb"}
+    assert by_service(run(daemon, [rev], rid="r-7", policy="revert-service"))["svc"]["outcome"] == "skipped"

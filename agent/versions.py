@@ -1,0 +1,89 @@
+"""The versions a service has run on this host, read from the host's own journals.
+
+The journal is the record of what the host did, so it is what `fab versions` lists and what
+`fab rollback --to TAG` chooses from. A version counts as good only if it passed its gate
+here (its start was followed by `committed`); a version that failed its gate is listed as
+such and is never a rollback target. The configuration a good version ran with is the one
+journalled when a later rollout set it aside (`set-aside`, full create arguments), so going
+back to it brings back its own env, ports and volumes, not today's inventory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import contract, journal
+
+FAILED_GATE = ("swap-failed",)
+
+
+def _journals() -> list[list[dict]]:
+    """Every rollout journal on this host, oldest first (prepare journals hold no swaps and are skipped)."""
+    d = journal.path_for("x").parent
+    out = []
+    for p in d.glob("*.jsonl"):
+        if p.name.endswith("-prepare.jsonl"):
+            continue
+        recs = journal.read(p.name[: -len(".jsonl")])
+        if recs:
+            out.append(recs)
+    out.sort(key=lambda recs: recs[0].get("ts", 0))
+    return out
+
+
+def history(service: str, journals: list[list[dict]]) -> list[dict[str, Any]]:
+    """One entry per start of `service` (pure): tag, digest, when, rollout, operator, kind and what became of it."""
+    out = []
+    for recs in journals:
+        head = next((r for r in recs if r.get("step") == "accepted"), {})
+        mine = [r for r in recs if r.get("service") == service]
+        started = [r for r in mine if r.get("step") == "start-new"]
+        if not started:
+            continue
+        start = started[-1]
+        after = [r.get("step") for r in mine if r.get("ts", 0) >= start.get("ts", 0)]
+        recovered = next((r for r in recs if r.get("step") == "recovered"), None)
+        if "committed" in after:
+            outcome = "committed"
+        elif any(s in after for s in FAILED_GATE):
+            failed = next(r for r in mine if r.get("step") in FAILED_GATE and r.get("ts", 0) >= start.get("ts", 0))
+            outcome = f"failed {failed.get('check') or 'its gate'}"
+        elif recovered is not None:
+            said = (recovered.get("services") or {}).get(service, "recovered")
+            outcome = "committed (finished by recovery)" if said == "committed" else f"interrupted ({said})"
+        else:
+            outcome = "no outcome recorded"
+        out.append({"tag": start.get("tag", ""), "digest": start.get("digest", ""), "image": start.get("image", ""),
+                    "ts": start.get("ts", 0), "rollout_id": start.get("rollout_id", ""), "operator": head.get("operator") or start.get("operator", ""),
+                    "kind": head.get("kind", "rollout"), "outcome": outcome})
+    return out
+
+
+def config_for(service: str, tag: str, journals: list[list[dict]]) -> tuple[dict, str]:
+    """(create args, "") of the newest good run of `service` at `tag`, or ({}, why not) (pure).
+
+    Good: started here and committed, and later set aside with its whole configuration.
+    """
+    runs = [v for v in history(service, journals) if v["tag"] == tag]
+    if not runs:
+        return {}, f"{service} never ran {tag} on this host (see fab versions --service {service})"
+    if not any(v["outcome"].startswith("committed") for v in runs):
+        return {}, (f"{service} {tag} never passed its health gate on this host ({runs[-1]['outcome']} in rollout"
+                    f" {runs[-1]['rollout_id']}); fleetroll does not roll back to a version that failed")
+    committed = {v["rollout_id"] for v in runs if v["outcome"].startswith("committed")}
+    for recs in reversed(journals):
+        for r in reversed(recs):
+            cfg = r.get("old_config") or {}
+            labels = cfg.get("labels") or {}
+            if (r.get("step") == "set-aside" and r.get("service") == service and labels.get(contract.TAG) == tag
+                    and labels.get(contract.ROLLOUT_ID) in committed):
+                return cfg, ""
+    return {}, f"{service} {tag} is running now or was never replaced here, so no configuration of it was set aside"
+
+
+def list_versions(service: str) -> list[dict[str, Any]]:
+    return history(service, _journals())
+
+
+def find_config(service: str, tag: str) -> tuple[dict, str]:
+    return config_for(service, tag, _journals())

@@ -1,0 +1,138 @@
+"""The week-one operator commands against the lab: freeze/thaw (and the freeze an automatic revert leaves)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from playbooks import executor, ledger
+from playbooks.inventory import load
+from playbooks.lab import images
+
+from .conftest import derive_inventory
+
+pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parent.parent
+FAB = str(Path(sys.executable).with_name("fab"))
+PHASE = "gpu-mainpc"
+
+
+@pytest.fixture(autouse=True)
+def own_ledger(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
+
+
+def new_tag() -> str:
+    return f"20261126-{secrets.token_hex(4)[:7]}"
+
+
+def with_tags(lab, tmp_path, tags: dict[str, str], **health):
+    def edit(doc):
+        for svc, tag in tags.items():
+            doc["services"][svc]["tag"] = tag
+            doc["services"][svc]["health"].update(health)
+
+    return load(derive_inventory(lab, tmp_path / secrets.token_hex(3), edit))
+
+
+def fab(*args: str, env_ledger: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ)
+    if env_ledger:
+        env["FLEETROLL_LEDGER"] = str(env_ledger)
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+
+
+@pytest.fixture
+def thawed(lab):
+    """Whatever a test froze is thawed after it, so the next test starts from an unfrozen lab."""
+    yield
+    executor.set_freeze(load(lab.inventory), PHASE, "test cleanup", thaw=True)
+
+
+def test_an_automatic_revert_freezes_the_phase_against_the_failed_tag_until_thawed(lab, tmp_path, thawed):
+    assert executor.rollout(load(lab.inventory), PHASE).ok
+    bad = new_tag()
+    images.push(lab, "torch-svc", bad, "http500", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": bad}, healthy_deadline=3)
+    assert executor.rollout(inv, PHASE).state == "reverted"
+    # the same release again: refused before anything is touched, exit 3, and it says why and what to do
+    again = executor.rollout(inv, PHASE)
+    assert again.state == "refused" and executor.exit_code([again.state]) == 3
+    text = "\n".join(again.messages)
+    assert f"llm-api:{bad}" in text and "reverted automatically" in text and f"fab thaw --phase {PHASE}" in text
+    assert again.hosts == {} and ledger.read()[-1]["reason"] == "phase frozen"
+    st = executor.status(inv, ["mainpc"])
+    assert any(f["auto"] and f["releases"] == {"llm-api": bad} for f in st["hosts"]["mainpc"]["freezes"])
+    # a fixed release under a new tag goes ahead and its commit lifts the automatic freeze
+    good = new_tag()
+    images.push(lab, "torch-svc", good, "healthy", arch="89;86")
+    assert executor.rollout(with_tags(lab, tmp_path, {"llm-api": good}), PHASE).ok
+    assert executor.status(inv, ["mainpc"])["hosts"]["mainpc"]["freezes"] == []
+    # and after another automatic revert, an operator's thaw lets the same tag be tried again
+    assert executor.rollout(inv, PHASE).state == "reverted"
+    ok, lines = executor.set_freeze(inv, PHASE, "the GPU was busy, not the release's fault", thaw=True)
+    assert ok and lines == ["mainpc: thawed gpu-mainpc"]
+    assert executor.rollout(inv, PHASE).state == "reverted"  # tried (and failed) again, not refused
+
+
+def test_manual_freeze_blocks_every_rollout_and_thaw_releases_it(lab, tmp_path, thawed):
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    led = tmp_path / "cli-ledger.jsonl"
+    r = fab("freeze", "--phase", PHASE, "--reason", "driver upgrade tonight", "--inventory", str(inv.path), env_ledger=led)
+    assert r.returncode == 0 and "mainpc: froze gpu-mainpc" in r.stdout, r.stdout + r.stderr
+    r = fab("rollout", "--phase", PHASE, "--yes", "--inventory", str(inv.path), env_ledger=led)
+    assert r.returncode == 3 and "driver upgrade tonight" in r.stdout + r.stderr and "frozen on mainpc" in r.stdout + r.stderr
+    r = fab("rollout", "--phase", PHASE, "--dry-run", "--inventory", str(inv.path), env_ledger=led)
+    assert r.returncode == 2 and "a real rollout would be refused now" in r.stdout
+    r = fab("status", "--hosts", "mainpc", "--inventory", str(inv.path), env_ledger=led)
+    assert "phase gpu-mainpc frozen by" in r.stdout and "driver upgrade tonight" in r.stdout
+    r = fab("thaw", "--phase", PHASE, "--reason", "upgrade done", "--inventory", str(inv.path), env_ledger=led)
+    assert r.returncode == 0 and "mainpc: thawed gpu-mainpc" in r.stdout
+    r = fab("rollout", "--phase", PHASE, "--yes", "--inventory", str(inv.path), env_ledger=led)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kinds = [(e["kind"], e.get("reason")) for e in map(json.loads, led.read_text().splitlines())]
+    assert ("freeze", "driver upgrade tonight") in kinds and ("refused", "phase frozen") in kinds and ("thaw", "upgrade done") in kinds
+
+
+def test_versions_lists_three_releases_and_rollback_to_the_first_of_them(lab, tmp_path, thawed):
+    import docker
+
+    tags = [new_tag() for _ in range(3)]
+    for i, t in enumerate(tags):
+        images.push(lab, "vision-svc", t, "healthy", arch="89;86")
+
+        def edit(doc, t=t, i=i):
+            doc["services"]["vision-api"]["tag"] = t
+            doc["services"]["vision-api"]["env"]["RELEASE"] = f"r{i}"
+
+        inv = load(derive_inventory(lab, tmp_path / f"v{i}", edit))
+        assert executor.rollout(inv, PHASE).ok
+    bad = new_tag()
+    images.push(lab, "vision-svc", bad, "http500", arch="89;86")
+    assert executor.rollout(with_tags(lab, tmp_path, {"vision-api": bad}, healthy_deadline=3), PHASE).state == "reverted"
+    r = fab("versions", "--service", "vision-api", "--json", "--inventory", str(inv.path))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    mine = [v for v in out["versions"] if v["tag"] in tags + [bad]]
+    assert [v["tag"] for v in mine] == [bad, *reversed(tags)]  # newest first
+    assert mine[0]["outcome"].startswith("failed health") and all(v["outcome"] == "committed" for v in mine[1:])
+    assert mine[1]["running"] and all(v["image_present"] for v in mine) and mine[1]["operator"]
+    text = fab("versions", "--service", "vision-api", "--inventory", str(inv.path)).stdout
+    assert "rollback --to" in text and "running" in text
+    # the version that failed is refused as a target, exit 3, nothing changed
+    r = fab("rollback", "--phase", PHASE, "--service", "vision-api", "--to", bad, "--yes", "--inventory", str(inv.path))
+    assert r.returncode == 3 and "never passed its health gate" in r.stdout + r.stderr
+    # back to the first of the three, with its own env
+    r = fab("rollback", "--phase", PHASE, "--service", "vision-api", "--to", tags[0], "--yes", "--inventory", str(inv.path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("vision-api")
+    assert c.labels["io.fleetroll.tag"] == tags[0] and "RELEASE=r0" in c.attrs["Config"]["Env"]
