@@ -11,6 +11,7 @@ without GPUs) are checked after the per-field schema passes.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,6 +370,25 @@ def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> d
     return out
 
 
+def _duplicate_keys(node: yaml.Node, path: Path, trail: tuple = ()) -> list[str]:
+    """YAML keeps the last of two equal keys without a word; an inventory treats that as the mistake it usually is."""
+    out = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            key, line = str(k.value), k.start_mark.line + 1
+            if key in seen:
+                field = ".".join(str(p) for p in (*trail, key))
+                out.append(f"{path}:{line}: {field}: key given twice (lines {seen[key]} and {line}); fix: keep one of them")
+            else:
+                seen[key] = line
+            out += _duplicate_keys(v, path, (*trail, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += _duplicate_keys(v, path, (*trail, i))
+    return out
+
+
 def _read_yaml(path: Path) -> tuple[Any, dict]:
     try:
         text = path.read_text()
@@ -383,13 +403,32 @@ def _read_yaml(path: Path) -> tuple[Any, dict]:
         raise InventoryError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax"]) from exc
     if node is None or not isinstance(data, dict):
         raise InventoryError([f"{path}:1: expected a YAML mapping at the top level"])
-    return data, _line_index(node)
+    lines = _line_index(node)
+    lines[("__duplicates__",)] = _duplicate_keys(node, path)  # reported with every other problem, in one pass
+    return data, lines
 
 
 _FIXES = {
     "extra_forbidden": "remove it or check its spelling",
     "missing": "add it",
 }
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys a mapping at `loc` may hold (for "did you mean"): walks the models by the location's names."""
+    model: Any = Fleet
+    for part in loc:
+        if model is Fleet and part in ("hosts", "services"):
+            model = {"hosts": Host, "services": Service}[part]
+            continue
+        if model in (Host, Service) and isinstance(part, str) and part not in model.model_fields:
+            continue  # the entry's own name (hosts.<name>)
+        field = getattr(model, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
 
 
 def _line_for(lines: dict, loc: tuple) -> int:
@@ -405,21 +444,26 @@ def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
         loc = tuple(e["loc"])
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        fix = _FIXES.get(e["type"], "correct the value")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        fix = _FIXES.get(e["type"], "correct the value")
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1, cutoff=0.6)
+            if close:
+                fix = f"did you mean {close[0]!r}? (else remove it)"
         got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
         out.append(f"{path}:{_line_for(lines, loc)}: {field}: {msg}{got}; fix: {fix}")
     return out
 
 
-def _cross_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str] = frozenset()) -> list[str]:
     problems = []
     used: dict[tuple[str, str, int, str], str] = {}
     for name, svc in fleet.services.items():
         def at(*f: str, name: str = name) -> str:
             return f"{path}:{_line_for(lines, ('services', name) + f)}"
 
+        if svc.host in invalid_hosts:
+            continue  # its host's own errors are reported; "unknown host" would only repeat them
         if svc.host not in fleet.hosts:
             problems.append(
                 f"{at('host')}: services.{name}.host: unknown host {svc.host!r}; fix: use one of"
@@ -470,7 +514,7 @@ def _observability_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
     return []
 
 
-def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict) -> list[str]:
+def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, invalid: frozenset | set = frozenset()) -> list[str]:
     problems, seen_phase, owner = [], set(), {}
     for i, ph in enumerate(phases):
         if ph.name in seen_phase:
@@ -478,6 +522,8 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict) ->
         seen_phase.add(ph.name)
         for j, s in enumerate(ph.services):
             ln = _line_for(lines, ("phases", i, "services", j))
+            if s in invalid:
+                continue  # the service's own errors are reported already
             if s not in fleet.services:
                 problems.append(
                     f"{path}:{ln}: phases[{i}].services: {s!r} is not a service in the inventory;"
@@ -492,30 +538,102 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict) ->
     return problems
 
 
+REPO_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
+REPO_PHASES = Path(__file__).resolve().parent / "phases.yml"
+
+
 def default_phases_path(inventory_path: Path) -> Path:
-    """The phases file beside the inventory wins (the lab writes its own); else the repo's."""
+    """phases.yml beside the inventory; only the repository's own inventory uses the repository's phases.
+
+    Falling back silently for any other inventory would roll out phases its author never wrote.
+    """
     beside = inventory_path.parent / "phases.yml"
-    if beside.exists():
+    if beside.exists() or inventory_path.resolve() != REPO_INVENTORY:
         return beside
-    return Path(__file__).resolve().parent / "phases.yml"
+    return REPO_PHASES
+
+
+def _valid(model: type[BaseModel], value: Any) -> bool:
+    try:
+        model.model_validate(value)
+        return True
+    except ValidationError:
+        return False
+
+
+def _partial_fleet(data: dict) -> tuple[Fleet | None, set[str]]:
+    """The valid part of an invalid inventory, so its cross-checks still run in the same pass.
+
+    Returns (fleet, names of hosts and services left out for their own errors): checks that
+    would only repeat those errors ("unknown host", "not a service") are skipped for them.
+    """
+    d = dict(data)
+    dropped: set[str] = set()
+    for section, model in (("hosts", Host), ("services", Service)):
+        entries = d.get(section)
+        if isinstance(entries, dict):
+            keep = {k: v for k, v in entries.items() if _valid(model, v)}
+            dropped |= set(entries) - set(keep)
+            d[section] = keep
+    for _ in range(2):
+        try:
+            return Fleet.model_validate(d), dropped
+        except ValidationError as err:
+            bad = {e["loc"][0] for e in err.errors() if e["loc"] and e["loc"][0] not in ("registry", "hosts", "services")}
+            if not bad:
+                return None, dropped
+            for key in bad:
+                d.pop(key, None)
+    return None, dropped
+
+
+def _host_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    problems = []
+    seen: dict[tuple[str, int], str] = {}
+    for name, h in fleet.hosts.items():
+        at = f"{path}:{_line_for(lines, ('hosts', name, 'address'))}"
+        other = seen.get((h.address, h.port))
+        if other:
+            problems.append(f"{at}: hosts.{name}.address: {h.address}:{h.port} is also host {other!r}; fix: one entry per"
+                            " machine (two names for one sshd would let two rollouts take the same host)")
+        seen.setdefault((h.address, h.port), name)
+        if h.key_filename and not Path(h.key_filename).expanduser().exists():
+            problems.append(f"{path}:{_line_for(lines, ('hosts', name, 'key_filename'))}: hosts.{name}.key_filename: no such file"
+                            f" {Path(h.key_filename).expanduser()}; fix: point it at the SSH private key for {h.user}@{h.address}")
+    return problems
 
 
 def load(path: str | Path, phases_path: str | Path | None = None) -> Inventory:
-    """Read and validate an inventory and its phases; raise InventoryError listing every problem."""
+    """Read and validate an inventory and its phases; raise InventoryError listing every problem, all in one pass."""
     path = Path(path)
     ppath = Path(phases_path) if phases_path else default_phases_path(path)
     data, lines = _read_yaml(path)
+    problems: list[str] = list(lines.pop(("__duplicates__",), []))
+    dropped: set[str] = set()
     try:
-        fleet = Fleet.model_validate(data)
+        fleet: Fleet | None = Fleet.model_validate(data)
     except ValidationError as err:
-        raise InventoryError(_explain(path, lines, err)) from None
-    problems = _cross_checks(fleet, path, lines) + _observability_checks(fleet, path, lines)
-    pdata, plines = _read_yaml(ppath)
-    try:
-        phases = Phases.model_validate(pdata).phases
-    except ValidationError as err:
-        raise InventoryError(problems + _explain(ppath, plines, err)) from None
-    problems += _phase_checks(phases, fleet, ppath, plines)
-    if problems:
-        raise InventoryError(problems)
+        problems += _explain(path, lines, err)
+        fleet, dropped = _partial_fleet(data)
+    if fleet is not None:
+        problems += (_cross_checks(fleet, path, lines, dropped) + _observability_checks(fleet, path, lines)
+                     + _host_checks(fleet, path, lines))
+    phases: list[Phase] | None = None
+    if not ppath.exists():
+        problems.append(f"{ppath}: no phases file beside the inventory {path}; fix: write one (the shape of"
+                        f" {REPO_PHASES}) — fleetroll does not fall back to the repository's phases for your inventory")
+    else:
+        try:
+            pdata, plines = _read_yaml(ppath)
+        except InventoryError as exc:
+            raise InventoryError(problems + exc.problems) from None
+        problems += plines.pop(("__duplicates__",), [])
+        try:
+            phases = Phases.model_validate(pdata).phases
+        except ValidationError as err:
+            problems += _explain(ppath, plines, err)
+        if phases is not None and fleet is not None:
+            problems += _phase_checks(phases, fleet, ppath, plines, dropped)
+    if problems or fleet is None or phases is None:
+        raise InventoryError(problems or [f"{path}: not a valid inventory"])
     return Inventory(fleet=fleet, phases=phases, path=path, phases_path=ppath)

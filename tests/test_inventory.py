@@ -62,7 +62,9 @@ def test_unknown_key_names_file_line_field_and_fix(tmp_path):
     out = problems(tmp_path, BASE.replace("    host: mainpc\n", "    host: mainpc\n    hots: x\n"))
     assert len(out) == 1
     assert out[0].startswith(f"{tmp_path / 'fleet.yml'}:15: services.api.hots: unknown key")
-    assert "fix: remove it or check its spelling" in out[0]
+    assert "fix: did you mean 'host'? (else remove it)" in out[0]
+    far = problems(tmp_path, BASE.replace("    host: mainpc\n", "    host: mainpc\n    zzzz: x\n"))
+    assert "fix: remove it or check its spelling" in far[0]
 
 
 def test_wrong_type(tmp_path):
@@ -258,3 +260,32 @@ def test_report_key_secret_must_be_a_plain_secret_name(tmp_path):
     assert "observability.report_key_secret" in out[0] and ":19:" in out[0] and "etc/shadow" in out[0]
     inv = load(write(tmp_path, BASE + "observability:\n  collector: api\n"))
     assert inv.fleet.observability.report_key_secret == "fleetroll-report-key"
+
+
+def test_every_problem_in_one_pass_field_errors_and_cross_checks_together(tmp_path):
+    fleet = BASE.replace("    ports: [\"8080:8080\"]\n", "    ports: [\"8080:8080\"]\n    stop_timeout: soon\n") + (
+        "  other:\n    image: family-cpu-py311\n    tag: 20250817-abc1234\n    host: nowhere\n    health: {port: 1}\n")
+    out = problems(tmp_path, fleet, "phases:\n  - name: one\n    services: [api, other, ghost]\n")
+    text = "\n".join(out)
+    assert "services.api.stop_timeout" in text  # a field error
+    assert "unknown host 'nowhere'" in text  # a cross-check on another service, same pass
+    assert "'ghost' is not a service" in text and "'api' is not a service" not in text  # no echo of api's own error
+
+
+def test_duplicate_keys_are_an_error_naming_both_lines(tmp_path):
+    out = problems(tmp_path, BASE.replace("    host: mainpc\n", "    host: mainpc\n    host: pc2\n"))
+    assert any("services.api.host: key given twice (lines 14 and 15)" in p for p in out), out
+
+
+def test_two_hosts_on_one_address_and_port_and_a_missing_key_file(tmp_path):
+    fleet = BASE.replace("    address: 10.0.0.2\n", "    address: 10.0.0.1\n    key_filename: /nonexistent/id_ed25519\n")
+    out = problems(tmp_path, fleet)
+    assert any("hosts.pc2.address: 10.0.0.1:22 is also host 'mainpc'" in p for p in out), out
+    assert any(":10: hosts.pc2.key_filename: no such file /nonexistent/id_ed25519" in p for p in out), out
+
+
+def test_a_missing_phases_file_beside_an_inventory_is_an_error_not_a_fallback(tmp_path):
+    (tmp_path / "fleet.yml").write_text(BASE)
+    with pytest.raises(InventoryError) as exc:
+        load(tmp_path / "fleet.yml")
+    assert f"{tmp_path / 'phases.yml'}: no phases file beside the inventory" in exc.value.problems[0]
