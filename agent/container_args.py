@@ -203,3 +203,52 @@ def health_of(labels: dict[str, str], fallback: dict) -> dict:
     except ValueError:
         return fallback
     return h if isinstance(h, dict) and h.get("port") else fallback
+
+
+# Set by fleetroll itself on every container; their changes are reported as the image/digest change, not as config.
+OWN_ENV = {"FLEETROLL_IMAGE_DIGEST"}
+
+
+def diff(running: CreateArgs, spec: dict, image_env: dict[str, str] | None = None) -> list[str]:
+    """What a release changes in a running container's configuration, one line per change, no env value ever (pure).
+
+    `running` comes from `from_inspect`; `spec` is the planned container spec. Env keys the
+    image itself sets (same value as the image's) are not the inventory's and are left out.
+    """
+    out: list[str] = []
+    image_env = image_env or {}
+    have = {k: v for k, v in (running.get("env") or {}).items() if k not in OWN_ENV and image_env.get(k) != v}
+    want = {k: v for k, v in (spec.get("env") or {}).items() if k not in OWN_ENV}
+    for k in sorted(set(have) | set(want)):
+        if k not in have:
+            out.append(f"env {k}: added")
+        elif k not in want:
+            out.append(f"env {k}: removed")
+        else:
+            hr, wr = secrets.is_ref(have[k]), secrets.is_ref(want[k])
+            if hr != wr:
+                out.append(f"env {k}: {'now' if wr else 'no longer'} a secret reference")
+            elif wr and have[k] != want[k]:
+                out.append(f"env {k}: another secret ({json.dumps(want[k], sort_keys=True)})")
+            elif not wr and str(have[k]) != str(want[k]):
+                out.append(f"env {k}: value changed")
+    have_ports = {k: str(v) for k, v in (running.get("ports") or {}).items()}
+    want_ports = {k: str(v) for k, v in (spec.get("ports") or {}).items()}
+    for k in sorted(set(have_ports) | set(want_ports)):
+        if have_ports.get(k) != want_ports.get(k):
+            out.append(f"port {k}: {have_ports.get(k) or '(none)'} -> {want_ports.get(k) or '(none)'}")
+    have_binds = set(running.get("binds") or [])
+    want_binds = set(from_spec({**spec, "env": {}}, "", {})["binds"])
+    out += [f"volume {b}: added" for b in sorted(want_binds - have_binds)]
+    out += [f"volume {b}: removed" for b in sorted(have_binds - want_binds)]
+    pairs = [("gpus", running.get("gpus", 0), gpus_count(spec.get("gpus"))),
+             ("user", running.get("user") or contract.IMAGE_USER, spec.get("user") or contract.IMAGE_USER),
+             ("restart", running.get("restart") or "no", spec.get("restart", "unless-stopped")),
+             ("stop_timeout", int(running.get("stop_timeout") or 10), int(spec.get("stop_timeout", 10)))]
+    out += [f"{name}: {a} -> {b}" for name, a, b in pairs if a != b]
+    have_h = health_of(running.get("labels") or {}, {})
+    want_h = spec.get("health") or {}
+    for k in sorted(set(have_h) | set(want_h)):
+        if have_h.get(k) != want_h.get(k):
+            out.append(f"health.{k}: {have_h.get(k)} -> {want_h.get(k)}")
+    return out

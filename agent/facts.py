@@ -164,6 +164,27 @@ def docker_facts() -> dict[str, Any]:
     }
 
 
+def config_diffs(specs: dict[str, dict]) -> dict[str, list[str]]:
+    """Per planned service: how its running container's configuration differs from the plan (names only, no values)."""
+    import docker.errors
+
+    from . import container_args
+
+    client = docker_client()
+    out: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        try:
+            c = client.containers.get(name)
+        except docker.errors.NotFound:
+            continue
+        try:
+            image_env = dict(e.partition("=")[::2] for e in (client.images.get(c.attrs["Image"]).attrs.get("Config") or {}).get("Env") or [])
+        except docker.errors.ImageNotFound:
+            image_env = {}
+        out[name] = container_args.diff(container_args.from_inspect(c.attrs), spec, image_env)
+    return out
+
+
 def nvidia_runtime(runtimes: list[str]) -> dict[str, Any]:
     """Docker's --gpus needs the NVIDIA prestart hook on dockerd's PATH (or an nvidia runtime)."""
     hook = shutil.which(HOOK) or next(
@@ -210,5 +231,7 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     from .freeze import all_freezes
 
     out["freezes"] = all_freezes()
+    if args.get("diff_specs") and docker.get("ok"):
+        out["diffs"] = config_diffs(args["diff_specs"])
     out["elapsed_s"] = round(time.monotonic() - t0, 3)
     return out

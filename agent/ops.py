@@ -178,7 +178,8 @@ def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     os.close(held.fd)
     done = _follow(rid, emit)
     if done is None:
-        return _answer("rollout", False, f"no outcome from the transaction; see the journal {journal.path_for(rid)}", {"rollout_id": rid})
+        return _answer("rollout", False, f"no outcome from the transaction; see the journal {journal.path_for(rid)} and the agent log"
+                       f" {state_dir() / 'agent.log'} (fab logs --agent --host HOST)", {"rollout_id": rid})
     data = {k: v for k, v in done.items() if k not in ("step",)}
     return _answer("rollout", bool(done.get("ok")), "" if done.get("ok") else "rollout failed on this host", data, changed=True)
 
@@ -309,6 +310,89 @@ def freeze_op(args: dict[str, Any]) -> dict:
         return _answer("freeze", False, str(exc))
 
 
+def _last_lines(path, n: int, max_bytes: int = 1 << 20) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except FileNotFoundError:
+        return []
+
+
+def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
+    """A container's last lines (or the agent's own log); with follow, each new line as an event until it stops.
+
+    Lines go back as data; the controller strips control characters before printing them.
+    """
+    tail = max(1, min(int(args.get("tail") or 100), 10000))
+    if args.get("agent"):
+        path = state_dir() / "agent.log"
+        return _answer("logs", True, "", {"path": str(path), "lines": _last_lines(path, tail)})
+    import docker.errors
+
+    from .facts import docker_client
+
+    service = args.get("service", "")
+    since = int(time.time() - float(args["since_s"])) if args.get("since_s") else None
+    try:
+        c = docker_client(timeout=60 if not args.get("follow") else 86400).containers.get(service)
+    except docker.errors.NotFound:
+        return _answer("logs", False, f"no container named {service!r} on this host")
+    kw = {"tail": tail, "timestamps": bool(args.get("timestamps")), **({"since": since} if since else {})}
+    if not args.get("follow"):
+        text = c.logs(**kw).decode(errors="replace")
+        return _answer("logs", True, "", {"service": service, "status": c.status, "lines": text.splitlines()})
+    buf = b""
+    for chunk in c.logs(stream=True, follow=True, **kw):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            emit({"event": "log", "line": line.decode(errors="replace")})
+    if buf:
+        emit({"event": "log", "line": buf.decode(errors="replace")})
+    c.reload()
+    return _answer("logs", True, f"{service} stopped ({c.status})", {"service": service, "status": c.status, "lines": []})
+
+
+def details_op(args: dict[str, Any]) -> dict:
+    """Per service: its container as Docker sees it, any kept container, and whether its -prev pin is still here."""
+    import docker.errors
+
+    from . import container_args, contract
+    from .facts import docker_client, summarize_container
+
+    repos: dict[str, str] = args.get("services") or {}
+    client = docker_client()
+    out: dict[str, dict] = {s: {"container": None, "kept": []} for s in repos}
+    for c in client.containers.list(all=True, filters={"label": contract.MANAGED}):
+        attrs, labels = c.attrs, c.labels or {}
+        svc = labels.get(contract.SERVICE, "")
+        if repos and svc not in repos:
+            continue
+        state = attrs.get("State") or {}
+        cfg = container_args.from_inspect(attrs)
+        entry = {**summarize_container(attrs), "exit_code": state.get("ExitCode"), "error": state.get("Error", ""),
+                 "oom_killed": bool(state.get("OOMKilled")), "ports": cfg["ports"], "gpus": cfg["gpus"], "user": cfg["user"],
+                 "restart_policy": cfg["restart"], "health": container_args.health_of(labels, {}),
+                 "operator": labels.get(contract.OPERATOR, ""), "git_sha": labels.get(contract.GIT_SHA, "")}
+        prev_tag, prev_digest = labels.get(contract.PREV_TAG, ""), labels.get(contract.PREV_DIGEST, "")
+        if prev_tag and repos.get(svc):
+            try:
+                client.images.get(f"{repos[svc]}:{prev_tag}")
+                pinned = True
+            except docker.errors.ImageNotFound:
+                pinned = False
+            entry["prev"] = {"tag": prev_tag, "digest": prev_digest, "pinned": pinned}
+        slot = out.setdefault(svc, {"container": None, "kept": []})
+        if entry["name"] == svc:
+            slot["container"] = entry
+        else:
+            slot["kept"].append(entry)
+    return _answer("details", True, "", {"services": out})
+
+
 def versions_op(args: dict[str, Any]) -> dict:
     """What `fab versions` lists for one service here: every start, its outcome, and whether its image is still here."""
     from . import contract, versions
@@ -342,6 +426,10 @@ def versions_op(args: dict[str, Any]) -> dict:
 
 
 def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
+    if op == "logs":
+        return logs_op(args, emit)
+    if op == "details":
+        return details_op(args)
     if op == "versions":
         return versions_op(args)
     if op == "freeze":

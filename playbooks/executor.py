@@ -24,6 +24,16 @@ POLICIES = ("revert-phase", "revert-service", "stop")
 FAILED_OUTCOMES = ("reverted", "removed", "revert-failed", "refused")
 
 
+class Interrupted(Exception):
+    """The operator pressed Ctrl-C after hosts were asked to change; they finish on their own."""
+
+    def __init__(self, rollout_id: str, phase: str, hosts: list[str]):
+        self.rollout_id, self.phase, self.hosts = rollout_id, phase, hosts
+        super().__init__(f"interrupted: rollout {rollout_id} of {phase} was running on {', '.join(hosts) or '(no host yet)'};"
+                         " each host finishes its transaction on its own (commit, or back to its last-known-good)."
+                         " Re-attach with: fab status --follow")
+
+
 class RolloutError(Exception):
     pass
 
@@ -299,7 +309,13 @@ def _rollout(
     if _stop_before_changing(ro, dry_run, confirm):
         ro.report.elapsed_s = time.monotonic() - ro.t0
         return ro.report
-    results = _run(ro)
+    try:
+        results = _run(ro)
+    except KeyboardInterrupt:
+        # Said honestly: not what the hosts did (not observed), only that the controller stopped watching.
+        ledger.append("interrupted", **ro.common, reason="the operator pressed Ctrl-C; the hosts finish their transactions on"
+                      " their own", hosts_busy=ro.plan.hosts)
+        raise Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts) from None
     return _record(ro, results)
 
 
@@ -665,3 +681,69 @@ def versions(inv: Inventory, service: str) -> dict[str, Any]:
     rows = list(reversed(data.get("versions") or []))
     return {"host": host, "service": service, "running": data.get("running") or {}, "versions": rows,
             "note": r.answer.get("msg") or ""}
+
+
+def parse_since(value: str | None) -> float | None:
+    """'90s', '10m', '2h', '1d' (or plain seconds) as seconds; None when not given (pure)."""
+    if value in (None, ""):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", str(value).strip())
+    if not m:
+        raise RolloutError(f"--since must be a duration like 90s, 10m, 2h or 1d, not {value!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def logs(inv: Inventory, service: str | None, host: str | None = None, tail: int = 100, since: str | None = None,
+         follow: bool = False, agent: bool = False, timestamps: bool = False, on_line=None) -> dict[str, Any]:
+    """A service's container log (or a host's agent log) from its host; with follow, lines go to on_line as they come."""
+    if agent:
+        if not host:
+            raise RolloutError("--agent shows one host's agent log: add --host NAME")
+        target = inv.select_hosts([host])[0]
+    else:
+        if not service or service not in inv.fleet.services:
+            known = ", ".join(sorted(inv.fleet.services))
+            raise RolloutError(f"--service {service!r} is not in the inventory (services: {known})" if service
+                               else f"--service is required, e.g. fab logs --service {next(iter(sorted(inv.fleet.services)), 'NAME')}")
+        target = host or inv.fleet.services[service].host
+        inv.select_hosts([target])
+    args = {"service": service or "", "tail": tail, "since_s": parse_since(since), "follow": follow, "agent": agent,
+            "timestamps": timestamps}
+    ev = (lambda h, e: on_line(e.get("line", ""))) if on_line else None
+    r = transport.on_hosts(inv, [target], "logs", lambda h: args, timeout=86400 if follow else 60, on_event=ev)[target]
+    if r.answer is None or not r.ok:
+        raise RolloutError(f"{target}: {r.error or (r.answer or {}).get('msg')}")
+    return {"host": target, "service": service, **(r.answer.get("data") or {}), "note": r.answer.get("msg") or ""}
+
+
+def details(inv: Inventory, service: str | None = None, hosts: list[str] | None = None) -> dict[str, Any]:
+    """Per host and service: container state, restarts, uptime, tag@digest, ports, GPU, kept containers, -prev pin."""
+    if service and service not in inv.fleet.services:
+        raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
+    targets = [inv.fleet.services[service].host] if service else inv.select_hosts(hosts)
+    names = {h: ([service] if service else inv.services_for(None, [h])) for h in targets}
+    results = transport.on_hosts(inv, targets, "details", lambda h: {"services": {s: inv.repo(s) for s in names[h]}}, timeout=60)
+    out: dict[str, Any] = {"hosts": {}}
+    for h in targets:
+        r = results[h]
+        if r.answer is None or not r.ok:
+            out["hosts"][h] = {"reachable": False, "error": r.error or (r.answer or {}).get("msg")}
+            continue
+        got = (r.answer.get("data") or {}).get("services") or {}
+        out["hosts"][h] = {"reachable": True, "services": {s: {**got.get(s, {"container": None, "kept": []}),
+                                                               "inventory_tag": inv.fleet.services[s].tag} for s in names[h]}}
+    return out
+
+
+def follow_running(inv: Inventory, hosts: list[str] | None = None, progress=None) -> dict[str, dict]:
+    """Re-attach to the transactions running on the hosts now (`fab status --follow`); return each one's outcome."""
+    targets = inv.select_hosts(hosts)
+    st = transport.on_hosts(inv, targets, "status", lambda h: {}, timeout=30)
+    running = {h: ((r.answer or {}).get("data") or {}).get("lock") for h, r in st.items()}
+    running = {h: lk for h, lk in running.items() if lk and lk.get("rollout_id")}
+    if not running:
+        return {}
+    res = transport.on_hosts(inv, list(running), "journal", lambda h: {"rollout_id": running[h]["rollout_id"], "timeout": 3600},
+                             timeout=30.0, on_event=progress)
+    return {h: {"rollout_id": running[h]["rollout_id"], "ok": r.ok, "error": r.error,
+                "services": _services(r)} for h, r in res.items()}

@@ -54,7 +54,7 @@ def rollouts() -> list[dict]:
     by_id: dict[str, dict] = {}
     for rec in read():
         rid = rec.get("rollout_id")
-        if not rid or rec.get("kind") not in ("started", "finished", "refused", "recovered"):
+        if not rid or rec.get("kind") not in ("started", "finished", "refused", "recovered", "interrupted"):
             continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
         if rec["kind"] == "recovered":
@@ -63,6 +63,12 @@ def rollouts() -> list[dict]:
             entry.setdefault("recovered", []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
             if entry.get("finished") is None:
                 entry["final"] = f"interrupted; recovered on {rec.get('host')} ({svcs}; host {rec.get('state')})"
+            continue
+        if rec["kind"] == "interrupted":
+            # The operator stopped the controller; what the hosts did is theirs to say (fab status, a later recovery).
+            if entry.get("finished") is None:
+                entry.update(final="interrupted by the operator (hosts finished on their own; see fab status)",
+                             interrupted=rec["time"])
             continue
         entry.update({k: v for k, v in rec.items() if k != "kind"})
         if rec["kind"] == "started":

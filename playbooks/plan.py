@@ -38,6 +38,7 @@ class Step:
     new_digest: str = ""
     spec: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    changes: list[str] = field(default_factory=list)  # what differs, per key, values never (ansible --diff, nomad plan)
 
     def to_json(self) -> dict:
         """Everything, env values included: what the agent is sent, never what is recorded or printed."""
@@ -159,8 +160,14 @@ def build_plan(
         step.new_digest = image["digest"]
         spec["digest"] = step.new_digest
         spec["spec_hash"] = spec_hash({k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}, step.new_digest)
+        if running and running.get("digest") != step.new_digest:
+            step.changes.append(f"image: {running.get('tag') or '?'}@{(running.get('digest') or '?')[:19]} -> {svc.tag}@{step.new_digest[:19]}")
+        step.changes += (host_facts.get("diffs") or {}).get(service) or []
         if running is None:
             step.reason = "not running yet"
+        elif not running.get("spec_hash"):
+            step.action = REPLACE
+            step.reason = "runs without fleetroll's configuration label (started by hand?); replace it with the inventory's"
         elif running.get("spec_hash") == spec["spec_hash"] and running.get("running"):
             step.action = NOOP
             step.reason = "already running this digest with this configuration"
@@ -185,6 +192,8 @@ def plan_text(plan: Plan) -> str:
             cur = f"{s.current_tag}@{s.current_digest[7:19]}" if s.current_tag else "(none)"
             new = f"{s.new_tag}@{s.new_digest[7:19]}" if s.new_digest else s.new_tag
             lines.append(f"    {s.action:8} {s.service:20} {cur} -> {new}   # {s.reason}")
+            if s.action not in (NOOP, BLOCKED):
+                lines += [f"             ~ {c}" for c in s.changes]
     n = len(plan.changes)
     lines.append(f"  {n} change(s), {len(plan.steps) - n - len(plan.blocked)} no-op(s), {len(plan.blocked)} blocked")
     return "\n".join(lines)

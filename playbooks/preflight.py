@@ -189,8 +189,12 @@ def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str
 
 
 def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]:
+    from .plan import container_spec
+
     services = inv.services_for(phase, [host])
     return {
+        # The host compares these with what runs (the dry run's per-key diff); only change names come back.
+        **({"diff_specs": {s: container_spec(inv, s) for s in services}} if phase else {}),
         "gpu": inv.fleet.hosts[host].gpus is not None,
         "images": sorted({inv.image_ref(s) for s in services if not tag_problem(inv.fleet.services[s].tag)}),
         "insecure_registry": inv.fleet.registry.insecure,

@@ -151,3 +151,40 @@ def versions_text(out: dict) -> str:
     if out.get("note"):
         lines.append(out["note"])
     return "\n".join(lines)
+
+
+def _up(seconds) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 86400}d{s % 86400 // 3600}h" if s >= 86400 else f"{s // 3600}h{s % 3600 // 60}m" if s >= 3600 else f"{s // 60}m{s % 60}s"
+
+
+def details_text(out: dict) -> str:
+    """`fab details`: one block per service (Kamal's `app details`, Nomad's `alloc status`)."""
+    blocks = []
+    for h, info in out["hosts"].items():
+        if not info.get("reachable"):
+            blocks.append(f"{h}: UNREACHABLE: {info.get('error')}")
+            continue
+        for svc, d in info["services"].items():
+            c = d.get("container")
+            if c is None:
+                blocks.append(f"{svc} on {h}: no container (inventory tag {d['inventory_tag']})")
+                continue
+            state = c["status"] + (f", exit code {c['exit_code']}" if c["status"] == "exited" else "") + (", OOM-killed" if c["oom_killed"] else "")
+            ports = ", ".join(f"{v}->{k}" for k, v in (c.get("ports") or {}).items()) or "-"
+            gpus = {0: "none", -1: "all"}.get(c.get("gpus"), str(c.get("gpus")))
+            lines = [f"{svc} on {h}",
+                     f"  state     {state}; restarts {c['restart_count']}; up {_up(c.get('up_s'))} (since {c.get('started_at', '')[:19]})",
+                     f"  image     {c['tag']}@{c['digest']}" + ("" if c["tag"] == d["inventory_tag"] else f"  (inventory: {d['inventory_tag']})"),
+                     f"  rollout   {c['rollout_id']} by {c.get('operator') or '?'}; git {(c.get('git_sha') or '-')[:12]}",
+                     f"  ports     {ports}; GPUs {gpus}; user {c.get('user')}; restart {c.get('restart_policy')}",
+                     f"  health    {json.dumps(c.get('health') or {}, sort_keys=True)}"]
+            prev = c.get("prev")
+            if prev:
+                lines.append(f"  -prev     {prev['tag']}@{prev['digest']} ({'pinned on the host' if prev['pinned'] else 'NOT on the host any more'})")
+            for k in d.get("kept") or []:
+                lines.append(f"  kept      {k['name']}: {k['tag']}@{k['digest'][:19]} ({k['status']}) — a transaction in progress or interrupted")
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -7,13 +7,37 @@ call is importable and tested without a terminal.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit, task
+import invoke
+from invoke import Collection, Exit
 
 from . import render
 from .inventory import InventoryError, load
+
+# One meaning per short flag across every task; every other option is long only.
+SHORT_FLAGS = {"inventory": "i", "hosts": "H", "host": "H", "phase": "p", "service": "s", "json": "j", "yes": "y",
+               "follow": "f", "dry_run": "n"}
+
+
+class FleetTask(invoke.Task):
+    """A task whose short flags come from SHORT_FLAGS, never from invoke's first-free-letter guess."""
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short and short not in taken_names:
+            opts["names"].append(short)
+        return opts
+
+
+def task(*args, **kwargs):
+    kwargs.setdefault("klass", FleetTask)
+    kwargs.setdefault("auto_shortflags", False)
+    return invoke.task(*args, **kwargs)
+
 
 DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
 
@@ -142,6 +166,17 @@ def _confirm_or_yes(yes: bool):
     return confirm
 
 
+def _interrupted(message: str) -> None:
+    """Ctrl-C: say what happens now and leave with 130 at once, not waiting for calls still in flight.
+
+    The hosts' transactions run detached from the SSH session, so leaving cannot strand a host.
+    """
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C while this prints: out at once
+    print(f"\n{message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
+
+
 def _print_reports(reports, as_json: bool) -> None:
     if as_json:
         render.dump_json([r.to_json() for r in reports] if len(reports) > 1 else reports[0].to_json())
@@ -177,6 +212,10 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
         reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
     except (InventoryError, executor.RolloutError) as exc:
         raise Exit(str(exc), code=1) from None
+    except executor.Interrupted as exc:
+        _interrupted(str(exc))
+    except KeyboardInterrupt:
+        _interrupted("interrupted before any host was asked to change anything; nothing was changed")
     _print_reports(reports, json)
     code = executor.exit_code([executor.report_state(r) for r in reports])
     if code:
@@ -203,12 +242,23 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
         raise Exit(code=executor.exit_code([rep.state]))
 
 
-@task(help={"json": "JSON output", "hosts": "limit to these hosts", "inventory": "inventory file"})
-def status(c, json=False, hosts=None, inventory=None):
+@task(help={"json": "JSON output", "hosts": "limit to these hosts", "inventory": "inventory file",
+            "follow": "first re-attach to transactions running now (after Ctrl-C or a lost link) and wait for them"})
+def status(c, json=False, hosts=None, inventory=None, follow=False):
     """What runs where: tag, digest, health, drift from the inventory, last rollout, locks. Exit 1 if a host or service is not healthy."""
     from . import executor
 
     inv = _inventory(inventory)
+    if follow:
+        try:
+            done = executor.follow_running(inv, _hosts(hosts), progress=executor.Progress(enabled=not json))
+        except KeyboardInterrupt:
+            _interrupted("stopped following; the hosts carry on")
+        for h, d in done.items():
+            svc = ", ".join(f"{s['service']} {s['outcome']}" for s in d["services"]) or d["error"]
+            print(f"{h}: rollout {d['rollout_id']} ended: {svc}", file=sys.stderr)
+        if not done:
+            print("no transaction running on these hosts", file=sys.stderr)
     out = executor.status(inv, _hosts(hosts))
     if json:
         render.dump_json(out)
@@ -251,6 +301,49 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
         raise Exit(res.error, code=1)
     render.say(f"{host}: {res.answer.get('msg')}")
     if not res.ok:
+        raise Exit(code=1)
+
+
+@task(help={"service": "service whose log to show", "host": "host to read from (default: the service's; with --agent: required)",
+            "follow": "keep printing new lines until the container stops (Ctrl-C to leave)", "since": "only lines newer than this: 90s, 10m, 2h, 1d",
+            "tail": "last N lines (default 100)", "agent": "the host's agent log instead (where a failed transaction's traceback goes)",
+            "timestamps": "prefix each line with Docker's timestamp", "inventory": "inventory file"})
+def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=False, timestamps=False, inventory=None):
+    """A service's container log from its host (Kamal `app logs`), or a host's agent log with --agent."""
+    from . import executor
+
+    inv = _inventory(inventory)
+    try:
+        out = executor.logs(inv, service, host, tail=_int(tail, "tail") or 100, since=since, follow=follow, agent=agent,
+                            timestamps=timestamps, on_line=render.say if follow else None)
+    except KeyboardInterrupt:
+        raise Exit(code=130) from None
+    except (InventoryError, executor.RolloutError) as exc:
+        raise Exit(str(getattr(exc, "problems", None) and "\n".join(exc.problems) or exc), code=1) from None
+    if agent:
+        render.say(f"{out['host']}: {out.get('path')}")
+    if out.get("lines"):
+        render.say("\n".join(out["lines"]))
+    if out.get("note"):
+        render.say(f"{out['host']}: {out['note']}")
+
+
+@task(help={"service": "one service (default: every service of the hosts)", "hosts": "limit to these hosts", "json": "JSON output",
+            "inventory": "inventory file"})
+def details(c, service=None, hosts=None, json=False, inventory=None):
+    """Each service's container in detail: state, restarts, uptime, tag@digest, ports, GPU, kept container, -prev pin."""
+    from . import executor
+
+    inv = _inventory(inventory)
+    try:
+        out = executor.details(inv, service, _hosts(hosts))
+    except (InventoryError, executor.RolloutError) as exc:
+        raise Exit(str(getattr(exc, "problems", None) and "\n".join(exc.problems) or exc), code=1) from None
+    if json:
+        render.dump_json(out)
+    else:
+        render.say(render.details_text(out))
+    if any(not h.get("reachable") for h in out["hosts"].values()):
         raise Exit(code=1)
 
 
@@ -437,7 +530,7 @@ lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 lab.add_task(lab_release, "release")
 
-ns = Collection(preflight, rollout, rollback, status, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
+ns = Collection(preflight, rollout, rollback, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
 
 
 def main() -> None:  # pragma: no cover - `python -m playbooks` convenience

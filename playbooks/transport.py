@@ -16,7 +16,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,7 +387,19 @@ def on_hosts(
             res = attempt(host)
         return res
 
+    if len(hosts) == 1:
+        # In the caller's thread: Ctrl-C interrupts the read itself and the connection closes behind it.
+        return {hosts[0]: one(hosts[0])}
     workers = max(1, min(len(hosts), max_parallel or inv.fleet.ssh.max_parallel))
-    with ThreadPoolExecutor(max_workers=workers) as threads:
-        results = list(threads.map(one, hosts))
+    threads = ThreadPoolExecutor(max_workers=workers)
+    futures = [threads.submit(one, h) for h in hosts]
+    try:
+        while not all(f.done() for f in futures):
+            wait(futures, timeout=0.25)  # short waits: Ctrl-C is seen within a quarter of a second
+    except KeyboardInterrupt:
+        # Calls in flight are not waited for: the hosts' transactions run detached and finish on their own.
+        threads.shutdown(wait=False, cancel_futures=True)
+        raise
+    threads.shutdown(wait=True)
+    results = [f.result() for f in futures]
     return {r.host: r for r in results}

@@ -63,3 +63,16 @@ def test_closed_pipe_ends_quietly(tmp_path):
 def test_numeric_options_with_defaults_are_checked_by_us_not_the_parser():
     r = fab("lab.up", "--hosts", "many")
     assert r.returncode == 1 and "--hosts must be a whole number, not 'many'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_short_flags_mean_one_thing_in_every_task():
+    import re
+
+    from playbooks.tasks import SHORT_FLAGS
+
+    seen: dict[str, set[str]] = {}
+    for name in TASKS:
+        for short, long in re.findall(r"^\s+-(\w)(?: \w+)?, --([\w-]+)", fab(name, "--help").stdout, re.M):
+            seen.setdefault(short, set()).add(long)
+            assert SHORT_FLAGS.get(long.replace("-", "_")) == short, (name, short, long)
+    assert all(len(longs) == 1 or longs == {"host", "hosts"} for longs in seen.values()), seen

@@ -136,3 +136,118 @@ def test_versions_lists_three_releases_and_rollback_to_the_first_of_them(lab, tm
     assert r.returncode == 0, r.stdout + r.stderr
     c = docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("vision-api")
     assert c.labels["io.fleetroll.tag"] == tags[0] and "RELEASE=r0" in c.attrs["Config"]["Env"]
+
+
+def test_logs_details_and_follow_on_a_crash_looping_service(lab, tmp_path):
+    import signal
+    import time
+
+    import docker
+
+    inv = load(lab.inventory)
+    assert executor.rollout(inv, PHASE).ok
+    tag = new_tag()
+    ref = images.push(lab, "vision-svc", tag, "crash", arch="89;86")
+    cl = docker.DockerClient(base_url=lab.host("mainpc").docker_host)
+    old = cl.containers.get("vision-api")
+    labels = dict(old.labels)
+    old.remove(force=True)
+    try:
+        cl.images.pull(ref)
+        c = cl.containers.run(ref, name="vision-api", labels=labels, ports={"8080/tcp": 8001}, restart_policy={"Name": "always"},
+                              environment={"CRASH_AFTER": "1"}, user="10001:10001", detach=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and (c.reload() or c.attrs["RestartCount"] < 2):
+            time.sleep(0.2)
+        r = fab("logs", "-s", "vision-api", "--tail", "5", "-i", lab.inventory)
+        assert r.returncode == 0 and "lab: crashing on purpose (exit 3)" in r.stdout, r.stdout + r.stderr
+        r = fab("details", "-s", "vision-api", "-j", "-i", lab.inventory)
+        d = json.loads(r.stdout)["hosts"]["mainpc"]["services"]["vision-api"]["container"]
+        assert d["restart_count"] >= 2 and d["restart_policy"] == "always" and d["ports"] == {"8080/tcp": "8001"}, d
+        text = fab("details", "-s", "vision-api", "-i", lab.inventory).stdout
+        assert "vision-api on mainpc" in text and "restarts" in text and labels["io.fleetroll.digest"] in text
+        # -f prints lines as they come; Ctrl-C leaves with 130 and no traceback
+        p = subprocess.Popen([FAB, "logs", "-s", "vision-api", "-f", "--tail", "1", "-i", lab.inventory], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = []
+        deadline = time.time() + 30
+        while time.time() < deadline and sum("crashing on purpose" in x for x in seen) < 2:
+            seen.append(p.stdout.readline())
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+        assert sum("crashing on purpose" in x for x in seen) >= 2, seen
+        assert p.returncode == 130 and "Traceback" not in err, err
+    finally:
+        cl.containers.get("vision-api").remove(force=True)
+        assert executor.rollout(inv, PHASE).ok
+    r = fab("logs", "--agent", "-H", "mainpc", "-i", lab.inventory)
+    assert r.returncode == 0 and "agent.log" in r.stdout.splitlines()[0], r.stdout + r.stderr
+    d = json.loads(fab("details", "-H", "mainpc", "-j", "-i", lab.inventory).stdout)["hosts"]["mainpc"]["services"]
+    assert d["vision-api"]["container"]["status"] == "running" and d["vision-api"]["kept"] == []
+
+
+def test_ctrl_c_mid_gate_exits_130_records_it_and_status_follow_reattaches(lab, tmp_path):
+    import os
+    import signal
+    import time
+
+    import docker
+
+    assert executor.rollout(load(lab.inventory), PHASE).ok
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=6)
+    led = tmp_path / "ctrlc-ledger.jsonl"
+    env = {**os.environ, "FLEETROLL_LEDGER": str(led)}
+    p = subprocess.Popen([FAB, "rollout", "-p", PHASE, "-y", "-i", str(inv.path)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        lines.append(line)
+        if "llm-api: gate" in line:
+            break
+    assert any("llm-api: gate" in x for x in lines), lines
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+    took = time.monotonic() - t0
+    assert p.returncode == 130 and took < 3, (p.returncode, took, err)
+    assert "each host finishes its transaction on its own" in err and "fab status --follow" in err and "Traceback" not in err
+    recs = [json.loads(x) for x in led.read_text().splitlines()]
+    assert recs[-1]["kind"] == "interrupted" and recs[-1]["phase"] == PHASE
+    hist = fab("history", "--json", env_ledger=led)
+    assert json.loads(hist.stdout)[-1]["final"].startswith("interrupted by the operator")
+    # re-attach: waits for the gate it left, then shows the host's outcome
+    r = subprocess.run([FAB, "status", "--follow", "-H", "mainpc", "-i", str(inv.path)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert "llm-api committed" in r.stderr or "no transaction running" in r.stderr, r.stderr
+    c = docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("llm-api")
+    assert c.labels["io.fleetroll.tag"] == tag and c.status == "running"
+
+
+def test_dry_run_shows_each_changed_key_without_values_and_a_stopped_container_as_such(lab, tmp_path):
+    import docker
+
+    assert executor.rollout(load(lab.inventory), PHASE).ok
+
+    def edit(doc):
+        doc["services"]["llm-api"]["env"]["MACHINE"] = "value-that-must-not-print"
+        doc["services"]["llm-api"]["env"]["BATCH"] = "8"
+        doc["services"]["llm-api"]["health"]["healthy_deadline"] = 45
+
+    inv = load(derive_inventory(lab, tmp_path / "diff", edit))
+    r = fab("rollout", "-p", PHASE, "-n", "-i", str(inv.path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "~ env MACHINE: value changed" in r.stdout and "~ env BATCH: added" in r.stdout
+    assert "~ health.healthy_deadline: 20 -> 45" in r.stdout and "value-that-must-not-print" not in r.stdout + r.stderr
+    assert "PATH" not in r.stdout  # what the image sets is not the inventory's
+    docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("vision-api").stop(timeout=2)
+    try:
+        r = fab("rollout", "-p", PHASE, "-n", "-i", lab.inventory)
+        line = next(x for x in r.stdout.splitlines() if "vision-api" in x)
+        assert "container is exited; start it afresh" in line and "configuration changed" not in line, r.stdout
+        assert not any("llm-api" in x and "replace" in x for x in r.stdout.splitlines())
+    finally:
+        assert executor.rollout(load(lab.inventory), PHASE).ok
