@@ -248,7 +248,10 @@ def diff(running: CreateArgs, spec: dict, image_env: dict[str, str] | None = Non
     out += [f"{name}: {a} -> {b}" for name, a, b in pairs if a != b]
     have_h = health_of(running.get("labels") or {}, {})
     want_h = spec.get("health") or {}
+    def shown(v: Any) -> str:
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
     for k in sorted(set(have_h) | set(want_h)):
         if have_h.get(k) != want_h.get(k):
-            out.append(f"health.{k}: {have_h.get(k)} -> {want_h.get(k)}")
+            out.append(f"health.{k}: {shown(have_h.get(k))} -> {shown(want_h.get(k))}")
     return out

@@ -79,6 +79,9 @@ class GateResult:
         return asdict(self)
 
 
+TICK_S = 5.0
+
+
 def gate(
     url: str,
     healthy_deadline: float,
@@ -95,6 +98,15 @@ def gate(
     except Exception:  # noqa: BLE001 - attempt() reports it
         restarts0 = -1
     last: list[Probe] = []
+    ticked = [t0]
+
+    def tick() -> None:
+        """Every 5 s of waiting, a line for the operator: a gate that takes a minute must not look hung."""
+        now = time.monotonic()
+        if on_tick and now - ticked[0] >= TICK_S and last:
+            ticked[0] = now
+            on_tick(f"still gating after {now - t0:.0f}s (deadline {healthy_deadline:g}s, window {min_healthy_time:g}s):"
+                    f" last probe {'ok' if last[-1].ok else last[-1].reason}")
 
     def attempt() -> bool:
         try:
@@ -107,6 +119,8 @@ def gate(
             return False
         p = probe(url, timeout)
         last.append(p)
+        del last[:-8]
+        tick()
         return p.ok
 
     try:

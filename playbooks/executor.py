@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import freezes, ledger, transport
+from . import freezes, hooks, ledger, transport
 from .inventory import Inventory
 from .plan import BLOCKED, NOOP, Plan, build_plan, container_spec, operator, plan_text
 from .runner import PreflightReport, run_preflight
@@ -372,7 +372,27 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     if confirm is not None and not confirm(plan):
         report.messages.append("not confirmed; nothing was changed")
         return True
+    pre_hook = hooks.run(ro.inv.path, "pre-rollout", _hook_payload(ro))
+    if not pre_hook.ok:
+        report.messages.append(f"pre-rollout hook {pre_hook.path} failed: {pre_hook.detail}; nothing was changed")
+        ledger.append("refused", **ro.common, reason="pre-rollout hook failed", failures=[pre_hook.detail])
+        return True
     return False
+
+
+def _hook_payload(ro: _Rollout, **extra: Any) -> dict[str, Any]:
+    """What hooks read on stdin: the rollout as the ledger records it (env values as keyed hashes)."""
+    return {"rollout_id": ro.plan.rollout_id, "phase": ro.plan.phase, "operator": ro.plan.operator,
+            "inventory": str(ro.inv.path), "plan": ro.plan.to_json(ledger.redaction_key()), **extra}
+
+
+def _after_hooks(ro: _Rollout, report: RolloutReport) -> None:
+    """post-rollout after every rollout that changed hosts; on-revert too when it ended reverted. They can only warn."""
+    payload = _hook_payload(ro, state=report.state, hosts=report.hosts, pins=report.pins)
+    for name in ("post-rollout", "on-revert") if report.state == "reverted" else ("post-rollout",):
+        h = hooks.run(ro.inv.path, name, payload)
+        if not h.ok:
+            report.messages.append(f"WARN {name} hook {h.path} failed: {h.detail}")
 
 
 def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
@@ -473,6 +493,7 @@ def _record(ro: _Rollout, results: dict[str, transport.CallResult]) -> RolloutRe
     report.elapsed_s = time.monotonic() - ro.t0
     ledger.append("finished", **ro.common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
                   needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
+    _after_hooks(ro, report)
     return report
 
 

@@ -38,11 +38,15 @@ def preflight_text(checks: list[Check], hosts: list[str]) -> str:
                 row.append(MARK[worst])
         rows.append(row)
     out = [table(rows, ["host"] + names), ""]
-    problems = [c for c in checks if c.status != PASS]
-    for c in problems:
-        out.append(f"{MARK[c.status]:4} {c.host} {c.check}: {c.detail}")
-        if c.fix:
-            out.append(f"     fix: {c.fix}")
+    # One line per distinct finding: an image shared by several services (or hosts) is named once, with where.
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for c in checks:
+        if c.status != PASS:
+            grouped.setdefault((c.status, c.detail, c.fix), []).append(f"{c.host} {c.check}")
+    for (status, detail, fix), where in grouped.items():
+        out.append(f"{MARK[status]:4} {', '.join(where)}: {detail}")
+        if fix:
+            out.append(f"     fix: {fix}")
     nfail = sum(c.status == FAIL for c in checks)
     nwarn = sum(c.status == WARN for c in checks)
     verdict = "preflight FAILED" if nfail else "preflight passed"
@@ -75,19 +79,42 @@ def dump_json(obj: Any, stream=None) -> None:
         _closed_pipe()
 
 
+def accepted_warnings(checks: list[Check]) -> list[str]:
+    """The preflight WARNs a rollout went ahead with, one line per distinct finding (an image shared by services once)."""
+    seen: dict[str, list[str]] = {}
+    for c in checks:
+        if c.status == WARN:
+            what = c.check.split(":", 1)[1] if c.check.startswith("image:") else c.check
+            seen.setdefault(c.detail + (f"; fix: {c.fix}" if c.fix else ""), []).append(f"{c.host} {what}")
+    return [f"preflight WARN (accepted): {detail} [{', '.join(where)}]" for detail, where in seen.items()]
+
+
+CAUSE_OUTCOMES = ("reverted", "removed", "revert-failed", "refused", "unknown")
+
+
+def _is_cause(s: dict) -> bool:
+    """A service that failed on its own (not one sent back because another failed)."""
+    return s.get("outcome") in CAUSE_OUTCOMES and s.get("check") != "phase-revert"
+
+
 def rollout_text(r) -> str:
     out = []
     if r.preflight is not None and (not r.preflight.ok or r.state == "dry-run"):
         out.append(preflight_text(r.preflight.checks, r.preflight.hosts))
-    for h, info in r.hosts.items():
-        for s in info.get("services", []):
-            g = s.get("gate") or {}
-            tth = g.get("time_to_healthy_s")
-            t = s.get("timings") or {}
-            timing = f" pull {t.get('pull_s', 0):.2f}s stop {t.get('stop_s', 0):.2f}s healthy after {tth:.2f}s" if tth is not None else ""
-            before = f"{s.get('before_tag') or '(none)'}"
-            after = f"{s.get('after_tag') or '(none)'}@{(s.get('after_digest') or '')[7:19]}"
-            out.append(f"  {h:12} {s['service']:20} {s['outcome']:13} {before} -> {after}{timing}")
+    elif r.preflight is not None:
+        out += accepted_warnings(r.preflight.checks)
+    rows = [(h, s) for h, info in r.hosts.items() for s in info.get("services", [])]
+    phase_wide = any(s.get("check") == "phase-revert" for _, s in rows)
+    # In a phase-wide revert the service that failed leads, marked, so the cause is read before its consequences.
+    for h, s in sorted(rows, key=lambda hs: 0 if _is_cause(hs[1]) else 1):
+        g = s.get("gate") or {}
+        tth = g.get("time_to_healthy_s")
+        t = s.get("timings") or {}
+        timing = f" pull {t.get('pull_s', 0):.2f}s stop {t.get('stop_s', 0):.2f}s healthy after {tth:.2f}s" if tth is not None else ""
+        before = f"{s.get('before_tag') or '(none)'}"
+        after = f"{s.get('after_tag') or '(none)'}@{(s.get('after_digest') or '')[7:19]}"
+        cause = "  <- cause" if phase_wide and _is_cause(s) else ""
+        out.append(f"  {h:12} {s['service']:20} {s['outcome']:13} {before} -> {after}{timing}{cause}")
     out += r.messages
     out.append(f"rollout {r.rollout_id} phase {r.phase}: {r.state.upper()} in {r.elapsed_s:.1f}s")
     return "\n".join(out)

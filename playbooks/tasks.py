@@ -42,11 +42,14 @@ def task(*args, **kwargs):
 DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
 
 
-def _inventory(path: str | None):
+def _inventory(path: str | None, as_json: bool = False):
     chosen = path or os.environ.get("FLEETROLL_INVENTORY") or str(DEFAULT_INVENTORY)
     try:
         return load(chosen)
     except InventoryError as exc:
+        if as_json:  # a script asked for JSON: it gets JSON, on stdout, and exit 1
+            render.dump_json({"error": "inventory is not valid", "inventory": str(chosen), "problems": exc.problems})
+            raise Exit(code=1) from None
         raise Exit("inventory is not valid:\n" + "\n".join(f"  {p}" for p in exc.problems), code=1) from None
 
 
@@ -87,7 +90,7 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
     """Check every host before a rollout: SSH, Docker, driver, GPUs, images, disk, ports."""
     from .runner import run_preflight
 
-    inv = _inventory(inventory)
+    inv = _inventory(inventory, json)
     try:
         report = run_preflight(inv, phase, _hosts(hosts), _int(max_parallel, "max-parallel"))
     except InventoryError as exc:
@@ -177,9 +180,18 @@ def _interrupted(message: str) -> None:
     os._exit(130)
 
 
-def _print_reports(reports, as_json: bool) -> None:
+def _print_reports(reports, as_json: bool, one_object: bool = False) -> None:
+    """--json: rollout always prints {"state", "exit_code", "phases": [...]}, one phase or --all alike; rollback one report."""
     if as_json:
-        render.dump_json([r.to_json() for r in reports] if len(reports) > 1 else reports[0].to_json())
+        from . import executor
+
+        if one_object:
+            render.dump_json(reports[0].to_json())
+            return
+        states = [executor.report_state(r) for r in reports]
+        code = executor.exit_code(states)
+        worst = next(st for st in states if executor.exit_code([st]) == code)
+        render.dump_json({"state": worst, "exit_code": code, "phases": [r.to_json() for r in reports]})
         return
     for r in reports:
         render.say(render.rollout_text(r))
@@ -203,7 +215,7 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
     """Roll a phase out: preflight, plan, health-gated swaps, automatic rollback to -prev."""
     from . import executor
 
-    inv = _inventory(inventory)
+    inv = _inventory(inventory, json)
     if bool(phase) == bool(all):
         raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=1)
     kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=_int(max_parallel, "max-parallel"),
@@ -230,14 +242,14 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
     from . import executor
 
     phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
-    inv = _inventory(inventory)
+    inv = _inventory(inventory, json)
     if not yes and not (sys.stdin.isatty() and input(f"roll back {service or 'every service of ' + phase}? [y/N] ").lower().startswith("y")):
         raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
     try:
         rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=executor.Progress(enabled=not json), to_tag=to)
     except (InventoryError, executor.RolloutError) as exc:
         raise Exit(str(exc), code=1) from None
-    _print_reports([rep], json)
+    _print_reports([rep], json, one_object=True)
     if not rep.ok:
         raise Exit(code=executor.exit_code([rep.state]))
 
@@ -248,7 +260,7 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
     """What runs where: tag, digest, health, drift from the inventory, last rollout, locks. Exit 1 if a host or service is not healthy."""
     from . import executor
 
-    inv = _inventory(inventory)
+    inv = _inventory(inventory, json)
     if follow:
         try:
             done = executor.follow_running(inv, _hosts(hosts), progress=executor.Progress(enabled=not json))
@@ -334,7 +346,7 @@ def details(c, service=None, hosts=None, json=False, inventory=None):
     """Each service's container in detail: state, restarts, uptime, tag@digest, ports, GPU, kept container, -prev pin."""
     from . import executor
 
-    inv = _inventory(inventory)
+    inv = _inventory(inventory, json)
     try:
         out = executor.details(inv, service, _hosts(hosts))
     except (InventoryError, executor.RolloutError) as exc:
@@ -353,7 +365,7 @@ def versions(c, service=None, json=False, inventory=None):
     from . import executor
 
     service = _required(service, "service", "fab versions --service llm-inference")
-    inv = _inventory(inventory)
+    inv = _inventory(inventory, json)
     try:
         out = executor.versions(inv, service)
     except executor.RolloutError as exc:
@@ -455,7 +467,7 @@ def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=N
     family = _required(family, "family", "fab build --family family-cpu-py311")
     from .images import build as images_build
 
-    inv = _inventory(inventory) if push else None
+    inv = _inventory(inventory, json) if push else None
     registry = f"{inv.fleet.registry.host}/{inv.fleet.registry.org}" if inv else ""
     try:
         r = images_build.build_family(family, registry, push, allow_dirty, insecure=bool(inv and inv.fleet.registry.insecure))

@@ -76,3 +76,40 @@ def test_short_flags_mean_one_thing_in_every_task():
             seen.setdefault(short, set()).add(long)
             assert SHORT_FLAGS.get(long.replace("-", "_")) == short, (name, short, long)
     assert all(len(longs) == 1 or longs == {"host", "hosts"} for longs in seen.values()), seen
+
+
+def test_invalid_inventory_with_json_prints_a_json_error_object(tmp_path):
+    import json
+
+    (tmp_path / "fleet.yml").write_text("registry: {host: r, org: o}\nhosts: {a: {address: 10.0.0.1, prot: 22}}\n")
+    (tmp_path / "phases.yml").write_text("phases: []\n")
+    for task in (["status"], ["rollout", "-p", "x"], ["details"], ["preflight"]):
+        r = fab(*task, "--json", "-i", str(tmp_path / "fleet.yml"))
+        assert r.returncode == 1, (task, r.stdout, r.stderr)
+        out = json.loads(r.stdout)
+        assert out["error"] == "inventory is not valid" and any("hosts.a.prot" in p and "did you mean 'port'" in p for p in out["problems"])
+
+
+def test_a_warning_shared_by_services_is_printed_once_and_a_real_rollout_shows_what_it_accepted():
+    from playbooks import render
+    from playbooks.preflight import PASS, WARN, Check
+
+    checks = [Check("mainpc", "image:llm-api", WARN, "reg/torch@sha256:abc: no SBOM label", "rebuild"),
+              Check("mainpc", "image:vision-api", WARN, "reg/torch@sha256:abc: no SBOM label", "rebuild"),
+              Check("mainpc", "docker", PASS, "ok", "")]
+    text = render.preflight_text(checks, ["mainpc"])
+    assert text.count("no SBOM label") == 1 and "mainpc image:llm-api, mainpc image:vision-api" in text
+    lines = render.accepted_warnings(checks)
+    assert lines == ["preflight WARN (accepted): reg/torch@sha256:abc: no SBOM label; fix: rebuild [mainpc llm-api, mainpc vision-api]"]
+
+
+def test_phase_wide_revert_lists_the_failing_service_first_marked_as_the_cause():
+    from types import SimpleNamespace
+
+    from playbooks import render
+
+    hosts = {"pc2": {"services": [{"service": "embed", "outcome": "reverted", "check": "phase-revert"}]},
+             "mainpc": {"services": [{"service": "llm", "outcome": "reverted", "check": "health-deadline"}]}}
+    r = SimpleNamespace(preflight=None, hosts=hosts, messages=[], rollout_id="r1", phase="p", state="reverted", elapsed_s=1.0)
+    rows = [x for x in render.rollout_text(r).splitlines() if x.startswith("  ")]
+    assert "llm" in rows[0] and rows[0].endswith("<- cause") and "embed" in rows[1] and "cause" not in rows[1]

@@ -61,7 +61,9 @@ def test_health_port_speaking_another_protocol_reverts_and_exits_4(lab, tmp_path
     r = subprocess.run([FAB, "rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(inv.path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 4, r.stdout + r.stderr  # rolled back, every host good
-    out = json.loads(r.stdout)
+    whole = json.loads(r.stdout)
+    assert whole["state"] == "reverted" and whole["exit_code"] == 4 and len(whole["phases"]) == 1
+    out = whole["phases"][0]
     assert out["state"] == "reverted"
     s = next(x for x in out["hosts"]["mainpc"]["services"] if x["service"] == "vision-api")
     assert s["outcome"] == "reverted" and "not a valid HTTP answer" in s["message"] and "BadStatusLine" in s["message"]

@@ -241,7 +241,8 @@ def test_dry_run_shows_each_changed_key_without_values_and_a_stopped_container_a
     r = fab("rollout", "-p", PHASE, "-n", "-i", str(inv.path))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "~ env MACHINE: value changed" in r.stdout and "~ env BATCH: added" in r.stdout
-    assert "~ health.healthy_deadline: 20 -> 45" in r.stdout and "value-that-must-not-print" not in r.stdout + r.stderr
+    assert "~ health.healthy_deadline: 20 -> 45" in r.stdout, r.stdout
+    assert "value-that-must-not-print" not in r.stdout + r.stderr
     assert "PATH" not in r.stdout  # what the image sets is not the inventory's
     docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("vision-api").stop(timeout=2)
     try:
@@ -251,3 +252,39 @@ def test_dry_run_shows_each_changed_key_without_values_and_a_stopped_container_a
         assert not any("llm-api" in x and "replace" in x for x in r.stdout.splitlines())
     finally:
         assert executor.rollout(load(lab.inventory), PHASE).ok
+
+
+def test_hooks_run_beside_the_inventory_and_a_failing_pre_hook_refuses(lab, tmp_path, thawed):
+    import docker
+
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+    inv = with_tags(lab, tmp_path, {"llm-api": tag})
+    hooks_dir = inv.path.parent / "hooks"
+    hooks_dir.mkdir()
+    for name in ("pre-rollout", "post-rollout", "on-revert"):
+        (hooks_dir / name).write_text(f'#!/bin/sh\ncat > "{hooks_dir}/{name}.json"\n')
+        (hooks_dir / name).chmod(0o755)
+    assert executor.rollout(inv, PHASE).ok
+    pre = json.loads((hooks_dir / "pre-rollout.json").read_text())
+    post = json.loads((hooks_dir / "post-rollout.json").read_text())
+    assert pre["phase"] == PHASE and any(s["service"] == "llm-api" for s in pre["plan"]["steps"])
+    assert post["state"] == "committed" and post["rollout_id"] == pre["rollout_id"]
+    assert not (hooks_dir / "on-revert.json").exists()
+    # a failing pre-rollout hook refuses: exit 3, nothing touched
+    (hooks_dir / "pre-rollout").write_text("#!/bin/sh\necho 'change freeze: Friday' >&2\nexit 1\n")
+    tag2 = new_tag()
+    images.push(lab, "torch-svc", tag2, "healthy", arch="89;86")
+    inv2_doc = inv.path.read_text().replace(tag, tag2)
+    inv.path.write_text(inv2_doc)
+    before = docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("llm-api").id
+    r = fab("rollout", "-p", PHASE, "-y", "-i", str(inv.path))
+    assert r.returncode == 3 and "pre-rollout hook" in r.stdout and "change freeze: Friday" in r.stdout, r.stdout + r.stderr
+    assert docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("llm-api").id == before
+    # on-revert hears about an automatic revert
+    (hooks_dir / "pre-rollout").write_text("#!/bin/sh\nexit 0\n")
+    bad = new_tag()
+    images.push(lab, "torch-svc", bad, "http500", arch="89;86")
+    inv.path.write_text(inv2_doc.replace(tag2, bad).replace("healthy_deadline: 20", "healthy_deadline: 3"))
+    assert executor.rollout(load(inv.path), PHASE).state == "reverted"
+    assert json.loads((hooks_dir / "on-revert.json").read_text())["state"] == "reverted"

@@ -148,3 +148,17 @@ def test_container_uptime_from_dockers_timestamp():
     assert up_seconds("", 1.0) is None
     c = summarize_container({"Name": "/x", "State": {"StartedAt": "2026-11-26T10:00:00Z", "Running": True}}, now=1795687230.0)
     assert c["up_s"] == 30.0
+
+
+def test_a_long_gate_says_it_is_still_waiting_every_tick(monkeypatch):
+    from agent import health
+
+    monkeypatch.setattr(health, "TICK_S", 0.1)
+    answers = iter([health.Probe(False, "connection refused")] * 6 + [health.Probe(True, "HTTP 200")] * 100)
+    monkeypatch.setattr(health, "probe", lambda url, timeout: next(answers))
+    said: list[str] = []
+    g = health.gate("http://x/health", healthy_deadline=5, min_healthy_time=0.2, interval=0.05,
+                    container_state=lambda: (True, 0, "running"), on_tick=said.append)
+    assert g.ok
+    waiting = [m for m in said if m.startswith("still gating after")]
+    assert waiting and "last probe connection refused" in waiting[0], said
