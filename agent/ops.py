@@ -149,7 +149,8 @@ def accepted_record(args: dict[str, Any]) -> dict[str, Any]:
         "operator": args.get("operator", "unknown"),
         "phase": args.get("phase"),
         "policy": args.get("on_failure", "revert-phase"),
-        "kind": "revert" if steps and all(s["action"] == "revert" for s in steps) else "rollout",
+        "kind": ("revert" if steps and all(s["action"] == "revert" for s in steps)
+                 else "restart" if steps and all(s["action"] == "restart" for s in steps) else "rollout"),
         "steps": [{"service": s["spec"]["name"], "action": s["action"], "health": s["spec"].get("health") or {}} for s in steps],
     }
 
@@ -425,7 +426,87 @@ def versions_op(args: dict[str, Any]) -> dict:
     return _answer("versions", True, "", {"service": service, "versions": rows, "running": running})
 
 
+def exec_op(args: dict[str, Any]) -> dict:
+    """Run one command in a service's container: argv as given (no shell anywhere), output capped, its exit code back."""
+    import docker.errors
+
+    from . import contract
+    from .facts import docker_client
+
+    service, argv = args.get("service", ""), args.get("argv") or []
+    if not argv or not all(isinstance(a, str) for a in argv):
+        return _answer("exec", False, "no command given")
+    try:
+        c = docker_client(timeout=float(args.get("timeout") or 300)).containers.get(service)
+    except docker.errors.NotFound:
+        return _answer("exec", False, f"no container named {service!r} on this host")
+    if (c.labels or {}).get(contract.MANAGED) != "true":
+        return _answer("exec", False, f"{service!r} was not started by fleetroll; not running commands in it")
+    if c.status != "running":
+        return _answer("exec", False, f"{service} is {c.status}, not running: nothing to exec into (fab logs -s {service})")
+    res = c.exec_run(argv, demux=True, user=args.get("user") or "")
+    out, err = res.output if isinstance(res.output, tuple) else (res.output, b"")
+    cap = 1 << 20
+    return _answer("exec", True, "", {"exit_code": res.exit_code, "stdout": (out or b"")[-cap:].decode(errors="replace"),
+                                      "stderr": (err or b"")[-cap:].decode(errors="replace")})
+
+
+def prune_op(args: dict[str, Any]) -> dict:
+    """Remove images of fleetroll's repositories that nothing needs any more; `keep` recorded good versions stay.
+
+    Needed, so kept: what any container (running, stopped, kept aside) was created from, every
+    -prev pin, and the images of each service's last `keep` versions that passed their gate
+    here. Only images of the repositories the inventory names are considered: anything else
+    on the host is not fleetroll's to remove.
+    """
+    import docker.errors
+
+    from . import versions
+    from .facts import docker_client
+
+    repos = set(args.get("repos") or [])
+    keep = max(1, int(args.get("keep") or 3))
+    client = docker_client(timeout=120)
+    needed: dict[str, str] = {}
+    for c in client.containers.list(all=True):
+        needed[c.attrs.get("Image", "")] = f"used by container {c.name}"
+    for svc in args.get("services") or []:
+        good = [v for v in versions.list_versions(svc) if v["outcome"].startswith("committed") and v.get("image")]
+        for v in good[-keep:]:
+            needed.setdefault(v["image"], f"{svc} {v['tag']} (one of its last {keep} good versions)")
+    removed, kept, failed, freed = [], [], [], 0
+    for img in client.images.list():
+        names = list(img.tags) + list(img.attrs.get("RepoDigests") or [])
+        ours = [n for n in names if n.rsplit("@", 1)[0].rsplit(":", 1)[0] in repos]
+        if not ours:
+            continue
+        why = needed.get(img.id) or next((f"pinned as {t}" for t in img.tags if t.endswith("-prev")), None)
+        if why:
+            kept.append({"image": img.id[:19], "names": ours[:3], "why": why})
+            continue
+        if args.get("dry_run"):
+            removed.append({"image": img.id[:19], "names": ours[:3], "size": img.attrs.get("Size", 0)})
+            continue
+        try:
+            # Our names go one by one; the image itself goes only when no other name (not ours) holds it.
+            for n in ours:
+                client.images.remove(n)
+            removed.append({"image": img.id[:19], "names": ours[:3], "size": img.attrs.get("Size", 0)})
+            try:
+                client.images.get(img.id)
+            except docker.errors.ImageNotFound:
+                freed += int(img.attrs.get("Size", 0))
+        except docker.errors.APIError as exc:
+            failed.append({"image": img.id[:19], "names": ours[:3], "error": str(getattr(exc, "explanation", exc))[:200]})
+    return _answer("prune", not failed, "", {"removed": removed, "kept": kept, "failed": failed, "freed_bytes": freed},
+                   changed=bool(removed) and not args.get("dry_run"))
+
+
 def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
+    if op == "exec":
+        return exec_op(args)
+    if op == "prune":
+        return prune_op(args)
     if op == "logs":
         return logs_op(args, emit)
     if op == "details":

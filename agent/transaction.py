@@ -409,6 +409,28 @@ class Transaction:
         r.outcome = "committed"
         self.j("committed", r.service, tag=r.after_tag, digest=r.after_digest, container=r.new_container, gate=r.gate)
 
+    def restart(self, step: dict) -> ServiceResult:
+        """`fab restart`: the same configuration in a fresh container, gated like a swap; the old one kept until it passes."""
+        spec = step["spec"]
+        service = spec["name"]
+        r = ServiceResult(service, "restart")
+        t0 = time.monotonic()
+        current = self._get(service)
+        if current is None or (current.labels or {}).get(contract.MANAGED) != "true":
+            r.outcome, r.check = "refused", "not-running" if current is None else "foreign-container"
+            r.message = (f"{service} has no container here; roll it out instead" if current is None
+                         else f"{service!r} was not started by fleetroll; not restarting it")
+            self.j("refused", service, check=r.check, message=r.message)
+            return r
+        labels = current.labels or {}
+        r.before_tag, r.before_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
+        new_args = {**container_args.from_inspect(current.attrs), "name": service}
+        self._replace(r, current, new_args, container_args.health_of(labels, spec["health"]), spec["repo"], pin=False)
+        if r.outcome == "gated":
+            r.after_tag, r.after_digest = r.before_tag, r.before_digest
+        r.timings["total_s"] = round(time.monotonic() - t0, 3)
+        return r
+
     # --- revert a committed service (phase-wide revert, fab rollback) ------------------
 
     def revert_committed(self, step: dict) -> ServiceResult:
@@ -531,15 +553,18 @@ class Transaction:
         if not freeze.PHASE_RE.fullmatch(phase):
             return
         tags = {s["spec"]["name"]: s["spec"].get("tag", "") for s in steps}
+        # Only a release that failed says anything about its tag; a failed restart does not.
         failed = {r.service: tags.get(r.service, "") for r in self.results
-                  if r.outcome in ("reverted", "removed", "revert-failed") and r.check != "phase-revert"}
+                  if r.action in ("create", "replace") and r.outcome in ("reverted", "removed", "revert-failed")
+                  and r.check != "phase-revert"}
         try:
             if failed:
                 what = ", ".join(f"{s}:{t}" for s, t in sorted(failed.items()))
                 freeze.write(phase, f"automatic revert of rollout {self.rid}: {what} failed", self.args.get("operator", "unknown"),
                              auto=True, releases=failed, rollout_id=self.rid)
                 self.j("frozen", phase=phase, releases=failed)
-            elif self.results and all(r.outcome in ("committed", "noop") for r in self.results):
+            elif any(r.action in ("create", "replace") for r in self.results) and all(
+                    r.outcome in ("committed", "noop") for r in self.results):
                 if freeze.thaw(phase, self.args.get("operator", "unknown"), f"rollout {self.rid} committed", only_auto=True):
                     self.j("thawed", phase=phase)
         except OSError as exc:  # the transaction's outcome stands; the freeze is a guard, not part of it
@@ -552,7 +577,12 @@ class Transaction:
             if failed and policy != "revert-service":
                 self.results.append(ServiceResult(name, action, outcome="skipped", message="not started: an earlier service failed"))
                 continue
-            res = self.swap(step) if action in ("create", "replace") else ServiceResult(name, action, outcome="noop")
+            if action in ("create", "replace"):
+                res = self.swap(step)
+            elif action == "restart":
+                res = self.restart(step)
+            else:
+                res = ServiceResult(name, action, outcome="noop")
             self.results.append(res)
             failed = failed or res.outcome in FAILED
         gated = [r for r in self.results if r.outcome == "gated"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import freezes, hooks, ledger, transport
 from .inventory import Inventory
-from .plan import BLOCKED, NOOP, Plan, build_plan, container_spec, operator, plan_text
+from .plan import BLOCKED, NOOP, Plan, Step, build_plan, container_spec, operator, plan_text
 from .runner import PreflightReport, run_preflight
 
 POLICIES = ("revert-phase", "revert-service", "stop")
@@ -768,3 +768,73 @@ def follow_running(inv: Inventory, hosts: list[str] | None = None, progress=None
                              timeout=30.0, on_event=progress)
     return {h: {"rollout_id": running[h]["rollout_id"], "ok": r.ok, "error": r.error,
                 "services": _services(r)} for h, r in res.items()}
+
+
+def _phase_of(inv: Inventory, service: str) -> str:
+    return next((p.name for p in inv.phases if service in p.services), "")
+
+
+def restart(inv: Inventory, service: str, progress=None) -> RolloutReport:
+    """A service in a fresh container with the same configuration, gated like a swap; the old one comes back if it fails."""
+    if service not in inv.fleet.services:
+        raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
+    host = inv.fleet.services[service].host
+    phase = _phase_of(inv, service)
+    plan = Plan(f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-restart-{service}-{new_suffix()}", phase, operator(),
+                [Step(host, service, "restart", spec=container_spec(inv, service), reason="operator restart")])
+    report = RolloutReport(plan.rollout_id, phase, False, "failed", plan)
+    common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path), "restart": service}
+    ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
+    with transport.Pool() as pool:
+        results = _run_on_hosts(inv, plan, [host], lambda h: _step_args(plan, h, "revert-service", inv, ("restart",)), None,
+                                progress, report, pool)
+    report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r)} for h, r in results.items()}
+    report.state, needs = derive_state(host_outcomes(results))
+    report.ok = report.state == "committed"
+    for h, r in results.items():
+        for x in _services(r):
+            if x["outcome"] == "committed":
+                report.messages.append(f"{h} {service}: restarted in a fresh container, healthy ({x.get('after_tag')})")
+            else:
+                report.messages.append(describe_failure(h, x, f"fab logs -s {service}; fab details -s {service}"))
+        if r.answer is None or (not r.ok and not _services(r)):
+            report.messages.append(f"{h}: {r.error}")
+    _closing_messages(report, needs)
+    ledger.append("finished", **common, final=report.state, services=[{"host": h, **x} for h, v in report.hosts.items()
+                                                                        for x in v["services"]], messages=report.messages)
+    return report
+
+
+def new_suffix() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:6]
+
+
+def exec_in(inv: Inventory, service: str, argv: list[str], host: str | None = None) -> dict[str, Any]:
+    """Run argv in a service's container on its host; no shell on either side."""
+    if service not in inv.fleet.services:
+        raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
+    target = host or inv.fleet.services[service].host
+    r = transport.on_hosts(inv, [target], "exec", lambda h: {"service": service, "argv": argv}, timeout=600)[target]
+    if r.answer is None or not r.ok:
+        raise RolloutError(f"{target}: {r.error or (r.answer or {}).get('msg')}")
+    return {"host": target, **(r.answer.get("data") or {})}
+
+
+def prune(inv: Inventory, hosts: list[str] | None = None, keep: int = 3, dry_run: bool = False) -> dict[str, Any]:
+    """Remove, on each host, images of the inventory's repositories that no container, pin or last-`keep` good version needs."""
+    targets = inv.select_hosts(hosts)
+    repos = sorted({inv.repo(s) for s in inv.fleet.services})
+
+    def args(h: str) -> dict:
+        return {"repos": repos, "keep": keep, "dry_run": dry_run, "services": inv.services_for(None, [h])}
+
+    results = transport.on_hosts(inv, targets, "prune", args, timeout=600)
+    out = {"hosts": {}, "dry_run": dry_run, "keep": keep}
+    for h, r in results.items():
+        out["hosts"][h] = ({"reachable": False, "error": r.error} if r.answer is None
+                          else {"reachable": True, "ok": r.ok, **(r.answer.get("data") or {})})
+    ledger.append("prune", operator=operator(), hosts=targets, keep=keep, dry_run=dry_run,
+                  removed={h: [x["names"] for x in v.get("removed", [])] for h, v in out["hosts"].items()})
+    return out

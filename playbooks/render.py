@@ -215,3 +215,18 @@ def details_text(out: dict) -> str:
                 lines.append(f"  kept      {k['name']}: {k['tag']}@{k['digest'][:19]} ({k['status']}) — a transaction in progress or interrupted")
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def prune_text(out: dict) -> str:
+    lines = []
+    verb = "would remove" if out.get("dry_run") else "removed"
+    for h, v in out["hosts"].items():
+        if not v.get("reachable"):
+            lines.append(f"{h}: UNREACHABLE: {v.get('error')}")
+            continue
+        lines.append(f"{h}: {verb} {len(v.get('removed', []))} image(s), {v.get('freed_bytes', 0) / 1e6:.0f} MB freed;"
+                     f" kept {len(v.get('kept', []))}")
+        lines += [f"  - {', '.join(x['names'])}" for x in v.get("removed", [])]
+        lines += [f"  kept {', '.join(x['names'])}: {x['why']}" for x in v.get("kept", [])]
+        lines += [f"  FAILED {', '.join(x['names'])}: {x['error']}" for x in v.get("failed", [])]
+    return "\n".join(lines)

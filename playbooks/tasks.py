@@ -39,6 +39,35 @@ def task(*args, **kwargs):
     return invoke.task(*args, **kwargs)
 
 
+def _exec_keeps_its_remainder() -> None:
+    """`fab exec -s S -- CMD`: Fabric would take what follows `--` as a shell command for core -H hosts.
+
+    For our exec task the remainder is the container's argv (read from sys.argv, exactly as
+    split), so Fabric's own use of it is switched off for that task alone.
+    """
+    from fabric.executor import Executor
+
+    if getattr(Executor.expand_calls, "_fleetroll", False):
+        return
+    original = Executor.expand_calls
+
+    def expand_calls(self, calls, apply_hosts=True):
+        names = {getattr(getattr(c, "task", c), "name", "") for c in calls}
+        if "exec" in names and self.core.remainder:
+            saved, self.core.remainder = self.core.remainder, ""
+            try:
+                return original(self, calls, apply_hosts)
+            finally:
+                self.core.remainder = saved
+        return original(self, calls, apply_hosts)
+
+    expand_calls._fleetroll = True
+    Executor.expand_calls = expand_calls
+
+
+_exec_keeps_its_remainder()
+
+
 DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
 
 
@@ -376,6 +405,77 @@ def versions(c, service=None, json=False, inventory=None):
         render.say(render.versions_text(out))
 
 
+@task(help={"service": "service to restart", "json": "JSON output", "yes": "do not ask", "inventory": "inventory file"})
+def restart(c, service=None, json=False, yes=False, inventory=None):
+    """Restart a service in a fresh container with the same configuration, health-gated; the old one returns if it fails."""
+    from . import executor
+
+    service = _required(service, "service", "fab restart -s llm-inference")
+    inv = _inventory(inventory, json)
+    if not yes and not (sys.stdin.isatty() and input(f"restart {service}? [y/N] ").lower().startswith("y")):
+        raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
+    try:
+        rep = executor.restart(inv, service, progress=executor.Progress(enabled=not json))
+    except executor.RolloutError as exc:
+        raise Exit(str(exc), code=1) from None
+    except KeyboardInterrupt:
+        _interrupted("interrupted: the host finishes the restart on its own (fab status --follow)")
+    _print_reports([rep], json, one_object=True)
+    code = executor.exit_code([executor.report_state(rep)])
+    if code:
+        raise Exit(code=code)
+
+
+def _remainder_argv() -> list[str]:
+    """The command after `--`, exactly as the shell split it (invoke only keeps it joined into one string)."""
+    return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+
+
+@task(name="exec", help={"service": "service whose container runs the command", "host": "host (default: the service's)",
+                         "inventory": "inventory file"})
+def exec_(c, service=None, host=None, inventory=None):
+    """Run a command in a service's container: fab exec -s SERVICE -- CMD ARGS... (argv passed through, no shell)."""
+    from . import executor
+
+    service = _required(service, "service", "fab exec -s llm-inference -- nvidia-smi")
+    argv = _remainder_argv()
+    if not argv:
+        raise Exit("give the command after --, e.g. fab exec -s llm-inference -- nvidia-smi", code=1)
+    inv = _inventory(inventory)
+    try:
+        out = executor.exec_in(inv, service, argv, host)
+    except executor.RolloutError as exc:
+        raise Exit(str(exc), code=1) from None
+    except KeyboardInterrupt:
+        raise Exit(code=130) from None
+    from .remote import clean_text
+
+    sys.stdout.write(clean_text(out.get("stdout", "")) if out.get("stdout") else "")
+    sys.stderr.write(clean_text(out.get("stderr", "")) if out.get("stderr") else "")
+    if out.get("exit_code"):
+        raise Exit(code=int(out["exit_code"]) if 0 < int(out["exit_code"]) < 256 else 1)
+
+
+@task(help={"keep": "good versions kept per service besides what runs and the -prev pins (default 3)",
+            "hosts": "limit to these hosts", "dry-run": "list what would go, remove nothing", "json": "JSON output",
+            "inventory": "inventory file"})
+def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
+    """Remove images of the inventory's repositories that no container, -prev pin or recent good version needs."""
+    from . import executor
+
+    inv = _inventory(inventory, json)
+    try:
+        out = executor.prune(inv, _hosts(hosts), keep=_int(keep, "keep") or 3, dry_run=dry_run)
+    except InventoryError as exc:
+        raise Exit("\n".join(exc.problems), code=1) from None
+    if json:
+        render.dump_json(out)
+    else:
+        render.say(render.prune_text(out))
+    if any(not v.get("reachable") or not v.get("ok") for v in out["hosts"].values()):
+        raise Exit(code=1)
+
+
 def _freeze(phase, reason, inventory, thaw: bool) -> None:
     from . import executor
 
@@ -542,7 +642,7 @@ lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 lab.add_task(lab_release, "release")
 
-ns = Collection(preflight, rollout, rollback, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
+ns = Collection(preflight, rollout, rollback, restart, exec_, prune, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
 
 
 def main() -> None:  # pragma: no cover - `python -m playbooks` convenience

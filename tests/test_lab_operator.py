@@ -288,3 +288,35 @@ def test_hooks_run_beside_the_inventory_and_a_failing_pre_hook_refuses(lab, tmp_
     inv.path.write_text(inv2_doc.replace(tag2, bad).replace("healthy_deadline: 20", "healthy_deadline: 3"))
     assert executor.rollout(load(inv.path), PHASE).state == "reverted"
     assert json.loads((hooks_dir / "on-revert.json").read_text())["state"] == "reverted"
+
+
+def test_restart_exec_and_prune(lab, tmp_path):
+    import docker
+
+    inv = load(lab.inventory)
+    assert executor.rollout(inv, PHASE).ok
+    cl = docker.DockerClient(base_url=lab.host("mainpc").docker_host)
+    before = cl.containers.get("llm-api")
+    r = fab("restart", "-s", "llm-api", "-y", "-j", "-i", lab.inventory)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = cl.containers.get("llm-api")
+    assert json.loads(r.stdout)["state"] == "committed" and after.id != before.id
+    assert after.labels["io.fleetroll.tag"] == before.labels["io.fleetroll.tag"] and after.status == "running"
+    assert [c.name for c in cl.containers.list(all=True) if "--kept-" in c.name] == []
+    # exec: argv through as given, no shell on our side; the command's exit code comes back
+    r = fab("exec", "-s", "llm-api", "-i", lab.inventory, "--", "echo", "a  b", "$HOME", ";", "id")
+    assert r.returncode == 0 and r.stdout == "a  b $HOME ; id\n", r.stdout + r.stderr
+    r = fab("exec", "-s", "llm-api", "-i", lab.inventory, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert r.returncode == 3 and r.stdout == "out\n" and "err" in r.stderr
+    # prune: what runs, the -prev pins and recent good versions stay; the rest of our repositories' images go
+    running_images = {c.attrs["Image"] for c in cl.containers.list(all=True)}
+    dry = json.loads(fab("prune", "-H", "mainpc", "--keep", "1", "-n", "-j", "-i", lab.inventory).stdout)["hosts"]["mainpc"]
+    r = fab("prune", "-H", "mainpc", "--keep", "1", "-j", "-i", lab.inventory)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)["hosts"]["mainpc"]
+    assert len(out["removed"]) == len(dry["removed"]) > 0 and out["failed"] == []
+    left = {i.id for i in cl.images.list()}
+    assert running_images <= left
+    assert any(t.endswith("-prev") for i in cl.images.list() for t in i.tags)
+    assert all("-prev" not in n for x in out["removed"] for n in x["names"])
+    assert executor.rollout(inv, PHASE).state == "noop"
