@@ -95,11 +95,12 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
     cc = spec.gpus.compute_capability if spec.gpus else None
     if spec.gpus:
         gpu_checks = _gpu_checks(host, spec.gpus, facts.get("nvml") or {})
-        if phase and not gpu_services:
-            # R1 gates GPU rollouts: a phase that starts no GPU service here only warns.
+        if not any(inv.fleet.services[s].wants_gpu for s in inv.services_for(None, [host])):
+            # R1 gates GPU rollouts. A host that runs no GPU service in any phase only warns — the same verdict
+            # whichever phase is asked about, so `fab preflight` and `fab preflight --phase P` never disagree.
             for c in gpu_checks:
                 if c.status == FAIL:
-                    c.status, c.detail = WARN, c.detail + f" (phase {phase} starts no GPU service here)"
+                    c.status, c.detail = WARN, c.detail + " (no GPU service is placed on this host in any phase)"
         checks += gpu_checks
     if gpu_services:
         rt = facts.get("runtime") or {}

@@ -51,16 +51,31 @@ def test_fab_preflight_passes_on_mainpc_and_pc2(lab):
     assert all(c["status"] == "pass" for c in out["checks"])
 
 
-def test_bad_driver_fails_naming_530_below_535(lab):
-    inv = load(lab.inventory)
-    rep = run_preflight(inv, hosts=["bad-driver"])
+def _gpu_service_on_bad_driver(lab, tmp_path):
+    """The lab inventory with a GPU service placed on bad-driver (in core-infra), so R1 applies to that host."""
+
+    def edit(doc):
+        doc["services"]["bad-gpu"] = {"image": "torch-svc", "tag": "20261101-a1b2c3d", "host": "bad-driver", "ports": ["8600:8080"],
+                                      "gpus": 1, "health": {"port": 8600}}
+
+    return load(derive_inventory(lab, tmp_path, edit, lambda p: p["phases"][0]["services"].append("bad-gpu")))
+
+
+def test_bad_driver_fails_naming_530_below_535_when_a_gpu_service_is_placed_there(lab, tmp_path):
+    rep = run_preflight(_gpu_service_on_bad_driver(lab, tmp_path), hosts=["bad-driver"])
     c = by(rep, "bad-driver", "nvidia-driver")
     assert not rep.ok and c.status == "fail"
     assert "530.41.03 < required 535" in c.detail
+    # no GPU service placed there: the same finding only warns, and says why, whichever phase is asked about
+    inv = load(lab.inventory)
+    for phase in (None, "core-infra"):
+        c = by(run_preflight(inv, phase, hosts=["bad-driver"]), "bad-driver", "nvidia-driver")
+        assert c.status == "warn" and "no GPU service is placed on this host in any phase" in c.detail, phase
 
 
-def test_fab_preflight_exit_code_and_table(lab):
-    r = subprocess.run([FAB, "preflight", "--inventory", lab.inventory], cwd=ROOT, capture_output=True, text=True, timeout=60)
+def test_fab_preflight_exit_code_and_table(lab, tmp_path):
+    inv = _gpu_service_on_bad_driver(lab, tmp_path)
+    r = subprocess.run([FAB, "preflight", "--inventory", str(inv.path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "FAIL bad-driver nvidia-driver: driver 530.41.03 < required 535" in r.stdout
     assert "preflight FAILED" in r.stdout

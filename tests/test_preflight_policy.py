@@ -131,11 +131,15 @@ def test_agent_never_imports_controller_code():
         assert "playbooks" not in path.read_text(), path
 
 
-def test_low_driver_only_warns_for_a_phase_without_gpu_services_on_the_host():
-    c = by_name(preflight.evaluate(INV, "pc2", "cpu-pc2", facts(driver="530.41.03", name="NVIDIA GeForce RTX 3060", cc="8.6")))
-    assert c["nvidia-driver"].status == "warn" and "starts no GPU service here" in c["nvidia-driver"].detail
-    c = by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts(driver="530.41.03")))
-    assert c["nvidia-driver"].status == "fail"
+def test_driver_verdict_is_the_same_whatever_the_phase():
+    pc2 = facts(driver="530.41.03", name="NVIDIA GeForce RTX 3060", cc="8.6")
+    assert not any(INV.fleet.services[s].wants_gpu for s in INV.services_for(None, ["pc2"]))
+    for phase in (None, "core-infra", "cpu-pc2", "gpu-mainpc"):
+        c = by_name(preflight.evaluate(INV, "pc2", phase, pc2))
+        assert c["nvidia-driver"].status == "warn" and "no GPU service is placed on this host in any phase" in c["nvidia-driver"].detail
+        # mainpc runs GPU services in some phase: a low driver fails there, asked about any phase
+        c = by_name(preflight.evaluate(INV, "mainpc", phase, facts(driver="530.41.03")))
+        assert c["nvidia-driver"].status == "fail", phase
 
 
 def test_agent_upload_needed_only_when_python_cannot_run_it():
