@@ -7,6 +7,7 @@ answers, applies the phase-wide failure policy across hosts, and writes the ledg
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -102,11 +103,19 @@ def security_gate(inv: Inventory, plan: Plan) -> list:
         key = (svc.image, step.new_tag, step.new_digest)
         if key not in verdicts:
             verdicts[key] = security.check(svc.image, step.new_tag, step.new_digest, inv.resolve(sec.artifacts),
-                                           inv.resolve(sec.acceptances), sec.missing_report)
+                                           acceptances_path(inv), sec.missing_report)
         v = verdicts[key]
         if v.status == "refuse":
             step.action, step.reason = BLOCKED, "security gate: " + "; ".join(v.reasons)
     return list(verdicts.values())
+
+
+def acceptances_path(inv: Inventory):
+    """$FLEETROLL_ACCEPTANCES when set (the runbook's variable), else the inventory's security.acceptances."""
+    from pathlib import Path
+
+    env = os.environ.get("FLEETROLL_ACCEPTANCES")
+    return Path(env).expanduser() if env else inv.resolve(inv.fleet.security.acceptances)
 
 
 def _step_args(plan: Plan, host: str, policy: str, inv: Inventory, actions=("create", "replace")) -> dict[str, Any]:
@@ -336,7 +345,7 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
               "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts, "policy": policy,
               "security": [v.to_json() for v in verdicts if v.status != "pass"],
-              "risk_acceptances": [a for v in verdicts for a in v.accepted]}
+              "risk_acceptances": [a for v in verdicts for a in v.accepted], "acceptances_file": str(acceptances_path(inv))}
     return _Rollout(inv, plan, report, common, policy, max_parallel, progress, pool, t0)
 
 

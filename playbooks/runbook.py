@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,8 +110,13 @@ def select(steps: list[Step], start: str | None) -> list[Step]:
 def run(path: Path, start: str | None = None, yes: bool = False, confirm=None, out=None, cwd: Path | None = None) -> list[StepResult]:
     out = out or sys.stdout
     steps = select(parse(path.read_text(), str(path)), start)
-    rid = f"runbook-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    # Scratch space of this run alone (steps must not share fixed paths in /tmp with other runs or users); mode 0700.
+    parent = ledger.path().parent / "runbooks"
+    parent.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"runbook-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-", dir=parent))
+    rid = run_dir.name
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", "FLEETROLL_RUN_DIR": str(run_dir)}
+    print(f"runbook {path}: run {rid}, scratch directory {run_dir}", file=out)
     results: list[StepResult] = []
     for n, step in enumerate(steps, 1):
         print(f"\n== step {n}/{len(steps)}: {step.id} — {step.title}", file=out)

@@ -97,3 +97,32 @@ def test_declining_a_step_stops(tmp_path):
     out = io.StringIO()
     assert runbook.run(rb, confirm=lambda s: False, out=out) == []
     assert "resume with: fab runbook" in out.getvalue()
+
+
+def test_each_run_gets_its_own_scratch_directory_and_the_repo_runbook_uses_no_fixed_tmp_paths(tmp_path):
+    rb = tmp_path / "rb.md"
+    rb.write_text('### one — scratch\n```sh\necho x > "$FLEETROLL_RUN_DIR/f" && stat -c %a "$FLEETROLL_RUN_DIR"\n```\nSuccess: y\n')
+    runbook.run(rb, yes=True, out=io.StringIO())
+    runbook.run(rb, yes=True, out=io.StringIO())
+    dirs = sorted((tmp_path / "runbooks").iterdir())
+    assert len(dirs) == 2 and all((d / "f").read_text() == "x\n" for d in dirs)
+    out = [r for r in ledger.read() if r["kind"] == "runbook-step"]
+    assert all(r["output_tail"] == ["700"] for r in out)
+    text = (ROOT / "docs" / "runbook.md").read_text()
+    assert "/tmp/fleetroll" not in text
+
+
+def test_documented_variables_are_the_ones_the_tool_reads(monkeypatch, tmp_path):
+    import re
+
+    from playbooks import executor
+    from playbooks.inventory import load
+
+    text = (ROOT / "docs" / "runbook.md").read_text()
+    documented = set(re.findall(r"^\| `(FLEETROLL_[A-Z_]+)` \|", text, re.M))
+    assert {"FLEETROLL_INVENTORY", "FLEETROLL_ACCEPTANCES", "FLEETROLL_RUN_DIR", "FLEETROLL_LAB"} <= documented
+    inv = load(ROOT / "inventory" / "fleet.yml")
+    monkeypatch.delenv("FLEETROLL_ACCEPTANCES", raising=False)
+    assert executor.acceptances_path(inv) == inv.resolve(inv.fleet.security.acceptances)
+    monkeypatch.setenv("FLEETROLL_ACCEPTANCES", str(tmp_path / "acc.yml"))
+    assert executor.acceptances_path(inv) == tmp_path / "acc.yml"
