@@ -181,6 +181,12 @@ def lab_down(c):
     render.say("lab down: nothing left behind")
 
 
+def _ask_unless_yes(yes: bool, question: str) -> None:
+    """One yes/no before a change; without a terminal, --yes is required."""
+    if not yes and not (sys.stdin.isatty() and input(f"{question} [y/N] ").lower().startswith("y")):
+        raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
+
+
 def _confirm_or_yes(yes: bool):
     """Ask before changing hosts, like Kamal; without a terminal, --yes is required."""
 
@@ -204,6 +210,8 @@ def _interrupted(message: str) -> None:
     The hosts' transactions run detached from the SSH session, so leaving cannot strand a host.
     """
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C while this prints: out at once
+    if sys.stderr.isatty():
+        sys.stderr.write("\x1b[?25h")  # the live progress display hides the cursor; give it back
     print(f"\n{message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(130)
@@ -247,10 +255,12 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
     inv = _inventory(inventory, json)
     if bool(phase) == bool(all):
         raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=1)
+    progress = executor.Progress(enabled=not json)
     kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=_int(max_parallel, "max-parallel"),
-              on_failure=on_failure, confirm=_confirm_or_yes(yes), progress=executor.Progress(enabled=not json))
+              on_failure=on_failure, confirm=_confirm_or_yes(yes), progress=progress)
     try:
-        reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
+        with progress:
+            reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
     except (InventoryError, executor.RolloutError) as exc:
         raise Exit(str(exc), code=1) from None
     except executor.Interrupted as exc:
@@ -272,10 +282,10 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
 
     phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
     inv = _inventory(inventory, json)
-    if not yes and not (sys.stdin.isatty() and input(f"roll back {service or 'every service of ' + phase}? [y/N] ").lower().startswith("y")):
-        raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
+    _ask_unless_yes(yes, f"roll back {service or 'every service of ' + phase}?")
     try:
-        rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=executor.Progress(enabled=not json), to_tag=to)
+        with executor.Progress(enabled=not json) as progress:
+            rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=progress, to_tag=to)
     except (InventoryError, executor.RolloutError) as exc:
         raise Exit(str(exc), code=1) from None
     _print_reports([rep], json, one_object=True)
@@ -292,7 +302,8 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
     inv = _inventory(inventory, json)
     if follow:
         try:
-            done = executor.follow_running(inv, _hosts(hosts), progress=executor.Progress(enabled=not json))
+            with executor.Progress(enabled=not json) as progress:
+                done = executor.follow_running(inv, _hosts(hosts), progress=progress)
         except KeyboardInterrupt:
             _interrupted("stopped following; the hosts carry on")
         for h, d in done.items():
@@ -412,10 +423,10 @@ def restart(c, service=None, json=False, yes=False, inventory=None):
 
     service = _required(service, "service", "fab restart -s llm-inference")
     inv = _inventory(inventory, json)
-    if not yes and not (sys.stdin.isatty() and input(f"restart {service}? [y/N] ").lower().startswith("y")):
-        raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
+    _ask_unless_yes(yes, f"restart {service}?")
     try:
-        rep = executor.restart(inv, service, progress=executor.Progress(enabled=not json))
+        with executor.Progress(enabled=not json) as progress:
+            rep = executor.restart(inv, service, progress=progress)
     except executor.RolloutError as exc:
         raise Exit(str(exc), code=1) from None
     except KeyboardInterrupt:

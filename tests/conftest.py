@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,75 @@ def derive_inventory(state: fleet.LabState, tmp: Path, edit=None, edit_phases=No
     (tmp / "fleet.yml").write_text(yaml.safe_dump(fleet_doc, sort_keys=False))
     (tmp / "phases.yml").write_text(yaml.safe_dump(phases_doc, sort_keys=False))
     return tmp / "fleet.yml"
+
+
+# --- host transaction against the fake Docker client (no hosts) ---------------------------
+
+
+@pytest.fixture
+def host_state(tmp_path, monkeypatch):
+    """The agent's state and lock directories in tmp; the registry's tag check is skipped (no registry)."""
+    from agent.transaction import Transaction
+
+    monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("FLEETROLL_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(Transaction, "_tag_still_names", lambda self, ref, digest: None)
+
+
+@pytest.fixture
+def daemon(monkeypatch):
+    """A fake Docker daemon whose containers answer health probes as their image's behaviour says."""
+    from agent import health
+
+    from .fakedocker import FakeDaemon
+
+    d = FakeDaemon()
+    monkeypatch.setattr(health, "probe", d.probe)
+    return d
+
+
+# --- lab helpers ----------------------------------------------------------------------------
+
+
+def new_tag() -> str:
+    return f"20261126-{secrets.token_hex(4)[:7]}"
+
+
+def with_tags(lab, tmp_path: Path, tags: dict[str, str], **health):
+    """The lab inventory with new tags (and health settings) for some services, in a fresh directory under tmp_path."""
+    from playbooks.inventory import load
+
+    def edit(doc):
+        for svc, tag in tags.items():
+            doc["services"][svc]["tag"] = tag
+            doc["services"][svc]["health"].update(health)
+
+    return load(derive_inventory(lab, tmp_path / secrets.token_hex(3), edit))
+
+
+@contextmanager
+def crash_looping(lab, service: str, repo: str, port: int):
+    """Replace `service` on mainpc by hand with a container that crashes 1 s after each start (restart: always).
+
+    Yields the container once Docker has restarted it twice; removes it afterwards (the caller
+    rolls the real one back out).
+    """
+    import docker
+
+    from playbooks.lab import images
+
+    ref = images.push(lab, repo, new_tag(), "crash", arch="89;86")
+    cl = docker.DockerClient(base_url=lab.host("mainpc").docker_host)
+    old = cl.containers.get(service)
+    labels = dict(old.labels)
+    old.remove(force=True)
+    try:
+        cl.images.pull(ref)
+        c = cl.containers.run(ref, name=service, labels=labels, ports={"8080/tcp": port}, restart_policy={"Name": "always"},
+                              environment={"CRASH_AFTER": "1"}, user="10001:10001", detach=True)
+        deadline = time.time() + 30
+        while time.time() < deadline and (c.reload() or c.attrs["RestartCount"] < 2):
+            time.sleep(0.2)
+        yield c
+    finally:
+        cl.containers.get(service).remove(force=True)

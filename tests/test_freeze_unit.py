@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agent import freeze, health
-from agent.transaction import Transaction
+from agent import freeze
 from playbooks.freezes import blocking
 from playbooks.plan import Plan, Step
 
-from .fakedocker import FakeDaemon
 from .test_transaction_unit import NEW_D, REPO, run, running_old, spec, step
 
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("FLEETROLL_LOCK_DIR", str(tmp_path))
-    monkeypatch.setattr(Transaction, "_tag_still_names", lambda self, ref, digest: None)
-
-
-@pytest.fixture
-def daemon(monkeypatch) -> FakeDaemon:
-    d = FakeDaemon()
-    monkeypatch.setattr(health, "probe", d.probe)
-    return d
+pytestmark = pytest.mark.usefixtures("host_state")
 
 
 def plan(**tags: str) -> Plan:

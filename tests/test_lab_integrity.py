@@ -24,8 +24,8 @@ from playbooks import executor, ledger
 from playbooks.inventory import load
 from playbooks.lab import fleet, images
 
-from .conftest import derive_inventory
-from .test_lab_rollout import FAB, ROOT, baseline, dclient, health_of, new_tag, svc_result, with_tags
+from .conftest import crash_looping, derive_inventory, new_tag, with_tags
+from .test_lab_rollout import FAB, ROOT, baseline, dclient, health_of, svc_result
 
 pytestmark = pytest.mark.lab
 
@@ -354,26 +354,13 @@ def test_unlock_force_stops_a_live_stuck_holder_and_records_why(lab, tmp_path):
 def test_crash_looping_service_is_not_shown_healthy_and_status_exits_1(lab, tmp_path):
     baseline(lab, "core-infra")
     baseline(lab)
-    tag = new_tag()
-    ref = images.push(lab, "vision-svc", tag, "crash", arch="89;86")
-    cl = dclient(lab)
-    old = cl.containers.get("vision-api")
-    labels = dict(old.labels)
-    old.remove(force=True)
     try:
-        cl.images.pull(ref)
-        # Put there by hand (as an operator might): crashes 1 s after each start, restarted by Docker every time.
-        c = cl.containers.run(ref, name="vision-api", labels=labels, ports={"8080/tcp": 8001}, restart_policy={"Name": "always"},
-                              environment={"CRASH_AFTER": "1"}, user="10001:10001", detach=True)
-        deadline = time.time() + 30
-        while time.time() < deadline and (c.reload() or c.attrs["RestartCount"] < 2):
-            time.sleep(0.2)
-        r = subprocess.run([FAB, "status", "--hosts", "mainpc", "--json", "--inventory", lab.inventory], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 1, r.stdout + r.stderr
-        v = json.loads(r.stdout)["hosts"]["mainpc"]["services"]["vision-api"]
-        assert not v["healthy"] and v["restarts"] >= 2 and ("restart" in v["health"] or "exited" in v["health"]), v
-        assert all(s["healthy"] for name, s in json.loads(r.stdout)["hosts"]["mainpc"]["services"].items() if name != "vision-api")
+        with crash_looping(lab, "vision-api", "vision-svc", 8001):
+            r = subprocess.run([FAB, "status", "--hosts", "mainpc", "--json", "--inventory", lab.inventory], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1, r.stdout + r.stderr
+            v = json.loads(r.stdout)["hosts"]["mainpc"]["services"]["vision-api"]
+            assert not v["healthy"] and v["restarts"] >= 2 and ("restart" in v["health"] or "exited" in v["health"]), v
+            assert all(s["healthy"] for name, s in json.loads(r.stdout)["hosts"]["mainpc"]["services"].items() if name != "vision-api")
     finally:
-        cl.containers.get("vision-api").remove(force=True)
         baseline(lab)  # put the real one back for the tests after this

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from playbooks import executor, ledger
 from playbooks.inventory import load
 from playbooks.lab import images
 
-from .conftest import derive_inventory
+from .conftest import crash_looping, derive_inventory, new_tag, with_tags
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,17 +26,8 @@ def own_ledger(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
 
 
-def new_tag() -> str:
-    return f"20261126-{secrets.token_hex(4)[:7]}"
 
 
-def with_tags(lab, tmp_path, tags: dict[str, str], **health):
-    def edit(doc):
-        for svc, tag in tags.items():
-            doc["services"][svc]["tag"] = tag
-            doc["services"][svc]["health"].update(health)
-
-    return load(derive_inventory(lab, tmp_path / secrets.token_hex(3), edit))
 
 
 def fab(*args: str, env_ledger: Path | None = None) -> subprocess.CompletedProcess:
@@ -146,39 +136,28 @@ def test_logs_details_and_follow_on_a_crash_looping_service(lab, tmp_path):
 
     inv = load(lab.inventory)
     assert executor.rollout(inv, PHASE).ok
-    tag = new_tag()
-    ref = images.push(lab, "vision-svc", tag, "crash", arch="89;86")
-    cl = docker.DockerClient(base_url=lab.host("mainpc").docker_host)
-    old = cl.containers.get("vision-api")
-    labels = dict(old.labels)
-    old.remove(force=True)
+    labels = docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("vision-api").labels
     try:
-        cl.images.pull(ref)
-        c = cl.containers.run(ref, name="vision-api", labels=labels, ports={"8080/tcp": 8001}, restart_policy={"Name": "always"},
-                              environment={"CRASH_AFTER": "1"}, user="10001:10001", detach=True)
-        deadline = time.time() + 30
-        while time.time() < deadline and (c.reload() or c.attrs["RestartCount"] < 2):
-            time.sleep(0.2)
-        r = fab("logs", "-s", "vision-api", "--tail", "5", "-i", lab.inventory)
-        assert r.returncode == 0 and "lab: crashing on purpose (exit 3)" in r.stdout, r.stdout + r.stderr
-        r = fab("details", "-s", "vision-api", "-j", "-i", lab.inventory)
-        d = json.loads(r.stdout)["hosts"]["mainpc"]["services"]["vision-api"]["container"]
-        assert d["restart_count"] >= 2 and d["restart_policy"] == "always" and d["ports"] == {"8080/tcp": "8001"}, d
-        text = fab("details", "-s", "vision-api", "-i", lab.inventory).stdout
-        assert "vision-api on mainpc" in text and "restarts" in text and labels["io.fleetroll.digest"] in text
-        # -f prints lines as they come; Ctrl-C leaves with 130 and no traceback
-        p = subprocess.Popen([FAB, "logs", "-s", "vision-api", "-f", "--tail", "1", "-i", lab.inventory], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        seen = []
-        deadline = time.time() + 30
-        while time.time() < deadline and sum("crashing on purpose" in x for x in seen) < 2:
-            seen.append(p.stdout.readline())
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=20)
-        assert sum("crashing on purpose" in x for x in seen) >= 2, seen
-        assert p.returncode == 130 and "Traceback" not in err, err
+        with crash_looping(lab, "vision-api", "vision-svc", 8001):
+            r = fab("logs", "-s", "vision-api", "--tail", "5", "-i", lab.inventory)
+            assert r.returncode == 0 and "lab: crashing on purpose (exit 3)" in r.stdout, r.stdout + r.stderr
+            r = fab("details", "-s", "vision-api", "-j", "-i", lab.inventory)
+            d = json.loads(r.stdout)["hosts"]["mainpc"]["services"]["vision-api"]["container"]
+            assert d["restart_count"] >= 2 and d["restart_policy"] == "always" and d["ports"] == {"8080/tcp": "8001"}, d
+            text = fab("details", "-s", "vision-api", "-i", lab.inventory).stdout
+            assert "vision-api on mainpc" in text and "restarts" in text and labels["io.fleetroll.digest"] in text
+            # -f prints lines as they come; Ctrl-C leaves with 130 and no traceback
+            p = subprocess.Popen([FAB, "logs", "-s", "vision-api", "-f", "--tail", "1", "-i", lab.inventory], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            seen = []
+            deadline = time.time() + 30
+            while time.time() < deadline and sum("crashing on purpose" in x for x in seen) < 2:
+                seen.append(p.stdout.readline())
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+            assert sum("crashing on purpose" in x for x in seen) >= 2, seen
+            assert p.returncode == 130 and "Traceback" not in err, err
     finally:
-        cl.containers.get("vision-api").remove(force=True)
         assert executor.rollout(inv, PHASE).ok
     r = fab("logs", "--agent", "-H", "mainpc", "-i", lab.inventory)
     assert r.returncode == 0 and "agent.log" in r.stdout.splitlines()[0], r.stdout + r.stderr

@@ -19,7 +19,7 @@ from playbooks import executor, ledger
 from playbooks.inventory import load
 from playbooks.lab import fleet, images
 
-from .conftest import derive_inventory
+from .conftest import derive_inventory, new_tag, with_tags
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +31,6 @@ def own_ledger(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
 
 
-def new_tag() -> str:
-    return f"20261126-{secrets.token_hex(4)[:7]}"
 
 
 def dclient(lab, host="mainpc"):
@@ -46,13 +44,6 @@ def baseline(lab, phase="gpu-mainpc"):
     return rep
 
 
-def with_tags(lab, tmp_path, tags: dict[str, str], **health):
-    def edit(doc):
-        for svc, tag in tags.items():
-            doc["services"][svc]["tag"] = tag
-            doc["services"][svc]["health"].update(health)
-
-    return load(derive_inventory(lab, tmp_path / secrets.token_hex(3), edit))
 
 
 def health_of(lab, host, port) -> str:

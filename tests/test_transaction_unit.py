@@ -26,18 +26,7 @@ OLD_D, NEW_D = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 FAST = {"port": 8000, "path": "/health", "healthy_deadline": 0.3, "min_healthy_time": 0.1, "interval": 0.02}
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("FLEETROLL_LOCK_DIR", str(tmp_path))
-    monkeypatch.setattr(Transaction, "_tag_still_names", lambda self, ref, digest: None)
-
-
-@pytest.fixture
-def daemon(monkeypatch) -> FakeDaemon:
-    d = FakeDaemon()
-    monkeypatch.setattr(health, "probe", d.probe)
-    return d
+pytestmark = pytest.mark.usefixtures("host_state")
 
 
 def spec(name="svc", tag="20261126-bbbbbbb", digest=NEW_D, port=8000, env=None, **kw) -> dict:

@@ -1,0 +1,62 @@
+"""Progress: plain lines when piped; one row per service updated in place, coloured, on a terminal; NO_COLOR honoured."""
+
+from __future__ import annotations
+
+import io
+
+from playbooks.progress import Progress
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+EVENTS = [("mainpc", {"event": "pull", "service": "llm-api", "ref": "reg/torch@sha256:ab"}),
+          ("mainpc", {"event": "gate", "service": "llm-api"}),
+          ("mainpc", {"event": "gate-progress", "service": "llm-api", "message": "still gating after 5s"}),
+          ("mainpc", {"event": "committed", "service": "llm-api"}),
+          ("mainpc", {"event": "heartbeat"}),
+          ("mainpc", {"event": "done", "ok": True})]
+
+
+def test_piped_output_is_one_plain_line_per_event():
+    out = io.StringIO()
+    with Progress(stream=out) as p:
+        for h, ev in EVENTS:
+            p(h, ev)
+    assert out.getvalue().splitlines() == [
+        "[mainpc] llm-api: pull reg/torch@sha256:ab", "[mainpc] llm-api: gate", "[mainpc] llm-api: gate-progress still gating after 5s",
+        "[mainpc] llm-api: committed", "[mainpc] done host finished: ok"]
+
+
+def test_terminal_output_keeps_one_row_per_service_in_colour(monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    out = Tty()
+    with Progress(stream=out) as p:
+        for h, ev in EVENTS:
+            p(h, ev)
+    text = out.getvalue()
+    assert "\x1b[" in text and "committed" in text
+    # the last frame has one row for llm-api (its latest step), not one line per event
+    last = text.rsplit("detail", 1)[-1]  # after the last frame's header
+    assert last.count("llm-api") == 1 and "committed" in last and "pull" not in last
+
+
+def test_no_color_is_honoured_on_a_terminal(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    out = Tty()
+    with Progress(stream=out) as p:
+        for h, ev in EVENTS:
+            p(h, ev)
+    assert "\x1b[32m" not in out.getvalue() and "\x1b[1;31m" not in out.getvalue()  # no green, no red
+
+
+def test_disabled_progress_prints_nothing():
+    out = Tty()
+    with Progress(enabled=False, stream=out) as p:
+        for h, ev in EVENTS:
+            p(h, ev)
+    assert out.getvalue() == ""
