@@ -180,7 +180,7 @@ def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     done = _follow(rid, emit)
     if done is None:
         return _answer("rollout", False, f"no outcome from the transaction; see the journal {journal.path_for(rid)} and the agent log"
-                       f" {state_dir() / 'agent.log'} (fab logs --agent --host HOST)", {"rollout_id": rid})
+                       f" {state_dir() / 'agent.log'} (fab logs --agent --host {args.get('host') or 'HOST'})", {"rollout_id": rid})
     data = {k: v for k, v in done.items() if k not in ("step",)}
     return _answer("rollout", bool(done.get("ok")), "" if done.get("ok") else "rollout failed on this host", data, changed=True)
 

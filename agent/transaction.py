@@ -249,6 +249,15 @@ class Transaction:
 
     # --- one service: replace whatever runs with `new_args`, or put it back ------------
 
+    @staticmethod
+    def _failed_its_gate(service: str, labels: dict[str, str]) -> bool:
+        """Did the rollout that made this container record it failing its gate (and never committing it)?"""
+        from . import versions
+
+        rid = labels.get(contract.ROLLOUT_ID, "")
+        runs = versions.history(service, [journal.read(rid)]) if rid else []
+        return bool(runs) and runs[-1]["outcome"].startswith("failed")
+
     def _set_aside(self, r: ServiceResult, old, repo: str, pin: bool) -> None:
         service = r.service
         if pin:
@@ -324,7 +333,18 @@ class Transaction:
             r.message = f"a container named {service!r} exists and was not started by fleetroll; remove or rename it first (nothing was stopped)"
             self.j("refused", service, check=r.check, message=r.message)
             return r
-        prev_tag, prev_digest = container_args.prev_of(current.labels or {}) if current is not None else ("", "")
+        pin = True
+        if current is None:
+            prev_tag, prev_digest = "", ""
+        elif self._failed_its_gate(service, current.labels or {}):
+            # What runs here never passed its gate (left by hand, or by an older fleetroll): it is no last-known-good.
+            # The pin it carries forward is the one it had itself.
+            pin = False
+            prev_tag, prev_digest = (current.labels or {}).get(contract.PREV_TAG, ""), (current.labels or {}).get(contract.PREV_DIGEST, "")
+            self.j("pin-skipped", service, reason=f"the running {(current.labels or {}).get(contract.TAG)} failed its gate in rollout"
+                   f" {(current.labels or {}).get(contract.ROLLOUT_ID)}; -prev stays {prev_tag or '(none)'}")
+        else:
+            prev_tag, prev_digest = container_args.prev_of(current.labels or {})
         labels = container_args.labels_for(spec, spec["tag"], spec["digest"], self.rid, self.args.get("phase", ""),
                                            self.args.get("operator", ""), git_sha, prev_tag, prev_digest)
         new_args = container_args.from_spec(spec, image.id, labels)
@@ -338,7 +358,9 @@ class Transaction:
             r.message = "; ".join(refused) + "; refused, nothing was stopped"
             self.j("refused", service, check=r.check, message=r.message)
             return r
-        self._replace(r, current, new_args, spec["health"], spec["repo"], pin=True)
+        self._replace(r, current, new_args, spec["health"], spec["repo"], pin=pin)
+        if not pin and prev_tag and r.outcome == "gated":
+            r.prev_ref, r.prev_digest = f"{spec['repo']}:{prev_tag}", prev_digest
         if r.outcome == "gated":
             r.after_tag, r.after_digest = spec["tag"], spec["digest"]
         r.timings["total_s"] = round(time.monotonic() - t0, 3)

@@ -97,6 +97,7 @@ def acceptances_path(inv: Inventory):
 def _step_args(plan: Plan, host: str, policy: str, inv: Inventory, actions=("create", "replace")) -> dict[str, Any]:
     return {
         "rollout_id": plan.rollout_id,
+        "host": host,  # the inventory's name for it: the host's own messages can then say which `fab` command to run
         "operator": plan.operator,
         "phase": plan.phase,
         "on_failure": policy,

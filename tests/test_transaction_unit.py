@@ -582,3 +582,25 @@ def test_versions_list_every_start_and_rollback_to_goes_only_to_a_version_that_p
     assert r["outcome"] == "refused" and r["check"] == "no-such-version" and only(daemon, "svc").id == c.id
     rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-2", "to_tag": "20261126-bbbbbbb"}
     assert by_service(run(daemon, [rev], rid="r-7", policy="revert-service"))["svc"]["outcome"] == "skipped"
+
+
+def test_a_running_version_that_failed_its_gate_is_never_pinned_as_prev(daemon):
+    # Left running by an older fleetroll (or by hand) although its rollout recorded it failing its gate.
+    s = spec("svc", "20261120-fffffff", "sha256:" + "f" * 64)
+    img = daemon.image(REPO, "sha256:" + "f" * 64)
+    daemon.images.by_id[img.id] = img
+    labels = container_args.labels_for(s, s["tag"], s["digest"], "r-bad", "gpu", "op", "fffffff",
+                                       prev_tag="20261101-aaaaaaa-prev", prev_digest=OLD_D)
+    ckw, hkw = container_args.api_kwargs(container_args.from_spec(s, img.id, labels))
+    cid = daemon.api.create_container(**ckw, host_config=daemon.api.create_host_config(**hkw))["Id"]
+    daemon.containers.get(cid).start()
+    journal.append("r-bad", "start-new", service="svc", tag=s["tag"], digest=s["digest"], image=img.id)
+    journal.append("r-bad", "swap-failed", service="svc", check="health-deadline")
+    daemon.image(REPO, NEW_D)
+    out = by_service(run(daemon, [step(spec())], rid="r-next"))["svc"]
+    assert out["outcome"] == "committed", out["message"]
+    c = only(daemon, "svc")
+    # the new container's last-known-good is the failed one's own -prev, not the failed one
+    assert c.labels[contract.PREV_TAG] == "20261101-aaaaaaa-prev" and c.labels[contract.PREV_DIGEST] == OLD_D
+    assert f"{REPO}:20261120-fffffff-prev" not in daemon.refs
+    assert any(r["step"] == "pin-skipped" for r in journal.read("r-next"))
