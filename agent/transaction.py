@@ -141,6 +141,8 @@ class Transaction:
         fp = self.args.get("failpoint") or {}
         if fp.get("after") == name and fp.get("service", service) == service:
             self.j("failpoint", service, after=name)
+            if fp.get("raise"):  # a step that fails (as a release failing on this host would), not a dead process
+                raise RuntimeError(f"failpoint after {name}: {fp['raise']}")
             time.sleep(float(fp.get("sleep", 3600)))
 
     # --- docker helpers -----------------------------------------------------------------

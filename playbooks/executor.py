@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import freezes, hooks, ledger, transport
+from . import batches, freezes, hooks, ledger, transport
 from .inventory import Inventory
 from .plan import BLOCKED, NOOP, Plan, Step, build_plan, container_spec, operator, plan_text
 from .progress import Progress  # noqa: F401 - the tasks' and tests' name for it
@@ -349,6 +349,10 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     if dry_run:
         report.ok, report.state = True, "dry-run"
         report.messages.append(plan_text(plan))
+        update = ro.inv.update_for(plan.phase)
+        order = batches.schedule(plan, update)
+        if len(order) > 1:
+            report.messages.append("order (each batch gated before the next):\n  " + "\n  ".join(batches.describe(order, update)))
         return True
     if not plan.changes:
         report.ok, report.state = True, "noop"
@@ -392,13 +396,41 @@ def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
     report.agent_calls += len(busy)
     if any(not r.ok for r in prepared.values()):
         return _refused_by_prepare(plan, prepared, report)
-    extra = {"prepared": True, **({"failpoint": ro.failpoint} if ro.failpoint else {})}
-    results = _run_on_hosts(inv, plan, busy, lambda h: {**_step_args(plan, h, ro.policy, inv), **extra}, ro.max_parallel, ro.progress,
-                            report, ro.pool)
+    fp = ro.failpoint or {}
+
+    def extra_for(h: str) -> dict:
+        # Tests may aim a failpoint at some hosts only ({"hosts": [...]}); the others get none.
+        aimed = fp and ("hosts" not in fp or h in fp["hosts"])
+        return {"prepared": True, **({"failpoint": {k: v for k, v in fp.items() if k != "hosts"}} if aimed else {})}
+
+    update = inv.update_for(plan.phase)
+    order = batches.schedule(plan, update)
+    lines = batches.describe(order, update)
+    results: dict[str, transport.CallResult] = {}
+    for i, batch in enumerate(order):
+        if len(order) > 1:
+            report.messages.append(f"batch {lines[i]}")
+            if ro.progress:
+                ro.progress("*", {"event": "batch", "message": lines[i]})
+        results.update(_run_on_hosts(inv, plan, batch, lambda h: {**_step_args(plan, h, ro.policy, inv), **extra_for(h)}, ro.max_parallel,
+                                     ro.progress, report, ro.pool))
+        if any(not results[h].ok for h in batch):
+            # A failed batch (the canary above all) stops the rollout: hosts not started yet stay as they are.
+            for later in order[i + 1:]:
+                results.update({h: _not_started(plan, h, f"not started: batch {lines[i]} failed") for h in later})
+            break
     failed_hosts = [h for h, r in results.items() if not r.ok]
     if failed_hosts and ro.policy == "revert-phase":
         _revert_phase(ro, results, failed_hosts)
     return results
+
+
+def _not_started(plan: Plan, host: str, why: str) -> transport.CallResult:
+    """A host a failed earlier batch kept from starting: each of its changes `skipped`, observed as nothing done."""
+    services = [{"service": s.service, "action": s.action, "prev_ref": "", "prev_digest": "", "outcome": "skipped", "check": "batch",
+                 "message": why, "before_tag": s.current_tag, "after_tag": s.current_tag,
+                 "after_digest": s.current_digest} for s in plan.for_host(host) if s.action in ("create", "replace")]
+    return transport.CallResult(host=host, ok=True, answer={"protocol": transport.PROTOCOL, "ok": True, "data": {"services": services}})
 
 
 def _refused_by_prepare(plan: Plan, prepared: dict[str, transport.CallResult], report: RolloutReport) -> dict[str, transport.CallResult]:
@@ -532,7 +564,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             data = (facts[s.host].answer or {}).get("data") or {}
             running = next((c for c in (data.get("docker") or {}).get("containers", []) if c.get("name") == s.service), None)
             rid = (running or {}).get("rollout_id", "")
-            s.action, s.spec = "revert", container_spec(inv, s.service)
+            s.action, s.spec = "revert", container_spec(inv, s.service, s.host)
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
             s.reason = f"running release from rollout {rid or '(unknown)'}" + (f", back to {to_tag}" if to_tag else "")
             targets[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
@@ -608,7 +640,7 @@ def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
 def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | None = None) -> dict[str, Any]:
     targets = inv.select_hosts(hosts)
     coll = inv.fleet.observability.collector
-    coll_host = inv.fleet.services[coll].host if coll else None
+    coll_host = inv.fleet.hosts_of(coll)[0] if coll else None
 
     def args(h: str) -> dict:
         a: dict[str, Any] = {"health": {s: inv.fleet.services[s].health_spec() for s in inv.services_for(None, [h])}}
@@ -676,18 +708,21 @@ def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, host
     return ok, lines
 
 
-def versions(inv: Inventory, service: str) -> dict[str, Any]:
-    """Every version `service` has started on its host, newest first, from that host's journal (`fab versions`)."""
+def versions(inv: Inventory, service: str, host: str | None = None) -> dict[str, Any]:
+    """Every version `service` has started on its host(s), newest first, from each host's journal (`fab versions`)."""
     if service not in inv.fleet.services:
         raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
-    host = inv.fleet.services[service].host
-    r = transport.on_hosts(inv, [host], "versions", lambda h: {"service": service}, timeout=60)[host]
-    if r.answer is None or not r.ok:
-        raise RolloutError(f"{host}: could not read the versions of {service}: {r.error or (r.answer or {}).get('msg')}")
-    data = r.answer.get("data") or {}
-    rows = list(reversed(data.get("versions") or []))
-    return {"host": host, "service": service, "running": data.get("running") or {}, "versions": rows,
-            "note": r.answer.get("msg") or ""}
+    targets = [replica_host(inv, service, host)] if host else inv.fleet.hosts_of(service)
+    results = transport.on_hosts(inv, targets, "versions", lambda h: {"service": service}, timeout=60)
+    out: dict[str, Any] = {"service": service, "replicas": []}
+    for h in targets:
+        r = results[h]
+        if r.answer is None or not r.ok:
+            raise RolloutError(f"{h}: could not read the versions of {service}: {r.error or (r.answer or {}).get('msg')}")
+        data = r.answer.get("data") or {}
+        out["replicas"].append({"host": h, "service": service, "running": data.get("running") or {},
+                                "versions": list(reversed(data.get("versions") or [])), "note": r.answer.get("msg") or ""})
+    return out
 
 
 def parse_since(value: str | None) -> float | None:
@@ -712,8 +747,7 @@ def logs(inv: Inventory, service: str | None, host: str | None = None, tail: int
             known = ", ".join(sorted(inv.fleet.services))
             raise RolloutError(f"--service {service!r} is not in the inventory (services: {known})" if service
                                else f"--service is required, e.g. fab logs --service {next(iter(sorted(inv.fleet.services)), 'NAME')}")
-        target = host or inv.fleet.services[service].host
-        inv.select_hosts([target])
+        target = replica_host(inv, service, host)
     args = {"service": service or "", "tail": tail, "since_s": parse_since(since), "follow": follow, "agent": agent,
             "timestamps": timestamps}
     ev = (lambda h, e: on_line(e.get("line", ""))) if on_line else None
@@ -727,7 +761,7 @@ def details(inv: Inventory, service: str | None = None, hosts: list[str] | None 
     """Per host and service: container state, restarts, uptime, tag@digest, ports, GPU, kept containers, -prev pin."""
     if service and service not in inv.fleet.services:
         raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
-    targets = [inv.fleet.services[service].host] if service else inv.select_hosts(hosts)
+    targets = [h for h in inv.fleet.hosts_of(service) if not hosts or h in hosts] if service else inv.select_hosts(hosts)
     names = {h: ([service] if service else inv.services_for(None, [h])) for h in targets}
     results = transport.on_hosts(inv, targets, "details", lambda h: {"services": {s: inv.repo(s) for s in names[h]}}, timeout=60)
     out: dict[str, Any] = {"hosts": {}}
@@ -756,18 +790,30 @@ def follow_running(inv: Inventory, hosts: list[str] | None = None, progress=None
                 "services": _services(r)} for h, r in res.items()}
 
 
+def replica_host(inv: Inventory, service: str, host: str | None) -> str:
+    """The one host an operation on `service` goes to: its only one, or the replica `host` names."""
+    if service not in inv.fleet.services:
+        raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
+    placed = inv.fleet.hosts_of(service)
+    if host:
+        if host not in placed:
+            raise RolloutError(f"{service} has no replica on {host!r}; it runs on {', '.join(placed)}")
+        return host
+    if len(placed) > 1:
+        raise RolloutError(f"{service} runs on {len(placed)} hosts ({', '.join(placed)}): name one with --host")
+    return placed[0]
+
+
 def _phase_of(inv: Inventory, service: str) -> str:
     return next((p.name for p in inv.phases if service in p.services), "")
 
 
-def restart(inv: Inventory, service: str, progress=None) -> RolloutReport:
+def restart(inv: Inventory, service: str, progress=None, host: str | None = None) -> RolloutReport:
     """A service in a fresh container with the same configuration, gated like a swap; the old one comes back if it fails."""
-    if service not in inv.fleet.services:
-        raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
-    host = inv.fleet.services[service].host
+    host = replica_host(inv, service, host)
     phase = _phase_of(inv, service)
     plan = Plan(f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-restart-{service}-{new_suffix()}", phase, operator(),
-                [Step(host, service, "restart", spec=container_spec(inv, service), reason="operator restart")])
+                [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart")])
     report = RolloutReport(plan.rollout_id, phase, False, "failed", plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path), "restart": service}
     ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
@@ -799,9 +845,7 @@ def new_suffix() -> str:
 
 def exec_in(inv: Inventory, service: str, argv: list[str], host: str | None = None) -> dict[str, Any]:
     """Run argv in a service's container on its host; no shell on either side."""
-    if service not in inv.fleet.services:
-        raise RolloutError(f"--service {service!r} is not in the inventory (services: {', '.join(sorted(inv.fleet.services))})")
-    target = host or inv.fleet.services[service].host
+    target = replica_host(inv, service, host)
     r = transport.on_hosts(inv, [target], "exec", lambda h: {"service": service, "argv": argv}, timeout=600)[target]
     if r.answer is None or not r.ok:
         raise RolloutError(f"{target}: {r.error or (r.answer or {}).get('msg')}")

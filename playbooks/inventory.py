@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent import contract
 
@@ -143,10 +144,24 @@ class SecretRef(_Strict):
     secret: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+class Update(_Strict):
+    """Nomad's `update` block, for replicated services: `canary` replicas first, then `max_parallel` at a time.
+
+    Each batch is gated before the next starts; 0 means no canary / every remaining replica at once.
+    """
+
+    canary: int = Field(default=0, ge=0)
+    max_parallel: int = Field(default=0, ge=0)
+
+
 class Service(_Strict):
     image: str = Field(pattern=r"^[a-z0-9][a-z0-9_./-]*$")
     tag: str
-    host: str
+    # Where it runs: one host, a list of hosts, or a host group (exactly one of the three).
+    host: str | None = None
+    hosts: list[str] = []
+    group: str | None = None
+    update: Update | None = None
     ports: list[str] = []
     env: dict[str, str | SecretRef] = {}
     gpus: int | Literal["all"] = 0
@@ -166,6 +181,16 @@ class Service(_Strict):
             if problem:
                 raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> Service:
+        given = [k for k, v in (("host", self.host), ("hosts", self.hosts), ("group", self.group)) if v]
+        if len(given) != 1:
+            raise ValueError("say where it runs with exactly one of host: NAME, hosts: [A, B, ...] or group: NAME"
+                             + (f" (it gives {' and '.join(given)})" if given else ""))
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError(f"hosts lists a host twice: {self.hosts}")
+        return self
 
     @field_validator("user")
     @classmethod
@@ -269,13 +294,29 @@ class Fleet(_Strict):
     security: Security = Security()
     observability: Observability = Observability()
     hosts: dict[str, Host]
+    # Named host lists for replicated services (`group: cpu-workers`).
+    groups: dict[str, list[str]] = {}
     services: dict[str, Service] = {}
+
+    def hosts_of(self, service: str) -> list[str]:
+        """The hosts a service runs on, one container each, in the order the inventory gives them."""
+        svc = self.services[service]
+        if svc.host:
+            return [svc.host]
+        if svc.hosts:
+            return list(svc.hosts)
+        return list(self.groups.get(svc.group or "", []))
+
+    def replicated(self, service: str) -> bool:
+        svc = self.services[service]
+        return not svc.host
 
 
 class Phase(_Strict):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
     services: list[str]
+    update: Update | None = None  # canary and batches across the phase's hosts (else its replicated service's own)
 
 
 class Phases(_Strict):
@@ -309,8 +350,18 @@ class Inventory:
         )
 
     def services_for(self, phase: str | None, hosts: list[str] | None = None) -> list[str]:
+        """Services of the phase (or all) with a replica on any of `hosts` (or anywhere)."""
         names = self.phase(phase).services if phase else list(self.fleet.services)
-        return [n for n in names if hosts is None or self.fleet.services[n].host in hosts]
+        return [n for n in names if hosts is None or any(h in hosts for h in self.fleet.hosts_of(n))]
+
+    def replicas(self, phase: str | None, hosts: list[str] | None = None) -> list[tuple[str, str]]:
+        """(service, host) for every container the phase (or the fleet) runs, limited to `hosts`."""
+        return [(n, h) for n in self.services_for(phase, hosts) for h in self.fleet.hosts_of(n) if hosts is None or h in hosts]
+
+    def update_for(self, phase: str) -> Update | None:
+        """The phase's canary/batch settings: its own, else those of a service in it (checked to agree at load)."""
+        ph = self.phase(phase)
+        return ph.update or next((self.fleet.services[s].update for s in ph.services if self.fleet.services[s].update), None)
 
     def select_hosts(self, hosts: list[str] | None, phase: str | None = None) -> list[str]:
         """Hosts to act on: those named (checked), else those the phase touches, else all."""
@@ -325,7 +376,7 @@ class Inventory:
                 )
             return list(hosts)
         if phase:
-            touched = {self.fleet.services[s].host for s in self.phase(phase).services}
+            touched = {h for s in self.phase(phase).services for h in self.fleet.hosts_of(s)}
             return [h for h in self.fleet.hosts if h in touched]
         return list(self.fleet.hosts)
 
@@ -345,7 +396,7 @@ class Inventory:
         if not name:
             return None
         svc = self.fleet.services[name]
-        return f"http://{self.fleet.hosts[svc.host].address}:{svc.port_pairs()[0][0]}"
+        return f"http://{self.fleet.hosts[self.fleet.hosts_of(name)[0]].address}:{svc.port_pairs()[0][0]}"
 
     def disk_min_free_gb(self, host: str) -> float:
         h = self.fleet.hosts[host]
@@ -457,29 +508,58 @@ def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
 
 def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str] = frozenset()) -> list[str]:
     problems = []
+    for gname, members in fleet.groups.items():
+        unknown = [h for h in members if h not in fleet.hosts and h not in invalid_hosts]
+        if unknown:
+            problems.append(f"{path}:{_line_for(lines, ('groups', gname))}: groups.{gname}: unknown host(s) {', '.join(unknown)};"
+                            f" fix: use hosts from hosts: ({', '.join(fleet.hosts)})")
     used: dict[tuple[str, str, int, str], str] = {}
     for name, svc in fleet.services.items():
         def at(*f: str, name: str = name) -> str:
             return f"{path}:{_line_for(lines, ('services', name) + f)}"
 
-        if svc.host in invalid_hosts:
-            continue  # its host's own errors are reported; "unknown host" would only repeat them
-        if svc.host not in fleet.hosts:
+        where = "host" if svc.host else "hosts" if svc.hosts else "group"
+        if svc.group and svc.group not in fleet.groups:
+            problems.append(f"{at('group')}: services.{name}.group: no group {svc.group!r}; fix: define it under groups:"
+                            f" ({', '.join(fleet.groups) or 'none defined'})")
+            continue
+        placed = fleet.hosts_of(name)
+        if not placed and svc.group:
+            problems.append(f"{at('group')}: services.{name}.group: group {svc.group!r} has no hosts; fix: list its hosts")
+        unknown = [h for h in placed if h not in fleet.hosts and h not in invalid_hosts]
+        if unknown and not svc.group:
             problems.append(
-                f"{at('host')}: services.{name}.host: unknown host {svc.host!r}; fix: use one of"
+                f"{at(where)}: services.{name}.{where}: unknown host {', '.join(map(repr, unknown))}; fix: use one of"
                 f" {', '.join(fleet.hosts)} or add the host under hosts:"
             )
-            continue
-        for ip, hp, _cp, proto in svc.port_bindings():
-            # Two bindings of one port clash on the same address, or when either takes every address.
-            other = next((o for (h, oip, ohp, op), o in used.items()
-                          if (h, ohp, op) == (svc.host, hp, proto) and (not ip or not oip or ip == oip)), None)
-            if other:
-                problems.append(
-                    f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {svc.host} is"
-                    f" already published by service {other!r}; fix: give one of them another host port"
-                )
-            used[(svc.host, ip, hp, proto)] = name
+        if svc.update and not fleet.replicated(name):
+            problems.append(f"{at('update')}: services.{name}.update: canary and batches need replicas; fix: give hosts: or"
+                            " group:, or remove update:")
+        for h in (h for h in placed if h in fleet.hosts):
+            replica = f"{name}@{h}" if fleet.replicated(name) else name
+            for ip, hp, _cp, proto in svc.port_bindings():
+                # Two bindings of one port clash on the same address, or when either takes every address.
+                other = next((o for (oh, oip, ohp, op), o in used.items()
+                              if (oh, ohp, op) == (h, hp, proto) and (not ip or not oip or ip == oip)), None)
+                if other:
+                    problems.append(
+                        f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {h} is"
+                        f" already published by service {other!r}; fix: give one of them another host port"
+                    )
+                used[(h, ip, hp, proto)] = replica
+            host = fleet.hosts[h]
+            if svc.wants_gpu:
+                if host.gpus is None:
+                    problems.append(
+                        f"{at('gpus')}: services.{name}.gpus: requests a GPU but host {h!r} lists no gpus:"
+                        + (f" (replica {replica}); fix: place the service on GPU hosts only" if replica != name
+                           else "; fix: set gpus: 0 or move the service to a GPU host")
+                    )
+                elif svc.gpus != "all" and int(svc.gpus) > host.gpus.count:
+                    problems.append(
+                        f"{at('gpus')}: services.{name}.gpus: requests {svc.gpus} GPUs but {h!r} has"
+                        f" {host.gpus.count}; fix: lower the request"
+                    )
         for i, vol in enumerate(svc.volumes):
             problem = contract.host_path_problem(vol.split(":")[0], fleet.defaults.host_paths)
             if problem:
@@ -491,26 +571,17 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
                 f" the service's published host ports ({', '.join(svc.ports) or 'none'}); fix: publish"
                 " it under ports: or point health.port at a published host port"
             )
-        host = fleet.hosts[svc.host]
-        if svc.wants_gpu:
-            if host.gpus is None:
-                problems.append(
-                    f"{at('gpus')}: services.{name}.gpus: requests a GPU but host {svc.host!r} lists no"
-                    " gpus:; fix: set gpus: 0 or move the service to a GPU host"
-                )
-            elif svc.gpus != "all" and int(svc.gpus) > host.gpus.count:
-                problems.append(
-                    f"{at('gpus')}: services.{name}.gpus: requests {svc.gpus} GPUs but {svc.host!r} has"
-                    f" {host.gpus.count}; fix: lower the request"
-                )
     return problems
 
 
 def _observability_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
     name = fleet.observability.collector
+    at = f"{path}:{_line_for(lines, ('observability', 'collector'))}: observability.collector"
     if name and (name not in fleet.services or not fleet.services[name].ports):
-        return [f"{path}:{_line_for(lines, ('observability', 'collector'))}: observability.collector: {name!r} is not a"
-                " service with a published port; fix: name the collector service or remove the key"]
+        return [f"{at}: {name!r} is not a service with a published port; fix: name the collector service or remove the key"]
+    if name and len(fleet.hosts_of(name)) != 1:
+        return [f"{at}: {name!r} runs on {len(fleet.hosts_of(name))} hosts; every container reports to one URL, so the"
+                " collector runs on one host: fix: give it host: NAME"]
     return []
 
 
@@ -535,6 +606,10 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
                     " fix: a service belongs to exactly one phase"
                 )
             owner.setdefault(s, ph.name)
+        blocks = {s: fleet.services[s].update for s in ph.services if s in fleet.services and fleet.services[s].update}
+        if ph.update is None and len({json.dumps(u.model_dump(), sort_keys=True) for u in blocks.values()}) > 1:
+            problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: services {', '.join(blocks)} give"
+                            f" different update: blocks; a phase rolls in one order: fix: give phase {ph.name!r} its own update:")
     return problems
 
 

@@ -95,11 +95,12 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def container_spec(inv: Inventory, service: str) -> dict[str, Any]:
-    """Everything the agent needs to start the service, from the inventory alone."""
+def container_spec(inv: Inventory, service: str, host: str | None = None) -> dict[str, Any]:
+    """Everything the agent needs to start the service (its replica on `host`), from the inventory alone."""
     svc = inv.fleet.services[service]
+    host = host or inv.fleet.hosts_of(service)[0]
     env = {k: v.model_dump() if isinstance(v, SecretRef) else v for k, v in svc.env.items()}
-    env.update(FLEETROLL_SERVICE=service, FLEETROLL_HOST=svc.host)
+    env.update(FLEETROLL_SERVICE=service, FLEETROLL_HOST=host)
     url = inv.collector_url()
     if url:
         obs = inv.fleet.observability
@@ -139,17 +140,17 @@ def build_plan(
 ) -> Plan:
     """Compare each service of the phase with what its host runs; facts come from the agents."""
     steps = []
-    for service in inv.services_for(phase, hosts):
+    for service, host in inv.replicas(phase, hosts):
         svc = inv.fleet.services[service]
-        host_facts = facts.get(svc.host) or {}
-        spec = container_spec(inv, service)
+        host_facts = facts.get(host) or {}
+        spec = container_spec(inv, service, host)
         ref = inv.image_ref(service)
         image = (host_facts.get("images") or {}).get(ref) or {}
         running = next(
             (c for c in (host_facts.get("docker") or {}).get("containers", []) if c.get("name") == service),
             None,
         )
-        step = Step(host=svc.host, service=service, action=CREATE, new_tag=svc.tag, spec=spec)
+        step = Step(host=host, service=service, action=CREATE, new_tag=svc.tag, spec=spec)
         if running:
             step.current_tag, step.current_digest = running.get("tag", ""), running.get("digest", "")
         if not image.get("ok"):

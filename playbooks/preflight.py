@@ -195,7 +195,7 @@ def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]
     services = inv.services_for(phase, [host])
     return {
         # The host compares these with what runs (the dry run's per-key diff); only change names come back.
-        **({"diff_specs": {s: container_spec(inv, s) for s in services}} if phase else {}),
+        **({"diff_specs": {s: container_spec(inv, s, host) for s in services}} if phase else {}),
         "gpu": inv.fleet.hosts[host].gpus is not None,
         "images": sorted({inv.image_ref(s) for s in services if not tag_problem(inv.fleet.services[s].tag)}),
         "insecure_registry": inv.fleet.registry.insecure,

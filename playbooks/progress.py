@@ -13,9 +13,9 @@ import sys
 import threading
 from typing import Any
 
-SHOWN = {"pull", "pin-prev", "stop-old", "start-new", "gate", "gate-progress", "committed", "gate-failed",
+SHOWN = {"batch", "pull", "pin-prev", "stop-old", "start-new", "gate", "gate-progress", "committed", "gate-failed",
          "reverting", "reverted", "revert-failed", "refused", "removed", "done"}
-STYLE = {"committed": "green", "reverted": "yellow", "removed": "yellow", "revert-failed": "bold red", "refused": "red",
+STYLE = {"batch": "bold", "committed": "green", "reverted": "yellow", "removed": "yellow", "revert-failed": "bold red", "refused": "red",
          "gate-failed": "red", "gate": "cyan", "gate-progress": "cyan", "reverting": "yellow", "done": "bold"}
 
 

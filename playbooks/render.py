@@ -166,7 +166,11 @@ def history_text(entries: list[dict], where: str) -> str:
 
 
 def versions_text(out: dict) -> str:
-    """`fab versions`: newest first; what can be rolled back to is marked."""
+    """`fab versions`: per replica, newest first; what can be rolled back to is marked."""
+    return "\n\n".join(_replica_versions_text(r) for r in out["replicas"])
+
+
+def _replica_versions_text(out: dict) -> str:
     rows = []
     for v in out["versions"]:
         when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(v.get("ts") or 0))

@@ -68,11 +68,28 @@ def _exec_keeps_its_remainder() -> None:
 _exec_keeps_its_remainder()
 
 
-DEFAULT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
+CHECKOUT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
+
+
+def default_inventory() -> str:
+    """--inventory, else $FLEETROLL_INVENTORY, else ./inventory/fleet.yml here, else (in fleetroll's checkout) its own."""
+    here = Path.cwd() / "inventory" / "fleet.yml"
+    if os.environ.get("FLEETROLL_INVENTORY"):
+        return os.environ["FLEETROLL_INVENTORY"]
+    if here.exists() or not CHECKOUT_INVENTORY.exists():
+        return str(here)
+    return str(CHECKOUT_INVENTORY)
 
 
 def _inventory(path: str | None, as_json: bool = False):
-    chosen = path or os.environ.get("FLEETROLL_INVENTORY") or str(DEFAULT_INVENTORY)
+    chosen = path or default_inventory()
+    if not Path(chosen).exists():
+        msg = (f"no inventory at {chosen}: give --inventory FILE, set FLEETROLL_INVENTORY, or run where"
+               " inventory/fleet.yml is")
+        if as_json:
+            render.dump_json({"error": msg, "inventory": chosen, "problems": [msg]})
+            raise Exit(code=1)
+        raise Exit(msg, code=1)
     try:
         return load(chosen)
     except InventoryError as exc:
@@ -399,15 +416,16 @@ def details(c, service=None, hosts=None, json=False, inventory=None):
         raise Exit(code=1)
 
 
-@task(help={"service": "service whose versions to list", "json": "JSON output", "inventory": "inventory file"})
-def versions(c, service=None, json=False, inventory=None):
+@task(help={"service": "service whose versions to list", "host": "one replica's host (default: every replica)",
+            "json": "JSON output", "inventory": "inventory file"})
+def versions(c, service=None, host=None, json=False, inventory=None):
     """Versions a service has run on its host (tag, digest, when, rollout, operator, outcome), from the host's journal."""
     from . import executor
 
     service = _required(service, "service", "fab versions --service llm-inference")
     inv = _inventory(inventory, json)
     try:
-        out = executor.versions(inv, service)
+        out = executor.versions(inv, service, host)
     except executor.RolloutError as exc:
         raise Exit(str(exc), code=1) from None
     if json:
@@ -416,8 +434,9 @@ def versions(c, service=None, json=False, inventory=None):
         render.say(render.versions_text(out))
 
 
-@task(help={"service": "service to restart", "json": "JSON output", "yes": "do not ask", "inventory": "inventory file"})
-def restart(c, service=None, json=False, yes=False, inventory=None):
+@task(help={"service": "service to restart", "host": "the replica's host (required for a replicated service)",
+            "json": "JSON output", "yes": "do not ask", "inventory": "inventory file"})
+def restart(c, service=None, host=None, json=False, yes=False, inventory=None):
     """Restart a service in a fresh container with the same configuration, health-gated; the old one returns if it fails."""
     from . import executor
 
@@ -426,7 +445,7 @@ def restart(c, service=None, json=False, yes=False, inventory=None):
     _ask_unless_yes(yes, f"restart {service}?")
     try:
         with executor.Progress(enabled=not json) as progress:
-            rep = executor.restart(inv, service, progress=progress)
+            rep = executor.restart(inv, service, progress=progress, host=host)
     except executor.RolloutError as exc:
         raise Exit(str(exc), code=1) from None
     except KeyboardInterrupt:

@@ -59,10 +59,10 @@ def test_valid_minimal_inventory(tmp_path):
 
 
 def test_unknown_key_names_file_line_field_and_fix(tmp_path):
-    out = problems(tmp_path, BASE.replace("    host: mainpc\n", "    host: mainpc\n    hots: x\n"))
+    out = problems(tmp_path, BASE.replace("    host: mainpc\n", "    host: mainpc\n    imgae: x\n"))
     assert len(out) == 1
-    assert out[0].startswith(f"{tmp_path / 'fleet.yml'}:15: services.api.hots: unknown key")
-    assert "fix: did you mean 'host'? (else remove it)" in out[0]
+    assert out[0].startswith(f"{tmp_path / 'fleet.yml'}:15: services.api.imgae: unknown key")
+    assert "fix: did you mean 'image'? (else remove it)" in out[0]
     far = problems(tmp_path, BASE.replace("    host: mainpc\n", "    host: mainpc\n    zzzz: x\n"))
     assert "fix: remove it or check its spelling" in far[0]
 

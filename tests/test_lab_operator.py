@@ -112,7 +112,8 @@ def test_versions_lists_three_releases_and_rollback_to_the_first_of_them(lab, tm
     r = fab("versions", "--service", "vision-api", "--json", "--inventory", str(inv.path))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    mine = [v for v in out["versions"] if v["tag"] in tags + [bad]]
+    assert [r["host"] for r in out["replicas"]] == ["mainpc"]
+    mine = [v for v in out["replicas"][0]["versions"] if v["tag"] in tags + [bad]]
     assert [v["tag"] for v in mine] == [bad, *reversed(tags)]  # newest first
     assert mine[0]["outcome"].startswith("failed health") and all(v["outcome"] == "committed" for v in mine[1:])
     assert mine[1]["running"] and all(v["image_present"] for v in mine) and mine[1]["operator"]
