@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import urllib.parse
 from typing import Any
 
 from . import contract
@@ -144,16 +145,30 @@ def summarize_container(attrs: dict, now: float | None = None) -> dict[str, Any]
 
 
 def docker_facts() -> dict[str, Any]:
+    """Daemon version, data root, runtimes and fleetroll's containers (full inspect each), read without the SDK."""
+    from . import engine
+
     try:
-        client = docker_client()
-        version = client.version()
-        info = client.info()
-        containers = [
-            summarize_container(c.attrs)
-            for c in client.containers.list(all=True, filters={"label": contract.MANAGED})
-        ]
+        eng = engine.open_engine()
+        if eng is None:  # a tcp:// or ssh:// DOCKER_HOST: the SDK speaks those
+            return _docker_facts_sdk()
+        with eng:
+            version = eng.get("/version")
+            info = eng.get("/info")
+            listed = eng.get("/containers/json", all=1, filters={"label": [contract.MANAGED]})
+            containers = []
+            for c in listed:
+                try:
+                    containers.append(summarize_container(eng.get(f"/containers/{c['Id']}/json")))
+                except engine.EngineError as exc:
+                    if exc.status != 404:  # removed between list and inspect: it is not there
+                        raise
     except Exception as exc:  # noqa: BLE001 - any failure here means "daemon not usable"
         return {"ok": False, "error": f"Docker daemon not reachable: {str(exc)[:200]}"}
+    return _facts(version, info, containers)
+
+
+def _facts(version: dict, info: dict, containers: list[dict]) -> dict[str, Any]:
     return {
         "ok": True,
         "version": version.get("Version", ""),
@@ -164,8 +179,41 @@ def docker_facts() -> dict[str, Any]:
     }
 
 
+def _docker_facts_sdk() -> dict[str, Any]:
+    client = docker_client()
+    containers = [summarize_container(c.attrs) for c in client.containers.list(all=True, filters={"label": contract.MANAGED})]
+    return _facts(client.version(), client.info(), containers)
+
+
 def config_diffs(specs: dict[str, dict]) -> dict[str, list[str]]:
     """Per planned service: how its running container's configuration differs from the plan (names only, no values)."""
+    from . import container_args, engine
+
+    eng = engine.open_engine()
+    if eng is None:
+        return _config_diffs_sdk(specs)
+    out: dict[str, list[str]] = {}
+    with eng:
+        for name, spec in specs.items():
+            try:
+                attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
+            except engine.EngineError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            try:
+                image_env = _env_of(eng.get(f"/images/{attrs['Image']}/json"))
+            except engine.EngineError:
+                image_env = {}
+            out[name] = container_args.diff(container_args.from_inspect(attrs), spec, image_env)
+    return out
+
+
+def _env_of(image_attrs: dict) -> dict[str, str]:
+    return dict(e.partition("=")[::2] for e in (image_attrs.get("Config") or {}).get("Env") or [])
+
+
+def _config_diffs_sdk(specs: dict[str, dict]) -> dict[str, list[str]]:
     import docker.errors
 
     from . import container_args
@@ -178,7 +226,7 @@ def config_diffs(specs: dict[str, dict]) -> dict[str, list[str]]:
         except docker.errors.NotFound:
             continue
         try:
-            image_env = dict(e.partition("=")[::2] for e in (client.images.get(c.attrs["Image"]).attrs.get("Config") or {}).get("Env") or [])
+            image_env = _env_of(client.images.get(c.attrs["Image"]).attrs)
         except docker.errors.ImageNotFound:
             image_env = {}
         out[name] = container_args.diff(container_args.from_inspect(c.attrs), spec, image_env)

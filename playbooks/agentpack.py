@@ -67,9 +67,9 @@ def build() -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def command(digest: str) -> list[str]:
-    """How a host runs the agent: isolated from PYTHON* variables and user site, naming the full hash to verify."""
-    return ["python3", "-I", remote_name(digest), digest]
+def command(digest: str, python: str = "/usr/bin/python3") -> list[str]:
+    """How a host runs the agent: its named interpreter, isolated from PYTHON* variables and user site, naming the full hash."""
+    return [python, "-I", remote_name(digest), digest]
 
 
 def remote_name(digest: str) -> str:

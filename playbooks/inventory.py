@@ -106,6 +106,9 @@ class Host(_Strict):
     user: str = "root"
     role: Literal["gpu", "cpu", "infra"] = "cpu"
     key_filename: str | None = None
+    # The interpreter the agent runs under, as an absolute path (not `python3` from the login PATH, which on
+    # many accounts is a pyenv or conda shim). Debian 12's system Python by default.
+    python: str = Field(default="/usr/bin/python3", pattern=r"^/[A-Za-z0-9._/+-]+$")
     known_hosts: str | None = None  # overrides ssh.known_hosts for this host
     gpus: GpuSpec | None = None
     disk_min_free_gb: float | None = Field(default=None, ge=0)

@@ -35,6 +35,13 @@ _DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad lo
 def agent_needs_upload(rc: int, err: str) -> bool:
     """No answer and python3 could not run the archive: it is missing, or damaged on the host."""
     return rc != 0 and any(marker in err for marker in _DAMAGED)
+def no_answer(host: str, rc: int, err: str, python: str) -> str:
+    if rc == 127:  # the shell could not find the interpreter
+        return (f"{host}: {python} is not on this host (exit 127); fix: install Python 3.11+ there or set"
+                f" hosts.{host}.python to the interpreter's absolute path")
+    return f"{host}: the agent gave no answer (exit {rc}): {remote.clean_text(err.strip()[-400:]) or 'no output'}"
+
+
 READ_ONLY_OPS = ("facts", "status", "journal", "prepare")  # safe to repeat on a fresh connection
 
 
@@ -55,6 +62,7 @@ class Target:
     known_hosts: Path
     key_filename: str | None
     connect_timeout: float
+    python: str = "/usr/bin/python3"
 
     @classmethod
     def from_inventory(cls, inv: Inventory, host: str) -> Target:
@@ -67,6 +75,7 @@ class Target:
             known_hosts=inv.known_hosts_for(host),
             key_filename=str(Path(h.key_filename).expanduser()) if h.key_filename else None,
             connect_timeout=inv.fleet.ssh.connect_timeout,
+            python=h.python,
         )
 
 
@@ -92,6 +101,9 @@ def connect(t: Target) -> Connection:
     if t.key_filename:
         kwargs.update(key_filename=t.key_filename, look_for_keys=False, allow_agent=False)
     conn = Connection(t.address, user=t.user, port=t.port, connect_kwargs=kwargs, connect_timeout=t.connect_timeout)
+    # The interpreter the agent runs under, named exactly: a `python3` first in the login PATH may be a
+    # pyenv/conda shim that costs a shell and an exec on every call.
+    conn.fleetroll_python = t.python
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if not t.known_hosts.exists():
         raise TransportError(
@@ -195,7 +207,7 @@ def call_agent(
     data, digest = agentpack.build()
     name = agentpack.remote_name(digest)
     request = json.dumps({"protocol": PROTOCOL, "op": op, "args": args}).encode()
-    command = shlex.join(agentpack.command(digest))
+    command = shlex.join(agentpack.command(digest, getattr(conn, "fleetroll_python", "python3")))
     res = CallResult(host=host, ok=False)
     t0 = time.monotonic()
     rc, lines, err = _exec(conn, command, request, timeout, on_event)
@@ -210,7 +222,7 @@ def call_agent(
     answers = [x for x in lines if "event" not in x]
     if not answers:
         res.error_kind = "agent"
-        res.error = f"{host}: the agent gave no answer (exit {rc}): {remote.clean_text(err.strip()[-400:]) or 'no output'}"
+        res.error = no_answer(host, rc, err, getattr(conn, "fleetroll_python", "python3"))
         return res
     res.answer = answers[-1]
     return _judge(res)
@@ -243,7 +255,7 @@ class AgentSession:
     def _open(self, timeout: float) -> None:
         _, digest = agentpack.build()
         self.chan = self.conn.client.get_transport().open_session(timeout=timeout)
-        self.chan.exec_command(shlex.join(agentpack.command(digest)))
+        self.chan.exec_command(shlex.join(agentpack.command(digest, getattr(self.conn, "fleetroll_python", "python3"))))
         self.out = self.chan.makefile("rb")
 
     def call(self, op: str, args: dict[str, Any], timeout: float, on_event=None) -> CallResult:
@@ -286,7 +298,7 @@ class AgentSession:
                 res.round_trips += 1
                 continue
             res.error_kind = "agent"
-            res.error = f"{self.host}: the agent gave no answer (exit {rc}): {remote.clean_text(err.strip()[-400:]) or 'no output'}"
+            res.error = no_answer(self.host, rc, err, getattr(self.conn, "fleetroll_python", "python3"))
             break
         res.elapsed_s = time.monotonic() - t0
         return _judge(res) if res.answer is not None else res

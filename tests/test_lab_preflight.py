@@ -239,3 +239,24 @@ def test_agent_refuses_a_directory_others_can_write_and_a_missing_hash(lab):
     loose, nohash = _on_pc2(load(lab.inventory), loosen)
     assert not loose.ok and "group- or world-writable" in loose.error and "chmod go-w" in loose.error
     assert nohash.exited == 96 and "must name the archive's SHA-256" in nohash.stderr
+
+
+def test_an_account_with_a_pyenv_shell_runs_the_agent_under_the_named_interpreter(lab, tmp_path):
+    from playbooks import executor
+
+    def edit(doc):
+        for h in ("mainpc", "pc2"):
+            doc["hosts"][h]["user"] = fleet.LAB_PYENV_USER
+
+    inv = load(derive_inventory(lab, tmp_path, edit))
+    shim_log = fleet.lab_home(fleet.LAB_PYENV_USER) / ".pyenv" / "shim.log"
+    before = shim_log.read_text() if shim_log.exists() else ""
+    rep = run_preflight(inv, hosts=["mainpc", "pc2"])
+    assert rep.ok, [c for c in rep.checks if c.status != "pass"]
+    assert executor.rollout(inv, "core-infra", hosts=["mainpc", "pc2"]).state in ("noop", "committed")
+    after = shim_log.read_text() if shim_log.exists() else ""
+    assert after == before, "the agent ran through the account's python3 shim, not hosts.<h>.python"
+    # a host whose interpreter is missing says so, naming the field to set
+    bad = load(derive_inventory(lab, tmp_path / "bad", lambda d: d["hosts"]["mainpc"].update(python="/opt/nopython/bin/python3")))
+    c = by(run_preflight(bad, hosts=["mainpc"]), "mainpc", "ssh")
+    assert c.status == "fail" and "/opt/nopython/bin/python3 is not on this host" in c.detail and "hosts.mainpc.python" in c.detail

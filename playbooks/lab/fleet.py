@@ -39,7 +39,20 @@ LAB_USER = "frlab"
 # A second operator account on every lab host (same key, also in the docker group): two
 # SSH users driving one Docker daemon must share its lock and its journal.
 LAB_OPS_USER = "frops"
-LAB_USERS = (LAB_USER, LAB_OPS_USER)
+# An account like many real operators': bash as its shell, a ~/.bashrc that runs a pyenv-style init
+# (~0.2 s, sourced by bash for every SSH command) and a `python3` shim first in its PATH.
+LAB_PYENV_USER = "frpyenv"
+LAB_USERS = (LAB_USER, LAB_OPS_USER, LAB_PYENV_USER)
+PYENV_BASHRC = """# what `eval "$(pyenv init -)"` and friends cost on a real account, roughly
+sleep 0.2
+export PATH="$HOME/.pyenv/shims:$PATH"
+"""
+PYENV_SHIM = """#!/bin/bash
+# a pyenv shim: a shell, a version lookup, then the real interpreter (and a note that it ran)
+sleep 0.05
+echo "$$ $*" >> "$HOME/.pyenv/shim.log"
+exec /usr/bin/python3 "$@"
+"""
 SRC = Path(__file__).resolve().parent
 
 
@@ -403,12 +416,21 @@ def _lab_user() -> None:
     for user in LAB_USERS:
         home = lab_home(user)
         # "*" rather than useradd's locked "!": sshd without PAM refuses locked accounts.
+        shell = "/bin/bash" if user == LAB_PYENV_USER else "/bin/sh"
         if sh("id", "-u", user, check=False).returncode != 0:
-            sh("useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh",
+            sh("useradd", "--system", "--no-create-home", "--home-dir", str(home), "--shell", shell,
                "--groups", "docker", "--user-group", "--password", "*", user)
             created.append(user)  # only these are ever deleted
         home.mkdir(parents=True, exist_ok=True)
         shutil.chown(home, user, user)
+        if user == LAB_PYENV_USER:
+            shims = home / ".pyenv" / "shims"
+            shims.mkdir(parents=True, exist_ok=True)
+            (home / ".bashrc").write_text(PYENV_BASHRC)
+            (shims / "python3").write_text(PYENV_SHIM)
+            (shims / "python3").chmod(0o755)
+            for p in (home / ".bashrc", home / ".pyenv", shims, shims / "python3"):
+                shutil.chown(p, user, user)
     (LAB_DIR / "users.json").write_text(json.dumps(sorted(set(_created_users()) | set(created))))
 
 
