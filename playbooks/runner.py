@@ -39,6 +39,11 @@ def run_preflight(
 ) -> PreflightReport:
     t0 = time.monotonic()
     targets = inv.select_hosts(hosts, phase)
+    if pool is None:
+        # A session answers as soon as its answer line is written; a one-off exec also waits for the remote
+        # interpreter to exit, which on every host is time the operator waits for nothing.
+        with transport.Pool() as own:
+            return run_preflight(inv, phase, hosts, max_parallel, own)
     calls = transport.on_hosts(
         inv, targets, "facts", lambda h: preflight.request_args(inv, h, phase), max_parallel=max_parallel, timeout=60, pool=pool
     )
