@@ -43,6 +43,7 @@ from playbooks.runner import run_preflight  # noqa: E402
 TMP = Path(tempfile.mkdtemp(prefix="frl-bench-scale-"))
 os.environ.setdefault("FLEETROLL_LEDGER", str(TMP / "ledger.jsonl"))
 WORKERS = 20
+SETTLE_S = 1.0
 PAIR = ("mainpc", "pc2")
 
 
@@ -166,11 +167,15 @@ def main() -> None:
                 assert executor.rollout(inv, phase, max_parallel=20).ok
                 noop, pre, floor = [], [], []
                 for _ in range(args.runs):  # interleaved, so drift in machine load hits all alike
+                    # a pause before each: the previous measure's sessions end (remote interpreters exit) first
+                    time.sleep(SETTLE_S)
                     floor.append(ssh_floor(inv, phase))
+                    time.sleep(SETTLE_S)
                     t0 = time.perf_counter()
                     rep = executor.rollout(inv, phase, max_parallel=20)
                     noop.append(time.perf_counter() - t0)
                     assert rep.state == "noop", rep.messages
+                    time.sleep(SETTLE_S)
                     t0 = time.perf_counter()
                     assert run_preflight(inv, phase, max_parallel=20).ok
                     pre.append(time.perf_counter() - t0)

@@ -124,12 +124,13 @@ def status_text(st: dict) -> str:
     rows, notes = [], []
     for h, info in st["hosts"].items():
         if not info.get("reachable"):
-            rows.append([h, "-", "-", "-", "-", "UNREACHABLE", info.get("error", "")[:60]])
+            rows.append([h, "-", "-", "-", "-", "-", "UNREACHABLE", info.get("error", "")[:60]])
             continue
         for s, v in info["services"].items():
             drift = "; ".join(x for x in (v["drift"], v.get("sha_drift")) if x) or "-"
             reported = (v.get("reported_git_sha") or "-")[:7] if "sha_drift" in v else "n/a"
-            rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", reported,
+            state = f"{v['status']}, {v.get('restarts', 0)} restarts" if v["status"] != "absent" else "absent"
+            rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", state, reported,
                          (v["health"] or v["status"])[:40], drift])
         for f in info.get("freezes") or []:
             kind = "frozen by an automatic revert" if f.get("auto") else f"frozen by {f.get('by')}"
@@ -157,7 +158,7 @@ def status_text(st: dict) -> str:
             notes.append(f"{h}: last rollout {last['rollout_id']}: {what}")
     if st.get("collector") == "unreachable":
         notes.append("collector: not answering; git SHA drift not checked")
-    return "\n".join([table(rows, ["host", "service", "tag", "digest", "reported git", "health", "drift"])] + notes)
+    return "\n".join([table(rows, ["host", "service", "tag", "digest", "state", "reported git", "health", "drift"])] + notes)
 
 
 def history_text(entries: list[dict], where: str) -> str:

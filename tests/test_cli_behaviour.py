@@ -113,3 +113,14 @@ def test_phase_wide_revert_lists_the_failing_service_first_marked_as_the_cause()
     r = SimpleNamespace(preflight=None, hosts=hosts, messages=[], rollout_id="r1", phase="p", state="reverted", elapsed_s=1.0)
     rows = [x for x in render.rollout_text(r).splitlines() if x.startswith("  ")]
     assert "llm" in rows[0] and rows[0].endswith("<- cause") and "embed" in rows[1] and "cause" not in rows[1]
+
+
+def test_status_table_has_a_state_and_restarts_column():
+    from playbooks import render
+
+    st = {"collector": None, "hosts": {"mainpc": {"reachable": True, "services": {
+        "llm-api": {"tag": "t1", "digest": "sha256:" + "a" * 64, "status": "restarting", "restarts": 7, "healthy": False,
+                    "health": "container restarting (restarts 7)", "drift": "", "rollout_id": "r"}}}}}
+    text = render.status_text(st)
+    assert text.splitlines()[0].split()[:6] == ["host", "service", "tag", "digest", "state", "reported"]
+    assert "restarting, 7 restarts" in text
