@@ -314,13 +314,13 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
             "follow": "first re-attach to transactions running now (after Ctrl-C or a lost link) and wait for them"})
 def status(c, json=False, hosts=None, inventory=None, follow=False):
     """What runs where: tag, digest, health, drift from the inventory, last rollout, locks. Exit 1 if a host or service is not healthy."""
-    from . import executor
+    from . import executor, operate
 
     inv = _inventory(inventory, json)
     if follow:
         try:
             with executor.Progress(enabled=not json) as progress:
-                done = executor.follow_running(inv, _hosts(hosts), progress=progress)
+                done = operate.follow_running(inv, _hosts(hosts), progress=progress)
         except KeyboardInterrupt:
             _interrupted("stopped following; the hosts carry on")
         for h, d in done.items():
@@ -379,11 +379,11 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
             "timestamps": "prefix each line with Docker's timestamp", "inventory": "inventory file"})
 def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=False, timestamps=False, inventory=None):
     """A service's container log from its host (Kamal `app logs`), or a host's agent log with --agent."""
-    from . import executor
+    from . import executor, operate
 
     inv = _inventory(inventory)
     try:
-        out = executor.logs(inv, service, host, tail=_int(tail, "tail") or 100, since=since, follow=follow, agent=agent,
+        out = operate.logs(inv, service, host, tail=_int(tail, "tail") or 100, since=since, follow=follow, agent=agent,
                             timestamps=timestamps, on_line=render.say if follow else None)
     except KeyboardInterrupt:
         raise Exit(code=130) from None
@@ -401,11 +401,11 @@ def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=
             "inventory": "inventory file"})
 def details(c, service=None, hosts=None, json=False, inventory=None):
     """Each service's container in detail: state, restarts, uptime, tag@digest, ports, GPU, kept container, -prev pin."""
-    from . import executor
+    from . import executor, operate
 
     inv = _inventory(inventory, json)
     try:
-        out = executor.details(inv, service, _hosts(hosts))
+        out = operate.details(inv, service, _hosts(hosts))
     except (InventoryError, executor.RolloutError) as exc:
         raise Exit(str(getattr(exc, "problems", None) and "\n".join(exc.problems) or exc), code=1) from None
     if json:
@@ -420,12 +420,12 @@ def details(c, service=None, hosts=None, json=False, inventory=None):
             "json": "JSON output", "inventory": "inventory file"})
 def versions(c, service=None, host=None, json=False, inventory=None):
     """Versions a service has run on its host (tag, digest, when, rollout, operator, outcome), from the host's journal."""
-    from . import executor
+    from . import executor, operate
 
     service = _required(service, "service", "fab versions --service llm-inference")
     inv = _inventory(inventory, json)
     try:
-        out = executor.versions(inv, service, host)
+        out = operate.versions(inv, service, host)
     except executor.RolloutError as exc:
         raise Exit(str(exc), code=1) from None
     if json:
@@ -465,7 +465,7 @@ def _remainder_argv() -> list[str]:
                          "inventory": "inventory file"})
 def exec_(c, service=None, host=None, inventory=None):
     """Run a command in a service's container: fab exec -s SERVICE -- CMD ARGS... (argv passed through, no shell)."""
-    from . import executor
+    from . import executor, operate
 
     service = _required(service, "service", "fab exec -s llm-inference -- nvidia-smi")
     argv = _remainder_argv()
@@ -473,7 +473,7 @@ def exec_(c, service=None, host=None, inventory=None):
         raise Exit("give the command after --, e.g. fab exec -s llm-inference -- nvidia-smi", code=1)
     inv = _inventory(inventory)
     try:
-        out = executor.exec_in(inv, service, argv, host)
+        out = operate.exec_in(inv, service, argv, host)
     except executor.RolloutError as exc:
         raise Exit(str(exc), code=1) from None
     except KeyboardInterrupt:
@@ -491,11 +491,11 @@ def exec_(c, service=None, host=None, inventory=None):
             "inventory": "inventory file"})
 def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
     """Remove images of the inventory's repositories that no container, -prev pin or recent good version needs."""
-    from . import executor
+    from . import operate
 
     inv = _inventory(inventory, json)
     try:
-        out = executor.prune(inv, _hosts(hosts), keep=_int(keep, "keep") or 3, dry_run=dry_run)
+        out = operate.prune(inv, _hosts(hosts), keep=_int(keep, "keep") or 3, dry_run=dry_run)
     except InventoryError as exc:
         raise Exit("\n".join(exc.problems), code=1) from None
     if json:
@@ -507,14 +507,14 @@ def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
 
 
 def _freeze(phase, reason, inventory, thaw: bool) -> None:
-    from . import executor
+    from . import operate
 
     name = "thaw" if thaw else "freeze"
     phase = _required(phase, "phase", f'fab {name} --phase gpu-mainpc --reason "why"')
     reason = _required(reason, "reason", f'fab {name} --phase gpu-mainpc --reason "why"')
     inv = _inventory(inventory)
     try:
-        ok, lines = executor.set_freeze(inv, phase, reason, thaw=thaw)
+        ok, lines = operate.set_freeze(inv, phase, reason, thaw=thaw)
     except InventoryError as exc:
         raise Exit("\n".join(exc.problems), code=1) from None
     render.say("\n".join(lines))

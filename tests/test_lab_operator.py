@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from playbooks import executor, ledger
+from playbooks import executor, ledger, operate
 from playbooks.inventory import load
 from playbooks.lab import images
 
@@ -43,7 +43,7 @@ def fab(*args: str, env_ledger: Path | None = None) -> subprocess.CompletedProce
 def thawed(lab):
     """Whatever a test froze is thawed after it, so the next test starts from an unfrozen lab."""
     yield
-    executor.set_freeze(load(lab.inventory), PHASE, "test cleanup", thaw=True)
+    operate.set_freeze(load(lab.inventory), PHASE, "test cleanup", thaw=True)
 
 
 def test_an_automatic_revert_freezes_the_phase_against_the_failed_tag_until_thawed(lab, tmp_path, thawed):
@@ -67,7 +67,7 @@ def test_an_automatic_revert_freezes_the_phase_against_the_failed_tag_until_thaw
     assert executor.status(inv, ["mainpc"])["hosts"]["mainpc"]["freezes"] == []
     # and after another automatic revert, an operator's thaw lets the same tag be tried again
     assert executor.rollout(inv, PHASE).state == "reverted"
-    ok, lines = executor.set_freeze(inv, PHASE, "the GPU was busy, not the release's fault", thaw=True)
+    ok, lines = operate.set_freeze(inv, PHASE, "the GPU was busy, not the release's fault", thaw=True)
     assert ok and lines == ["mainpc: thawed gpu-mainpc"]
     assert executor.rollout(inv, PHASE).state == "reverted"  # tried (and failed) again, not refused
 

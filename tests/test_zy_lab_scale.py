@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from playbooks import executor
+from playbooks import executor, operate
 from playbooks.inventory import load
 from playbooks.runner import run_preflight
 
@@ -92,7 +92,7 @@ def test_one_service_on_six_hosts_canary_then_batches_of_two(lab20, tmp_path):
     assert running("node03")[1] == tags["good"]
     assert all(s["outcome"] == "skipped" for h in workers[1:] for s in bad.hosts[h]["services"])
     # a release that fails in batch 2 (on node05): every replica ends on its last-known-good
-    executor.set_freeze(inv, "replicas", "test: the bad release's automatic freeze", thaw=True)
+    operate.set_freeze(inv, "replicas", "test: the bad release's automatic freeze", thaw=True)
     late = executor.rollout(inventory(tags["batch2"], "batch2"), "replicas",
                             failpoint={"after": "start-new", "service": "embeddings", "raise": "fails here", "hosts": ["node05"]})
     assert late.state == "reverted", late.messages

@@ -1,0 +1,162 @@
+"""Operator commands beside the rollout: freeze/thaw, versions, logs, details, exec, prune, re-attach.
+
+Each asks the agent on the hosts concerned and shapes its answer for the task that prints it;
+none of them runs a transaction (`restart` and `rollback` do, and live with the rollout in
+executor.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import ledger, transport
+from .executor import RolloutError, _services
+from .inventory import Inventory
+from .plan import operator
+
+
+def known_service(inv: Inventory, service: str | None) -> str:
+    """The service named by --service, or one line saying which ones there are."""
+    if not service or service not in inv.fleet.services:
+        known = ", ".join(sorted(inv.fleet.services))
+        raise RolloutError(f"--service {service!r} is not in the inventory (services: {known})" if service
+                           else f"--service is required (services: {known})")
+    return service
+
+
+def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, hosts: list[str] | None = None) -> tuple[bool, list[str]]:
+    """Freeze (or thaw) a phase on every host it runs on; recorded in the ledger. Returns (all hosts answered, lines)."""
+    inv.phase(phase)
+    targets = inv.select_hosts(hosts, phase)
+    who = operator()
+    results = transport.on_hosts(inv, targets, "freeze", lambda h: {"phase": phase, "reason": reason, "thaw": thaw, "operator": who},
+                                 timeout=30)
+    lines, ok = [], True
+    for h in targets:
+        r = results[h]
+        if r.answer is None or not r.ok:
+            ok = False
+            lines.append(f"{h}: FAILED: {r.error or (r.answer or {}).get('msg')}")
+        else:
+            lines.append(f"{h}: {r.answer.get('msg')}")
+    ledger.append("thaw" if thaw else "freeze", phase=phase, operator=who, reason=reason, hosts=targets, ok=ok, inventory=str(inv.path))
+    return ok, lines
+
+
+def versions(inv: Inventory, service: str, host: str | None = None) -> dict[str, Any]:
+    """Every version `service` has started on its host(s), newest first, from each host's journal (`fab versions`)."""
+    known_service(inv, service)
+    targets = [replica_host(inv, service, host)] if host else inv.fleet.hosts_of(service)
+    results = transport.on_hosts(inv, targets, "versions", lambda h: {"service": service}, timeout=60)
+    out: dict[str, Any] = {"service": service, "replicas": []}
+    for h in targets:
+        r = results[h]
+        if r.answer is None or not r.ok:
+            raise RolloutError(f"{h}: could not read the versions of {service}: {r.error or (r.answer or {}).get('msg')}")
+        data = r.answer.get("data") or {}
+        out["replicas"].append({"host": h, "service": service, "running": data.get("running") or {},
+                                "versions": list(reversed(data.get("versions") or [])), "note": r.answer.get("msg") or ""})
+    return out
+
+
+def parse_since(value: str | None) -> float | None:
+    """'90s', '10m', '2h', '1d' (or plain seconds) as seconds; None when not given (pure)."""
+    if value in (None, ""):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", str(value).strip())
+    if not m:
+        raise RolloutError(f"--since must be a duration like 90s, 10m, 2h or 1d, not {value!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def logs(inv: Inventory, service: str | None, host: str | None = None, tail: int = 100, since: str | None = None,
+         follow: bool = False, agent: bool = False, timestamps: bool = False, on_line=None) -> dict[str, Any]:
+    """A service's container log (or a host's agent log) from its host; with follow, lines go to on_line as they come."""
+    if agent:
+        if not host:
+            raise RolloutError("--agent shows one host's agent log: add --host NAME")
+        target = inv.select_hosts([host])[0]
+    else:
+        known_service(inv, service)
+        target = replica_host(inv, service, host)
+    args = {"service": service or "", "tail": tail, "since_s": parse_since(since), "follow": follow, "agent": agent,
+            "timestamps": timestamps}
+    ev = (lambda h, e: on_line(e.get("line", ""))) if on_line else None
+    r = transport.on_hosts(inv, [target], "logs", lambda h: args, timeout=86400 if follow else 60, on_event=ev)[target]
+    if r.answer is None or not r.ok:
+        raise RolloutError(f"{target}: {r.error or (r.answer or {}).get('msg')}")
+    return {"host": target, "service": service, **(r.answer.get("data") or {}), "note": r.answer.get("msg") or ""}
+
+
+def details(inv: Inventory, service: str | None = None, hosts: list[str] | None = None) -> dict[str, Any]:
+    """Per host and service: container state, restarts, uptime, tag@digest, ports, GPU, kept containers, -prev pin."""
+    if service:
+        known_service(inv, service)
+    targets = [h for h in inv.fleet.hosts_of(service) if not hosts or h in hosts] if service else inv.select_hosts(hosts)
+    names = {h: ([service] if service else inv.services_for(None, [h])) for h in targets}
+    results = transport.on_hosts(inv, targets, "details", lambda h: {"services": {s: inv.repo(s) for s in names[h]}}, timeout=60)
+    out: dict[str, Any] = {"hosts": {}}
+    for h in targets:
+        r = results[h]
+        if r.answer is None or not r.ok:
+            out["hosts"][h] = {"reachable": False, "error": r.error or (r.answer or {}).get("msg")}
+            continue
+        got = (r.answer.get("data") or {}).get("services") or {}
+        out["hosts"][h] = {"reachable": True, "services": {s: {**got.get(s, {"container": None, "kept": []}),
+                                                               "inventory_tag": inv.fleet.services[s].tag} for s in names[h]}}
+    return out
+
+
+def follow_running(inv: Inventory, hosts: list[str] | None = None, progress=None) -> dict[str, dict]:
+    """Re-attach to the transactions running on the hosts now (`fab status --follow`); return each one's outcome."""
+    targets = inv.select_hosts(hosts)
+    st = transport.on_hosts(inv, targets, "status", lambda h: {}, timeout=30)
+    running = {h: ((r.answer or {}).get("data") or {}).get("lock") for h, r in st.items()}
+    running = {h: lk for h, lk in running.items() if lk and lk.get("rollout_id")}
+    if not running:
+        return {}
+    res = transport.on_hosts(inv, list(running), "journal", lambda h: {"rollout_id": running[h]["rollout_id"], "timeout": 3600},
+                             timeout=30.0, on_event=progress)
+    return {h: {"rollout_id": running[h]["rollout_id"], "ok": r.ok, "error": r.error,
+                "services": _services(r)} for h, r in res.items()}
+
+
+def replica_host(inv: Inventory, service: str, host: str | None) -> str:
+    """The one host an operation on `service` goes to: its only one, or the replica `host` names."""
+    known_service(inv, service)
+    placed = inv.fleet.hosts_of(service)
+    if host:
+        if host not in placed:
+            raise RolloutError(f"{service} has no replica on {host!r}; it runs on {', '.join(placed)}")
+        return host
+    if len(placed) > 1:
+        raise RolloutError(f"{service} runs on {len(placed)} hosts ({', '.join(placed)}): name one with --host")
+    return placed[0]
+
+
+def exec_in(inv: Inventory, service: str, argv: list[str], host: str | None = None) -> dict[str, Any]:
+    """Run argv in a service's container on its host; no shell on either side."""
+    target = replica_host(inv, service, host)
+    r = transport.on_hosts(inv, [target], "exec", lambda h: {"service": service, "argv": argv}, timeout=600)[target]
+    if r.answer is None or not r.ok:
+        raise RolloutError(f"{target}: {r.error or (r.answer or {}).get('msg')}")
+    return {"host": target, **(r.answer.get("data") or {})}
+
+
+def prune(inv: Inventory, hosts: list[str] | None = None, keep: int = 3, dry_run: bool = False) -> dict[str, Any]:
+    """Remove, on each host, images of the inventory's repositories that no container, pin or last-`keep` good version needs."""
+    targets = inv.select_hosts(hosts)
+    repos = sorted({inv.repo(s) for s in inv.fleet.services})
+
+    def args(h: str) -> dict:
+        return {"repos": repos, "keep": keep, "dry_run": dry_run, "services": inv.services_for(None, [h])}
+
+    results = transport.on_hosts(inv, targets, "prune", args, timeout=600)
+    out = {"hosts": {}, "dry_run": dry_run, "keep": keep}
+    for h, r in results.items():
+        out["hosts"][h] = ({"reachable": False, "error": r.error} if r.answer is None
+                          else {"reachable": True, "ok": r.ok, **(r.answer.get("data") or {})})
+    ledger.append("prune", operator=operator(), hosts=targets, keep=keep, dry_run=dry_run,
+                  removed={h: [x["names"] for x in v.get("removed", [])] for h, v in out["hosts"].items()})
+    return out
