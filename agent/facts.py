@@ -44,7 +44,7 @@ def nvml() -> dict[str, Any]:
                     "name": _text(pynvml.nvmlDeviceGetName(h)),
                     "uuid": _text(pynvml.nvmlDeviceGetUUID(h)),
                     "compute_capability": f"{major}.{minor}",
-                    "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total // (1024 * 1024),
+                    **_memory(pynvml.nvmlDeviceGetMemoryInfo(h)),
                 }
             )
         return {
@@ -60,6 +60,11 @@ def nvml() -> dict[str, Any]:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+
+def _memory(m: Any) -> dict[str, int]:
+    mib = 1024 * 1024
+    return {"memory_mib": m.total // mib, "memory_used_mib": m.used // mib, "memory_free_mib": m.free // mib}
 
 
 def _text(v: Any) -> str:

@@ -219,9 +219,14 @@ def status(args: dict[str, Any]) -> dict:
                      "last_step": records[-1] if records else None}
     from .freeze import all_freezes
 
+    gpu = None
+    if args.get("gpu"):
+        from .facts import nvml
+
+        gpu = nvml()
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
                    {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector,
-                    "freezes": all_freezes()})
+                    "freezes": all_freezes(), "nvml": gpu})
 
 
 def _collector_services(port: int) -> dict:

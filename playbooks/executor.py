@@ -637,13 +637,24 @@ def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
     return True, "healthy" + (f" ({c['restart_count']} restarts)" if c.get("restart_count") else "")
 
 
+def gpu_memory_view(inv: Inventory, host: str, nvml: dict | None) -> list[dict[str, Any]]:
+    """Each GPU's memory as NVML reports it, beside the budgets of the GPU services placed on the host. Pure."""
+    if not nvml or not nvml.get("ok"):
+        return []
+    budgets = {s: inv.fleet.services[s].gpu_memory_gb for s in inv.services_for(None, [host])
+               if inv.fleet.services[s].wants_gpu and inv.fleet.services[s].gpu_memory_gb}
+    return [{"index": g["index"], "name": g["name"], "total_gb": round(g.get("memory_mib", 0) / 1024, 1),
+             "used_gb": round(g.get("memory_used_mib", 0) / 1024, 1), "budgets_gb": budgets} for g in nvml.get("gpus") or []]
+
+
 def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | None = None) -> dict[str, Any]:
     targets = inv.select_hosts(hosts)
     coll = inv.fleet.observability.collector
     coll_host = inv.fleet.hosts_of(coll)[0] if coll else None
 
     def args(h: str) -> dict:
-        a: dict[str, Any] = {"health": {s: inv.fleet.services[s].health_spec() for s in inv.services_for(None, [h])}}
+        a: dict[str, Any] = {"health": {s: inv.fleet.services[s].health_spec() for s in inv.services_for(None, [h])},
+                             "gpu": inv.fleet.hosts[h].gpus is not None}
         if h == coll_host:
             a["collector_port"] = inv.fleet.services[coll].port_pairs()[0][0]
         return a
@@ -684,7 +695,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                 services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None
                 services[s]["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
         out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last"),
-                           "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or []}
+                           "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or [],
+                           "gpus": gpu_memory_view(inv, h, data.get("nvml"))}
     record_recoveries(results)
     return out
 

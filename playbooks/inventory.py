@@ -168,6 +168,8 @@ class Service(_Strict):
     ports: list[str] = []
     env: dict[str, str | SecretRef] = {}
     gpus: int | Literal["all"] = 0
+    # What the model needs on the card, in GB (preflight checks the services placed on a host fit its GPU memory).
+    gpu_memory_gb: float | None = Field(default=None, gt=0)
     user: str = "10001:10001"
     restart: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
     stop_timeout: int = Field(default=10, ge=0, le=600)
@@ -275,6 +277,8 @@ class Observability(_Strict):
 
 class Defaults(_Strict):
     disk_min_free_gb: float = Field(default=20.0, ge=0)
+    # GPU memory kept free on every card beyond the services' declared gpu_memory_gb (driver, display, fragmentation).
+    gpu_memory_reserve_gb: float = Field(default=0.0, ge=0)
     # Absolute host directories services may bind-mount (and what is below them); nothing else.
     host_paths: list[str] = []
 
@@ -535,6 +539,9 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
                 f"{at(where)}: services.{name}.{where}: unknown host {', '.join(map(repr, unknown))}; fix: use one of"
                 f" {', '.join(fleet.hosts)} or add the host under hosts:"
             )
+        if svc.gpu_memory_gb and not svc.wants_gpu:
+            problems.append(f"{at('gpu_memory_gb')}: services.{name}.gpu_memory_gb: a GPU memory budget on a service with"
+                            " gpus: 0; fix: request a GPU or remove gpu_memory_gb")
         if svc.update and not fleet.replicated(name):
             problems.append(f"{at('update')}: services.{name}.update: canary and batches need replicas; fix: give hosts: or"
                             " group:, or remove update:")

@@ -102,6 +102,7 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
                 if c.status == FAIL:
                     c.status, c.detail = WARN, c.detail + " (no GPU service is placed on this host in any phase)"
         checks += gpu_checks
+        checks += _gpu_memory_checks(inv, host, facts.get("nvml") or {})
     if gpu_services:
         rt = facts.get("runtime") or {}
         if rt.get("hook") or rt.get("nvidia_runtime"):
@@ -120,6 +121,36 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
     checks += _image_checks(inv, host, services, cc, facts.get("images") or {})
     checks += _port_checks(inv, host, services, facts)
     return checks
+
+
+def _gpu_memory_checks(inv: Inventory, host: str, nvml: dict[str, Any]) -> list[Check]:
+    """Do the GPU services placed on this host (in any phase) fit its cards, each alone and all together?
+
+    Stop-first swaps run one service's old and new copy one after the other, so what must fit is
+    every budget placed here at once, plus the inventory's reserve; a budget larger than the
+    largest card can never run. Same verdict whichever phase is asked about.
+    """
+    budgets = {s: inv.fleet.services[s].gpu_memory_gb for s in inv.services_for(None, [host])
+               if inv.fleet.services[s].wants_gpu and inv.fleet.services[s].gpu_memory_gb}
+    gpus = nvml.get("gpus") or []
+    if not budgets or not nvml.get("ok") or not gpus:
+        return []
+    reserve = inv.fleet.defaults.gpu_memory_reserve_gb
+    total = sum(g.get("memory_mib", 0) for g in gpus) / 1024
+    largest = max(g.get("memory_mib", 0) for g in gpus) / 1024
+    used = sum(g.get("memory_used_mib", 0) for g in gpus) / 1024
+    listed = ", ".join(f"{s} {b:.1f} GB" for s, b in budgets.items())
+    problems = [f"{s} needs {b:.1f} GB but the largest card here has {largest:.1f} GB ({reserve:.1f} GB kept in reserve)"
+                for s, b in budgets.items() if b + reserve > largest]
+    need = sum(budgets.values()) + reserve
+    if need > total:
+        problems.append(f"the GPU services placed here need {' + '.join(f'{b:.1f}' for b in budgets.values())} GB"
+                        f" + {reserve:.1f} GB reserve = {need:.1f} GB, the cards have {total:.1f} GB ({listed})")
+    if problems:
+        return [Check(host, "gpu-memory", FAIL, "; ".join(problems),
+                      "lower a gpu_memory_gb, place a service on another GPU host, or lower defaults.gpu_memory_reserve_gb")]
+    return [Check(host, "gpu-memory", PASS, f"budgets {need - reserve:.1f} GB + {reserve:.1f} GB reserve of {total:.1f} GB"
+                                             f" ({listed}); {used:.1f} GB in use now")]
 
 
 def _gpu_checks(host: str, gspec, nvml: dict[str, Any]) -> list[Check]:

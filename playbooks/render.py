@@ -132,6 +132,10 @@ def status_text(st: dict) -> str:
             state = f"{v['status']}, {v.get('restarts', 0)} restarts" if v["status"] != "absent" else "absent"
             rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", state, reported,
                          (v["health"] or v["status"])[:40], drift])
+        for g in info.get("gpus") or []:
+            budgets = ", ".join(f"{s} {b:.1f} GB" for s, b in g["budgets_gb"].items()) or "none declared"
+            notes.append(f"{h}: GPU {g['index']} {g['name']}: {g['used_gb']:.1f} of {g['total_gb']:.1f} GB in use;"
+                         f" budgets: {budgets}")
         for f in info.get("freezes") or []:
             kind = "frozen by an automatic revert" if f.get("auto") else f"frozen by {f.get('by')}"
             notes.append(f"{h}: phase {f.get('phase')} {kind} since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(f.get('ts') or 0))}:"

@@ -260,3 +260,28 @@ def test_an_account_with_a_pyenv_shell_runs_the_agent_under_the_named_interprete
     bad = load(derive_inventory(lab, tmp_path / "bad", lambda d: d["hosts"]["mainpc"].update(python="/opt/nopython/bin/python3")))
     c = by(run_preflight(bad, hosts=["mainpc"]), "mainpc", "ssh")
     assert c.status == "fail" and "/opt/nopython/bin/python3 is not on this host" in c.detail and "hosts.mainpc.python" in c.detail
+
+
+def test_gpu_memory_as_nvml_reports_it_gates_preflight_and_shows_in_status(lab, tmp_path):
+    from playbooks import executor
+
+    def budgets(llm: float, vision: float):
+        def edit(doc):
+            doc["defaults"]["gpu_memory_reserve_gb"] = 1.0
+            doc["services"]["llm-api"]["gpu_memory_gb"] = llm
+            doc["services"]["vision-api"]["gpu_memory_gb"] = vision
+
+        return load(derive_inventory(lab, tmp_path / f"{llm}-{vision}", edit))
+
+    fleet.set_gpu_used(lab.host("mainpc"), 9830)  # 9.6 GB in use, read by the fake NVML at the next call
+    try:
+        c = by(run_preflight(budgets(14, 12), "gpu-mainpc", hosts=["mainpc"]), "mainpc", "gpu-memory")
+        assert c.status == "fail" and "14.0 + 12.0 GB + 1.0 GB reserve = 27.0 GB, the cards have 24.0 GB" in c.detail
+        inv = budgets(14, 6)
+        c = by(run_preflight(inv, "gpu-mainpc", hosts=["mainpc"]), "mainpc", "gpu-memory")
+        assert c.status == "pass" and "9.6 GB in use now" in c.detail
+        st = executor.status(inv, ["mainpc"])
+        g = st["hosts"]["mainpc"]["gpus"][0]
+        assert g["total_gb"] == 24.0 and g["used_gb"] == 9.6 and g["budgets_gb"] == {"llm-api": 14.0, "vision-api": 6.0}
+    finally:
+        fleet.set_gpu_used(lab.host("mainpc"), 0)

@@ -149,3 +149,51 @@ def test_agent_upload_needed_only_when_python_cannot_run_it():
     assert agent_needs_upload(1, "SyntaxError: Non-UTF-8 code starting with '\\x80' in file agent.pyz")
     assert not agent_needs_upload(1, "Traceback ... docker.errors.DockerException")
     assert not agent_needs_upload(0, "")
+
+
+def _gpu_inv(tmp_path, budgets: dict[str, float], reserve: float = 0.0):
+    svcs = "".join(f"  {n}:\n    image: family-torch-cu121\n    tag: 20261126-abc1234\n    host: gpu1\n    gpus: all\n"
+                   f"    gpu_memory_gb: {b}\n    ports: [\"{8000 + i}:8080\"]\n    health: {{port: {8000 + i}}}\n"
+                   for i, (n, b) in enumerate(budgets.items()))
+    (tmp_path / "fleet.yml").write_text(
+        f"registry: {{host: reg.example, org: acme}}\ndefaults: {{gpu_memory_reserve_gb: {reserve}}}\n"
+        f"hosts:\n  gpu1:\n    address: 10.0.0.9\n    gpus: {{model: RTX, count: 1, compute_capability: '8.9'}}\nservices:\n{svcs}")
+    (tmp_path / "phases.yml").write_text(f"phases:\n  - name: gpu\n    services: [{', '.join(budgets)}]\n")
+    return load(tmp_path / "fleet.yml")
+
+
+def _nvml(total_mib: int, used_mib: int) -> dict:
+    return {"ok": True, "driver_version": "550.54.14", "gpus": [{"index": 0, "name": "RTX", "compute_capability": "8.9",
+                                                                 "memory_mib": total_mib, "memory_used_mib": used_mib,
+                                                                 "memory_free_mib": total_mib - used_mib}]}
+
+
+def test_gpu_services_that_cannot_fit_the_card_fail_preflight_naming_each_and_the_numbers(tmp_path):
+    inv = _gpu_inv(tmp_path, {"llm": 14.0, "vision": 12.0}, reserve=1.0)
+    for phase in (None, "gpu"):
+        c = by_name(preflight.evaluate(inv, "gpu1", phase, {**facts(), "nvml": _nvml(24576, 3000)}))["gpu-memory"]
+        assert c.status == "fail", c
+        assert "14.0 + 12.0 GB + 1.0 GB reserve = 27.0 GB, the cards have 24.0 GB (llm 14.0 GB, vision 12.0 GB)" in c.detail
+    inv = _gpu_inv(tmp_path, {"llm": 30.0})
+    c = by_name(preflight.evaluate(inv, "gpu1", None, {**facts(), "nvml": _nvml(24576, 0)}))["gpu-memory"]
+    assert c.status == "fail" and "llm needs 30.0 GB but the largest card here has 24.0 GB" in c.detail
+
+
+def test_gpu_services_that_fit_pass_and_say_what_is_in_use(tmp_path):
+    inv = _gpu_inv(tmp_path, {"llm": 14.0, "vision": 6.0}, reserve=1.0)
+    c = by_name(preflight.evaluate(inv, "gpu1", "gpu", {**facts(), "nvml": _nvml(24576, 9830)}))["gpu-memory"]
+    assert c.status == "pass" and "budgets 20.0 GB + 1.0 GB reserve of 24.0 GB" in c.detail and "9.6 GB in use now" in c.detail
+
+
+def test_a_gpu_memory_budget_needs_a_gpu(tmp_path):
+    import pytest as _pytest
+
+    from playbooks.inventory import InventoryError
+
+    (tmp_path / "fleet.yml").write_text(
+        "registry: {host: r, org: o}\nhosts:\n  h:\n    address: 10.0.0.1\nservices:\n  s:\n    image: x\n    tag: 20261126-abc1234\n"
+        "    host: h\n    gpu_memory_gb: 4\n    ports: ['8000:8080']\n    health: {port: 8000}\n")
+    (tmp_path / "phases.yml").write_text("phases:\n  - name: p\n    services: [s]\n")
+    with _pytest.raises(InventoryError) as exc:
+        load(tmp_path / "fleet.yml")
+    assert any("services.s.gpu_memory_gb: a GPU memory budget on a service with gpus: 0" in p for p in exc.value.problems)

@@ -125,12 +125,27 @@ int nvmlDeviceGetCudaComputeCapability(void *device, int *major, int *minor) {
     return NVML_SUCCESS;
 }
 
+/* Memory in use per GPU, in MiB, read at every call from $FAKE_NVML_USED_FILE (numbers in GPU index
+ * order), so tests can change it while hosts run. No file: nothing in use. */
+static unsigned long long used_mib(int index) {
+    const char *path = getenv("FAKE_NVML_USED_FILE");
+    unsigned long long v = 0, out = 0;
+    if (!path) return 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    for (int i = 0; i <= index && fscanf(f, "%llu", &v) == 1; i++)
+        if (i == index) out = v;
+    fclose(f);
+    return out;
+}
+
 int nvmlDeviceGetMemoryInfo(void *device, nvmlMemory_t *memory) {
     int i = handle_index(device);
     if (i < 0 || !memory) return NVML_ERROR_INVALID_ARGUMENT;
     memory->total = gpus[i].mib * 1024ULL * 1024ULL;
-    memory->used = 0;
-    memory->free = memory->total;
+    unsigned long long used = used_mib(i) * 1024ULL * 1024ULL;
+    memory->used = used < memory->total ? used : memory->total;
+    memory->free = memory->total - memory->used;
     return NVML_SUCCESS;
 }
 

@@ -457,6 +457,7 @@ def _host_env(h: LabHost) -> dict[str, str]:
             FAKE_NVML_DRIVER=h.driver,
             FAKE_NVML_CUDA="12040",
             FAKE_NVML_GPUS=f"{h.gpu_name}|{h.compute_capability}|{h.gpu_memory_mib}",
+            FAKE_NVML_USED_FILE=str(h.dir / "nvml-used-mib"),
         )
     return env
 
@@ -624,6 +625,14 @@ def put_secret(h: LabHost, name: str, value: str) -> None:
     shutil.chown(tmp, "root", "docker")
     tmp.chmod(0o640)
     os.replace(tmp, p)
+
+
+def set_gpu_used(h: LabHost, *mib: int) -> None:
+    """Memory in use on each of a lab host's fake GPUs (MiB, index order); NVML reports it from the next call on."""
+    tmp = h.dir / ".nvml-used-mib.tmp"
+    tmp.write_text(" ".join(str(m) for m in mib) + "\n")
+    tmp.chmod(0o644)
+    os.replace(tmp, h.dir / "nvml-used-mib")
 
 
 def set_link(h: LabHost, up_: bool) -> None:
