@@ -286,7 +286,20 @@ class Transaction:
         r.timings["stop_s"] = round(time.monotonic() - t0, 3)
         self.hit("stop-old", service)
 
-    def _replace(self, r: ServiceResult, current, new_args: container_args.CreateArgs, h: dict, repo: str, pin: bool) -> None:
+    def _gpu_gate(self, c, service: str, budget_gb: float | None) -> health.GateResult | None:
+        """After a GPU service turns healthy: is its process on a GPU, within its declared memory? None when it is."""
+        if not budget_gb:
+            return None
+        from . import gpuproc
+
+        try:
+            problem = gpuproc.check(c.id, service, float(budget_gb), gpuproc.processes())
+        except Exception as exc:  # noqa: BLE001 - NVML that cannot answer cannot vouch for the GPU either
+            problem = f"GPU processes could not be read through NVML: {failure_text(exc)}"
+        return health.GateResult(False, "gpu", problem) if problem else None
+
+    def _replace(self, r: ServiceResult, current, new_args: container_args.CreateArgs, h: dict, repo: str, pin: bool,
+                 gpu_budget_gb: float | None = None) -> None:
         """Set `current` aside (if any), start `new_args`, gate it. On any failure: restore."""
         service = r.service
         try:
@@ -301,6 +314,8 @@ class Transaction:
             self.hit("start-new", service)
             self.j("gate", service, health=h)
             gate = self._gate(new, h, service)
+            if gate.ok:
+                gate = self._gpu_gate(new, service, gpu_budget_gb) or gate
             r.gate = gate.to_json()
             if not gate.ok:
                 raise GateFailed(gate)
@@ -360,7 +375,7 @@ class Transaction:
             r.message = "; ".join(refused) + "; refused, nothing was stopped"
             self.j("refused", service, check=r.check, message=r.message)
             return r
-        self._replace(r, current, new_args, spec["health"], spec["repo"], pin=pin)
+        self._replace(r, current, new_args, spec["health"], spec["repo"], pin=pin, gpu_budget_gb=spec.get("gpu_memory_gb"))
         if not pin and prev_tag and r.outcome == "gated":
             r.prev_ref, r.prev_digest = f"{spec['repo']}:{prev_tag}", prev_digest
         if r.outcome == "gated":

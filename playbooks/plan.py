@@ -121,6 +121,8 @@ def container_spec(inv: Inventory, service: str, host: str | None = None) -> dic
         "restart": svc.restart,
         "stop_timeout": svc.stop_timeout,
         "health": svc.health_spec(),
+        # Only when declared: a key present for every service would change every spec hash and replace everything once.
+        **({"gpu_memory_gb": svc.gpu_memory_gb} if svc.gpu_memory_gb else {}),
     }
 
 

@@ -399,3 +399,25 @@ def test_on_failure_revert_service_keeps_the_healthy_hosts(lab, tmp_path):
 def test_unknown_failure_policy_is_refused(lab):
     with pytest.raises(executor.RolloutError, match="--on-failure must be one of revert-phase, revert-service, stop"):
         executor.rollout(load(lab.inventory), "core-infra", on_failure="pray")
+
+
+def test_a_gpu_service_that_falls_back_to_cpu_fails_its_gate_and_is_reverted(lab, tmp_path):
+    from agent import gpuproc
+
+    baseline(lab)
+    before = dclient(lab).containers.get("llm-api")
+    # the real cgroup mapping the gate uses: a container's host pid leads back to its id
+    assert gpuproc.container_of(before.attrs["State"]["Pid"]) == before.id
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
+
+    def edit(doc):
+        doc["services"]["llm-api"]["tag"] = tag
+        doc["services"]["llm-api"]["gpu_memory_gb"] = 6.0
+
+    fleet.set_gpu_processes(lab.host("mainpc"), [])  # healthy over HTTP, but no process on the GPU
+    inv = load(derive_inventory(lab, tmp_path / "cpu-fallback", edit))
+    rep = executor.rollout(inv, "gpu-mainpc")
+    s = svc_result(rep, "mainpc", "llm-api")
+    assert rep.state == "reverted" and s["check"] == "health-gpu" and "fallen back to CPU" in s["message"], s
+    assert dclient(lab).containers.get("llm-api").id == before.id

@@ -604,3 +604,33 @@ def test_a_running_version_that_failed_its_gate_is_never_pinned_as_prev(daemon):
     assert c.labels[contract.PREV_TAG] == "20261101-aaaaaaa-prev" and c.labels[contract.PREV_DIGEST] == OLD_D
     assert f"{REPO}:20261120-fffffff-prev" not in daemon.refs
     assert any(r["step"] == "pin-skipped" for r in journal.read("r-next"))
+
+
+# --- GPU services: on a GPU, within their declared memory --------------------------------
+
+
+@pytest.mark.parametrize("procs,outcome,says", [
+    ("mine-4gb", "committed", ""),
+    ("none", "reverted", "fallen back to CPU"),
+    ("mine-9gb", "reverted", "uses 9.0 GB on GPU 0, more than its declared 6.0 GB"),
+    ("someone-else", "reverted", "fallen back to CPU"),
+])
+def test_a_gpu_service_must_be_on_a_gpu_within_its_budget_after_it_turns_healthy(daemon, monkeypatch, procs, outcome, says):
+    from agent import gpuproc
+
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D)
+
+    def fake_processes():
+        new = next(c for c in daemon.containers.by_id.values() if c.id != old)
+        return {"mine-4gb": [{"gpu": 0, "pid": 1, "used_mib": 4096, "container": new.id}],
+                "mine-9gb": [{"gpu": 0, "pid": 1, "used_mib": 9216, "container": new.id}],
+                "someone-else": [{"gpu": 0, "pid": 2, "used_mib": 4096, "container": "f" * 64}],
+                "none": []}[procs]
+
+    monkeypatch.setattr(gpuproc, "processes", fake_processes)
+    s = by_service(run(daemon, [step(spec(gpu_memory_gb=6.0))]))["svc"]
+    assert s["outcome"] == outcome, s
+    if says:
+        assert s["check"] == "health-gpu" and says in s["message"]
+        assert only(daemon, "svc").id == old  # the old container serves again

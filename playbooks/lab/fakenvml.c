@@ -156,3 +156,36 @@ int nvmlDeviceGetUUID(void *device, char *uuid, unsigned int length) {
     snprintf(buf, sizeof buf, "GPU-fa4e0000-0000-4000-8000-%012d", i);
     return fill(uuid, length, buf);
 }
+
+/* Compute processes per GPU, read at every call from $FAKE_NVML_PROCS_FILE: one "GPU_INDEX PID USED_MIB"
+ * per line, so a test can put a container's process "on" a GPU (or leave it off: a CPU fallback). */
+typedef struct { unsigned int pid; unsigned long long usedGpuMemory; unsigned int gpuInstanceId, computeInstanceId; } nvmlProcessInfo_v2_t;
+
+int nvmlDeviceGetComputeRunningProcesses_v2(void *device, unsigned int *count, nvmlProcessInfo_v2_t *infos) {
+    int i = handle_index(device);
+    if (i < 0 || !count) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int n = 0, cap = *count;
+    const char *path = getenv("FAKE_NVML_PROCS_FILE");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    int gpu;
+    unsigned int pid;
+    unsigned long long mib;
+    int overflow = 0;
+    if (f) {
+        while (fscanf(f, "%d %u %llu", &gpu, &pid, &mib) == 3) {
+            if (gpu != i) continue;
+            if (infos && n < cap) {
+                infos[n].pid = pid;
+                infos[n].usedGpuMemory = mib * 1024ULL * 1024ULL;
+                infos[n].gpuInstanceId = infos[n].computeInstanceId = 0xFFFFFFFF;
+            } else if (!infos || n >= cap) {
+                overflow = 1;
+            }
+            n++;
+        }
+        fclose(f);
+    }
+    *count = n;
+    if (n == 0) return NVML_SUCCESS;
+    return overflow ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+}

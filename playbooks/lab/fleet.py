@@ -458,6 +458,7 @@ def _host_env(h: LabHost) -> dict[str, str]:
             FAKE_NVML_CUDA="12040",
             FAKE_NVML_GPUS=f"{h.gpu_name}|{h.compute_capability}|{h.gpu_memory_mib}",
             FAKE_NVML_USED_FILE=str(h.dir / "nvml-used-mib"),
+            FAKE_NVML_PROCS_FILE=str(h.dir / "nvml-procs"),
         )
     return env
 
@@ -633,6 +634,14 @@ def set_gpu_used(h: LabHost, *mib: int) -> None:
     tmp.write_text(" ".join(str(m) for m in mib) + "\n")
     tmp.chmod(0o644)
     os.replace(tmp, h.dir / "nvml-used-mib")
+
+
+def set_gpu_processes(h: LabHost, procs: list[tuple[int, int, int]]) -> None:
+    """(GPU index, pid, MiB) of each compute process NVML reports on a lab host, from the next call on."""
+    tmp = h.dir / ".nvml-procs.tmp"
+    tmp.write_text("".join(f"{g} {pid} {mib}\n" for g, pid, mib in procs))
+    tmp.chmod(0o644)
+    os.replace(tmp, h.dir / "nvml-procs")
 
 
 def set_link(h: LabHost, up_: bool) -> None:
