@@ -475,8 +475,9 @@ def prune_op(args: dict[str, Any]) -> dict:
     needed: dict[str, str] = {}
     for c in client.containers.list(all=True):
         needed[c.attrs.get("Image", "")] = f"used by container {c.name}"
+    journals = versions.all_journals()  # read once, not once per service
     for svc in args.get("services") or []:
-        good = [v for v in versions.list_versions(svc) if v["outcome"].startswith("committed") and v.get("image")]
+        good = [v for v in versions.history(svc, journals) if v["outcome"].startswith("committed") and v.get("image")]
         for v in good[-keep:]:
             needed.setdefault(v["image"], f"{svc} {v['tag']} (one of its last {keep} good versions)")
     removed, kept, failed, freed = [], [], [], 0

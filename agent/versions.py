@@ -17,7 +17,7 @@ from . import contract, journal
 FAILED_GATE = ("swap-failed",)
 
 
-def _journals() -> list[list[dict]]:
+def all_journals() -> list[list[dict]]:
     """Every rollout journal on this host, oldest first (prepare journals hold no swaps and are skipped)."""
     d = journal.path_for("x").parent
     out = []
@@ -82,8 +82,8 @@ def config_for(service: str, tag: str, journals: list[list[dict]]) -> tuple[dict
 
 
 def list_versions(service: str) -> list[dict[str, Any]]:
-    return history(service, _journals())
+    return history(service, all_journals())
 
 
 def find_config(service: str, tag: str) -> tuple[dict, str]:
-    return config_for(service, tag, _journals())
+    return config_for(service, tag, all_journals())

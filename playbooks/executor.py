@@ -425,11 +425,15 @@ def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
     return results
 
 
+def _untouched(st: Step, outcome: str, check: str, message: str) -> dict[str, Any]:
+    """A service's outcome when its host changed nothing for it (refused, or never started)."""
+    return {"service": st.service, "action": st.action, "prev_ref": "", "prev_digest": "", "outcome": outcome, "check": check,
+            "message": message, "before_tag": st.current_tag, "after_tag": st.current_tag, "after_digest": st.current_digest}
+
+
 def _not_started(plan: Plan, host: str, why: str) -> transport.CallResult:
     """A host a failed earlier batch kept from starting: each of its changes `skipped`, observed as nothing done."""
-    services = [{"service": s.service, "action": s.action, "prev_ref": "", "prev_digest": "", "outcome": "skipped", "check": "batch",
-                 "message": why, "before_tag": s.current_tag, "after_tag": s.current_tag,
-                 "after_digest": s.current_digest} for s in plan.for_host(host) if s.action in ("create", "replace")]
+    services = [_untouched(s, "skipped", "batch", why) for s in plan.for_host(host) if s.action in ("create", "replace")]
     return transport.CallResult(host=host, ok=True, answer={"protocol": transport.PROTOCOL, "ok": True, "data": {"services": services}})
 
 
@@ -448,9 +452,8 @@ def _refused_by_prepare(plan: Plan, prepared: dict[str, transport.CallResult], r
             if st.action not in ("create", "replace"):
                 continue
             s = said.get(st.service) or {"ok": False, "check": "prepare", "message": r.error}
-            services.append({"service": st.service, "action": st.action, "prev_ref": "", "prev_digest": "",
-                             "outcome": "skipped" if s.get("ok") else "refused", "check": s.get("check", ""),
-                             "message": s.get("message") or "not started: another host could not prepare its images"})
+            services.append(_untouched(st, "skipped" if s.get("ok") else "refused", s.get("check", ""),
+                                       s.get("message") or "not started: another host could not prepare its images"))
         out[h] = transport.CallResult(host=h, ok=False, error=r.error or "prepare refused elsewhere",
                                       answer={"protocol": transport.PROTOCOL, "ok": False, "data": {"services": services}})
     return out
@@ -641,8 +644,7 @@ def gpu_memory_view(inv: Inventory, host: str, nvml: dict | None) -> list[dict[s
     """Each GPU's memory as NVML reports it, beside the budgets of the GPU services placed on the host. Pure."""
     if not nvml or not nvml.get("ok"):
         return []
-    budgets = {s: inv.fleet.services[s].gpu_memory_gb for s in inv.services_for(None, [host])
-               if inv.fleet.services[s].wants_gpu and inv.fleet.services[s].gpu_memory_gb}
+    budgets = inv.gpu_budgets(host)
     return [{"index": g["index"], "name": g["name"], "total_gb": round(g.get("memory_mib", 0) / 1024, 1),
              "used_gb": round(g.get("memory_used_mib", 0) / 1024, 1), "budgets_gb": budgets} for g in nvml.get("gpus") or []]
 

@@ -365,6 +365,11 @@ class Inventory:
         """(service, host) for every container the phase (or the fleet) runs, limited to `hosts`."""
         return [(n, h) for n in self.services_for(phase, hosts) for h in self.fleet.hosts_of(n) if hosts is None or h in hosts]
 
+    def gpu_budgets(self, host: str) -> dict[str, float]:
+        """{service: gpu_memory_gb} of the GPU services placed on `host` (any phase) that declare one."""
+        return {s: self.fleet.services[s].gpu_memory_gb for s in self.services_for(None, [host])
+                if self.fleet.services[s].wants_gpu and self.fleet.services[s].gpu_memory_gb}
+
     def update_for(self, phase: str) -> Update | None:
         """The phase's canary/batch settings: its own, else those of a service in it (checked to agree at load)."""
         ph = self.phase(phase)

@@ -130,8 +130,7 @@ def _gpu_memory_checks(inv: Inventory, host: str, nvml: dict[str, Any]) -> list[
     every budget placed here at once, plus the inventory's reserve; a budget larger than the
     largest card can never run. Same verdict whichever phase is asked about.
     """
-    budgets = {s: inv.fleet.services[s].gpu_memory_gb for s in inv.services_for(None, [host])
-               if inv.fleet.services[s].wants_gpu and inv.fleet.services[s].gpu_memory_gb}
+    budgets = inv.gpu_budgets(host)
     gpus = nvml.get("gpus") or []
     if not budgets or not nvml.get("ok") or not gpus:
         return []
