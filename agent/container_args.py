@@ -2,7 +2,9 @@
 
 A container's whole configuration is one JSON-able dict, `CreateArgs`:
 
-    {"image", "name", "user", "env", "labels", "ports", "binds", "restart", "gpus", "stop_timeout"}
+    {"image", "name", "user", "env", "labels", "ports", "binds", "restart", "gpus", "stop_timeout", "network"}
+
+`network` is the user-defined Docker network of the host's reverse proxy ("" = Docker's default bridge).
 
 It is built two ways — from the inventory's spec for a new release (`from_spec`) and from
 `docker inspect` of a running container (`from_inspect`) — and turned into Docker SDK
@@ -69,7 +71,14 @@ def from_spec(spec: dict, image: str, labels: dict[str, str]) -> CreateArgs:
         "restart": spec.get("restart", "unless-stopped"),
         "gpus": gpus_count(spec.get("gpus")),
         "stop_timeout": int(spec.get("stop_timeout", 10)),
+        "network": spec.get("network") or "",
     }
+
+
+def network_of(hc: dict) -> str:
+    """The user-defined network a container was created on ("" for Docker's default bridge, host or none)."""
+    mode = hc.get("NetworkMode") or ""
+    return "" if mode in ("", "default", "bridge", "host", "none") or mode.startswith("container:") else mode
 
 
 def from_inspect(attrs: dict) -> CreateArgs:
@@ -112,6 +121,7 @@ def from_inspect(attrs: dict) -> CreateArgs:
         "restart": restart,
         "gpus": gpus,
         "stop_timeout": int(cfg.get("StopTimeout") or 10),
+        "network": network_of(hc),
     }
 
 
@@ -143,6 +153,7 @@ def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
         "port_bindings": {k: _port_binding(v) for k, v in (args.get("ports") or {}).items()},
         "restart_policy": {"Name": restart} if restart != "no" else None,
         "device_requests": [{"count": gpus, "capabilities": [["gpu"]]}] if gpus else None,
+        **({"network_mode": args["network"]} if args.get("network") else {}),
     }
     container = {
         "image": args["image"],
@@ -244,7 +255,8 @@ def diff(running: CreateArgs, spec: dict, image_env: dict[str, str] | None = Non
     pairs = [("gpus", running.get("gpus", 0), gpus_count(spec.get("gpus"))),
              ("user", running.get("user") or contract.IMAGE_USER, spec.get("user") or contract.IMAGE_USER),
              ("restart", running.get("restart") or "no", spec.get("restart", "unless-stopped")),
-             ("stop_timeout", int(running.get("stop_timeout") or 10), int(spec.get("stop_timeout", 10)))]
+             ("stop_timeout", int(running.get("stop_timeout") or 10), int(spec.get("stop_timeout", 10))),
+             ("network", running.get("network") or "(default)", spec.get("network") or "(default)")]
     out += [f"{name}: {a} -> {b}" for name, a, b in pairs if a != b]
     have_h = health_of(running.get("labels") or {}, {})
     want_h = spec.get("health") or {}

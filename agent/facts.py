@@ -146,7 +146,20 @@ def summarize_container(attrs: dict, now: float | None = None) -> dict[str, Any]
         "rollout_id": labels.get(contract.ROLLOUT_ID, ""),
         "spec_hash": labels.get(contract.SPEC_HASH, ""),
         "phase": labels.get(contract.PHASE, ""),
+        # Addresses on user-defined networks (the proxy's): where the proxy and the gate reach it.
+        "addresses": {n: (v or {}).get("IPAddress", "") for n, v in ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).items()
+                      if n not in ("bridge", "host", "none") and (v or {}).get("IPAddress")},
     }
+
+
+def proxy_view() -> dict[str, Any]:
+    """Which server the host's reverse proxy sends each service to, as its runtime API says."""
+    from . import proxy
+
+    try:
+        return {"ok": True, "backends": proxy.Runtime(timeout=3.0).view()}
+    except Exception as exc:  # noqa: BLE001 - facts and status must still answer
+        return {"ok": False, "error": str(exc)[:300]}
 
 
 def docker_facts() -> dict[str, Any]:
@@ -192,8 +205,9 @@ def _docker_facts_sdk() -> dict[str, Any]:
 
 def config_diffs(specs: dict[str, dict]) -> dict[str, list[str]]:
     """Per planned service: how its running container's configuration differs from the plan (names only, no values)."""
-    from . import container_args, engine
+    from . import container_args, engine, proxy
 
+    specs = {name: proxy.host_spec(spec, create=False) for name, spec in specs.items()}
     eng = engine.open_engine()
     if eng is None:
         return _config_diffs_sdk(specs)
@@ -284,6 +298,8 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     from .freeze import all_freezes
 
     out["freezes"] = all_freezes()
+    if args.get("proxy") and docker.get("ok"):
+        out["proxy"] = proxy_view()
     if args.get("diff_specs") and docker.get("ok"):
         out["diffs"] = config_diffs(args["diff_specs"])
     out["elapsed_s"] = round(time.monotonic() - t0, 3)

@@ -152,8 +152,13 @@ def gate(
     return GateResult(True, "passed", p.reason, healthy_at, time.monotonic() - t0, asdict(p))
 
 
-def url_for(h: dict) -> str:
-    """The URL the host-side gate probes: the health port on its bound address (default loopback)."""
-    addr = h.get("address") or "127.0.0.1"
+def url_for(h: dict, container_address: str = "") -> str:
+    """The URL the host-side gate probes: the health port on its bound address (default loopback).
+
+    A container on the proxy network (`network` in its settings) publishes no port: it is
+    probed directly at its own address there — not through the proxy, which it must not
+    reach before it has passed.
+    """
+    addr = (container_address or "0.0.0.0") if h.get("network") else (h.get("address") or "127.0.0.1")
     host = f"[{addr}]" if ":" in addr else addr
     return f"http://{host}:{h['port']}{h.get('path', '/health')}"

@@ -203,8 +203,13 @@ def status(args: dict[str, Any]) -> dict:
 
     docker = docker_facts()
     probes = {}
+    addresses = {c["name"]: c.get("addresses") or {} for c in docker.get("containers") or []}
     for svc, h in (args.get("health") or {}).items():
-        probes[svc] = health.probe(health.url_for(h), 2.0).__dict__
+        addr = addresses.get(svc, {}).get(h.get("network") or "", "")
+        if h.get("network") and not addr:
+            probes[svc] = health.Probe(False, f"no container with an address on {h['network']}").__dict__
+            continue
+        probes[svc] = health.probe(health.url_for(h, addr), 2.0).__dict__
     collector = None
     if args.get("collector_port"):
         collector = _collector_services(int(args["collector_port"]))
@@ -217,8 +222,10 @@ def status(args: dict[str, Any]) -> dict:
         state = "finished" if done else ("running" if holder else "interrupted")
         last_info = {"rollout_id": last, "state": state, "outcome": done, "steps": len(records),
                      "last_step": records[-1] if records else None}
+    from .facts import proxy_view
     from .freeze import all_freezes
 
+    proxied = proxy_view() if args.get("proxy") else None
     gpu = None
     if args.get("gpu"):
         from .facts import nvml
@@ -226,7 +233,7 @@ def status(args: dict[str, Any]) -> dict:
         gpu = nvml()
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
                    {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector,
-                    "freezes": all_freezes(), "nvml": gpu})
+                    "freezes": all_freezes(), "nvml": gpu, "proxy": proxied})
 
 
 def _collector_services(port: int) -> dict:

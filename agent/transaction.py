@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import container_args, contract, health, journal, secrets
+from . import container_args, contract, health, journal, proxy, secrets
 from .facts import docker_client
 
 FAILED = ("reverted", "removed", "revert-failed", "refused")
@@ -67,6 +67,8 @@ class ServiceResult:
     kept_name: str = ""
     old_config: dict = field(default_factory=dict)
     new_container: str = ""
+    order: str = "stop-first"  # start-first: the old container served until the proxy switched (update.order)
+    switch: dict = field(default_factory=dict)  # the proxy switch, as the proxy confirmed it
     gate: dict = field(default_factory=dict)
     revert_gate: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
@@ -158,8 +160,27 @@ class Transaction:
     def _created_by_me(self, service: str) -> list:
         return self.client.containers.list(all=True, filters={"label": [f"{CREATED_BY}={self.rid}", f"{contract.SERVICE}={service}"]})
 
+    def _ensure_network(self, name: str) -> None:
+        """The proxy network: a user-defined bridge (containers reach each other by name), made once per host."""
+        if name and not self.client.networks.list(names=[name]):
+            import docker.errors
+
+            try:
+                self.client.networks.create(name, driver="bridge", labels={contract.MANAGED: "true"})
+            except docker.errors.APIError as exc:  # made meanwhile by a concurrent swap: fine
+                if not self.client.networks.list(names=[name]):
+                    raise StepFailed("network", f"could not create the proxy network {name}: {failure_text(exc)}") from None
+
+    def _address(self, c, h: dict) -> str:
+        """Where the gate and the proxy reach a container on the proxy network ("" off it)."""
+        if not h.get("network"):
+            return ""
+        c.reload()
+        return proxy.container_address(c.attrs, h["network"])
+
     def _create_start(self, args: container_args.CreateArgs, service: str):
         api = self.client.api
+        self._ensure_network(args.get("network") or "")
         args = {**args, "env": secrets.resolve(args.get("env") or {}), "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
         ckw, hkw = container_args.api_kwargs(args)
         created = api.create_container(**ckw, host_config=api.create_host_config(**hkw))
@@ -169,7 +190,7 @@ class Transaction:
         return c
 
     def _gate(self, c, h: dict, service: str) -> health.GateResult:
-        url = health.url_for(h)
+        url = health.url_for(h, self._address(c, h))
 
         def state() -> tuple[bool, int, str]:
             try:
@@ -260,7 +281,8 @@ class Transaction:
         runs = versions.history(service, [journal.read(rid)]) if rid else []
         return bool(runs) and runs[-1]["outcome"].startswith("failed")
 
-    def _set_aside(self, r: ServiceResult, old, repo: str, pin: bool) -> None:
+    def _set_aside(self, r: ServiceResult, old, repo: str, pin: bool, stop: bool = True) -> None:
+        """Pin -prev, journal the old configuration, rename the old container aside; stop it unless start-first."""
         service = r.service
         if pin:
             prev_tag, r.prev_digest = container_args.prev_of(old.labels or {})
@@ -273,8 +295,14 @@ class Transaction:
         r.kept_name = container_args.kept_name(service, self.rid)
         # Journal first: whatever happens next, recovery finds the old container by its id.
         self.j("set-aside", service, container=old.id, kept_name=r.kept_name, old_config=r.old_config,
-               prev_ref=r.prev_ref, prev_digest=r.prev_digest)
+               prev_ref=r.prev_ref, prev_digest=r.prev_digest, order=r.order)
         old.rename(r.kept_name)
+        self.hit("set-aside", service)
+        if stop:
+            self._stop_old(r, old)
+
+    def _stop_old(self, r: ServiceResult, old) -> None:
+        service = r.service
         if r.old_config.get("restart") == "always":
             # A kept container must not come back by itself: `always` restarts even a stopped container when dockerd
             # restarts (unless-stopped and on-failure do not restart a container that was stopped on purpose).
@@ -285,6 +313,47 @@ class Transaction:
         old.stop(timeout=timeout)
         r.timings["stop_s"] = round(time.monotonic() - t0, 3)
         self.hit("stop-old", service)
+
+    def _point_backends(self, service: str) -> None:
+        """A new proxy passed its gate: point each backend at the container that runs its service now.
+
+        Its start script resolved the names it could; this makes it exact (a name Docker could
+        not resolve in time starts at no server). A failure here fails the proxy's swap.
+        """
+        rt = proxy.Runtime()
+        pointed = {}
+        for be, slots in rt.servers().items():
+            name = be.removeprefix("be_")
+            c = self._get(name) if be.startswith("be_") else None
+            if c is None or not (c.attrs.get("State") or {}).get("Running"):
+                continue
+            addr = proxy.container_address(c.attrs, container_args.network_of(c.attrs.get("HostConfig") or {}))
+            port = next(iter(slots.values())).port
+            if addr:
+                pointed[name] = rt.point(name, addr, port)
+                rt.retire(name, addr, port)
+        self.j("proxy-backends", service, pointed={k: v["to"] for k, v in pointed.items()})
+
+    def _switch_to(self, r: ServiceResult, c, h: dict, drain_s: float) -> dict:
+        """Point the host's proxy at `c` (the only ready server of the service's backend), drain the other, retire it.
+
+        Raises ProxyError when the proxy does not confirm: the caller restores, and the
+        restore switches back before it removes anything.
+        """
+        service = r.service
+        addr, port = self._address(c, h), int(h["port"])
+        if not addr:
+            raise proxy.ProxyError(f"{service}'s container has no address on the proxy network {h.get('network')}")
+        self.j("switch", service, container=c.id, to=f"{addr}:{port}")
+        rt = proxy.Runtime()
+        done = rt.point(service, addr, port)
+        self.j("switched", service, container=c.id, **done)
+        self.hit("switched", service)
+        if done["switched"] and drain_s:
+            self.j("drain", service, seconds=drain_s)
+            time.sleep(drain_s)
+        rt.retire(service, addr, port)
+        return done
 
     def _gpu_gate(self, c, service: str, budget_gb: float | None) -> health.GateResult | None:
         """After a GPU service turns healthy: is its process on a GPU, within its declared memory? None when it is."""
@@ -299,12 +368,21 @@ class Transaction:
         return health.GateResult(False, "gpu", problem) if problem else None
 
     def _replace(self, r: ServiceResult, current, new_args: container_args.CreateArgs, h: dict, repo: str, pin: bool,
-                 gpu_budget_gb: float | None = None) -> None:
-        """Set `current` aside (if any), start `new_args`, gate it. On any failure: restore."""
+                 gpu_budget_gb: float | None = None, order: str = "stop-first", drain_s: float = 0.0,
+                 is_proxy: bool = False) -> None:
+        """Set `current` aside (if any), start `new_args`, gate it. On any failure: restore.
+
+        Start-first (a service behind the proxy, with room for two copies): the old container
+        keeps serving while the new one is gated directly, then the proxy switches to the new
+        one, the old drains for `drain_s` and stops (kept for revert). A failed gate never
+        touches the proxy. Stop-first behind the proxy switches once the new one has passed.
+        """
         service = r.service
+        start_first = order == "start-first" and current is not None and bool(h.get("proxied"))
+        r.order = "start-first" if start_first else "stop-first"
         try:
             if current is not None:
-                self._set_aside(r, current, repo, pin)
+                self._set_aside(r, current, repo, pin, stop=not start_first)
             self.j("start-new", service, image=new_args["image"], tag=new_args["labels"].get(contract.TAG),
                    digest=new_args["labels"].get(contract.DIGEST), operator=self.args.get("operator", ""))
             t1 = time.monotonic()
@@ -319,6 +397,13 @@ class Transaction:
             r.gate = gate.to_json()
             if not gate.ok:
                 raise GateFailed(gate)
+            if is_proxy:
+                self._point_backends(service)
+            if h.get("proxied"):
+                r.switch = self._switch_to(r, new, h, drain_s if start_first else 0.0)
+                r.timings["switch_ms"] = r.switch["switch_ms"]
+            if start_first:
+                self._stop_old(r, current)
             r.outcome = "gated"
             self.j("gated", service, gate=r.gate)
         except Exception as exc:  # noqa: BLE001 - every failure after the first change ends in restore
@@ -364,7 +449,7 @@ class Transaction:
             prev_tag, prev_digest = container_args.prev_of(current.labels or {})
         labels = container_args.labels_for(spec, spec["tag"], spec["digest"], self.rid, self.args.get("phase", ""),
                                            self.args.get("operator", ""), git_sha, prev_tag, prev_digest)
-        new_args = container_args.from_spec(spec, image.id, labels)
+        new_args = container_args.from_spec(proxy.host_spec(spec), image.id, labels)
         refused = container_args.problems(new_args)
         try:
             secrets.resolve(new_args["env"])  # every referenced secret readable here, before anything stops
@@ -375,7 +460,9 @@ class Transaction:
             r.message = "; ".join(refused) + "; refused, nothing was stopped"
             self.j("refused", service, check=r.check, message=r.message)
             return r
-        self._replace(r, current, new_args, spec["health"], spec["repo"], pin=pin, gpu_budget_gb=spec.get("gpu_memory_gb"))
+        self._replace(r, current, new_args, spec["health"], spec["repo"], pin=pin, gpu_budget_gb=spec.get("gpu_memory_gb"),
+                      order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)),
+                      is_proxy=spec.get("role") == "proxy")
         if not pin and prev_tag and r.outcome == "gated":
             r.prev_ref, r.prev_digest = f"{spec['repo']}:{prev_tag}", prev_digest
         if r.outcome == "gated":
@@ -384,20 +471,29 @@ class Transaction:
         return r
 
     def restore(self, r: ServiceResult, fallback_health: dict) -> None:
-        """Put the old container back (the very one set aside) and prove it healthy."""
+        """Put the old container back (the very one set aside) and prove it healthy.
+
+        Behind the proxy it comes back *beside* the new one: started, gated, then the proxy
+        switches back to it, and only then is the new one removed — a revert drops no request.
+        """
         service = r.service
         self.j("reverting", service, container=r.old_container, kept_name=r.kept_name, prev_ref=r.prev_ref)
+        h = container_args.health_of(r.old_config.get("labels") or {}, fallback_health)
+        beside = bool(h.get("proxied")) and bool(r.old_container)
         try:
-            kept = daemon_retry(lambda: self._bring_back(r))
+            kept = daemon_retry(lambda: self._bring_back(r, beside))
             if kept is None:
                 r.outcome = "removed"
                 r.after_tag = r.after_digest = ""
                 self.j("removed", service, message="no earlier version to go back to; the new container was removed")
                 return
-            h = container_args.health_of(r.old_config.get("labels") or {}, fallback_health)
             gate = self._gate(kept, h, service)
+            if gate.ok and beside:
+                r.switch = {**self._switch_to(r, kept, h, 0.0), "back": True}
+                daemon_retry(lambda: self._finish_bring_back(r, kept))
         except Exception as exc:  # noqa: BLE001
-            gate = health.GateResult(False, "restore", f"could not bring back the old container of {service}: {failure_text(exc)}")
+            gate = health.GateResult(False, "restore", f"could not bring back the old container of {service}: {failure_text(exc)}"
+                                     + ("; the new container was left in place (the proxy may still send it requests)" if beside else ""))
         r.revert_gate = gate.to_json()
         labels = r.old_config.get("labels") or {}
         if gate.ok:
@@ -409,21 +505,22 @@ class Transaction:
             r.after_tag = r.after_digest = ""
             self.j("revert-failed", service, container=r.old_container, reason=gate.reason, gate=r.revert_gate)
 
-    def _bring_back(self, r: ServiceResult):
+    def _bring_back(self, r: ServiceResult, beside: bool = False):
         """Remove what this transaction started for the service; rename the kept container back and start it.
 
-        Idempotent, so it can be retried and re-run by recovery at any point.
+        `beside` (behind the proxy): the new container stays until the proxy has switched back
+        (`_finish_bring_back`); the kept one is started under its kept name. Idempotent, so it
+        can be retried and re-run by recovery at any point.
         """
-        for c in self._created_by_me(r.service):
-            if c.id != r.old_container:
-                c.remove(force=True)
+        if not beside or not r.old_container:
+            self._remove_new(r)
         if not r.old_container:
             return None
         kept = self._get(r.old_container)
         if kept is None:
             # Gone (removed by hand?): recreate it from its recorded configuration.
-            return self._create_start(r.old_config, r.service)
-        if kept.name != r.service:
+            return self._create_start({**r.old_config, "name": r.kept_name} if beside else r.old_config, r.service)
+        if not beside and kept.name != r.service:
             kept.rename(r.service)
         want = r.old_config.get("restart") or "no"
         current = ((kept.attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"
@@ -434,6 +531,18 @@ class Transaction:
         if not (kept.attrs.get("State") or {}).get("Running"):
             kept.start()
         return kept
+
+    def _remove_new(self, r: ServiceResult, keep: str = "") -> None:
+        for c in self._created_by_me(r.service):
+            if c.id not in (r.old_container, keep):
+                c.remove(force=True)
+
+    def _finish_bring_back(self, r: ServiceResult, kept) -> None:
+        """After the proxy switched back: the new container goes, the old one gets its name back."""
+        self._remove_new(r, keep=kept.id)
+        kept.reload()
+        if kept.name != r.service:
+            kept.rename(r.service)
 
     def commit(self, r: ServiceResult) -> None:
         """The new container stays; the kept old one goes (-prev keeps pinning its image)."""

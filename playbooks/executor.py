@@ -225,6 +225,11 @@ def describe_failure(host: str, s: dict, next_cmd: str) -> str:
     if s["outcome"] == "reverted":
         parts.append(f"  rolled back to {s['prev_ref']} ({s['prev_digest']}): the old container itself, with its own"
                      " configuration, proven healthy")
+        sw = s.get("switch") or {}
+        if s.get("order") == "start-first" and sw.get("back") and not sw.get("switched"):
+            parts.append("  start-first: the proxy was never switched; the old container served throughout")
+        elif sw.get("back") and sw.get("switched"):
+            parts.append("  the proxy was switched back to the old container before the new one was removed")
     elif s["outcome"] == "removed":
         parts.append("  it had no earlier version; the new container was removed")
     elif s["outcome"] == "revert-failed":
@@ -510,12 +515,28 @@ def _record(ro: _Rollout, results: dict[str, transport.CallResult]) -> RolloutRe
     for h, r in results.items():
         if r.answer is not None and not r.ok and not _services(r):
             report.messages.append(f"FAILED {h}: {r.error}")
+    report.messages += swap_notes(plan, all_svcs)
     _closing_messages(report, needs)
     report.elapsed_s = time.monotonic() - ro.t0
     ledger.append("finished", **ro.common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
                   needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
     _after_hooks(ro, report)
     return report
+
+
+def swap_notes(plan: Plan, reported: list[tuple[str, dict]]) -> list[str]:
+    """How each committed swap was done (start-first or stop-first, and why), as its host reported it. Pure."""
+    why = {(st.host, st.service): st.order_reason for st in plan.steps if st.spec.get("proxy")}
+    out = []
+    for h, s in reported:
+        if s.get("outcome") != "committed" or s.get("action") != "replace" or not why.get((h, s["service"])):
+            continue
+        sw = s.get("switch") or {}
+        line = f"{h} {s['service']}: {why[(h, s['service'])]}"
+        if sw.get("switched"):
+            line += f"; the proxy switched to it in {sw.get('switch_ms')} ms"
+        out.append(line)
+    return out
 
 
 def _closing_messages(report: RolloutReport, needs: list[str]) -> None:
@@ -640,6 +661,22 @@ def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
     return True, "healthy" + (f" ({c['restart_count']} restarts)" if c.get("restart_count") else "")
 
 
+def proxy_route_view(view: dict | None, service: str, container: dict | None, network: str) -> str:
+    """Which backend the host's proxy sends `service` to, in words (pure): the service's container, or what else."""
+    if not view or not view.get("ok"):
+        return f"proxy not answering: {(view or {}).get('error', 'not asked')}"
+    be = (view.get("backends") or {}).get(service)
+    if be is None:
+        return "the proxy has no backend for it (roll out the proxy's phase)"
+    serving = be.get("serving") or []
+    if not serving:
+        return "no ready server: requests fail"
+    mine = ((container or {}).get("addresses") or {}).get(network, "")
+    if len(serving) == 1 and mine and serving[0].split(":")[0] == mine:
+        return f"-> {service} ({(container or {}).get('id', '')[:12]}) at {serving[0]}"
+    return f"-> {', '.join(serving)}, which is not the running {service} container ({mine or 'no address'})"
+
+
 def gpu_memory_view(inv: Inventory, host: str, nvml: dict | None) -> list[dict[str, Any]]:
     """Each GPU's memory as NVML reports it, beside the budgets of the GPU services placed on the host. Pure."""
     if not nvml or not nvml.get("ok"):
@@ -655,8 +692,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
     coll_host = inv.fleet.hosts_of(coll)[0] if coll else None
 
     def args(h: str) -> dict:
-        a: dict[str, Any] = {"health": {s: inv.fleet.services[s].health_spec() for s in inv.services_for(None, [h])},
-                             "gpu": inv.fleet.hosts[h].gpus is not None}
+        a: dict[str, Any] = {"health": {s: inv.fleet.health_spec(s) for s in inv.services_for(None, [h])},
+                             "gpu": inv.fleet.hosts[h].gpus is not None, "proxy": bool(inv.fleet.proxied_on(h))}
         if h == coll_host:
             a["collector_port"] = inv.fleet.services[coll].port_pairs()[0][0]
         return a
@@ -692,6 +729,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
             services[s] = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
                            "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
                            "healthy": healthy, "health": health, "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
+            if inv.fleet.services[s].proxy is not None:
+                services[s]["proxy"] = proxy_route_view(data.get("proxy"), s, c, inv.fleet.reverse_proxy.network)
             if reports is not None and c:
                 rep = reports.get((h, s))
                 services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None

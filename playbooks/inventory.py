@@ -148,13 +148,66 @@ class SecretRef(_Strict):
 
 
 class Update(_Strict):
-    """Nomad's `update` block, for replicated services: `canary` replicas first, then `max_parallel` at a time.
+    """How a service is updated. Nomad's batches for replicated services: `canary` replicas first,
+    then `max_parallel` at a time, each batch gated before the next (0 = no canary / all at once).
 
-    Each batch is gated before the next starts; 0 means no canary / every remaining replica at once.
+    Swarm's `order` for each swap: `start-first` starts the new container beside the old one and
+    switches the host's reverse proxy to it once it passed its gate (the service must sit behind
+    the proxy); `stop-first` stops the old one first; `auto` (default) is start-first when the
+    service is behind the proxy and its GPU card has the memory for a second copy. `drain_s` is
+    how long the old container keeps finishing its requests after the switch, before it stops.
     """
 
     canary: int = Field(default=0, ge=0)
     max_parallel: int = Field(default=0, ge=0)
+    order: Literal["start-first", "stop-first", "auto"] = "auto"
+    drain_s: float = Field(default=2.0, ge=0, le=600)
+
+    @property
+    def batches(self) -> bool:
+        return bool(self.canary or self.max_parallel)
+
+
+class ProxyRoute(_Strict):
+    """A public port the host's reverse proxy holds for a service; the service's container publishes none.
+
+    The proxy reaches the container over the proxy network by name, at `port` (the container port).
+    """
+
+    listen: str  # [ADDRESS:]PORT on the host
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        import ipaddress
+
+        addr, _, port = str(v).rpartition(":")
+        if not port.isdigit() or not 1024 <= int(port) <= 65535:
+            raise ValueError(f"proxy listen {v!r} must be [ADDRESS:]PORT with PORT 1024-65535 (the proxy runs as a"
+                             " non-root user, so it cannot bind ports below 1024)")
+        if addr:
+            try:
+                ipaddress.ip_address(addr.strip("[]"))
+            except ValueError:
+                raise ValueError(f"proxy listen {v!r}: {addr!r} is not an IP address") from None
+        return v
+
+    @property
+    def address(self) -> str:
+        return str(self.listen).rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(str(self.listen).rpartition(":")[2])
+
+
+class ReverseProxy(_Strict):
+    """The service that holds the public ports of the services behind it (HAProxy, family-built), per host."""
+
+    service: str
+    network: str = Field(default="fleetroll", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+    health_port: int = Field(default=8404, ge=1024, le=65535)
 
 
 class Service(_Strict):
@@ -166,6 +219,8 @@ class Service(_Strict):
     group: str | None = None
     update: Update | None = None
     ports: list[str] = []
+    # Behind the host's reverse proxy (reverse_proxy:): the proxy publishes `listen`, the container nothing.
+    proxy: ProxyRoute | None = None
     env: dict[str, str | SecretRef] = {}
     gpus: int | Literal["all"] = 0
     # What the model needs on the card, in GB (preflight checks the services placed on a host fit its GPU memory).
@@ -303,7 +358,32 @@ class Fleet(_Strict):
     hosts: dict[str, Host]
     # Named host lists for replicated services (`group: cpu-workers`).
     groups: dict[str, list[str]] = {}
+    reverse_proxy: ReverseProxy | None = None
     services: dict[str, Service] = {}
+
+    def is_proxy(self, service: str) -> bool:
+        return self.reverse_proxy is not None and self.reverse_proxy.service == service
+
+    def on_network(self, service: str) -> bool:
+        """Does this service's container join the proxy network (so its gate probes it there, not on a host port)?"""
+        return self.is_proxy(service) or self.services[service].proxy is not None
+
+    def proxied_on(self, host: str) -> list[str]:
+        """The services behind the proxy with a replica on `host`, in inventory order."""
+        return [n for n, s in self.services.items() if s.proxy is not None and host in self.hosts_of(n)]
+
+    def health_spec(self, service: str) -> dict:
+        """The gate settings of `service`; a container on the proxy network is probed there, by its address."""
+        h = self.services[service].health_spec()
+        if self.on_network(service) and self.reverse_proxy:
+            h["network"] = self.reverse_proxy.network
+        if self.services[service].proxy is not None:
+            h["proxied"] = True  # the proxy switches to it once it passed (and back on revert)
+        return h
+
+    def update_order(self, service: str) -> tuple[str, float]:
+        u = self.services[service].update
+        return (u.order, u.drain_s) if u else ("auto", Update().drain_s)
 
     def hosts_of(self, service: str) -> list[str]:
         """The hosts a service runs on, one container each, in the order the inventory gives them."""
@@ -373,7 +453,7 @@ class Inventory:
     def update_for(self, phase: str) -> Update | None:
         """The phase's canary/batch settings: its own, else those of a service in it (checked to agree at load)."""
         ph = self.phase(phase)
-        return ph.update or next((self.fleet.services[s].update for s in ph.services if self.fleet.services[s].update), None)
+        return ph.update or next((u for s in ph.services if (u := self.fleet.services[s].update) and u.batches), None)
 
     def select_hosts(self, hosts: list[str] | None, phase: str | None = None) -> list[str]:
         """Hosts to act on: those named (checked), else those the phase touches, else all."""
@@ -547,12 +627,16 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
         if svc.gpu_memory_gb and not svc.wants_gpu:
             problems.append(f"{at('gpu_memory_gb')}: services.{name}.gpu_memory_gb: a GPU memory budget on a service with"
                             " gpus: 0; fix: request a GPU or remove gpu_memory_gb")
-        if svc.update and not fleet.replicated(name):
+        if svc.update and svc.update.batches and not fleet.replicated(name):
             problems.append(f"{at('update')}: services.{name}.update: canary and batches need replicas; fix: give hosts: or"
-                            " group:, or remove update:")
+                            " group:, or remove canary/max_parallel")
+        problems += _proxy_checks(fleet, name, at)
         for h in (h for h in placed if h in fleet.hosts):
             replica = f"{name}@{h}" if fleet.replicated(name) else name
-            for ip, hp, _cp, proto in svc.port_bindings():
+            bindings = svc.port_bindings()
+            if svc.proxy is not None:  # the proxy holds this port on the host for the service
+                bindings = [*bindings, (svc.proxy.address, svc.proxy.listen_port, svc.proxy.port, "tcp")]
+            for ip, hp, _cp, proto in bindings:
                 # Two bindings of one port clash on the same address, or when either takes every address.
                 other = next((o for (oh, oip, ohp, op), o in used.items()
                               if (oh, ohp, op) == (h, hp, proto) and (not ip or not oip or ip == oip)), None)
@@ -580,13 +664,61 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
             if problem:
                 problems.append(f"{at('volumes', i)}: services.{name}.volumes[{i}]: {problem}; fix: mount a named volume,"
                                 " or open the directory in defaults.host_paths if the service must see it")
-        if svc.health.port not in [hp for hp, _, _ in svc.port_pairs()]:
+        if not fleet.on_network(name) and svc.health.port not in [hp for hp, _, _ in svc.port_pairs()]:
             problems.append(
                 f"{at('health', 'port')}: services.{name}.health.port: {svc.health.port} is not one of"
                 f" the service's published host ports ({', '.join(svc.ports) or 'none'}); fix: publish"
                 " it under ports: or point health.port at a published host port"
             )
     return problems
+
+
+def _proxy_checks(fleet: Fleet, name: str, at) -> list[str]:
+    """A service behind the proxy: a proxy named, placed wherever the service runs, and no host port of its own."""
+    svc, rp, out = fleet.services[name], fleet.reverse_proxy, []
+    order = svc.update.order if svc.update else "auto"
+    if order == "start-first" and svc.proxy is None:
+        out.append(f"{at('update', 'order')}: services.{name}.update.order: start-first runs the new container beside the"
+                   " old one, which cannot take the same host port; fix: put the service behind the proxy (proxy:"
+                   " {listen: PORT, port: CONTAINER_PORT}) or use order: stop-first")
+    if rp is not None and rp.service == name:
+        if svc.proxy is not None:
+            out.append(f"{at('proxy')}: services.{name}.proxy: the reverse proxy cannot sit behind itself; fix: remove proxy:")
+        if svc.ports:
+            out.append(f"{at('ports')}: services.{name}.ports: the proxy publishes the listen ports of the services behind"
+                       " it and nothing else; fix: remove ports:")
+        if svc.health.port != rp.health_port:
+            out.append(f"{at('health', 'port')}: services.{name}.health.port: the proxy answers /health on"
+                       f" reverse_proxy.health_port ({rp.health_port}); fix: set health.port: {rp.health_port}")
+        return out
+    if svc.proxy is None:
+        return out
+    if rp is None:
+        out.append(f"{at('proxy')}: services.{name}.proxy: no reverse_proxy: section names the proxy service; fix: add"
+                   " reverse_proxy: {service: NAME} and that service (the fleetroll-proxy image)")
+        return out
+    if rp.service not in fleet.services:
+        return out  # said once, by _reverse_proxy_checks
+    if svc.ports:
+        out.append(f"{at('ports')}: services.{name}.ports: a service behind the proxy publishes no host port (the proxy"
+                   f" holds {svc.proxy.listen}); fix: remove ports:")
+    if svc.health.port != svc.proxy.port:
+        out.append(f"{at('health', 'port')}: services.{name}.health.port: behind the proxy the gate probes the container"
+                   f" itself, on proxy.port ({svc.proxy.port}), not {svc.health.port}; fix: set health.port:"
+                   f" {svc.proxy.port}")
+    missing = [h for h in fleet.hosts_of(name) if h not in fleet.hosts_of(rp.service)]
+    if missing:
+        out.append(f"{at('proxy')}: services.{name}.proxy: the proxy {rp.service!r} does not run on {', '.join(missing)};"
+                   f" fix: place {rp.service} on every host this service runs on (hosts: or group:)")
+    return out
+
+
+def _reverse_proxy_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    rp = fleet.reverse_proxy
+    if rp is None or rp.service in fleet.services:
+        return []
+    return [f"{path}:{_line_for(lines, ('reverse_proxy', 'service'))}: reverse_proxy.service: no service named"
+            f" {rp.service!r}; fix: add it under services: (image fleetroll-proxy) or name an existing one"]
 
 
 def _observability_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
@@ -621,8 +753,10 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
                     " fix: a service belongs to exactly one phase"
                 )
             owner.setdefault(s, ph.name)
-        blocks = {s: fleet.services[s].update for s in ph.services if s in fleet.services and fleet.services[s].update}
-        if ph.update is None and len({json.dumps(u.model_dump(), sort_keys=True) for u in blocks.values()}) > 1:
+        # Only the batch settings must agree: order and drain are each service's own.
+        blocks = {s: fleet.services[s].update for s in ph.services
+                  if s in fleet.services and fleet.services[s].update and fleet.services[s].update.batches}
+        if ph.update is None and len({json.dumps([u.canary, u.max_parallel]) for u in blocks.values()}) > 1:
             problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: services {', '.join(blocks)} give"
                             f" different update: blocks; a phase rolls in one order: fix: give phase {ph.name!r} its own update:")
     return problems
@@ -707,6 +841,7 @@ def load(path: str | Path, phases_path: str | Path | None = None) -> Inventory:
         fleet, dropped = _partial_fleet(data)
     if fleet is not None:
         problems += (_cross_checks(fleet, path, lines, dropped) + _observability_checks(fleet, path, lines)
+                     + _reverse_proxy_checks(fleet, path, lines)
                      + _host_checks(fleet, path, lines))
     phases: list[Phase] | None = None
     if not ppath.exists():

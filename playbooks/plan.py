@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.container_args import redact_env
 
+from . import order as swap_order
 from .inventory import Inventory, SecretRef
 
 CREATE, REPLACE, NOOP, BLOCKED = "create", "replace", "noop", "blocked"
@@ -39,6 +40,9 @@ class Step:
     spec: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     changes: list[str] = field(default_factory=list)  # what differs, per key, values never (ansible --diff, nomad plan)
+    order: str = "stop-first"  # start-first | stop-first: how the agent swaps it (playbooks/order.py)
+    order_reason: str = ""
+    drain_s: float = 0.0
 
     def to_json(self) -> dict:
         """Everything, env values included: what the agent is sent, never what is recorded or printed."""
@@ -109,20 +113,37 @@ def container_spec(inv: Inventory, service: str, host: str | None = None) -> dic
         env["FLEETROLL_REPORT_KEY"] = {"report_key": obs.report_key_secret}
         if service == obs.collector:
             env["COLLECTOR_FLEET_KEY"] = {"secret": obs.report_key_secret}
+    extra: dict[str, Any] = {}
+    rp = inv.fleet.reverse_proxy
+    if rp is not None and inv.fleet.on_network(service):
+        extra["network"] = rp.network
+    if svc.proxy is not None:
+        extra["proxy"] = {"listen": svc.proxy.listen, "port": svc.proxy.port}
+    ports = {f"{c}/{proto}": f"{ip}:{h}" if ip else h for ip, h, c, proto in svc.port_bindings()}
+    if inv.fleet.is_proxy(service):
+        from agent.proxy import CONFIG_ENV, Route, render
+
+        routes = [Route(n, inv.fleet.services[n].proxy.listen, inv.fleet.services[n].proxy.port) for n in inv.fleet.proxied_on(host)]
+        env[CONFIG_ENV] = render(routes, rp.health_port)
+        extra["role"] = "proxy"
+        for r in routes:
+            addr, _, port = r.listen.rpartition(":")
+            ports[f"{port}/tcp"] = f"{addr.strip('[]')}:{port}" if addr else int(port)
     return {
         "name": service,
         "repo": inv.repo(service),
         "tag": svc.tag,
-        "ports": {f"{c}/{proto}": f"{ip}:{h}" if ip else h for ip, h, c, proto in svc.port_bindings()},
+        "ports": ports,
         "env": env,
         "volumes": list(svc.volumes),
         "user": svc.user,
         "gpus": svc.gpus,
         "restart": svc.restart,
         "stop_timeout": svc.stop_timeout,
-        "health": svc.health_spec(),
+        "health": inv.fleet.health_spec(service),
         # Only when declared: a key present for every service would change every spec hash and replace everything once.
         **({"gpu_memory_gb": svc.gpu_memory_gb} if svc.gpu_memory_gb else {}),
+        **extra,
     }
 
 
@@ -183,6 +204,13 @@ def build_plan(
         else:
             step.action = REPLACE
             step.reason = "new image"
+        if step.action in (CREATE, REPLACE):
+            wanted, step.drain_s = inv.fleet.update_order(service)
+            d = swap_order.choose(service, wanted, svc.proxy is not None, bool(running and running.get("running")), svc.gpus,
+                                  svc.gpu_memory_gb, inv.fleet.defaults.gpu_memory_reserve_gb, host_facts.get("nvml"))
+            step.order, step.order_reason = d.order, d.reason
+            if d.refused:
+                step.action, step.reason = BLOCKED, d.refused
         steps.append(step)
     return Plan(rollout_id or new_rollout_id(phase), phase, who or operator(), steps)
 
@@ -196,6 +224,8 @@ def plan_text(plan: Plan) -> str:
             new = f"{s.new_tag}@{s.new_digest[7:19]}" if s.new_digest else s.new_tag
             lines.append(f"    {s.action:8} {s.service:20} {cur} -> {new}   # {s.reason}")
             if s.action not in (NOOP, BLOCKED):
+                if s.action == REPLACE and s.order_reason:
+                    lines.append(f"             = {s.order_reason}")
                 lines += [f"             ~ {c}" for c in s.changes]
     n = len(plan.changes)
     lines.append(f"  {n} change(s), {len(plan.steps) - n - len(plan.blocked)} no-op(s), {len(plan.blocked)} blocked")

@@ -132,6 +132,9 @@ def status_text(st: dict) -> str:
             state = f"{v['status']}, {v.get('restarts', 0)} restarts" if v["status"] != "absent" else "absent"
             rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", state, reported,
                          (v["health"] or v["status"])[:40], drift])
+        for s, v in info["services"].items():
+            if v.get("proxy"):
+                notes.append(f"{h}: proxy {s} {v['proxy']}")
         for g in info.get("gpus") or []:
             budgets = ", ".join(f"{s} {b:.1f} GB" for s, b in g["budgets_gb"].items()) or "none declared"
             notes.append(f"{h}: GPU {g['index']} {g['name']}: {g['used_gb']:.1f} of {g['total_gb']:.1f} GB in use;"

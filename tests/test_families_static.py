@@ -18,17 +18,30 @@ from playbooks.images.build import pruned, revision
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMS = spec.load()
+PYTHON_FAMILIES = sorted(n for n, f in FAMS.families.items() if f.kind == "python")
 
 
 def test_families_yml_lists_the_four_families_with_budgets():
-    assert set(FAMS.families) == {"family-cpu-py311", "family-cpu-py310-legacy", "family-torch-cu121", "family-vision-cu121"}
+    assert set(PYTHON_FAMILIES) == {"family-cpu-py311", "family-cpu-py310-legacy", "family-torch-cu121", "family-vision-cu121"}
+    assert FAMS.family("fleetroll-proxy").kind == "proxy" and FAMS.family("fleetroll-proxy").build == "ci"
     assert FAMS.family("family-cpu-py311").size_budget_mb == 100
     assert FAMS.family("family-torch-cu121").size_budget_mb == 3000
     assert FAMS.family("family-torch-cu121").cuda_arch_list == "89;86"
     assert FAMS.family("family-cpu-py310-legacy").build == "static" and "3.10" in FAMS.family("family-cpu-py310-legacy").why_static
 
 
-@pytest.mark.parametrize("family", sorted(FAMS.families))
+def test_proxy_dockerfile_keeps_the_image_contract():
+    """The proxy is not a Python family, but it runs like every image: non-root, tini as PID 1, labelled, SBOM baked in."""
+    text = (ROOT / "families" / "fleetroll-proxy" / "Dockerfile").read_text()
+    assert "USER 10001:10001" in text
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/fleetroll-proxy-start"]' in text
+    assert "/usr/share/fleetroll/sbom.spdx.json" in text
+    for label in ("revision", "created", "source", "version"):
+        assert f"org.opencontainers.image.{label}=" in text
+    assert "haproxy" in FAMS.bases["debian-slim-haproxy"].include and "tini" in FAMS.bases["debian-slim-haproxy"].include
+
+
+@pytest.mark.parametrize("family", PYTHON_FAMILIES)
 def test_dockerfile_keeps_the_image_contract(family):
     text = (ROOT / "families" / family / "Dockerfile").read_text()
     fam = FAMS.family(family)
@@ -58,7 +71,7 @@ def test_hadolint_is_clean(family):
     assert r.returncode == 0, r.stdout
 
 
-@pytest.mark.parametrize("family", sorted(FAMS.families))
+@pytest.mark.parametrize("family", PYTHON_FAMILIES)
 def test_locks_are_pinned_and_hashed(family):
     lock = ROOT / "families" / family / "requirements.txt"
     assert audit.lock_problems(lock.read_text(), str(lock)) == []

@@ -195,6 +195,9 @@ def build_family(family: str, registry: str = "", push: bool = False, allow_dirt
                      " (the pip wheel cache mount and the fetched wheelhouse still make it fast)")
     base = base_image(fams, fam.base, rev.epoch)
     ctx = FAMILIES_DIR / family
+    if fam.kind == "proxy":  # HAProxy from the base's Debian packages: nothing to fetch, built offline
+        return _build(family, ctx, rev, {"BASE": base}, base, fam.size_budget_mb, "families.yml", network="none",
+                      with_emitter=False, registry=registry, push=push, insecure=insecure, notes=notes)
     _, pip_wheel = wheelhouse(ctx, fam.python)
     # Offline unless the family installs Debian packages (apt needs the archive).
     return _build(family, ctx, rev, {"BASE": base, "PIP_WHEEL": pip_wheel}, base, fam.size_budget_mb, "families.yml",

@@ -23,6 +23,8 @@ class Base(_Strict):
 
 
 class Family(_Strict):
+    # python: a Python family (wheelhouse, emitter); proxy: the HAProxy image (no Python dependencies of its own)
+    kind: Literal["python", "proxy"] = "python"
     base: str
     python: str = Field(pattern=r"^3\.\d+$")
     gpu: bool = False

@@ -136,3 +136,18 @@ def trivy_report(ref: str, image_digest: str, vulnerabilities: list[dict]) -> di
     return {"SchemaVersion": 2, "ArtifactName": ref, "ArtifactType": "container_image",
             "Metadata": {"RepoDigests": [f"{repo}@{image_digest}"], "RepoTags": [ref]},
             "Results": [{"Target": ref, "Class": "os-pkgs", "Type": "debian", "Vulnerabilities": vulnerabilities}]}
+
+
+def push_proxy(state: LabState) -> str:
+    """Build the fleetroll-proxy family image (HAProxy on the lab's Debian rootfs) and push it; return its tag.
+
+    Built by the same pipeline as the families (mmdebstrap base, buildah, SBOM inside); the
+    tag follows the inventory scheme even for an uncommitted tree (a -dirty tag is refused
+    by the inventory, and the lab only needs the bytes).
+    """
+    from playbooks.images import build
+
+    built = build.build_family("fleetroll-proxy", allow_dirty=True)
+    tag = built.tag.removesuffix("-dirty")
+    build.push_image(built.local_ref, f"{state.registry}/{ORG}/fleetroll-proxy:{tag}", insecure=True)
+    return tag
