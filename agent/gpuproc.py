@@ -40,12 +40,23 @@ def processes() -> list[dict[str, Any]]:
         pynvml.nvmlShutdown()
 
 
-def check(container_id: str, service: str, budget_gb: float, procs: list[dict[str, Any]], tolerance: float = 0.10) -> str:
-    """'' when the container uses a GPU within its budget (+ tolerance); else what is wrong, for the gate's reason. Pure."""
+def expected_gpus(gpus_count: int) -> set[int] | None:
+    """The cards a container was given: Docker's `--gpus N` takes the first N; all (-1) means any (None)."""
+    return None if gpus_count < 0 else set(range(gpus_count))
+
+
+def check(container_id: str, service: str, budget_gb: float, procs: list[dict[str, Any]], tolerance: float = 0.10,
+          expected: set[int] | None = None) -> str:
+    """'' when the container uses a GPU within its budget (+ tolerance), on the cards it was given; else what is
+    wrong, for the gate's reason. Pure."""
     mine = [p for p in procs if p["container"] == container_id]
     if not mine:
         return (f"{service} passed its health check but none of its processes is on a GPU: the model has most likely"
                 " fallen back to CPU (check the NVIDIA runtime and the image's CUDA build)")
+    elsewhere = sorted({p["gpu"] for p in mine} - expected) if expected is not None else []
+    if elsewhere:
+        return (f"{service} runs on GPU {', '.join(map(str, elsewhere))}, not on the GPU(s) it was given"
+                f" ({', '.join(map(str, sorted(expected or ()))) or 'none'}): check CUDA_VISIBLE_DEVICES in the release")
     used_gb = sum(p["used_mib"] for p in mine) / 1024
     limit = budget_gb * (1 + tolerance)
     if used_gb > limit:

@@ -362,7 +362,9 @@ class Transaction:
         from . import gpuproc
 
         try:
-            problem = gpuproc.check(c.id, service, float(budget_gb), gpuproc.processes())
+            count = container_args.from_inspect(c.attrs).get("gpus", 0)
+            problem = gpuproc.check(c.id, service, float(budget_gb), gpuproc.processes(),
+                                    expected=gpuproc.expected_gpus(int(count)))
         except Exception as exc:  # noqa: BLE001 - NVML that cannot answer cannot vouch for the GPU either
             problem = f"GPU processes could not be read through NVML: {failure_text(exc)}"
         return health.GateResult(False, "gpu", problem) if problem else None
@@ -545,8 +547,27 @@ class Transaction:
             kept.rename(r.service)
 
     def commit(self, r: ServiceResult) -> None:
-        """The new container stays; the kept old one goes (-prev keeps pinning its image)."""
+        """The new container stays; the kept old one goes (-prev keeps pinning its image).
+
+        Behind the proxy, the proxy is made to serve the new container first (a no-op after a
+        normal swap; what makes a commit by recovery, or one cut short before its switch, safe).
+        """
         self.j("committing", r.service, container=r.new_container, kept=r.old_container)
+        new = self._get(r.new_container) if r.new_container else None
+        h = container_args.health_of((new.labels or {}) if new is not None else {}, {})
+        if new is not None and h.get("proxied"):
+            try:
+                r.switch = r.switch or {}
+                done = self._switch_to(r, new, h, 0.0)
+                if done["switched"]:
+                    r.switch = done
+            except Exception as exc:  # noqa: BLE001 - then the old one must stay: it may still be what is served
+                r.message = (f"committed, but the proxy could not be pointed at the new container ({failure_text(exc)});"
+                             f" the old container {r.kept_name} was kept")
+                r.outcome = "committed"
+                self.j("committed", r.service, tag=r.after_tag, digest=r.after_digest, container=r.new_container, gate=r.gate,
+                       kept=r.old_container)
+                return
         if r.old_container:
             try:
                 kept = self._get(r.old_container)
@@ -573,7 +594,8 @@ class Transaction:
         labels = current.labels or {}
         r.before_tag, r.before_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
         new_args = {**container_args.from_inspect(current.attrs), "name": service}
-        self._replace(r, current, new_args, container_args.health_of(labels, spec["health"]), spec["repo"], pin=False)
+        self._replace(r, current, new_args, container_args.health_of(labels, spec["health"]), spec["repo"], pin=False,
+                      order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)))
         if r.outcome == "gated":
             r.after_tag, r.after_digest = r.before_tag, r.before_digest
         r.timings["total_s"] = round(time.monotonic() - t0, 3)
@@ -642,7 +664,8 @@ class Transaction:
                 return r
             new_args = {**old_cfg, "name": service, "image": image}
             target = ServiceResult(service, "revert")
-            self._replace(target, current, new_args, container_args.health_of(old_labels, spec["health"]), spec["repo"], pin=False)
+            self._replace(target, current, new_args, container_args.health_of(old_labels, spec["health"]), spec["repo"], pin=False,
+                          order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)))
         except Exception as exc:  # noqa: BLE001 - before anything changed (image lookup, inspect)
             r.outcome, r.check = "revert-failed", "revert"
             r.message = f"could not revert {service}: {failure_text(exc)}; nothing was changed"

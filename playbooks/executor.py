@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import batches, freezes, hooks, ledger, transport
+from . import order as swap_order
 from .inventory import Inventory
 from .plan import BLOCKED, NOOP, Plan, Step, build_plan, container_spec, operator, plan_text
 from .progress import Progress  # noqa: F401 - the tasks' and tests' name for it
@@ -526,7 +527,7 @@ def _record(ro: _Rollout, results: dict[str, transport.CallResult]) -> RolloutRe
 
 def swap_notes(plan: Plan, reported: list[tuple[str, dict]]) -> list[str]:
     """How each committed swap was done (start-first or stop-first, and why), as its host reported it. Pure."""
-    why = {(st.host, st.service): st.order_reason for st in plan.steps if st.spec.get("proxy")}
+    why = {(st.host, st.service): st.order_reason for st in plan.steps if "proxy" in st.spec}
     out = []
     for h, s in reported:
         if s.get("outcome") != "committed" or s.get("action") != "replace" or not why.get((h, s["service"])):
@@ -752,8 +753,14 @@ def restart(inv: Inventory, service: str, progress=None, host: str | None = None
 
     host = replica_host(inv, service, host)
     phase = _phase_of(inv, service)
+    svc = inv.fleet.services[service]
+    wanted, drain_s = inv.fleet.update_order(service)
+    # No NVML facts are read for a restart: a GPU service with a memory budget restarts stop-first.
+    how = swap_order.choose(service, wanted, svc.proxy is not None, True, svc.gpus, svc.gpu_memory_gb,
+                            inv.fleet.defaults.gpu_memory_reserve_gb, None)
     plan = Plan(f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-restart-{service}-{new_suffix()}", phase, operator(),
-                [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart")])
+                [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart",
+                      order=how.order if not how.refused else "stop-first", order_reason=how.reason, drain_s=drain_s)])
     report = RolloutReport(plan.rollout_id, phase, False, "failed", plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path), "restart": service}
     ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))

@@ -302,3 +302,37 @@ def test_a_release_using_more_gpu_memory_than_declared_fails_its_gate_and_the_ol
     live, addr = serving(lab, "mainpc", "llm-edge")
     assert live == [f"{addr}:8080"]
     assert result["failed"] == 0, result
+
+
+@pytest.mark.parametrize("after", ["set-aside", "start-new", "gate", "switched", "stop-old"])
+def test_start_first_killed_at_each_step_boundary_is_recovered_without_dropping_a_request(edge, after):
+    """SIGKILL the host's transaction at each start-first boundary: recovery brings the old container back
+    beside whatever the proxy serves, switches back, removes the new one — and the load sees no failure."""
+    from .test_lab_integrity import Killer
+
+    lab = edge["lab"]
+    client = docker.DockerClient(base_url=lab.host("pc2").docker_host)
+    before = client.containers.get("web")
+    tag = new_tag()
+    images.push(lab, "cpu-svc", tag, "healthy")
+    load_gen = Load(lab.host("pc2").address, WEB_PORT)
+    load_gen.start()
+    killer = Killer(lab, host="pc2")
+    killer.start()
+    try:
+        rep = executor.rollout(inventory_with(edge, f"kill-{after}", web={"tag": tag}), "web",
+                               failpoint={"after": after, "service": "web"})
+        killer.join(5)
+    finally:
+        result = load_gen.finish()
+    assert killer.killed, "the failpoint was never reached"
+    text = "\n".join(rep.messages)
+    assert rep.state == "reverted" and "host recovered it" in text, text
+    now = client.containers.get("web")
+    assert now.id == before.id and now.status == "running"
+    assert [c.name for c in client.containers.list(all=True) if c.name.startswith("web--kept-")] == []
+    live, addr = serving(lab, "pc2", "web")
+    assert live == [f"{addr}:8080"], (live, addr)
+    recs = [json.loads(x) for x in (killer.dir / f"{rep.rollout_id}.jsonl").read_text().splitlines()]
+    assert recs[-1]["recovered"] is True and [r["step"] for r in recs].count("failpoint") == 1
+    assert result["failed"] == 0, result

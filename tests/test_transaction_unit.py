@@ -614,6 +614,7 @@ def test_a_running_version_that_failed_its_gate_is_never_pinned_as_prev(daemon):
     ("none", "reverted", "fallen back to CPU"),
     ("mine-9gb", "reverted", "uses 9.0 GB on GPU 0, more than its declared 6.0 GB"),
     ("someone-else", "reverted", "fallen back to CPU"),
+    ("mine-on-gpu1", "reverted", "runs on GPU 1, not on the GPU(s) it was given (0)"),
 ])
 def test_a_gpu_service_must_be_on_a_gpu_within_its_budget_after_it_turns_healthy(daemon, monkeypatch, procs, outcome, says):
     from agent import gpuproc
@@ -626,10 +627,11 @@ def test_a_gpu_service_must_be_on_a_gpu_within_its_budget_after_it_turns_healthy
         return {"mine-4gb": [{"gpu": 0, "pid": 1, "used_mib": 4096, "container": new.id}],
                 "mine-9gb": [{"gpu": 0, "pid": 1, "used_mib": 9216, "container": new.id}],
                 "someone-else": [{"gpu": 0, "pid": 2, "used_mib": 4096, "container": "f" * 64}],
+                "mine-on-gpu1": [{"gpu": 1, "pid": 1, "used_mib": 4096, "container": new.id}],
                 "none": []}[procs]
 
     monkeypatch.setattr(gpuproc, "processes", fake_processes)
-    s = by_service(run(daemon, [step(spec(gpu_memory_gb=6.0))]))["svc"]
+    s = by_service(run(daemon, [step(spec(gpu_memory_gb=6.0, gpus=1))]))["svc"]
     assert s["outcome"] == outcome, s
     if says:
         assert s["check"] == "health-gpu" and says in s["message"]
