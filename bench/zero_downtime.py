@@ -133,7 +133,7 @@ def main() -> None:
             direct.append(rt.point("web-pair", addr, live.port)["switch_ms"])
         rt.point("web-pair", live.addr, live.port)
         rt.retire("web-pair", live.addr, live.port)
-        out["switch ms, reported by start-first swaps"] = {"n": len(switch_ms), "median": statistics.median(switch_ms),
+        out["switch ms, reported by the swaps in (a)"] = {"n": len(switch_ms), "median": statistics.median(switch_ms),
                                                            "p99": pct(switch_ms, 0.99)}
         out["switch ms, direct"] = {"n": len(direct), "median": round(statistics.median(direct), 3), "p99": round(pct(direct, 0.99), 3)}
     finally:
@@ -142,8 +142,11 @@ def main() -> None:
     a, b = out["load start-first"], out["load stop-first"]
     print(f"\n{'measure':46} {'start-first':>14} {'stop-first':>14}")
     print(f"{'failed requests per swap (' + str(args.swaps) + ' swaps)':46} {a['failed_per_swap']:>14} {b['failed_per_swap']:>14}")
+    print(f"{'requests slower than 500 ms per swap':46} {a['slower_than_500ms'] / args.swaps:>14} {b['slower_than_500ms'] / args.swaps:>14}")
     print(f"{'request rate, req/s':46} {a['rate']:>14} {b['rate']:>14}")
     print(f"{'latency p50 / p99, ms':46} {str(a['p50_ms']) + ' / ' + str(a['p99_ms']):>14} {str(b['p50_ms']) + ' / ' + str(b['p99_ms']):>14}")
+    for k in ("switch ms, reported by the swaps in (a)", "switch ms, direct"):
+        print(f"{k + ': median / p99':46} {out[k]['median']:>7.2f} / {out[k]['p99']:.2f}  (n={out[k]['n']})")
     for n in (2, HOSTS):
         print(f"{'swap wall time, ' + str(n) + ' hosts, s':46} {out[f'swap {n} hosts start-first']:>14} {out[f'swap {n} hosts stop-first']:>14}")
 

@@ -336,7 +336,7 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     """Every reason not to touch any host: failed preflight, blocked plan, dry run, no-op, no confirmation."""
     report, plan, pre = ro.report, ro.plan, ro.report.preflight
     if not pre.ok:
-        failing = [f"{c.host} {c.check}: {c.detail}" for c in pre.checks if c.status == "fail"]
+        failing = [f"{c.host} {c.check}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "") for c in pre.checks if c.status == "fail"]
         report.messages.append("preflight failed; nothing was changed:\n  " + "\n  ".join(failing))
         if not dry_run:
             ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)

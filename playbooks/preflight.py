@@ -120,7 +120,36 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
 
     checks += _image_checks(inv, host, services, cc, facts.get("images") or {})
     checks += _port_checks(inv, host, services, facts)
+    checks += _proxy_checks(inv, host, phase, services, facts)
     return checks
+
+
+def _proxy_checks(inv: Inventory, host: str, phase: str | None, services: list[str], facts: dict[str, Any]) -> list[Check]:
+    """Services behind the proxy need it answering here, with a backend for each, before anything stops.
+
+    The proxy's own phase is checked by order instead (it must come before the services behind it).
+    """
+    rp = inv.fleet.reverse_proxy
+    behind = [s for s in services if inv.fleet.services[s].proxy is not None]
+    if rp is None or not behind:
+        return []
+    fix_phase = next((p.name for p in inv.phases if rp.service in p.services), "")
+    if rp.service in services:
+        if services.index(rp.service) > min(services.index(s) for s in behind):
+            return [Check(host, "proxy", FAIL, f"phase {phase} lists {', '.join(behind)} before their proxy {rp.service}",
+                          f"list {rp.service} first in phase {phase} (phases.yml)")]
+        return [Check(host, "proxy", PASS, f"{rp.service} is rolled out first in this phase")]
+    view = facts.get("proxy") or {}
+    if not view.get("ok"):
+        return [Check(host, "proxy", FAIL, f"the proxy {rp.service} does not answer here ({view.get('error', 'not asked')});"
+                                           f" {', '.join(behind)} cannot be switched to",
+                      f"roll out the proxy first: fab rollout --phase {fix_phase or '<its phase>'}")]
+    missing = [s for s in behind if s not in (view.get("backends") or {})]
+    if missing:
+        return [Check(host, "proxy", FAIL, f"the proxy {rp.service} here has no backend for {', '.join(missing)}: it was"
+                                           " started before they were put behind it",
+                      f"roll out the proxy's phase again (its configuration lists them): fab rollout --phase {fix_phase}")]
+    return [Check(host, "proxy", PASS, f"{rp.service} answers, with a backend for {', '.join(behind)}")]
 
 
 def _gpu_memory_checks(inv: Inventory, host: str, nvml: dict[str, Any]) -> list[Check]:
@@ -211,7 +240,10 @@ def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str
     containers = {c["name"]: c for c in (facts.get("docker") or {}).get("containers", [])}
     busy = []
     for s in services:
-        for hp, _cp, _proto in inv.fleet.services[s].port_pairs():
+        pairs = [hp for hp, _cp, _proto in inv.fleet.services[s].port_pairs()]
+        if inv.fleet.is_proxy(s):  # the listen ports of the services behind it on this host
+            pairs += [inv.fleet.services[b].proxy.listen_port for b in inv.fleet.proxied_on(host)]
+        for hp in pairs:
             if hp in listening and not (containers.get(s) or {}).get("running"):
                 busy.append(f"{hp} (wanted by {s})")
     if busy:
@@ -227,6 +259,7 @@ def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]
         # The host compares these with what runs (the dry run's per-key diff); only change names come back.
         **({"diff_specs": {s: container_spec(inv, s, host) for s in services}} if phase else {}),
         "gpu": inv.fleet.hosts[host].gpus is not None,
+        "proxy": any(inv.fleet.services[s].proxy is not None for s in services),
         "images": sorted({inv.image_ref(s) for s in services if not tag_problem(inv.fleet.services[s].tag)}),
         "insecure_registry": inv.fleet.registry.insecure,
         "registry_timeout": min(5.0, inv.fleet.ssh.connect_timeout + 2),

@@ -109,3 +109,29 @@ def test_build_refuses_a_dirty_tree_without_allow_dirty(monkeypatch):
 def test_static_only_family_says_why():
     with pytest.raises(build.BuildError, match="Debian 12 ships only Python 3.11"):
         build.build_family("family-cpu-py310-legacy", allow_dirty=True)
+
+
+def test_proxy_family_builds_reproducibly_runs_haproxy_as_10001_and_passes_the_audit():
+    """The reverse proxy's image: same pipeline (mmdebstrap base, buildah, SBOM inside), non-root, tini, audited."""
+    why = _possible()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    fam = spec.load().family("fleetroll-proxy")
+    first, again = build.build_family("fleetroll-proxy", allow_dirty=True), build.build_family("fleetroll-proxy", allow_dirty=True)
+    assert first.digest == again.digest and first.size_mb <= fam.size_budget_mb
+    cfg = json.loads(subprocess.run(["buildah", "inspect", "--type", "image", first.local_ref], capture_output=True, text=True,
+                                    check=True).stdout)["OCIv1"]["config"]
+    assert cfg["User"] == "10001:10001" and cfg["Entrypoint"][:2] == ["/usr/bin/tini", "--"]
+    validate(first.sbom)
+    assert "haproxy" in {p["name"] for p in json.loads(open(first.sbom).read())["packages"]}
+    rep = audit.audit_image("fleetroll-proxy", fam, first.local_ref, f"{build.LOCAL}/{fam.base}:base")
+    assert rep.ok, rep.problems
+    ctr = subprocess.run(["buildah", "from", "-q", first.local_ref], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        r = subprocess.run(["buildah", "run", "--user", "10001:10001", ctr, "--", "/usr/sbin/haproxy", "-v"],
+                           capture_output=True, text=True)
+    finally:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True)
+    assert r.returncode == 0 and "HAProxy version 2.6" in r.stdout, r.stdout + r.stderr

@@ -80,6 +80,7 @@ class Load(threading.Thread):
         return {"requests": len(lat), "failed": len(self.failures), "rate": round(len(lat) / max(0.001, self.t1 - self.t0), 1),
                 "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
                 "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)] * 1000, 2) if lat else None,
+                "slower_than_500ms": sum(1 for x in lat if x > 0.5),
                 "first_failures": self.failures[:5]}
 
 
@@ -336,3 +337,22 @@ def test_start_first_killed_at_each_step_boundary_is_recovered_without_dropping_
     recs = [json.loads(x) for x in (killer.dir / f"{rep.rollout_id}.jsonl").read_text().splitlines()]
     assert recs[-1]["recovered"] is True and [r["step"] for r in recs].count("failpoint") == 1
     assert result["failed"] == 0, result
+
+
+def test_a_service_put_behind_a_proxy_that_does_not_know_it_yet_is_refused_in_preflight(edge):
+    lab = edge["lab"]
+
+    def edit(doc):
+        edge["edit"](doc)
+        doc["services"]["web2"] = {**doc["services"]["web"], "proxy": {"listen": "18082", "port": 8080}}
+
+    def phases(doc):
+        edge["phases"](doc)
+        doc["phases"].append({"name": "web2", "services": ["web2"]})
+
+    inv = load(derive_inventory(lab, edge["tmp"] / "web2", edit, phases))
+    rep = executor.rollout(inv, "web2")
+    text = "\n".join(rep.messages)
+    assert not rep.ok and rep.state in ("failed", "refused"), text
+    assert "no backend for web2" in text and "fab rollout --phase edge" in text, text
+    assert not docker.DockerClient(base_url=lab.host("pc2").docker_host).containers.list(all=True, filters={"name": "^web2$"})

@@ -325,3 +325,32 @@ def test_network_round_trips_through_inspect_and_shows_in_the_diff():
     assert container_args.from_inspect({**attrs, "HostConfig": {"NetworkMode": "default"}})["network"] == ""
     running = container_args.from_inspect({**attrs, "HostConfig": {"NetworkMode": "bridge"}})
     assert "network: (default) -> fleetroll" in container_args.diff(running, {"name": "web", "network": "fleetroll"})
+
+
+# --- preflight: the proxy must answer, with a backend for each service behind it ---------------
+
+
+def proxy_check(inv, host, phase, view):
+    from playbooks.preflight import _proxy_checks
+
+    return _proxy_checks(inv, host, phase, inv.services_for(phase, [host]), {"proxy": view})
+
+
+def test_preflight_refuses_services_behind_a_proxy_that_does_not_answer_or_lacks_their_backend(tmp_path):
+    inv = load(write(tmp_path, FLEET))
+    [c] = proxy_check(inv, "pc2", "apps", {"ok": False, "error": "the proxy's runtime API did not answer"})
+    assert c.status == "fail" and "does not answer here" in c.detail and c.fix == "roll out the proxy first: fab rollout --phase edge"
+    [c] = proxy_check(inv, "pc2", "apps", {"ok": True, "backends": {}})
+    assert c.status == "fail" and "no backend for web" in c.detail and "fab rollout --phase edge" in c.fix
+    [c] = proxy_check(inv, "pc2", "apps", {"ok": True, "backends": {"web": {}}})
+    assert c.status == "pass"
+    assert proxy_check(inv, "pc2", "edge", {}) == []  # nothing behind the proxy in that phase
+
+
+def test_preflight_wants_the_proxy_before_the_services_behind_it_in_one_phase(tmp_path):
+    fleet = write(tmp_path, FLEET)
+    (tmp_path / "phases.yml").write_text("phases:\n  - {name: all, services: [web, edge, llm, plain]}\n")
+    [c] = proxy_check(load(fleet), "pc2", "all", {})
+    assert c.status == "fail" and "lists web before their proxy edge" in c.detail
+    (tmp_path / "phases.yml").write_text("phases:\n  - {name: all, services: [edge, web, llm, plain]}\n")
+    assert proxy_check(load(fleet), "pc2", "all", {})[0].status == "pass"

@@ -83,7 +83,11 @@ def audit_data(family: str, fam: Family, image: str, sbom_doc: dict, libs: list[
     py, deb = packages_from_sbom(sbom_doc)
     rep = AuditReport(family, image, py, deb)
     lock = FAMILIES_DIR / family / "requirements.txt"
-    rep.problems += lock_problems(lock.read_text(), str(lock.relative_to(FAMILIES_DIR.parent)))
+    if fam.kind == "python":  # the proxy installs no Python packages of its own: no lock to check
+        rep.problems += lock_problems(lock.read_text(), str(lock.relative_to(FAMILIES_DIR.parent)))
+    elif py:
+        rep.problems += [f"{family} is not a Python family but its SBOM lists Python packages:"
+                         f" {', '.join(sorted(x['name'] for x in py))}"]
     if not fam.gpu:
         rep.problems += gpu_problems(py, deb, libs)
     if base_debs is not None:
