@@ -591,8 +591,9 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
 
 @task(help={"family": "family name from families/families.yml", "push": "push to <registry>/<org> from the inventory",
             "allow-dirty": "build from uncommitted families/ (tag -dirty, never pushed)", "json": "JSON output",
-            "inventory": "inventory whose registry to push to"})
-def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=None):
+            "inventory": "inventory whose registry to push to",
+            "variant": "a variant families.yml lists for the family (e.g. triton); built as <family>-<variant>"})
+def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=None, variant=""):
     """Build a family image reproducibly: tag from the commit, SBOM, size budget, optional push."""
     family = _required(family, "family", "fab build --family family-cpu-py311")
     from .images import build as images_build
@@ -600,13 +601,15 @@ def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=N
     inv = _inventory(inventory, json) if push else None
     registry = f"{inv.fleet.registry.host}/{inv.fleet.registry.org}" if inv else ""
     try:
-        r = images_build.build_family(family, registry, push, allow_dirty, insecure=bool(inv and inv.fleet.registry.insecure))
+        r = images_build.build_family(family, registry, push, allow_dirty, insecure=bool(inv and inv.fleet.registry.insecure),
+                                      variant=variant)
     except images_build.BuildError as exc:
         raise Exit(f"build of {family} failed: {exc}", code=1) from None
     if json:
         render.dump_json(r.to_json())
     else:
-        render.say(f"{r.family}:{r.tag}  {r.digest}\n  base {r.base}\n  size {r.size_mb} MB (budget {r.budget_mb} MB)\n  SBOM {r.sbom} (SPDX, validated)")
+        render.say(f"{r.family}:{r.tag}  {r.digest}\n  base {r.base}\n  size {r.size_mb} MB {r.measure} (budget {r.budget_mb} MB)"
+                   f"\n  SBOM {r.sbom} (SPDX, validated)")
         if r.pushed:
             render.say(f"  pushed {r.pushed}")
         for n in r.notes:
@@ -636,7 +639,7 @@ def audit(c, family=None, image=None, json=False):
         render.say(f"\n{len(rep.debian_packages)} Debian packages (see --json)")
         for p in rep.problems:
             render.say(f"FAIL {p}")
-        render.say(f"audit of {family} ({ref}): {'passed' if rep.ok else 'FAILED'}")
+        render.say(f"audit of {family} ({ref}, variant {rep.variant}): {'passed' if rep.ok else 'FAILED'}")
     if not rep.ok:
         raise Exit(code=1)
 

@@ -45,7 +45,9 @@ def test_proxy_dockerfile_keeps_the_image_contract():
 def test_dockerfile_keeps_the_image_contract(family):
     text = (ROOT / "families" / family / "Dockerfile").read_text()
     fam = FAMS.family(family)
-    assert re.search(r"^FROM \$\{BASE\} AS builder$", text, re.M) and re.search(r"^FROM \$\{BASE\} AS runtime$", text, re.M)
+    # A family on another family's digest installs into that runtime directly; the others build in a builder stage.
+    assert fam.base_family or re.search(r"^FROM \$\{BASE\} AS builder$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE\} AS runtime$", text, re.M)
     assert "USER 10001:10001" in text
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/fleetroll-start"]' in text
     assert "--require-hashes" in text and "--no-index" in text
@@ -257,3 +259,67 @@ def test_sbom_generator_is_deterministic(tmp_path, monkeypatch):
 
     validate(out)
     assert {p["name"] for p in a["packages"]} == {"libc6", "tenacity"}
+
+
+# --- GPU families: size measured as pulled, a ceiling, shared layers, triton opt-in ----------------
+
+
+def test_gpu_families_are_gated_on_what_a_host_pulls_with_a_ceiling():
+    for name in ("family-torch-cu121", "family-vision-cu121"):
+        fam = FAMS.family(name)
+        assert (fam.size_measure, fam.size_budget_mb, fam.size_ceiling_mb) == ("compressed", 3000, 3300)
+    assert FAMS.family("family-vision-cu121").base_family == "family-torch-cu121"
+    assert FAMS.family("family-torch-cu121").variants == ["triton"]
+
+
+@pytest.mark.parametrize("size,ok,says", [
+    (2999.9, True, "within its budget of 3,000 MB"),
+    (3000.0, True, "within its budget of 3,000 MB"),
+    (3150.0, True, "over its budget of 3,000 MB, within its ceiling of 3,300 MB"),
+    (3300.0, True, "within its ceiling of 3,300 MB"),
+    (3300.1, False, "over its ceiling of 3,300 MB"),
+    (5363.0, False, "over its ceiling of 3,300 MB"),
+])
+def test_size_gate_on_both_sides_of_the_ceiling(size, ok, says):
+    from playbooks.images.build import size_verdict
+
+    got, text = size_verdict("family-torch-cu121:t", size, 3000, 3300, "compressed", "families.yml")
+    assert got is ok and says in text and "compressed" in text
+
+
+def test_size_gate_without_a_ceiling_is_the_budget():
+    from playbooks.images.build import size_verdict
+
+    assert size_verdict("f:t", 100.0, 100, None, "uncompressed", "x")[0] is True
+    ok, text = size_verdict("f:t", 100.1, 100, None, "uncompressed", "families.yml")
+    assert not ok and "over its budget of 100 MB (families.yml)" in text
+
+
+def test_the_audit_says_which_variant_and_checks_the_label():
+    assert audit.variant_of([{"name": "torch", "version": "2.2.2"}], {"io.fleetroll.triton": "0"}) == ("default", "")
+    assert audit.variant_of([{"name": "triton", "version": "2.2.0"}], {"io.fleetroll.triton": "1"}) == ("triton", "")
+    variant, problem = audit.variant_of([{"name": "triton", "version": "2.2.0"}], {"io.fleetroll.triton": "0"})
+    assert variant == "triton" and "does not match" in problem
+
+
+def test_triton_is_only_in_its_own_lock_and_vision_locks_only_its_own_wheels():
+    torch = (ROOT / "families" / "family-torch-cu121" / "requirements.txt").read_text()
+    triton = (ROOT / "families" / "family-torch-cu121" / "requirements-triton.txt").read_text()
+    assert "\ntriton==" not in torch and "triton==2.2.0" in triton
+    assert audit.lock_problems(triton, "requirements-triton.txt") == []
+    vision = (ROOT / "families" / "family-vision-cu121" / "requirements.txt").read_text()
+    names = set(re.findall(r"^([a-z0-9-]+)==", vision, re.M))
+    assert names == {"torchvision", "torchaudio", "pillow", "soundfile", "cffi", "pycparser"}
+    for dockerfile in ("family-torch-cu121", "family-vision-cu121"):
+        assert "--no-deps" in (ROOT / "families" / dockerfile / "Dockerfile").read_text()
+
+
+def test_an_unknown_variant_or_base_family_is_refused(tmp_path):
+    from playbooks.images import build
+
+    with pytest.raises(build.BuildError, match="has no variant 'cuda13'; families.yml lists: triton"):
+        build.build_family("family-torch-cu121", allow_dirty=True, variant="cuda13")
+    text = (ROOT / "families" / "families.yml").read_text().replace("base_family: family-torch-cu121", "base_family: nope")
+    (tmp_path / "families.yml").write_text(text)
+    with pytest.raises(SystemExit, match="base_family: unknown family 'nope'"):
+        spec.load(tmp_path / "families.yml")

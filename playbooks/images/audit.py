@@ -26,6 +26,7 @@ class AuditReport:
     python_packages: list[dict] = field(default_factory=list)
     debian_packages: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    variant: str = "default"  # default | triton: what the image holds, from its packages (and its label)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +96,27 @@ def audit_data(family: str, fam: Family, image: str, sbom_doc: dict, libs: list[
     return rep
 
 
+def variant_of(python_pkgs: list[dict], labels: dict[str, str]) -> tuple[str, str]:
+    """(variant, problem): an image with triton is the `triton` variant; its label must say the same (pure)."""
+    has = any(p["name"].lower() == "triton" for p in python_pkgs)
+    said = labels.get("io.fleetroll.triton")
+    variant = "triton" if has else "default"
+    if said is not None and (said == "1") != has:
+        return variant, (f"the image's label io.fleetroll.triton={said} does not match what it holds"
+                         f" (triton {'present' if has else 'absent'})")
+    return variant, ""
+
+
+def _labels(ref: str) -> dict[str, str]:
+    from .build import run
+
+    try:
+        info = json.loads(run("buildah", "inspect", "--type", "image", ref))
+    except Exception:  # noqa: BLE001 - an image buildah cannot read has no labels to compare
+        return {}
+    return (info.get("OCIv1") or {}).get("config", {}).get("Labels") or {}
+
+
 def sbom_gen():
     """families/sbom_gen.py is shipped into images as a script; load the same file here."""
     import importlib.util
@@ -118,6 +140,9 @@ def audit_image(family: str, fam: Family, image: str, base_image: str | None = N
         with Mounted(base_image) as broot:
             base_debs = {d["name"] for d in sbom_gen().dpkg_packages(broot)}
     rep = audit_data(family, fam, image, doc, libs, base_debs)
+    rep.variant, problem = variant_of(rep.python_packages, _labels(image))
+    if problem:
+        rep.problems.append(problem)
     if extra:
         rep.python_packages += extra
         if not fam.gpu:

@@ -29,6 +29,14 @@ class Family(_Strict):
     python: str = Field(pattern=r"^3\.\d+$")
     gpu: bool = False
     size_budget_mb: int = Field(gt=0)
+    # What the budget measures: the image's files (uncompressed), or the bytes a host pulls (compressed, as pushed).
+    size_measure: Literal["uncompressed", "compressed"] = "uncompressed"
+    # Over the budget but within the ceiling: built, with a warning. Over the ceiling: refused.
+    size_ceiling_mb: int | None = Field(default=None, gt=0)
+    # Built FROM this family's exact digest (its layers shared, pulled once per host); only its own wheels added.
+    base_family: str | None = None
+    # Build variants (`fab build --family F --variant V`): e.g. triton, which only torch.compile needs.
+    variants: list[Literal["triton"]] = []
     cuda_arch_list: str = ""
     allowed_system_packages: list[str] = []
     build: Literal["ci", "slow", "static"] = "ci"
@@ -52,6 +60,11 @@ def load(path: Path | None = None) -> Families:
     except ValidationError as exc:
         raise SystemExit(f"{path}: {exc}") from None
     for name, fam in fams.families.items():
+        if fam.base_family and fam.base_family not in fams.families:
+            raise SystemExit(f"{path}: families.{name}.base_family: unknown family {fam.base_family!r}")
+        if fam.size_ceiling_mb is not None and fam.size_ceiling_mb < fam.size_budget_mb:
+            raise SystemExit(f"{path}: families.{name}.size_ceiling_mb: {fam.size_ceiling_mb} is below its budget"
+                             f" {fam.size_budget_mb}; fix: a ceiling at or above the budget")
         if fam.base not in fams.bases:
             raise SystemExit(f"{path}: families.{name}.base: unknown base {fam.base!r}; bases: {', '.join(fams.bases)}")
     return fams
