@@ -123,12 +123,12 @@ def container_spec(inv: Inventory, service: str, host: str | None = None) -> dic
     if inv.fleet.is_proxy(service):
         from agent.proxy import CONFIG_ENV, Route, render
 
-        routes = [Route(n, inv.fleet.services[n].proxy.listen, inv.fleet.services[n].proxy.port) for n in inv.fleet.proxied_on(host)]
-        env[CONFIG_ENV] = render(routes, rp.health_port)
+        behind = [inv.fleet.services[n].proxy for n in inv.fleet.proxied_on(host)]
+        env[CONFIG_ENV] = render([Route(n, r.listen, r.port) for n, r in zip(inv.fleet.proxied_on(host), behind, strict=True)],
+                                 rp.health_port)
         extra["role"] = "proxy"
-        for r in routes:
-            addr, _, port = r.listen.rpartition(":")
-            ports[f"{port}/tcp"] = f"{addr.strip('[]')}:{port}" if addr else int(port)
+        for r in behind:  # the proxy binds each listen port inside its container on the same number
+            ports[f"{r.listen_port}/tcp"] = f"{r.address}:{r.listen_port}" if r.address else r.listen_port
     return {
         "name": service,
         "repo": inv.repo(service),
