@@ -357,6 +357,19 @@ def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     if not args.get("follow"):
         text = c.logs(**kw).decode(errors="replace")
         return _answer("logs", True, "", {"service": service, "status": c.status, "lines": text.splitlines()})
+    while True:
+        _stream_lines(c, kw, emit)
+        # Docker ends a follow when the container's process exits. A crash-looping container comes
+        # back: follow it run after run (only what is new), until it stays stopped or is removed.
+        since = time.time()
+        status = _next_run(c)
+        if status != "running":
+            return _answer("logs", True, f"{service} stopped ({status})", {"service": service, "status": status, "lines": []})
+        emit({"event": "log", "line": f"-- {service} restarted (restart {c.attrs.get('RestartCount', 0)}) --"})
+        kw = {**{k: v for k, v in kw.items() if k != "tail"}, "since": since}
+
+
+def _stream_lines(c, kw: dict, emit: Callable[[dict], None]) -> None:
     buf = b""
     for chunk in c.logs(stream=True, follow=True, **kw):
         buf += chunk
@@ -365,8 +378,32 @@ def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
             emit({"event": "log", "line": line.decode(errors="replace")})
     if buf:
         emit({"event": "log", "line": buf.decode(errors="replace")})
-    c.reload()
-    return _answer("logs", True, f"{service} stopped ({c.status})", {"service": service, "status": c.status, "lines": []})
+
+
+def _next_run(c, grace_s: float = 2.0) -> str:
+    """Wait for a container whose process exited to run again: "running", or its status once it is not coming back.
+
+    Restarting (Docker's back-off) is waited out; "exited" gets `grace_s` to turn into restarting
+    (the restart manager flags it a moment after the exit); removed is "removed".
+    """
+    import docker.errors
+
+    exited_since = None
+    while True:
+        try:
+            c.reload()
+        except docker.errors.NotFound:
+            return "removed"
+        state = c.attrs.get("State") or {}
+        if state.get("Running") and not state.get("Restarting"):
+            return "running"
+        if not state.get("Restarting"):
+            exited_since = exited_since or time.monotonic()
+            if time.monotonic() - exited_since > grace_s:
+                return c.status
+        else:
+            exited_since = None
+        time.sleep(0.2)
 
 
 def details_op(args: dict[str, Any]) -> dict:
