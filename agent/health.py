@@ -159,6 +159,10 @@ def url_for(h: dict, container_address: str = "") -> str:
     probed directly at its own address there — not through the proxy, which it must not
     reach before it has passed.
     """
-    addr = (container_address or "0.0.0.0") if h.get("network") else (h.get("address") or "127.0.0.1")
+    if h.get("network") and not container_address:
+        # No address there (yet): a name that cannot resolve fails each probe with a reason, where
+        # 0.0.0.0 would have reached whatever listens on the host's own port.
+        return f"http://no-address-on-{h['network']}.invalid:{h['port']}{h.get('path', '/health')}"
+    addr = container_address or h.get("address") or "127.0.0.1"
     host = f"[{addr}]" if ":" in addr else addr
     return f"http://{host}:{h['port']}{h.get('path', '/health')}"
