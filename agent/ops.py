@@ -216,10 +216,13 @@ def status(args: dict[str, Any]) -> dict:
     last = journal.last_id()
     records = journal.read(last) if last else []
     done = journal.outcome(records)
-    holder = lock.read()
+    try:
+        holder = lock.read()  # the kernel's word on who holds it; the file's record is information only
+    except lock.LockUnsafe as exc:
+        holder = {"unsafe": str(exc)}
     last_info = None
     if last:
-        state = "finished" if done else ("running" if holder else "interrupted")
+        state = "finished" if done else ("running" if holder and not holder.get("unsafe") else "interrupted")
         last_info = {"rollout_id": last, "state": state, "outcome": done, "steps": len(records),
                      "last_step": records[-1] if records else None}
     from .facts import proxy_view
@@ -250,29 +253,38 @@ def _collector_services(port: int) -> dict:
 def unlock(args: dict[str, Any]) -> dict:
     """A dead holder needs no unlock (the kernel released it); a live but stuck one is stopped with --force.
 
-    Only the exact recorded process (pid + start time) is signalled; then recovery
-    finishes its transaction, so the host is left in a good state, not merely unlocked.
+    Who holds the lock is the kernel's word (/proc/locks and the holder's fdinfo), never the
+    lock file's content. --force signals a process only when the kernel confirms it holds the
+    flock on this very inode, it is a Python interpreter (the agent) and the holder record names
+    that very process (pid + start time); then recovery finishes its transaction, so the host is
+    left in a good state, not merely unlocked.
     """
-    info = lock.read()
+    try:
+        info = lock.read()
+    except lock.LockUnsafe as exc:
+        return _answer("unlock", False, f"{exc}; nothing was signalled")
     rec: dict[str, Any] = {"ts": time.time(), "by": args.get("operator"), "reason": args.get("reason"), "holder": info}
     if info is None:
         msg = "not locked: no live transaction holds this host's lock (a dead one releases it by itself)"
     elif not args.get("force"):
-        return _answer("unlock", False, f"lock is held by a live transaction (pid {info.get('pid')}, rollout {info.get('rollout_id')},"
-                       f" {info.get('holder')}); it releases it when done. If it is stuck: --force stops that process and"
+        note = f" ({info['note']})" if info.get("note") else ""
+        return _answer("unlock", False, f"lock is held by a live transaction (pid {info.get('pid') or '?'}, rollout {info.get('rollout_id')},"
+                       f" {info.get('holder')}){note}; it releases it when done. If it is stuck: --force stops that process and"
                        " recovers its transaction.", {"lock": info})
     else:
-        pid, start = int(info["pid"]), str(info.get("start", ""))
+        pid, start = int(info.get("pid") or 0), str(info.get("start") or "")
+        if not (pid and info.get("record_agrees") and lock.is_python(pid)):
+            why = info.get("note") or f"pid {pid} is not a Python interpreter (not the agent)"
+            return _answer("unlock", False, f"not signalling anything: the kernel does not confirm that the agent process the"
+                           f" lock file names holds the lock: {why}. Look at {info.get('path')} with `cat /proc/locks` on the"
+                           " host and stop the holder yourself once you know what it is.", {"lock": info})
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if lock.same_process(pid, start):
-                try:
-                    os.kill(pid, sig)
-                except PermissionError:
-                    return _answer("unlock", False, f"the holder (pid {pid}, {info.get('holder')}) runs as another account; only"
-                                   " that account or root can stop it: run fab unlock --force as them", {"lock": info})
+            lock.signal_holder(pid, start, sig)
             end = time.monotonic() + wait
             while time.monotonic() < end and lock.same_process(pid, start):
                 time.sleep(0.05)
+            if not lock.same_process(pid, start):
+                break
         msg = f"stopped pid {pid} ({info.get('holder')}, rollout {info.get('rollout_id')})"
     from .recovery import recover_pending
 

@@ -144,8 +144,11 @@ def status_text(st: dict) -> str:
             notes.append(f"{h}: phase {f.get('phase')} {kind} since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(f.get('ts') or 0))}:"
                          f" {f.get('reason')} (fab thaw --phase {f.get('phase')} --reason ...)")
         lock = info.get("lock")
-        if lock:
-            notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid')}, running)")
+        if lock and lock.get("unsafe"):
+            notes.append(f"{h}: LOCK REFUSED (no rollout can run here): {lock['unsafe']}")
+        elif lock:
+            note = f"; {lock['note']}" if lock.get("note") else ""
+            notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid') or '?'}, running{note})")
         for rec in info.get("recovered") or []:
             if rec.get("error"):
                 notes.append(f"{h}: RECOVERY FAILED: {rec['error']}")

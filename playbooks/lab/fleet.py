@@ -470,9 +470,11 @@ def _start_host(h: LabHost) -> None:
     # Host-side secrets: root's, readable by the Docker group (the operator accounts), as on a real host.
     shutil.chown(d / "secrets", "root", "docker")
     (d / "secrets").chmod(0o750)
-    # Shared by every operator account of the host, as /var/lib/fleetroll and /run/lock are.
+    # Shared by every operator account of the host, as /var/lib/fleetroll is. The lock directory is
+    # root's (group docker, 2770), as the agent's checks require: no account could forge the lock.
+    shutil.chown(d / "state", LAB_USER, "docker")
+    shutil.chown(d / "lock", "root", "docker")
     for sub in ("state", "lock"):
-        shutil.chown(d / sub, LAB_USER, "docker")
         (d / sub).chmod(0o2770)
     env = _host_env(h)
     _spawn_dockerd(h)
