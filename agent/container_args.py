@@ -177,6 +177,9 @@ def problems(args: CreateArgs) -> list[str]:
         p = contract.host_path_problem(b.split(":")[0])
         if p:
             out.append(p)
+    network_problem = contract.network_problem(str(args.get("network") or ""))
+    if network_problem:
+        out.append(network_problem)
     return out
 
 

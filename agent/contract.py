@@ -55,6 +55,26 @@ def user_problem(user: str) -> str | None:
     return f"user {user!r} is not a numeric non-root uid:gid (e.g. {IMAGE_USER}); containers never run as root"
 
 
+# Networks a container may join: fleetroll's own user-defined bridge (the reverse proxy's, made by
+# the agent: "fleetroll" unless the inventory names another "fleetroll-..." one) or Docker's default
+# bridge (""). Never `host` (the host's own interfaces and ports, its loopback services), `none`,
+# `container:<other>` (another container's network namespace) or any other network.
+DEFAULT_NETWORK = "fleetroll"
+OWN_NETWORK_RE = re.compile(r"fleetroll(?:[_.-][a-z0-9_.-]{0,53})?")
+
+
+def network_problem(network: str) -> str | None:
+    """Why a container must not be created on `network` ("" = Docker's default bridge); None if it may."""
+    if network in ("", "bridge") or OWN_NETWORK_RE.fullmatch(network or ""):
+        return None
+    if network in ("host", "none") or network.startswith("container:"):
+        what = {"host": "the host's own network (its interfaces, ports and loopback services)",
+                "none": "no network"}.get(network, "another container's network namespace")
+        return f"network {network!r} is {what}; a container may join only fleetroll's own bridge network or the default bridge"
+    return (f"network {network!r} is not fleetroll's own bridge network ({DEFAULT_NETWORK!r} or 'fleetroll-NAME') nor the"
+            " default bridge; a container may join only those")
+
+
 def host_path_problem(src: str, allowed: tuple[str, ...] | list[str] | None = None) -> str | None:
     """Why a bind-mount source must not be mounted; None if it may (named volumes are not host paths).
 

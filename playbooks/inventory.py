@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from agent import contract
 
@@ -206,8 +207,18 @@ class ReverseProxy(_Strict):
     """The service that holds the public ports of the services behind it (HAProxy, family-built), per host."""
 
     service: str
-    network: str = Field(default="fleetroll", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$")
+    network: str = contract.DEFAULT_NETWORK
     health_port: int = Field(default=8404, ge=1024, le=65535)
+
+    @field_validator("network")
+    @classmethod
+    def _own_network(cls, v: str) -> str:
+        # The proxy reaches its backends by name: a user-defined bridge the agent makes, never host,
+        # none, container:<other>, the default bridge or a network someone else made.
+        if not contract.OWN_NETWORK_RE.fullmatch(v):
+            raise PydanticCustomError("network", "{why}", {"why": contract.network_problem(v)
+                                      or f"network {v!r} is Docker's default bridge, where the proxy cannot reach containers by name"})
+        return v
 
 
 class Service(_Strict):
@@ -554,6 +565,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict]:
 _FIXES = {
     "extra_forbidden": "remove it or check its spelling",
     "missing": "add it",
+    "network": f"leave it out (the default {contract.DEFAULT_NETWORK!r}) or name fleetroll's own bridge network, e.g. 'fleetroll-web'",
 }
 
 
