@@ -180,6 +180,11 @@ def problems(args: CreateArgs) -> list[str]:
     network_problem = contract.network_problem(str(args.get("network") or ""))
     if network_problem:
         out.append(network_problem)
+    from . import proxy
+
+    config = (args.get("env") or {}).get(proxy.CONFIG_ENV)
+    if config is not None:  # the proxy's configuration, as the controller sent it: only what render() makes
+        out += proxy.config_problems(str(config))
     return out
 
 

@@ -55,6 +55,20 @@ def user_problem(user: str) -> str | None:
     return f"user {user!r} is not a numeric non-root uid:gid (e.g. {IMAGE_USER}); containers never run as root"
 
 
+# One pattern for every name an operator gives (service, host, phase, group): these names end
+# up in container names, labels, HAProxy's configuration and its runtime-API command lines,
+# so no whitespace, ';', '#', quote or newline can ever be part of one.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+NAME_RULE = "1-63 characters: lowercase letters, digits, '_', '.', '-', starting with a letter or digit"
+
+
+def name_problem(kind: str, name: str) -> str | None:
+    """Why `name` cannot be a service/host/phase/group name; None if it can."""
+    if isinstance(name, str) and NAME_RE.fullmatch(name):
+        return None
+    return f"{kind} name {name!r} is not a plain name ({NAME_RULE})"
+
+
 # Networks a container may join: fleetroll's own user-defined bridge (the reverse proxy's, made by
 # the agent: "fleetroll" unless the inventory names another "fleetroll-..." one) or Docker's default
 # bridge (""). Never `host` (the host's own interfaces and ports, its loopback services), `none`,

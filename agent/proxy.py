@@ -15,12 +15,14 @@ names slot `a` by container name, so a restarted proxy finds whatever runs as th
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
+from . import contract, paths
 
 SOCKET_IN_CONTAINER = "/run/fleetroll-proxy"
 SOCKET_NAME = "admin.sock"
@@ -39,13 +41,55 @@ class Route:
     port: int  # the container port
 
 
+def plain_name(service: str) -> str:
+    """`service`, if it is a plain name; else ProxyError. The agent does not trust the controller: a
+    name goes into a configuration line or a runtime-API command line only once it is checked here
+    (no whitespace, ';', '#', quote or newline can be in one)."""
+    problem = contract.name_problem("service", service)
+    if problem:
+        raise ProxyError(f"{problem}; refused: it would be written into the proxy's configuration or commands")
+    return service
+
+
+def _port(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and value.isdigit()):
+        raise ProxyError(f"{what} {value!r} is not a port number")
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise ProxyError(f"{what} {port} is not a port number (1-65535)")
+    return port
+
+
+def _address(addr: str, what: str) -> str:
+    """An IP address as HAProxy takes it (IPv6 in brackets for a bind), or ProxyError."""
+    try:
+        ip = ipaddress.ip_address(addr.strip("[]") if addr.startswith("[") and addr.endswith("]") else addr)
+    except ValueError:
+        raise ProxyError(f"{what} {addr!r} is not an IP address") from None
+    return str(ip)
+
+
+def _bind(listen: str) -> str:
+    """`[ADDRESS:]PORT` as a bind argument, checked."""
+    addr, _, port = str(listen).rpartition(":")
+    p = _port(port, f"proxy listen port of {listen!r}")
+    if not addr:
+        return f":{p}"
+    ip = _address(addr, f"proxy listen address of {listen!r}")
+    return f"[{ip}]:{p}" if ":" in ip else f"{ip}:{p}"
+
+
 def backend(service: str) -> str:
-    return f"be_{service}"
+    return f"be_{plain_name(service)}"
 
 
 def render(routes: list[Route], health_port: int) -> str:
     """haproxy.cfg for one host (pure). Server-side connections close after each response
-    (http-server-close), so every request is balanced afresh and a drained server gets none."""
+    (http-server-close), so every request is balanced afresh and a drained server gets none.
+
+    Built from checked fields only (plain names, IP addresses, port numbers): ProxyError otherwise.
+    """
+    health_port = _port(health_port, "proxy health port")
     out = [
         "global",
         f"    stats socket {SOCKET_IN_CONTAINER}/{SOCKET_NAME} mode 666 level admin",
@@ -68,18 +112,75 @@ def render(routes: list[Route], health_port: int) -> str:
         "    http-request return status 404",
     ]
     for r in routes:
-        addr, _, port = r.listen.rpartition(":")
+        name, bind, port = plain_name(r.service), _bind(r.listen), _port(r.port, f"container port of {r.service}")
         out += [
             "",
-            f"frontend fe_{r.service}",
-            f"    bind {addr}:{port}",
-            f"    default_backend {backend(r.service)}",
+            f"frontend fe_{name}",
+            f"    bind {bind}",
+            f"    default_backend {backend(name)}",
             "",
-            f"backend {backend(r.service)}",
-            f"    server a {r.service}:{r.port} init-addr libc,127.0.0.1",
-            f"    server b 127.0.0.1:{r.port} weight 0",  # idle: never chosen until a switch gives it weight
+            f"backend {backend(name)}",
+            f"    server a {name}:{port} init-addr libc,127.0.0.1",
+            f"    server b 127.0.0.1:{port} weight 0",  # idle: never chosen until a switch gives it weight
         ]
     return "\n".join(out) + "\n"
+
+
+# Every line render() writes, as a strict grammar: a configuration is accepted on the host only
+# if each of its lines matches one of these, and re-rendering what it declares gives it back.
+_NAME = contract.NAME_RE.pattern
+_PORT = r"[0-9]{1,5}"
+_IP = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9a-f:.]+\])"
+CONFIG_LINES = [re.compile(x) for x in (
+    r"", r"global", r"defaults",
+    rf"    stats socket {re.escape(SOCKET_IN_CONTAINER)}/{re.escape(SOCKET_NAME)} mode 666 level admin",
+    r"    stats timeout 30s", r"    maxconn 4096", r"    mode http",
+    r"    timeout (?:connect|client|server|http-request) [0-9]{1,3}s",
+    r"    option http-server-close", r"    retries 3", r"    option redispatch 1",
+    r"frontend fleetroll-health",
+    rf"    bind (?:{_IP})?:{_PORT}",
+    r'    http-request return status 200 content-type application/json string "\{\\"status\\":\\"ok\\"\}" if \{ path /health \}',
+    r"    http-request return status 404",
+    rf"frontend fe_{_NAME}",
+    rf"    default_backend be_{_NAME}",
+    rf"backend be_{_NAME}",
+    rf"    server a {_NAME}:{_PORT} init-addr libc,127\.0\.0\.1",
+    rf"    server b 127\.0\.0\.1:{_PORT} weight 0",
+)]
+
+
+def config_problems(text: str) -> list[str]:
+    """Why a proxy configuration (as the controller sent it) is not one render() makes; [] if it is.
+
+    Each line must match the grammar above, and the routes it declares, rendered again, must give
+    the very same text (so nothing is repeated, reordered or added between the lines).
+    """
+    lines = str(text).split("\n")
+    bad = [f"line {i + 1}: {ln[:80]!r}" for i, ln in enumerate(lines[:-1] if lines[-1:] == [""] else lines)
+           if not any(g.fullmatch(ln) for g in CONFIG_LINES)]
+    if bad:
+        return [f"the proxy configuration has lines render() never writes: {'; '.join(bad[:3])}"]
+    health = re.search(rf"^frontend fleetroll-health\n    bind :({_PORT})$", text, re.M)
+    rows = text.split("\n")
+    routes = []
+    for i, ln in enumerate(rows):
+        m = re.fullmatch(rf"frontend fe_({_NAME})", ln)
+        if not m:
+            continue
+        bind = re.fullmatch(r"    bind (\S+)", rows[i + 1] if i + 1 < len(rows) else "")
+        server = re.fullmatch(rf"    server a \S+:({_PORT}) .*", rows[i + 5] if i + 5 < len(rows) else "")
+        if not (bind and server):
+            return [f"the proxy configuration's frontend fe_{m[1]} is not followed by its bind and backend"]
+        routes.append(Route(m[1], bind[1].removeprefix(":"), int(server[1])))
+    if len({r.service for r in routes}) != len(routes):
+        return ["the proxy configuration names one service twice"]
+    try:
+        again = render(routes, int(health[1])) if health else None
+    except ProxyError as exc:
+        return [f"the proxy configuration does not check: {exc}"]
+    if again != text:
+        return ["the proxy configuration is not one render() makes (lines repeated, reordered or added)"]
+    return []
 
 
 def runtime_dir(create: bool = True) -> Path:
@@ -152,6 +253,11 @@ def parse_servers_state(text: str) -> dict[str, dict[str, Slot]]:
     return out
 
 
+def _known_slots(slots: dict[str, Slot]) -> dict[str, Slot]:
+    """Only the slots render() made (a and b): a server name goes into a command line only if it is one."""
+    return {k: v for k, v in slots.items() if k in SLOTS}
+
+
 class Runtime:
     """HAProxy's runtime API over its unix socket (one command line per connection)."""
 
@@ -196,7 +302,8 @@ class Runtime:
         drains. Read back afterwards — what the proxy says, not what was sent, is the answer.
         """
         be = backend(service)
-        slots = self.slots(service)
+        addr, port = _address(addr, f"address of {service}'s new server"), _port(port, f"port of {service}'s new server")
+        slots = _known_slots(self.slots(service))
         live = [s for s in slots.values() if s.live]
         if any(s.addr == addr and s.port == port for s in live) and len(live) == 1:
             return {"switched": False, "to": live[0].name, "from": [], "switch_ms": 0.0}
@@ -221,7 +328,7 @@ class Runtime:
     def retire(self, service: str, keep_addr: str, keep_port: int) -> None:
         """After the drain: every slot but the one at keep_addr:keep_port goes to maintenance."""
         be = backend(service)
-        gone = [s.name for s in self.slots(service).values()
+        gone = [s.name for s in _known_slots(self.slots(service)).values()
                 if not (s.addr == keep_addr and s.port == keep_port and s.live) and s.state not in ("maint", "idle")]
         if gone:
             self.cmd("; ".join(f"set server {be}/{n} state maint" for n in gone))

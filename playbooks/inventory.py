@@ -16,16 +16,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from agent import contract
 
 TAG_RE = re.compile(r"(?P<date>\d{8})-(?P<sha>[0-9a-f]{7,40})")
-NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 DEFAULT_MIN_DRIVER = "535"
 
 
@@ -360,17 +359,32 @@ class Defaults(_Strict):
         return v
 
 
+def _named(kind: str):
+    def check(v: str) -> str:
+        problem = contract.name_problem(kind, v)
+        if problem:
+            raise PydanticCustomError("name", "{why}", {"why": problem})
+        return v
+    return AfterValidator(check)
+
+
+HostName = Annotated[str, _named("host")]
+GroupName = Annotated[str, _named("group")]
+ServiceName = Annotated[str, _named("service")]
+PhaseName = Annotated[str, _named("phase")]
+
+
 class Fleet(_Strict):
     registry: Registry
     ssh: Ssh = Ssh()
     defaults: Defaults = Defaults()
     security: Security = Security()
     observability: Observability = Observability()
-    hosts: dict[str, Host]
+    hosts: dict[HostName, Host]
     # Named host lists for replicated services (`group: cpu-workers`).
-    groups: dict[str, list[str]] = {}
+    groups: dict[GroupName, list[str]] = {}
     reverse_proxy: ReverseProxy | None = None
-    services: dict[str, Service] = {}
+    services: dict[ServiceName, Service] = {}
 
     def is_proxy(self, service: str) -> bool:
         return self.reverse_proxy is not None and self.reverse_proxy.service == service
@@ -411,7 +425,7 @@ class Fleet(_Strict):
 
 
 class Phase(_Strict):
-    name: str = Field(pattern=NAME_RE)
+    name: PhaseName
     description: str = ""
     services: list[str]
     update: Update | None = None  # canary and batches across the phase's hosts (else its replicated service's own)
@@ -565,6 +579,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict]:
 _FIXES = {
     "extra_forbidden": "remove it or check its spelling",
     "missing": "add it",
+    "name": "rename it (and every reference to it) to lowercase letters, digits, '_', '.', '-'",
     "network": f"leave it out (the default {contract.DEFAULT_NETWORK!r}) or name fleetroll's own bridge network, e.g. 'fleetroll-web'",
 }
 
@@ -597,7 +612,9 @@ def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        field = ".".join(str(p) for p in loc) or "(top level)"
+        # A name that fails its pattern is shown quoted (a newline in it must not start a line here).
+        field = ".".join(str(p) if contract.NAME_RE.fullmatch(str(p)) or isinstance(p, int) else repr(p)
+                         for p in loc if p != "[key]") or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         fix = _FIXES.get(e["type"], "correct the value")
         if e["type"] == "extra_forbidden":
@@ -605,7 +622,7 @@ def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
             close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1, cutoff=0.6)
             if close:
                 fix = f"did you mean {close[0]!r}? (else remove it)"
-        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
+        got = "" if e["type"] in ("missing", "extra_forbidden", "name", "network") else f" (got {e.get('input')!r})"
         out.append(f"{path}:{_line_for(lines, loc)}: {field}: {msg}{got}; fix: {fix}")
     return out
 
@@ -808,7 +825,7 @@ def _partial_fleet(data: dict) -> tuple[Fleet | None, set[str]]:
     for section, model in (("hosts", Host), ("services", Service)):
         entries = d.get(section)
         if isinstance(entries, dict):
-            keep = {k: v for k, v in entries.items() if _valid(model, v)}
+            keep = {k: v for k, v in entries.items() if _valid(model, v) and contract.NAME_RE.fullmatch(str(k))}
             dropped |= set(entries) - set(keep)
             d[section] = keep
     for _ in range(2):
