@@ -199,6 +199,19 @@ def redacted(args: CreateArgs, key: bytes) -> CreateArgs:
     return {**args, "env": redact_env(args.get("env") or {}, key)}
 
 
+def redact_record(value: Any, key: bytes) -> Any:
+    """A journal record (or anything nested in one) with every `env` mapping's values redacted.
+
+    Walks dicts and lists: an old or tried configuration, a `services` list of outcomes, a
+    record yet to be invented — whatever carries an `env` leaves the host as names and hashes.
+    """
+    if isinstance(value, dict):
+        return {k: redact_env(v, key) if k == "env" and isinstance(v, dict) else redact_record(v, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_record(v, key) for v in value]
+    return value
+
+
 def redact_env(env: dict[str, Any], key: bytes) -> dict[str, Any]:
     """Names stay, references stay (they are not secret), values become short keyed hashes."""
     return {k: v if secrets.is_ref(v) else "hmac:" + hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:12]

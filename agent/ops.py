@@ -222,9 +222,14 @@ def status(args: dict[str, Any]) -> dict:
         holder = {"unsafe": str(exc)}
     last_info = None
     if last:
+        from .container_args import redact_record
+
+        # Journal records keep the host's env values (a set-aside record holds the old configuration);
+        # what leaves the host carries names and keyed hashes only.
+        key = journal.redaction_key()
         state = "finished" if done else ("running" if holder and not holder.get("unsafe") else "interrupted")
-        last_info = {"rollout_id": last, "state": state, "outcome": done, "steps": len(records),
-                     "last_step": records[-1] if records else None}
+        last_info = {"rollout_id": last, "state": state, "outcome": redact_record(done, key), "steps": len(records),
+                     "last_step": redact_record(records[-1], key) if records else None}
     from .facts import proxy_view
     from .freeze import all_freezes
 
@@ -245,9 +250,13 @@ def _collector_services(port: int) -> dict:
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/services", timeout=3) as r:
-            return {"ok": True, "services": json.loads(r.read()).get("services", [])}
+            rows = json.loads(r.read()).get("services", [])
     except Exception as exc:  # noqa: BLE001 - status must still answer
         return {"ok": False, "error": f"collector not answering on port {port}: {exc}"}
+    # A row that does not say which host and service it is about is about nothing: dropped, counted.
+    good = [r for r in rows if isinstance(r, dict) and isinstance(r.get("host"), str) and r.get("host")
+            and isinstance(r.get("service"), str) and r.get("service")] if isinstance(rows, list) else []
+    return {"ok": True, "services": good, "malformed": (len(rows) if isinstance(rows, list) else 1) - len(good)}
 
 
 def unlock(args: dict[str, Any]) -> dict:
