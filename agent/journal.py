@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import vocabulary
 from .paths import state_dir
 
 
@@ -30,6 +31,9 @@ def path_for(rollout_id: str) -> Path:
 
 
 def append(rollout_id: str, step: str, **fields: Any) -> dict:
+    """Write one record and fsync it. A step outside the vocabulary is a programming error, refused before writing."""
+    if not vocabulary.is_step(step):
+        raise ValueError(f"journal step {step!r} is not in agent/vocabulary.py")
     rec = {"ts": round(time.time(), 3), "rollout_id": rollout_id, "step": step, **fields}
     line = (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode()
     fd = os.open(path_for(rollout_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o660)
@@ -66,7 +70,7 @@ def read(rollout_id: str) -> list[dict]:
 
 
 def outcome(records: list[dict]) -> dict | None:
-    done = [r for r in records if r.get("step") == "done"]
+    done = [r for r in records if r.get("step") == vocabulary.Step.DONE]
     return done[-1] if done else None
 
 

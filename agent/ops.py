@@ -20,6 +20,7 @@ from typing import Any
 
 from . import PROTOCOL, journal, lock
 from .paths import state_dir
+from .vocabulary import HostState, Step
 
 HEARTBEAT_S = 2.0
 
@@ -83,7 +84,7 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
         for rec in new:
             # The old configuration stays on the host (its env values are the host's business).
             emit({"event": rec.get("step"), **{k: v for k, v in rec.items() if k not in ("step", "old_config")}})
-            if rec.get("step") == "done":
+            if rec.get("step") == Step.DONE:
                 return rec
         now = time.monotonic()
         if not new and now - last_beat > HEARTBEAT_S:
@@ -124,12 +125,12 @@ def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:
 
     rid = args["rollout_id"]
     held.record(args.get("operator", "unknown"))  # the holder is now this process
-    journal.append(rid, "worker", pid=os.getpid())
+    journal.append(rid, Step.WORKER, pid=os.getpid())
     try:
         result = Transaction(args).run()
     except Exception as exc:  # noqa: BLE001 - the journal must get an outcome whatever happens
         # Whatever the transaction did not finish, recovery finishes from its journal.
-        journal.append(rid, "crashed", error=str(exc)[:300], traceback=traceback.format_exc())
+        journal.append(rid, Step.CRASHED, error=str(exc)[:300], traceback=traceback.format_exc())
         from .recovery import recover
 
         try:
@@ -137,7 +138,7 @@ def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:
         finally:
             held.release()  # if recovery failed too, the journal stays open and the next call tries again
         return
-    journal.append(rid, "done", **result)
+    journal.append(rid, Step.DONE, **result)
     journal.mark_closed(rid)
     held.release()
 
@@ -167,11 +168,11 @@ def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
                        " a live but stuck one: fab unlock --host <host> --force --reason ...)", {"locked": exc.holder})
     journal.mark_last(rid)
     journal.mark_open(rid)
-    journal.append(rid, "accepted", **accepted_record(args))
+    journal.append(rid, Step.ACCEPTED, **accepted_record(args))
     try:
         _detach(lambda: _run_detached_transaction(args, held))
     except Exception:
-        journal.append(rid, "done", ok=False, state="good", error="could not start the transaction process", services=[])
+        journal.append(rid, Step.DONE, ok=False, state=HostState.GOOD, error="could not start the transaction process", services=[])
         journal.mark_closed(rid)
         held.release()
         raise
@@ -461,7 +462,9 @@ def details_op(args: dict[str, Any]) -> dict:
             slot["container"] = entry
         else:
             slot["kept"].append(entry)
-    return _answer("details", True, "", {"services": out})
+    from .freeze import all_freezes
+
+    return _answer("details", True, "", {"services": out, "freezes": all_freezes()})
 
 
 def versions_op(args: dict[str, Any]) -> dict:

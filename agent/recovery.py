@@ -23,8 +23,7 @@ import time
 from typing import Any
 
 from . import journal, lock
-
-FINAL = ("committed", "reverted", "removed", "revert-failed", "refused", "skipped")
+from .vocabulary import FINAL_STEPS, Outcome, Step
 
 
 def service_states(records: list[dict]) -> dict[str, dict[str, Any]]:
@@ -37,28 +36,28 @@ def service_states(records: list[dict]) -> dict[str, dict[str, Any]]:
         st = out.setdefault(svc, {"last": "", "created": [], "gated": False, "final": ""})
         step = rec.get("step", "")
         st["last"] = step
-        if step == "set-aside":
+        if step == Step.SET_ASIDE:
             st.update(old_container=rec.get("container", ""), kept_name=rec.get("kept_name", ""),
                       old_config=rec.get("old_config") or {}, prev_ref=rec.get("prev_ref", ""), prev_digest=rec.get("prev_digest", ""))
-        elif step == "created":
+        elif step == Step.CREATED:
             st["created"].append(rec.get("container", ""))
-        elif step == "gated":
+        elif step == Step.GATED:
             st["gated"] = True
             st["gate"] = rec.get("gate") or {}
-        elif step == "start-new":
+        elif step == Step.START_NEW:
             st["started"] = True
             st["tag"], st["digest"] = rec.get("tag", ""), rec.get("digest", "")
-        elif step in FINAL:
+        elif step in FINAL_STEPS:
             st["final"] = step
     return out
 
 
 def decide(records: list[dict]) -> dict[str, str]:
     """Per unfinished service: "commit" or "restore" (pure). Untouched services are left out."""
-    accepted = next((r for r in records if r.get("step") == "accepted"), {})
+    accepted = next((r for r in records if r.get("step") == Step.ACCEPTED), {})
     policy = accepted.get("policy", "revert-phase")
     revert_op = accepted.get("kind") == "revert"
-    committing = any(r.get("step") == "commit-host" for r in records)
+    committing = any(r.get("step") == Step.COMMIT_HOST for r in records)
     out = {}
     for svc, st in service_states(records).items():
         if st["final"] or not (st.get("old_container") or st.get("started") or st["created"]):
@@ -79,11 +78,11 @@ def recover(rid: str) -> dict | None:
     if done is not None:
         journal.mark_closed(rid)
         return done
-    accepted = next((r for r in records if r.get("step") == "accepted"), {})
+    accepted = next((r for r in records if r.get("step") == Step.ACCEPTED), {})
     t0 = time.monotonic()
     plan = decide(records)
     states = service_states(records)
-    journal.append(rid, "recovering", actions=plan, last_step=records[-1].get("step") if records else None)
+    journal.append(rid, Step.RECOVERING, actions=plan, last_step=records[-1].get("step") if records else None)
     tx = Transaction({"rollout_id": rid, "phase": accepted.get("phase", ""), "operator": accepted.get("operator", "")})
     health = {s["service"]: s.get("health") or {} for s in accepted.get("steps", [])}
     results = []
@@ -96,7 +95,7 @@ def recover(rid: str) -> dict | None:
         results.append(r)
         action = plan.get(svc)
         if action is None:
-            r.outcome = st["final"] or "skipped"
+            r.outcome = st["final"] or Outcome.SKIPPED
             if not st["final"]:
                 r.message = "not started before the transaction was interrupted"
         elif action == "commit":
@@ -110,16 +109,16 @@ def recover(rid: str) -> dict | None:
     if to_restore:
         tx.restore_all(to_restore, health)
         for r in to_restore:
-            if accepted.get("kind") == "revert" and r.outcome == "reverted":
+            if accepted.get("kind") == "revert" and r.outcome == Outcome.REVERTED:
                 # A revert op that was cut short: what came back is the release it was reverting.
-                r.outcome, r.message = "revert-failed", r.message + " (the revert did not complete; the release it was reverting runs again)"
+                r.outcome, r.message = Outcome.REVERT_FAILED, r.message + " (the revert did not complete; the release it was reverting runs again)"
     tx.results = results
     summary = tx.summary(time.monotonic() - t0)
     summary["ok"] = False  # an interrupted transaction did not do what it was asked, whatever recovery saved
     summary["recovered"] = True
     summary["interrupted_after"] = records[-1].get("step") if records else None
-    journal.append(rid, "recovered", actions=plan, services={r.service: r.outcome for r in results})
-    rec = journal.append(rid, "done", **summary)
+    journal.append(rid, Step.RECOVERED, actions=plan, services={r.service: r.outcome for r in results})
+    rec = journal.append(rid, Step.DONE, **summary)
     journal.mark_closed(rid)
     return rec
 

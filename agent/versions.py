@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import contract, journal
-
-FAILED_GATE = ("swap-failed",)
+from .vocabulary import FAILED_STEPS, Step
 
 
 def all_journals() -> list[list[dict]]:
@@ -35,22 +34,22 @@ def history(service: str, journals: list[list[dict]]) -> list[dict[str, Any]]:
     """One entry per start of `service` (pure): tag, digest, when, rollout, operator, kind and what became of it."""
     out = []
     for recs in journals:
-        head = next((r for r in recs if r.get("step") == "accepted"), {})
+        head = next((r for r in recs if r.get("step") == Step.ACCEPTED), {})
         mine = [r for r in recs if r.get("service") == service]
-        started = [r for r in mine if r.get("step") == "start-new"]
+        started = [r for r in mine if r.get("step") == Step.START_NEW]
         if not started:
             continue
         start = started[-1]
         after = [r.get("step") for r in mine if r.get("ts", 0) >= start.get("ts", 0)]
-        recovered = next((r for r in recs if r.get("step") == "recovered"), None)
-        if "committed" in after:
+        recovered = next((r for r in recs if r.get("step") == Step.RECOVERED), None)
+        if Step.COMMITTED in after:
             outcome = "committed"
-        elif any(s in after for s in FAILED_GATE):
-            failed = next(r for r in mine if r.get("step") in FAILED_GATE and r.get("ts", 0) >= start.get("ts", 0))
+        elif any(s in after for s in FAILED_STEPS):
+            failed = next(r for r in mine if r.get("step") in FAILED_STEPS and r.get("ts", 0) >= start.get("ts", 0))
             outcome = f"failed {failed.get('check') or 'its gate'}"
         elif recovered is not None:
             said = (recovered.get("services") or {}).get(service, "recovered")
-            outcome = "committed (finished by recovery)" if said == "committed" else f"interrupted ({said})"
+            outcome = "committed (finished by recovery)" if said == Step.COMMITTED else f"interrupted ({said})"
         else:
             outcome = "no outcome recorded"
         out.append({"tag": start.get("tag", ""), "digest": start.get("digest", ""), "image": start.get("image", ""),
@@ -75,7 +74,7 @@ def config_for(service: str, tag: str, journals: list[list[dict]]) -> tuple[dict
         for r in reversed(recs):
             cfg = r.get("old_config") or {}
             labels = cfg.get("labels") or {}
-            if (r.get("step") == "set-aside" and r.get("service") == service and labels.get(contract.TAG) == tag
+            if (r.get("step") == Step.SET_ASIDE and r.get("service") == service and labels.get(contract.TAG) == tag
                     and labels.get(contract.ROLLOUT_ID) in committed):
                 return cfg, ""
     return {}, f"{service} {tag} is running now or was never replaced here, so no configuration of it was set aside"

@@ -13,16 +13,24 @@ import sys
 import threading
 from typing import Any
 
-SHOWN = {"batch", "pull", "pin-prev", "stop-old", "start-new", "gate", "gate-progress", "committed", "gate-failed",
-         "reverting", "reverted", "revert-failed", "refused", "removed", "done"}
-STYLE = {"batch": "bold", "committed": "green", "reverted": "yellow", "removed": "yellow", "revert-failed": "bold red", "refused": "red",
-         "gate-failed": "red", "gate": "cyan", "gate-progress": "cyan", "reverting": "yellow", "done": "bold"}
+from agent.vocabulary import PROGRESS, Step
+
+SHOWN = PROGRESS  # every step whose name the host journals and the operator should see, the failing ones included
+STYLE = {Step.BATCH: "bold", Step.COMMITTED: "green", Step.REVERTED: "yellow", Step.REMOVED: "yellow",
+         Step.REVERT_FAILED: "bold red", Step.NEEDS_OPERATOR: "bold red", Step.REFUSED: "red", Step.SWAP_FAILED: "red",
+         Step.SETTLE: "yellow", Step.GATE: "cyan", Step.GATE_PROGRESS: "cyan", Step.REVERTING: "yellow", Step.FROZEN: "bold red",
+         Step.DONE: "bold"}
+
+
+# The steps a failed swap goes through next; the failure stays shown beside them.
+FAILURE_FOLLOWS = frozenset({Step.SWAP_FAILED, Step.REVERTING, Step.REVERTED, Step.REVERT_FAILED, Step.REMOVED, Step.SETTLE,
+                             Step.GATE, Step.GATE_PROGRESS, Step.NEEDS_OPERATOR, Step.FROZEN, Step.DONE})
 
 
 def describe(ev: dict[str, Any]) -> tuple[str, str]:
     step = ev.get("event") or ""
     detail = ev.get("message") or ev.get("reason") or ev.get("ref") or ev.get("prev_ref") or ""
-    if step == "done":
+    if step == Step.DONE:
         detail = "host finished: " + ("ok" if ev.get("ok") else "FAILED")
     return step, str(detail)
 
@@ -36,6 +44,7 @@ class Progress:
         self.live_wanted = live
         self.lock = threading.Lock()
         self.rows: dict[tuple[str, str], tuple[str, str]] = {}
+        self.failures: dict[tuple[str, str], str] = {}  # the failing step's reason, per row, while its revert runs
         self._live = None
 
     def __call__(self, host: str, ev: dict) -> None:
@@ -47,7 +56,16 @@ class Progress:
             if not self.live_wanted:
                 print(f"[{host}] {svc + ': ' if svc else ''}{step} {detail}".rstrip(), file=self.stream, flush=True)
                 return
-            self.rows[(host, svc or "(host)")] = (step, detail)
+            key = (host, svc or "(host)")
+            failed = self.failures.get(key)
+            if step == Step.SWAP_FAILED:
+                self.failures[key] = failed = detail
+            elif failed and step not in FAILURE_FOLLOWS:
+                self.failures.pop(key, None)  # a new attempt (a restart, a later batch): the old failure is history
+                failed = None
+            # On a terminal a row shows only its latest step: the failure stays on the row while its revert runs.
+            self.rows[key] = (f"{Step.SWAP_FAILED} -> {step}", f"{failed} | {detail}" if detail else failed) \
+                if failed and step != Step.SWAP_FAILED else (step, detail)
             self._render()
 
     def _table(self):
@@ -58,7 +76,8 @@ class Progress:
         for col in ("host", "service", "step", "detail"):
             t.add_column(col, overflow="fold" if col == "detail" else "ellipsis")
         for (host, svc), (step, detail) in self.rows.items():
-            t.add_row(host, svc, Text(step, style=STYLE.get(step, "")), detail[:160])
+            style = STYLE.get(step, "") if not step.startswith(Step.SWAP_FAILED) else "bold red"
+            t.add_row(host, svc, Text(step, style=style), detail[:300])
         return t
 
     def _render(self) -> None:

@@ -60,3 +60,40 @@ def test_disabled_progress_prints_nothing():
         for h, ev in EVENTS:
             p(h, ev)
     assert out.getvalue() == ""
+
+
+FAILING = [("pc2", {"event": "start-new", "service": "rag-api"}),
+           ("pc2", {"event": "gate", "service": "rag-api"}),
+           ("pc2", {"event": "swap-failed", "service": "rag-api", "reason": "unhealthy 1.0s into the 2s window: container restarting"}),
+           ("pc2", {"event": "reverting", "service": "rag-api"}),
+           ("pc2", {"event": "reverted", "service": "rag-api"}),
+           ("pc2", {"event": "frozen"})]
+
+
+def test_the_failing_step_is_shown_piped():
+    out = io.StringIO()
+    with Progress(stream=out) as p:
+        for h, ev in FAILING:
+            p(h, ev)
+    lines = out.getvalue().splitlines()
+    assert "[pc2] rag-api: swap-failed unhealthy 1.0s into the 2s window: container restarting" in lines
+    assert "[pc2] rag-api: reverted" in lines
+
+
+def test_the_failing_step_stays_on_its_row_on_a_terminal_while_the_revert_runs(monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("TERM", "xterm-256color")
+    out = Tty()
+    with Progress(stream=out) as p:
+        for h, ev in FAILING:
+            p(h, ev)
+    last = out.getvalue().rsplit("detail", 1)[-1]
+    assert "swap-failed -> reverted" in last and "container restarting" in last
+
+
+def test_every_step_progress_shows_is_one_the_host_journals():
+    from agent.vocabulary import Step
+    from playbooks.progress import SHOWN, STYLE
+
+    assert set(SHOWN) <= set(Step) and set(STYLE) <= set(Step)
+    assert Step.SWAP_FAILED in SHOWN and Step.REVERT_FAILED in SHOWN
