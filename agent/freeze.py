@@ -5,10 +5,13 @@ in the state directory every operator account shares, so every controller sees i
 only the laptop that set it. Two kinds:
 
 - manual (`fab freeze --phase P --reason ...`): blocks every rollout of P;
-- automatic, written by a host transaction that had to revert a release: it records the
-  tags that failed and blocks only a rollout that would deploy one of them again, so the
-  next `fab rollout` does not simply redeploy what was just rolled back; a new tag (the
-  fixed release) passes, and its commit clears the automatic freeze.
+- automatic, written by a host transaction that had to revert a release: it records, per
+  service, what failed — the image digest *and* a fingerprint of the configuration it was
+  deployed with — and blocks only a rollout that would deploy that same pair again. A fixed
+  image passes, and so does the same image with a fixed configuration (a bad env value does
+  not condemn a good tag); the commit of either clears the automatic freeze. A failure whose
+  evidence points away from the release (its container removed by someone else mid-gate,
+  the daemon restarting) freezes nothing.
 
 Thawing removes the freeze and appends what was removed, by whom and why, to
 `freezes.jsonl` beside it.
@@ -16,6 +19,7 @@ Thawing removes the freeze and appends what was removed, by whom and why, to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,6 +30,20 @@ from typing import Any
 from .paths import state_dir
 
 PHASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# What identifies a deployment besides its image: everything the create call is made from, except the
+# names of the release (tag, digest, the plan's own hash of both) and the rollout's bookkeeping.
+NOT_CONFIG = ("name", "repo", "tag", "digest", "spec_hash")
+
+
+def config_fingerprint(spec: dict[str, Any]) -> str:
+    """A short hash of a service's configuration (env with secret *references*, ports, volumes, GPUs, user, health, proxy).
+
+    Pure, and computed from the plan's spec on both sides: the host records it when a
+    release fails, the controller computes it for the next plan. Secret values never enter
+    it (the spec holds references), so it can sit in a world-readable freeze record.
+    """
+    blob = json.dumps({k: v for k, v in spec.items() if k not in NOT_CONFIG}, sort_keys=True, default=str).encode()
+    return "cfg:" + hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _dir() -> Path:
@@ -46,13 +64,17 @@ def _history(rec: dict) -> None:
 
 
 def write(phase: str, reason: str, by: str, auto: bool = False, releases: dict[str, str] | None = None,
-          rollout_id: str = "") -> dict[str, Any]:
-    """Freeze `phase` on this host (replacing an earlier freeze of it; a manual one is never replaced by an automatic one)."""
+          rollout_id: str = "", failed: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Freeze `phase` on this host (replacing an earlier freeze of it; a manual one is never replaced by an automatic one).
+
+    `releases`: {service: tag} that failed, for people; `failed`: {service: {tag, digest, config}},
+    what an automatic freeze blocks (the digest and configuration fingerprint deployed together).
+    """
     current = read(phase)
     if auto and current and not current.get("auto"):
         return current
     rec = {"phase": phase, "reason": reason, "by": by, "ts": round(time.time(), 3), "auto": auto,
-           "releases": dict(releases or {}), "rollout_id": rollout_id}
+           "releases": dict(releases or {}), "failed": dict(failed or {}), "rollout_id": rollout_id}
     p = _path(phase)
     tmp = p.with_name(f".{p.name}.{os.getpid()}")
     tmp.write_text(json.dumps(rec))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .plan import Plan
+from agent.freeze import config_fingerprint
+
+from .plan import Plan, Step
 
 
 def when(ts: float) -> str:
@@ -17,24 +19,36 @@ def of_phase(facts: dict[str, dict[str, Any]], phase: str) -> list[tuple[str, di
     return [(h, f) for h in sorted(facts) for f in (facts[h] or {}).get("freezes") or [] if f.get("phase") == phase]
 
 
+def repeats(f: dict[str, Any], st: Step) -> bool:
+    """Would this planned step deploy again exactly what an automatic freeze recorded as failing (pure)?
+
+    Exactly: the same image digest with the same configuration fingerprint. A freeze written
+    before fingerprints were recorded names tags only, and blocks by tag.
+    """
+    failed = (f.get("failed") or {}).get(st.service)
+    if failed:
+        return failed.get("digest") == st.new_digest and failed.get("config") == config_fingerprint(st.spec)
+    return (f.get("releases") or {}).get(st.service) == st.new_tag and bool(st.new_tag)
+
+
 def blocking(plan: Plan, facts: dict[str, dict[str, Any]], inventory: str) -> list[str]:
     """One message per freeze that stops this plan; empty when nothing does.
 
     A manual freeze stops every rollout of its phase. An automatic one (left by a revert)
-    stops only a plan that would deploy one of the tags that failed again.
+    stops only a plan that would deploy the same image with the same configuration that failed.
     """
     out = []
-    planned = {s.service: s.new_tag for s in plan.changes}
     thaw = f"fab thaw --phase {plan.phase} --reason '...' --inventory {inventory}"
     for host, f in of_phase(facts, plan.phase):
         if not f.get("auto"):
             out.append(f"phase {plan.phase} is frozen on {host} by {f.get('by')} since {when(f.get('ts', 0))}: {f.get('reason')!r};"
                        f" nothing was changed. When it may go ahead: {thaw}")
             continue
-        again = sorted(s for s, tag in (f.get("releases") or {}).items() if planned.get(s) == tag)
+        again = sorted((st for st in plan.changes if st.host == host and repeats(f, st)), key=lambda st: st.service)
         if again:
-            what = ", ".join(f"{s}:{planned[s]}" for s in again)
+            what = ", ".join(f"{st.service}:{st.new_tag}@{st.new_digest[7:19]}" for st in again)
             out.append(f"phase {plan.phase} is frozen on {host}: rollout {f.get('rollout_id')} was reverted automatically at"
-                       f" {when(f.get('ts', 0))} and the inventory still asks for {what}, the release that failed; nothing was"
-                       f" changed. Fix the release and give it a new tag, or, if the failure was not the release's: {thaw}")
+                       f" {when(f.get('ts', 0))} and this plan would deploy {what} again with the same configuration that failed;"
+                       f" nothing was changed. Fix the image (a new tag) or the configuration, or, if the failure was not the"
+                       f" release's: {thaw}")
     return out

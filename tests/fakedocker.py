@@ -40,6 +40,18 @@ class FakeContainer:
         self.name = create["name"]
         self.create, self.host_config = create, host_config
         self.running, self.restart_policy, self.exit_code = False, (host_config.get("restart_policy") or {}).get("Name", "no"), 0
+        # Docker's own restart loop: while `restarting`, the sandbox is torn down and set up again and
+        # rename/update/remove answer "sandbox … not found" or "is restarting" (what raced in the lab).
+        self.restarting, self.paused, self.restart_count = False, False, 0
+
+    def crash_loop(self) -> None:
+        """Make this container crash-loop as a restart policy makes Docker do (exit code 3, restarting)."""
+        self.running, self.restarting, self.exit_code, self.restart_count = True, True, 3, self.restart_count + 2
+
+    def _in_motion(self, what: str) -> None:
+        if self.restarting:
+            raise docker.errors.NotFound(f"sandbox {self.id[:12]} not found" if what == "rename"
+                                         else f"Cannot {what} container {self.id[:12]}: container is restarting")
 
     @property
     def short_id(self) -> str:
@@ -62,8 +74,9 @@ class FakeContainer:
         binds = [f"{src}:{v['bind']}:{v['mode']}" for src, v in (self.host_config.get("binds") or {}).items()]
         reqs = [{"Count": r["count"], "Capabilities": r["capabilities"]} for r in (self.host_config.get("device_requests") or [])]
         return {
-            "Id": self.id, "Name": "/" + self.name, "Image": self.create["image"], "RestartCount": 0,
-            "State": {"Status": "running" if self.running else "exited", "Running": self.running, "ExitCode": self.exit_code},
+            "Id": self.id, "Name": "/" + self.name, "Image": self.create["image"], "RestartCount": self.restart_count,
+            "State": {"Status": ("restarting" if self.restarting else "paused" if self.paused else "running" if self.running else "exited"),
+                      "Running": self.running, "Restarting": self.restarting, "Paused": self.paused, "ExitCode": self.exit_code},
             "Config": {"User": self.create.get("user"), "Env": [f"{k}={v}" for k, v in (self.create.get("environment") or {}).items()],
                        "Labels": self.labels, "StopTimeout": self.create.get("stop_timeout")},
             "HostConfig": {"PortBindings": ports, "Binds": binds, "RestartPolicy": {"Name": self.restart_policy}, "DeviceRequests": reqs},
@@ -82,6 +95,7 @@ class FakeContainer:
 
     def rename(self, name: str) -> None:
         self.daemon.call("container.rename")
+        self._in_motion("rename")
         if any(c.name == name and c is not self for c in self.daemon.containers.by_id.values()):
             raise docker.errors.APIError(f"Conflict. The container name {name!r} is already in use")
         self.name = name
@@ -93,7 +107,16 @@ class FakeContainer:
 
     def stop(self, timeout: int = 10) -> None:
         self.daemon.call("container.stop")
-        self.running = False
+        if self.paused:
+            raise docker.errors.APIError(f"Cannot stop container {self.id[:12]}: container is paused, unpause it first")
+        self.running = self.restarting = False  # as Docker: a stop cancels a pending restart
+
+    def unpause(self) -> None:
+        self.daemon.call("container.unpause")
+        self.paused = False
+
+    def pause(self) -> None:
+        self.paused = True
 
     def start(self) -> None:
         self.daemon.call("container.start")
@@ -104,10 +127,13 @@ class FakeContainer:
 
     def remove(self, force: bool = False) -> None:
         self.daemon.call("container.remove")
+        self._in_motion("remove")
         self.daemon.containers.by_id.pop(self.id, None)
 
     def logs(self, tail: int = 10) -> bytes:
-        return b"fake log line\n"
+        text = "fake log line\n" + "".join(line.replace("$TOKEN", self.create.get("environment", {}).get("TOKEN", "")) + "\n"
+                                            for line in getattr(self.image, "log_lines", []))
+        return text.encode()
 
 
 class FakeContainers:
@@ -201,8 +227,10 @@ class FakeDaemon:
     def probe(self, url: str, timeout: float) -> health.Probe:
         port = int(url.split(":")[2].split("/")[0])
         for c in self.containers.by_id.values():
-            if c.running and port in c.host_ports():
+            if c.running and not c.restarting and not c.paused and port in c.host_ports():
                 b = c.image.behaviour
+                if "FAKE_HEALTH=bad" in c.attrs["Config"]["Env"]:  # a configuration that breaks a good image
+                    b = "bad"
                 if b == "raise":
                     raise RuntimeError("a probe that blows up")
                 if b == "ok":

@@ -17,18 +17,69 @@ def plan(**tags: str) -> Plan:
     return Plan("r-next", "gpu", "op", [Step("mainpc", s, "replace", new_tag=t) for s, t in tags.items()])
 
 
-def test_a_reverted_release_freezes_its_phase_against_that_tag_on_the_host(daemon):
+def planned(s: dict) -> Plan:
+    """The plan a controller would make for spec `s` on mainpc (the host fingerprints the same spec)."""
+    return Plan("r-next", "gpu", "op", [Step("mainpc", s["name"], "replace", new_tag=s["tag"], new_digest=s["digest"], spec=s)])
+
+
+def facts() -> dict:
+    return {"mainpc": {"freezes": freeze.all_freezes()}}
+
+
+def test_a_reverted_release_freezes_its_phase_against_that_digest_and_configuration_on_the_host(daemon):
     running_old(daemon)
     daemon.image(REPO, NEW_D, behaviour="bad")
     out = run(daemon, [step(spec())])
-    assert out["services"][0]["outcome"] == "reverted"
+    s = out["services"][0]
+    assert s["outcome"] == "reverted" and s["frozen"]
     f = freeze.read("gpu")
     assert f["auto"] and f["releases"] == {"svc": "20261126-bbbbbbb"} and f["rollout_id"] == "r-new"
-    # the same tag again is stopped; a new tag goes ahead
-    facts = {"mainpc": {"freezes": freeze.all_freezes()}}
-    msgs = blocking(plan(svc="20261126-bbbbbbb"), facts, "inv/fleet.yml")
-    assert len(msgs) == 1 and "svc:20261126-bbbbbbb" in msgs[0] and "fab thaw --phase gpu" in msgs[0] and "r-new" in msgs[0]
-    assert blocking(plan(svc="20261127-ccccccc"), facts, "inv/fleet.yml") == []
+    assert f["failed"]["svc"] == {"tag": "20261126-bbbbbbb", "digest": NEW_D, "config": freeze.config_fingerprint(spec())}
+    # the same image with the same configuration again is stopped ...
+    msgs = blocking(planned(spec()), facts(), "inv/fleet.yml")
+    assert len(msgs) == 1 and "svc:20261126-bbbbbbb@" in msgs[0] and "fab thaw --phase gpu" in msgs[0] and "r-new" in msgs[0]
+    # ... a new image, or the same image with another configuration, goes ahead
+    assert blocking(planned(spec(tag="20261127-ccccccc", digest="sha256:" + "c" * 64)), facts(), "inv/fleet.yml") == []
+    assert blocking(planned(spec(env={"MACHINE": "mainpc", "FIXED": "1"})), facts(), "inv/fleet.yml") == []
+
+
+def test_a_config_only_failure_does_not_condemn_the_good_tag(daemon):
+    """Same tag, a bad env value: reverted and frozen against that pair; the fixed env with the same tag commits."""
+    running_old(daemon)
+    daemon.image(REPO, NEW_D)
+    bad = spec(env={"MACHINE": "mainpc", "FAKE_HEALTH": "bad"})
+    assert run(daemon, [step(bad)])["services"][0]["outcome"] == "reverted"
+    assert len(blocking(planned(bad), facts(), "inv/fleet.yml")) == 1, "the same pair again is refused"
+    fixed = spec(env={"MACHINE": "mainpc"})
+    assert blocking(planned(fixed), facts(), "inv/fleet.yml") == []
+    out = run(daemon, [step(fixed)], rid="r-fixed")
+    assert out["ok"] and out["services"][0]["outcome"] == "committed"
+    assert freeze.read("gpu") is None, "the commit lifts the automatic freeze"
+
+
+def test_a_container_removed_by_someone_else_mid_gate_is_reverted_but_freezes_nothing(daemon, monkeypatch):
+    from agent.transaction import Transaction
+
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D)
+    real_gate = Transaction._gate
+
+    def remove_then_gate(self, c, h, service):
+        if c.id != old:
+            daemon.containers.by_id.pop(c.id)  # `docker rm -f` by hand, mid-gate
+        return real_gate(self, c, h, service)
+
+    monkeypatch.setattr(Transaction, "_gate", remove_then_gate)
+    s = run(daemon, [step(spec())])["services"][0]
+    assert s["outcome"] == "reverted" and not s["at_fault"] and not s["frozen"]
+    assert "removed by someone else" in s["message"]
+    assert freeze.read("gpu") is None
+
+
+def test_a_freeze_from_before_fingerprints_still_blocks_by_tag():
+    freeze.write("gpu", "old", "op", auto=True, releases={"svc": "20261126-bbbbbbb"}, rollout_id="r-0")
+    assert len(blocking(planned(spec()), facts(), "inv/fleet.yml")) == 1
+    assert blocking(planned(spec(tag="20261127-ccccccc")), facts(), "inv/fleet.yml") == []
 
 
 def test_a_clean_commit_lifts_an_automatic_freeze_but_never_a_manual_one(daemon):

@@ -1,0 +1,110 @@
+"""Rollback, restore, restart and a forward swap, whatever state the current container is in.
+
+The fake daemon behaves as Docker does with a crash-looping container: while Docker restarts
+it, `rename` answers `sandbox … not found` and `remove` answers `is restarting`; a paused one
+cannot be stopped before it is unpaused. The same cases run on a real dockerd in
+tests/test_lab_container_states.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import contract
+from agent.transaction import Transaction, container_state, transient
+
+from .test_transaction_unit import NEW_D, REPO, _committed, by_service, only, run, running_old, spec, step
+
+pytestmark = pytest.mark.usefixtures("host_state")
+
+STATES = ("restarting", "paused", "exited", "created", "running")
+
+
+def put_in(c, state: str) -> None:
+    if state == "restarting":
+        c.crash_loop()
+    elif state == "paused":
+        c.pause()
+    elif state == "exited":
+        c.running, c.exit_code = False, 3
+    elif state == "created":
+        c.running = False
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_rollback_of_the_running_release_works_in_every_state(daemon, state):
+    _committed(daemon)
+    put_in(only(daemon, "svc"), state)
+    out = run(daemon, [{"action": "revert", "spec": spec(), "expect_rollout_id": "r-new"}], rid="r-new-revert", policy="revert-service")
+    r = by_service(out)["svc"]
+    assert r["outcome"] == "reverted", r
+    c = only(daemon, "svc")
+    assert c.running and not c.restarting and not c.paused
+    assert c.labels[contract.ROLLOUT_ID] == "r-old" and c.restart_policy == "unless-stopped", "its own restart policy is back"
+    assert len(daemon.containers.by_id) == 1, "the crash-looping release is gone"
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_forward_swap_replaces_a_container_in_every_state(daemon, state):
+    cid = running_old(daemon)
+    put_in(daemon.containers.by_id[cid], state)
+    daemon.image(REPO, NEW_D)
+    r = by_service(run(daemon, [step(spec())]))["svc"]
+    assert r["outcome"] == "committed", r
+    assert only(daemon, "svc").running and len(daemon.containers.by_id) == 1
+
+
+@pytest.mark.parametrize("state", ("restarting", "paused"))
+def test_restart_of_a_container_in_motion(daemon, state):
+    cid = running_old(daemon)
+    put_in(daemon.containers.by_id[cid], state)
+    s = spec(tag="20261101-aaaaaaa")
+    r = by_service(run(daemon, [{"action": "restart", "spec": s}], policy="revert-service"))["svc"]
+    assert r["outcome"] == "committed", r
+    c = only(daemon, "svc")
+    assert c.running and not c.restarting and c.id != cid
+
+
+def test_a_failed_swap_whose_new_container_crash_loops_restores_the_old_one(daemon, monkeypatch):
+    """The new release crash-loops under its restart policy: removing it races with Docker unless it is stilled."""
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    real_gate = Transaction._gate
+
+    def crash_then_gate(self, c, h, service):
+        if c.id != old:
+            daemon.containers.by_id[c.id].crash_loop()
+        return real_gate(self, c, h, service)
+
+    monkeypatch.setattr(Transaction, "_gate", crash_then_gate)
+    r = by_service(run(daemon, [step(spec())]))["svc"]
+    assert r["outcome"] == "reverted", r
+    assert only(daemon, "svc").id == old and daemon.containers.by_id[old].running
+    assert len(daemon.containers.by_id) == 1
+
+
+def test_a_container_that_never_holds_still_is_revert_failed_with_the_reason_not_reverted(daemon, monkeypatch):
+    """Docker keeps answering `is restarting`: the bound runs out and the service needs an operator, saying why."""
+    from agent import transaction
+
+    monkeypatch.setattr(transaction, "SETTLE_S", 0.3)
+    _committed(daemon)
+    c = only(daemon, "svc")
+    c.crash_loop()
+    monkeypatch.setattr(type(c), "stop", lambda self, timeout=10: None)  # a stop that never takes
+    out = run(daemon, [{"action": "revert", "spec": spec(), "expect_rollout_id": "r-new"}], rid="r-new-revert", policy="revert-service")
+    r = by_service(out)["svc"]
+    assert r["outcome"] == "revert-failed" and "restarting" in r["message"]
+    assert out["state"] == "needs-operator" and not out["ok"]
+
+
+def test_transient_docker_answers_are_told_apart_from_real_ones():
+    import docker.errors
+
+    assert transient(docker.errors.NotFound("sandbox 1c25c7 not found"))
+    assert transient(docker.errors.APIError("Cannot kill container abc: container is restarting"))
+    assert not transient(docker.errors.NotFound("No such container: abc"))
+    assert not transient(docker.errors.APIError("port is already allocated"))
+    assert not transient(RuntimeError("sandbox"))
+    assert container_state({"State": {"Running": True, "Restarting": True, "Status": "restarting"}}) == "restarting"
+    assert container_state({"State": {"Running": True, "Paused": True, "Status": "paused"}}) == "paused"
