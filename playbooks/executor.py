@@ -14,15 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import batches, freezes, hooks, ledger, transport
+from agent.vocabulary import FAILED, Outcome, State, exit_code  # noqa: F401 - exit_code: the tasks' name for it
+
+from . import batches, freezes, hooks, ledger, targets, transport
 from . import order as swap_order
+from .ending import conclude, derive_state, describe_failure, host_outcomes, services_of  # noqa: F401 - re-exported
 from .inventory import Inventory
 from .plan import BLOCKED, NOOP, Plan, Step, build_plan, container_spec, operator, plan_text
 from .progress import Progress  # noqa: F401 - the tasks' and tests' name for it
 from .runner import PreflightReport, run_preflight
 
 POLICIES = ("revert-phase", "revert-service", "stop")
-FAILED_OUTCOMES = ("reverted", "removed", "revert-failed", "refused")
 
 
 class Interrupted(Exception):
@@ -52,6 +54,7 @@ class RolloutReport:
     pins: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
     agent_calls: int = 0
+    frozen: bool = False  # a dry run found a freeze that would refuse the real rollout (exit 3)
 
     def to_json(self) -> dict:
         return {
@@ -134,8 +137,7 @@ def _run_on_hosts(inv: Inventory, plan: Plan, hosts: list[str], args_for, max_pa
     return results
 
 
-def _services(res: transport.CallResult) -> list[dict]:
-    return ((res.answer or {}).get("data") or {}).get("services") or []
+_services = services_of
 
 
 def record_recoveries(calls: dict[str, transport.CallResult]) -> None:
@@ -167,96 +169,11 @@ def recovered_notes(calls: dict[str, transport.CallResult]) -> list[str]:
     return out
 
 
-def host_outcomes(results: dict[str, transport.CallResult]) -> dict[str, dict]:
-    """What each host reported, in the shape derive_state() judges."""
-    return {h: {"answered": r.answer is not None, "ok": r.ok, "error": r.error, "services": _services(r),
-                "locked": bool(((r.answer or {}).get("data") or {}).get("locked"))} for h, r in results.items()}
-
-
-def derive_state(hosts: dict[str, dict]) -> tuple[str, list[str]]:
-    """The rollout's state from per-service outcomes the hosts reported, and what needs an operator. Pure.
-
-    Only what was observed counts: a host that did not answer, answered without
-    per-service outcomes, or reported a service whose revert failed makes the rollout
-    `needs-operator`, never `reverted`.
-    """
-    needs: list[str] = []
-    outcomes: list[str] = []
-    for h, r in hosts.items():
-        if not r["answered"]:
-            needs.append(f"{h}: no outcome observed ({r.get('error') or 'no answer'}); run: fab status --hosts {h}")
-            continue
-        if r.get("locked"):
-            outcomes.append("refused")
-            continue
-        if not r["services"]:
-            if not r["ok"]:
-                needs.append(f"{h}: the host reported a failure without per-service outcomes: {r.get('error')}")
-            continue
-        mine = []
-        for s in r["services"]:
-            o = s.get("outcome", "")
-            if o not in ("committed", "noop", "reverted", "removed", "refused", "skipped"):
-                needs.append(f"{h} {s.get('service')}: {o or 'no outcome'}: {s.get('message') or (s.get('revert_gate') or {}).get('reason', '')}")
-            mine.append(o)
-        if not r["ok"] and not any(o in FAILED_OUTCOMES for o in mine):
-            mine.append("refused")  # failed before changing anything (an interrupted transaction recovered early)
-        outcomes += mine
-    if needs:
-        return "needs-operator", needs
-    if any(o in ("reverted", "removed") for o in outcomes):
-        return "reverted", []
-    if any(o == "refused" for o in outcomes):
-        return "refused", []
-    return "committed", []
-
-
-def describe_failure(host: str, s: dict, next_cmd: str) -> str:
-    ev = s.get("details") or {}
-    parts = [f"FAILED {host} {s['service']}: {s.get('check') or 'check'}: {s.get('message')}"]
-    if ev.get("exit_code") is not None or ev.get("restarts"):
-        parts.append(f"  container: {ev.get('status')}, exit code {ev.get('exit_code')}, restarts {ev.get('restarts')}")
-    last = (s.get("gate") or {}).get("last") or {}
-    if last.get("status") is not None or last.get("body"):
-        parts.append(f"  last /health answer: HTTP {last.get('status')} body {last.get('body')!r}")
-    elif last.get("reason") and not (s.get("message") or "").endswith(last["reason"]):
-        parts.append(f"  last /health probe: {last['reason']}")
-    if ev.get("last_logs"):
-        parts.append("  last log lines: " + " | ".join(ev["last_logs"][-5:]))
-    if s["outcome"] == "reverted":
-        parts.append(f"  rolled back to {s['prev_ref']} ({s['prev_digest']}): the old container itself, with its own"
-                     " configuration, proven healthy")
-        sw = s.get("switch") or {}
-        if s.get("order") == "start-first" and sw.get("back") and not sw.get("switched"):
-            parts.append("  start-first: the proxy was never switched; the old container served throughout")
-        elif sw.get("back") and sw.get("switched"):
-            parts.append("  the proxy was switched back to the old container before the new one was removed")
-    elif s["outcome"] == "removed":
-        parts.append("  it had no earlier version; the new container was removed")
-    elif s["outcome"] == "revert-failed":
-        parts.append(f"  ROLLBACK FAILED: {(s.get('revert_gate') or {}).get('reason') or s.get('message')} — the service needs an operator now")
-    elif s["outcome"] == "refused":
-        parts.append("  nothing was stopped; the old version keeps serving")
-    parts.append(f"  next: {next_cmd}")
-    return "\n".join(parts)
-
-
-# The contract scripts rely on (README): 0 committed or nothing to do, 1 error (bad input), 2 a dry run
-# that plans changes, 3 refused before any change, 4 rolled back (every host good), 5 an operator must look.
-EXIT_CODES = {"committed": 0, "noop": 0, "dry-run": 0, "changes-planned": 2, "refused": 3, "failed": 3, "reverted": 4,
-              "needs-operator": 5, "unknown": 5}
-
-
-def exit_code(states: list[str]) -> int:
-    """The worst of the states' codes (a later phase never hides an earlier one's revert)."""
-    order = [0, 2, 3, 4, 5]
-    codes = [EXIT_CODES.get(s, 5) for s in states]
-    return max(codes, key=order.index, default=0)
-
-
 def report_state(r: RolloutReport) -> str:
-    """A dry run that plans changes is its own state for the exit code."""
-    return "changes-planned" if r.state == "dry-run" and r.plan is not None and r.plan.changes else r.state
+    """A dry run that plans changes is its own state for the exit code; one a freeze would refuse is `refused` (3)."""
+    if r.state == State.DRY_RUN and r.frozen:
+        return State.REFUSED
+    return State.CHANGES_PLANNED if r.state == State.DRY_RUN and r.plan is not None and r.plan.changes else r.state
 
 
 def rollout(inv: Inventory, phase: str, **kw) -> RolloutReport:
@@ -296,6 +213,7 @@ def _rollout(
     """failpoint (tests only): {"after": step, "service": name} makes the host transaction stop dead there."""
     if on_failure not in POLICIES:
         raise RolloutError(f"--on-failure must be one of {', '.join(POLICIES)}, not {on_failure!r}")
+    _check_targets(inv, phase, hosts)
     ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress)
     ro.failpoint = failpoint
     if _stop_before_changing(ro, dry_run, confirm):
@@ -309,6 +227,13 @@ def _rollout(
                       " their own", hosts_busy=ro.plan.hosts)
         raise Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts) from None
     return _record(ro, results)
+
+
+def _check_targets(inv: Inventory, phase: str, hosts: list[str] | None, service: str | None = None) -> None:
+    try:
+        targets.check(inv, phase, hosts, service)
+    except targets.TargetError as exc:
+        raise RolloutError(str(exc)) from None
 
 
 def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_parallel, policy: str, progress) -> _Rollout:
@@ -347,13 +272,14 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
         ledger.append("refused", **ro.common, reason="phase frozen", failures=frozen)
         return True
     report.messages += [f"a real rollout would be refused now: {m}" for m in frozen]
+    report.frozen = bool(frozen)
     if plan.blocked:
         report.messages += [f"{s.host} {s.service}: blocked: {s.reason}" for s in plan.blocked]
         if not dry_run:
             ledger.append("refused", **ro.common, reason="plan blocked", failures=report.messages)
         return True
     if dry_run:
-        report.ok, report.state = True, "dry-run"
+        report.ok, report.state = True, State.DRY_RUN
         report.messages.append(plan_text(plan))
         update = ro.inv.update_for(plan.phase)
         order = batches.schedule(plan, update)
@@ -361,9 +287,9 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
             report.messages.append("order (each batch gated before the next):\n  " + "\n  ".join(batches.describe(order, update)))
         return True
     if not plan.changes:
-        report.ok, report.state = True, "noop"
+        report.ok, report.state = True, State.NOOP
         report.messages.append(f"phase {plan.phase}: nothing to do; every service already runs its planned digest")
-        ledger.append("finished", **ro.common, final="noop", services=[s.record(ledger.redaction_key()) for s in plan.steps])
+        ledger.append("finished", **ro.common, final=State.NOOP, services=[s.record(ledger.redaction_key()) for s in plan.steps])
         return True
     if confirm is not None and not confirm(plan):
         report.messages.append("not confirmed; nothing was changed")
@@ -385,7 +311,7 @@ def _hook_payload(ro: _Rollout, **extra: Any) -> dict[str, Any]:
 def _after_hooks(ro: _Rollout, report: RolloutReport) -> None:
     """post-rollout after every rollout that changed hosts; on-revert too when it ended reverted. They can only warn."""
     payload = _hook_payload(ro, state=report.state, hosts=report.hosts, pins=report.pins)
-    for name in ("post-rollout", "on-revert") if report.state == "reverted" else ("post-rollout",):
+    for name in ("post-rollout", "on-revert") if report.state == State.REVERTED else ("post-rollout",):
         h = hooks.run(ro.inv.path, name, payload)
         if not h.ok:
             report.messages.append(f"WARN {name} hook {h.path} failed: {h.detail}")
@@ -468,13 +394,13 @@ def _refused_by_prepare(plan: Plan, prepared: dict[str, transport.CallResult], r
 def _revert_phase(ro: _Rollout, results: dict[str, transport.CallResult], failed_hosts: list[str]) -> None:
     """A host failed: send the hosts that committed back to the configuration they had before this rollout."""
     inv, plan, report = ro.inv, ro.plan, ro.report
-    to_revert = [h for h, r in results.items() if r.ok and any(s["outcome"] == "committed" for s in _services(r))]
+    to_revert = [h for h, r in results.items() if r.ok and any(s["outcome"] == Outcome.COMMITTED for s in _services(r))]
     if not to_revert:
         return
     report.messages.append(f"reverting the phase on {', '.join(to_revert)} because {', '.join(failed_hosts)} failed")
 
     def revert_args(h: str) -> dict:
-        done = {s["service"]: s for s in _services(results[h]) if s["outcome"] == "committed"}
+        done = {s["service"]: s for s in _services(results[h]) if s["outcome"] == Outcome.COMMITTED}
         steps = [{**s.to_json(), "action": "revert", "phase_revert": True, "remove_if_no_prev": True,
                   "expect_rollout_id": plan.rollout_id}
                  for s in plan.for_host(h) if s.service in done]
@@ -491,36 +417,17 @@ def _revert_phase(ro: _Rollout, results: dict[str, transport.CallResult], failed
                          prev_digest=back.get("prev_digest") or s.get("prev_digest"), after_tag=back.get("after_tag"),
                          after_digest=back.get("after_digest"), revert_gate=back.get("revert_gate"),
                          message=back.get("message") or s.get("message"))
-            elif s["outcome"] == "committed":
+            elif s["outcome"] == Outcome.COMMITTED:
                 # Asked to revert, no per-service answer: not observed, so not reverted.
-                s.update(outcome="unknown", message=f"phase revert gave no outcome for it: {r.error}")
+                s.update(outcome=Outcome.NEEDS_OPERATOR, message=f"the phase revert gave no outcome for it: {r.error}")
 
 
 def _record(ro: _Rollout, results: dict[str, transport.CallResult]) -> RolloutReport:
-    """Report and ledger, both from what the hosts reported."""
-    inv, plan, report = ro.inv, ro.plan, ro.report
+    """Report and ledger, both from what the hosts reported (ending.conclude), then the after-hooks."""
+    report = ro.report
     report.messages += recovered_notes(results)
-    report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r), "elapsed_s": round(r.elapsed_s, 3)} for h, r in results.items()}
-    all_svcs = [(h, s) for h, r in results.items() for s in _services(r)]
-    report.pins = [
-        {"host": h, "service": s["service"], "prev_tag": s["prev_ref"].rsplit(":", 1)[-1], "prev_ref": s["prev_ref"], "prev_digest": s["prev_digest"],
-         "running_tag": s.get("after_tag"), "running_digest": s.get("after_digest")}
-        for h, s in all_svcs if s.get("prev_ref")
-    ]
-    report.state, needs = derive_state(host_outcomes(results))
-    report.ok = report.state == "committed"
-    next_cmd = f"fix the image or pin the inventory to the -prev tag's release, then: fab rollout --phase {plan.phase} --inventory {inv.path}"
-    for h, s in all_svcs:
-        if s["outcome"] in FAILED_OUTCOMES + ("unknown",) and s.get("check") != "phase-revert" and s["action"] != "revert":
-            report.messages.append(describe_failure(h, s, next_cmd))
-    for h, r in results.items():
-        if r.answer is not None and not r.ok and not _services(r):
-            report.messages.append(f"FAILED {h}: {r.error}")
-    report.messages += swap_notes(plan, all_svcs)
-    _closing_messages(report, needs)
-    report.elapsed_s = time.monotonic() - ro.t0
-    ledger.append("finished", **ro.common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
-                  needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
+    notes = swap_notes(ro.plan, [(h, s) for h, r in results.items() for s in _services(r)])
+    conclude("rollout", report, results, ro.common, ro.t0, str(ro.inv.path), notes)
     _after_hooks(ro, report)
     return report
 
@@ -530,7 +437,7 @@ def swap_notes(plan: Plan, reported: list[tuple[str, dict]]) -> list[str]:
     why = {(st.host, st.service): st.order_reason for st in plan.steps if "proxy" in st.spec}
     out = []
     for h, s in reported:
-        if s.get("outcome") != "committed" or s.get("action") != "replace" or not why.get((h, s["service"])):
+        if s.get("outcome") != Outcome.COMMITTED or s.get("action") != "replace" or not why.get((h, s["service"])):
             continue
         sw = s.get("switch") or {}
         line = f"{h} {s['service']}: {why[(h, s['service'])]}"
@@ -538,14 +445,6 @@ def swap_notes(plan: Plan, reported: list[tuple[str, dict]]) -> list[str]:
             line += f"; the proxy switched to it in {sw.get('switch_ms')} ms"
         out.append(line)
     return out
-
-
-def _closing_messages(report: RolloutReport, needs: list[str]) -> None:
-    """What every rollout and rollback report ends with: who needs an operator, and where the pins went."""
-    if needs:
-        report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))
-    if report.pins:
-        report.messages.append(f"pins written to {ledger.write_pins(report.rollout_id, report.pins)}")
 
 
 def rollout_all(inv: Inventory, **kw) -> list[RolloutReport]:
@@ -569,22 +468,20 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     configuration), so the old env, ports and volumes come back, not today's inventory
     with an old image — and no env value ever travels back to the controller.
     """
-    names = inv.services_for(phase, hosts)
-    if service:
-        if service not in names:
-            raise RolloutError(f"service {service!r} is not in phase {phase!r} (its services: {', '.join(names)})")
-        names = [service]
+    _check_targets(inv, phase, hosts, service)
+    t0 = time.monotonic()
+    names = [service] if service else inv.services_for(phase, hosts)
     plan = build_plan(inv, phase, {}, hosts, who=operator())
     plan.rollout_id = plan.rollout_id.replace(f"-{phase}-", f"-{phase}-rollback-")
     plan.steps = [s for s in plan.steps if s.service in names]
-    report = RolloutReport(plan.rollout_id, phase, False, "failed", plan)
+    report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
               "inventory_git_sha": ledger.inventory_git_sha(inv.path), "rollback": True}
     with transport.Pool() as pool:
         facts = transport.on_hosts(inv, plan.hosts, "facts", lambda h: {"gpu": False}, max_parallel=max_parallel, timeout=60, pool=pool)
         report.messages += recovered_notes(facts)
         record_recoveries(facts)
-        targets: dict[tuple[str, str], dict] = {}
+        targets_of: dict[tuple[str, str], dict] = {}
         for s in plan.steps:
             data = (facts[s.host].answer or {}).get("data") or {}
             running = next((c for c in (data.get("docker") or {}).get("containers", []) if c.get("name") == s.service), None)
@@ -592,34 +489,15 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             s.action, s.spec = "revert", container_spec(inv, s.service, s.host)
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
             s.reason = f"running release from rollout {rid or '(unknown)'}" + (f", back to {to_tag}" if to_tag else "")
-            targets[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
+            targets_of[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
         ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
 
         def args_for(h: str) -> dict:
-            steps = [{**st.to_json(), **targets[(h, st.service)]} for st in plan.for_host(h)]
+            steps = [{**st.to_json(), **targets_of[(h, st.service)]} for st in plan.for_host(h)]
             return {**_step_args(plan, h, "revert-service", inv, ()), "steps": steps, "reason": "operator rollback"}
 
         results = _run_on_hosts(inv, plan, plan.hosts, args_for, max_parallel, progress, report, pool)
-    report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r)} for h, r in results.items()}
-    report.pins = [{"host": h, "service": s["service"], "prev_ref": s["prev_ref"], "prev_digest": s["prev_digest"]}
-                   for h, r in results.items() for s in _services(r) if s.get("prev_ref")]
-    needs = derive_state(host_outcomes(results))[1]
-    report.ok = all(r.ok for r in results.values()) and not needs
-    outcomes = [s["outcome"] for r in results.values() for s in _services(r)]
-    refused = bool(outcomes) and all(o in ("refused", "skipped") for o in outcomes)
-    report.state = "reverted" if report.ok else ("needs-operator" if needs else "refused" if refused else "failed")
-    for h, r in results.items():
-        for s in _services(r):
-            if s["outcome"] == "reverted":
-                report.messages.append(f"{h} {s['service']}: now on {s['after_tag']} ({s['prev_digest']}), its recorded configuration, healthy")
-            else:
-                report.messages.append(f"{h} {s['service']}: {s['outcome']}: {s.get('message') or (s.get('revert_gate') or {}).get('reason')}")
-        if r.answer is None or (not r.ok and not _services(r)):
-            report.messages.append(f"{h}: {r.error}")
-    _closing_messages(report, needs)
-    ledger.append("finished", **common, final=report.state, services=[{"host": h, **s} for h, v in report.hosts.items() for s in v["services"]],
-                  pins=report.pins, messages=report.messages)
-    return report
+    return conclude("rollback", report, results, common, t0, str(inv.path))
 
 
 def sha_drift(tag: str, report: dict | None, container_started: str) -> str:
@@ -740,6 +618,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                            "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or [],
                            "gpus": gpu_memory_view(inv, h, data.get("nvml"))}
     record_recoveries(results)
+    for h in inv.select_hosts(hosts):
+        ledger.observe(h, out["hosts"][h].get("last_rollout"))
     return out
 
 
@@ -751,6 +631,7 @@ def restart(inv: Inventory, service: str, progress=None, host: str | None = None
     """A service in a fresh container with the same configuration, gated like a swap; the old one comes back if it fails."""
     from .operate import replica_host
 
+    t0 = time.monotonic()
     host = replica_host(inv, service, host)
     phase = _phase_of(inv, service)
     svc = inv.fleet.services[service]
@@ -761,27 +642,13 @@ def restart(inv: Inventory, service: str, progress=None, host: str | None = None
     plan = Plan(f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-restart-{service}-{new_suffix()}", phase, operator(),
                 [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart",
                       order=how.order if not how.refused else "stop-first", order_reason=how.reason, drain_s=drain_s)])
-    report = RolloutReport(plan.rollout_id, phase, False, "failed", plan)
+    report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path), "restart": service}
     ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
     with transport.Pool() as pool:
         results = _run_on_hosts(inv, plan, [host], lambda h: _step_args(plan, h, "revert-service", inv, ("restart",)), None,
                                 progress, report, pool)
-    report.hosts = {h: {"ok": r.ok, "error": r.error, "services": _services(r)} for h, r in results.items()}
-    report.state, needs = derive_state(host_outcomes(results))
-    report.ok = report.state == "committed"
-    for h, r in results.items():
-        for x in _services(r):
-            if x["outcome"] == "committed":
-                report.messages.append(f"{h} {service}: restarted in a fresh container, healthy ({x.get('after_tag')})")
-            else:
-                report.messages.append(describe_failure(h, x, f"fab logs -s {service}; fab details -s {service}"))
-        if r.answer is None or (not r.ok and not _services(r)):
-            report.messages.append(f"{h}: {r.error}")
-    _closing_messages(report, needs)
-    ledger.append("finished", **common, final=report.state, services=[{"host": h, **x} for h, v in report.hosts.items()
-                                                                        for x in v["services"]], messages=report.messages)
-    return report
+    return conclude("restart", report, results, common, t0, str(inv.path))
 
 
 def new_suffix() -> str:

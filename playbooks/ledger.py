@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.vocabulary import state_of
+
 
 def path() -> Path:
     env = os.environ.get("FLEETROLL_LEDGER")
@@ -24,7 +26,21 @@ def path() -> Path:
     return p
 
 
+def _pending_dir() -> Path:
+    return path().parent / "pending"
+
+
 def append(kind: str, **fields: Any) -> dict:
+    """One record. A `started` leaves a marker under pending/ until its `finished` (or `refused`) record:
+    a rollout the controller never finished (Ctrl-C, SIGKILL, a lost laptop) is then matched cheaply
+    with the outcome its hosts report later (`observe`)."""
+    rid = str(fields.get("rollout_id") or "")
+    if kind == "started" and rid:
+        d = _pending_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        (d / _safe(rid)).write_text(json.dumps({"rollout_id": rid}))
+    elif kind in ("finished", "refused") and rid:
+        (_pending_dir() / _safe(rid)).unlink(missing_ok=True)
     rec = {"kind": kind, "ts": round(time.time(), 3), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
     line = (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode()
     fd = os.open(path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -34,6 +50,36 @@ def append(kind: str, **fields: Any) -> dict:
     finally:
         os.close(fd)
     return rec
+
+
+def _safe(rid: str) -> str:
+    return "".join(ch for ch in rid if ch.isalnum() or ch in "-_.T")
+
+
+def pending() -> set[str]:
+    """Rollout ids the controller started and never finished (a directory listing: cheap on every `fab status`)."""
+    d = _pending_dir()
+    return {json.loads(p.read_text()).get("rollout_id", p.name) for p in d.glob("*") if not p.name.endswith(".tmp")} if d.is_dir() else set()
+
+
+def observe(host: str, last: dict[str, Any] | None) -> None:
+    """A host reported how a transaction the controller never finished ended: record it (once per host)."""
+    if not last or last.get("state") != "finished" or not last.get("outcome"):
+        return
+    rid = str(last.get("rollout_id") or "").removesuffix("-revert")
+    marker = _pending_dir() / _safe(rid)
+    try:
+        mark = json.loads(marker.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    if host in mark.get("observed", []):
+        return
+    o = last["outcome"]
+    append("observed", rollout_id=rid, host=host, host_rollout_id=last.get("rollout_id"), state=o.get("state"),
+           services={s.get("service"): s.get("outcome") for s in o.get("services") or []})
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({**mark, "observed": [*mark.get("observed", []), host]}))
+    os.replace(tmp, marker)
 
 
 def read() -> list[dict]:
@@ -54,9 +100,19 @@ def rollouts() -> list[dict]:
     by_id: dict[str, dict] = {}
     for rec in read():
         rid = rec.get("rollout_id")
-        if not rid or rec.get("kind") not in ("started", "finished", "refused", "recovered", "interrupted"):
+        if not rid or rec.get("kind") not in ("started", "finished", "refused", "recovered", "interrupted", "observed"):
             continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
+        if rec["kind"] == "observed":
+            # The hosts' own outcome of a rollout the controller did not finish: that is what happened.
+            entry.setdefault("observed", []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
+            if entry.get("finished") is None:
+                outcomes = [o for x in entry["observed"] for o in (x.get("services") or {}).values()]
+                entry["final"] = str(state_of(outcomes))
+                entry["note"] = (f"{entry.get('interruption') or 'the controller stopped before the end'}; the hosts finished"
+                                 f" on their own: " + "; ".join(f"{x['host']} " + ", ".join(f"{s} {o}" for s, o in (x.get("services") or {}).items())
+                                                             for x in entry["observed"]))
+            continue
         if rec["kind"] == "recovered":
             # The controller died too; a later call found the host's interrupted transaction and finished it.
             svcs = ", ".join(f"{s} {o}" for s, o in (rec.get("services") or {}).items())
@@ -66,7 +122,8 @@ def rollouts() -> list[dict]:
             continue
         if rec["kind"] == "interrupted":
             # The operator stopped the controller; what the hosts did is theirs to say (fab status, a later recovery).
-            if entry.get("finished") is None:
+            entry["interruption"] = f"interrupted by the operator at {rec['time']}"
+            if entry.get("finished") is None and not entry.get("observed"):
                 entry.update(final="interrupted by the operator (hosts finished on their own; see fab status)",
                              interrupted=rec["time"])
             continue

@@ -11,7 +11,8 @@ import re
 from typing import Any
 
 from . import ledger, transport
-from .executor import RolloutError, _services
+from .ending import services_of as _services
+from .executor import RolloutError
 from .inventory import Inventory
 from .plan import operator
 
@@ -89,6 +90,26 @@ def logs(inv: Inventory, service: str | None, host: str | None = None, tail: int
     return {"host": target, "service": service, **(r.answer.get("data") or {}), "note": r.answer.get("msg") or ""}
 
 
+def frozen_for(inv: Inventory, service: str, freezes: list[dict]) -> list[str]:
+    """Why rollouts of `service`'s phase are frozen on a host, in words (pure)."""
+    phase = next((p.name for p in inv.phases if service in p.services), "")
+    out = []
+    for f in freezes:
+        if f.get("phase") != phase:
+            continue
+        failed = (f.get("failed") or {}).get(service)
+        if not f.get("auto"):
+            out.append(f"phase {phase} frozen by {f.get('by')}: {f.get('reason')!r} (blocks every rollout of the phase)")
+        elif failed:
+            out.append(f"phase {phase} frozen by the automatic revert of rollout {f.get('rollout_id')}: refuses {failed.get('tag')}"
+                       f"@{(failed.get('digest') or '')[7:19]} with configuration {failed.get('config')} (what failed); a new tag"
+                       " or a changed configuration goes ahead")
+        elif service in (f.get("releases") or {}):
+            out.append(f"phase {phase} frozen by the automatic revert of rollout {f.get('rollout_id')}: refuses tag"
+                       f" {f['releases'][service]}")
+    return out
+
+
 def details(inv: Inventory, service: str | None = None, hosts: list[str] | None = None) -> dict[str, Any]:
     """Per host and service: container state, restarts, uptime, tag@digest, ports, GPU, kept containers, -prev pin."""
     if service:
@@ -103,8 +124,10 @@ def details(inv: Inventory, service: str | None = None, hosts: list[str] | None 
             out["hosts"][h] = {"reachable": False, "error": r.error or (r.answer or {}).get("msg")}
             continue
         got = (r.answer.get("data") or {}).get("services") or {}
-        out["hosts"][h] = {"reachable": True, "services": {s: {**got.get(s, {"container": None, "kept": []}),
-                                                               "inventory_tag": inv.fleet.services[s].tag} for s in names[h]}}
+        freezes = (r.answer.get("data") or {}).get("freezes") or []
+        out["hosts"][h] = {"reachable": True, "freezes": freezes,
+                           "services": {s: {**got.get(s, {"container": None, "kept": []}), "inventory_tag": inv.fleet.services[s].tag,
+                                            "frozen": frozen_for(inv, s, freezes)} for s in names[h]}}
     return out
 
 

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from agent import vocabulary
+
 from .preflight import FAIL, PASS, WARN, Check
 
 MARK = {PASS: "ok", WARN: "WARN", FAIL: "FAIL"}
@@ -89,17 +91,25 @@ def accepted_warnings(checks: list[Check]) -> list[str]:
     return [f"preflight WARN (accepted): {detail} [{', '.join(where)}]" for detail, where in seen.items()]
 
 
-CAUSE_OUTCOMES = ("reverted", "removed", "revert-failed", "refused", "unknown")
-
-
 def _is_cause(s: dict) -> bool:
     """A service that failed on its own (not one sent back because another failed)."""
-    return s.get("outcome") in CAUSE_OUTCOMES and s.get("check") != "phase-revert"
+    return s.get("outcome") in vocabulary.FAILED and s.get("check") != "phase-revert"
+
+
+def _row_refs(s: dict) -> str:
+    """`what ran before -> what runs now`; for a release that failed, `what was tried (failed) -> what runs now`."""
+    after = f"{s.get('after_tag') or '(none)'}@{(s.get('after_digest') or '')[7:19]}" if s.get("after_tag") else "(none)"
+    if s.get("outcome") in vocabulary.NEEDS and not ((s.get("revert_gate") or {}).get("ok") and s.get("after_tag")):
+        after = "NOT PROVEN HEALTHY"
+    failed_release = s.get("action") != "revert" and s.get("outcome") not in (vocabulary.Outcome.REFUSED, vocabulary.Outcome.NEEDS_OPERATOR)
+    if failed_release and s.get("outcome") in vocabulary.FAILED and s.get("tried_tag"):
+        return f"{s['tried_tag']} (failed) -> {after}"
+    return f"{s.get('before_tag') or '(none)'} -> {after}"
 
 
 def rollout_text(r) -> str:
     out = []
-    if r.preflight is not None and (not r.preflight.ok or r.state == "dry-run"):
+    if r.preflight is not None and (not r.preflight.ok or r.state == vocabulary.State.DRY_RUN):
         out.append(preflight_text(r.preflight.checks, r.preflight.hosts))
     elif r.preflight is not None:
         out += accepted_warnings(r.preflight.checks)
@@ -111,10 +121,8 @@ def rollout_text(r) -> str:
         tth = g.get("time_to_healthy_s")
         t = s.get("timings") or {}
         timing = f" pull {t.get('pull_s', 0):.2f}s stop {t.get('stop_s', 0):.2f}s healthy after {tth:.2f}s" if tth is not None else ""
-        before = f"{s.get('before_tag') or '(none)'}"
-        after = f"{s.get('after_tag') or '(none)'}@{(s.get('after_digest') or '')[7:19]}"
         cause = "  <- cause" if phase_wide and _is_cause(s) else ""
-        out.append(f"  {h:12} {s['service']:20} {s['outcome']:13} {before} -> {after}{timing}{cause}")
+        out.append(f"  {h:12} {s['service']:20} {s['outcome']:13} {_row_refs(s)}{timing}{cause}")
     out += r.messages
     out.append(f"rollout {r.rollout_id} phase {r.phase}: {r.state.upper()} in {r.elapsed_s:.1f}s")
     return "\n".join(out)
@@ -173,7 +181,8 @@ def status_text(st: dict) -> str:
 
 def history_text(entries: list[dict], where: str) -> str:
     rows = [[e.get("started") or e.get("time", ""), e["rollout_id"], e.get("phase", ""), e.get("operator", ""), e.get("final", "")] for e in entries]
-    return table(rows, ["started", "rollout", "phase", "operator", "final"]) + f"\n(ledger: {where})"
+    notes = [f"{e['rollout_id']}: {e['note']}" for e in entries if e.get("note")]
+    return "\n".join([table(rows, ["started", "rollout", "phase", "operator", "final"]), *notes, f"(ledger: {where})"])
 
 
 def versions_text(out: dict) -> str:
@@ -211,8 +220,9 @@ def details_text(out: dict) -> str:
             continue
         for svc, d in info["services"].items():
             c = d.get("container")
+            frozen = [f"  frozen    {why}" for why in d.get("frozen") or []]
             if c is None:
-                blocks.append(f"{svc} on {h}: no container (inventory tag {d['inventory_tag']})")
+                blocks.append("\n".join([f"{svc} on {h}: no container (inventory tag {d['inventory_tag']})", *frozen]))
                 continue
             state = c["status"] + (f", exit code {c['exit_code']}" if c["status"] == "exited" else "") + (", OOM-killed" if c["oom_killed"] else "")
             ports = ", ".join(f"{v}->{k}" for k, v in (c.get("ports") or {}).items()) or "-"
@@ -228,6 +238,7 @@ def details_text(out: dict) -> str:
                 lines.append(f"  -prev     {prev['tag']}@{prev['digest']} ({'pinned on the host' if prev['pinned'] else 'NOT on the host any more'})")
             for k in d.get("kept") or []:
                 lines.append(f"  kept      {k['name']}: {k['tag']}@{k['digest'][:19]} ({k['status']}) — a transaction in progress or interrupted")
+            lines += frozen
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -131,10 +131,10 @@ def run(path: Path, start: str | None = None, yes: bool = False, confirm=None, o
         elapsed = time.monotonic() - t0
         lines = proc.stdout.splitlines()
         ok = proc.returncode == step.expect_exit
-        res = StepResult(step.id, ok, proc.returncode, step.expect_exit, round(elapsed, 2), lines[-40:])
+        res = StepResult(step.id, ok, proc.returncode, step.expect_exit, round(elapsed, 2), lines[-80:])
         results.append(res)
         ledger.append("runbook-step", rollout_id=rid, runbook=str(path), step=step.id, ok=ok, exit_code=proc.returncode,
-                      expected=step.expect_exit, elapsed_s=res.elapsed_s, output_tail=lines[-20:])
+                      expected=step.expect_exit, elapsed_s=res.elapsed_s, output_tail=lines[-80:])
         print("\n".join(f"   | {line}" for line in lines[-15:]), file=out)
         if not ok:
             print(f"FAILED step {step.id}: exit {proc.returncode}, expected {step.expect_exit} ({elapsed:.1f}s)\n"

@@ -124,3 +124,26 @@ def test_status_table_has_a_state_and_restarts_column():
     text = render.status_text(st)
     assert text.splitlines()[0].split()[:6] == ["host", "service", "tag", "digest", "state", "reported"]
     assert "restarting, 7 restarts" in text
+
+
+@pytest.mark.parametrize("args,says", [
+    (["rollout", "-p", "gpu-mainpc", "-H", "nohost", "-y"], "--hosts nohost: no such host"),
+    (["rollout", "-p", "gpu-mainpc", "-H", "pc2", "-y"], "--hosts pc2: phase gpu-mainpc has no service there; its hosts: mainpc"),
+    (["rollback", "-p", "gpu-mainpc", "-H", "nohost", "-y"], "--hosts nohost: no such host"),
+    (["rollback", "-p", "gpu-mainpc", "-H", "pc2", "-y"], "phase gpu-mainpc has no service there"),
+    (["rollback", "-p", "gpu-mainpc", "-s", "rag-api", "-y"], "--service rag-api: not a service of phase gpu-mainpc; its services:"),
+    (["rollback", "-p", "gpu-mainpc", "-s", "nosvc", "-y"], "--service nosvc: not a service of phase gpu-mainpc"),
+    (["restart", "-s", "nosvc", "-y"], "nosvc"),
+    (["restart", "-s", "rag-api", "-H", "mainpc", "-y"], "rag-api has no replica on 'mainpc'; it runs on pc2"),
+    (["logs", "-s", "rag-api", "-H", "nohost"], "rag-api has no replica on 'nohost'"),
+    (["exec", "-s", "rag-api", "-H", "mainpc", "--", "true"], "rag-api has no replica on 'mainpc'"),
+])
+def test_a_filter_that_names_nothing_is_an_input_error_and_nothing_is_ledgered(args, says, tmp_path):
+    import os
+
+    led = tmp_path / "ledger.jsonl"
+    r = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "FLEETROLL_LEDGER": str(led)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert says in r.stderr and "Traceback" not in r.stderr and "REVERTED" not in r.stdout + r.stderr
+    assert not led.exists() or led.read_text() == ""

@@ -44,7 +44,7 @@ def test_runbook_runs_end_to_end_against_the_lab(lab_session, tmp_path, monkeypa
     assert [x["id"] for x in results][-1] == "risk-accepted"
     assert all(x["ok"] for x in results)
     bad = next(x for x in results if x["id"] == "bad-release")
-    assert bad["exit_code"] == 4 and any("rolled back to" in line for line in bad["output_tail"])
+    assert bad["exit_code"] == 4 and any("the old container itself (pinned as" in line for line in bad["output_tail"])
     monkeypatch.setenv("FLEETROLL_LEDGER", str(led))
     steps = [x for x in ledger.read() if x["kind"] == "runbook-step"]
     assert len(steps) == len(results) and all(s["ok"] for s in steps)

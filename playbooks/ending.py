@@ -1,0 +1,205 @@
+"""The one ending of rollout, rollback and restart: observed per-service outcomes -> report, state, exit code, pins, ledger.
+
+Each workflow used to end with its own hand-written rules; the rollback's derived its state
+by a rule of its own and could say REVERTED when nothing happened. Now each hands what its
+hosts answered to `conclude()`, and the words come from agent/vocabulary.py. Only what a
+host reported counts: a host that did not answer, or a service without an outcome, is
+`needs-operator` with the evidence, never `reverted`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, exit_code, state_of
+
+from . import ledger, transport
+
+__all__ = ["conclude", "derive_state", "describe_failure", "exit_code", "host_outcomes", "services_of"]
+
+
+def services_of(res: transport.CallResult) -> list[dict]:
+    return ((res.answer or {}).get("data") or {}).get("services") or []
+
+
+def host_outcomes(results: dict[str, transport.CallResult]) -> dict[str, dict]:
+    """What each host reported, in the shape derive_state() judges."""
+    return {h: {"answered": r.answer is not None, "ok": r.ok, "error": r.error, "services": services_of(r),
+                "locked": bool(((r.answer or {}).get("data") or {}).get("locked"))} for h, r in results.items()}
+
+
+def derive_state(hosts: dict[str, dict]) -> tuple[str, list[str]]:
+    """The state from per-service outcomes the hosts reported, and what needs an operator. Pure.
+
+    Only what was observed counts: a host that did not answer, answered without per-service
+    outcomes, or reported a service whose revert failed makes the state `needs-operator`,
+    never `reverted`.
+    """
+    needs: list[str] = []
+    outcomes: list[str] = []
+    for h, r in hosts.items():
+        if not r["answered"]:
+            needs.append(f"{h}: no outcome observed ({r.get('error') or 'no answer'}); run: fab status --hosts {h}")
+            continue
+        if r.get("locked"):
+            outcomes.append(Outcome.REFUSED)
+            continue
+        if not r["services"]:
+            if not r["ok"]:
+                needs.append(f"{h}: the host reported a failure without per-service outcomes: {r.get('error')}")
+            continue
+        mine = []
+        for s in r["services"]:
+            o = s.get("outcome", "")
+            if o in NEEDS or o not in REPORTED:
+                needs.append(f"{h} {s.get('service')}: {o or 'no outcome'}: "
+                             f"{s.get('message') or (s.get('revert_gate') or {}).get('reason', '')}")
+            mine.append(o)
+        if not r["ok"] and not any(o in FAILED for o in mine):
+            mine.append(Outcome.REFUSED)  # failed before changing anything (an interrupted transaction recovered early)
+        outcomes += mine
+    return str(state_of(outcomes, unobserved=bool(needs))), needs
+
+
+def _ref(tag: str, digest: str) -> str:
+    return f"{tag or '(none)'}@{digest[7:19] or '?'}" if digest else (tag or "(none)")
+
+
+def _now_line(s: dict) -> str:
+    """What runs now, and how we know: only a gate made after the fact, on that host, proves it healthy."""
+    o = s.get("outcome")
+    rg = (s.get("revert_gate") or {})
+    proof = rg.get("last", {}).get("reason") or rg.get("reason") or ""
+    if o == Outcome.REVERTED:
+        pin = f" (pinned as {s['prev_ref']})" if s.get("prev_ref") else ""
+        how = (f"the old container itself{pin}, with its own configuration" if s.get("action") != "revert"
+               else "its recorded configuration")
+        return f"  now:   {_ref(s.get('after_tag', ''), s.get('after_digest', ''))} — {how}, proven healthy after the revert" + (
+            f" ({proof})" if proof else "")
+    if o == Outcome.REMOVED:
+        return "  now:   nothing — it had no earlier version here; the new container was removed"
+    if o == Outcome.REFUSED:
+        return f"  now:   {_ref(s.get('before_tag', ''), s.get('before_digest', ''))} — untouched: nothing was stopped"
+    if o == Outcome.REVERT_FAILED and rg.get("ok") and s.get("after_tag"):
+        # A rollback whose target failed its gate: the release it was to replace came back and passed a gate again.
+        return (f"  now:   {_ref(s.get('after_tag', ''), s.get('after_digest', ''))} — the release the rollback was to replace,"
+                f" back and proven healthy after the attempt ({proof or 'gate passed'}); the rollback itself did not happen")
+    if o == Outcome.REVERT_FAILED:
+        return (f"  now:   NOTHING PROVEN HEALTHY — {rg.get('reason') or s.get('message')}; the service needs an operator now")
+    return f"  now:   not observed ({s.get('message') or 'no outcome'}); the service needs an operator now"
+
+
+def describe_failure(host: str, s: dict, next_cmd: str, phase: str = "") -> str:
+    """One failed service, as an operator can act on it: what failed, the evidence, what runs now, what next."""
+    ev = s.get("details") or {}
+    parts = [f"FAILED {host} {s['service']}: {s.get('check') or 'check'}: {s.get('message')}"]
+    if s.get("tried_tag") or s.get("tried_digest"):
+        parts.append(f"  tried: {_ref(s.get('tried_tag', ''), s.get('tried_digest', ''))}"
+                     + (f" (configuration {s['tried_config']})" if s.get("tried_config") else ""))
+    parts.append(_now_line(s))
+    if ev.get("status"):
+        seen = [str(ev["status"])]
+        if ev.get("exit_code") is not None:
+            seen.append(f"exit code {ev['exit_code']}")
+        seen.append(f"{ev.get('restarts', 0)} restarts")
+        if ev.get("oom_killed"):
+            seen.append("OOM-KILLED (it ran out of memory)")
+        parts.append("  container, inspected after the failure: " + ", ".join(seen))
+    elif ev.get("error"):
+        parts.append(f"  container: {ev['error']}")
+    last = (s.get("gate") or {}).get("last") or {}
+    if last.get("status") is not None or last.get("body"):
+        parts.append(f"  last /health answer: HTTP {last.get('status')} body {last.get('body')!r}")
+    elif last.get("reason") and not (s.get("message") or "").endswith(last["reason"]):
+        parts.append(f"  last /health probe: {last['reason']}")
+    if ev.get("last_logs"):
+        parts.append(f"  last {len(ev['last_logs'])} log lines of the failed container:")
+        parts += [f"    | {line}" for line in ev["last_logs"]]
+    sw = s.get("switch") or {}
+    if s.get("outcome") == Outcome.REVERTED and s.get("order") == "start-first" and sw.get("back") and not sw.get("switched"):
+        parts.append("  start-first: the proxy was never switched; the old container served throughout")
+    elif s.get("outcome") == Outcome.REVERTED and sw.get("back") and sw.get("switched"):
+        parts.append("  the proxy was switched back to the old container before the new one was removed")
+    if s.get("frozen"):
+        parts.append(f"  frozen: phase {phase} on {host} now refuses this image with this configuration; a new tag or a fixed"
+                     f" configuration goes ahead (or: fab thaw --phase {phase} --reason '...')")
+    elif s.get("at_fault") is False:
+        parts.append("  not frozen: the evidence points away from the release (its container was removed or the daemon"
+                     " went away mid-gate); the same release may be rolled out again")
+    parts.append(f"  next: {next_cmd}")
+    return "\n".join(parts)
+
+
+def pins_of(all_svcs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+    return [{"host": h, "service": s["service"], "prev_tag": s["prev_ref"].rsplit(":", 1)[-1], "prev_ref": s["prev_ref"],
+             "prev_digest": s["prev_digest"], "running_tag": s.get("after_tag"), "running_digest": s.get("after_digest")}
+            for h, s in all_svcs if s.get("prev_ref") and s.get("outcome") in (Outcome.COMMITTED, Outcome.REVERTED)]
+
+
+def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
+    """The command an operator runs next for this failed service."""
+    svc = s["service"]
+    look = f"fab logs -s {svc} -H {host}; fab details -s {svc} -H {host}"
+    if s.get("outcome") in NEEDS:
+        return f"{look}; fab status -H {host}; then fab rollback -p {phase} -s {svc} --to <a tag from fab versions -s {svc}>"
+    if kind == "rollback":
+        return f"{look}; fab versions -s {svc} (choose a version that passed its gate here), then fab rollback -p {phase} -s {svc} --to TAG"
+    if kind == "restart":
+        return f"{look}; the old container serves again"
+    if s.get("outcome") == Outcome.REFUSED:
+        return f"fix what is named above, then: fab rollout --phase {phase} --inventory {inventory}"
+    return (f"{look}; fix the image (a new tag) or its configuration in {inventory}, then:"
+            f" fab rollout --phase {phase} --inventory {inventory}")
+
+
+def _good_line(kind: str, h: str, s: dict) -> str | None:
+    o = s.get("outcome")
+    if kind == "rollback" and o == Outcome.REVERTED:
+        return (f"{h} {s['service']}: now on {_ref(s.get('after_tag', ''), s.get('after_digest', ''))}, its recorded configuration,"
+                f" proven healthy ({((s.get('revert_gate') or {}).get('last') or {}).get('reason') or 'gate passed'})")
+    if kind == "restart" and o == Outcome.COMMITTED:
+        return f"{h} {s['service']}: restarted in a fresh container, proven healthy ({s.get('after_tag')})"
+    if o in (Outcome.SKIPPED, Outcome.NOOP) and kind != "rollout":
+        return f"{h} {s['service']}: {o}: {s.get('message')}"
+    return None
+
+
+def is_cause(kind: str, s: dict) -> bool:
+    """A service that failed on its own (not one sent back because another failed, not a revert that did its job)."""
+    if s.get("outcome") not in FAILED or s.get("check") == "phase-revert":
+        return False
+    return not (kind == "rollout" and s.get("action") == "revert")
+
+
+def conclude(kind: str, report, results: dict[str, transport.CallResult], common: dict[str, Any], t0: float,
+             inventory: str, extra_messages: list[str] | None = None) -> Any:
+    """Turn what the hosts answered into the report, its state, pins and the ledger's `finished` record.
+
+    kind: rollout | rollback | restart. The exit code follows from the state (vocabulary.EXIT_CODES).
+    """
+    report.hosts = {h: {"ok": r.ok, "error": r.error, "services": services_of(r), "elapsed_s": round(r.elapsed_s, 3)}
+                    for h, r in results.items()}
+    all_svcs = [(h, s) for h, r in results.items() for s in services_of(r)]
+    report.pins = pins_of(all_svcs)
+    report.state, needs = derive_state(host_outcomes(results))
+    report.ok = report.state in ((State.REVERTED, State.NOOP) if kind == "rollback" else (State.COMMITTED, State.NOOP))
+    for h, s in all_svcs:
+        line = _good_line(kind, h, s)
+        if line:
+            report.messages.append(line)
+        elif is_cause(kind, s) or s.get("outcome") in NEEDS:
+            s["next"] = next_step(kind, h, s, report.phase, inventory)
+            report.messages.append(describe_failure(h, s, s["next"], report.phase))
+    for h, r in results.items():
+        if r.answer is None or (not r.ok and not services_of(r)):
+            report.messages.append(f"FAILED {h}: {r.error}")
+    report.messages += extra_messages or []
+    if needs:
+        report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))
+    if report.pins:
+        report.messages.append(f"pins written to {ledger.write_pins(report.rollout_id, report.pins)}")
+    report.elapsed_s = time.monotonic() - t0
+    ledger.append("finished", **common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
+                  needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
+    return report

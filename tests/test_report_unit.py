@@ -1,0 +1,142 @@
+"""The failure report an operator acts on, and the filters that must name something (no hosts needed).
+
+The host side runs against the fake daemon; the controller side (ending.conclude, targets,
+the exit code of a frozen dry run) is pure over what the hosts answered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from agent import freeze
+from playbooks import ending, executor, targets, transport
+from playbooks.inventory import load
+from playbooks.plan import Plan
+from playbooks.render import rollout_text
+
+from .test_transaction_unit import NEW_D, OLD_D, REPO, by_service, run, running_old, spec, step
+
+SECRET = "s3cr3t-value-9f8e7d"
+
+
+@pytest.fixture
+def secret_dir(tmp_path, monkeypatch):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    (d / "tok").write_text(SECRET + "\n")
+    os.chmod(d / "tok", 0o600)
+    monkeypatch.setenv("FLEETROLL_SECRETS_DIR", str(d))
+    return d
+
+
+def failed_release(daemon) -> dict:
+    """A release that crashes with its secret in the crash message, reverted by its host."""
+    running_old(daemon)
+    img = daemon.image(REPO, NEW_D, behaviour="bad")
+    img.log_lines = ["\x1b[31mTraceback: KeyError MODEL_PATH\x1b[0m", "token was $TOKEN", "rag-api: crashing (exit 3)"]
+    out = run(daemon, [step(spec(env={"MACHINE": "mainpc", "TOKEN": {"secret": "tok"}}))])
+    return by_service(out)["svc"]
+
+
+def _answer(services: list[dict], ok: bool = False) -> transport.CallResult:
+    return transport.CallResult(host="mainpc", ok=ok, answer={"protocol": transport.PROTOCOL, "ok": ok, "data": {"services": services}})
+
+
+def test_the_report_names_what_failed_what_runs_now_the_crash_message_and_the_freeze(host_state, daemon, secret_dir, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    s = failed_release(daemon)
+    assert s["outcome"] == "reverted" and s["frozen"]
+    assert any("rag-api: crashing (exit 3)" in line for line in s["details"]["last_logs"])
+    rep = executor.RolloutReport("r-new", "gpu", False, "failed", Plan("r-new", "gpu", "op", []))
+    ending.conclude("rollout", rep, {"mainpc": _answer([s])}, {"rollout_id": "r-new", "phase": "gpu"}, time.monotonic() - 4.2,
+                    "inv/fleet.yml")
+    text = rollout_text(rep)
+    assert rep.state == "reverted" and executor.exit_code([rep.state]) == 4
+    assert "tried: 20261126-bbbbbbb@bbbbbbbbbbbb" in text, text
+    assert "now:   20261101-aaaaaaa@aaaaaaaaaaaa — the old container itself" in text
+    assert "20261126-bbbbbbb (failed) -> 20261101-aaaaaaa@aaaaaaaaaaaa" in text, "the row says tried -> now, not old -> old"
+    assert "| rag-api: crashing (exit 3)" in text and "Traceback: KeyError MODEL_PATH" in text
+    assert "frozen: phase gpu on mainpc" in text and "next: fab logs -s svc -H mainpc" in text
+    assert "in 4.2s" in text, "the elapsed time is the command's"
+    blob = json.dumps(rep.to_json())
+    assert "rag-api: crashing (exit 3)" in blob and '"next"' in blob and '"frozen": true' in blob
+    for out in (text, blob, (tmp_path / "ledger.jsonl").read_text()):
+        assert SECRET not in out and "\x1b[" not in out and "\\u001b" not in out
+
+
+def test_a_lost_answer_is_needs_operator_never_reverted(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    rep = executor.RolloutReport("r-x", "gpu", False, "failed", Plan("r-x", "gpu", "op", []))
+    lost = transport.CallResult(host="mainpc", ok=False, error="link lost", error_kind="link-lost")
+    ending.conclude("rollback", rep, {"mainpc": lost}, {"rollout_id": "r-x"}, time.monotonic(), "inv/fleet.yml")
+    assert rep.state == "needs-operator" and executor.exit_code([rep.state]) == 5 and not rep.ok
+    assert "REVERTED" not in rollout_text(rep)
+
+
+def test_a_rollback_that_reverted_is_reverted_and_one_with_nothing_to_do_is_noop(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    back = {"service": "svc", "action": "revert", "outcome": "reverted", "after_tag": "20261101-aaaaaaa", "after_digest": OLD_D,
+            "prev_ref": f"{REPO}:20261101-aaaaaaa-prev", "prev_digest": OLD_D, "revert_gate": {"last": {"reason": "HTTP 200"}}}
+    rep = executor.RolloutReport("r-b", "gpu", False, "failed", Plan("r-b", "gpu", "op", []))
+    ending.conclude("rollback", rep, {"mainpc": _answer([back], ok=True)}, {"rollout_id": "r-b"}, time.monotonic(), "inv/fleet.yml")
+    assert rep.state == "reverted" and rep.ok and "now on 20261101-aaaaaaa@aaaaaaaaaaaa" in "\n".join(rep.messages)
+    same = {"service": "svc", "action": "revert", "outcome": "skipped", "message": "svc already runs 20261101-aaaaaaa"}
+    rep2 = executor.RolloutReport("r-c", "gpu", False, "failed", Plan("r-c", "gpu", "op", []))
+    ending.conclude("rollback", rep2, {"mainpc": _answer([same], ok=True)}, {"rollout_id": "r-c"}, time.monotonic(), "inv/fleet.yml")
+    assert rep2.state == "noop" and executor.exit_code([rep2.state]) == 0
+
+
+@pytest.fixture
+def inv():
+    from pathlib import Path
+
+    return load(Path(__file__).resolve().parents[1] / "inventory" / "fleet.yml")
+
+
+def test_filters_that_name_nothing_are_input_errors_with_the_valid_names(inv):
+    first = inv.phases[1]
+    other_host = next(h for h in inv.fleet.hosts if h not in targets.phase_hosts(inv, first.name))
+    with pytest.raises(targets.TargetError, match=r"--hosts nohost: no such host .*; hosts: "):
+        targets.check(inv, first.name, ["nohost"])
+    with pytest.raises(targets.TargetError, match=rf"--hosts {other_host}: phase {first.name} has no service there; its hosts: "):
+        targets.check(inv, first.name, [other_host])
+    with pytest.raises(targets.TargetError, match=rf"--service nosvc: not a service of phase {first.name}; its services: "):
+        targets.check(inv, first.name, None, "nosvc")
+    targets.check(inv, first.name, targets.phase_hosts(inv, first.name), first.services[0])
+    with pytest.raises(executor.RolloutError, match="no such host"):
+        executor.rollback(inv, first.name, hosts=["nohost"])
+
+
+def test_a_dry_run_that_a_freeze_would_refuse_exits_3():
+    rep = executor.RolloutReport("r", "gpu", True, "dry-run", Plan("r", "gpu", "op", []))
+    rep.frozen = True
+    assert executor.exit_code([executor.report_state(rep)]) == 3
+
+
+def test_freeze_records_carry_no_secret_value(host_state, daemon, secret_dir):
+    failed_release(daemon)
+    assert SECRET not in json.dumps(freeze.all_freezes())
+
+
+def test_history_shows_what_the_hosts_reported_after_an_interruption(tmp_path, monkeypatch):
+    from playbooks import ledger
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    ledger.append("started", rollout_id="r-1", phase="gpu")
+    ledger.append("interrupted", rollout_id="r-1", phase="gpu", reason="Ctrl-C")
+    assert ledger.rollouts()[0]["final"].startswith("interrupted by the operator")
+    assert ledger.pending() == {"r-1"}
+    last = {"rollout_id": "r-1", "state": "finished", "outcome": {"state": "good", "services": [{"service": "svc", "outcome": "reverted"}]}}
+    ledger.observe("mainpc", last)
+    ledger.observe("mainpc", last)  # once per host, however often fab status looks
+    e = ledger.rollouts()[0]
+    assert e["final"] == "reverted" and "interrupted by the operator" in e["note"] and "mainpc svc reverted" in e["note"]
+    assert len([r for r in ledger.read() if r["kind"] == "observed"]) == 1
+    ledger.append("started", rollout_id="r-2")
+    ledger.append("finished", rollout_id="r-2", final="committed")
+    assert ledger.pending() == {"r-1"}, "a finished rollout leaves nothing pending"
