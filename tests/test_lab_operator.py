@@ -300,3 +300,28 @@ def test_restart_exec_and_prune(lab, tmp_path):
     assert any(t.endswith("-prev") for i in cl.images.list() for t in i.tags)
     assert all("-prev" not in n for x in out["removed"] for n in x["names"])
     assert executor.rollout(inv, PHASE).state == "noop"
+
+
+def test_a_config_only_failure_freezes_that_configuration_not_the_good_tag(lab, tmp_path, thawed):
+    """Same tag, a bad env value: reverted, and only that image+configuration pair is refused; the fixed env commits."""
+    assert executor.rollout(load(lab.inventory), PHASE).ok
+
+    def inv_with(name: str, env: dict):
+        def edit(doc):
+            doc["services"]["llm-api"]["env"].update(env)
+            doc["services"]["llm-api"]["health"].update(healthy_deadline=3)
+        return load(derive_inventory(lab, tmp_path / name, edit))
+
+    bad = inv_with("bad", {"PORT": "9999"})  # the server listens where the gate does not look
+    first = executor.rollout(bad, PHASE)
+    assert first.state == "reverted", first.messages
+    assert "frozen: phase gpu-mainpc on mainpc now refuses this image with this configuration" in "\n".join(first.messages)
+    again = executor.rollout(bad, PHASE)
+    assert again.state == "refused" and executor.exit_code([again.state]) == 3 and again.hosts == {}
+    dry = executor.rollout(bad, PHASE, dry_run=True)
+    assert executor.exit_code([executor.report_state(dry)]) == 3, "a dry run of what a freeze refuses exits 3"
+    frozen = operate.details(bad, "llm-api")["hosts"]["mainpc"]["services"]["llm-api"]["frozen"]
+    assert len(frozen) == 1 and "with configuration cfg:" in frozen[0] and "a changed configuration goes ahead" in frozen[0]
+    fixed = executor.rollout(inv_with("fixed", {"PORT": "8080"}), PHASE)
+    assert fixed.state == "committed", fixed.messages
+    assert executor.status(bad, ["mainpc"])["hosts"]["mainpc"]["freezes"] == [], "the commit lifted the automatic freeze"

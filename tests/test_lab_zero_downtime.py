@@ -356,3 +356,31 @@ def test_a_service_put_behind_a_proxy_that_does_not_know_it_yet_is_refused_in_pr
     assert not rep.ok and rep.state in ("failed", "refused"), text
     assert "no backend for web2" in text and "fab rollout --phase edge" in text, text
     assert not docker.DockerClient(base_url=lab.host("pc2").docker_host).containers.list(all=True, filters={"name": "^web2$"})
+
+
+def test_start_first_rollback_of_a_crash_looping_release_brings_the_old_one_back_behind_the_proxy(edge):
+    """The running web crash-loops (restart: always) on the proxy network: rollback settles it first, never races Docker."""
+    lab = edge["lab"]
+    tag = new_tag()
+    images.push(lab, "cpu-svc", tag, "healthy")
+    inv = inventory_with(edge, "sf-crash", web={"tag": tag})
+    assert executor.rollout(inv, "web").state == "committed"
+    client = docker.DockerClient(base_url=lab.host("pc2").docker_host)
+    c = client.containers.get("web")
+    labels = dict(c.labels)
+    c.remove(force=True)
+    crash = images.push(lab, "cpu-svc", new_tag(), "crash")
+    client.images.pull(crash)
+    c = client.containers.run(crash, name="web", labels=labels, network="fleetroll", restart_policy={"Name": "always"},
+                              user="10001:10001", detach=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and (c.reload() or c.attrs["RestartCount"] < 2):
+        time.sleep(0.1)
+    rep = executor.rollback(inv, "web", "web")
+    assert rep.state == "reverted", rep.messages
+    s = svc(rep, "pc2", "web")
+    assert s["outcome"] == "reverted" and s["order"] == "start-first", s
+    live, addr = serving(lab, "pc2", "web")
+    assert live == [f"{addr}:8080"], (live, addr)
+    now = client.containers.get("web")
+    assert now.attrs["State"]["Running"] and not now.attrs["State"]["Restarting"] and now.labels["io.fleetroll.tag"] != tag

@@ -27,7 +27,7 @@ RUN = """#!/bin/sh
 # Lab service: behaviour chosen at build time by VARIANT.
 PORT=${PORT:-8080}
 case "$VARIANT" in
-  crash) httpd -p "$PORT" -h /www; sleep "${CRASH_AFTER:-3}"; echo "lab: crashing on purpose (exit 3)" >&2; exit 3 ;;
+  crash) httpd -p "$PORT" -h /www; sleep "${CRASH_AFTER:-1}"; echo "lab: crashing on purpose (exit 3)" >&2; exit 3 ;;
   http500) exec nc -ll -p "$PORT" -e /app/respond500 ;;
   hang) exec nc -ll -p "$PORT" -e /app/hang ;;
   banner) exec nc -ll -p "$PORT" -e /app/banner ;;
