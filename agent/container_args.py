@@ -212,6 +212,13 @@ def redact_record(value: Any, key: bytes) -> Any:
     return value
 
 
+def redacted_record(value: Any) -> Any:
+    """redact_record with this host's journal key: what a record looks like when it leaves the host."""
+    from .journal import redaction_key
+
+    return redact_record(value, redaction_key())
+
+
 def redact_env(env: dict[str, Any], key: bytes) -> dict[str, Any]:
     """Names stay, references stay (they are not secret), values become short keyed hashes."""
     return {k: v if secrets.is_ref(v) else "hmac:" + hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:12]

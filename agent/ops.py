@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from . import PROTOCOL, journal, lock
+from . import PROTOCOL, container_args, journal, lock
 from .paths import state_dir
 from .vocabulary import HostState, Step
 
@@ -83,7 +83,9 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
             new = [json.loads(x) for x in complete.splitlines() if x.strip()]
         for rec in new:
             # The old configuration stays on the host (its env values are the host's business).
-            emit({"event": rec.get("step"), **{k: v for k, v in rec.items() if k not in ("step", "old_config")}})
+            # The old configuration stays here whole; anything else that carries an env leaves as names and hashes.
+            safe = container_args.redacted_record(rec) if "env" in json.dumps(rec) else rec
+            emit({"event": rec.get("step"), **{k: v for k, v in safe.items() if k not in ("step", "old_config")}})
             if rec.get("step") == Step.DONE:
                 return rec
         now = time.monotonic()
@@ -194,7 +196,8 @@ def follow(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
         return _answer("journal", False, f"no journal for rollout {rid} on this host")
     done = journal.outcome(records) or _follow(rid, emit, time.monotonic() + float(args.get("timeout", 300)))
     if done is None:
-        return _answer("journal", False, f"rollout {rid} has no outcome yet", {"records": records[-20:]})
+        return _answer("journal", False, f"rollout {rid} has no outcome yet",
+                       {"records": [container_args.redacted_record(r) for r in records[-20:]]})
     return _answer("journal", bool(done.get("ok")), "", {k: v for k, v in done.items() if k != "step"})
 
 

@@ -333,7 +333,29 @@ class Transaction:
         c.reload()
         return proxy.container_address(c.attrs, h["network"])
 
+    @staticmethod
+    def _unsafe(args: container_args.CreateArgs) -> list[str]:
+        """The hard rules (user, binds, network) and every referenced secret readable: for every create, whatever made it."""
+        refused = container_args.problems(args)
+        try:
+            secrets.resolve(args.get("env") or {})
+        except secrets.SecretError as exc:
+            refused.append(str(exc))
+        return refused
+
+    def _refuse_unsafe(self, r: ServiceResult, args: container_args.CreateArgs) -> bool:
+        """Refuse before anything stops: a swap, a restart or a rollback whose container would break the hard rules."""
+        refused = self._unsafe(args)
+        if refused:
+            r.outcome, r.check = Outcome.REFUSED, "container-config"
+            r.message = "; ".join(refused) + "; refused, nothing was stopped"
+            self.j(Step.REFUSED, r.service, check=r.check, message=r.message)
+        return bool(refused)
+
     def _create_start(self, args: container_args.CreateArgs, service: str):
+        refused = self._unsafe(args)  # a last guard: restore and recovery recreate from recorded configurations too
+        if refused:
+            raise StepFailed("container-config", "; ".join(refused))
         api = self.client.api
         self._ensure_network(args.get("network") or "")
         args = {**args, "env": secrets.resolve(args.get("env") or {}), "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
@@ -627,15 +649,7 @@ class Transaction:
         labels = container_args.labels_for(spec, spec["tag"], spec["digest"], self.rid, self.args.get("phase", ""),
                                            self.args.get("operator", ""), git_sha, prev_tag, prev_digest)
         new_args = container_args.from_spec(proxy.host_spec(spec), image.id, labels)
-        refused = container_args.problems(new_args)
-        try:
-            secrets.resolve(new_args["env"])  # every referenced secret readable here, before anything stops
-        except secrets.SecretError as exc:
-            refused.append(str(exc))
-        if refused:
-            r.outcome, r.check = Outcome.REFUSED, "container-config"
-            r.message = "; ".join(refused) + "; refused, nothing was stopped"
-            self.j(Step.REFUSED, service, check=r.check, message=r.message)
+        if self._refuse_unsafe(r, new_args):
             return r
         self._replace(r, current, new_args, spec["health"], spec["repo"], pin=pin, gpu_budget_gb=spec.get("gpu_memory_gb"),
                       order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)),
@@ -771,6 +785,8 @@ class Transaction:
         r.before_tag, r.before_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
         r.tried_tag, r.tried_digest = r.before_tag, r.before_digest
         new_args = {**container_args.from_inspect(current.attrs), "name": service}
+        if self._refuse_unsafe(r, new_args):
+            return r
         self._replace(r, current, new_args, container_args.health_of(labels, spec["health"]), spec["repo"], pin=False,
                       order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)))
         if r.outcome == Outcome.GATED:
@@ -845,6 +861,8 @@ class Transaction:
                 return r
             new_args = {**old_cfg, "name": service, "image": image}
             r.tried_tag, r.tried_digest = old_labels.get(contract.TAG, ""), r.prev_digest
+            if self._refuse_unsafe(r, new_args):
+                return r
             target = ServiceResult(service, "revert")
             self._replace(target, current, new_args, container_args.health_of(old_labels, spec["health"]), spec["repo"], pin=False,
                           order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)))

@@ -584,7 +584,9 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
     if coll_host and results[coll_host].answer:
         c = (results[coll_host].answer.get("data") or {}).get("collector") or {}
         if c.get("ok"):
-            reports = {(r["host"], r["service"]): r for r in c["services"]}
+            # A host's answer is untrusted input: a row without a host and service is dropped, not a KeyError.
+            reports = {(r["host"], r["service"]): r for r in c.get("services") or []
+                       if isinstance(r, dict) and r.get("host") and r.get("service")}
     out: dict[str, Any] = {"hosts": {}, "collector": None if not coll else ("ok" if reports is not None else "unreachable")}
     for h in inv.select_hosts(hosts):
         r = results[h]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install everything fleetroll and its lab need on a fresh Debian 12 machine (run as root):
-# Debian packages for the lab fleet, and a virtual environment at .venv with fleetroll
+# Debian packages for the lab fleet (and haproxy, whose `haproxy -c` checks every proxy configuration
+# the tests render; it is never started), and a virtual environment at .venv with fleetroll
 # installed in editable mode with its test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS=(docker.io docker-registry openssh-server openssh-client tini busybox-static iproute2 gcc libc6-dev iptables python3-venv python3-pip util-linux procps git buildah mmdebstrap ca-certificates)
+PKGS=(docker.io docker-registry openssh-server openssh-client tini busybox-static iproute2 gcc libc6-dev iptables python3-venv python3-pip util-linux procps git buildah mmdebstrap ca-certificates haproxy)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

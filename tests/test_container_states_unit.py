@@ -108,3 +108,20 @@ def test_transient_docker_answers_are_told_apart_from_real_ones():
     assert not transient(RuntimeError("sandbox"))
     assert container_state({"State": {"Running": True, "Restarting": True, "Status": "restarting"}}) == "restarting"
     assert container_state({"State": {"Running": True, "Paused": True, "Status": "paused"}}) == "paused"
+
+
+def test_rollback_and_restart_recreations_meet_the_hard_rules_before_anything_stops(daemon):
+    """A recorded configuration is checked like a new one: a rollback to a root container is refused, nothing changed."""
+    from agent import journal
+
+    _committed(daemon)
+    recs = journal.read("r-new")
+    for rec in recs:
+        if rec.get("step") == "set-aside":
+            rec["old_config"]["user"] = "0:0"  # as if the journal had been tampered with
+    journal.path_for("r-new").write_text("".join(__import__("json").dumps(r) + "\n" for r in recs))
+    running_before = only(daemon, "svc").id
+    r = by_service(run(daemon, [{"action": "revert", "spec": spec(), "expect_rollout_id": "r-new"}], rid="r-new-revert",
+                       policy="revert-service"))["svc"]
+    assert r["outcome"] == "refused" and r["check"] == "container-config" and "nothing was stopped" in r["message"]
+    assert only(daemon, "svc").id == running_before and only(daemon, "svc").running
