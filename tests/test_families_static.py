@@ -323,3 +323,15 @@ def test_an_unknown_variant_or_base_family_is_refused(tmp_path):
     (tmp_path / "families.yml").write_text(text)
     with pytest.raises(SystemExit, match="base_family: unknown family 'nope'"):
         spec.load(tmp_path / "families.yml")
+
+
+def test_a_variant_build_fetches_every_lock_it_installs():
+    """The triton variant installs requirements-triton.txt: its wheels must be fetched too (failed from a fresh clone)."""
+    from playbooks.images.build import FAMILIES_DIR, locks_of
+
+    ctx = FAMILIES_DIR / "family-torch-cu121"
+    assert ctx / "requirements-triton.txt" in locks_of(ctx, "triton")
+    assert ctx / "requirements-triton.txt" not in locks_of(ctx, "")
+    dockerfile = (ctx / "Dockerfile").read_text()
+    for lock in ctx.glob("requirements-*.txt"):
+        assert lock.name in dockerfile, f"{lock.name} is a lock the Dockerfile does not install"

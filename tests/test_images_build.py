@@ -34,7 +34,8 @@ def built(tmp_path_factory):
     return first
 
 
-def test_cpu_family_is_reproducible(built):
+def test_cpu_family_is_reproducible(built, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_BUILD_FRESH", "1")  # built afresh: a reuse of the first build would prove nothing
     again = build.build_family(FAMILY, allow_dirty=True)
     assert again.digest == built.digest, "the same commit must give the same image digest"
     assert again.tag == built.tag
@@ -119,7 +120,10 @@ def test_proxy_family_builds_reproducibly_runs_haproxy_as_10001_and_passes_the_a
             pytest.fail(why)
         pytest.skip(why)
     fam = spec.load().family("fleetroll-proxy")
-    first, again = build.build_family("fleetroll-proxy", allow_dirty=True), build.build_family("fleetroll-proxy", allow_dirty=True)
+    first = build.build_family("fleetroll-proxy", allow_dirty=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLEETROLL_BUILD_FRESH", "1")  # built afresh: a reuse of the first build would prove nothing
+        again = build.build_family("fleetroll-proxy", allow_dirty=True)
     assert first.digest == again.digest and first.size_mb <= fam.size_budget_mb
     cfg = json.loads(subprocess.run(["buildah", "inspect", "--type", "image", first.local_ref], capture_output=True, text=True,
                                     check=True).stdout)["OCIv1"]["config"]
@@ -135,3 +139,19 @@ def test_proxy_family_builds_reproducibly_runs_haproxy_as_10001_and_passes_the_a
     finally:
         subprocess.run(["buildah", "rm", ctr], capture_output=True)
     assert r.returncode == 0 and "HAProxy version 2.6" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_build_of_the_same_inputs_is_reused_and_a_changed_input_is_not(built, tmp_path, monkeypatch):
+    """Each family is built at most once per commit and locks on a machine; what it is made from decides."""
+    again = build.build_family(FAMILY, allow_dirty=True)
+    assert again.digest == built.digest and any("reused this machine's build" in n for n in again.notes)
+    ctx = build.FAMILIES_DIR / FAMILY
+    key = build.inputs_key(FAMILY, ctx, {"A": "1"}, True)
+    assert build.inputs_key(FAMILY, ctx, {"A": "2"}, True) != key, "another build argument (a base digest, a commit) is another build"
+    lock = next(ctx.glob("requirements*.txt"))
+    before = lock.read_bytes()
+    try:
+        lock.write_bytes(before + b"\n# changed\n")
+        assert build.inputs_key(FAMILY, ctx, {"A": "1"}, True) != key, "a changed lock is another build"
+    finally:
+        lock.write_bytes(before)

@@ -15,6 +15,7 @@ build says so and uses buildah's local layer cache instead.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -187,11 +188,23 @@ def image_size_mb(ref: str) -> float:
 # --- wheelhouse ---------------------------------------------------------------------------
 
 
-def wheelhouse(context: Path, python: str) -> tuple[Path, str]:
+def locks_of(context: Path, variant: str = "") -> list[Path]:
+    """Every lock a build of this context (and variant) installs from: each must be in the wheelhouse.
+
+    A variant's own lock is `requirements-<variant>.txt` beside the main one. Fetching only
+    requirements.txt once left the triton variant to a wheelhouse that happened to be there.
+    """
+    locks = [context / "requirements.txt", FAMILIES_DIR / "build-requirements.txt"]
+    if variant and (context / f"requirements-{variant}.txt").is_file():
+        locks.append(context / f"requirements-{variant}.txt")
+    return locks
+
+
+def wheelhouse(context: Path, python: str, variant: str = "") -> tuple[Path, str]:
     """Fetch the locked wheels (pip checks each hash) into the build context; return (dir, pip wheel)."""
     wheels = context / "wheels"
     wheels.mkdir(exist_ok=True)
-    for lock in (context / "requirements.txt", FAMILIES_DIR / "build-requirements.txt"):
+    for lock in locks_of(context, variant):
         run("python3", "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--require-hashes",
             "--no-deps", "--only-binary=:all:", "--python-version", python, "--platform", "manylinux_2_28_x86_64",
             "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux1_x86_64",
@@ -263,7 +276,7 @@ def build_family(family: str, registry: str = "", push: bool = False, allow_dirt
     if fam.kind == "proxy":  # HAProxy from the base's Debian packages: nothing to fetch, built offline
         return _build(name, ctx, rev, {"BASE": base}, base, fam.size_budget_mb, "families.yml", network="none",
                       with_emitter=False, registry=registry, push=push, insecure=insecure, notes=notes, **size)
-    _, pip_wheel = wheelhouse(ctx, fam.python)
+    _, pip_wheel = wheelhouse(ctx, fam.python, variant)
     args = {"BASE": base, "PIP_WHEEL": pip_wheel, **({"TRITON": "1" if variant == "triton" else "0"} if fam.variants else {})}
     # Offline unless the family installs Debian packages (apt needs the archive).
     return _build(name, ctx, rev, args, base, fam.size_budget_mb, "families.yml",
@@ -279,13 +292,58 @@ def family_pinned(family: str, rev: Revision, allow_dirty: bool) -> str:
     return f"{LOCAL}/{family}@{image_digest(local)}"
 
 
+def inputs_key(name: str, ctx: Path, args: dict[str, str], with_emitter: bool) -> str:
+    """Everything a build is made from, hashed: the build arguments (commit, base digest, ...), the context's
+    files (its Dockerfile and locks; fetched wheels are named by the locks), and the shared SBOM/emitter code.
+
+    Two builds with the same key give the same image (the builds are reproducible), so the second
+    may reuse the first's. A -dirty tree changes the key through its files, not through its tag.
+    """
+    h = hashlib.sha256(json.dumps({"name": name, "args": args}, sort_keys=True).encode())
+    files = [p for p in sorted(ctx.rglob("*")) if p.is_file() and "wheels" not in p.relative_to(ctx).parts
+             and p.name not in ("sbom_gen.py",) and "emitter" not in p.relative_to(ctx).parts]
+    files.append(FAMILIES_DIR / "sbom_gen.py")
+    if with_emitter:
+        files += sorted(p for p in (FAMILIES_DIR / "emitter").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for f in files:
+        h.update(str(f.relative_to(FAMILIES_DIR)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _cached(name: str, local: str, key: str) -> BuildResult | None:
+    """This machine's earlier build with the same inputs, if its image is still here under that digest."""
+    rec = BUILD_DIR / "cache" / f"{name}.json"
+    try:
+        saved = json.loads(rec.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if saved.get("key") != key or saved.get("result", {}).get("local_ref") != local:
+        return None
+    r = subprocess.run(["buildah", "inspect", "--type", "image", "--format", "{{.FromImageDigest}}", local], capture_output=True, text=True)
+    if r.returncode != 0 or r.stdout.strip() != saved["result"]["digest"] or not Path(saved["result"]["sbom"]).is_file():
+        return None
+    res = BuildResult(**{k: v for k, v in saved["result"].items() if k != "pushed"})
+    res.notes = [*res.notes, f"reused this machine's build of the same inputs ({key[:12]}): same commit, same locks, same digest"]
+    return res
+
+
 def _build(name: str, ctx: Path, rev: Revision, args: dict[str, str], base: str, budget_mb: int, budget_source: str,
            network: str, with_emitter: bool, registry: str, push: bool, insecure: bool, notes: list[str],
            measure: str = "uncompressed", ceiling_mb: int | None = None) -> BuildResult:
-    """The part families and services share: bud with commit-derived labels, then digest, size, SBOM, push."""
+    """The part families and services share: bud with commit-derived labels, then digest, size, SBOM, push.
+
+    A build whose inputs this machine already built is reused (FLEETROLL_BUILD_FRESH=1, or the
+    tests that prove reproducibility, build again).
+    """
     args = {**args, "REVISION": rev.sha, "CREATED": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rev.epoch)),
             "SOURCE": f"fleetroll/{ctx.parent.name}/{name}", "VERSION": rev.tag, "SOURCE_DATE_EPOCH": str(rev.epoch)}
     local = f"{LOCAL}/{name}:{rev.tag}"
+    key = inputs_key(name, ctx, args, with_emitter)
+    reused = None if os.environ.get("FLEETROLL_BUILD_FRESH") == "1" else _cached(name, local, key)
+    if reused is not None:
+        if push:
+            reused.pushed = push_image(local, f"{registry}/{name}:{rev.tag}", insecure)
+        return reused
     shutil.copy(FAMILIES_DIR / "sbom_gen.py", ctx / "sbom_gen.py")
     if with_emitter:
         shutil.copytree(FAMILIES_DIR / "emitter", ctx / "emitter", dirs_exist_ok=True)
@@ -305,6 +363,11 @@ def _build(name: str, ctx: Path, rev: Revision, args: dict[str, str], base: str,
     if not ok:
         raise BuildError(said)
     result.notes.append(said)
+    cache = BUILD_DIR / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{name}.{os.getpid()}"
+    tmp.write_text(json.dumps({"key": key, "result": result.to_json()}))
+    os.replace(tmp, cache / f"{name}.json")
     if push:
         result.pushed = push_image(local, f"{registry}/{name}:{rev.tag}", insecure)
     return result
