@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .paths import docker_endpoint, socket_gid, state_dir  # noqa: F401 - docker_endpoint, socket_gid: lock's names for them
+
 DIR_MODE = 0o2770
 
 
@@ -58,30 +60,10 @@ class LockUnsafe(Exception):
     """The lock directory or file is not one only trusted accounts could have made: refused, never used."""
 
 
-def docker_endpoint() -> str:
-    """The daemon this agent drives, normalized so two spellings of one socket are one key."""
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    if host.startswith("unix://"):
-        return "unix://" + os.path.realpath(host[len("unix://"):])
-    return host
-
-
-def socket_gid() -> int | None:
-    host = docker_endpoint()
-    if not host.startswith("unix://"):
-        return None
-    try:
-        return os.stat(host[len("unix://"):]).st_gid
-    except OSError:
-        return None
-
-
 def lock_dir() -> Path:
     env = os.environ.get("FLEETROLL_LOCK_DIR")
     if env:
         return Path(env)
-    from .paths import state_dir
-
     return state_dir() / "lock"
 
 

@@ -22,8 +22,6 @@ def state_dir() -> Path:
         p = Path(env)
     elif os.geteuid() == 0 and not SYSTEM_DIR.exists():
         SYSTEM_DIR.mkdir(mode=0o2770, parents=True)
-        from .lock import socket_gid
-
         gid = socket_gid()
         if gid is not None:
             os.chown(SYSTEM_DIR, -1, gid)
@@ -35,3 +33,21 @@ def state_dir() -> Path:
         p = Path.home() / ".local" / "state" / "fleetroll"
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def docker_endpoint() -> str:
+    """The daemon this agent drives, normalized so two spellings of one socket are one key."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        return "unix://" + os.path.realpath(host[len("unix://"):])
+    return host
+
+
+def socket_gid() -> int | None:
+    host = docker_endpoint()
+    if not host.startswith("unix://"):
+        return None
+    try:
+        return os.stat(host[len("unix://"):]).st_gid
+    except OSError:
+        return None

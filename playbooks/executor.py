@@ -19,12 +19,14 @@ from agent.vocabulary import FAILED, Outcome, State, exit_code  # noqa: F401 - e
 from . import batches, freezes, hooks, ledger, targets, transport
 from . import order as swap_order
 from .ending import conclude, derive_state, describe_failure, host_outcomes, services_of  # noqa: F401 - re-exported
+from .errors import RolloutError
 from .inventory import Inventory
-from .plan import BLOCKED, NOOP, Plan, Step, build_plan, container_spec, operator, plan_text
+from .plan import BLOCKED, NOOP, Plan, Step, build_plan, container_spec, new_rollout_id, operator, plan_text
 from .progress import Progress  # noqa: F401 - the tasks' and tests' name for it
 from .runner import PreflightReport, run_preflight
 
 POLICIES = ("revert-phase", "revert-service", "stop")
+LINK_SILENCE_S = 10.0  # the agent sends a heartbeat every 2 s, so this much silence means the link is gone
 
 
 class Interrupted(Exception):
@@ -35,10 +37,6 @@ class Interrupted(Exception):
         super().__init__(f"interrupted: rollout {rollout_id} of {phase} was running on {', '.join(hosts) or '(no host yet)'};"
                          " each host finishes its transaction on its own (commit, or back to its last-known-good)."
                          " Re-attach with: fab status --follow")
-
-
-class RolloutError(Exception):
-    pass
 
 
 @dataclass
@@ -124,8 +122,8 @@ def _reattach(inv: Inventory, host: str, rid: str, on_event, pool: transport.Poo
 
 def _run_on_hosts(inv: Inventory, plan: Plan, hosts: list[str], args_for, max_parallel, progress, report: RolloutReport,
                   pool: transport.Pool) -> dict[str, transport.CallResult]:
-    # The agent sends a heartbeat every 2 s, so 10 s of silence means the link is gone.
-    results = transport.on_hosts(inv, hosts, "rollout", args_for, max_parallel=max_parallel, timeout=10.0, on_event=progress, pool=pool)
+    results = transport.on_hosts(inv, hosts, "rollout", args_for, max_parallel=max_parallel, timeout=LINK_SILENCE_S, on_event=progress,
+                                 pool=pool)
     report.agent_calls += len(hosts)
     for h, res in list(results.items()):
         if res.answer is None and res.error_kind in ("timeout", "agent", "link-lost"):
@@ -213,7 +211,7 @@ def _rollout(
     """failpoint (tests only): {"after": step, "service": name} makes the host transaction stop dead there."""
     if on_failure not in POLICIES:
         raise RolloutError(f"--on-failure must be one of {', '.join(POLICIES)}, not {on_failure!r}")
-    _check_targets(inv, phase, hosts)
+    targets.check(inv, phase, hosts)
     ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress)
     ro.failpoint = failpoint
     if _stop_before_changing(ro, dry_run, confirm):
@@ -227,13 +225,6 @@ def _rollout(
                       " their own", hosts_busy=ro.plan.hosts)
         raise Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts) from None
     return _record(ro, results)
-
-
-def _check_targets(inv: Inventory, phase: str, hosts: list[str] | None, service: str | None = None) -> None:
-    try:
-        targets.check(inv, phase, hosts, service)
-    except targets.TargetError as exc:
-        raise RolloutError(str(exc)) from None
 
 
 def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_parallel, policy: str, progress) -> _Rollout:
@@ -468,11 +459,10 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     configuration), so the old env, ports and volumes come back, not today's inventory
     with an old image — and no env value ever travels back to the controller.
     """
-    _check_targets(inv, phase, hosts, service)
+    targets.check(inv, phase, hosts, service)
     t0 = time.monotonic()
     names = [service] if service else inv.services_for(phase, hosts)
-    plan = build_plan(inv, phase, {}, hosts, who=operator())
-    plan.rollout_id = plan.rollout_id.replace(f"-{phase}-", f"-{phase}-rollback-")
+    plan = build_plan(inv, phase, {}, hosts, rollout_id=new_rollout_id(phase, "rollback"), who=operator())
     plan.steps = [s for s in plan.steps if s.service in names]
     report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
@@ -631,17 +621,15 @@ def _phase_of(inv: Inventory, service: str) -> str:
 
 def restart(inv: Inventory, service: str, progress=None, host: str | None = None) -> RolloutReport:
     """A service in a fresh container with the same configuration, gated like a swap; the old one comes back if it fails."""
-    from .operate import replica_host
-
     t0 = time.monotonic()
-    host = replica_host(inv, service, host)
+    host = targets.replica_host(inv, service, host)
     phase = _phase_of(inv, service)
     svc = inv.fleet.services[service]
     wanted, drain_s = inv.fleet.update_order(service)
     # No NVML facts are read for a restart: a GPU service with a memory budget restarts stop-first.
     how = swap_order.choose(service, wanted, svc.proxy is not None, True, svc.gpus, svc.gpu_memory_gb,
                             inv.fleet.defaults.gpu_memory_reserve_gb, None)
-    plan = Plan(f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-restart-{service}-{new_suffix()}", phase, operator(),
+    plan = Plan(new_rollout_id("restart", service), phase, operator(),
                 [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart",
                       order=how.order if not how.refused else "stop-first", order_reason=how.reason, drain_s=drain_s)])
     report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
@@ -653,7 +641,3 @@ def restart(inv: Inventory, service: str, progress=None, host: str | None = None
     return conclude("restart", report, results, common, t0, str(inv.path))
 
 
-def new_suffix() -> str:
-    import uuid
-
-    return uuid.uuid4().hex[:6]

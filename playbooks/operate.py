@@ -12,18 +12,10 @@ from typing import Any
 
 from . import ledger, transport
 from .ending import services_of as _services
-from .executor import RolloutError
+from .errors import RolloutError
 from .inventory import Inventory
 from .plan import operator
-
-
-def known_service(inv: Inventory, service: str | None) -> str:
-    """The service named by --service, or one line saying which ones there are."""
-    if not service or service not in inv.fleet.services:
-        known = ", ".join(sorted(inv.fleet.services))
-        raise RolloutError(f"--service {service!r} is not in the inventory (services: {known})" if service
-                           else f"--service is required (services: {known})")
-    return service
+from .targets import known_service, replica_host  # noqa: F401 - the tasks' names for them
 
 
 def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, hosts: list[str] | None = None) -> tuple[bool, list[str]]:
@@ -143,19 +135,6 @@ def follow_running(inv: Inventory, hosts: list[str] | None = None, progress=None
                              timeout=30.0, on_event=progress)
     return {h: {"rollout_id": running[h]["rollout_id"], "ok": r.ok, "error": r.error,
                 "services": _services(r)} for h, r in res.items()}
-
-
-def replica_host(inv: Inventory, service: str, host: str | None) -> str:
-    """The one host an operation on `service` goes to: its only one, or the replica `host` names."""
-    known_service(inv, service)
-    placed = inv.fleet.hosts_of(service)
-    if host:
-        if host not in placed:
-            raise RolloutError(f"{service} has no replica on {host!r}; it runs on {', '.join(placed)}")
-        return host
-    if len(placed) > 1:
-        raise RolloutError(f"{service} runs on {len(placed)} hosts ({', '.join(placed)}): name one with --host")
-    return placed[0]
 
 
 def exec_in(inv: Inventory, service: str, argv: list[str], host: str | None = None) -> dict[str, Any]:

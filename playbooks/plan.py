@@ -90,8 +90,13 @@ class Plan:
         }
 
 
-def new_rollout_id(phase: str) -> str:
-    return f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{phase}-{uuid.uuid4().hex[:6]}"
+def new_rollout_id(*parts: str) -> str:
+    """The one shape of a rollout id: r<UTC time>-<what>-<6 hex>, e.g. r20261130T010203Z-gpu-mainpc-rollback-1a2b3c.
+
+    Sortable by time, says what it was (a phase's rollout, its rollback, a service's restart),
+    unique without coordination.
+    """
+    return f"r{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{'-'.join(parts)}-{uuid.uuid4().hex[:6]}"
 
 
 def operator() -> str:

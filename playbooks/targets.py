@@ -9,10 +9,11 @@ is ledgered.
 
 from __future__ import annotations
 
+from .errors import RolloutError
 from .inventory import Inventory
 
 
-class TargetError(ValueError):
+class TargetError(RolloutError):
     """A --hosts/--service filter that selects nothing; its text is the one line the operator reads."""
 
 
@@ -41,3 +42,25 @@ def check(inv: Inventory, phase: str | None, hosts: list[str] | None = None, ser
         placed = inv.fleet.hosts_of(service)
         if hosts and not any(h in placed for h in hosts):
             raise TargetError(f"--service {service} has no replica on {', '.join(hosts)}; it runs on {', '.join(placed)}")
+
+
+def known_service(inv: Inventory, service: str | None) -> str:
+    """The service named by --service, or one line saying which ones there are."""
+    if not service or service not in inv.fleet.services:
+        known = ", ".join(sorted(inv.fleet.services))
+        raise RolloutError(f"--service {service!r} is not in the inventory (services: {known})" if service
+                           else f"--service is required (services: {known})")
+    return service
+
+
+def replica_host(inv: Inventory, service: str, host: str | None) -> str:
+    """The one host an operation on `service` goes to: its only one, or the replica `host` names."""
+    known_service(inv, service)
+    placed = inv.fleet.hosts_of(service)
+    if host:
+        if host not in placed:
+            raise RolloutError(f"{service} has no replica on {host!r}; it runs on {', '.join(placed)}")
+        return host
+    if len(placed) > 1:
+        raise RolloutError(f"{service} runs on {len(placed)} hosts ({', '.join(placed)}): name one with --host")
+    return placed[0]

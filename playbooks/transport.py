@@ -24,10 +24,11 @@ from typing import Any
 import paramiko
 from fabric import Connection
 
+from agent import PROTOCOL  # noqa: E402,F401 - one protocol version, the agent's own
+
 from . import agentpack, remote
 from .inventory import Inventory
 
-PROTOCOL = 1
 # What python3 says when the agent file is missing or not a complete zipapp: upload it again.
 _DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad local file header", "fleetroll-agent: archive damaged")
 

@@ -7,54 +7,18 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import docker
 import pytest
 
 from playbooks import executor, ledger
 from playbooks.inventory import load
 from playbooks.lab import fleet, images
 
-from .conftest import derive_inventory, new_tag, with_tags
+from .conftest import FAB, ROOT, baseline, dclient, derive_inventory, health_of, new_tag, svc_result, with_tags
 
 pytestmark = pytest.mark.lab
-ROOT = Path(__file__).resolve().parent.parent
-FAB = str(Path(sys.executable).with_name("fab"))
-
-
-@pytest.fixture(autouse=True)
-def own_ledger(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
-
-
-
-
-def dclient(lab, host="mainpc"):
-    return docker.DockerClient(base_url=lab.host(host).docker_host)
-
-
-def baseline(lab, phase="gpu-mainpc"):
-    """Bring the phase to the lab inventory's tags (idempotent; cheap when already there)."""
-    rep = executor.rollout(load(lab.inventory), phase)
-    assert rep.ok, rep.messages
-    return rep
-
-
-
-
-def health_of(lab, host, port) -> str:
-    # From inside the host's namespace (busybox wget crashes under nsenter here; python does not).
-    code = "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=2).read().decode())"
-    cmd = ["nsenter", f"--net=/var/run/netns/{lab.host(host).netns}", "/usr/bin/python3", "-c", code, f"http://127.0.0.1:{port}/health"]
-    return subprocess.run(cmd, capture_output=True, text=True).stdout
-
-
-def svc_result(rep, host, service):
-    return next(s for s in rep.hosts[host]["services"] if s["service"] == service)
 
 
 def test_good_upgrade_commits_and_pins_prev(lab, tmp_path):
@@ -286,8 +250,17 @@ def test_controller_killed_during_gate_host_ends_good(lab, tmp_path):
     assert entry["final"] == "reverted" and "the hosts finished on their own: mainpc vision-api reverted" in entry["note"]
 
 
-def test_ssh_link_cut_mid_transaction_host_ends_good(lab, tmp_path):
+def test_ssh_link_cut_mid_transaction_host_ends_good(lab, tmp_path, monkeypatch):
     baseline(lab)
+    monkeypatch.setattr(executor, "LINK_SILENCE_S", 4.0)  # two missed heartbeats, not five: the same path, sooner
+    noticed = threading.Event()
+    real_reattach = executor._reattach
+
+    def reattach(*a, **kw):
+        noticed.set()
+        return real_reattach(*a, **kw)
+
+    monkeypatch.setattr(executor, "_reattach", reattach)
     tag = new_tag()
     images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
     inv = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=4)
@@ -299,7 +272,7 @@ def test_ssh_link_cut_mid_transaction_host_ends_good(lab, tmp_path):
     while time.time() < deadline and not any(e.get("event") == "gate" for e in events):
         time.sleep(0.05)
     fleet.set_link(lab.host("mainpc"), False)
-    time.sleep(12)  # longer than the controller's read timeout: it must notice and re-attach
+    assert noticed.wait(30), "the controller never noticed the silent link"  # it must notice, then re-attach
     fleet.set_link(lab.host("mainpc"), True)
     t.join(90)
     rep = out["rep"]
