@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,26 @@ import yaml
 from playbooks.lab import fleet
 
 _current: dict = {}
+ROOT = Path(__file__).resolve().parent.parent
+FAB = str(Path(sys.executable).with_name("fab"))
+
+
+@pytest.fixture(autouse=True)
+def own_ledger(tmp_path, monkeypatch):
+    """Every test writes its own ledger: none ever touches the operator's (~/.local/state/fleetroll)."""
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
+
+
+def pytest_collection_modifyitems(items):
+    """Order by stage, not by file name: unit tests, then each lab configuration once (see the `stage` marker).
+
+    Within a stage, unit tests (no lab) come first, and the tests of one module stay together.
+    """
+    def key(item) -> tuple[int, int]:
+        m = item.get_closest_marker("stage")
+        return (m.args[0] if m else 0, 1 if item.get_closest_marker("lab") else 0)
+
+    items.sort(key=key)  # stable: collection order within a key
 
 
 def _lab_possible() -> str:
@@ -135,3 +157,40 @@ def crash_looping(lab, service: str, repo: str, port: int):
         yield c
     finally:
         cl.containers.get(service).remove(force=True)
+
+
+def dclient(lab, host="mainpc"):
+    import docker
+
+    return docker.DockerClient(base_url=lab.host(host).docker_host)
+
+
+def baseline(lab, phase="gpu-mainpc"):
+    """Bring the phase to the lab inventory's tags (idempotent; cheap when already there)."""
+    from playbooks import executor
+    from playbooks.inventory import load
+
+    rep = executor.rollout(load(lab.inventory), phase)
+    assert rep.ok, rep.messages
+    return rep
+
+
+def health_of(lab, host, port) -> str:
+    """/health from inside the host's namespace (busybox wget crashes under nsenter here; python does not)."""
+    code = "import sys,urllib.request as u;print(u.urlopen(sys.argv[1],timeout=2).read().decode())"
+    cmd = ["nsenter", f"--net=/var/run/netns/{lab.host(host).netns}", "/usr/bin/python3", "-c", code, f"http://127.0.0.1:{port}/health"]
+    return subprocess.run(cmd, capture_output=True, text=True).stdout
+
+
+def svc_result(rep, host, service):
+    return next(s for s in rep.hosts[host]["services"] if s["service"] == service)
+
+
+def kept_leftovers(lab, host="mainpc") -> list[str]:
+    return [c.name for c in dclient(lab, host).containers.list(all=True) if "--kept-" in c.name]
+
+
+def snapshot(lab, service, host="mainpc") -> dict:
+    c = dclient(lab, host).containers.get(service)
+    return {"id": c.id, "env": sorted(c.attrs["Config"]["Env"]), "ports": c.attrs["HostConfig"]["PortBindings"],
+            "tag": c.labels["io.fleetroll.tag"]}

@@ -19,18 +19,12 @@ from playbooks import executor, operate
 from playbooks.inventory import load
 from playbooks.lab import images
 
-from .conftest import derive_inventory, new_tag
-from .test_lab_rollout import health_of
+from .conftest import derive_inventory, health_of, new_tag
 
 pytestmark = pytest.mark.lab
 HOST, PHASE, SVC, PORT, REPO = "pc2", "cpu-pc2", "rag-api", 8101, "cpu-svc"
 # The lab's crash variant exits 1 s after each start: inside this window, so it can never pass a gate.
 HEALTH = {"healthy_deadline": 4, "min_healthy_time": 1.2, "interval": 0.1}
-
-
-@pytest.fixture(autouse=True)
-def own_ledger(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
 
 
 @pytest.fixture(scope="module")

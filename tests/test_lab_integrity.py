@@ -24,25 +24,22 @@ from playbooks import executor, ledger
 from playbooks.inventory import load
 from playbooks.lab import fleet, images
 
-from .conftest import crash_looping, derive_inventory, new_tag, with_tags
-from .test_lab_rollout import FAB, ROOT, baseline, dclient, health_of, svc_result
+from .conftest import (
+    FAB,
+    ROOT,
+    baseline,
+    crash_looping,
+    dclient,
+    derive_inventory,
+    health_of,
+    kept_leftovers,
+    new_tag,
+    snapshot,
+    svc_result,
+    with_tags,
+)
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(autouse=True)
-def own_ledger(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
-
-
-def kept_leftovers(lab, host="mainpc") -> list[str]:
-    return [c.name for c in dclient(lab, host).containers.list(all=True) if "--kept-" in c.name]
-
-
-def snapshot(lab, service, host="mainpc") -> dict:
-    c = dclient(lab, host).containers.get(service)
-    return {"id": c.id, "env": sorted(c.attrs["Config"]["Env"]), "ports": c.attrs["HostConfig"]["PortBindings"],
-            "tag": c.labels["io.fleetroll.tag"]}
 
 
 def assert_back_on_old(lab, before: dict, service: str, port: int, host="mainpc") -> None:

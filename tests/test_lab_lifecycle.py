@@ -13,7 +13,7 @@ from playbooks.lab import fleet
 
 from . import conftest
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.stage(3)]  # takes the lab down and up: last
 
 
 def test_second_up_after_crash_cleans_up_then_down_leaves_nothing(lab):

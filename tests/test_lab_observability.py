@@ -44,7 +44,8 @@ def obs(lab_session, tmp_path_factory):
     if build.revision().dirty:
         pytest.skip("the working tree is dirty: -dirty tags can be neither pushed nor rolled out (commit to run these tests)")
     lab = lab_session()
-    os.environ["FLEETROLL_LEDGER"] = str(tmp_path_factory.mktemp("ledger") / "ledger.jsonl")
+    mp = pytest.MonkeyPatch()  # this module's set-up has a ledger of its own, undone when the module ends
+    mp.setenv("FLEETROLL_LEDGER", str(tmp_path_factory.mktemp("ledger") / "ledger.jsonl"))
     fam = build.build_family("family-cpu-py311", allow_dirty=True)
     reg = f"{lab.registry}/{fleet.ORG}"
     coll = build.build_service("fleetroll-collector", fam.local_ref, reg, push=True, allow_dirty=True, insecure=True)
@@ -68,7 +69,8 @@ def obs(lab_session, tmp_path_factory):
     inv = load(derive_inventory(lab, tmp_path_factory.mktemp("inv"), edit, phases))
     rep = executor.rollout(inv, PHASE)
     assert rep.ok, rep.messages
-    return {"lab": lab, "inv": inv, "tag": tag, "collector": coll, "hello": hello, "family": fam}
+    yield {"lab": lab, "inv": inv, "tag": tag, "collector": coll, "hello": hello, "family": fam}
+    mp.undo()
 
 
 def url(obs, path=""):

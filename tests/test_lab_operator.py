@@ -21,11 +21,6 @@ FAB = str(Path(sys.executable).with_name("fab"))
 PHASE = "gpu-mainpc"
 
 
-@pytest.fixture(autouse=True)
-def own_ledger(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
-
-
 
 
 
@@ -221,7 +216,7 @@ def test_dry_run_shows_each_changed_key_without_values_and_a_stopped_container_a
     r = fab("rollout", "-p", PHASE, "-n", "-i", str(inv.path))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "~ env MACHINE: value changed" in r.stdout and "~ env BATCH: added" in r.stdout
-    assert "~ health.healthy_deadline: 20 -> 45" in r.stdout, r.stdout
+    assert "~ health.healthy_deadline: 5 -> 45" in r.stdout, r.stdout
     assert "value-that-must-not-print" not in r.stdout + r.stderr
     assert "PATH" not in r.stdout  # what the image sets is not the inventory's
     docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("vision-api").stop(timeout=2)
@@ -265,7 +260,7 @@ def test_hooks_run_beside_the_inventory_and_a_failing_pre_hook_refuses(lab, tmp_
     (hooks_dir / "pre-rollout").write_text("#!/bin/sh\nexit 0\n")
     bad = new_tag()
     images.push(lab, "torch-svc", bad, "http500", arch="89;86")
-    inv.path.write_text(inv2_doc.replace(tag2, bad).replace("healthy_deadline: 20", "healthy_deadline: 3"))
+    inv.path.write_text(inv2_doc.replace(tag2, bad).replace("healthy_deadline: 5", "healthy_deadline: 3"))
     assert executor.rollout(load(inv.path), PHASE).state == "reverted"
     assert json.loads((hooks_dir / "on-revert.json").read_text())["state"] == "reverted"
 

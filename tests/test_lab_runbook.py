@@ -20,7 +20,7 @@ from playbooks.lab import fleet
 
 from . import conftest
 
-pytestmark = [pytest.mark.lab, pytest.mark.images]
+pytestmark = [pytest.mark.lab, pytest.mark.images, pytest.mark.stage(1)]  # it replaces the lab
 ROOT = Path(__file__).resolve().parent.parent
 
 

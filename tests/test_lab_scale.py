@@ -8,7 +8,7 @@ from playbooks import executor, operate
 from playbooks.inventory import load
 from playbooks.runner import run_preflight
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.stage(2)]  # a 20-host lab of its own
 
 
 @pytest.fixture

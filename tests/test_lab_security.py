@@ -12,16 +12,9 @@ from playbooks.lab import images
 from playbooks.plan import build_plan
 from playbooks.runner import run_preflight
 
-from .conftest import derive_inventory
-from .test_lab_integrity import snapshot
-from .test_lab_rollout import FAB, ROOT, baseline, new_tag, with_tags
+from .conftest import FAB, ROOT, baseline, derive_inventory, new_tag, snapshot, with_tags
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(autouse=True)
-def own_ledger(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
 
 
 @pytest.mark.parametrize("change,why", [({"user": "0:0"}, "numeric non-root"), ({"volumes": ["/etc:/hostetc"]}, "/etc"),
@@ -70,8 +63,7 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     from playbooks import ledger
     from playbooks.lab import fleet
 
-    from .test_lab_integrity import kept_leftovers
-    from .test_lab_rollout import dclient
+    from .conftest import dclient, kept_leftovers
 
     baseline(lab)
     token, plain = f"tok-{pysecrets.token_hex(8)}", f"plain-{pysecrets.token_hex(8)}"

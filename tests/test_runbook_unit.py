@@ -32,11 +32,6 @@ Success: writes the file
 """
 
 
-@pytest.fixture(autouse=True)
-def own_ledger(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
-
-
 def test_repo_runbook_covers_phases_0_to_8_and_r4():
     steps = runbook.parse((ROOT / "docs" / "runbook.md").read_text())
     ids = [s.id for s in steps]
@@ -104,7 +99,7 @@ def test_each_run_gets_its_own_scratch_directory_and_the_repo_runbook_uses_no_fi
     rb.write_text('### one — scratch\n```sh\necho x > "$FLEETROLL_RUN_DIR/f" && stat -c %a "$FLEETROLL_RUN_DIR"\n```\nSuccess: y\n')
     runbook.run(rb, yes=True, out=io.StringIO())
     runbook.run(rb, yes=True, out=io.StringIO())
-    dirs = sorted((tmp_path / "runbooks").iterdir())
+    dirs = sorted((tmp_path / "ledger" / "runbooks").iterdir())  # beside the ledger (conftest gives each test its own)
     assert len(dirs) == 2 and all((d / "f").read_text() == "x\n" for d in dirs)
     out = [r for r in ledger.read() if r["kind"] == "runbook-step"]
     assert all(r["output_tail"] == ["700"] for r in out)

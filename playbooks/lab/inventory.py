@@ -48,7 +48,9 @@ def build_inventory(state: LabState, tags: dict[str, str], extra: dict | None = 
             }
         hosts[h.name] = entry
 
-        def svc(image: str, port: int, gpus=0, host=h.name) -> dict:
+        def svc(image: str, port: int, gpus=0, host=h.name, deadline: float = 5) -> dict:
+            # Deadlines sized to the lab: a lab service answers in well under a second, so a release that
+            # is not healthy after 5 s never will be (the product default, 60 s, is for real services).
             return {
                 "image": image,
                 "tag": tags.get(image, "20261101-a1b2c3d"),
@@ -57,10 +59,10 @@ def build_inventory(state: LabState, tags: dict[str, str], extra: dict | None = 
                 "env": {"MACHINE": host},
                 "gpus": gpus,
                 "stop_timeout": 5,
-                "health": {"port": port, "healthy_deadline": 20, "min_healthy_time": 2, "interval": 0.25},
+                "health": {"port": port, "healthy_deadline": deadline, "min_healthy_time": 2, "interval": 0.25},
             }
 
-        services[f"core-{h.name}"] = svc("core", 9100)
+        services[f"core-{h.name}"] = svc("core", 9100, deadline=8)  # up to 20 hosts start at once on 2 cores
         core.append(f"core-{h.name}")
         if h.name == "mainpc":
             services["llm-api"] = svc("torch-svc", 8000, gpus="all")
