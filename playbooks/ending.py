@@ -10,13 +10,65 @@ host reported counts: a host that did not answer, or a service without an outcom
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, exit_code, state_of
 
 from . import ledger, transport
+from .plan import Plan
+from .runner import PreflightReport
 
-__all__ = ["conclude", "derive_state", "describe_failure", "exit_code", "host_outcomes", "services_of"]
+__all__ = ["Interrupted", "RolloutReport", "conclude", "derive_state", "describe_failure", "exit_code", "host_outcomes",
+           "report_state", "services_of"]
+
+
+class Interrupted(Exception):
+    """The operator pressed Ctrl-C after hosts were asked to change; they finish on their own."""
+
+    def __init__(self, rollout_id: str, phase: str, hosts: list[str]):
+        self.rollout_id, self.phase, self.hosts = rollout_id, phase, hosts
+        super().__init__(f"interrupted: rollout {rollout_id} of {phase} was running on {', '.join(hosts) or '(no host yet)'};"
+                         " each host finishes its transaction on its own (commit, or back to its last-known-good)."
+                         " Re-attach with: fab status --follow")
+
+
+@dataclass
+class RolloutReport:
+    rollout_id: str
+    phase: str
+    ok: bool
+    state: str  # noop | committed | reverted | refused | failed | needs-operator | unknown | dry-run
+    plan: Plan | None = None
+    preflight: PreflightReport | None = None
+    hosts: dict[str, dict] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    pins: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    agent_calls: int = 0
+    frozen: bool = False  # a dry run found a freeze that would refuse the real rollout (exit 3)
+
+    def to_json(self) -> dict:
+        return {
+            "rollout_id": self.rollout_id,
+            "phase": self.phase,
+            "ok": self.ok,
+            "state": self.state,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "agent_calls": self.agent_calls,
+            "plan": self.plan.to_json(ledger.redaction_key()) if self.plan else None,
+            "preflight": self.preflight.to_json() if self.preflight else None,
+            "hosts": self.hosts,
+            "pins": self.pins,
+            "messages": self.messages,
+        }
+
+
+def report_state(r: RolloutReport) -> str:
+    """A dry run that plans changes is its own state for the exit code; one a freeze would refuse is `refused` (3)."""
+    if r.state == State.DRY_RUN and r.frozen:
+        return State.REFUSED
+    return State.CHANGES_PLANNED if r.state == State.DRY_RUN and r.plan is not None and r.plan.changes else r.state
 
 
 def services_of(res: transport.CallResult) -> list[dict]:

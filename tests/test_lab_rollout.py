@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from playbooks import executor, ledger
+from playbooks import executor, hostcalls, ledger
 from playbooks.inventory import load
 from playbooks.lab import fleet, images
 
@@ -131,7 +131,7 @@ def test_no_tini_image_refused_by_agent_even_without_preflight(lab, tmp_path):
 
     inv = with_tags(lab, tmp_path, {"llm-api": tag})
     plan = build_plan(inv, "gpu-mainpc", run_preflight(inv, "gpu-mainpc").facts)
-    res = transport.on_hosts(inv, ["mainpc"], "rollout", lambda h: executor._step_args(plan, h, "revert-phase", inv))["mainpc"]
+    res = transport.on_hosts(inv, ["mainpc"], "rollout", lambda h: executor.step_args(plan, h, "revert-phase", inv))["mainpc"]
     s = res.answer["data"]["services"][0]
     assert s["outcome"] == "refused" and s["check"] == "image-entrypoint" and "nothing was stopped" in s["message"]
 
@@ -252,15 +252,15 @@ def test_controller_killed_during_gate_host_ends_good(lab, tmp_path):
 
 def test_ssh_link_cut_mid_transaction_host_ends_good(lab, tmp_path, monkeypatch):
     baseline(lab)
-    monkeypatch.setattr(executor, "LINK_SILENCE_S", 4.0)  # two missed heartbeats, not five: the same path, sooner
+    monkeypatch.setattr(hostcalls, "LINK_SILENCE_S", 4.0)  # two missed heartbeats, not five: the same path, sooner
     noticed = threading.Event()
-    real_reattach = executor._reattach
+    real_reattach = hostcalls.reattach
 
     def reattach(*a, **kw):
         noticed.set()
         return real_reattach(*a, **kw)
 
-    monkeypatch.setattr(executor, "_reattach", reattach)
+    monkeypatch.setattr(hostcalls, "reattach", reattach)
     tag = new_tag()
     images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
     inv = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=4)

@@ -26,7 +26,7 @@ def test_forged_plan_is_refused_on_the_host_and_nothing_changes(lab, tmp_path, c
     images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
     inv = with_tags(lab, tmp_path, {"llm-api": tag})
     plan = build_plan(inv, "gpu-mainpc", run_preflight(inv, "gpu-mainpc").facts)
-    args = executor._step_args(plan, "mainpc", "revert-phase", inv)
+    args = executor.step_args(plan, "mainpc", "revert-phase", inv)
     for s in args["steps"]:
         s["spec"].update(change)  # what no valid inventory can say
     res = transport.on_hosts(inv, ["mainpc"], "rollout", lambda h: args)["mainpc"]

@@ -1,0 +1,84 @@
+"""Sending services back: `fab rollback` (to the recorded configuration, or --to a tag) and `fab restart`.
+
+Both are host transactions of their own (revert, restart), gated like a swap, and end
+through ending.conclude like a rollout.
+"""
+
+from __future__ import annotations
+
+import time
+
+from agent.vocabulary import State
+
+from . import ledger, targets, transport
+from . import order as swap_order
+from .ending import RolloutReport, conclude
+from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
+from .inventory import Inventory
+from .plan import Plan, Step, build_plan, container_spec, new_rollout_id, operator
+
+
+def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list[str] | None = None,
+             max_parallel: int | None = None, progress=None, to_tag: str | None = None) -> RolloutReport:
+    """Put services of a phase back on the exact container configuration they had before their running release.
+
+    Which release runs is read from the host (the container's rollout label); what ran
+    before it, the host finds in that rollout's journal (the old container's full create
+    configuration), so the old env, ports and volumes come back, not today's inventory
+    with an old image — and no env value ever travels back to the controller.
+    """
+    targets.check(inv, phase, hosts, service)
+    t0 = time.monotonic()
+    names = [service] if service else inv.services_for(phase, hosts)
+    plan = build_plan(inv, phase, {}, hosts, rollout_id=new_rollout_id(phase, "rollback"), who=operator())
+    plan.steps = [s for s in plan.steps if s.service in names]
+    report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
+    common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
+              "inventory_git_sha": ledger.inventory_git_sha(inv.path), "rollback": True}
+    with transport.Pool() as pool:
+        facts = transport.on_hosts(inv, plan.hosts, "facts", lambda h: {"gpu": False}, max_parallel=max_parallel, timeout=60, pool=pool)
+        report.messages += recovered_notes(facts)
+        record_recoveries(facts)
+        targets_of: dict[tuple[str, str], dict] = {}
+        for s in plan.steps:
+            data = (facts[s.host].answer or {}).get("data") or {}
+            running = next((c for c in (data.get("docker") or {}).get("containers", []) if c.get("name") == s.service), None)
+            rid = (running or {}).get("rollout_id", "")
+            s.action, s.spec = "revert", container_spec(inv, s.service, s.host)
+            s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
+            s.reason = f"running release from rollout {rid or '(unknown)'}" + (f", back to {to_tag}" if to_tag else "")
+            targets_of[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
+        ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
+
+        def args_for(h: str) -> dict:
+            steps = [{**st.to_json(), **targets_of[(h, st.service)]} for st in plan.for_host(h)]
+            return {**step_args(plan, h, "revert-service", inv, ()), "steps": steps, "reason": "operator rollback"}
+
+        results = run_on_hosts(inv, plan, plan.hosts, args_for, max_parallel, progress, report, pool)
+    return conclude("rollback", report, results, common, t0, str(inv.path))
+
+
+def _phase_of(inv: Inventory, service: str) -> str:
+    return next((p.name for p in inv.phases if service in p.services), "")
+
+
+def restart(inv: Inventory, service: str, progress=None, host: str | None = None) -> RolloutReport:
+    """A service in a fresh container with the same configuration, gated like a swap; the old one comes back if it fails."""
+    t0 = time.monotonic()
+    host = targets.replica_host(inv, service, host)
+    phase = _phase_of(inv, service)
+    svc = inv.fleet.services[service]
+    wanted, drain_s = inv.fleet.update_order(service)
+    # No NVML facts are read for a restart: a GPU service with a memory budget restarts stop-first.
+    how = swap_order.choose(service, wanted, svc.proxy is not None, True, svc.gpus, svc.gpu_memory_gb,
+                            inv.fleet.defaults.gpu_memory_reserve_gb, None)
+    plan = Plan(new_rollout_id("restart", service), phase, operator(),
+                [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart",
+                      order=how.order if not how.refused else "stop-first", order_reason=how.reason, drain_s=drain_s)])
+    report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
+    common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path), "restart": service}
+    ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
+    with transport.Pool() as pool:
+        results = run_on_hosts(inv, plan, [host], lambda h: step_args(plan, h, "revert-service", inv, ("restart",)), None,
+                                progress, report, pool)
+    return conclude("restart", report, results, common, t0, str(inv.path))

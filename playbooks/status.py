@@ -1,0 +1,140 @@
+"""`fab status`: what each host runs, whether it is healthy, what its proxy serves, and what the ledger missed.
+
+The judgements (health, SHA drift, the proxy's route, GPU memory) are pure functions over
+what the hosts answered; `status()` asks them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from . import ledger, transport
+from .hostcalls import record_recoveries
+from .inventory import Inventory
+
+
+def sha_drift(tag: str, report: dict | None, container_started: str) -> str:
+    """Compare what a service reported at start-up with what its tag names (pure)."""
+    if report is None:
+        return "no start-up report"
+    tag_sha = tag.rsplit("-", 1)[-1]
+    got = str(report.get("git_sha", ""))
+    # At least 7 hex digits, and at least as long as the tag's: a shorter report ("a", "") matches nothing.
+    if not re.fullmatch(r"[0-9a-f]{7,40}", got) or not got.startswith(tag_sha):
+        return f"reported git {got[:12] or '(none)'}, tag names {tag_sha}"
+    try:
+        reported = time.mktime(time.strptime(report["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+        started = time.mktime(time.strptime(container_started[:19], "%Y-%m-%dT%H:%M:%S"))
+        if reported < started - 5:
+            return f"stale report (from a start at {report['started_at']}, container started {container_started[:19]}Z)"
+    except (KeyError, ValueError):
+        pass
+    return ""
+
+
+CRASH_LOOP_S = 60  # a container that restarted and has been up for less than this is not (yet) healthy
+
+
+def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
+    """Healthy means the container runs (not restarting, not exited) *and* /health answered ok. Pure.
+
+    A crash-looping container answers /health between crashes; the probe alone would call it healthy.
+    """
+    if c is None:
+        return False, "not running (no container)"
+    state = c.get("status") or "unknown"
+    if not c.get("running") or state != "running":
+        return False, f"container {state}" + (f" ({c.get('restart_count')} restarts)" if c.get("restart_count") else "")
+    if not probe.get("ok"):
+        return False, probe.get("reason") or "no /health answer"
+    up = c.get("up_s")
+    if c.get("restart_count") and up is not None and up < CRASH_LOOP_S:
+        return False, f"restarted {c['restart_count']} times, up only {up:.0f}s (crash loop?)"
+    return True, "healthy" + (f" ({c['restart_count']} restarts)" if c.get("restart_count") else "")
+
+
+def proxy_route_view(view: dict | None, service: str, container: dict | None, network: str) -> str:
+    """Which backend the host's proxy sends `service` to, in words (pure): the service's container, or what else."""
+    if not view or not view.get("ok"):
+        return f"proxy not answering: {(view or {}).get('error', 'not asked')}"
+    be = (view.get("backends") or {}).get(service)
+    if be is None:
+        return "the proxy has no backend for it (roll out the proxy's phase)"
+    serving = be.get("serving") or []
+    if not serving:
+        return "no ready server: requests fail"
+    mine = ((container or {}).get("addresses") or {}).get(network, "")
+    if len(serving) == 1 and mine and serving[0].split(":")[0] == mine:
+        return f"-> {service} ({(container or {}).get('id', '')[:12]}) at {serving[0]}"
+    return f"-> {', '.join(serving)}, which is not the running {service} container ({mine or 'no address'})"
+
+
+def gpu_memory_view(inv: Inventory, host: str, nvml: dict | None) -> list[dict[str, Any]]:
+    """Each GPU's memory as NVML reports it, beside the budgets of the GPU services placed on the host. Pure."""
+    if not nvml or not nvml.get("ok"):
+        return []
+    budgets = inv.gpu_budgets(host)
+    return [{"index": g["index"], "name": g["name"], "total_gb": round(g.get("memory_mib", 0) / 1024, 1),
+             "used_gb": round(g.get("memory_used_mib", 0) / 1024, 1), "budgets_gb": budgets} for g in nvml.get("gpus") or []]
+
+
+def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | None = None) -> dict[str, Any]:
+    targets = inv.select_hosts(hosts)
+    coll = inv.fleet.observability.collector
+    coll_host = inv.fleet.hosts_of(coll)[0] if coll else None
+
+    def args(h: str) -> dict:
+        a: dict[str, Any] = {"health": {s: inv.fleet.health_spec(s) for s in inv.services_for(None, [h])},
+                             "gpu": inv.fleet.hosts[h].gpus is not None, "proxy": bool(inv.fleet.proxied_on(h))}
+        if h == coll_host:
+            a["collector_port"] = inv.fleet.services[coll].port_pairs()[0][0]
+        return a
+
+    if coll_host and coll_host not in targets:
+        targets = [*targets, coll_host]
+    results = transport.on_hosts(inv, targets, "status", args, max_parallel=max_parallel, timeout=30)
+    reports: dict[tuple[str, str], dict] | None = None
+    if coll_host and results[coll_host].answer:
+        c = (results[coll_host].answer.get("data") or {}).get("collector") or {}
+        if c.get("ok"):
+            # A host's answer is untrusted input: a row without a host and service is dropped, not a KeyError.
+            reports = {(r["host"], r["service"]): r for r in c.get("services") or []
+                       if isinstance(r, dict) and r.get("host") and r.get("service")}
+    out: dict[str, Any] = {"hosts": {}, "collector": None if not coll else ("ok" if reports is not None else "unreachable")}
+    for h in inv.select_hosts(hosts):
+        r = results[h]
+        if r.answer is None:
+            out["hosts"][h] = {"reachable": False, "error": r.error}
+            continue
+        data = r.answer.get("data") or {}
+        containers = {c["name"]: c for c in (data.get("docker") or {}).get("containers", [])}
+        services = {}
+        for s in inv.services_for(None, [h]):
+            want = inv.fleet.services[s].tag
+            c = containers.get(s)
+            probe = (data.get("health") or {}).get(s) or {}
+            if c is None:
+                drift = "not running"
+            elif c.get("tag") != want:
+                drift = f"runs {c.get('tag')}, inventory says {want}"
+            else:
+                drift = ""
+            healthy, health = service_health(c, probe)
+            services[s] = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
+                           "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
+                           "healthy": healthy, "health": health, "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
+            if inv.fleet.services[s].proxy is not None:
+                services[s]["proxy"] = proxy_route_view(data.get("proxy"), s, c, inv.fleet.reverse_proxy.network)
+            if reports is not None and c:
+                rep = reports.get((h, s))
+                services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None
+                services[s]["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
+        out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last"),
+                           "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or [],
+                           "gpus": gpu_memory_view(inv, h, data.get("nvml"))}
+    record_recoveries(results)
+    for h in inv.select_hosts(hosts):
+        ledger.observe(h, out["hosts"][h].get("last_rollout"))
+    return out
