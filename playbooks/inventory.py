@@ -792,18 +792,26 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
 
 
 REPO_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
-REPO_PHASES = Path(__file__).resolve().parent / "phases.yml"
+REPO_PHASES = REPO_INVENTORY.parent / "phases.yml"
+# Where the repository's phases lived before they moved beside fleet.yml: still read for this one
+# release when an inventory/ has no phases.yml, with a note saying to move it.
+OLD_REPO_PHASES = Path(__file__).resolve().parent / "phases.yml"
 
 
 def default_phases_path(inventory_path: Path) -> Path:
-    """phases.yml beside the inventory; only the repository's own inventory uses the repository's phases.
+    """phases.yml beside the inventory, for every inventory alike (the repository's own included).
 
-    Falling back silently for any other inventory would roll out phases its author never wrote.
+    Falling back silently to another file would roll out phases the inventory's author never wrote;
+    the one exception, for one release, is the repository's old playbooks/phases.yml, said aloud.
     """
     beside = inventory_path.parent / "phases.yml"
-    if beside.exists() or inventory_path.resolve() != REPO_INVENTORY:
-        return beside
-    return REPO_PHASES
+    if not beside.exists() and inventory_path.resolve() == REPO_INVENTORY and OLD_REPO_PHASES.exists():
+        import sys
+
+        print(f"note: reading {OLD_REPO_PHASES}; phases now live beside the inventory: git mv it to {beside}"
+              " (the old place is read for this release only)", file=sys.stderr)
+        return OLD_REPO_PHASES
+    return beside
 
 
 def _valid(model: type[BaseModel], value: Any) -> bool:

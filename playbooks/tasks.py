@@ -125,7 +125,7 @@ def _hosts(value: str | None) -> list[str] | None:
 
 @task(
     help={
-        "phase": "only the hosts and images this phase needs (see playbooks/phases.yml)",
+        "phase": "only the hosts and images this phase needs (phases.yml beside the inventory)",
         "hosts": "comma-separated host names to check (default: all, or the phase's)",
         "json": "print the result as JSON",
         "inventory": "inventory file (default: $FLEETROLL_INVENTORY or inventory/fleet.yml)",
@@ -253,7 +253,7 @@ def _print_reports(reports, as_json: bool, one_object: bool = False) -> None:
 
 @task(
     help={
-        "phase": "phase to roll out (see playbooks/phases.yml)",
+        "phase": "phase to roll out (phases.yml beside the inventory)",
         "all": "every phase in order, each gated on the previous one's success",
         "dry-run": "print the plan and change nothing",
         "hosts": "comma-separated hosts to limit the phase to",

@@ -289,3 +289,21 @@ def test_a_missing_phases_file_beside_an_inventory_is_an_error_not_a_fallback(tm
     with pytest.raises(InventoryError) as exc:
         load(tmp_path / "fleet.yml")
     assert f"{tmp_path / 'phases.yml'}: no phases file beside the inventory" in exc.value.problems[0]
+
+
+def test_phases_live_beside_the_inventory_and_the_old_place_is_read_once_with_a_note(tmp_path, monkeypatch, capsys):
+    """inventory/phases.yml for the repository's inventory too; its old playbooks/phases.yml is read for one release, said aloud."""
+    from playbooks import inventory as inventory_mod
+
+    assert inventory_mod.default_phases_path(inventory_mod.REPO_INVENTORY) == inventory_mod.REPO_INVENTORY.parent / "phases.yml"
+    repo_inv = tmp_path / "inventory" / "fleet.yml"
+    repo_inv.parent.mkdir()
+    repo_inv.write_text("")
+    old = tmp_path / "old-phases.yml"
+    old.write_text("phases: []\n")
+    monkeypatch.setattr(inventory_mod, "REPO_INVENTORY", repo_inv)
+    monkeypatch.setattr(inventory_mod, "OLD_REPO_PHASES", old)
+    assert inventory_mod.default_phases_path(repo_inv) == old
+    assert "phases now live beside the inventory" in capsys.readouterr().err
+    other = tmp_path / "elsewhere" / "fleet.yml"
+    assert inventory_mod.default_phases_path(other) == other.parent / "phases.yml", "never for another inventory"

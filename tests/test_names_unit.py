@@ -140,7 +140,7 @@ def _inventories(tmp_path: Path):
     llm = repo["services"]["llm-inference"]
     llm.pop("ports")
     llm.update(proxy={"listen": "8000", "port": 8000}, gpu_memory_gb=14)
-    phases = yaml.safe_load((ROOT / "playbooks" / "phases.yml").read_text())
+    phases = yaml.safe_load((ROOT / "inventory" / "phases.yml").read_text())
     phases["phases"][0]["services"].insert(0, "fleetroll-proxy")
     d = tmp_path / "repo"
     d.mkdir()
