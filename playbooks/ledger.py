@@ -96,42 +96,45 @@ def read() -> list[dict]:
 
 
 def rollouts() -> list[dict]:
-    """One entry per rollout id: its started record merged with its finished one (if any)."""
+    """One entry per rollout id: its started record merged with its finished one (if any).
+
+    A rollout the controller never finished (Ctrl-C, SIGKILL) takes its state from what its hosts
+    reported afterwards, per host the latest word: a recovery of the interrupted transaction, or the
+    outcome a later `fab status` read. The interruption, and how the hosts ended, stay as a note.
+    """
     by_id: dict[str, dict] = {}
     for rec in read():
         rid = rec.get("rollout_id")
         if not rid or rec.get("kind") not in ("started", "finished", "refused", "recovered", "interrupted", "observed"):
             continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
-        if rec["kind"] == "observed":
-            # The hosts' own outcome of a rollout the controller did not finish: that is what happened.
-            entry.setdefault("observed", []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
-            if entry.get("finished") is None:
-                outcomes = [o for x in entry["observed"] for o in (x.get("services") or {}).values()]
-                entry["final"] = str(state_of(outcomes))
-                entry["note"] = (f"{entry.get('interruption') or 'the controller stopped before the end'}; the hosts finished"
-                                 f" on their own: " + "; ".join(f"{x['host']} " + ", ".join(f"{s} {o}" for s, o in (x.get("services") or {}).items())
-                                                             for x in entry["observed"]))
-            continue
-        if rec["kind"] == "recovered":
-            # The controller died too; a later call found the host's interrupted transaction and finished it.
-            svcs = ", ".join(f"{s} {o}" for s, o in (rec.get("services") or {}).items())
-            entry.setdefault("recovered", []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
-            if entry.get("finished") is None:
-                entry["final"] = f"interrupted; recovered on {rec.get('host')} ({svcs}; host {rec.get('state')})"
+        if rec["kind"] in ("observed", "recovered"):
+            entry.setdefault(rec["kind"], []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
+            entry.setdefault("_hosts", {})[rec.get("host")] = (rec["kind"], rec.get("services") or {}, rec.get("state"))
             continue
         if rec["kind"] == "interrupted":
-            # The operator stopped the controller; what the hosts did is theirs to say (fab status, a later recovery).
             entry["interruption"] = f"interrupted by the operator at {rec['time']}"
-            if entry.get("finished") is None and not entry.get("observed"):
-                entry.update(final="interrupted by the operator (hosts finished on their own; see fab status)",
-                             interrupted=rec["time"])
+            entry["interrupted"] = rec["time"]
             continue
         entry.update({k: v for k, v in rec.items() if k != "kind"})
         if rec["kind"] == "started":
             entry["started"] = rec["time"]
         if rec["kind"] in ("finished", "refused"):
             entry["finished"] = rec["time"]
+    for entry in by_id.values():
+        hosts = entry.pop("_hosts", {})
+        if entry.get("finished") is not None:
+            continue
+        why = entry.get("interruption") or "the controller stopped before the end"
+        if hosts:
+            outcomes = [o for _kind, svcs, _st in hosts.values() for o in svcs.values()]
+            entry["final"] = str(state_of(outcomes))
+            said = "; ".join(f"{'recovered' if kind == 'recovered' else 'finished'} on {h} ("
+                             + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "no service had changed") + f"; host {st})"
+                             for h, (kind, svcs, st) in hosts.items())
+            entry["note"] = f"{why}; the hosts ended it on their own: {said}"
+        elif entry.get("interruption"):
+            entry["final"] = "interrupted by the operator (hosts finished on their own; see fab status)"
     return list(by_id.values())
 
 

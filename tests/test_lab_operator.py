@@ -77,7 +77,7 @@ def test_manual_freeze_blocks_every_rollout_and_thaw_releases_it(lab, tmp_path, 
     r = fab("rollout", "--phase", PHASE, "--yes", "--inventory", str(inv.path), env_ledger=led)
     assert r.returncode == 3 and "driver upgrade tonight" in r.stdout + r.stderr and "frozen on mainpc" in r.stdout + r.stderr
     r = fab("rollout", "--phase", PHASE, "--dry-run", "--inventory", str(inv.path), env_ledger=led)
-    assert r.returncode == 2 and "a real rollout would be refused now" in r.stdout
+    assert r.returncode == 3 and "a real rollout would be refused now" in r.stdout  # what a freeze refuses exits 3
     r = fab("status", "--hosts", "mainpc", "--inventory", str(inv.path), env_ledger=led)
     assert "phase gpu-mainpc frozen by" in r.stdout and "driver upgrade tonight" in r.stdout
     r = fab("thaw", "--phase", PHASE, "--reason", "upgrade done", "--inventory", str(inv.path), env_ledger=led)
@@ -200,6 +200,9 @@ def test_ctrl_c_mid_gate_exits_130_records_it_and_status_follow_reattaches(lab, 
     assert "llm-api committed" in r.stderr or "no transaction running" in r.stderr, r.stderr
     c = docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("llm-api")
     assert c.labels["io.fleetroll.tag"] == tag and c.status == "running"
+    # history now says how the host ended it; the Ctrl-C stays as a note
+    e = json.loads(fab("history", "--json", env_ledger=led).stdout)[-1]
+    assert e["final"] == "committed" and "interrupted by the operator" in e["note"] and "llm-api committed" in e["note"], e
 
 
 def test_dry_run_shows_each_changed_key_without_values_and_a_stopped_container_as_such(lab, tmp_path):

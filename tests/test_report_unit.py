@@ -135,7 +135,7 @@ def test_history_shows_what_the_hosts_reported_after_an_interruption(tmp_path, m
     ledger.observe("mainpc", last)
     ledger.observe("mainpc", last)  # once per host, however often fab status looks
     e = ledger.rollouts()[0]
-    assert e["final"] == "reverted" and "interrupted by the operator" in e["note"] and "mainpc svc reverted" in e["note"]
+    assert e["final"] == "reverted" and "interrupted by the operator" in e["note"] and "finished on mainpc (svc reverted" in e["note"]
     assert len([r for r in ledger.read() if r["kind"] == "observed"]) == 1
     ledger.append("started", rollout_id="r-2")
     ledger.append("finished", rollout_id="r-2", final="committed")
