@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import journal, lock
+from . import decisions, journal, lock
 from .vocabulary import FINAL_STEPS, Outcome, Step
 
 
@@ -62,10 +62,7 @@ def decide(records: list[dict]) -> dict[str, str]:
     for svc, st in service_states(records).items():
         if st["final"] or not (st.get("old_container") or st.get("started") or st["created"]):
             continue
-        if st["gated"] and (committing or revert_op or policy != "revert-phase"):
-            out[svc] = "commit"
-        else:
-            out[svc] = "restore"
+        out[svc] = decisions.recovery_action(st["gated"], committing, revert_op, policy)
     return out
 
 

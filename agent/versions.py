@@ -86,3 +86,17 @@ def list_versions(service: str) -> list[dict[str, Any]]:
 
 def find_config(service: str, tag: str) -> tuple[dict, str]:
     return config_for(service, tag, all_journals())
+
+
+def last_committed_rollout(service: str) -> str:
+    """The rollout that last committed `service` on this host, by the journals ("" if none)."""
+    runs = [v for v in history(service, all_journals()) if v["outcome"].startswith("committed")]
+    return runs[-1]["rollout_id"] if runs else ""
+
+
+def recorded_config(rollout_id: str, service: str) -> dict:
+    """The configuration `service` had before `rollout_id` replaced it, as that transaction journalled it."""
+    for rec in reversed(journal.read(rollout_id)):
+        if rec.get("step") == Step.SET_ASIDE and rec.get("service") == service and rec.get("old_config"):
+            return rec["old_config"]
+    return {}

@@ -47,6 +47,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             s.action, s.spec = "revert", container_spec(inv, s.service, s.host)
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
             s.reason = f"running release from rollout {rid or '(unknown)'}" + (f", back to {to_tag}" if to_tag else "")
+            s.order, s.order_reason, s.drain_s = _order(inv, s.service, running is not None)
             targets_of[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
         ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
 
@@ -58,6 +59,18 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     return conclude("rollback", report, results, common, t0, str(inv.path))
 
 
+def _order(inv: Inventory, service: str, running: bool) -> tuple[str, str, float]:
+    """How a rollback or restart swaps: as the service's update.order says, start-first behind the proxy when it can.
+
+    No NVML facts are read for these: a GPU service with a memory budget goes stop-first.
+    """
+    svc = inv.fleet.services[service]
+    wanted, drain_s = inv.fleet.update_order(service)
+    how = swap_order.choose(service, wanted, svc.proxy is not None, running, svc.gpus, svc.gpu_memory_gb,
+                            inv.fleet.defaults.gpu_memory_reserve_gb, None)
+    return (how.order if not how.refused else "stop-first"), how.reason, drain_s
+
+
 def _phase_of(inv: Inventory, service: str) -> str:
     return next((p.name for p in inv.phases if service in p.services), "")
 
@@ -67,14 +80,10 @@ def restart(inv: Inventory, service: str, progress=None, host: str | None = None
     t0 = time.monotonic()
     host = targets.replica_host(inv, service, host)
     phase = _phase_of(inv, service)
-    svc = inv.fleet.services[service]
-    wanted, drain_s = inv.fleet.update_order(service)
-    # No NVML facts are read for a restart: a GPU service with a memory budget restarts stop-first.
-    how = swap_order.choose(service, wanted, svc.proxy is not None, True, svc.gpus, svc.gpu_memory_gb,
-                            inv.fleet.defaults.gpu_memory_reserve_gb, None)
+    order, why, drain_s = _order(inv, service, True)
     plan = Plan(new_rollout_id("restart", service), phase, operator(),
                 [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart",
-                      order=how.order if not how.refused else "stop-first", order_reason=how.reason, drain_s=drain_s)])
+                      order=order, order_reason=why, drain_s=drain_s)])
     report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path), "restart": service}
     ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))

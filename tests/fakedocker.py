@@ -18,6 +18,7 @@ import docker.errors
 from agent import health
 
 _ids = itertools.count(1)
+_ips = itertools.count(2)
 
 
 class FakeImage:
@@ -43,6 +44,9 @@ class FakeContainer:
         # Docker's own restart loop: while `restarting`, the sandbox is torn down and set up again and
         # rename/update/remove answer "sandbox … not found" or "is restarting" (what raced in the lab).
         self.restarting, self.paused, self.restart_count = False, False, 0
+        # On a user-defined network (the proxy's) a running container has an address there, as on Docker.
+        self.network = host_config.get("network_mode") or ""
+        self.address = f"172.18.0.{next(_ips)}" if self.network else ""
 
     def crash_loop(self) -> None:
         """Make this container crash-loop as a restart policy makes Docker do (exit code 3, restarting)."""
@@ -79,7 +83,9 @@ class FakeContainer:
                       "Running": self.running, "Restarting": self.restarting, "Paused": self.paused, "ExitCode": self.exit_code},
             "Config": {"User": self.create.get("user"), "Env": [f"{k}={v}" for k, v in (self.create.get("environment") or {}).items()],
                        "Labels": self.labels, "StopTimeout": self.create.get("stop_timeout")},
-            "HostConfig": {"PortBindings": ports, "Binds": binds, "RestartPolicy": {"Name": self.restart_policy}, "DeviceRequests": reqs},
+            "HostConfig": {"PortBindings": ports, "Binds": binds, "RestartPolicy": {"Name": self.restart_policy}, "DeviceRequests": reqs,
+                           "NetworkMode": self.network or "default"},
+            "NetworkSettings": {"Networks": {self.network: {"IPAddress": self.address}} if self.network and self.running else {}},
         }
 
     def host_ports(self) -> list[int]:
@@ -202,10 +208,62 @@ class FakeAPI:
         return {"Id": cid}
 
 
-class FakeDaemon:
-    """containers / images / api as the docker SDK's DockerClient offers them."""
+class FakeNetworks:
+    """User-defined networks: listed by name, created once (the proxy's network)."""
+
+    def __init__(self, daemon: FakeDaemon):
+        self.daemon, self.names = daemon, set()
+
+    def list(self, names: list[str] | None = None) -> list[str]:
+        return [n for n in self.names if not names or n in names]
+
+    def create(self, name: str, driver: str = "bridge", labels: dict | None = None) -> str:
+        self.daemon.call("networks.create")
+        self.names.add(name)
+        return name
+
+
+class FakeProxy:
+    """The host's HAProxy as its runtime API answers (agent/proxy.Runtime): two slots per service, one live.
+
+    Why a fake: the real proxy is a family image, built and run in the lab tests; here the
+    transaction's start-first, switch-back and recovery branches run without any host.
+    """
 
     def __init__(self) -> None:
+        self.live: dict[str, str] = {}  # service -> "addr:port" the proxy sends it to
+        self.switches: list[tuple[str, str]] = []
+        self.fail_next = ""
+
+    def runtime(self, *_a, **_kw) -> FakeProxy:
+        return self
+
+    def point(self, service: str, addr: str, port: int) -> dict:
+        if self.fail_next:
+            msg, self.fail_next = self.fail_next, ""
+            from agent.proxy import ProxyError
+
+            raise ProxyError(msg)
+        to = f"{addr}:{port}"
+        if self.live.get(service) == to:
+            return {"switched": False, "to": "a", "from": [], "switch_ms": 0.0}
+        before = self.live.get(service)
+        self.live[service] = to
+        self.switches.append((service, to))
+        return {"switched": True, "to": "b" if before else "a", "from": ["a"] if before else [], "switch_ms": 0.1}
+
+    def retire(self, service: str, keep_addr: str, keep_port: int) -> None:
+        pass
+
+    def servers(self) -> dict:
+        return {}
+
+
+class FakeDaemon:
+    """containers / images / api / networks as the docker SDK's DockerClient offers them."""
+
+    def __init__(self) -> None:
+        self.networks = FakeNetworks(self)
         self.containers = FakeContainers(self)
         self.images = FakeImages(self)
         self.api = FakeAPI(self)
@@ -225,9 +283,11 @@ class FakeDaemon:
         return img
 
     def probe(self, url: str, timeout: float) -> health.Probe:
-        port = int(url.split(":")[2].split("/")[0])
+        addr, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+        port = int(port)
         for c in self.containers.by_id.values():
-            if c.running and not c.restarting and not c.paused and port in c.host_ports():
+            reached = (c.address == addr) if c.network else port in c.host_ports()
+            if c.running and not c.restarting and not c.paused and reached:
                 b = c.image.behaviour
                 if "FAKE_HEALTH=bad" in c.attrs["Config"]["Env"]:  # a configuration that breaks a good image
                     b = "bad"

@@ -85,9 +85,9 @@ def test_a_failed_swap_whose_new_container_crash_loops_restores_the_old_one(daem
 
 def test_a_container_that_never_holds_still_is_revert_failed_with_the_reason_not_reverted(daemon, monkeypatch):
     """Docker keeps answering `is restarting`: the bound runs out and the service needs an operator, saying why."""
-    from agent import transaction
+    from agent import motion
 
-    monkeypatch.setattr(transaction, "SETTLE_S", 0.3)
+    monkeypatch.setattr(motion, "SETTLE_S", 0.3)
     _committed(daemon)
     c = only(daemon, "svc")
     c.crash_loop()
