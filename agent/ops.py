@@ -20,7 +20,7 @@ from typing import Any
 
 from . import PROTOCOL, container_args, journal, lock
 from .paths import state_dir
-from .vocabulary import HostState, Step
+from .vocabulary import HostState, Journal, Step
 
 HEARTBEAT_S = 2.0
 
@@ -231,7 +231,7 @@ def status(args: dict[str, Any]) -> dict:
         # Journal records keep the host's env values (a set-aside record holds the old configuration);
         # what leaves the host carries names and keyed hashes only.
         key = journal.redaction_key()
-        state = "finished" if done else ("running" if holder and not holder.get("unsafe") else "interrupted")
+        state = Journal.FINISHED if done else (Journal.RUNNING if holder and not holder.get("unsafe") else Journal.INTERRUPTED)
         last_info = {"rollout_id": last, "state": state, "outcome": redact_record(done, key), "steps": len(records),
                      "last_step": redact_record(records[-1], key) if records else None}
     from .facts import proxy_view

@@ -96,6 +96,25 @@ class HostState(StrEnum):
     NEEDS_OPERATOR = "needs-operator"
 
 
+class Journal(StrEnum):
+    """Where a host's last transaction is, as `fab status` reads it from the journal and the lock."""
+
+    FINISHED = "finished"  # its `done` record is written
+    RUNNING = "running"  # a live process holds the lock
+    INTERRUPTED = "interrupted"  # no outcome and no holder: the next agent call recovers it
+
+
+class Record(StrEnum):
+    """The kinds of the controller's ledger records that tell a rollout's story (the controller's ledger module)."""
+
+    STARTED = "started"
+    FINISHED = "finished"
+    REFUSED = "refused"  # refused before any host was asked to change anything
+    INTERRUPTED = "interrupted"  # the operator pressed Ctrl-C; the hosts carry on
+    RECOVERED = "recovered"  # a later call found the host's interrupted transaction and finished it
+    OBSERVED = "observed"  # a later fab status read how the host ended a rollout the controller never finished
+
+
 # Per-service outcome transitions, as data: from each outcome, what it may become next.
 # `committed` may still become `reverted`/`removed`/`revert-failed` through a phase-wide revert
 # or `fab rollback`, and `needs-operator` when the revert gave no observed answer.

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.vocabulary import state_of
+from agent.vocabulary import Journal, Record, state_of
 
 
 def path() -> Path:
@@ -35,11 +35,11 @@ def append(kind: str, **fields: Any) -> dict:
     a rollout the controller never finished (Ctrl-C, SIGKILL, a lost laptop) is then matched cheaply
     with the outcome its hosts report later (`observe`)."""
     rid = str(fields.get("rollout_id") or "")
-    if kind == "started" and rid:
+    if kind == Record.STARTED and rid:
         d = _pending_dir()
         d.mkdir(parents=True, exist_ok=True)
         (d / _safe(rid)).write_text(json.dumps({"rollout_id": rid}))
-    elif kind in ("finished", "refused") and rid:
+    elif kind in (Record.FINISHED, Record.REFUSED) and rid:
         (_pending_dir() / _safe(rid)).unlink(missing_ok=True)
     rec = {"kind": kind, "ts": round(time.time(), 3), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
     line = (json.dumps(rec, separators=(",", ":"), default=str) + "\n").encode()
@@ -64,7 +64,7 @@ def pending() -> set[str]:
 
 def observe(host: str, last: dict[str, Any] | None) -> None:
     """A host reported how a transaction the controller never finished ended: record it (once per host)."""
-    if not last or last.get("state") != "finished" or not last.get("outcome"):
+    if not last or last.get("state") != Journal.FINISHED or not last.get("outcome"):
         return
     rid = str(last.get("rollout_id") or "").removesuffix("-revert")
     marker = _pending_dir() / _safe(rid)
@@ -75,7 +75,7 @@ def observe(host: str, last: dict[str, Any] | None) -> None:
     if host in mark.get("observed", []):
         return
     o = last["outcome"]
-    append("observed", rollout_id=rid, host=host, host_rollout_id=last.get("rollout_id"), state=o.get("state"),
+    append(Record.OBSERVED, rollout_id=rid, host=host, host_rollout_id=last.get("rollout_id"), state=o.get("state"),
            services={s.get("service"): s.get("outcome") for s in o.get("services") or []})
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps({**mark, "observed": [*mark.get("observed", []), host]}))
@@ -105,21 +105,21 @@ def rollouts() -> list[dict]:
     by_id: dict[str, dict] = {}
     for rec in read():
         rid = rec.get("rollout_id")
-        if not rid or rec.get("kind") not in ("started", "finished", "refused", "recovered", "interrupted", "observed"):
+        if not rid or rec.get("kind") not in set(Record):
             continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
-        if rec["kind"] in ("observed", "recovered"):
+        if rec["kind"] in (Record.OBSERVED, Record.RECOVERED):
             entry.setdefault(rec["kind"], []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
             entry.setdefault("_hosts", {})[rec.get("host")] = (rec["kind"], rec.get("services") or {}, rec.get("state"))
             continue
-        if rec["kind"] == "interrupted":
+        if rec["kind"] == Record.INTERRUPTED:
             entry["interruption"] = f"interrupted by the operator at {rec['time']}"
             entry["interrupted"] = rec["time"]
             continue
         entry.update({k: v for k, v in rec.items() if k != "kind"})
-        if rec["kind"] == "started":
+        if rec["kind"] == Record.STARTED:
             entry["started"] = rec["time"]
-        if rec["kind"] in ("finished", "refused"):
+        if rec["kind"] in (Record.FINISHED, Record.REFUSED):
             entry["finished"] = rec["time"]
     for entry in by_id.values():
         hosts = entry.pop("_hosts", {})
@@ -129,7 +129,7 @@ def rollouts() -> list[dict]:
         if hosts:
             outcomes = [o for _kind, svcs, _st in hosts.values() for o in svcs.values()]
             entry["final"] = str(state_of(outcomes))
-            said = "; ".join(f"{'recovered' if kind == 'recovered' else 'finished'} on {h} ("
+            said = "; ".join(f"{'recovered' if kind == Record.RECOVERED else 'finished'} on {h} ("
                              + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "no service had changed") + f"; host {st})"
                              for h, (kind, svcs, st) in hosts.items())
             entry["note"] = f"{why}; the hosts ended it on their own: {said}"

@@ -170,7 +170,7 @@ def status_text(st: dict) -> str:
             what = f"{last['state']}" + (f", {'ok' if o.get('ok') else 'failed'}, host state {o.get('state')}" if o else "")
             if o.get("recovered"):
                 what += f", recovered after an interruption at {o.get('interrupted_after')!r}"
-            if last["state"] == "finished":
+            if last["state"] == vocabulary.Journal.FINISHED:
                 svc = ", ".join(f"{x['service']} {x['outcome']}" for x in o.get("services", []))
                 what += f" ({svc})" if svc else ""
             notes.append(f"{h}: last rollout {last['rollout_id']}: {what}")

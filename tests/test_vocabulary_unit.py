@@ -17,14 +17,18 @@ from agent import journal, vocabulary
 from agent.vocabulary import FAILED, NEEDS, REPORTED, TRANSITIONS, Outcome, State, Step
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["agent/transaction.py", "agent/recovery.py", "agent/versions.py", "agent/ops.py", "agent/journal.py",
-           "playbooks/progress.py", "playbooks/executor.py", "playbooks/ending.py", "playbooks/render.py"]
-NAMES = {str(x) for enum in (Step, Outcome, State, vocabulary.HostState) for x in enum}
+MODULES = ["agent/transaction.py", "agent/motion.py", "agent/decisions.py", "agent/prepare.py", "agent/proxyswitch.py",
+           "agent/restore.py", "agent/reverts.py", "agent/recovery.py", "agent/versions.py", "agent/ops.py", "agent/journal.py",
+           "playbooks/progress.py", "playbooks/rollout.py", "playbooks/rollback.py", "playbooks/ending.py", "playbooks/render.py",
+           "playbooks/ledger.py"]
+NAMES = {str(x) for enum in (Step, Outcome, State, vocabulary.HostState, vocabulary.Record,
+                                      vocabulary.Journal) for x in enum}
 # Hyphenated words that are not transaction vocabulary: update orders, failure policies, Docker's and the lab's words.
-NOT_VOCABULARY = {"created", "link-lost", "start-first", "stop-first", "revert-phase", "revert-service", "phase-revert", "foreign-container",
+NOT_VOCABULARY = {"created", "running", "link-lost", "start-first", "stop-first", "revert-phase", "revert-service", "phase-revert", "foreign-container",
                   "not-running", "not-this-rollout", "no-such-version", "no-recorded-config", "image-gone", "container-config",
                   "image-user", "image-entrypoint", "set-aside-unknown", "spec-hash", "unless-stopped", "on-failure"}
-ENUMS = {"Step": Step, "Outcome": Outcome, "State": State, "HostState": vocabulary.HostState}
+ENUMS = {"Step": Step, "Outcome": Outcome, "State": State, "HostState": vocabulary.HostState, "Record": vocabulary.Record,
+         "Journal": vocabulary.Journal}
 
 
 def _strings(node: ast.AST) -> list[ast.Constant]:
@@ -36,7 +40,7 @@ def _strings(node: ast.AST) -> list[ast.Constant]:
 
 
 def _looks_like_vocabulary(s: str) -> bool:
-    if s in NOT_VOCABULARY:  # "created" is Docker's state word too; journal writes are checked at run time
+    if s in NOT_VOCABULARY:  # "created", "running": Docker's state words too; journal writes are checked at run time
         return False
     return s in NAMES or ("-" in s and s.islower() and " " not in s and s not in NOT_VOCABULARY and len(s) < 30)
 
