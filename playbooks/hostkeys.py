@@ -95,3 +95,51 @@ def write(path: Path, accepted: list[Scan]) -> None:
     tmp.write_text("\n".join(lines) + "\n")
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def parse_accepts(items: list[str]) -> dict[str, str]:
+    """--accept HOST=SHA256:... values as {host: fingerprint}; a malformed one is a HostKeyFileError naming it."""
+    expected: dict[str, str] = {}
+    for item in items:
+        host, sep, fp = item.partition("=")
+        if not sep or not fp.startswith("SHA256:"):
+            raise HostKeyFileError(f"--accept {item!r}: write it as HOST=SHA256:<fingerprint>")
+        expected[host] = fp
+    return expected
+
+
+def scan_hosts(inv, hosts: list[str]) -> list[Scan]:
+    """Each host's offered key, judged against the known_hosts the inventory gives it (a file paramiko cannot honour is refused)."""
+    scans = []
+    for h in hosts:
+        path = inv.known_hosts_for(h)
+        check_file(path)
+        host = inv.fleet.hosts[h]
+        scans.append(scan(h, host.address, host.port, path, inv.fleet.ssh.connect_timeout))
+    return scans
+
+
+def decide(scans: list[Scan], expected: dict[str, str], ask, say) -> tuple[list[Scan], list[Scan]]:
+    """(accepted, still open) among the new or CHANGED keys: a fingerprint named in `expected` must match exactly;
+    otherwise `ask(question) -> bool` decides (None: no terminal, nothing is pinned)."""
+    accepted, open_ = [], []
+    for s in scans:
+        if s.status in ("same", "unreachable"):
+            continue
+        if s.host in expected:
+            ok = expected[s.host] == s.fingerprint
+            if not ok:
+                say(f"{s.host}: fingerprint is {s.fingerprint}, not the {expected[s.host]} you named; NOT pinned")
+        elif ask is not None:
+            warn = " — THE KEY CHANGED; if the host was not reinstalled, stop: this may be an attack" if s.status == "CHANGED" else ""
+            ok = ask(f"{s.host}: pin {s.fingerprint}{warn}? Compare it with the host's console first. [y/N] ")
+        else:
+            ok = False
+        (accepted if ok else open_).append(s)
+    return accepted, open_
+
+
+def pin(accepted: list[Scan]) -> None:
+    """Write every accepted key into its known_hosts file (one atomic write per file)."""
+    for path in {s.path for s in accepted}:
+        write(path, [s for s in accepted if s.path == path])

@@ -548,39 +548,16 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
         targets = inv.select_hosts(_hosts(hosts))
     except InventoryError as exc:
         raise Exit("\n".join(exc.problems), code=1) from None
-    expected: dict[str, str] = {}
-    for item in accept or []:
-        host, sep, fp = item.partition("=")
-        if not sep or not fp.startswith("SHA256:"):
-            raise Exit(f"--accept {item!r}: write it as HOST=SHA256:<fingerprint>", code=1)
-        expected[host] = fp
-    scans = []
-    for h in targets:
-        path = inv.known_hosts_for(h)
-        try:
-            hk.check_file(path)
-        except hk.HostKeyFileError as exc:
-            raise Exit(str(exc), code=1) from None
-        host = inv.fleet.hosts[h]
-        scans.append(hk.scan(h, host.address, host.port, path, inv.fleet.ssh.connect_timeout))
+    try:
+        expected = hk.parse_accepts(accept or [])
+        scans = hk.scan_hosts(inv, targets)
+    except hk.HostKeyFileError as exc:
+        raise Exit(str(exc), code=1) from None
     render.say(render.table([[s.host, s.entry, s.key.get_name() if s.key else "-", s.fingerprint or s.error, s.status] for s in scans],
-                       ["host", "address", "type", "fingerprint", "status"]))
-    accepted, open_ = [], []
-    for s in scans:
-        if s.status in ("same", "unreachable"):
-            continue
-        if s.host in expected:
-            ok = expected[s.host] == s.fingerprint
-            if not ok:
-                render.say(f"{s.host}: fingerprint is {s.fingerprint}, not the {expected[s.host]} you named; NOT pinned")
-        elif sys.stdin.isatty():
-            warn = " — THE KEY CHANGED; if the host was not reinstalled, stop: this may be an attack" if s.status == "CHANGED" else ""
-            ok = input(f"{s.host}: pin {s.fingerprint}{warn}? Compare it with the host's console first. [y/N] ").strip().lower() == "y"
-        else:
-            ok = False
-        (accepted if ok else open_).append(s)
-    for path in {s.path for s in accepted}:
-        hk.write(path, [s for s in accepted if s.path == path])
+                            ["host", "address", "type", "fingerprint", "status"]))
+    ask = (lambda question: input(question).strip().lower() == "y") if sys.stdin.isatty() else None
+    accepted, open_ = hk.decide(scans, expected, ask, render.say)
+    hk.pin(accepted)
     for s in accepted:
         render.say(f"{s.host}: pinned {s.fingerprint} in {s.path}")
     if open_ or any(s.status == "unreachable" for s in scans):
