@@ -11,32 +11,14 @@ import signal
 import sys
 from pathlib import Path
 
-import invoke
-from invoke import Collection, Exit
-
 from . import render
-from .inventory import InventoryError, load
+from .taskkit import SHORT_FLAGS, Exit, invoke, task  # noqa: F401 - SHORT_FLAGS: one meaning per short flag (tests read it)
+from .taskkit import host_list as _hosts
+from .taskkit import load_inventory as _inventory
+from .taskkit import required as _required
+from .taskkit import whole_number as _int
 
-# One meaning per short flag across every task; every other option is long only.
-SHORT_FLAGS = {"inventory": "i", "hosts": "H", "host": "H", "phase": "p", "service": "s", "json": "j", "yes": "y",
-               "follow": "f", "dry_run": "n"}
-
-
-class FleetTask(invoke.Task):
-    """A task whose short flags come from SHORT_FLAGS, never from invoke's first-free-letter guess."""
-
-    def arg_opts(self, name, default, taken_names):
-        opts = super().arg_opts(name, default, taken_names)
-        short = SHORT_FLAGS.get(name)
-        if short and short not in taken_names:
-            opts["names"].append(short)
-        return opts
-
-
-def task(*args, **kwargs):
-    kwargs.setdefault("klass", FleetTask)
-    kwargs.setdefault("auto_shortflags", False)
-    return invoke.task(*args, **kwargs)
+Collection = invoke.Collection
 
 
 def _exec_keeps_its_remainder() -> None:
@@ -68,61 +50,6 @@ def _exec_keeps_its_remainder() -> None:
 _exec_keeps_its_remainder()
 
 
-CHECKOUT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
-
-
-def default_inventory() -> str:
-    """--inventory, else $FLEETROLL_INVENTORY, else ./inventory/fleet.yml here, else (in fleetroll's checkout) its own."""
-    here = Path.cwd() / "inventory" / "fleet.yml"
-    if os.environ.get("FLEETROLL_INVENTORY"):
-        return os.environ["FLEETROLL_INVENTORY"]
-    if here.exists() or not CHECKOUT_INVENTORY.exists():
-        return str(here)
-    return str(CHECKOUT_INVENTORY)
-
-
-def _inventory(path: str | None, as_json: bool = False):
-    chosen = path or default_inventory()
-    if not Path(chosen).exists():
-        msg = (f"no inventory at {chosen}: give --inventory FILE, set FLEETROLL_INVENTORY, or run where"
-               " inventory/fleet.yml is")
-        if as_json:
-            render.dump_json({"error": msg, "inventory": chosen, "problems": [msg]})
-            raise Exit(code=1)
-        raise Exit(msg, code=1)
-    try:
-        return load(chosen)
-    except InventoryError as exc:
-        if as_json:  # a script asked for JSON: it gets JSON, on stdout, and exit 1
-            render.dump_json({"error": "inventory is not valid", "inventory": str(chosen), "problems": exc.problems})
-            raise Exit(code=1) from None
-        raise Exit("inventory is not valid:\n" + "\n".join(f"  {p}" for p in exc.problems), code=1) from None
-
-
-def _required(value, option: str, example: str) -> str:
-    """A task option every run needs (a flag, not a positional, so `fab TASK --help` prints help)."""
-    if value in (None, ""):
-        raise Exit(f"--{option} is required, e.g. {example}", code=1)
-    return str(value)
-
-
-def _int(value, option: str) -> int | None:
-    """A numeric option: one line naming it and what it takes, not a traceback."""
-    if value in (None, ""):
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise Exit(f"--{option} must be a whole number, not {value!r}", code=1) from None
-    if n < 1:
-        raise Exit(f"--{option} must be 1 or more, not {n}", code=1)
-    return n
-
-
-def _hosts(value: str | None) -> list[str] | None:
-    return [h.strip() for h in value.split(",") if h.strip()] if value else None
-
-
 @task(
     help={
         "phase": "only the hosts and images this phase needs (phases.yml beside the inventory)",
@@ -137,10 +64,7 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
     from .runner import run_preflight
 
     inv = _inventory(inventory, json)
-    try:
-        report = run_preflight(inv, phase, _hosts(hosts), _int(max_parallel, "max-parallel"))
-    except InventoryError as exc:
-        raise Exit("\n".join(exc.problems), code=1) from None
+    report = run_preflight(inv, phase, _hosts(hosts), _int(max_parallel, "max-parallel"))
     if json:
         render.dump_json(report.to_json())
     else:
@@ -278,8 +202,6 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
     try:
         with progress:
             reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
-    except (InventoryError, executor.RolloutError) as exc:
-        raise Exit(str(exc), code=1) from None
     except executor.Interrupted as exc:
         _interrupted(str(exc))
     except KeyboardInterrupt:
@@ -300,11 +222,8 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
     phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
     inv = _inventory(inventory, json)
     _ask_unless_yes(yes, f"roll back {service or 'every service of ' + phase}?")
-    try:
-        with executor.Progress(enabled=not json) as progress:
-            rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=progress, to_tag=to)
-    except (InventoryError, executor.RolloutError) as exc:
-        raise Exit(str(exc), code=1) from None
+    with executor.Progress(enabled=not json) as progress:
+        rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=progress, to_tag=to)
     _print_reports([rep], json, one_object=True)
     if not rep.ok:
         raise Exit(code=executor.exit_code([rep.state]))
@@ -314,7 +233,7 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
             "follow": "first re-attach to transactions running now (after Ctrl-C or a lost link) and wait for them"})
 def status(c, json=False, hosts=None, inventory=None, follow=False):
     """What runs where: tag, digest, health, drift from the inventory, last rollout, locks. Exit 1 if a host or service is not healthy."""
-    from . import executor, operate
+    from . import executor, operate, render
 
     inv = _inventory(inventory, json)
     if follow:
@@ -341,7 +260,7 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
 @task(help={"json": "JSON output", "limit": "show the last N rollouts (default 20)"})
 def history(c, json=False, limit=None):
     """Rollouts recorded in the ledger: who, when, phase, outcome."""
-    from . import ledger
+    from . import ledger, render
 
     entries = ledger.rollouts()[-(_int(limit, "limit") or 20):]
     if json:
@@ -361,10 +280,7 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
     host = _required(host, "host", 'fab unlock --host mainpc --reason "why"')
     reason = _required(reason, "reason", 'fab unlock --host mainpc --reason "why"')
     inv = _inventory(inventory)
-    try:
-        inv.select_hosts([host])
-    except InventoryError as exc:
-        raise Exit("\n".join(exc.problems), code=1) from None
+    inv.select_hosts([host])
     res = transport.on_hosts(inv, [host], "unlock", lambda h: {"reason": reason, "force": force, "operator": operator()})[host]
     if res.answer is None:
         raise Exit(res.error, code=1)
@@ -379,7 +295,7 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
             "timestamps": "prefix each line with Docker's timestamp", "inventory": "inventory file"})
 def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=False, timestamps=False, inventory=None):
     """A service's container log from its host (Kamal `app logs`), or a host's agent log with --agent."""
-    from . import executor, operate
+    from . import operate, render
 
     inv = _inventory(inventory)
     try:
@@ -387,8 +303,6 @@ def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=
                             timestamps=timestamps, on_line=render.say if follow else None)
     except KeyboardInterrupt:
         raise Exit(code=130) from None
-    except (InventoryError, executor.RolloutError) as exc:
-        raise Exit(str(getattr(exc, "problems", None) and "\n".join(exc.problems) or exc), code=1) from None
     if agent:
         render.say(f"{out['host']}: {out.get('path')}")
     if out.get("lines"):
@@ -401,13 +315,10 @@ def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=
             "inventory": "inventory file"})
 def details(c, service=None, hosts=None, json=False, inventory=None):
     """Each service's container in detail: state, restarts, uptime, tag@digest, ports, GPU, kept container, -prev pin."""
-    from . import executor, operate
+    from . import operate, render
 
     inv = _inventory(inventory, json)
-    try:
-        out = operate.details(inv, service, _hosts(hosts))
-    except (InventoryError, executor.RolloutError) as exc:
-        raise Exit(str(getattr(exc, "problems", None) and "\n".join(exc.problems) or exc), code=1) from None
+    out = operate.details(inv, service, _hosts(hosts))
     if json:
         render.dump_json(out)
     else:
@@ -420,14 +331,11 @@ def details(c, service=None, hosts=None, json=False, inventory=None):
             "json": "JSON output", "inventory": "inventory file"})
 def versions(c, service=None, host=None, json=False, inventory=None):
     """Versions a service has run on its host (tag, digest, when, rollout, operator, outcome), from the host's journal."""
-    from . import executor, operate
+    from . import operate, render
 
     service = _required(service, "service", "fab versions --service llm-inference")
     inv = _inventory(inventory, json)
-    try:
-        out = operate.versions(inv, service, host)
-    except executor.RolloutError as exc:
-        raise Exit(str(exc), code=1) from None
+    out = operate.versions(inv, service, host)
     if json:
         render.dump_json(out)
     else:
@@ -446,8 +354,6 @@ def restart(c, service=None, host=None, json=False, yes=False, inventory=None):
     try:
         with executor.Progress(enabled=not json) as progress:
             rep = executor.restart(inv, service, progress=progress, host=host)
-    except executor.RolloutError as exc:
-        raise Exit(str(exc), code=1) from None
     except KeyboardInterrupt:
         _interrupted("interrupted: the host finishes the restart on its own (fab status --follow)")
     _print_reports([rep], json, one_object=True)
@@ -465,7 +371,7 @@ def _remainder_argv() -> list[str]:
                          "inventory": "inventory file"})
 def exec_(c, service=None, host=None, inventory=None):
     """Run a command in a service's container: fab exec -s SERVICE -- CMD ARGS... (argv passed through, no shell)."""
-    from . import executor, operate
+    from . import operate
 
     service = _required(service, "service", "fab exec -s llm-inference -- nvidia-smi")
     argv = _remainder_argv()
@@ -474,8 +380,6 @@ def exec_(c, service=None, host=None, inventory=None):
     inv = _inventory(inventory)
     try:
         out = operate.exec_in(inv, service, argv, host)
-    except executor.RolloutError as exc:
-        raise Exit(str(exc), code=1) from None
     except KeyboardInterrupt:
         raise Exit(code=130) from None
     from .remote import clean_text
@@ -491,13 +395,10 @@ def exec_(c, service=None, host=None, inventory=None):
             "inventory": "inventory file"})
 def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
     """Remove images of the inventory's repositories that no container, -prev pin or recent good version needs."""
-    from . import operate
+    from . import operate, render
 
     inv = _inventory(inventory, json)
-    try:
-        out = operate.prune(inv, _hosts(hosts), keep=_int(keep, "keep") or 3, dry_run=dry_run)
-    except InventoryError as exc:
-        raise Exit("\n".join(exc.problems), code=1) from None
+    out = operate.prune(inv, _hosts(hosts), keep=_int(keep, "keep") or 3, dry_run=dry_run)
     if json:
         render.dump_json(out)
     else:
@@ -507,16 +408,13 @@ def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
 
 
 def _freeze(phase, reason, inventory, thaw: bool) -> None:
-    from . import operate
+    from . import operate, render
 
     name = "thaw" if thaw else "freeze"
     phase = _required(phase, "phase", f'fab {name} --phase gpu-mainpc --reason "why"')
     reason = _required(reason, "reason", f'fab {name} --phase gpu-mainpc --reason "why"')
     inv = _inventory(inventory)
-    try:
-        ok, lines = operate.set_freeze(inv, phase, reason, thaw=thaw)
-    except InventoryError as exc:
-        raise Exit("\n".join(exc.problems), code=1) from None
+    ok, lines = operate.set_freeze(inv, phase, reason, thaw=thaw)
     render.say("\n".join(lines))
     if not ok:
         raise Exit(f"not every host of {phase} answered: the {name} is incomplete; run it again", code=1)
@@ -542,12 +440,8 @@ def thaw(c, phase=None, reason=None, inventory=None):
 def hostkeys(c, hosts=None, inventory=None, accept=None):
     """Fetch each host's SSH key, show its fingerprint, pin only the keys you confirm (never trust on first use)."""
     from . import hostkeys as hk
-
     inv = _inventory(inventory)
-    try:
-        targets = inv.select_hosts(_hosts(hosts))
-    except InventoryError as exc:
-        raise Exit("\n".join(exc.problems), code=1) from None
+    targets = inv.select_hosts(_hosts(hosts))
     try:
         expected = hk.parse_accepts(accept or [])
         scans = hk.scan_hosts(inv, targets)
@@ -654,8 +548,3 @@ lab.add_task(lab_release, "release")
 
 ns = Collection(preflight, rollout, rollback, restart, exec_, prune, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
 
-
-def main() -> None:  # pragma: no cover - `python -m playbooks` convenience
-    from fabric.main import program
-
-    sys.exit(program.run())

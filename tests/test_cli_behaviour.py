@@ -147,3 +147,16 @@ def test_a_filter_that_names_nothing_is_an_input_error_and_nothing_is_ledgered(a
     assert r.returncode == 1, r.stdout + r.stderr
     assert says in r.stderr and "Traceback" not in r.stderr and "REVERTED" not in r.stdout + r.stderr
     assert not led.exists() or led.read_text() == ""
+
+
+FLEETROLL = str(Path(sys.executable).with_name("fleetroll"))
+
+
+@pytest.mark.parametrize("argv", [[FAB, "status", "-H", "nohost"], [FLEETROLL, "status", "-H", "nohost"],
+                                  [FAB, "details", "-H", "nohost"], [FAB, "prune", "-H", "nohost", "-n"]])
+def test_an_unknown_host_is_one_line_naming_the_valid_hosts(argv):
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nohost" in lines[0] and "known hosts: mainpc, pc2" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,128 @@
+"""What every Fabric task shares: task options with one meaning, input errors as one-line exits, the inventory.
+
+Every `fab`/`fleetroll` command imports it before anything else; the inventory module is imported
+by the functions that need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import invoke
+
+from .errors import RolloutError
+
+Exit = invoke.Exit
+
+# One meaning per short flag across every task; every other option is long only.
+SHORT_FLAGS = {"inventory": "i", "hosts": "H", "host": "H", "phase": "p", "service": "s", "json": "j", "yes": "y",
+               "follow": "f", "dry_run": "n"}
+
+
+class FleetTask(invoke.Task):
+    """A task whose short flags come from SHORT_FLAGS, never from invoke's first-free-letter guess."""
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short and short not in taken_names:
+            opts["names"].append(short)
+        return opts
+
+
+def one_line_errors(body):
+    """Bad input (InventoryError) or a refused operation (RolloutError) ends the task as one line and exit 1.
+
+    Both carry the operator's text already (an InventoryError one problem a line); a traceback
+    would only bury it. Every task gets this through `task` below, so none repeats the except.
+    """
+
+    @functools.wraps(body)
+    def run(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except Exit:
+            raise
+        except RolloutError as exc:
+            raise Exit(str(exc), code=1) from None
+        except Exception as exc:
+            # Imported here: the inventory module is loaded whenever one of its errors exists, and
+            # importing it at the top would cost every command pydantic's start-up.
+            from .inventory import InventoryError
+
+            if isinstance(exc, InventoryError):
+                raise Exit(str(exc), code=1) from None
+            raise
+
+    return run
+
+
+def task(*args, **kwargs):
+    """invoke's @task, with FleetTask's short flags and one_line_errors around the body (bare or with options)."""
+    kwargs.setdefault("klass", FleetTask)
+    kwargs.setdefault("auto_shortflags", False)
+    if len(args) == 1 and callable(args[0]) and not isinstance(args[0], invoke.Task):
+        return invoke.task(one_line_errors(args[0]), **kwargs)
+    return lambda body: invoke.task(*args, **kwargs)(one_line_errors(body))
+
+
+CHECKOUT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
+
+
+def default_inventory() -> str:
+    """--inventory, else $FLEETROLL_INVENTORY, else ./inventory/fleet.yml here, else (in fleetroll's checkout) its own."""
+    here = Path.cwd() / "inventory" / "fleet.yml"
+    if os.environ.get("FLEETROLL_INVENTORY"):
+        return os.environ["FLEETROLL_INVENTORY"]
+    if here.exists() or not CHECKOUT_INVENTORY.exists():
+        return str(here)
+    return str(CHECKOUT_INVENTORY)
+
+
+def load_inventory(path: str | None, as_json: bool = False):
+    """The loaded inventory, or exit 1 saying why (as a JSON object on stdout when the script asked for JSON)."""
+    from . import render
+    from .inventory import InventoryError, load
+
+    chosen = path or default_inventory()
+    if not Path(chosen).exists():
+        msg = (f"no inventory at {chosen}: give --inventory FILE, set FLEETROLL_INVENTORY, or run where"
+               " inventory/fleet.yml is")
+        if as_json:
+            render.dump_json({"error": msg, "inventory": chosen, "problems": [msg]})
+            raise Exit(code=1)
+        raise Exit(msg, code=1)
+    try:
+        return load(chosen)
+    except InventoryError as exc:
+        if as_json:  # a script asked for JSON: it gets JSON, on stdout, and exit 1
+            render.dump_json({"error": "inventory is not valid", "inventory": str(chosen), "problems": exc.problems})
+            raise Exit(code=1) from None
+        raise Exit("inventory is not valid:\n" + "\n".join(f"  {p}" for p in exc.problems), code=1) from None
+
+
+def required(value, option: str, example: str) -> str:
+    """A task option every run needs (a flag, not a positional, so `fab TASK --help` prints help)."""
+    if value in (None, ""):
+        raise Exit(f"--{option} is required, e.g. {example}", code=1)
+    return str(value)
+
+
+def whole_number(value, option: str) -> int | None:
+    """A numeric option: one line naming it and what it takes, not a traceback."""
+    if value in (None, ""):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise Exit(f"--{option} must be a whole number, not {value!r}", code=1) from None
+    if n < 1:
+        raise Exit(f"--{option} must be 1 or more, not {n}", code=1)
+    return n
+
+
+def host_list(value: str | None) -> list[str] | None:
+    return [h.strip() for h in value.split(",") if h.strip()] if value else None
+
