@@ -1,17 +1,22 @@
 """The installed `fleetroll` command: the same task collection as `fab` in the checkout, from any directory.
 
-`pip install` of the project puts `fleetroll` on PATH. It is a Fabric program whose namespace
+`pip install` of the project puts `fleetroll` on PATH. It is an invoke program whose namespace
 is fleetroll's own collection, so it needs no fabfile and works in an operator's own
 infrastructure repository. The inventory comes from --inventory, $FLEETROLL_INVENTORY, or
 ./inventory/fleet.yml of the directory it runs in.
+
+It runs on invoke alone, not Fabric's `fab` program: fleetroll's tasks open their own SSH
+connections (playbooks/transport.py, when a task runs), so Fabric's program would only add
+paramiko and Fabric's Connection to the start-up of every command (`fleetroll --help` included),
+and core options (-H, -i) that mean something else than the tasks' own flags.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("fleetroll")
     except PackageNotFoundError:  # pragma: no cover - run from a checkout without installing
@@ -19,20 +24,17 @@ def _version() -> str:
 
 
 def main() -> None:
-    from fabric import Config, Executor
-    from fabric.main import Fab
-
+    from .taskkit import invoke
     from .tasks import ns
 
-    try:
-        Fab(name="fleetroll", version=_version(), namespace=ns, executor_class=Executor, config_class=Config,
-            binary="fleetroll", binary_names=["fleetroll"]).run()
-    except BrokenPipeError:  # `fleetroll --list | head`: the reader left; stop quietly, as Unix tools do
-        import os
-        import sys
+    class Config(invoke.Config):
+        prefix = "fabric"  # the configuration files and FABRIC_* variables it read as a Fabric program
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    class Fleetroll(invoke.Program):
+        def print_version(self) -> None:  # importlib.metadata only for --version, not every command
+            print(f"fleetroll {_version()}")
+
+    Fleetroll(name="fleetroll", namespace=ns, config_class=Config, binary="fleetroll", binary_names=["fleetroll"]).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

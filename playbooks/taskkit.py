@@ -1,19 +1,62 @@
 """What every Fabric task shares: task options with one meaning, input errors as one-line exits, the inventory.
 
-Every `fab`/`fleetroll` command imports it before anything else; the inventory module is imported
-by the functions that need it.
+Start-up cost matters here: every `fab`/`fleetroll` command imports this module before it does
+anything, so it imports invoke and the standard library only. The inventory (pydantic, PyYAML),
+the SSH stack (paramiko, Fabric's Connection) and the output code are imported by the task
+that needs them, when it runs (tests/test_startup_unit.py keeps it so).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
+import types
 from pathlib import Path
-
-import invoke
 
 from .errors import RolloutError
 
+
+def _import_invoke() -> types.ModuleType:
+    """invoke, without importing unittest.mock (and the asyncio it pulls in): ~30 ms of every command.
+
+    invoke/context.py runs `from unittest.mock import Mock` at import time, only for MockContext,
+    a helper for the tests of invoke's users that no fleetroll command touches. While invoke is
+    first imported, a stand-in takes unittest.mock's place in sys.modules; its Mock builds the
+    real one when called, and any other name it is asked for loads the real module. The stand-in
+    leaves sys.modules as soon as invoke is in, so a later `import unittest.mock` (pytest, a test)
+    gets the real module. Under `fab`, Fabric has imported invoke already and this does nothing.
+    """
+    if "invoke" in sys.modules or "unittest.mock" in sys.modules:
+        import invoke
+
+        return invoke
+    stand_in = types.ModuleType("unittest.mock")
+
+    def real() -> types.ModuleType:
+        if sys.modules.get("unittest.mock") is stand_in:
+            del sys.modules["unittest.mock"]
+        import unittest.mock
+
+        return unittest.mock
+
+    def other(name: str):
+        if name.startswith("__"):  # the import system asks for __path__ and the like: a plain module has none
+            raise AttributeError(name)
+        return getattr(real(), name)
+
+    stand_in.Mock = lambda *a, **kw: real().Mock(*a, **kw)
+    stand_in.__getattr__ = other
+    sys.modules["unittest.mock"] = stand_in
+    try:
+        import invoke
+    finally:
+        if sys.modules.get("unittest.mock") is stand_in:
+            del sys.modules["unittest.mock"]
+    return invoke
+
+
+invoke = _import_invoke()
 Exit = invoke.Exit
 
 # One meaning per short flag across every task; every other option is long only.

@@ -11,7 +11,6 @@ import signal
 import sys
 from pathlib import Path
 
-from . import render
 from .taskkit import SHORT_FLAGS, Exit, invoke, task  # noqa: F401 - SHORT_FLAGS: one meaning per short flag (tests read it)
 from .taskkit import host_list as _hosts
 from .taskkit import load_inventory as _inventory
@@ -19,35 +18,6 @@ from .taskkit import required as _required
 from .taskkit import whole_number as _int
 
 Collection = invoke.Collection
-
-
-def _exec_keeps_its_remainder() -> None:
-    """`fab exec -s S -- CMD`: Fabric would take what follows `--` as a shell command for core -H hosts.
-
-    For our exec task the remainder is the container's argv (read from sys.argv, exactly as
-    split), so Fabric's own use of it is switched off for that task alone.
-    """
-    from fabric.executor import Executor
-
-    if getattr(Executor.expand_calls, "_fleetroll", False):
-        return
-    original = Executor.expand_calls
-
-    def expand_calls(self, calls, apply_hosts=True):
-        names = {getattr(getattr(c, "task", c), "name", "") for c in calls}
-        if "exec" in names and self.core.remainder:
-            saved, self.core.remainder = self.core.remainder, ""
-            try:
-                return original(self, calls, apply_hosts)
-            finally:
-                self.core.remainder = saved
-        return original(self, calls, apply_hosts)
-
-    expand_calls._fleetroll = True
-    Executor.expand_calls = expand_calls
-
-
-_exec_keeps_its_remainder()
 
 
 @task(
@@ -61,6 +31,7 @@ _exec_keeps_its_remainder()
 )
 def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_parallel=None):
     """Check every host before a rollout: SSH, Docker, driver, GPUs, images, disk, ports."""
+    from . import render
     from .runner import run_preflight
 
     inv = _inventory(inventory, json)
@@ -77,6 +48,7 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
             "with-observability": "also build the CPU family, collector and hello from this commit and add them"})
 def lab_up(c, hosts=None, extras="", with_observability=False):
     """Start the lab fleet: a netns per host with sshd + dockerd, a registry, fake NVML."""
+    from . import render
     from .images.build import BuildError
     from .lab import fleet
 
@@ -96,6 +68,7 @@ def lab_up(c, hosts=None, extras="", with_observability=False):
             "healthy-deadline": "override the service's health.healthy_deadline", "min-healthy-time": "override health.min_healthy_time"})
 def lab_release(c, service=None, variant="healthy", trivy_cve=None, name=None, healthy_deadline=None, min_healthy_time=None):
     """Push a new lab image version and write a lab inventory naming it (prints the path)."""
+    from . import render
     from .lab import fleet
     from .lab.release import release
 
@@ -110,6 +83,7 @@ def lab_release(c, service=None, variant="healthy", trivy_cve=None, name=None, h
 @task
 def lab_down(c):
     """Stop the lab fleet and remove every namespace, process, mount and file it made."""
+    from . import render
     from .lab import fleet
 
     try:
@@ -160,6 +134,8 @@ def _interrupted(message: str) -> None:
 
 def _print_reports(reports, as_json: bool, one_object: bool = False) -> None:
     """--json: rollout always prints {"state", "exit_code", "phases": [...]}, one phase or --all alike; rollback one report."""
+    from . import render
+
     if as_json:
         from . import executor
 
@@ -274,7 +250,7 @@ def history(c, json=False, limit=None):
             "inventory": "inventory file"})
 def unlock(c, host=None, reason=None, force=False, inventory=None):
     """Free a host stuck behind a live transaction (--force); a dead holder's lock frees itself. Recorded with the reason."""
-    from . import transport
+    from . import render, transport
     from .plan import operator
 
     host = _required(host, "host", 'fab unlock --host mainpc --reason "why"')
@@ -440,6 +416,8 @@ def thaw(c, phase=None, reason=None, inventory=None):
 def hostkeys(c, hosts=None, inventory=None, accept=None):
     """Fetch each host's SSH key, show its fingerprint, pin only the keys you confirm (never trust on first use)."""
     from . import hostkeys as hk
+    from . import render
+
     inv = _inventory(inventory)
     targets = inv.select_hosts(_hosts(hosts))
     try:
@@ -466,6 +444,8 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
             "variant": "a variant families.yml lists for the family (e.g. triton); built as <family>-<variant>"})
 def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=None, variant=""):
     """Build a family image reproducibly: tag from the commit, SBOM, size budget, optional push."""
+    from . import render
+
     family = _required(family, "family", "fab build --family family-cpu-py311")
     from .images import build as images_build
 
@@ -490,6 +470,8 @@ def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=N
 @task(help={"family": "family to audit", "image": "image to audit (default: this commit's local build)", "json": "JSON output"})
 def audit(c, family=None, image=None, json=False):
     """List what a family image holds and fail on GPU-only deps in CPU families, unpinned or unhashed locks."""
+    from . import render
+
     family = _required(family, "family", "fab audit --family family-cpu-py311")
     from .images import audit as images_audit
     from .images import build as images_build
@@ -522,6 +504,7 @@ RUNBOOK_HELP = {"path": "the runbook (Markdown), e.g. docs/runbook.md", "from": 
 @task(help=RUNBOOK_HELP)
 def runbook(c, path, from_=None, yes=False, json=False):
     """Run a runbook's steps in order, stop at the first failure, record each step in the ledger."""
+    from . import render
     from . import runbook as rb
 
     if path in ("--help", "-h"):  # PATH is positional, so invoke hands --help to us as its value

@@ -1,0 +1,69 @@
+"""Start-up cost: what a command imports before it does anything (issue 24). Not timed: the import graph is checked.
+
+Every `fab`/`fleetroll` command, `--help` included, imports the task module first. The SSH stack,
+the inventory's schema (pydantic), the docker SDK, rich and test helpers are imported by a task
+when it runs, never at start-up. bench/startup.py times the commands themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FLEETROLL = str(Path(sys.executable).with_name("fleetroll"))
+
+# Heavy at import, and needed only once a task runs (or never by a command).
+HEAVY = ["paramiko", "fabric", "fabric.connection", "pydantic", "pydantic_core", "docker", "requests", "rich",
+         "unittest.mock", "asyncio", "playbooks.inventory", "playbooks.transport", "playbooks.render"]
+# Not listed: `yaml`. invoke's own vendored YAML module imports PyYAML's C loader when invoke is
+# imported, so no module of ours can keep it out (about 3 ms).
+
+
+def imported(argv: list[str]) -> set[str]:
+    """The modules a process imports, from CPython's own -X importtime report (PYTHONPROFILEIMPORTTIME)."""
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    names = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:") and "|" in line}
+    assert "invoke" in names or "playbooks.tasks" in names, r.stderr[-2000:]
+    return names
+
+
+def test_importing_the_tasks_loads_nothing_heavy():
+    names = imported([sys.executable, "-c", "import playbooks.tasks"])
+    assert "playbooks.tasks" in names
+    assert sorted(set(HEAVY) & names) == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--list"], ["status", "--help"], ["rollout", "--help"]])
+def test_the_installed_command_starts_without_the_ssh_stack(args):
+    names = imported([FLEETROLL, *args])
+    assert "playbooks.tasks" in names
+    assert sorted(set(HEAVY) & names) == []
+
+
+def test_unittest_mock_is_the_real_module_after_the_tasks_are_imported():
+    """The stand-in that keeps unittest.mock out of invoke's import must not leak into later imports."""
+    code = ("import playbooks.tasks, sys\n"
+            "assert 'unittest.mock' not in sys.modules\n"
+            "import invoke.context, unittest.mock\n"
+            "m = invoke.context.Mock(wraps=len)\n"
+            "assert isinstance(m, unittest.mock.Mock) and m([1, 2]) == 2 and m.call_count == 1\n"
+            "assert unittest.mock.patch and sys.modules['unittest.mock'] is unittest.mock\n"
+            "from invoke import MockContext, Result\n"
+            "assert MockContext(run={'x': Result('ok')}).run('x').stdout == 'ok'\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_task_body_still_gets_what_it_imports_lazily():
+    """Lazy imports only move the cost: the commands work (fleetroll, not fab, runs on invoke alone)."""
+    r = subprocess.run([FLEETROLL, "history", "--limit", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "FLEETROLL_LEDGER": "/nonexistent/ledger.jsonl"})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    r = subprocess.run([FLEETROLL, "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("fleetroll "), r.stdout + r.stderr
