@@ -7,6 +7,7 @@ runs the same tasks on invoke alone, playbooks/cli.py).
 
 from fabric.executor import Executor
 
+from playbooks.taskkit import quiet_when_the_reader_leaves
 from playbooks.tasks import ns  # noqa: F401
 
 
@@ -36,3 +37,4 @@ def _exec_keeps_its_remainder() -> None:
 
 
 _exec_keeps_its_remainder()
+quiet_when_the_reader_leaves()

@@ -24,7 +24,7 @@ def _version() -> str:
 
 
 def main() -> None:
-    from .taskkit import invoke
+    from .taskkit import invoke, quiet_when_the_reader_leaves
     from .tasks import ns
 
     class Config(invoke.Config):
@@ -34,6 +34,7 @@ def main() -> None:
         def print_version(self) -> None:  # importlib.metadata only for --version, not every command
             print(f"fleetroll {_version()}")
 
+    quiet_when_the_reader_leaves()
     Fleetroll(name="fleetroll", namespace=ns, config_class=Config, binary="fleetroll", binary_names=["fleetroll"]).run()
 
 

@@ -169,3 +169,39 @@ def whole_number(value, option: str) -> int | None:
 def host_list(value: str | None) -> list[str] | None:
     return [h.strip() for h in value.split(",") if h.strip()] if value else None
 
+
+def quiet_when_the_reader_leaves() -> None:
+    """`fab --list | head -1`, `fab TASK --help | head -3`: the reader leaves; stop quietly, with no traceback.
+
+    invoke prints help and task lists itself, so the BrokenPipeError escapes from its code, not
+    ours: the process's hook for an uncaught exception ends it quietly (exit 1, as render's
+    closed-pipe path does), and at exit what is still buffered for stdout goes to /dev/null
+    instead of raising again during interpreter shutdown. SIGPIPE stays ignored (Python's
+    default): a controller talking SSH must get EPIPE from a dead socket as an error, not die.
+    """
+    import atexit
+
+    def to_devnull() -> None:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if issubclass(kind, BrokenPipeError):
+            to_devnull()
+            return
+        previous(kind, exc, tb)
+
+    def flush() -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            to_devnull()
+        except (OSError, ValueError):
+            pass
+
+    sys.excepthook = hook
+    atexit.register(flush)

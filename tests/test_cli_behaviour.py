@@ -150,6 +150,28 @@ def test_a_filter_that_names_nothing_is_an_input_error_and_nothing_is_ledgered(a
 
 
 FLEETROLL = str(Path(sys.executable).with_name("fleetroll"))
+PIPE_COMMANDS = [[FAB, "--list"], [FLEETROLL, "--list"], [FLEETROLL, "--help"]] + [[FAB, t, "--help"] for t in TASKS] + [
+    [FLEETROLL, "status", "--help"]]
+
+
+@pytest.mark.parametrize("argv", PIPE_COMMANDS, ids=lambda a: " ".join([Path(a[0]).name, *a[1:]]))
+def test_help_and_list_piped_into_a_reader_that_leaves_end_quietly(argv):
+    """`fab --list | head -1`, `fab TASK --help | head -3`: no traceback whether the reader leaves after a line or at once."""
+    import shlex
+
+    for reader in ("head -1", "head -3", "true"):  # `true` closes the pipe before the first write: EPIPE every time
+        r = subprocess.run(["bash", "-c", f"set -o pipefail; {shlex.join(argv)} | {reader} >/dev/null"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode in (0, 1), (reader, r.returncode, r.stderr)  # never killed by SIGPIPE (141)
+        assert r.stderr == "", (reader, r.stderr)  # no traceback, no "Exception ignored ... BrokenPipeError"
+
+
+@pytest.mark.parametrize("argv", [[FAB, "--list"], [FLEETROLL, "--list"], [FAB, "rollout", "--help"]])
+def test_a_reader_gone_before_the_first_byte_gets_no_traceback(argv):
+    writer = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer.stdout.close()  # the reader is gone before the command has written anything
+    err = writer.stderr.read().decode()
+    assert writer.wait(timeout=60) in (0, 1) and err == "", err
 
 
 @pytest.mark.parametrize("argv", [[FAB, "status", "-H", "nohost"], [FLEETROLL, "status", "-H", "nohost"],
