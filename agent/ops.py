@@ -23,6 +23,7 @@ from .paths import state_dir
 from .vocabulary import HostState, Journal, Step
 
 HEARTBEAT_S = 2.0
+LOCK_UNSAFE_GRACE_S = 60.0  # a lock check failing this long while following is an answer, not a blip (a dockerd restart)
 
 
 def _answer(op: str, ok: bool, msg: str = "", data: Any = None, changed: bool = False) -> dict:
@@ -71,6 +72,7 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
     """
     path = journal.path_for(rid)
     offset, last_beat, last_check = 0, time.monotonic(), time.monotonic()
+    unsafe_since: float | None = None
     recovering: threading.Thread | None = None
     while True:
         new = []
@@ -96,7 +98,16 @@ def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = Non
             last_beat = now
         if not new and recovering is None and now - last_check > 0.5:
             last_check = now
-            held = lock.try_acquire("recovery", rid)
+            try:
+                held = lock.try_acquire("recovery", rid)
+                unsafe_since = None
+            except lock.LockUnsafe:
+                # The lock's checks need the Docker socket's group: while dockerd restarts the socket is gone for a
+                # moment. That says nothing about the worker (it holds its flock either way): look again shortly,
+                # and give up only if the lock stays unusable.
+                held, unsafe_since = None, unsafe_since or now
+                if now - unsafe_since > LOCK_UNSAFE_GRACE_S:
+                    raise
             if held is not None:
                 # The worker is dead. Recover in a thread while this loop keeps relaying the
                 # journal (and heartbeats), so the controller sees the restore as it happens.

@@ -110,7 +110,9 @@ def rollouts() -> list[dict]:
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
         if rec["kind"] in (Record.OBSERVED, Record.RECOVERED):
             entry.setdefault(rec["kind"], []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
-            entry.setdefault("_hosts", {})[rec.get("host")] = (rec["kind"], rec.get("services") or {}, rec.get("state"))
+            said = entry.setdefault("_hosts", {})
+            if not (rec["kind"] == Record.OBSERVED and said.get(rec.get("host"), ("",))[0] == Record.RECOVERED):
+                said[rec.get("host")] = (rec["kind"], rec.get("services") or {}, rec.get("state"))  # a recovery says more
             continue
         if rec["kind"] == Record.INTERRUPTED:
             entry["interruption"] = f"interrupted by the operator at {rec['time']}"

@@ -183,7 +183,10 @@ def health_of(lab, host, port) -> str:
 
 
 def svc_result(rep, host, service):
-    return next(s for s in rep.hosts[host]["services"] if s["service"] == service)
+    """The outcome `host` reported for `service`; when there is none, fail with what the report said instead."""
+    found = [s for s in (rep.hosts.get(host) or {}).get("services", []) if s["service"] == service]
+    assert found, f"{host} reported no outcome for {service}; the report said: {rep.state}: {rep.messages}"
+    return found[0]
 
 
 def kept_leftovers(lab, host="mainpc") -> list[str]:

@@ -140,3 +140,15 @@ def test_history_shows_what_the_hosts_reported_after_an_interruption(tmp_path, m
     ledger.append("started", rollout_id="r-2")
     ledger.append("finished", rollout_id="r-2", final="committed")
     assert ledger.pending() == {"r-1"}, "a finished rollout leaves nothing pending"
+
+
+def test_a_recovery_on_a_host_says_more_than_a_later_status_of_it(tmp_path, monkeypatch):
+    from playbooks import ledger
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    ledger.append("started", rollout_id="r-9")
+    ledger.append("recovered", rollout_id="r-9", host="mainpc", state="good", services={"svc": "reverted"})
+    ledger.observe("mainpc", {"rollout_id": "r-9", "state": "finished",
+                              "outcome": {"state": "good", "services": [{"service": "svc", "outcome": "reverted"}]}})
+    e = ledger.rollouts()[0]
+    assert e["final"] == "reverted" and "recovered on mainpc (svc reverted; host good)" in e["note"]

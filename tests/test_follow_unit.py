@@ -1,0 +1,42 @@
+"""Following a transaction's journal (the SSH side of a rollout) through a dockerd restart.
+
+While dockerd restarts, its socket is gone for a moment and the lock's checks (which trust the
+socket's group) cannot pass: that says nothing about the worker, which holds its flock either
+way. The follow keeps relaying, and only a lock that stays unusable is an error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from agent import journal, lock, ops
+from agent.vocabulary import Step
+
+pytestmark = pytest.mark.usefixtures("host_state")
+
+
+def test_a_lock_check_that_fails_while_dockerd_restarts_does_not_end_the_follow(monkeypatch):
+    journal.append("r-f", Step.ACCEPTED)
+    calls = []
+
+    def unsafe(*_a, **_kw):
+        calls.append(1)
+        raise lock.LockUnsafe("lock directory is writable by group docker, which is not the Docker socket's group")
+
+    monkeypatch.setattr(lock, "try_acquire", unsafe)
+    threading.Timer(1.5, lambda: journal.append("r-f", Step.DONE, ok=True, state="good", services=[])).start()
+    events: list[dict] = []
+    done = ops._follow("r-f", events.append, time.monotonic() + 10)
+    assert done is not None and done["ok"] and calls, "it looked, could not tell, and kept following"
+    assert [e["event"] for e in events][-1] == "done"
+
+
+def test_a_lock_that_stays_unusable_is_an_error(monkeypatch):
+    journal.append("r-g", Step.ACCEPTED)
+    monkeypatch.setattr(ops, "LOCK_UNSAFE_GRACE_S", 0.3)
+    monkeypatch.setattr(lock, "try_acquire", lambda *a, **k: (_ for _ in ()).throw(lock.LockUnsafe("forged")))
+    with pytest.raises(lock.LockUnsafe):
+        ops._follow("r-g", lambda e: None, time.monotonic() + 10)
