@@ -214,7 +214,7 @@ def test_ci_workflow_has_matrix_cache_trivy_sbom_and_tag_check():
     assert "github.event_name == 'push'" in b["cache-to"] and "type=registry" in b["cache-to"]
     assert "docker/setup-buildx-action" in steps
     t = steps["aquasecurity/trivy-action"]["with"]
-    assert t["severity"] == "HIGH,CRITICAL" and str(t["exit-code"]) == "1"
+    assert t["severity"] == "UNKNOWN,HIGH,CRITICAL" and str(t["exit-code"]) == "1", "UNKNOWN blocks at the gate: CI sees it first"
     assert steps["anchore/sbom-action"]["with"]["format"] == "spdx-json"
     assert "actions/upload-artifact" in steps
     # Actions are pinned by full commit SHA (a moved tag cannot change what CI runs), with the version in a comment.
@@ -222,6 +222,28 @@ def test_ci_workflow_has_matrix_cache_trivy_sbom_and_tag_check():
     assert unpinned == []
     tag_step = next(s for s in job["steps"] if s.get("id") == "tag")
     assert "[0-9]{8}-[0-9a-f]{7,40}" in tag_step["run"] and "%ct" in tag_step["run"]
+
+
+def test_ci_pushes_from_main_only_then_scans_the_pushed_digest_as_the_gate_reads_it():
+    """A report of a local, unpushed image names no registry digest and the rollout gate counted it missing."""
+    wf = yaml.safe_load((ROOT / ".github" / "workflows" / "images.yml").read_text())
+    assert wf["permissions"] == {"contents": "read"}, "read-only unless a job says otherwise"
+    build, publish = wf["jobs"]["build"], wf["jobs"]["publish"]
+    assert build["permissions"].get("packages") != "write", "a pull request's build can never write packages"
+    assert not any((s.get("with") or {}).get("push") for s in build["steps"])
+    assert publish["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert publish["permissions"]["packages"] == "write"
+    steps = {s.get("uses", s.get("name", "")).split("@")[0]: s for s in publish["steps"]}
+    push = steps["docker/build-push-action"]
+    assert push["with"]["push"] is True and push["id"] == "push"
+    trivy = steps["aquasecurity/trivy-action"]["with"]
+    assert trivy["image-ref"].endswith("@${{ steps.push.outputs.digest }}") and trivy["severity"] == "UNKNOWN,HIGH,CRITICAL"
+    assert steps["anchore/sbom-action"]["with"]["image"].endswith("@${{ steps.push.outputs.digest }}")
+    lay = next(s for s in publish["steps"] if s.get("name", "").startswith("Lay the reports out"))
+    assert 'artifacts/${{ matrix.family }}/${{ steps.tag.outputs.tag }}' in lay["run"]
+    assert set(publish["strategy"]["matrix"]["family"]) == set(FAMS.families)
+    unpinned = [s["uses"] for s in publish["steps"] if "uses" in s and not re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", s["uses"])]
+    assert unpinned == []
 
 
 def test_tag_comes_from_the_commit_not_today(tmp_path):
