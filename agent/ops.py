@@ -523,6 +523,10 @@ def exec_op(args: dict[str, Any]) -> dict:
     service, argv = args.get("service", ""), args.get("argv") or []
     if not argv or not all(isinstance(a, str) for a in argv):
         return _answer("exec", False, "no command given")
+    if args.get("user") not in (None, ""):
+        # The container's own user (10001, the image contract) and nothing else: an exec as another user
+        # (`user: 0`) would be root inside a container the hard rules keep non-root.
+        return _answer("exec", False, f"exec runs as {service}'s own user; a user of its choosing ({args['user']!r}) is refused")
     try:
         c = docker_client(timeout=float(args.get("timeout") or 300)).containers.get(service)
     except docker.errors.NotFound:
@@ -531,7 +535,7 @@ def exec_op(args: dict[str, Any]) -> dict:
         return _answer("exec", False, f"{service!r} was not started by fleetroll; not running commands in it")
     if c.status != "running":
         return _answer("exec", False, f"{service} is {c.status}, not running: nothing to exec into (fab logs -s {service})")
-    res = c.exec_run(argv, demux=True, user=args.get("user") or "")
+    res = c.exec_run(argv, demux=True)
     out, err = res.output if isinstance(res.output, tuple) else (res.output, b"")
     cap = 1 << 20
     return _answer("exec", True, "", {"exit_code": res.exit_code, "stdout": (out or b"")[-cap:].decode(errors="replace"),

@@ -1,5 +1,6 @@
-"""Following a transaction's journal (the SSH side of a rollout) through a dockerd restart.
+"""Agent operations without a host: following a journal through a dockerd restart, exec's user.
 
+Following a transaction's journal (the SSH side of a rollout) through a dockerd restart:
 While dockerd restarts, its socket is gone for a moment and the lock's checks (which trust the
 socket's group) cannot pass: that says nothing about the worker, which holds its flock either
 way. The follow keeps relaying, and only a lock that stays unusable is an error.
@@ -40,3 +41,10 @@ def test_a_lock_that_stays_unusable_is_an_error(monkeypatch):
     monkeypatch.setattr(lock, "try_acquire", lambda *a, **k: (_ for _ in ()).throw(lock.LockUnsafe("forged")))
     with pytest.raises(lock.LockUnsafe):
         ops._follow("r-g", lambda e: None, time.monotonic() + 10)
+
+
+def test_exec_runs_as_the_containers_own_user_only():
+    """`user: 0` in an exec request would be root inside a container the hard rules keep non-root: refused up front."""
+    out = ops.exec_op({"service": "svc", "argv": ["id"], "user": 0})
+    assert not out["ok"] and "refused" in out["msg"]
+    assert not ops.exec_op({"service": "svc", "argv": ["id"], "user": "root"})["ok"]
