@@ -330,6 +330,8 @@ class Security(_Strict):
     artifacts: str = "../artifacts"
     acceptances: str = "../security/risk-acceptances.yml"
     missing_report: Literal["refuse", "warn"] = "refuse"
+    # A risk acceptance may reach at most this many days ahead: a finding is re-decided at least this often.
+    max_acceptance_days: int = Field(default=90, ge=1, le=366)
 
 
 class Observability(_Strict):

@@ -37,7 +37,7 @@ def security_gate(inv: Inventory, plan: Plan) -> list:
         key = (svc.image, step.new_tag, step.new_digest)
         if key not in verdicts:
             verdicts[key] = security.check(svc.image, step.new_tag, step.new_digest, inv.resolve(sec.artifacts),
-                                           acceptances_path(inv), sec.missing_report)
+                                           acceptances_path(inv), sec.missing_report, max_days=sec.max_acceptance_days)
         v = verdicts[key]
         if v.status == "refuse":
             step.action, step.reason = BLOCKED, "security gate: " + "; ".join(v.reasons)

@@ -357,3 +357,22 @@ def test_a_variant_build_fetches_every_lock_it_installs():
     dockerfile = (ctx / "Dockerfile").read_text()
     for lock in ctx.glob("requirements-*.txt"):
         assert lock.name in dockerfile, f"{lock.name} is a lock the Dockerfile does not install"
+
+
+def test_an_acceptance_bound_to_a_digest_covers_that_image_only():
+    other = "sha256:" + "9" * 64
+    bound = security.Acceptance(image="family-cpu-py311", cve="CVE-2026-0001", owner="alice", reason="r", expires="2026-12-31",
+                                digest=DIGEST)
+    v = evaluate(TRIVY, [bound])
+    assert v.status == "warn" and v.accepted[0]["digest"] == DIGEST and "any digest" not in v.reasons[0]
+    elsewhere = bound.model_copy(update={"digest": other})
+    v = evaluate(TRIVY, [elsewhere])
+    assert v.status == "refuse" and "not this digest" in v.reasons[0]
+    assert "for any digest of the image" in evaluate(TRIVY, [acc()]).reasons[0], "an unbound acceptance says so"
+
+
+def test_an_acceptance_reaching_further_than_the_maximum_lifetime_is_refused():
+    far = acc(str(TODAY + __import__("datetime").timedelta(days=120)))
+    v = evaluate(TRIVY, [far])
+    assert v.status == "refuse" and "more than 90 days ahead" in v.reasons[0] and "max_acceptance_days" in v.reasons[0]
+    assert security.evaluate("family-cpu-py311", "t", TRIVY, [far], "refuse", TODAY, "trivy.json", DIGEST, max_days=180).status == "warn"

@@ -346,13 +346,14 @@ def test_security_gate_blocks_high_findings_unless_risk_accepted(lab, tmp_path):
     expired = "acceptances:\n  - {image: torch-svc, cve: CVE-2026-4242, owner: alice, reason: lab only, expires: 2026-01-01}\n"
     rep = executor.rollout(inv_with(expired), "gpu-mainpc")
     assert not rep.ok and any("expired on 2026-01-01" in m for m in rep.messages)
-    good = expired.replace("2026-01-01", "2099-01-01")
+    until = (__import__("datetime").date.today() + __import__("datetime").timedelta(days=30)).isoformat()
+    good = expired.replace("2026-01-01", until)
     rep = executor.rollout(inv_with(good), "gpu-mainpc")
     assert rep.ok and rep.state == "committed"
-    assert any(m.startswith("security WARN") and "accepted by alice until 2099-01-01" in m for m in rep.messages)
+    assert any(m.startswith("security WARN") and f"accepted by alice until {until}" in m for m in rep.messages)
     fin = [r for r in ledger.read() if r.get("rollout_id") == rep.rollout_id and r["kind"] == "finished"][-1]
     assert fin["risk_acceptances"] == [{"image": "torch-svc", "tag": tag, "cve": "CVE-2026-4242", "owner": "alice",
-                                        "reason": "lab only", "expires": "2099-01-01"}]
+                                        "reason": "lab only", "expires": until}]
 
 
 def test_on_failure_revert_service_keeps_the_healthy_hosts(lab, tmp_path):

@@ -31,6 +31,9 @@ class Acceptance(BaseModel):
     owner: str = Field(min_length=1)
     reason: str = Field(min_length=1)
     expires: dt.date
+    # The digest the acceptance was decided for (the image the report scanned). Without one it covers every
+    # digest of the image, and the verdict says so; with one, only that image.
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
 
 
 class Acceptances(BaseModel):
@@ -95,7 +98,7 @@ def load_acceptances(path: Path | None) -> list[Acceptance]:
 
 
 def evaluate(image: str, tag: str, report: object | None, acceptances: list[Acceptance], missing_report: str,
-             today: dt.date, report_path: str = "", digest: str = "") -> Verdict:
+             today: dt.date, report_path: str = "", digest: str = "", max_days: int = 90) -> Verdict:
     ref = f"{image}:{tag}"
     where = report_path or "<artifacts>/<image>/<tag>/trivy.json"
     missing = f"{ref}: no Trivy report at {where}"
@@ -112,25 +115,35 @@ def evaluate(image: str, tag: str, report: object | None, acceptances: list[Acce
         return Verdict(ref, "refuse", [missing + "; scan this digest (trivy image --format json) or set security.missing_report: warn"])
     v = Verdict(ref, "pass")
     for f in findings(report):
-        acc = next((a for a in acceptances if a.image == image and a.cve == f["cve"]), None)
+        mine = [a for a in acceptances if a.image == image and a.cve == f["cve"]]
+        acc = next((a for a in mine if a.digest == digest), None) or next((a for a in mine if a.digest is None), None)
         what = f"{f['cve']} ({f['severity']}) in {f['package']} {f['installed']}"
-        if acc is None:
+        if acc is None and mine:
+            v.status = "refuse"
+            v.reasons.append(f"{ref}: {what}; its risk acceptance is for {mine[0].digest[:19]}…, not this digest {digest[:19]}…:"
+                             " an acceptance covers the image it was decided for; record one for this digest")
+        elif acc is None:
             v.status = "refuse"
             v.reasons.append(f"{ref}: {what}; fix the image, or record a risk acceptance (R4) for it")
         elif acc.expires < today:
             v.status = "refuse"
             v.reasons.append(f"{ref}: {what}; its risk acceptance by {acc.owner} expired on {acc.expires}")
+        elif (acc.expires - today).days > max_days:
+            v.status = "refuse"
+            v.reasons.append(f"{ref}: {what}; its risk acceptance by {acc.owner} runs to {acc.expires}, more than {max_days}"
+                             f" days ahead (security.max_acceptance_days): give it an expiry by {today + dt.timedelta(days=max_days)}")
         else:
             if v.status == "pass":
                 v.status = "warn"
-            v.reasons.append(f"{ref}: {what} accepted by {acc.owner} until {acc.expires}: {acc.reason}")
+            bound = "" if acc.digest else " (for any digest of the image: add digest: to bind it to this one)"
+            v.reasons.append(f"{ref}: {what} accepted by {acc.owner} until {acc.expires}{bound}: {acc.reason}")
             v.accepted.append({"image": image, "tag": tag, "cve": acc.cve, "owner": acc.owner, "reason": acc.reason,
-                               "expires": str(acc.expires)})
+                               "expires": str(acc.expires), **({"digest": acc.digest} if acc.digest else {})})
     return v
 
 
 def check(image: str, tag: str, digest: str, artifacts: Path, acceptances_path: Path | None, missing_report: str,
-          today: dt.date | None = None) -> Verdict:
+          today: dt.date | None = None, max_days: int = 90) -> Verdict:
     path = artifacts / image / tag / "trivy.json"
     report: object | None = None
     if path.exists():
@@ -138,4 +151,5 @@ def check(image: str, tag: str, digest: str, artifacts: Path, acceptances_path: 
             report = json.loads(path.read_text())
         except ValueError as exc:
             return Verdict(f"{image}:{tag}", "refuse", [f"{image}:{tag}: {path} is not JSON ({exc}); replace it with trivy output"])
-    return evaluate(image, tag, report, load_acceptances(acceptances_path), missing_report, today or dt.date.today(), str(path), digest)
+    return evaluate(image, tag, report, load_acceptances(acceptances_path), missing_report, today or dt.date.today(), str(path), digest,
+                    max_days)
