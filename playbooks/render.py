@@ -52,7 +52,7 @@ def preflight_text(checks: list[Check], hosts: list[str]) -> str:
     nfail = sum(c.status == FAIL for c in checks)
     nwarn = sum(c.status == WARN for c in checks)
     verdict = "preflight FAILED" if nfail else "preflight passed"
-    out.append(f"{verdict}: {len(hosts)} hosts, {len(checks)} checks, {nfail} failed, {nwarn} warnings")
+    out.append(f"{verdict}: {plural(len(hosts), 'host')}, {plural(len(checks), 'check')}, {nfail} failed, {plural(nwarn, 'warning')}")
     return "\n".join(out)
 
 
@@ -79,6 +79,10 @@ def dump_json(obj: Any, stream=None) -> None:
         (stream or sys.stdout).flush()
     except BrokenPipeError:
         _closed_pipe()
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def accepted_warnings(checks: list[Check]) -> list[str]:
@@ -139,7 +143,7 @@ def status_text(st: dict) -> str:
             reported = (v.get("reported_git_sha") or "-")[:7] if "sha_drift" in v else "n/a"
             state = f"{v['status']}, {v.get('restarts', 0)} restarts" if v["status"] != "absent" else "absent"
             rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", state, reported,
-                         (v["health"] or v["status"])[:40], drift])
+                         v["health"] or v["status"], drift])  # never cut: "crash loo" told nobody anything
         for s, v in info["services"].items():
             if v.get("proxy"):
                 notes.append(f"{h}: proxy {s} {v['proxy']}")

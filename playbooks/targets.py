@@ -24,6 +24,12 @@ def phase_hosts(inv: Inventory, phase: str | None) -> list[str]:
     return [h for h in inv.fleet.hosts if h in touched]
 
 
+def phase_of_service(inv: Inventory, service: str) -> str:
+    """The one phase a service is in (each service is in exactly one); a name that is none is an input error."""
+    known_service(inv, service)
+    return next((p.name for p in inv.phases if service in p.services), "")
+
+
 def check(inv: Inventory, phase: str | None, hosts: list[str] | None = None, service: str | None = None) -> None:
     """Raise TargetError unless every named host and the named service exist and meet in `phase`."""
     where = f"phase {phase}" if phase else "the inventory"

@@ -195,8 +195,12 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
     """Put a phase's services (or one) back on the configuration they ran before their release (or --to a tag), health-gated."""
     from . import executor
 
-    phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
     inv = _inventory(inventory, json)
+    if not phase and service:
+        from .targets import phase_of_service
+
+        phase = phase_of_service(inv, service)  # a service is in one phase: -s names it enough
+    phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
     _ask_unless_yes(yes, f"roll back {service or 'every service of ' + phase}?")
     with executor.Progress(enabled=not json) as progress:
         rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=progress, to_tag=to)
@@ -283,6 +287,11 @@ def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=
         render.say(f"{out['host']}: {out.get('path')}")
     if out.get("lines"):
         render.say("\n".join(out["lines"]))
+    elif not follow:
+        # Nothing at all looked like a hang or a wrong host; say what was asked and that it was empty.
+        what = "the agent log" if agent else f"{service}'s container"
+        render.say(f"{out['host']}: {what} has no log lines" + (f" since {since}" if since else "")
+                   + (f" ({out['status']})" if out.get("status") else ""))
     if out.get("note"):
         render.say(f"{out['host']}: {out['note']}")
 

@@ -133,6 +133,8 @@ def test_status_table_has_a_state_and_restarts_column():
     (["rollback", "-p", "gpu-mainpc", "-H", "pc2", "-y"], "phase gpu-mainpc has no service there"),
     (["rollback", "-p", "gpu-mainpc", "-s", "rag-api", "-y"], "--service rag-api: not a service of phase gpu-mainpc; its services:"),
     (["rollback", "-p", "gpu-mainpc", "-s", "nosvc", "-y"], "--service nosvc: not a service of phase gpu-mainpc"),
+    (["rollback", "-s", "rag-api", "-H", "mainpc", "-y"], "--hosts mainpc: phase cpu-pc2 has no service there"),  # -s names the phase
+    (["rollback", "-s", "nosvc", "-y"], "--service 'nosvc' is not in the inventory"),
     (["restart", "-s", "nosvc", "-y"], "nosvc"),
     (["restart", "-s", "rag-api", "-H", "mainpc", "-y"], "rag-api has no replica on 'mainpc'; it runs on pc2"),
     (["logs", "-s", "rag-api", "-H", "nohost"], "rag-api has no replica on 'nohost'"),

@@ -281,6 +281,13 @@ def test_restart_exec_and_prune(lab, tmp_path):
     assert json.loads(r.stdout)["state"] == "committed" and after.id != before.id
     assert after.labels["io.fleetroll.tag"] == before.labels["io.fleetroll.tag"] and after.status == "running"
     assert [c.name for c in cl.containers.list(all=True) if "--kept-" in c.name] == []
+    assert json.loads(r.stdout)["elapsed_s"] > 1.0, "the restart's own time, not 0.0s"
+    # a fresh container that has logged nothing says so, instead of printing nothing at all
+    r = fab("logs", "-s", "llm-api", "-i", lab.inventory)
+    assert r.returncode == 0 and "mainpc: llm-api's container has no log lines (running)" in r.stdout, r.stdout + r.stderr
+    # -s names the phase enough for a rollback
+    r = fab("rollback", "-s", "llm-api", "-H", "pc2", "-y", "-i", lab.inventory)
+    assert r.returncode == 1 and "phase gpu-mainpc has no service there" in r.stderr, r.stdout + r.stderr
     # exec: argv through as given, no shell on our side; the command's exit code comes back
     r = fab("exec", "-s", "llm-api", "-i", lab.inventory, "--", "echo", "a  b", "$HOME", ";", "id")
     assert r.returncode == 0 and r.stdout == "a  b $HOME ; id\n", r.stdout + r.stderr
