@@ -3,31 +3,39 @@
 Each workflow lives in a module of its own: rollout.py (preflight, plan, transactions,
 phase-wide revert), rollback.py (rollback, restart), status.py; they share hostcalls.py
 (calling hosts, re-attaching) and end through ending.py (observed outcomes -> report,
-state, exit code, pins, ledger).
+state, exit code, pins, ledger). Names are imported when first used (PEP 562), so a
+`fab status` does not pay for the rollout's imports before its first SSH packet.
 """
 
 from __future__ import annotations
 
-from agent.vocabulary import exit_code
+import importlib
+from typing import Any
 
-from .ending import (
-    Interrupted,
-    RolloutReport,
-    conclude,
-    derive_state,
-    describe_failure,
-    host_outcomes,
-    report_state,
-    services_of,
-)
-from .errors import RolloutError
-from .hostcalls import record_recoveries, recovered_notes, step_args
-from .progress import Progress
-from .rollback import restart, rollback
-from .rollout import POLICIES, acceptances_path, rollout, rollout_all, security_gate, swap_notes
-from .status import gpu_memory_view, proxy_route_view, service_health, sha_drift, status
+_WHERE = {
+    "exit_code": "agent.vocabulary",
+    "Interrupted": "playbooks.ending", "RolloutReport": "playbooks.ending", "conclude": "playbooks.ending",
+    "derive_state": "playbooks.ending", "describe_failure": "playbooks.ending", "host_outcomes": "playbooks.ending",
+    "report_state": "playbooks.ending", "services_of": "playbooks.ending",
+    "RolloutError": "playbooks.errors",
+    "record_recoveries": "playbooks.hostcalls", "recovered_notes": "playbooks.hostcalls", "step_args": "playbooks.hostcalls",
+    "Progress": "playbooks.progress",
+    "restart": "playbooks.rollback", "rollback": "playbooks.rollback",
+    "POLICIES": "playbooks.rollout", "acceptances_path": "playbooks.rollout", "rollout": "playbooks.rollout",
+    "rollout_all": "playbooks.rollout", "security_gate": "playbooks.rollout", "swap_notes": "playbooks.rollout",
+    "gpu_memory_view": "playbooks.status", "proxy_route_view": "playbooks.status", "service_health": "playbooks.status",
+    "sha_drift": "playbooks.status", "status": "playbooks.status",
+}
+__all__ = sorted(_WHERE)
 
-__all__ = ["POLICIES", "Interrupted", "Progress", "RolloutError", "RolloutReport", "acceptances_path", "conclude", "derive_state",
-           "describe_failure", "exit_code", "gpu_memory_view", "host_outcomes", "proxy_route_view", "record_recoveries",
-           "recovered_notes", "report_state", "restart", "rollback", "rollout", "rollout_all", "security_gate", "service_health",
-           "services_of", "sha_drift", "status", "step_args", "swap_notes"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # once: later lookups are plain module attributes
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
