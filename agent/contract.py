@@ -46,13 +46,32 @@ def image_problems(user: str, entrypoint: list[str] | None) -> list[tuple[str, s
 FORBIDDEN_HOST_PATHS = ("/", "/etc", "/proc", "/sys", "/dev", "/boot", "/root", "/var/run/docker.sock", "/run/docker.sock",
                         "/var/run", "/run", "/var/lib/docker")
 USER_RE = re.compile(r"[1-9][0-9]{0,9}:[1-9][0-9]{0,9}")
+MIN_UID = 1000  # below: system accounts (daemons, the distribution's own users)
+# Groups whose members control the host (root, admin logins, raw disks, password hashes, the Docker
+# daemon). The host resolves these names (container_args.problems, with the Docker socket's own group);
+# the inventory, which cannot ask the host, refuses them at the gids Debian's base-passwd fixes.
+PRIVILEGED_GROUPS = ("root", "sudo", "adm", "disk", "shadow", "wheel", "docker")
+FIXED_PRIVILEGED_GIDS = {0: "root", 4: "adm", 6: "disk", 27: "sudo", 42: "shadow"}
 
 
-def user_problem(user: str) -> str | None:
-    """A container user must be a numeric uid:gid, neither of them 0 (root)."""
-    if USER_RE.fullmatch(user or ""):
-        return None
-    return f"user {user!r} is not a numeric non-root uid:gid (e.g. {IMAGE_USER}); containers never run as root"
+def user_problem(user: str, privileged_gids: dict[int, str] | None = None) -> str | None:
+    """A container user must be a numeric uid:gid: uid >= 1000, gid no privileged group's.
+
+    `privileged_gids` ({gid: what it is}) are the host's own (paths.privileged_gids); the gids
+    of FIXED_PRIVILEGED_GIDS are refused everywhere.
+    """
+    if not USER_RE.fullmatch(user or ""):
+        return f"user {user!r} is not a numeric non-root uid:gid (e.g. {IMAGE_USER}); containers never run as root"
+    uid, gid = (int(x) for x in user.split(":"))
+    if uid < MIN_UID:
+        return (f"user {user!r}: uid {uid} is a system account's (below {MIN_UID}); containers run as an unprivileged"
+                f" uid of their own (e.g. {IMAGE_USER})")
+    bad = {**FIXED_PRIVILEGED_GIDS, **(privileged_gids or {})}
+    if gid in bad:
+        what = bad[gid] if " " in bad[gid] else f"group {bad[gid]!r}"
+        return (f"user {user!r}: gid {gid} is {what}, whose members control the host; a container's gid must be"
+                f" no privileged group's (e.g. {IMAGE_USER})")
+    return None
 
 
 # One pattern for every name an operator gives (service, host, phase, group): these names end

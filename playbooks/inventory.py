@@ -265,9 +265,11 @@ class Service(_Strict):
     @field_validator("user")
     @classmethod
     def _user(cls, v: str) -> str:
+        # What can be known without the host: numeric, uid >= 1000, gid not root's nor Debian's fixed
+        # adm/disk/sudo/shadow gids. The host adds its own privileged groups (the Docker socket's).
         problem = contract.user_problem(v)
         if problem:
-            raise ValueError(problem)
+            raise PydanticCustomError("user", "{why}", {"why": problem})
         return v
 
     @field_validator("tag")
@@ -582,6 +584,8 @@ _FIXES = {
     "extra_forbidden": "remove it or check its spelling",
     "missing": "add it",
     "name": "rename it (and every reference to it) to lowercase letters, digits, '_', '.', '-'",
+    "user": f"leave it out (the image contract's {contract.IMAGE_USER}) or give a numeric uid:gid with uid >= {contract.MIN_UID}"
+            " and a gid that is no privileged group's (not root, adm, disk, sudo, shadow, nor the Docker socket's group)",
     "network": f"leave it out (the default {contract.DEFAULT_NETWORK!r}) or name fleetroll's own bridge network, e.g. 'fleetroll-web'",
 }
 
