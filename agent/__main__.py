@@ -16,13 +16,9 @@ import json
 import os
 import sys
 import traceback
-from typing import Any
 
 from . import PROTOCOL
-
-
-def answer(op: str, ok: bool, msg: str = "", data: Any = None, changed: bool = False) -> dict:
-    return {"protocol": PROTOCOL, "op": op, "ok": ok, "changed": changed, "msg": msg, "data": data or {}}
+from .answer import answer
 
 
 def emit(obj: dict) -> None:

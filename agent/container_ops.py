@@ -1,0 +1,252 @@
+"""Operations on one service's container that change no rollout state: logs, details, versions, exec, prune.
+
+They answer in the same JSON shape as every agent operation (agent/answer.py); the rollout's own
+operations (rollout, follow, status, unlock, prepare, freeze) stay in ops.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .answer import answer
+from .paths import state_dir
+
+_answer = answer
+
+
+def _last_lines(path, n: int, max_bytes: int = 1 << 20) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode(errors="replace").splitlines()[-n:]
+    except FileNotFoundError:
+        return []
+
+
+def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
+    """A container's last lines (or the agent's own log); with follow, each new line as an event until it stops.
+
+    Lines go back as data; the controller strips control characters before printing them.
+    """
+    tail = max(1, min(int(args.get("tail") or 100), 10000))
+    if args.get("agent"):
+        path = state_dir() / "agent.log"
+        return _answer("logs", True, "", {"path": str(path), "lines": _last_lines(path, tail)})
+    import docker.errors
+
+    from .facts import docker_client
+
+    service = args.get("service", "")
+    since = int(time.time() - float(args["since_s"])) if args.get("since_s") else None
+    try:
+        c = docker_client(timeout=60 if not args.get("follow") else 86400).containers.get(service)
+    except docker.errors.NotFound:
+        return _answer("logs", False, f"no container named {service!r} on this host")
+    kw = {"tail": tail, "timestamps": bool(args.get("timestamps")), **({"since": since} if since else {})}
+    if not args.get("follow"):
+        text = c.logs(**kw).decode(errors="replace")
+        return _answer("logs", True, "", {"service": service, "status": c.status, "lines": text.splitlines()})
+    while True:
+        _stream_lines(c, kw, emit)
+        # Docker ends a follow when the container's process exits. A crash-looping container comes
+        # back: follow it run after run (only what is new), until it stays stopped or is removed.
+        since = time.time()
+        status = _next_run(c)
+        if status != "running":
+            return _answer("logs", True, f"{service} stopped ({status})", {"service": service, "status": status, "lines": []})
+        emit({"event": "log", "line": f"-- {service} restarted (restart {c.attrs.get('RestartCount', 0)}) --"})
+        kw = {**{k: v for k, v in kw.items() if k != "tail"}, "since": since}
+
+
+def _stream_lines(c, kw: dict, emit: Callable[[dict], None]) -> None:
+    buf = b""
+    for chunk in c.logs(stream=True, follow=True, **kw):
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            emit({"event": "log", "line": line.decode(errors="replace")})
+    if buf:
+        emit({"event": "log", "line": buf.decode(errors="replace")})
+
+
+def _next_run(c, grace_s: float = 2.0) -> str:
+    """Wait for a container whose process exited to run again: "running", or its status once it is not coming back.
+
+    Restarting (Docker's back-off) is waited out; "exited" gets `grace_s` to turn into restarting
+    (the restart manager flags it a moment after the exit); removed is "removed".
+    """
+    import docker.errors
+
+    exited_since = None
+    while True:
+        try:
+            c.reload()
+        except docker.errors.NotFound:
+            return "removed"
+        state = c.attrs.get("State") or {}
+        if state.get("Running") and not state.get("Restarting"):
+            return "running"
+        if not state.get("Restarting"):
+            exited_since = exited_since or time.monotonic()
+            if time.monotonic() - exited_since > grace_s:
+                return c.status
+        else:
+            exited_since = None
+        time.sleep(0.2)
+
+
+def details_op(args: dict[str, Any]) -> dict:
+    """Per service: its container as Docker sees it, any kept container, and whether its -prev pin is still here."""
+    import docker.errors
+
+    from . import container_args, contract
+    from .facts import docker_client, summarize_container
+
+    repos: dict[str, str] = args.get("services") or {}
+    client = docker_client()
+    out: dict[str, dict] = {s: {"container": None, "kept": []} for s in repos}
+    for c in client.containers.list(all=True, filters={"label": contract.MANAGED}):
+        attrs, labels = c.attrs, c.labels or {}
+        svc = labels.get(contract.SERVICE, "")
+        if repos and svc not in repos:
+            continue
+        state = attrs.get("State") or {}
+        cfg = container_args.from_inspect(attrs)
+        entry = {**summarize_container(attrs), "exit_code": state.get("ExitCode"), "error": state.get("Error", ""),
+                 "oom_killed": bool(state.get("OOMKilled")), "ports": cfg["ports"], "gpus": cfg["gpus"], "user": cfg["user"],
+                 "restart_policy": cfg["restart"], "health": container_args.health_of(labels, {}),
+                 "operator": labels.get(contract.OPERATOR, ""), "git_sha": labels.get(contract.GIT_SHA, "")}
+        prev_tag, prev_digest = labels.get(contract.PREV_TAG, ""), labels.get(contract.PREV_DIGEST, "")
+        if prev_tag and repos.get(svc):
+            try:
+                client.images.get(f"{repos[svc]}:{prev_tag}")
+                pinned = True
+            except docker.errors.ImageNotFound:
+                pinned = False
+            entry["prev"] = {"tag": prev_tag, "digest": prev_digest, "pinned": pinned}
+        slot = out.setdefault(svc, {"container": None, "kept": []})
+        if entry["name"] == svc:
+            slot["container"] = entry
+        else:
+            slot["kept"].append(entry)
+    from .freeze import all_freezes
+
+    return _answer("details", True, "", {"services": out, "freezes": all_freezes()})
+
+
+def versions_op(args: dict[str, Any]) -> dict:
+    """What `fab versions` lists for one service here: every start, its outcome, and whether its image is still here."""
+    from . import contract, versions
+    from .facts import docker_client
+
+    service = args.get("service", "")
+    rows = versions.list_versions(service)
+    running: dict[str, Any] = {}
+    try:
+        import docker.errors
+
+        client = docker_client()
+        try:
+            labels = client.containers.get(service).labels or {}
+            running = {"tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, ""),
+                       "rollout_id": labels.get(contract.ROLLOUT_ID, "")}
+        except docker.errors.NotFound:
+            pass
+        for r in rows:
+            try:
+                client.images.get(r["image"])
+                r["image_present"] = True
+            except docker.errors.ImageNotFound:
+                r["image_present"] = False
+    except Exception as exc:  # noqa: BLE001 - the journal's record stands without Docker's view
+        return _answer("versions", True, f"Docker not reachable, image presence unknown: {str(exc)[:200]}",
+                       {"service": service, "versions": rows, "running": running})
+    for r in rows:
+        r["running"] = bool(running) and r["tag"] == running.get("tag") and r["digest"] == running.get("digest")
+    return _answer("versions", True, "", {"service": service, "versions": rows, "running": running})
+
+
+def exec_op(args: dict[str, Any]) -> dict:
+    """Run one command in a service's container: argv as given (no shell anywhere), output capped, its exit code back."""
+    import docker.errors
+
+    from . import contract
+    from .facts import docker_client
+
+    service, argv = args.get("service", ""), args.get("argv") or []
+    if not argv or not all(isinstance(a, str) for a in argv):
+        return _answer("exec", False, "no command given")
+    if args.get("user") not in (None, ""):
+        # The container's own user (10001, the image contract) and nothing else: an exec as another user
+        # (`user: 0`) would be root inside a container the hard rules keep non-root.
+        return _answer("exec", False, f"exec runs as {service}'s own user; a user of its choosing ({args['user']!r}) is refused")
+    try:
+        c = docker_client(timeout=float(args.get("timeout") or 300)).containers.get(service)
+    except docker.errors.NotFound:
+        return _answer("exec", False, f"no container named {service!r} on this host")
+    if (c.labels or {}).get(contract.MANAGED) != "true":
+        return _answer("exec", False, f"{service!r} was not started by fleetroll; not running commands in it")
+    if c.status != "running":
+        return _answer("exec", False, f"{service} is {c.status}, not running: nothing to exec into (fab logs -s {service})")
+    res = c.exec_run(argv, demux=True)
+    out, err = res.output if isinstance(res.output, tuple) else (res.output, b"")
+    cap = 1 << 20
+    return _answer("exec", True, "", {"exit_code": res.exit_code, "stdout": (out or b"")[-cap:].decode(errors="replace"),
+                                      "stderr": (err or b"")[-cap:].decode(errors="replace")})
+
+
+def prune_op(args: dict[str, Any]) -> dict:
+    """Remove images of fleetroll's repositories that nothing needs any more; `keep` recorded good versions stay.
+
+    Needed, so kept: what any container (running, stopped, kept aside) was created from, every
+    -prev pin, and the images of each service's last `keep` versions that passed their gate
+    here. Only images of the repositories the inventory names are considered: anything else
+    on the host is not fleetroll's to remove.
+    """
+    import docker.errors
+
+    from . import versions
+    from .facts import docker_client
+
+    repos = set(args.get("repos") or [])
+    keep = max(1, int(args.get("keep") or 3))
+    client = docker_client(timeout=120)
+    needed: dict[str, str] = {}
+    for c in client.containers.list(all=True):
+        needed[c.attrs.get("Image", "")] = f"used by container {c.name}"
+    journals = versions.all_journals()  # read once, not once per service
+    for svc in args.get("services") or []:
+        good = [v for v in versions.history(svc, journals) if v["outcome"].startswith("committed") and v.get("image")]
+        for v in good[-keep:]:
+            needed.setdefault(v["image"], f"{svc} {v['tag']} (one of its last {keep} good versions)")
+    removed, kept, failed, freed = [], [], [], 0
+    for img in client.images.list():
+        names = list(img.tags) + list(img.attrs.get("RepoDigests") or [])
+        ours = [n for n in names if n.rsplit("@", 1)[0].rsplit(":", 1)[0] in repos]
+        if not ours:
+            continue
+        why = needed.get(img.id) or next((f"pinned as {t}" for t in img.tags if t.endswith("-prev")), None)
+        if why:
+            kept.append({"image": img.id[:19], "names": ours[:3], "why": why})
+            continue
+        if args.get("dry_run"):
+            removed.append({"image": img.id[:19], "names": ours[:3], "size": img.attrs.get("Size", 0)})
+            continue
+        try:
+            # Our names go one by one; the image itself goes only when no other name (not ours) holds it.
+            for n in ours:
+                client.images.remove(n)
+            removed.append({"image": img.id[:19], "names": ours[:3], "size": img.attrs.get("Size", 0)})
+            try:
+                client.images.get(img.id)
+            except docker.errors.ImageNotFound:
+                freed += int(img.attrs.get("Size", 0))
+        except docker.errors.APIError as exc:
+            failed.append({"image": img.id[:19], "names": ours[:3], "error": str(getattr(exc, "explanation", exc))[:200]})
+    return _answer("prune", not failed, "", {"removed": removed, "kept": kept, "failed": failed, "freed_bytes": freed},
+                   changed=bool(removed) and not args.get("dry_run"))
