@@ -250,3 +250,45 @@ def prune_op(args: dict[str, Any]) -> dict:
             failed.append({"image": img.id[:19], "names": ours[:3], "error": str(getattr(exc, "explanation", exc))[:200]})
     return _answer("prune", not failed, "", {"removed": removed, "kept": kept, "failed": failed, "freed_bytes": freed},
                    changed=bool(removed) and not args.get("dry_run"))
+
+
+def remove_op(args: dict[str, Any]) -> dict:
+    """`fab remove`: a container fleetroll started and the inventory no longer names, gone for good (Kamal's `app remove`).
+
+    Only a container with fleetroll's label is touched, with its kept containers; the
+    controller refuses a service the inventory still places on the host. Journalled here
+    like a transaction (accepted, removed, done), so the host's record says who removed what.
+    """
+    import docker.errors
+
+    from . import contract
+    from .facts import docker_client
+    from .motion import settled_retry
+    from .vocabulary import HostState, Outcome, Step
+
+    service, rid = args.get("service", ""), args.get("rollout_id", "")
+    if not contract.NAME_RE.fullmatch(service or "") or not rid:
+        return _answer("remove", False, f"not a service name: {service!r}")
+    client = docker_client(timeout=120)
+    try:
+        main = client.containers.get(service)
+    except docker.errors.NotFound:
+        main = None
+    if main is not None and (main.labels or {}).get(contract.MANAGED) != "true":
+        return _answer("remove", False, f"{service!r} was not started by fleetroll; not removing it")
+    ours = [c for c in client.containers.list(all=True, filters={"label": [contract.MANAGED, f"{contract.SERVICE}={service}"]})]
+    if main is not None and main.id not in {c.id for c in ours}:
+        ours.append(main)
+    if not ours:
+        return _answer("remove", True, f"no container of {service} here; nothing to remove", {"removed": []})
+    journal.append(rid, Step.ACCEPTED, kind="remove", service=service, operator=args.get("operator", ""), reason=args.get("reason", ""))
+    removed = []
+    for c in ours:
+        labels = c.labels or {}
+        settled_retry(lambda c=c: c.update(restart_policy={"Name": "no"}))
+        settled_retry(lambda c=c: c.remove(force=True))
+        removed.append({"name": c.name, "id": c.id[:12], "tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, "")})
+        journal.append(rid, Step.REMOVED, service=service, container=c.id, name=c.name, tag=labels.get(contract.TAG, ""))
+    journal.append(rid, Step.DONE, ok=True, state=HostState.GOOD,
+                   services=[{"service": service, "action": "remove", "outcome": Outcome.REMOVED}])
+    return _answer("remove", True, f"removed {', '.join(x['name'] for x in removed)}", {"removed": removed}, changed=True)

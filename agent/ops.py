@@ -20,7 +20,7 @@ from typing import Any
 
 from . import container_args, journal, lock
 from .answer import answer
-from .container_ops import details_op, exec_op, logs_op, prune_op, versions_op  # noqa: F401 - dispatch's, and tests' names
+from .container_ops import details_op, exec_op, logs_op, prune_op, remove_op, versions_op  # noqa: F401 - dispatch's, and tests' names
 from .paths import state_dir
 from .vocabulary import HostState, Journal, Step
 
@@ -365,6 +365,8 @@ def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dic
         return exec_op(args)
     if op == "prune":
         return prune_op(args)
+    if op == "remove":
+        return remove_op(args)
     if op == "logs":
         return logs_op(args, emit)
     if op == "details":

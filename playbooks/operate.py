@@ -162,3 +162,27 @@ def prune(inv: Inventory, hosts: list[str] | None = None, keep: int = 3, dry_run
     ledger.append("prune", operator=operator(), hosts=targets, keep=keep, dry_run=dry_run,
                   removed={h: [x["names"] for x in v.get("removed", [])] for h, v in out["hosts"].items()})
     return out
+
+
+def remove(inv: Inventory, service: str, host: str, reason: str = "") -> dict[str, Any]:
+    """Remove, on `host`, the containers of `service` that fleetroll started and the inventory no longer places there.
+
+    A service the inventory still places on the host is refused: the next rollout would only
+    start it again (remove it from the inventory first, then `fab remove`).
+    """
+    from .plan import new_rollout_id
+
+    if host not in inv.fleet.hosts:
+        raise RolloutError(f"--host {host}: no such host in {inv.path}; hosts: {', '.join(inv.fleet.hosts)}")
+    if service in inv.services_for(None, [host]):
+        raise RolloutError(f"{service} is in the inventory on {host}: remove it from {inv.path} first (the next rollout"
+                           f" would start it again), or go back with fab rollback -s {service}")
+    rid = new_rollout_id("remove", service)
+    r = transport.on_hosts(inv, [host], "remove", lambda h: {"service": service, "rollout_id": rid, "operator": operator(),
+                                                           "reason": reason}, timeout=180)[host]
+    if r.answer is None or not r.ok:
+        raise RolloutError(f"{host}: {r.error or (r.answer or {}).get('msg')}")
+    out = {"host": host, "service": service, "rollout_id": rid, **(r.answer.get("data") or {}), "msg": r.answer.get("msg")}
+    ledger.append("remove", rollout_id=rid, host=host, service=service, operator=operator(), reason=reason,
+                  removed=out.get("removed", []))
+    return out

@@ -151,6 +151,10 @@ def status_text(st: dict) -> str:
             budgets = ", ".join(f"{s} {b:.1f} GB" for s, b in g["budgets_gb"].items()) or "none declared"
             notes.append(f"{h}: GPU {g['index']} {g['name']}: {g['used_gb']:.1f} of {g['total_gb']:.1f} GB in use;"
                          f" budgets: {budgets}")
+        for o in info.get("orphans") or []:
+            notes.append(f"{h}: ORPHAN {o['name']} ({o['tag'] or '?'}, {o['status']}): started by fleetroll (rollout"
+                         f" {o['rollout_id'] or '?'}), no longer in the inventory for this host; remove it with:"
+                         f" fab remove -s {o['name']} -H {h}")
         for f in info.get("freezes") or []:
             kind = "frozen by an automatic revert" if f.get("auto") else f"frozen by {f.get('by')}"
             notes.append(f"{h}: phase {f.get('phase')} {kind} since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(f.get('ts') or 0))}:"

@@ -80,6 +80,17 @@ def gpu_memory_view(inv: Inventory, host: str, nvml: dict | None) -> list[dict[s
              "used_gb": round(g.get("memory_used_mib", 0) / 1024, 1), "budgets_gb": budgets} for g in nvml.get("gpus") or []]
 
 
+def orphans(containers: list[dict], placed: list[str]) -> list[dict[str, Any]]:
+    """Containers fleetroll started on a host that the inventory no longer places there (pure).
+
+    Kept containers of a transaction in progress (`<service>--kept-…`) are not orphans: the
+    transaction (or its recovery) owns them.
+    """
+    return [{"name": c["name"], "service": c.get("service") or c["name"], "tag": c.get("tag", ""), "status": c.get("status", ""),
+             "rollout_id": c.get("rollout_id", "")}
+            for c in containers if c["name"] not in placed and "--kept-" not in c["name"] and c.get("service") not in placed]
+
+
 def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | None = None) -> dict[str, Any]:
     targets = inv.select_hosts(hosts)
     coll = inv.fleet.observability.collector
@@ -133,7 +144,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                 services[s]["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
         out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last"),
                            "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or [],
-                           "gpus": gpu_memory_view(inv, h, data.get("nvml"))}
+                           "gpus": gpu_memory_view(inv, h, data.get("nvml")),
+                           "orphans": orphans(list(containers.values()), inv.services_for(None, [h]))}
     record_recoveries(results)
     for h in inv.select_hosts(hosts):
         ledger.observe(h, out["hosts"][h].get("last_rollout"))

@@ -392,6 +392,24 @@ def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
         raise Exit(code=1)
 
 
+@task(help={"service": "the container to remove (a service the inventory no longer places on the host)",
+            "host": "the host it runs on", "reason": "why (recorded on the host and in the ledger)", "json": "JSON output",
+            "yes": "do not ask", "inventory": "inventory file"})
+def remove(c, service=None, host=None, reason="", json=False, yes=False, inventory=None):
+    """Remove a container fleetroll started that the inventory no longer names (fab status lists them as ORPHAN)."""
+    from . import operate, render
+
+    service = _required(service, "service", "fab remove -s old-api -H pc2")
+    host = _required(host, "host", "fab remove -s old-api -H pc2")
+    inv = _inventory(inventory, json)
+    _ask_unless_yes(yes, f"remove {service} from {host} for good?")
+    out = operate.remove(inv, service, host, reason)
+    if json:
+        render.dump_json(out)
+    else:
+        render.say(f"{host}: {out['msg']}")
+
+
 def _freeze(phase, reason, inventory, thaw: bool) -> None:
     from . import operate, render
 
@@ -538,5 +556,5 @@ lab.add_task(lab_up, "up")
 lab.add_task(lab_down, "down")
 lab.add_task(lab_release, "release")
 
-ns = Collection(preflight, rollout, rollback, restart, exec_, prune, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
+ns = Collection(preflight, rollout, rollback, restart, exec_, prune, remove, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
 

@@ -139,6 +139,8 @@ def test_status_table_has_a_state_and_restarts_column():
     (["restart", "-s", "rag-api", "-H", "mainpc", "-y"], "rag-api has no replica on 'mainpc'; it runs on pc2"),
     (["logs", "-s", "rag-api", "-H", "nohost"], "rag-api has no replica on 'nohost'"),
     (["exec", "-s", "rag-api", "-H", "mainpc", "--", "true"], "rag-api has no replica on 'mainpc'"),
+    (["remove", "-s", "rag-api", "-H", "pc2", "-y"], "rag-api is in the inventory on pc2: remove it from"),
+    (["remove", "-s", "old-api", "-H", "nohost", "-y"], "--host nohost: no such host"),
 ])
 def test_a_filter_that_names_nothing_is_an_input_error_and_nothing_is_ledgered(args, says, tmp_path):
     import os

@@ -330,3 +330,34 @@ def test_a_config_only_failure_freezes_that_configuration_not_the_good_tag(lab, 
     fixed = executor.rollout(inv_with("fixed", {"PORT": "8080"}), PHASE)
     assert fixed.state == "committed", fixed.messages
     assert executor.status(bad, ["mainpc"])["hosts"]["mainpc"]["freezes"] == [], "the commit lifted the automatic freeze"
+
+
+def test_a_service_dropped_from_the_inventory_shows_as_an_orphan_and_fab_remove_removes_it(lab, tmp_path):
+    """Kamal's `app remove`: what fleetroll started and the inventory no longer names is listed, and can go for good."""
+    import docker
+
+    assert executor.rollout(load(lab.inventory), PHASE).ok
+    cl = docker.DockerClient(base_url=lab.host("mainpc").docker_host)
+    src = cl.containers.get("vision-api")
+    labels = {**src.labels, "io.fleetroll.service": "old-api"}
+    cl.containers.run(src.image.id, name="old-api", labels=labels, user="10001:10001", detach=True)
+    cl.containers.run(src.image.id, name="hand-made", user="10001:10001", detach=True)  # not fleetroll's
+    try:
+        r = fab("status", "-H", "mainpc", "-i", lab.inventory)
+        assert "mainpc: ORPHAN old-api" in r.stdout and "fab remove -s old-api -H mainpc" in r.stdout, r.stdout
+        assert "hand-made" not in r.stdout, "only what fleetroll started is listed"
+        r = fab("remove", "-s", "vision-api", "-H", "mainpc", "-y", "-i", lab.inventory)
+        assert r.returncode == 1 and "vision-api is in the inventory on mainpc" in r.stderr
+        r = fab("remove", "-s", "hand-made", "-H", "mainpc", "-y", "-i", lab.inventory)
+        assert r.returncode == 1 and "was not started by fleetroll" in r.stderr, r.stdout + r.stderr
+        r = fab("remove", "-s", "old-api", "-H", "mainpc", "-y", "-i", lab.inventory)
+        assert r.returncode == 0 and "mainpc: removed old-api" in r.stdout, r.stdout + r.stderr
+        assert "old-api" not in [c.name for c in cl.containers.list(all=True)]
+        assert "ORPHAN" not in fab("status", "-H", "mainpc", "-i", lab.inventory).stdout
+        assert any(x["kind"] == "remove" and x["service"] == "old-api" for x in ledger.read())
+    finally:
+        for name in ("old-api", "hand-made"):
+            try:
+                cl.containers.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass

@@ -152,3 +152,14 @@ def test_a_recovery_on_a_host_says_more_than_a_later_status_of_it(tmp_path, monk
                               "outcome": {"state": "good", "services": [{"service": "svc", "outcome": "reverted"}]}})
     e = ledger.rollouts()[0]
     assert e["final"] == "reverted" and "recovered on mainpc (svc reverted; host good)" in e["note"]
+
+
+def test_orphans_are_fleetroll_containers_the_inventory_no_longer_places():
+    from playbooks.status import orphans
+
+    cs = [{"name": "rag-api", "service": "rag-api", "tag": "T1", "status": "running"},
+          {"name": "old-api", "service": "old-api", "tag": "T0", "status": "exited", "rollout_id": "r-0"},
+          {"name": "rag-api--kept-1a2b3c4d", "service": "rag-api", "tag": "T0", "status": "exited"}]
+    got = orphans(cs, ["rag-api"])
+    assert [o["name"] for o in got] == ["old-api"] and got[0]["rollout_id"] == "r-0"
+    assert orphans(cs, ["rag-api", "old-api"]) == []
