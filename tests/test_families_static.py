@@ -376,3 +376,12 @@ def test_an_acceptance_reaching_further_than_the_maximum_lifetime_is_refused():
     v = evaluate(TRIVY, [far])
     assert v.status == "refuse" and "more than 90 days ahead" in v.reasons[0] and "max_acceptance_days" in v.reasons[0]
     assert security.evaluate("family-cpu-py311", "t", TRIVY, [far], "refuse", TODAY, "trivy.json", DIGEST, max_days=180).status == "warn"
+
+
+def test_the_build_key_covers_service_contexts_too():
+    """Services build beside families (services/<name>): their key is made the same way (it raised ValueError)."""
+    from playbooks.images import build
+
+    for name in ("hello", "fleetroll-collector"):
+        key = build.inputs_key(name, build.SERVICES_DIR / name, {"FAMILY_IMAGE": "x"}, False)
+        assert len(key) == 64 and key != build.inputs_key(name, build.SERVICES_DIR / name, {"FAMILY_IMAGE": "y"}, False)

@@ -306,7 +306,7 @@ def inputs_key(name: str, ctx: Path, args: dict[str, str], with_emitter: bool) -
     if with_emitter:
         files += sorted(p for p in (FAMILIES_DIR / "emitter").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for f in files:
-        h.update(str(f.relative_to(FAMILIES_DIR)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
 
 
