@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -67,9 +68,55 @@ def build() -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+# The fixed verifier the controller runs before any of the archive's own code (`python3 -I -c VERIFIER
+# <remote path> <sha256>`): a replaced archive cannot skip checks it would carry itself. It opens
+# ~/.fleetroll and the archive with O_NOFOLLOW, requires both to be this user's or root's and not
+# writable by group or others, hashes the open file and, only if the SHA-256 is the one named, runs
+# that same open file (/proc/self/fd/N, so a rename after the check changes nothing), telling the
+# archive's bootstrap what was verified. A missing or different archive says "archive damaged"
+# (exit 97): the controller uploads it again (transport.agent_needs_upload). Nothing is
+# interpolated into it; both arguments are checked here and again by the verifier.
+VERIFIER = """\
+import hashlib, os, re, runpy, stat, sys
+def no(why, code=96):
+    sys.stderr.write("fleetroll-agent: " + why + "\\n")
+    sys.exit(code)
+if len(sys.argv) != 3 or not re.fullmatch("[.]fleetroll/agent-[0-9a-f]{16}[.]pyz", sys.argv[1]) \\
+        or not re.fullmatch("[0-9a-f]{64}", sys.argv[2]) or sys.argv[1][17:33] != sys.argv[2][:16]:
+    no("usage: python3 -I -c VERIFIER .fleetroll/agent-<sha256[:16]>.pyz <sha256>")
+path, want = sys.argv[1:]
+try:
+    d = os.open(".fleetroll", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    f = os.open(path[len(".fleetroll/"):], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=d)
+except FileNotFoundError:
+    no("archive damaged: can't open file " + path + " (missing)", 97)
+except OSError as e:
+    no("refusing " + path + ": " + e.strerror + " (a symlink, or not a directory and a file?)")
+me = os.geteuid()
+for fd, what, kind in ((d, "~/.fleetroll", stat.S_ISDIR), (f, "~/" + path, stat.S_ISREG)):
+    st = os.fstat(fd)
+    if not kind(st.st_mode) or st.st_uid not in (me, 0) or st.st_mode & 0o022:
+        no(f"refusing {what}: it must be owned by this user (uid {me}) or root and not writable by group or others"
+           f" (it is uid {st.st_uid}, mode {st.st_mode:o}); fix: chmod go-w {what}")
+h = hashlib.sha256()
+for chunk in iter(lambda: os.read(f, 1 << 20), b""):
+    h.update(chunk)
+if h.hexdigest() != want:
+    no("archive damaged: its SHA-256 is not " + want, 97)
+where = os.path.abspath(path)
+sys.argv = [where, want]
+runpy.run_path(f"/proc/self/fd/{f}", {"FLEETROLL_VERIFIED": (where, f)}, "__main__")
+"""
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def command(digest: str, python: str = "/usr/bin/python3") -> list[str]:
-    """How a host runs the agent: its named interpreter, isolated from PYTHON* variables and user site, naming the full hash."""
-    return [python, "-I", remote_name(digest), digest]
+    """How a host runs the agent: its named interpreter, isolated from PYTHON* variables, the user site and the
+    current directory, running the fixed VERIFIER on the archive's path and full hash (the archive's own code runs
+    only once those hold)."""
+    if not _HEX64.fullmatch(digest):
+        raise ValueError(f"agent digest {digest!r} is not 64 lowercase hex digits")
+    return [python, "-I", "-c", VERIFIER, remote_name(digest), digest]
 
 
 def remote_name(digest: str) -> str:

@@ -3,9 +3,11 @@
 Fabric's Connection would trust any host key on first sight (paramiko's auto-add policy);
 a rollout tool must not, so every connection loads the inventory's known_hosts and uses
 RejectPolicy: an unknown key and a changed key are both refused, with a message that
-says which and what to do. A call to the agent is one exec: `python3 -I <agent>.pyz <sha256>`
-with the JSON request on stdin (the host verifies the archive and its unpacked tree first). Only when the host lacks that exact agent build does
-the controller upload it (SFTP) and try again, so a warm call is one round trip.
+says which and what to do. A call to the agent is one exec, `python3 -I -c <VERIFIER>
+.fleetroll/agent-<h16>.pyz <sha256>` (agentpack.command), with the JSON request on stdin: a
+fixed verifier of the controller's checks the archive's owner, mode and SHA-256 before any of
+its code runs, then the archive checks its unpacked tree. Only when the host lacks that exact
+agent build does the controller upload it (SFTP) and try again, so a warm call is one round trip.
 """
 
 from __future__ import annotations

@@ -1,0 +1,221 @@
+"""The agent is verified before any of its code runs (issue 21, item 4).
+
+The controller's command is `python3 -I -c <agentpack.VERIFIER> .fleetroll/agent-<h16>.pyz <sha256>`:
+a fixed verifier that belongs to the controller, not to the archive. Here it runs exactly as a
+host's shell runs it (the command line shlex-joined, through `sh -c`, in a home directory of
+tmp_path), against archives whose __main__ leaves a marker file when any of its code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from agent import bootstrap
+from playbooks import agentpack
+from playbooks.transport import agent_needs_upload
+
+MARKER_MAIN = """\
+import json, os, sys
+v = globals().get("FLEETROLL_VERIFIED")
+with open(os.path.join(os.environ["HOME"], "ran.json"), "w") as f:
+    json.dump({"argv": sys.argv[1:], "verified": [v[0], os.readlink(f"/proc/self/fd/{v[1]}")] if v else None}, f)
+"""
+
+
+def zipapp(main: str = MARKER_MAIN, extra: bytes = b"") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("__main__.py", main)
+        zf.writestr("pad.txt", extra)
+    return buf.getvalue()
+
+
+def place(home: Path, data: bytes, digest: str) -> Path:
+    d = home / ".fleetroll"
+    d.mkdir(mode=0o700, exist_ok=True)
+    p = home / agentpack.remote_name(digest)
+    p.write_bytes(data)
+    p.chmod(0o644)
+    return p
+
+
+def run(home: Path, digest: str, stdin: bytes = b"", argv: list[str] | None = None) -> subprocess.CompletedProcess:
+    """The agent launch as the controller sends it over SSH: one shell command line."""
+    line = shlex.join(argv or agentpack.command(digest, sys.executable))
+    return subprocess.run(["sh", "-c", line], cwd=home, input=stdin, capture_output=True, timeout=300,
+                          env={"PATH": os.environ["PATH"], "HOME": str(home)})
+
+
+def ran(home: Path) -> bool:
+    return (home / "ran.json").exists()
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = tmp_path / "home"
+    h.mkdir(mode=0o755)
+    return h
+
+
+def test_a_swapped_archive_is_refused_before_any_of_its_code_runs(home):
+    _, digest = agentpack.build()
+    swapped = place(home, zipapp(), digest)  # the right name, other bytes: a valid zipapp that would run
+    r = run(home, digest)
+    assert r.returncode == 97 and "archive damaged: its SHA-256 is not" in r.stderr.decode(), r
+    assert agent_needs_upload(r.returncode, r.stderr.decode())  # the controller uploads the real one again
+    assert not ran(home), "the swapped archive's code ran"
+    # What the old launch (`python3 -I <archive> <sha256>`) did with the same file: ran it, no questions asked.
+    subprocess.run([sys.executable, "-I", str(swapped), digest], cwd=home, env={"HOME": str(home)}, check=True)
+    assert ran(home)
+
+
+def test_an_archive_that_matches_runs_from_the_very_file_that_was_checked(home):
+    data = zipapp()
+    digest = hashlib.sha256(data).hexdigest()
+    archive = place(home, data, digest)
+    r = run(home, digest)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads((home / "ran.json").read_text())
+    assert seen["argv"] == [digest]
+    assert seen["verified"] == [str(archive), str(archive)], seen  # its path, and the open file it ran from
+
+
+def test_a_missing_archive_asks_the_controller_to_upload_it(home):
+    r = run(home, "a" * 64)
+    assert r.returncode == 97 and agent_needs_upload(r.returncode, r.stderr.decode()), r
+
+
+@pytest.mark.parametrize("how", ["archive-group-writable", "dir-world-writable", "archive-symlink", "dir-symlink",
+                                 "archive-other-owner", "archive-fifo"])
+def test_an_archive_others_could_have_placed_is_refused_unrun(home, tmp_path, how):
+    data = zipapp()
+    digest = hashlib.sha256(data).hexdigest()
+    if how in ("archive-symlink", "dir-symlink"):  # the right bytes, reached through a link someone else may own
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        place(elsewhere, data, digest)
+        if how == "dir-symlink":
+            (home / ".fleetroll").symlink_to(elsewhere / ".fleetroll")
+        else:
+            (home / ".fleetroll").mkdir(mode=0o700)
+            (home / agentpack.remote_name(digest)).symlink_to(elsewhere / agentpack.remote_name(digest))
+    elif how == "archive-fifo":
+        (home / ".fleetroll").mkdir(mode=0o700)
+        os.mkfifo(home / agentpack.remote_name(digest))
+    else:
+        archive = place(home, data, digest)
+        if how == "archive-group-writable":
+            archive.chmod(0o664)
+        elif how == "dir-world-writable":
+            (home / ".fleetroll").chmod(0o777)
+        elif os.geteuid() == 0:
+            os.chown(archive, 12345, 12345)
+        else:
+            pytest.skip("needs root to give the archive another owner")
+    r = run(home, digest)
+    assert r.returncode == 96 and "fleetroll-agent: refusing" in r.stderr.decode(), r
+    assert not agent_needs_upload(r.returncode, r.stderr.decode())
+    assert not ran(home)
+
+
+@pytest.mark.parametrize("path", ["../.fleetroll/agent-aaaaaaaaaaaaaaaa.pyz", ".fleetroll/agent-bbbbbbbbbbbbbbbb.pyz",
+                                  "/tmp/.fleetroll/agent-aaaaaaaaaaaaaaaa.pyz", ".fleetroll/../x/agent-aaaaaaaaaaaaaaaa.pyz"])
+def test_the_verifier_takes_only_its_own_path_and_a_full_hash(home, path):
+    r = run(home, "", argv=[sys.executable, "-I", "-c", agentpack.VERIFIER, path, "a" * 64])
+    assert r.returncode == 96 and "usage:" in r.stderr.decode(), r
+
+
+@pytest.mark.parametrize("digest", ["A" * 64, "a" * 63, "a" * 64 + "\n", "a" * 60 + "; id"])
+def test_the_controller_names_only_a_full_lowercase_hash(digest):
+    with pytest.raises(ValueError):
+        agentpack.command(digest)
+
+
+def test_the_real_agent_runs_through_the_verifier_and_its_tree_is_checked(home):
+    """The shipped archive, end to end: verified, unpacked from the verified file, the agent answering."""
+    data, digest = agentpack.build()
+    place(home, data, digest)
+    r = run(home, digest, b'{"protocol": 99, "op": "facts"}')
+    assert r.returncode == 1 and b"protocol mismatch" in r.stdout, r
+    tree = home / agentpack.remote_name(digest)[: -len(".pyz")]
+    assert (tree / ".complete").exists() and bootstrap._tree_ok(str(tree))
+    # A directory of the tree replaced by a symlink to other code: the next run unpacks again, never imports it.
+    evil = home / "evil"
+    (evil / "agent").mkdir(parents=True)
+    (evil / "agent" / "__main__.py").write_text("open(__import__('os').environ['HOME'] + '/ran.json', 'w')\n")
+    os.rename(tree / "agent", home / "moved")
+    (tree / "agent").symlink_to(evil / "agent")
+    assert not bootstrap._tree_ok(str(tree))
+    r = run(home, digest, b'{"protocol": 99, "op": "facts"}')
+    assert r.returncode == 1 and b"protocol mismatch" in r.stdout, r
+    assert not ran(home) and not (tree / "agent").is_symlink() and bootstrap._tree_ok(str(tree))
+
+
+# --- the unpacked tree: no symlink anywhere -------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A small unpacked tree as bootstrap._unpack leaves it: files, a manifest, checked-hash bytecode."""
+    t = tmp_path / "agent-0123456789abcdef"
+    files = {"agent/__init__.py": b"", "agent/x.py": b"X = 1\n", "http/__init__.py": b"# a package named like the stdlib's\n"}
+    for rel, body in files.items():
+        (t / rel).parent.mkdir(parents=True, exist_ok=True)
+        (t / rel).write_bytes(body)
+    (t / "agent" / "__pycache__").mkdir()
+    (t / "agent" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"pyc")
+    (t / "MANIFEST.json").write_text(json.dumps({k: hashlib.sha256(v).hexdigest() for k, v in files.items()}))
+    (t / ".complete").touch()
+    for p in [t, *t.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    assert bootstrap._tree_ok(str(t))
+    return t
+
+
+def test_a_symlinked_directory_in_the_unpacked_tree_is_refused(tree, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "__init__.py").write_text("import os; os.system('id')\n")
+    (tree / "extra").symlink_to(elsewhere)  # os.walk never enters it: it used to pass unseen
+    assert not bootstrap._tree_ok(str(tree))
+
+
+def test_a_manifest_directory_replaced_by_a_symlink_is_refused(tree, tmp_path):
+    (tmp_path / "copy").mkdir()
+    for f in (tree / "http").iterdir():
+        (tmp_path / "copy" / f.name).write_bytes(f.read_bytes())
+    os.rename(tree / "http", tmp_path / "old-http")
+    (tree / "http").symlink_to(tmp_path / "copy")  # the same bytes behind it today, anything tomorrow
+    assert not bootstrap._tree_ok(str(tree))
+
+
+@pytest.mark.parametrize("how", ["pycache-dir", "pyc-file", "source-file", "top"])
+def test_symlinked_bytecode_sources_or_the_tree_itself_are_refused(tree, tmp_path, how):
+    if how == "pycache-dir":
+        os.rename(tree / "agent" / "__pycache__", tmp_path / "pyc")
+        (tree / "agent" / "__pycache__").symlink_to(tmp_path / "pyc")
+    elif how == "pyc-file":
+        (tmp_path / "evil.pyc").write_bytes(b"pyc")
+        (tree / "agent" / "__pycache__" / "y.cpython-311.pyc").symlink_to(tmp_path / "evil.pyc")
+    elif how == "source-file":
+        os.rename(tree / "agent" / "x.py", tmp_path / "x.py")
+        (tree / "agent" / "x.py").symlink_to(tmp_path / "x.py")
+    else:
+        os.rename(tree, tmp_path / "real")
+        tree.symlink_to(tmp_path / "real")
+    assert not bootstrap._tree_ok(str(tree))
+
+
+def test_a_tree_entry_others_can_write_is_refused(tree):
+    (tree / "agent" / "__pycache__").chmod(0o777)  # anyone could drop checked-hash bytecode with a matching source hash
+    assert not bootstrap._tree_ok(str(tree))
