@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -172,7 +173,7 @@ def test_agent_refuses_other_protocol(lab):
     try:
         transport.call_agent(conn, "mainpc", "facts", {"gpu": False})  # make sure it is shipped
         r = conn.run(
-            " ".join(agentpack.command(agentpack.build()[1])),
+            shlex.join(agentpack.command(agentpack.build()[1])),
             in_stream=io.StringIO('{"protocol": 99, "op": "facts"}'), hide=True, warn=True,
         )
     finally:
@@ -205,7 +206,7 @@ def _on_pc2(inv, fn):
 def test_agent_archive_that_does_not_match_its_hash_is_replaced(lab):
     def tamper(conn, name):
         conn.run(f"printf x >> ~/{name}", hide=True, in_stream=False)
-        r = conn.run(" ".join(agentpack.command(agentpack.build()[1])), hide=True, warn=True, in_stream=io.StringIO("{}"))
+        r = conn.run(shlex.join(agentpack.command(agentpack.build()[1])), hide=True, warn=True, in_stream=io.StringIO("{}"))
         assert r.exited == 97 and "archive damaged" in r.stderr
         return transport.call_agent(conn, "pc2", "facts", {"gpu": False})
 
