@@ -41,7 +41,10 @@ def rig(lab_session, tmp_path_factory):
     for name, tag in tags.items():
         def edit(doc, tag=tag, name=name):
             doc["services"][SVC].update(tag=tag)
-            doc["services"][SVC]["health"].update(HEALTH, **({"healthy_deadline": 2} if name == "bad" else {}))
+            # T1 is only ever a rollback target here: a short window proves it healthy; the others keep a window the
+            # crash (1 s after start) falls inside.
+            doc["services"][SVC]["health"].update(HEALTH, **({"healthy_deadline": 2} if name == "bad" else {}),
+                                                  **({"min_healthy_time": 0.5} if name == "t1" else {}))
         invs[name] = load(derive_inventory(lab, tmp / name, edit))
     client = docker.DockerClient(base_url=lab.host(HOST).docker_host)
     client.images.pull(crash)
