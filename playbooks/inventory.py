@@ -14,9 +14,10 @@ import datetime as _dt
 import difflib
 import json
 import re
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -870,6 +871,85 @@ def _host_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
     return problems
 
 
+# --- links from messages to the field reference (docs/inventory.md, python -m playbooks.inventory_doc) ----------
+
+DOC = "docs/inventory.md"
+# The placeholder a reference path uses for the keys of a mapping field (default "<name>").
+KEY_NAMES = {"env": "<VAR>"}
+
+
+def field_anchor(path: str) -> str:
+    """'services.<name>.health.port' -> 'services-name-health-port': the HTML id of a field in the reference."""
+    return path.lower().replace("<", "").replace(">", "").replace("[]", "").replace(".", "-")
+
+
+def _descend(ann: Any, parts: list, path: str, name: str) -> tuple[Any, str]:
+    """Follow a location's mapping keys and list indexes through a field's type: (the model reached or None, its path)."""
+    while True:
+        if get_origin(ann) is Annotated:
+            ann = get_args(ann)[0]
+            continue
+        origin = get_origin(ann)
+        if origin is dict:
+            if not parts:
+                return None, path
+            parts.pop(0)
+            path, ann = f"{path}.{KEY_NAMES.get(name, '<name>')}", get_args(ann)[1]
+            continue
+        if origin is list:
+            if not parts or not isinstance(parts[0], int):
+                return None, path
+            parts.pop(0)
+            path, ann = f"{path}[]", get_args(ann)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            models = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models and parts and parts[0] == models[0].__name__:
+                parts.pop(0)  # pydantic names the union member it tried
+            return (models[0] if models else None), path
+        return (ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None), path
+
+
+def field_path(loc: tuple | list) -> str | None:
+    """The reference's path of the deepest field a location names: ('services', 'web', 'health', 'port') ->
+    'services.<name>.health.port'; ('phases', 0, 'name') -> 'phases[].name'. None when it names no field."""
+    parts = list(loc)
+    model: Any = Phases if parts[:1] == ["phases"] else Fleet
+    found, prefix = None, ""
+    while parts and model is not None:
+        part = parts.pop(0)
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        found = prefix + part
+        model, at = _descend(field.annotation, parts, found, part)
+        prefix = at + "."
+    return found
+
+
+def _loc_of(field: str) -> tuple:
+    """'phases[0].services' -> ('phases', 0, 'services'), as a message spells a location."""
+    out: list = []
+    for part in field.split("."):
+        m = re.fullmatch(r"(.*?)((?:\[\d+\])*)", part)
+        out.append(m[1])
+        out += [int(i) for i in re.findall(r"\[(\d+)\]", m[2])]
+    return tuple(out)
+
+
+def with_link(problem: str, file: Path) -> str:
+    """`problem` ("<file>:<line>: <field>: ...") with a link to its field's entry in the reference, when it names one."""
+    head = f"{file}:"
+    if not problem.startswith(head) or "(see " + DOC in problem:
+        return problem
+    line, _, rest = problem[len(head):].partition(": ")
+    field = rest.split(": ", 1)[0]
+    if not line.isdigit() or not re.fullmatch(r"[\w.\-'\[\]]+", field):
+        return problem
+    path = field_path(_loc_of(field))
+    return f"{problem} (see {DOC}#{field_anchor(path)})" if path else problem
+
+
 def load(path: str | Path, phases_path: str | Path | None = None) -> Inventory:
     """Read and validate an inventory and its phases; raise InventoryError listing every problem, all in one pass."""
     path = Path(path)
@@ -903,5 +983,6 @@ def load(path: str | Path, phases_path: str | Path | None = None) -> Inventory:
         if phases is not None and fleet is not None:
             problems += _phase_checks(phases, fleet, ppath, plines, dropped)
     if problems or fleet is None or phases is None:
-        raise InventoryError(problems or [f"{path}: not a valid inventory"])
+        raise InventoryError([with_link(p, ppath if p.startswith(f"{ppath}:") else path) for p in problems]
+                             or [f"{path}: not a valid inventory"])
     return Inventory(fleet=fleet, phases=phases, path=path, phases_path=ppath)
