@@ -14,6 +14,9 @@ import re
 from typing import Any
 
 MAX_LINE = 8 << 20  # bytes of one answer line
+MAX_EVENT = 64 << 10  # bytes of one progress event kept (a bigger one is shown, never stored)
+MAX_EVENTS = 2000  # progress events kept per call (the newest): a host that streams forever cannot fill the controller
+MAX_STDERR = 1 << 20  # bytes of an agent's stderr read back
 MAX_DEPTH = 32
 # C0 controls except tab and newline, DEL, and the C1 range: ESC sequences, BEL, CR overprinting...
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
@@ -38,6 +41,17 @@ def clean(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, list):
         return [clean(v, depth + 1) for v in obj]
     return obj
+
+
+class Events(list):
+    """A call's progress events, bounded: the newest MAX_EVENTS, each at most MAX_EVENT bytes (a longer one is dropped)."""
+
+    def keep(self, obj: dict, size: int) -> None:
+        if size > MAX_EVENT:
+            return
+        self.append(obj)
+        if len(self) > MAX_EVENTS:
+            del self[: len(self) - MAX_EVENTS]
 
 
 def parse_line(raw: bytes) -> Any:

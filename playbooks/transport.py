@@ -92,7 +92,7 @@ class CallResult:
     round_trips: int = 0
     uploaded: bool = False
     elapsed_s: float = 0.0
-    events: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=remote.Events)
 
 
 def connect(t: Target) -> Connection:
@@ -158,7 +158,7 @@ def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event
         chan.exec_command(command)
         chan.sendall(stdin)
         chan.shutdown_write()
-        lines: list[dict] = []
+        lines = remote.Events()
         out = chan.makefile("rb")
         while True:
             raw = out.readline(remote.MAX_LINE + 1)
@@ -168,11 +168,14 @@ def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event
                 obj = remote.parse_line(raw)
             except remote.BadAnswer:
                 continue
-            lines.append(obj)
-            if "event" in obj and on_event:
-                on_event(obj)
+            if "event" in obj:
+                lines.keep(obj, len(raw))
+                if on_event:
+                    on_event(obj)
+            else:
+                lines.append(obj)
         rc = chan.recv_exit_status()
-        err = chan.makefile_stderr("rb").read().decode(errors="replace")
+        err = chan.makefile_stderr("rb").read(remote.MAX_STDERR).decode(errors="replace")
     except TimeoutError:
         raise TransportError("timeout", f"agent gave no answer within {timeout:g}s") from None
     finally:
@@ -281,7 +284,7 @@ class AgentSession:
                     except remote.BadAnswer:
                         continue
                     if "event" in obj:
-                        res.events.append(obj)
+                        res.events.keep(obj, len(raw))
                         if on_event:
                             on_event(obj)
                         continue
@@ -292,7 +295,7 @@ class AgentSession:
             if res.answer is not None:
                 break
             rc = self.chan.recv_exit_status()
-            err = self.chan.makefile_stderr("rb").read().decode(errors="replace")
+            err = self.chan.makefile_stderr("rb").read(remote.MAX_STDERR).decode(errors="replace")
             self.close()
             if attempt == 0 and agent_needs_upload(rc, err):
                 data, digest = agentpack.build()

@@ -77,3 +77,14 @@ def test_registry_without_a_digest_header_gets_the_digest_of_the_manifest_bytes(
     assert manifest_digest("", body) == "sha256:" + hashlib.sha256(body).hexdigest()
     assert manifest_digest("sha256:" + "f" * 64, body) == "sha256:" + "f" * 64
     assert manifest_digest("garbage", body).startswith("sha256:") and manifest_digest("garbage", body) != "garbage"
+
+
+def test_a_host_that_streams_events_forever_cannot_fill_the_controller():
+    from playbooks import remote
+
+    ev = remote.Events()
+    for i in range(remote.MAX_EVENTS * 3):
+        ev.keep({"event": "gate-progress", "n": i}, 100)
+    ev.keep({"event": "huge"}, remote.MAX_EVENT + 1)
+    assert len(ev) == remote.MAX_EVENTS and ev[-1]["n"] == remote.MAX_EVENTS * 3 - 1, "the newest are kept"
+    assert all(e["event"] != "huge" for e in ev)
