@@ -79,9 +79,20 @@ def scan(host: str, address: str, port: int, path: Path, timeout: float) -> Scan
         s.status, s.error = "unreachable", f"{address}:{port}: {exc}"
         return s
     known = paramiko.HostKeys(str(path)) if path.exists() else paramiko.HostKeys()
-    pinned = (known.lookup(s.entry) or {}).get(s.key.get_name())
-    s.status = "new" if pinned is None else ("same" if pinned == s.key else "CHANGED")
+    s.status = judge(dict(known.lookup(s.entry) or {}), s.key)
     return s
+
+
+def judge(pinned: dict, key) -> str:
+    """new | same | CHANGED (pure over the entry's pinned keys by type).
+
+    A host that offers a key of another type than the one pinned for it has changed its key
+    as surely as one offering another key of the same type: that is CHANGED, never "new"
+    (which pinned both, and left the old key trusted).
+    """
+    if not pinned:
+        return "new"
+    return "same" if pinned.get(key.get_name()) == key else "CHANGED"
 
 
 def write(path: Path, accepted: list[Scan]) -> None:
@@ -89,7 +100,8 @@ def write(path: Path, accepted: list[Scan]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = path.read_text().splitlines() if path.exists() else ["# fleetroll's pinned host keys: written by fab hostkeys, only as confirmed"]
     for s in accepted:
-        lines = [ln for ln in lines if not (ln.split()[:2] == [s.entry, s.key.get_name()])]
+        # A confirmed CHANGED key replaces every key pinned for the entry, whatever its type: the old one is not trusted any more.
+        lines = [ln for ln in lines if not (ln.split()[:1] == [s.entry] and (s.status == "CHANGED" or ln.split()[1:2] == [s.key.get_name()]))]
         lines.append(f"{s.entry} {s.key.get_name()} {s.key.get_base64()}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text("\n".join(lines) + "\n")

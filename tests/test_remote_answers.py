@@ -88,3 +88,22 @@ def test_a_host_that_streams_events_forever_cannot_fill_the_controller():
     ev.keep({"event": "huge"}, remote.MAX_EVENT + 1)
     assert len(ev) == remote.MAX_EVENTS and ev[-1]["n"] == remote.MAX_EVENTS * 3 - 1, "the newest are kept"
     assert all(e["event"] != "huge" for e in ev)
+
+
+def test_a_host_key_of_another_type_is_changed_and_replaces_the_old_pin(tmp_path):
+    import paramiko
+
+    from playbooks import hostkeys
+
+    rsa = paramiko.RSAKey.generate(1024)
+    ecdsa = paramiko.ECDSAKey.generate()
+    assert hostkeys.judge({}, rsa) == "new"
+    assert hostkeys.judge({"ssh-rsa": rsa}, rsa) == "same"
+    assert hostkeys.judge({"ssh-rsa": rsa}, ecdsa) == "CHANGED", "another key type is a changed key, not a new one"
+    path = tmp_path / "known_hosts"
+    path.write_text(f"[10.0.0.1]:22 ssh-rsa {rsa.get_base64()}\n")
+    s = hostkeys.Scan("h1", "[10.0.0.1]:22", path)
+    s.key, s.status = ecdsa, "CHANGED"
+    hostkeys.write(path, [s])
+    pinned = [ln.split()[1] for ln in path.read_text().splitlines() if ln.startswith("[10.0.0.1]")]
+    assert pinned == [ecdsa.get_name()], "the old key of the other type is no longer trusted"
