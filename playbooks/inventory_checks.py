@@ -1,0 +1,231 @@
+"""The inventory's cross-field rules, checked once every field passed its own: ports, placement, proxy, GPUs, phases.
+
+Each problem names file:line, the dotted field and the fix; all of them are reported in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from agent import contract
+
+from .inventory_yaml import _line_for
+from .schema import Fleet, Host, Phase, Service
+
+
+def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str] = frozenset()) -> list[str]:
+    problems = []
+    for gname, members in fleet.groups.items():
+        unknown = [h for h in members if h not in fleet.hosts and h not in invalid_hosts]
+        if unknown:
+            problems.append(f"{path}:{_line_for(lines, ('groups', gname))}: groups.{gname}: unknown host(s) {', '.join(unknown)};"
+                            f" fix: use hosts from hosts: ({', '.join(fleet.hosts)})")
+    used: dict[tuple[str, str, int, str], str] = {}
+    for name, svc in fleet.services.items():
+        def at(*f: str, name: str = name) -> str:
+            return f"{path}:{_line_for(lines, ('services', name) + f)}"
+
+        where = "host" if svc.host else "hosts" if svc.hosts else "group"
+        if svc.group and svc.group not in fleet.groups:
+            problems.append(f"{at('group')}: services.{name}.group: no group {svc.group!r}; fix: define it under groups:"
+                            f" ({', '.join(fleet.groups) or 'none defined'})")
+            continue
+        placed = fleet.hosts_of(name)
+        if not placed and svc.group:
+            problems.append(f"{at('group')}: services.{name}.group: group {svc.group!r} has no hosts; fix: list its hosts")
+        unknown = [h for h in placed if h not in fleet.hosts and h not in invalid_hosts]
+        if unknown and not svc.group:
+            problems.append(
+                f"{at(where)}: services.{name}.{where}: unknown host {', '.join(map(repr, unknown))}; fix: use one of"
+                f" {', '.join(fleet.hosts)} or add the host under hosts:"
+            )
+        if svc.gpu_memory_gb and not svc.wants_gpu:
+            problems.append(f"{at('gpu_memory_gb')}: services.{name}.gpu_memory_gb: a GPU memory budget on a service with"
+                            " gpus: 0; fix: request a GPU or remove gpu_memory_gb")
+        if svc.update and svc.update.batches and not fleet.replicated(name):
+            problems.append(f"{at('update')}: services.{name}.update: canary and batches need replicas; fix: give hosts: or"
+                            " group:, or remove canary/max_parallel")
+        problems += _proxy_checks(fleet, name, at)
+        for h in (h for h in placed if h in fleet.hosts):
+            replica = f"{name}@{h}" if fleet.replicated(name) else name
+            bindings = svc.port_bindings()
+            if svc.proxy is not None:  # the proxy holds this port on the host for the service
+                bindings = [*bindings, (svc.proxy.address, svc.proxy.listen_port, svc.proxy.port, "tcp")]
+            for ip, hp, _cp, proto in bindings:
+                # Two bindings of one port clash on the same address, or when either takes every address.
+                other = next((o for (oh, oip, ohp, op), o in used.items()
+                              if (oh, ohp, op) == (h, hp, proto) and (not ip or not oip or ip == oip)), None)
+                if other:
+                    problems.append(
+                        f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {h} is"
+                        f" already published by service {other!r}; fix: give one of them another host port"
+                    )
+                used[(h, ip, hp, proto)] = replica
+            host = fleet.hosts[h]
+            if svc.wants_gpu:
+                if host.gpus is None:
+                    problems.append(
+                        f"{at('gpus')}: services.{name}.gpus: requests a GPU but host {h!r} lists no gpus:"
+                        + (f" (replica {replica}); fix: place the service on GPU hosts only" if replica != name
+                           else "; fix: set gpus: 0 or move the service to a GPU host")
+                    )
+                elif svc.gpus != "all" and int(svc.gpus) > host.gpus.count:
+                    problems.append(
+                        f"{at('gpus')}: services.{name}.gpus: requests {svc.gpus} GPUs but {h!r} has"
+                        f" {host.gpus.count}; fix: lower the request"
+                    )
+        for i, vol in enumerate(svc.volumes):
+            problem = contract.host_path_problem(vol.split(":")[0], fleet.defaults.host_paths)
+            if problem:
+                problems.append(f"{at('volumes', i)}: services.{name}.volumes[{i}]: {problem}; fix: mount a named volume,"
+                                " or open the directory in defaults.host_paths if the service must see it")
+        if not fleet.on_network(name) and svc.health.port not in [hp for hp, _, _ in svc.port_pairs()]:
+            problems.append(
+                f"{at('health', 'port')}: services.{name}.health.port: {svc.health.port} is not one of"
+                f" the service's published host ports ({', '.join(svc.ports) or 'none'}); fix: publish"
+                " it under ports: or point health.port at a published host port"
+            )
+    return problems
+
+
+def _proxy_checks(fleet: Fleet, name: str, at) -> list[str]:
+    """A service behind the proxy: a proxy named, placed wherever the service runs, and no host port of its own."""
+    svc, rp, out = fleet.services[name], fleet.reverse_proxy, []
+    order = svc.update.order if svc.update else "auto"
+    if order == "start-first" and svc.proxy is None:
+        out.append(f"{at('update', 'order')}: services.{name}.update.order: start-first runs the new container beside the"
+                   " old one, which cannot take the same host port; fix: put the service behind the proxy (proxy:"
+                   " {listen: PORT, port: CONTAINER_PORT}) or use order: stop-first")
+    if rp is not None and rp.service == name:
+        if svc.proxy is not None:
+            out.append(f"{at('proxy')}: services.{name}.proxy: the reverse proxy cannot sit behind itself; fix: remove proxy:")
+        if svc.ports:
+            out.append(f"{at('ports')}: services.{name}.ports: the proxy publishes the listen ports of the services behind"
+                       " it and nothing else; fix: remove ports:")
+        if svc.health.port != rp.health_port:
+            out.append(f"{at('health', 'port')}: services.{name}.health.port: the proxy answers /health on"
+                       f" reverse_proxy.health_port ({rp.health_port}); fix: set health.port: {rp.health_port}")
+        return out
+    if svc.proxy is None:
+        return out
+    if rp is None:
+        out.append(f"{at('proxy')}: services.{name}.proxy: no reverse_proxy: section names the proxy service; fix: add"
+                   " reverse_proxy: {service: NAME} and that service (the fleetroll-proxy image)")
+        return out
+    if rp.service not in fleet.services:
+        return out  # said once, by _reverse_proxy_checks
+    if svc.ports:
+        out.append(f"{at('ports')}: services.{name}.ports: a service behind the proxy publishes no host port (the proxy"
+                   f" holds {svc.proxy.listen}); fix: remove ports:")
+    if svc.health.port != svc.proxy.port:
+        out.append(f"{at('health', 'port')}: services.{name}.health.port: behind the proxy the gate probes the container"
+                   f" itself, on proxy.port ({svc.proxy.port}), not {svc.health.port}; fix: set health.port:"
+                   f" {svc.proxy.port}")
+    missing = [h for h in fleet.hosts_of(name) if h not in fleet.hosts_of(rp.service)]
+    if missing:
+        out.append(f"{at('proxy')}: services.{name}.proxy: the proxy {rp.service!r} does not run on {', '.join(missing)};"
+                   f" fix: place {rp.service} on every host this service runs on (hosts: or group:)")
+    return out
+
+
+def _reverse_proxy_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    rp = fleet.reverse_proxy
+    if rp is None or rp.service in fleet.services:
+        return []
+    return [f"{path}:{_line_for(lines, ('reverse_proxy', 'service'))}: reverse_proxy.service: no service named"
+            f" {rp.service!r}; fix: add it under services: (image fleetroll-proxy) or name an existing one"]
+
+
+def _observability_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    name = fleet.observability.collector
+    at = f"{path}:{_line_for(lines, ('observability', 'collector'))}: observability.collector"
+    if name and (name not in fleet.services or not fleet.services[name].ports):
+        return [f"{at}: {name!r} is not a service with a published port; fix: name the collector service or remove the key"]
+    if name and len(fleet.hosts_of(name)) != 1:
+        return [f"{at}: {name!r} runs on {len(fleet.hosts_of(name))} hosts; every container reports to one URL, so the"
+                " collector runs on one host: fix: give it host: NAME"]
+    return []
+
+
+def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, invalid: frozenset | set = frozenset()) -> list[str]:
+    problems, seen_phase, owner = [], set(), {}
+    for i, ph in enumerate(phases):
+        if ph.name in seen_phase:
+            problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}].name: phase {ph.name!r} appears twice; fix: rename one")
+        seen_phase.add(ph.name)
+        for j, s in enumerate(ph.services):
+            ln = _line_for(lines, ("phases", i, "services", j))
+            if s in invalid:
+                continue  # the service's own errors are reported already
+            if s not in fleet.services:
+                problems.append(
+                    f"{path}:{ln}: phases[{i}].services: {s!r} is not a service in the inventory;"
+                    f" fix: add it under services: or remove it from phase {ph.name!r}"
+                )
+            elif s in owner:
+                problems.append(
+                    f"{path}:{ln}: phases[{i}].services: {s!r} is already in phase {owner[s]!r};"
+                    " fix: a service belongs to exactly one phase"
+                )
+            owner.setdefault(s, ph.name)
+        # Only the batch settings must agree: order and drain are each service's own.
+        blocks = {s: fleet.services[s].update for s in ph.services
+                  if s in fleet.services and fleet.services[s].update and fleet.services[s].update.batches}
+        if ph.update is None and len({json.dumps([u.canary, u.max_parallel]) for u in blocks.values()}) > 1:
+            problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: services {', '.join(blocks)} give"
+                            f" different update: blocks; a phase rolls in one order: fix: give phase {ph.name!r} its own update:")
+    return problems
+
+
+def _valid(model: type[BaseModel], value: Any) -> bool:
+    try:
+        model.model_validate(value)
+        return True
+    except ValidationError:
+        return False
+
+
+def _partial_fleet(data: dict) -> tuple[Fleet | None, set[str]]:
+    """The valid part of an invalid inventory, so its cross-checks still run in the same pass.
+
+    Returns (fleet, names of hosts and services left out for their own errors): checks that
+    would only repeat those errors ("unknown host", "not a service") are skipped for them.
+    """
+    d = dict(data)
+    dropped: set[str] = set()
+    for section, model in (("hosts", Host), ("services", Service)):
+        entries = d.get(section)
+        if isinstance(entries, dict):
+            keep = {k: v for k, v in entries.items() if _valid(model, v) and contract.NAME_RE.fullmatch(str(k))}
+            dropped |= set(entries) - set(keep)
+            d[section] = keep
+    for _ in range(2):
+        try:
+            return Fleet.model_validate(d), dropped
+        except ValidationError as err:
+            bad = {e["loc"][0] for e in err.errors() if e["loc"] and e["loc"][0] not in ("registry", "hosts", "services")}
+            if not bad:
+                return None, dropped
+            for key in bad:
+                d.pop(key, None)
+    return None, dropped
+
+
+def _host_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    problems = []
+    seen: dict[tuple[str, int], str] = {}
+    for name, h in fleet.hosts.items():
+        at = f"{path}:{_line_for(lines, ('hosts', name, 'address'))}"
+        other = seen.get((h.address, h.port))
+        if other:
+            problems.append(f"{at}: hosts.{name}.address: {h.address}:{h.port} is also host {other!r}; fix: one entry per"
+                            " machine (two names for one sshd would let two rollouts take the same host)")
+        seen.setdefault((h.address, h.port), name)
+        if h.key_filename and not Path(h.key_filename).expanduser().exists():
+            problems.append(f"{path}:{_line_for(lines, ('hosts', name, 'key_filename'))}: hosts.{name}.key_filename: no such file"
+                            f" {Path(h.key_filename).expanduser()}; fix: point it at the SSH private key for {h.user}@{h.address}")
+    return problems

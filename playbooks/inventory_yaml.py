@@ -1,0 +1,205 @@
+"""The inventory's YAML, as a person wrote it: line numbers per field, duplicate keys, and errors explained.
+
+pydantic says what is wrong by location; this module turns each location into file:line, a
+dotted field, the fix, and a link to the field in docs/inventory.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from agent import contract
+
+from .schema import Fleet, Host, InventoryError, Phases, Service
+
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+    """Map each dotted path in the document to the 1-based line it starts on."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_index(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_index(v, path + (i,), out)
+    return out
+
+
+def _duplicate_keys(node: yaml.Node, path: Path, trail: tuple = ()) -> list[str]:
+    """YAML keeps the last of two equal keys without a word; an inventory treats that as the mistake it usually is."""
+    out = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            key, line = str(k.value), k.start_mark.line + 1
+            if key in seen:
+                field = ".".join(str(p) for p in (*trail, key))
+                out.append(f"{path}:{line}: {field}: key given twice (lines {seen[key]} and {line}); fix: keep one of them")
+            else:
+                seen[key] = line
+            out += _duplicate_keys(v, path, (*trail, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out += _duplicate_keys(v, path, (*trail, i))
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InventoryError([f"{path}: cannot read it ({exc.strerror}); check the path"]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InventoryError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax"]) from exc
+    if node is None or not isinstance(data, dict):
+        raise InventoryError([f"{path}:1: expected a YAML mapping at the top level"])
+    lines = _line_index(node)
+    lines[("__duplicates__",)] = _duplicate_keys(node, path)  # reported with every other problem, in one pass
+    return data, lines
+
+
+_FIXES = {
+    "extra_forbidden": "remove it or check its spelling",
+    "missing": "add it",
+    "name": "rename it (and every reference to it) to lowercase letters, digits, '_', '.', '-'",
+    "user": f"leave it out (the image contract's {contract.IMAGE_USER}) or give a numeric uid:gid with uid >= {contract.MIN_UID}"
+            " and a gid that is no privileged group's (not root, adm, disk, sudo, shadow, nor the Docker socket's group)",
+    "network": f"leave it out (the default {contract.DEFAULT_NETWORK!r}) or name fleetroll's own bridge network, e.g. 'fleetroll-web'",
+}
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys a mapping at `loc` may hold (for "did you mean"): walks the models by the location's names."""
+    model: Any = Fleet
+    for part in loc:
+        if model is Fleet and part in ("hosts", "services"):
+            model = {"hosts": Host, "services": Service}[part]
+            continue
+        if model in (Host, Service) and isinstance(part, str) and part not in model.model_fields:
+            continue  # the entry's own name (hosts.<name>)
+        field = getattr(model, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _line_for(lines: dict, loc: tuple) -> int:
+    loc = tuple(loc)
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc, 1)
+
+
+def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        # A name that fails its pattern is shown quoted (a newline in it must not start a line here).
+        field = ".".join(str(p) if contract.NAME_RE.fullmatch(str(p)) or isinstance(p, int) else repr(p)
+                         for p in loc if p != "[key]") or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        fix = _FIXES.get(e["type"], "correct the value")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1, cutoff=0.6)
+            if close:
+                fix = f"did you mean {close[0]!r}? (else remove it)"
+        got = "" if e["type"] in ("missing", "extra_forbidden", "name", "network") else f" (got {e.get('input')!r})"
+        out.append(f"{path}:{_line_for(lines, loc)}: {field}: {msg}{got}; fix: {fix}")
+    return out
+
+
+# --- links from messages to the field reference (docs/inventory.md, python -m playbooks.inventory_doc) ----------
+
+DOC = "docs/inventory.md"
+# The placeholder a reference path uses for the keys of a mapping field (default "<name>").
+KEY_NAMES = {"env": "<VAR>"}
+
+
+def field_anchor(path: str) -> str:
+    """'services.<name>.health.port' -> 'services-name-health-port': the HTML id of a field in the reference."""
+    return path.lower().replace("<", "").replace(">", "").replace("[]", "").replace(".", "-")
+
+
+def _descend(ann: Any, parts: list, path: str, name: str) -> tuple[Any, str]:
+    """Follow a location's mapping keys and list indexes through a field's type: (the model reached or None, its path)."""
+    while True:
+        if get_origin(ann) is Annotated:
+            ann = get_args(ann)[0]
+            continue
+        origin = get_origin(ann)
+        if origin is dict:
+            if not parts:
+                return None, path
+            parts.pop(0)
+            path, ann = f"{path}.{KEY_NAMES.get(name, '<name>')}", get_args(ann)[1]
+            continue
+        if origin is list:
+            if not parts or not isinstance(parts[0], int):
+                return None, path
+            parts.pop(0)
+            path, ann = f"{path}[]", get_args(ann)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            models = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models and parts and parts[0] == models[0].__name__:
+                parts.pop(0)  # pydantic names the union member it tried
+            return (models[0] if models else None), path
+        return (ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None), path
+
+
+def field_path(loc: tuple | list) -> str | None:
+    """The reference's path of the deepest field a location names: ('services', 'web', 'health', 'port') ->
+    'services.<name>.health.port'; ('phases', 0, 'name') -> 'phases[].name'. None when it names no field."""
+    parts = list(loc)
+    model: Any = Phases if parts[:1] == ["phases"] else Fleet
+    found, prefix = None, ""
+    while parts and model is not None:
+        part = parts.pop(0)
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        found = prefix + part
+        model, at = _descend(field.annotation, parts, found, part)
+        prefix = at + "."
+    return found
+
+
+def _loc_of(field: str) -> tuple:
+    """'phases[0].services' -> ('phases', 0, 'services'), as a message spells a location."""
+    out: list = []
+    for part in field.split("."):
+        m = re.fullmatch(r"(.*?)((?:\[\d+\])*)", part)
+        out.append(m[1])
+        out += [int(i) for i in re.findall(r"\[(\d+)\]", m[2])]
+    return tuple(out)
+
+
+def with_link(problem: str, file: Path) -> str:
+    """`problem` ("<file>:<line>: <field>: ...") with a link to its field's entry in the reference, when it names one."""
+    head = f"{file}:"
+    if not problem.startswith(head) or "(see " + DOC in problem:
+        return problem
+    line, _, rest = problem[len(head):].partition(": ")
+    field = rest.split(": ", 1)[0]
+    if not line.isdigit() or not re.fullmatch(r"[\w.\-'\[\]]+", field):
+        return problem
+    path = field_path(_loc_of(field))
+    return f"{problem} (see {DOC}#{field_anchor(path)})" if path else problem
