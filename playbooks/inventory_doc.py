@@ -1,6 +1,6 @@
 """docs/inventory.md, generated from the inventory's schema: every field of fleet.yml and phases.yml.
 
-Types, defaults and constraints are read from the pydantic models in playbooks/inventory.py
+Types, defaults and constraints are read from the pydantic models in playbooks/schema.py
 (model_fields: annotations, defaults, ge/gt/le/pattern metadata, Literal choices), so they cannot
 drift from what the validator enforces. What the models cannot say — what a field is for, an
 example, and which check or step reads it — is the prose in DOCS below, keyed by the field's
@@ -584,7 +584,7 @@ field and a fix, with a link to the field's entry here.
 
 Paths write a mapping's own keys as `<name>` (`services.<name>.health.port` is the `port` under
 `health:` of any service) and list items as `[]`. Types, defaults and constraints below are read
-from the schema in `playbooks/inventory.py`; "further rules" are checks its validators make, told
+from the schema in `playbooks/schema.py`; "further rules" are checks its validators make, told
 in the text. Rules across fields (port collisions, placement, the proxy's) are told where they apply.
 
 Related: [zero-downtime swaps, tried in the lab](zero-downtime.md) · [adding and replacing a
@@ -611,7 +611,7 @@ def render() -> str:
     out = [
         "# Inventory reference: `fleet.yml` and `phases.yml`",
         "",
-        "<!-- Generated from the schema (playbooks/inventory.py) and playbooks/inventory_doc.py; do not edit by hand."
+        "<!-- Generated from the schema (playbooks/schema.py) and playbooks/inventory_doc.py; do not edit by hand."
         f" Regenerate: {REGENERATE} -->",
         "",
         INTRO,
