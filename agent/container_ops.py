@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import journal
 from .answer import answer
 from .paths import state_dir
 

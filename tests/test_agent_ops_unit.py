@@ -48,3 +48,20 @@ def test_exec_runs_as_the_containers_own_user_only():
     out = ops.exec_op({"service": "svc", "argv": ["id"], "user": 0})
     assert not out["ok"] and "refused" in out["msg"]
     assert not ops.exec_op({"service": "svc", "argv": ["id"], "user": "root"})["ok"]
+
+
+def test_remove_takes_only_fleetrolls_containers_and_journals_it(monkeypatch, daemon):
+    """`fab remove` on the host: a container with fleetroll's label (and its kept ones) goes; anything else is refused."""
+    from agent import facts
+
+    from .test_transaction_unit import running_old
+
+    monkeypatch.setattr(facts, "docker_client", lambda timeout=None: daemon)
+    running_old(daemon, name="old-api", port=8001)
+    out = ops.dispatch("remove", {"service": "old-api", "rollout_id": "r-rm", "operator": "op"}, lambda e: None)
+    assert out["ok"] and [x["name"] for x in out["data"]["removed"]] == ["old-api"] and not daemon.containers.by_id
+    steps = [r["step"] for r in journal.read("r-rm")]
+    assert steps == ["accepted", "removed", "done"]
+    d = daemon.api.create_container(name="hand-made", image="x", labels={})
+    assert d and not ops.dispatch("remove", {"service": "hand-made", "rollout_id": "r-rm2"}, lambda e: None)["ok"]
+    assert not ops.dispatch("remove", {"service": "a;b", "rollout_id": "r-rm3"}, lambda e: None)["ok"]
