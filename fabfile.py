@@ -5,9 +5,11 @@ file. What only `fab` needs lives here, not in playbooks/ (the installed `fleetr
 runs the same tasks on invoke alone, playbooks/cli.py).
 """
 
+import sys
+
 from fabric.executor import Executor
 
-from playbooks.taskkit import quiet_when_the_reader_leaves
+from playbooks.taskkit import SHORT_FLAGS, quiet_when_the_reader_leaves
 from playbooks.tasks import ns  # noqa: F401
 
 
@@ -36,5 +38,30 @@ def _exec_keeps_its_remainder() -> None:
     Executor.expand_calls = expand_calls
 
 
+def flags_before_the_task(argv: list[str], tasks: set[str]) -> str:
+    """The one-line error for a fleetroll short flag given before the task name, where Fabric reads it as its own ("" if none).
+
+    `fab -i FILE status` read ./inventory/fleet.yml (-i was Fabric's --identity) and
+    `fab -H mainpc status` silently showed every host (-H was Fabric's --hosts): each short
+    flag must mean one thing (README). Pure: tested without running `fab`.
+    """
+    ours = {f"-{v}" for v in SHORT_FLAGS.values()}
+    fabric_means = {"-i": "--identity", "-H": "--hosts", "-f": "--config", "-p": "--prompt-for-login-password"}
+    for i, arg in enumerate(argv[1:], 1):
+        if arg in tasks or arg.split("=")[0] in tasks:
+            return ""
+        flag = arg.split("=")[0]
+        if flag in ours:
+            task = next((a for a in argv[i + 1:] if a in tasks), "TASK")
+            own = f" (before the task, {flag} is Fabric's own {fabric_means[flag]})" if flag in fabric_means else ""
+            return f"fab: put {flag} after the task name: fab {task} {flag} …{own}"
+    return ""
+
+
 _exec_keeps_its_remainder()
 quiet_when_the_reader_leaves()
+if sys.argv and sys.argv[0].rsplit("/", 1)[-1] == "fab":  # only the `fab` program parses Fabric's core flags
+    _misplaced = flags_before_the_task(sys.argv, set(ns.task_names))
+    if _misplaced:
+        print(_misplaced, file=sys.stderr)
+        sys.exit(1)

@@ -160,6 +160,8 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
         report.messages.append(f"phase {plan.phase}: nothing to do; every service already runs its planned digest")
         ledger.append("finished", **ro.common, final=State.NOOP, services=[s.record(ledger.redaction_key()) for s in plan.steps])
         return True
+    if confirm is not None and getattr(confirm, "show", None):
+        confirm.show(report)  # what the operator is about to say yes to: preflight, security warnings, then the plan
     if confirm is not None and not confirm(plan):
         report.messages.append("not confirmed; nothing was changed")
         return True

@@ -116,6 +116,19 @@ def _confirm_or_yes(yes: bool):
             return False
         return input(f"roll out {len(plan.changes)} change(s)? [y/N] ").strip().lower() in ("y", "yes")
 
+    def show(report) -> None:
+        """Before the question: the preflight table and every security warning the rollout would go ahead with."""
+        if yes:
+            return
+        from . import render
+
+        if report.preflight is not None:
+            print(render.preflight_text(report.preflight.checks, report.preflight.hosts), file=sys.stderr)
+        for m in report.messages:
+            if m.startswith(("security WARN", "preflight WARN")) or "would be refused" in m:
+                print(m, file=sys.stderr)
+
+    confirm.show = show
     return confirm
 
 

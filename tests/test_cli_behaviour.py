@@ -186,3 +186,41 @@ def test_an_unknown_host_is_one_line_naming_the_valid_hosts(argv):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "nohost" in lines[0] and "known hosts: mainpc, pc2" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_before_asking_the_operator_sees_the_preflight_table_and_the_security_warnings(capsys):
+    """In a terminal, rollout used to ask to confirm showing neither (issue 23)."""
+    from playbooks.preflight import Check
+    from playbooks.tasks import _confirm_or_yes
+
+    class Pre:
+        checks = [Check("mainpc", "ssh", "pass", "reachable")]
+        hosts = ["mainpc"]
+
+    class Rep:
+        preflight = Pre()
+        messages = ["security WARN: torch:1: no Trivy report (policy: warn)", "batch 1/1: mainpc"]
+
+    _confirm_or_yes(False).show(Rep())
+    err = capsys.readouterr().err
+    assert "mainpc" in err and "ssh" in err and "security WARN: torch:1: no Trivy report" in err and "batch" not in err
+    _confirm_or_yes(True).show(Rep())
+    assert capsys.readouterr().err == "", "--yes asks nothing and shows nothing extra"
+
+
+@pytest.mark.parametrize("args,says", [
+    (["-i", "/tmp/other.yml", "status"], "fab: put -i after the task name: fab status -i … (before the task, -i is Fabric's own --identity)"),
+    (["-H", "mainpc", "status"], "fab: put -H after the task name: fab status -H …"),
+])
+def test_a_fleetroll_flag_before_the_task_is_refused_not_read_as_fabrics(args, says):
+    """`fab -i FILE status` read ./inventory/fleet.yml and `fab -H mainpc status` showed every host (issue 23)."""
+    r = fab(*args)
+    assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_flags_after_the_task_are_untouched():
+    import fabfile
+
+    assert fabfile.flags_before_the_task(["fab", "status", "-H", "mainpc"], {"status"}) == ""
+    assert fabfile.flags_before_the_task(["fab", "--list"], {"status"}) == ""
+    assert fabfile.flags_before_the_task(["fab", "-j", "status"], {"status"}).startswith("fab: put -j after the task name")
