@@ -166,7 +166,7 @@ def load(path: str | Path, phases_path: str | Path | None = None) -> Inventory:
         fleet, dropped = _partial_fleet(data)
     if fleet is not None:
         problems += (_cross_checks(fleet, path, lines, dropped) + _observability_checks(fleet, path, lines)
-                     + _reverse_proxy_checks(fleet, path, lines)
+                     + _reverse_proxy_checks(fleet, path, lines, dropped)
                      + _host_checks(fleet, path, lines))
     phases: list[Phase] | None = None
     if not ppath.exists():

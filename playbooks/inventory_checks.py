@@ -132,9 +132,10 @@ def _proxy_checks(fleet: Fleet, name: str, at) -> list[str]:
     return out
 
 
-def _reverse_proxy_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
+def _reverse_proxy_checks(fleet: Fleet, path: Path, lines: dict, invalid: set[str] | frozenset = frozenset()) -> list[str]:
     rp = fleet.reverse_proxy
-    if rp is None or rp.service in fleet.services:
+    # A service left out for its own errors is there: its errors (above) say what to fix, not "no service named".
+    if rp is None or rp.service in fleet.services or rp.service in invalid:
         return []
     return [f"{path}:{_line_for(lines, ('reverse_proxy', 'service'))}: reverse_proxy.service: no service named"
             f" {rp.service!r}; fix: add it under services: (image fleetroll-proxy) or name an existing one"]

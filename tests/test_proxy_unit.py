@@ -364,3 +364,9 @@ def test_the_gate_probes_a_network_container_at_its_address_and_never_the_host_w
     assert health.url_for(h) == "http://no-address-on-fleetroll.invalid:8080/health"
     assert not health.probe(health.url_for(h), 0.5).ok
     assert health.url_for({"port": 9000}) == "http://127.0.0.1:9000/health"
+
+
+def test_an_invalid_edge_service_is_reported_for_its_own_error_not_as_missing(tmp_path):
+    """While the edge service was invalid, the validator also said `no service named 'edge'` although it was there."""
+    out = problems(tmp_path, FLEET.replace("    health: {port: 8404}\n", "    health: {port: 8404}\n    stop_timeout: -1\n", 1))
+    assert "services.edge.stop_timeout" in out and "no service named 'edge'" not in out, out
