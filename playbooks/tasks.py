@@ -480,7 +480,7 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
 
 @task(help={"family": "family name from families/families.yml", "push": "push to <registry>/<org> from the inventory",
             "allow-dirty": "build from uncommitted families/ (tag -dirty, never pushed)", "json": "JSON output",
-            "inventory": "inventory whose registry to push to",
+            "inventory": "inventory whose registry to push to, and whose security.artifacts the SBOM is written to",
             "variant": "a variant families.yml lists for the family (e.g. triton); built as <family>-<variant>"})
 def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=None, variant=""):
     """Build a family image reproducibly: tag from the commit, SBOM, size budget, optional push."""
@@ -489,8 +489,12 @@ def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=N
     family = _required(family, "family", "fab build --family family-cpu-py311")
     from .images import build as images_build
 
-    inv = _inventory(inventory, json) if push else None
+    inv = _inventory(inventory, json) if push or inventory else None
     registry = f"{inv.fleet.registry.host}/{inv.fleet.registry.org}" if inv else ""
+    if inv is not None:
+        # The SBOM goes where this inventory's security gate reads (security.artifacts), not ./artifacts: the gate
+        # then finds it, and the Trivy report is expected beside it.
+        images_build.ARTIFACTS = inv.resolve(inv.fleet.security.artifacts)
     try:
         r = images_build.build_family(family, registry, push, allow_dirty, insecure=bool(inv and inv.fleet.registry.insecure),
                                       variant=variant)
@@ -503,6 +507,9 @@ def build(c, family=None, push=False, allow_dirty=False, json=False, inventory=N
                    f"\n  SBOM {r.sbom} (SPDX, validated)")
         if r.pushed:
             render.say(f"  pushed {r.pushed}")
+            trivy = images_build.ARTIFACTS / r.family / r.tag / "trivy.json"
+            render.say(f"  the security gate reads its Trivy report at {trivy}: trivy image --format json -o {trivy}"
+                       f" {r.pushed}")
         for n in r.notes:
             render.say(f"  note: {n}")
 
