@@ -77,7 +77,12 @@ def parse(text: str, source: str = "runbook") -> list[Step]:
             em = re.search(r"expect-exit=(\d+)", f["opts"])
             current["expect"] = int(em[1]) if em else 0
         elif current is not None and lines[i].startswith("Success:"):
-            current["success"] = lines[i].removeprefix("Success:").strip()
+            # The whole paragraph: a Success: text wrapped over lines was cut after its first line.
+            text = [lines[i].removeprefix("Success:").strip()]
+            while i + 1 < len(lines) and lines[i + 1].strip() and not HEADING.match(lines[i + 1]) and not FENCE.match(lines[i + 1]):
+                i += 1
+                text.append(lines[i].strip())
+            current["success"] = " ".join(text)
         i += 1
     if current:
         steps.append(_finish(current, source))

@@ -121,3 +121,8 @@ def test_documented_variables_are_the_ones_the_tool_reads(monkeypatch, tmp_path)
     assert executor.acceptances_path(inv) == inv.resolve(inv.fleet.security.acceptances)
     monkeypatch.setenv("FLEETROLL_ACCEPTANCES", str(tmp_path / "acc.yml"))
     assert executor.acceptances_path(inv) == tmp_path / "acc.yml"
+
+
+def test_a_success_text_wrapped_over_lines_is_kept_whole():
+    steps = runbook.parse("### one — x\n```sh\ntrue\n```\nSuccess: exit 4 with `FAILED …`,\n`now: …` and the next command.\n\nMore prose.\n")
+    assert steps[0].success == "exit 4 with `FAILED …`, `now: …` and the next command."
