@@ -44,16 +44,17 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
         raise Exit(code=1)
 
 
-@task(help={"hosts": "number of lab hosts (mainpc, pc2, node03, ...)", "extras": "extra hosts, e.g. bad-driver",
+@task(help={"count": "number of lab hosts (mainpc, pc2, node03, ...); -H means hosts by name everywhere, so this is --count",
+            "extras": "extra hosts, e.g. bad-driver",
             "with-observability": "also build the CPU family, collector and hello from this commit and add them"})
-def lab_up(c, hosts=None, extras="", with_observability=False):
+def lab_up(c, count=None, extras="", with_observability=False):
     """Start the lab fleet: a netns per host with sshd + dockerd, a registry, fake NVML."""
     from . import render
     from .images.build import BuildError
     from .lab import fleet
 
     try:
-        state = fleet.up(_int(hosts, "hosts") or 2, [e for e in extras.split(",") if e], observability=with_observability)
+        state = fleet.up(_int(count, "count") or 2, [e for e in extras.split(",") if e], observability=with_observability)
     except BuildError as exc:
         raise Exit(f"lab.up failed building images: {exc}", code=1) from None
     except fleet.LabError as exc:

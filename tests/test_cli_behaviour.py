@@ -61,8 +61,8 @@ def test_closed_pipe_ends_quietly(tmp_path):
 
 
 def test_numeric_options_with_defaults_are_checked_by_us_not_the_parser():
-    r = fab("lab.up", "--hosts", "many")
-    assert r.returncode == 1 and "--hosts must be a whole number, not 'many'" in r.stderr and "Traceback" not in r.stderr
+    r = fab("lab.up", "--count", "many")
+    assert r.returncode == 1 and "--count must be a whole number, not 'many'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_short_flags_mean_one_thing_in_every_task():
