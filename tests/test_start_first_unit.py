@@ -14,7 +14,7 @@ from agent import transaction as tx_mod
 from agent.transaction import Transaction
 
 from .fakedocker import FakeDaemon, FakeProxy
-from .test_transaction_unit import FAST, NEW_D, OLD_D, REPO, by_service, only, run
+from .test_transaction_unit import FAST, NEW_D, OLD_D, REPO, by_service, die_at, only, run
 
 pytestmark = pytest.mark.usefixtures("host_state")
 NET = "fleetroll"
@@ -116,26 +116,8 @@ def test_recovery_after_death_once_the_proxy_switched_ends_on_one_release_the_pr
     """Killed right after the switch (revert-phase, nothing committed yet): recovery restores the old one beside and switches back."""
     old = serving_old(daemon, edge)
     daemon.image(REPO, NEW_D)
-
-    class Died(BaseException):
-        pass
-
-    def die(self, name, service):
-        if name == "switched":
-            raise Died(name)
-
-    args = {"rollout_id": "r-int", "phase": "web", "operator": "op", "on_failure": "revert-phase", "steps": [swap(proxied_spec())]}
-    from agent.ops import accepted_record
-
-    journal.mark_open("r-int")
-    journal.append("r-int", "accepted", **accepted_record(args))
-    real_hit = Transaction.hit
-    Transaction.hit = die
-    try:
-        with pytest.raises(Died):
-            Transaction(args, client=daemon).run()
-    finally:
-        Transaction.hit = real_hit
+    die_at(daemon, "switched", {"rollout_id": "r-int", "phase": "web", "operator": "op", "on_failure": "revert-phase",
+                                "steps": [swap(proxied_spec())]})
     assert edge.live["web"] != f"{daemon.containers.by_id[old].address}:8080", "the proxy had switched to the new one"
     monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
     out = recovery.recover_pending()

@@ -327,10 +327,8 @@ def test_reverts_of_several_services_gate_concurrently(daemon, monkeypatch):
 # --- recovery -----------------------------------------------------------------------
 
 
-def _interrupted(daemon, failpoint: str, behaviour="ok") -> tuple[str, str]:
-    """Run a transaction whose failpoint raises instead of sleeping: the process 'dies' there."""
-    old = running_old(daemon)
-    daemon.image(REPO, NEW_D, behaviour=behaviour)
+def die_at(daemon, failpoint: str, args: dict) -> None:
+    """Run an accepted transaction whose failpoint raises instead of sleeping: the process 'dies' right there."""
 
     class Died(BaseException):
         pass
@@ -339,11 +337,10 @@ def _interrupted(daemon, failpoint: str, behaviour="ok") -> tuple[str, str]:
         if name == failpoint:
             raise Died(name)
 
-    args = {"rollout_id": "r-int", "phase": "gpu", "operator": "op", "on_failure": "revert-phase", "steps": [step(spec())]}
     from agent.ops import accepted_record
 
-    journal.mark_open("r-int")
-    journal.append("r-int", "accepted", **accepted_record(args))
+    journal.mark_open(args["rollout_id"])
+    journal.append(args["rollout_id"], "accepted", **accepted_record(args))
     real_hit = Transaction.hit
     Transaction.hit = die
     try:
@@ -351,6 +348,13 @@ def _interrupted(daemon, failpoint: str, behaviour="ok") -> tuple[str, str]:
             Transaction(args, client=daemon).run()
     finally:
         Transaction.hit = real_hit
+
+
+def _interrupted(daemon, failpoint: str, behaviour="ok") -> tuple[str, str]:
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour=behaviour)
+    die_at(daemon, failpoint, {"rollout_id": "r-int", "phase": "gpu", "operator": "op", "on_failure": "revert-phase",
+                               "steps": [step(spec())]})
     return old, "r-int"
 
 
