@@ -66,8 +66,10 @@ def lab_up(c, count=None, extras="", with_observability=False):
 
 @task(help={"service": "lab service to release", "variant": "healthy, degraded, http500, crash, hang, root, notini",
             "trivy-cve": "file a Trivy report with this HIGH finding next to the image", "name": "name of the written inventory",
-            "healthy-deadline": "override the service's health.healthy_deadline", "min-healthy-time": "override health.min_healthy_time"})
-def lab_release(c, service=None, variant="healthy", trivy_cve=None, name=None, healthy_deadline=None, min_healthy_time=None):
+            "healthy-deadline": "override the service's health.healthy_deadline", "min-healthy-time": "override health.min_healthy_time",
+            "inventory": "an inventory of your own for the lab (its release is written beside it); default: the lab's"})
+def lab_release(c, service=None, variant="healthy", trivy_cve=None, name=None, healthy_deadline=None, min_healthy_time=None,
+                inventory=None):
     """Push a new lab image version and write a lab inventory naming it (prints the path)."""
     from . import render
     from .lab import fleet
@@ -76,7 +78,7 @@ def lab_release(c, service=None, variant="healthy", trivy_cve=None, name=None, h
     service = _required(service, "service", "fab lab.release --service llm-api --variant degraded")
     health = {k: float(v) for k, v in (("healthy_deadline", healthy_deadline), ("min_healthy_time", min_healthy_time)) if v}
     try:
-        render.say(release(service, variant, trivy_cve, name, health))
+        render.say(release(service, variant, trivy_cve, name, health, Path(inventory) if inventory else None))
     except fleet.LabError as exc:
         raise Exit(str(exc), code=1) from None
 

@@ -384,3 +384,15 @@ def test_start_first_rollback_of_a_crash_looping_release_brings_the_old_one_back
     assert live == [f"{addr}:8080"], (live, addr)
     now = client.containers.get("web")
     assert now.attrs["State"]["Running"] and not now.attrs["State"]["Restarting"] and now.labels["io.fleetroll.tag"] != tag
+
+
+def test_lab_release_of_a_hand_made_inventory_writes_it_beside_and_rolls_out(edge):
+    """`fab lab.release -i INV` made releases for the lab's own inventory only: a walkthrough inventory needed a workaround."""
+    from playbooks.lab.release import release
+
+    rel = release("web", "healthy", inventory=edge["path"])
+    assert rel.parent == edge["path"].parent and rel.name == "release-web-healthy.yml"
+    inv = load(rel)
+    assert inv.fleet.services["web"].tag != load(edge["path"]).fleet.services["web"].tag
+    rep = executor.rollout(inv, "web")
+    assert rep.state == "committed", rep.messages
