@@ -45,13 +45,25 @@ def _rollout_with(lab, tmp_path, edit_service=None, defaults=None, inventory=Non
     return next(x for x in res.answer["data"]["services"] if x["service"] == "llm-api")
 
 
-def test_symlink_bind_escape_is_refused_on_the_host_before_anything_stops(lab, tmp_path):
+@pytest.fixture
+def request_cleanup():
+    made: list = []
+    yield made
+    import shutil
+
+    for d in made:  # only what this test made, under the lab host's directory
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_symlink_bind_escape_is_refused_on_the_host_before_anything_stops(lab, tmp_path, request_cleanup):
     """Another container with a read-write mount of shared/ turned shared/models into `-> /`: the next
     container that mounts shared/models would see the host's root. The inventory's text check passes it."""
     baseline(lab)
     before = snapshot(lab, "llm-api")
-    shared = tmp_path / "shared"
+    # Somewhere the host's login user can walk (pytest's own tmp directories are root's, 0700): the lab host's directory.
+    shared = lab.host("mainpc").dir / f"shared-{tmp_path.name}"
     shared.mkdir()
+    request_cleanup.append(shared)
     os.chown(shared, 10001, 10001)
     image = dclient(lab).containers.get("llm-api").image.id
     dclient(lab).containers.run(image, ["ln", "-s", "/", "/shared/models"], entrypoint=["/bin/busybox"], user="10001:10001",
