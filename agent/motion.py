@@ -144,9 +144,6 @@ class MotionOps:
     client: Any
     rid: str
 
-    def j(self, step: str, service: str = "", **kw: Any) -> None:  # pragma: no cover - Transaction's
-        raise NotImplementedError
-
     def _get(self, ref: str):
         import docker.errors
 
