@@ -2,15 +2,36 @@
 
 `fab` is Fabric's program: it has imported invoke, Fabric and paramiko before it reads this
 file. What only `fab` needs lives here, not in playbooks/ (the installed `fleetroll` command
-runs the same tasks on invoke alone, playbooks/cli.py).
+runs the same tasks on invoke alone, playbooks/cli.py), and so do the lab's tasks (lab.*,
+lab/tasks.py): the lab belongs to the repository, not to the installed tool.
 """
 
 import sys
 
 from fabric.executor import Executor
 
-from playbooks.taskkit import SHORT_FLAGS, quiet_when_the_reader_leaves
-from playbooks.tasks import ns  # noqa: F401
+from lab.tasks import lab
+from playbooks.taskkit import SHORT_FLAGS, invoke, quiet_when_the_reader_leaves
+from playbooks.tasks import ns as fleet_tasks
+
+
+def with_lab(fleet: invoke.Collection) -> invoke.Collection:
+    """The fleet's tasks and the lab's (lab.*): `fab` runs in the repository, where lab/ is.
+
+    A new collection, so the one the installed `fleetroll` command uses (playbooks.tasks.ns)
+    never gains lab tasks, whichever modules a process has imported.
+    """
+    out = invoke.Collection()
+    for name, t in fleet.tasks.items():
+        out.add_task(t, name)
+    for c in fleet.collections.values():
+        out.add_collection(c)
+    out.add_collection(lab)
+    out.configure(fleet.configuration())
+    return out
+
+
+ns = with_lab(fleet_tasks)
 
 
 def _exec_keeps_its_remainder() -> None:

@@ -40,10 +40,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import secrets  # noqa: E402
+from lab import fleet  # noqa: E402
 from playbooks import executor  # noqa: E402
 from playbooks.images import build  # noqa: E402
 from playbooks.inventory import load  # noqa: E402
-from playbooks.lab import fleet  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="frl-bench-coll-"))
 os.environ.setdefault("FLEETROLL_LEDGER", str(TMP / "ledger.jsonl"))

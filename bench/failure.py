@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rollout import TMP, floor, healthy, tag, timed  # noqa: E402
 
+from lab import fleet, images  # noqa: E402
 from playbooks import executor  # noqa: E402
 from playbooks.inventory import load  # noqa: E402
-from playbooks.lab import fleet, images  # noqa: E402
 
 
 def inventory(state, tags: dict[str, str], env_value: str, deadline: float) -> Path:

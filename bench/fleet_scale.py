@@ -35,9 +35,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lab import fleet, images  # noqa: E402
 from playbooks import executor, transport  # noqa: E402
 from playbooks.inventory import load  # noqa: E402
-from playbooks.lab import fleet, images  # noqa: E402
 from playbooks.runner import run_preflight  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="frl-bench-scale-"))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lab import fleet  # noqa: E402
 from playbooks.inventory import load  # noqa: E402
-from playbooks.lab import fleet  # noqa: E402
 from playbooks.runner import run_preflight  # noqa: E402
 
 

@@ -30,9 +30,9 @@ sys.path.insert(0, str(HERE))
 
 from rollout import Downtime, floor  # noqa: E402
 
+from lab import fleet, images  # noqa: E402
 from playbooks import executor  # noqa: E402
 from playbooks.inventory import load  # noqa: E402
-from playbooks.lab import fleet, images  # noqa: E402
 from playbooks.runner import run_preflight  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="frl-report-"))

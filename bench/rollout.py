@@ -32,9 +32,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lab import fleet, images  # noqa: E402
 from playbooks import executor  # noqa: E402
 from playbooks.inventory import load  # noqa: E402
-from playbooks.lab import fleet, images  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="frl-bench-"))
 os.environ.setdefault("FLEETROLL_LEDGER", str(TMP / "ledger.jsonl"))

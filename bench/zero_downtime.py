@@ -33,9 +33,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import proxy as agent_proxy  # noqa: E402
+from lab import fleet, images  # noqa: E402
 from playbooks import executor  # noqa: E402
 from playbooks.inventory import load  # noqa: E402
-from playbooks.lab import fleet, images  # noqa: E402
 from tests.test_lab_zero_downtime import Load  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="frl-bench-zd-"))

@@ -425,7 +425,8 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
                    " fab hostkeys again (interactively, or with --accept HOST=SHA256:...)", code=1)
 
 
-from .tasks_build import audit, build, lab, runbook  # noqa: E402 - the images, runbook and lab tasks
+from .tasks_build import audit, build, runbook  # noqa: E402 - the images and runbook tasks
 
-ns = Collection(preflight, rollout, rollback, restart, exec_, prune, remove, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, lab)
+ns = Collection(preflight, rollout, rollback, restart, exec_, prune, remove, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook)
+# lab.* is not here: the lab is a sandbox of the repository, added by fabfile.py for `fab` alone (lab/tasks.py).
 

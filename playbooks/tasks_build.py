@@ -1,4 +1,4 @@
-"""Fabric tasks for what surrounds the fleet: family images (build, audit), the runbook, and the lab (lab.*).
+"""Fabric tasks for what surrounds the fleet: family images (build, audit) and the runbook.
 
 Thin like playbooks/tasks.py: each parses its options and calls library code. Kept apart so
 the fleet's own tasks read in one module.
@@ -9,67 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .taskkit import Exit, invoke, task
+from .taskkit import Exit, task
 from .taskkit import load_inventory as _inventory
 from .taskkit import required as _required
-from .taskkit import whole_number as _int
-
-Collection = invoke.Collection
-
-
-@task(help={"count": "number of lab hosts (mainpc, pc2, node03, ...); -H means hosts by name everywhere, so this is --count",
-            "extras": "extra hosts, e.g. bad-driver",
-            "with-observability": "also build the CPU family, collector and hello from this commit and add them"})
-def lab_up(c, count=None, extras="", with_observability=False):
-    """Start the lab fleet: a netns per host with sshd + dockerd, a registry, fake NVML."""
-    from . import render
-    from .images.build import BuildError
-    from .lab import fleet
-
-    try:
-        state = fleet.up(_int(count, "count") or 2, [e for e in extras.split(",") if e], observability=with_observability)
-    except BuildError as exc:
-        raise Exit(f"lab.up failed building images: {exc}", code=1) from None
-    except fleet.LabError as exc:
-        raise Exit(f"lab.up failed: {exc}", code=1) from None
-    render.say(f"lab up: {', '.join(h.name for h in state.hosts)}; registry {state.registry}")
-    render.say(f"inventory: {state.inventory}")
-    render.say(f"try: fab preflight --inventory {state.inventory}")
-
-
-@task(help={"service": "lab service to release", "variant": "healthy, degraded, http500, crash, hang, root, notini",
-            "trivy-cve": "file a Trivy report with this HIGH finding next to the image", "name": "name of the written inventory",
-            "healthy-deadline": "override the service's health.healthy_deadline", "min-healthy-time": "override health.min_healthy_time",
-            "inventory": "an inventory of your own for the lab (its release is written beside it); default: the lab's"})
-def lab_release(c, service=None, variant="healthy", trivy_cve=None, name=None, healthy_deadline=None, min_healthy_time=None,
-                inventory=None):
-    """Push a new lab image version and write a lab inventory naming it (prints the path)."""
-    from . import render
-    from .lab import fleet
-    from .lab.release import release
-
-    service = _required(service, "service", "fab lab.release --service llm-api --variant degraded")
-    health = {k: float(v) for k, v in (("healthy_deadline", healthy_deadline), ("min_healthy_time", min_healthy_time)) if v}
-    try:
-        render.say(release(service, variant, trivy_cve, name, health, Path(inventory) if inventory else None))
-    except fleet.LabError as exc:
-        raise Exit(str(exc), code=1) from None
-
-
-@task
-def lab_down(c):
-    """Stop the lab fleet and remove every namespace, process, mount and file it made."""
-    from . import render
-    from .lab import fleet
-
-    try:
-        fleet.down()
-    except fleet.LabError as exc:
-        raise Exit(f"lab.down refused: {exc}", code=1) from None
-    left = fleet.leftovers()
-    if left:
-        raise Exit("lab.down left behind: " + ", ".join(left), code=1)
-    render.say("lab down: nothing left behind")
 
 
 @task(help={"family": "family name from families/families.yml", "push": "push to <registry>/<org> from the inventory",
@@ -164,8 +106,3 @@ def runbook(c, path, from_=None, yes=False, json=False):
     if not results or not all(r.ok for r in results):
         raise Exit(code=1)
 
-
-lab = Collection("lab")
-lab.add_task(lab_up, "up")
-lab.add_task(lab_down, "down")
-lab.add_task(lab_release, "release")

@@ -1,4 +1,4 @@
-"""Shared fixtures. Lab tests run against real sshd, dockerd and a registry (see playbooks/lab)."""
+"""Shared fixtures. Lab tests run against real sshd, dockerd and a registry (see lab/)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from playbooks.lab import fleet
+from lab import fleet
 
 _current: dict = {}
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def crash_looping(lab, service: str, repo: str, port: int):
     """
     import docker
 
-    from playbooks.lab import images
+    from lab import images
 
     ref = images.push(lab, repo, new_tag(), "crash", arch="89;86")
     cl = docker.DockerClient(base_url=lab.host("mainpc").docker_host)

@@ -10,9 +10,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAB = str(Path(sys.executable).with_name("fab"))
+from lab.tasks import lab as lab_tasks  # noqa: E402
 from playbooks.tasks import ns  # noqa: E402
 
-TASKS = sorted(ns.task_names)  # every task there is, so a new one cannot miss its help
+# every task `fab` has (the fleet's and the lab's, fabfile.py), so a new one cannot miss its help
+TASKS = sorted({*ns.task_names, *(f"lab.{t}" for t in lab_tasks.task_names)})
 
 
 def fab(*args: str, stdin: str = "") -> subprocess.CompletedProcess:

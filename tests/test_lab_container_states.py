@@ -15,9 +15,9 @@ import time
 import docker
 import pytest
 
+from lab import images
 from playbooks import executor, operate
 from playbooks.inventory import load
-from playbooks.lab import images
 
 from .conftest import derive_inventory, health_of, new_tag
 

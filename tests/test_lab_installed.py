@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def installed(tmp_path_factory) -> Path:
     """The `fleetroll` command of a venv that holds the built wheel and its dependencies, nothing of this checkout."""
     d = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(d / "dist"), str(ROOT)],
+    # Built from a copy of the sources: setuptools packs whatever an old build left in ./build/lib
+    # (a playbooks/lab/ from before the lab moved out), so building in the checkout would test that.
+    src = d / "src"
+    for part in ("pyproject.toml", "README.md", "playbooks", "agent", "lab"):
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy
+        copy(ROOT / part, src / part, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(d / "dist"), str(src)],
                    check=True, capture_output=True, text=True, timeout=300)
     wheel = next((d / "dist").glob("fleetroll-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    # the lab is the repository's test fleet: the wheel neither ships nor needs it (fleetroll runs without it below)
+    assert not [n for n in names if n.startswith("lab/") or "/lab/" in n], names
     subprocess.run([sys.executable, "-m", "venv", str(d / "venv")], check=True, timeout=120)
     r = subprocess.run([str(d / "venv/bin/pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
                        capture_output=True, text=True, timeout=900)
@@ -39,6 +49,7 @@ def run(cmd: Path, *args: str, cwd: Path, env: dict | None = None) -> subprocess
 def test_installed_command_lists_its_tasks_from_an_empty_directory(installed, tmp_path):
     r = run(installed, "--list", cwd=tmp_path)
     assert r.returncode == 0 and "rollout" in r.stdout and "preflight" in r.stdout, r.stdout + r.stderr
+    assert "lab." not in r.stdout  # the lab's tasks belong to `fab` in the repository (fabfile.py)
     # without an inventory it says where it looked and how to give one
     r = run(installed, "status", cwd=tmp_path)
     assert r.returncode == 1 and f"no inventory at {tmp_path}/inventory/fleet.yml" in r.stderr and "Traceback" not in r.stderr

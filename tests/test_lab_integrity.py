@@ -20,9 +20,9 @@ import time
 
 import pytest
 
+from lab import fleet, images
 from playbooks import executor, ledger
 from playbooks.inventory import load
-from playbooks.lab import fleet, images
 
 from .conftest import (
     FAB,

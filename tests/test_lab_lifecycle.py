@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from playbooks.lab import fleet
+from lab import fleet
 
 from . import conftest
 

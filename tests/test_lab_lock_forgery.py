@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
+from lab import fleet, images
 from playbooks import executor
-from playbooks.lab import fleet, images
 
 from .conftest import FAB, ROOT, baseline, new_tag, with_tags
 

@@ -24,10 +24,10 @@ import pytest
 import yaml
 
 from agent import secrets as agent_secrets
+from lab import fleet, images
 from playbooks import executor
 from playbooks.images import build
 from playbooks.inventory import load
-from playbooks.lab import fleet, images
 
 from .conftest import derive_inventory
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lab import images
 from playbooks import executor, ledger, operate
 from playbooks.inventory import load
-from playbooks.lab import images
 
 from .conftest import crash_looping, derive_inventory, new_tag, with_tags
 

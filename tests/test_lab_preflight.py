@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from lab import fleet, images
 from playbooks import agentpack, transport
 from playbooks.inventory import load
-from playbooks.lab import fleet, images
 from playbooks.runner import run_preflight
 
 from .conftest import derive_inventory

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from lab import fleet, images
 from playbooks import executor, hostcalls, ledger
 from playbooks.inventory import load
-from playbooks.lab import fleet, images
 
 from .conftest import FAB, ROOT, baseline, dclient, derive_inventory, health_of, new_tag, svc_result, with_tags
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from lab import fleet
 from playbooks import ledger
 from playbooks.images.build import revision
-from playbooks.lab import fleet
 
 from . import conftest
 

@@ -42,7 +42,7 @@ def _journal(lab, host: str, rid: str) -> list[dict]:
 def test_one_service_on_six_hosts_canary_then_batches_of_two(lab20, tmp_path):
     import docker
 
-    from playbooks.lab import images
+    from lab import images
 
     from .conftest import derive_inventory, new_tag
 

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
+from lab import images
 from playbooks import executor, transport
 from playbooks.inventory import load
-from playbooks.lab import images
 from playbooks.plan import build_plan
 from playbooks.runner import run_preflight
 
@@ -60,8 +60,8 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     import json
     import secrets as pysecrets
 
+    from lab import fleet
     from playbooks import ledger
-    from playbooks.lab import fleet
 
     from .conftest import dclient, kept_leftovers
 

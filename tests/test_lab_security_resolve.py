@@ -14,9 +14,9 @@ import zipfile
 
 import pytest
 
+from lab import images
 from playbooks import agentpack, executor, transport
 from playbooks.inventory import load
-from playbooks.lab import images
 from playbooks.plan import build_plan
 from playbooks.runner import run_preflight
 

@@ -19,9 +19,9 @@ import docker
 import pytest
 
 from agent import proxy as agent_proxy
+from lab import fleet, images
 from playbooks import executor
 from playbooks.inventory import load
-from playbooks.lab import fleet, images
 
 from .conftest import derive_inventory, new_tag
 
@@ -388,7 +388,7 @@ def test_start_first_rollback_of_a_crash_looping_release_brings_the_old_one_back
 
 def test_lab_release_of_a_hand_made_inventory_writes_it_beside_and_rolls_out(edge):
     """`fab lab.release -i INV` made releases for the lab's own inventory only: a walkthrough inventory needed a workaround."""
-    from playbooks.lab.release import release
+    from lab.release import release
 
     rel = release("web", "healthy", inventory=edge["path"])
     assert rel.parent == edge["path"].parent and rel.name == "release-web-healthy.yml"

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from agent import container_args, contract, proxy
+from lab import fleet as labfleet
+from lab.inventory import build_inventory
 from playbooks.inventory import load
-from playbooks.lab import fleet as labfleet
-from playbooks.lab.inventory import build_inventory
 from playbooks.plan import container_spec
 
 from .test_proxy_unit import FLEET, PHASES, write

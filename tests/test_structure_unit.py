@@ -53,3 +53,34 @@ def test_the_agent_never_imports_the_controller():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(
                 node, ast.ImportFrom) and node.level == 0 else []
             assert not any(n.split(".")[0] == "playbooks" for n in names), f
+
+
+def _top_level_imports(f: Path) -> set[str]:
+    """The top-level package of every absolute import in a file (module level and inside functions alike)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_the_controller_and_the_agent_never_import_the_lab():
+    """The lab is the repository's test fleet and sandbox: the installed wheel ships neither it nor its tasks.
+
+    No exception, not even for the task modules: `lab.*` tasks live in lab/tasks.py and only the
+    repository's fabfile.py adds them to `fab`, so `fleetroll` (playbooks/cli.py) never lists them.
+    """
+    for pkg in ("playbooks", "agent"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            assert "lab" not in _top_level_imports(f), f
+    assert not (ROOT / "playbooks" / "lab").exists()
+
+
+def test_the_wheel_packages_leave_the_lab_out():
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert not any(p == "lab" or p.startswith("lab.") or ".lab" in p for p in tool["packages"]), tool["packages"]
+    assert "lab" not in str(tool.get("package-data", {}))

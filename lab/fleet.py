@@ -601,7 +601,7 @@ def up(count: int = 2, extras: list[str] | None = None, images: bool = True, obs
 
 def _build_observability(state: LabState) -> str:
     """Build the CPU family, the collector and hello from this commit; push them; return the tag."""
-    from ..images import build
+    from playbooks.images import build
 
     if build.revision().dirty:
         raise LabError("--with-observability builds images from this commit: commit families/ first")
