@@ -144,7 +144,7 @@ def _forge(victim: subprocess.Popen) -> None:
 HOLD = """
 import fcntl, json, os, sys, time
 from agent import lock
-fd = lock._open()
+fd = lock.open_file()
 fcntl.flock(fd, fcntl.LOCK_EX)
 os.ftruncate(fd, 0)
 os.pwrite(fd, sys.argv[1].encode(), 0)
