@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .fleet import ORG, LabError, LabHost, LabState
+from .model import ORG, LabError, LabHost, LabState
 
 BUSYBOX = "/bin/busybox"
 TINI = "/usr/bin/tini-static"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .fleet import LAB_DIR, LAB_USER, ORG, LabState
+from .model import LAB_DIR, LAB_USER, ORG, LabState
 
 
 def observability_services(state: LabState, tag: str) -> dict:

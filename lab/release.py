@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from . import images
-from .fleet import LAB_DIR, ORG, LabError, LabState
+from .model import LAB_DIR, ORG, LabError, LabState
 
 
 def release(service: str, variant: str = "healthy", trivy_cve: str | None = None, name: str | None = None,
