@@ -123,6 +123,18 @@ def gate(
         tick()
         return p.ok
 
+    if not _until_healthy(attempt, healthy_deadline, interval):
+        p = last[-1] if last else Probe(False, "never probed")
+        return GateResult(False, "deadline", f"not healthy within {healthy_deadline:g}s: {p.reason}",
+                          elapsed_s=time.monotonic() - t0, last=asdict(p))
+    healthy_at = time.monotonic() - t0
+    if on_tick:
+        on_tick(f"healthy after {healthy_at:.2f}s; holding for {min_healthy_time:g}s")
+    return _hold(attempt, last, t0, healthy_at, min_healthy_time, interval)
+
+
+def _until_healthy(attempt: Callable[[], bool], healthy_deadline: float, interval: float) -> bool:
+    """Attempt every `interval` until one passes (True) or `healthy_deadline` has gone by (False)."""
     try:
         for att in Retrying(
             stop=stop_after_delay(healthy_deadline),
@@ -134,12 +146,13 @@ def gate(
             if not att.retry_state.outcome.failed:
                 att.retry_state.set_result(ok)
     except RetryError:
-        p = last[-1] if last else Probe(False, "never probed")
-        return GateResult(False, "deadline", f"not healthy within {healthy_deadline:g}s: {p.reason}",
-                          elapsed_s=time.monotonic() - t0, last=asdict(p))
-    healthy_at = time.monotonic() - t0
-    if on_tick:
-        on_tick(f"healthy after {healthy_at:.2f}s; holding for {min_healthy_time:g}s")
+        return False
+    return True
+
+
+def _hold(attempt: Callable[[], bool], last: list[Probe], t0: float, healthy_at: float, min_healthy_time: float,
+          interval: float) -> GateResult:
+    """The stability window: healthy at every attempt for `min_healthy_time`, or the gate fails naming when and why."""
     end = time.monotonic() + min_healthy_time
     while time.monotonic() < end:
         time.sleep(min(interval, max(0.0, end - time.monotonic())))

@@ -6,10 +6,12 @@ call is importable and tested without a terminal.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 
+from .taskio import ask_unless_yes as _ask_unless_yes
+from .taskio import confirm_or_yes as _confirm_or_yes
+from .taskio import interrupted as _interrupted
+from .taskio import print_reports as _print_reports
 from .taskkit import SHORT_FLAGS, Exit, invoke, task  # noqa: F401 - SHORT_FLAGS: one meaning per short flag (tests read it)
 from .taskkit import host_list as _hosts
 from .taskkit import load_inventory as _inventory
@@ -41,74 +43,6 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
         render.say(render.preflight_text(report.checks, report.hosts))
     if not report.ok:
         raise Exit(code=1)
-
-
-def _ask_unless_yes(yes: bool, question: str) -> None:
-    """One yes/no before a change; without a terminal, --yes is required."""
-    if not yes and not (sys.stdin.isatty() and input(f"{question} [y/N] ").lower().startswith("y")):
-        raise Exit("not confirmed (use --yes without a terminal); nothing was changed", code=1)
-
-
-def _confirm_or_yes(yes: bool):
-    """Ask before changing hosts, like Kamal; without a terminal, --yes is required."""
-
-    def confirm(plan) -> bool:
-        if yes:
-            return True
-        from .plan import plan_text
-
-        print(plan_text(plan), file=sys.stderr)
-        if not sys.stdin.isatty():
-            print("refusing to change hosts without confirmation: no terminal; re-run with --yes", file=sys.stderr)
-            return False
-        return input(f"roll out {len(plan.changes)} change(s)? [y/N] ").strip().lower() in ("y", "yes")
-
-    def show(report) -> None:
-        """Before the question: the preflight table and every security warning the rollout would go ahead with."""
-        if yes:
-            return
-        from . import render
-
-        if report.preflight is not None:
-            print(render.preflight_text(report.preflight.checks, report.preflight.hosts), file=sys.stderr)
-        for m in report.messages:
-            if m.startswith(("security WARN", "preflight WARN")) or "would be refused" in m:
-                print(m, file=sys.stderr)
-
-    confirm.show = show
-    return confirm
-
-
-def _interrupted(message: str) -> None:
-    """Ctrl-C: say what happens now and leave with 130 at once, not waiting for calls still in flight.
-
-    The hosts' transactions run detached from the SSH session, so leaving cannot strand a host.
-    """
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C while this prints: out at once
-    if sys.stderr.isatty():
-        sys.stderr.write("\x1b[?25h")  # the live progress display hides the cursor; give it back
-    print(f"\n{message}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(130)
-
-
-def _print_reports(reports, as_json: bool, one_object: bool = False) -> None:
-    """--json: rollout always prints {"state", "exit_code", "phases": [...]}, one phase or --all alike; rollback one report."""
-    from . import render
-
-    if as_json:
-        from . import executor
-
-        if one_object:
-            render.dump_json(reports[0].to_json())
-            return
-        states = [executor.report_state(r) for r in reports]
-        code = executor.exit_code(states)
-        worst = next(st for st in states if executor.exit_code([st]) == code)
-        render.dump_json({"state": worst, "exit_code": code, "phases": [r.to_json() for r in reports]})
-        return
-    for r in reports:
-        render.say(render.rollout_text(r))
 
 
 @task(

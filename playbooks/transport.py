@@ -356,6 +356,38 @@ class Pool:
             self.drop(host)
 
 
+def _attempt(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str, Any]], timeout: float,
+             on_event: Callable[[str, dict], None] | None, pool: Pool | None) -> CallResult:
+    """One call of `op` on one host (through the pool's session, or a connection of its own); every failure an answer."""
+    t0 = time.monotonic()
+    try:
+        if pool:
+            sess = pool.get(inv, host)
+        else:
+            conn = connect(Target.from_inventory(inv, host))
+    except TransportError as exc:
+        return CallResult(host=host, ok=False, error=str(exc), error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
+    try:
+        cb = (lambda ev: on_event(host, ev)) if on_event else None
+        if pool:
+            return sess.call(op, args_for(host), timeout=timeout, on_event=cb)
+        return call_agent(conn, host, op, args_for(host), timeout=timeout, on_event=cb)
+    except TransportError as exc:
+        if pool:
+            pool.drop(host)
+        return CallResult(host=host, ok=False, error=f"{host}: {exc}", error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        if pool:
+            pool.drop(host)
+        return CallResult(
+            host=host, ok=False, error=f"{host}: SSH link lost during {op}: {exc}", error_kind="link-lost",
+            elapsed_s=time.monotonic() - t0,
+        )
+    finally:
+        if not pool:
+            conn.close()
+
+
 def on_hosts(
     inv: Inventory,
     hosts: list[str],
@@ -368,41 +400,12 @@ def on_hosts(
 ) -> dict[str, CallResult]:
     """Run one agent op on each host in parallel (bounded); never let one host hide another."""
 
-    def attempt(host: str) -> CallResult:
-        t0 = time.monotonic()
-        try:
-            if pool:
-                sess = pool.get(inv, host)
-            else:
-                conn = connect(Target.from_inventory(inv, host))
-        except TransportError as exc:
-            return CallResult(host=host, ok=False, error=str(exc), error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
-        try:
-            cb = (lambda ev: on_event(host, ev)) if on_event else None
-            if pool:
-                return sess.call(op, args_for(host), timeout=timeout, on_event=cb)
-            return call_agent(conn, host, op, args_for(host), timeout=timeout, on_event=cb)
-        except TransportError as exc:
-            if pool:
-                pool.drop(host)
-            return CallResult(host=host, ok=False, error=f"{host}: {exc}", error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            if pool:
-                pool.drop(host)
-            return CallResult(
-                host=host, ok=False, error=f"{host}: SSH link lost during {op}: {exc}", error_kind="link-lost",
-                elapsed_s=time.monotonic() - t0,
-            )
-        finally:
-            if not pool:
-                conn.close()
-
     def one(host: str) -> CallResult:
-        res = attempt(host)
+        res = _attempt(inv, host, op, args_for, timeout, on_event, pool)
         if res.error_kind == "link-lost" and op in READ_ONLY_OPS:
             # A read-only op is safe to repeat once on a fresh connection; a rollout is not
             # (the executor re-attaches to its journal instead).
-            res = attempt(host)
+            res = _attempt(inv, host, op, args_for, timeout, on_event, pool)
         return res
 
     if len(hosts) == 1:
