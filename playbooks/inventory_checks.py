@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from agent import contract
 
 from .inventory_yaml import _line_for
-from .schema import Fleet, Host, Phase, Service
+from .schema import PORT_RE, Fleet, Host, Phase, Service
 
 
 def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str] = frozenset()) -> list[str]:
@@ -24,6 +24,10 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
         if unknown:
             problems.append(f"{path}:{_line_for(lines, ('groups', gname))}: groups.{gname}: unknown host(s) {', '.join(unknown)};"
                             f" fix: use hosts from hosts: ({', '.join(fleet.hosts)})")
+    unknown_managers = [h for h in fleet.swarm.managers if h not in fleet.hosts and h not in invalid_hosts]
+    if unknown_managers:
+        problems.append(f"{path}:{_line_for(lines, ('swarm', 'managers'))}: swarm.managers: unknown host(s)"
+                        f" {', '.join(unknown_managers)}; fix: name hosts from hosts: ({', '.join(fleet.hosts)})")
     used: dict[tuple[str, str, int, str], str] = {}
     for name, svc in fleet.services.items():
         def at(*f: str, name: str = name) -> str:
@@ -173,6 +177,8 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
                     " fix: a service belongs to exactly one phase"
                 )
             owner.setdefault(s, ph.name)
+        if fleet.engine_of(ph) == "swarm":
+            problems += _swarm_phase_checks(ph, fleet, f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]")
         # Only the batch settings must agree: order and drain are each service's own.
         blocks = {s: fleet.services[s].update for s in ph.services
                   if s in fleet.services and fleet.services[s].update and fleet.services[s].update.batches}
@@ -180,6 +186,32 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
             problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: services {', '.join(blocks)} give"
                             f" different update: blocks; a phase rolls in one order: fix: give phase {ph.name!r} its own update:")
     return problems
+
+
+def _swarm_phase_checks(ph: Phase, fleet: Fleet, at: str) -> list[str]:
+    """What Swarm cannot run as the inventory says (docs/swarm.md, "Limits"): each a refusal at load, not a surprise mid-update."""
+    out = []
+    why = f"{at}: phase {ph.name!r} runs on engine: swarm" + ("" if ph.engine else " (the inventory's engine)")
+    if ph.update is not None and ph.update.canary:
+        out.append(f"{why}, which has no canary batch; fix: remove phases[].update.canary (Swarm's parallelism comes"
+                   " from max_parallel) or keep the phase on engine: ssh")
+    for name in (s for s in ph.services if s in fleet.services):
+        svc = fleet.services[name]
+        if fleet.is_proxy(name) or svc.proxy is not None:
+            out.append(f"{why}: services.{name}: the reverse proxy and the services behind it are not built for Swarm yet"
+                       " (they meet on fleetroll's own bridge network, which Swarm tasks do not join); fix: publish"
+                       " ports: instead of proxy:, or keep the phase on engine: ssh")
+        bound = [p for p in svc.ports if PORT_RE.fullmatch(p)["ip"]]
+        if bound:
+            out.append(f"{why}: services.{name}.ports: {', '.join(bound)} binds one address; Swarm publishes a port on every"
+                       " address of the node; fix: publish HOST:CONTAINER, or keep the phase on engine: ssh")
+        if svc.update is not None and svc.update.order == "start-first" and svc.ports:
+            out.append(f"{why}: services.{name}.update.order: start-first with a host-mode published port stalls under"
+                       " Swarm (the new task waits Pending for the port the old one holds); fix: order: stop-first")
+        if svc.update is not None and svc.update.canary:
+            out.append(f"{why}: services.{name}.update.canary: Swarm has no canary batch; fix: remove canary (parallelism"
+                       " comes from max_parallel) or keep the phase on engine: ssh")
+    return out
 
 
 def _valid(model: type[BaseModel], value: Any) -> bool:

@@ -274,6 +274,34 @@ DOCS: dict[str, Doc] = {
         " gets the secret itself (`COLLECTOR_FLEET_KEY`).",
         "report_key_secret: fleetroll-report-key",
         "the plan; the agent at container create (agent/secrets.py)."),
+    # engine and swarm
+    "engine": Doc(
+        "Who runs a phase's release: `ssh` (fleetroll's own push: each host's agent swaps, gates and reverts) or `swarm`"
+        " (Docker Swarm schedules the phase's stack, fleetroll renders it, gates it before and follows it to the end)."
+        " `phases[].engine` overrides it for one phase. Preflight, the security gate, freezes and hooks run the same for"
+        " both. See [swarm.md](swarm.md).",
+        "engine: swarm",
+        "`fab rollout` (which engine a phase goes to), `fab swarm.render`, `fab status`; load-time checks of what Swarm"
+        " cannot run (no canary, no address-bound ports, no start-first with a host port, no proxy yet)."),
+    "swarm": Doc(
+        "How phases with `engine: swarm` run: which hosts manage the swarm and how the rendered healthcheck probes"
+        " `/health`. Only read when some phase runs on Swarm, and by `fab swarm.form`/`swarm.leave`.",
+        "swarm: {managers: [mainpc], healthcheck: python}",
+        "`fab swarm.form`, `fab swarm.leave`, `fab swarm.render`, rollouts of swarm phases."),
+    "swarm.managers": Doc(
+        "Hosts `fab swarm.form` makes managers; the first initialises the swarm (`--advertise-addr` its `address`), the"
+        " others join as managers, every other host as a worker. Empty: the inventory's first host. Keep an odd number"
+        " (1, 3, 5) for a Raft quorum.",
+        "managers: [mainpc]",
+        "`fab swarm.form` (init and joins), rollouts of swarm phases and `fab status` (the stack is deployed and read"
+        " through the first manager that answers)."),
+    "swarm.healthcheck": Doc(
+        "What the rendered Swarm healthcheck runs inside the image to judge `health:` as fleetroll's gate does (HTTP 200"
+        " and a JSON body with `status: ok`): `python` runs `python3 -c` and parses the body (the family images carry"
+        " Python); `wget` runs busybox `sh` + `wget` and matches `\"status\":\"ok\"` in the body (images without Python,"
+        " such as the lab's).",
+        "healthcheck: wget",
+        "`fab swarm.render` and swarm rollouts (the stack's `healthcheck:`)."),
     # hosts
     "hosts": Doc(
         "The machines, by name: the names `-H/--hosts`, placement (`host:`, `hosts:`, `groups:`) and every report use."
@@ -571,6 +599,11 @@ DOCS: dict[str, Doc] = {
         "Accepted, but not read here: the drain is each service's own (`services.<name>.update.drain_s`).",
         "drain_s: 2",
         "nothing."),
+    "phases[].engine": Doc(
+        "`ssh` or `swarm` for this phase, overriding the inventory's `engine`. A swarm phase is deployed as one stack"
+        " (`fr-<phase>`) through a manager; `--hosts` does not apply to it.",
+        "engine: swarm",
+        "`fab rollout` (dispatch), `fab swarm.render -p`, load-time checks of what Swarm cannot run."),
 }
 
 

@@ -369,12 +369,32 @@ ServiceName = Annotated[str, _named("service")]
 PhaseName = Annotated[str, _named("phase")]
 
 
+Engine = Literal["ssh", "swarm"]
+
+
+class Swarm(_Strict):
+    """How phases with `engine: swarm` run: Docker Swarm schedules their stack (docs/swarm.md).
+
+    `managers` are the hosts `fab swarm.form` makes managers (the first one initialises the
+    swarm); every other host joins as a worker. `healthcheck` is what the rendered Swarm
+    healthcheck runs inside the image: `python` (python3 -c, parses the JSON body, for the
+    family images) or `wget` (busybox sh + wget, matches the body's status, for images without
+    Python, such as the lab's).
+    """
+
+    managers: list[str] = []
+    healthcheck: Literal["python", "wget"] = "python"
+
+
 class Fleet(_Strict):
     registry: Registry
     ssh: Ssh = Ssh()
     defaults: Defaults = Defaults()
     security: Security = Security()
     observability: Observability = Observability()
+    # Who runs a phase's release: fleetroll's SSH push (each host's agent) or Docker Swarm. A phase's own engine wins.
+    engine: Engine = "ssh"
+    swarm: Swarm = Swarm()
     hosts: dict[HostName, Host]
     # Named host lists for replicated services (`group: cpu-workers`).
     groups: dict[GroupName, list[str]] = {}
@@ -418,12 +438,21 @@ class Fleet(_Strict):
         svc = self.services[service]
         return not svc.host
 
+    def engine_of(self, phase: Phase) -> str:
+        """ssh or swarm: the phase's own engine, else the inventory's."""
+        return phase.engine or self.engine
+
+    def swarm_managers(self) -> list[str]:
+        """The swarm's managers: swarm.managers, else the inventory's first host."""
+        return list(self.swarm.managers) or list(self.hosts)[:1]
+
 
 class Phase(_Strict):
     name: PhaseName
     description: str = ""
     services: list[str]
     update: Update | None = None  # canary and batches across the phase's hosts (else its replicated service's own)
+    engine: Engine | None = None  # ssh or swarm for this phase; not set: the inventory's engine
 
 
 class Phases(_Strict):
