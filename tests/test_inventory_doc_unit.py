@@ -34,7 +34,7 @@ def test_a_missing_and_a_stale_entry_are_both_named(monkeypatch):
     monkeypatch.setattr(inventory_doc, "DOCS", docs)
     got = inventory_doc.problems()
     assert any(p.startswith("services.<name>.health.port: a field of the schema with no entry") for p in got), got
-    assert any(p.startswith("services.<name>.health.retries: an entry in playbooks/inventory_doc.py DOCS for a field the"
+    assert any(p.startswith("services.<name>.health.retries: an entry in DOCS (playbooks/inventory_notes*.py) for a field the"
                             " schema no longer has") for p in got), got
 
 
