@@ -17,7 +17,8 @@ from .inventory_yaml import _line_for
 from .schema import PORT_RE, Fleet, Host, Phase, Service
 
 
-def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str] = frozenset()) -> list[str]:
+def _host_name_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]) -> list[str]:
+    """Groups and swarm managers name hosts of the inventory."""
     problems = []
     for gname, members in fleet.groups.items():
         unknown = [h for h in members if h not in fleet.hosts and h not in invalid_hosts]
@@ -28,6 +29,11 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
     if unknown_managers:
         problems.append(f"{path}:{_line_for(lines, ('swarm', 'managers'))}: swarm.managers: unknown host(s)"
                         f" {', '.join(unknown_managers)}; fix: name hosts from hosts: ({', '.join(fleet.hosts)})")
+    return problems
+
+
+def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str] = frozenset()) -> list[str]:
+    problems = _host_name_checks(fleet, path, lines, invalid_hosts)
     used: dict[tuple[str, str, int, str], str] = {}
     for name, svc in fleet.services.items():
         def at(*f: str, name: str = name) -> str:
@@ -55,33 +61,7 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
                             " group:, or remove canary/max_parallel")
         problems += _proxy_checks(fleet, name, at)
         for h in (h for h in placed if h in fleet.hosts):
-            replica = f"{name}@{h}" if fleet.replicated(name) else name
-            bindings = svc.port_bindings()
-            if svc.proxy is not None:  # the proxy holds this port on the host for the service
-                bindings = [*bindings, (svc.proxy.address, svc.proxy.listen_port, svc.proxy.port, "tcp")]
-            for ip, hp, _cp, proto in bindings:
-                # Two bindings of one port clash on the same address, or when either takes every address.
-                other = next((o for (oh, oip, ohp, op), o in used.items()
-                              if (oh, ohp, op) == (h, hp, proto) and (not ip or not oip or ip == oip)), None)
-                if other:
-                    problems.append(
-                        f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {h} is"
-                        f" already published by service {other!r}; fix: give one of them another host port"
-                    )
-                used[(h, ip, hp, proto)] = replica
-            host = fleet.hosts[h]
-            if svc.wants_gpu:
-                if host.gpus is None:
-                    problems.append(
-                        f"{at('gpus')}: services.{name}.gpus: requests a GPU but host {h!r} lists no gpus:"
-                        + (f" (replica {replica}); fix: place the service on GPU hosts only" if replica != name
-                           else "; fix: set gpus: 0 or move the service to a GPU host")
-                    )
-                elif svc.gpus != "all" and int(svc.gpus) > host.gpus.count:
-                    problems.append(
-                        f"{at('gpus')}: services.{name}.gpus: requests {svc.gpus} GPUs but {h!r} has"
-                        f" {host.gpus.count}; fix: lower the request"
-                    )
+            problems += _replica_checks(fleet, name, svc, h, at, used)
         for i, vol in enumerate(svc.volumes):
             problem = contract.host_path_problem(vol.split(":")[0], fleet.defaults.host_paths)
             if problem:
@@ -92,6 +72,39 @@ def _cross_checks(fleet: Fleet, path: Path, lines: dict, invalid_hosts: set[str]
                 f"{at('health', 'port')}: services.{name}.health.port: {svc.health.port} is not one of"
                 f" the service's published host ports ({', '.join(svc.ports) or 'none'}); fix: publish"
                 " it under ports: or point health.port at a published host port"
+            )
+    return problems
+
+
+def _replica_checks(fleet: Fleet, name: str, svc: Service, h: str, at, used: dict[tuple[str, str, int, str], str]) -> list[str]:
+    """One replica on host `h`: its host ports clash with no other service's there (recorded in `used`); its GPUs exist."""
+    problems = []
+    replica = f"{name}@{h}" if fleet.replicated(name) else name
+    bindings = svc.port_bindings()
+    if svc.proxy is not None:  # the proxy holds this port on the host for the service
+        bindings = [*bindings, (svc.proxy.address, svc.proxy.listen_port, svc.proxy.port, "tcp")]
+    for ip, hp, _cp, proto in bindings:
+        # Two bindings of one port clash on the same address, or when either takes every address.
+        other = next((o for (oh, oip, ohp, op), o in used.items()
+                      if (oh, ohp, op) == (h, hp, proto) and (not ip or not oip or ip == oip)), None)
+        if other:
+            problems.append(
+                f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {h} is"
+                f" already published by service {other!r}; fix: give one of them another host port"
+            )
+        used[(h, ip, hp, proto)] = replica
+    host = fleet.hosts[h]
+    if svc.wants_gpu:
+        if host.gpus is None:
+            problems.append(
+                f"{at('gpus')}: services.{name}.gpus: requests a GPU but host {h!r} lists no gpus:"
+                + (f" (replica {replica}); fix: place the service on GPU hosts only" if replica != name
+                   else "; fix: set gpus: 0 or move the service to a GPU host")
+            )
+        elif svc.gpus != "all" and int(svc.gpus) > host.gpus.count:
+            problems.append(
+                f"{at('gpus')}: services.{name}.gpus: requests {svc.gpus} GPUs but {h!r} has"
+                f" {host.gpus.count}; fix: lower the request"
             )
     return problems
 
