@@ -84,3 +84,63 @@ def test_the_wheel_packages_leave_the_lab_out():
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert not any(p == "lab" or p.startswith("lab.") or ".lab" in p for p in tool["packages"]), tool["packages"]
     assert "lab" not in str(tool.get("package-data", {}))
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+# What is over a limit today and why it is not split now. An entry that is no longer over its
+# limit fails the test too, so the list only shrinks.
+LONG_MODULES = {
+    "playbooks/transport.py": "call_agent and AgentSession.call are to become one call path (issue 22); it shrinks with that",
+    "playbooks/images/build.py": "image builds, not the rollout path; the fetch of every lock a variant installs (issue 22) reworks it",
+    "playbooks/schema.py": "being extended now (engine: swarm, secrets as files); split into host/service/phase models after",
+}
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def _python_files() -> list[Path]:
+    return sorted(f for pkg in ("agent", "playbooks") for f in (ROOT / pkg).rglob("*.py"))
+
+
+def _functions(f: Path) -> list[tuple[str, int]]:
+    """(qualified name, lines from `def` to its last line, docstring included) of every function and method."""
+    out: list[tuple[str, int]] = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.append((prefix + child.name, child.end_lineno - child.lineno + 1))
+                walk(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, f"{prefix}{child.name}.")
+            else:
+                walk(child, prefix)
+
+    walk(ast.parse(f.read_text()), "")
+    return out
+
+
+def test_no_module_of_the_controller_or_the_agent_is_over_400_lines():
+    """A module a newcomer can read in one sitting (issue 22); split by what the pieces do, not by size alone."""
+    long = {str(f.relative_to(ROOT)): len(f.read_text().splitlines()) for f in _python_files()}
+    long = {k: n for k, n in long.items() if n > MAX_MODULE_LINES}
+    assert sorted(set(long) - set(LONG_MODULES)) == [], {k: long[k] for k in set(long) - set(LONG_MODULES)}
+    assert sorted(set(LONG_MODULES) - set(long)) == [], "no longer over the limit: remove from LONG_MODULES"
+
+
+def test_no_function_of_the_controller_or_the_agent_is_over_60_lines():
+    long = {f"{f.relative_to(ROOT)}::{name}": n for f in _python_files() for name, n in _functions(f) if n > MAX_FUNCTION_LINES}
+    assert sorted(set(long) - set(LONG_FUNCTIONS)) == [], {k: long[k] for k in set(long) - set(LONG_FUNCTIONS)}
+    assert sorted(set(LONG_FUNCTIONS) - set(long)) == [], "no longer over the limit: remove from LONG_FUNCTIONS"
+
+
+def test_the_limits_are_measured_the_way_they_read():
+    """The measure itself: a 61-line function and a method inside a class are found, a 60-line one is not."""
+    import tempfile
+
+    body = "\n".join(f"    x{i} = {i}" for i in range(59))
+    src = f"def ok():\n{body}\n\n\ndef long():\n{body}\n    y = 0\n\n\nclass K:\n    def m(self):\n{body.replace('    ', '        ')}\n        z = 1\n"
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "m.py"
+        f.write_text(src)
+        assert dict(_functions(f)) == {"ok": 60, "long": 61, "K.m": 61}
