@@ -24,7 +24,7 @@ def _version() -> str:
 
 
 def main() -> None:
-    from .taskkit import invoke, quiet_when_the_reader_leaves
+    from .taskkit import invoke, name_the_program, quiet_when_the_reader_leaves
     from .tasks import ns
 
     class Config(invoke.Config):
@@ -35,6 +35,7 @@ def main() -> None:
             print(f"fleetroll {_version()}")
 
     quiet_when_the_reader_leaves()
+    name_the_program(ns, "fleetroll")  # help and hints are written as `fab …`; here they say `fleetroll …`
     Fleetroll(name="fleetroll", namespace=ns, config_class=Config, binary="fleetroll", binary_names=["fleetroll"]).run()
 
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from .taskkit import Exit
+from .taskkit import Exit, as_run
 
 
 def ask_unless_yes(yes: bool, question: str) -> None:
@@ -58,7 +58,7 @@ def interrupted(message: str) -> None:
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C while this prints: out at once
     if sys.stderr.isatty():
         sys.stderr.write("\x1b[?25h")  # the live progress display hides the cursor; give it back
-    print(f"\n{message}", file=sys.stderr, flush=True)
+    print(f"\n{as_run(message)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(130)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -75,28 +76,63 @@ class FleetTask(invoke.Task):
         return opts
 
 
+# --- the program the operator ran ------------------------------------------------------
+
+_PROGRAM = ["fab"]  # `fab` in the repository (fabfile.py); playbooks/cli.py names it `fleetroll`
+_FAB_COMMAND = re.compile(r"(?<![\w./-])fab (?=[a-z`-])")
+
+
+def program() -> str:
+    """The command the operator ran: `fab` in the repository, `fleetroll` when installed."""
+    return _PROGRAM[0]
+
+
+def as_run(text: str) -> str:
+    """A help text or hint that says `fab TASK …`, in the words of the program that is running.
+
+    Task help, docstrings and error hints are written once, as `fab …`; the installed tool must
+    not tell its operator to run a command they may not have (issue 23).
+    """
+    if not text or program() == "fab":
+        return text
+    return _FAB_COMMAND.sub(f"{program()} ", text)
+
+
+def name_the_program(ns, name: str) -> None:
+    """Run as `name`: every task's docstring and option help, and every hint from here on, name it."""
+    _PROGRAM[0] = name
+    for t in ns.tasks.values():
+        t.__doc__ = as_run(t.__doc__ or "")
+        t.help = {k: as_run(v) for k, v in t.help.items()}
+    for sub in ns.collections.values():
+        name_the_program(sub, name)
+
+
 def one_line_errors(body):
     """Bad input (InventoryError) or a refused operation (RolloutError) ends the task as one line and exit 1.
 
     Both carry the operator's text already (an InventoryError one problem a line); a traceback
     would only bury it. Every task gets this through `task` below, so none repeats the except.
+    Every message that leaves a task this way names the program that ran (as_run).
     """
 
     @functools.wraps(body)
     def run(*args, **kwargs):
         try:
             return body(*args, **kwargs)
-        except Exit:
+        except Exit as exc:
+            if exc.message and as_run(exc.message) != exc.message:  # a hint naming `fab …`, run as another program
+                raise Exit(as_run(exc.message), code=exc.code) from None
             raise
         except RolloutError as exc:
-            raise Exit(str(exc), code=1) from None
+            raise Exit(as_run(str(exc)), code=1) from None
         except Exception as exc:
             # Imported here: the inventory module is loaded whenever one of its errors exists, and
             # importing it at the top would cost every command pydantic's start-up.
             from .inventory import InventoryError
 
             if isinstance(exc, InventoryError):
-                raise Exit(str(exc), code=1) from None
+                raise Exit(as_run(str(exc)), code=1) from None
             raise
 
     return run

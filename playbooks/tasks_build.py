@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .taskkit import Exit, task
+from .taskkit import Exit, as_run, task
 from .taskkit import load_inventory as _inventory
 from .taskkit import required as _required
 
@@ -91,7 +91,7 @@ def runbook(c, path, from_=None, yes=False, json=False):
     from . import runbook as rb
 
     if path in ("--help", "-h"):  # PATH is positional, so invoke hands --help to us as its value
-        render.say("Usage: fab runbook PATH [--from STEP] [--yes] [--json]\n\n  " + (runbook.__doc__ or "").strip() + "\n\nOptions:\n"
+        render.say(as_run("Usage: fab runbook PATH [--from STEP] [--yes] [--json]\n\n  ") + (runbook.__doc__ or "").strip() + "\n\nOptions:\n"
                    + "\n".join(f"  --{k:<6} {v}" for k, v in RUNBOOK_HELP.items() if k != "path"))
         return
     p = Path(path)

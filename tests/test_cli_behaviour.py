@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,42 @@ def fab(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, input=stdin)
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_task_help_prints_help_and_runs_nothing(task):
-    r = fab(task, "--help")
+FLEETROLL = str(Path(sys.executable).with_name("fleetroll"))
+INSTALLED_TASKS = sorted(ns.task_names)  # the installed command has no lab.* (fabfile.py adds those for `fab`)
+FAB_COMMAND = re.compile(r"(?<![\w./-])fab ")  # `fab status`, not `prefab ` or a path
+
+
+@pytest.mark.parametrize("argv", [[FAB, t] for t in TASKS] + [[FLEETROLL, t] for t in INSTALLED_TASKS],
+                         ids=lambda a: " ".join([Path(a[0]).name, *a[1:]]))
+def test_task_help_prints_help_and_runs_nothing(argv):
+    r = subprocess.run([*argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    program = Path(argv[0]).name
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "Usage: fab" in r.stdout and "Traceback" not in r.stderr
+    assert f"Usage: {program} " in r.stdout and "Traceback" not in r.stderr
+    if program == "fleetroll":  # the installed tool names itself, and the phases where they live now (issue 23)
+        assert not FAB_COMMAND.search(r.stdout + r.stderr), r.stdout
+        assert "playbooks/phases.yml" not in r.stdout + r.stderr, r.stdout
+
+
+def test_the_installed_commands_list_and_hints_name_it_and_fab_keeps_its_own():
+    for args in (["--list"], ["--help"]):
+        r = subprocess.run([FLEETROLL, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and not FAB_COMMAND.search(r.stdout), r.stdout
+    r = subprocess.run([FLEETROLL, "build"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--family is required, e.g. fleetroll build --family" in r.stderr, r.stderr
+    assert fab("build").stderr.strip() == "--family is required, e.g. fab build --family family-cpu-py311"
+    r = subprocess.run([FLEETROLL, "runbook", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.stdout.startswith("Usage: fleetroll runbook PATH"), r.stdout
+
+
+def test_a_hint_is_rewritten_only_where_it_names_the_fab_command(monkeypatch):
+    from playbooks import taskkit
+
+    text = "Stop rollouts until `fab thaw`; see fab versions, (fab status lists them); prefab x, ./fab y, fabric z"
+    assert taskkit.as_run(text) == text  # run as `fab`: unchanged
+    monkeypatch.setattr(taskkit, "_PROGRAM", ["fleetroll"])
+    assert taskkit.as_run(text) == ("Stop rollouts until `fleetroll thaw`; see fleetroll versions, (fleetroll status lists"
+                                    " them); prefab x, ./fab y, fabric z")
 
 
 @pytest.mark.parametrize("args,says", [
@@ -155,9 +187,8 @@ def test_a_filter_that_names_nothing_is_an_input_error_and_nothing_is_ledgered(a
     assert not led.exists() or led.read_text() == ""
 
 
-FLEETROLL = str(Path(sys.executable).with_name("fleetroll"))
 PIPE_COMMANDS = [[FAB, "--list"], [FLEETROLL, "--list"], [FLEETROLL, "--help"]] + [[FAB, t, "--help"] for t in TASKS] + [
-    [FLEETROLL, "status", "--help"]]
+    [FLEETROLL, t, "--help"] for t in INSTALLED_TASKS]
 
 
 @pytest.mark.parametrize("argv", PIPE_COMMANDS, ids=lambda a: " ".join([Path(a[0]).name, *a[1:]]))
