@@ -1,4 +1,7 @@
-"""Agent operations that change or report rollout state: rollout, status, journal, unlock.
+"""Agent operations on rollout state: rollout, journal (follow), status, unlock, prepare, freeze; and dispatch.
+
+dispatch() routes every operation but `facts` (answered by agent/__main__.py): the six above
+here; logs, details, versions, exec, prune and remove to agent/container_ops.py.
 
 A rollout runs in a detached grandchild process (its own session, no tie to the SSH
 channel) that holds the host's lock: the process the controller talks to only follows

@@ -1,4 +1,7 @@
-"""The planner: (inventory, phase, observed host state) -> plan. Pure; no I/O.
+"""The planner: (inventory, phase, observed host state) -> plan. Pure: no file, network or host I/O.
+
+Only two helpers read the world, for the plan's record: new_rollout_id() the clock and a random
+suffix, operator() who runs it (FLEETROLL_OPERATOR or the login name, and the host name).
 
 A plan says, per host and service, what runs now (tag@digest), what should run
 (tag@digest, resolved from the registry before anything changes), and the action:
