@@ -360,7 +360,8 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
 
 
 from .tasks_build import audit, build, runbook  # noqa: E402 - the images and runbook tasks
+from .tasks_swarm import swarm  # noqa: E402 - swarm.render (engine: swarm, docs/swarm.md)
 
-ns = Collection(preflight, rollout, rollback, restart, exec_, prune, remove, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook)
+ns = Collection(preflight, rollout, rollback, restart, exec_, prune, remove, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, swarm)
 # lab.* is not here: the lab is a sandbox of the repository, added by fabfile.py for `fab` alone (lab/tasks.py).
 

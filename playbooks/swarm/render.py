@@ -1,0 +1,247 @@
+"""inventory + phase -> a compose v3.8 stack for `docker stack deploy`. Pure: no host, no registry.
+
+The same inventory that fleetroll pushes over SSH, said in Swarm's words: image by digest,
+env (secret references as Swarm secrets, never values), host-mode ports (this kernel has no
+routing mesh), volumes under the same hard rules, user, GPUs, a healthcheck that judges
+`/health` as fleetroll's gate does, placement on node labels, and update/rollback settings
+from `update:`. What cannot be said exactly is said aloud in `notes`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import contract
+
+from ..inventory import Inventory, SecretRef
+
+VERSION = "3.8"
+STACK_PREFIX = "fr-"
+HOST_LABEL = "fleetroll.host"  # node label: the inventory's name for the host (both lab nodes share one hostname)
+MEMBER_LABEL = "fleetroll.member"  # node label: fleetroll formed and labelled this node
+GPU_LABEL = "fleetroll.gpu"  # node label: the host has the GPUs the inventory lists
+SECRET_PREFIX = "fr_"
+SECRETS_DIR = "/run/secrets"
+# Service labels fleetroll reads back: what the service was deployed as (the rollout's plan compares them).
+TAG_LABEL, DIGEST_LABEL, SPEC_LABEL = "io.fleetroll.tag", "io.fleetroll.digest", "io.fleetroll.spec-hash"
+PHASE_LABEL, SERVICE_LABEL = "io.fleetroll.phase", "io.fleetroll.service"
+RESTART = {"no": "none", "on-failure": "on-failure", "always": "any", "unless-stopped": "any"}
+
+# The gate's verdict inside the image: HTTP 200 and a JSON object whose status is "ok" (agent/health.py).
+PYTHON_PROBE = ("import json,sys,urllib.request as u\n"
+                "r=u.urlopen(sys.argv[1],timeout=float(sys.argv[2]))\n"
+                "b=json.loads(r.read(65536))\n"
+                "sys.exit(0 if r.status==200 and isinstance(b,dict) and b.get('status')=='ok' else 1)")
+# busybox sh + wget: wget fails on any status but 2xx; the body must carry "status":"ok" (with or without a space).
+WGET_PROBE = ('b=$(wget -q -T "$2" -O - "$1") || exit 1; case "$b" in *\'"status":"ok"\'*|*\'"status": "ok"\'*) exit 0;; esac;'
+              ' exit 1')
+
+
+class RenderError(Exception):
+    """The inventory says something Swarm cannot be given (a check at load should have caught it; this is the last word)."""
+
+
+@dataclass
+class Rendered:
+    stack: str
+    doc: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # Swarm secret name -> host-side secret file name
+    orders: dict[str, tuple[str, str]] = field(default_factory=dict)  # service -> (order, why)
+
+
+def stack_name(phase: str) -> str:
+    return f"{STACK_PREFIX}{phase}"
+
+
+def secret_name(name: str) -> str:
+    return f"{SECRET_PREFIX}{name}"
+
+
+def _seconds(v: float) -> str:
+    """Compose durations: '250ms' below a second, else '1.5s' (Swarm takes both)."""
+    return f"{round(v * 1000)}ms" if 0 < v < 1 else f"{v:g}s"
+
+
+def placement(inv: Inventory, service: str) -> tuple[dict[str, Any], list[str]]:
+    """(mode settings, constraints) that put one task on each of the service's hosts, by node label.
+
+    Swarm's constraints are ANDed: `hosts: [a, b]` becomes a global service on fleetroll's nodes
+    minus every other inventory host. Never node.hostname: nodes may share one.
+    """
+    fleet = inv.fleet
+    hosts = fleet.hosts_of(service)
+    constraints = [f"node.labels.{MEMBER_LABEL} == true"]
+    if not fleet.replicated(service):
+        constraints.append(f"node.labels.{HOST_LABEL} == {hosts[0]}")
+        mode: dict[str, Any] = {"mode": "replicated", "replicas": 1}
+    else:
+        constraints += [f"node.labels.{HOST_LABEL} != {h}" for h in fleet.hosts if h not in hosts]
+        mode = {"mode": "global"}
+    if fleet.services[service].wants_gpu:
+        constraints.append(f"node.labels.{GPU_LABEL} == true")
+    return mode, constraints
+
+
+def update_order(inv: Inventory, service: str) -> tuple[str, str]:
+    """start-first or stop-first, and why: a host-mode port cannot be held by two tasks at once."""
+    svc = inv.fleet.services[service]
+    wanted = svc.update.order if svc.update else "auto"
+    if wanted != "auto":
+        return wanted, f"update.order: {wanted}"
+    if svc.ports:
+        return "stop-first", "auto: it publishes a host-mode port, which the new task cannot take while the old one holds it"
+    if svc.wants_gpu:
+        return "stop-first", "auto: it uses a GPU and Swarm cannot check the card has room for a second copy"
+    return "start-first", "auto: no host port and no GPU, so the new task starts beside the old one"
+
+
+def healthcheck(inv: Inventory, service: str) -> dict[str, Any]:
+    """Swarm's healthcheck from `health:`: probed inside the container, on the container's port."""
+    svc = inv.fleet.services[service]
+    h = svc.health
+    port = next((cp for hp, cp, _p in svc.port_pairs() if hp == h.port), h.port)
+    url = f"http://127.0.0.1:{port}{h.path}"
+    timeout = min(2.0, max(h.interval * 4, 1.0))
+    if inv.fleet.swarm.healthcheck == "python":
+        test = ["CMD", "python3", "-c", PYTHON_PROBE, url, f"{timeout:g}"]
+    else:
+        test = ["CMD", "/bin/sh", "-c", WGET_PROBE, "probe", url, f"{timeout:g}"]
+    return {"test": test, "interval": _seconds(h.interval), "timeout": _seconds(timeout), "retries": 3,
+            "start_period": _seconds(h.healthy_deadline)}
+
+
+def update_settings(inv: Inventory, phase: str, service: str, order: str) -> tuple[dict, dict]:
+    """update_config and rollback_config from `update:` (Nomad's words -> Swarm's) and `health.min_healthy_time`."""
+    svc = inv.fleet.services[service]
+    u = inv.phase(phase).update or svc.update
+    parallelism = u.max_parallel if u else 0  # 0: every task at once, as fleetroll's SSH push does without batches
+    monitor = _seconds(svc.health.min_healthy_time) if svc.health.min_healthy_time else "0s"
+    update = {"parallelism": parallelism, "delay": "0s", "failure_action": "rollback", "monitor": monitor,
+              "max_failure_ratio": 0, "order": order}
+    rollback = {"parallelism": parallelism, "delay": "0s", "failure_action": "pause", "monitor": monitor,
+                "max_failure_ratio": 0, "order": order}
+    return update, rollback
+
+
+def _env_and_secrets(inv: Inventory, service: str, out: Rendered) -> tuple[dict[str, str], list[dict]]:
+    fleet, svc = inv.fleet, inv.fleet.services[service]
+    uid, gid = svc.user.split(":")
+    env: dict[str, str] = {}
+    mounts: list[dict] = []
+    for key, value in svc.env.items():
+        if isinstance(value, SecretRef):
+            name = secret_name(value.secret)
+            out.secrets[name] = value.secret
+            # A Swarm secret is a file, not an env value: the service reads <KEY>_FILE (the usual convention).
+            env[f"{key}_FILE"] = f"{SECRETS_DIR}/{value.secret}"
+            mounts.append({"source": name, "target": value.secret, "uid": uid, "gid": gid, "mode": 0o400})
+        else:
+            env[key] = str(value)
+    env["FLEETROLL_SERVICE"] = service
+    if not fleet.replicated(service):
+        env["FLEETROLL_HOST"] = fleet.hosts_of(service)[0]
+    url = inv.collector_url()
+    if url:
+        env["FLEETROLL_COLLECTOR_URL"] = url
+        note = ("no start-up report keys: each is derived per host and digest on the host (agent/secrets.py), which"
+                " Swarm cannot do yet; the services' start-up reports are not authenticated")
+        if note not in out.notes:
+            out.notes.append(note)
+    return env, mounts
+
+
+def _volumes(inv: Inventory, service: str, named: dict[str, dict]) -> list[dict]:
+    out = []
+    for item in inv.fleet.services[service].volumes:
+        parts = item.split(":")
+        src, target, ro = parts[0], parts[1], len(parts) > 2 and parts[2] == "ro"
+        if src.startswith("/"):
+            # The hard rules of the SSH push, applied again here (agent/contract.py), not a copy of them.
+            problem = contract.host_path_problem(src, inv.fleet.defaults.host_paths)
+            if problem:
+                raise RenderError(f"services.{service}.volumes: {problem}")
+            out.append({"type": "bind", "source": src, "target": target, "read_only": ro})
+        else:
+            named[src] = {"name": src}  # the same volume the SSH push uses on the node, not <stack>_<name>
+            out.append({"type": "volume", "source": src, "target": target, "read_only": ro})
+    return out
+
+
+def service_hash(entry: dict[str, Any]) -> str:
+    """Identity of a rendered service (image digest included), labels aside: equal hash, nothing to update."""
+    body = {k: v for k, v in entry.items() if k != "deploy"}
+    body["deploy"] = {k: v for k, v in entry.get("deploy", {}).items() if k != "labels"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _service(inv: Inventory, phase: str, name: str, digest: str, out: Rendered, named: dict[str, dict]) -> dict[str, Any]:
+    """One service of the stack; what cannot be said exactly goes to out.notes."""
+    fleet, svc = inv.fleet, inv.fleet.services[name]
+    if fleet.is_proxy(name) or svc.proxy is not None:
+        raise RenderError(f"services.{name}: the reverse proxy and the services behind it are not built for Swarm yet;"
+                          " publish ports: instead, or keep the phase on engine: ssh")
+    bound = [p for p in svc.port_bindings() if p[0]]
+    if bound:
+        raise RenderError(f"services.{name}.ports: Swarm publishes on every address; {bound[0][0]} cannot be kept")
+    image = f"{inv.image_ref(name)}@{digest}" if digest else inv.image_ref(name)
+    if not digest:
+        out.notes.append(f"{name}: image by tag ({svc.tag}): no digest resolved; a rollout always deploys by digest")
+    order, why = update_order(inv, name)
+    out.orders[name] = (order, why)
+    mode, constraints = placement(inv, name)
+    update, rollback = update_settings(inv, phase, name, order)
+    env, secret_mounts = _env_and_secrets(inv, name, out)
+    entry: dict[str, Any] = {
+        "image": image,
+        "user": svc.user,
+        "environment": env,
+        "healthcheck": healthcheck(inv, name),
+        "stop_grace_period": f"{svc.stop_timeout}s",
+        "deploy": {
+            **mode,
+            "endpoint_mode": "dnsrr",  # no VIP: this kernel has no IPVS (docs/swarm.md)
+            "placement": {"constraints": constraints},
+            "update_config": update,
+            "rollback_config": rollback,
+            "restart_policy": {"condition": RESTART[svc.restart]},
+        },
+    }
+    if svc.ports:
+        entry["ports"] = [{"target": cp, "published": hp, "protocol": proto, "mode": "host"} for hp, cp, proto in svc.port_pairs()]
+    vols = _volumes(inv, name, named)
+    if vols:
+        entry["volumes"] = vols
+    if secret_mounts:
+        entry["secrets"] = secret_mounts
+    if svc.wants_gpu:
+        env["NVIDIA_VISIBLE_DEVICES"] = "all" if svc.gpus == "all" else ",".join(str(i) for i in range(int(svc.gpus)))
+        out.notes.append(f"{name}: GPU by node label {GPU_LABEL} and NVIDIA_VISIBLE_DEVICES; Swarm has no --gpus, so the"
+                         " node's dockerd must run nvidia as its default runtime")
+    entry["deploy"]["labels"] = {TAG_LABEL: svc.tag, DIGEST_LABEL: digest, PHASE_LABEL: phase, SERVICE_LABEL: name,
+                                 SPEC_LABEL: service_hash(entry)}
+    return entry
+
+
+def render(inv: Inventory, phase: str, digests: dict[str, str] | None = None) -> Rendered:
+    """The phase's stack. `digests` ({service: sha256:...}) pins images; a service without one is deployed by tag."""
+    digests = digests or {}
+    out = Rendered(stack_name(phase), {})
+    named: dict[str, dict] = {}
+    services = {name: _service(inv, phase, name, digests.get(name, ""), out, named) for name in inv.phase(phase).services}
+    out.doc = {"version": VERSION, "services": services}
+    if named:
+        out.doc["volumes"] = named
+    if out.secrets:
+        out.doc["secrets"] = {n: {"external": True} for n in out.secrets}
+    return out
+
+
+def to_yaml(r: Rendered) -> str:
+    import yaml
+
+    head = "".join(f"# note: {n}\n" for n in r.notes)
+    return f"# stack {r.stack}: docker stack deploy -c FILE {r.stack}\n{head}" + yaml.safe_dump(r.doc, sort_keys=False)
