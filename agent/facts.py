@@ -110,9 +110,10 @@ def disk_free(path: str) -> dict[str, Any]:
 
 
 def docker_client(timeout: float = 10.0):
-    import docker
+    """The local Docker daemon as an SDK-shaped client (agent/dockerapi.py); UnsupportedDockerHost for a tcp:// DOCKER_HOST."""
+    from . import dockerapi, engine
 
-    return docker.from_env(timeout=timeout)
+    return dockerapi.DockerClient(engine.require_engine(timeout))
 
 
 def up_seconds(started_at: str, now: float) -> float | None:
@@ -163,13 +164,13 @@ def proxy_view() -> dict[str, Any]:
 
 
 def docker_facts() -> dict[str, Any]:
-    """Daemon version, data root, runtimes and fleetroll's containers (full inspect each), read without the SDK."""
+    """Daemon version, data root, runtimes and fleetroll's containers (full inspect each), read over the Engine API."""
     from . import engine
 
     try:
         eng = engine.open_engine()
-        if eng is None:  # a tcp:// or ssh:// DOCKER_HOST: the SDK speaks those
-            return _docker_facts_sdk()
+        if eng is None:  # a tcp:// or ssh:// DOCKER_HOST: not spoken (engine.py says why)
+            return {"ok": False, "error": engine.unsupported_host_message()}
         with eng:
             version = eng.get("/version")
             info = eng.get("/info")
@@ -197,20 +198,12 @@ def _facts(version: dict, info: dict, containers: list[dict]) -> dict[str, Any]:
     }
 
 
-def _docker_facts_sdk() -> dict[str, Any]:
-    client = docker_client()
-    containers = [summarize_container(c.attrs) for c in client.containers.list(all=True, filters={"label": contract.MANAGED})]
-    return _facts(client.version(), client.info(), containers)
-
-
 def config_diffs(specs: dict[str, dict]) -> dict[str, list[str]]:
     """Per planned service: how its running container's configuration differs from the plan (names only, no values)."""
     from . import container_args, engine, proxy
 
     specs = {name: proxy.host_spec(spec, create=False) for name, spec in specs.items()}
-    eng = engine.open_engine()
-    if eng is None:
-        return _config_diffs_sdk(specs)
+    eng = engine.require_engine()
     out: dict[str, list[str]] = {}
     with eng:
         for name, spec in specs.items():
@@ -230,26 +223,6 @@ def config_diffs(specs: dict[str, dict]) -> dict[str, list[str]]:
 
 def _env_of(image_attrs: dict) -> dict[str, str]:
     return dict(e.partition("=")[::2] for e in (image_attrs.get("Config") or {}).get("Env") or [])
-
-
-def _config_diffs_sdk(specs: dict[str, dict]) -> dict[str, list[str]]:
-    import docker.errors
-
-    from . import container_args
-
-    client = docker_client()
-    out: dict[str, list[str]] = {}
-    for name, spec in specs.items():
-        try:
-            c = client.containers.get(name)
-        except docker.errors.NotFound:
-            continue
-        try:
-            image_env = _env_of(client.images.get(c.attrs["Image"]).attrs)
-        except docker.errors.ImageNotFound:
-            image_env = {}
-        out[name] = container_args.diff(container_args.from_inspect(c.attrs), spec, image_env)
-    return out
 
 
 def nvidia_runtime(runtimes: list[str]) -> dict[str, Any]:

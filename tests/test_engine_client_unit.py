@@ -1,0 +1,345 @@
+"""The agent's Docker client (agent/dockerapi.py over agent/engine.py) against a small fake Engine API on a unix socket.
+
+Why a fake daemon here: the lab tests run the same calls against real dockerd; this one
+shows, call by call, what goes on the wire (the create body, stop's `t`, a rename's name)
+and what comes back — a pull whose progress stream ends in an error line, a 404, a 409 —
+which a real daemon does not produce on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socketserver
+import struct
+import tempfile
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from agent import container_args, dockerapi, engine
+from agent.docker_errors import APIError, DaemonUnreachable, ImageNotFound, NotFound
+from agent.motion import transient
+
+DIGEST = "sha256:" + "d" * 64
+IMAGE_ID = "sha256:" + "1" * 64
+
+
+def frame(kind: int, data: bytes) -> bytes:
+    return struct.pack(">BxxxL", kind, len(data)) + data
+
+
+class State:
+    """What the fake daemon holds: containers by id, images by reference, networks, and every request it saw."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, dict] = {}
+        self.images: dict[str, dict] = {}
+        self.networks: list[dict] = [{"Name": "fleetroll-proxy-2", "Id": "n0"}]
+        self.seen: list[tuple[str, str, dict, object]] = []  # method, path, query, JSON body
+
+    def find(self, ref: str) -> dict | None:
+        return self.containers.get(ref) or next((c for c in self.containers.values() if c["Name"] == "/" + ref), None)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: State
+
+    def log_message(self, *a) -> None:
+        pass
+
+    def address_string(self) -> str:  # a unix socket has no peer address
+        return "unix"
+
+    def reply(self, status: int, body: object = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def error(self, status: int, message: str) -> None:
+        self.reply(status, {"message": message})
+
+    def chunked(self, pieces: list[bytes], content_type: str = "application/vnd.docker.multiplexed-stream") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for p in pieces:
+            self.wfile.write(f"{len(p):x}\r\n".encode() + p + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def handle_one(self, method: str) -> None:
+        u = urllib.parse.urlsplit(self.path)
+        q = {k: v[0] for k, v in urllib.parse.parse_qs(u.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        path = urllib.parse.unquote(u.path)
+        self.state.seen.append((method, path, q, body))
+        st = self.state
+        parts = path.strip("/").split("/")
+        if (method, path) == ("POST", "/containers/create"):
+            if st.find(q["name"]):
+                return self.error(409, f'Conflict. The container name "/{q["name"]}" is already in use by container "c1".'
+                                       " You have to remove (or rename) that container to be able to reuse that name.")
+            if body["Image"] not in st.images:
+                return self.error(404, f"No such image: {body['Image']}")
+            cid = f"{len(st.containers) + 1:064x}"
+            st.containers[cid] = {"Id": cid, "Name": "/" + q["name"], "Config": {k: body.get(k) for k in ("Image", "User", "Env", "Labels")},
+                                  "HostConfig": body["HostConfig"], "State": {"Status": "created", "Running": False}}
+            return self.reply(201, {"Id": cid, "Warnings": []})
+        if (method, path) == ("GET", "/containers/json"):
+            return self.reply(200, [{"Id": cid} for cid in st.containers] + [{"Id": "f" * 64}])  # the last: gone by the inspect
+        if (method, path) == ("POST", "/images/create"):
+            ref = f"{q['fromImage']}@{q['tag']}"
+            if "missing" in q["fromImage"]:
+                return self.error(404, f"pull access denied for {q['fromImage']}, repository does not exist or may require"
+                                       " 'docker login'")
+            lines = [{"status": f"Pulling from {q['fromImage']}", "id": q["tag"]}]
+            if "broken" in q["fromImage"]:
+                lines.append({"errorDetail": {"message": "unexpected EOF"}, "error": "unexpected EOF"})
+            else:
+                st.images[ref] = {"Id": IMAGE_ID, "RepoTags": [], "RepoDigests": [ref]}
+                lines.append({"status": f"Digest: {q['tag']}"})
+            return self.chunked([json.dumps(x).encode() + b"\r\n" for x in lines], "application/json")
+        if parts[0] == "images" and parts[-1] == "tag" and method == "POST":
+            img = next((i for i in st.images.values() if i["Id"] == "/".join(parts[1:-1])), None)
+            if img is None:
+                return self.error(404, f"No such image: {'/'.join(parts[1:-1])}")
+            img.setdefault("RepoTags", []).append(f"{q['repo']}:{q['tag']}")
+            return self.reply(201)
+        if parts[0] == "images" and parts[-1] == "json" and method == "GET":
+            ref = "/".join(parts[1:-1])
+            img = st.images.get(ref) or next((i for i in st.images.values() if i["Id"] == ref), None)
+            return self.reply(200, img) if img else self.error(404, f"No such image: {ref}")
+        if parts[0] == "networks":
+            if method == "POST":
+                st.networks.append({"Name": body["Name"], "Id": "n1", "Labels": body["Labels"]})
+                return self.reply(201, {"Id": "n1", "Warning": ""})
+            wanted = json.loads(q.get("filters") or "{}").get("name") or []
+            return self.reply(200, [n for n in st.networks if any(w in n["Name"] for w in wanted)])  # Docker: a part matches
+        if parts[0] == "exec":
+            if parts[-1] == "start":  # hijacked: the raw stream, then the connection closes (no length, no chunks)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.docker.raw-stream")
+                self.end_headers()
+                self.wfile.write(frame(1, b"out 1\n") + frame(2, b"err\n") + frame(1, b"out 2\n"))
+                self.close_connection = True
+                return None
+            return self.reply(200, {"ExitCode": 3, "Running": False})
+        c = st.find(parts[1]) if parts[0] == "containers" and len(parts) > 1 else None
+        if c is None:
+            return self.error(404, f"No such container: {parts[1] if len(parts) > 1 else path}")
+        what = parts[2] if len(parts) > 2 else ""
+        if method == "GET" and what == "json":
+            return self.reply(200, c)
+        if what == "start":
+            c["State"] = {"Status": "running", "Running": True}
+            return self.reply(204)
+        if what == "stop":
+            if not c["State"]["Running"]:
+                return self.reply(304)
+            c["State"] = {"Status": "exited", "Running": False, "ExitCode": 0}
+            return self.reply(204)
+        if what == "rename":
+            if st.find(q["name"]):
+                return self.error(409, f'Conflict. The container name "/{q["name"]}" is already in use by container'
+                                       f' "{st.find(q["name"])["Id"]}". You have to remove (or rename) that container to be'
+                                       " able to reuse that name.")
+            c["Name"] = "/" + q["name"]
+            return self.reply(204)
+        if what == "update":
+            c["HostConfig"]["RestartPolicy"] = body["RestartPolicy"]
+            return self.reply(200, {"Warnings": []})
+        if what == "logs":  # frames cut across chunk boundaries, as a stream may deliver them
+            data = frame(1, b"line one\n") + frame(2, b"oops\n") + frame(1, b"line two\n")
+            return self.chunked([data[:5], data[5:17], data[17:]])
+        if what == "exec":
+            return self.reply(201, {"Id": "e1"})
+        if method == "DELETE":
+            if c["State"]["Running"] and q.get("force") != "1":
+                return self.error(409, f"You cannot remove a running container {c['Id']}. Stop the container before"
+                                       " attempting removal or force remove")
+            del st.containers[c["Id"]]
+            return self.reply(204)
+        return self.error(500, f"the fake daemon does not know {method} {path}")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.handle_one("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.handle_one("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.handle_one("DELETE")
+
+
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def fake():
+    """(client, state): a fake daemon on a unix socket in a short temp dir (a socket path has ~100 bytes at most)."""
+    d = tempfile.mkdtemp(prefix="fre-", dir="/tmp")
+    state = State()
+    handler = type("H", (Handler,), {"state": state})
+    server = UnixServer(f"{d}/docker.sock", handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield dockerapi.DockerClient(engine.Engine(f"{d}/docker.sock", timeout=5)), state
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(d)
+
+
+ARGS = {"image": f"reg:5000/lab/svc@{DIGEST}", "name": "svc", "user": "10001:10001", "env": {"MACHINE": "mainpc", "N": 1},
+        "labels": {"io.fleetroll.managed": "true"}, "ports": {"8080/tcp": "8001", "9090": "127.0.0.1:9091"},
+        "binds": ["/srv/data:/data:ro", "/srv/cache:/cache"], "restart": "unless-stopped", "gpus": -1, "stop_timeout": 7,
+        "network": "fleetroll-proxy"}
+
+
+def create(client, args=ARGS) -> str:
+    ckw, hkw = container_args.api_kwargs(args)
+    return client.api.create_container(**ckw, host_config=client.api.create_host_config(**hkw))["Id"]
+
+
+def test_create_start_stop_rename_as_the_transaction_calls_them(fake):
+    client, st = fake
+    st.images[ARGS["image"]] = {"Id": IMAGE_ID}
+    cid = create(client)
+    method, path, q, body = st.seen[-1]
+    assert (method, path, q["name"]) == ("POST", "/containers/create", "svc")
+    assert body["Image"] == ARGS["image"] and body["User"] == "10001:10001" and body["StopTimeout"] == 7
+    assert body["Env"] == ["MACHINE=mainpc", "N=1"] and body["ExposedPorts"] == {"8080/tcp": {}, "9090/tcp": {}}
+    assert body["HostConfig"] == {
+        "NetworkMode": "fleetroll-proxy", "RestartPolicy": {"Name": "unless-stopped"},
+        "Binds": ["/srv/data:/data:ro", "/srv/cache:/cache:rw"],
+        "PortBindings": {"8080/tcp": [{"HostIp": "", "HostPort": "8001"}], "9090/tcp": [{"HostIp": "127.0.0.1", "HostPort": "9091"}]},
+        "DeviceRequests": [{"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}]}
+    c = client.containers.get("svc")
+    assert (c.id, c.name, c.labels, c.status) == (cid, "svc", {"io.fleetroll.managed": "true"}, "created")
+    c.start()
+    c.reload()
+    assert c.status == "running" and c.attrs["State"]["Running"]
+    c.update(restart_policy={"Name": "no"})
+    assert st.seen[-1][3] == {"RestartPolicy": {"Name": "no"}}
+    c.stop(timeout=3)
+    assert st.seen[-1][:3] == ("POST", f"/containers/{cid}/stop", {"t": "3"})
+    c.stop(timeout=3)  # already stopped: Docker's 304 is no error
+    c.rename("svc--kept-1")
+    assert client.containers.get("svc--kept-1").id == cid
+    with pytest.raises(NotFound):
+        client.containers.get("svc")
+    c.remove(force=True)
+    assert st.seen[-1][:3] == ("DELETE", f"/containers/{cid}", {"v": "0", "link": "0", "force": "1"}) and not st.containers
+
+
+def test_the_create_body_is_the_one_the_docker_sdk_sent():
+    """host_config/container_config give the JSON the SDK's create_host_config/create_container gave for the same kwargs."""
+    docker = pytest.importorskip("docker")
+    sdk = docker.APIClient(base_url="unix:///nonexistent", version="1.41")
+    for args in (ARGS, {**ARGS, "binds": [], "ports": {}, "restart": "no", "gpus": 0, "network": ""},
+                 {**ARGS, "gpus": 2, "restart": "always", "ports": {"8080": "8002"}}):
+        ckw, hkw = container_args.api_kwargs(args)
+        assert dockerapi.host_config(**hkw) == dict(sdk.create_host_config(**hkw)), args
+        theirs = sdk.create_container_config(ckw.pop("image"), None, host_config=sdk.create_host_config(**hkw), **{
+            k: v for k, v in ckw.items() if k != "name"})
+        mine = dockerapi.container_config(args["image"], host_config=dockerapi.host_config(**hkw), **{
+            k: v for k, v in ckw.items() if k != "name"})
+        assert mine == {k: v for k, v in theirs.items() if v is not None}, args
+
+
+def test_a_404_is_not_found_and_an_image_404_is_image_not_found(fake):
+    client, _ = fake
+    with pytest.raises(NotFound) as exc:
+        client.containers.get("nothing")
+    assert not isinstance(exc.value, ImageNotFound)
+    assert exc.value.status == 404 and exc.value.explanation == "No such container: nothing"
+    with pytest.raises(ImageNotFound) as img:
+        client.images.get(f"reg:5000/lab/svc@{DIGEST}")
+    assert img.value.explanation == f"No such image: reg:5000/lab/svc@{DIGEST}"
+    with pytest.raises(ImageNotFound):  # create from an image that is not here: the daemon's 404 names the image
+        create(client)
+
+
+def test_a_409_is_an_api_error_with_the_daemons_message(fake):
+    client, st = fake
+    st.images[ARGS["image"]] = {"Id": IMAGE_ID}
+    create(client)
+    other = create(client, {**ARGS, "name": "other", "ports": {}})
+    with pytest.raises(APIError) as exc:
+        client.containers.get(other).rename("svc")
+    assert exc.value.status == 409 and not isinstance(exc.value, NotFound)
+    assert exc.value.explanation.startswith('Conflict. The container name "/svc" is already in use')
+    assert transient(exc.value)  # Docker's "conflict" while a container is in motion: the transaction retries it
+    with pytest.raises(APIError, match="already in use"):
+        create(client)
+    c = client.containers.get("svc")
+    c.start()
+    with pytest.raises(APIError, match="You cannot remove a running container") as rm:
+        c.remove()
+    assert rm.value.status == 409 and not transient(rm.value)
+
+
+def test_pull_by_digest_reads_the_stream_and_an_error_line_is_an_error(fake):
+    client, st = fake
+    img = client.images.pull("reg:5000/lab/svc", tag=DIGEST)
+    assert img.id == IMAGE_ID
+    assert st.seen[0][:3] == ("POST", "/images/create", {"fromImage": "reg:5000/lab/svc", "tag": DIGEST})
+    assert st.seen[-1][:2] == ("GET", f"/images/reg:5000/lab/svc@{DIGEST}/json")
+    img.tag("reg:5000/lab/svc", "20261101-aaaaaaa-prev")
+    assert st.seen[-1][2] == {"repo": "reg:5000/lab/svc", "tag": "20261101-aaaaaaa-prev"}
+    assert client.images.get(IMAGE_ID).tags == ["reg:5000/lab/svc:20261101-aaaaaaa-prev"]
+    with pytest.raises(APIError) as exc:
+        client.images.pull("reg:5000/lab/broken", tag=DIGEST)
+    assert exc.value.explanation == "unexpected EOF" and not isinstance(exc.value, NotFound)
+    with pytest.raises(ImageNotFound, match="repository does not exist"):
+        client.images.pull("reg:5000/lab/missing", tag=DIGEST)
+
+
+def test_logs_and_exec_read_dockers_multiplexed_streams(fake):
+    client, st = fake
+    st.images[ARGS["image"]] = {"Id": IMAGE_ID}
+    create(client)
+    c = client.containers.get("svc")
+    assert c.logs(tail=20) == b"line one\noops\nline two\n"
+    assert st.seen[-1][2] == {"stdout": "1", "stderr": "1", "timestamps": "0", "tail": "20", "follow": "0"}
+    assert b"".join(c.logs(stream=True, follow=True, since=1700000000.5, timestamps=True)) == b"line one\noops\nline two\n"
+    assert st.seen[-1][2]["follow"] == "1" and st.seen[-1][2]["since"] == "1700000000.500000"
+    res = c.exec_run(["id", "-u"], demux=True)
+    assert res.exit_code == 3 and res.output == (b"out 1\nout 2\n", b"err\n")
+    assert [s[:2] for s in st.seen[-3:]] == [("POST", f"/containers/{c.id}/exec"), ("POST", "/exec/e1/start"), ("GET", "/exec/e1/json")]
+    assert st.seen[-3][3]["Cmd"] == ["id", "-u"] and st.seen[-3][3]["User"] == ""
+
+
+def test_list_filters_and_networks_by_exact_name(fake):
+    client, st = fake
+    st.images[ARGS["image"]] = {"Id": IMAGE_ID}
+    cid = create(client)
+    listed = client.containers.list(all=True, filters={"label": ["io.fleetroll.managed", "io.fleetroll.service=svc"]})
+    assert [c.id for c in listed] == [cid]  # the one removed between list and inspect is not there
+    assert json.loads(st.seen[1][2]["filters"]) == {"label": ["io.fleetroll.managed", "io.fleetroll.service=svc"]}
+    assert st.seen[1][2]["all"] == "1"
+    assert client.networks.list(names=["fleetroll-proxy"]) == []  # Docker's filter matched fleetroll-proxy-2 too
+    client.networks.create("fleetroll-proxy", driver="bridge", labels={"io.fleetroll.managed": "true"})
+    assert [n.name for n in client.networks.list(names=["fleetroll-proxy"])] == ["fleetroll-proxy"]
+
+
+def test_no_daemon_is_unreachable_and_a_tcp_docker_host_is_refused_by_name(tmp_path, monkeypatch):
+    client = dockerapi.DockerClient(engine.Engine(str(tmp_path / "none.sock"), timeout=1))
+    with pytest.raises(DaemonUnreachable, match="cannot reach the Docker daemon at"):
+        client.containers.get("svc")
+    from agent import facts
+
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
+    with pytest.raises(Exception, match="unix socket only") as exc:
+        facts.docker_client()
+    assert "DOCKER_HOST='tcp://10.0.0.1:2375'" in str(exc.value)
+    assert facts.docker_facts() == {"ok": False, "error": str(exc.value)}
