@@ -13,6 +13,7 @@ from typing import Any
 
 from . import journal
 from .answer import answer
+from .docker_errors import APIError, ImageNotFound, NotFound
 from .paths import state_dir
 
 _answer = answer
@@ -38,15 +39,13 @@ def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     if args.get("agent"):
         path = state_dir() / "agent.log"
         return _answer("logs", True, "", {"path": str(path), "lines": _last_lines(path, tail)})
-    import docker.errors
-
     from .facts import docker_client
 
     service = args.get("service", "")
     since = int(time.time() - float(args["since_s"])) if args.get("since_s") else None
     try:
         c = docker_client(timeout=60 if not args.get("follow") else 86400).containers.get(service)
-    except docker.errors.NotFound:
+    except NotFound:
         return _answer("logs", False, f"no container named {service!r} on this host")
     kw = {"tail": tail, "timestamps": bool(args.get("timestamps")), **({"since": since} if since else {})}
     if not args.get("follow"):
@@ -81,13 +80,11 @@ def _next_run(c, grace_s: float = 2.0) -> str:
     Restarting (Docker's back-off) is waited out; "exited" gets `grace_s` to turn into restarting
     (the restart manager flags it a moment after the exit); removed is "removed".
     """
-    import docker.errors
-
     exited_since = None
     while True:
         try:
             c.reload()
-        except docker.errors.NotFound:
+        except NotFound:
             return "removed"
         state = c.attrs.get("State") or {}
         if state.get("Running") and not state.get("Restarting"):
@@ -103,8 +100,6 @@ def _next_run(c, grace_s: float = 2.0) -> str:
 
 def details_op(args: dict[str, Any]) -> dict:
     """Per service: its container as Docker sees it, any kept container, and whether its -prev pin is still here."""
-    import docker.errors
-
     from . import container_args, contract
     from .facts import docker_client, summarize_container
 
@@ -127,7 +122,7 @@ def details_op(args: dict[str, Any]) -> dict:
             try:
                 client.images.get(f"{repos[svc]}:{prev_tag}")
                 pinned = True
-            except docker.errors.ImageNotFound:
+            except ImageNotFound:
                 pinned = False
             entry["prev"] = {"tag": prev_tag, "digest": prev_digest, "pinned": pinned}
         slot = out.setdefault(svc, {"container": None, "kept": []})
@@ -149,20 +144,18 @@ def versions_op(args: dict[str, Any]) -> dict:
     rows = versions.list_versions(service)
     running: dict[str, Any] = {}
     try:
-        import docker.errors
-
         client = docker_client()
         try:
             labels = client.containers.get(service).labels or {}
             running = {"tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, ""),
                        "rollout_id": labels.get(contract.ROLLOUT_ID, "")}
-        except docker.errors.NotFound:
+        except NotFound:
             pass
         for r in rows:
             try:
                 client.images.get(r["image"])
                 r["image_present"] = True
-            except docker.errors.ImageNotFound:
+            except ImageNotFound:
                 r["image_present"] = False
     except Exception as exc:  # noqa: BLE001 - the journal's record stands without Docker's view
         return _answer("versions", True, f"Docker not reachable, image presence unknown: {str(exc)[:200]}",
@@ -174,8 +167,6 @@ def versions_op(args: dict[str, Any]) -> dict:
 
 def exec_op(args: dict[str, Any]) -> dict:
     """Run one command in a service's container: argv as given (no shell anywhere), output capped, its exit code back."""
-    import docker.errors
-
     from . import contract
     from .facts import docker_client
 
@@ -188,7 +179,7 @@ def exec_op(args: dict[str, Any]) -> dict:
         return _answer("exec", False, f"exec runs as {service}'s own user; a user of its choosing ({args['user']!r}) is refused")
     try:
         c = docker_client(timeout=float(args.get("timeout") or 300)).containers.get(service)
-    except docker.errors.NotFound:
+    except NotFound:
         return _answer("exec", False, f"no container named {service!r} on this host")
     if (c.labels or {}).get(contract.MANAGED) != "true":
         return _answer("exec", False, f"{service!r} was not started by fleetroll; not running commands in it")
@@ -209,8 +200,6 @@ def prune_op(args: dict[str, Any]) -> dict:
     here. Only images of the repositories the inventory names are considered: anything else
     on the host is not fleetroll's to remove.
     """
-    import docker.errors
-
     from . import versions
     from .facts import docker_client
 
@@ -245,9 +234,9 @@ def prune_op(args: dict[str, Any]) -> dict:
             removed.append({"image": img.id[:19], "names": ours[:3], "size": img.attrs.get("Size", 0)})
             try:
                 client.images.get(img.id)
-            except docker.errors.ImageNotFound:
+            except ImageNotFound:
                 freed += int(img.attrs.get("Size", 0))
-        except docker.errors.APIError as exc:
+        except APIError as exc:
             failed.append({"image": img.id[:19], "names": ours[:3], "error": str(getattr(exc, "explanation", exc))[:200]})
     return _answer("prune", not failed, "", {"removed": removed, "kept": kept, "failed": failed, "freed_bytes": freed},
                    changed=bool(removed) and not args.get("dry_run"))
@@ -260,9 +249,7 @@ def remove_op(args: dict[str, Any]) -> dict:
     controller refuses a service the inventory still places on the host. Journalled here
     like a transaction (accepted, removed, done), so the host's record says who removed what.
     """
-    import docker.errors
-
-    from . import contract
+    from . import contract, secret_files
     from .facts import docker_client
     from .motion import settled_retry
     from .vocabulary import HostState, Outcome, Step
@@ -273,7 +260,7 @@ def remove_op(args: dict[str, Any]) -> dict:
     client = docker_client(timeout=120)
     try:
         main = client.containers.get(service)
-    except docker.errors.NotFound:
+    except NotFound:
         main = None
     if main is not None and (main.labels or {}).get(contract.MANAGED) != "true":
         return _answer("remove", False, f"{service!r} was not started by fleetroll; not removing it")
@@ -288,6 +275,7 @@ def remove_op(args: dict[str, Any]) -> dict:
         labels = c.labels or {}
         settled_retry(lambda c=c: c.update(restart_policy={"Name": "no"}))
         settled_retry(lambda c=c: c.remove(force=True))
+        secret_files.release(c.attrs)  # its secret files go with it (only the directory the agent made for it)
         removed.append({"name": c.name, "id": c.id[:12], "tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, "")})
         journal.append(rid, Step.REMOVED, service=service, container=c.id, name=c.name, tag=labels.get(contract.TAG, ""))
     journal.append(rid, Step.DONE, ok=True, state=HostState.GOOD,

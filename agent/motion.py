@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from . import contract
+from .docker_errors import APIError, DaemonUnreachable, NotFound
 from .vocabulary import Step
 
 CREATED_BY = "io.fleetroll.created-by"  # the transaction that created a container (recovery removes only its own)
@@ -30,11 +31,10 @@ def daemon_retry(fn, budget_s: float = 60.0):
     Only a connection failure is retried: an API error (a name conflict, a port in use)
     is an answer, and repeating the call would not change it.
     """
-    import requests
     from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
     for attempt in Retrying(stop=stop_after_delay(budget_s), wait=wait_fixed(1.0), reraise=True,
-                            retry=retry_if_exception_type(requests.exceptions.ConnectionError)):
+                            retry=retry_if_exception_type(DaemonUnreachable)):
         with attempt:
             return fn()
     return None  # pragma: no cover - Retrying either returns or raises
@@ -48,9 +48,7 @@ SETTLE_S = 30.0  # how long a container may take to hold still once its restart 
 
 def transient(exc: BaseException) -> bool:
     """A Docker error that says "not now" about a container in motion, not "no"; never evidence of health."""
-    import docker.errors
-
-    if not isinstance(exc, docker.errors.APIError):
+    if not isinstance(exc, APIError):
         return False
     text = str(getattr(exc, "explanation", None) or exc).lower()
     if "no such container" in text:
@@ -60,11 +58,10 @@ def transient(exc: BaseException) -> bool:
 
 def settled_retry(fn, budget_s: float = SETTLE_S):
     """Run fn, retrying Docker's transient answers about a container in motion (and an unreachable daemon)."""
-    import requests
     from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
     def retryable(exc: BaseException) -> bool:
-        return transient(exc) or isinstance(exc, requests.exceptions.ConnectionError)
+        return transient(exc) or isinstance(exc, DaemonUnreachable)
 
     for attempt in Retrying(stop=stop_after_delay(budget_s), wait=wait_fixed(0.5), reraise=True, retry=retry_if_exception(retryable)):
         with attempt:
@@ -118,19 +115,11 @@ def points_away(exc: BaseException, message: str, evidence: dict) -> bool:
     Its container removed or killed by someone else mid-gate (`dead or marked for removal`),
     or the Docker daemon gone: the same release with the same configuration may well pass.
     """
-    import requests
-
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if isinstance(exc, DaemonUnreachable):
         return True
     text = f"{message} {evidence.get('error', '')} {evidence.get('error_text', '')}".lower()
     return evidence.get("status") in (GONE, "removing", "dead") or any(
         m in text for m in (GONE, "marked for removal", "no such container", "did not answer"))
-
-
-def docker_errors():
-    import docker.errors
-
-    return docker.errors
 
 
 def failure_text(exc: BaseException) -> str:
@@ -145,11 +134,9 @@ class MotionOps:
     rid: str
 
     def _get(self, ref: str):
-        import docker.errors
-
         try:
             return self.client.containers.get(ref)
-        except docker.errors.NotFound:
+        except NotFound:
             return None
 
     def _created_by_me(self, service: str) -> list:
@@ -195,13 +182,14 @@ class MotionOps:
 
     def _remove(self, c, service: str) -> None:
         """Remove a container whatever state it is in (a crash-looping one is stilled first); gone already is fine."""
-        import docker.errors
-
         try:
             self._settle(c, service, stop=True, timeout=2)
             settled_retry(lambda: c.remove(force=True))
-        except docker.errors.NotFound:
-            return
+        except NotFound:
+            pass
+        from . import secret_files
+
+        secret_files.release(c.attrs)  # its secret files go with it (only the directory the agent made for it)
 
     def _rename(self, c, name: str) -> None:
         settled_retry(lambda: c.rename(name))
@@ -217,7 +205,7 @@ class MotionOps:
             return {}
         try:
             c = self.client.containers.get(container_id)
-        except docker_errors().NotFound:
+        except NotFound:
             return {"status": GONE}
         except Exception as exc:  # noqa: BLE001
             return {"error": f"could not read the container: {failure_text(exc)}"}

@@ -176,7 +176,7 @@ def accepted_record(args: dict[str, Any]) -> dict[str, Any]:
 def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     rid = args["rollout_id"]
     holder = args.get("operator", "unknown")
-    from . import transaction  # noqa: F401 - import the docker SDK once, before the fork
+    from . import transaction  # noqa: F401 - import the transaction once, before the fork
 
     try:
         held = lock.acquire(holder, rid)

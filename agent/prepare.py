@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import contract
+from .docker_errors import APIError, ImageNotFound
 from .motion import StepFailed
 from .vocabulary import Step
 
@@ -31,14 +32,12 @@ class Prepare:
         if not digest.startswith("sha256:"):
             raise StepFailed("digest", f"{ref}: the plan carries no digest; refusing to pull by tag (re-plan); nothing was stopped")
         self.j(Step.PULL, service, ref=ref, digest=digest)
-        import docker.errors
-
         try:
             image = self.client.images.get(f"{repo}@{digest}")
-        except docker.errors.ImageNotFound:
+        except ImageNotFound:
             try:
                 image = self.client.images.pull(repo, tag=digest)
-            except docker.errors.APIError as exc:
+            except APIError as exc:
                 raise StepFailed("pull", f"could not pull {repo}@{digest}: {exc.explanation or exc}; nothing was stopped") from None
         if check_tag:
             self._tag_still_names(ref, digest)

@@ -12,7 +12,8 @@ from typing import Any
 
 from . import container_args, contract, decisions, versions
 from .decisions import ServiceResult
-from .motion import docker_errors, failure_text
+from .docker_errors import ImageNotFound
+from .motion import failure_text
 from .vocabulary import Outcome, Step
 
 
@@ -88,7 +89,7 @@ class Reverts:
             r.tried_tag, r.tried_digest = old_labels.get(contract.TAG, ""), r.prev_digest
             try:
                 image = self._image_for(old_cfg, r.prev_ref)
-            except docker_errors().ImageNotFound:
+            except ImageNotFound:
                 return self._refuse(r, "image-gone", f"the image of {service} {old_labels.get(contract.TAG, '')} ({r.prev_digest})"
                                                      " is no longer on this host (pruned?); nothing was changed — roll out that"
                                                      " release by tag instead")
@@ -127,9 +128,7 @@ class Reverts:
 
     def _image_for(self, cfg: dict, prev_ref: str) -> str:
         """The old container's exact image (by id); -prev pins it, so it is normally still here."""
-        import docker.errors
-
         try:
             return self.client.images.get(cfg["image"]).id
-        except docker.errors.ImageNotFound:
+        except ImageNotFound:
             return self.client.images.get(prev_ref).id

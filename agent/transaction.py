@@ -29,8 +29,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import container_args, contract, decisions, health, journal, proxy, secrets
+from . import container_args, contract, decisions, health, journal, proxy, secret_files, secrets
 from .decisions import ServiceResult
+from .docker_errors import APIError, NotFound
 from .facts import docker_client
 from .motion import (  # noqa: F401 - re-exported: the names tests and recovery know the transaction by
     CREATED_BY,
@@ -41,7 +42,6 @@ from .motion import (  # noqa: F401 - re-exported: the names tests and recovery 
     clean_lines,
     container_state,
     daemon_retry,
-    docker_errors,
     failure_text,
     points_away,
     secret_values,
@@ -101,18 +101,16 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
     def _ensure_network(self, name: str) -> None:
         """The proxy network: a user-defined bridge (containers reach each other by name), made once per host."""
         if name and not self.client.networks.list(names=[name]):
-            import docker.errors
-
             try:
                 self.client.networks.create(name, driver="bridge", labels={contract.MANAGED: "true"})
-            except docker.errors.APIError as exc:  # made meanwhile by a concurrent swap: fine
+            except APIError as exc:  # made meanwhile by a concurrent swap: fine
                 if not self.client.networks.list(names=[name]):
                     raise StepFailed("network", f"could not create the proxy network {name}: {failure_text(exc)}") from None
 
-    @staticmethod
-    def _unsafe(args: container_args.CreateArgs) -> list[str]:
-        """The hard rules (user, binds, network) and every referenced secret readable: for every create, whatever made it."""
-        refused = container_args.problems(args)
+    def _unsafe(self, args: container_args.CreateArgs) -> list[str]:
+        """The hard rules (user, binds under the plan's and the host's prefixes, network) and every referenced secret
+        readable: for every create, whatever made it."""
+        refused = container_args.problems(args, self.args.get("host_paths"))
         try:
             secrets.resolve(args.get("env") or {})
         except secrets.SecretError as exc:
@@ -138,9 +136,14 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
             raise StepFailed("container-config", "; ".join(refused))
         api = self.client.api
         self._ensure_network(args.get("network") or "")
+        args = secret_files.materialize(args)  # secret files on their tmpfs first; they go when the container goes
         args = {**args, "env": secrets.resolve(args.get("env") or {}), "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
         ckw, hkw = container_args.api_kwargs(args)
-        created = api.create_container(**ckw, host_config=api.create_host_config(**hkw))
+        try:
+            created = api.create_container(**ckw, host_config=api.create_host_config(**hkw))
+        except Exception:
+            secret_files.discard(args)
+            raise
         self.j(Step.CREATED, service, container=created["Id"])
         c = self.client.containers.get(created["Id"])
         c.start()
@@ -152,7 +155,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         def state() -> tuple[bool, int, str]:
             try:
                 c.reload()
-            except docker_errors().NotFound:
+            except NotFound:
                 return False, -1, GONE
             except Exception:  # noqa: BLE001 - a daemon that cannot answer does not vouch for the container
                 return False, -1, "unknown (the Docker daemon did not answer)"

@@ -1,4 +1,4 @@
-"""A fake Docker client for unit tests of the host transaction.
+"""A fake Docker client for unit tests of the host transaction (the shape of agent/dockerapi.py, its errors).
 
 Why a fake here when the lab has real dockerd: some faults a real daemon will not
 produce on demand at a chosen call (a `stop` that errors, a `rename` that fails, a
@@ -13,9 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import docker.errors
-
-from agent import health
+from agent import docker_errors, health
 
 _ids = itertools.count(1)
 _ips = itertools.count(2)
@@ -54,7 +52,7 @@ class FakeContainer:
 
     def _in_motion(self, what: str) -> None:
         if self.restarting:
-            raise docker.errors.NotFound(f"sandbox {self.id[:12]} not found" if what == "rename"
+            raise docker_errors.NotFound(f"sandbox {self.id[:12]} not found" if what == "rename"
                                          else f"Cannot {what} container {self.id[:12]}: container is restarting")
 
     @property
@@ -97,13 +95,13 @@ class FakeContainer:
     def reload(self) -> None:
         self.daemon.call("container.reload")
         if self.id not in self.daemon.containers.by_id:
-            raise docker.errors.NotFound("gone")
+            raise docker_errors.NotFound("gone")
 
     def rename(self, name: str) -> None:
         self.daemon.call("container.rename")
         self._in_motion("rename")
         if any(c.name == name and c is not self for c in self.daemon.containers.by_id.values()):
-            raise docker.errors.APIError(f"Conflict. The container name {name!r} is already in use")
+            raise docker_errors.APIError(f"Conflict. The container name {name!r} is already in use")
         self.name = name
 
     def update(self, restart_policy: dict | None = None, **_: Any) -> None:
@@ -114,7 +112,7 @@ class FakeContainer:
     def stop(self, timeout: int = 10) -> None:
         self.daemon.call("container.stop")
         if self.paused:
-            raise docker.errors.APIError(f"Cannot stop container {self.id[:12]}: container is paused, unpause it first")
+            raise docker_errors.APIError(f"Cannot stop container {self.id[:12]}: container is paused, unpause it first")
         self.running = self.restarting = False  # as Docker: a stop cancels a pending restart
 
     def unpause(self) -> None:
@@ -128,7 +126,7 @@ class FakeContainer:
         self.daemon.call("container.start")
         for other in self.daemon.containers.by_id.values():
             if other is not self and other.running and set(other.host_ports()) & set(self.host_ports()):
-                raise docker.errors.APIError("driver failed programming external connectivity: port is already allocated")
+                raise docker_errors.APIError("driver failed programming external connectivity: port is already allocated")
         self.running = True
 
     def remove(self, force: bool = False) -> None:
@@ -152,7 +150,7 @@ class FakeContainers:
         for c in self.by_id.values():
             if c.id == ref or c.name == ref:
                 return c
-        raise docker.errors.NotFound(f"No such container: {ref}")
+        raise docker_errors.NotFound(f"No such container: {ref}")
 
     def list(self, all: bool = False, filters: dict | None = None) -> list[FakeContainer]:
         wanted = (filters or {}).get("label") or []
@@ -179,7 +177,7 @@ class FakeImages:
         ref = f"{repo}@{tag}" if tag and tag.startswith("sha256:") else f"{repo}:{tag}"
         img = self.registry.get(ref)
         if img is None:
-            raise docker.errors.APIError(f"manifest for {ref} not found")
+            raise docker_errors.APIError(f"manifest for {ref} not found")
         self.by_id[img.id] = img
         self.daemon.refs[ref] = img
         return img
@@ -188,7 +186,7 @@ class FakeImages:
         self.daemon.call("images.get")
         img = self.by_id.get(ref) or self.daemon.refs.get(ref)
         if img is None:
-            raise docker.errors.ImageNotFound(f"No such image: {ref}")
+            raise docker_errors.ImageNotFound(f"No such image: {ref}")
         return img
 
 
@@ -202,7 +200,7 @@ class FakeAPI:
     def create_container(self, host_config: dict | None = None, **kw: Any) -> dict:
         self.daemon.call("api.create_container")
         if any(c.name == kw["name"] for c in self.daemon.containers.by_id.values()):
-            raise docker.errors.APIError(f"Conflict. The container name {kw['name']!r} is already in use")
+            raise docker_errors.APIError(f"Conflict. The container name {kw['name']!r} is already in use")
         cid = f"{next(_ids):064x}"
         self.daemon.containers.by_id[cid] = FakeContainer(self.daemon, cid, kw, host_config or {})
         return {"Id": cid}

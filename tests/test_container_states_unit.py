@@ -99,12 +99,12 @@ def test_a_container_that_never_holds_still_is_revert_failed_with_the_reason_not
 
 
 def test_transient_docker_answers_are_told_apart_from_real_ones():
-    import docker.errors
+    from agent import docker_errors
 
-    assert transient(docker.errors.NotFound("sandbox 1c25c7 not found"))
-    assert transient(docker.errors.APIError("Cannot kill container abc: container is restarting"))
-    assert not transient(docker.errors.NotFound("No such container: abc"))
-    assert not transient(docker.errors.APIError("port is already allocated"))
+    assert transient(docker_errors.NotFound("sandbox 1c25c7 not found"))
+    assert transient(docker_errors.APIError("Cannot kill container abc: container is restarting"))
+    assert not transient(docker_errors.NotFound("No such container: abc"))
+    assert not transient(docker_errors.APIError("port is already allocated"))
     assert not transient(RuntimeError("sandbox"))
     assert container_state({"State": {"Running": True, "Restarting": True, "Status": "restarting"}}) == "restarting"
     assert container_state({"State": {"Running": True, "Paused": True, "Status": "paused"}}) == "paused"

@@ -20,16 +20,18 @@ FLEETROLL = str(Path(sys.executable).with_name("fleetroll"))
 # Heavy at import, and needed only once a task runs (or never by a command).
 HEAVY = ["paramiko", "fabric", "fabric.connection", "pydantic", "pydantic_core", "docker", "requests", "rich",
          "unittest.mock", "asyncio", "playbooks.inventory", "playbooks.transport", "playbooks.render"]
+# What the agent's transaction must run without (issue 24): the docker SDK and the HTTP stack under it.
+AGENT_HEAVY = ["docker", "requests", "urllib3"]
 # Not listed: `yaml`. invoke's own vendored YAML module imports PyYAML's C loader when invoke is
 # imported, so no module of ours can keep it out (about 3 ms).
 
 
-def imported(argv: list[str]) -> set[str]:
+def imported(argv: list[str], expect: tuple[str, ...] = ("invoke", "playbooks.tasks"), env: dict | None = None) -> set[str]:
     """The modules a process imports, from CPython's own -X importtime report (PYTHONPROFILEIMPORTTIME)."""
     r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+                       env={**os.environ, **(env or {}), "PYTHONPROFILEIMPORTTIME": "1"})
     names = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:") and "|" in line}
-    assert "invoke" in names or "playbooks.tasks" in names, r.stderr[-2000:]
+    assert any(e in names for e in expect), r.stderr[-2000:]
     return names
 
 
@@ -67,3 +69,32 @@ def test_a_task_body_still_gets_what_it_imports_lazily():
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     r = subprocess.run([FLEETROLL, "--version"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("fleetroll "), r.stdout + r.stderr
+
+
+def test_importing_the_transaction_loads_no_docker_sdk():
+    names = imported([sys.executable, "-c", "import agent.transaction"], expect=("agent.transaction",))
+    assert sorted(set(AGENT_HEAVY) & names) == []
+
+
+# The agent's rollout entry point as the detached worker runs it: the operations imported, a Transaction made
+# (its Docker client built) and one Docker call made, which fails here on a socket that is not there.
+AGENT_RUN = """
+import agent.__main__, agent.ops, agent.container_ops, agent.recovery
+from agent.docker_errors import DaemonUnreachable
+from agent.transaction import Transaction
+tx = Transaction({"rollout_id": "r-import-graph"})
+try:
+    tx._get("svc")
+except DaemonUnreachable as exc:
+    print("unreachable:", exc)
+"""
+
+
+def test_the_agents_rollout_path_talks_to_docker_without_the_sdk(tmp_path):
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    r = subprocess.run([sys.executable, "-c", AGENT_RUN], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, **env})
+    assert r.returncode == 0 and "unreachable: cannot reach the Docker daemon" in r.stdout, r.stdout + r.stderr
+    names = imported([sys.executable, "-c", AGENT_RUN], expect=("agent.dockerapi",), env=env)
+    assert {"agent.ops", "agent.transaction", "agent.dockerapi", "agent.engine"} <= names
+    assert sorted(set(AGENT_HEAVY) & names) == []

@@ -10,10 +10,9 @@ import json
 import socket
 import threading
 
-import docker.errors
 import pytest
 
-from agent import container_args, contract, health, journal, lock, recovery
+from agent import container_args, contract, docker_errors, health, journal, lock, recovery
 from agent import transaction as tx_mod
 from agent.transaction import Transaction
 from playbooks.executor import derive_state, exit_code
@@ -96,7 +95,7 @@ def test_any_failure_after_set_aside_restores_the_very_old_container(daemon, fau
     old = running_old(daemon, restart=restart)
     daemon.image(REPO, NEW_D, behaviour={"unhealthy": "bad", "probe-raises": "raise"}.get(fault, "ok"))
     if fault == "create-fails":
-        daemon.fail["api.create_container"] = docker.errors.APIError("invalid mount config")
+        daemon.fail["api.create_container"] = docker_errors.APIError("invalid mount config")
     elif fault == "start-fails":
         calls = {"n": 0}
         real_start = daemon.containers.by_id[old].__class__.start
@@ -104,14 +103,14 @@ def test_any_failure_after_set_aside_restores_the_very_old_container(daemon, fau
         def start_once_fails(self):
             calls["n"] += 1
             if calls["n"] == 1:
-                raise docker.errors.APIError("OCI runtime create failed")
+                raise docker_errors.APIError("OCI runtime create failed")
             return real_start(self)
 
         daemon.containers.by_id[old].__class__.start = start_once_fails
     elif fault == "stop-fails":
-        daemon.fail["container.stop"] = docker.errors.APIError("cannot stop: device busy")
+        daemon.fail["container.stop"] = docker_errors.APIError("cannot stop: device busy")
     elif fault == "update-fails":
-        daemon.fail["container.update"] = docker.errors.APIError("update refused")
+        daemon.fail["container.update"] = docker_errors.APIError("update refused")
     try:
         out = run(daemon, [step(spec(env={"MACHINE": "v2", "NEW_ONLY": "1"}, port=8000))])
     finally:
