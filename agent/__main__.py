@@ -7,7 +7,7 @@ what a host is doing while a long operation runs.
 
 One request per process is the default. A request with "session": true keeps the process
 reading further requests, one per line, until stdin closes: a rollout's preflight and its
-transaction then share one agent process (and one import of the docker SDK) per host.
+transaction then share one agent process (and one import of its modules) per host.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "agent"
-# What the agent imports on a host; each is pure Python (compiled speed-ups are skipped).
-VENDORED = ("docker", "requests", "urllib3", "idna", "certifi", "charset_normalizer", "pynvml", "tenacity")
+# What the agent imports on a host; each is pure Python (compiled speed-ups are skipped). Docker is spoken
+# with http.client (agent/engine.py), so no docker SDK, requests or urllib3.
+VENDORED = ("pynvml", "tenacity")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIP_SUFFIXES = (".pyc", ".so", ".pyd")
 
