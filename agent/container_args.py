@@ -5,13 +5,16 @@ A container's whole configuration is one JSON-able dict, `CreateArgs`:
     {"image", "name", "user", "env", "labels", "ports", "binds", "restart", "gpus", "stop_timeout", "network"}
 
 `network` is the user-defined Docker network of the host's reverse proxy ("" = Docker's default bridge).
+`secret_dir` is set only for the create call itself (secret_files.materialize): the host's tmpfs
+directory of this container's secret files, mounted read-only at /run/secrets. It is never
+recorded: `from_inspect` leaves that mount out, so a recreation makes a directory of its own.
 
 It is built two ways — from the inventory's spec for a new release (`from_spec`) and from
 `docker inspect` of a running container (`from_inspect`) — and turned into Docker SDK
 keyword arguments by one function (`api_kwargs`). Recording `from_inspect(old)` before a
 swap is what lets a revert recreate the old container exactly (its own image, env, ports,
-volumes and GPU requests), whatever the inventory says today. Pure (tested without Docker),
-except `problems()`, which judges bind sources and the user's gid by what they are on this host.
+volumes and GPU requests), whatever the inventory says today. Pure (tested without Docker);
+what a container must not be on this host (`problems`, re-exported here) is host_checks.py's.
 """
 
 from __future__ import annotations
@@ -19,13 +22,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import posixpath
-import stat
-from pathlib import Path
 from typing import Any
 
-from . import contract, paths, secrets
+from . import contract, secrets
+from .host_checks import bind_problem, problems  # noqa: F401 - re-exported: callers know them here
 
 CreateArgs = dict[str, Any]
 
@@ -99,6 +99,7 @@ def from_inspect(attrs: dict) -> CreateArgs:
         from_secret = json.loads((cfg.get("Labels") or {}).get(contract.SECRET_ENV) or "{}")
     except ValueError:
         from_secret = {}
+    file_secrets = any(secrets.is_file_ref(secrets.ref_from_label(v)) for v in from_secret.values())
     env: dict[str, Any] = {}
     for item in cfg.get("Env") or []:
         k, _, v = item.partition("=")
@@ -122,7 +123,8 @@ def from_inspect(attrs: dict) -> CreateArgs:
         "env": env,
         "labels": dict(cfg.get("Labels") or {}),
         "ports": ports,
-        "binds": list(hc.get("Binds") or []),
+        # The secret files' mount is the agent's own, made afresh for each container: not configuration.
+        "binds": [b for b in hc.get("Binds") or [] if not (file_secrets and secrets.in_mount_dir(b))],
         "restart": restart,
         "gpus": gpus,
         "stop_timeout": int(cfg.get("StopTimeout") or 10),
@@ -145,12 +147,33 @@ def _plain_env(env: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
+def _secret_files_in_place(args: CreateArgs) -> None:
+    """The last guard before Docker: every env key a secret file is given by holds that file's path, never its value.
+
+    The container's label says which keys are secret files; if secret_files.materialize did not
+    run (or a configuration disagrees with its label), the value would be in `docker inspect`.
+    """
+    try:
+        recorded = json.loads((args.get("labels") or {}).get(contract.SECRET_ENV) or "{}")
+    except ValueError:
+        recorded = {}
+    files = secrets.file_refs({k: secrets.ref_from_label(v) for k, v in recorded.items()})
+    env = args.get("env") or {}
+    wrong = sorted(k for k, name in files.items() if env.get(k) != secrets.file_path(name))
+    if wrong or (files and not args.get("secret_dir")):
+        raise ValueError(f"env {', '.join(wrong or sorted(files))}: a secret given as a file must be made a file"
+                         " (secret_files.materialize) before create; its value never goes into the environment")
+
+
 def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
     """(create_container kwargs, create_host_config kwargs) for the low-level Docker API."""
+    _secret_files_in_place(args)
     binds: dict[str, dict[str, str]] = {}
     for b in args.get("binds") or []:
         src, dst, *mode = b.split(":")
         binds[src] = {"bind": dst, "mode": mode[0] if mode else "rw"}
+    if args.get("secret_dir"):
+        binds[str(args["secret_dir"])] = {"bind": secrets.MOUNT_DIR, "mode": "ro"}
     gpus = int(args.get("gpus") or 0)
     restart = args.get("restart") or "no"
     host_config = {
@@ -170,87 +193,6 @@ def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
         "stop_timeout": int(args.get("stop_timeout", 10)),
     }
     return container, host_config
-
-
-def problems(args: CreateArgs) -> list[str]:
-    """What in a container about to be created breaks the hard rules (checked on the host, before anything stops).
-
-    Not pure: bind sources are resolved on this host's filesystem (lstat, realpath), and the
-    user's gid is compared with this host's privileged groups, the Docker socket's among them.
-    """
-    from . import proxy
-
-    out = []
-    user_problem = contract.user_problem(args.get("user") or "", paths.privileged_gids())
-    if user_problem:
-        out.append(user_problem)
-    config = (args.get("env") or {}).get(proxy.CONFIG_ENV)
-    own, allowed = paths.own_dirs(), paths.host_paths()
-    for b in args.get("binds") or []:
-        src, _, rest = b.partition(":")
-        # The proxy's admin socket directory (in the state directory) is the one own path a
-        # container sees: the proxy's, checked below as a configuration render() made.
-        proxy_run = config is not None and rest.split(":")[0] == proxy.SOCKET_IN_CONTAINER and any(
-            src == str(d / "proxy-run") for d in paths.state_dir_candidates())
-        p = contract.host_path_problem(src) or bind_problem(src, [] if proxy_run else own, None if proxy_run else allowed)
-        if p:
-            out.append(p)
-    network_problem = contract.network_problem(str(args.get("network") or ""))
-    if network_problem:
-        out.append(network_problem)
-    if config is not None:  # the proxy's configuration, as the controller sent it: only what render() makes
-        out += proxy.config_problems(str(config))
-    return out
-
-
-def _within(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
-def bind_problem(src: str, own: list[Path] | list[str], allowed: list[str] | None) -> str | None:
-    """Why a bind source must not be mounted, judged by what it is on this host; None if it may.
-
-    The text was checked already (contract.host_path_problem); here every existing component
-    is lstat'ed and none may be a symlink (a container with a read-write mount could otherwise
-    turn a subdirectory into `-> /` for the next container that mounts it), the resolved path
-    must hold none of the agent's own directories nor lie in one (`own`), nor be a device or
-    socket, and, when the host names its prefixes (`allowed`), lie under one after resolution.
-    Missing trailing components are left to Docker, which creates them as directories.
-    """
-    if not src.startswith("/"):
-        return None  # a named volume
-    cur = "/"
-    for part in [p for p in src.split("/") if p]:
-        cur = posixpath.join(cur, part)
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            break
-        except OSError as exc:
-            return f"host path {src!r}: cannot check {cur} ({exc.strerror}); refused"
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                to = os.readlink(cur)
-            except OSError:
-                to = "?"
-            return (f"host path {src!r} has a symlink at {cur} (-> {to!r}); a bind source must be real directories all"
-                    " the way down, or whoever can write beside it decides what the container sees")
-        if cur == src and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
-            return f"host path {src!r} is a device or a socket, which no container may mount"
-    real = os.path.realpath(src)
-    problem = contract.host_path_problem(real) if real != src else None
-    if problem or real != src:
-        return problem or f"host path {src!r} resolves to {real!r}; refused"
-    for d in own:
-        for form in dict.fromkeys((str(d), os.path.realpath(d))):
-            if _within(real, form) or _within(form, real):
-                where = "is" if real == form else "is under" if _within(real, form) else "contains"
-                return (f"host path {src!r} {where} {form}, the agent's own state, lock or code directory, which no"
-                        " container may mount")
-    if allowed is not None and not any(_within(real, a) or _within(real, os.path.realpath(a)) for a in allowed):
-        return (f"host path {src!r} is not under a prefix this host allows (FLEETROLL_HOST_PATHS:"
-                f" {':'.join(allowed) or 'none'})")
-    return None
 
 
 def redacted(args: CreateArgs, key: bytes) -> CreateArgs:

@@ -7,6 +7,10 @@ the controller, the ledger, the journal or a terminal: everything else carries t
 reference. Containers record which env keys came from which secret (a label), so a
 restore or a recreation from the journal resolves them again.
 
+`{secret: NAME, as: file}` gives the container the value as a file instead
+(`/run/secrets/NAME`, made by agent/secret_files.py on a tmpfs) and the env key holds that
+path: the value is then in neither `docker inspect` nor the container's environment.
+
 A second kind of reference, `{report_key: NAME}`, is made by the planner (never written in
 the inventory): the container's own start-up report key, derived here from the fleet's
 report secret NAME and the host, service and image digest this very container runs with.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import posixpath
 import re
 import stat
 from pathlib import Path
@@ -37,19 +42,47 @@ def secrets_dir() -> Path:
 
 
 REPORT_KEY_CONTEXT = b"fleetroll-report-v1"
+AS_FILE = "file"  # {secret: NAME, as: file}: the only other way a secret may reach a container
+MOUNT_DIR = "/run/secrets"  # where a container finds its secret files (read-only, on a tmpfs of the host)
 
 
 def is_ref(value: Any) -> bool:
-    return isinstance(value, dict) and (set(value) == {"secret"} or set(value) == {"report_key"})
+    if not isinstance(value, dict):
+        return False
+    keys = set(value)
+    return keys in ({"secret"}, {"report_key"}) or (keys == {"secret", "as"} and value["as"] == AS_FILE)
+
+
+def is_file_ref(value: Any) -> bool:
+    return is_ref(value) and value.get("as") == AS_FILE
+
+
+def file_refs(env: dict[str, Any]) -> dict[str, str]:
+    """{ENV_KEY: secret name} of the env entries given to the container as files (pure)."""
+    return {k: v["secret"] for k, v in (env or {}).items() if is_file_ref(v)}
+
+
+def file_path(name: str) -> str:
+    """Where the container finds secret NAME as a file; also the value of its env key."""
+    if not NAME_RE.fullmatch(name or ""):
+        raise SecretError(f"secret name {name!r} is not a plain file name")
+    return f"{MOUNT_DIR}/{name}"
+
+
+def in_mount_dir(bind: str) -> bool:
+    """Does a bind (`src:dst[:mode]`) put something at MOUNT_DIR or below, where secret files are mounted (pure)?"""
+    dst = (bind.split(":") + [""])[1]
+    dst = posixpath.normpath(dst) if dst else ""
+    return dst == MOUNT_DIR or dst.startswith(MOUNT_DIR + "/")
 
 
 def refs(env: dict[str, Any]) -> dict[str, str | dict]:
     """{ENV_KEY: what the container's label records} for the env entries that are references.
 
-    A plain secret is recorded as its name (the label's original form); a derived report
-    key as its whole reference.
+    A plain env secret is recorded as its name (the label's original form); a secret file
+    and a derived report key as their whole reference.
     """
-    return {k: v["secret"] if "secret" in v else dict(v) for k, v in (env or {}).items() if is_ref(v)}
+    return {k: v["secret"] if set(v) == {"secret"} else dict(v) for k, v in (env or {}).items() if is_ref(v)}
 
 
 def ref_from_label(recorded: Any) -> dict | None:
@@ -90,7 +123,10 @@ def read(name: str) -> str:
 def resolve(env: dict[str, Any]) -> dict[str, str]:
     """Env with every reference replaced by its value: only ever handed to Docker's create call.
 
-    A report key is derived from the host, service and digest in this same env, which the
+    A secret file's value is resolved too (so a check that every secret is readable, and the
+    hiding of values in log lines, cover it); at create, secret_files.materialize has already
+    replaced each file reference by its path, and container_args.api_kwargs refuses an env in
+    which a file secret's key holds anything else. A report key is derived from the host, service and digest in this same env, which the
     agent set from what it verified (FLEETROLL_IMAGE_DIGEST is the digest it pulled).
     """
     env = env or {}
@@ -98,7 +134,7 @@ def resolve(env: dict[str, Any]) -> dict[str, str]:
     for k, v in env.items():
         if not is_ref(v):
             out[k] = str(v)
-        elif "secret" in v:
+        elif "secret" in v:  # in env, or (before secret_files.materialize) as a file
             out[k] = read(v["secret"])
         else:
             ctx = [env.get(n) for n in ("FLEETROLL_HOST", "FLEETROLL_SERVICE", "FLEETROLL_IMAGE_DIGEST")]

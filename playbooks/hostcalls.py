@@ -25,6 +25,8 @@ def step_args(plan: Plan, host: str, policy: str, inv: Inventory, actions=("crea
         "phase": plan.phase,
         "on_failure": policy,
         "insecure_registry": inv.fleet.registry.insecure,
+        # The bind prefixes the inventory opens: the host allows only what lies under these and its own (FLEETROLL_HOST_PATHS).
+        "host_paths": list(inv.fleet.defaults.host_paths),
         "steps": [s.to_json() for s in plan.for_host(host) if s.action in actions],
     }
 

@@ -73,7 +73,7 @@ def type_text(ann: Any) -> str:
         key, value = get_args(ann)
         return f"mapping of {type_text(key)} → {type_text(value)}"
     if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return f"mapping ({', '.join(ann.model_fields)})"
+        return f"mapping ({', '.join(f.alias or n for n, f in ann.model_fields.items())})"
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(ann, getattr(ann, "__name__", str(ann)))
 
 
@@ -125,7 +125,7 @@ def rows() -> list[Row]:
 
     def walk(model: type[BaseModel], prefix: str, file: str) -> None:
         for name, f in model.model_fields.items():
-            path = prefix + name
+            path = prefix + (f.alias or name)  # as written in the YAML (`as`, not the model's `as_`)
             out.append(Row(file, path, type_text(f.annotation), default_text(model, name), constraints_text(model, name)))
             for suffix, sub in _children(f.annotation, name):
                 walk(sub, f"{path}{suffix}.", file)

@@ -110,6 +110,15 @@ SERVICE_NOTES: dict[str, Doc] = {
         " variable's value at container create; only the reference is recorded.",
         "HF_TOKEN: {secret: hf_token}",
         "the agent at container create (agent/secrets.py)."),
+    "services.<name>.env.<VAR>.as": Doc(
+        "How the secret reaches the container: `env` (the variable holds the value; visible to anyone who can run"
+        " `docker inspect` on the host) or `file`: the value becomes the file `/run/secrets/<secret>` (on a tmpfs under"
+        " `/run/fleetroll` on the host, never on a disk; readable by the container's uid alone; mounted read-only) and"
+        " the variable holds that path, so the value is in neither the environment nor `docker inspect`. Needs"
+        " `/run/fleetroll` on a tmpfs: a root agent makes it; for an agent account that is not root, root makes it once"
+        " per boot (`d /run/fleetroll 2770 root docker -` in tmpfiles.d). Changing it replaces the container.",
+        "HF_TOKEN: {secret: hf_token, as: file}",
+        "the agent at container create (agent/secret_files.py); the spec hash and the freeze fingerprint."),
     "services.<name>.gpus": Doc(
         "GPUs given to the container: `0` (none), a count (Docker's first N cards) or `all`. A GPU service must be"
         " placed on hosts with `gpus:` and may not ask for more cards than they have.",

@@ -174,6 +174,8 @@ def field_path(loc: tuple | list) -> str | None:
     while parts and model is not None:
         part = parts.pop(0)
         field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None and isinstance(part, str):  # an alias, as the YAML spells it (`as` for the model's `as_`)
+            field = next((f for f in model.model_fields.values() if f.alias == part), None)
         if field is None:
             break
         found = prefix + part

@@ -10,7 +10,7 @@ import datetime as _dt
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from agent import contract
@@ -133,9 +133,21 @@ class Health(_Strict):
 
 
 class SecretRef(_Strict):
-    """An env value kept on the host: the file <secrets dir>/<secret> there, read at container create."""
+    """An env value kept on the host: the file <secrets dir>/<secret> there, read at container create.
+
+    `as: file` gives it to the container as the file /run/secrets/<secret> (a tmpfs, readable by
+    the container's uid alone) and the variable holds that path: the value is then in neither
+    the container's environment nor `docker inspect` (agent/secret_files.py).
+    """
 
     secret: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    as_: Literal["env", "file"] = Field(default="env", alias="as")
+
+    @model_serializer
+    def _reference(self) -> dict[str, str]:
+        """The reference as the agent reads it (agent/secrets.py): `{secret}` as every earlier plan said it (so spec
+        hashes of env secrets stay what they were), `{secret, as: file}` for a file."""
+        return {"secret": self.secret, **({"as": "file"} if self.as_ == "file" else {})}
 
 
 class Update(_Strict):

@@ -3,7 +3,8 @@
 The inventory checks the text of a bind source; the host resolves it: no symlink on the
 way (a container with a read-write mount could turn a subdirectory into `-> /` for the next
 container that mounts it), never the agent's own state, lock or code directories, and under
-the host's own prefixes (FLEETROLL_HOST_PATHS) after resolution. A gid is never a group that
+the prefixes in force after resolution: the intersection of the plan's (the inventory's
+defaults.host_paths) and the host's own (FLEETROLL_HOST_PATHS). A gid is never a group that
 controls the host: root's, sudo/adm/disk/shadow, or the Docker socket's.
 """
 
@@ -118,6 +119,87 @@ def test_a_socket_under_an_allowed_prefix_is_refused(host):
     finally:
         s.close()
     assert "a device or a socket" in out[0], out
+
+
+# --- the prefixes in force: the plan's (the inventory's defaults.host_paths) and the host's own --
+
+
+@pytest.mark.parametrize("plan,host,allowed", [
+    (None, None, None),                                      # neither side bounds: the hard rules alone
+    (["/srv"], None, ["/srv"]), (None, ["/srv"], ["/srv"]),  # one side: that side
+    (["/srv"], ["/srv/models"], ["/srv/models"]),            # each pair gives its deeper prefix, whichever side says it
+    (["/srv/models"], ["/srv"], ["/srv/models"]),
+    (["/srv", "/data"], ["/data/x", "/opt"], ["/data/x"]),
+    (["/"], ["/srv"], ["/srv"]),                             # a plan cannot widen the host's list
+    (["/srv"], ["/srvx"], []), ([], ["/srv"], []), (["/srv"], [], []),
+])
+def test_the_prefixes_in_force_are_the_intersection_of_the_plans_and_the_hosts(plan, host, allowed):
+    assert paths.allowed_prefixes(plan, host) == allowed
+
+
+@pytest.mark.parametrize("plan", [["srv"], ["/srv/../etc"], ["/srv/"], ["//srv"], [7], "/srv"])
+def test_a_malformed_plan_list_is_refused_and_opens_nothing(host, plan):
+    (host / "allowed" / "m").mkdir()
+    out = container_args.problems(args(f"{host}/allowed/m:/m"), plan)
+    assert any("the plan's host_paths" in x and "refused" in x for x in out), out
+    assert any("not under a prefix this host allows" in x for x in out), out
+
+
+def test_a_forged_plan_cannot_widen_what_the_host_allows(host):
+    (host / "elsewhere").mkdir()
+    out = container_args.problems(args(f"{host}/elsewhere:/e"), [str(host)])
+    assert len(out) == 1 and "not under a prefix this host allows" in out[0], out
+    assert f"defaults.host_paths: {host}" in out[0] and f"FLEETROLL_HOST_PATHS: {host / 'allowed'}" in out[0], out
+    assert container_args.problems(args(f"{host}/allowed:/a"), [str(host)]) == []
+
+
+def test_the_plans_prefixes_bound_a_host_that_names_none(host, monkeypatch):
+    monkeypatch.delenv("FLEETROLL_HOST_PATHS")
+    (host / "elsewhere").mkdir()
+    out = container_args.problems(args(f"{host}/elsewhere:/e"), [str(host / "allowed")])
+    assert len(out) == 1 and f"defaults.host_paths: {host / 'allowed'}" in out[0], out
+    assert container_args.problems(args(f"{host}/allowed:/a"), [str(host / "allowed")]) == []
+
+
+def test_the_plans_prefixes_narrow_the_hosts(host):
+    (host / "allowed" / "models").mkdir()
+    (host / "allowed" / "scratch").mkdir()
+    plan = [str(host / "allowed" / "models")]
+    assert container_args.problems(args(f"{host}/allowed/models:/m"), plan) == []
+    out = container_args.problems(args(f"{host}/allowed/scratch:/s"), plan)
+    assert len(out) == 1 and f"meet in {host / 'allowed' / 'models'}" in out[0], out
+
+
+def test_the_hard_rules_hold_whatever_the_plan_opens(host, monkeypatch):
+    monkeypatch.delenv("FLEETROLL_HOST_PATHS")
+    (host / "state" / "journal").mkdir()
+    out = container_args.problems(args(f"{host}/state/journal:/j"), [str(host)])
+    assert len(out) == 1 and "the agent's own state, lock or code directory" in out[0], out
+    for src in ("/var/lib/fleetroll", "/run/lock", "/var/run/docker.sock"):
+        assert container_args.problems(args(f"{src}:/x"), ["/"]), src
+
+
+def test_the_controller_sends_the_inventorys_prefixes_and_the_host_enforces_them(host, monkeypatch, daemon, tmp_path):
+    """End to end without hosts: step_args carries defaults.host_paths; the transaction refuses a bind outside them."""
+    from playbooks.hostcalls import step_args
+    from playbooks.inventory import load
+    from playbooks.plan import Plan
+
+    from .test_inventory import BASE, write
+    from .test_transaction_unit import REPO, by_service, run, spec, step
+
+    monkeypatch.delenv("FLEETROLL_HOST_PATHS")
+    inv = load(write(tmp_path, BASE.replace("hosts:\n", f"defaults:\n  host_paths: [{host / 'allowed'}]\nhosts:\n", 1)))
+    sent = step_args(Plan("r1", "one", "op", []), "mainpc", "revert-phase", inv)
+    assert sent["host_paths"] == [str(host / "allowed")]
+    from agent.transaction import Transaction
+
+    monkeypatch.setattr(Transaction, "_tag_still_names", lambda self, ref, digest: None)
+    (host / "elsewhere").mkdir()
+    daemon.image(REPO, "sha256:" + "b" * 64)
+    out = run(daemon, [step(spec(volumes=[f"{host}/elsewhere:/e"]), "create")], host_paths=sent["host_paths"])
+    s = by_service(out)["svc"]
+    assert s["outcome"] == "refused" and "defaults.host_paths" in s["message"] and not daemon.containers.by_id, s
 
 
 # --- the container's uid and gid ----------------------------------------------------------

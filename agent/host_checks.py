@@ -1,0 +1,118 @@
+"""What a container about to be created must not be, judged on this host, before anything stops (issue 21).
+
+The inventory checks the text; here the same rules are checked again for every create,
+whatever made the configuration (a plan, a journal, `docker inspect`), by what things are
+on this host: bind sources resolved (no symlink on the way, never the agent's own
+directories, under the prefixes in force: the plan's and the host's own), the user's gid
+against this host's privileged groups, the network, the proxy's configuration, and whether
+this host can give the container its secret files. Not pure, by design: container_args.py
+is the pure part.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from pathlib import Path
+from typing import Any
+
+from . import contract, paths, secrets
+
+
+def problems(args: dict[str, Any], plan_host_paths: list[str] | None = None) -> list[str]:
+    """What in a container about to be created breaks the hard rules (checked on the host, before anything stops).
+
+    Not pure: bind sources are resolved on this host's filesystem (lstat, realpath), the
+    user's gid is compared with this host's privileged groups, the Docker socket's among them,
+    and secret files need this host's tmpfs directory. `plan_host_paths` are the prefixes the
+    plan sent (the inventory's defaults.host_paths; None from a caller that has no plan):
+    a bind source must resolve under them *and* under the host's own (paths.allowed_prefixes).
+    """
+    from . import proxy, secret_files
+
+    out = paths.plan_prefix_problems(plan_host_paths)
+    if out:
+        plan_host_paths = []  # a malformed list is refused, and opens nothing meanwhile
+    user_problem = contract.user_problem(args.get("user") or "", paths.privileged_gids())
+    if user_problem:
+        out.append(user_problem)
+    config = (args.get("env") or {}).get(proxy.CONFIG_ENV)
+    own, host_own = paths.own_dirs(), paths.host_paths()
+    allowed = paths.allowed_prefixes(plan_host_paths, host_own)
+    if plan_host_paths is not None and host_own is not None:
+        source = (f"defaults.host_paths: {', '.join(plan_host_paths) or 'none'} and FLEETROLL_HOST_PATHS:"
+                  f" {':'.join(host_own) or 'none'} meet in {', '.join(allowed or []) or 'nothing'}")
+    else:
+        source = (f"defaults.host_paths: {', '.join(plan_host_paths) or 'none'}" if plan_host_paths is not None
+                  else f"FLEETROLL_HOST_PATHS: {':'.join(host_own or []) or 'none'}")
+    for b in args.get("binds") or []:
+        if secrets.in_mount_dir(b):
+            out.append(f"bind {b!r}: {secrets.MOUNT_DIR} in the container is where fleetroll mounts secret files;"
+                       " mount the volume somewhere else")
+            continue
+        src, _, rest = b.partition(":")
+        # The proxy's admin socket directory (in the state directory) is the one own path a
+        # container sees: the proxy's, checked below as a configuration render() made.
+        proxy_run = config is not None and rest.split(":")[0] == proxy.SOCKET_IN_CONTAINER and any(
+            src == str(d / "proxy-run") for d in paths.state_dir_candidates())
+        p = contract.host_path_problem(src) or bind_problem(src, [] if proxy_run else own, None if proxy_run else allowed,
+                                                            source)
+        if p:
+            out.append(p)
+    out += secret_files.problems(args)
+    network_problem = contract.network_problem(str(args.get("network") or ""))
+    if network_problem:
+        out.append(network_problem)
+    if config is not None:  # the proxy's configuration, as the controller sent it: only what render() makes
+        out += proxy.config_problems(str(config))
+    return out
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def bind_problem(src: str, own: list[Path] | list[str], allowed: list[str] | None, source: str = "") -> str | None:
+    """Why a bind source must not be mounted, judged by what it is on this host; None if it may.
+
+    The text was checked already (contract.host_path_problem); here every existing component
+    is lstat'ed and none may be a symlink (a container with a read-write mount could otherwise
+    turn a subdirectory into `-> /` for the next container that mounts it), the resolved path
+    must hold none of the agent's own directories nor lie in one (`own`), nor be a device or
+    socket, and, when prefixes are in force (`allowed`, named by `source`), lie under one after resolution.
+    Missing trailing components are left to Docker, which creates them as directories.
+    """
+    if not src.startswith("/"):
+        return None  # a named volume
+    cur = "/"
+    for part in [p for p in src.split("/") if p]:
+        cur = posixpath.join(cur, part)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            break
+        except OSError as exc:
+            return f"host path {src!r}: cannot check {cur} ({exc.strerror}); refused"
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                to = os.readlink(cur)
+            except OSError:
+                to = "?"
+            return (f"host path {src!r} has a symlink at {cur} (-> {to!r}); a bind source must be real directories all"
+                    " the way down, or whoever can write beside it decides what the container sees")
+        if cur == src and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+            return f"host path {src!r} is a device or a socket, which no container may mount"
+    real = os.path.realpath(src)
+    problem = contract.host_path_problem(real) if real != src else None
+    if problem or real != src:
+        return problem or f"host path {src!r} resolves to {real!r}; refused"
+    for d in own:
+        for form in dict.fromkeys((str(d), os.path.realpath(d))):
+            if _within(real, form) or _within(form, real):
+                where = "is" if real == form else "is under" if _within(real, form) else "contains"
+                return (f"host path {src!r} {where} {form}, the agent's own state, lock or code directory, which no"
+                        " container may mount")
+    if allowed is not None and not any(_within(real, a) or _within(real, os.path.realpath(a)) for a in allowed):
+        return f"host path {src!r} is not under a prefix this host allows ({source or ':'.join(allowed) or 'none'})"
+    return None
