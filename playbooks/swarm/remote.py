@@ -1,0 +1,72 @@
+"""Running `docker` argv lists on a host over fleetroll's SSH: the same strict known-hosts connection as the agent's.
+
+transport.connect() refuses unknown and changed host keys; this adds only an exec of one argv
+(shlex-joined, never a shell string from data) with stdin, bounded output and a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from .. import remote as answers
+from .. import transport
+from ..inventory import Inventory
+
+MAX_OUT = 4 << 20  # a swarm's inspect JSON of a few dozen services and tasks fits well inside
+
+
+class SwarmCommandError(Exception):
+    """A docker command failed on a host: which host, which command, what it said."""
+
+    def __init__(self, host: str, argv: list[str], rc: int, err: str):
+        self.host, self.argv, self.rc, self.err = host, argv, rc, err
+        # A join token is a credential: never in a message.
+        shown = ["<token>" if i and argv[i - 1] == "--token" else a for i, a in enumerate(argv)]
+        super().__init__(f"{host}: `{shlex.join(shown)}` failed (exit {rc}): {answers.clean_text(err.strip()[-400:]) or 'no output'}")
+
+
+@dataclass
+class Host:
+    """One open SSH connection to a host, for docker commands."""
+
+    name: str
+    address: str
+    conn: Any
+
+    def run(self, argv: list[str], stdin: bytes = b"", timeout: float = 60.0, check: bool = True) -> tuple[int, str, str]:
+        chan = self.conn.client.get_transport().open_session(timeout=timeout)
+        chan.settimeout(timeout)
+        try:
+            chan.exec_command(shlex.join(argv))
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out = chan.makefile("rb").read(MAX_OUT).decode(errors="replace")
+            rc = chan.recv_exit_status()
+            err = chan.makefile_stderr("rb").read(64 << 10).decode(errors="replace")
+        except TimeoutError:
+            raise SwarmCommandError(self.name, argv, -1, f"no answer within {timeout:g}s") from None
+        finally:
+            chan.close()
+        if check and rc != 0:
+            raise SwarmCommandError(self.name, argv, rc, err)
+        return rc, out, err
+
+    def json(self, argv: list[str], timeout: float = 60.0) -> Any:
+        _rc, out, _err = self.run(argv, timeout=timeout)
+        return json.loads(out) if out.strip() else None
+
+    def lines(self, argv: list[str], timeout: float = 60.0) -> list[str]:
+        return [x.strip() for x in self.run(argv, timeout=timeout)[1].splitlines() if x.strip()]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_host(inv: Inventory, name: str) -> Host:
+    """Connect to an inventory host (strict known hosts); raises transport.TransportError with the operator's text."""
+    t = transport.Target.from_inventory(inv, name)
+    return Host(name, t.address, transport.connect(t))
