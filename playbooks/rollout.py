@@ -90,6 +90,10 @@ def _rollout(
     if on_failure not in POLICIES:
         raise RolloutError(f"--on-failure must be one of {', '.join(POLICIES)}, not {on_failure!r}")
     targets.check(inv, phase, hosts)
+    if inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # Swarm runs the release; the same gates before it (docs/swarm.md)
+        from .swarm.deploy import rollout_swarm
+
+        return rollout_swarm(inv, phase, pool, hosts, dry_run, max_parallel, on_failure, confirm, progress, failpoint)
     ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress)
     ro.failpoint = failpoint
     if _stop_before_changing(ro, dry_run, confirm):

@@ -149,4 +149,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
     record_recoveries(results)
     for h in inv.select_hosts(hosts):
         ledger.observe(h, out["hosts"][h].get("last_rollout"))
+    if any(inv.fleet.engine_of(p) == "swarm" for p in inv.phases):  # Swarm names its own containers: a manager says where
+        from .swarm.status_view import overlay
+
+        overlay(inv, out, inv.select_hosts(hosts))
     return out

@@ -1,0 +1,360 @@
+"""`fab rollout -p P` on a swarm phase: the SSH push's preflight, security gate, freezes and hooks, then Swarm.
+
+Everything before a change is the SSH rollout's own code (rollout._decide, _stop_before_changing):
+preflight on every host (NVML, arch, GPU memory, the image contract), the plan's digests as the
+hosts resolved them, the Trivy gate bound to those digests, freezes, confirmation, the pre-rollout
+hook. Then the stack, pinned to those digests, is deployed through a manager, and Swarm's update
+is followed to its end. Each (host, service) is reported as Swarm left it, observed: committed,
+reverted (Swarm rolled back, the previous spec runs again on that host), removed (a new service
+that never became healthy, taken away), or needs-operator (paused, or nothing observed in time).
+The ending is the SSH rollout's own (rollout._record -> ending.conclude): report, state, exit
+code, ledger.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.vocabulary import Outcome
+
+from .. import ledger, preflight, rollout, transport
+from ..ending import Interrupted, RolloutReport
+from ..errors import RolloutError
+from ..inventory import Inventory
+from ..plan import BLOCKED, CREATE, NOOP, REPLACE, Plan
+from . import commands, observe, render
+from .remote import Host, SwarmCommandError, open_host
+
+HOST_SECRETS_DIR = "/etc/fleetroll/secrets"  # agent/secrets.py's default, on the manager
+POLL_S = 0.5
+NO_UPDATE_GRACE_S = 4.0  # a spec change that replaces no task (update settings only) starts no update
+
+
+def open_manager(inv: Inventory) -> Host:
+    """The first manager that answers and is one; the error says how to form the swarm when none is."""
+    why = []
+    for name in inv.fleet.swarm_managers():
+        try:
+            h = open_host(inv, name)
+        except transport.TransportError as exc:
+            why.append(str(exc))
+            continue
+        import json
+
+        try:
+            info = json.loads(h.run(commands.info())[1] or "{}") or {}
+        except (SwarmCommandError, ValueError) as exc:
+            why.append(str(exc))
+            h.close()
+            continue
+        if info.get("LocalNodeState") == "active" and info.get("ControlAvailable"):
+            return h
+        why.append(f"{name}: not a swarm manager (swarm state {info.get('LocalNodeState') or 'unknown'!r})")
+        h.close()
+    raise RolloutError("no swarm manager answers: " + "; ".join(why) + "; fix: fab swarm.form (then fab rollout again)")
+
+
+# --- the plan, in Swarm's terms (pure) ------------------------------------------------------
+
+
+def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: observe.View, facts: dict[str, dict]) -> None:
+    """Rewrite the SSH plan's actions from what Swarm runs now (its digests stay: the hosts resolved them). Pure."""
+    for st in plan.steps:
+        if st.action == BLOCKED:
+            continue
+        svc = before.services.get(st.service)
+        tag, digest, shash = observe.deployed(svc)
+        want = rendered.doc["services"][st.service]["deploy"]["labels"][render.SPEC_LABEL]
+        st.current_tag, st.current_digest, st.changes = tag, digest, []
+        st.order, st.order_reason = rendered.orders[st.service]
+        pushed = next((c for c in (facts.get(st.host) or {}).get("docker", {}).get("containers", [])
+                       if c.get("name") == st.service and c.get("running")), None)
+        if pushed is not None:
+            st.action = BLOCKED
+            st.reason = (f"a container {st.service} pushed over SSH runs on {st.host}; moving a service from SSH push to Swarm"
+                         f" is not built yet: remove it first (fab remove -s {st.service} -H {st.host}) or keep the phase on"
+                         " engine: ssh")
+        elif svc is None:
+            st.action, st.reason = CREATE, "not in the swarm yet"
+        elif shash == want and st.host in observe.running(before, st.service, digest):
+            st.action, st.reason = NOOP, "Swarm already runs this digest with this configuration here"
+        elif shash == want:
+            st.action, st.reason = REPLACE, "Swarm's task here is not running; wait for Swarm to place it again"
+        elif digest == st.new_digest:
+            st.action, st.reason = REPLACE, "same image, configuration changed"
+        else:
+            st.action, st.reason = REPLACE, "new image"
+        if st.action == REPLACE and digest != st.new_digest:
+            st.changes.append(f"image: {tag or '?'}@{(digest or '?')[:19]} -> {st.new_tag}@{st.new_digest[:19]}")
+
+
+def own_ports_freed(facts: dict[str, dict], before: observe.View) -> dict[str, dict]:
+    """Facts with the host ports the stack's own tasks hold taken out: the ports check must not call them someone else's."""
+    held = observe.published_ports(before)
+    return {h: {**f, "ports": [p for p in f.get("ports") or [] if p not in held.get(h, set())]} for h, f in facts.items()}
+
+
+# --- judging one service's end (pure) -------------------------------------------------------
+
+
+@dataclass
+class Follow:
+    """One changed service being followed."""
+
+    service: str
+    mode: str  # update (Swarm has a previous spec) | create | reconcile (same spec, tasks to be placed)
+    hosts: list[str]
+    new_tag: str
+    new_digest: str
+    old_tag: str
+    old_digest: str
+    started_before: str  # UpdateStatus.StartedAt before the deploy: a new update has another
+    deadline: float
+    want_hash: str = ""
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> outcome dict
+    first_running: float = 0.0
+    running_ids: frozenset = frozenset()
+
+
+def _base(f: Follow, host: str, action: str) -> dict[str, Any]:
+    return {"service": f.service, "action": action, "prev_ref": "", "prev_digest": "", "before_tag": f.old_tag,
+            "before_digest": f.old_digest, "tried_tag": f.new_tag, "tried_digest": f.new_digest, "engine": "swarm"}
+
+
+def _evidence(view: observe.View, f: Follow, host: str) -> dict[str, Any]:
+    bad = [r for r in observe.failed(view, f.service, f.new_digest) if r["host"] == host]
+    if not bad:
+        return {}
+    last = bad[0]
+    return {"status": last["state"], "exit_code": last["exit_code"], "restarts": len(bad), "error": last["error"],
+            "task": last["id"][:12]}
+
+
+def _commit(f: Follow, host: str, task: dict[str, Any], why: str) -> None:
+    f.done[host] = {**_base(f, host, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.COMMITTED, "check": "swarm",
+                    "message": f"Swarm runs task {task['id'][:12]} of {f.new_tag} on {host}: {why}",
+                    "after_tag": f.new_tag, "after_digest": f.new_digest,
+                    "gate": {"ok": True, "reason": "Swarm's healthcheck passed (a task is running only once healthy)"}}
+
+
+def _needs(f: Follow, view: observe.View, host: str, why: str) -> None:
+    f.done[host] = {**_base(f, host, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.NEEDS_OPERATOR,
+                    "check": "swarm", "message": why, "after_tag": "", "after_digest": "", "details": _evidence(view, f, host)}
+
+
+def _reverted(f: Follow, view: observe.View, host: str, task: dict[str, Any], message: str) -> None:
+    f.done[host] = {**_base(f, host, REPLACE), "outcome": Outcome.REVERTED, "check": "swarm-update",
+                    "message": f"Swarm rolled the update back: {message or 'rollback completed'}",
+                    "after_tag": f.old_tag, "after_digest": f.old_digest, "details": _evidence(view, f, host),
+                    "revert_gate": {"ok": True, "reason": f"Swarm task {task['id'][:12]} runs {f.old_tag} on {host}, healthy by"
+                                    " its healthcheck, after the rollback"}}
+
+
+def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
+    """An update Swarm started: completed, rolled back, paused, or still going. Pure."""
+    state, message, _started = observe.update_state(view.services.get(f.service))
+    if state == "completed":
+        on_new = observe.running(view, f.service, f.new_digest)
+        for h in f.hosts:
+            if h in on_new:
+                _commit(f, h, on_new[h], "the update completed through its monitor window")
+            elif timed_out:
+                _needs(f, view, h, f"Swarm says the update completed but no task of {f.new_tag} runs on {h}; look: fab status")
+    elif state == "rollback_completed":
+        on_old = observe.running(view, f.service, f.old_digest)
+        for h in f.hosts:
+            if h in on_old:
+                _reverted(f, view, h, on_old[h], message)
+            elif timed_out:
+                _needs(f, view, h, f"Swarm rolled the update back ({message}) but no task of {f.old_tag} is seen running on {h}")
+    elif state in ("paused", "rollback_paused"):
+        for h in f.hosts:
+            _needs(f, view, h, f"Swarm {state.replace('_', ' ')} the update: {message}; nothing proves what serves; look: fab"
+                               f" status, then docker service update --rollback {f.service} on a manager, or roll out a fix")
+    elif timed_out:
+        for h in f.hosts:
+            _needs(f, view, h, f"Swarm's update is still {state or 'not started'} at the end of fleetroll's wait; Swarm carries"
+                               " on: follow it with fab status")
+    return all(h in f.done for h in f.hosts)
+
+
+def _judge_tasks(f: Follow, view: observe.View, now: float, min_healthy_time: float, timed_out: bool) -> bool:
+    """No update to read (a new service, a spec Swarm already had, settings that replace no task): the tasks say it. Pure."""
+    on_new = observe.running(view, f.service, f.new_digest)
+    if f.mode == "update" and timed_out:
+        for h in f.hosts:
+            _needs(f, view, h, f"Swarm started no update of {f.service} within fleetroll's wait; look: fab status")
+        return True
+    placed = all(h in on_new for h in f.hosts)
+    if placed and (f.mode != "update" or observe.deployed(view.services.get(f.service))[2] == f.want_hash):
+        ids = frozenset(on_new[h]["id"] for h in f.hosts)
+        if ids != f.running_ids or not f.first_running:
+            f.running_ids, f.first_running = ids, now  # the same tasks must stay running through the window
+        if now - f.first_running < max(min_healthy_time, NO_UPDATE_GRACE_S if f.mode == "update" else 0):
+            return False
+        why = ("Swarm applied the new settings; no task needed replacing" if f.mode == "update"
+               else "healthy, and still the same task after min_healthy_time")
+        for h in f.hosts:
+            _commit(f, h, on_new[h], why)
+        return True
+    if not timed_out:
+        return False
+    for h in f.hosts:
+        if h in on_new:
+            _commit(f, h, on_new[h], "running at the end of the wait")
+        else:
+            _needs(f, view, h, f"no task of {f.new_tag} became healthy on {h} within {f.service}'s wait")
+    return True
+
+
+def judge(f: Follow, view: observe.View, now: float, min_healthy_time: float) -> bool:
+    """Fill f.done for every host whose end is observed; True when every host has one. Pure."""
+    _state, _message, started = observe.update_state(view.services.get(f.service))
+    timed_out = now >= f.deadline
+    if f.mode == "update" and started and started != f.started_before:
+        return _judge_update(f, view, timed_out)
+    return _judge_tasks(f, view, now, min_healthy_time, timed_out)
+
+
+# --- doing it ---------------------------------------------------------------------------------
+
+
+def _ensure_secrets(manager: Host, rendered: render.Rendered) -> list[str]:
+    """Each Swarm secret the stack names, made on the manager from its own secret file if missing. Returns what was made."""
+    made = []
+    for name, file in rendered.secrets.items():
+        rc, _out, _err = manager.run(commands.secret_exists(name), check=False)
+        if rc == 0:
+            continue
+        manager.run(commands.secret_create(name, f"{HOST_SECRETS_DIR}/{file}"))
+        made.append(name)
+    return made
+
+
+def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: observe.View, t0: float) -> list[Follow]:
+    out = []
+    for name in dict.fromkeys(s.service for s in plan.changes):
+        svc = inv.fleet.services[name]
+        old = before.services.get(name)
+        tag, digest, shash = observe.deployed(old)
+        want = rendered.doc["services"][name]["deploy"]["labels"][render.SPEC_LABEL]
+        mode = "create" if old is None else "reconcile" if shash == want else "update"
+        hosts = inv.fleet.hosts_of(name)
+        par = rendered.doc["services"][name]["deploy"]["update_config"]["parallelism"] or len(hosts)
+        per_batch = svc.health.healthy_deadline + svc.health.min_healthy_time + 15
+        wait = per_batch * math.ceil(len(hosts) / par) * (2 if mode == "update" else 1) + 20
+        out.append(Follow(name, mode, hosts, svc.tag, next(s.new_digest for s in plan.changes if s.service == name), tag, digest,
+                          observe.update_state(old)[2], t0 + wait, want))
+    return out
+
+
+def _remove_failed_creations(manager: Host, stack: str, follows: list[Follow]) -> None:
+    """A service new in this rollout that never became healthy has nothing to go back to: take it away, and see it gone."""
+    for f in follows:
+        if f.mode != "create" or all(d["outcome"] == Outcome.COMMITTED for d in f.done.values()):
+            continue
+        try:
+            manager.run(commands.service_rm(f"{stack}_{f.service}"))
+            gone = f.service not in observe.read(manager, stack).services
+        except SwarmCommandError as exc:
+            gone, err = False, str(exc)
+        else:
+            err = "" if gone else "still listed after docker service rm"
+        for d in f.done.values():
+            if d["outcome"] == Outcome.COMMITTED:
+                continue
+            if gone:
+                d.update(outcome=Outcome.REMOVED, check="swarm-create", message=d["message"] + "; it had no earlier version,"
+                         " so fleetroll removed the new service (seen gone)")
+            else:
+                d["message"] += f"; removing it failed: {err}"
+
+
+def _results(follows: list[Follow]) -> dict[str, transport.CallResult]:
+    by_host: dict[str, list[dict]] = {}
+    for f in follows:
+        for h in f.hosts:
+            by_host.setdefault(h, []).append(f.done[h])
+    return {h: transport.CallResult(host=h, ok=all(s["outcome"] == Outcome.COMMITTED for s in svcs),
+                                    answer={"protocol": transport.PROTOCOL, "ok": True, "data": {"services": svcs}})
+            for h, svcs in by_host.items()}
+
+
+def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: observe.View) -> dict[str, transport.CallResult]:
+    inv, plan, report = ro.inv, ro.plan, ro.report
+    ledger.append("started", **ro.common, engine="swarm", stack=rendered.stack, manager=manager.name,
+                  plan=plan.to_json(ledger.redaction_key()))
+    t0 = time.monotonic()
+    follows = _follows(inv, plan, rendered, before, t0)
+    try:
+        made = _ensure_secrets(manager, rendered)
+        if made:
+            report.messages.append(f"swarm secrets made on {manager.name} from its secret files: {', '.join(made)}")
+        manager.run(commands.stack_deploy(rendered.stack), stdin=render.to_yaml(rendered).encode(), timeout=120)
+    except SwarmCommandError as exc:
+        report.messages.append(f"FAILED deploying stack {rendered.stack} through {manager.name}: {exc}")
+        # What Swarm took before the error is read, not assumed: a service whose spec is still the old one was not touched.
+        view = observe.read(manager, rendered.stack)
+        for f in follows:
+            if observe.deployed(view.services.get(f.service))[2] != f.want_hash:
+                for h in f.hosts:
+                    f.done[h] = {**_base(f, h, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.REFUSED,
+                                 "check": "swarm-deploy", "message": f"not deployed: {exc}", "after_tag": f.old_tag,
+                                 "after_digest": f.old_digest}
+    report.messages.append(f"stack {rendered.stack} deployed through {manager.name}; following Swarm's update")
+    pending = [f for f in follows if not f.done]
+    while pending:
+        view = observe.read(manager, rendered.stack)
+        now = time.monotonic()
+        pending = [f for f in pending
+                   if not judge(f, view, now, inv.fleet.services[f.service].health.min_healthy_time)]
+        if pending:
+            time.sleep(POLL_S)
+    _remove_failed_creations(manager, rendered.stack, follows)
+    return _results(follows)
+
+
+def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[str] | None = None, dry_run: bool = False,
+                  max_parallel: int | None = None, on_failure: str = "revert-phase", confirm=None, progress=None,
+                  failpoint: dict | None = None) -> RolloutReport:
+    """One swarm phase: decide as the SSH rollout does, deploy the stack, follow Swarm, end as the SSH rollout does."""
+    if hosts:
+        raise RolloutError(f"phase {phase} runs on engine: swarm, deployed as one stack; --hosts does not apply to it")
+    if failpoint:
+        raise RolloutError("failpoints are the SSH engine's (its host transaction); a swarm phase has none")
+    manager = open_manager(inv)
+    try:
+        stack = render.stack_name(phase)
+        before = observe.read(manager, stack)
+        ro = rollout._decide(inv, phase, pool, None, max_parallel, on_failure, progress)
+        pre = ro.report.preflight
+        freed = own_ports_freed(pre.facts, before)
+        pre.checks = [c for h in pre.hosts
+                      for c in (preflight.evaluate(inv, h, phase, freed[h]) if h in freed
+                                else [c for c in pre.checks if c.host == h])]
+        digests = {s.service: s.new_digest for s in ro.plan.steps if s.new_digest}
+        try:
+            rendered = render.render(inv, phase, digests)
+        except render.RenderError as exc:
+            raise RolloutError(f"{inv.path}: {exc}") from None
+        swarm_plan(inv, ro.plan, rendered, before, pre.facts)
+        ro.report.messages += [f"swarm: {n}" for n in rendered.notes]
+        ro.common.update(engine="swarm", stack=stack)
+        if rollout._stop_before_changing(ro, dry_run, confirm):
+            if dry_run:
+                ro.report.messages.append(f"swarm: stack {stack} would be deployed through {manager.name} (fab swarm.render -p"
+                                          f" {phase} prints it)")
+            ro.report.elapsed_s = time.monotonic() - ro.t0
+            return ro.report
+        try:
+            results = _deploy_and_follow(ro, manager, rendered, before)
+        except KeyboardInterrupt:
+            ledger.append("interrupted", **ro.common, reason="the operator pressed Ctrl-C; Swarm carries on with the update",
+                          hosts_busy=ro.plan.hosts)
+            raise Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts) from None
+        return rollout._record(ro, results)
+    finally:
+        manager.close()

@@ -1,0 +1,117 @@
+"""Forming the swarm and judging what Swarm did, from captured `docker info`/inspect shapes (pure; no host)."""
+
+from __future__ import annotations
+
+from playbooks.swarm import commands, deploy, form, observe
+
+NEW, OLD = "sha256:" + "1" * 64, "sha256:" + "0" * 64
+REPO = "reg:5000/lab/core"
+
+
+# --- forming -----------------------------------------------------------------------------------
+
+
+def test_an_empty_fleet_inits_on_the_first_manager_and_joins_the_rest_by_role():
+    states = {h: {"LocalNodeState": "inactive"} for h in ("mainpc", "pc2", "node03")}
+    moves = form.decide(["mainpc", "pc2", "node03"], ["mainpc", "node03"], states, None)
+    assert [(m.host, m.action) for m in moves] == [("mainpc", "init"), ("pc2", "join-worker"), ("node03", "join-manager")]
+
+
+def test_forming_again_touches_nothing_and_another_swarm_is_refused_with_the_fix():
+    states = {"mainpc": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1", "Cluster": {"ID": "c1"}},
+              "pc2": {"LocalNodeState": "active", "NodeID": "n2"},
+              "node03": {"LocalNodeState": "active", "NodeID": "elsewhere"}}
+    moves = {m.host: m for m in form.decide(["mainpc", "pc2", "node03"], ["mainpc"], states, {"n1", "n2"})}
+    assert moves["mainpc"].action == "member" and moves["pc2"].action == "member"
+    assert moves["node03"].action == "refuse" and "another swarm" in moves["node03"].why
+    assert "fab swarm.leave -H node03" in moves["node03"].why
+
+
+def test_a_first_manager_that_is_a_worker_elsewhere_is_refused():
+    states = {"mainpc": {"LocalNodeState": "active", "ControlAvailable": False}, "pc2": {"LocalNodeState": "inactive"}}
+    moves = form.decide(["mainpc", "pc2"], ["mainpc"], states, None)
+    assert moves[0].action == "refuse" and "worker in another swarm" in moves[0].why
+
+
+def test_commands_are_argv_lists_and_label_by_inventory_name():
+    assert commands.init("10.0.0.1") == ["docker", "swarm", "init", "--advertise-addr", "10.0.0.1", "--listen-addr", "10.0.0.1:2377"]
+    argv = commands.node_labels("abc", "pc2", {"count": 1, "compute_capability": "8.6"})
+    assert argv[-1] == "abc" and "fleetroll.host=pc2" in argv and "fleetroll.gpu=true" in argv
+    assert commands.stack_deploy("fr-x")[-3:] == ["-c", "-", "fr-x"] and "never" in commands.stack_deploy("fr-x")
+
+
+# --- judging -----------------------------------------------------------------------------------
+
+
+def task(tid: str, node: str, digest: str, state: str = "running", desired: str = "running", err: str = "", code=None) -> dict:
+    return {"ID": tid, "NodeID": node, "DesiredState": desired, "Spec": {"ContainerSpec": {"Image": f"{REPO}:t@{digest}"}},
+            "Status": {"State": state, "Err": err, "ContainerStatus": {"ExitCode": code}}}
+
+
+def view(update: dict | None, tasks: list[dict]) -> observe.View:
+    svc = {"ID": "s1", "Spec": {"Name": "fr-p_web", "Labels": {"io.fleetroll.spec-hash": "want"}}, "UpdateStatus": update}
+    return observe.View(nodes={"n1": "mainpc", "n2": "pc2"}, services={"web": svc}, tasks={"web": tasks})
+
+
+def follow(mode: str = "update") -> deploy.Follow:
+    return deploy.Follow("web", mode, ["mainpc", "pc2"], "t-new", NEW, "t-old", OLD, "2020-01-01T00:00:00Z", 100.0, "want")
+
+
+def test_a_completed_update_commits_each_host_running_the_new_digest():
+    f = follow()
+    v = view({"State": "completed", "StartedAt": "2030-01-01T00:00:00Z"}, [task("a", "n1", NEW), task("b", "n2", NEW),
+                                                                          task("c", "n1", OLD, "shutdown", "shutdown")])
+    assert deploy.judge(f, v, now=10, min_healthy_time=2)
+    assert {h: d["outcome"] for h, d in f.done.items()} == {"mainpc": "committed", "pc2": "committed"}
+    assert f.done["pc2"]["after_digest"] == NEW and "task b" in f.done["pc2"]["message"]
+
+
+def test_the_previous_update_status_is_not_taken_for_this_one():
+    f = follow()
+    v = view({"State": "completed", "StartedAt": "2020-01-01T00:00:00Z"}, [task("a", "n1", OLD), task("b", "n2", OLD)])
+    assert not deploy.judge(f, v, now=10, min_healthy_time=2) and f.done == {}
+
+
+def test_a_rollback_by_swarm_is_reverted_only_where_the_old_digest_is_seen_running():
+    f = follow()
+    tasks = [task("x", "n1", NEW, "failed", "shutdown", "task: non-zero exit (1): unhealthy container", 1),
+             task("a", "n1", OLD), task("b", "n2", OLD, "starting")]
+    v = view({"State": "rollback_completed", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update rolled back"}, tasks)
+    assert not deploy.judge(f, v, now=10, min_healthy_time=2)  # pc2 not seen running yet: wait, claim nothing
+    assert f.done["mainpc"]["outcome"] == "reverted" and "pc2" not in f.done
+    assert f.done["mainpc"]["details"]["exit_code"] == 1 and f.done["mainpc"]["after_digest"] == OLD
+    assert deploy.judge(f, v, now=200, min_healthy_time=2)  # at the deadline: not observed is needs-operator
+    assert f.done["pc2"]["outcome"] == "needs-operator"
+
+
+def test_a_paused_update_needs_an_operator_never_reverted():
+    f = follow()
+    v = view({"State": "paused", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update paused due to failure"}, [])
+    assert deploy.judge(f, v, now=10, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"needs-operator"} and "paused" in f.done["mainpc"]["message"]
+
+
+def test_a_new_service_commits_once_the_same_tasks_ran_through_min_healthy_time():
+    f = follow("create")
+    v = view(None, [task("a", "n1", NEW), task("b", "n2", NEW)])
+    assert not deploy.judge(f, v, now=10, min_healthy_time=2)
+    assert not deploy.judge(f, v, now=11, min_healthy_time=2)
+    assert deploy.judge(f, v, now=12.5, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"committed"} and f.done["mainpc"]["action"] == "create"
+
+
+def test_a_new_service_that_never_runs_everywhere_is_not_committed_there():
+    f = follow("create")
+    v = view(None, [task("a", "n1", NEW), task("x", "n2", NEW, "failed", "shutdown", "unhealthy", 1)])
+    assert not deploy.judge(f, v, now=50, min_healthy_time=2)
+    assert deploy.judge(f, v, now=100, min_healthy_time=2)
+    assert f.done["mainpc"]["outcome"] == "committed" and f.done["pc2"]["outcome"] == "needs-operator"
+    assert f.done["pc2"]["details"]["restarts"] == 1
+
+
+def test_own_ports_are_freed_from_the_preflight_facts():
+    v = view(None, [task("a", "n1", NEW)])
+    v.services["web"]["Spec"]["EndpointSpec"] = {"Ports": [{"PublishedPort": 9300}]}
+    facts = {"mainpc": {"ports": [22, 9300]}, "pc2": {"ports": [22, 9300]}}
+    freed = deploy.own_ports_freed(facts, v)
+    assert freed["mainpc"]["ports"] == [22] and freed["pc2"]["ports"] == [22, 9300]  # pc2's 9300 is not the stack's task
