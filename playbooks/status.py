@@ -149,8 +149,13 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
     record_recoveries(results)
     for h in inv.select_hosts(hosts):
         ledger.observe(h, out["hosts"][h].get("last_rollout"))
-    if any(inv.fleet.engine_of(p) == "swarm" for p in inv.phases):  # Swarm names its own containers: a manager says where
+    swarm_rows(inv, out, inv.select_hosts(hosts))
+    return out
+
+
+def swarm_rows(inv: Inventory, out: dict[str, Any], hosts: list[str]) -> None:
+    """Rows of swarm phases' services from a manager: Swarm names its own containers, which the agents do not know."""
+    if any(inv.fleet.engine_of(p) == "swarm" for p in inv.phases):
         from .swarm.status_view import overlay
 
-        overlay(inv, out, inv.select_hosts(hosts))
-    return out
+        overlay(inv, out, hosts)

@@ -30,7 +30,8 @@ from .remote import Host, SwarmCommandError, open_host
 
 HOST_SECRETS_DIR = "/etc/fleetroll/secrets"  # agent/secrets.py's default, on the manager
 POLL_S = 0.5
-NO_UPDATE_GRACE_S = 4.0  # a spec change that replaces no task (update settings only) starts no update
+NO_UPDATE_GRACE_S = 4.0
+CREATE_FAILURES = 3  # a new service whose task failed this often on a host is not going to become healthy there  # a spec change that replaces no task (update settings only) starts no update
 
 
 def open_manager(inv: Inventory) -> Host:
@@ -200,7 +201,9 @@ def _judge_tasks(f: Follow, view: observe.View, now: float, min_healthy_time: fl
         for h in f.hosts:
             _commit(f, h, on_new[h], why)
         return True
-    if not timed_out:
+    failing = {r["host"] for r in observe.failed(view, f.service, f.new_digest)
+               if sum(1 for x in observe.failed(view, f.service, f.new_digest) if x["host"] == r["host"]) >= CREATE_FAILURES}
+    if not timed_out and not (f.mode == "create" and failing - set(on_new)):
         return False
     for h in f.hosts:
         if h in on_new:
@@ -306,8 +309,18 @@ def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: obs
                                  "after_digest": f.old_digest}
     report.messages.append(f"stack {rendered.stack} deployed through {manager.name}; following Swarm's update")
     pending = [f for f in follows if not f.done]
+    view = observe.View()
     while pending:
-        view = observe.read(manager, rendered.stack)
+        try:
+            view = observe.read(manager, rendered.stack)
+        except (SwarmCommandError, OSError, EOFError) as exc:
+            # Not observed is not reverted: every service still open needs an operator; Swarm carries on by itself.
+            for f in pending:
+                for h in f.hosts:
+                    f.done.setdefault(h, {**_base(f, h, REPLACE), "outcome": Outcome.NEEDS_OPERATOR, "check": "swarm",
+                                          "message": f"lost the manager {manager.name} while following: {exc}; Swarm carries"
+                                          " on: look with fab status", "after_tag": "", "after_digest": ""})
+            break
         now = time.monotonic()
         pending = [f for f in pending
                    if not judge(f, view, now, inv.fleet.services[f.service].health.min_healthy_time)]
