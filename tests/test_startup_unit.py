@@ -3,6 +3,9 @@
 Every `fab`/`fleetroll` command, `--help` included, imports the task module first. The SSH stack,
 the inventory's schema (pydantic), the docker SDK, rich and test helpers are imported by a task
 when it runs, never at start-up. bench/startup.py times the commands themselves.
+
+On a host, the agent's transaction speaks to Docker with http.client (agent/engine.py): neither
+importing it nor running it as far as a Docker call imports the docker SDK, requests or urllib3.
 """
 
 from __future__ import annotations
