@@ -38,6 +38,9 @@ NOT_CONFIG = ("name", "repo", "tag", "digest", "spec_hash")
 def config_fingerprint(spec: dict[str, Any]) -> str:
     """A short hash of a service's configuration (env with secret *references*, ports, volumes, GPUs, user, health, proxy).
 
+    A secret's reference includes how it is given (`{secret, as: file}` differs from `{secret}`),
+    so moving a secret from env to a file is a configuration change here as in the spec hash.
+
     Pure, and computed from the plan's spec on both sides: the host records it when a
     release fails, the controller computes it for the next plan. Secret values never enter
     it (the spec holds references), so it can sit in a world-readable freeze record.

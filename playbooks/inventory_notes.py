@@ -87,8 +87,9 @@ FLEET_NOTES: dict[str, Doc] = {
         "Absolute host directories that services may bind-mount in `volumes:` (they and what is below them); nothing"
         f" else can be bind-mounted. None of them may be, or be under, {_FORBIDDEN}.",
         "host_paths: [/srv/models]",
-        "inventory validation of `services.<name>.volumes`; on the host the agent checks each bind source again as it"
-        " resolves there, at container create (and against `FLEETROLL_HOST_PATHS` when the host sets it)."),
+        "inventory validation of `services.<name>.volumes`; sent with every host call, where the agent checks each bind"
+        " source again as it resolves there, at container create, under these prefixes and, when the host sets"
+        " `FLEETROLL_HOST_PATHS`, under that list too (the intersection: a plan cannot widen the host's own list)."),
     # security
     "security": Doc(
         "Where the supply-chain gate (risk R4) finds Trivy reports and risk acceptances. Relative paths are relative"
