@@ -17,6 +17,7 @@ from pathlib import Path
 from .model import (
     BRIDGE,
     GATEWAY,
+    INSTANCE,
     LAB_DIR,
     LAB_PYENV_USER,
     LAB_USER,
@@ -27,6 +28,7 @@ from .model import (
     REGISTRY_NS,
     SRC,
     SUBNET,
+    VETH_PREFIX,
     LabHost,
 )
 from .procs import created_users, nsenter, pid_in, record_process, recorded, sh, tcp_open, wait_for
@@ -36,7 +38,7 @@ def make_network(hosts: list[LabHost]) -> None:
     sh("ip", "link", "add", BRIDGE, "type", "bridge")
     sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
     sh("ip", "link", "set", BRIDGE, "up")
-    pairs = [(REGISTRY_NS, f"{SUBNET}.2", "frvr")] + [(h.netns, h.address, h.veth) for h in hosts]
+    pairs = [(REGISTRY_NS, f"{SUBNET}.2", f"{VETH_PREFIX}r")] + [(h.netns, h.address, h.veth) for h in hosts]
     for ns, addr, veth in pairs:
         sh("ip", "netns", "add", ns)
         sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -100,6 +102,7 @@ def host_env(h: LabHost) -> dict[str, str]:
         "FLEETROLL_STATE_DIR": str(h.dir / "state"),
         "FLEETROLL_LOCK_DIR": str(h.dir / "lock"),
         "FLEETROLL_SECRETS_DIR": str(h.dir / "secrets"),
+        "FLEETROLL_RUN_DIR": str(h.dir / "run"),  # a tmpfs, as /run/fleetroll is on a real host (secret files)
         "PATH": f"{LAB_DIR / 'hookbin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         if h.hook
         else "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -129,6 +132,13 @@ def start_host(h: LabHost) -> None:
     shutil.chown(d / "lock", "root", "docker")
     for sub in ("state", "lock"):
         (d / sub).chmod(0o2770)
+    # The agent's run directory (secret files): a tmpfs of its own, root's, group docker, 2770, as root makes
+    # /run/fleetroll on a real host for operator accounts. teardown unmounts it with the lab's other mounts.
+    (d / "run").mkdir(exist_ok=True)
+    if not os.path.ismount(d / "run"):
+        sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=2770,nosuid,nodev,noexec", f"frlab{INSTANCE}-run-{h.name}", str(d / "run"))
+    shutil.chown(d / "run", "root", "docker")
+    (d / "run").chmod(0o2770)
     env = host_env(h)
     _spawn_dockerd(h)
     # sshd: fresh host key, SetEnv points sessions at this host's dockerd and fake GPU.

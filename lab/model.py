@@ -11,10 +11,29 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-LAB_DIR = Path(os.environ.get("FLEETROLL_LAB_DIR", "/tmp/frlab"))
-BRIDGE = "frlab0"
-NS_PREFIX = "frl-"
-SUBNET = "10.213.0"
+
+def instance() -> int:
+    """Which lab this process addresses: FLEETROLL_LAB_INSTANCE (0-9, default 0).
+
+    Why more than one: the test suite runs two workers, each against a lab of its own, so the
+    lab's waiting (health gates, restarts) overlaps instead of adding up. Instance 0 keeps the
+    names an operator sees in the docs (/tmp/frlab, frlab0, 10.213.0.0/24); instance n gets its
+    own directory, bridge, namespaces, links, subnet and accounts, so two labs never touch each
+    other's things (teardown finds only its own names).
+    """
+    raw = os.environ.get("FLEETROLL_LAB_INSTANCE", "0") or "0"
+    if not (raw.isdigit() and 0 <= int(raw) <= 9):
+        raise ValueError(f"FLEETROLL_LAB_INSTANCE={raw!r}: expected a number 0-9 (unset it for the default lab)")
+    return int(raw)
+
+
+INSTANCE = instance()
+_SUFFIX = str(INSTANCE) if INSTANCE else ""
+LAB_DIR = Path(os.environ.get("FLEETROLL_LAB_DIR", f"/tmp/frlab{_SUFFIX}"))
+BRIDGE = f"frlab{INSTANCE}"
+NS_PREFIX = f"frl{_SUFFIX}-"
+VETH_PREFIX = f"fr{INSTANCE}v" if INSTANCE else "frv"  # "fr1v3": no lab's prefix is a prefix of another's links
+SUBNET = f"10.213.{INSTANCE}"
 GATEWAY = f"{SUBNET}.1"
 REGISTRY_NS = f"{NS_PREFIX}registry"
 REGISTRY_ADDR = f"{SUBNET}.2:5000"
@@ -22,13 +41,13 @@ ORG = "lab"
 # Lab hosts are entered as this unprivileged user (in the docker group), with /bin/sh as
 # its shell and a home inside the lab: root's own dotfiles on the machine running the
 # lab (pyenv init and the like) must not run on every SSH command and skew timings.
-LAB_USER = "frlab"
+LAB_USER = f"frlab{_SUFFIX}"
 # A second operator account on every lab host (same key, also in the docker group): two
 # SSH users driving one Docker daemon must share its lock and its journal.
-LAB_OPS_USER = "frops"
+LAB_OPS_USER = f"frops{_SUFFIX}"
 # An account like many real operators': bash as its shell, a ~/.bashrc that runs a pyenv-style init
 # (~0.2 s, sourced by bash for every SSH command) and a `python3` shim first in its PATH.
-LAB_PYENV_USER = "frpyenv"
+LAB_PYENV_USER = f"frpyenv{_SUFFIX}"
 LAB_USERS = (LAB_USER, LAB_OPS_USER, LAB_PYENV_USER)
 PYENV_BASHRC = """# what `eval "$(pyenv init -)"` and friends cost on a real account, roughly
 sleep 0.2
@@ -110,7 +129,7 @@ def plan_hosts(count: int, extras: list[str] | None = None) -> list[LabHost]:
     names += [e for e in (extras or []) if e not in names]
     hosts = []
     for i, name in enumerate(names):
-        h = LabHost(name=name, index=i, address=f"{SUBNET}.{10 + i}", netns=f"{NS_PREFIX}{name}", veth=f"frv{i}")
+        h = LabHost(name=name, index=i, address=f"{SUBNET}.{10 + i}", netns=f"{NS_PREFIX}{name}", veth=f"{VETH_PREFIX}{i}")
         if name in GPU_PROFILES:
             h.driver, h.gpu_name, h.compute_capability, h.gpu_memory_mib = GPU_PROFILES[name]
         hosts.append(h)

@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-from .model import BRIDGE, LAB_DIR, NS_PREFIX, LabError
+from .model import BRIDGE, LAB_DIR, NS_PREFIX, VETH_PREFIX, LabError
 from .procs import created_users, recorded, sh
 
 MARKER = ".frlab-owned"  # written by up() into a directory it created: the only kind down() deletes
@@ -97,7 +97,7 @@ def down(quiet: bool = False) -> list[str]:
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         sh("ip", "link", "del", BRIDGE, check=False)
     for link in Path("/sys/class/net").iterdir():
-        if link.name.startswith("frv"):
+        if link.name.startswith(VETH_PREFIX):
             sh("ip", "link", "del", link.name, check=False)
     for user in created_users():
         sh("userdel", user, check=False)

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import fleet
+# Each pytest-xdist worker (gw0, gw1, …) drives a lab of its own (lab/model.py: instance), so two
+# workers' health gates and restarts overlap instead of queueing behind one lab. Set before the
+# lab is imported: its names derive from the instance at import.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    os.environ["FLEETROLL_LAB_INSTANCE"] = os.environ["PYTEST_XDIST_WORKER"][2:]
+
+from lab import fleet  # noqa: E402
 
 _current: dict = {}
 ROOT = Path(__file__).resolve().parent.parent

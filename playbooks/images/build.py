@@ -14,6 +14,7 @@ build says so and uses buildah's local layer cache instead.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -22,6 +23,8 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -339,6 +342,25 @@ def _build(name: str, ctx: Path, rev: Revision, args: dict[str, str], base: str,
             "SOURCE": f"fleetroll/{ctx.parent.name}/{name}", "VERSION": rev.tag, "SOURCE_DATE_EPOCH": str(rev.epoch)}
     local = f"{LOCAL}/{name}:{rev.tag}"
     key = inputs_key(name, ctx, args, with_emitter)
+    with _one_build_at_a_time(name):
+        return _build_once(name, ctx, rev, args, base, budget_mb, budget_source, network, with_emitter, registry, push,
+                           insecure, notes, measure, ceiling_mb, local, key)
+
+
+@contextmanager
+def _one_build_at_a_time(name: str) -> Iterator[None]:
+    """Two builds of one family at once (two test workers, two operators) would share its build context:
+    one's clean-up removes the sbom_gen.py the other is copying. The second waits, then reuses the first."""
+    cache = BUILD_DIR / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _build_once(name: str, ctx: Path, rev: Revision, args: dict[str, str], base: str, budget_mb: int, budget_source: str,
+                network: str, with_emitter: bool, registry: str, push: bool, insecure: bool, notes: list[str],
+                measure: str, ceiling_mb: int | None, local: str, key: str) -> BuildResult:
     reused = None if os.environ.get("FLEETROLL_BUILD_FRESH") == "1" else _cached(name, local, key)
     if reused is not None:
         if push:
