@@ -15,10 +15,12 @@ import pytest
 import yaml
 
 # Each pytest-xdist worker (gw0, gw1, …) drives a lab of its own (lab/model.py: instance), so two
-# workers' health gates and restarts overlap instead of queueing behind one lab. Set before the
-# lab is imported: its names derive from the instance at import.
+# workers' health gates and restarts overlap instead of queueing behind one lab. Worker n takes
+# instance FLEETROLL_LAB_INSTANCE + n (so a second checkout's suite can run beside the first with
+# FLEETROLL_LAB_INSTANCE=4). Set before the lab is imported: its names derive from the instance.
 if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
-    os.environ["FLEETROLL_LAB_INSTANCE"] = os.environ["PYTEST_XDIST_WORKER"][2:]
+    _base = os.environ.get("FLEETROLL_LAB_INSTANCE", "0")
+    os.environ["FLEETROLL_LAB_INSTANCE"] = str((int(_base) if _base.isdigit() else 0) + int(os.environ["PYTEST_XDIST_WORKER"][2:]))
 
 from lab import fleet  # noqa: E402
 
