@@ -22,9 +22,12 @@ def installed(tmp_path_factory) -> Path:
     # Built from a copy of the sources: setuptools packs whatever an old build left in ./build/lib
     # (a playbooks/lab/ from before the lab moved out), so building in the checkout would test that.
     src = d / "src"
+    src.mkdir()
     for part in ("pyproject.toml", "README.md", "playbooks", "agent", "lab"):
-        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy
-        copy(ROOT / part, src / part, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        if (ROOT / part).is_dir():
+            shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / part, src / part)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(d / "dist"), str(src)],
                    check=True, capture_output=True, text=True, timeout=300)
     wheel = next((d / "dist").glob("fleetroll-*.whl"))
