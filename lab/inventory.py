@@ -29,38 +29,37 @@ def observability_services(state: LabState, tag: str) -> dict:
     return out
 
 
+def _host_entry(h, state: LabState) -> dict:
+    """A lab host as the inventory names it: its address, the lab's login, and its fake GPU if it has one."""
+    entry = {"address": h.address, "user": LAB_USER, "key_filename": state.key, "role": "gpu" if h.name == "mainpc" else "cpu"}
+    if h.driver:
+        entry["gpus"] = {"model": h.gpu_name, "count": 1, "compute_capability": h.compute_capability, "min_driver": "535"}
+    return entry
+
+
+def _service(image: str, tags: dict[str, str], port: int, host: str, gpus=0, deadline: float = 5) -> dict:
+    """A lab service on one host. Deadlines sized to the lab: a lab service answers in well under a second, so a release
+    that is not healthy after 5 s never will be (the product default, 60 s, is for real services)."""
+    return {
+        "image": image,
+        "tag": tags.get(image, "20261101-a1b2c3d"),
+        "host": host,
+        "ports": [f"{port}:8080"],
+        "env": {"MACHINE": host},
+        "gpus": gpus,
+        "stop_timeout": 5,
+        "health": {"port": port, "healthy_deadline": deadline, "min_healthy_time": 2, "interval": 0.25},
+    }
+
+
 def build_inventory(state: LabState, tags: dict[str, str], extra: dict | None = None) -> tuple[dict, dict]:
     hosts, services = {}, {}
     core, gpu, cpu = [], [], []
     for h in state.hosts:
-        entry = {
-            "address": h.address,
-            "user": LAB_USER,
-            "key_filename": state.key,
-            "role": "gpu" if h.name == "mainpc" else "cpu",
-        }
-        if h.driver:
-            entry["gpus"] = {
-                "model": h.gpu_name,
-                "count": 1,
-                "compute_capability": h.compute_capability,
-                "min_driver": "535",
-            }
-        hosts[h.name] = entry
+        hosts[h.name] = _host_entry(h, state)
 
         def svc(image: str, port: int, gpus=0, host=h.name, deadline: float = 5) -> dict:
-            # Deadlines sized to the lab: a lab service answers in well under a second, so a release that
-            # is not healthy after 5 s never will be (the product default, 60 s, is for real services).
-            return {
-                "image": image,
-                "tag": tags.get(image, "20261101-a1b2c3d"),
-                "host": host,
-                "ports": [f"{port}:8080"],
-                "env": {"MACHINE": host},
-                "gpus": gpus,
-                "stop_timeout": 5,
-                "health": {"port": port, "healthy_deadline": deadline, "min_healthy_time": 2, "interval": 0.25},
-            }
+            return _service(image, tags, port, host, gpus, deadline)
 
         services[f"core-{h.name}"] = svc("core", 9100, deadline=8)  # up to 20 hosts start at once on 2 cores
         core.append(f"core-{h.name}")
