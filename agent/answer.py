@@ -1,11 +1,20 @@
-"""The one shape of every agent answer (Ansible's module result: ok, changed, msg, data), versioned by PROTOCOL."""
+"""The one shape of every agent answer (Ansible's module result: ok, changed, msg, data), versioned by PROTOCOL.
+
+uptime_s is the agent's own clock: seconds since this process loaded its modules. The
+controller sees only exec -> answer; with this it tells the host's login shell and Python
+start apart from the agent's work (the controller's timings module).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from . import PROTOCOL
 
+_LOADED = time.monotonic()  # imported by __main__ before it reads the request: the agent's start, as near as it sees it
+
 
 def answer(op: str, ok: bool, msg: str = "", data: Any = None, changed: bool = False) -> dict:
-    return {"protocol": PROTOCOL, "op": op, "ok": ok, "changed": changed, "msg": msg, "data": data or {}}
+    return {"protocol": PROTOCOL, "op": op, "ok": ok, "changed": changed, "msg": msg, "data": data or {},
+            "uptime_s": round(time.monotonic() - _LOADED, 4)}
