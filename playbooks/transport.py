@@ -8,6 +8,14 @@ says which and what to do. A call to the agent is one exec, `python3 -I -c <VERI
 fixed verifier of the controller's checks the archive's owner, mode and SHA-256 before any of
 its code runs, then the archive checks its unpacked tree. Only when the host lacks that exact
 agent build does the controller upload it (SFTP) and try again, so a warm call is one round trip.
+
+Handshakes are bounded apart from sessions. `max_parallel` hosts may hold a session at once,
+but only `handshake_slots()` of them (a few per CPU) may be connecting at once: an SSH
+handshake is CPU work on both ends, and with 100 handshakes in flight on a 2-core controller
+some waited for the CPU longer than `connect_timeout` and failed as unreachable. A host waits
+for its slot without a clock running; paramiko's clocks (TCP connect, banner, negotiation,
+auth: all inside `Connection.open`) start only once it holds one. Every call also records
+where its seconds went (playbooks/timings.py).
 """
 
 from __future__ import annotations
@@ -30,9 +38,32 @@ from agent import PROTOCOL  # noqa: E402,F401 - one protocol version, the agent'
 
 from . import agentpack, remote
 from .inventory import Inventory
+from .timings import HostTimes, first_call
 
 # What python3 says when the agent file is missing or not a complete zipapp: upload it again.
 _DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad local file header", "fleetroll-agent: archive damaged")
+
+
+HANDSHAKES_PER_CPU = 4  # a handshake waits on the network for most of its time; a few per CPU keep the CPU busy, not queued
+
+
+def handshake_slots(cpus: int | None) -> int:
+    """How many SSH handshakes this process runs at once: a few per usable CPU, never fewer than 4.
+
+    Sized from the CPU and not from max_parallel: the CPU is what a handshake competes for, and a
+    busy controller must make hosts queue for it before their timeouts start, not during them.
+    """
+    return max(4, HANDSHAKES_PER_CPU * (cpus or 1))
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+HANDSHAKES = threading.BoundedSemaphore(handshake_slots(usable_cpus()))  # process-wide: every pool and call shares it
 
 
 def agent_needs_upload(rc: int, err: str) -> bool:
@@ -51,8 +82,9 @@ READ_ONLY_OPS = ("facts", "status", "journal", "prepare")  # safe to repeat on a
 class TransportError(Exception):
     """kind: unreachable, host-key-unknown, host-key-changed, auth, agent, timeout, link-lost."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, times: HostTimes | None = None):
         self.kind = kind
+        self.times = times or HostTimes()  # how long it waited for a handshake slot and tried, when it failed connecting
         super().__init__(message)
 
 
@@ -93,10 +125,15 @@ class CallResult:
     uploaded: bool = False
     elapsed_s: float = 0.0
     events: list[dict] = field(default_factory=remote.Events)
+    times: HostTimes = field(default_factory=HostTimes)  # this call's share: connect (if it connected), start, work
 
 
 def connect(t: Target) -> Connection:
-    """Open a Fabric connection that trusts only keys already in known_hosts."""
+    """Open a Fabric connection that trusts only keys already in known_hosts, once a handshake slot is free.
+
+    conn.fleetroll_times (a TransportError's .times when it fails) says how long the host waited for
+    its slot and how long TCP connect + handshake + authentication then took.
+    """
     kwargs: dict[str, Any] = {
         "banner_timeout": t.connect_timeout,
         "auth_timeout": t.connect_timeout,
@@ -121,6 +158,20 @@ def connect(t: Target) -> Connection:
     except HostKeyFileError as exc:
         raise TransportError("host-key-file", f"{t.name}: {exc}") from None
     conn.client.load_host_keys(str(t.known_hosts))
+    queued = time.monotonic()
+    with HANDSHAKES:
+        began = time.monotonic()
+        try:
+            _open(conn, t)
+        except TransportError as exc:
+            exc.times = HostTimes(wait_s=began - queued, connect_s=time.monotonic() - began)
+            raise
+    conn.fleetroll_times = HostTimes(wait_s=began - queued, connect_s=time.monotonic() - began)
+    return conn
+
+
+def _open(conn: Connection, t: Target) -> None:
+    """TCP connect, handshake, host key check, authentication: every paramiko timeout starts in here."""
     where = f"{t.name} ({t.user}@{t.address}:{t.port})"
     try:
         conn.open()
@@ -148,13 +199,15 @@ def connect(t: Target) -> Connection:
         ) from None
     except OSError as exc:
         raise TransportError("unreachable", f"{where}: cannot connect: {exc.strerror or exc}") from None
-    return conn
 
 
-def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event) -> tuple[int, list[dict], str]:
+def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event) -> tuple[int, list[dict], str, float]:
+    """(exit code, lines, stderr, seconds from exec to the answer line)."""
     chan = conn.client.get_transport().open_session(timeout=timeout)
     chan.settimeout(timeout)
+    answered = 0.0
     try:
+        started = time.monotonic()
         chan.exec_command(command)
         chan.sendall(stdin)
         chan.shutdown_write()
@@ -173,6 +226,7 @@ def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event
                 if on_event:
                     on_event(obj)
             else:
+                answered = time.monotonic() - started
                 lines.append(obj)
         rc = chan.recv_exit_status()
         err = chan.makefile_stderr("rb").read(remote.MAX_STDERR).decode(errors="replace")
@@ -180,7 +234,7 @@ def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event
         raise TransportError("timeout", f"agent gave no answer within {timeout:g}s") from None
     finally:
         chan.close()
-    return rc, lines, err
+    return rc, lines, err, answered
 
 
 def _upload(conn: Connection, name: str, data: bytes) -> None:
@@ -216,12 +270,12 @@ def call_agent(
     command = shlex.join(agentpack.command(digest, getattr(conn, "fleetroll_python", "python3")))
     res = CallResult(host=host, ok=False)
     t0 = time.monotonic()
-    rc, lines, err = _exec(conn, command, request, timeout, on_event)
+    rc, lines, err, answered = _exec(conn, command, request, timeout, on_event)
     res.round_trips = 1
     if not lines and agent_needs_upload(rc, err):
         _upload(conn, name, data)
         res.uploaded = True
-        rc, lines, err = _exec(conn, command, request, timeout, on_event)
+        rc, lines, err, answered = _exec(conn, command, request, timeout, on_event)
         res.round_trips += 2
     res.elapsed_s = time.monotonic() - t0
     res.events = [x for x in lines if "event" in x]
@@ -231,6 +285,8 @@ def call_agent(
         res.error = no_answer(host, rc, err, getattr(conn, "fleetroll_python", "python3"))
         return res
     res.answer = answers[-1]
+    res.times.start_s, res.times.agent_s = first_call(answered, res.answer.get("uptime_s"))
+    res.times.calls = 1
     return _judge(res)
 
 
@@ -257,10 +313,12 @@ class AgentSession:
         self.conn, self.host = conn, host
         self.chan = None
         self.out = None
+        self.started_at: float | None = None  # when the agent process was exec'd, until its first answer
 
     def _open(self, timeout: float) -> None:
         _, digest = agentpack.build()
         self.chan = self.conn.client.get_transport().open_session(timeout=timeout)
+        self.started_at = time.monotonic()
         self.chan.exec_command(shlex.join(agentpack.command(digest, getattr(self.conn, "fleetroll_python", "python3"))))
         self.out = self.chan.makefile("rb")
 
@@ -273,6 +331,7 @@ class AgentSession:
                 self._open(timeout)
             self.chan.settimeout(timeout)
             try:
+                sent = time.monotonic()
                 self.chan.sendall(request)
                 res.round_trips += 1
                 while True:
@@ -289,6 +348,7 @@ class AgentSession:
                             on_event(obj)
                         continue
                     res.answer = obj
+                    self._time(res, sent)
                     break
             except TimeoutError:
                 raise TransportError("timeout", f"agent gave no answer within {timeout:g}s") from None
@@ -308,6 +368,16 @@ class AgentSession:
             break
         res.elapsed_s = time.monotonic() - t0
         return _judge(res) if res.answer is not None else res
+
+    def _time(self, res: CallResult, sent: float) -> None:
+        """The first answer of a process splits exec -> answer into start and work; later ones are all work."""
+        now = time.monotonic()
+        if self.started_at is not None:
+            res.times.start_s, res.times.agent_s = first_call(now - self.started_at, res.answer.get("uptime_s"))
+            self.started_at = None
+        else:
+            res.times.agent_s = now - sent  # the process was already running, idle on stdin until the request
+        res.times.calls = 1
 
     def close(self) -> None:
         if self.chan is not None:
@@ -330,6 +400,7 @@ class Pool:
     def __init__(self) -> None:
         self.sessions: dict[str, AgentSession] = {}
         self.lock = threading.Lock()
+        self.times: dict[str, HostTimes] = {}  # every call's times through this pool, per host, for the whole command
 
     def get(self, inv: Inventory, host: str) -> AgentSession:
         with self.lock:
@@ -340,6 +411,10 @@ class Pool:
         with self.lock:
             self.sessions[host] = sess
         return sess
+
+    def count(self, host: str, times: HostTimes) -> None:
+        with self.lock:
+            self.times[host] = self.times.get(host, HostTimes()).add(times)
 
     def drop(self, host: str) -> None:
         with self.lock:
@@ -359,19 +434,34 @@ class Pool:
 def _attempt(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str, Any]], timeout: float,
              on_event: Callable[[str, dict], None] | None, pool: Pool | None) -> CallResult:
     """One call of `op` on one host (through the pool's session, or a connection of its own); every failure an answer."""
+    res = _call(inv, host, op, args_for, timeout, on_event, pool)
+    if pool:
+        pool.count(host, res.times)
+    return res
+
+
+def _call(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str, Any]], timeout: float,
+          on_event: Callable[[str, dict], None] | None, pool: Pool | None) -> CallResult:
     t0 = time.monotonic()
     try:
         if pool:
+            before = pool.sessions.get(host)
             sess = pool.get(inv, host)
+            conn = sess.conn
         else:
             conn = connect(Target.from_inventory(inv, host))
     except TransportError as exc:
-        return CallResult(host=host, ok=False, error=str(exc), error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
+        return CallResult(host=host, ok=False, error=str(exc), error_kind=exc.kind, elapsed_s=time.monotonic() - t0, times=exc.times)
+    # This call paid for the connection only if it made it (a pooled session's later calls did not).
+    connected = getattr(conn, "fleetroll_times", HostTimes()) if not pool or sess is not before else HostTimes()
     try:
         cb = (lambda ev: on_event(host, ev)) if on_event else None
         if pool:
-            return sess.call(op, args_for(host), timeout=timeout, on_event=cb)
-        return call_agent(conn, host, op, args_for(host), timeout=timeout, on_event=cb)
+            res = sess.call(op, args_for(host), timeout=timeout, on_event=cb)
+        else:
+            res = call_agent(conn, host, op, args_for(host), timeout=timeout, on_event=cb)
+        res.times.wait_s, res.times.connect_s = connected.wait_s, connected.connect_s
+        return res
     except TransportError as exc:
         if pool:
             pool.drop(host)
