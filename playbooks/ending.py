@@ -16,6 +16,7 @@ from typing import Any
 from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, exit_code, state_of
 
 from . import ledger, transport
+from . import timings as host_times
 from .plan import Plan
 from .runner import PreflightReport
 
@@ -47,6 +48,7 @@ class RolloutReport:
     elapsed_s: float = 0.0
     agent_calls: int = 0
     frozen: bool = False  # a dry run found a freeze that would refuse the real rollout (exit 3)
+    timings: dict[str, host_times.HostTimes] = field(default_factory=dict)  # per host, every call of the command (transport.Pool)
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +63,7 @@ class RolloutReport:
             "hosts": self.hosts,
             "pins": self.pins,
             "messages": self.messages,
+            "timings": host_times.to_json(self.timings),
         }
 
 
@@ -253,5 +256,6 @@ def conclude(kind: str, report, results: dict[str, transport.CallResult], common
         report.messages.append(f"pins written to {ledger.write_pins(report.rollout_id, report.pins)}")
     report.elapsed_s = time.monotonic() - t0
     ledger.append("finished", **common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
-                  needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3))
+                  needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3),
+                  **({"timings": host_times.to_json(report.timings)} if report.timings else {}))
     return report

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.vocabulary import Outcome, State
 
-from . import batches, freezes, hooks, ledger, targets, transport
+from . import batches, freezes, hooks, ledger, targets, timings, transport
 from .ending import Interrupted, RolloutReport, conclude, services_of
 from .errors import RolloutError
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
@@ -96,6 +96,7 @@ def _rollout(
         return rollout_swarm(inv, phase, pool, hosts, dry_run, max_parallel, on_failure, confirm, progress, failpoint)
     ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress)
     ro.failpoint = failpoint
+    ro.report.timings = pool.times  # the pool's own dict: every later call of this command counts in it
     if _stop_before_changing(ro, dry_run, confirm):
         ro.report.elapsed_s = time.monotonic() - ro.t0
         return ro.report
@@ -162,7 +163,8 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     if not plan.changes:
         report.ok, report.state = True, State.NOOP
         report.messages.append(f"phase {plan.phase}: nothing to do; every service already runs its planned digest")
-        ledger.append("finished", **ro.common, final=State.NOOP, services=[s.record(ledger.redaction_key()) for s in plan.steps])
+        ledger.append("finished", **ro.common, final=State.NOOP, services=[s.record(ledger.redaction_key()) for s in plan.steps],
+                      elapsed_s=round(time.monotonic() - ro.t0, 3), timings=timings.to_json(report.timings))
         return True
     if confirm is not None and getattr(confirm, "show", None):
         confirm.show(report)  # what the operator is about to say yes to: preflight, security warnings, then the plan

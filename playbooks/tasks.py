@@ -28,19 +28,24 @@ Collection = invoke.Collection
         "json": "print the result as JSON",
         "inventory": "inventory file (default: $FLEETROLL_INVENTORY or inventory/fleet.yml)",
         "max-parallel": "hosts checked at once (default: ssh.max_parallel)",
+        "timings": "per host: waiting for a handshake slot, SSH connect, remote shell + agent start, agent work",
     }
 )
-def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_parallel=None):
+def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_parallel=None, timings=False):
     """Check every host before a rollout: SSH, Docker, driver, GPUs, images, disk, ports."""
     from . import render
+    from . import timings as times
     from .runner import run_preflight
 
     inv = _inventory(inventory, json)
     report = run_preflight(inv, phase, _hosts(hosts), _int(max_parallel, "max-parallel"))
+    per_host = {h: r.times for h, r in report.calls.items()}
     if json:
-        render.dump_json(report.to_json())
+        render.dump_json({**report.to_json(), **({"timings": times.to_json(per_host)} if timings else {})})
     else:
         render.say(render.preflight_text(report.checks, report.hosts))
+        if timings:
+            render.say("\n" + times.text(per_host, report.elapsed_s))
     if not report.ok:
         raise Exit(code=1)
 
@@ -56,10 +61,11 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
         "json": "print the report as JSON",
         "yes": "do not ask for confirmation",
         "inventory": "inventory file",
+        "timings": "per host: waiting for a handshake slot, SSH connect, remote shell + agent start, agent work (also in --json)",
     }
 )
 def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=None, on_failure="revert-phase",
-            json=False, yes=False, inventory=None):
+            json=False, yes=False, inventory=None, timings=False):
     """Roll a phase out: preflight, plan, health-gated swaps, automatic rollback to -prev."""
     from . import executor
 
@@ -77,6 +83,12 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
     except KeyboardInterrupt:
         _interrupted("interrupted before any host was asked to change anything; nothing was changed")
     _print_reports(reports, json)
+    if timings and not json:
+        from . import render
+        from . import timings as times
+
+        for r in reports:
+            render.say(f"\ntimings, phase {r.phase}:\n" + times.text(r.timings, r.elapsed_s))
     code = executor.exit_code([executor.report_state(r) for r in reports])
     if code:
         raise Exit(code=code)

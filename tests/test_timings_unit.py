@@ -39,3 +39,17 @@ def test_the_table_puts_the_slowest_host_first_and_sums_the_work():
 def test_json_is_per_host():
     assert timings.to_json({"h": HostTimes(connect_s=0.1, calls=1)}) == {
         "h": {"wait_s": 0.0, "connect_s": 0.1, "start_s": None, "agent_s": None, "calls": 1}}
+
+
+def test_the_ledgers_finished_record_carries_each_hosts_timings(tmp_path, monkeypatch):
+    from playbooks import ending, ledger, transport
+    from playbooks.plan import Plan
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    rep = ending.RolloutReport("r-t", "core", False, "failed", Plan("r-t", "core", "op", []))
+    rep.timings = {"pc2": HostTimes(wait_s=0.5, connect_s=0.25, start_s=0.5, agent_s=1.0, calls=2)}
+    answered = transport.CallResult(host="pc2", ok=True, answer={"protocol": transport.PROTOCOL, "ok": True, "data": {"services": []}})
+    ending.conclude("rollout", rep, {"pc2": answered}, {"rollout_id": "r-t", "phase": "core"}, 0.0, "inv/fleet.yml")
+    finished = [r for r in ledger.read() if r["kind"] == "finished"]
+    assert finished[-1]["timings"] == {"pc2": {"wait_s": 0.5, "connect_s": 0.25, "start_s": 0.5, "agent_s": 1.0, "calls": 2}}
+    assert rep.to_json()["timings"] == finished[-1]["timings"]
