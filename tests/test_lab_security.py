@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -112,6 +113,85 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     env_rec = next(s for s in started["plan"]["steps"] if s["service"] == "llm-api")["spec"]["env"]
     assert env_rec["HF_TOKEN"] == {"secret": "hf_token"} and env_rec["PLAIN"].startswith("hmac:")
     assert json.dumps(env_rec).count("hmac:") >= 2
+
+
+def test_a_secret_given_as_a_file_is_in_the_container_and_in_no_inspect_record_or_output(lab, tmp_path):
+    """`{secret: NAME, as: file}` on a real dockerd, through the CLI: the container's uid reads /run/secrets/NAME
+    (another uid cannot, nobody can write it); `docker inspect` of every container, the host's journals and
+    dockerd's log, the ledger, pins and every command's output hold the path at most, never the value."""
+    import json
+    import os
+    import secrets as pysecrets
+
+    from agent import secret_files
+    from lab import fleet
+    from playbooks import ledger
+
+    from .conftest import dclient, kept_leftovers
+
+    baseline(lab)
+    token = f"tok-{pysecrets.token_hex(8)}"
+    host = lab.host("mainpc")
+    fleet.put_secret(host, "hf_file", token)
+    outputs = []
+
+    def fab(*args, ok=(0,)):
+        r = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode in ok, r.stdout + r.stderr
+        return r
+
+    def release(name, variant="healthy"):
+        tag = new_tag()
+        images.push(lab, "torch-svc", tag, variant, arch="89;86")
+
+        def edit(doc):
+            doc["services"]["llm-api"].update(tag=tag, env={"MACHINE": "mainpc", "HF_TOKEN": {"secret": "hf_file", "as": "file"}})
+
+        return derive_inventory(lab, tmp_path / name, edit)
+
+    def cat(c, user):
+        return c.exec_run(["cat", "/run/secrets/hf_file"], user=user)
+
+    def secret_dir(c) -> str:
+        m = [m for m in c.attrs["Mounts"] if m["Destination"] == "/run/secrets"]
+        assert len(m) == 1 and m[0]["RW"] is False, c.attrs["Mounts"]
+        return m[0]["Source"]
+
+    namespace = host.dir / "run" / "secrets" / secret_files.daemon_key("unix://" + os.path.realpath(host.docker_host[len("unix://"):]))
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(release("one")))
+    first = dclient(lab).containers.get("llm-api")
+    assert "HF_TOKEN=/run/secrets/hf_file" in first.attrs["Config"]["Env"]
+    got = cat(first, "10001:10001")
+    assert got.exit_code == 0 and got.output.decode() == token, got
+    assert cat(first, "10002:10002").exit_code != 0, "another uid read the secret file"
+    assert first.exec_run(["sh", "-c", "echo x > /run/secrets/hf_file"], user="10001:10001").exit_code != 0, "it is writable"
+    first_dir = secret_dir(first)
+    assert first_dir.startswith(f"{namespace}/llm-api.")
+    # A failing release is reverted: the old container keeps its file; the failed one's directory goes with it.
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--inventory", str(release("two", "degraded")), ok=(4,))
+    back = dclient(lab).containers.get("llm-api")
+    assert back.id == first.id and cat(back, "10001:10001").output.decode() == token
+    assert sorted(p.name for p in namespace.iterdir()) == [Path(first_dir).name]
+    # A release that commits: its own directory; the old container's is removed with it.
+    third_inv = release("three")
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(third_inv))
+    third = dclient(lab).containers.get("llm-api")
+    assert cat(third, "10001:10001").output.decode() == token and kept_leftovers(lab) == []
+    assert sorted(p.name for p in namespace.iterdir()) == [Path(secret_dir(third)).name] != [Path(first_dir).name]
+    fab("status", "--inventory", str(third_inv), ok=(0, 1))
+    fab("status", "--json", "--inventory", str(third_inv), ok=(0, 1))
+    fab("history", "--json")
+    inspected = [json.dumps(c.attrs) for c in dclient(lab).containers.list(all=True)]
+    records = [ledger.path().read_text()] + [p.read_text() for p in (ledger.path().parent / "pins").glob("*.json")]
+    host_files = [p.read_text(errors="replace") for p in (host.dir / "state").rglob("*") if p.is_file()]
+    host_files.append((host.dir / "dockerd.log").read_text(errors="replace"))
+    for where, texts in (("docker inspect", inspected), ("an output", outputs), ("the ledger or pins", records),
+                         ("the host's journal or dockerd's log", host_files)):
+        assert not any(token in x for x in texts), f"the secret's value is in {where}"
+    started = [r for r in ledger.read() if r["kind"] == "started"][-1]
+    env_rec = next(s for s in started["plan"]["steps"] if s["service"] == "llm-api")["spec"]["env"]
+    assert env_rec["HF_TOKEN"] == {"secret": "hf_file", "as": "file"}
 
 
 def test_escape_sequences_from_a_container_reach_neither_terminal_nor_ledger(lab, tmp_path):
