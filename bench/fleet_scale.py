@@ -1,19 +1,24 @@
-"""Fleet-scale benchmark: no-op and preflight against their floor on two lab accounts, and a canary/batched upgrade.
+"""Fleet scale as the operator waits for it: the installed command against its floor, 2 to 100 lab hosts, in one run.
 
-Measured in one run on a 20-host lab, as ratios to floors taken in the same run:
+Every fleetroll figure is `fleetroll …` run as a fresh process, from spawn to exit (bench/command.py),
+with the child's own CPU seconds and peak memory; the rollout's in-process `elapsed_s` (from its
+--json report) is kept beside it. Per host count N (the first N hosts of one lab), 3 services per
+host (`s1`–`s3`, one group of all N hosts, max_parallel N, connect_timeout 3), as an account with an
+expensive login shell (the lab's frpyenv: bash, a ~/.bashrc costing 0.2 s, a python3 shim):
 
-(a) no-op rollout and preflight, 2 hosts (3 containers each) and 20 hosts (1 each), for the
-    plain lab account (frlab) and for an account like many operators' (frpyenv: bash, a
-    ~/.bashrc costing 0.2 s, a python3 shim first in PATH). Floor: one SSH session per host,
-    hosts in parallel, that reads the host's containers (docker inspect) and the registry
-    digest of each of its images (one HEAD per image, /usr/bin/python3). Target <= 1.3x.
-(b) upgrade of one service replicated on 20 hosts with canary 1, max_parallel 5, against the
-    same batches done by hand (docker CLI: pull, stop, rm, run, poll /health; the hosts of a
-    batch in parallel, batches one after another). Target <= 1.2x.
+- no-op `fleetroll rollout -p scale -y --json` and `fleetroll preflight -p scale --json`, against the
+  floor: a shell starting one OpenSSH `ssh` per host, all at once, each reading the host's
+  containers (`docker inspect`) and each image's registry digest (one HEAD each), then `wait`.
+  Each no-op also proves it asked each host once: agent_calls == N, one round trip per host.
+- upgrade of the 3 services (new tags) on every host, against the floor: the same shell and ssh,
+  each host running `docker pull, stop, rm, run`, then polling /health with curl, per service.
+- no host may fail on a timeout: SSH failures are counted in every preflight and no-op.
 
-    .venv/bin/python bench/fleet_scale.py [--runs 3]
+    FLEETROLL_LAB_INSTANCE=7 .venv/bin/fab lab.up --count 100
+    FLEETROLL_LAB_INSTANCE=7 .venv/bin/python bench/fleet_scale.py --sizes 2,20,50,100 --runs 3 --upgrade-sizes 2,20
+    FLEETROLL_LAB_INSTANCE=7 .venv/bin/fab lab.down
 
-Needs root; brings a 20-host lab up and down.
+Uses the lab that is up when it has enough hosts (else brings one up and leaves it up). Needs root.
 """
 
 from __future__ import annotations
@@ -23,191 +28,183 @@ import os
 import secrets
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import fleet, images  # noqa: E402
-from playbooks import executor, transport  # noqa: E402
-from playbooks.inventory import load  # noqa: E402
-from playbooks.runner import run_preflight  # noqa: E402
+from bench import command  # noqa: E402
+from lab import fleet, images, model  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="frl-bench-scale-"))
-os.environ.setdefault("FLEETROLL_LEDGER", str(TMP / "ledger.jsonl"))
-WORKERS = 20
-SETTLE_S = 1.0
-PAIR = ("mainpc", "pc2")
+ENV = {**os.environ, "FLEETROLL_LEDGER": str(TMP / "ledger.jsonl")}
+SERVICES = {"s1": 8701, "s2": 8702, "s3": 8703}
+HEAD = ("import http.client as h,sys\nc=h.HTTPConnection(sys.argv[1])\nfor p in sys.argv[2:]:\n"
+        " c.request('HEAD',p,headers={'Accept':'application/vnd.oci.image.manifest.v1+json,"
+        "application/vnd.docker.distribution.manifest.v2+json'})\n r=c.getresponse();r.read()\n"
+        " assert r.getheader('Docker-Content-Digest')")
 
 
 def tag() -> str:
     return f"20261126-{secrets.token_hex(4)[:7]}"
 
 
-def inventory(state, user: str, embeddings_tag: str | None = None) -> Path:
-    """The lab inventory as `user`, with a phase `pair` holding every service of mainpc and pc2 (3 each) and,
-    optionally, `embeddings` on every host (group all, canary 1, max_parallel 5) in phase `replicas`."""
-    src = Path(state.inventory)
-    doc = yaml.safe_load(src.read_text())
-    phases = yaml.safe_load((src.parent / "phases.yml").read_text())
-    for h in doc["hosts"].values():
-        h["user"] = user
-    # `pair`: the GPU services of mainpc and the CPU services of pc2, two containers each; core-infra keeps one
-    # container on each of the 20 hosts.
-    pair = [n for n, s in doc["services"].items() if s.get("host") in PAIR and not n.startswith("core-")]
-    for p in phases["phases"]:
-        p["services"] = [s for s in p["services"] if s not in pair]
-    phases["phases"] = [p for p in phases["phases"] if p["services"]]
-    phases["phases"].append({"name": "pair", "services": pair})
-    if embeddings_tag:
-        doc["groups"] = {"all": list(doc["hosts"])}
-        doc["services"]["embeddings"] = {
-            "image": "cpu-svc", "tag": embeddings_tag, "group": "all", "update": {"canary": 1, "max_parallel": 5},
-            "ports": ["8700:8080"], "stop_timeout": 1,
-            "health": {"port": 8700, "healthy_deadline": 20, "min_healthy_time": 0, "interval": 0.05}}
-        phases["phases"].append({"name": "replicas", "services": ["embeddings"]})
+def lab(need: int) -> model.LabState:
+    try:
+        state = model.LabState.load()
+        if len(state.hosts) >= need:
+            return state
+    except (OSError, ValueError, KeyError, model.LabError):
+        pass
+    return fleet.up(need)
+
+
+def inventory(state: model.LabState, n: int, user: str, tags: dict[str, str]) -> Path:
+    """The first n lab hosts as `user`, services s1-s3 on all of them, one phase `scale`."""
+    doc = yaml.safe_load(Path(state.inventory).read_text())
+    hosts = [h.name for h in state.hosts[:n]]
+    doc["hosts"] = {h: {**doc["hosts"][h], "user": user} for h in hosts}
+    doc["groups"] = {"fleet": hosts}
+    doc["ssh"].update(max_parallel=n, connect_timeout=3)
+    doc["services"] = {s: {"image": "cpu-svc", "tag": tags[s], "group": "fleet", "ports": [f"{p}:8080"], "stop_timeout": 1,
+                           "health": {"port": p, "healthy_deadline": 30, "min_healthy_time": 0, "interval": 0.05}}
+                       for s, p in SERVICES.items()}
+    doc.pop("reverse_proxy", None)
     d = TMP / secrets.token_hex(3)
     d.mkdir()
     (d / "fleet.yml").write_text(yaml.safe_dump(doc))
-    (d / "phases.yml").write_text(yaml.safe_dump(phases))
+    (d / "phases.yml").write_text(yaml.safe_dump({"phases": [{"name": "scale", "services": list(SERVICES)}]}))
     return d / "fleet.yml"
 
 
-def ssh_floor(inv, phase: str) -> float:
-    """One SSH session per host reading its containers and each image's registry digest; hosts in parallel."""
-    reg = inv.fleet.registry
-    by_host: dict[str, list[str]] = {}
-    for s, h in inv.replicas(phase):
-        by_host.setdefault(h, []).append(s)
-
-    def cmd(services: list[str]) -> str:
-        paths = [f"/v2/{reg.org}/{inv.fleet.services[s].image}/manifests/{inv.fleet.services[s].tag}" for s in services]
-        py = ("import http.client as h,sys\nc=h.HTTPConnection(sys.argv[1])\nfor p in sys.argv[2:]:\n"
-              " c.request('HEAD',p,headers={'Accept':'application/vnd.oci.image.manifest.v1+json,"
-              "application/vnd.docker.distribution.manifest.v2+json'})\n r=c.getresponse();r.read()\n"
-              " print(r.getheader('Docker-Content-Digest'))")
-        return (f"docker inspect -f '{{{{.Id}}}}' {' '.join(services)} >/dev/null && "
-                f"/usr/bin/python3 -c {shlex.quote(py)} {shlex.quote(reg.host)} {' '.join(map(shlex.quote, paths))}")
-
-    def one(h: str) -> None:
-        conn = transport.connect(transport.Target.from_inventory(inv, h))
-        try:
-            r = conn.run(cmd(by_host[h]), hide=True, warn=True)
-            assert r.ok and "sha256:" in r.stdout, r.stderr
-        finally:
-            conn.close()
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(h,)) for h in by_host]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0
+def _ssh_all(state: model.LabState, n: int, user: str, remote: str) -> command.Ran:
+    """A shell that runs `remote` on the first n hosts over OpenSSH, all at once, and waits for every one."""
+    cfg = model.LAB_DIR / "ssh_config"
+    lines = [f"ssh -F {cfg} -l {user} -o BatchMode=yes {h.address} {shlex.quote(remote)} || echo FAIL {h.name} &"
+             for h in state.hosts[:n]]
+    return command.run(["bash", "-c", "\n".join(lines) + "\nwait"])
 
 
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as r:
-            return r.status == 200
-    except OSError:
-        return False
+def floor_noop(state: model.LabState, n: int, user: str, tags: dict[str, str]) -> command.Ran:
+    paths = [f"/v2/{model.ORG}/cpu-svc/manifests/{tags[s]}" for s in SERVICES]
+    remote = (f"docker inspect -f '{{{{.Image}}}}' {' '.join(SERVICES)} >/dev/null && "
+              f"/usr/bin/python3 -c {shlex.quote(HEAD)} {state.registry} {' '.join(paths)}")
+    return _ssh_all(state, n, user, remote)
 
 
-def swap_by_hand(state, inv, host: str, ref: str) -> None:
-    h = state.host(host)
-    env = {**os.environ, "DOCKER_HOST": h.docker_host}
-    svc = inv.fleet.services["embeddings"]
-
-    def docker(*a):
-        subprocess.run(["docker", *a], env=env, check=True, capture_output=True)
-
-    docker("pull", "-q", ref)
-    docker("stop", "-t", str(svc.stop_timeout), "embeddings")
-    docker("rm", "embeddings")
-    docker("run", "-d", "--name", "embeddings", "--user", svc.user, "--restart", svc.restart, "-p", "8700:8080", ref)
-    while not healthy(f"http://{h.address}:8700/health"):
-        time.sleep(0.05)
+def floor_upgrade(state: model.LabState, n: int, user: str, tags: dict[str, str]) -> command.Ran:
+    steps = []
+    for s, port in SERVICES.items():
+        ref = f"{state.registry}/{model.ORG}/cpu-svc:{tags[s]}"
+        steps.append(f"docker pull -q {ref} >/dev/null && docker stop -t 1 {s} >/dev/null && docker rm {s} >/dev/null && "
+                     f"docker run -d --name {s} --user 10001:10001 --restart unless-stopped -p {port}:8080 {ref} >/dev/null && "
+                     f"until curl -fso /dev/null http://127.0.0.1:{port}/health; do sleep 0.05; done")
+    return _ssh_all(state, n, user, " && ".join(steps))
 
 
-def batches_by_hand(state, inv, ref: str) -> float:
-    hosts = inv.fleet.hosts_of("embeddings")
-    order = [hosts[:1]] + [hosts[i:i + 5] for i in range(1, len(hosts), 5)]
-    t0 = time.perf_counter()
-    for batch in order:
-        threads = [threading.Thread(target=swap_by_hand, args=(state, inv, h, ref)) for h in batch]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return time.perf_counter() - t0
+def ssh_failures(report: dict) -> int:
+    checks = report.get("checks") or (report.get("preflight") or {}).get("checks") or []
+    return sum(1 for c in checks if c["check"] == "ssh" and c["status"] == "fail")
 
 
-def med(xs: list[float]) -> float:
-    return statistics.median(xs)
+def noop(inv: Path, n: int) -> tuple[command.Ran, dict]:
+    ran = command.fleetroll("rollout", "-p", "scale", "-i", str(inv), "-y", "--json", env=ENV)
+    rep = ran.json()["phases"][0]
+    if rep["state"] == "noop":  # one SSH session and one agent call per host, and one round trip each
+        assert rep["agent_calls"] == n and set(rep["preflight"]["round_trips"].values()) == {1}, rep["preflight"]["round_trips"]
+    return ran, rep
+
+
+def rollout(inv: Path) -> tuple[command.Ran, dict]:
+    ran = command.fleetroll("rollout", "-p", "scale", "-i", str(inv), "-y", "--json", env=ENV)
+    rep = ran.json()["phases"][0]
+    assert rep["state"] == "committed", rep["messages"]
+    return ran, rep
+
+
+def push(state: model.LabState) -> dict[str, str]:
+    tags = {s: tag() for s in SERVICES}
+    for t in tags.values():
+        images.push(state, "cpu-svc", t, "healthy")
+    return tags
+
+
+def measure_size(state: model.LabState, n: int, user: str, runs: int, upgrade: bool) -> list[dict]:
+    rows = []
+    tags = push(state)
+    inv = inventory(state, n, user, tags)
+    first = command.fleetroll("rollout", "-p", "scale", "-i", str(inv), "-y", "--json", env=ENV)
+    if first.rc != 0:  # the first creates (or upgrades) s1-s3 on these hosts
+        raise SystemExit(f"initial rollout at {n} hosts failed (exit {first.rc}): {first.out[-2000:]} {first.err[-2000:]}")
+    rows.append(row("initial rollout (create 3 services per host)", n, [first], [], [first.json()["phases"][0]["elapsed_s"]]))
+    cmd, fl, pre, inproc, fails = [], [], [], [], 0
+    for _ in range(runs):  # interleaved: drift in the machine's load hits all three alike
+        fl.append(floor_noop(state, n, user, tags))
+        ran, rep = noop(inv, n)
+        cmd.append(ran)
+        inproc.append(rep["elapsed_s"])
+        fails += ssh_failures(rep)
+        p = command.fleetroll("preflight", "-p", "scale", "-i", str(inv), "--json", env=ENV)
+        pre.append(p)
+        fails += ssh_failures(p.json())
+    rows.append(row("no-op", n, cmd, fl, inproc, fails))
+    rows.append(row("preflight", n, pre, fl, []))
+    if upgrade:
+        ups, ufl, uin = [], [], []
+        for _ in range(runs):
+            new, by_hand = push(state), push(state)
+            ran, rep = rollout(inventory(state, n, user, new))
+            ups.append(ran)
+            uin.append(rep["elapsed_s"])
+            ufl.append(floor_upgrade(state, n, user, by_hand))
+            # back under fleetroll: the hand-made containers go, fleetroll creates the next base (not timed)
+            _ssh_all(state, n, user, f"docker rm -f {' '.join(SERVICES)} >/dev/null")
+            rollout(inventory(state, n, user, new))
+        rows.append(row("upgrade 3 services per host", n, ups, ufl, uin))
+    return rows
+
+
+def row(what: str, n: int, ran: list[command.Ran], floor: list[command.Ran], inproc: list[float], ssh_fails: int = 0) -> dict:
+    med = statistics.median
+    broken = [r.out for r in floor if "FAIL" in r.out or r.rc]
+    assert not broken, broken[:1]
+    return {"what": what, "hosts": n, "wall": med(r.wall_s for r in ran), "floor": med(r.wall_s for r in floor) if floor else None,
+            "inproc": med(inproc) if inproc else None, "cpu": med(r.cpu_s for r in ran), "rss": max(r.maxrss_mb for r in ran),
+            "ssh_fails": ssh_fails, "runs": len(ran)}
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| measure | hosts | fleetroll (command) | in-process | floor | ratio | controller CPU | CPU per host | peak RSS |"
+           " SSH failures |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['wall'] / r['floor']:.2f}×" if r["floor"] else "—"
+        out.append(f"| {r['what']} | {r['hosts']} | {r['wall']:.2f} s | {_s(r['inproc'])} | {_s(r['floor'])} | {ratio} |"
+                   f" {r['cpu']:.2f} s | {r['cpu'] / r['hosts'] * 1000:.0f} ms | {r['rss']:.0f} MB | {r['ssh_fails']} |")
+    return "\n".join(out)
+
+
+def _s(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f} s"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="2,20,50,100")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--upgrade-sizes", default="2,20")
+    ap.add_argument("--user", default=model.LAB_PYENV_USER)
     args = ap.parse_args()
-    rows: list[tuple[str, float, float, str]] = []
-    try:
-        state = fleet.up(WORKERS)
-        for user in (fleet.LAB_USER, fleet.LAB_PYENV_USER):
-            inv = load(inventory(state, user))
-            for phase, n in (("pair", 2), ("core-infra", WORKERS)):
-                assert executor.rollout(inv, phase, max_parallel=20).ok
-                noop, pre, floor = [], [], []
-                for _ in range(args.runs):  # interleaved, so drift in machine load hits all alike
-                    # a pause before each: the previous measure's sessions end (remote interpreters exit) first
-                    time.sleep(SETTLE_S)
-                    floor.append(ssh_floor(inv, phase))
-                    time.sleep(SETTLE_S)
-                    t0 = time.perf_counter()
-                    rep = executor.rollout(inv, phase, max_parallel=20)
-                    noop.append(time.perf_counter() - t0)
-                    assert rep.state == "noop", rep.messages
-                    time.sleep(SETTLE_S)
-                    t0 = time.perf_counter()
-                    assert run_preflight(inv, phase, max_parallel=20).ok
-                    pre.append(time.perf_counter() - t0)
-                rows.append((f"no-op, {n} hosts, {user}", med(noop), med(floor), "<= 1.3x"))
-                rows.append((f"preflight, {n} hosts, {user}", med(pre), med(floor), "<= 1.3x"))
-        # (b) canary + batches on 20 hosts, against the same batches by hand
-        t_base = tag()
-        images.push(state, "cpu-svc", t_base, "healthy")
-        base = load(inventory(state, fleet.LAB_USER, t_base))
-        assert executor.rollout(base, "replicas", max_parallel=20).ok
-        ups, hand = [], []
-        for _ in range(args.runs):
-            t_new, t_hand = tag(), tag()
-            for t in (t_new, t_hand):
-                images.push(state, "cpu-svc", t, "healthy")
-            inv = load(inventory(state, fleet.LAB_USER, t_new))
-            t0 = time.perf_counter()
-            rep = executor.rollout(inv, "replicas", max_parallel=20)
-            ups.append(time.perf_counter() - t0)
-            assert rep.ok, rep.messages
-            hand.append(batches_by_hand(state, inv, f"{inv.repo('embeddings')}:{t_hand}"))
-            # back under fleetroll's management for the next run: the hand-made containers go, fleetroll recreates
-            for h in inv.fleet.hosts_of("embeddings"):
-                subprocess.run(["docker", "rm", "-f", "embeddings"], env={**os.environ, "DOCKER_HOST": state.host(h).docker_host},
-                               check=True, capture_output=True)
-            assert executor.rollout(load(inventory(state, fleet.LAB_USER, t_base)), "replicas", max_parallel=20).ok
-        rows.append(("upgrade 1 service x 20 hosts, canary 1, max_parallel 5", med(ups), med(hand), "<= 1.2x"))
-    finally:
-        fleet.down()
-    print(f"{'measure':58} {'fleetroll':>10} {'floor':>8} {'ratio':>6}  target")
-    for name, v, f, target in rows:
-        print(f"{name:58} {v:9.3f}s {f:7.3f}s {v / f:5.2f}x  {target}")
+    sizes = [int(x) for x in args.sizes.split(",")]
+    ups = {int(x) for x in args.upgrade_sizes.split(",") if x}
+    state = lab(max(sizes))
+    rows = []
+    for n in sizes:
+        rows += measure_size(state, n, args.user, args.runs if n <= 20 else 1, n in ups)
+        print(table(rows), flush=True)
+    print(f"\nuser {args.user}; medians of {args.runs} runs at 2 and 20 hosts, 1 at 50 and 100; load {os.getloadavg()}")
 
 
 if __name__ == "__main__":

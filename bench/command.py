@@ -1,0 +1,56 @@
+"""Timing a command the way an operator waits for it: a fresh process, from spawn to exit.
+
+A figure taken inside one Python process after the inventory is loaded leaves out the
+interpreter, the imports, the inventory and the exit. Here every fleetroll measure is the
+installed `fleetroll` program run as a child; os.wait4 gives that child's own CPU seconds and
+peak resident memory (ru_maxrss), so the controller's cost per host can be shown to stay linear.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+
+
+@dataclass
+class Ran:
+    wall_s: float
+    cpu_s: float  # user + system of the child alone
+    maxrss_mb: float
+    rc: int
+    out: str
+    err: str
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+def run(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Ran:
+    """Run argv with its output captured (temporary files, so a pipe never stalls it); time it from spawn to exit."""
+    with open(os.devnull, "rb") as null, _spool() as out, _spool() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=null, stdout=out, stderr=err, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Ran(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode,
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+def _spool():
+    import tempfile
+
+    return tempfile.TemporaryFile()
+
+
+def fleetroll(*args: str, env: dict[str, str] | None = None) -> Ran:
+    """The installed entry point (`pip install` puts it on PATH), not `fab`: what an operator's own repository runs."""
+    return run([str(BIN / "fleetroll"), *args], env=env)
