@@ -288,7 +288,7 @@ def _results(follows: list[Follow]) -> dict[str, transport.CallResult]:
 
 def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: observe.View) -> dict[str, transport.CallResult]:
     inv, plan, report = ro.inv, ro.plan, ro.report
-    ledger.append("started", **ro.common, engine="swarm", stack=rendered.stack, manager=manager.name,
+    ledger.append("started", **ro.common, manager=manager.name,
                   plan=plan.to_json(ledger.redaction_key()))
     t0 = time.monotonic()
     follows = _follows(inv, plan, rendered, before, t0)
