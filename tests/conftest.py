@@ -35,14 +35,40 @@ def own_ledger(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
 
 
-def pytest_collection_modifyitems(items):
-    """Order by stage, not by file name: unit tests, then each lab configuration once (see the `stage` marker).
+# Modules that build family images (buildah, minutes of CPU the first time) share one xdist worker and run
+# first there: the second of them reuses the first's build instead of racing it on the other worker.
+FAMILY_BUILDERS = ("test_images_build", "test_lab_runbook", "test_lab_zero_downtime")
 
-    Within a stage, unit tests (no lab) come first, and the tests of one module stay together.
+
+def _unit_of_work(module: str) -> str:
+    """What one xdist worker runs as a whole: a module (its fixtures set a lab up once), or the family builders."""
+    return "family-builders" if module in FAMILY_BUILDERS else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule by module, the family builders together (xdist's own loadgroup cannot rename node ids under pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnitOfWork(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit_of_work(nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py"))
+
+    return ByUnitOfWork(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """Order for two xdist workers, each with a lab of its own: longest first.
+
+    The family builders first, then the lab modules by `stage` (a stage replaces the lab, so it
+    comes after the modules that share the default one), then the unit tests, which fill the gaps
+    at the end. Without xdist (`-n 0`) the same order runs in one process.
     """
     def key(item) -> tuple[int, int]:
+        mod = item.module.__name__.rsplit(".", 1)[-1]
+        if _unit_of_work(mod) == "family-builders":
+            return (0, FAMILY_BUILDERS.index(mod))
         m = item.get_closest_marker("stage")
-        return (m.args[0] if m else 0, 1 if item.get_closest_marker("lab") else 0)
+        return (1, m.args[0] if m else 0) if item.get_closest_marker("lab") else (2, 0)
 
     items.sort(key=key)  # stable: collection order within a key
 

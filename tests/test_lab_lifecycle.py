@@ -27,7 +27,7 @@ def test_second_up_after_crash_cleans_up_then_down_leaves_nothing(lab):
         assert took < 60, f"lab.up took {took:.1f}s"
         assert [h.name for h in state.hosts] == ["mainpc", "pc2"]
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert "frl-bad-driver" not in netns and "frl-pc2" in netns
+        assert f"{fleet.NS_PREFIX}bad-driver" not in netns.split() and f"{fleet.NS_PREFIX}pc2" in netns.split()
     finally:
         fleet.down()
     assert fleet.leftovers() == []

@@ -20,7 +20,7 @@ import pytest
 
 from agent import proxy as agent_proxy
 from lab import fleet, images
-from playbooks import executor
+from playbooks import executor, operate
 from playbooks.inventory import load
 
 from .conftest import derive_inventory, new_tag
@@ -157,6 +157,8 @@ def edge(lab_session, tmp_path_factory):
     assert rep.state == "committed", rep.messages
     yield state
     fleet.set_gpu_used(lab.host("mainpc"), 0)
+    for phase in ("edge", "web", "llm-edge"):  # a failed release froze its phase on the host: leave the lab unfrozen
+        operate.set_freeze(load(path), phase, "test cleanup", thaw=True)
     for host, names in (("mainpc", ("llm-edge", "edge-proxy")), ("pc2", ("web", "edge-proxy"))):
         client = docker.DockerClient(base_url=lab.host(host).docker_host)
         for c in client.containers.list(all=True, filters={"label": "io.fleetroll.managed=true"}):
