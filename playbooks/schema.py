@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
-from agent import contract
+from agent import contract, secrets
 
 TAG_RE = re.compile(r"(?P<date>\d{8})-(?P<sha>[0-9a-f]{7,40})")
 DEFAULT_MIN_DRIVER = "535"
@@ -253,6 +253,9 @@ class Service(_Strict):
             problem = contract.host_path_problem(item.split(":")[0])  # the hard rules; allowed prefixes: cross-check
             if problem:
                 raise ValueError(problem)
+            if secrets.in_mount_dir(item):  # the host refuses it too (agent/host_checks.py); say so before any host is asked
+                raise ValueError(f"volume {item!r}: {secrets.MOUNT_DIR} in the container is where fleetroll mounts secret"
+                                 " files (env: {KEY: {secret: NAME, as: file}}); mount the volume somewhere else")
         return v
 
     @model_validator(mode="after")

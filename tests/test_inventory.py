@@ -188,6 +188,8 @@ def test_container_user_must_be_numeric_and_not_root(tmp_path, user):
     ("/var/../:/h", "not normalized"),
     ("/sys/fs/cgroup:/c", "under /sys"),
     ("/srv/models/../../etc:/m", "not normalized"),
+    ("cache:/run/secrets", "where fleetroll mounts secret files"),
+    ("/srv/models/x:/run/secrets/./db:ro", "where fleetroll mounts secret files"),
 ])
 def test_host_paths_that_no_container_may_mount(tmp_path, volume, why):
     fleet = BASE.replace("    host: mainpc\n", f"    host: mainpc\n    volumes: [{volume!r}]\n")
