@@ -200,6 +200,7 @@ def main() -> None:
     sizes = [int(x) for x in args.sizes.split(",")]
     ups = {int(x) for x in args.upgrade_sizes.split(",") if x}
     state = lab(max(sizes))
+    command.warm()
     rows = []
     for n in sizes:
         rows += measure_size(state, n, args.user, args.runs if n <= 20 else 1, n in ups)

@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--skip-20", action="store_true")
     args = ap.parse_args()
     rows = []
+    command.warm()
     try:
         state = fleet.up(2)
         base_inv = load(bench_inventory(state))
