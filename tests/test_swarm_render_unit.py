@@ -32,7 +32,7 @@ services:
     tag: 20250817-abc1234
     host: mainpc
     ports: ["8000:9000"]
-    env: {MACHINE: mainpc, HF_TOKEN: {secret: hf_token}}
+    env: {MACHINE: mainpc, HF_TOKEN: {secret: hf_token}, PROMPT: "costs $5 or ${PRICE}"}
     gpus: all
     volumes: ["/srv/models/llm:/models:ro", "llm-cache:/cache"]
     restart: on-failure
@@ -118,40 +118,86 @@ def test_volumes_user_gpus_and_stop_grace(inv):
     assert llm["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
 
 
-def test_a_bind_mount_breaking_the_hard_rules_is_refused_by_the_same_check(inv):
-    # The loader refuses it first; the renderer applies agent/contract.py again, not a copy of it.
-    svc = inv.fleet.services["llm"].model_copy(update={"volumes": ["/etc/ssl:/ssl:ro"]})
+def test_a_bind_mount_breaking_the_hard_rules_is_refused_by_the_same_check(inv, tmp_path, monkeypatch):
+    # The loader refuses it first; the renderer applies agent/contract.py again, not a copy of it. The check is
+    # spied on (its answer for this path decided here), so the test reads nothing of the machine it runs on.
+    from agent import contract
+
+    bad = str(tmp_path / "forbidden")
+    asked = []
+
+    def check(src, allowed=None):
+        asked.append((src, tuple(allowed or ())))
+        return f"host path {src!r} is refused by the contract" if src == bad else None
+
+    monkeypatch.setattr(contract, "host_path_problem", check)
+    svc = inv.fleet.services["llm"].model_copy(update={"volumes": [f"{bad}:/ssl:ro", "llm-cache:/cache"]})
     fleet = inv.fleet.model_copy(update={"services": {**inv.fleet.services, "llm": svc}})
-    with pytest.raises(render.RenderError, match=r"services\.llm\.volumes: .*/etc"):
+    with pytest.raises(render.RenderError, match=r"services\.llm\.volumes: host path .*forbidden' is refused by the contract"):
         render.render(type(inv)(fleet, inv.phases, inv.path, inv.phases_path), "one")
+    assert asked == [(bad, ("/srv/models",))]  # binds only, with the inventory's prefixes; named volumes are not host paths
+
+
+class _Health:
+    """A local /health server answering each path as a service would: 200 ok, 200 degraded, 500."""
+
+    BODIES = {"/ok": (200, b'{"status": "ok"}'), "/tight": (200, b'{"status":"ok"}'), "/degraded": (200, b'{"status":"degraded"}'),
+              "/err": (500, b'{"status":"ok"}')}
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        bodies = self.BODIES
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                code, body = bodies[self.path]
+                self.send_response(code)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.srv.server_port}"
+
+    def __exit__(self, *exc):
+        self.srv.shutdown()
+
+
+WANT = {"/ok": 0, "/tight": 0, "/degraded": 1, "/err": 1}
 
 
 def test_python_probe_judges_status_and_body_like_the_gate(inv, tmp_path):
     """Run the rendered python probe against a local server: 200 + ok passes; degraded and 500 fail."""
-    import http.server
-    import threading
-
-    bodies = {"/ok": (200, b'{"status": "ok"}'), "/degraded": (200, b'{"status":"degraded"}'), "/err": (500, b'{"status":"ok"}')}
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            code, body = bodies[self.path]
-            self.send_response(code)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        for path, want in (("/ok", 0), ("/degraded", 1), ("/err", 1)):
-            rc = subprocess.run([sys.executable, "-c", render.PYTHON_PROBE, f"http://127.0.0.1:{srv.server_port}{path}", "2"],
+    with _Health() as base:
+        for path, want in WANT.items():
+            rc = subprocess.run([sys.executable, "-c", render.PYTHON_PROBE, f"{base}{path}", "2"],
                                 capture_output=True, timeout=10).returncode
             assert (rc == 0) == (want == 0), (path, rc)
-    finally:
-        srv.shutdown()
+
+
+@pytest.mark.skipif(not Path("/bin/busybox").exists(), reason="needs busybox (the lab's images are made of it)")
+def test_wget_probe_judges_status_and_body_like_the_gate_under_busybox(inv, tmp_path):
+    """The rendered busybox probe, exactly as Swarm runs it (`/bin/sh -c PROBE probe URL`, busybox sh and wget only).
+
+    Debian's busybox wget has no -T (it segfaulted on it in the lab image, and Swarm killed every
+    healthy task): the probe must use only what busybox has, and Docker's timeout bounds it.
+    """
+    hc = render.render(inv, "one").doc["services"]["api"]["healthcheck"]
+    assert hc["test"][:3] == ["CMD", "/bin/sh", "-c"] and hc["timeout"].endswith("s")  # Docker bounds each probe
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for applet in ("sh", "wget"):
+        (bindir / applet).symlink_to("/bin/busybox")
+    with _Health() as base:
+        for path, want in WANT.items():
+            argv = [str(bindir / "sh"), *hc["test"][2:4], "probe", f"{base}{path}"]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, env={"PATH": str(bindir)})
+            assert out.returncode == want, (path, out.returncode, out.stderr)
 
 
 def test_labels_carry_what_was_deployed_and_the_hash_ignores_them(inv):
@@ -173,6 +219,9 @@ def test_docker_stack_config_accepts_the_rendered_file(inv, tmp_path):
     back = yaml.safe_load(out.stdout)
     assert back["services"]["llm"]["deploy"]["placement"]["constraints"][1] == "node.labels.fleetroll.host == mainpc"
     assert back["services"]["api"]["ports"][0]["mode"] == "host" and back["secrets"]["fr_hf_token"]["external"] is True
+    # compose interpolates $ in every value: what Swarm gets back is the probe and the env exactly as rendered
+    assert back["services"]["api"]["healthcheck"]["test"][3] == render.WGET_PROBE
+    assert back["services"]["llm"]["environment"]["PROMPT"] == "costs $5 or ${PRICE}"
     # and it does refuse what is not compose: the test would catch a renderer that wrote nonsense
     f.write_text(render.to_yaml(render.render(inv, "one")).replace("endpoint_mode:", "endpoint_modes:"))
     bad = subprocess.run([DOCKER, "stack", "config", "-c", str(f)], capture_output=True, text=True, timeout=60, env=env)

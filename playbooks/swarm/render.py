@@ -36,7 +36,9 @@ PYTHON_PROBE = ("import json,sys,urllib.request as u\n"
                 "b=json.loads(r.read(65536))\n"
                 "sys.exit(0 if r.status==200 and isinstance(b,dict) and b.get('status')=='ok' else 1)")
 # busybox sh + wget: wget fails on any status but 2xx; the body must carry "status":"ok" (with or without a space).
-WGET_PROBE = ('b=$(wget -q -T "$2" -O - "$1") || exit 1; case "$b" in *\'"status":"ok"\'*|*\'"status": "ok"\'*) exit 0;; esac;'
+# No `wget -T`: Debian's busybox-static wget has no such option and segfaults on it (exit 139, seen in the lab), so
+# every probe failed and Swarm killed healthy tasks. Docker's healthcheck `timeout` bounds the probe instead.
+WGET_PROBE = ('b=$(wget -q -O - "$1") || exit 1; case "$b" in *\'"status":"ok"\'*|*\'"status": "ok"\'*) exit 0;; esac;'
               ' exit 1')
 
 
@@ -109,7 +111,7 @@ def healthcheck(inv: Inventory, service: str) -> dict[str, Any]:
     if inv.fleet.swarm.healthcheck == "python":
         test = ["CMD", "python3", "-c", PYTHON_PROBE, url, f"{timeout:g}"]
     else:
-        test = ["CMD", "/bin/sh", "-c", WGET_PROBE, "probe", url, f"{timeout:g}"]
+        test = ["CMD", "/bin/sh", "-c", WGET_PROBE, "probe", url]  # bounded by Docker's timeout below
     return {"test": test, "interval": _seconds(h.interval), "timeout": _seconds(timeout), "retries": 3,
             "start_period": _seconds(h.healthy_deadline)}
 
@@ -240,8 +242,24 @@ def render(inv: Inventory, phase: str, digests: dict[str, str] | None = None) ->
     return out
 
 
+def literal(value: Any) -> Any:
+    """Every string with `$` doubled: `docker stack deploy` interpolates ${VAR} and $VAR in every value of the file.
+
+    Without it the shell probe reached the task as `b=(wget ... "1")` (seen in the lab: every
+    probe a syntax error, every healthy task killed), and an env value with a `$` would change.
+    """
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    return value
+
+
 def to_yaml(r: Rendered) -> str:
+    """The stack file as `docker stack deploy -c` reads it: its interpolation undone in advance (literal)."""
     import yaml
 
     head = "".join(f"# note: {n}\n" for n in r.notes)
-    return f"# stack {r.stack}: docker stack deploy -c FILE {r.stack}\n{head}" + yaml.safe_dump(r.doc, sort_keys=False)
+    return f"# stack {r.stack}: docker stack deploy -c FILE {r.stack}\n{head}" + yaml.safe_dump(literal(r.doc), sort_keys=False)

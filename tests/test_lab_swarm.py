@@ -1,0 +1,127 @@
+"""engine: swarm against the lab: real dockerds form a real swarm from the inventory, Swarm runs the release.
+
+One module-scoped swarm (formed once, left at the end, so the lab's dockerds are out of any swarm
+for the tests after these): a good release commits on both nodes; a release whose /health says
+"degraded" fails Swarm's healthcheck, Swarm rolls it back, fleetroll reports `reverted`, exit 4,
+and ledgers it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from lab import images
+from playbooks import ledger
+
+from .conftest import FAB, ROOT, dclient, derive_inventory, health_of, new_tag
+
+pytestmark = pytest.mark.lab
+
+PHASE, SERVICE, PORT = "swarm-web", "web", 9300
+STACK_SERVICE = f"fr-{PHASE}_{SERVICE}"
+
+
+def fab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+def swarm_inventory(lab, tmp, tag: str):
+    """The lab inventory plus a swarm phase: `web` (the lab's healthy core image) on mainpc and pc2."""
+    def edit(doc):
+        doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}  # the lab's images have busybox, no Python
+        doc["services"][SERVICE] = {"image": "core", "tag": tag, "hosts": ["mainpc", "pc2"], "ports": [f"{PORT}:8080"],
+                                    "stop_timeout": 2,
+                                    "health": {"port": PORT, "healthy_deadline": 5, "min_healthy_time": 2, "interval": 0.25}}
+
+    def edit_phases(doc):
+        doc["phases"].append({"name": PHASE, "engine": "swarm", "services": [SERVICE]})
+
+    return derive_inventory(lab, tmp, edit, edit_phases)
+
+
+def swarm_state(lab, host: str) -> str:
+    return dclient(lab, host).info()["Swarm"]["LocalNodeState"]
+
+
+def task_images(lab) -> dict[str, str]:
+    """{host: image} of the running swarm task of `web` on each lab host, read from that host's own dockerd."""
+    out = {}
+    for h in ("mainpc", "pc2"):
+        for c in dclient(lab, h).containers.list(filters={"label": f"com.docker.swarm.service.name={STACK_SERVICE}"}):
+            out[h] = c.attrs["Config"]["Image"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def swarm_lab(lab_session, tmp_path_factory):
+    lab = lab_session()
+    base = images.BASELINE_TAG
+    inv = swarm_inventory(lab, tmp_path_factory.mktemp("swarm"), base)
+    formed = fab("swarm.form", "-i", str(inv))
+    try:
+        assert formed.returncode == 0, formed.stdout + formed.stderr
+        yield lab, inv
+    finally:
+        left = fab("swarm.leave", "-i", str(inv))
+        assert left.returncode == 0, left.stdout + left.stderr
+        assert {h.name: swarm_state(lab, h.name) for h in lab.hosts} == {h.name: "inactive" for h in lab.hosts}
+
+
+def test_the_lab_forms_a_swarm_from_the_inventory_and_forming_again_changes_nothing(swarm_lab):
+    lab, inv = swarm_lab
+    nodes = dclient(lab, "mainpc").nodes.list()
+    labels = sorted(n.attrs["Spec"]["Labels"].get("fleetroll.host", "") for n in nodes)
+    assert labels == sorted(h.name for h in lab.hosts), labels  # each node by the inventory's name, hostnames alike
+    gpu = [n for n in nodes if n.attrs["Spec"]["Labels"].get("fleetroll.gpu") == "true"]
+    assert {n.attrs["Spec"]["Labels"]["fleetroll.host"] for n in gpu} >= {"mainpc"}
+    again = fab("swarm.form", "-i", str(inv))
+    assert again.returncode == 0 and "mainpc: manages swarm" in again.stdout and "pc2: already in this swarm" in again.stdout
+    assert "initialised" not in again.stdout and "joined" not in again.stdout
+
+
+def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_by_swarm(swarm_lab, tmp_path):
+    lab, _inv = swarm_lab
+    first = swarm_inventory(lab, tmp_path / "first", images.BASELINE_TAG)
+    t0 = time.monotonic()
+    created = fab("rollout", "-p", PHASE, "-i", str(first), "-y", "-j")
+    assert created.returncode == 0, created.stdout[-3000:] + created.stderr
+    # A good new release: Swarm updates both nodes, fleetroll reports each (host, service) committed.
+    good = new_tag()
+    images.push(lab, "core", good, "healthy")
+    inv = swarm_inventory(lab, tmp_path / "good", good)
+    r = fab("rollout", "-p", PHASE, "-i", str(inv), "-y", "-j")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    rep = json.loads(r.stdout)["phases"][0]
+    assert rep["state"] == "committed"
+    outcomes = {(h, s["service"]): s["outcome"] for h, v in rep["hosts"].items() for s in v["services"]}
+    assert outcomes == {("mainpc", SERVICE): "committed", ("pc2", SERVICE): "committed"}, outcomes
+    digest = rep["hosts"]["mainpc"]["services"][0]["after_digest"]
+    assert all(img.endswith(f"{good}@{digest}") for img in task_images(lab).values()) and len(task_images(lab)) == 2
+    assert json.loads(health_of(lab, "pc2", PORT))["status"] == "ok"
+    # fab status: where each swarm task runs (the hosts' agents cannot see it; a manager says it)
+    st = json.loads(fab("status", "-i", str(inv), "-j", "-H", "mainpc,pc2").stdout)
+    for h in ("mainpc", "pc2"):
+        row = st["hosts"][h]["services"][SERVICE]
+        assert row["engine"] == "swarm" and row["healthy"] and row["tag"] == good and row["drift"] == "", row
+        assert row["status"].startswith("swarm task ") and row["status"].endswith(" running")
+    # A release whose /health says "degraded": Swarm's healthcheck fails it and Swarm rolls back; exit 4, ledgered.
+    bad = new_tag()
+    images.push(lab, "core", bad, "degraded")
+    r = fab("rollout", "-p", PHASE, "-i", str(swarm_inventory(lab, tmp_path / "bad", bad)), "-y", "-j")
+    assert r.returncode == 4, r.stdout[-3000:] + r.stderr
+    rep = json.loads(r.stdout)["phases"][0]
+    assert rep["state"] == "reverted"
+    for h in ("mainpc", "pc2"):
+        s = rep["hosts"][h]["services"][0]
+        assert s["outcome"] == "reverted" and s["after_tag"] == good and s["after_digest"] == digest, s
+        assert s["revert_gate"]["ok"] and "Swarm rolled the update back" in s["message"]
+    assert all(img.endswith(f"{good}@{digest}") for img in task_images(lab).values())
+    fin = [x for x in ledger.read() if x.get("rollout_id") == rep["rollout_id"] and x["kind"] == "finished"]
+    assert fin and fin[0]["final"] == "reverted" and fin[0]["engine"] == "swarm"
+    assert {(x["host"], x["outcome"]) for x in fin[0]["services"]} == {("mainpc", "reverted"), ("pc2", "reverted")}
+    print(f"swarm rollouts (create, good, bad) took {time.monotonic() - t0:.1f}s")
