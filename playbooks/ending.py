@@ -126,6 +126,9 @@ def _now_line(s: dict) -> str:
     o = s.get("outcome")
     rg = (s.get("revert_gate") or {})
     proof = rg.get("last", {}).get("reason") or rg.get("reason") or ""
+    if o == Outcome.REVERTED and s.get("engine") == "swarm":  # Swarm's rollback re-runs the previous spec in new tasks
+        return (f"  now:   {_ref(s.get('after_tag', ''), s.get('after_digest', ''))} — the previous release, run again by Swarm's"
+                " rollback in new tasks, seen running after it" + (f" ({proof})" if proof else ""))
     if o == Outcome.REVERTED:
         pin = f" (pinned as {s['prev_ref']})" if s.get("prev_ref") else ""
         how = (f"the old container itself{pin}, with its own configuration" if s.get("action") != "revert"
@@ -133,7 +136,8 @@ def _now_line(s: dict) -> str:
         return f"  now:   {_ref(s.get('after_tag', ''), s.get('after_digest', ''))} — {how}, proven healthy after the revert" + (
             f" ({proof})" if proof else "")
     if o == Outcome.REMOVED:
-        return "  now:   nothing — it had no earlier version here; the new container was removed"
+        return ("  now:   nothing — it had no earlier version here; the new "
+                + ("swarm service was removed" if s.get("engine") == "swarm" else "container was removed"))
     if o == Outcome.REFUSED:
         return f"  now:   {_ref(s.get('before_tag', ''), s.get('before_digest', ''))} — untouched: nothing was stopped"
     if o == Outcome.REVERT_FAILED and rg.get("ok") and s.get("after_tag"):

@@ -115,3 +115,18 @@ def test_own_ports_are_freed_from_the_preflight_facts():
     facts = {"mainpc": {"ports": [22, 9300]}, "pc2": {"ports": [22, 9300]}}
     freed = deploy.own_ports_freed(facts, v)
     assert freed["mainpc"]["ports"] == [22] and freed["pc2"]["ports"] == [22, 9300]  # pc2's 9300 is not the stack's task
+
+
+def test_a_swarm_rollback_is_described_as_new_tasks_of_the_previous_release_not_the_old_container():
+    from playbooks import ending
+
+    f = follow()
+    tasks = [task("x", "n1", NEW, "failed", "shutdown", "task: non-zero exit (143): dockerexec: unhealthy container", 143),
+             task("a", "n1", OLD), task("b", "n2", OLD)]
+    v = view({"State": "rollback_completed", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update rolled back"}, tasks)
+    assert deploy.judge(f, v, now=10, min_healthy_time=2)
+    text = ending.describe_failure("mainpc", f.done["mainpc"], "fab status")
+    assert "now:   t-old@000000000000 — the previous release, run again by Swarm's rollback in new tasks" in text
+    assert "old container itself" not in text and "exit code 143, 1 restarts" in text
+    ssh = {**f.done["mainpc"], "engine": "ssh", "prev_ref": "web-prev"}
+    assert "the old container itself (pinned as web-prev)" in ending.describe_failure("mainpc", ssh, "fab status")
