@@ -31,6 +31,19 @@ from .inventory import Inventory, SecretRef
 CREATE, REPLACE, NOOP, BLOCKED = "create", "replace", "noop", "blocked"
 
 
+def _steady(running: dict) -> bool:
+    """Up and staying up. Docker reports a crash-looping container as Running between restarts (status
+    `restarting`), and a paused one as Running too: neither is the release doing its work, so neither is a no-op."""
+    return bool(running.get("running")) and running.get("status", "running") == "running"
+
+
+def _how(running: dict) -> str:
+    status = running.get("status") or "not running"
+    if status == "restarting":
+        return f"crash-looping (restarting, {running.get('restart_count', 0)} restarts so far)"
+    return status
+
+
 @dataclass
 class Step:
     host: str
@@ -200,12 +213,12 @@ def build_plan(
         elif not running.get("spec_hash"):
             step.action = REPLACE
             step.reason = "runs without fleetroll's configuration label (started by hand?); replace it with the inventory's"
-        elif running.get("spec_hash") == spec["spec_hash"] and running.get("running"):
+        elif running.get("spec_hash") == spec["spec_hash"] and _steady(running):
             step.action = NOOP
             step.reason = "already running this digest with this configuration"
         elif running.get("spec_hash") == spec["spec_hash"]:
             step.action = REPLACE
-            step.reason = f"container is {running.get('status', 'not running')}; start it afresh"
+            step.reason = f"container is {_how(running)}; start it afresh"
         elif running.get("digest") == step.new_digest:
             step.action = REPLACE
             step.reason = "same image, configuration changed"

@@ -44,6 +44,17 @@ def test_same_digest_and_spec_is_noop():
     assert plan.changes == []
 
 
+def test_a_crash_looping_or_paused_container_of_the_planned_release_is_not_a_noop():
+    """Docker says Running for a container between crash-loop restarts and for a paused one: the release is not at work."""
+    looping = {**running("llm-inference"), "status": "restarting", "restart_count": 5}
+    paused = {**running("vision-audio"), "status": "paused"}
+    plan = build_plan(INV, "gpu-mainpc", facts_with([looping, paused]))
+    assert actions(plan) == {"llm-inference": REPLACE, "vision-audio": REPLACE}
+    reasons = {s.service: s.reason for s in plan.steps}
+    assert reasons["llm-inference"] == "container is crash-looping (restarting, 5 restarts so far); start it afresh"
+    assert reasons["vision-audio"] == "container is paused; start it afresh"
+
+
 def test_new_digest_is_replace_with_current_recorded():
     old = "sha256:" + "0" * 64
     plan = build_plan(INV, "gpu-mainpc", facts_with([running("llm-inference", old, "20250101-aaaaaaa"), running("vision-audio")]))
