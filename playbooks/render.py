@@ -10,6 +10,7 @@ from typing import Any
 from agent import vocabulary
 
 from .preflight import FAIL, PASS, WARN, Check
+from .program import as_run
 
 MARK = {PASS: "ok", WARN: "WARN", FAIL: "FAIL"}
 
@@ -66,8 +67,9 @@ def _closed_pipe() -> None:
 
 
 def say(text: str = "") -> None:
+    """Every human-readable line a task prints: its hints (`fab thaw …`) in the words of the program that ran."""
     try:
-        print(text, flush=True)
+        print(as_run(text), flush=True)
     except BrokenPipeError:
         _closed_pipe()
 

@@ -28,7 +28,7 @@ def confirm_or_yes(yes: bool):
             return True
         from .plan import plan_text
 
-        print(plan_text(plan), file=sys.stderr)
+        print(as_run(plan_text(plan)), file=sys.stderr)
         if not sys.stdin.isatty():
             print("refusing to change hosts without confirmation: no terminal; re-run with --yes", file=sys.stderr)
             return False
@@ -41,10 +41,10 @@ def confirm_or_yes(yes: bool):
         from . import render
 
         if report.preflight is not None:
-            print(render.preflight_text(report.preflight.checks, report.preflight.hosts), file=sys.stderr)
+            print(as_run(render.preflight_text(report.preflight.checks, report.preflight.hosts)), file=sys.stderr)
         for m in report.messages:
             if m.startswith(("security WARN", "preflight WARN")) or "would be refused" in m:
-                print(m, file=sys.stderr)
+                print(as_run(m), file=sys.stderr)
 
     confirm.show = show
     return confirm

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 import types
 from pathlib import Path
 
 from .errors import RolloutError
+from .program import as_run, program, run_as  # noqa: F401  (program: re-exported for the tasks)
 
 
 def _import_invoke() -> types.ModuleType:
@@ -78,29 +78,12 @@ class FleetTask(invoke.Task):
 
 # --- the program the operator ran ------------------------------------------------------
 
-_PROGRAM = ["fab"]  # `fab` in the repository (fabfile.py); playbooks/cli.py names it `fleetroll`
-_FAB_COMMAND = re.compile(r"(?<![\w./-])fab (?=[a-z`-])")
-
-
-def program() -> str:
-    """The command the operator ran: `fab` in the repository, `fleetroll` when installed."""
-    return _PROGRAM[0]
-
-
-def as_run(text: str) -> str:
-    """A help text or hint that says `fab TASK …`, in the words of the program that is running.
-
-    Task help, docstrings and error hints are written once, as `fab …`; the installed tool must
-    not tell its operator to run a command they may not have (issue 23).
-    """
-    if not text or program() == "fab":
-        return text
-    return _FAB_COMMAND.sub(f"{program()} ", text)
+# program(), as_run(): playbooks/program.py (render.say uses them too, without this module's imports)
 
 
 def name_the_program(ns, name: str) -> None:
     """Run as `name`: every task's docstring and option help, and every hint from here on, name it."""
-    _PROGRAM[0] = name
+    run_as(name)
     for t in ns.tasks.values():
         t.__doc__ = as_run(t.__doc__ or "")
         t.help = {k: as_run(v) for k, v in t.help.items()}

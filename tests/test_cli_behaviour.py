@@ -50,14 +50,17 @@ def test_the_installed_commands_list_and_hints_name_it_and_fab_keeps_its_own():
     assert r.stdout.startswith("Usage: fleetroll runbook PATH"), r.stdout
 
 
-def test_a_hint_is_rewritten_only_where_it_names_the_fab_command(monkeypatch):
-    from playbooks import taskkit
+def test_a_hint_is_rewritten_only_where_it_names_the_fab_command(monkeypatch, capsys):
+    from playbooks import program, render, taskkit
 
     text = "Stop rollouts until `fab thaw`; see fab versions, (fab status lists them); prefab x, ./fab y, fabric z"
     assert taskkit.as_run(text) == text  # run as `fab`: unchanged
-    monkeypatch.setattr(taskkit, "_PROGRAM", ["fleetroll"])
+    monkeypatch.setattr(program, "_PROGRAM", ["fleetroll"])
     assert taskkit.as_run(text) == ("Stop rollouts until `fleetroll thaw`; see fleetroll versions, (fleetroll status lists"
                                     " them); prefab x, ./fab y, fabric z")
+    # and every report line a task prints (refusals, freezes, rollback hints) goes the same way
+    render.say("phase gpu-mainpc is frozen; when it may go ahead: fab thaw --phase gpu-mainpc --reason '...'")
+    assert capsys.readouterr().out == "phase gpu-mainpc is frozen; when it may go ahead: fleetroll thaw --phase gpu-mainpc --reason '...'\n"
 
 
 @pytest.mark.parametrize("args,says", [

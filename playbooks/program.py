@@ -1,0 +1,30 @@
+"""The command the operator ran, and hints written in its words.
+
+Hints throughout the controller (reports, refusals, help) are written once, as `fab TASK …`,
+the repository's command. The installed tool is `fleetroll`: it must not tell its operator to
+run a command they may not have (issue 23). Kept apart from the task machinery so that the
+one function every report line goes through (render.say) can use it without importing Fabric.
+"""
+
+from __future__ import annotations
+
+import re
+
+_PROGRAM = ["fab"]  # `fab` in the repository (fabfile.py); playbooks/cli.py names it `fleetroll`
+_FAB_COMMAND = re.compile(r"(?<![\w./-])fab (?=[a-z`-])")
+
+
+def program() -> str:
+    """The command the operator ran: `fab` in the repository, `fleetroll` when installed."""
+    return _PROGRAM[0]
+
+
+def run_as(name: str) -> None:
+    _PROGRAM[0] = name
+
+
+def as_run(text: str) -> str:
+    """A help text or hint that says `fab TASK …`, in the words of the program that is running."""
+    if not text or program() == "fab":
+        return text
+    return _FAB_COMMAND.sub(f"{program()} ", text)
