@@ -55,4 +55,10 @@ def run_preflight(
         if data is not None:
             facts[h] = data
         checks += preflight.evaluate(inv, h, phase, data, r.error)
-    return PreflightReport(phase, targets, checks, facts, calls, time.monotonic() - t0)
+    report = PreflightReport(phase, targets, checks, facts, calls, time.monotonic() - t0)
+    if phase and inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # nodes and the stack's own ports: a manager says
+        from .swarm import checks as swarm_checks
+
+        swarm_checks.apply(inv, report)
+        report.elapsed_s = time.monotonic() - t0
+    return report

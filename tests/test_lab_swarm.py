@@ -36,7 +36,7 @@ def swarm_inventory(lab, tmp, tag: str):
         doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}  # the lab's images have busybox, no Python
         doc["services"][SERVICE] = {"image": "core", "tag": tag, "hosts": ["mainpc", "pc2"], "ports": [f"{PORT}:8080"],
                                     "stop_timeout": 2,
-                                    "health": {"port": PORT, "healthy_deadline": 5, "min_healthy_time": 2, "interval": 0.25}}
+                                    "health": {"port": PORT, "healthy_deadline": 3, "min_healthy_time": 1, "interval": 0.25}}
 
     def edit_phases(doc):
         doc["phases"].append({"name": PHASE, "engine": "swarm", "services": [SERVICE]})
@@ -82,6 +82,11 @@ def test_the_lab_forms_a_swarm_from_the_inventory_and_forming_again_changes_noth
     again = fab("swarm.form", "-i", str(inv))
     assert again.returncode == 0 and "mainpc: manages swarm" in again.stdout and "pc2: already in this swarm" in again.stdout
     assert "initialised" not in again.stdout and "joined" not in again.stdout
+    # fab preflight on the swarm phase: the SSH push's checks on each host, and each host a Ready node of this swarm
+    pre = fab("preflight", "-p", PHASE, "-i", str(inv), "-j")
+    assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr
+    swarm = {c["host"]: c for c in json.loads(pre.stdout)["checks"] if c["check"] == "swarm"}
+    assert set(swarm) == {"mainpc", "pc2"} and all(c["status"] == "pass" for c in swarm.values()), swarm
 
 
 def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_by_swarm(swarm_lab, tmp_path):

@@ -130,3 +130,15 @@ def test_a_swarm_rollback_is_described_as_new_tasks_of_the_previous_release_not_
     assert "old container itself" not in text and "exit code 143, 1 restarts" in text
     ssh = {**f.done["mainpc"], "engine": "ssh", "prev_ref": "web-prev"}
     assert "the old container itself (pinned as web-prev)" in ending.describe_failure("mainpc", ssh, "fab status")
+
+
+def test_preflight_of_a_swarm_phase_wants_each_host_a_ready_active_node_labelled_by_its_name():
+    from playbooks.swarm import checks
+
+    v = observe.View(nodes={"n1": "mainpc", "n2": "pc2", "n3": ""},
+                     node_status={"n1": ("ready", "active"), "n2": ("down", "active"), "n3": ("ready", "active")})
+    got = {c.host: c for c in checks.node_checks("mainpc", v, ["mainpc", "pc2", "node03"])}
+    assert got["mainpc"].status == "pass" and "ready, active" in got["mainpc"].detail
+    assert got["pc2"].status == "fail" and "is down and active" in got["pc2"].detail and "start dockerd on pc2" in got["pc2"].fix
+    assert got["node03"].status == "fail" and "labelled fleetroll.host=node03" in got["node03"].detail
+    assert got["node03"].fix.startswith("fab swarm.form")

@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.vocabulary import Outcome
 
-from .. import ledger, preflight, rollout, transport
+from .. import ledger, rollout, transport
 from ..ending import Interrupted, RolloutReport
 from ..errors import RolloutError
 from ..inventory import Inventory
@@ -31,7 +31,7 @@ from .remote import Host, SwarmCommandError, open_host
 HOST_SECRETS_DIR = "/etc/fleetroll/secrets"  # agent/secrets.py's default, on the manager
 POLL_S = 0.5
 NO_UPDATE_GRACE_S = 4.0
-CREATE_FAILURES = 3  # a new service whose task failed this often on a host is not going to become healthy there  # a spec change that replaces no task (update settings only) starts no update
+CREATE_FAILURES = 3  # a new service whose task failed this often on a host is not going to become healthy there
 
 
 def open_manager(inv: Inventory) -> Host:
@@ -342,12 +342,8 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
     try:
         stack = render.stack_name(phase)
         before = observe.read(manager, stack)
-        ro = rollout._decide(inv, phase, pool, None, max_parallel, on_failure, progress)
+        ro = rollout._decide(inv, phase, pool, None, max_parallel, on_failure, progress)  # preflight: swarm/checks.py too
         pre = ro.report.preflight
-        freed = own_ports_freed(pre.facts, before)
-        pre.checks = [c for h in pre.hosts
-                      for c in (preflight.evaluate(inv, h, phase, freed[h]) if h in freed
-                                else [c for c in pre.checks if c.host == h])]
         digests = {s.service: s.new_digest for s in ro.plan.steps if s.new_digest}
         try:
             rendered = render.render(inv, phase, digests)

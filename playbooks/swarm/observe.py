@@ -20,6 +20,7 @@ class View:
     """One reading of a stack: node id -> inventory host, inventory service -> service JSON and its tasks."""
 
     nodes: dict[str, str] = field(default_factory=dict)
+    node_status: dict[str, tuple[str, str]] = field(default_factory=dict)  # node id -> (Status.State, Spec.Availability)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -30,6 +31,7 @@ def read(manager: Host, stack: str) -> View:
     ids = manager.lines(commands.node_ids())
     for n in manager.json(commands.inspect(ids, "node")) or [] if ids else []:
         view.nodes[n["ID"]] = ((n.get("Spec") or {}).get("Labels") or {}).get(HOST_LABEL, "")
+        view.node_status[n["ID"]] = ((n.get("Status") or {}).get("State", ""), (n.get("Spec") or {}).get("Availability", ""))
     sids = manager.lines(commands.stack_services(stack))
     for s in manager.json(commands.inspect(sids, "service")) or [] if sids else []:
         name = (s["Spec"].get("Labels") or {}).get(SERVICE_LABEL) or s["Spec"]["Name"].removeprefix(f"{stack}_")
