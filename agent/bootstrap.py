@@ -92,17 +92,18 @@ def _tree_ok(target: str) -> bool:
 
 
 def _unpack(archive: str, target: str) -> None:
+    """Unpack beside `target`, then put it in place with a rename: never delete a tree another call may run from.
+
+    Two agent calls of one user can start at once (two hosts sharing a home, two operators, a status
+    beside a rollout). Removing the target first, as this once did, deleted the tree the other call had
+    just put in place and was importing from ("No module named agent.paths"). A tree already in place
+    and sound is used as it is; only one that fails the check is moved aside (one rename) and replaced.
+    """
     import compileall
     import py_compile
     import shutil
     import zipfile
 
-    if os.path.lexists(target):
-        # Ours to remove: named after this archive, beside it, in the private directory checked above.
-        if os.path.islink(target) or not os.path.isdir(target):
-            os.unlink(target)
-        else:
-            shutil.rmtree(target)
     tmp = f"{target}.tmp{os.getpid()}"
     umask = os.umask(0o022)  # the tree must not be writable by others (_tree_ok), whatever the login's umask
     try:
@@ -113,9 +114,21 @@ def _unpack(archive: str, target: str) -> None:
         os.umask(umask)
     open(os.path.join(tmp, ".complete"), "w").close()
     try:
-        os.rename(tmp, target)
-    except OSError:  # another call unpacked it first; it is checked before use like any other
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.rename(tmp, target)  # in place at once, or refused because something is already there
+        return
+    except OSError:
+        pass
+    if os.path.isfile(os.path.join(target, ".complete")) and _tree_ok(target):
+        shutil.rmtree(tmp, ignore_errors=True)  # another call put the same tree in place first
+        return
+    # Ours to replace: named after this archive, beside it, in the private directory checked above.
+    aside = f"{target}.bad{os.getpid()}"
+    os.rename(target, aside)
+    os.rename(tmp, target)
+    if os.path.islink(aside) or not os.path.isdir(aside):
+        os.unlink(aside)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _unpacked(archive: str, want: str, verified: str = "") -> str:

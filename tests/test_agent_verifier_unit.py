@@ -219,3 +219,31 @@ def test_symlinked_bytecode_sources_or_the_tree_itself_are_refused(tree, tmp_pat
 def test_a_tree_entry_others_can_write_is_refused(tree):
     (tree / "agent" / "__pycache__").chmod(0o777)  # anyone could drop checked-hash bytecode with a matching source hash
     assert not bootstrap._tree_ok(str(tree))
+
+
+def _archive_of(tree: Path, at: Path) -> Path:
+    """A zip of `tree`'s files (what the controller ships), to unpack again."""
+    with zipfile.ZipFile(at, "w") as zf:
+        for p in sorted(tree.rglob("*")):
+            rel = p.relative_to(tree).as_posix()
+            if p.is_file() and "__pycache__" not in rel and rel != ".complete":
+                zf.write(p, rel)
+    return at
+
+
+def test_a_tree_another_call_just_put_in_place_is_used_not_deleted(tree, tmp_path):
+    """Two agent calls of one user at once: the later unpack must not remove the tree the earlier one runs from."""
+    archive = _archive_of(tree, tmp_path / "agent.zip")
+    inode = (tree / "agent" / "x.py").stat().st_ino
+    bootstrap._unpack(str(archive), str(tree))  # as if this call lost the race after checking an empty target
+    assert (tree / "agent" / "x.py").stat().st_ino == inode and bootstrap._tree_ok(str(tree))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(tree.name + ".")] == []  # its own copy is gone
+
+
+def test_a_tree_that_fails_its_check_is_replaced_whole(tree, tmp_path):
+    archive = _archive_of(tree, tmp_path / "agent.zip")
+    (tree / "agent" / "x.py").write_bytes(b"X = 'tampered'\n")
+    assert not bootstrap._tree_ok(str(tree))
+    bootstrap._unpack(str(archive), str(tree))
+    assert (tree / "agent" / "x.py").read_bytes() == b"X = 1\n" and bootstrap._tree_ok(str(tree))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(tree.name + ".")] == []
