@@ -47,11 +47,14 @@ def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
     state = c.get("status") or "unknown"
     if not c.get("running") or state != "running":
         return False, f"container {state}" + (f" ({c.get('restart_count')} restarts)" if c.get("restart_count") else "")
-    if not probe.get("ok"):
-        return False, probe.get("reason") or "no /health answer"
     up = c.get("up_s")
-    if c.get("restart_count") and up is not None and up < CRASH_LOOP_S:
-        return False, f"restarted {c['restart_count']} times, up only {up:.0f}s (crash loop?)"
+    looping = f"restarted {c.get('restart_count')} times, up only {up or 0:.0f}s (crash loop?)" if (
+        c.get("restart_count") and up is not None and up < CRASH_LOOP_S) else ""
+    if not probe.get("ok"):  # between two crashes the probe fails too: the loop is the news, the probe its symptom
+        why = probe.get("reason") or "no /health answer"
+        return False, f"{looping}; /health: {why}" if looping else why
+    if looping:
+        return False, looping
     return True, "healthy" + (f" ({c['restart_count']} restarts)" if c.get("restart_count") else "")
 
 

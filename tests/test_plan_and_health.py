@@ -150,6 +150,10 @@ def test_status_health_needs_a_running_container_not_only_a_good_probe():
     assert service_health({"running": False, "status": "exited"}, ok) == (False, "container exited")
     assert service_health(None, ok) == (False, "not running (no container)")
     assert service_health({"running": True, "status": "running"}, {"ok": False, "reason": "HTTP 500"}) == (False, "HTTP 500")
+    # caught between two crashes with /health not up yet: the loop is named, the probe's failure beside it
+    assert service_health({"running": True, "status": "running", "restart_count": 4, "up_s": 0.4},
+                          {"ok": False, "reason": "no answer (Remote end closed connection without response)"}) == (
+        False, "restarted 4 times, up only 0s (crash loop?); /health: no answer (Remote end closed connection without response)")
 
 
 def test_container_uptime_from_dockers_timestamp():
