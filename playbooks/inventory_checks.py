@@ -192,6 +192,11 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
             owner.setdefault(s, ph.name)
         if fleet.engine_of(ph) == "swarm":
             problems += _swarm_phase_checks(ph, fleet, f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]")
+        else:
+            problems += [f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: phase {ph.name!r} runs on engine: ssh,"
+                         f" which runs one container on each host and reschedules nothing: services.{s}.replicas cannot be"
+                         " kept; fix: remove replicas, or run the phase on engine: swarm"
+                         for s in ph.services if s in fleet.services and fleet.services[s].replicas]
         # Only the batch settings must agree: order and drain are each service's own.
         blocks = {s: fleet.services[s].update for s in ph.services
                   if s in fleet.services and fleet.services[s].update and fleet.services[s].update.batches}
@@ -224,6 +229,9 @@ def _swarm_phase_checks(ph: Phase, fleet: Fleet, at: str) -> list[str]:
         if svc.update is not None and svc.update.canary:
             out.append(f"{why}: services.{name}.update.canary: Swarm has no canary batch; fix: remove canary (parallelism"
                        " comes from max_parallel) or keep the phase on engine: ssh")
+        if svc.replicas and svc.replicas > len(fleet.hosts_of(name)):
+            out.append(f"{why}: services.{name}.replicas: {svc.replicas} tasks over {len(fleet.hosts_of(name))} host(s), and a"
+                       " host runs at most one (one set of ports, one GPU budget); fix: replicas <= the number of its hosts")
     return out
 
 

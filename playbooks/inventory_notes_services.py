@@ -46,6 +46,13 @@ SERVICE_NOTES: dict[str, Doc] = {
         "Run one container on each host of this group (`groups:`). Exactly one of `host`, `hosts` and `group`.",
         "group: cpu-workers",
         "placement; rollout batches."),
+    "services.<name>.replicas": Doc(
+        "Phases on `engine: swarm` only: run this many tasks over the hosts of `hosts:`/`group:` instead of one on each;"
+        " Swarm places them (at most one per host) and reschedules a task whose node is lost. At most the number of its"
+        " hosts; refused with `host:` and on an `engine: ssh` phase. See [swarm.md](swarm.md).",
+        "replicas: 1",
+        "`fab swarm.render` (replicated mode, placement), swarm rollouts (a host without a task is `noop`), `fab status`"
+        " (where each task runs now)."),
     "services.<name>.update": Doc(
         "How the service is swapped: canary and batches across its replicas, and each swap's order and drain. "
         + _BATCH,

@@ -230,6 +230,9 @@ class Service(_Strict):
     host: str | None = None
     hosts: list[str] = []
     group: str | None = None
+    # engine: swarm only: run N tasks over the hosts of hosts:/group: (Swarm reschedules one whose node is lost),
+    # instead of one on each. Not set: one per host, as the SSH push runs it.
+    replicas: int | None = Field(default=None, ge=1)
     update: Update | None = None
     ports: list[str] = []
     # Behind the host's reverse proxy (reverse_proxy:): the proxy publishes `listen`, the container nothing.
@@ -266,6 +269,9 @@ class Service(_Strict):
                              + (f" (it gives {' and '.join(given)})" if given else ""))
         if len(set(self.hosts)) != len(self.hosts):
             raise ValueError(f"hosts lists a host twice: {self.hosts}")
+        if self.replicas is not None and self.host:
+            raise ValueError("replicas: spreads tasks over the hosts of hosts: or group:; with host: there is no other host to"
+                             " reschedule to (give hosts: [A, B, ...] or group: NAME)")
         return self
 
     @field_validator("user")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from playbooks.swarm import commands, deploy, form, observe
+from playbooks.swarm import commands, deploy, form, judge, observe
 
 NEW, OLD = "sha256:" + "1" * 64, "sha256:" + "0" * 64
 REPO = "reg:5000/lab/core"
@@ -53,15 +53,15 @@ def view(update: dict | None, tasks: list[dict]) -> observe.View:
     return observe.View(nodes={"n1": "mainpc", "n2": "pc2"}, services={"web": svc}, tasks={"web": tasks})
 
 
-def follow(mode: str = "update") -> deploy.Follow:
-    return deploy.Follow("web", mode, ["mainpc", "pc2"], "t-new", NEW, "t-old", OLD, "2020-01-01T00:00:00Z", 100.0, "want")
+def follow(mode: str = "update") -> judge.Follow:
+    return judge.Follow("web", mode, ["mainpc", "pc2"], "t-new", NEW, "t-old", OLD, "2020-01-01T00:00:00Z", 100.0, "want")
 
 
 def test_a_completed_update_commits_each_host_running_the_new_digest():
     f = follow()
     v = view({"State": "completed", "StartedAt": "2030-01-01T00:00:00Z"}, [task("a", "n1", NEW), task("b", "n2", NEW),
                                                                           task("c", "n1", OLD, "shutdown", "shutdown")])
-    assert deploy.judge(f, v, now=10, min_healthy_time=2)
+    assert judge.judge(f, v, now=10, min_healthy_time=2)
     assert {h: d["outcome"] for h, d in f.done.items()} == {"mainpc": "committed", "pc2": "committed"}
     assert f.done["pc2"]["after_digest"] == NEW and "task b" in f.done["pc2"]["message"]
 
@@ -69,7 +69,7 @@ def test_a_completed_update_commits_each_host_running_the_new_digest():
 def test_the_previous_update_status_is_not_taken_for_this_one():
     f = follow()
     v = view({"State": "completed", "StartedAt": "2020-01-01T00:00:00Z"}, [task("a", "n1", OLD), task("b", "n2", OLD)])
-    assert not deploy.judge(f, v, now=10, min_healthy_time=2) and f.done == {}
+    assert not judge.judge(f, v, now=10, min_healthy_time=2) and f.done == {}
 
 
 def test_a_rollback_by_swarm_is_reverted_only_where_the_old_digest_is_seen_running():
@@ -77,34 +77,34 @@ def test_a_rollback_by_swarm_is_reverted_only_where_the_old_digest_is_seen_runni
     tasks = [task("x", "n1", NEW, "failed", "shutdown", "task: non-zero exit (1): unhealthy container", 1),
              task("a", "n1", OLD), task("b", "n2", OLD, "starting")]
     v = view({"State": "rollback_completed", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update rolled back"}, tasks)
-    assert not deploy.judge(f, v, now=10, min_healthy_time=2)  # pc2 not seen running yet: wait, claim nothing
+    assert not judge.judge(f, v, now=10, min_healthy_time=2)  # pc2 not seen running yet: wait, claim nothing
     assert f.done["mainpc"]["outcome"] == "reverted" and "pc2" not in f.done
     assert f.done["mainpc"]["details"]["exit_code"] == 1 and f.done["mainpc"]["after_digest"] == OLD
-    assert deploy.judge(f, v, now=200, min_healthy_time=2)  # at the deadline: not observed is needs-operator
+    assert judge.judge(f, v, now=200, min_healthy_time=2)  # at the deadline: not observed is needs-operator
     assert f.done["pc2"]["outcome"] == "needs-operator"
 
 
 def test_a_paused_update_needs_an_operator_never_reverted():
     f = follow()
     v = view({"State": "paused", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update paused due to failure"}, [])
-    assert deploy.judge(f, v, now=10, min_healthy_time=2)
+    assert judge.judge(f, v, now=10, min_healthy_time=2)
     assert {d["outcome"] for d in f.done.values()} == {"needs-operator"} and "paused" in f.done["mainpc"]["message"]
 
 
 def test_a_new_service_commits_once_the_same_tasks_ran_through_min_healthy_time():
     f = follow("create")
     v = view(None, [task("a", "n1", NEW), task("b", "n2", NEW)])
-    assert not deploy.judge(f, v, now=10, min_healthy_time=2)
-    assert not deploy.judge(f, v, now=11, min_healthy_time=2)
-    assert deploy.judge(f, v, now=12.5, min_healthy_time=2)
+    assert not judge.judge(f, v, now=10, min_healthy_time=2)
+    assert not judge.judge(f, v, now=11, min_healthy_time=2)
+    assert judge.judge(f, v, now=12.5, min_healthy_time=2)
     assert {d["outcome"] for d in f.done.values()} == {"committed"} and f.done["mainpc"]["action"] == "create"
 
 
 def test_a_new_service_that_never_runs_everywhere_is_not_committed_there():
     f = follow("create")
     v = view(None, [task("a", "n1", NEW), task("x", "n2", NEW, "failed", "shutdown", "unhealthy", 1)])
-    assert not deploy.judge(f, v, now=50, min_healthy_time=2)
-    assert deploy.judge(f, v, now=100, min_healthy_time=2)
+    assert not judge.judge(f, v, now=50, min_healthy_time=2)
+    assert judge.judge(f, v, now=100, min_healthy_time=2)
     assert f.done["mainpc"]["outcome"] == "committed" and f.done["pc2"]["outcome"] == "needs-operator"
     assert f.done["pc2"]["details"]["restarts"] == 1
 
@@ -124,7 +124,7 @@ def test_a_swarm_rollback_is_described_as_new_tasks_of_the_previous_release_not_
     tasks = [task("x", "n1", NEW, "failed", "shutdown", "task: non-zero exit (143): dockerexec: unhealthy container", 143),
              task("a", "n1", OLD), task("b", "n2", OLD)]
     v = view({"State": "rollback_completed", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update rolled back"}, tasks)
-    assert deploy.judge(f, v, now=10, min_healthy_time=2)
+    assert judge.judge(f, v, now=10, min_healthy_time=2)
     text = ending.describe_failure("mainpc", f.done["mainpc"], "fab status")
     assert "now:   t-old@000000000000 — the previous release, run again by Swarm's rollback in new tasks" in text
     assert "old container itself" not in text and "exit code 143, 1 restarts" in text
@@ -142,3 +142,36 @@ def test_preflight_of_a_swarm_phase_wants_each_host_a_ready_active_node_labelled
     assert got["pc2"].status == "fail" and "is down and active" in got["pc2"].detail and "start dockerd on pc2" in got["pc2"].fix
     assert got["node03"].status == "fail" and "labelled fleetroll.host=node03" in got["node03"].detail
     assert got["node03"].fix.startswith("fab swarm.form")
+
+
+def test_a_replicas_service_commits_where_its_task_runs_and_is_noop_where_swarm_put_none():
+    f = judge.Follow("web", "create", ["mainpc", "pc2"], "t-new", NEW, "", "", "", 100.0, "want", replicas=1)
+    v = view(None, [task("b", "n2", NEW)])
+    assert not judge.judge(f, v, now=10, min_healthy_time=1) and f.done == {}  # the window starts now
+    assert judge.judge(f, v, now=11.5, min_healthy_time=1)
+    assert f.done["pc2"]["outcome"] == "committed"
+    assert f.done["mainpc"]["outcome"] == "noop" and "runs the 1 replica(s) of t-new on pc2" in f.done["mainpc"]["message"]
+    # rolled back: reverted where the old digest runs, noop where there is no task; none running yet: wait, claim nothing
+    f = judge.Follow("web", "update", ["mainpc", "pc2"], "t-new", NEW, "t-old", OLD, "2020-01-01T00:00:00Z", 100.0, "want", 1)
+    upd = {"State": "rollback_completed", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update rolled back"}
+    assert not judge.judge(f, view(upd, [task("x", "n2", NEW, "failed", "shutdown", "unhealthy", 143)]), 10, 1) and not f.done
+    assert judge.judge(f, view(upd, [task("a", "n1", OLD)]), 11, 1)
+    assert f.done["mainpc"]["outcome"] == "reverted" and f.done["pc2"]["outcome"] == "noop"
+
+
+def test_status_of_a_replicas_service_says_where_it_runs_now(tmp_path):
+    from playbooks.inventory import load
+    from playbooks.swarm import status_view
+
+    (tmp_path / "fleet.yml").write_text(
+        "registry: {host: reg:5000, org: lab}\nengine: swarm\nhosts:\n  mainpc: {address: 10.0.0.1}\n  pc2: {address: 10.0.0.2}\n"
+        "services:\n  web:\n    image: core\n    tag: 20250817-abc1234\n    hosts: [mainpc, pc2]\n    replicas: 1\n"
+        "    ports: [\"8080:8080\"]\n    health: {port: 8080}\n")
+    (tmp_path / "phases.yml").write_text("phases:\n  - {name: p, services: [web]}\n")
+    inv = load(tmp_path / "fleet.yml")
+    v = view(None, [task("a", "n1", NEW, "shutdown", "shutdown"), task("b", "n2", NEW)])
+    v.services["web"]["Spec"]["Labels"] = {"io.fleetroll.tag": "20250817-abc1234"}
+    v.tasks["web"][1]["Spec"]["ContainerSpec"]["Image"] = f"{REPO}:20250817-abc1234@{NEW}"
+    rows = status_view.rows(inv, v, "web")
+    assert rows["pc2"]["status"] == "swarm task b running" and rows["pc2"]["healthy"] and rows["pc2"]["drift"] == ""
+    assert rows["mainpc"]["status"] == "elsewhere" and rows["mainpc"]["health"].endswith("replica(s) on pc2")

@@ -98,6 +98,14 @@ def test_placement_by_node_label_never_by_hostname(inv):
     assert not any("hostname" in c for s in r.doc["services"].values() for c in s["deploy"]["placement"]["constraints"])
 
 
+def test_replicas_run_n_tasks_over_the_hosts_at_most_one_each(inv):
+    svc = inv.fleet.services["api"].model_copy(update={"replicas": 1})
+    fleet = inv.fleet.model_copy(update={"services": {**inv.fleet.services, "api": svc}})
+    api = render.render(type(inv)(fleet, inv.phases, inv.path, inv.phases_path), "one").doc["services"]["api"]["deploy"]
+    assert api["mode"] == "replicated" and api["replicas"] == 1 and api["placement"]["max_replicas_per_node"] == 1
+    assert api["placement"]["constraints"] == ["node.labels.fleetroll.member == true", "node.labels.fleetroll.host != mainpc"]
+
+
 def test_update_and_rollback_from_update_and_health(inv):
     r = render.render(inv, "one")
     api, llm = r.doc["services"]["api"]["deploy"], r.doc["services"]["llm"]["deploy"]

@@ -81,3 +81,15 @@ def test_what_swarm_cannot_run_is_refused_at_load_on_a_swarm_phase_only(tmp_path
 def test_the_repository_inventory_still_loads_on_ssh():
     inv = load(Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml")
     assert all(inv.fleet.engine_of(p) == "ssh" for p in inv.phases)
+
+
+def test_replicas_is_swarm_s_and_fits_its_hosts(tmp_path):
+    with_replicas = BASE.replace("    hosts: [mainpc, pc2]\n", "    hosts: [mainpc, pc2]\n    replicas: 1\n")
+    inv = load(write(tmp_path, "engine: swarm\n" + with_replicas))
+    assert inv.fleet.services["api"].replicas == 1
+    ssh = problems(tmp_path, with_replicas)
+    assert any("phase 'one' runs on engine: ssh" in p and "services.api.replicas cannot be kept" in p for p in ssh), ssh
+    many = problems(tmp_path, "engine: swarm\n" + with_replicas.replace("replicas: 1", "replicas: 3"))
+    assert any("services.api.replicas: 3 tasks over 2 host(s)" in p and "fix: replicas <=" in p for p in many), many
+    one = problems(tmp_path, "engine: swarm\n" + BASE.replace("    hosts: [mainpc, pc2]\n", "    host: mainpc\n    replicas: 1\n"))
+    assert any("with host: there is no other host to reschedule to" in p for p in one), one

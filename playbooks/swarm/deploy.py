@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 from agent.vocabulary import Outcome
 
@@ -26,12 +24,12 @@ from ..errors import RolloutError
 from ..inventory import Inventory
 from ..plan import BLOCKED, CREATE, NOOP, REPLACE, Plan
 from . import commands, observe, render
+from .judge import Follow, judge
+from .judge import base as _base
 from .remote import Host, SwarmCommandError, open_host
 
 HOST_SECRETS_DIR = "/etc/fleetroll/secrets"  # agent/secrets.py's default, on the manager
 POLL_S = 0.5
-NO_UPDATE_GRACE_S = 4.0
-CREATE_FAILURES = 3  # a new service whose task failed this often on a host is not going to become healthy there
 
 
 def open_manager(inv: Inventory) -> Host:
@@ -82,6 +80,8 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
             st.action, st.reason = CREATE, "not in the swarm yet"
         elif shash == want and st.host in observe.running(before, st.service, digest):
             st.action, st.reason = NOOP, "Swarm already runs this digest with this configuration here"
+        elif shash == want and len(observe.running(before, st.service, digest)) >= (inv.fleet.services[st.service].replicas or 1e9):
+            st.action, st.reason = NOOP, "Swarm runs every replica of this digest and configuration, on other hosts"
         elif shash == want:
             st.action, st.reason = REPLACE, "Swarm's task here is not running; wait for Swarm to place it again"
         elif digest == st.new_digest:
@@ -96,130 +96,6 @@ def own_ports_freed(facts: dict[str, dict], before: observe.View) -> dict[str, d
     """Facts with the host ports the stack's own tasks hold taken out: the ports check must not call them someone else's."""
     held = observe.published_ports(before)
     return {h: {**f, "ports": [p for p in f.get("ports") or [] if p not in held.get(h, set())]} for h, f in facts.items()}
-
-
-# --- judging one service's end (pure) -------------------------------------------------------
-
-
-@dataclass
-class Follow:
-    """One changed service being followed."""
-
-    service: str
-    mode: str  # update (Swarm has a previous spec) | create | reconcile (same spec, tasks to be placed)
-    hosts: list[str]
-    new_tag: str
-    new_digest: str
-    old_tag: str
-    old_digest: str
-    started_before: str  # UpdateStatus.StartedAt before the deploy: a new update has another
-    deadline: float
-    want_hash: str = ""
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> outcome dict
-    first_running: float = 0.0
-    running_ids: frozenset = frozenset()
-
-
-def _base(f: Follow, host: str, action: str) -> dict[str, Any]:
-    return {"service": f.service, "action": action, "prev_ref": "", "prev_digest": "", "before_tag": f.old_tag,
-            "before_digest": f.old_digest, "tried_tag": f.new_tag, "tried_digest": f.new_digest, "engine": "swarm"}
-
-
-def _evidence(view: observe.View, f: Follow, host: str) -> dict[str, Any]:
-    bad = [r for r in observe.failed(view, f.service, f.new_digest) if r["host"] == host]
-    if not bad:
-        return {}
-    last = bad[0]
-    return {"status": last["state"], "exit_code": last["exit_code"], "restarts": len(bad), "error": last["error"],
-            "task": last["id"][:12]}
-
-
-def _commit(f: Follow, host: str, task: dict[str, Any], why: str) -> None:
-    f.done[host] = {**_base(f, host, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.COMMITTED, "check": "swarm",
-                    "message": f"Swarm runs task {task['id'][:12]} of {f.new_tag} on {host}: {why}",
-                    "after_tag": f.new_tag, "after_digest": f.new_digest,
-                    "gate": {"ok": True, "reason": "Swarm's healthcheck passed (a task is running only once healthy)"}}
-
-
-def _needs(f: Follow, view: observe.View, host: str, why: str) -> None:
-    f.done[host] = {**_base(f, host, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.NEEDS_OPERATOR,
-                    "check": "swarm", "message": why, "after_tag": "", "after_digest": "", "details": _evidence(view, f, host)}
-
-
-def _reverted(f: Follow, view: observe.View, host: str, task: dict[str, Any], message: str) -> None:
-    f.done[host] = {**_base(f, host, REPLACE), "outcome": Outcome.REVERTED, "check": "swarm-update",
-                    "message": f"Swarm rolled the update back: {message or 'rollback completed'}",
-                    "after_tag": f.old_tag, "after_digest": f.old_digest, "details": _evidence(view, f, host),
-                    "revert_gate": {"ok": True, "reason": f"Swarm task {task['id'][:12]} runs {f.old_tag} on {host}, healthy by"
-                                    " its healthcheck, after the rollback"}}
-
-
-def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
-    """An update Swarm started: completed, rolled back, paused, or still going. Pure."""
-    state, message, _started = observe.update_state(view.services.get(f.service))
-    if state == "completed":
-        on_new = observe.running(view, f.service, f.new_digest)
-        for h in f.hosts:
-            if h in on_new:
-                _commit(f, h, on_new[h], "the update completed through its monitor window")
-            elif timed_out:
-                _needs(f, view, h, f"Swarm says the update completed but no task of {f.new_tag} runs on {h}; look: fab status")
-    elif state == "rollback_completed":
-        on_old = observe.running(view, f.service, f.old_digest)
-        for h in f.hosts:
-            if h in on_old:
-                _reverted(f, view, h, on_old[h], message)
-            elif timed_out:
-                _needs(f, view, h, f"Swarm rolled the update back ({message}) but no task of {f.old_tag} is seen running on {h}")
-    elif state in ("paused", "rollback_paused"):
-        for h in f.hosts:
-            _needs(f, view, h, f"Swarm {state.replace('_', ' ')} the update: {message}; nothing proves what serves; look: fab"
-                               f" status, then docker service update --rollback {f.service} on a manager, or roll out a fix")
-    elif timed_out:
-        for h in f.hosts:
-            _needs(f, view, h, f"Swarm's update is still {state or 'not started'} at the end of fleetroll's wait; Swarm carries"
-                               " on: follow it with fab status")
-    return all(h in f.done for h in f.hosts)
-
-
-def _judge_tasks(f: Follow, view: observe.View, now: float, min_healthy_time: float, timed_out: bool) -> bool:
-    """No update to read (a new service, a spec Swarm already had, settings that replace no task): the tasks say it. Pure."""
-    on_new = observe.running(view, f.service, f.new_digest)
-    if f.mode == "update" and timed_out:
-        for h in f.hosts:
-            _needs(f, view, h, f"Swarm started no update of {f.service} within fleetroll's wait; look: fab status")
-        return True
-    placed = all(h in on_new for h in f.hosts)
-    if placed and (f.mode != "update" or observe.deployed(view.services.get(f.service))[2] == f.want_hash):
-        ids = frozenset(on_new[h]["id"] for h in f.hosts)
-        if ids != f.running_ids or not f.first_running:
-            f.running_ids, f.first_running = ids, now  # the same tasks must stay running through the window
-        if now - f.first_running < max(min_healthy_time, NO_UPDATE_GRACE_S if f.mode == "update" else 0):
-            return False
-        why = ("Swarm applied the new settings; no task needed replacing" if f.mode == "update"
-               else "healthy, and still the same task after min_healthy_time")
-        for h in f.hosts:
-            _commit(f, h, on_new[h], why)
-        return True
-    failing = {r["host"] for r in observe.failed(view, f.service, f.new_digest)
-               if sum(1 for x in observe.failed(view, f.service, f.new_digest) if x["host"] == r["host"]) >= CREATE_FAILURES}
-    if not timed_out and not (f.mode == "create" and failing - set(on_new)):
-        return False
-    for h in f.hosts:
-        if h in on_new:
-            _commit(f, h, on_new[h], "running at the end of the wait")
-        else:
-            _needs(f, view, h, f"no task of {f.new_tag} became healthy on {h} within {f.service}'s wait")
-    return True
-
-
-def judge(f: Follow, view: observe.View, now: float, min_healthy_time: float) -> bool:
-    """Fill f.done for every host whose end is observed; True when every host has one. Pure."""
-    _state, _message, started = observe.update_state(view.services.get(f.service))
-    timed_out = now >= f.deadline
-    if f.mode == "update" and started and started != f.started_before:
-        return _judge_update(f, view, timed_out)
-    return _judge_tasks(f, view, now, min_healthy_time, timed_out)
 
 
 # --- doing it ---------------------------------------------------------------------------------
@@ -250,7 +126,7 @@ def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: obse
         per_batch = svc.health.healthy_deadline + svc.health.min_healthy_time + 15
         wait = per_batch * math.ceil(len(hosts) / par) * (2 if mode == "update" else 1) + 20
         out.append(Follow(name, mode, hosts, svc.tag, next(s.new_digest for s in plan.changes if s.service == name), tag, digest,
-                          observe.update_state(old)[2], t0 + wait, want))
+                          observe.update_state(old)[2], t0 + wait, want, svc.replicas or 0))
     return out
 
 

@@ -82,7 +82,9 @@ def placement(inv: Inventory, service: str) -> tuple[dict[str, Any], list[str]]:
         mode: dict[str, Any] = {"mode": "replicated", "replicas": 1}
     else:
         constraints += [f"node.labels.{HOST_LABEL} != {h}" for h in fleet.hosts if h not in hosts]
-        mode = {"mode": "global"}
+        # replicas: N tasks over those hosts, at most one each (its ports, its GPU budget), rescheduled when a node is lost.
+        replicas = fleet.services[service].replicas
+        mode = {"mode": "replicated", "replicas": replicas} if replicas else {"mode": "global"}
     if fleet.services[service].wants_gpu:
         constraints.append(f"node.labels.{GPU_LABEL} == true")
     return mode, constraints
@@ -206,7 +208,7 @@ def _service(inv: Inventory, phase: str, name: str, digest: str, out: Rendered, 
         "deploy": {
             **mode,
             "endpoint_mode": "dnsrr",  # no VIP: this kernel has no IPVS (docs/swarm.md)
-            "placement": {"constraints": constraints},
+            "placement": {"constraints": constraints, **({"max_replicas_per_node": 1} if svc.replicas else {})},
             "update_config": update,
             "rollback_config": rollback,
             "restart_policy": {"condition": RESTART[svc.restart]},

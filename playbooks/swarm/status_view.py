@@ -22,6 +22,8 @@ def rows(inv: Inventory, view: observe.View, service: str) -> dict[str, dict[str
     want = inv.fleet.services[service].tag
     tag, digest, _h = observe.deployed(view.services.get(service))
     tasks = [observe.task_row(view, t) for t in view.tasks.get(service, [])]
+    replicas = inv.fleet.services[service].replicas or 0
+    runs_on = sorted({t["host"] for t in tasks if t["desired"] == "running" and t["state"] == "running"})
     out: dict[str, dict[str, Any]] = {}
     for host in dict.fromkeys([*inv.fleet.hosts_of(service), *(t["host"] for t in tasks if t["desired"] == "running")]):
         mine = [t for t in tasks if t["host"] == host]
@@ -29,6 +31,8 @@ def rows(inv: Inventory, view: observe.View, service: str) -> dict[str, dict[str
         failed = sum(1 for t in mine if t["state"] in ("failed", "rejected"))
         if service not in view.services:
             status, healthy, health = "absent", False, "not in the swarm yet (fab rollout deploys its stack)"
+        elif live is None and replicas and len(runs_on) >= replicas:  # a replicas: host Swarm put none on: not a fault
+            status, healthy, health = "elsewhere", True, f"no task here: Swarm runs its {replicas} replica(s) on {', '.join(runs_on)}"
         elif live is None:
             status, healthy, health = "absent", False, "Swarm runs no task of it here"
         else:
@@ -38,7 +42,8 @@ def rows(inv: Inventory, view: observe.View, service: str) -> dict[str, dict[str
         image = (live or {}).get("image", "")
         run_tag = image.rsplit("@", 1)[0].rsplit(":", 1)[-1] if image else None
         run_digest = image.rsplit("@", 1)[1] if "@" in image else (digest or None)
-        drift = "" if run_tag == want else (f"runs {run_tag}, inventory says {want}" if run_tag else "not running")
+        drift = "" if run_tag == want or status == "elsewhere" else (f"runs {run_tag}, inventory says {want}" if run_tag
+                                                                       else "not running")
         out[host] = {"tag": run_tag or tag or None, "digest": run_digest, "status": status, "restarts": failed, "healthy": healthy,
                      "health": health, "drift": drift, "rollout_id": None, "engine": "swarm",
                      "placed": host in inv.fleet.hosts_of(service)}

@@ -1,0 +1,157 @@
+"""Judging what Swarm did to one changed service, per (host, service), from a manager's view. Pure.
+
+Only what is seen counts: a host is committed when a task of the new digest runs there through
+the monitor window, reverted when Swarm rolled back and a task of the old digest is seen running
+there, and needs-operator when Swarm paused or fleetroll's wait ended first. A `replicas:` service
+runs N tasks over its hosts: a host Swarm put none on is `noop` once N run elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.vocabulary import Outcome
+
+from ..plan import CREATE, NOOP, REPLACE
+from . import observe
+
+NO_UPDATE_GRACE_S = 4.0  # a spec change that replaces no task (update settings only) starts no update
+CREATE_FAILURES = 3  # a new service whose task failed this often on a host is not going to become healthy there
+
+
+@dataclass
+class Follow:
+    """One changed service being followed."""
+
+    service: str
+    mode: str  # update (Swarm has a previous spec) | create | reconcile (same spec, tasks to be placed)
+    hosts: list[str]
+    new_tag: str
+    new_digest: str
+    old_tag: str
+    old_digest: str
+    started_before: str  # UpdateStatus.StartedAt before the deploy: a new update has another
+    deadline: float
+    want_hash: str = ""
+    replicas: int = 0  # replicas: N over `hosts`; 0: one task on each host
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> outcome dict
+    first_running: float = 0.0
+    running_ids: frozenset = frozenset()
+
+
+def base(f: Follow, host: str, action: str) -> dict[str, Any]:
+    return {"service": f.service, "action": action, "prev_ref": "", "prev_digest": "", "before_tag": f.old_tag,
+            "before_digest": f.old_digest, "tried_tag": f.new_tag, "tried_digest": f.new_digest, "engine": "swarm"}
+
+
+def _action(f: Follow) -> str:
+    return CREATE if f.mode == "create" else REPLACE
+
+
+def _evidence(view: observe.View, f: Follow, host: str) -> dict[str, Any]:
+    bad = [r for r in observe.failed(view, f.service, f.new_digest) if r["host"] == host]
+    if not bad:
+        return {}
+    last = bad[0]
+    return {"status": last["state"], "exit_code": last["exit_code"], "restarts": len(bad), "error": last["error"],
+            "task": last["id"][:12]}
+
+
+def _commit(f: Follow, host: str, task: dict[str, Any], why: str) -> None:
+    f.done[host] = {**base(f, host, _action(f)), "outcome": Outcome.COMMITTED, "check": "swarm",
+                    "message": f"Swarm runs task {task['id'][:12]} of {f.new_tag} on {host}: {why}",
+                    "after_tag": f.new_tag, "after_digest": f.new_digest,
+                    "gate": {"ok": True, "reason": "Swarm's healthcheck passed (a task is running only once healthy)"}}
+
+
+def _needs(f: Follow, view: observe.View, host: str, why: str) -> None:
+    f.done[host] = {**base(f, host, _action(f)), "outcome": Outcome.NEEDS_OPERATOR, "check": "swarm", "message": why,
+                    "after_tag": "", "after_digest": "", "details": _evidence(view, f, host)}
+
+
+def _reverted(f: Follow, view: observe.View, host: str, task: dict[str, Any], message: str) -> None:
+    f.done[host] = {**base(f, host, REPLACE), "outcome": Outcome.REVERTED, "check": "swarm-update",
+                    "message": f"Swarm rolled the update back: {message or 'rollback completed'}",
+                    "after_tag": f.old_tag, "after_digest": f.old_digest, "details": _evidence(view, f, host),
+                    "revert_gate": {"ok": True, "reason": f"Swarm task {task['id'][:12]} runs {f.old_tag} on {host}, healthy by"
+                                    " its healthcheck, after the rollback"}}
+
+
+def _elsewhere(f: Follow, host: str, on: dict[str, dict[str, Any]], tag: str) -> None:
+    """A replicas: host Swarm put no task on, once the N tasks run elsewhere: nothing changed here, observed."""
+    f.done[host] = {**base(f, host, NOOP), "outcome": Outcome.NOOP, "check": "swarm", "after_tag": "", "after_digest": "",
+                    "message": f"no task here: Swarm runs the {f.replicas} replica(s) of {tag} on {', '.join(sorted(on))}"}
+
+
+def _placed(f: Follow, on: dict[str, dict[str, Any]]) -> bool:
+    """Every task Swarm should run is running: one per host, or `replicas` of them over the hosts."""
+    return len([h for h in f.hosts if h in on]) >= f.replicas if f.replicas else all(h in on for h in f.hosts)
+
+
+def _each(f: Follow, view: observe.View, on: dict[str, dict[str, Any]], tag: str, seen, missing: str, timed_out: bool) -> None:
+    """seen(host, task) where a task runs; `noop` where a replicas: service has none once placed; else wait, or needs."""
+    for h in f.hosts:
+        if h in on:
+            seen(h, on[h])
+        elif f.replicas and _placed(f, on):
+            _elsewhere(f, h, on, tag)
+        elif timed_out:
+            _needs(f, view, h, missing.replace("{host}", h))
+
+
+def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
+    """An update Swarm started: completed, rolled back, paused, or still going."""
+    state, message, _started = observe.update_state(view.services.get(f.service))
+    if state == "completed":
+        _each(f, view, observe.running(view, f.service, f.new_digest), f.new_tag,
+              lambda h, t: _commit(f, h, t, "the update completed through its monitor window"),
+              f"Swarm says the update completed but no task of {f.new_tag} runs on {{host}}; look: fab status", timed_out)
+    elif state == "rollback_completed":
+        _each(f, view, observe.running(view, f.service, f.old_digest), f.old_tag,
+              lambda h, t: _reverted(f, view, h, t, message),
+              f"Swarm rolled the update back ({message}) but no task of {f.old_tag} is seen running on {{host}}", timed_out)
+    elif state in ("paused", "rollback_paused"):
+        for h in f.hosts:
+            _needs(f, view, h, f"Swarm {state.replace('_', ' ')} the update: {message}; nothing proves what serves; look: fab"
+                               f" status, then docker service update --rollback {f.service} on a manager, or roll out a fix")
+    elif timed_out:
+        for h in f.hosts:
+            _needs(f, view, h, f"Swarm's update is still {state or 'not started'} at the end of fleetroll's wait; Swarm carries"
+                               " on: follow it with fab status")
+    return all(h in f.done for h in f.hosts)
+
+
+def _judge_tasks(f: Follow, view: observe.View, now: float, min_healthy_time: float, timed_out: bool) -> bool:
+    """No update to read (a new service, a spec Swarm already had, settings that replace no task): the tasks say it."""
+    on_new = observe.running(view, f.service, f.new_digest)
+    if f.mode == "update" and timed_out:
+        for h in f.hosts:
+            _needs(f, view, h, f"Swarm started no update of {f.service} within fleetroll's wait; look: fab status")
+        return True
+    if _placed(f, on_new) and (f.mode != "update" or observe.deployed(view.services.get(f.service))[2] == f.want_hash):
+        ids = frozenset(t["id"] for h, t in on_new.items() if h in f.hosts)
+        if ids != f.running_ids or not f.first_running:
+            f.running_ids, f.first_running = ids, now  # the same tasks must stay running through the window
+        if now - f.first_running < max(min_healthy_time, NO_UPDATE_GRACE_S if f.mode == "update" else 0):
+            return False
+        why = ("Swarm applied the new settings; no task needed replacing" if f.mode == "update"
+               else "healthy, and still the same task after min_healthy_time")
+        _each(f, view, on_new, f.new_tag, lambda h, t: _commit(f, h, t, why), "", False)
+        return True
+    bad = [r["host"] for r in observe.failed(view, f.service, f.new_digest)]
+    failing = {h for h in bad if bad.count(h) >= CREATE_FAILURES}
+    if not timed_out and not (f.mode == "create" and failing - set(on_new)):
+        return False
+    _each(f, view, on_new, f.new_tag, lambda h, t: _commit(f, h, t, "running at the end of the wait"),
+          f"no task of {f.new_tag} became healthy on {{host}} within {f.service}'s wait", True)
+    return True
+
+
+def judge(f: Follow, view: observe.View, now: float, min_healthy_time: float) -> bool:
+    """Fill f.done for every host whose end is observed; True when every host has one."""
+    _state, _message, started = observe.update_state(view.services.get(f.service))
+    timed_out = now >= f.deadline
+    if f.mode == "update" and started and started != f.started_before:
+        return _judge_update(f, view, timed_out)
+    return _judge_tasks(f, view, now, min_healthy_time, timed_out)
