@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.lab
 
 PHASE, SERVICE, PORT = "swarm-web", "web", 9300
 STACK_SERVICE = f"fr-{PHASE}_{SERVICE}"
+MOVER, MOVER_PORT, MOVER_HOSTS = "mover", 9301, ["pc2", "bad-driver"]  # replicas: 1 over two workers: Swarm reschedules it
 
 
 def fab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -37,9 +40,12 @@ def swarm_inventory(lab, tmp, tag: str):
         doc["services"][SERVICE] = {"image": "core", "tag": tag, "hosts": ["mainpc", "pc2"], "ports": [f"{PORT}:8080"],
                                     "stop_timeout": 2,
                                     "health": {"port": PORT, "healthy_deadline": 3, "min_healthy_time": 1, "interval": 0.25}}
+        doc["services"][MOVER] = {"image": "core", "tag": images.BASELINE_TAG, "hosts": MOVER_HOSTS, "replicas": 1,
+                                  "ports": [f"{MOVER_PORT}:8080"], "stop_timeout": 2,
+                                  "health": {"port": MOVER_PORT, "healthy_deadline": 3, "min_healthy_time": 1, "interval": 0.25}}
 
     def edit_phases(doc):
-        doc["phases"].append({"name": PHASE, "engine": "swarm", "services": [SERVICE]})
+        doc["phases"].append({"name": PHASE, "engine": "swarm", "services": [SERVICE, MOVER]})
 
     return derive_inventory(lab, tmp, edit, edit_phases)
 
@@ -86,7 +92,7 @@ def test_the_lab_forms_a_swarm_from_the_inventory_and_forming_again_changes_noth
     pre = fab("preflight", "-p", PHASE, "-i", str(inv), "-j")
     assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr
     swarm = {c["host"]: c for c in json.loads(pre.stdout)["checks"] if c["check"] == "swarm"}
-    assert set(swarm) == {"mainpc", "pc2"} and all(c["status"] == "pass" for c in swarm.values()), swarm
+    assert set(swarm) == {"mainpc", "pc2", "bad-driver"} and all(c["status"] == "pass" for c in swarm.values()), swarm
 
 
 def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_by_swarm(swarm_lab, tmp_path):
@@ -95,6 +101,10 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     t0 = time.monotonic()
     created = fab("rollout", "-p", PHASE, "-i", str(first), "-y", "-j")
     assert created.returncode == 0, created.stdout[-3000:] + created.stderr
+    made = {(h, s["service"]): s["outcome"] for h, v in json.loads(created.stdout)["phases"][0]["hosts"].items()
+            for s in v["services"]}
+    # the replicas: 1 service commits where Swarm put its task and is noop (observed: no task there) on the other host
+    assert sorted(o for (h, svc), o in made.items() if svc == MOVER) == ["committed", "noop"], made
     # A good new release: Swarm updates both nodes, fleetroll reports each (host, service) committed.
     good = new_tag()
     images.push(lab, "core", good, "healthy")
@@ -130,3 +140,48 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     assert fin and fin[0]["final"] == "reverted" and fin[0]["engine"] == "swarm"
     assert {(x["host"], x["outcome"]) for x in fin[0]["services"]} == {("mainpc", "reverted"), ("pc2", "reverted")}
     print(f"swarm rollouts (create, good, bad) took {time.monotonic() - t0:.1f}s")
+
+
+def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_status_says_where(swarm_lab):
+    """Stop the dockerd under the `mover` task: Swarm runs it on the other host; fab status says where it runs now."""
+    lab, inv = swarm_lab
+    mgr = dclient(lab, "mainpc")
+    mgr.swarm.update(dispatcher_heartbeat_period=1_000_000_000)  # lab only: notice a lost node in seconds, not 5 s+
+
+    def where() -> dict[str, dict]:
+        st = json.loads(fab("status", "-i", str(inv), "-j").stdout)
+        return {h: st["hosts"][h]["services"][MOVER] for h in MOVER_HOSTS if MOVER in st["hosts"][h].get("services", {})}
+
+    rows = where()
+    before = [h for h, r in rows.items() if r["status"].startswith("swarm task ") and r["healthy"]]
+    assert len(before) == 1 and rows[({*MOVER_HOSTS} - {*before}).pop()]["status"] == "elsewhere", rows
+    gone, other = lab.host(before[0]), ({*MOVER_HOSTS} - {*before}).pop()
+    t0 = time.monotonic()
+    with dockerd_stopped(gone):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = {t["NodeID"] for t in mgr.api.tasks(filters={"service": f"fr-{PHASE}_{MOVER}", "desired-state": "running"})
+                       if t["Status"]["State"] == "running"}
+            if running and any(mgr.nodes.get(n).attrs["Spec"]["Labels"].get("fleetroll.host") == other for n in running):
+                break
+            time.sleep(0.5)
+        moved = time.monotonic() - t0
+        rows = where()
+        assert rows[other]["status"].startswith("swarm task ") and rows[other]["healthy"], rows
+        assert rows[other]["tag"] == images.BASELINE_TAG and json.loads(health_of(lab, other, MOVER_PORT))["status"] == "ok"
+    print(f"mover rescheduled from {gone.name} to {other} in {moved:.1f}s")
+
+
+@contextmanager
+def dockerd_stopped(h):
+    """Fault injection: this lab host's dockerd (the pid the lab recorded) stopped, then started again."""
+    from lab import hosts, procs
+
+    for pid in procs.recorded(f"dockerd:{h.name}"):
+        os.kill(pid, signal.SIGTERM)
+    procs.wait_for(f"dockerd on {h.name} to stop", lambda: not procs.recorded(f"dockerd:{h.name}"), 30)
+    try:
+        yield
+    finally:
+        hosts._spawn_dockerd(h)
+        procs.wait_for(f"dockerd on {h.name}", lambda: h.docker_sock.exists() and hosts._docker_ping(h), 45)

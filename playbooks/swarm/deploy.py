@@ -30,6 +30,7 @@ from .remote import Host, SwarmCommandError, open_host
 
 HOST_SECRETS_DIR = "/etc/fleetroll/secrets"  # agent/secrets.py's default, on the manager
 POLL_S = 0.5
+FINE = (Outcome.COMMITTED, Outcome.NOOP)  # a replicas: host Swarm put no task on is noop, observed, not a failure
 
 
 def open_manager(inv: Inventory) -> Host:
@@ -133,7 +134,7 @@ def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: obse
 def _remove_failed_creations(manager: Host, stack: str, follows: list[Follow]) -> None:
     """A service new in this rollout that never became healthy has nothing to go back to: take it away, and see it gone."""
     for f in follows:
-        if f.mode != "create" or all(d["outcome"] == Outcome.COMMITTED for d in f.done.values()):
+        if f.mode != "create" or all(d["outcome"] in FINE for d in f.done.values()):
             continue
         try:
             manager.run(commands.service_rm(f"{stack}_{f.service}"))
@@ -143,7 +144,7 @@ def _remove_failed_creations(manager: Host, stack: str, follows: list[Follow]) -
         else:
             err = "" if gone else "still listed after docker service rm"
         for d in f.done.values():
-            if d["outcome"] == Outcome.COMMITTED:
+            if d["outcome"] in FINE:
                 continue
             if gone:
                 d.update(outcome=Outcome.REMOVED, check="swarm-create", message=d["message"] + "; it had no earlier version,"
@@ -157,7 +158,7 @@ def _results(follows: list[Follow]) -> dict[str, transport.CallResult]:
     for f in follows:
         for h in f.hosts:
             by_host.setdefault(h, []).append(f.done[h])
-    return {h: transport.CallResult(host=h, ok=all(s["outcome"] == Outcome.COMMITTED for s in svcs),
+    return {h: transport.CallResult(host=h, ok=all(s["outcome"] in FINE for s in svcs),
                                     answer={"protocol": transport.PROTOCOL, "ok": True, "data": {"services": svcs}})
             for h, svcs in by_host.items()}
 
