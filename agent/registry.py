@@ -4,6 +4,10 @@ Preflight must know, from the host, whether every tag a phase needs exists, what
 it names, and what its config says (user, entrypoint, labels) — before anything is
 pulled or stopped. A HEAD/GET of the manifest and a GET of the small config blob answer
 all of that in two or three requests, where a pull could move gigabytes.
+
+A private registry (ghcr.io for a private org) is asked with the login `docker login` left
+for the agent's user (agent/registry_auth.py): its token service gets HTTP Basic
+credentials, and a refusal is kind "denied" naming the registry and the config file.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import ssl
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from . import registry_auth
 
 ACCEPT = ", ".join(
     [
@@ -47,6 +53,7 @@ class ImageInfo:
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. a credential file ignored (preflight shows it)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,18 +82,22 @@ class Response:
 
 
 class RegistryClient:
-    """Registry API v2 over http.client: keep-alive per host, anonymous bearer tokens, a few redirects.
+    """Registry API v2 over http.client: keep-alive per host, bearer tokens (with the user's docker login), redirects.
 
     Not requests: importing it costs ~0.1 s per agent call, and preflight asks on every host.
+    `auth_config` is the Docker client config to read logins from (None: the agent user's own).
     """
 
-    def __init__(self, insecure: bool = False, timeout: float = 5.0):
+    def __init__(self, insecure: bool = False, timeout: float = 5.0, auth_config: str | None = None):
         self.scheme = "http" if insecure else "https"
         self.timeout = timeout
+        self.auth_config = auth_config
         self.conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
-        self.tokens: dict[tuple[str, str], str] = {}
+        self.tokens: dict[tuple[str, str], str] = {}  # (host, repo) -> the Authorization header that worked
+        self.logins: dict[str, registry_auth.Lookup | RegistryError] = {}
+        self._config_warning: str | None = None
 
-    def _request(self, url: str, headers: dict[str, str], redirects: int = 3) -> Response:
+    def _request(self, url: str, headers: dict[str, str], redirects: int = 3, body: bytes | None = None) -> Response:
         u = urllib.parse.urlsplit(url)
         key = (u.scheme, u.netloc)
         for attempt in (1, 2):  # a kept-alive connection the server closed: once more on a fresh one
@@ -96,7 +107,8 @@ class RegistryClient:
                         if u.scheme == "https" else http.client.HTTPConnection(u.netloc, timeout=self.timeout))
                 self.conns[key] = conn
             try:
-                conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""), headers=headers)
+                conn.request("GET" if body is None else "POST", (u.path or "/") + (f"?{u.query}" if u.query else ""),
+                             body=body, headers=headers)
                 r = conn.getresponse()
                 body = r.read()
                 break
@@ -116,35 +128,84 @@ class RegistryClient:
     def _get(self, host: str, repo: str, path: str, accept: str | None = None) -> Response:
         url = f"{self.scheme}://{host}/v2/{repo}/{path}"
         headers = {"Accept": accept} if accept else {}
-        token = self.tokens.get((host, repo))
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        auth = self.tokens.get((host, repo))
+        if auth:
+            headers["Authorization"] = auth
         try:
             r = self._request(url, headers)
-            if r.status_code == 401 and not token:
-                token = self._anonymous_token(r.headers.get("Www-Authenticate", ""), repo)
-                if token:
-                    self.tokens[(host, repo)] = token
-                    headers["Authorization"] = f"Bearer {token}"
+            if r.status_code == 401 and not auth:
+                auth = self._authorize(host, r.headers.get("Www-Authenticate", ""), repo)
+                if auth:
+                    self.tokens[(host, repo)] = auth
+                    headers["Authorization"] = auth
                     r = self._request(url, headers)
         except (OSError, http.client.HTTPException) as exc:
             raise RegistryError("unreachable", f"registry {host} did not answer: {_short(exc)}") from exc
         return r
 
-    def _anonymous_token(self, challenge: str, repo: str) -> str | None:
-        """Public registries (ghcr.io among them) hand anonymous pull tokens on request."""
-        if not challenge.lower().startswith("bearer "):
-            return None
+    def login(self, host: str) -> registry_auth.Lookup:
+        """The agent user's docker login for host, read once per client; a broken credential helper is "denied"."""
+        if host not in self.logins:
+            try:
+                self.logins[host] = registry_auth.lookup(host, self.auth_config)
+            except registry_auth.AuthError as exc:
+                self.logins[host] = RegistryError("denied", str(exc))
+        got = self.logins[host]
+        if isinstance(got, RegistryError):
+            raise got
+        return got
+
+    def config_warning(self) -> str:
+        """Why the credential file is ignored, if it is (shown by preflight even when no login was needed)."""
+        if self._config_warning is None:
+            self._config_warning = registry_auth.read_config(self.auth_config or registry_auth.config_path())[1]
+        return self._config_warning
+
+    def _authorize(self, host: str, challenge: str, repo: str) -> str | None:
+        """The Authorization header a 401's challenge asks for: a bearer token (with the login if any), or Basic.
+
+        Public registries (ghcr.io among them) hand anonymous pull tokens; with a docker login the
+        token service gets HTTP Basic credentials (or an identity token, OAuth2-style), and its 401
+        means the login itself was refused.
+        """
+        creds = self.login(host).creds
+        scheme = challenge.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            return creds.basic() if creds else None
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", None)
-        if not realm:
+        if scheme != "bearer" or not realm:
             return None
         params.setdefault("scope", f"repository:{repo}:pull")
         try:
-            r = self._request(realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(params), {})
-            return r.json().get("token") if r.ok else None
-        except (OSError, http.client.HTTPException, ValueError):
+            if creds and creds.identitytoken:
+                form = {**params, "grant_type": "refresh_token", "refresh_token": creds.identitytoken, "client_id": "fleetroll"}
+                r = self._request(realm, {"Content-Type": "application/x-www-form-urlencoded"},
+                                  body=urllib.parse.urlencode(form).encode())
+            else:
+                basic = creds.basic() if creds else None
+                r = self._request(realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(params),
+                                  {"Authorization": basic} if basic else {})
+            if creds and r.status_code in (401, 403):
+                raise RegistryError("denied", f"registry {host} refused the credentials in {creds.source} (its token service"
+                                              f" answered HTTP {r.status_code}); log in again as the agent's user on this"
+                                              f" host: docker login {host}")
+            body = r.json() if r.ok else {}
+            token = body.get("token") or body.get("access_token")
+            return f"Bearer {token}" if token else None
+        except (OSError, http.client.HTTPException, ValueError, AttributeError):
             return None
+
+    def _refused(self, ref: str, host: str, status: int) -> RegistryError:
+        """kind "denied" for a 401/403, saying whose login was used and what to do."""
+        login = self.login(host)
+        if login.creds:
+            return RegistryError("denied", f"{ref}: registry {host} refused access (HTTP {status}) with the credentials in"
+                                           f" {login.creds.source}; check that login may pull it (docker login {host} as"
+                                           " the agent's user on this host)")
+        ignored = f"; {login.warning}" if login.warning else ""
+        return RegistryError("denied", f"{ref}: registry {host} refused anonymous access (HTTP {status}); if the image is"
+                                       f" private, log in as the agent's user on this host: docker login {host}{ignored}")
 
     def digest(self, ref: str) -> str:
         """What the tag names right now (one manifest GET): the agent's last check before a swap."""
@@ -152,6 +213,8 @@ class RegistryClient:
         r = self._get(host, repo, f"manifests/{ref_tag}", ACCEPT)
         if r.status_code == 404:
             raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
+        if r.status_code in (401, 403):
+            raise self._refused(ref, host, r.status_code)
         if not r.ok:
             raise RegistryError("bad-answer", f"{ref}: registry {host} answered HTTP {r.status_code}")
         return manifest_digest(r.headers.get("Docker-Content-Digest", ""), r.content)
@@ -162,7 +225,7 @@ class RegistryClient:
         if r.status_code == 404:
             raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
         if r.status_code in (401, 403):
-            raise RegistryError("denied", f"{ref}: registry {host} refused access (HTTP {r.status_code})")
+            raise self._refused(ref, host, r.status_code)
         if not r.ok:
             raise RegistryError("bad-answer", f"{ref}: registry {host} answered HTTP {r.status_code}")
         digest = manifest_digest(r.headers.get("Docker-Content-Digest", ""), r.content)
@@ -198,6 +261,7 @@ class RegistryClient:
             entrypoint=list(cfg.get("Entrypoint") or []),
             cmd=list(cfg.get("Cmd") or []),
             labels=dict(cfg.get("Labels") or {}),
+            warnings=[w for w in [self.config_warning()] if w],
         )
 
 

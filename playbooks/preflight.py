@@ -226,12 +226,12 @@ def _image_checks(inv: Inventory, host: str, services: list[str], cc: str | None
             }.get(kind, "check the registry")
             out.append(Check(host, f"image:{s}", FAIL, info.get("error", ""), fix))
             continue
-        found = image_contract(info, cc, svc.wants_gpu)
+        found = image_contract(info, cc, svc.wants_gpu) + [(WARN, w, "") for w in info.get("warnings") or []]
         worst = FAIL if any(p[0] == FAIL for p in found) else WARN if found else PASS
         detail = f"{ref}@{info.get('digest', '')[:19]}"
         if found:
             detail += ": " + "; ".join(p[1] for p in found)
-        out.append(Check(host, f"image:{s}", worst, detail, "; ".join(p[2] for p in found)))
+        out.append(Check(host, f"image:{s}", worst, detail, "; ".join(p[2] for p in found if p[2])))
     return out
 
 

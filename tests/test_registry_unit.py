@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -88,3 +91,89 @@ def test_missing_tag_and_unreachable_registry_are_named(registry):
     with pytest.raises(RegistryError) as exc:
         RegistryClient(insecure=True, timeout=1).digest("127.0.0.1:9/acme/svc:20261126-abcdef0")
     assert exc.value.kind == "unreachable" and "Connection refused" in str(exc.value)
+
+
+# --- a private registry: its token service wants the docker login (HTTP Basic) ----------------------------
+
+LOGIN = "Basic " + base64.b64encode(b"bot:pa55").decode()
+
+
+def private_handler():
+    class Private(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        send = registry_handler(0).send
+
+        def do_GET(self):  # noqa: N802
+            port = self.server.server_address[1]
+            if self.path.startswith("/token"):
+                if self.headers.get("Authorization") != LOGIN:
+                    return self.send(401, WWW_Authenticate='Basic realm="token"')
+                return self.send(200, json.dumps({"token": "priv"}).encode())
+            if self.headers.get("Authorization") != "Bearer priv":
+                return self.send(401, WWW_Authenticate=f'Bearer realm="http://127.0.0.1:{port}/token",service="reg"')
+            return self.send(200, MANIFEST, Content_Type="application/vnd.oci.image.manifest.v1+json",
+                             Docker_Content_Digest="sha256:" + "e" * 64)
+
+        def do_POST(self):  # noqa: N802 - OAuth2 refresh with an identity token
+            form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+            ok = form.get("grant_type") == "refresh_token" and form.get("refresh_token") == "idtok" and form.get("scope")
+            return self.send(200, json.dumps({"access_token": "priv"}).encode()) if ok else self.send(401)
+
+        def log_message(self, *a):
+            pass
+
+    return Private
+
+
+@pytest.fixture
+def private():
+    reg = ThreadingHTTPServer(("127.0.0.1", 0), private_handler())
+    threading.Thread(target=reg.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{reg.server_address[1]}"
+    reg.shutdown()
+
+
+def config(tmp_path, host: str, entry: dict, mode: int = 0o600) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {f"https://{host}/v1/": entry}}))
+    os.chmod(path, mode)
+    return str(path)
+
+
+def test_a_private_registry_is_read_with_the_docker_login(private, tmp_path):
+    ref = f"{private}/example-org/svc:20261126-abcdef0"
+    path = config(tmp_path, private, {"auth": base64.b64encode(b"bot:pa55").decode()})
+    assert RegistryClient(insecure=True, auth_config=path).digest(ref) == "sha256:" + "e" * 64
+    token = config(tmp_path, private, {"identitytoken": "idtok"})
+    assert RegistryClient(insecure=True, auth_config=token).digest(ref) == "sha256:" + "e" * 64
+
+
+def test_a_private_registry_without_a_login_is_denied_saying_what_to_do(private, tmp_path):
+    ref = f"{private}/example-org/svc:20261126-abcdef0"
+    with pytest.raises(RegistryError) as exc:
+        RegistryClient(insecure=True, auth_config=str(tmp_path / "none.json")).digest(ref)
+    assert exc.value.kind == "denied"
+    assert str(exc.value) == (f"{ref}: registry {private} refused anonymous access (HTTP 401); if the image is private,"
+                              f" log in as the agent's user on this host: docker login {private}")
+    ignored = config(tmp_path, private, {"auth": base64.b64encode(b"bot:pa55").decode()}, mode=0o646)
+    with pytest.raises(RegistryError, match=r"refused anonymous access .* ignored: writable by group or others") as exc:
+        RegistryClient(insecure=True, auth_config=ignored).digest(ref)
+    assert "pa55" not in str(exc.value)
+
+
+def test_refused_credentials_are_denied_naming_the_registry_and_the_config(private, tmp_path):
+    ref = f"{private}/example-org/svc:20261126-abcdef0"
+    path = config(tmp_path, private, {"username": "bot", "password": "wrong-pw"})
+    with pytest.raises(RegistryError) as exc:
+        RegistryClient(insecure=True, auth_config=path).inspect(ref)
+    assert exc.value.kind == "denied"
+    assert str(exc.value) == (f"registry {private} refused the credentials in {path} (its token service answered HTTP 401);"
+                              f" log in again as the agent's user on this host: docker login {private}")
+    assert "wrong-pw" not in str(exc.value)
+
+
+def test_an_ignored_config_is_a_warning_in_the_image_facts(registry, tmp_path):
+    path = config(tmp_path, registry, {"username": "bot", "password": "pa55"}, mode=0o666)
+    info = RegistryClient(insecure=True, auth_config=path).inspect(f"{registry}/acme/svc:20261126-abcdef0")
+    assert info.warnings == [f"registry credentials in {path} ignored: writable by group or others (mode 0666);"
+                             f" fix: chmod go-w {path}"]
