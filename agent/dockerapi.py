@@ -236,6 +236,23 @@ class Image:
         return True
 
 
+def _registry_auth(repository: str) -> dict[str, str]:
+    """{"X-Registry-Auth": …} for the repository's registry when the agent user has a docker login there, else {}.
+
+    A credential helper that is missing or fails is an APIError naming it (docker pull fails the same way).
+    """
+    from . import registry_auth
+
+    host = repository.split("/", 1)[0] if "/" in repository else ""
+    if not (host == "localhost" or "." in host or ":" in host):  # Docker's rule: no registry host named
+        return {}
+    try:
+        creds = registry_auth.lookup(host).creds
+    except registry_auth.AuthError as exc:
+        raise APIError(f"no credentials to pull {repository}: {exc}", None) from None
+    return {"X-Registry-Auth": creds.x_registry_auth()} if creds else {}
+
+
 class Images:
     def __init__(self, client: DockerClient):
         self.client = client
@@ -248,8 +265,11 @@ class Images:
 
         Docker answers 200 as soon as the pull starts and reports a failure later, as a JSON
         line with "error" in the progress stream: that line is the APIError's explanation.
+        The agent user's docker login for the registry goes along as X-Registry-Auth (as the SDK sent it).
         """
-        with self.client.engine.open("POST", "/images/create", {"fromImage": repository, "tag": tag}, image=True) as s:
+        headers = _registry_auth(repository)
+        with self.client.engine.open("POST", "/images/create", {"fromImage": repository, "tag": tag}, image=True,
+                                     headers=headers) as s:
             for line in s.lines():
                 try:
                     event = json.loads(line)

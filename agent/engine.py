@@ -161,8 +161,11 @@ class Engine:
         self.path, self.timeout = path, timeout
 
     def open(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
-             timeout: float | None = None, image: bool = False) -> Stream:
-        """Send one request; an error status raises (ImageNotFound for a 404 when `image`); the answer streams."""
+             timeout: float | None = None, image: bool = False, headers: dict[str, str] | None = None) -> Stream:
+        """Send one request; an error status raises (ImageNotFound for a 404 when `image`); the answer streams.
+
+        `headers` adds to the request's own (a pull's X-Registry-Auth); they are never logged or put in an error.
+        """
         timeout = self.timeout if timeout is None else timeout
         url = url_for(path, query)
         wire = _Wire(f"{method} {path}", timeout)
@@ -173,7 +176,7 @@ class Engine:
             raise DaemonTimeout(f"the Docker daemon at {self.path} did not accept a connection within {timeout:.0f} s") from None
         except OSError as exc:
             raise DaemonUnreachable(f"cannot reach the Docker daemon at {self.path}: {exc.strerror or exc!r}") from None
-        headers = {"Host": "docker"}
+        headers = {**(headers or {}), "Host": "docker"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()

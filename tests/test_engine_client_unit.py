@@ -8,7 +8,9 @@ which a real daemon does not produce on demand.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import socketserver
 import struct
@@ -39,6 +41,7 @@ class State:
         self.images: dict[str, dict] = {}
         self.networks: list[dict] = [{"Name": "fleetroll-proxy-2", "Id": "n0"}]
         self.seen: list[tuple[str, str, dict, object]] = []  # method, path, query, JSON body
+        self.headers: list[dict[str, str]] = []  # each request's headers, in the same order
 
     def find(self, ref: str) -> dict | None:
         return self.containers.get(ref) or next((c for c in self.containers.values() if c["Name"] == "/" + ref), None)
@@ -81,6 +84,7 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length)) if length else None
         path = urllib.parse.unquote(u.path)
         self.state.seen.append((method, path, q, body))
+        self.state.headers.append(dict(self.headers.items()))
         st = self.state
         parts = path.strip("/").split("/")
         if (method, path) == ("POST", "/containers/create"):
@@ -302,6 +306,31 @@ def test_pull_by_digest_reads_the_stream_and_an_error_line_is_an_error(fake):
     assert exc.value.explanation == "unexpected EOF" and not isinstance(exc.value, NotFound)
     with pytest.raises(ImageNotFound, match="repository does not exist"):
         client.images.pull("reg:5000/lab/missing", tag=DIGEST)
+
+
+def test_pull_sends_the_agent_users_docker_login_for_the_images_registry(fake, tmp_path, monkeypatch):
+    """X-Registry-Auth as the SDK sent it (base64url JSON); none without a login, and a broken helper names itself."""
+    client, st = fake
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    client.images.pull("reg:5000/lab/svc", tag=DIGEST)
+    assert "X-Registry-Auth" not in st.headers[0]  # no config: an anonymous pull, as before
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"auths": {"reg:5000": {"auth": base64.b64encode(b"bot:pa55").decode()},
+                                         "https://tok.example/v1/": {"identitytoken": "idtok"}}}))
+    os.chmod(cfg, 0o600)
+    client.images.pull("reg:5000/lab/svc", tag=DIGEST)
+    sent = st.headers[len(st.headers) - 2]  # the pull, before the inspect that follows it
+    assert st.seen[len(st.seen) - 2][1] == "/images/create"
+    assert json.loads(base64.urlsafe_b64decode(sent["X-Registry-Auth"])) == {
+        "username": "bot", "password": "pa55", "serveraddress": "reg:5000"}
+    client.images.pull("tok.example/lab/svc", tag=DIGEST)
+    assert json.loads(base64.urlsafe_b64decode(st.headers[len(st.headers) - 2]["X-Registry-Auth"])) == {
+        "identitytoken": "idtok", "serveraddress": "tok.example"}
+    cfg.write_text(json.dumps({"credsStore": "nosuch-helper"}))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(APIError) as exc:
+        client.images.pull("reg:5000/lab/svc", tag=DIGEST)
+    assert "docker-credential-nosuch-helper" in exc.value.explanation and "registry reg:5000" in exc.value.explanation
 
 
 def test_logs_and_exec_read_dockers_multiplexed_streams(fake):
