@@ -105,9 +105,11 @@ def floor_upgrade(state: model.LabState, n: int, user: str, tags: dict[str, str]
     return _ssh_all(state, n, user, " && ".join(steps))
 
 
-def ssh_failures(report: dict) -> int:
+def failures(report: dict) -> tuple[int, int]:
+    """(hosts whose SSH check failed, hosts with any other failed check: a registry timeout, say)."""
     checks = report.get("checks") or (report.get("preflight") or {}).get("checks") or []
-    return sum(1 for c in checks if c["check"] == "ssh" and c["status"] == "fail")
+    ssh = {c["host"] for c in checks if c["check"] == "ssh" and c["status"] == "fail"}
+    return len(ssh), len({c["host"] for c in checks if c["status"] == "fail"} - ssh)
 
 
 def noop(inv: Path, n: int) -> tuple[command.Ran, dict]:
@@ -115,6 +117,8 @@ def noop(inv: Path, n: int) -> tuple[command.Ran, dict]:
     rep = ran.json()["phases"][0]
     if rep["state"] == "noop":  # one SSH session and one agent call per host, and one round trip each
         assert rep["agent_calls"] == n and set(rep["preflight"]["round_trips"].values()) == {1}, rep["preflight"]["round_trips"]
+    else:  # not a no-op (a refused preflight): counted in the row, never passed off as one
+        print(f"no-op at {n} hosts ended {rep['state']}: {'; '.join(rep['messages'])[-600:]}", flush=True)
     return ran, rep
 
 
@@ -136,22 +140,27 @@ def measure_size(state: model.LabState, n: int, user: str, runs: int, upgrade: b
     rows = []
     tags = push(state)
     inv = inventory(state, n, user, tags)
-    first = command.fleetroll("rollout", "-p", "scale", "-i", str(inv), "-y", "--json", env=ENV)
-    if first.rc != 0:  # the first creates (or upgrades) s1-s3 on these hosts
-        raise SystemExit(f"initial rollout at {n} hosts failed (exit {first.rc}): {first.out[-2000:]} {first.err[-2000:]}")
+    for attempt in (1, 2):  # the first creates (or upgrades) s1-s3 on these hosts
+        first = command.fleetroll("rollout", "-p", "scale", "-i", str(inv), "-y", "--json", env=ENV)
+        if first.rc == 0:
+            break
+        said = "; ".join(first.json()["phases"][0]["messages"])[:600] if first.out.startswith("{") else first.err[-600:]
+        print(f"initial rollout at {n} hosts, attempt {attempt}: exit {first.rc}: {said}", flush=True)
+    else:
+        raise SystemExit(f"initial rollout at {n} hosts failed twice (exit {first.rc})")
     rows.append(row("initial rollout (create 3 services per host)", n, [first], [], [first.json()["phases"][0]["elapsed_s"]]))
-    cmd, fl, pre, inproc, fails = [], [], [], [], 0
+    cmd, fl, pre, inproc, fails, pfails = [], [], [], [], [0, 0, 0], [0, 0, 0]
     for _ in range(runs):  # interleaved: drift in the machine's load hits all three alike
         fl.append(floor_noop(state, n, user, tags))
         ran, rep = noop(inv, n)
         cmd.append(ran)
         inproc.append(rep["elapsed_s"])
-        fails += ssh_failures(rep)
+        fails = [a + b for a, b in zip(fails, (*failures(rep), rep["state"] != "noop"), strict=True)]
         p = command.fleetroll("preflight", "-p", "scale", "-i", str(inv), "--json", env=ENV)
         pre.append(p)
-        fails += ssh_failures(p.json())
+        pfails = [a + b for a, b in zip(pfails, (*failures(p.json()), not p.json()["ok"]), strict=True)]
     rows.append(row("no-op", n, cmd, fl, inproc, fails))
-    rows.append(row("preflight", n, pre, fl, []))
+    rows.append(row("preflight", n, pre, fl, [], pfails))
     if upgrade:
         ups, ufl, uin = [], [], []
         for _ in range(runs):
@@ -167,22 +176,25 @@ def measure_size(state: model.LabState, n: int, user: str, runs: int, upgrade: b
     return rows
 
 
-def row(what: str, n: int, ran: list[command.Ran], floor: list[command.Ran], inproc: list[float], ssh_fails: int = 0) -> dict:
+def row(what: str, n: int, ran: list[command.Ran], floor: list[command.Ran], inproc: list[float],
+        fails: tuple[int, int, int] = (0, 0, 0)) -> dict:
+    """fails: hosts failed on SSH, hosts failed another check, runs that did not end as measured (summed over runs)."""
     med = statistics.median
     broken = [r.out for r in floor if "FAIL" in r.out or r.rc]
     assert not broken, broken[:1]
     return {"what": what, "hosts": n, "wall": med(r.wall_s for r in ran), "floor": med(r.wall_s for r in floor) if floor else None,
             "inproc": med(inproc) if inproc else None, "cpu": med(r.cpu_s for r in ran), "rss": max(r.maxrss_mb for r in ran),
-            "ssh_fails": ssh_fails, "runs": len(ran)}
+            "fails": fails, "runs": len(ran)}
 
 
 def table(rows: list[dict]) -> str:
     out = ["| measure | hosts | fleetroll (command) | in-process | floor | ratio | controller CPU | CPU per host | peak RSS |"
-           " SSH failures |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           " hosts failed: SSH / other check | runs not as named |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['wall'] / r['floor']:.2f}×" if r["floor"] else "—"
         out.append(f"| {r['what']} | {r['hosts']} | {r['wall']:.2f} s | {_s(r['inproc'])} | {_s(r['floor'])} | {ratio} |"
-                   f" {r['cpu']:.2f} s | {r['cpu'] / r['hosts'] * 1000:.0f} ms | {r['rss']:.0f} MB | {r['ssh_fails']} |")
+                   f" {r['cpu']:.2f} s | {r['cpu'] / r['hosts'] * 1000:.0f} ms | {r['rss']:.0f} MB | {r['fails'][0]} / {r['fails'][1]} |"
+                   f" {r['fails'][2]} of {r['runs']} |")
     return "\n".join(out)
 
 
