@@ -1,6 +1,6 @@
 """Entry point: JSON requests on stdin, JSON lines out; each request ends with its answer.
 
-Request:  {"protocol": 1, "op": "facts" | "prepare" | "rollout" | "status" | "unlock" | "journal" | "freeze" | "versions" | "logs" | "details" | "exec" | "prune" | "remove", "args": {...}}
+Request:  {"protocol": 1, "op": "facts" | "prepare" | "rollout" | "status" | "unlock" | "journal" | "freeze" | "versions" | "logs" | "details" | "exec" | "prune" | "remove" | "swarm_secrets", "args": {...}}
 Answer:   {"protocol": 1, "op": ..., "ok": bool, "changed": bool, "msg": str, "data": {...}}
 Progress lines ({"event": ...}) may come before the answer so the controller can show
 what a host is doing while a long operation runs.
@@ -53,7 +53,8 @@ def _run(op: str, args: dict) -> dict:
         from .facts import gather
 
         return answer(op, True, data=gather(args))
-    if op in ("rollout", "status", "unlock", "journal", "prepare", "freeze", "versions", "logs", "details", "exec", "prune", "remove"):
+    if op in ("rollout", "status", "unlock", "journal", "prepare", "freeze", "versions", "logs", "details", "exec", "prune", "remove",
+              "swarm_secrets"):
         from . import ops
 
         return ops.dispatch(op, args, emit)

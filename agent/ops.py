@@ -1,7 +1,8 @@
 """Agent operations on rollout state: rollout, journal (follow), status, unlock, prepare, freeze; and dispatch.
 
 dispatch() routes every operation but `facts` (answered by agent/__main__.py): the six above
-here; logs, details, versions, exec, prune and remove to agent/container_ops.py.
+here; logs, details, versions, exec, prune and remove to agent/container_ops.py;
+swarm_secrets to agent/swarm_secrets.py.
 
 A rollout runs in a detached grandchild process (its own session, no tie to the SSH
 channel) that holds the host's lock: the process the controller talks to only follows
@@ -376,6 +377,10 @@ def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dic
         return details_op(args)
     if op == "versions":
         return versions_op(args)
+    if op == "swarm_secrets":
+        from .swarm_secrets import swarm_secrets_op
+
+        return swarm_secrets_op(args)
     if op == "freeze":
         return freeze_op(args)
     if op == "prepare":

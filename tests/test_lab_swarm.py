@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from lab import images
+from lab import hosts, images
 from playbooks import ledger
 
 from .conftest import FAB, ROOT, dclient, derive_inventory, health_of, new_tag
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.lab
 PHASE, SERVICE, PORT = "swarm-web", "web", 9300
 STACK_SERVICE = f"fr-{PHASE}_{SERVICE}"
 MOVER, MOVER_PORT, MOVER_HOSTS = "mover", 9301, ["pc2", "bad-driver"]  # replicas: 1 over two workers: Swarm reschedules it
+SECRET, SECRET_V1, SECRET_V2 = "swarm_token", "swarm-secret-value-one", "swarm-secret-value-two"  # on the manager only
 
 
 def fab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -38,7 +39,7 @@ def swarm_inventory(lab, tmp, tag: str):
     def edit(doc):
         doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}  # the lab's images have busybox, no Python
         doc["services"][SERVICE] = {"image": "core", "tag": tag, "hosts": ["mainpc", "pc2"], "ports": [f"{PORT}:8080"],
-                                    "stop_timeout": 2,
+                                    "stop_timeout": 2, "env": {"TOKEN": {"secret": SECRET, "as": "file"}},
                                     "health": {"port": PORT, "healthy_deadline": 3, "min_healthy_time": 1, "interval": 0.25}}
         doc["services"][MOVER] = {"image": "core", "tag": images.BASELINE_TAG, "hosts": MOVER_HOSTS, "replicas": 1,
                                   "ports": [f"{MOVER_PORT}:8080"], "stop_timeout": 2,
@@ -68,6 +69,7 @@ def swarm_lab(lab_session, tmp_path_factory):
     lab = lab_session()
     base = images.BASELINE_TAG
     inv = swarm_inventory(lab, tmp_path_factory.mktemp("swarm"), base)
+    hosts.put_secret(lab.host("mainpc"), SECRET, SECRET_V1)  # the manager's own file; pc2 has none and needs none
     formed = fab("swarm.form", "-i", str(inv))
     try:
         assert formed.returncode == 0, formed.stdout + formed.stderr
@@ -105,7 +107,9 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
             for s in v["services"]}
     # the replicas: 1 service commits where Swarm put its task and is noop (observed: no task there) on the other host
     assert sorted(o for (h, svc), o in made.items() if svc == MOVER) == ["committed", "noop"], made
-    # A good new release: Swarm updates both nodes, fleetroll reports each (host, service) committed.
+    # A good new release, with the secret rotated on the manager: Swarm updates both nodes (new image, new
+    # Swarm secret), fleetroll reports each (host, service) committed.
+    hosts.put_secret(lab.host("mainpc"), SECRET, SECRET_V2)
     good = new_tag()
     images.push(lab, "core", good, "healthy")
     inv = swarm_inventory(lab, tmp_path / "good", good)
@@ -118,6 +122,7 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     digest = rep["hosts"]["mainpc"]["services"][0]["after_digest"]
     assert all(img.endswith(f"{good}@{digest}") for img in task_images(lab).values()) and len(task_images(lab)) == 2
     assert json.loads(health_of(lab, "pc2", PORT))["status"] == "ok"
+    secret_reached_the_tasks_and_no_record(lab, r.stdout + r.stderr + created.stdout + created.stderr)
     # fab status: where each swarm task runs (the hosts' agents cannot see it; a manager says it)
     st = json.loads(fab("status", "-i", str(inv), "-j", "-H", "mainpc,pc2").stdout)
     for h in ("mainpc", "pc2"):
@@ -170,6 +175,24 @@ def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_sta
         assert rows[other]["status"].startswith("swarm task ") and rows[other]["healthy"], rows
         assert rows[other]["tag"] == images.BASELINE_TAG and json.loads(health_of(lab, other, MOVER_PORT))["status"] == "ok"
     print(f"mover rescheduled from {gone.name} to {other} in {moved:.1f}s")
+
+
+def secret_reached_the_tasks_and_no_record(lab, report: str) -> None:
+    """The rotated value is read inside both tasks at KEY=/run/secrets/NAME; neither value is in any record."""
+    for h in ("mainpc", "pc2"):
+        c = dclient(lab, h).containers.list(filters={"label": f"com.docker.swarm.service.name={STACK_SERVICE}"})[0]
+        rc, out = c.exec_run(["/bin/sh", "-c", 'echo "$TOKEN"; cat "$TOKEN"'])
+        assert rc == 0 and out.decode().split() == [f"/run/secrets/{SECRET}", SECRET_V2], (h, rc, out)
+    mgr = dclient(lab, "mainpc")
+    made = sorted(x.name for x in mgr.secrets.list() if x.name.startswith(f"fr_{SECRET}_"))
+    assert len(made) == 2, made  # one Swarm secret per value: rotated, not overwritten (Swarm secrets are immutable)
+    inspect = json.dumps(mgr.api.inspect_service(STACK_SERVICE))
+    journals = "".join(p.read_text(errors="replace") for p in (lab.host("mainpc").dir / "state").rglob("*") if p.is_file()
+                       and p.stat().st_size < 1 << 20)
+    records = {"report": report, "ledger": ledger.path().read_text(), "service inspect": inspect, "manager state": journals}
+    for what, text in records.items():
+        assert SECRET_V1 not in text and SECRET_V2 not in text, f"a secret value is in the {what}"
+    assert made[0] in inspect or made[1] in inspect  # the reference is there, by its versioned name
 
 
 @contextmanager

@@ -32,7 +32,7 @@ services:
     tag: 20250817-abc1234
     host: mainpc
     ports: ["8000:9000"]
-    env: {MACHINE: mainpc, HF_TOKEN: {secret: hf_token}, PROMPT: "costs $5 or ${PRICE}"}
+    env: {MACHINE: mainpc, HF_TOKEN: {secret: hf_token, as: file}, PROMPT: "costs $5 or ${PRICE}"}
     gpus: all
     volumes: ["/srv/models/llm:/models:ro", "llm-cache:/cache"]
     restart: on-failure
@@ -67,13 +67,33 @@ def test_image_by_digest_and_by_tag_said_aloud(inv):
     assert not any(n.startswith("llm: image by tag") for n in r.notes)
 
 
-def test_secret_reference_becomes_an_external_swarm_secret_and_no_value(inv):
-    r = render.render(inv, "one")
+def test_a_secret_file_is_the_ssh_push_s_path_and_a_swarm_secret_named_by_the_manager(inv):
+    """KEY=/run/secrets/NAME under both engines; the Swarm secret's name is the one the manager's agent gave."""
+    versioned = "fr_hf_token_0123456789ab"
+    r = render.render(inv, "one", secret_names={"hf_token": versioned})
     llm = r.doc["services"]["llm"]
-    assert llm["environment"]["HF_TOKEN_FILE"] == "/run/secrets/hf_token" and "HF_TOKEN" not in llm["environment"]
-    assert llm["secrets"] == [{"source": "fr_hf_token", "target": "hf_token", "uid": "10001", "gid": "10001", "mode": 0o400}]
-    assert r.doc["secrets"] == {"fr_hf_token": {"external": True}} and r.secrets == {"fr_hf_token": "hf_token"}
+    assert llm["environment"]["HF_TOKEN"] == "/run/secrets/hf_token" and "HF_TOKEN_FILE" not in llm["environment"]
+    assert llm["secrets"] == [{"source": versioned, "target": "hf_token", "uid": "10001", "gid": "10001", "mode": 0o400}]
+    assert r.doc["secrets"] == {versioned: {"external": True}} and r.secrets == {versioned: "hf_token"}
     assert llm["environment"]["MACHINE"] == "mainpc" and llm["environment"]["FLEETROLL_HOST"] == "mainpc"
+    assert render.secret_refs(inv, "one") == ["hf_token"]
+    assert not any("shown as fr_NAME" in n for n in r.notes)
+    # a new value is a new name, so a new spec: Swarm updates the service (its secrets are immutable)
+    rotated = render.render(inv, "one", secret_names={"hf_token": "fr_hf_token_ba9876543210"})
+    spec = render.SPEC_LABEL
+    assert rotated.doc["services"]["llm"]["deploy"]["labels"][spec] != llm["deploy"]["labels"][spec]
+    # without the manager's names (fab swarm.render) the placeholder is said aloud
+    shown = render.render(inv, "one")
+    assert shown.doc["services"]["llm"]["secrets"][0]["source"] == "fr_hf_token"
+    assert any(n.startswith("secrets hf_token shown as fr_NAME") for n in shown.notes), shown.notes
+
+
+def test_a_secret_in_the_environment_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "fleet.yml").write_text(FLEET.replace("{secret: hf_token, as: file}", "{secret: hf_token}"))
+    (tmp_path / "phases.yml").write_text(PHASES)
+    with pytest.raises(render.RenderError, match=r"services\.llm\.env\.HF_TOKEN: Swarm cannot put a secret's value"
+                       r".*write \{secret: hf_token, as: file\}"):
+        render.render(load(tmp_path / "fleet.yml"), "one")
 
 
 def test_ports_are_host_mode_and_the_healthcheck_probes_the_container_port(inv):

@@ -73,11 +73,3 @@ def stack_deploy(stack: str) -> list[str]:
 def service_rm(name: str) -> list[str]:
     return ["docker", "service", "rm", name]
 
-
-def secret_exists(name: str) -> list[str]:
-    return ["docker", "secret", "inspect", "--format", "{{.ID}}", name]
-
-
-def secret_create(name: str, host_file: str) -> list[str]:
-    """Made on the manager from the host's own secret file: the value never transits the controller."""
-    return ["docker", "secret", "create", "--label", "io.fleetroll.secret=true", name, host_file]

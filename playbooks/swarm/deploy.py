@@ -23,12 +23,11 @@ from ..ending import Interrupted, RolloutReport
 from ..errors import RolloutError
 from ..inventory import Inventory
 from ..plan import BLOCKED, CREATE, NOOP, REPLACE, Plan
-from . import commands, observe, render
+from . import commands, observe, render, secrets
 from .judge import Follow, judge
 from .judge import base as _base
 from .remote import Host, SwarmCommandError, open_host
 
-HOST_SECRETS_DIR = "/etc/fleetroll/secrets"  # agent/secrets.py's default, on the manager
 POLL_S = 0.5
 FINE = (Outcome.COMMITTED, Outcome.NOOP)  # a replicas: host Swarm put no task on is noop, observed, not a failure
 
@@ -102,18 +101,6 @@ def own_ports_freed(facts: dict[str, dict], before: observe.View) -> dict[str, d
 # --- doing it ---------------------------------------------------------------------------------
 
 
-def _ensure_secrets(manager: Host, rendered: render.Rendered) -> list[str]:
-    """Each Swarm secret the stack names, made on the manager from its own secret file if missing. Returns what was made."""
-    made = []
-    for name, file in rendered.secrets.items():
-        rc, _out, _err = manager.run(commands.secret_exists(name), check=False)
-        if rc == 0:
-            continue
-        manager.run(commands.secret_create(name, f"{HOST_SECRETS_DIR}/{file}"))
-        made.append(name)
-    return made
-
-
 def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: observe.View, t0: float) -> list[Follow]:
     out = []
     for name in dict.fromkeys(s.service for s in plan.changes):
@@ -165,14 +152,17 @@ def _results(follows: list[Follow]) -> dict[str, transport.CallResult]:
 
 def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: observe.View) -> dict[str, transport.CallResult]:
     inv, plan, report = ro.inv, ro.plan, ro.report
+    names, made = secrets.on_manager(inv, ro.pool, manager.name, sorted(set(rendered.secrets.values())), create=True)
+    if names != rendered.secret_names:
+        raise RolloutError(f"{manager.name}: a secret file changed between the plan and the deploy ({', '.join(sorted(names))});"
+                           " nothing was deployed: run the rollout again")
+    if made:
+        report.messages.append(f"swarm secrets made on {manager.name} from its own secret files: {', '.join(made)}")
     ledger.append("started", **ro.common, manager=manager.name,
                   plan=plan.to_json(ledger.redaction_key()))
     t0 = time.monotonic()
     follows = _follows(inv, plan, rendered, before, t0)
     try:
-        made = _ensure_secrets(manager, rendered)
-        if made:
-            report.messages.append(f"swarm secrets made on {manager.name} from its secret files: {', '.join(made)}")
         manager.run(commands.stack_deploy(rendered.stack), stdin=render.to_yaml(rendered).encode(), timeout=120)
     except SwarmCommandError as exc:
         report.messages.append(f"FAILED deploying stack {rendered.stack} through {manager.name}: {exc}")
@@ -223,7 +213,8 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
         pre = ro.report.preflight
         digests = {s.service: s.new_digest for s in ro.plan.steps if s.new_digest}
         try:
-            rendered = render.render(inv, phase, digests)
+            names, _ = secrets.on_manager(inv, pool, manager.name, render.secret_refs(inv, phase), create=False)
+            rendered = render.render(inv, phase, digests, names)
         except render.RenderError as exc:
             raise RolloutError(f"{inv.path}: {exc}") from None
         swarm_plan(inv, ro.plan, rendered, before, pre.facts)

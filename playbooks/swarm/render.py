@@ -52,6 +52,8 @@ class Rendered:
     doc: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # Swarm secret name -> host-side secret file name
+    # inventory secret -> its versioned Swarm name (fr_NAME_<keyed hash of the value>), computed on the manager
+    secret_names: dict[str, str] = field(default_factory=dict)
     orders: dict[str, tuple[str, str]] = field(default_factory=dict)  # service -> (order, why)
 
 
@@ -131,18 +133,33 @@ def update_settings(inv: Inventory, phase: str, service: str, order: str) -> tup
     return update, rollback
 
 
+def secret_refs(inv: Inventory, phase: str) -> list[str]:
+    """The inventory secret names the phase's services reference (pure): what the manager is asked to version."""
+    return sorted({v.secret for name in inv.phase(phase).services for v in inv.fleet.services[name].env.values()
+                   if isinstance(v, SecretRef)})
+
+
 def _env_and_secrets(inv: Inventory, service: str, out: Rendered) -> tuple[dict[str, str], list[dict]]:
+    """The env as the SSH push gives it: `{secret: NAME, as: file}` -> KEY=/run/secrets/NAME, the file a Swarm secret.
+
+    A secret in the environment (`{secret: NAME}`) cannot be given by Swarm without its value in the
+    spec, and `<KEY>_FILE` would hand the service another variable than the SSH push does: refused.
+    """
     fleet, svc = inv.fleet, inv.fleet.services[service]
     uid, gid = svc.user.split(":")
     env: dict[str, str] = {}
-    mounts: list[dict] = []
+    mounts: dict[str, dict] = {}
     for key, value in svc.env.items():
         if isinstance(value, SecretRef):
-            name = secret_name(value.secret)
+            if value.as_ != "file":
+                raise RenderError(f"services.{service}.env.{key}: Swarm cannot put a secret's value in the environment"
+                                  " without writing it into the service's spec; write {secret: "
+                                  f"{value.secret}, as: file}} (the service reads the file named by ${key}, under either"
+                                  " engine) or keep the phase on engine: ssh")
+            name = out.secret_names.get(value.secret) or secret_name(value.secret)
             out.secrets[name] = value.secret
-            # A Swarm secret is a file, not an env value: the service reads <KEY>_FILE (the usual convention).
-            env[f"{key}_FILE"] = f"{SECRETS_DIR}/{value.secret}"
-            mounts.append({"source": name, "target": value.secret, "uid": uid, "gid": gid, "mode": 0o400})
+            env[key] = f"{SECRETS_DIR}/{value.secret}"  # the SSH push's own path (agent/secret_files.py)
+            mounts[name] = {"source": name, "target": value.secret, "uid": uid, "gid": gid, "mode": 0o400}
         else:
             env[key] = str(value)
     env["FLEETROLL_SERVICE"] = service
@@ -155,7 +172,7 @@ def _env_and_secrets(inv: Inventory, service: str, out: Rendered) -> tuple[dict[
                 " Swarm cannot do yet; the services' start-up reports are not authenticated")
         if note not in out.notes:
             out.notes.append(note)
-    return env, mounts
+    return env, list(mounts.values())
 
 
 def _volumes(inv: Inventory, service: str, named: dict[str, dict]) -> list[dict]:
@@ -230,10 +247,15 @@ def _service(inv: Inventory, phase: str, name: str, digest: str, out: Rendered, 
     return entry
 
 
-def render(inv: Inventory, phase: str, digests: dict[str, str] | None = None) -> Rendered:
-    """The phase's stack. `digests` ({service: sha256:...}) pins images; a service without one is deployed by tag."""
+def render(inv: Inventory, phase: str, digests: dict[str, str] | None = None,
+           secret_names: dict[str, str] | None = None) -> Rendered:
+    """The phase's stack. `digests` ({service: sha256:...}) pins images; a service without one is deployed by tag.
+
+    `secret_names` ({NAME: fr_NAME_<v>}, from the manager's agent) names each value's Swarm secret;
+    without it a secret is shown as fr_NAME, which a rollout never deploys.
+    """
     digests = digests or {}
-    out = Rendered(stack_name(phase), {})
+    out = Rendered(stack_name(phase), {}, secret_names=dict(secret_names or {}))
     named: dict[str, dict] = {}
     services = {name: _service(inv, phase, name, digests.get(name, ""), out, named) for name in inv.phase(phase).services}
     out.doc = {"version": VERSION, "services": services}
@@ -241,6 +263,10 @@ def render(inv: Inventory, phase: str, digests: dict[str, str] | None = None) ->
         out.doc["volumes"] = named
     if out.secrets:
         out.doc["secrets"] = {n: {"external": True} for n in out.secrets}
+        unversioned = sorted(v for n, v in out.secrets.items() if n == secret_name(v))
+        if unversioned:
+            out.notes.append(f"secrets {', '.join(unversioned)} shown as fr_NAME: a rollout names each value's Swarm"
+                             " secret fr_NAME_<keyed hash of the value>, computed on the manager from its own file")
     return out
 
 
