@@ -33,6 +33,8 @@ FAB = str(Path(sys.executable).with_name("fab"))
 def own_ledger(tmp_path, monkeypatch):
     """Every test writes its own ledger: none ever touches the operator's (~/.local/state/fleetroll)."""
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
+    # Nor reads the login of whoever runs the suite: the registry and pull tests see only the logins they write.
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
 
 
 # Modules that build family images (buildah, minutes of CPU the first time) share one xdist worker and run

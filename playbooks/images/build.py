@@ -88,7 +88,16 @@ DPKG_EXCLUDES = ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", 
 
 
 def base_image(fams: Families, name: str, epoch: int) -> str:
-    """Make (or reuse) the base rootfs and image; return its reference pinned by digest."""
+    """Make (or reuse) the base rootfs and image; return its reference pinned by digest.
+
+    One at a time per base: two builds at once (two test workers, two operators) would both run
+    mmdebstrap into the same rootfs.part.tar; the second waits, then reuses the first's rootfs.
+    """
+    with _one_build_at_a_time(f"base-{name}"):
+        return _base_image(fams, name)
+
+
+def _base_image(fams: Families, name: str) -> str:
     b = fams.bases[name]
     out = BUILD_DIR / "bases" / name
     out.mkdir(parents=True, exist_ok=True)
