@@ -101,10 +101,26 @@ def down(quiet: bool = False) -> list[str]:
             sh("ip", "link", "del", link.name, check=False)
     for user in created_users():
         sh("userdel", user, check=False)
-    if LAB_DIR.exists():
-        shutil.rmtree(LAB_DIR, ignore_errors=True)  # checked above: root's, marked as the lab's own
+    _remove_lab_dir()
     done.append("namespaces, bridge, mounts, files, users")
     return done
+
+
+def _remove_lab_dir() -> None:
+    """Everything in the lab directory, its marker last: a teardown interrupted half-way (Ctrl-C, a killed test
+    worker) leaves the marker, so the next down() may finish the job instead of refusing a directory it made."""
+    if not LAB_DIR.exists():
+        return
+    for child in LAB_DIR.iterdir():  # checked above: root's, closed to others' writes, marked as the lab's own
+        if child.name == MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if [c.name for c in LAB_DIR.iterdir()] == [MARKER]:  # anything left keeps the marker: the next down() retries it
+        (LAB_DIR / MARKER).unlink()
+        LAB_DIR.rmdir()
 
 
 def _lab_mounts() -> list[str]:
