@@ -101,11 +101,15 @@ def secret_values(env: dict) -> tuple[str, ...]:
     """The values behind the secret references of an env (only ever used to hide them again); long ones only."""
     from . import secrets
 
-    refs = {k: v for k, v in env.items() if secrets.is_ref(v)}
-    try:
-        values = secrets.resolve(refs).values() if refs else ()
-    except Exception:  # noqa: BLE001 - unreadable now: nothing of it can be in the logs we are about to read
-        return ()
+    plain = {k: v for k, v in env.items() if not secrets.is_ref(v)}  # a report key is derived from these
+    values: list[str] = []
+    for k, v in env.items():
+        if not secrets.is_ref(v):
+            continue
+        try:  # one at a time: a secret unreadable now hides nothing else's value
+            values.append(secrets.resolve({**plain, k: v})[k])
+        except Exception:  # noqa: BLE001 - unreadable now: nothing of it can be in the logs we are about to read
+            continue
     return tuple(v for v in values if len(v) >= 4)
 
 
