@@ -20,7 +20,13 @@ import yaml
 # FLEETROLL_LAB_INSTANCE=4). Set before the lab is imported: its names derive from the instance.
 if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
     _base = os.environ.get("FLEETROLL_LAB_INSTANCE", "0")
-    os.environ["FLEETROLL_LAB_INSTANCE"] = str((int(_base) if _base.isdigit() else 0) + int(os.environ["PYTEST_XDIST_WORKER"][2:]))
+    _mine = (int(_base) if _base.isdigit() else 0) + int(os.environ["PYTEST_XDIST_WORKER"][2:])
+    if _mine > 9:
+        raise pytest.UsageError(f"FLEETROLL_LAB_INSTANCE={_base} with {os.environ.get('PYTEST_XDIST_WORKER')}: lab instances"
+                                " go up to 9; lower the base or the number of workers (-n)")
+    os.environ["FLEETROLL_LAB_INSTANCE"] = str(_mine)
+    if os.environ.get("FLEETROLL_LAB_DIR") and _mine:  # a lab directory given by hand: each worker's lab its own
+        os.environ["FLEETROLL_LAB_DIR"] += str(_mine)
 
 from lab import fleet  # noqa: E402
 
