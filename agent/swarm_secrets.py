@@ -55,10 +55,14 @@ def swarm_secrets_op(args: dict[str, Any]) -> dict:
     """{"secrets": [NAME, ...], "create": bool} -> {"names": {NAME: swarm name}, "made": [swarm names made now]}."""
     wanted = [str(n) for n in args.get("secrets") or []]
     key = journal.redaction_key()
+    # Each file is read once: the name and the Swarm secret come from that one value, so a value rotated
+    # between two reads cannot give a secret named after one value and holding another.
+    values: dict[str, str] = {}
     names: dict[str, str] = {}
     try:
         for n in wanted:
-            names[n] = versioned_name(n, secrets.read(n), key)
+            values[n] = secrets.read(n)
+            names[n] = versioned_name(n, values[n], key)
     except secrets.SecretError as exc:
         return answer(OP, False, f"{exc} (on this manager: Swarm secrets are made from its own secret files)")
     made: list[str] = []
@@ -71,7 +75,7 @@ def swarm_secrets_op(args: dict[str, Any]) -> dict:
             if _exists(engine, sname):
                 continue
             try:
-                _create(engine, sname, secrets.read(n), n)
+                _create(engine, sname, values[n], n)
             except APIError as exc:
                 if not _exists(engine, sname):  # made by another operator at the same moment is made
                     return answer(OP, False, f"docker secret create {sname} failed: {str(exc)[:300]}",

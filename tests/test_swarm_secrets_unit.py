@@ -92,3 +92,28 @@ def test_the_controller_names_the_manager_and_the_fix_when_the_agent_cannot():
     partial = FakeSession({"ok": True, "data": {"names": {}, "made": []}})
     with pytest.raises(RolloutError, match="named no Swarm secret for a; nothing was deployed"):
         controller.on_manager(None, FakePool(partial), "m1", ["a"], create=False)
+
+
+def test_the_value_made_a_swarm_secret_is_the_one_its_name_was_computed_from(host, monkeypatch):
+    """A value rotated between two reads must not give a secret named after one value and holding the other."""
+    import base64
+
+    from agent import engine as engine_mod
+    from agent import secrets as secrets_mod
+
+    reads = iter(["value-a", "value-b", "value-c"])
+    monkeypatch.setattr(secrets_mod, "read", lambda name: next(reads))
+    made: list[dict] = []
+
+    class Engine:
+        def call(self, method, path, params=None, body=None):
+            if path == "/secrets/create":
+                made.append(body)
+            return []
+
+    monkeypatch.setattr(engine_mod, "require_engine", lambda timeout=0: Engine())
+    ans = swarm_secrets.swarm_secrets_op({"secrets": ["tok"], "create": True})
+    assert ans["ok"], ans
+    key = swarm_secrets.journal.redaction_key()
+    assert [m["Name"] for m in made] == [swarm_secrets.versioned_name("tok", "value-a", key)]
+    assert base64.b64decode(made[0]["Data"]).decode() == "value-a"
