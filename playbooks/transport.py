@@ -201,42 +201,6 @@ def _open(conn: Connection, t: Target) -> None:
         raise TransportError("unreachable", f"{where}: cannot connect: {exc.strerror or exc}") from None
 
 
-def _exec(conn: Connection, command: str, stdin: bytes, timeout: float, on_event) -> tuple[int, list[dict], str, float]:
-    """(exit code, lines, stderr, seconds from exec to the answer line)."""
-    chan = conn.client.get_transport().open_session(timeout=timeout)
-    chan.settimeout(timeout)
-    answered = 0.0
-    try:
-        started = time.monotonic()
-        chan.exec_command(command)
-        chan.sendall(stdin)
-        chan.shutdown_write()
-        lines = remote.Events()
-        out = chan.makefile("rb")
-        while True:
-            raw = out.readline(remote.MAX_LINE + 1)
-            if not raw:
-                break
-            try:
-                obj = remote.parse_line(raw)
-            except remote.BadAnswer:
-                continue
-            if "event" in obj:
-                lines.keep(obj, len(raw))
-                if on_event:
-                    on_event(obj)
-            else:
-                answered = time.monotonic() - started
-                lines.append(obj)
-        rc = chan.recv_exit_status()
-        err = chan.makefile_stderr("rb").read(remote.MAX_STDERR).decode(errors="replace")
-    except TimeoutError:
-        raise TransportError("timeout", f"agent gave no answer within {timeout:g}s") from None
-    finally:
-        chan.close()
-    return rc, lines, err, answered
-
-
 def _upload(conn: Connection, name: str, data: bytes) -> None:
     sftp = conn.client.open_sftp()
     try:
@@ -264,30 +228,12 @@ def call_agent(
     timeout: float = 120.0,
     on_event: Callable[[dict], None] | None = None,
 ) -> CallResult:
-    data, digest = agentpack.build()
-    name = agentpack.remote_name(digest)
-    request = json.dumps({"protocol": PROTOCOL, "op": op, "args": args}).encode()
-    command = shlex.join(agentpack.command(digest, getattr(conn, "fleetroll_python", "python3")))
-    res = CallResult(host=host, ok=False)
-    t0 = time.monotonic()
-    rc, lines, err, answered = _exec(conn, command, request, timeout, on_event)
-    res.round_trips = 1
-    if not lines and agent_needs_upload(rc, err):
-        _upload(conn, name, data)
-        res.uploaded = True
-        rc, lines, err, answered = _exec(conn, command, request, timeout, on_event)
-        res.round_trips += 2
-    res.elapsed_s = time.monotonic() - t0
-    res.events = [x for x in lines if "event" in x]
-    answers = [x for x in lines if "event" not in x]
-    if not answers:
-        res.error_kind = "agent"
-        res.error = no_answer(host, rc, err, getattr(conn, "fleetroll_python", "python3"))
-        return res
-    res.answer = answers[-1]
-    res.times.start_s, res.times.agent_s = first_call(answered, res.answer.get("uptime_s"))
-    res.times.calls = 1
-    return _judge(res)
+    """One request on the caller's connection, through the same path as every other (an agent session of one call)."""
+    sess = AgentSession(conn, host)
+    try:
+        return sess.call(op, args, timeout=timeout, on_event=on_event)
+    finally:
+        sess.close()
 
 
 def _judge(res: CallResult) -> CallResult:
