@@ -30,6 +30,10 @@ from .remote import Host, SwarmCommandError, open_host
 
 POLL_S = 0.5
 FINE = (Outcome.COMMITTED, Outcome.NOOP)  # a replicas: host Swarm put no task on is noop, observed, not a failure
+# What reading Swarm through the manager can raise: remote.Host turns the transport's errors into SwarmCommandError;
+# an answer of another shape than Swarm's (KeyError, TypeError in observe.read) is no observation either.
+UNREAD = (SwarmCommandError, OSError, EOFError, ValueError, KeyError, TypeError)
+UNOBSERVED = "swarm-unobserved"  # the check of an outcome fleetroll did not see: nothing destructive follows from it
 
 
 def open_manager(inv: Inventory) -> Host:
@@ -118,24 +122,67 @@ def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: obse
     return out
 
 
-def _remove_failed_creations(manager: Host, stack: str, follows: list[Follow]) -> None:
-    """A service new in this rollout that never became healthy has nothing to go back to: take it away, and see it gone."""
+def _unobserved(follows: list[Follow], why: str) -> None:
+    """Every (host, service) still open needs an operator: not observed is neither committed nor reverted."""
     for f in follows:
-        if f.mode != "create" or all(d["outcome"] in FINE for d in f.done.values()):
+        for h in f.hosts:
+            f.done.setdefault(h, {**_base(f, h, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.NEEDS_OPERATOR,
+                                  "check": UNOBSERVED, "message": why, "after_tag": "", "after_digest": ""})
+
+
+def _deploy_failed(manager: Host, stack: str, follows: list[Follow], exc: SwarmCommandError) -> None:
+    """What Swarm took before the error is read, not assumed: a service whose spec is still the old one was not touched.
+
+    When the stack cannot be read either, nothing is claimed: every service is needs-operator.
+    """
+    try:
+        view = observe.read(manager, stack)
+    except UNREAD as lost:
+        _unobserved(follows, f"docker stack deploy through {manager.name} failed ({exc}) and the stack could not be read"
+                             f" after it ({lost}); Swarm may have taken part of it: look with fab status")
+        return
+    for f in follows:
+        if observe.deployed(view.services.get(f.service))[2] != f.want_hash:
+            for h in f.hosts:
+                f.done[h] = {**_base(f, h, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.REFUSED,
+                             "check": "swarm-deploy", "message": f"not deployed: {exc}", "after_tag": f.old_tag,
+                             "after_digest": f.old_digest}
+
+
+def _remove_failed_creations(manager: Host, stack: str, follows: list[Follow]) -> None:
+    """A service new in this rollout that never became healthy has nothing to go back to: take it away, and see it gone.
+
+    Only for a failure fleetroll saw: an outcome it did not see (the manager lost) removes nothing. Once the
+    service is seen gone every host of it is `removed`, the healthy ones too (their task went with it); a removal
+    not seen through leaves the healthy ones needs-operator, since what runs there is no longer known.
+    """
+    for f in follows:
+        bad = [d for d in f.done.values() if d["outcome"] not in FINE]
+        if f.mode != "create" or not bad or any(d["check"] == "swarm-deploy" for d in bad):
+            continue  # all healthy, or never deployed: nothing to take away
+        if any(d["check"] == UNOBSERVED for d in bad):
+            for d in bad:
+                d["message"] += "; the new service was left in place: fleetroll removes only what it saw fail"
             continue
         try:
             manager.run(commands.service_rm(f"{stack}_{f.service}"))
             gone = f.service not in observe.read(manager, stack).services
-        except SwarmCommandError as exc:
+        except UNREAD as exc:
             gone, err = False, str(exc)
         else:
             err = "" if gone else "still listed after docker service rm"
+        failed = ", ".join(sorted(h for h, d in f.done.items() if d["outcome"] not in FINE))
         for d in f.done.values():
-            if d["outcome"] in FINE:
-                continue
             if gone:
-                d.update(outcome=Outcome.REMOVED, check="swarm-create", message=d["message"] + "; it had no earlier version,"
-                         " so fleetroll removed the new service (seen gone)")
+                why = d["message"] if d["outcome"] not in FINE else f"{d['message']}, but the service failed on {failed}"
+                d.pop("gate", None)
+                d.update(outcome=Outcome.REMOVED, check="swarm-create", after_tag="", after_digest="", message=why +
+                         "; it had no earlier version, so fleetroll removed the new service (seen gone)")
+            elif d["outcome"] in FINE:
+                d.pop("gate", None)
+                d.update(outcome=Outcome.NEEDS_OPERATOR, check="swarm-create", after_tag="", after_digest="",
+                         message=f"{d['message']}; but the service failed on {failed} and removing it was not seen"
+                                 f" through ({err}): whether it still runs here is unknown; look with fab status")
             else:
                 d["message"] += f"; removing it failed: {err}"
 
@@ -166,27 +213,18 @@ def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: obs
         manager.run(commands.stack_deploy(rendered.stack), stdin=render.to_yaml(rendered).encode(), timeout=120)
     except SwarmCommandError as exc:
         report.messages.append(f"FAILED deploying stack {rendered.stack} through {manager.name}: {exc}")
-        # What Swarm took before the error is read, not assumed: a service whose spec is still the old one was not touched.
-        view = observe.read(manager, rendered.stack)
-        for f in follows:
-            if observe.deployed(view.services.get(f.service))[2] != f.want_hash:
-                for h in f.hosts:
-                    f.done[h] = {**_base(f, h, CREATE if f.mode == "create" else REPLACE), "outcome": Outcome.REFUSED,
-                                 "check": "swarm-deploy", "message": f"not deployed: {exc}", "after_tag": f.old_tag,
-                                 "after_digest": f.old_digest}
-    report.messages.append(f"stack {rendered.stack} deployed through {manager.name}; following Swarm's update")
+        _deploy_failed(manager, rendered.stack, follows, exc)
+    else:
+        report.messages.append(f"stack {rendered.stack} deployed through {manager.name}; following Swarm's update")
     pending = [f for f in follows if not f.done]
     view = observe.View()
     while pending:
         try:
             view = observe.read(manager, rendered.stack)
-        except (SwarmCommandError, OSError, EOFError) as exc:
+        except UNREAD as exc:
             # Not observed is not reverted: every service still open needs an operator; Swarm carries on by itself.
-            for f in pending:
-                for h in f.hosts:
-                    f.done.setdefault(h, {**_base(f, h, REPLACE), "outcome": Outcome.NEEDS_OPERATOR, "check": "swarm",
-                                          "message": f"lost the manager {manager.name} while following: {exc}; Swarm carries"
-                                          " on: look with fab status", "after_tag": "", "after_digest": ""})
+            _unobserved(pending, f"lost the manager {manager.name} while following: {exc}; Swarm carries on: look with"
+                                 " fab status")
             break
         now = time.monotonic()
         pending = [f for f in pending

@@ -38,6 +38,7 @@ class Follow:
     done: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> outcome dict
     first_running: float = 0.0
     running_ids: frozenset = frozenset()
+    since: dict[str, tuple[str, float]] = field(default_factory=dict)  # host -> (task id, first seen running)
 
 
 def base(f: Follow, host: str, action: str) -> dict[str, Any]:
@@ -122,9 +123,36 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
     return all(h in f.done for h in f.hosts)
 
 
+def _seen_running(f: Follow, on: dict[str, dict[str, Any]], now: float) -> None:
+    """Remember since when each host's task has been seen running: another task id (a restart) starts the clock again."""
+    for h in list(f.since):
+        if h not in on:
+            del f.since[h]
+    for h, t in on.items():
+        if f.since.get(h, ("", 0.0))[0] != t["id"]:
+            f.since[h] = (t["id"], now)
+
+
+def _commit_proven(f: Follow, view: observe.View, on: dict[str, dict[str, Any]], now: float, min_healthy_time: float,
+                   why: str) -> None:
+    """Commit a host only where the same task was seen running for min_healthy_time (Swarm's `monitor`); a task that
+    just started or keeps restarting proves nothing: needs-operator."""
+    for h, t in on.items():
+        if h not in f.hosts:
+            continue
+        held = now - f.since.get(h, (t["id"], now))[1]
+        if held >= min_healthy_time:
+            _commit(f, h, t, why)
+        else:
+            _needs(f, view, h, f"task {t['id'][:12]} of {f.new_tag} runs on {h} but was seen running for {held:.1f}s only,"
+                               f" less than min_healthy_time {min_healthy_time:g}s; nothing proves it healthy: look with fab"
+                               " status")
+
+
 def _judge_tasks(f: Follow, view: observe.View, now: float, min_healthy_time: float, timed_out: bool) -> bool:
     """No update to read (a new service, a spec Swarm already had, settings that replace no task): the tasks say it."""
     on_new = observe.running(view, f.service, f.new_digest)
+    _seen_running(f, on_new, now)
     if f.mode == "update" and timed_out:
         for h in f.hosts:
             _needs(f, view, h, f"Swarm started no update of {f.service} within fleetroll's wait; look: fab status")
@@ -133,18 +161,26 @@ def _judge_tasks(f: Follow, view: observe.View, now: float, min_healthy_time: fl
         ids = frozenset(t["id"] for h, t in on_new.items() if h in f.hosts)
         if ids != f.running_ids or not f.first_running:
             f.running_ids, f.first_running = ids, now  # the same tasks must stay running through the window
-        if now - f.first_running < max(min_healthy_time, NO_UPDATE_GRACE_S if f.mode == "update" else 0):
-            return False
-        why = ("Swarm applied the new settings; no task needed replacing" if f.mode == "update"
-               else "healthy, and still the same task after min_healthy_time")
-        _each(f, view, on_new, f.new_tag, lambda h, t: _commit(f, h, t, why), "", False)
-        return True
+        if now - f.first_running >= max(min_healthy_time, NO_UPDATE_GRACE_S if f.mode == "update" else 0):
+            why = ("Swarm applied the new settings; no task needed replacing" if f.mode == "update"
+                   else "healthy, and still the same task after min_healthy_time")
+            _each(f, view, on_new, f.new_tag, lambda h, t: _commit(f, h, t, why), "", False)
+            return True
+        if not timed_out:
+            return False  # at the deadline, tasks that keep being replaced are judged host by host below
     bad = [r["host"] for r in observe.failed(view, f.service, f.new_digest)]
     failing = {h for h in bad if bad.count(h) >= CREATE_FAILURES}
     if not timed_out and not (f.mode == "create" and failing - set(on_new)):
         return False
-    _each(f, view, on_new, f.new_tag, lambda h, t: _commit(f, h, t, "running at the end of the wait"),
-          f"no task of {f.new_tag} became healthy on {{host}} within {f.service}'s wait", True)
+    _commit_proven(f, view, on_new, now, min_healthy_time, "running at the end of the wait, the same task through"
+                   " min_healthy_time")
+    for h in f.hosts:
+        if h in on_new:
+            continue
+        if f.replicas and _placed(f, on_new):
+            _elsewhere(f, h, on_new, f.new_tag)
+        else:
+            _needs(f, view, h, f"no task of {f.new_tag} became healthy on {h} within {f.service}'s wait")
     return True
 
 

@@ -11,6 +11,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+import paramiko
+
 from .. import remote as answers
 from .. import transport
 from ..inventory import Inventory
@@ -37,27 +39,47 @@ class Host:
     conn: Any
 
     def run(self, argv: list[str], stdin: bytes = b"", timeout: float = 60.0, check: bool = True) -> tuple[int, str, str]:
-        chan = self.conn.client.get_transport().open_session(timeout=timeout)
+        """Run argv; every way of not getting its whole answer (a dead transport, a timeout, output over MAX_OUT, no
+        exit status in time) is a SwarmCommandError, so a caller reports needs-operator instead of crashing on it."""
+        try:
+            t = self.conn.client.get_transport()
+            if t is None:  # paramiko's answer once the connection is closed
+                raise paramiko.SSHException("the SSH connection is closed")
+            chan = t.open_session(timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SwarmCommandError(self.name, argv, -1, f"no SSH session to {self.address}: {exc}") from None
         chan.settimeout(timeout)
         try:
             chan.exec_command(shlex.join(argv))
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            out = chan.makefile("rb").read(MAX_OUT).decode(errors="replace")
+            raw = chan.makefile("rb").read(MAX_OUT + 1)
+            if len(raw) > MAX_OUT:
+                raise SwarmCommandError(self.name, argv, -1, f"more than {MAX_OUT} bytes of output; the answer was not"
+                                        " read whole, so nothing is taken from it")
+            # paramiko's recv_exit_status() waits without a clock: the status event is waited on with one.
+            if not chan.status_event.wait(timeout):
+                raise SwarmCommandError(self.name, argv, -1, f"no exit status within {timeout:g}s")
             rc = chan.recv_exit_status()
             err = chan.makefile_stderr("rb").read(64 << 10).decode(errors="replace")
         except TimeoutError:
             raise SwarmCommandError(self.name, argv, -1, f"no answer within {timeout:g}s") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SwarmCommandError(self.name, argv, -1, f"the SSH connection failed: {exc}") from None
         finally:
             chan.close()
         if check and rc != 0:
             raise SwarmCommandError(self.name, argv, rc, err)
-        return rc, out, err
+        return rc, raw.decode(errors="replace"), err
 
     def json(self, argv: list[str], timeout: float = 60.0) -> Any:
+        """The command's JSON answer; an answer that is not JSON (cut short, garbled) is a SwarmCommandError."""
         _rc, out, _err = self.run(argv, timeout=timeout)
-        return json.loads(out) if out.strip() else None
+        try:
+            return json.loads(out) if out.strip() else None
+        except ValueError as exc:
+            raise SwarmCommandError(self.name, argv, -1, f"the answer is not JSON ({exc}); nothing is taken from it") from None
 
     def lines(self, argv: list[str], timeout: float = 60.0) -> list[str]:
         return [x.strip() for x in self.run(argv, timeout=timeout)[1].splitlines() if x.strip()]

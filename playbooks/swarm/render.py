@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import contract
+from agent import contract, paths
 
 from ..inventory import Inventory, SecretRef
 
@@ -40,6 +40,13 @@ PYTHON_PROBE = ("import json,sys,urllib.request as u\n"
 # every probe failed and Swarm killed healthy tasks. Docker's healthcheck `timeout` bounds the probe instead.
 WGET_PROBE = ('b=$(wget -q -O - "$1") || exit 1; case "$b" in *\'"status":"ok"\'*|*\'"status": "ok"\'*) exit 0;; esac;'
               ' exit 1')
+
+
+# The agent's own directories on a node (agent/paths.py own_dirs), which no bind mount may be, lie in or hold. The
+# controller cannot ask a node for its home, so the home-relative ones are refused wherever they appear, and so is a
+# home directory itself: it holds the agent's code (~/.fleetroll) and the docker CLI's registry logins (~/.docker).
+NODE_OWN_DIRS = (str(paths.SYSTEM_DIR), str(paths.RUN_DIR), *(str(d) for d in paths.LOCK_DIRS))
+HOME_OWN = (paths.AGENT_DIR_NAME, ".local/state/fleetroll", ".docker")  # .local/...: paths.state_dir_candidates()
 
 
 class RenderError(Exception):
@@ -175,6 +182,27 @@ def _env_and_secrets(inv: Inventory, service: str, out: Rendered) -> tuple[dict[
     return env, list(mounts.values())
 
 
+def own_dir_problem(src: str) -> str | None:
+    """Why a bind source would show a container the agent's own state, locks, code or registry logins on a node. Pure.
+
+    The SSH push checks this on the host itself (agent/host_checks.py); a Swarm task's node runs no agent
+    check before Docker mounts, so the render refuses by name what it can: see NODE_OWN_DIRS, HOME_OWN.
+    """
+    for d in NODE_OWN_DIRS:
+        if src == d or src.startswith(d + "/") or d.startswith(src.rstrip("/") + "/"):
+            where = "is" if src == d else "is under" if src.startswith(d + "/") else "contains"
+            return f"host path {src!r} {where} {d}, the fleetroll agent's own directory on the node, which no container may mount"
+    parts = [p for p in src.split("/") if p]
+    if parts[:1] == ["home"] and len(parts) <= 2:
+        return (f"host path {src!r} is or holds a home directory, where the agent's code (~/{paths.AGENT_DIR_NAME}) and the"
+                " docker logins (~/.docker) live; mount a directory below it")
+    for own in HOME_OWN:
+        sub = own.split("/")
+        if any(parts[i:i + len(sub)] == sub for i in range(len(parts))):
+            return f"host path {src!r} is or lies under a ~/{own} directory, the agent's or docker's own; no container may mount it"
+    return None
+
+
 def _volumes(inv: Inventory, service: str, named: dict[str, dict]) -> list[dict]:
     out = []
     for item in inv.fleet.services[service].volumes:
@@ -182,7 +210,7 @@ def _volumes(inv: Inventory, service: str, named: dict[str, dict]) -> list[dict]
         src, target, ro = parts[0], parts[1], len(parts) > 2 and parts[2] == "ro"
         if src.startswith("/"):
             # The hard rules of the SSH push, applied again here (agent/contract.py), not a copy of them.
-            problem = contract.host_path_problem(src, inv.fleet.defaults.host_paths)
+            problem = contract.host_path_problem(src, inv.fleet.defaults.host_paths) or own_dir_problem(src)
             if problem:
                 raise RenderError(f"services.{service}.volumes: {problem}")
             out.append({"type": "bind", "source": src, "target": target, "read_only": ro})
