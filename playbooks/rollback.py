@@ -28,6 +28,10 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     with an old image — and no env value ever travels back to the controller.
     """
     targets.check(inv, phase, hosts, service)
+    if inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # Swarm's previous spec, or --to through the rollout's gates
+        from .swarm.rollback import rollback_swarm
+
+        return rollback_swarm(inv, phase, service, hosts, progress, to_tag)
     t0 = time.monotonic()
     names = [service] if service else inv.services_for(phase, hosts)
     plan = build_plan(inv, phase, {}, hosts, rollout_id=new_rollout_id(phase, "rollback"), who=operator())

@@ -147,6 +147,33 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     print(f"swarm rollouts (create, good, bad) took {time.monotonic() - t0:.1f}s")
 
 
+def test_rollback_to_a_tag_then_to_swarm_s_previous_spec(swarm_lab):
+    """After the failed release: `--to` the baseline is a rollout of it through the gates; a plain rollback then puts
+    Swarm's previous spec (the good release) back."""
+    lab, inv = swarm_lab
+    labels = dclient(lab, "mainpc").api.inspect_service(STACK_SERVICE)["Spec"]["Labels"]
+    good, digest = labels["io.fleetroll.tag"], labels["io.fleetroll.digest"]
+    assert good != images.BASELINE_TAG
+    t0 = time.monotonic()
+    to = fab("rollback", "-p", PHASE, "-s", SERVICE, "--to", images.BASELINE_TAG, "-i", str(inv), "-y", "-j")
+    assert to.returncode == 0, to.stdout[-3000:] + to.stderr
+    rep = json.loads(to.stdout)
+    assert rep["state"] == "committed" and rep["preflight"]["ok"], rep["messages"]
+    assert {h: v["services"][0]["after_tag"] for h, v in rep["hosts"].items()} == {"mainpc": images.BASELINE_TAG,
+                                                                                     "pc2": images.BASELINE_TAG}
+    fin = [x for x in ledger.read() if x.get("rollout_id") == rep["rollout_id"] and x["kind"] == "finished"][0]
+    assert fin["rollback"] and fin["to_tag"] == images.BASELINE_TAG and fin["engine"] == "swarm" and fin["final"] == "committed"
+    back = fab("rollback", "-p", PHASE, "-s", SERVICE, "-i", str(inv), "-y", "-j")  # Swarm's previous spec: the good release
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr
+    rep = json.loads(back.stdout)
+    assert rep["state"] == "reverted", rep["messages"]
+    for h in ("mainpc", "pc2"):
+        s = rep["hosts"][h]["services"][0]
+        assert (s["outcome"], s["after_tag"], s["after_digest"], s["engine"]) == ("reverted", good, digest, "swarm"), s
+    assert all(img.endswith(f"{good}@{digest}") for img in task_images(lab).values()) and len(task_images(lab)) == 2
+    print(f"swarm rollback --to and back took {time.monotonic() - t0:.1f}s")
+
+
 def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_status_says_where(swarm_lab):
     """Stop the dockerd under the `mover` task: Swarm runs it on the other host; fab status says where it runs now."""
     lab, inv = swarm_lab

@@ -96,6 +96,15 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
             st.changes.append(f"image: {tag or '?'}@{(digest or '?')[:19]} -> {st.new_tag}@{st.new_digest[:19]}")
 
 
+def only_this(plan: Plan, service: str, phase: str) -> None:
+    """A rollback --to changes one service: another the stack deploy would change too blocks it (nothing is changed). Pure."""
+    for st in plan.changes:
+        if st.service != service:
+            st.action = BLOCKED
+            st.reason = (f"fab rollback --to changes {service} only, but the stack would also change {st.service} ({st.reason}):"
+                         f" the inventory differs from what Swarm runs; fab rollout -p {phase} first, or put the inventory back")
+
+
 def own_ports_freed(facts: dict[str, dict], before: observe.View) -> dict[str, dict]:
     """Facts with the host ports the stack's own tasks hold taken out: the ports check must not call them someone else's."""
     held = observe.published_ports(before)
@@ -237,8 +246,11 @@ def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: obs
 
 def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[str] | None = None, dry_run: bool = False,
                   max_parallel: int | None = None, on_failure: str = "revert-phase", confirm=None, progress=None,
-                  failpoint: dict | None = None) -> RolloutReport:
-    """One swarm phase: decide as the SSH rollout does, deploy the stack, follow Swarm, end as the SSH rollout does."""
+                  failpoint: dict | None = None, only: str | None = None, record: dict | None = None) -> RolloutReport:
+    """One swarm phase: decide as the SSH rollout does, deploy the stack, follow Swarm, end as the SSH rollout does.
+
+    only/record are `fab rollback --to`'s (swarm/rollback.py): only that service may change, and the records say rollback.
+    """
     if hosts:
         raise RolloutError(f"phase {phase} runs on engine: swarm, deployed as one stack; --hosts does not apply to it")
     if failpoint:
@@ -256,8 +268,10 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
         except render.RenderError as exc:
             raise RolloutError(f"{inv.path}: {exc}") from None
         swarm_plan(inv, ro.plan, rendered, before, pre.facts)
+        if only:
+            only_this(ro.plan, only, phase)
         ro.report.messages += [f"swarm: {n}" for n in rendered.notes]
-        ro.common.update(engine="swarm", stack=stack)
+        ro.common.update(engine="swarm", stack=stack, **(record or {}))
         if rollout._stop_before_changing(ro, dry_run, confirm):
             if dry_run:
                 ro.report.messages.append(f"swarm: stack {stack} would be deployed through {manager.name} (fab swarm.render -p"

@@ -1,0 +1,126 @@
+"""`fab rollback` on a swarm phase, the pure parts: when Swarm's previous spec is a place to go back to, judging what
+Swarm did after `docker service rollback`, and `--to TAG` changing one service only (no host, no swarm)."""
+
+from __future__ import annotations
+
+import pytest
+
+from playbooks import rollback as ssh_rollback
+from playbooks.errors import RolloutError
+from playbooks.inventory import load
+from playbooks.plan import BLOCKED, NOOP, REPLACE, Plan, Step
+from playbooks.swarm import deploy, observe, rollback
+
+from .test_swarm_render_unit import FLEET, PHASES
+
+NEW, OLD = "sha256:" + "1" * 64, "sha256:" + "0" * 64
+REPO = "reg:5000/lab/core"
+
+
+def labels(tag: str, digest: str, shash: str) -> dict:
+    return {"io.fleetroll.tag": tag, "io.fleetroll.digest": digest, "io.fleetroll.spec-hash": shash}
+
+
+def service(update: dict | None, previous: bool = True) -> dict:
+    """A service running t-bad now, whose previous spec was t-good."""
+    svc = {"ID": "s1", "Spec": {"Name": "fr-one_api", "Labels": labels("t-bad", NEW, "h-bad")}, "UpdateStatus": update}
+    if previous:
+        svc["PreviousSpec"] = {"Name": "fr-one_api", "Labels": labels("t-good", OLD, "h-good")}
+    return svc
+
+
+def task(tid: str, node: str, digest: str, state: str = "running") -> dict:
+    return {"ID": tid, "NodeID": node, "DesiredState": "running", "Spec": {"ContainerSpec": {"Image": f"{REPO}:t@{digest}"}},
+            "Status": {"State": state}}
+
+
+@pytest.fixture
+def inv(tmp_path):
+    (tmp_path / "fleet.yml").write_text(FLEET)
+    (tmp_path / "phases.yml").write_text(PHASES)
+    return load(tmp_path / "fleet.yml")
+
+
+def test_a_service_with_a_previous_spec_can_go_back_and_the_others_say_why_not():
+    assert rollback.refusal("api", service({"State": "completed", "StartedAt": "a"})) == ""
+    assert rollback.refusal("api", service({"State": "paused", "StartedAt": "a"})) == ""  # a paused update: exactly the case
+    assert "not in the swarm" in rollback.refusal("api", None)
+    assert "no previous spec" in rollback.refusal("api", service(None, previous=False))
+    # after Swarm's own rollback the previous spec is the release that failed: going back would go forward again
+    why = rollback.refusal("api", service({"State": "rollback_completed", "StartedAt": "a"}))
+    assert "already rolled api back" in why and "(t-good)" in why and "--to TAG" in why
+
+
+def test_the_previous_spec_is_the_target_and_the_wait_follows_the_rollback_config(inv):
+    svc = service({"State": "completed", "StartedAt": "s0"})
+    svc["Spec"]["RollbackConfig"] = {"Parallelism": 1}
+    f = rollback.follow_of(inv, "api", svc, now=1000.0)
+    assert (f.new_tag, f.new_digest, f.old_tag, f.old_digest, f.want_hash) == ("t-good", OLD, "t-bad", NEW, "h-good")
+    assert f.hosts == ["pc2", "node03"] and f.started_before == "s0"
+    h = inv.fleet.services["api"].health
+    assert f.deadline == 1000.0 + (h.healthy_deadline + h.min_healthy_time + 15) * 2 + 20  # two nodes, one at a time
+
+
+def follow(inv) -> rollback.Follow:
+    f = rollback.follow_of(inv, "api", service({"State": "completed", "StartedAt": "s0"}), now=0.0)
+    f.deadline = 100.0
+    return f
+
+
+def view(update: dict, tasks: list[dict]) -> observe.View:
+    return observe.View(nodes={"n1": "pc2", "n2": "node03"}, services={"api": service(update)}, tasks={"api": tasks})
+
+
+def test_a_completed_rollback_is_reverted_where_the_previous_digest_is_seen_running(inv):
+    f = follow(inv)
+    done = {"State": "rollback_completed", "StartedAt": "s1", "Message": "rollback completed"}
+    assert rollback.judge_rollback(f, view(done, [task("t1", "n1", OLD), task("t2", "n2", OLD)]), now=5.0)
+    for h in ("pc2", "node03"):
+        d = f.done[h]
+        assert d["outcome"] == "reverted" and d["action"] == "revert" and d["engine"] == "swarm"
+        assert (d["after_tag"], d["after_digest"], d["before_tag"]) == ("t-good", OLD, "t-bad")
+        assert d["revert_gate"]["ok"] and "after Swarm's rollback" in d["revert_gate"]["last"]["reason"]
+
+
+def test_nothing_is_claimed_before_swarm_is_seen_to_do_it(inv):
+    f = follow(inv)
+    # the same update as before the request (StartedAt unchanged): Swarm has not started the rollback yet
+    assert not rollback.judge_rollback(f, view({"State": "completed", "StartedAt": "s0"}, [task("t1", "n1", NEW)]), now=5.0)
+    started = {"State": "rollback_completed", "StartedAt": "s1"}
+    # completed, but the previous digest runs on one host only: wait, then needs-operator for the other, never reverted
+    assert not rollback.judge_rollback(f, view(started, [task("t1", "n1", OLD), task("t2", "n2", OLD, "starting")]), now=5.0)
+    assert rollback.judge_rollback(f, view(started, [task("t1", "n1", OLD)]), now=200.0)
+    assert f.done["pc2"]["outcome"] == "reverted" and f.done["node03"]["outcome"] == "needs-operator"
+    assert "no task of t-good is seen running on node03" in f.done["node03"]["message"]
+
+
+def test_a_paused_rollback_or_the_end_of_the_wait_needs_an_operator(inv):
+    f = follow(inv)
+    assert rollback.judge_rollback(f, view({"State": "rollback_paused", "StartedAt": "s1", "Message": "task failed"}, []), 5.0)
+    assert {d["outcome"] for d in f.done.values()} == {"needs-operator"} and "paused the rollback" in f.done["pc2"]["message"]
+    g = follow(inv)
+    assert rollback.judge_rollback(g, view({"State": "rollback_started", "StartedAt": "s1"}, []), now=200.0)
+    assert {d["outcome"] for d in g.done.values()} == {"needs-operator"} and "rollback_started" in g.done["pc2"]["message"]
+
+
+def test_to_tag_changes_one_service_only_the_others_block_with_the_fix():
+    plan = Plan("r", "one", "me", [Step("pc2", "api", REPLACE, reason="new image"), Step("mainpc", "llm", REPLACE, reason="new image"),
+                                   Step("node03", "api", NOOP)])
+    deploy.only_this(plan, "api", "one")
+    assert [s.action for s in plan.steps] == [REPLACE, BLOCKED, NOOP]
+    assert "changes api only" in plan.steps[1].reason and "fab rollout -p one first" in plan.steps[1].reason
+
+
+def test_rollback_of_a_swarm_phase_goes_to_swarm_and_to_tag_needs_a_service(inv, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(rollback, "_previous_spec", lambda i, p, names, hosts: seen.setdefault("plain", (p, names)))
+    ssh_rollback.rollback(inv, "one")
+    assert seen["plain"] == ("one", ["llm", "api"])
+    with pytest.raises(RolloutError, match="add -s SERVICE"):
+        ssh_rollback.rollback(inv, "one", to_tag="t-good")
+    got = {}
+    monkeypatch.setattr(deploy, "rollout_swarm", lambda i, p, pool, **kw: got.update(tag=i.fleet.services["api"].tag,
+                                                                                       llm=i.fleet.services["llm"].tag, **kw))
+    ssh_rollback.rollback(inv, "one", service="api", to_tag="t-good")
+    assert got["tag"] == "t-good" and got["llm"] == inv.fleet.services["llm"].tag and got["only"] == "api"
+    assert got["record"] == {"rollback": True, "to_tag": "t-good"}
