@@ -40,6 +40,10 @@ def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, host
 def versions(inv: Inventory, service: str, host: str | None = None) -> dict[str, Any]:
     """Every version `service` has started on its host(s), newest first, from each host's journal (`fab versions`)."""
     known_service(inv, service)
+    from .swarm import operate as swarm
+
+    if swarm.is_swarm_service(inv, service):  # Swarm's tasks: the ledger and a manager know them, not the agents
+        return swarm.versions(inv, service, host)
     targets = [replica_host(inv, service, host)] if host else inv.fleet.hosts_of(service)
     results = transport.on_hosts(inv, targets, "versions", lambda h: {"service": service}, timeout=60)
     out: dict[str, Any] = {"service": service, "replicas": []}
@@ -72,6 +76,10 @@ def logs(inv: Inventory, service: str | None, host: str | None = None, tail: int
         target = inv.select_hosts([host])[0]
     else:
         known_service(inv, service)
+        from .swarm import operate as swarm
+
+        if swarm.is_swarm_service(inv, service):  # docker service logs through a manager
+            return swarm.logs(inv, service or "", host, tail, parse_since(since), follow, timestamps)
         target = replica_host(inv, service, host)
     args = {"service": service or "", "tail": tail, "since_s": parse_since(since), "follow": follow, "agent": agent,
             "timestamps": timestamps}

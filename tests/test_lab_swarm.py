@@ -147,9 +147,9 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     print(f"swarm rollouts (create, good, bad) took {time.monotonic() - t0:.1f}s")
 
 
-def test_rollback_to_a_tag_then_to_swarm_s_previous_spec(swarm_lab):
+def test_rollback_to_a_tag_then_to_swarm_s_previous_spec_and_versions_and_logs_through_the_manager(swarm_lab):
     """After the failed release: `--to` the baseline is a rollout of it through the gates; a plain rollback then puts
-    Swarm's previous spec (the good release) back."""
+    Swarm's previous spec (the good release) back; versions and logs of the swarm service are read through the manager."""
     lab, inv = swarm_lab
     labels = dclient(lab, "mainpc").api.inspect_service(STACK_SERVICE)["Spec"]["Labels"]
     good, digest = labels["io.fleetroll.tag"], labels["io.fleetroll.digest"]
@@ -171,7 +171,16 @@ def test_rollback_to_a_tag_then_to_swarm_s_previous_spec(swarm_lab):
         s = rep["hosts"][h]["services"][0]
         assert (s["outcome"], s["after_tag"], s["after_digest"], s["engine"]) == ("reverted", good, digest, "swarm"), s
     assert all(img.endswith(f"{good}@{digest}") for img in task_images(lab).values()) and len(task_images(lab)) == 2
-    print(f"swarm rollback --to and back took {time.monotonic() - t0:.1f}s")
+    took = time.monotonic() - t0
+    ver = fab("versions", "-s", SERVICE, "-i", str(inv), "-j")
+    assert ver.returncode == 0, ver.stdout[-2000:] + ver.stderr
+    for r in json.loads(ver.stdout)["replicas"]:
+        assert r["running"]["tag"] == good and r["versions"][0]["kind"] == "rollback" and r["versions"][0]["running"], r
+        assert r["versions"][1]["tag"] == images.BASELINE_TAG and "previous spec" in r["note"], r
+    logs = fab("logs", "-s", SERVICE, "-i", str(inv), "--tail", "5")
+    assert logs.returncode == 0 and f"docker service logs {STACK_SERVICE} through mainpc" in logs.stdout, logs.stdout + logs.stderr
+    assert "\x1b" not in logs.stdout
+    print(f"swarm rollback --to and back took {took:.1f}s; versions and logs {time.monotonic() - t0 - took:.1f}s")
 
 
 def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_status_says_where(swarm_lab):
