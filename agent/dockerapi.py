@@ -48,13 +48,15 @@ def _bind(src: str, v: Any) -> str:
 
 def host_config(binds: dict[str, dict] | list[str] | None = None, port_bindings: dict[str, Any] | None = None,
                 restart_policy: dict | None = None, device_requests: list[dict] | None = None,
-                network_mode: str | None = None) -> dict[str, Any]:
+                network_mode: str | None = None, mounts: list[dict] | None = None) -> dict[str, Any]:
     """The Engine API's HostConfig for the keyword arguments container_args.api_kwargs gives (pure)."""
     out: dict[str, Any] = {"NetworkMode": network_mode or "default"}
     if restart_policy:
         out["RestartPolicy"] = restart_policy
     if binds is not None:
         out["Binds"] = list(binds) if isinstance(binds, list) else [_bind(k, v) for k, v in binds.items()]
+    if mounts is not None:  # the secret files' directory (container_args.api_kwargs), as the Engine API takes it
+        out["Mounts"] = [dict(m) for m in mounts]
     if port_bindings is not None:
         out["PortBindings"] = {(k if "/" in str(k) else f"{k}/tcp"): [_port_binding(b) for b in (v if isinstance(v, list) else [v])]
                                for k, v in port_bindings.items()}
@@ -243,11 +245,8 @@ def _registry_auth(repository: str) -> dict[str, str]:
     """
     from . import registry_auth
 
-    host = repository.split("/", 1)[0] if "/" in repository else ""
-    if not (host == "localhost" or "." in host or ":" in host):  # Docker's rule: no registry host named
-        return {}
-    try:
-        creds = registry_auth.lookup(host).creds
+    try:  # 'nginx' or 'org/img' is Docker Hub's, whose login is under https://index.docker.io/v1/
+        creds = registry_auth.lookup(registry_auth.registry_of(repository)).creds
     except registry_auth.AuthError as exc:
         raise APIError(f"no credentials to pull {repository}: {exc}", None) from None
     return {"X-Registry-Auth": creds.x_registry_auth()} if creds else {}

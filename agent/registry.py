@@ -70,8 +70,9 @@ def split_ref(ref: str) -> tuple[str, str, str]:
 class Response:
     """The little of an HTTP answer the registry code reads (requests' names, without importing requests)."""
 
-    def __init__(self, status: int, headers: dict[str, str], content: bytes):
+    def __init__(self, status: int, headers: dict[str, str], content: bytes, url: str = ""):
         self.status_code, self.headers, self.content = status, headers, content
+        self.url = url  # where the answer came from, after redirects: whose challenge a 401 carries
 
     @property
     def ok(self) -> bool:
@@ -120,10 +121,10 @@ class RegistryClient:
         hdrs = {k.title(): v for k, v in r.getheaders()}
         if r.status in (301, 302, 303, 307, 308) and redirects and hdrs.get("Location"):
             nxt = urllib.parse.urljoin(url, hdrs["Location"])
-            if urllib.parse.urlsplit(nxt).netloc != u.netloc:  # credentials never follow to another host
+            if _origin(nxt) != _origin(url):  # credentials never follow to another host, port or scheme
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             return self._request(nxt, headers, redirects - 1)
-        return Response(r.status, hdrs, body)
+        return Response(r.status, hdrs, body, url)
 
     def _get(self, host: str, repo: str, path: str, accept: str | None = None) -> Response:
         url = f"{self.scheme}://{host}/v2/{repo}/{path}"
@@ -133,7 +134,9 @@ class RegistryClient:
             headers["Authorization"] = auth
         try:
             r = self._request(url, headers)
-            if r.status_code == 401 and not auth:
+            # Only the registry's own 401 is answered: one from a host a redirect led to (a CDN serving a blob)
+            # must not get this registry's login at the realm it names, and is returned as it is.
+            if r.status_code == 401 and not auth and _origin(r.url) == _origin(url):
                 auth = self._authorize(host, r.headers.get("Www-Authenticate", ""), repo)
                 if auth:
                     self.tokens[(host, repo)] = auth
@@ -177,6 +180,10 @@ class RegistryClient:
         if scheme != "bearer" or not realm:
             return None
         params.setdefault("scope", f"repository:{repo}:pull")
+        if creds and self.scheme == "https" and urllib.parse.urlsplit(realm).scheme.lower() != "https":
+            raise RegistryError("denied", f"registry {host} is https but its token service is not"
+                                          f" ({_where(realm)}): the login in {creds.source} is not sent there in clear"
+                                          " text; fix the registry's token realm to https")
         try:
             if creds and creds.identitytoken:
                 form = {**params, "grant_type": "refresh_token", "refresh_token": creds.identitytoken, "client_id": "fleetroll"}
@@ -196,8 +203,12 @@ class RegistryClient:
         except (OSError, http.client.HTTPException, ValueError, AttributeError):
             return None
 
-    def _refused(self, ref: str, host: str, status: int) -> RegistryError:
-        """kind "denied" for a 401/403, saying whose login was used and what to do."""
+    def _refused(self, ref: str, host: str, r: Response) -> RegistryError:
+        """kind "denied" for a 401/403, saying whose login was used (none, if the refusal came from elsewhere) and what to do."""
+        status = r.status_code
+        if r.url and _origin(r.url) != _origin(f"{self.scheme}://{host}/"):
+            return RegistryError("denied", f"{ref}: registry {host} redirected to {_where(r.url)}, which refused access"
+                                           f" (HTTP {status}); the login for {host} is not sent to another host")
         login = self.login(host)
         if login.creds:
             return RegistryError("denied", f"{ref}: registry {host} refused access (HTTP {status}) with the credentials in"
@@ -214,7 +225,7 @@ class RegistryClient:
         if r.status_code == 404:
             raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
         if r.status_code in (401, 403):
-            raise self._refused(ref, host, r.status_code)
+            raise self._refused(ref, host, r)
         if not r.ok:
             raise RegistryError("bad-answer", f"{ref}: registry {host} answered HTTP {r.status_code}")
         return manifest_digest(r.headers.get("Docker-Content-Digest", ""), r.content)
@@ -225,7 +236,7 @@ class RegistryClient:
         if r.status_code == 404:
             raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
         if r.status_code in (401, 403):
-            raise self._refused(ref, host, r.status_code)
+            raise self._refused(ref, host, r)
         if not r.ok:
             raise RegistryError("bad-answer", f"{ref}: registry {host} answered HTTP {r.status_code}")
         digest = manifest_digest(r.headers.get("Docker-Content-Digest", ""), r.content)
@@ -275,6 +286,22 @@ def manifest_digest(header: str, body: bytes) -> str:
     if header.startswith("sha256:"):
         return header
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the default port filled in: what must match for credentials to go there."""
+    u = urllib.parse.urlsplit(url)
+    try:
+        port = u.port
+    except ValueError:  # not a port: an origin nothing else equals
+        return (u.scheme.lower(), u.netloc.lower(), -1)
+    return (u.scheme.lower(), (u.hostname or "").lower(), port or {"https": 443, "http": 80}.get(u.scheme.lower()))
+
+
+def _where(url: str) -> str:
+    """scheme://host:port of a URL for a message: never its path or query, which may carry a signature."""
+    u = urllib.parse.urlsplit(url)
+    return f"{u.scheme}://{u.netloc.rpartition('@')[2]}"
 
 
 def _short(exc: Exception) -> str:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 HELPER_TIMEOUT = 15.0
 _NOT_FOUND = "credentials not found"  # what docker-credential-* print when they hold nothing for the server
 _HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+INDEX_SERVER = "https://index.docker.io/v1/"  # the key `docker login` (no argument) stores Docker Hub's login under
+_HUB_NAMES = {"", "docker.io", "index.docker.io", "registry-1.docker.io"}
 
 
 class AuthError(Exception):
@@ -105,6 +107,27 @@ def hostname(key: str) -> str:
     return key.split("/", 1)[0]
 
 
+def registry_of(repository: str) -> str:
+    """The registry a repository name pulls from, by Docker's rule: 'nginx' and 'org/img' are Docker Hub's (docker.io).
+
+    The first component is a registry only when it has a '.' or ':', is 'localhost', or is not all lowercase
+    (as Docker's splitDockerDomain reads it); otherwise the name is on Docker Hub.
+    """
+    first, sep, _ = repository.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        return first
+    return "docker.io"
+
+
+def auth_key(host: str) -> str:
+    """The config key a registry's login is under: Docker Hub's names all mean INDEX_SERVER, as the docker CLI keys them.
+
+    Why: `docker login` stores the Hub login as 'https://index.docker.io/v1/', so a lookup of 'docker.io'
+    (or of no host at all) would find nothing and pull anonymously. Every other registry is its own key.
+    """
+    return INDEX_SERVER if host.lower() in _HUB_NAMES else host
+
+
 def _from_auths(auths: dict, host: str, path: str) -> Credentials | None:
     """The `auths` entry for host: the exact key first, then any key whose host part is host (as Docker matches)."""
     entry = auths.get(host)
@@ -157,13 +180,17 @@ def from_helper(name: str, host: str, path: str, timeout: float = HELPER_TIMEOUT
 
 
 def lookup(host: str, path: str | None = None) -> Lookup:
-    """Credentials for registry `host` ('ghcr.io', 'reg:5000'): credHelpers, then credsStore, then auths.
+    """Credentials for registry `host` ('ghcr.io', 'reg:5000', 'docker.io'): credHelpers, then credsStore, then auths.
 
+    Docker Hub is looked up under INDEX_SERVER (auth_key); a credHelpers entry is keyed by the key's host
+    part ('index.docker.io' for the Hub) and the helper is asked for the key, as the docker CLI does.
     Raises AuthError when a helper the config names is missing or fails (as `docker pull` does).
     """
     path = path or config_path()
+    host = auth_key(host)
     cfg, warning = read_config(path)
-    helper = (cfg.get("credHelpers") or {}).get(host) if isinstance(cfg.get("credHelpers"), dict) else None
+    helpers = cfg.get("credHelpers")
+    helper = helpers.get(hostname(host)) if isinstance(helpers, dict) else None
     helper = helper or cfg.get("credsStore")
     creds = None
     if helper:

@@ -333,6 +333,22 @@ def test_pull_sends_the_agent_users_docker_login_for_the_images_registry(fake, t
     assert "docker-credential-nosuch-helper" in exc.value.explanation and "registry reg:5000" in exc.value.explanation
 
 
+@pytest.mark.parametrize("repository", ["nginx", "org/img", "docker.io/org/img", "index.docker.io/org/img",
+                                        "registry-1.docker.io/org/img"])
+def test_a_docker_hub_pull_sends_the_login_docker_login_stored_for_the_hub(fake, tmp_path, monkeypatch, repository):
+    """`docker login` keys the Hub as https://index.docker.io/v1/; a registry-less or docker.io name must send it."""
+    client, st = fake
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pa55").decode()},
+                                         "reg:5000": {"auth": base64.b64encode(b"bot:other").decode()}}}))
+    os.chmod(cfg, 0o600)
+    client.images.pull(repository, tag=DIGEST)
+    assert st.seen[0][1] == "/images/create"
+    assert json.loads(base64.urlsafe_b64decode(st.headers[0]["X-Registry-Auth"])) == {
+        "username": "hub", "password": "pa55", "serveraddress": "https://index.docker.io/v1/"}
+
+
 def test_logs_and_exec_read_dockers_multiplexed_streams(fake):
     client, st = fake
     st.images[ARGS["image"]] = {"Id": IMAGE_ID}

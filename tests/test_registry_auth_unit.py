@@ -91,6 +91,7 @@ echo "$1 $server" > {tmp_path}/asked
 case "$server" in
   ghcr.io) echo '{{"ServerURL":"ghcr.io","Username":"bot","Secret":"{SECRET}"}}' ;;
   tok.example) echo '{{"ServerURL":"tok.example","Username":"<token>","Secret":"idtok"}}' ;;
+  https://index.docker.io/v1/) echo '{{"ServerURL":"https://index.docker.io/v1/","Username":"hubbot","Secret":"{SECRET}"}}' ;;
   broken.example) echo 'keychain locked' >&2; exit 3 ;;
   *) echo 'credentials not found in native keychain'; exit 1 ;;
 esac
@@ -128,3 +129,32 @@ def test_a_missing_helper_is_an_error_naming_it_not_a_traceback(tmp_path, monkey
     bad = write(tmp_path, {"credsStore": "../../bin/sh"})
     with pytest.raises(AuthError, match="is not a plain name"):
         lookup("ghcr.io", bad)
+
+
+HUB = "https://index.docker.io/v1/"
+
+
+@pytest.mark.parametrize("host", ["docker.io", "index.docker.io", "registry-1.docker.io", "Docker.IO", ""])
+def test_docker_hub_names_find_the_login_docker_login_stores(tmp_path, host):
+    """`docker login` keys Docker Hub's login as https://index.docker.io/v1/; every Hub name must find it."""
+    auth = base64.b64encode(f"hubbot:{SECRET}".encode()).decode()
+    path = write(tmp_path, {"auths": {HUB: {"auth": auth}, "ghcr.io": {"auth": base64.b64encode(b"gh:pw").decode()}}})
+    assert lookup(host, path).creds == Credentials(HUB, "hubbot", SECRET, "", path)
+    assert lookup("ghcr.io", path).creds == Credentials("ghcr.io", "gh", "pw", "", path)  # another registry: as before
+
+
+def test_docker_hub_helper_is_keyed_by_index_host_and_asked_for_the_index_url(helper_path):
+    """As the docker CLI: credHelpers["index.docker.io"], asked with the server URL on stdin."""
+    path = write(helper_path, {"credHelpers": {"index.docker.io": "fake"}})
+    got = lookup("docker.io", path).creds
+    assert (got.serveraddress, got.username, got.password) == (HUB, "hubbot", SECRET)
+    assert (helper_path / "asked").read_text() == f"get {HUB}\n"
+
+
+@pytest.mark.parametrize(("repository", "registry"), [
+    ("nginx", "docker.io"), ("org/img", "docker.io"), ("docker.io/org/img", "docker.io"), ("library/nginx", "docker.io"),
+    ("localhost/img", "localhost"), ("reg:5000/lab/svc", "reg:5000"), ("ghcr.io/org/img", "ghcr.io"),
+    ("Reg/img", "Reg"),
+])
+def test_registry_of_a_repository_name_is_dockers_reading(repository, registry):
+    assert registry_auth.registry_of(repository) == registry

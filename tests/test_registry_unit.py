@@ -177,3 +177,86 @@ def test_an_ignored_config_is_a_warning_in_the_image_facts(registry, tmp_path):
     info = RegistryClient(insecure=True, auth_config=path).inspect(f"{registry}/acme/svc:20261126-abcdef0")
     assert info.warnings == [f"registry credentials in {path} ignored: writable by group or others (mode 0666);"
                              f" fix: chmod go-w {path}"]
+
+
+# --- a 401 from a host a redirect led to: its realm never gets the registry's login ------------------------
+
+asked: list[tuple[str, str, str]] = []  # path, Authorization, body: what the other host was sent
+
+
+class Elsewhere(BaseHTTPRequestHandler):
+    """A host the registry redirects to (a CDN, a mirror) that answers 401 with a Bearer realm of its own."""
+
+    protocol_version = "HTTP/1.1"
+    send = registry_handler(0).send
+
+    def record(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        asked.append((self.path.split("?")[0], self.headers.get("Authorization") or "", body))
+
+    def do_GET(self):  # noqa: N802
+        self.record()
+        if self.path.startswith("/token"):
+            return self.send(200, json.dumps({"token": "stolen"}).encode())
+        port = self.server.server_address[1]
+        return self.send(401, WWW_Authenticate=f'Bearer realm="http://127.0.0.1:{port}/token",service="cdn"')
+
+    def do_POST(self):  # noqa: N802
+        self.record()
+        return self.send(200, json.dumps({"access_token": "stolen"}).encode())
+
+    def log_message(self, *a):
+        pass
+
+
+def redirecting_handler(to_port: int):
+    class Redirecting(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        send = registry_handler(0).send
+
+        def do_GET(self):  # noqa: N802
+            return self.send(307, Location=f"http://127.0.0.1:{to_port}/storage{self.path}")
+
+        def log_message(self, *a):
+            pass
+
+    return Redirecting
+
+
+@pytest.fixture
+def redirecting():
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    reg = ThreadingHTTPServer(("127.0.0.1", 0), redirecting_handler(other.server_address[1]))
+    for srv in (other, reg):
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"127.0.0.1:{reg.server_address[1]}", f"127.0.0.1:{other.server_address[1]}"
+    for srv in (other, reg):
+        srv.shutdown()
+
+
+@pytest.mark.parametrize("entry", [{"auth": base64.b64encode(b"bot:pa55").decode()}, {"identitytoken": "idtok"}])
+def test_a_challenge_from_a_redirect_target_never_gets_the_registry_login(redirecting, tmp_path, entry):
+    """Basic credentials or an identity token for the registry must not reach a realm another host names."""
+    reg, other = redirecting
+    ref = f"{reg}/example-org/svc:20261126-abcdef0"
+    asked.clear()
+    with pytest.raises(RegistryError) as exc:
+        RegistryClient(insecure=True, auth_config=config(tmp_path, reg, entry)).digest(ref)
+    assert asked == [("/storage/v2/example-org/svc/manifests/20261126-abcdef0", "", "")]  # its realm was never asked
+    assert exc.value.kind == "denied"
+    assert str(exc.value) == (f"{ref}: registry {reg} redirected to http://{other}, which refused access (HTTP 401);"
+                              f" the login for {reg} is not sent to another host")
+
+
+def test_an_https_registry_login_is_not_sent_to_a_plain_http_token_realm(tmp_path):
+    """A realm on http:// would carry the login in clear text: refused, saying so; an anonymous token request may go."""
+    path = config(tmp_path, "reg.example", {"auth": base64.b64encode(b"bot:pa55").decode()})
+    client = RegistryClient(timeout=1, auth_config=path)  # https
+    with pytest.raises(RegistryError) as exc:
+        client._authorize("reg.example", 'Bearer realm="http://127.0.0.1:9/token?sig=x",service="reg"', "acme/svc")
+    assert exc.value.kind == "denied"
+    assert str(exc.value) == (f"registry reg.example is https but its token service is not (http://127.0.0.1:9): the"
+                              f" login in {path} is not sent there in clear text; fix the registry's token realm to https")
+    assert "pa55" not in str(exc.value) and "sig=x" not in str(exc.value)
+    anonymous = RegistryClient(timeout=1, auth_config=str(tmp_path / "none.json"))
+    assert anonymous._authorize("reg.example", 'Bearer realm="http://127.0.0.1:9/token"', "acme/svc") is None  # refused port
