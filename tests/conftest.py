@@ -40,6 +40,10 @@ def own_ledger(tmp_path, monkeypatch):
     """Every test writes its own ledger: none ever touches the operator's (~/.local/state/fleetroll)."""
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger" / "ledger.jsonl"))
     # Nor reads the login of whoever runs the suite: the registry and pull tests see only the logins they write.
+    # buildah insists that a DOCKER_CONFIG it is given holds a config.json: an empty one, the runner's own mode.
+    (tmp_path / "docker-config").mkdir()
+    (tmp_path / "docker-config" / "config.json").write_text('{"auths": {}}')
+    (tmp_path / "docker-config" / "config.json").chmod(0o600)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
 
 

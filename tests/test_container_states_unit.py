@@ -104,6 +104,8 @@ def test_transient_docker_answers_are_told_apart_from_real_ones():
     assert transient(docker_errors.NotFound("sandbox 1c25c7 not found"))
     assert transient(docker_errors.APIError("Cannot kill container abc: container is restarting"))
     assert not transient(docker_errors.NotFound("No such container: abc"))
+    # an update just after the process died, before Docker noticed (seen under load in a crash loop)
+    assert transient(docker_errors.APIError("Cannot update container 04c8f553: cannot update a stopped container: unknown"))
     assert not transient(docker_errors.APIError("port is already allocated"))
     assert not transient(RuntimeError("sandbox"))
     assert container_state({"State": {"Running": True, "Restarting": True, "Status": "restarting"}}) == "restarting"
