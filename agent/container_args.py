@@ -6,7 +6,8 @@ A container's whole configuration is one JSON-able dict, `CreateArgs`:
 
 `network` is the user-defined Docker network of the host's reverse proxy ("" = Docker's default bridge).
 `secret_dir` is set only for the create call itself (secret_files.materialize): the host's tmpfs
-directory of this container's secret files, mounted read-only at /run/secrets. It is never
+directory of this container's secret files, mounted read-only at /run/secrets as a HostConfig.Mounts
+bind (secrets.secret_mount says why not a Binds string). It is never
 recorded: `from_inspect` leaves that mount out, so a recreation makes a directory of its own.
 
 It is built two ways — from the inventory's spec for a new release (`from_spec`) and from
@@ -172,12 +173,12 @@ def api_kwargs(args: CreateArgs) -> tuple[dict[str, Any], dict[str, Any]]:
     for b in args.get("binds") or []:
         src, dst, *mode = b.split(":")
         binds[src] = {"bind": dst, "mode": mode[0] if mode else "rw"}
-    if args.get("secret_dir"):
-        binds[str(args["secret_dir"])] = {"bind": secrets.MOUNT_DIR, "mode": "ro"}
     gpus = int(args.get("gpus") or 0)
     restart = args.get("restart") or "no"
     host_config = {
         "binds": binds or None,
+        # A Mounts bind, never a Binds string: a missing directory (a reboot cleared /run) then stops the start.
+        **({"mounts": [secrets.secret_mount(str(args["secret_dir"]))]} if args.get("secret_dir") else {}),
         "port_bindings": {k: _port_binding(v) for k, v in (args.get("ports") or {}).items()},
         "restart_policy": {"Name": restart} if restart != "no" else None,
         "device_requests": [{"count": gpus, "capabilities": [["gpu"]]}] if gpus else None,

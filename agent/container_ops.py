@@ -275,8 +275,11 @@ def remove_op(args: dict[str, Any]) -> dict:
         labels = c.labels or {}
         settled_retry(lambda c=c: c.update(restart_policy={"Name": "no"}))
         settled_retry(lambda c=c: c.remove(force=True))
-        secret_files.release(c.attrs)  # its secret files go with it (only the directory the agent made for it)
-        removed.append({"name": c.name, "id": c.id[:12], "tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, "")})
+        left = secret_files.release(c.attrs)  # its secret files go with it (only the directory the agent made for it)
+        if left:
+            journal.append(rid, Step.SECRET_FILES_LEFT, service=service, container=c.id, left=left)
+        removed.append({"name": c.name, "id": c.id[:12], "tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, ""),
+                        **({"secret_files_left": left} if left else {})})
         journal.append(rid, Step.REMOVED, service=service, container=c.id, name=c.name, tag=labels.get(contract.TAG, ""))
     journal.append(rid, Step.DONE, ok=True, state=HostState.GOOD,
                    services=[{"service": service, "action": "remove", "outcome": Outcome.REMOVED}])

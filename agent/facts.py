@@ -165,7 +165,7 @@ def proxy_view() -> dict[str, Any]:
 
 def docker_facts() -> dict[str, Any]:
     """Daemon version, data root, runtimes and fleetroll's containers (full inspect each), read over the Engine API."""
-    from . import engine
+    from . import engine, secret_files
 
     try:
         eng = engine.open_engine()
@@ -178,7 +178,8 @@ def docker_facts() -> dict[str, Any]:
             containers = []
             for c in listed:
                 try:
-                    containers.append(summarize_container(eng.get(f"/containers/{c['Id']}/json")))
+                    attrs = eng.get(f"/containers/{c['Id']}/json")
+                    containers.append({**summarize_container(attrs), "secret_files_missing": secret_files.missing(attrs)})
                 except engine.EngineError as exc:
                     if exc.status != 404:  # removed between list and inspect: it is not there
                         raise

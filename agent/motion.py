@@ -195,7 +195,9 @@ class MotionOps:
             pass
         from . import secret_files
 
-        secret_files.release(c.attrs)  # its secret files go with it (only the directory the agent made for it)
+        left = secret_files.release(c.attrs)  # its secret files go with it (only the directory the agent made for it)
+        if left:
+            self.j(Step.SECRET_FILES_LEFT, service, container=c.id, left=left)
 
     def _rename(self, c, name: str) -> None:
         settled_retry(lambda: c.rename(name))

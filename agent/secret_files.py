@@ -27,8 +27,10 @@ the container's uid read through a POSIX ACL, which tmpfs supports; nobody else 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets as pysecrets
@@ -39,7 +41,6 @@ from typing import Any
 
 from . import contract, paths, secrets
 
-TMPFS_TYPES = ("tmpfs", "ramfs")
 DIR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\.[0-9a-f]{16}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 SETUP = ("as root, once per boot: install -d -m 2770 -o root -g <the Docker socket's group> {run}"
@@ -53,28 +54,31 @@ class SecretFileError(Exception):
 # --- pure --------------------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    """/proc/self/mountinfo writes space, tab, newline and backslash as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+# statfs(2) f_type values (linux/magic.h): where a secret file may be, and a few names for the refusal.
+TMPFS_MAGIC, RAMFS_MAGIC = 0x01021994, 0x858458F6
+_FS_NAMES = {TMPFS_MAGIC: "tmpfs", RAMFS_MAGIC: "ramfs", 0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs",
+             0x794C7630: "overlayfs", 0x6969: "nfs", 0x65735546: "fuse", 0x2FC12FC1: "zfs"}
 
 
-def fs_type(mountinfo: str, path: str) -> str | None:
-    """The filesystem type of the mount holding `path` (an absolute, resolved path), from mountinfo's text (pure).
+def fs_name(magic: int) -> str:
+    """A filesystem's f_type in words (pure): its name when known, else the number."""
+    return _FS_NAMES.get(magic, f"a filesystem of type {magic:#x}")
 
-    The mount whose mount point is the longest prefix of `path` holds it; the last one listed
-    wins among equals (a later mount on the same point hides the earlier).
+
+def fs_magic(fd: int) -> int:
+    """statfs f_type of the filesystem holding an open file: the one this very fd is on.
+
+    Why not /proc/self/mountinfo by path: under an over-mount (a mount on a parent, or two on
+    one point) the path's longest mount prefix can name another filesystem than the one the
+    opened directory is on. fstatfs asks about the fd itself. os.statvfs has no f_type, so
+    libc's fstatfs is called; f_type is struct statfs's first field, a C long on Linux.
     """
-    best, best_len = None, -1
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5 or not right.split():
-            continue
-        point = _unescape(fields[4])
-        if path == point or path.startswith(point.rstrip("/") + "/") or point == "/":
-            if len(point) >= best_len:
-                best, best_len = right.split()[0], len(point)
-    return best
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit Linux; room to spare
+    if libc.fstatfs(ctypes.c_int(fd), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
 
 
 def owner_ids(user: str) -> tuple[int, int] | None:
@@ -171,11 +175,9 @@ def _namespace() -> tuple[int, Path]:
     except SecretFileError as exc:
         raise SecretFileError(f"{exc}; {SETUP.format(run=run)}") from None
     try:
-        real = os.readlink(f"/proc/self/fd/{top}")
-        with open("/proc/self/mountinfo") as f:
-            kind = fs_type(f.read(), real)
-        if kind not in TMPFS_TYPES:
-            raise SecretFileError(f"the agent's run directory {run} is on {kind or 'an unknown filesystem'}, not a tmpfs:"
+        magic = fs_magic(top)
+        if magic not in (TMPFS_MAGIC, RAMFS_MAGIC):
+            raise SecretFileError(f"the agent's run directory {run} is on {fs_name(magic)}, not a tmpfs:"
                                   f" a secret file there would reach a disk; {SETUP.format(run=run)}")
         sub = _open_dir("secrets", top, f"{run}/secrets", create=True, top=False)
         try:
@@ -287,13 +289,42 @@ def _empty(d: int) -> list[str]:
 def dirs_of(attrs: dict[str, Any], namespace: Path) -> list[str]:
     """The secret directories a container (as `docker inspect` shows it) mounts from `namespace`, by name (pure)."""
     out = []
-    for b in (attrs.get("HostConfig") or {}).get("Binds") or []:
-        src, _, rest = b.partition(":")
-        if rest.split(":")[0] == secrets.MOUNT_DIR and os.path.dirname(src) == str(namespace):
-            name = os.path.basename(src)
-            if DIR_RE.fullmatch(name) and name not in out:
-                out.append(name)
+    for src in secrets.secret_mount_sources(attrs.get("HostConfig") or {}):
+        name = os.path.basename(src)
+        if os.path.dirname(src) == str(namespace) and DIR_RE.fullmatch(name) and name not in out:
+            out.append(name)
     return out
+
+
+def missing(attrs: dict[str, Any]) -> str:
+    """Why a container's secret files are not where it mounts them from ("" if they are, or it has none). I/O: lstat.
+
+    /run is cleared at boot. A container mounting its directory as a Mounts bind is then refused a
+    start (it stays down); one made with a Binds string (before) gets an empty directory Docker
+    made and runs without its secrets. Either way the files are gone and `fab status` must say so.
+    """
+    sources = secrets.secret_mount_sources(attrs.get("HostConfig") or {})
+    if not sources:
+        return ""
+    try:
+        recorded = json.loads(((attrs.get("Config") or {}).get("Labels") or {}).get(contract.SECRET_ENV) or "{}")
+    except ValueError:
+        recorded = {}
+    names = sorted(set(secrets.file_refs({k: secrets.ref_from_label(v) for k, v in recorded.items()}).values()))
+    gone: list[str] = []
+    for src in sources:
+        for path in [src, *(os.path.join(src, n) for n in names)]:
+            try:
+                os.lstat(path)
+            except FileNotFoundError:
+                gone.append(path)
+                break
+            except OSError:  # not this account's to look into (a root agent's directory): not known to be gone
+                break
+    if not gone:
+        return ""
+    return (f"its secret files are gone ({', '.join(gone)}; /run is cleared at boot):"
+            " `fab rollout` replaces the container and makes them again")
 
 
 def release(attrs: dict[str, Any]) -> list[str]:
@@ -310,32 +341,42 @@ def release(attrs: dict[str, Any]) -> list[str]:
         ns, where = _namespace()
     except (SecretFileError, OSError) as exc:
         return [f"secret files of container {str(attrs.get('Id', ''))[:12]} not removed: {exc}"]
-    out = []
     try:
-        for name in names:
-            try:
-                d = os.open(name, _DIR_FLAGS, dir_fd=ns)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                out.append(f"{where / name}: {exc.strerror}; left in place")
-                continue
-            try:
-                left = _empty(d)
-            finally:
-                os.close(d)
-            if left:
-                out.append(f"{where / name}: holds {', '.join(sorted(left))}, which fleetroll did not make; left in place")
-                continue
-            os.rmdir(name, dir_fd=ns)
-    except OSError as exc:
-        out.append(f"{where}: {exc.strerror}; a secret directory was left in place")
+        return [why for why in (_remove_dir(ns, name, where) for name in names) if why]
     finally:
         os.close(ns)
-    return out
+
+
+def _remove_dir(ns: int, name: str, where: Path) -> str | None:
+    """Empty and remove one secret directory; why it is left, if it is (never raises).
+
+    Each directory on its own: one this account may not empty (a root agent made it the
+    container's uid's, 0500, and this agent is not root: EACCES) must not keep the others.
+    """
+    try:
+        d = os.open(name, _DIR_FLAGS, dir_fd=ns)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{where / name}: {exc.strerror}; left in place"
+    try:
+        left = _empty(d)
+    except OSError as exc:
+        return f"{where / name}: cannot be emptied ({exc.strerror}); left in place, with its secret files"
+    finally:
+        os.close(d)
+    if left:
+        return f"{where / name}: holds {', '.join(sorted(left))}, which fleetroll did not make; left in place"
+    try:
+        os.rmdir(name, dir_fd=ns)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{where / name}: emptied, but cannot be removed ({exc.strerror}); left in place"
+    return None
 
 
 def discard(args: dict[str, Any]) -> list[str]:
     """A create that failed: remove the secret directory `materialize` made for it (none: nothing to do)."""
     where = args.get("secret_dir")
-    return release({"HostConfig": {"Binds": [f"{where}:{secrets.MOUNT_DIR}:ro"]}}) if where else []
+    return release({"HostConfig": {"Mounts": [secrets.secret_mount(str(where))]}}) if where else []

@@ -76,6 +76,29 @@ def in_mount_dir(bind: str) -> bool:
     return dst == MOUNT_DIR or dst.startswith(MOUNT_DIR + "/")
 
 
+def secret_mount(source: str) -> dict[str, Any]:
+    """The HostConfig.Mounts entry of a container's secret directory (pure).
+
+    Why Mounts and not a `Binds` string: for a missing bind source, a `Binds` entry makes Docker
+    create an empty root-owned directory and start the container anyway (after a reboot /run is
+    empty and an `unless-stopped` container would come back with an empty /run/secrets); a
+    `Mounts` bind is refused ("bind source path does not exist"), so the container stays down, loudly.
+    """
+    return {"Type": "bind", "Source": source, "Target": MOUNT_DIR, "ReadOnly": True}
+
+
+def secret_mount_sources(host_config: dict[str, Any]) -> list[str]:
+    """The host directories a container (its `docker inspect` HostConfig) mounts at MOUNT_DIR (pure).
+
+    Both forms: `Mounts` (how the agent mounts them now) and `Binds` (containers made before).
+    """
+    out = [str(m.get("Source") or "") for m in host_config.get("Mounts") or []
+           if isinstance(m, dict) and m.get("Type") == "bind" and posixpath.normpath(str(m.get("Target") or "/")) == MOUNT_DIR]
+    out += [b.partition(":")[0] for b in host_config.get("Binds") or []
+            if isinstance(b, str) and posixpath.normpath((b.split(":") + ["", ""])[1] or "/") == MOUNT_DIR]
+    return [s for i, s in enumerate(out) if s and s not in out[:i]]
+
+
 def refs(env: dict[str, Any]) -> dict[str, str | dict]:
     """{ENV_KEY: what the container's label records} for the env entries that are references.
 

@@ -137,12 +137,14 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         api = self.client.api
         self._ensure_network(args.get("network") or "")
         args = secret_files.materialize(args)  # secret files on their tmpfs first; they go when the container goes
-        args = {**args, "env": secrets.resolve(args.get("env") or {}), "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
-        ckw, hkw = container_args.api_kwargs(args)
-        try:
+        try:  # from here every raise takes the directory it made with it (a secret value must not wait for a reboot)
+            args = {**args, "env": secrets.resolve(args.get("env") or {}), "labels": {**args.get("labels", {}), CREATED_BY: self.rid}}
+            ckw, hkw = container_args.api_kwargs(args)
             created = api.create_container(**ckw, host_config=api.create_host_config(**hkw))
         except Exception:
-            secret_files.discard(args)
+            left = secret_files.discard(args)
+            if left:
+                self.j(Step.SECRET_FILES_LEFT, service, left=left)
             raise
         self.j(Step.CREATED, service, container=created["Id"])
         c = self.client.containers.get(created["Id"])

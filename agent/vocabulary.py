@@ -27,6 +27,7 @@ class Step(StrEnum):
     PIN_PREV = "pin-prev"
     PIN_SKIPPED = "pin-skipped"
     SETTLE = "settle"  # a restarting/paused container is made still before it is renamed, stopped or removed
+    SECRET_FILES_LEFT = "secret-files-left"  # a secret directory the agent could not remove (paths and why, no value)
     SET_ASIDE = "set-aside"
     STOP_OLD = "stop-old"
     START_NEW = "start-new"

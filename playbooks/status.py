@@ -45,6 +45,8 @@ def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
     if c is None:
         return False, "not running (no container)"
     state = c.get("status") or "unknown"
+    if c.get("secret_files_missing"):  # after a reboot: down (a Mounts bind) or up without its secrets (a Binds string)
+        return False, f"container {state}; {c['secret_files_missing']}"
     if not c.get("running") or state != "running":
         return False, f"container {state}" + (f" ({c.get('restart_count')} restarts)" if c.get("restart_count") else "")
     up = c.get("up_s")

@@ -11,6 +11,7 @@ patched `health.probe`, keyed by the published host port of the running containe
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any
 
 from agent import docker_errors, health
@@ -31,6 +32,17 @@ class FakeImage:
         self.tags.append(f"{repo}:{tag}")
         self.daemon.refs[f"{repo}:{tag}"] = self
         return True
+
+
+def missing_bind_source(host_config: dict[str, Any]) -> None:
+    """As dockerd: a `Mounts` bind whose source is missing is refused at create and at every start.
+
+    (A `Binds` string's missing source is created as an empty directory instead; the fake does
+    not model that, it just starts.)
+    """
+    for m in host_config.get("mounts") or []:
+        if m.get("Type") == "bind" and not os.path.exists(m.get("Source") or ""):
+            raise docker_errors.APIError(f'invalid mount config for type "bind": bind source path does not exist: {m.get("Source")}')
 
 
 class FakeContainer:
@@ -81,7 +93,8 @@ class FakeContainer:
                       "Running": self.running, "Restarting": self.restarting, "Paused": self.paused, "ExitCode": self.exit_code},
             "Config": {"User": self.create.get("user"), "Env": [f"{k}={v}" for k, v in (self.create.get("environment") or {}).items()],
                        "Labels": self.labels, "StopTimeout": self.create.get("stop_timeout")},
-            "HostConfig": {"PortBindings": ports, "Binds": binds, "RestartPolicy": {"Name": self.restart_policy}, "DeviceRequests": reqs,
+            "HostConfig": {"PortBindings": ports, "Binds": binds, "Mounts": [dict(m) for m in self.host_config.get("mounts") or []],
+                           "RestartPolicy": {"Name": self.restart_policy}, "DeviceRequests": reqs,
                            "NetworkMode": self.network or "default"},
             "NetworkSettings": {"Networks": {self.network: {"IPAddress": self.address}} if self.network and self.running else {}},
         }
@@ -124,6 +137,7 @@ class FakeContainer:
 
     def start(self) -> None:
         self.daemon.call("container.start")
+        missing_bind_source(self.host_config)
         for other in self.daemon.containers.by_id.values():
             if other is not self and other.running and set(other.host_ports()) & set(self.host_ports()):
                 raise docker_errors.APIError("driver failed programming external connectivity: port is already allocated")
@@ -201,6 +215,7 @@ class FakeAPI:
         self.daemon.call("api.create_container")
         if any(c.name == kw["name"] for c in self.daemon.containers.by_id.values()):
             raise docker_errors.APIError(f"Conflict. The container name {kw['name']!r} is already in use")
+        missing_bind_source(host_config or {})
         cid = f"{next(_ids):064x}"
         self.daemon.containers.by_id[cid] = FakeContainer(self.daemon, cid, kw, host_config or {})
         return {"Id": cid}

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -53,11 +54,12 @@ def secret_dirs(top: Path) -> list[str]:
 
 
 def secret_mount(c) -> str:
-    """The host directory a (fake) container mounts at /run/secrets."""
-    binds = c.attrs["HostConfig"]["Binds"]
-    found = [b.split(":") for b in binds if b.split(":")[1] == secrets.MOUNT_DIR]
-    assert len(found) == 1 and found[0][2] == "ro", binds
-    return found[0][0]
+    """The host directory a (fake) container mounts at /run/secrets: a read-only Mounts bind, never a Binds string."""
+    hc = c.attrs["HostConfig"]
+    found = [m for m in hc["Mounts"] if m["Target"] == secrets.MOUNT_DIR]
+    assert len(found) == 1 and found[0]["Type"] == "bind" and found[0]["ReadOnly"] is True, hc["Mounts"]
+    assert not any(secrets.MOUNT_DIR in b for b in hc["Binds"] or []), hc["Binds"]
+    return found[0]["Source"]
 
 
 def everything_recorded(host_state_dir: Path) -> str:
@@ -75,18 +77,26 @@ def first_release(daemon) -> str:
 
 # --- pure ----------------------------------------------------------------------------------
 
-MOUNTINFO = """\
-27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
-25 24 0:23 / /run rw,nosuid - tmpfs tmpfs rw,mode=755
-30 25 0:27 / /run/fleet\\040roll rw - ext4 /dev/vdb rw
-31 25 0:28 / /run/fleetroll rw - tmpfs tmpfs rw
-"""
+@pytest.mark.parametrize("magic,name", [(0x01021994, "tmpfs"), (0x858458F6, "ramfs"), (0xEF53, "ext2/3/4"),
+                                        (0x12345678, "a filesystem of type 0x12345678")])
+def test_a_filesystem_is_named_from_its_statfs_magic(magic, name):
+    assert secret_files.fs_name(magic) == name
 
 
-@pytest.mark.parametrize("path,kind", [("/run/fleetroll/secrets/x", "tmpfs"), ("/run/fleet roll/x", "ext4"), ("/run", "tmpfs"),
-                                       ("/runner", "ext4"), ("/var/lib/fleetroll", "ext4")])
-def test_the_filesystem_holding_a_path_is_its_longest_mount_point(path, kind):
-    assert secret_files.fs_type(MOUNTINFO, path) == kind
+def test_fstatfs_asks_the_open_directory_itself(tmp_path):
+    fd = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert secret_files.fs_magic(fd) == secret_files.TMPFS_MAGIC
+    finally:
+        os.close(fd)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        told = subprocess.run(["stat", "-f", "-c", "%t", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+        assert secret_files.fs_magic(fd) == int(told, 16), "the f_type coreutils' stat -f reports"
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        secret_files.fs_magic(-1)
 
 
 def test_an_acl_grants_the_uid_alone_in_the_kernels_format():
@@ -171,7 +181,8 @@ def test_materialize_writes_the_file_for_the_containers_uid_alone_and_release_re
     top = os.stat(run_dir)
     assert top.st_uid == 0 and not stat.S_IMODE(top.st_mode) & 0o002
     ckw, hkw = container_args.api_kwargs(made)
-    assert hkw["binds"][str(d)] == {"bind": "/run/secrets", "mode": "ro"} and VALUE not in json.dumps([ckw, hkw])
+    assert hkw["mounts"] == [{"Type": "bind", "Source": str(d), "Target": "/run/secrets", "ReadOnly": True}]
+    assert not hkw["binds"] and VALUE not in json.dumps([ckw, hkw])
     again = secret_files.materialize(args)
     assert again["secret_dir"] != made["secret_dir"], "each container its own directory"
     assert secret_files.release({"HostConfig": {"Binds": [f"{d}:/run/secrets:ro", "/srv/x:/x"]}}) == []
@@ -300,3 +311,97 @@ def test_a_create_that_fails_leaves_no_secret_directory(run_dir, daemon):
     assert by_service(out)["svc"]["outcome"] == "reverted"
     assert secret_dirs(run_dir) == before
 
+
+
+# --- after a reboot, on error paths, and what the tmpfs check asks (review fixes) -----------
+
+
+def test_after_a_reboot_a_container_whose_secret_directory_is_gone_is_refused_a_start_and_status_says_so(run_dir, daemon):
+    """/run is cleared at boot: with a Mounts bind Docker refuses the start (a Binds string would start it empty)."""
+    from agent import docker_errors, facts
+    from playbooks import status
+
+    c = daemon.containers.get(first_release(daemon))
+    d = Path(secret_mount(c))
+    assert secret_files.missing(c.attrs) == ""
+    shutil.rmtree(d)  # the boot's empty /run (a directory this test's release made)
+    c.running = False  # the reboot stopped it; `unless-stopped` has Docker start it again
+    with pytest.raises(docker_errors.APIError, match="bind source path does not exist"):
+        c.start()
+    why = secret_files.missing(c.attrs)
+    assert str(d) in why and "fab rollout" in why and VALUE not in why
+    healthy, said = status.service_health({**facts.summarize_container(c.attrs), "secret_files_missing": why}, {"ok": True})
+    assert not healthy and "secret files are gone" in said
+
+
+def test_a_container_made_with_a_binds_string_is_still_checked_and_released(run_dir):
+    """Containers made before the Mounts form: after a reboot Docker gave them an empty directory, and they run."""
+    from playbooks import status
+
+    made = secret_files.materialize(container_args.from_spec(spec(env=FILE_ENV), "sha256:x", {contract.SERVICE: "svc"}))
+    d = Path(made["secret_dir"])
+    attrs = {"Id": "c" * 64, "Config": {"Labels": made["labels"]}, "HostConfig": {"Binds": [f"{d}:/run/secrets:ro"]}}
+    assert secret_files.missing(attrs) == ""
+    (d / "tok").unlink()  # what a Binds container finds after a reboot: a directory Docker made, empty
+    why = secret_files.missing(attrs)
+    assert str(d / "tok") in why
+    healthy, said = status.service_health({"status": "running", "running": True, "secret_files_missing": why}, {"ok": True})
+    assert not healthy and said.startswith("container running; its secret files are gone")
+    assert secret_files.release(attrs) == [] and not d.exists()
+
+
+def test_a_raise_between_materialize_and_create_leaves_no_secret_directory(run_dir, daemon, monkeypatch):
+    first_release(daemon)
+    before = secret_dirs(run_dir)
+    daemon.image(REPO, NEW_D)
+
+    def boom(args):
+        raise ValueError("api_kwargs refused")
+
+    monkeypatch.setattr(container_args, "api_kwargs", boom)
+    out = run(daemon, [step(spec(env=FILE_ENV))])
+    assert by_service(out)["svc"]["outcome"] == "reverted", out
+    assert secret_dirs(run_dir) == before, "a directory holding the secret value was left until the next reboot"
+
+
+def test_a_directory_that_cannot_be_emptied_is_named_and_the_others_still_go(run_dir, monkeypatch):
+    """A root agent's directory (the container uid's, 0500) that an agent that is not root may not empty: EACCES."""
+    args = container_args.from_spec(spec(env=FILE_ENV), "sha256:x", {contract.SERVICE: "svc"})
+    first, second = (Path(secret_files.materialize(args)["secret_dir"]) for _ in range(2))
+    real_empty = secret_files._empty
+
+    def empty(d: int) -> list[str]:
+        if os.path.realpath(f"/proc/self/fd/{d}") == str(first):
+            raise PermissionError(13, "Permission denied")
+        return real_empty(d)
+
+    monkeypatch.setattr(secret_files, "_empty", empty)
+    out = secret_files.release({"HostConfig": {"Binds": [f"{first}:/run/secrets:ro", f"{second}:/run/secrets:ro"]}})
+    assert len(out) == 1 and str(first) in out[0] and "Permission denied" in out[0] and VALUE not in out[0], out
+    assert first.is_dir() and not second.exists()
+
+
+def test_a_secret_directory_left_behind_is_journalled_names_only(run_dir, daemon, monkeypatch, tmp_path):
+    old = first_release(daemon)
+    (old_dir,) = (str(namespace(run_dir) / n) for n in secret_dirs(run_dir))
+    daemon.image(REPO, NEW_D)
+    monkeypatch.setattr(secret_files, "_empty", lambda d: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    out = run(daemon, [step(spec(env=FILE_ENV))])
+    assert by_service(out)["svc"]["outcome"] == "committed", out
+    records = [json.loads(line) for p in (tmp_path / "state").rglob("*.jsonl") for line in p.read_text().splitlines() if line]
+    left = [r for r in records if r.get("step") == "secret-files-left"]
+    assert left and old_dir in left[0]["left"][0] and left[0]["container"] == old, records
+    assert VALUE not in everything_recorded(tmp_path / "state")
+
+
+def test_the_tmpfs_check_asks_the_opened_directory_not_a_lookup_by_path(run_dir, tmp_path, monkeypatch):
+    """Under an over-mount a path's longest mount prefix can name a tmpfs the directory is not on."""
+    disk = tmp_path / "run"
+    disk.mkdir()
+    told = subprocess.run(["stat", "-f", "-c", "%T", str(disk)], capture_output=True, text=True, check=True).stdout.strip()
+    if told in ("tmpfs", "ramfs"):
+        pytest.skip("tmp_path is on a tmpfs here")
+    monkeypatch.setenv("FLEETROLL_RUN_DIR", str(disk))
+    monkeypatch.setattr(secret_files, "fs_type", lambda mountinfo, path: "tmpfs", raising=False)  # a lookup fooled
+    out = secret_files.problems({"env": FILE_ENV, "user": "10001:10001"})
+    assert len(out) == 1 and "not a tmpfs" in out[0], out
