@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from playbooks import transport
+from playbooks import ssh_connection, transport
 from playbooks.timings import HostTimes
 
 
@@ -28,7 +28,7 @@ def test_at_most_the_slots_handshake_at_once_and_paramiko_runs_only_inside_a_slo
     """Connection.open is where paramiko starts every timeout (TCP, banner, negotiation, auth): it runs only inside a slot,
     so a host queued behind others waits with no clock running; 12 hosts, 3 slots, never a 4th handshake at once."""
     slots = threading.BoundedSemaphore(3)
-    monkeypatch.setattr(transport, "HANDSHAKES", slots)
+    monkeypatch.setattr(ssh_connection, "HANDSHAKES", slots)
     lock, inside, most, release = threading.Lock(), [0], [0], threading.Event()
     held_while_open = []
 
@@ -43,7 +43,7 @@ def test_at_most_the_slots_handshake_at_once_and_paramiko_runs_only_inside_a_slo
         with lock:
             inside[0] -= 1
 
-    monkeypatch.setattr(transport.Connection, "open", fake_open)
+    monkeypatch.setattr(ssh_connection.Connection, "open", fake_open)
     conns = []
     threads = [threading.Thread(target=lambda i=i: conns.append(transport.connect(_target(tmp_path, f"h{i}")))) for i in range(12)]
     for t in threads:
@@ -58,12 +58,12 @@ def test_at_most_the_slots_handshake_at_once_and_paramiko_runs_only_inside_a_slo
 
 def test_a_failed_handshake_gives_its_slot_back_and_says_how_long_it_tried(tmp_path, monkeypatch):
     slots = threading.BoundedSemaphore(1)
-    monkeypatch.setattr(transport, "HANDSHAKES", slots)
+    monkeypatch.setattr(ssh_connection, "HANDSHAKES", slots)
 
     def refuse(self):
         raise TimeoutError
 
-    monkeypatch.setattr(transport.Connection, "open", refuse)
+    monkeypatch.setattr(ssh_connection.Connection, "open", refuse)
     for _ in range(2):  # the second would block for ever if the first kept its slot
         with pytest.raises(transport.TransportError) as err:
             transport.connect(_target(tmp_path, "h"))
