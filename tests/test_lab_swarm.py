@@ -206,6 +206,11 @@ def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_sta
             if running and any(mgr.nodes.get(n).attrs["Spec"]["Labels"].get("fleetroll.host") == other for n in running):
                 break
             time.sleep(0.5)
+        else:
+            states = [(t["NodeID"][:12], t["Status"]["State"], t["DesiredState"])
+                      for t in mgr.api.tasks(filters={"service": f"fr-{PHASE}_{MOVER}"})]
+            pytest.fail(f"Swarm did not run {MOVER} on {other} within 60 s of stopping {gone.name}'s dockerd (load average"
+                        f" {os.getloadavg()[0]:.0f}; tasks (node, state, desired): {states}); fab status was not asked")
         moved = time.monotonic() - t0
         rows = where()
         assert rows[other]["status"].startswith("swarm task ") and rows[other]["healthy"], rows
