@@ -248,12 +248,26 @@ def images(refs: list[str], insecure: bool, timeout: float = 5.0) -> dict[str, A
             out[ref] = {"ok": False, "kind": "unreachable", "error": unreachable}
             continue
         try:
-            out[ref] = {"ok": True, **client.inspect(ref).to_json()}
+            out[ref] = {"ok": True, **_inspect_once_more_if_late(client, ref)}
         except RegistryError as exc:
             out[ref] = {"ok": False, "kind": exc.kind, "error": str(exc)}
             if exc.kind == "unreachable":
                 unreachable = str(exc)
     return out
+
+
+def _inspect_once_more_if_late(client: RegistryClient, ref: str) -> dict[str, Any]:
+    """A registry that answered nothing in time is asked once more before it is called unreachable.
+
+    A hundred hosts asking one registry at once (fleet-wide preflight) made a few of them wait past
+    the timeout on a registry that was up; a refused connection or an unknown name is not retried.
+    """
+    try:
+        return client.inspect(ref).to_json()
+    except RegistryError as exc:
+        if exc.kind != "unreachable" or "timed out" not in str(exc):
+            raise
+    return client.inspect(ref).to_json()
 
 
 def gather(args: dict[str, Any]) -> dict[str, Any]:
