@@ -2,7 +2,9 @@
 
 Its shape follows the default fleet: every host runs a `core-<host>` service in phase
 core-infra; mainpc carries the GPU phase and pc2 the CPU phase. Extra hosts (node03..)
-only take part in core-infra, so a 20-host lab rolls 20 hosts in one phase.
+only take part in core-infra, so a 20-host lab rolls 20 hosts in one phase. With a proxy tag
+(`fab lab.up --with-proxy`) it also holds the zero-downtime walkthrough's pieces
+(docs/zero-downtime.md): phase `edge` with the per-host HAProxy, then phase `web` behind it.
 """
 
 from __future__ import annotations
@@ -52,7 +54,38 @@ def _service(image: str, tags: dict[str, str], port: int, host: str, gpus=0, dea
     }
 
 
-def build_inventory(state: LabState, tags: dict[str, str], extra: dict | None = None) -> tuple[dict, dict]:
+# The zero-downtime walkthrough's names and ports (docs/zero-downtime.md): clients reach `web` at pc2:18080.
+PROXY_SERVICE, WEB_SERVICE, WEB_LISTEN = "edge-proxy", "web", "18080"
+
+
+def add_proxy(fleet: dict, phases: dict, proxy_tag: str, web_tag: str) -> None:
+    """Put the proxy in phase `edge` and one service behind it in phase `web`, after the lab's phases.
+
+    The fields are those tests/test_lab_zero_downtime.py's `edge` fixture rolls out, so the docs'
+    two commands run what the tests prove: the proxy's health port is 8404 (reverse_proxy.health_port),
+    `web` publishes no host port (the proxy holds 18080 on pc2) and its health port is the container's,
+    and health settings sized to the lab (a lab service answers within a second).
+    """
+    names = set(fleet["hosts"])
+    if not {"mainpc", "pc2"} <= names:
+        raise ValueError(f"the proxy runs on mainpc and pc2; this lab has {', '.join(sorted(names))}: use --count 2 or more")
+    fast = {"healthy_deadline": 20, "min_healthy_time": 1, "interval": 0.25}
+    fleet["reverse_proxy"] = {"service": PROXY_SERVICE}
+    fleet["services"][PROXY_SERVICE] = {"image": "fleetroll-proxy", "tag": proxy_tag, "hosts": ["mainpc", "pc2"],
+                                        "stop_timeout": 5, "health": {"port": 8404, **fast}}
+    fleet["services"][WEB_SERVICE] = {"image": "cpu-svc", "tag": web_tag, "host": "pc2", "stop_timeout": 5,
+                                      "proxy": {"listen": WEB_LISTEN, "port": 8080}, "update": {"drain_s": 0.5},
+                                      "health": {"port": 8080, **fast}}
+    phases["phases"] += [
+        {"name": "edge", "description": "the per-host reverse proxy (HAProxy), before the services behind it",
+         "services": [PROXY_SERVICE]},
+        {"name": "web", "description": "a service behind the proxy, swapped start-first", "services": [WEB_SERVICE]},
+    ]
+
+
+def build_inventory(state: LabState, tags: dict[str, str], extra: dict | None = None,
+                    proxy_tag: str | None = None) -> tuple[dict, dict]:
+    """The lab's fleet.yml and phases.yml documents; with `proxy_tag`, also the proxy and `web` (add_proxy)."""
     hosts, services = {}, {}
     core, gpu, cpu = [], [], []
     for h in state.hosts:
@@ -93,14 +126,37 @@ def build_inventory(state: LabState, tags: dict[str, str], extra: dict | None = 
             {"name": "cpu-pc2", "description": "CPU services on pc2", "services": cpu},
         ]
     }
+    if proxy_tag:
+        add_proxy(fleet, phases, proxy_tag, tags.get("cpu-svc", "20261101-a1b2c3d"))
     return fleet, phases
 
 
-def write_inventory(state: LabState, tags: dict[str, str], directory: Path | None = None, extra: dict | None = None) -> Path:
+_HEADER = "# Written by fleetroll's lab (fab lab.up); the default inventory is untouched.\n"
+
+
+def _write(d: Path, fleet: dict, phases: dict) -> Path:
+    (d / "fleet.yml").write_text(_HEADER + yaml.safe_dump(fleet, sort_keys=False))
+    (d / "phases.yml").write_text(_HEADER + yaml.safe_dump(phases, sort_keys=False))
+    return d / "fleet.yml"
+
+
+def write_inventory(state: LabState, tags: dict[str, str], directory: Path | None = None, extra: dict | None = None,
+                    proxy_tag: str | None = None) -> Path:
     d = directory or (LAB_DIR / "inventory")
     d.mkdir(parents=True, exist_ok=True)
-    fleet, phases = build_inventory(state, tags, extra)
-    header = "# Written by fleetroll's lab (fab lab.up); the default inventory is untouched.\n"
-    (d / "fleet.yml").write_text(header + yaml.safe_dump(fleet, sort_keys=False))
-    (d / "phases.yml").write_text(header + yaml.safe_dump(phases, sort_keys=False))
-    return d / "fleet.yml"
+    return _write(d, *build_inventory(state, tags, extra, proxy_tag))
+
+
+def add_proxy_to_inventory(path: Path, proxy_tag: str) -> Path:
+    """Add the proxy and `web` to the inventory lab.up wrote at `path` (fleet.yml, with phases.yml beside it).
+
+    lab.up writes its inventory before the proxy image exists (building it takes a minute, so only
+    --with-proxy pays for it); `web` runs the cpu-svc tag the lab already pushed for embed-api.
+    """
+    fleet = yaml.safe_load(path.read_text())
+    phases = yaml.safe_load((path.parent / "phases.yml").read_text())
+    web_tag = next((s["tag"] for s in fleet["services"].values() if s.get("image") == "cpu-svc"), None)
+    if web_tag is None:
+        raise ValueError(f"{path} has no cpu-svc service whose tag `web` could run; rerun fab lab.up")
+    add_proxy(fleet, phases, proxy_tag, web_tag)
+    return _write(path.parent, fleet, phases)
