@@ -218,6 +218,20 @@ def details(c, service=None, hosts=None, json=False, inventory=None):
         raise Exit(code=1)
 
 
+@task(positional=["target"], help={"target": "the container: HOST/SERVICE", "json": "JSON output", "inventory": "inventory file"})
+def explain(c, target=None, json=False, inventory=None):
+    """One container's chain: tag@digest, git SHA (label, reported), SBOM, Trivy, its rollout, -prev, freezes, drift, health."""
+    from . import explain as ex
+    from . import render
+
+    if target in ("-h", "--help"):
+        return render.say(ex.usage(explain))
+    inv = _inventory(inventory, json)
+    host, service = ex.parse_target(inv, target)  # checked before any host is asked
+    out = ex.gather(inv, host, service)
+    render.dump_json(out) if json else render.say(ex.explain_text(out))
+
+
 @task(help={"service": "service whose versions to list", "host": "one replica's host (default: every replica)",
             "json": "JSON output", "inventory": "inventory file"})
 def versions(c, service=None, host=None, json=False, inventory=None):
@@ -374,6 +388,6 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
 from .tasks_build import audit, build, runbook  # noqa: E402 - the images and runbook tasks
 from .tasks_swarm import swarm  # noqa: E402 - swarm.render (engine: swarm, docs/swarm.md)
 
-ns = Collection(preflight, rollout, rollback, restart, exec_, prune, remove, status, details, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, swarm)
+ns = Collection(preflight, rollout, rollback, restart, exec_, prune, remove, status, details, explain, logs, history, versions, unlock, freeze, thaw, hostkeys, build, audit, runbook, swarm)
 # lab.* is not here: the lab is a sandbox of the repository, added by fabfile.py for `fab` alone (lab/tasks.py).
 

@@ -1,0 +1,161 @@
+"""`fab explain`: the chain is joined from faked pieces, and every missing link is said where it belongs (no hosts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from playbooks import explain
+from playbooks.errors import RolloutError
+from playbooks.inventory import load
+
+ROOT = Path(__file__).resolve().parents[1]
+INV = load(ROOT / "inventory" / "fleet.yml")
+HOST, SVC = "mainpc", "llm-inference"
+TAG = INV.fleet.services[SVC].tag
+DIGEST = "sha256:" + "ab" * 32
+SHA = "0123456789abcdef0123456789abcdef01234567"
+CURRENT: dict = {}  # the inventory the `artifacts` fixture made for the running test
+RID = "r20260101T000000Z-gpu-mainpc-1a2b3c"
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    """The inventory's security artifacts and acceptance file, in a temporary directory."""
+    # The inventory is frozen: a copy of it whose security artifacts are in the temporary directory.
+    sec = INV.fleet.security.model_copy(update={"artifacts": str(tmp_path / "artifacts")})
+    CURRENT["inv"] = dataclasses.replace(INV, fleet=INV.fleet.model_copy(update={"security": sec}))
+    acc = tmp_path / "risk-acceptances.yml"
+    expires = dt.date.today() + dt.timedelta(days=30)
+    acc.write_text(f"acceptances:\n  - {{image: {INV.fleet.services[SVC].image}, cve: CVE-2026-0001, owner: ops,"
+                   f" reason: not reachable, expires: {expires}}}\n")
+    monkeypatch.setenv("FLEETROLL_ACCEPTANCES", str(acc))
+    where = tmp_path / "artifacts" / INV.fleet.services[SVC].image / TAG
+    where.mkdir(parents=True)
+    return where
+
+
+def write_sbom(where: Path, packages: int = 12) -> None:
+    (where / "sbom.spdx.json").write_text(json.dumps({"spdxVersion": "SPDX-2.3", "packages": [{"name": f"p{i}"} for i in range(packages)]}))
+
+
+def write_trivy(where: Path) -> None:
+    (where / "trivy.json").write_text(json.dumps({
+        "SchemaVersion": 2, "Metadata": {"RepoDigests": [f"{INV.repo(SVC)}@{DIGEST}"]},
+        "Results": [{"Target": "img", "Vulnerabilities": [{"VulnerabilityID": "CVE-2026-0001", "Severity": "HIGH", "PkgName": "zlib",
+                                                           "InstalledVersion": "1.2"}]}]}))
+
+
+def container(git_sha: str = SHA, rollout_id: str = RID) -> dict:
+    return {"name": SVC, "id": "c0ffee", "image": f"{INV.repo(SVC)}:{TAG}", "tag": TAG, "digest": DIGEST, "status": "running",
+            "running": True, "restart_count": 0, "git_sha": git_sha, "rollout_id": rollout_id, "operator": "ana@laptop",
+            "prev": {"tag": "20251201-aaaaaaa", "digest": "sha256:" + "cd" * 32, "pinned": True}}
+
+
+LEDGER = [{"rollout_id": RID, "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:01:00Z", "operator": "ana@laptop",
+           "phase": "gpu-mainpc", "final": "committed", "elapsed_s": 60.0, "timings": {HOST: {"connect_s": 0.2, "work_s": 41.5}},
+           "services": [{"host": HOST, "service": SVC, "outcome": "committed", "order": "stop-first",
+                         "gate": {"ok": True, "phase": "passed", "reason": "", "time_to_healthy_s": 12.5, "elapsed_s": 42.0}}]}]
+VERSIONS = {"host": HOST, "versions": [{"tag": "20251201-aaaaaaa", "digest": "sha256:" + "cd" * 32, "ts": 1.0, "rollout_id": "r-old",
+                                        "operator": "bo", "outcome": "committed", "image_present": True}]}
+HEALTH = {"healthy": True, "text": "healthy", "restarts": 0, "sha_drift": ""}
+NOOP = {"action": "noop", "reason": "already running this digest with this configuration", "changes": [], "phase": "gpu-mainpc"}
+
+
+def answer(c: dict | None, reported=(SHA, ""), entries=LEDGER, frozen=()) -> dict:
+    sbom, trivy = explain.security_facts(CURRENT["inv"], SVC, TAG, DIGEST)
+    rollout = explain.ledger_facts(entries, (c or {}).get("rollout_id", ""), HOST, SVC)
+    details = {"container": c, "kept": [], "inventory_tag": TAG, "frozen": list(frozen)}
+    return explain.assemble(HOST, SVC, details, HEALTH, NOOP, VERSIONS, sbom, trivy, rollout, reported, "/l/ledger.jsonl")
+
+
+def test_a_complete_chain_names_every_link_and_nothing_missing(artifacts):
+    write_sbom(artifacts)
+    write_trivy(artifacts)
+    out = answer(container(), frozen=["phase gpu-mainpc frozen by ana: 'ASR demo' (blocks every rollout of the phase)"])
+    assert out["missing"] == []
+    assert out["git"] == {"label": SHA, "reported": SHA, "not_reported": "", "agree": True}
+    assert out["sbom"]["packages"] == 12 and out["trivy"]["status"] == "warn"
+    assert out["trivy"]["accepted"][0]["cve"] == "CVE-2026-0001"
+    assert out["rollout"]["gate"]["time_to_healthy_s"] == 12.5 and out["rollout"]["timings"]["work_s"] == 41.5
+    assert out["revert_to"]["rollout_id"] == "r-old"
+    text = explain.explain_text(out)
+    for want in (f"image     {TAG}@{DIGEST}", "they agree", f"12 packages, {artifacts / 'sbom.spdx.json'}", "Trivy     warn",
+                 "accepted  CVE-2026-0001 by ops until", f"rollout   {RID}: phase gpu-mainpc, by ana@laptop", "gate      passed (healthy after 12.5s",
+                 "work_s 41.50s", "revert to 20251201-aaaaaaa@sha256:cdcdcdcdcdcd (pinned on the host); ran from rollout r-old",
+                 "frozen    phase gpu-mainpc frozen by ana", "drift     none: already running", "health    healthy: healthy; 0 restarts"):
+        assert want in text, (want, text)
+    assert "missing" not in text
+    json.dumps(out)  # --json prints it as it is
+
+
+def test_a_missing_sbom_is_said_with_its_path(artifacts):
+    write_trivy(artifacts)
+    out = answer(container())
+    assert out["missing"] == [f"no SBOM at {artifacts / 'sbom.spdx.json'}"]
+    assert f"SBOM      no SBOM at {artifacts / 'sbom.spdx.json'}" in explain.explain_text(out)
+
+
+def test_a_missing_trivy_report_is_said_with_its_path_and_the_gates_policy(artifacts):
+    write_sbom(artifacts)
+    out = answer(container())
+    assert out["missing"] == [f"no Trivy report at {artifacts / 'trivy.json'}"]
+    assert out["trivy"]["status"] in ("warn", "refuse")  # the gate's own verdict under the inventory's policy
+    text = explain.explain_text(out)
+    assert f"Trivy     no Trivy report at {artifacts / 'trivy.json'} (the gate's policy for a missing report: " in text
+
+
+def test_a_revision_label_and_a_reported_sha_that_disagree_are_called_out(artifacts):
+    out = answer(container(git_sha="fedcba9876543210"), reported=(SHA, ""))
+    assert out["git"]["agree"] is False
+    assert "they DISAGREE" in explain.explain_text(out)
+    short = answer(container(git_sha=SHA), reported=(SHA[:7], ""))
+    assert short["git"]["agree"] is True  # a short SHA and its full form are one commit
+
+
+def test_no_collector_report_is_not_reported_and_not_compared(artifacts):
+    out = answer(container(), reported=(None, "not reported: no observability collector in the inventory"))
+    assert out["git"]["agree"] is None
+    assert "git       image label 0123456789ab; not reported: no observability collector in the inventory" in explain.explain_text(out)
+
+
+def test_no_ledger_record_of_the_rollout_that_started_it(artifacts):
+    out = answer(container(rollout_id="r20250101T000000Z-by-hand-000000"), entries=[])
+    assert out["rollout"] is None
+    assert any(m.startswith("no ledger record of the rollout that started it (r20250101T000000Z-by-hand-000000)") for m in out["missing"])
+    assert "rollout   no ledger record of the rollout that started it" in explain.explain_text(out)
+
+
+def test_no_container_says_so_and_still_shows_drift_and_health(artifacts):
+    out = answer(None)
+    assert out["missing"] == [f"no container named {SVC} on {HOST}: nothing runs to explain"]
+    assert explain.explain_text(out).startswith(f"{SVC} on {HOST}: no container (inventory tag {TAG})")
+
+
+def test_an_unreadable_step_or_health_is_unknown_with_the_reason(artifacts):
+    out = answer(container())
+    out["drift"], out["health"] = {"error": "mainpc: facts not read: timeout"}, {"error": "mainpc: status not read: refused"}
+    text = explain.explain_text(out)
+    assert "drift     unknown: mainpc: facts not read: timeout" in text and "health    unknown: mainpc: status not read" in text
+
+
+@pytest.mark.parametrize("target, says", [
+    (None, "give the container as HOST/SERVICE"), ("mainpc", "give the container as HOST/SERVICE"),
+    ("nohost/llm-inference", "no host 'nohost'"), ("mainpc/nosvc", "no service 'nosvc'"),
+])
+def test_a_target_not_in_the_inventory_is_one_line_naming_the_valid_ones(target, says):
+    with pytest.raises(RolloutError) as err:
+        explain.parse_target(INV, target)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert "mainpc" in str(err.value)
+
+
+def test_a_service_placed_elsewhere_names_where_it_runs():
+    other = next(h for h in INV.fleet.hosts if SVC not in INV.services_for(None, [h]))
+    with pytest.raises(RolloutError, match=f"does not place {SVC} on {other}; it runs on {HOST}"):
+        explain.parse_target(INV, f"{other}/{SVC}")
+    assert explain.parse_target(INV, f"{HOST}/{SVC}") == (HOST, SVC)
