@@ -15,7 +15,7 @@ from pathlib import Path
 def instance() -> int:
     """Which lab this process addresses: FLEETROLL_LAB_INSTANCE (0-9, default 0).
 
-    Why more than one: the test suite runs two workers, each against a lab of its own, so the
+    Why more than one: the test suite runs three workers, each against a lab of its own, so the
     lab's waiting (health gates, restarts) overlaps instead of adding up. Instance 0 keeps the
     names an operator sees in the docs (/tmp/frlab, frlab0, 10.213.0.0/24); instance n gets its
     own directory, bridge, namespaces, links, subnet and accounts, so two labs never touch each
