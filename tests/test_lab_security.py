@@ -20,6 +20,28 @@ pytestmark = pytest.mark.lab
 
 @pytest.mark.parametrize("change,why", [({"user": "0:0"}, "numeric non-root"), ({"volumes": ["/etc:/hostetc"]}, "/etc"),
                                         ({"volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}, "docker.sock")])
+
+def _recording_fab(outputs: list[str]):
+    """Run `fab …` as the operator would, keeping every output (the tests then look for secrets in them)."""
+    def fab(*args, ok=(0,)):
+        r = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode in ok, r.stdout + r.stderr
+        return r
+
+    return fab
+
+
+def _llm_release(lab, where, variant: str, env: dict):
+    """A new llm-api release of `variant`, with MACHINE and `env`, in an inventory derived from the lab's."""
+    tag = new_tag()
+    images.push(lab, "torch-svc", tag, variant, arch="89;86")
+
+    def edit(doc):
+        doc["services"]["llm-api"].update(tag=tag, env={"MACHINE": "mainpc", **env})
+
+    return derive_inventory(lab, where, edit)
+
 def test_forged_plan_is_refused_on_the_host_and_nothing_changes(lab, tmp_path, change, why):
     baseline(lab)
     before = snapshot(lab, "llm-api")
@@ -72,20 +94,10 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     fleet.put_secret(host, "hf_token", token)
     outputs = []
 
-    def fab(*args, ok=(0,)):
-        r = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
-        outputs.append(r.stdout + r.stderr)
-        assert r.returncode in ok, r.stdout + r.stderr
-        return r
+    fab = _recording_fab(outputs)
 
     def release(name, variant="healthy"):
-        tag = new_tag()
-        images.push(lab, "torch-svc", tag, variant, arch="89;86")
-
-        def edit(doc):
-            doc["services"]["llm-api"].update(tag=tag, env={"MACHINE": "mainpc", "HF_TOKEN": {"secret": "hf_token"}, "PLAIN": plain})
-
-        return derive_inventory(lab, tmp_path / name, edit)
+        return _llm_release(lab, tmp_path / name, variant, {"HF_TOKEN": {"secret": "hf_token"}, "PLAIN": plain})
 
     first = release("one")
     fab("rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(first))
@@ -135,20 +147,10 @@ def test_a_secret_given_as_a_file_is_in_the_container_and_in_no_inspect_record_o
     fleet.put_secret(host, "hf_file", token)
     outputs = []
 
-    def fab(*args, ok=(0,)):
-        r = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=180)
-        outputs.append(r.stdout + r.stderr)
-        assert r.returncode in ok, r.stdout + r.stderr
-        return r
+    fab = _recording_fab(outputs)
 
     def release(name, variant="healthy"):
-        tag = new_tag()
-        images.push(lab, "torch-svc", tag, variant, arch="89;86")
-
-        def edit(doc):
-            doc["services"]["llm-api"].update(tag=tag, env={"MACHINE": "mainpc", "HF_TOKEN": {"secret": "hf_file", "as": "file"}})
-
-        return derive_inventory(lab, tmp_path / name, edit)
+        return _llm_release(lab, tmp_path / name, variant, {"HF_TOKEN": {"secret": "hf_file", "as": "file"}})
 
     def cat(c, user):
         return c.exec_run(["cat", "/run/secrets/hf_file"], user=user)
