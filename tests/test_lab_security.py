@@ -18,9 +18,6 @@ from .conftest import FAB, ROOT, baseline, derive_inventory, new_tag, snapshot, 
 pytestmark = pytest.mark.lab
 
 
-@pytest.mark.parametrize("change,why", [({"user": "0:0"}, "numeric non-root"), ({"volumes": ["/etc:/hostetc"]}, "/etc"),
-                                        ({"volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}, "docker.sock")])
-
 def _recording_fab(outputs: list[str]):
     """Run `fab …` as the operator would, keeping every output (the tests then look for secrets in them)."""
     def fab(*args, ok=(0,)):
@@ -42,6 +39,9 @@ def _llm_release(lab, where, variant: str, env: dict):
 
     return derive_inventory(lab, where, edit)
 
+
+@pytest.mark.parametrize("change,why", [({"user": "0:0"}, "numeric non-root"), ({"volumes": ["/etc:/hostetc"]}, "/etc"),
+                                        ({"volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}, "docker.sock")])
 def test_forged_plan_is_refused_on_the_host_and_nothing_changes(lab, tmp_path, change, why):
     baseline(lab)
     before = snapshot(lab, "llm-api")
