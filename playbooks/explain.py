@@ -8,7 +8,8 @@ release a revert would go back to, freezes, drift from the inventory, and health
 
 Each piece comes from the module that already owns it (operate.details/versions, status,
 the plan, the security gate, the ledger); `assemble` joins them and says plainly which link is
-missing, and `explain_text` prints it. Both are pure; `gather` is the one that asks hosts.
+missing, and `explain_text` prints it. Both are pure; `gather` asks the host, all four questions
+on one SSH connection and one agent process (playbooks/explain_hosts.py).
 """
 
 from __future__ import annotations
@@ -156,66 +157,11 @@ def assemble(host: str, service: str, details: dict, health: dict | None, step: 
     return out
 
 
-def _replica(rep: dict, host: str) -> dict | None:
-    return next((r for r in rep.get("replicas") or [] if r.get("host") == host), None)
-
-
-def _drift_step(inv: Inventory, host: str, service: str) -> dict[str, Any]:
-    """The dry run's step for this service on this host: noop, or what a rollout of its phase would change."""
-    from . import preflight, transport
-    from .plan import build_plan
-    from .targets import phase_of_service
-
-    phase = phase_of_service(inv, service)
-    r = transport.on_hosts(inv, [host], "facts", lambda h: preflight.request_args(inv, h, phase), timeout=60)[host]
-    if r.answer is None or not r.ok:
-        return {"error": f"{host}: facts not read: {r.error or (r.answer or {}).get('msg')}"}
-    step = next(s for s in build_plan(inv, phase, {host: r.answer.get("data") or {}}, [host]).steps if s.service == service)
-    return {"action": step.action, "reason": step.reason, "changes": step.changes, "new_tag": step.new_tag,
-            "new_digest": step.new_digest, "phase": phase}
-
-
-def _reported(inv: Inventory, st: dict, host: str, service: str) -> tuple[str | None, str]:
-    """(the SHA the container reported at start-up, or None; and why not, in words)."""
-    if not inv.fleet.observability.collector:
-        return None, "not reported: no observability collector in the inventory"
-    if st.get("collector") != "ok":
-        return None, "not reported: the collector did not answer"
-    row = (st["hosts"].get(host) or {}).get("services", {}).get(service) or {}
-    sha = row.get("reported_git_sha")
-    return (sha, "") if sha else (None, "not reported: the collector has no start-up report from this container")
-
-
 def gather(inv: Inventory, host: str, service: str) -> dict[str, Any]:
-    """Ask the host (details, status, facts for the plan, versions) and join what it said with the artifacts and ledger."""
-    from . import ledger, operate
-    from . import status as status_mod
-    from .swarm import operate as swarm
+    """Ask the host and join its answers with the artifacts and the ledger: playbooks/explain_hosts.py, one SSH session."""
+    from .explain_hosts import gather as ask_host
 
-    if swarm.is_swarm_service(inv, service):
-        raise RolloutError(f"{service} runs on Swarm, whose tasks the agents do not run: see fab details -s {service}"
-                           f" and fab versions -s {service}")
-    det = operate.details(inv, service, [host])["hosts"][host]
-    if not det.get("reachable"):
-        raise RolloutError(f"{host}: could not read {service}'s container: {det.get('error')}; check the host with"
-                           f" fab preflight -H {host}")
-    d = det["services"][service]
-    c = d.get("container") or {}
-    st = status_mod.status(inv, [host])
-    row = (st["hosts"].get(host) or {})
-    svc_row = (row.get("services") or {}).get(service)
-    health = ({"healthy": svc_row["healthy"], "text": svc_row["health"], "restarts": svc_row["restarts"],
-               "sha_drift": svc_row.get("sha_drift")} if svc_row else {"error": f"{host}: status not read: {row.get('error')}"})
-    try:
-        versions = _replica(operate.versions(inv, service, host), host)
-    except RolloutError as exc:
-        versions = {"error": str(exc)}
-    sbom, trivy = security_facts(inv, service, c.get("tag", ""), c.get("digest", "")) if c else ({"path": "", "present": False}, {
-        "path": "", "present": False})
-    rollout = ledger_facts(ledger.rollouts(), c.get("rollout_id", ""), host, service) if c else None
-    step = _drift_step(inv, host, service)
-    return assemble(host, service, d, health, step, versions, sbom, trivy, rollout, _reported(inv, st, host, service),
-                    str(ledger.path()))
+    return ask_host(inv, host, service)
 
 
 def _git_line(g: dict) -> str:

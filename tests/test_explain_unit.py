@@ -159,3 +159,101 @@ def test_a_service_placed_elsewhere_names_where_it_runs():
     with pytest.raises(RolloutError, match=f"does not place {SVC} on {other}; it runs on {HOST}"):
         explain.parse_target(INV, f"{other}/{SVC}")
     assert explain.parse_target(INV, f"{HOST}/{SVC}") == (HOST, SVC)
+
+
+# --- the host is asked on one SSH connection and one agent process -------------------------------------------------
+
+LABELLED = "0a1b2c3" + "d" * 33  # the revision the inventory's tag names (…-0a1b2c3)
+
+
+class _Conn:
+    """A connection that never touches the network; transport.Pool checks it is still up."""
+
+    def __init__(self, host: str):
+        self.host, self.is_connected, self.client = host, True, self
+
+    def get_transport(self):
+        return self
+
+    def is_active(self):
+        return True
+
+    def close(self):
+        pass
+
+
+def _answers(inv) -> dict:
+    """What a host's agent says to each of explain's ops (the shapes agent/ops.py answers in)."""
+    c = {**container(git_sha=LABELLED), "started_at": "2026-01-01T00:00:00Z"}
+    report = {"host": HOST, "service": SVC, "git_sha": LABELLED, "started_at": "2026-01-01T00:00:01Z"}
+    return {
+        "details": {"services": {SVC: {"container": c, "kept": []}}, "freezes": []},
+        "status": {"docker": {"ok": True, "containers": [c]}, "health": {SVC: {"ok": True}}, "last": None,
+                   "collector": {"ok": True, "services": [report]}},
+        "versions": {"running": {"tag": TAG}, "versions": VERSIONS["versions"]},
+        # The image resolves to the digest that runs; the running container has no configuration label: a replace.
+        "facts": {"images": {inv.image_ref(SVC): {"ok": True, "digest": DIGEST}}, "docker": {"containers": [c]}},
+    }
+
+
+@pytest.fixture
+def wire(monkeypatch):
+    """Count SSH connections per host and the agent sessions each call ran on (no hosts, no SSH)."""
+    from playbooks import transport
+
+    seen: dict = {"connects": [], "calls": []}
+
+    def connect(target):
+        seen["connects"].append(target)
+        return _Conn(target)
+
+    def call(self, op, args, timeout, on_event=None):
+        if self.chan is None:  # the first request starts the agent process; later ones are lines on its stdin
+            self.chan = object()
+            seen.setdefault("agents", []).append(self.host)
+        seen["calls"].append((self.host, id(self), op, args))
+        data = _answers(CURRENT["inv"])[op]
+        return transport.CallResult(host=self.host, ok=True, answer={"ok": True, "data": data})
+
+    monkeypatch.setattr(transport.Target, "from_inventory", classmethod(lambda cls, inv, h: h))
+    monkeypatch.setattr(transport, "connect", connect)
+    monkeypatch.setattr(transport.AgentSession, "call", call)
+    monkeypatch.setattr(transport.AgentSession, "close", lambda self: setattr(self, "chan", None))
+    return seen
+
+
+def collector_on(host: str) -> None:
+    """The running test's inventory with the observability collector placed on `host`."""
+    coll, inv = INV.fleet.observability.collector, CURRENT["inv"]
+    services = {**inv.fleet.services, coll: inv.fleet.services[coll].model_copy(update={"host": host})}
+    CURRENT["inv"] = dataclasses.replace(inv, fleet=inv.fleet.model_copy(update={"services": services}))
+
+
+def test_explain_asks_its_four_questions_on_one_ssh_session(artifacts, wire):
+    write_sbom(artifacts)
+    write_trivy(artifacts)
+    collector_on(HOST)  # the collector's answer then comes with the host's own status
+    out = explain.gather(CURRENT["inv"], HOST, SVC)
+    assert wire["connects"] == [HOST], "one SSH connection to the host, not one per question"
+    assert wire["agents"] == [HOST], "one agent process, every question a line on it"
+    assert [op for _h, _s, op, _a in wire["calls"]] == ["details", "status", "versions", "facts"]
+    assert len({s for _h, s, _op, _a in wire["calls"]}) == 1
+    # and the answers were joined as before: each question's part of the chain is there
+    assert out["image"]["digest"] == DIGEST and out["missing"] == [f"no ledger record of the rollout that started it ({RID})"
+                                                                     f" in {out['ledger']}"]
+    assert out["health"] == {"healthy": True, "text": "healthy", "restarts": 0, "sha_drift": ""}
+    assert out["git"]["reported"] == LABELLED and out["git"]["agree"] is True
+    assert out["revert_to"]["rollout_id"] == "r-old" and out["drift"]["action"] == "replace"
+    assert out["sbom"]["packages"] == 12 and out["trivy"]["status"] == "warn"
+    status_args = next(a for _h, _s, op, a in wire["calls"] if op == "status")
+    assert list(status_args["health"]) == [SVC] and "collector_port" in status_args
+
+
+def test_a_collector_on_another_host_is_asked_on_that_hosts_own_session(artifacts, wire):
+    other = next(h for h in INV.fleet.hosts if h != HOST)
+    collector_on(other)
+    out = explain.gather(CURRENT["inv"], HOST, SVC)
+    assert sorted(wire["connects"]) == sorted([HOST, other]) and sorted(wire["agents"]) == sorted([HOST, other])
+    assert [op for h, _s, op, _a in wire["calls"] if h == HOST] == ["details", "status", "versions", "facts"]
+    assert [(op, "collector_port" in a) for h, _s, op, a in wire["calls"] if h == other] == [("status", True)]
+    assert out["git"]["reported"] == LABELLED

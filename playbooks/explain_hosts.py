@@ -1,0 +1,143 @@
+"""`fab explain`'s questions to the host, on one SSH connection and one agent process.
+
+Explain asks the host four things: the container's details, its status (health probe,
+restarts), the versions the host's journal lists, and the facts the dry run plans from. Each
+was its own `transport.on_hosts` call (operate.details, status.status, operate.versions, the
+preflight's facts), so each paid an SSH handshake and an agent start. Here they go through one
+`transport.Pool`, the path a rollout's preflight and transaction already share: the first call
+connects and starts the agent, the other three are one request line each on that session. The
+shaping reuses the pure pieces of the modules that own them (operate.frozen_for, status's
+health and SHA-drift judgements, the plan); explain.assemble joins the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import transport
+from .errors import RolloutError
+from .inventory import Inventory
+
+TIMEOUT_S = 60.0
+
+
+class Asker:
+    """One host's agent session for the length of one explain (another host only for a collector placed elsewhere)."""
+
+    def __init__(self, inv: Inventory, pool: transport.Pool):
+        self.inv, self.pool = inv, pool
+
+    def __call__(self, host: str, op: str, args: dict[str, Any]) -> transport.CallResult:
+        return transport.on_hosts(self.inv, [host], op, lambda h: args, timeout=TIMEOUT_S, pool=self.pool)[host]
+
+
+def _failed(r: transport.CallResult) -> str:
+    return "" if r.answer is not None and r.ok else (r.error or (r.answer or {}).get("msg") or "no answer")
+
+
+def details(inv: Inventory, ask: Asker, host: str, service: str) -> dict[str, Any]:
+    """The container, its kept copies and -prev pin, and the freezes that concern it (operate.details for one service)."""
+    from .operate import frozen_for
+
+    r = ask(host, "details", {"services": {service: inv.repo(service)}})
+    if _failed(r):
+        raise RolloutError(f"{host}: could not read {service}'s container: {_failed(r)}; check the host with"
+                           f" fab preflight -H {host}")
+    data = r.answer.get("data") or {}
+    got = (data.get("services") or {}).get(service) or {"container": None, "kept": []}
+    return {**got, "inventory_tag": inv.fleet.services[service].tag, "frozen": frozen_for(inv, service, data.get("freezes") or [])}
+
+
+def _collector_reports(inv: Inventory, ask: Asker, host: str, status_answer: dict | None) -> dict | None:
+    """What the collector holds of each service's start-up, as (host, service) -> report; None when it did not answer."""
+    coll = inv.fleet.observability.collector
+    if not coll:
+        return None
+    coll_host = inv.fleet.hosts_of(coll)[0]
+    if coll_host == host:
+        answer = status_answer
+    else:
+        port = inv.fleet.services[coll].port_pairs()[0][0]
+        answer = ask(coll_host, "status", {"health": {}, "gpu": False, "proxy": False, "collector_port": port}).answer
+    c = ((answer or {}).get("data") or {}).get("collector") or {}
+    if not c.get("ok"):
+        return None
+    # A host's answer is untrusted input: a row without a host and service is dropped, not a KeyError.
+    return {(r["host"], r["service"]): r for r in c.get("services") or [] if isinstance(r, dict) and r.get("host") and r.get("service")}
+
+
+def health(inv: Inventory, ask: Asker, host: str, service: str) -> tuple[dict[str, Any], tuple[str | None, str]]:
+    """(health now: probe, restarts, SHA drift; the SHA the container reported at start-up, or why not), as `fab status` judges them."""
+    from . import ledger
+    from .hostcalls import record_recoveries
+    from .status import service_health, sha_drift
+
+    args: dict[str, Any] = {"health": {service: inv.fleet.health_spec(service)}, "gpu": False, "proxy": False}
+    coll = inv.fleet.observability.collector
+    if coll and inv.fleet.hosts_of(coll)[0] == host:
+        args["collector_port"] = inv.fleet.services[coll].port_pairs()[0][0]
+    r = ask(host, "status", args)
+    if r.answer is None:
+        return {"error": f"{host}: status not read: {r.error}"}, (None, "not reported: the host's status was not read")
+    record_recoveries({host: r})  # what `fab status` records when a host finished an interrupted transaction
+    data = r.answer.get("data") or {}
+    ledger.observe(host, data.get("last"))
+    c = next((x for x in (data.get("docker") or {}).get("containers") or [] if x.get("name") == service), None)
+    healthy, text = service_health(c, (data.get("health") or {}).get(service) or {})
+    out = {"healthy": healthy, "text": text, "restarts": c.get("restart_count", 0) if c else 0, "sha_drift": ""}
+    reports = _collector_reports(inv, ask, host, r.answer)
+    if not coll:
+        return out, (None, "not reported: no observability collector in the inventory")
+    if reports is None:
+        return out, (None, "not reported: the collector did not answer")
+    rep = reports.get((host, service))
+    if c:
+        out["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
+    sha = (rep or {}).get("git_sha")
+    return out, ((sha, "") if sha else (None, "not reported: the collector has no start-up report from this container"))
+
+
+def versions(ask: Asker, host: str, service: str) -> dict[str, Any]:
+    """The host journal's versions of the service, newest first (operate.versions for one replica), or {"error": ...}."""
+    r = ask(host, "versions", {"service": service})
+    if _failed(r):
+        return {"error": f"{host}: could not read the versions of {service}: {_failed(r)}"}
+    data = r.answer.get("data") or {}
+    return {"host": host, "service": service, "running": data.get("running") or {},
+            "versions": list(reversed(data.get("versions") or [])), "note": r.answer.get("msg") or ""}
+
+
+def drift(inv: Inventory, ask: Asker, host: str, service: str) -> dict[str, Any]:
+    """The dry run's step for this service on this host: noop, or what a rollout of its phase would change."""
+    from . import preflight
+    from .plan import build_plan
+    from .targets import phase_of_service
+
+    phase = phase_of_service(inv, service)
+    r = ask(host, "facts", preflight.request_args(inv, host, phase))
+    if _failed(r):
+        return {"error": f"{host}: facts not read: {_failed(r)}"}
+    step = next(s for s in build_plan(inv, phase, {host: r.answer.get("data") or {}}, [host]).steps if s.service == service)
+    return {"action": step.action, "reason": step.reason, "changes": step.changes, "new_tag": step.new_tag,
+            "new_digest": step.new_digest, "phase": phase}
+
+
+def gather(inv: Inventory, host: str, service: str) -> dict[str, Any]:
+    """Ask the host (details, status, versions, facts: one session) and join what it said with the artifacts and ledger."""
+    from . import explain, ledger
+    from .swarm import operate as swarm
+
+    if swarm.is_swarm_service(inv, service):
+        raise RolloutError(f"{service} runs on Swarm, whose tasks the agents do not run: see fab details -s {service}"
+                           f" and fab versions -s {service}")
+    with transport.Pool() as pool:
+        ask = Asker(inv, pool)
+        d = details(inv, ask, host, service)
+        now, reported = health(inv, ask, host, service)
+        vers = versions(ask, host, service)
+        step = drift(inv, ask, host, service)
+    c = d.get("container") or {}
+    sbom, trivy = explain.security_facts(inv, service, c.get("tag", ""), c.get("digest", "")) if c else (
+        {"path": "", "present": False}, {"path": "", "present": False})
+    rollout = explain.ledger_facts(ledger.rollouts(), c.get("rollout_id", ""), host, service) if c else None
+    return explain.assemble(host, service, d, now, step, vers, sbom, trivy, rollout, reported, str(ledger.path()))
