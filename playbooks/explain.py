@@ -158,10 +158,17 @@ def assemble(host: str, service: str, details: dict, health: dict | None, step: 
 
 
 def gather(inv: Inventory, host: str, service: str) -> dict[str, Any]:
-    """Ask the host and join its answers with the artifacts and the ledger: playbooks/explain_hosts.py, one SSH session."""
-    from .explain_hosts import gather as ask_host
+    """Ask the host (details, status, versions, facts: one SSH session, playbooks/explain_hosts.py) and join what it
+    said with the image's artifacts and the ledger."""
+    from . import ledger
+    from .explain_hosts import ask_host
 
-    return ask_host(inv, host, service)
+    d, now, reported, versions, step = ask_host(inv, host, service)
+    c = d.get("container") or {}
+    sbom, trivy = security_facts(inv, service, c.get("tag", ""), c.get("digest", "")) if c else (
+        {"path": "", "present": False}, {"path": "", "present": False})
+    rollout = ledger_facts(ledger.rollouts(), c.get("rollout_id", ""), host, service) if c else None
+    return assemble(host, service, d, now, step, versions, sbom, trivy, rollout, reported, str(ledger.path()))
 
 
 def _git_line(g: dict) -> str:

@@ -7,7 +7,7 @@ preflight's facts), so each paid an SSH handshake and an agent start. Here they 
 `transport.Pool`, the path a rollout's preflight and transaction already share: the first call
 connects and starts the agent, the other three are one request line each on that session. The
 shaping reuses the pure pieces of the modules that own them (operate.frozen_for, status's
-health and SHA-drift judgements, the plan); explain.assemble joins the result.
+health and SHA-drift judgements, the plan); explain.gather joins the answers with the artifacts and ledger.
 """
 
 from __future__ import annotations
@@ -122,9 +122,8 @@ def drift(inv: Inventory, ask: Asker, host: str, service: str) -> dict[str, Any]
             "new_digest": step.new_digest, "phase": phase}
 
 
-def gather(inv: Inventory, host: str, service: str) -> dict[str, Any]:
-    """Ask the host (details, status, versions, facts: one session) and join what it said with the artifacts and ledger."""
-    from . import explain, ledger
+def ask_host(inv: Inventory, host: str, service: str) -> tuple[dict, dict, tuple[str | None, str], dict, dict]:
+    """(details, health now, the reported SHA or why not, versions, drift): the four questions, on one session per host."""
     from .swarm import operate as swarm
 
     if swarm.is_swarm_service(inv, service):
@@ -134,10 +133,4 @@ def gather(inv: Inventory, host: str, service: str) -> dict[str, Any]:
         ask = Asker(inv, pool)
         d = details(inv, ask, host, service)
         now, reported = health(inv, ask, host, service)
-        vers = versions(ask, host, service)
-        step = drift(inv, ask, host, service)
-    c = d.get("container") or {}
-    sbom, trivy = explain.security_facts(inv, service, c.get("tag", ""), c.get("digest", "")) if c else (
-        {"path": "", "present": False}, {"path": "", "present": False})
-    rollout = explain.ledger_facts(ledger.rollouts(), c.get("rollout_id", ""), host, service) if c else None
-    return explain.assemble(host, service, d, now, step, vers, sbom, trivy, rollout, reported, str(ledger.path()))
+        return d, now, reported, versions(ask, host, service), drift(inv, ask, host, service)
