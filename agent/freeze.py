@@ -117,3 +117,35 @@ def thaw(phase: str, by: str, reason: str, only_auto: bool = False) -> dict[str,
         return None
     _history({"event": "thaw", "phase": phase, "by": by, "reason": reason, "ts": round(time.time(), 3), "removed": current})
     return current
+
+
+MAX_FAILED = 64  # services one automatic freeze names: a phase has a handful; more is not a controller's request
+
+
+def _plain(value: Any, what: str, limit: int = 200) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"{what} must be a string of at most {limit} characters")
+    return value
+
+
+def automatic(args: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `write` for an automatic freeze asked by the controller ({} for a manual one).
+
+    The SSH push's host transaction writes its automatic freeze itself; a swarm rollout has no host
+    transaction, so the controller, having seen Swarm roll a release back, asks each host's agent for
+    the same record through the `freeze` op. Validated here because the record blocks later rollouts:
+    it must have the shape `freezes.repeats` reads (`failed`: {service: {tag, digest, config}}), and a
+    request of another shape is refused rather than written half-right.
+    """
+    if not args.get("auto"):
+        return {}
+    failed, releases = args.get("failed"), args.get("releases") or {}
+    if not isinstance(failed, dict) or not failed or len(failed) > MAX_FAILED or not isinstance(releases, dict):
+        raise ValueError("an automatic freeze names what failed: failed = {service: {tag, digest, config}}, at least one")
+    out: dict[str, dict[str, str]] = {}
+    for svc, f in failed.items():
+        if not isinstance(f, dict) or set(f) != {"tag", "digest", "config"}:
+            raise ValueError(f"failed[{svc!r}] must be exactly {{tag, digest, config}}")
+        out[_plain(svc, "a service name", 64)] = {k: _plain(f[k], f"failed[{svc!r}].{k}") for k in ("tag", "digest", "config")}
+    return {"auto": True, "failed": out, "rollout_id": _plain(args.get("rollout_id", ""), "rollout_id", 64),
+            "releases": {_plain(s, "a service name", 64): _plain(t, f"releases[{s!r}]") for s, t in releases.items()}}

@@ -350,16 +350,17 @@ def prepare(args: dict[str, Any]) -> dict:
 
 
 def freeze_op(args: dict[str, Any]) -> dict:
-    """Freeze or thaw a phase on this host (`fab freeze` / `fab thaw`)."""
+    """Freeze or thaw a phase on this host (`fab freeze` / `fab thaw`; a swarm rollout's automatic freeze and its lifting)."""
     from . import freeze
 
     phase, by, reason = args.get("phase", ""), args.get("operator", "unknown"), args.get("reason", "")
     try:
         if args.get("thaw"):
-            removed = freeze.thaw(phase, by, reason)
+            removed = freeze.thaw(phase, by, reason, only_auto=bool(args.get("only_auto")))
             return _answer("freeze", True, f"thawed {phase}" if removed else f"{phase} was not frozen here",
                            {"removed": removed}, changed=removed is not None)
-        return _answer("freeze", True, f"froze {phase}", {"freeze": freeze.write(phase, reason, by)}, changed=True)
+        rec = freeze.write(phase, reason, by, **freeze.automatic(args))
+        return _answer("freeze", True, f"froze {phase}", {"freeze": rec}, changed=True)
     except (ValueError, OSError) as exc:
         return _answer("freeze", False, str(exc))
 

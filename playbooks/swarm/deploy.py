@@ -7,6 +7,7 @@ hook. Then the stack, pinned to those digests, is deployed through a manager, an
 is followed to its end. Each (host, service) is reported as Swarm left it, observed: committed,
 reverted (Swarm rolled back, the previous spec runs again on that host), removed (a new service
 that never became healthy, taken away), or needs-operator (paused, or nothing observed in time).
+What Swarm was seen to roll back freezes the phase on those hosts, as the SSH push's revert does (freeze.py).
 The ending is the SSH rollout's own (rollout._record -> ending.conclude): report, state, exit
 code, ledger.
 """
@@ -23,7 +24,7 @@ from ..ending import Interrupted, RolloutReport
 from ..errors import RolloutError
 from ..inventory import Inventory
 from ..plan import BLOCKED, CREATE, NOOP, REPLACE, Plan
-from . import commands, observe, render, secrets
+from . import commands, freeze, observe, render, secrets
 from .judge import Follow, judge
 from .judge import base as _base
 from .remote import Host, SwarmCommandError, open_host
@@ -280,6 +281,9 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
             return ro.report
         try:
             results = _deploy_and_follow(ro, manager, rendered, before)
+            # As the SSH push's host transaction: freeze what Swarm was seen to roll back; a clean commit lifts that
+            ro.report.messages += freeze.record(inv, ro.plan, results, pool)
+            ro.report.messages += freeze.lift(inv, ro.plan, results, pre.facts, pool)
         except KeyboardInterrupt:
             ledger.append("interrupted", **ro.common, reason="the operator pressed Ctrl-C; Swarm carries on with the update",
                           hosts_busy=ro.plan.hosts)
