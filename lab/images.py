@@ -151,3 +151,38 @@ def push_proxy(state: LabState) -> str:
     tag = built.tag.removesuffix("-dirty")
     build.push_image(built.local_ref, f"{state.registry}/{ORG}/fleetroll-proxy:{tag}", insecure=True)
     return tag
+
+
+def write_sbom(state: LabState, ref: str, dest: Path) -> dict:
+    """The project's SBOM generator run over `ref`'s filesystem as pushed; written to `dest`, checked by spdx-tools.
+
+    What a family build does inside its image (families/sbom_gen.py, then playbooks/images/sbom.py's
+    validation), done from outside for a lab image: its root filesystem is exported from the lab
+    daemon that built it, and the generator reads the Debian and Python package records there.
+    Returns the SPDX document.
+    """
+    import json
+    import sys
+    import tarfile
+
+    from playbooks.images.sbom import validate
+
+    builder = state.hosts[0]
+    work = Path(tempfile.mkdtemp(prefix="frl-sbom-"))
+    cid = _docker(builder, "create", ref)
+    try:
+        _docker(builder, "export", "-o", str(work / "rootfs.tar"), cid)
+        with tarfile.open(work / "rootfs.tar") as tar:
+            # Docker adds etc/mtab -> /proc/mounts; a link out of the tree is no package record: skip, not follow, it.
+            tar.extractall(work / "root", filter=lambda m, dest: None if m.issym() and m.linkname.startswith("/")
+                           else tarfile.data_filter(m, dest))
+        name, version = ref.rsplit("/", 1)[-1].split(":", 1)
+        gen = Path(__file__).resolve().parent.parent / "families" / "sbom_gen.py"
+        r = subprocess.run([sys.executable, str(gen), str(work / "root"), name, version, str(dest)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise LabError(f"sbom_gen.py on {ref}: {r.stderr.strip()[-300:]}")
+    finally:
+        _docker(builder, "rm", cid)
+        shutil.rmtree(work, ignore_errors=True)
+    validate(dest)
+    return json.loads(dest.read_text())

@@ -74,7 +74,9 @@ def security_facts(inv: Inventory, service: str, tag: str, digest: str) -> tuple
     image = inv.fleet.services[service].image
     where = inv.resolve(sec.artifacts) / image / tag
     trivy: dict[str, Any] = {"path": str(where / "trivy.json"), "present": (where / "trivy.json").is_file(),
-                             "acceptances_file": str(acceptances_path(inv))}
+                             "acceptances_file": str(acceptances_path(inv)), "digest": digest}
+    if trivy["present"]:
+        trivy.update(report_binding(where / "trivy.json", digest))
     try:
         v = security.check(image, tag, digest, inv.resolve(sec.artifacts), acceptances_path(inv), sec.missing_report,
                            max_days=sec.max_acceptance_days)
@@ -82,6 +84,21 @@ def security_facts(inv: Inventory, service: str, tag: str, digest: str) -> tuple
     except ValueError as exc:  # an invalid acceptance file: the gate refuses every rollout until it is fixed
         trivy.update(status="unknown", reasons=[str(exc)], accepted=[], policy=sec.missing_report)
     return sbom_facts(where / "sbom.spdx.json"), trivy
+
+
+def report_binding(path: Path, digest: str) -> dict[str, Any]:
+    """Whether the Trivy report at `path` is the running digest's, by the gate's own test (security.report_problem).
+
+    The report sits under the image's tag; a tag pushed again names another digest, and a report
+    of that other image must not be shown as this container's verdict.
+    """
+    from .images import security
+
+    try:
+        problem = security.report_problem(json.loads(path.read_text()), digest)
+    except (OSError, ValueError) as exc:
+        problem = ("malformed", f"not readable as JSON: {exc}")
+    return {"for_running_digest": problem is None, **({"why_not": problem[1]} if problem else {})}
 
 
 def ledger_facts(entries: list[dict], rollout_id: str, host: str, service: str) -> dict[str, Any] | None:
@@ -130,6 +147,9 @@ def missing_links(out: dict[str, Any]) -> list[str]:
         gone.append(f"no SBOM at {out['sbom']['path']}")
     if not out["trivy"]["present"]:
         gone.append(f"no Trivy report at {out['trivy']['path']}")
+    elif not out["trivy"].get("for_running_digest"):
+        gone.append(f"no Trivy report for the running digest {out['trivy']['digest'][:19]}: the one at {out['trivy']['path']}"
+                    f" does not count ({out['trivy'].get('why_not')})")
     if out["rollout"] is None:
         gone.append(f"no ledger record of the rollout that started it ({out['container'].get('rollout_id') or 'no rollout id label'})"
                     f" in {out['ledger']}")
@@ -186,8 +206,11 @@ def _security_lines(sbom: dict, trivy: dict) -> list[str]:
              else f"  SBOM      {sbom['packages']} packages, {sbom['path']}"]
     if not trivy["present"]:
         lines.append(f"  Trivy     no Trivy report at {trivy['path']} (the gate's policy for a missing report: {trivy.get('policy')})")
+    elif not trivy.get("for_running_digest"):
+        lines.append(f"  Trivy     no report for the running digest {trivy['digest'][:19]}: the one at {trivy['path']} does not"
+                     f" count ({trivy.get('why_not')}); the gate's verdict: {trivy['status']}")
     else:
-        lines.append(f"  Trivy     {trivy['status']} ({trivy['path']})")
+        lines.append(f"  Trivy     {trivy['status']} for {trivy['digest'][:19]} ({trivy['path']})")
         lines += [f"            {r}" for r in trivy.get("reasons") or []]
     for a in trivy.get("accepted") or []:
         lines.append(f"  accepted  {a['cve']} by {a['owner']} until {a['expires']}: {a['reason']} ({trivy['acceptances_file']})")

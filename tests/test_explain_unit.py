@@ -43,9 +43,9 @@ def write_sbom(where: Path, packages: int = 12) -> None:
     (where / "sbom.spdx.json").write_text(json.dumps({"spdxVersion": "SPDX-2.3", "packages": [{"name": f"p{i}"} for i in range(packages)]}))
 
 
-def write_trivy(where: Path) -> None:
+def write_trivy(where: Path, digest: str = DIGEST) -> None:
     (where / "trivy.json").write_text(json.dumps({
-        "SchemaVersion": 2, "Metadata": {"RepoDigests": [f"{INV.repo(SVC)}@{DIGEST}"]},
+        "SchemaVersion": 2, "Metadata": {"RepoDigests": [f"{INV.repo(SVC)}@{digest}"]},
         "Results": [{"Target": "img", "Vulnerabilities": [{"VulnerabilityID": "CVE-2026-0001", "Severity": "HIGH", "PkgName": "zlib",
                                                            "InstalledVersion": "1.2"}]}]}))
 
@@ -84,7 +84,9 @@ def test_a_complete_chain_names_every_link_and_nothing_missing(artifacts):
     assert out["rollout"]["gate"]["time_to_healthy_s"] == 12.5 and out["rollout"]["timings"]["work_s"] == 41.5
     assert out["revert_to"]["rollout_id"] == "r-old"
     text = explain.explain_text(out)
-    for want in (f"image     {TAG}@{DIGEST}", "they agree", f"12 packages, {artifacts / 'sbom.spdx.json'}", "Trivy     warn",
+    assert out["trivy"]["for_running_digest"] is True and out["trivy"]["digest"] == DIGEST
+    for want in (f"image     {TAG}@{DIGEST}", "they agree", f"12 packages, {artifacts / 'sbom.spdx.json'}",
+                 f"Trivy     warn for {DIGEST[:19]}",
                  "accepted  CVE-2026-0001 by ops until", f"rollout   {RID}: phase gpu-mainpc, by ana@laptop", "gate      passed (healthy after 12.5s",
                  "work_s 41.50s", "revert to 20251201-aaaaaaa@sha256:cdcdcdcdcdcd (pinned on the host); ran from rollout r-old",
                  "frozen    phase gpu-mainpc frozen by ana", "drift     none: already running", "health    healthy: healthy; 0 restarts"):
@@ -107,6 +109,20 @@ def test_a_missing_trivy_report_is_said_with_its_path_and_the_gates_policy(artif
     assert out["trivy"]["status"] in ("warn", "refuse")  # the gate's own verdict under the inventory's policy
     text = explain.explain_text(out)
     assert f"Trivy     no Trivy report at {artifacts / 'trivy.json'} (the gate's policy for a missing report: " in text
+
+
+def test_a_report_of_another_digest_under_the_tag_is_not_shown_as_the_running_ones(artifacts):
+    write_sbom(artifacts)
+    other = "sha256:" + "ef" * 32  # the tag was pushed again: its report scanned the image it named before
+    write_trivy(artifacts, other)
+    out = answer(container())
+    assert out["trivy"]["present"] is True and out["trivy"]["for_running_digest"] is False
+    assert out["trivy"]["accepted"] == [], "an acceptance of a finding in another image is not this one's"
+    assert "not the planned" in out["trivy"]["why_not"] and other[:19] in out["trivy"]["why_not"]
+    assert out["missing"] == [f"no Trivy report for the running digest {DIGEST[:19]}: the one at {artifacts / 'trivy.json'}"
+                              f" does not count ({out['trivy']['why_not']})"]
+    text = explain.explain_text(out)
+    assert f"Trivy     no report for the running digest {DIGEST[:19]}" in text and "accepted  " not in text, text
 
 
 def test_a_revision_label_and_a_reported_sha_that_disagree_are_called_out(artifacts):
