@@ -233,7 +233,8 @@ def _rollout_lines(out: dict) -> list[str]:
         lines.append("  gate      no gate result in the ledger for this host and service")
     if r.get("timings"):
         t = r["timings"]
-        lines.append("  timings   " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items() if isinstance(v, int | float)))
+        lines.append("  timings   " + ", ".join(f"{k} {v:.2f}s" if k.endswith("_s") else f"{k} {v}"  # calls: a count
+                                             for k, v in t.items() if isinstance(v, int | float)))
     if r.get("note"):
         lines.append(f"  note      {r['note']}")
     return lines

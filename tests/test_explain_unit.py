@@ -57,7 +57,7 @@ def container(git_sha: str = SHA, rollout_id: str = RID) -> dict:
 
 
 LEDGER = [{"rollout_id": RID, "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:01:00Z", "operator": "ana@laptop",
-           "phase": "gpu-mainpc", "final": "committed", "elapsed_s": 60.0, "timings": {HOST: {"connect_s": 0.2, "work_s": 41.5}},
+           "phase": "gpu-mainpc", "final": "committed", "elapsed_s": 60.0, "timings": {HOST: {"connect_s": 0.2, "work_s": 41.5, "calls": 3}},
            "services": [{"host": HOST, "service": SVC, "outcome": "committed", "order": "stop-first",
                          "gate": {"ok": True, "phase": "passed", "reason": "", "time_to_healthy_s": 12.5, "elapsed_s": 42.0}}]}]
 VERSIONS = {"host": HOST, "versions": [{"tag": "20251201-aaaaaaa", "digest": "sha256:" + "cd" * 32, "ts": 1.0, "rollout_id": "r-old",
@@ -88,7 +88,7 @@ def test_a_complete_chain_names_every_link_and_nothing_missing(artifacts):
     for want in (f"image     {TAG}@{DIGEST}", "they agree", f"12 packages, {artifacts / 'sbom.spdx.json'}",
                  f"Trivy     warn for {DIGEST[:19]}",
                  "accepted  CVE-2026-0001 by ops until", f"rollout   {RID}: phase gpu-mainpc, by ana@laptop", "gate      passed (healthy after 12.5s",
-                 "work_s 41.50s", "revert to 20251201-aaaaaaa@sha256:cdcdcdcdcdcd (pinned on the host); ran from rollout r-old",
+                 "work_s 41.50s, calls 3", "revert to 20251201-aaaaaaa@sha256:cdcdcdcdcdcd (pinned on the host); ran from rollout r-old",
                  "frozen    phase gpu-mainpc frozen by ana", "drift     none: already running", "health    healthy: healthy; 0 restarts"):
         assert want in text, (want, text)
     assert "missing" not in text
