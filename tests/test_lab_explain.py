@@ -103,7 +103,7 @@ def test_explain_shows_the_sbom_and_the_trivy_verdict_of_the_digest_that_runs(la
     assert other != digest
     (where / "trivy.json").write_text(json.dumps(images.trivy_report(ref, other, [
         {"VulnerabilityID": CVE, "Severity": "HIGH", "PkgName": "busybox-static", "InstalledVersion": "1"}])))
-    out = json.loads(fab("explain", "mainpc/llm-api", "--json", "--inventory", inv).stdout)
+    out = json.loads(fab("explain", "mainpc/llm-api", "-j", "--inventory", inv).stdout)  # -j: the short flag
     t = out["trivy"]
     assert t["for_running_digest"] is False and t["accepted"] == [] and t["status"] == "refuse", t
     assert other[:19] in t["why_not"] and any(m.startswith(f"no Trivy report for the running digest {digest[:19]}")
