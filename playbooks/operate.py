@@ -79,7 +79,7 @@ def logs(inv: Inventory, service: str | None, host: str | None = None, tail: int
         from .swarm import operate as swarm
 
         if swarm.is_swarm_service(inv, service):  # docker service logs through a manager
-            return swarm.logs(inv, service or "", host, tail, parse_since(since), follow, timestamps)
+            return swarm.logs(inv, service or "", host, tail, parse_since(since), follow, timestamps, on_line)
         target = replica_host(inv, service, host)
     args = {"service": service or "", "tail": tail, "since_s": parse_since(since), "follow": follow, "agent": agent,
             "timestamps": timestamps}

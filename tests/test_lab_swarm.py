@@ -145,6 +145,33 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     assert fin and fin[0]["final"] == "reverted" and fin[0]["engine"] == "swarm"
     assert {(x["host"], x["outcome"]) for x in fin[0]["services"]} == {("mainpc", "reverted"), ("pc2", "reverted")}
     print(f"swarm rollouts (create, good, bad) took {time.monotonic() - t0:.1f}s")
+    the_rolled_back_release_is_frozen_until_thawed(tmp_path / "bad", rep, fin[0], bad)
+
+
+def the_rolled_back_release_is_frozen_until_thawed(bad_inv, rep: dict, fin: dict, bad: str) -> None:
+    """As with SSH push: Swarm's rollback froze the phase on both hosts against that release (said in the report and
+    the ledger); the same release again is refused naming the freeze, exit 3; fab thaw lets it be tried again."""
+    t0 = time.monotonic()
+    inv = str(bad_inv / "fleet.yml")
+    for h in ("mainpc", "pc2"):
+        assert rep["hosts"][h]["services"][0]["frozen"], rep["hosts"][h]
+        assert any(m.startswith(f"frozen: phase {PHASE} on {h} against {SERVICE}:{bad}@") for m in rep["messages"]), rep["messages"]
+    assert all(x["frozen"] for x in fin["services"])
+    again = fab("rollout", "-p", PHASE, "-i", inv, "-y", "-j")
+    assert again.returncode == 3, again.stdout[-3000:] + again.stderr
+    refused = json.loads(again.stdout)["phases"][0]
+    text = "\n".join(refused["messages"])
+    assert refused["state"] == "refused" and refused["hosts"] == {}, refused
+    for h in ("mainpc", "pc2"):  # the SSH push's own words (playbooks/freezes.blocking)
+        assert f"phase {PHASE} is frozen on {h}: rollout {rep['rollout_id']} was reverted automatically" in text, text
+    assert f"{SERVICE}:{bad}@" in text and f"fab thaw --phase {PHASE}" in text
+    assert ledger.read()[-1]["reason"] == "phase frozen"
+    thawed = fab("thaw", "--phase", PHASE, "--reason", "lab: tried again on purpose", "-i", inv)
+    assert thawed.returncode == 0 and f"mainpc: thawed {PHASE}" in thawed.stdout and f"pc2: thawed {PHASE}" in thawed.stdout, (
+        thawed.stdout + thawed.stderr)
+    dry = fab("rollout", "-p", PHASE, "-i", inv, "--dry-run")
+    assert dry.returncode == 2 and "would be refused" not in dry.stdout + dry.stderr, dry.stdout[-3000:] + dry.stderr
+    print(f"swarm freeze: refused, thawed, allowed in {time.monotonic() - t0:.1f}s")
 
 
 def test_rollback_to_a_tag_then_to_swarm_s_previous_spec_and_versions_and_logs_through_the_manager(swarm_lab):
@@ -181,6 +208,50 @@ def test_rollback_to_a_tag_then_to_swarm_s_previous_spec_and_versions_and_logs_t
     assert logs.returncode == 0 and f"docker service logs {STACK_SERVICE} through mainpc" in logs.stdout, logs.stdout + logs.stderr
     assert "\x1b" not in logs.stdout
     print(f"swarm rollback --to and back took {took:.1f}s; versions and logs {time.monotonic() - t0 - took:.1f}s")
+    logs_follow_streams_through_the_manager_until_ctrl_c(lab, inv)
+
+
+def _say_in_task(lab, text: str) -> None:
+    """A line in web's log on pc2 (a worker: its lines reach the manager through Swarm): written to the task's stdout."""
+    c = dclient(lab, "pc2").containers.list(filters={"label": f"com.docker.swarm.service.name={STACK_SERVICE}"})[0]
+    rc, out = c.exec_run(["/bin/sh", "-c", f"printf '%s\\033[31m\\n' '{text}' > /proc/1/fd/1"])
+    assert rc == 0, out
+
+
+def logs_follow_streams_through_the_manager_until_ctrl_c(lab, inv) -> None:
+    """fab logs --follow of the swarm service: the tail at once, a new line as it is written (escapes gone), Ctrl-C: 130."""
+    import queue
+    import threading
+
+    t0 = time.monotonic()
+    marks = [f"lab-follow-{os.getpid()}-{n}" for n in (1, 2)]
+    _say_in_task(lab, marks[0])
+    p = subprocess.Popen([FAB, "logs", "-s", SERVICE, "-i", str(inv), "--follow", "--tail", "3"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in p.stdout], daemon=True).start()
+    seen: list[str] = []
+
+    def wait_for(mark: str) -> None:
+        deadline = time.monotonic() + 20
+        while not any(mark in x for x in seen) and time.monotonic() < deadline:
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                continue
+        assert any(mark in x for x in seen), (mark, seen)
+
+    try:
+        wait_for(marks[0])  # --tail 3: what was there before
+        _say_in_task(lab, marks[1])
+        wait_for(marks[1])  # --follow: what comes after, as it comes
+    finally:
+        p.send_signal(signal.SIGINT)
+        _out, err = p.communicate(timeout=20)
+    assert p.returncode in (0, 130) and "Traceback" not in err, (p.returncode, err)
+    line = next(x for x in seen if marks[1] in x)
+    assert f"{STACK_SERVICE}." in line and "\x1b" not in line, line  # Swarm names the task (and its node)
+    print(f"swarm logs --follow: two lines and Ctrl-C in {time.monotonic() - t0:.1f}s")
 
 
 def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_status_says_where(swarm_lab):

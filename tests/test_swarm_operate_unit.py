@@ -55,8 +55,6 @@ def test_the_logs_command_is_one_argv_for_every_task():
 
 def test_fab_logs_and_versions_of_a_swarm_service_go_to_the_manager(inv, monkeypatch):  # noqa: F811
     assert swarm.is_swarm_service(inv, "api")
-    with pytest.raises(RolloutError, match="--follow on a swarm service is not built yet"):
-        operate.logs(inv, "api", follow=True)
     with pytest.raises(RolloutError, match="drop --host"):
         operate.logs(inv, "api", host="pc2")
     seen = {}

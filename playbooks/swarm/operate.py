@@ -4,11 +4,13 @@ Versions come from the controller's ledger (every swarm rollout and rollback rec
 service, what was tried and how it ended) and from the service's current and previous spec as
 Swarm keeps them (fleetroll's labels on each spec): what Swarm runs now on each host, and what
 `fab rollback -s SVC` (Swarm's previous spec) would go back to. Logs are `docker service logs`
-through a manager, cleaned of terminal escapes as the SSH push's logs are (agent/motion.clean_lines).
+through a manager, cleaned of terminal escapes as the SSH push's logs are (agent/motion.clean_lines); with
+--follow, streamed line by line through the manager (logs.py) until Ctrl-C.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent.motion import clean_lines
@@ -87,30 +89,39 @@ def versions(inv: Inventory, service: str, host: str | None = None) -> dict[str,
     return {"service": service, "replicas": [replica(view, records, service, h) for h in ([host] if host else hosts)]}
 
 
-def logs_command(stack: str, service: str, tail: int, since_s: float | None, timestamps: bool) -> list[str]:
+def logs_command(stack: str, service: str, tail: int, since_s: float | None, timestamps: bool, follow: bool = False) -> list[str]:
     """docker service logs of the stack's service, every task of it, each line prefixed by its task and node. Pure."""
     argv = ["docker", "service", "logs", "--no-trunc", "--tail", str(int(tail))]
     if since_s is not None:
         argv += ["--since", f"{int(since_s)}s"]
     if timestamps:
         argv.append("--timestamps")
+    if follow:
+        argv.append("--follow")
     return [*argv, f"{stack}_{service}"]
 
 
 def logs(inv: Inventory, service: str, host: str | None, tail: int, since_s: float | None, follow: bool,
-         timestamps: bool) -> dict[str, Any]:
-    """`fab logs -s SVC` for a swarm service, through the first manager that answers: every task's lines, cleaned."""
-    from .deploy import open_manager
+         timestamps: bool, on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`fab logs -s SVC` for a swarm service, through the first manager that answers: every task's lines, cleaned.
 
-    if follow:
-        raise RolloutError(f"--follow on a swarm service is not built yet: run fab logs -s {service} again, or on a manager"
-                           f" docker service logs -f {render.stack_name(_phase(inv, service))}_{service}")
+    With follow, lines go to on_line as they come (the SSH push's follow does the same with its agent's
+    events) until the stream ends or Ctrl-C; without on_line they are gathered and returned at the end.
+    """
+    from .deploy import open_manager
+    from .logs import follow as follow_stream
+
     if host:
         raise RolloutError(f"{service} runs on engine: swarm: its log is read through a manager for every task (each line"
                            " names its task and node); drop --host")
     stack = render.stack_name(_phase(inv, service))
     manager = open_manager(inv)
     try:
+        if follow:
+            got: list[str] = []
+            note = follow_stream(manager, logs_command(stack, service, tail, since_s, timestamps, follow=True),
+                                 f"{stack}_{service}", on_line or got.append)
+            return {"host": manager.name, "service": service, "lines": got, "note": note}
         _rc, out, err = manager.run(logs_command(stack, service, tail, since_s, timestamps), timeout=60)
     except SwarmCommandError as exc:
         raise RolloutError(f"reading {service}'s log through {manager.name}: {exc}; look: fab status") from None

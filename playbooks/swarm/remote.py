@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,37 @@ class Host:
         if check and rc != 0:
             raise SwarmCommandError(self.name, argv, rc, err)
         return rc, raw.decode(errors="replace"), err
+
+    def stream(self, argv: list[str], on_data: Callable[[bytes], None], idle_s: float = 86400.0) -> int:
+        """Run argv and hand its output to on_data as it comes, until it ends; return its exit status.
+
+        For commands that run until stopped (`docker service logs --follow`). On a pseudo-terminal, so that
+        closing the channel (Ctrl-C here: the KeyboardInterrupt goes up, `finally` closes) hangs the
+        remote command up and leaves no docker process behind on the manager; stdout and stderr come
+        merged, as on a terminal. A link that dies, or no output for idle_s, is a SwarmCommandError.
+        """
+        try:
+            t = self.conn.client.get_transport()
+            if t is None:
+                raise paramiko.SSHException("the SSH connection is closed")
+            chan = t.open_session(timeout=60)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SwarmCommandError(self.name, argv, -1, f"no SSH session to {self.address}: {exc}") from None
+        chan.settimeout(idle_s)
+        try:
+            chan.get_pty(term="dumb", width=500, height=50)
+            chan.exec_command(shlex.join(argv))
+            while data := chan.recv(32 << 10):
+                on_data(data)
+            if not chan.status_event.wait(30):
+                raise SwarmCommandError(self.name, argv, -1, "the output ended but no exit status came within 30s")
+            return chan.recv_exit_status()
+        except TimeoutError:
+            raise SwarmCommandError(self.name, argv, -1, f"no output for {idle_s:g}s") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SwarmCommandError(self.name, argv, -1, f"the SSH connection failed: {exc}") from None
+        finally:
+            chan.close()
 
     def json(self, argv: list[str], timeout: float = 60.0) -> Any:
         """The command's JSON answer; an answer that is not JSON (cut short, garbled) is a SwarmCommandError."""
