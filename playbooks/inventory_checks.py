@@ -215,10 +215,9 @@ def _swarm_phase_checks(ph: Phase, fleet: Fleet, at: str) -> list[str]:
                    " from max_parallel) or keep the phase on engine: ssh")
     for name in (s for s in ph.services if s in fleet.services):
         svc = fleet.services[name]
-        if fleet.is_proxy(name) or svc.proxy is not None:
-            out.append(f"{why}: services.{name}: the reverse proxy and the services behind it are not built for Swarm yet"
-                       " (they meet on fleetroll's own bridge network, which Swarm tasks do not join); fix: publish"
-                       " ports: instead of proxy:, or keep the phase on engine: ssh")
+        if svc.proxy is not None and svc.proxy.address:  # the rest of the proxy on Swarm: playbooks/swarm/proxy.py
+            out.append(f"{why}: services.{name}.proxy.listen: {svc.proxy.listen} binds one address; Swarm publishes the"
+                       " proxy's port on every address of the node; fix: listen: \"PORT\", or keep the phase on engine: ssh")
         bound = [p for p in svc.ports if PORT_RE.fullmatch(p)["ip"]]
         if bound:
             out.append(f"{why}: services.{name}.ports: {', '.join(bound)} binds one address; Swarm publishes a port on every"

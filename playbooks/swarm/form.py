@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import RolloutError
 from ..inventory import Inventory
-from . import commands
+from . import commands, proxy
 from .remote import Host, SwarmCommandError, open_host
 
 INIT, JOIN_MANAGER, JOIN_WORKER, MEMBER, REFUSE = "init", "join-manager", "join-worker", "member", "refuse"
@@ -137,6 +137,10 @@ def form(inv: Inventory, only: list[str] | None = None) -> FormReport:
             gpus = inv.fleet.hosts[h].gpus
             lead.run(commands.node_labels(node, h, gpus.model_dump() if gpus else None))
             rep.lines.append(f"{h}: node {node[:12]} labelled fleetroll.host={h}" + (" and fleetroll.gpu=true" if gpus else ""))
+        if proxy.wanted(inv):
+            line = proxy_network(lead)
+            rep.ok = rep.ok and not line.startswith("FAILED")
+            rep.lines.append(line)
     except SwarmCommandError as exc:
         rep.ok = False
         rep.lines.append(f"FAILED {exc}; what is done above stays done: fix it and run fab swarm.form again (it skips members)")
@@ -144,6 +148,23 @@ def form(inv: Inventory, only: list[str] | None = None) -> FormReport:
         for c in conns.values():
             c.close()
     return rep
+
+
+def proxy_network(lead: Host) -> str:
+    """The overlay the proxy and the services behind it share (playbooks/swarm/proxy.py), made once through the lead manager.
+
+    Made here rather than by a stack: every swarm phase's stack names it (external), and a network a stack made
+    would belong to that one phase's stack. A network of that name of another kind is left alone, and said.
+    """
+    rc, out, _err = lead.run(proxy.network_inspect(), check=False)
+    if rc == 0:
+        if out.split() == ["overlay", "swarm"]:
+            return f"{lead.name}: network {proxy.NETWORK} (overlay) already there; unchanged"
+        return (f"FAILED {lead.name}: a network {proxy.NETWORK} exists but is {out.strip() or 'unknown'}, not a swarm overlay;"
+                f" the proxy cannot reach its services over it; fix: remove it (docker network rm {proxy.NETWORK}) if it is"
+                " not in use, then fab swarm.form again")
+    lead.run(proxy.network_create())
+    return f"{lead.name}: made the overlay network {proxy.NETWORK} for the proxy and the services behind it"
 
 
 def leave(inv: Inventory, only: list[str] | None = None) -> FormReport:

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import contract, paths
+from agent.proxy import CONFIG_ENV, ProxyError
 
 from ..inventory import Inventory, SecretRef
+from . import proxy
 
 VERSION = "3.8"
 STACK_PREFIX = "fr-"
@@ -41,6 +43,11 @@ PYTHON_PROBE = ("import json,sys,urllib.request as u\n"
 WGET_PROBE = ('b=$(wget -q -O - "$1") || exit 1; case "$b" in *\'"status":"ok"\'*|*\'"status": "ok"\'*) exit 0;; esac;'
               ' exit 1')
 
+# The proxy's probe (the fleetroll-proxy image: Debian's bash, no wget): bash's /dev/tcp, no process started. The python
+# probe, started every interval, missed Docker's timeout on a busy 2-core lab host and Swarm killed a healthy proxy (seen:
+# "unhealthy container", exit 143, its listen port refusing connections until the next task started).
+PROXY_PROBE = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf \'GET %s HTTP/1.0\\r\\n\\r\\n\' "$2" >&3;'
+               ' IFS= read -r -d \'\' -u 3 r; case "$r" in "HTTP/1."?" 200 "*\'"status":"ok"\'*) exit 0;; esac; exit 1')
 
 # The agent's own directories on a node (agent/paths.py own_dirs), which no bind mount may be, lie in or hold. The
 # controller cannot ask a node for its home, so the home-relative ones are refused wherever they appear, and so is a
@@ -103,23 +110,35 @@ def update_order(inv: Inventory, service: str) -> tuple[str, str]:
     """start-first or stop-first, and why: a host-mode port cannot be held by two tasks at once."""
     svc = inv.fleet.services[service]
     wanted = svc.update.order if svc.update else "auto"
+    if inv.fleet.is_proxy(service):
+        if wanted == "start-first":
+            raise RenderError(f"services.{service}.update.order: start-first, but the proxy holds the listen ports of the"
+                              " services behind it in host mode, which a second task cannot take; fix: order: stop-first")
+        return "stop-first", "the proxy: it holds the listen ports of the services behind it in host mode (nothing sits in front of it)"
     if wanted != "auto":
         return wanted, f"update.order: {wanted}"
     if svc.ports:
         return "stop-first", "auto: it publishes a host-mode port, which the new task cannot take while the old one holds it"
     if svc.wants_gpu:
         return "stop-first", "auto: it uses a GPU and Swarm cannot check the card has room for a second copy"
+    if svc.proxy is not None:
+        return "start-first", "auto: behind the proxy, no host port and no GPU: the new task starts beside the old one"
     return "start-first", "auto: no host port and no GPU, so the new task starts beside the old one"
 
 
 def healthcheck(inv: Inventory, service: str) -> dict[str, Any]:
-    """Swarm's healthcheck from `health:`: probed inside the container, on the container's port."""
+    """Swarm's healthcheck from `health:`: probed inside the container, on the container's port.
+
+    The proxy's probe is PROXY_PROBE whatever `swarm.healthcheck` says: its image is fleetroll's own, with bash.
+    """
     svc = inv.fleet.services[service]
     h = svc.health
     port = next((cp for hp, cp, _p in svc.port_pairs() if hp == h.port), h.port)
     url = f"http://127.0.0.1:{port}{h.path}"
     timeout = min(2.0, max(h.interval * 4, 1.0))
-    if inv.fleet.swarm.healthcheck == "python":
+    if inv.fleet.is_proxy(service):
+        test = ["CMD", "/bin/bash", "-c", PROXY_PROBE, "probe", str(port), h.path]
+    elif inv.fleet.swarm.healthcheck == "python":
         test = ["CMD", "python3", "-c", PYTHON_PROBE, url, f"{timeout:g}"]
     else:
         test = ["CMD", "/bin/sh", "-c", WGET_PROBE, "probe", url]  # bounded by Docker's timeout below
@@ -230,9 +249,6 @@ def service_hash(entry: dict[str, Any]) -> str:
 def _service(inv: Inventory, phase: str, name: str, digest: str, out: Rendered, named: dict[str, dict]) -> dict[str, Any]:
     """One service of the stack; what cannot be said exactly goes to out.notes."""
     fleet, svc = inv.fleet, inv.fleet.services[name]
-    if fleet.is_proxy(name) or svc.proxy is not None:
-        raise RenderError(f"services.{name}: the reverse proxy and the services behind it are not built for Swarm yet;"
-                          " publish ports: instead, or keep the phase on engine: ssh")
     bound = [p for p in svc.port_bindings() if p[0]]
     if bound:
         raise RenderError(f"services.{name}.ports: Swarm publishes on every address; {bound[0][0]} cannot be kept")
@@ -266,13 +282,41 @@ def _service(inv: Inventory, phase: str, name: str, digest: str, out: Rendered, 
         entry["volumes"] = vols
     if secret_mounts:
         entry["secrets"] = secret_mounts
+    if fleet.is_proxy(name) or svc.proxy is not None:
+        _behind_or_proxy(inv, name, entry, out)
     if svc.wants_gpu:
         env["NVIDIA_VISIBLE_DEVICES"] = "all" if svc.gpus == "all" else ",".join(str(i) for i in range(int(svc.gpus)))
         out.notes.append(f"{name}: GPU by node label {GPU_LABEL} and NVIDIA_VISIBLE_DEVICES; Swarm has no --gpus, so the"
                          " node's dockerd must run nvidia as its default runtime")
     entry["deploy"]["labels"] = {TAG_LABEL: svc.tag, DIGEST_LABEL: digest, PHASE_LABEL: phase, SERVICE_LABEL: name,
                                  SPEC_LABEL: service_hash(entry)}
+    if fleet.is_proxy(name):
+        entry["deploy"]["labels"][proxy.CONFIG_HASH_LABEL] = proxy.config_hash(entry["environment"][CONFIG_ENV])
     return entry
+
+
+def _behind_or_proxy(inv: Inventory, name: str, entry: dict[str, Any], out: Rendered) -> None:
+    """The proxy, or a service behind it, on Swarm (playbooks/swarm/proxy.py): both on the overlay, only the proxy published.
+
+    The proxy's task gets the configuration rendered from the inventory in the variable its image reads, and
+    publishes each service's `proxy.listen` in host mode.
+    """
+    entry["networks"] = [proxy.NETWORK]
+    rp = inv.fleet.reverse_proxy
+    if not inv.fleet.is_proxy(name):
+        if proxy.swarm_phase_of(inv, rp.service) is None:
+            raise RenderError(f"services.{name} is behind the proxy {rp.service!r}, which no swarm phase runs: a swarm task"
+                              " is reached only by the proxy on Swarm; fix: put the proxy on a swarm phase too (first in this"
+                              " phase, or a phase of its own), or keep both on engine: ssh")
+        return
+    try:
+        backs = proxy.backends(inv)
+        text = proxy.config(backs, rp.health_port)
+    except (proxy.ProxyRenderError, ProxyError) as exc:
+        raise RenderError(f"services.{name}: {exc}") from None
+    entry["environment"][CONFIG_ENV] = text
+    if backs:
+        entry["ports"] = [{"target": b.listen, "published": b.listen, "protocol": "tcp", "mode": "host"} for b in backs]
 
 
 def render(inv: Inventory, phase: str, digests: dict[str, str] | None = None,
@@ -287,6 +331,8 @@ def render(inv: Inventory, phase: str, digests: dict[str, str] | None = None,
     named: dict[str, dict] = {}
     services = {name: _service(inv, phase, name, digests.get(name, ""), out, named) for name in inv.phase(phase).services}
     out.doc = {"version": VERSION, "services": services}
+    if any("networks" in e for e in services.values()):
+        out.doc["networks"] = proxy.network_doc()
     if named:
         out.doc["volumes"] = named
     if out.secrets:
