@@ -243,3 +243,23 @@ def snapshot(lab, service, host="mainpc") -> dict:
     c = dclient(lab, host).containers.get(service)
     return {"id": c.id, "env": sorted(c.attrs["Config"]["Env"]), "ports": c.attrs["HostConfig"]["PortBindings"],
             "tag": c.labels["io.fleetroll.tag"]}
+
+
+@contextmanager
+def swarm_formed(lab, inv: Path):
+    """The lab's hosts formed into one swarm from `inv` (`fab swarm.form`), left at the end (`fab swarm.leave`).
+
+    Left even when the test fails, and checked left: the lab's dockerds must be in no swarm for the tests after.
+    """
+    def fab(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=240, env=os.environ.copy())
+
+    formed = fab("swarm.form", "-i", str(inv))
+    try:
+        assert formed.returncode == 0, formed.stdout + formed.stderr
+        yield formed
+    finally:
+        left = fab("swarm.leave", "-i", str(inv))
+        assert left.returncode == 0, left.stdout + left.stderr
+        states = {h.name: dclient(lab, h.name).info()["Swarm"]["LocalNodeState"] for h in lab.hosts}
+        assert states == {h.name: "inactive" for h in lab.hosts}, states
