@@ -239,3 +239,21 @@ def test_the_proxy_probe_passes_only_200_with_status_ok_and_starts_no_process():
         srv.server_close()
     assert probe("/health") != 0  # nothing listening
     assert all(w not in render.PROXY_PROBE for w in ("python", "wget", "curl", "cat "))
+
+
+def test_preflight_checks_the_proxy_swarm_runs_not_the_ssh_push_s_socket(inv):
+    from playbooks.swarm import checks
+
+    hosts = ["mainpc", "pc2"]
+    text = proxy.config(proxy.backends(inv), 8404)
+    running = {"Spec": {"Labels": {proxy.CONFIG_HASH_LABEL: proxy.config_hash(text)}}}
+    ok = checks.proxy_checks(inv, "web", hosts, "overlay swarm\n", running)
+    assert [(c.host, c.check, c.status) for c in ok] == [("mainpc", "proxy", "pass"), ("pc2", "proxy", "pass")]
+    assert "backend for web, api" in ok[0].detail
+    stale = checks.proxy_checks(inv, "web", hosts, "overlay swarm", {"Spec": {"Labels": {proxy.CONFIG_HASH_LABEL: "0" * 16}}})
+    assert {c.status for c in stale} == {"fail"} and stale[0].fix == "roll the proxy's phase out again first: fab rollout --phase edge"
+    absent = checks.proxy_checks(inv, "web", hosts, "overlay swarm", None)
+    assert "runs in no stack" in absent[0].detail and absent[0].fix == "fab rollout --phase edge first"
+    no_net = checks.proxy_checks(inv, "edge", hosts, "", None)
+    assert {c.status for c in no_net} == {"fail"} and "fab swarm.form" in no_net[0].fix
+    assert {c.status for c in checks.proxy_checks(inv, "edge", hosts, "overlay swarm", None)} == {"pass"}  # deployed with it

@@ -43,9 +43,9 @@ PYTHON_PROBE = ("import json,sys,urllib.request as u\n"
 WGET_PROBE = ('b=$(wget -q -O - "$1") || exit 1; case "$b" in *\'"status":"ok"\'*|*\'"status": "ok"\'*) exit 0;; esac;'
               ' exit 1')
 
-# The proxy's probe (the fleetroll-proxy image: Debian's bash, no wget): bash's /dev/tcp, no process started. The python
-# probe, started every interval, missed Docker's timeout on a busy 2-core lab host and Swarm killed a healthy proxy (seen:
-# "unhealthy container", exit 143, its listen port refusing connections until the next task started).
+# The proxy's probe (the fleetroll-proxy image: Debian's bash, no wget): bash's /dev/tcp, no process started. With the
+# python probe every 250 ms (1 s timeout) a busy 2-core lab host saw Swarm kill a healthy proxy ("unhealthy container",
+# exit 143), its listen port refusing connections until the next task started.
 PROXY_PROBE = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf \'GET %s HTTP/1.0\\r\\n\\r\\n\' "$2" >&3;'
                ' IFS= read -r -d \'\' -u 3 r; case "$r" in "HTTP/1."?" 200 "*\'"status":"ok"\'*) exit 0;; esac; exit 1')
 
