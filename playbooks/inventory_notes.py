@@ -146,7 +146,7 @@ FLEET_NOTES: dict[str, Doc] = {
         " both. See [swarm.md](swarm.md).",
         "engine: swarm",
         "`fab rollout` (which engine a phase goes to), `fab swarm.render`, `fab status`; load-time checks of what Swarm"
-        " cannot run (no canary, no address-bound ports, no start-first with a host port, no proxy yet)."),
+        " cannot run (no canary, no address-bound ports, no start-first with a host port)."),
     "swarm": Doc(
         "How phases with `engine: swarm` run: which hosts manage the swarm and how the rendered healthcheck probes"
         " `/health`. Only read when some phase runs on Swarm, and by `fab swarm.form`/`swarm.leave`.",
