@@ -103,3 +103,64 @@ def test_a_pool_counts_the_connect_once_and_every_call_of_the_command(monkeypatc
     assert (first.times.wait_s, first.times.connect_s) == (0.5, 0.25)
     assert (second.times.wait_s, second.times.connect_s) == (0.0, None), "the session was already open"
     assert pool.times["h"] == HostTimes(wait_s=0.5, connect_s=0.25, start_s=0.3, agent_s=2.1, calls=2)
+
+
+def _warm_fakes(monkeypatch, connect):
+    """Pool.warm with connect() and the agent's exec replaced: which sessions exist, opened and closed, is what counts."""
+    monkeypatch.setattr(transport.Target, "from_inventory", classmethod(lambda cls, inv, h: h))
+    monkeypatch.setattr(transport, "connect", connect)
+    opened, closed = [], []
+    monkeypatch.setattr(transport.AgentSession, "_open", lambda self, timeout: opened.append(self.host) or setattr(self, "chan", object()))
+    monkeypatch.setattr(transport.AgentSession, "close", lambda self: closed.append(self.host) or setattr(self, "chan", None))
+    return opened, closed
+
+
+def test_a_warmed_host_is_connected_and_its_agent_started_before_the_first_call_which_then_uses_it(monkeypatch):
+    made = []
+    opened, closed = _warm_fakes(monkeypatch, lambda t: made.append(t) or _Conn())
+    seen = []
+
+    def call(self, op, args, timeout, on_event=None):
+        seen.append((self.host, self.chan is not None))
+        return transport.CallResult(host=self.host, ok=True, answer={"ok": True})
+
+    monkeypatch.setattr(transport.AgentSession, "call", call)
+    with transport.Pool() as pool:
+        pool.warm(None, ["a", "b"])
+        pool.warm(None, ["a"])  # already under way: not a second connection
+        res = transport.on_hosts(None, ["a", "b"], "facts", lambda h: {}, max_parallel=2, pool=pool)
+        assert all(r.ok for r in res.values())
+        assert sorted(made) == ["a", "b"] and sorted(opened) == ["a", "b"], "one connection and one agent per host"
+        assert sorted(seen) == [("a", True), ("b", True)], "each first call ran on the agent started ahead of it"
+        assert res["a"].times.connect_s == 0.25, "the warm-up's connect is this command's, counted once"
+    assert sorted(closed) == ["a", "b"]
+
+
+def test_a_warm_up_that_cannot_connect_fails_the_first_call_as_connecting_would(monkeypatch):
+    def refuse(t):
+        raise transport.TransportError("unreachable", f"{t}: cannot connect: refused")
+
+    _warm_fakes(monkeypatch, refuse)
+    with transport.Pool() as pool:
+        pool.warm(None, ["a"])
+        res = transport.on_hosts(None, ["a"], "facts", lambda h: {}, pool=pool)["a"]
+    assert not res.ok and res.error_kind == "unreachable" and "cannot connect: refused" in res.error
+
+
+def test_warmed_hosts_the_command_never_called_are_closed_with_the_pool_even_those_connecting_late(monkeypatch):
+    gate = threading.Event()
+
+    def connect(t):
+        if t == "late":
+            gate.wait(5)
+        return _Conn()
+
+    opened, closed = _warm_fakes(monkeypatch, connect)
+    with transport.Pool() as pool:
+        pool.warm(None, ["early", "late"])
+        pool.warming["early"].result(5)
+        late = pool.warming["late"]
+    assert closed == ["early"], "started before the command ended: the pool closes it"
+    gate.set()
+    assert late.result(5).host == "late"
+    assert sorted(closed) == ["early", "late"], "connected after the command ended: the warm-up closes its own session"
