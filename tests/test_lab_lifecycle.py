@@ -48,6 +48,8 @@ def test_lab_touches_only_what_it_made():
         # The README's first command, run the way an operator's script would: through bash -c.
         readme = (root / "README.md").read_text().split("```sh\n", 1)[1].split("\n", 1)[0]
         assert readme.startswith("bash scripts/setup.sh && .venv/bin/fab lab.up")
+        # This worker's lab instance (FLEETROLL_LAB_INSTANCE) has its own directory; the command is otherwise the README's.
+        readme = readme.replace("/tmp/frlab/", f"{fleet.LAB_DIR}/")
         r = subprocess.run(["bash", "-c", readme], cwd=root, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert "preflight passed" in r.stdout

@@ -55,7 +55,9 @@ def test_good_upgrade_commits_and_pins_prev(lab, tmp_path):
     [
         ("degraded", {"healthy_deadline": 4}, "status is 'degraded'"),
         ("http500", {"healthy_deadline": 4}, "HTTP 500"),
-        ("crash", {}, "exit code 3"),  # it crashes 1 s after start: inside the lab's 2 s window
+        # It crashes 1 s after start, inside the lab's 2 s window. On a loaded machine the probe can meet the reset
+        # before Docker records the exit: the report then says so, and carries the container's own last line.
+        ("crash", {}, ("exit code 3", "crashing on purpose (exit 3)")),
         ("hang", {"healthy_deadline": 4}, "no answer"),
     ],
 )
@@ -68,7 +70,8 @@ def test_bad_release_rolls_back_to_prev(lab, tmp_path, variant, health, expect):
     rep = executor.rollout(inv, "gpu-mainpc")
     assert not rep.ok and rep.state == "reverted"
     s = svc_result(rep, "mainpc", "vision-api")
-    assert s["outcome"] == "reverted" and expect in s["message"] + json.dumps(s["details"]) + json.dumps(s["gate"])
+    said = s["message"] + json.dumps(s["details"]) + json.dumps(s["gate"])
+    assert s["outcome"] == "reverted" and any(e in said for e in ((expect,) if isinstance(expect, str) else expect)), said
     assert s["prev_ref"].endswith(f"{before}-prev") and s["revert_gate"]["ok"]
     text = "\n".join(rep.messages)
     assert "FAILED mainpc vision-api: health-" in text and f"tried: {tag}@" in text
