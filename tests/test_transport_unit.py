@@ -164,3 +164,66 @@ def test_warmed_hosts_the_command_never_called_are_closed_with_the_pool_even_tho
     gate.set()
     assert late.result(5).host == "late"
     assert sorted(closed) == ["early", "late"], "connected after the command ended: the warm-up closes its own session"
+
+
+class _EndedChannel:
+    """An agent's channel whose process ended before its first request: closed, exit status and stderr kept."""
+
+    closed = True
+
+    def __init__(self, err: bytes, rc: int = 2):
+        self.err, self.rc = err, rc
+
+    def sendall(self, data):
+        raise OSError("Socket is closed")
+
+    def settimeout(self, t):
+        pass
+
+    def recv_exit_status(self):
+        return self.rc
+
+    def makefile_stderr(self, mode):
+        import io
+
+        return io.BytesIO(self.err)
+
+    def shutdown_write(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_warmed_agent_that_ended_before_its_request_is_uploaded_and_asked_again_not_reported_as_a_lost_link(monkeypatch):
+    import io
+
+    sess = transport.AgentSession(_Conn(), "h")
+    sess.chan, sess.out, sess.started_at = _EndedChannel(b"python3: can't open file '.fleetroll/agent-x.pyz'"), io.BytesIO(b""), 0.0
+    uploads = []
+    monkeypatch.setattr(transport, "_upload", lambda conn, name, data: uploads.append(name))
+
+    def reopen(self, timeout):
+        self.chan, self.out, self.started_at = _OkChannel(), io.BytesIO(b'{"protocol": %d, "ok": true, "op": "facts"}\n' % transport.PROTOCOL), None
+
+    monkeypatch.setattr(transport.AgentSession, "_open", reopen)
+    monkeypatch.setattr(transport.remote, "parse_line", lambda raw: __import__("json").loads(raw))
+    res = sess.call("facts", {}, timeout=5)
+    assert res.ok and res.uploaded and len(uploads) == 1, (res.error, uploads)
+
+
+class _OkChannel(_EndedChannel):
+    closed = False
+
+    def __init__(self):
+        super().__init__(b"")
+
+    def sendall(self, data):
+        pass
+
+
+def test_an_agent_that_had_answered_and_then_died_is_still_a_lost_link(monkeypatch):
+    sess = transport.AgentSession(_Conn(), "h")
+    sess.chan, sess.started_at = _EndedChannel(b""), None  # None: this process had answered a request before
+    with pytest.raises(OSError):
+        sess.call("rollout", {}, timeout=5)
