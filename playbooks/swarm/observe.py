@@ -7,11 +7,12 @@ and each node's `fleetroll.host` label (node hostnames may be shared, so never t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import commands
-from .remote import Host
+from .remote import Host, SwarmCommandError
 from .render import DIGEST_LABEL, HOST_LABEL, SERVICE_LABEL, SPEC_LABEL, TAG_LABEL
 
 
@@ -37,8 +38,26 @@ def read(manager: Host, stack: str) -> View:
         name = (s["Spec"].get("Labels") or {}).get(SERVICE_LABEL) or s["Spec"]["Name"].removeprefix(f"{stack}_")
         view.services[name] = s
         tids = manager.lines(commands.service_tasks(s["ID"]))
-        view.tasks[name] = (manager.json(commands.inspect(tids)) or []) if tids else []
+        view.tasks[name] = _tasks(manager, tids) if tids else []
     return view
+
+
+def _tasks(manager: Host, tids: list[str]) -> list[dict[str, Any]]:
+    """The tasks of `tids` that still exist.
+
+    Swarm trims a service's task history as updates go (task_history_limit, 5 by default): a task listed
+    a moment ago can be gone when it is inspected. docker then prints the others, says "No such object"
+    for each gone one and exits 1. Those are dropped, as Swarm dropped them; any other failure is one.
+    """
+    argv = commands.inspect(tids)
+    rc, out, err = manager.run(argv, check=False)
+    problems = [line for line in err.splitlines() if line.strip()]
+    if rc != 0 and (not problems or not all("No such object" in line for line in problems)):
+        raise SwarmCommandError(manager.name, argv, rc, err)
+    try:
+        return json.loads(out) if out.strip() else []
+    except ValueError as exc:
+        raise SwarmCommandError(manager.name, argv, -1, f"the answer is not JSON ({exc}); nothing is taken from it") from None
 
 
 def labels(svc: dict[str, Any] | None, previous: bool = False) -> dict[str, str]:
