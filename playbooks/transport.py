@@ -147,8 +147,8 @@ class AgentSession:
             self.chan.settimeout(timeout)
             try:
                 sent = time.monotonic()
-                if self._send(request):
-                    res.round_trips += 1
+                self.chan.sendall(request)
+                res.round_trips += 1
                 while True:
                     raw = self.out.readline(remote.MAX_LINE + 1)
                     if not raw:
@@ -183,20 +183,6 @@ class AgentSession:
             break
         res.elapsed_s = time.monotonic() - t0
         return _judge(res) if res.answer is not None else res
-
-    def _send(self, request: bytes) -> bool:
-        """Send one request; False when the agent had already ended (its reason is then read like any silent end).
-
-        An agent started ahead of its request (Pool.warm) can end before the request goes out, its archive
-        missing on the host or replaced: the channel is closed by then, and what it wrote on stderr says why.
-        """
-        try:
-            self.chan.sendall(request)
-            return True
-        except OSError:
-            if not self.chan.closed or self.started_at is None:
-                raise  # a link lost, or an agent that had answered before and then died: not a start that failed
-            return False
 
     def _time(self, res: CallResult, sent: float) -> None:
         """The first answer of a process splits exec -> answer into start and work; later ones are all work."""
