@@ -73,28 +73,9 @@ def serve_one(raw: str) -> tuple[dict, dict]:
     return request, result
 
 
-def _import_ahead() -> None:
-    """Import what the first request will need while it has not arrived yet.
-
-    The controller starts an agent ahead of its first request (transport.Pool.warm) while it is
-    still starting up itself; that idle time pays for the recovery check every request runs and
-    for `facts`, the first request of a preflight or rollout. A request already waiting (a
-    one-off call) is served at once: it imports only what it uses.
-    """
-    import select
-
-    try:
-        ready, _, _ = select.select([sys.stdin], [], [], 0)
-    except (OSError, ValueError):
-        return
-    if not ready:
-        from . import facts, recovery  # noqa: F401
-
-
 def main() -> int:
     # Journal and lock files are shared by every user of this host's Docker group.
     os.umask(0o007)
-    _import_ahead()
     raw = sys.stdin.readline()
     while True:
         request, result = serve_one(raw)
