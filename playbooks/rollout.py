@@ -52,16 +52,10 @@ def acceptances_path(inv: Inventory):
     return Path(env).expanduser() if env else inv.resolve(inv.fleet.security.acceptances)
 
 
-def rollout(inv: Inventory, phase: str, pool: transport.Pool | None = None, **kw) -> RolloutReport:
-    """Roll one phase out over one SSH connection per host (preflight, transaction, revert).
-
-    pool: the command's own (warmed while it started, kept across the phases of --all), or one of its own.
-    """
-    if pool is not None:
-        pool.times = {}  # this phase's calls only, in this phase's report
+def rollout(inv: Inventory, phase: str, **kw) -> RolloutReport:
+    """Roll one phase out over one SSH connection per host (preflight, transaction, revert)."""
+    with transport.Pool() as pool:
         return _rollout(inv, phase, pool=pool, **kw)
-    with transport.Pool() as own:
-        return _rollout(inv, phase, pool=own, **kw)
 
 
 @dataclass

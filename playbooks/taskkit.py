@@ -185,24 +185,6 @@ def whole_number(value, option: str) -> int | None:
     return n
 
 
-def warmed_pool(inv, hosts: list[str] | None, phase: str | None, max_parallel: int | None = None, *, in_phase: bool = False):
-    """A connection pool already reaching the hosts this command will call, before the command imports what it runs.
-
-    Called once the inventory and the options are valid (bad input connects nowhere): the hosts' side of
-    the first call (handshake, login shell, agent start) then overlaps the controller's own start-up
-    (transport.Pool.warm). The caller closes it (`with pool:`). in_phase: --hosts must be hosts of the phase
-    (a rollout's rule, targets.check), checked before any host is reached.
-    """
-    from . import targets, transport
-
-    if in_phase:
-        targets.check(inv, phase, hosts)
-    pool = transport.Pool()
-    # As many as the first call runs at once, in its order: no more sessions open than max_parallel allows.
-    pool.warm(inv, inv.select_hosts(hosts, phase)[: max_parallel or inv.fleet.ssh.max_parallel])
-    return pool
-
-
 def host_list(value: str | None) -> list[str] | None:
     return [h.strip() for h in value.split(",") if h.strip()] if value else None
 

@@ -16,7 +16,6 @@ from .taskkit import SHORT_FLAGS, Exit, invoke, task  # noqa: F401 - SHORT_FLAGS
 from .taskkit import host_list as _hosts
 from .taskkit import load_inventory as _inventory
 from .taskkit import required as _required
-from .taskkit import warmed_pool as _warmed_pool
 from .taskkit import whole_number as _int
 
 Collection = invoke.Collection
@@ -34,14 +33,12 @@ Collection = invoke.Collection
 )
 def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_parallel=None, timings=False):
     """Check every host before a rollout: SSH, Docker, driver, GPUs, images, disk, ports."""
-    inv = _inventory(inventory, json)
-    host_list, parallel = _hosts(hosts), _int(max_parallel, "max-parallel")
-    with _warmed_pool(inv, host_list, phase, parallel) as pool:  # the hosts connect while the rest is imported
-        from . import render
-        from . import timings as times
-        from .runner import run_preflight
+    from . import render
+    from . import timings as times
+    from .runner import run_preflight
 
-        report = run_preflight(inv, phase, host_list, parallel, pool=pool)
+    inv = _inventory(inventory, json)
+    report = run_preflight(inv, phase, _hosts(hosts), _int(max_parallel, "max-parallel"))
     per_host = {h: r.times for h, r in report.calls.items()}
     if json:
         render.dump_json({**report.to_json(), **({"timings": times.to_json(per_host)} if timings else {})})
@@ -70,18 +67,17 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
 def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=None, on_failure="revert-phase",
             json=False, yes=False, inventory=None, timings=False):
     """Roll a phase out: preflight, plan, health-gated swaps, automatic rollback to -prev."""
+    from . import executor
+
     inv = _inventory(inventory, json)
     if bool(phase) == bool(all):
         raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=1)
+    progress = executor.Progress(enabled=not json)
     kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=_int(max_parallel, "max-parallel"),
-              on_failure=on_failure, confirm=_confirm_or_yes(yes))
-    pool = _warmed_pool(inv, kw["hosts"], None if all else phase, kw["max_parallel"], in_phase=not all)  # connect, then import
-    from . import executor
-
-    progress = kw["progress"] = executor.Progress(enabled=not json)
+              on_failure=on_failure, confirm=_confirm_or_yes(yes), progress=progress)
     try:
-        with pool, progress:
-            reports = executor.rollout_all(inv, pool=pool, **kw) if all else [executor.rollout(inv, phase, pool=pool, **kw)]
+        with progress:
+            reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
     except executor.Interrupted as exc:
         _interrupted(str(exc))
     except KeyboardInterrupt:

@@ -44,20 +44,17 @@ def _plus(a: float | None, b: float | None) -> float | None:
     return a if b is None else a + b
 
 
-def first_call(exec_to_answer_s: float, uptime_s: Any, request_to_answer_s: float | None = None) -> tuple[float | None, float | None]:
+def first_call(exec_to_answer_s: float, uptime_s: Any) -> tuple[float | None, float | None]:
     """(shell + agent start, agent work) of a call whose exec started the agent process.
 
     The controller sees exec -> answer; the agent says how long it has run (uptime_s). What is
-    left is the remote login shell, the interpreter's start and the archive check. An agent
-    started ahead of its first request (Pool.warm) idled in between: its work is at most the
-    time since the request went out, and the idle time is neither start nor work. An answer
+    left is the remote login shell, the interpreter's start and the archive check. An answer
     without uptime_s (an older agent) leaves both unknown rather than guessed.
     """
     if isinstance(uptime_s, bool) or not isinstance(uptime_s, (int, float)) or uptime_s < 0:
         return None, None
-    waited = exec_to_answer_s if request_to_answer_s is None else min(exec_to_answer_s, request_to_answer_s)
-    work = min(float(uptime_s), waited)  # two clocks: never more work than the controller waited
-    return max(0.0, exec_to_answer_s - max(float(uptime_s), work)), work
+    work = min(float(uptime_s), exec_to_answer_s)  # two clocks: never more work than the controller waited
+    return exec_to_answer_s - work, work
 
 
 def total(times: dict[str, HostTimes]) -> HostTimes:

@@ -17,7 +17,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,8 +187,8 @@ class AgentSession:
     def _time(self, res: CallResult, sent: float) -> None:
         """The first answer of a process splits exec -> answer into start and work; later ones are all work."""
         now = time.monotonic()
-        if self.started_at is not None:  # a warmed process may have idled between its start and this request
-            res.times.start_s, res.times.agent_s = first_call(now - self.started_at, res.answer.get("uptime_s"), now - sent)
+        if self.started_at is not None:
+            res.times.start_s, res.times.agent_s = first_call(now - self.started_at, res.answer.get("uptime_s"))
             self.started_at = None
         else:
             res.times.agent_s = now - sent  # the process was already running, idle on stdin until the request
@@ -216,54 +216,10 @@ class Pool:
         self.sessions: dict[str, AgentSession] = {}
         self.lock = threading.Lock()
         self.times: dict[str, HostTimes] = {}  # every call's times through this pool, per host, for the whole command
-        self.warming: dict[str, Future] = {}
-        self.closed = False
-
-    def warm(self, inv: Inventory, hosts: list[str]) -> None:
-        """Connect to each host and start its agent in the background while the command still imports and plans.
-
-        Once the inventory is valid, the remote side of a call (handshake, login shell, interpreter, archive
-        check) needs nothing more from the controller, and at 2 hosts it is most of a no-op: overlapping it
-        with the controller's own start-up is what brings the command near the floor. A warmed agent waits
-        on stdin; nothing on the host changes before a request. What fails is raised where the first call
-        would have connected (get), so it is reported as it always was.
-        """
-        for host in hosts:
-            with self.lock:
-                if host in self.sessions or host in self.warming:
-                    continue
-                fut: Future = Future()
-                self.warming[host] = fut
-            # A daemon thread, not an executor's: a handshake stuck until connect_timeout must not hold up the exit.
-            threading.Thread(target=self._warm_one, args=(inv, host, fut), name=f"warm-{host}", daemon=True).start()
-
-    def _warm_one(self, inv: Inventory, host: str, fut: Future) -> None:
-        try:
-            sess = AgentSession(connect(Target.from_inventory(inv, host)), host)
-        except BaseException as exc:  # noqa: BLE001 - kept for get(), which raises it in the caller's thread
-            fut.set_exception(exc)
-            return
-        try:
-            sess._open(timeout=60)
-        except (paramiko.SSHException, OSError, EOFError):
-            sess.close()  # the first call opens it again and reports what goes wrong then
-        with self.lock:  # under the lock that __exit__ takes: either it sees this result, or this sees it closed
-            late = self.closed  # the command ended before it needed this host
-            if not late:
-                fut.set_result(sess)
-        if late:
-            sess.close()
-            sess.conn.close()
-            fut.set_result(sess)
 
     def get(self, inv: Inventory, host: str) -> AgentSession:
         with self.lock:
             sess = self.sessions.get(host)
-            warmed = self.warming.pop(host, None)
-        if warmed is not None:
-            sess = warmed.result()  # a TransportError from the warm-up is this call's, as if it had connected itself
-            with self.lock:
-                self.sessions[host] = sess
         if sess is not None and sess.conn.is_connected and sess.conn.client.get_transport().is_active():
             return sess
         sess = AgentSession(connect(Target.from_inventory(inv, host)), host)
@@ -286,13 +242,6 @@ class Pool:
         return self
 
     def __exit__(self, *exc) -> None:
-        with self.lock:  # warmed but never used: closed here, or by the warm-up itself if still under way
-            self.closed = True
-            unused = [f.result() for f in self.warming.values() if f.done() and f.exception() is None]
-            self.warming = {}
-        for sess in unused:
-            sess.close()
-            sess.conn.close()
         for host in list(self.sessions):
             self.drop(host)
 
