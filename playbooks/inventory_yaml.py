@@ -67,6 +67,10 @@ def _read_yaml(path: Path) -> tuple[Any, dict]:
     loader = _LOADER(text)  # one parse gives both the nodes (lines, duplicates) and the data
     try:
         node = loader.get_single_node()
+        # Lines and duplicate keys from the nodes as written, before construct_document: it flattens merge keys
+        # (`<<: *anchor`) into the mapping node in place, and an override of a merged key would then look given twice.
+        lines = _line_index(node) if node is not None else {}
+        lines[("__duplicates__",)] = _duplicate_keys(node, path) if node is not None else []  # reported with the rest
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -76,8 +80,6 @@ def _read_yaml(path: Path) -> tuple[Any, dict]:
         loader.dispose()
     if node is None or not isinstance(data, dict):
         raise InventoryError([f"{path}:1: expected a YAML mapping at the top level"])
-    lines = _line_index(node)
-    lines[("__duplicates__",)] = _duplicate_keys(node, path)  # reported with every other problem, in one pass
     return data, lines
 
 

@@ -279,6 +279,13 @@ def test_duplicate_keys_are_an_error_naming_both_lines(tmp_path):
     assert any("services.api.host: key given twice (lines 14 and 15)" in p for p in out), out
 
 
+def test_a_merge_key_override_is_not_a_duplicate_and_the_override_wins(tmp_path):
+    fleet = BASE.replace("  mainpc:\n    address: 10.0.0.1\n", "  mainpc: &pc\n    address: 10.0.0.1\n").replace(
+        "  pc2:\n    address: 10.0.0.2\n", "  pc2:\n    <<: *pc\n    address: 10.0.0.2\n")
+    inv = load(write(tmp_path, fleet))
+    assert inv.fleet.hosts["pc2"].address == "10.0.0.2" and inv.fleet.hosts["pc2"].gpus.count == 1
+
+
 def test_two_hosts_on_one_address_and_port_and_a_missing_key_file(tmp_path):
     fleet = BASE.replace("    address: 10.0.0.2\n", "    address: 10.0.0.1\n    key_filename: /nonexistent/id_ed25519\n")
     out = problems(tmp_path, fleet)
