@@ -36,7 +36,7 @@ def fab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 def inventory(lab, tmp, proxy_tag: str, web_tag: str):
     """The lab inventory plus one swarm phase: the proxy first, then `web` behind it, both on mainpc and pc2."""
     def edit(doc):
-        doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}  # web is busybox; the proxy's probe is python's
+        doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}  # web is busybox; the proxy's probe is bash's (render.PROXY_PROBE)
         doc["reverse_proxy"] = {"service": PROXY}
         doc["services"][PROXY] = {"image": "fleetroll-proxy", "tag": proxy_tag, "hosts": ["mainpc", "pc2"], "stop_timeout": 2,
                                   "health": {"port": 8404, **FAST}}
