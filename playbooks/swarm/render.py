@@ -49,6 +49,12 @@ WGET_PROBE = ('b=$(wget -q -O - "$1") || exit 1; case "$b" in *\'"status":"ok"\'
 PROXY_PROBE = ('exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; printf \'GET %s HTTP/1.0\\r\\n\\r\\n\' "$2" >&3;'
                ' IFS= read -r -d \'\' -u 3 r; case "$r" in "HTTP/1."?" 200 "*\'"status":"ok"\'*) exit 0;; esac; exit 1')
 
+# Swarm's probe is a process exec'd in the container (runc) every `interval`, where the SSH push's gate is one HTTP
+# request from the agent: health.interval (0.25 s in the lab) made every task exec four probes a second, and with a
+# 1 s timeout a loaded 2-core lab saw Swarm kill healthy tasks, the proxy's among them (CI run, load ~20: a proxy task
+# restarted mid-test, a committed task gone by the next status). At least 1 s between probes and 2-5 s for each.
+PROBE_MIN_INTERVAL = 1.0
+
 # The agent's own directories on a node (agent/paths.py own_dirs), which no bind mount may be, lie in or hold. The
 # controller cannot ask a node for its home, so the home-relative ones are refused wherever they appear, and so is a
 # home directory itself: it holds the agent's code (~/.fleetroll) and the docker CLI's registry logins (~/.docker).
@@ -135,14 +141,15 @@ def healthcheck(inv: Inventory, service: str) -> dict[str, Any]:
     h = svc.health
     port = next((cp for hp, cp, _p in svc.port_pairs() if hp == h.port), h.port)
     url = f"http://127.0.0.1:{port}{h.path}"
-    timeout = min(2.0, max(h.interval * 4, 1.0))
+    interval = max(h.interval, PROBE_MIN_INTERVAL)
+    timeout = min(5.0, max(interval * 2, 2.0))
     if inv.fleet.is_proxy(service):
         test = ["CMD", "/bin/bash", "-c", PROXY_PROBE, "probe", str(port), h.path]
     elif inv.fleet.swarm.healthcheck == "python":
         test = ["CMD", "python3", "-c", PYTHON_PROBE, url, f"{timeout:g}"]
     else:
         test = ["CMD", "/bin/sh", "-c", WGET_PROBE, "probe", url]  # bounded by Docker's timeout below
-    return {"test": test, "interval": _seconds(h.interval), "timeout": _seconds(timeout), "retries": 3,
+    return {"test": test, "interval": _seconds(interval), "timeout": _seconds(timeout), "retries": 3,
             "start_period": _seconds(h.healthy_deadline)}
 
 
