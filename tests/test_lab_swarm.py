@@ -289,6 +289,20 @@ def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_sta
     print(f"mover rescheduled from {gone.name} to {other} in {moved:.1f}s")
 
 
+def test_swarm_down_takes_the_phase_s_stack_off_every_node_and_a_second_one_finds_nothing(swarm_lab):
+    """The way back to the SSH push, step 1 (docs/swarm.md): no service listed, no node running a task of it, ledgered."""
+    lab, inv = swarm_lab
+    r = fab("swarm.down", "-p", PHASE, "-i", str(inv), "-y", "-j")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] and rep["stack"] == f"fr-{PHASE}" and rep["left"] == {} and rep["manager"] == "mainpc", rep
+    for h in ("mainpc", "pc2"):  # each node's own dockerd: no container of the stack, not only the manager's word
+        assert dclient(lab, h).containers.list(all=False, filters={"label": f"com.docker.stack.namespace=fr-{PHASE}"}) == [], h
+    assert any(json.loads(x).get("kind") == "swarm-down" for x in ledger.path().read_text().splitlines())
+    again = fab("swarm.down", "-p", PHASE, "-i", str(inv), "-y")
+    assert again.returncode == 0 and "nothing taken down" in again.stdout, again.stdout + again.stderr
+
+
 def secret_reached_the_tasks_and_no_record(lab, report: str) -> None:
     """The rotated value is read inside both tasks at KEY=/run/secrets/NAME; neither value is in any record."""
     for h in ("mainpc", "pc2"):

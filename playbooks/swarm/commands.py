@@ -70,6 +70,15 @@ def stack_deploy(stack: str) -> list[str]:
     return ["docker", "stack", "deploy", "--resolve-image", "never", "-c", "-", stack]
 
 
+def stack_rm(stack: str) -> list[str]:
+    return ["docker", "stack", "rm", stack]
+
+
+def stack_containers(stack: str) -> list[str]:
+    """The containers of the stack's tasks on this node (a task's container can outlive its service while it stops)."""
+    return ["docker", "ps", "-q", "--filter", f"label=com.docker.stack.namespace={stack}"]
+
+
 def service_rm(name: str) -> list[str]:
     return ["docker", "service", "rm", name]
 

@@ -1,0 +1,97 @@
+"""Taking a swarm phase's stack down: `fab swarm.down -p P`, the first step of moving a phase back to the SSH push.
+
+Through a manager, `docker stack rm fr-<phase>`; then fleetroll watches until Swarm lists no
+service of the stack and no node runs a task of it. A task's container can outlive its service
+by its stop grace period, and the SSH push's rollout of the same ports must not start before it
+is gone, so "down" is said only once both are observed; anything still there when the wait ends
+is named, with what to do. Recorded in the ledger either way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import ledger
+from ..errors import RolloutError
+from ..inventory import Inventory
+from ..plan import operator
+from . import commands
+from .remote import Host, SwarmCommandError
+from .render import stack_name
+
+
+@dataclass
+class DownReport:
+    phase: str
+    stack: str
+    manager: str = ""
+    ok: bool = False
+    lines: list[str] = field(default_factory=list)
+    left: dict[str, Any] = field(default_factory=dict)  # what was still there when the wait ended (services, containers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phase": self.phase, "stack": self.stack, "manager": self.manager, "ok": self.ok, "left": self.left,
+                "lines": self.lines}
+
+
+def check(inv: Inventory, phase: str) -> str:
+    """The phase's stack name; RolloutError (nothing asked of any host) unless the phase runs on Swarm."""
+    ph = inv.phase(phase)
+    if inv.fleet.engine_of(ph) != "swarm":
+        raise RolloutError(f"phase {phase} runs on the SSH push, not Swarm: nothing to take down with swarm.down;"
+                           f" a service's container goes with `fab remove -s SERVICE -H HOST`")
+    return stack_name(phase)
+
+
+def still_there(manager: Host, nodes: dict[str, Host], stack: str) -> dict[str, Any]:
+    """What is left of the stack: the services a manager lists, and the task containers each node's own dockerd runs."""
+    left: dict[str, Any] = {}
+    services = manager.lines(commands.stack_services(stack))
+    if services:
+        left["services"] = services
+    for name, node in nodes.items():
+        running = node.lines(commands.stack_containers(stack))
+        if running:
+            left.setdefault("containers", {})[name] = running
+    return left
+
+
+def down(inv: Inventory, phase: str, manager: Host, nodes: dict[str, Host], wait_s: float = 120.0,
+         poll_s: float = 1.0) -> DownReport:
+    """Remove the phase's stack through `manager`; wait until no service of it is listed and no node runs a task of it."""
+    stack = check(inv, phase)
+    rep = DownReport(phase, stack, manager.name)
+    try:
+        before = still_there(manager, nodes, stack)
+        if not before:
+            rep.ok = True
+            rep.lines.append(f"{stack}: nothing of it on this swarm ({manager.name} lists no service, "
+                             f"{', '.join(nodes)} run no task of it); nothing taken down")
+            return _record(rep)
+        manager.run(commands.stack_rm(stack), timeout=60)
+        deadline = time.monotonic() + wait_s
+        while (left := still_there(manager, nodes, stack)) and time.monotonic() < deadline:
+            time.sleep(poll_s)
+    except SwarmCommandError as exc:
+        rep.lines.append(f"FAILED {exc}; the removal was not seen to its end: look with `docker stack ps {stack}` on"
+                         f" {manager.name}, then run fab swarm.down -p {phase} again")
+        return _record(rep)
+    rep.left, rep.ok = left, not left
+    if rep.ok:
+        rep.lines.append(f"{stack}: removed through {manager.name}: {len(before.get('services', []))} service(s) gone from"
+                         f" the swarm, no task of it running on {', '.join(nodes)}."
+                         f" Next: fab rollout -p {phase} with the phase on `engine: ssh`")
+    else:
+        where = "; ".join(f"{h}: {len(c)} container(s)" for h, c in left.get("containers", {}).items())
+        rep.lines.append(f"FAILED {stack}: after {wait_s:g}s, {len(left.get('services', []))} service(s) still listed by"
+                         f" {manager.name}{'; ' + where if where else ''}. Look with `docker stack ps {stack}` there, and"
+                         f" run fab swarm.down -p {phase} again before rolling the phase out on the SSH push")
+    return _record(rep)
+
+
+def _record(rep: DownReport) -> DownReport:
+    ledger.append("swarm-down", phase=rep.phase, stack=rep.stack, manager=rep.manager, operator=operator(), ok=rep.ok,
+                  left=rep.left)
+    return rep
