@@ -172,19 +172,31 @@ def prune(inv: Inventory, hosts: list[str] | None = None, keep: int = 3, dry_run
     return out
 
 
-def remove(inv: Inventory, service: str, host: str, reason: str = "") -> dict[str, Any]:
-    """Remove, on `host`, the containers of `service` that fleetroll started and the inventory no longer places there.
+def _still_placed(inv: Inventory, service: str, host: str, force: bool) -> str:
+    """Why the SSH-pushed container of `service` on `host` may not go ('' when it may).
 
-    A service the inventory still places on the host is refused: the next rollout would only
-    start it again (remove it from the inventory first, then `fab remove`).
+    The inventory placing the service there refuses it (the next rollout would start it again), unless
+    the service's phase runs on Swarm: then the container pushed over SSH is exactly what moving the
+    phase to Swarm leaves behind (docs/swarm.md), or the operator says --force.
     """
+    if service not in inv.services_for(None, [host]):
+        return ""
+    phase = next((p for p in inv.phases if service in p.services), None)
+    if force or (phase is not None and inv.fleet.engine_of(phase) == "swarm"):
+        return ""
+    return (f"{service} is in the inventory on {host}: remove it from {inv.path} first (the next rollout would start it"
+            f" again), go back with fab rollback -s {service}, or give --force to remove it anyway")
+
+
+def remove(inv: Inventory, service: str, host: str, reason: str = "", force: bool = False) -> dict[str, Any]:
+    """Remove, on `host`, the containers of `service` that fleetroll started and the inventory no longer places there."""
     from .plan import new_rollout_id
 
     if host not in inv.fleet.hosts:
         raise RolloutError(f"--host {host}: no such host in {inv.path}; hosts: {', '.join(inv.fleet.hosts)}")
-    if service in inv.services_for(None, [host]):
-        raise RolloutError(f"{service} is in the inventory on {host}: remove it from {inv.path} first (the next rollout"
-                           f" would start it again), or go back with fab rollback -s {service}")
+    why_not = _still_placed(inv, service, host, force)
+    if why_not:
+        raise RolloutError(why_not)
     rid = new_rollout_id("remove", service)
     r = transport.on_hosts(inv, [host], "remove", lambda h: {"service": service, "rollout_id": rid, "operator": operator(),
                                                            "reason": reason}, timeout=180)[host]
@@ -192,5 +204,5 @@ def remove(inv: Inventory, service: str, host: str, reason: str = "") -> dict[st
         raise RolloutError(f"{host}: {r.error or (r.answer or {}).get('msg')}")
     out = {"host": host, "service": service, "rollout_id": rid, **(r.answer.get("data") or {}), "msg": r.answer.get("msg")}
     ledger.append("remove", rollout_id=rid, host=host, service=service, operator=operator(), reason=reason,
-                  removed=out.get("removed", []))
+                  removed=out.get("removed", []), forced=bool(force and service in inv.services_for(None, [host])))
     return out

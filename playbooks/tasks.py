@@ -314,8 +314,9 @@ def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
 
 @task(help={"service": "the container to remove (a service the inventory no longer places on the host)",
             "host": "the host it runs on", "reason": "why (recorded on the host and in the ledger)", "json": "JSON output",
-            "yes": "do not ask", "inventory": "inventory file"})
-def remove(c, service=None, host=None, reason="", json=False, yes=False, inventory=None):
+            "yes": "do not ask", "inventory": "inventory file",
+            "force": "remove it even though the inventory still places it there (its next rollout starts it again)"})
+def remove(c, service=None, host=None, reason="", json=False, yes=False, inventory=None, force=False):
     """Remove a container fleetroll started that the inventory no longer names (fab status lists them as ORPHAN)."""
     from . import operate, render
 
@@ -323,7 +324,7 @@ def remove(c, service=None, host=None, reason="", json=False, yes=False, invento
     host = _required(host, "host", "fab remove -s old-api -H pc2")
     inv = _inventory(inventory, json)
     _ask_unless_yes(yes, f"remove {service} from {host} for good?")
-    out = operate.remove(inv, service, host, reason)
+    out = operate.remove(inv, service, host, reason, force=force)
     if json:
         render.dump_json(out)
     else:

@@ -78,9 +78,9 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
                        if c.get("name") == st.service and c.get("running")), None)
         if pushed is not None:
             st.action = BLOCKED
-            st.reason = (f"a container {st.service} pushed over SSH runs on {st.host}; moving a service from SSH push to Swarm"
-                         f" is not built yet: remove it first (fab remove -s {st.service} -H {st.host}) or keep the phase on"
-                         " engine: ssh")
+            st.reason = (f"a container {st.service} pushed over SSH runs on {st.host}; moving a phase to Swarm is done host by"
+                         f" host and is not zero-downtime (docs/swarm.md): remove it first (fab remove -s {st.service} -H"
+                         f" {st.host}), then roll the phase out again, or keep the phase on engine: ssh")
         elif svc is None:
             st.action, st.reason = CREATE, "not in the swarm yet"
         elif shash == want and st.host in observe.running(before, st.service, digest):

@@ -1,0 +1,57 @@
+"""`fab remove`: which SSH-pushed containers may go (no hosts: the agent's answer is faked, the decision is the controller's)."""
+
+from __future__ import annotations
+
+import pytest
+
+from playbooks import ledger, operate, transport
+from playbooks.errors import RolloutError
+from playbooks.inventory import load
+
+from .test_swarm_down_unit import FLEET, PHASES  # web on a swarm phase on mainpc and pc2, api on the SSH push on pc2
+
+
+@pytest.fixture
+def inv(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    (tmp_path / "fleet.yml").write_text(FLEET)
+    (tmp_path / "phases.yml").write_text(PHASES)
+    return load(tmp_path / "fleet.yml")
+
+
+@pytest.fixture
+def asked(monkeypatch):
+    calls = []
+
+    def on_hosts(inventory, hosts, op, args_for, **kw):
+        calls.append((hosts, op))
+        data = {"removed": [args_for(hosts[0])["service"]]}
+        return {h: transport.CallResult(h, True, {"protocol": transport.PROTOCOL, "ok": True, "msg": "removed", "data": data})
+                for h in hosts}
+
+    monkeypatch.setattr(transport, "on_hosts", on_hosts)
+    return calls
+
+
+def test_a_service_the_ssh_push_still_places_there_is_refused_without_asking_the_host(inv, asked):
+    with pytest.raises(RolloutError, match="api is in the inventory on pc2.*--force"):
+        operate.remove(inv, "api", "pc2")
+    assert asked == []
+
+
+def test_force_removes_it_and_the_ledger_says_it_was_forced(inv, asked):
+    out = operate.remove(inv, "api", "pc2", reason="replaced by hand", force=True)
+    assert out["removed"] == ["api"] and asked == [(["pc2"], "remove")]
+    rec = [r for r in ledger.read() if r["kind"] == "remove"][-1]
+    assert (rec["service"], rec["forced"], rec["reason"]) == ("api", True, "replaced by hand")
+
+
+def test_the_container_a_move_to_swarm_leaves_behind_goes_without_force(inv, asked):
+    # web's phase runs on Swarm: the container pushed over SSH is what moving the phase leaves, not what it places
+    out = operate.remove(inv, "web", "mainpc")
+    assert out["removed"] == ["web"] and asked == [(["mainpc"], "remove")]
+    assert [r for r in ledger.read() if r["kind"] == "remove"][-1]["forced"] is False
+
+
+def test_an_orphan_goes_without_force(inv, asked):
+    assert operate.remove(inv, "old-api", "pc2")["removed"] == ["old-api"]
