@@ -5,9 +5,10 @@ restarts), the versions the host's journal lists, and the facts the dry run plan
 was its own `transport.on_hosts` call (operate.details, status.status, operate.versions, the
 preflight's facts), so each paid an SSH handshake and an agent start. Here they go through one
 `transport.Pool`, the path a rollout's preflight and transaction already share: the first call
-connects and starts the agent, the other three are one request line each on that session. The
-shaping reuses the pure pieces of the modules that own them (operate.frozen_for, status's
-health and SHA-drift judgements, the plan); explain.gather joins the answers with the artifacts and ledger.
+connects and starts the agent, the other three are one request line each on that session. Details
+and versions are operate's own readers, given this pool; the status and facts answers are shaped by
+the pure pieces of the modules that own them (status's health and SHA-drift judgements, the plan);
+explain.gather joins the answers with the artifacts and ledger.
 """
 
 from __future__ import annotations
@@ -36,16 +37,14 @@ def _failed(r: transport.CallResult) -> str:
 
 
 def details(inv: Inventory, ask: Asker, host: str, service: str) -> dict[str, Any]:
-    """The container, its kept copies and -prev pin, and the freezes that concern it (operate.details for one service)."""
-    from .operate import frozen_for
+    """The container, its kept copies and -prev pin, and the freezes that concern it: operate.details, on this session."""
+    from .operate import details as read_details
 
-    r = ask(host, "details", {"services": {service: inv.repo(service)}})
-    if _failed(r):
-        raise RolloutError(f"{host}: could not read {service}'s container: {_failed(r)}; check the host with"
-                           f" fab preflight -H {host}")
-    data = r.answer.get("data") or {}
-    got = (data.get("services") or {}).get(service) or {"container": None, "kept": []}
-    return {**got, "inventory_tag": inv.fleet.services[service].tag, "frozen": frozen_for(inv, service, data.get("freezes") or [])}
+    got = read_details(inv, service, [host], pool=ask.pool)["hosts"][host]
+    if not got["reachable"]:
+        raise RolloutError(f"{host}: could not read {service}'s container: {got['error'] or 'no answer'}; check the host"
+                           f" with fab preflight -H {host}")
+    return got["services"][service]
 
 
 def _collector_reports(inv: Inventory, ask: Asker, host: str, status_answer: dict | None) -> dict | None:
@@ -97,14 +96,14 @@ def health(inv: Inventory, ask: Asker, host: str, service: str) -> tuple[dict[st
     return out, ((sha, "") if sha else (None, "not reported: the collector has no start-up report from this container"))
 
 
-def versions(ask: Asker, host: str, service: str) -> dict[str, Any]:
-    """The host journal's versions of the service, newest first (operate.versions for one replica), or {"error": ...}."""
-    r = ask(host, "versions", {"service": service})
-    if _failed(r):
-        return {"error": f"{host}: could not read the versions of {service}: {_failed(r)}"}
-    data = r.answer.get("data") or {}
-    return {"host": host, "service": service, "running": data.get("running") or {},
-            "versions": list(reversed(data.get("versions") or [])), "note": r.answer.get("msg") or ""}
+def versions(inv: Inventory, ask: Asker, host: str, service: str) -> dict[str, Any]:
+    """The host journal's versions of the service, newest first: operate.versions for this replica, or {"error": ...}."""
+    from .operate import versions as read_versions
+
+    try:
+        return read_versions(inv, service, host, pool=ask.pool)["replicas"][0]
+    except RolloutError as exc:
+        return {"error": str(exc)}
 
 
 def drift(inv: Inventory, ask: Asker, host: str, service: str) -> dict[str, Any]:
@@ -133,4 +132,4 @@ def ask_host(inv: Inventory, host: str, service: str) -> tuple[dict, dict, tuple
         ask = Asker(inv, pool)
         d = details(inv, ask, host, service)
         now, reported = health(inv, ask, host, service)
-        return d, now, reported, versions(ask, host, service), drift(inv, ask, host, service)
+        return d, now, reported, versions(inv, ask, host, service), drift(inv, ask, host, service)

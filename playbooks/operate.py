@@ -37,15 +37,17 @@ def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, host
     return ok, lines
 
 
-def versions(inv: Inventory, service: str, host: str | None = None) -> dict[str, Any]:
-    """Every version `service` has started on its host(s), newest first, from each host's journal (`fab versions`)."""
+def versions(inv: Inventory, service: str, host: str | None = None, pool: transport.Pool | None = None) -> dict[str, Any]:
+    """Every version `service` has started on its host(s), newest first, from each host's journal (`fab versions`).
+
+    pool: a command's own connections (`fab explain` asks its four questions on one session per host)."""
     known_service(inv, service)
     from .swarm import operate as swarm
 
     if swarm.is_swarm_service(inv, service):  # Swarm's tasks: the ledger and a manager know them, not the agents
         return swarm.versions(inv, service, host)
     targets = [replica_host(inv, service, host)] if host else inv.fleet.hosts_of(service)
-    results = transport.on_hosts(inv, targets, "versions", lambda h: {"service": service}, timeout=60)
+    results = transport.on_hosts(inv, targets, "versions", lambda h: {"service": service}, timeout=60, pool=pool)
     out: dict[str, Any] = {"service": service, "replicas": []}
     for h in targets:
         r = results[h]
@@ -110,13 +112,15 @@ def frozen_for(inv: Inventory, service: str, freezes: list[dict]) -> list[str]:
     return out
 
 
-def details(inv: Inventory, service: str | None = None, hosts: list[str] | None = None) -> dict[str, Any]:
+def details(inv: Inventory, service: str | None = None, hosts: list[str] | None = None,
+            pool: transport.Pool | None = None) -> dict[str, Any]:
     """Per host and service: container state, restarts, uptime, tag@digest, ports, GPU, kept containers, -prev pin."""
     if service:
         known_service(inv, service)
     targets = [h for h in inv.fleet.hosts_of(service) if not hosts or h in hosts] if service else inv.select_hosts(hosts)
     names = {h: ([service] if service else inv.services_for(None, [h])) for h in targets}
-    results = transport.on_hosts(inv, targets, "details", lambda h: {"services": {s: inv.repo(s) for s in names[h]}}, timeout=60)
+    results = transport.on_hosts(inv, targets, "details", lambda h: {"services": {s: inv.repo(s) for s in names[h]}}, timeout=60,
+                                 pool=pool)
     out: dict[str, Any] = {"hosts": {}}
     for h in targets:
         r = results[h]
