@@ -44,14 +44,18 @@ def inv(tmp_path, monkeypatch):
 class Node:
     """One host's docker, as `docker service ls` / `docker ps` answer: a task's container lingers `linger` reads."""
 
-    def __init__(self, name: str, services: list[str], containers: list[str], linger: int = 0):
+    def __init__(self, name: str, services: list[str], containers: list[str], linger: int = 0, networks: list[str] | None = None):
         self.name, self.services, self.containers, self.linger = name, services, containers, linger
+        self.networks = list(networks or [])
         self.ran: list[list[str]] = []
+        self.nodes: list[Node] = [self]  # whose containers keep the stack's network in use
 
     def lines(self, argv):
         self.ran.append(argv)
         if argv[:3] == ["docker", "service", "ls"]:
             return list(self.services)
+        if argv[:3] == ["docker", "network", "ls"]:
+            return list(self.networks)
         assert argv[:3] == ["docker", "ps", "-q"] and argv[-1] == "label=com.docker.stack.namespace=fr-web"
         if not self.services and self.linger > 0:
             self.linger -= 1
@@ -60,9 +64,13 @@ class Node:
         return list(self.containers)
 
     def run(self, argv, timeout=60.0, check=True):
+        """docker stack rm: the services go; a network still used by a task's container stays, and the exit is 1."""
         self.ran.append(argv)
-        assert argv == ["docker", "stack", "rm", "fr-web"]
+        assert argv == ["docker", "stack", "rm", "fr-web"] and not check
         self.services = []
+        if self.networks and any(n.containers for n in self.nodes):
+            return 1, "", "Failed to remove network n1: network n1 is in use by task t1\nfailed to remove some resources\n"
+        self.networks = []
         return 0, "", ""
 
 
@@ -78,6 +86,26 @@ def test_the_stack_is_down_only_once_no_service_is_listed_and_no_node_runs_a_tas
     assert "removed through mainpc" in rep.lines[0] and "Next: fab rollout -p web" in rep.lines[0]
     rec = ledger(tmp_path)[-1]
     assert (rec["kind"], rec["phase"], rec["stack"], rec["ok"]) == ("swarm-down", "web", "fr-web", True)
+
+
+def test_a_network_docker_could_not_remove_while_a_task_stopped_goes_with_a_second_removal(inv):
+    manager = Node("mainpc", ["svc1"], ["c1"], linger=3, networks=["n1"])
+    pc2 = Node("pc2", [], ["c2"], linger=2)
+    manager.nodes = [manager, pc2]
+    rep = down.down(inv, "web", manager, {"mainpc": manager, "pc2": pc2}, wait_s=5, poll_s=0)
+    assert rep.ok and rep.left == {}, rep.lines
+    assert sum(a[:3] == ["docker", "stack", "rm"] for a in manager.ran) >= 2, "removed again once the tasks were gone"
+
+
+def test_a_removal_that_leaves_a_service_listed_is_a_failure_said_at_once(inv):
+    class Refusing(Node):
+        def run(self, argv, timeout=60.0, check=True):
+            self.ran.append(argv)
+            return 1, "", "Error response from daemon: rpc error: this node is not a swarm manager\n"
+
+    manager = Refusing("mainpc", ["svc1"], [])
+    rep = down.down(inv, "web", manager, {"mainpc": manager}, wait_s=60, poll_s=0)
+    assert not rep.ok and rep.lines[0].startswith("FAILED mainpc: `docker stack rm fr-web` failed (exit 1)"), rep.lines
 
 
 def test_a_container_still_running_when_the_wait_ends_is_named_and_the_stack_is_not_called_down(inv, tmp_path):

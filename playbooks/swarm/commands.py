@@ -74,6 +74,10 @@ def stack_rm(stack: str) -> list[str]:
     return ["docker", "stack", "rm", stack]
 
 
+def stack_networks(stack: str) -> list[str]:
+    return ["docker", "network", "ls", "-q", "--filter", f"label=com.docker.stack.namespace={stack}"]
+
+
 def stack_containers(stack: str) -> list[str]:
     """The containers of the stack's tasks on this node (a task's container can outlive its service while it stops)."""
     return ["docker", "ps", "-q", "--filter", f"label=com.docker.stack.namespace={stack}"]

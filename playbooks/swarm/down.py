@@ -29,7 +29,7 @@ class DownReport:
     manager: str = ""
     ok: bool = False
     lines: list[str] = field(default_factory=list)
-    left: dict[str, Any] = field(default_factory=dict)  # what was still there when the wait ended (services, containers)
+    left: dict[str, Any] = field(default_factory=dict)  # still there when the wait ended (services, networks, containers)
 
     def to_json(self) -> dict[str, Any]:
         return {"phase": self.phase, "stack": self.stack, "manager": self.manager, "ok": self.ok, "left": self.left,
@@ -46,11 +46,12 @@ def check(inv: Inventory, phase: str) -> str:
 
 
 def still_there(manager: Host, nodes: dict[str, Host], stack: str) -> dict[str, Any]:
-    """What is left of the stack: the services a manager lists, and the task containers each node's own dockerd runs."""
+    """What is left of the stack: its services and networks a manager lists, the task containers each node's dockerd runs."""
     left: dict[str, Any] = {}
-    services = manager.lines(commands.stack_services(stack))
-    if services:
-        left["services"] = services
+    for what, argv in (("services", commands.stack_services(stack)), ("networks", commands.stack_networks(stack))):
+        found = manager.lines(argv)
+        if found:
+            left[what] = found
     for name, node in nodes.items():
         running = node.lines(commands.stack_containers(stack))
         if running:
@@ -70,9 +71,11 @@ def down(inv: Inventory, phase: str, manager: Host, nodes: dict[str, Host], wait
             rep.lines.append(f"{stack}: nothing of it on this swarm ({manager.name} lists no service, "
                              f"{', '.join(nodes)} run no task of it); nothing taken down")
             return _record(rep)
-        manager.run(commands.stack_rm(stack), timeout=60)
+        _remove(manager, stack)
         deadline = time.monotonic() + wait_s
         while (left := still_there(manager, nodes, stack)) and time.monotonic() < deadline:
+            if set(left) == {"networks"}:  # its tasks are gone now, so a network Docker could not remove goes now
+                manager.run(commands.stack_rm(stack), timeout=60, check=False)
             time.sleep(poll_s)
     except SwarmCommandError as exc:
         rep.lines.append(f"FAILED {exc}; the removal was not seen to its end: look with `docker stack ps {stack}` on"
@@ -85,10 +88,23 @@ def down(inv: Inventory, phase: str, manager: Host, nodes: dict[str, Host], wait
                          f" Next: fab rollout -p {phase} with the phase on `engine: ssh`")
     else:
         where = "; ".join(f"{h}: {len(c)} container(s)" for h, c in left.get("containers", {}).items())
-        rep.lines.append(f"FAILED {stack}: after {wait_s:g}s, {len(left.get('services', []))} service(s) still listed by"
-                         f" {manager.name}{'; ' + where if where else ''}. Look with `docker stack ps {stack}` there, and"
+        rep.lines.append(f"FAILED {stack}: after {wait_s:g}s, {len(left.get('services', []))} service(s) and"
+                         f" {len(left.get('networks', []))} network(s) still listed by {manager.name}"
+                         f"{'; ' + where if where else ''}. Look with `docker stack ps {stack}` there, and"
                          f" run fab swarm.down -p {phase} again before rolling the phase out on the SSH push")
     return _record(rep)
+
+
+def _remove(manager: Host, stack: str) -> None:
+    """`docker stack rm`: its services go at once; a network still used by a stopping task makes it exit 1 and stay.
+
+    That exit is not the end of it (the wait re-runs the removal once the tasks are gone); an exit 1 that
+    leaves a service listed is, and is raised as the failure it is.
+    """
+    argv = commands.stack_rm(stack)
+    rc, _out, err = manager.run(argv, timeout=60, check=False)
+    if rc != 0 and manager.lines(commands.stack_services(stack)):
+        raise SwarmCommandError(manager.name, argv, rc, err)
 
 
 def _record(rep: DownReport) -> DownReport:
