@@ -314,7 +314,10 @@ def test_lock_is_exclusive_across_two_ssh_users_100_rounds(lab, tmp_path):
     spans = sorted((a, b) for _, a, b, _ in held)
     overlaps = [(x, y) for x, y in zip(spans, spans[1:], strict=False) if y[0] < x[1]]
     assert overlaps == [], f"two agents held the lock at once {len(overlaps)} times"
-    assert all(n == 1 for n in by_round.values()), by_round
+    # Each agent tries once at its round's start and holds for `hold`: an agent descheduled past that (three test
+    # workers on 2 cores) finds the lock free and takes it after the first holder, in the same round. That is the
+    # lock working, not failing; the overlap check above is the exclusivity proof. Most rounds still have one holder.
+    assert sum(n == 1 for n in by_round.values()) >= rounds * 0.9, by_round
 
 
 def test_unlock_force_stops_a_live_stuck_holder_and_records_why(lab, tmp_path):
