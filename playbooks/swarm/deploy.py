@@ -125,7 +125,9 @@ def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: obse
         mode = "create" if old is None else "reconcile" if shash == want else "update"
         hosts = inv.fleet.hosts_of(name)
         par = rendered.doc["services"][name]["deploy"]["update_config"]["parallelism"] or len(hosts)
-        per_batch = svc.health.healthy_deadline + svc.health.min_healthy_time + 15
+        # Swarm's own clock: the start period, then its probes' verdict (render.probe_timing), the monitor window, slack.
+        per_batch = (svc.health.healthy_deadline + render.judged_unhealthy_within(svc.health.interval)
+                     + svc.health.min_healthy_time + 15)
         wait = per_batch * math.ceil(len(hosts) / par) * (2 if mode == "update" else 1) + 20
         out.append(Follow(name, mode, hosts, svc.tag, next(s.new_digest for s in plan.changes if s.service == name), tag, digest,
                           observe.update_state(old)[2], t0 + wait, want, svc.replicas or 0))

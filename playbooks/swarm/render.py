@@ -132,6 +132,21 @@ def update_order(inv: Inventory, service: str) -> tuple[str, str]:
     return "start-first", "auto: no host port and no GPU, so the new task starts beside the old one"
 
 
+PROBE_RETRIES = 3
+
+
+def probe_timing(interval_s: float) -> tuple[float, float]:
+    """(interval, timeout) of Swarm's probe for a `health.interval`: at least PROBE_MIN_INTERVAL apart, 2-5 s each."""
+    interval = max(interval_s, PROBE_MIN_INTERVAL)
+    return interval, min(5.0, max(interval * 2, 2.0))
+
+
+def judged_unhealthy_within(interval_s: float) -> float:
+    """The longest Swarm's healthcheck takes, after its start period, to call a failing task unhealthy."""
+    interval, timeout = probe_timing(interval_s)
+    return PROBE_RETRIES * (interval + timeout)
+
+
 def healthcheck(inv: Inventory, service: str) -> dict[str, Any]:
     """Swarm's healthcheck from `health:`: probed inside the container, on the container's port.
 
@@ -141,15 +156,14 @@ def healthcheck(inv: Inventory, service: str) -> dict[str, Any]:
     h = svc.health
     port = next((cp for hp, cp, _p in svc.port_pairs() if hp == h.port), h.port)
     url = f"http://127.0.0.1:{port}{h.path}"
-    interval = max(h.interval, PROBE_MIN_INTERVAL)
-    timeout = min(5.0, max(interval * 2, 2.0))
+    interval, timeout = probe_timing(h.interval)
     if inv.fleet.is_proxy(service):
         test = ["CMD", "/bin/bash", "-c", PROXY_PROBE, "probe", str(port), h.path]
     elif inv.fleet.swarm.healthcheck == "python":
         test = ["CMD", "python3", "-c", PYTHON_PROBE, url, f"{timeout:g}"]
     else:
         test = ["CMD", "/bin/sh", "-c", WGET_PROBE, "probe", url]  # bounded by Docker's timeout below
-    return {"test": test, "interval": _seconds(interval), "timeout": _seconds(timeout), "retries": 3,
+    return {"test": test, "interval": _seconds(interval), "timeout": _seconds(timeout), "retries": PROBE_RETRIES,
             "start_period": _seconds(h.healthy_deadline)}
 
 
