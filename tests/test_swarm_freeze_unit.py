@@ -13,7 +13,7 @@ from agent import freeze as host_freeze
 from agent import ops
 from agent.vocabulary import Outcome
 from playbooks import freezes, transport
-from playbooks.plan import REPLACE, Plan, Step
+from playbooks.plan import CREATE, REPLACE, Plan, Step
 from playbooks.swarm import freeze
 
 OLD, NEW = "sha256:" + "0" * 64, "sha256:" + "1" * 64
@@ -64,7 +64,8 @@ def test_only_what_swarm_was_seen_to_roll_back_is_frozen():
                   pc2=[end(Outcome.NEEDS_OPERATOR, "swarm-unobserved")])
     got = freeze.decide(res, plan())
     assert got == {"mainpc": {"web": {"tag": "t-bad", "digest": NEW, "config": host_freeze.config_fingerprint(plan().steps[0].spec)}}}
-    # not observed, paused, a plain `fab rollback` (Swarm's previous spec, asked for), a committed one: nothing
+    # not observed, paused, a plain `fab rollback` (Swarm's previous spec, asked for), a committed one, a new service
+    # removed with no failed task seen on this host: nothing
     for o, c in [(Outcome.NEEDS_OPERATOR, "swarm"), (Outcome.REVERTED, "swarm-rollback"), (Outcome.COMMITTED, "swarm"),
                  (Outcome.REMOVED, "swarm-create"), (Outcome.REFUSED, "swarm-deploy")]:
         assert freeze.decide(results(mainpc=[end(o, c)]), plan()) == {}, (o, c)
@@ -140,3 +141,39 @@ def test_a_clean_commit_lifts_the_automatic_freeze_only(agents):
     assert freeze.lift(None, fixed, ok, now, None) == ["mainpc: the automatic freeze of phase swarm-web lifted: rollout r-5 committed"]
     assert facts("mainpc")["freezes"] == []
     assert calls[-1][1]["only_auto"] and calls[-1][1]["thaw"]
+
+
+def removed(status: str = "failed", error: str = "task: non-zero exit (3)", service: str = "web") -> dict:
+    """A new service's end on a host after deploy._remove_failed_creations saw it gone, with that host's task evidence."""
+    return {**end(Outcome.REMOVED, "swarm-create", service), "action": CREATE,
+            "details": {"status": status, "exit_code": 3, "restarts": 3, "error": error, "task": "abcdef012345"},
+            "message": "no task of t-bad became healthy on mainpc within web's wait; it had no earlier version, so fleetroll"
+                       " removed the new service (seen gone)"}
+
+
+def test_a_new_service_that_failed_and_was_removed_freezes_only_where_its_task_ran_and_failed():
+    healthy = {**end(Outcome.REMOVED, "swarm-create"), "action": CREATE,
+               "message": "Swarm runs task x of t-bad on pc2: healthy, but the service failed on mainpc; it had no earlier"
+                          " version, so fleetroll removed the new service (seen gone)"}
+    got = freeze.decide(results(mainpc=[removed()], pc2=[healthy]), plan())
+    assert list(got) == ["mainpc"] and got["mainpc"]["web"]["digest"] == NEW
+    # rejected or never placed, or an error that points at the node rather than the release: nothing
+    for d in (removed("rejected", "no suitable node (insufficient resources on 2 nodes)"),
+              removed("failed", "host-mode port already in use on 1 node"), removed("failed", "No such container: 1f2e")):
+        assert freeze.decide(results(mainpc=[d]), plan()) == {}, d
+
+
+def test_a_removed_new_service_is_frozen_and_the_same_create_is_refused_until_a_fix(agents):
+    calls, facts = agents
+    res = results(mainpc=[removed()])
+    (line,) = freeze.record(None, plan(), res, None)
+    assert line.startswith("frozen: phase swarm-web on mainpc against web:t-bad@111111111111") and \
+        "after the removal of a new service that failed" in line, line
+    assert "ended in the removal of a new service that failed" in calls[0][1]["reason"]
+    assert res["mainpc"].answer["data"]["services"][0]["frozen"]
+    create = Plan("r-2", "swarm-web", "op", [Step("mainpc", "web", CREATE, "", "", "t-bad", NEW, {**SPEC, "tag": "t-bad"})])
+    (msg,) = freezes.blocking(create, {"mainpc": facts("mainpc")}, "inv.yml")
+    assert "rollout r-1 was reverted automatically" in msg and "web:t-bad@111111111111" in msg
+    fixed = Plan("r-3", "swarm-web", "op", [Step("mainpc", "web", CREATE, "", "", "t-fix", "sha256:" + "2" * 64,
+                                                 {**SPEC, "tag": "t-fix", "digest": "sha256:" + "2" * 64})])
+    assert freezes.blocking(fixed, {"mainpc": facts("mainpc")}, "inv.yml") == []

@@ -5,10 +5,12 @@ With SSH push the host transaction that reverted a release writes an automatic f
 deployed with; the next rollout of that same pair is refused by playbooks/freezes.blocking until an
 operator thaws it, and a clean commit lifts it. A swarm rollout has no host transaction, so the
 controller asks the same record of each host's agent (its `freeze` op, over the same connections),
-keyed the same way, once it has *seen* Swarm's rollback: only a (host, service) judged reverted by
-the observed rollback (check `swarm-update`) is frozen. An outcome not observed (needs-operator,
-a lost manager) freezes nothing it did not see; a new service removed after failing is not frozen
-here (left for later; docs/swarm.md says so).
+keyed the same way, once it has *seen* the failure: a (host, service) judged reverted by the observed
+rollback (check `swarm-update`), and a new service fleetroll removed after a task of it was seen to fail
+on that host (check `swarm-create`, as the SSH push freezes a create it removed). An outcome not
+observed (needs-operator, a lost manager) freezes nothing it did not see; nor does a host where the
+new service was removed only because it failed elsewhere, or where its task was rejected or never
+placed (a port in use, no node fits): that says nothing about the release itself.
 
 `decide` and `lifts` are pure; `record` and `lift` make the agent calls and say what they did. They read the
 per-host results the rollout hands to ending.conclude, and mark there what was frozen.
@@ -26,6 +28,9 @@ from ..inventory import Inventory
 from ..plan import Plan
 
 ROLLED_BACK = "swarm-update"  # judge._reverted's check: Swarm's rollback seen, the old task seen running on that host
+REMOVED_NEW = "swarm-create"  # deploy._remove_failed_creations' check: a new service that failed, seen gone
+# Words in a failed task's error that point away from the release, as agent/motion.points_away reads a container's.
+NOT_ITS_FAULT = ("no such container", "marked for removal", "node is down", "no suitable node", "port already in use")
 FINE = (Outcome.COMMITTED, Outcome.NOOP)
 Results = dict[str, transport.CallResult]  # what the swarm rollout hands to ending.conclude: per host, its services' ends
 
@@ -34,8 +39,23 @@ def _ends(results: Results) -> list[tuple[str, dict[str, Any]]]:
     return [(h, s) for h, r in sorted(results.items()) for s in ((r.answer or {}).get("data") or {}).get("services") or []]
 
 
+def failed_here(d: dict[str, Any]) -> bool:
+    """Did this end see the release itself fail on this host (pure)?
+
+    Swarm's rollback seen there; or a new service removed after a task of the new digest *ran and
+    failed* on this host (state `failed`: a non-zero exit, or unhealthy by its healthcheck), with no
+    word in its error pointing away from the release.
+    """
+    if d.get("outcome") == Outcome.REVERTED and d.get("check") == ROLLED_BACK:
+        return True
+    ev = d.get("details") or {}
+    text = f"{ev.get('error') or ''} {d.get('message') or ''}".lower()
+    return (d.get("outcome") == Outcome.REMOVED and d.get("check") == REMOVED_NEW and ev.get("status") == "failed"
+            and not any(w in text for w in NOT_ITS_FAULT))
+
+
 def decide(results: Results, plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
-    """{host: {service: {tag, digest, config}}} to freeze: each (host, service) judged reverted by Swarm's rollback. Pure.
+    """{host: {service: {tag, digest, config}}} to freeze: each (host, service) where `failed_here`. Pure.
 
     The configuration fingerprint is the one freezes.repeats computes for the next plan, from the same
     plan step's spec; a (host, service) without a plan step (none is expected) cannot be keyed and is skipped.
@@ -44,22 +64,29 @@ def decide(results: Results, plan: Plan) -> dict[str, dict[str, dict[str, str]]]
     out: dict[str, dict[str, dict[str, str]]] = {}
     for h, d in _ends(results):
         spec = specs.get((h, d.get("service")))
-        if d.get("outcome") != Outcome.REVERTED or d.get("check") != ROLLED_BACK or spec is None or not d.get("tried_digest"):
+        if not failed_here(d) or spec is None or not d.get("tried_digest"):
             continue
         out.setdefault(h, {})[d["service"]] = {"tag": d.get("tried_tag", ""), "digest": d["tried_digest"],
                                                "config": config_fingerprint(spec)}
     return out
 
 
-def _request(phase: str, rollout_id: str, who: str, failed: dict[str, dict[str, str]]) -> dict[str, Any]:
+def how(results: Results, host: str) -> str:
+    """What was seen on `host`, in words for the freeze's reason and the report's line (pure)."""
+    checks = {d.get("check") for h, d in _ends(results) if h == host and failed_here(d)}
+    return " and ".join(w for c, w in ((ROLLED_BACK, "Swarm's rollback"),
+                                       (REMOVED_NEW, "the removal of a new service that failed")) if c in checks)
+
+
+def _request(phase: str, rollout_id: str, who: str, failed: dict[str, dict[str, str]], seen: str) -> dict[str, Any]:
     what = ", ".join(f"{s}:{v['tag']}" for s, v in sorted(failed.items()))
     return {"phase": phase, "operator": who, "auto": True, "failed": failed, "rollout_id": rollout_id,
             "releases": {s: v["tag"] for s, v in failed.items()},
-            "reason": f"Swarm rolled back rollout {rollout_id}: {what} failed with its configuration"}
+            "reason": f"rollout {rollout_id} ended in {seen}: {what} failed with its configuration"}
 
 
 def record(inv: Inventory, plan: Plan, results: Results, pool: transport.Pool | None = None) -> list[str]:
-    """Freeze the phase on each host where Swarm's rollback was seen; mark those outcomes `frozen`; the report's lines.
+    """Freeze the phase on each host where a release was seen to fail (`decide`); mark those outcomes `frozen`; the report's lines.
 
     A host whose agent does not record it keeps its outcome (reverted stands: the freeze is a guard, not
     part of it), and the line says the same release is not refused there and how to stop it by hand.
@@ -68,7 +95,7 @@ def record(inv: Inventory, plan: Plan, results: Results, pool: transport.Pool | 
     if not failed:
         return []
     phase, rid = plan.phase, plan.rollout_id
-    answers = transport.on_hosts(inv, sorted(failed), "freeze", lambda h: _request(phase, rid, plan.operator, failed[h]),
+    answers = transport.on_hosts(inv, sorted(failed), "freeze", lambda h: _request(phase, rid, plan.operator, failed[h], how(results, h)),
                                  timeout=30, pool=pool)
     ends = {(h, d.get("service")): d for h, d in _ends(results)}
     lines = []
@@ -76,14 +103,14 @@ def record(inv: Inventory, plan: Plan, results: Results, pool: transport.Pool | 
         r, what = answers[h], ", ".join(f"{s}:{v['tag']}@{v['digest'][7:19]}" for s, v in sorted(failed[h].items()))
         if r.answer is None or not r.ok:
             why = r.error or (r.answer or {}).get("msg") or "no answer"
-            lines.append(f"FAILED recording the automatic freeze of phase {phase} on {h} after Swarm's rollback of {what}: {why};"
+            lines.append(f"FAILED recording the automatic freeze of phase {phase} on {h} after {how(results, h)} ({what}): {why};"
                          f" the same release is not refused there: fab freeze --phase {phase} --reason '...' to stop it by hand")
             continue
         for svc, v in failed[h].items():
             ends[(h, svc)].update(frozen=True, tried_config=v["config"])
         rec = (r.answer.get("data") or {}).get("freeze") or {}
         if rec.get("auto"):
-            lines.append(f"frozen: phase {phase} on {h} against {what} with its configuration (automatic, after Swarm's rollback"
+            lines.append(f"frozen: phase {phase} on {h} against {what} with its configuration (automatic, after {how(results, h)}"
                          f" of rollout {rid}); a new tag or a fixed configuration goes ahead, or: fab thaw --phase {phase}"
                          " --reason '...'")
         else:  # agent/freeze.write keeps a manual freeze: it already refuses every rollout of the phase
