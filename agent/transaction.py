@@ -13,13 +13,11 @@ container, proven healthy — and the journal says which. Three rules make it ho
   goes to the restore branch; a restore that fails ends in `revert-failed` (needs an
   operator) with the evidence, never in a silent half-state.
 
-Kept containers are removed only when the whole host commits, so a later service's failure
-under `revert-phase` restores earlier ones from their kept containers too (gates run
-concurrently). After a commit, `-prev` still pins the old image and the journal and the
-ledger keep its create configuration, so a later revert recreates it exactly.
+Kept containers are removed only when the whole host commits, so a later service's failure under `revert-phase`
+restores earlier ones from their kept containers too (gates run concurrently). After a commit, `-prev` still pins the
+old image and the journal and the ledger keep its create configuration, so a later revert recreates it exactly.
 
-If this process dies, the next agent call on the host finishes the job from the journal
-(recovery.py), using the same restore and commit code.
+If this process dies, the next agent call finishes the job from the journal (recovery.py), with this restore and commit.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import container_args, contract, decisions, health, journal, proxy, secret_files, secrets
+from . import container_args, contract, decisions, health, journal, proxy, secret_files, secret_sweep, secrets
 from .decisions import ServiceResult
 from .docker_errors import APIError, NotFound
 from .facts import docker_client
@@ -333,6 +331,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         else:
             self._run_swaps(steps, policy)
             self._freeze_after(steps)
+        secret_sweep.after_transaction(self.rid, self.client)  # still under the lock: a container removed by hand leaves its secrets
         return self.summary(time.monotonic() - t0)
 
     def _freeze_after(self, steps: list[dict]) -> None:

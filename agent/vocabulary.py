@@ -28,6 +28,7 @@ class Step(StrEnum):
     PIN_SKIPPED = "pin-skipped"
     SETTLE = "settle"  # a restarting/paused container is made still before it is renamed, stopped or removed
     SECRET_FILES_LEFT = "secret-files-left"  # a secret directory the agent could not remove (paths and why, no value)
+    SECRET_FILES_SWEPT = "secret-files-swept"  # secret directories no container mounted any more, removed (names only)
     SET_ASIDE = "set-aside"
     STOP_OLD = "stop-old"
     START_NEW = "start-new"

@@ -181,6 +181,13 @@ def test_a_secret_given_as_a_file_is_in_the_container_and_in_no_inspect_record_o
     third = dclient(lab).containers.get("llm-api")
     assert cat(third, "10001:10001").output.decode() == token and kept_leftovers(lab) == []
     assert sorted(p.name for p in namespace.iterdir()) == [Path(secret_dir(third)).name] != [Path(first_dir).name]
+    # Removed by hand (`docker rm -f`), a container leaves its directory; the next transaction sweeps it, under its lock.
+    third_dir = secret_dir(third)
+    third.remove(force=True)
+    fab("rollout", "--phase", "gpu-mainpc", "--yes", "--json", "--inventory", str(third_inv))
+    again = dclient(lab).containers.get("llm-api")
+    assert sorted(p.name for p in namespace.iterdir()) == [Path(secret_dir(again)).name] != [Path(third_dir).name]
+    assert cat(again, "10001:10001").output.decode() == token
     fab("status", "--inventory", str(third_inv), ok=(0, 1))
     fab("status", "--json", "--inventory", str(third_inv), ok=(0, 1))
     fab("history", "--json")
