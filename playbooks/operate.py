@@ -167,13 +167,26 @@ def prune(inv: Inventory, hosts: list[str] | None = None, keep: int = 3, dry_run
         return {"repos": repos, "keep": keep, "dry_run": dry_run, "services": inv.services_for(None, [h])}
 
     results = transport.on_hosts(inv, targets, "prune", args, timeout=600)
-    out = {"hosts": {}, "dry_run": dry_run, "keep": keep}
+    out: dict[str, Any] = {"hosts": {}, "dry_run": dry_run, "keep": keep}
     for h, r in results.items():
         out["hosts"][h] = ({"reachable": False, "error": r.error} if r.answer is None
                           else {"reachable": True, "ok": r.ok, **(r.answer.get("data") or {})})
+    if not hosts and any(inv.fleet.engine_of(p) == "swarm" for p in inv.phases):
+        out["swarm"] = _prune_swarm(inv, dry_run)  # Swarm secrets are the swarm's, not one host's: only on a whole-fleet prune
     ledger.append("prune", operator=operator(), hosts=targets, keep=keep, dry_run=dry_run,
-                  removed={h: [x["names"] for x in v.get("removed", [])] for h, v in out["hosts"].items()})
+                  removed={h: [x["names"] for x in v.get("removed", [])] for h, v in out["hosts"].items()},
+                  **({"swarm_secrets_removed": out["swarm"].get("removed", [])} if "swarm" in out else {}))
     return out
+
+
+def _prune_swarm(inv: Inventory, dry_run: bool) -> dict[str, Any]:
+    """The swarm's part of a prune: secrets of earlier values (swarm/prune.py), or why it could not be done."""
+    from .swarm import prune as swarm_prune
+
+    try:
+        return swarm_prune.prune(inv, dry_run)
+    except RolloutError as exc:
+        return {"error": str(exc), "removed": [], "kept": [], "failed": []}
 
 
 def _still_placed(inv: Inventory, service: str, host: str, force: bool) -> str:

@@ -265,4 +265,12 @@ def prune_text(out: dict) -> str:
         lines += [f"  - {', '.join(x['names'])}" for x in v.get("removed", [])]
         lines += [f"  kept {', '.join(x['names'])}: {x['why']}" for x in v.get("kept", [])]
         lines += [f"  FAILED {', '.join(x['names'])}: {x['error']}" for x in v.get("failed", [])]
+    sw = out.get("swarm")
+    if sw and sw.get("error"):
+        lines.append(f"swarm: Swarm secrets not pruned: {sw['error']}")
+    elif sw:
+        lines.append(f"swarm (through {sw['manager']}): {verb} {len(sw['removed'])} Swarm secret(s) of earlier values;"
+                     f" kept {len(sw['kept'])}")
+        lines += [f"  - {n}" for n in sw["removed"]] + [f"  kept {k['name']}: {k['why']}" for k in sw["kept"]]
+        lines += [f"  FAILED {x['name']}: {x['error']}" for x in sw["failed"]]
     return "\n".join(lines)

@@ -296,10 +296,11 @@ def exec_(c, service=None, host=None, inventory=None):
 
 
 @task(help={"keep": "good versions kept per service besides what runs and the -prev pins (default 3)",
-            "hosts": "limit to these hosts", "dry-run": "list what would go, remove nothing", "json": "JSON output",
+            "hosts": "limit to these hosts (Swarm secrets are pruned only without it)",
+            "dry-run": "list what would go, remove nothing", "json": "JSON output",
             "inventory": "inventory file"})
 def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
-    """Remove images of the inventory's repositories that no container, -prev pin or recent good version needs."""
+    """Remove images no container, -prev pin or recent good version needs; with swarm phases, unused Swarm secrets too."""
     from . import operate, render
 
     inv = _inventory(inventory, json)
@@ -308,7 +309,8 @@ def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
         render.dump_json(out)
     else:
         render.say(render.prune_text(out))
-    if any(not v.get("reachable") or not v.get("ok") for v in out["hosts"].values()):
+    if any(not v.get("reachable") or not v.get("ok") for v in out["hosts"].values()) or (out.get("swarm") or {}).get("error") \
+            or (out.get("swarm") or {}).get("failed"):
         raise Exit(code=1)
 
 
