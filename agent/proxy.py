@@ -16,13 +16,15 @@ names slot `a` by container name, so a restarted proxy finds whatever runs as th
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import contract, paths
+from . import contract, paths, proxytasks
+from .proxytasks import Tasks
 
 SOCKET_IN_CONTAINER = "/run/fleetroll-proxy"
 SOCKET_NAME = "admin.sock"
@@ -39,6 +41,7 @@ class Route:
     service: str
     listen: str  # [ADDRESS:]PORT
     port: int  # the container port
+    tasks: Tasks | None = None  # in a fleet that uses Swarm: its Swarm tasks too (agent/proxytasks.py)
 
 
 def plain_name(service: str) -> str:
@@ -88,14 +91,18 @@ def render(routes: list[Route], health_port: int) -> str:
     (http-server-close), so every request is balanced afresh and a drained server gets none.
 
     Built from checked fields only (plain names, IP addresses, port numbers): ProxyError otherwise.
+    A route with `tasks` adds Docker's DNS as a resolver and its Swarm tasks to its backend
+    (agent/proxytasks.py); without any, the text is what it was before Swarm existed.
     """
     health_port = _port(health_port, "proxy health port")
+    swarm = any(r.tasks for r in routes)
     out = [
         "global",
         f"    stats socket {SOCKET_IN_CONTAINER}/{SOCKET_NAME} mode 666 level admin",
         "    stats timeout 30s",
         "    maxconn 4096",
         "",
+        *([*proxytasks.RESOLVERS, ""] if swarm else []),
         "defaults",
         "    mode http",
         "    timeout connect 2s",
@@ -105,6 +112,7 @@ def render(routes: list[Route], health_port: int) -> str:
         "    option http-server-close",
         "    retries 3",
         "    option redispatch 1",
+        *([proxytasks.RETRY_ON] if swarm else []),
         "",
         "frontend fleetroll-health",
         f"    bind :{health_port}",
@@ -113,6 +121,10 @@ def render(routes: list[Route], health_port: int) -> str:
     ]
     for r in routes:
         name, bind, port = plain_name(r.service), _bind(r.listen), _port(r.port, f"container port of {r.service}")
+        try:
+            tasks = proxytasks.checked(name, r.tasks) if r.tasks else None
+        except proxytasks.TasksError as exc:
+            raise ProxyError(str(exc)) from None
         out += [
             "",
             f"frontend fe_{name}",
@@ -120,8 +132,10 @@ def render(routes: list[Route], health_port: int) -> str:
             f"    default_backend {backend(name)}",
             "",
             f"backend {backend(name)}",
+            *(proxytasks.health_lines(tasks.path) if tasks else []),
             f"    server a {name}:{port} init-addr libc,127.0.0.1",
             f"    server b 127.0.0.1:{port} weight 0",  # idle: never chosen until a switch gives it weight
+            *([proxytasks.template_line(name, port, tasks)] if tasks else []),
         ]
     return "\n".join(out) + "\n"
 
@@ -146,7 +160,7 @@ CONFIG_LINES = [re.compile(x) for x in (
     rf"backend be_{_NAME}",
     rf"    server a {_NAME}:{_PORT} init-addr libc,127\.0\.0\.1",
     rf"    server b 127\.0\.0\.1:{_PORT} weight 0",
-)]
+)] + proxytasks.GRAMMAR
 
 
 def config_problems(text: str) -> list[str]:
@@ -168,10 +182,11 @@ def config_problems(text: str) -> list[str]:
         if not m:
             continue
         bind = re.fullmatch(r"    bind (\S+)", rows[i + 1] if i + 1 < len(rows) else "")
-        server = re.fullmatch(rf"    server a \S+:({_PORT}) .*", rows[i + 5] if i + 5 < len(rows) else "")
+        be = list(itertools.takewhile(bool, rows[i + 5:]))  # the backend's lines, after its own header
+        server = next((s for x in be if (s := re.fullmatch(rf"    server a \S+:({_PORT}) .*", x))), None)
         if not (bind and server):
             return [f"the proxy configuration's frontend fe_{m[1]} is not followed by its bind and backend"]
-        routes.append(Route(m[1], bind[1].removeprefix(":"), int(server[1])))
+        routes.append(Route(m[1], bind[1].removeprefix(":"), int(server[1]), proxytasks.parse_block(m[1], be)))
     if len({r.service for r in routes}) != len(routes):
         return ["the proxy configuration names one service twice"]
     try:
@@ -224,6 +239,11 @@ class Slot:
     @property
     def live(self) -> bool:
         return self.admin == 0 and self.weight > 0
+
+    @property
+    def up(self) -> bool:
+        """A checked server (a Swarm task's slot) that serves: enabled, resolved, and its health check passing."""
+        return self.admin == 0 and self.op == 2 and self.addr not in ("", "-", "0.0.0.0")
 
     @property
     def state(self) -> str:
@@ -333,12 +353,25 @@ class Runtime:
         if gone:
             self.cmd("; ".join(f"set server {be}/{n} state maint" for n in gone))
 
+    def set_state(self, service: str, servers: list[str], state: str) -> None:
+        """Put the named servers of the service's backend in `state` (ready, drain or maint), in one command line.
+
+        Only names render() made (a, b, taskN) and only those three states go into the command line.
+        """
+        if state not in ("ready", "drain", "maint"):
+            raise ProxyError(f"server state {state!r}: ready, drain or maint")
+        be = backend(service)
+        names = [n for n in servers if n in SLOTS or proxytasks.is_task(n)]
+        if names:
+            self.cmd("; ".join(f"set server {be}/{n} state {state}" for n in names))
+
     def view(self) -> dict[str, dict]:
         """{service: {"serving": [addr:port, ...], "slots": {slot: state@addr:port}}} for fab status."""
         out = {}
         for be, slots in self.servers().items():
             if not be.startswith("be_"):
                 continue
-            out[be[3:]] = {"serving": [f"{s.addr}:{s.port}" for s in slots.values() if s.live],
+            out[be[3:]] = {"serving": [f"{s.addr}:{s.port}" for s in slots.values()
+                                       if (s.up if proxytasks.is_task(s.name) else s.live)],
                            "slots": {s.name: f"{s.state}@{s.addr}:{s.port}" for s in slots.values()}}
         return out

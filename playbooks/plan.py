@@ -142,11 +142,12 @@ def container_spec(inv: Inventory, service: str, host: str | None = None) -> dic
         extra["proxy"] = {"listen": svc.proxy.listen, "port": svc.proxy.port}
     ports = {f"{c}/{proto}": f"{ip}:{h}" if ip else h for ip, h, c, proto in svc.port_bindings()}
     if inv.fleet.is_proxy(service):
-        from agent.proxy import CONFIG_ENV, Route, render
+        from agent.proxy import CONFIG_ENV, render
+
+        from .swarm.proxy import ssh_routes  # with each service's Swarm tasks when the fleet uses Swarm (docs/swarm.md)
 
         behind = [inv.fleet.services[n].proxy for n in inv.fleet.proxied_on(host)]
-        env[CONFIG_ENV] = render([Route(n, r.listen, r.port) for n, r in zip(inv.fleet.proxied_on(host), behind, strict=True)],
-                                 rp.health_port)
+        env[CONFIG_ENV] = render(ssh_routes(inv, host), rp.health_port)
         extra["role"] = "proxy"
         for r in behind:  # the proxy binds each listen port inside its container on the same number
             ports[f"{r.listen_port}/tcp"] = f"{r.address}:{r.listen_port}" if r.address else r.listen_port

@@ -166,12 +166,20 @@ def _inventories(tmp_path: Path):
         (d / "fleet.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
         (d / "phases.yml").write_text(yaml.safe_dump(ph, sort_keys=False))
         out.append(load(d / "fleet.yml"))
+        d = tmp_path / f"lab{count}-swarm"  # the same with swarm: the proxy resolves each service's Swarm tasks too
+        d.mkdir()
+        (d / "id").write_text("")
+        doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}
+        ph["phases"][-2]["engine"] = "swarm"  # web on Swarm behind the SSH push's proxy; llm-edge on the SSH push
+        (d / "fleet.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        (d / "phases.yml").write_text(yaml.safe_dump(ph, sort_keys=False))
+        out.append(load(d / "fleet.yml"))
     return out
 
 
 def test_every_rendered_proxy_configuration_parses(tmp_path):
     haproxy = shutil.which("haproxy")
-    checked = 0
+    checked = swarm = 0
     for inv in _inventories(tmp_path):
         rp = inv.fleet.reverse_proxy
         assert rp is not None
@@ -188,4 +196,5 @@ def test_every_rendered_proxy_configuration_parses(tmp_path):
                 r = subprocess.run([haproxy, "-c", "-f", str(f)], capture_output=True, text=True, timeout=30)
                 assert r.returncode == 0 and "Configuration file is valid" in r.stdout, r.stdout + r.stderr
             checked += 1
-    assert checked >= 7
+            swarm += "server-template task" in cfg
+    assert checked >= 7 and swarm >= 2

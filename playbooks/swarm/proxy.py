@@ -20,19 +20,21 @@ fleetroll-proxy-start), so the image is the SSH push's, unchanged; its content h
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 from agent import proxy as ssh_proxy
+from agent import proxytasks
 
 from ..inventory import Inventory
 
-NETWORK = "fr-proxy"  # the overlay the proxy and the services behind it share; not the SSH push's bridge (`fleetroll`)
-NETWORK_LABEL = "io.fleetroll.network=proxy"
+# The overlay the proxy and the services behind it share (not the SSH push's bridge `fleetroll`); attachable, so the
+# SSH push's proxy container can join it too and serve a phase's Swarm tasks during and after a move (handover.py).
+NETWORK = proxytasks.SWARM_NETWORK
+NETWORK_LABEL = "=".join(proxytasks.SWARM_NETWORK_LABEL)
 CONFIG_HASH_LABEL = "io.fleetroll.proxy-config"
-DOCKER_DNS = "127.0.0.11:53"  # Docker's embedded DNS, inside every container on a user-defined network
-DNS_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # no '.': a dot would split tasks.<stack>_<service> into labels
-PATH_RE = re.compile(r"/[A-Za-z0-9._~/%-]{0,200}")  # the schema's rule for health.path, checked again before HAProxy sees it
+DOCKER_DNS = proxytasks.DOCKER_DNS
+DNS_NAME_RE = proxytasks.DNS_LABEL_RE  # no '.': a dot would split tasks.<stack>_<service> into labels
+PATH_RE = proxytasks.PATH_RE  # the schema's rule for health.path, checked again before HAProxy sees it
 
 
 class ProxyRenderError(Exception):
@@ -114,18 +116,7 @@ def config(backs: list[Backend], health_port: int) -> str:
         "global",
         "    maxconn 4096",
         "",
-        "resolvers docker",
-        f"    nameserver dns {DOCKER_DNS}",
-        "    accepted_payload_size 8192",
-        "    resolve_retries 3",
-        "    timeout resolve 1s",
-        "    timeout retry 1s",
-        "    hold valid 1s",
-        "    hold other 1s",
-        "    hold refused 1s",
-        "    hold nx 1s",
-        "    hold timeout 1s",
-        "    hold obsolete 0s",  # a task gone from DNS leaves its slot at the next resolution
+        *proxytasks.RESOLVERS,
         "",
         "defaults",
         "    mode http",
@@ -136,7 +127,7 @@ def config(backs: list[Backend], health_port: int) -> str:
         "    option http-server-close",
         "    retries 3",
         "    option redispatch 1",
-        "    retry-on conn-failure empty-response response-timeout",
+        proxytasks.RETRY_ON,
         "",
         "frontend fleetroll-health",
         f"    bind :{health}",
@@ -152,10 +143,8 @@ def config(backs: list[Backend], health_port: int) -> str:
             f"    default_backend {be}",
             "",
             f"backend {be}",
-            f"    option httpchk GET {b.health_path}",
-            "    http-check expect status 200",
-            f"    server-template task 1-{b.slots} {b.dns}:{b.port} resolvers docker init-addr none resolve-prefer ipv4"
-            " check inter 1s fall 2 rise 1",
+            *proxytasks.health_lines(b.health_path),
+            proxytasks.template_line(b.service, b.port, proxytasks.Tasks(b.stack, b.health_path, b.slots)),
         ]
     return "\n".join(out) + "\n"
 
@@ -173,14 +162,56 @@ def network_inspect() -> list[str]:
     return ["docker", "network", "inspect", "--format", "{{.Driver}} {{.Scope}}", NETWORK]
 
 
+def network_attachable() -> list[str]:
+    return ["docker", "network", "inspect", "--format", "{{.Attachable}}", NETWORK]
+
+
 def network_create() -> list[str]:
-    """An overlay for service tasks only (not attachable: no stray container joins it); dnsrr is per service."""
-    return ["docker", "network", "create", "--driver", "overlay", "--label", NETWORK_LABEL, NETWORK]
+    """The overlay, attachable: the SSH push's proxy container joins it (the agent checks it is the proxy, and only it
+    joins; agent/host_checks.py) to serve a phase's Swarm tasks while the phase moves between the engines."""
+    return ["docker", "network", "create", "--driver", "overlay", "--attachable", "--label", NETWORK_LABEL, NETWORK]
+
+
+def network_remove() -> list[str]:
+    return ["docker", "network", "rm", NETWORK]
+
+
+def uses_swarm(inv: Inventory) -> bool:
+    """Does the fleet use Swarm at all: a `swarm:` section, or a phase (or the inventory) on engine: swarm?
+
+    Then the SSH push's proxy carries every proxied service's Swarm task lines from the start, so moving a
+    phase between the engines never has to recreate it (its own swap closes the listen ports).
+    """
+    fleet = inv.fleet
+    return "swarm" in fleet.model_fields_set or any(fleet.engine_of(p) == "swarm" for p in inv.phases)
 
 
 def wanted(inv: Inventory) -> bool:
-    """Does any swarm phase run the proxy or a service behind it (so the overlay must exist)?"""
+    """Must the overlay exist: a swarm phase runs the proxy or a service behind it, or the SSH push's proxy may join it?"""
     fleet = inv.fleet
+    if fleet.reverse_proxy is not None and uses_swarm(inv):
+        return True
     return any(fleet.engine_of(p) == "swarm" and (fleet.is_proxy(s) or fleet.services[s].proxy is not None)
                for p in inv.phases for s in p.services if s in fleet.services)
+
+
+def phase_of(inv: Inventory, service: str) -> str | None:
+    """The phase that runs `service` (its first), whichever engine: its stack name is the same on both."""
+    return next((p.name for p in inv.phases if service in p.services), None)
+
+
+def ssh_routes(inv: Inventory, host: str) -> list[ssh_proxy.Route]:
+    """The routes of the SSH push's proxy on `host`: slots a/b each, and each service's Swarm tasks when the fleet uses
+    Swarm (agent/proxytasks.py), under the stack of the phase that runs it. A fleet without Swarm gets today's routes."""
+    from .render import STACK_PREFIX
+
+    fleet, out = inv.fleet, []
+    swarm = uses_swarm(inv)
+    for name in fleet.proxied_on(host):
+        svc = fleet.services[name]
+        phase = phase_of(inv, name) if swarm else None
+        tasks = (proxytasks.Tasks(STACK_PREFIX + phase, svc.health.path, max(2, 2 * (svc.replicas or len(fleet.hosts_of(name)))))
+                 if phase else None)
+        out.append(ssh_proxy.Route(name, svc.proxy.listen, svc.proxy.port, tasks))
+    return out
 
