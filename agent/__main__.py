@@ -1,6 +1,6 @@
 """Entry point: JSON requests on stdin, JSON lines out; each request ends with its answer.
 
-Request:  {"protocol": 1, "op": "facts" | "prepare" | "rollout" | "status" | "unlock" | "journal" | "freeze" | "versions" | "logs" | "details" | "exec" | "prune" | "remove" | "swarm_secrets", "args": {...}}
+Request:  {"protocol": 1, "op": "facts" | "prepare" | "rollout" | "status" | "unlock" | "journal" | "freeze" | "versions" | "logs" | "details" | "exec" | "prune" | "remove" | "swarm_secrets" | "proxy_handover", "args": {...}}
 Answer:   {"protocol": 1, "op": ..., "ok": bool, "changed": bool, "msg": str, "data": {...}}
 Progress lines ({"event": ...}) may come before the answer so the controller can show
 what a host is doing while a long operation runs.
@@ -54,7 +54,7 @@ def _run(op: str, args: dict) -> dict:
 
         return answer(op, True, data=gather(args))
     if op in ("rollout", "status", "unlock", "journal", "prepare", "freeze", "versions", "logs", "details", "exec", "prune", "remove",
-              "swarm_secrets"):
+              "swarm_secrets", "proxy_handover"):
         from . import ops
 
         return ops.dispatch(op, args, emit)

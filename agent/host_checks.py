@@ -116,3 +116,28 @@ def bind_problem(src: str, own: list[Path] | list[str], allowed: list[str] | Non
     if allowed is not None and not any(_within(real, a) or _within(real, os.path.realpath(a)) for a in allowed):
         return f"host path {src!r} is not under a prefix this host allows ({source or ':'.join(allowed) or 'none'})"
     return None
+
+
+def swarm_network_problem(container: dict[str, Any], network: dict[str, Any]) -> str | None:
+    """Why `container` must not join the overlay `network` (`docker inspect` of each); None if it may.
+
+    problems() lets a container be created only on fleetroll's bridge or the default bridge. The one exception
+    is joined after creation: the SSH push's proxy, on the overlay `fab swarm.form` made (fr-proxy: overlay, swarm
+    scope, attachable, fleetroll's label), so it can serve a phase's Swarm tasks while the phase moves between the
+    engines. Only the proxy: its configuration is checked line by line (proxy.config_problems) and it publishes
+    nothing but the listen ports; any other container on that overlay would reach every task of every stack on it.
+    """
+    from . import proxy, proxytasks
+
+    labels = (container.get("Config") or {}).get("Labels") or {}
+    env = [str(e) for e in (container.get("Config") or {}).get("Env") or []]
+    if labels.get(contract.MANAGED) != "true" or not any(e.startswith(proxy.CONFIG_ENV + "=") for e in env):
+        return (f"container {container.get('Name', '?')!r} is not fleetroll's proxy: only the proxy joins the overlay"
+                f" {proxytasks.SWARM_NETWORK} (a container may join only fleetroll's bridge network or the default bridge)")
+    key, value = proxytasks.SWARM_NETWORK_LABEL
+    got = (network.get("Name"), network.get("Driver"), network.get("Scope"), bool(network.get("Attachable")),
+           (network.get("Labels") or {}).get(key))
+    if got != (proxytasks.SWARM_NETWORK, "overlay", "swarm", True, value):
+        return (f"network {network.get('Name')!r} is not the overlay fab swarm.form makes (name, driver, scope, attachable,"
+                f" label: {got}); fix: fab swarm.form (it says how to make it again)")
+    return None

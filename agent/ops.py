@@ -2,7 +2,8 @@
 
 dispatch() routes every operation but `facts` (answered by agent/__main__.py): the six above
 here; logs, details, versions, exec, prune and remove to agent/container_ops.py;
-swarm_secrets to agent/swarm_secrets.py.
+swarm_secrets to agent/swarm_secrets.py;
+proxy_handover to agent/handover.py.
 
 A rollout runs in a detached grandchild process (its own session, no tie to the SSH
 channel) that holds the host's lock: the process the controller talks to only follows
@@ -382,6 +383,10 @@ def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dic
         from .swarm_secrets import swarm_secrets_op
 
         return swarm_secrets_op(args)
+    if op == "proxy_handover":
+        from .handover import handover_op
+
+        return handover_op(args)
     if op == "freeze":
         return freeze_op(args)
     if op == "prepare":

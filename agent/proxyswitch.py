@@ -1,7 +1,9 @@
 """Pointing the host's proxy: at a new container after its gate, back at the old one on a restore, at every backend for a new proxy.
 
 The proxy's own state is read back after each switch: a proxy that does not confirm is an
-error (the caller restores), never a success.
+error (the caller restores), never a success. In a fleet that uses Swarm the proxy also joins
+the overlay `fr-proxy` (attach) so its backends' Swarm task slots resolve (agent/proxytasks.py);
+the hand-over between the engines is agent/handover.py.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import container_args, proxy
+from . import container_args, proxy, proxytasks
 from .decisions import ServiceResult
 from .vocabulary import Step
 
@@ -32,19 +34,24 @@ class ProxySwitch:
         Its start script resolved the names it could; this makes it exact (a name Docker could
         not resolve in time starts at no server). A failure here fails the proxy's swap.
         """
+        joined = attach(self.client, self._get(service))
         rt = proxy.Runtime()
         pointed = {}
         for be, slots in rt.servers().items():
             name = be.removeprefix("be_")
             c = self._get(name) if be.startswith("be_") else None
             if c is None or not (c.attrs.get("State") or {}).get("Running"):
+                if be.startswith("be_") and any(proxytasks.is_task(s) for s in slots):
+                    rt.set_state(name, list(proxy.SLOTS), "maint")  # served by its Swarm tasks alone: no slot at nothing
+                    pointed[name] = "swarm tasks"
                 continue
             addr = proxy.container_address(c.attrs, container_args.network_of(c.attrs.get("HostConfig") or {}))
             port = next(iter(slots.values())).port
             if addr:
                 pointed[name] = rt.point(name, addr, port)
                 rt.retire(name, addr, port)
-        self.j(Step.PROXY_BACKENDS, service, pointed={k: v["to"] for k, v in pointed.items()})
+        self.j(Step.PROXY_BACKENDS, service, pointed={k: v if isinstance(v, str) else v["to"] for k, v in pointed.items()},
+               overlay=joined)
 
     def _switch_to(self, r: ServiceResult, c, h: dict, drain_s: float) -> dict:
         """Point the host's proxy at `c` (the only ready server of the service's backend), drain the other, retire it.
@@ -66,3 +73,39 @@ class ProxySwitch:
             time.sleep(drain_s)
         rt.retire(service, addr, port)
         return done
+
+
+def attach(client: Any, c: Any) -> str:
+    """Join the proxy's container `c` to the overlay fr-proxy, if this host is a swarm node and it is not on it yet.
+
+    The Engine API's network connect: the proxy keeps running, no restart. Said, not raised: a host outside the
+    swarm has nothing to join, and its proxy serves slots a/b as before. A network that is not the one
+    `fab swarm.form` makes, or a container that is not the proxy, is refused (agent/host_checks.py).
+    """
+    from .docker_errors import DockerError
+    from .host_checks import swarm_network_problem
+
+    net = proxytasks.SWARM_NETWORK
+    if c is None:
+        return "no proxy container"
+    if net in ((c.attrs.get("NetworkSettings") or {}).get("Networks") or {}):
+        return f"on {net}"
+    try:
+        if ((client.engine.get("/info") or {}).get("Swarm") or {}).get("LocalNodeState") != "active":
+            return "not a swarm node: nothing to join"
+        seen = client.engine.get(f"/networks/{net}")
+    except DockerError:
+        seen = None  # a worker lists a swarm network only once something on it runs there
+    problem = swarm_network_problem(c.attrs, seen) if seen else None
+    if problem:
+        return f"refused: {problem}"
+    try:
+        client.engine.call("POST", f"/networks/{net}/connect", body={"Container": c.id})
+        problem = swarm_network_problem(c.attrs, client.engine.get(f"/networks/{net}") or {})
+    except DockerError as exc:
+        return f"not joined: {exc}"
+    if problem:
+        client.engine.call("POST", f"/networks/{net}/disconnect", body={"Container": c.id, "Force": True})
+        return f"refused and left again: {problem}"
+    c.reload()
+    return f"joined {net}"

@@ -137,15 +137,16 @@ def test_a_health_path_that_is_not_plain_is_refused_before_haproxy_sees_it(inv):
         render.render(inv, "edge")
 
 
-def test_the_proxy_on_swarm_refuses_a_service_behind_it_left_on_ssh_and_the_reverse(tmp_path):
+def test_the_proxy_on_swarm_refuses_a_service_behind_it_left_on_ssh_but_the_ssh_proxy_serves_swarm_tasks(tmp_path):
     (tmp_path / "a").mkdir()
     ssh_web = PHASES.replace("{name: web, engine: swarm,", "{name: web, engine: ssh,")
     with pytest.raises(render.RenderError, match="no swarm phase runs web.*fix: run both on engine: swarm"):
         render.render(load(write(tmp_path / "a", FLEET, ssh_web.replace("[web, api]", "[web]") + "  - {name: api1, engine: swarm, services: [api]}\n")), "edge")
-    (tmp_path / "b").mkdir()
+    (tmp_path / "b").mkdir()  # the reverse is the move between the engines: the SSH push's proxy joins the overlay
     ssh_edge = PHASES.replace("{name: edge, engine: swarm,", "{name: edge, engine: ssh,")
-    with pytest.raises(render.RenderError, match="which no swarm phase runs.*fix: put the proxy on a swarm phase"):
-        render.render(load(write(tmp_path / "b", FLEET, ssh_edge)), "web")
+    web = render.render(load(write(tmp_path / "b", FLEET, ssh_edge)), "web").doc["services"]["web"]
+    assert web["networks"] == [proxy.NETWORK] and "ports" not in web and web["deploy"]["endpoint_mode"] == "dnsrr"
+    assert web["deploy"]["update_config"]["order"] == "start-first"
 
 
 def test_start_first_for_the_proxy_itself_is_refused(tmp_path):
@@ -181,11 +182,15 @@ def test_docker_stack_config_accepts_the_proxy_stack(tmp_path):
 class FakeLead:
     """A manager answering `docker network inspect` as told; records what it was asked to run."""
 
-    def __init__(self, inspect: tuple[int, str]):
-        self.name, self.inspect, self.ran = "mainpc", inspect, []
+    def __init__(self, inspect: tuple[int, str], attachable: str = "true\n", rm: tuple[int, str] = (0, "")):
+        self.name, self.inspect, self.ran, self.attachable, self.rm = "mainpc", inspect, [], attachable, rm
 
     def run(self, argv, check=True, **_kw):
         self.ran.append(argv)
+        if argv == proxy.network_attachable():
+            return 0, self.attachable, ""
+        if argv == proxy.network_remove():
+            return self.rm[0], "", self.rm[1]
         if argv[:3] == ["docker", "network", "inspect"]:
             return self.inspect[0], self.inspect[1], ""
         return 0, "", ""
@@ -195,17 +200,20 @@ def test_swarm_form_makes_the_overlay_once_and_leaves_a_foreign_network_alone():
     absent = FakeLead((1, ""))
     assert "made the overlay network fr-proxy" in form.proxy_network(absent) and absent.ran[-1] == proxy.network_create()
     there = FakeLead((0, "overlay swarm\n"))
-    assert "already there; unchanged" in form.proxy_network(there) and len(there.ran) == 1
+    assert "already there; unchanged" in form.proxy_network(there) and len(there.ran) == 2  # and asked if attachable
     bridge = FakeLead((0, "bridge local\n"))
     said = form.proxy_network(bridge)
     assert said.startswith("FAILED mainpc: a network fr-proxy exists but is bridge local") and "fix:" in said
     assert len(bridge.ran) == 1
 
 
-def test_the_overlay_is_wanted_only_when_a_swarm_phase_runs_the_proxy_or_a_service_behind_it(inv, tmp_path):
+def test_the_overlay_is_wanted_when_a_swarm_phase_runs_the_proxy_or_a_service_behind_it_or_the_fleet_uses_swarm(inv, tmp_path):
     assert proxy.wanted(inv)
     (tmp_path / "s").mkdir()
-    assert not proxy.wanted(load(write(tmp_path / "s", FLEET, PHASES.replace("engine: swarm", "engine: ssh"))))
+    assert not proxy.wanted(load(write(tmp_path / "s", FLEET.replace("swarm: {healthcheck: wget}\n", ""),
+                                       PHASES.replace("engine: swarm", "engine: ssh"))))
+    (tmp_path / "t").mkdir()  # a fleet that uses Swarm: the SSH push's proxy joins the overlay to serve swarm tasks
+    assert proxy.wanted(load(write(tmp_path / "t", FLEET, PHASES.replace("engine: swarm", "engine: ssh"))))
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

@@ -24,7 +24,7 @@ from ..ending import Interrupted, RolloutReport
 from ..errors import RolloutError
 from ..inventory import Inventory
 from ..plan import BLOCKED, CREATE, NOOP, REPLACE, Plan
-from . import commands, freeze, observe, render, secrets
+from . import commands, freeze, handover, observe, render, secrets
 from .judge import Follow, judge
 from .judge import base as _base
 from .remote import Host, SwarmCommandError, open_host
@@ -76,7 +76,7 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
         st.order, st.order_reason = rendered.orders[st.service]
         pushed = next((c for c in (facts.get(st.host) or {}).get("docker", {}).get("containers", [])
                        if c.get("name") == st.service and c.get("running")), None)
-        if pushed is not None:
+        if pushed is not None and not handover.behind_ssh_proxy(inv, st.service):
             st.action = BLOCKED
             st.reason = (f"a container {st.service} pushed over SSH runs on {st.host}; moving a phase to Swarm is done host by"
                          f" host and is not zero-downtime (docs/swarm.md): remove it first (fab remove -s {st.service} -H"
@@ -93,6 +93,8 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
             st.action, st.reason = REPLACE, "same image, configuration changed"
         else:
             st.action, st.reason = REPLACE, "new image"
+        if pushed is not None and st.action != BLOCKED:
+            st.reason += f"; then the SSH push's proxy hands {st.service} over from its SSH container (handover.py)"
         if st.action == REPLACE and digest != st.new_digest:
             st.changes.append(f"image: {tag or '?'}@{(digest or '?')[:19]} -> {st.new_tag}@{st.new_digest[:19]}")
 
@@ -282,7 +284,12 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
             ro.report.elapsed_s = time.monotonic() - ro.t0
             return ro.report
         try:
+            moving = handover.plan(inv, phase)  # services behind the SSH push's proxy: it serves their tasks too
+            if moving:
+                ro.report.messages += handover.attach(inv, moving, pool)
             results = _deploy_and_follow(ro, manager, rendered, before)
+            if moving:
+                ro.report.messages += handover.to_swarm(inv, phase, ro.plan.rollout_id, moving, results, pre.facts, pool)
             # As the SSH push's host transaction: freeze what Swarm was seen to roll back; a clean commit lifts that
             ro.report.messages += freeze.record(inv, ro.plan, results, pool)
             ro.report.messages += freeze.lift(inv, ro.plan, results, pre.facts, pool)

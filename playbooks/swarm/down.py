@@ -1,4 +1,7 @@
-"""Taking a swarm phase's stack down: `fab swarm.down -p P`, the first step of moving a phase back to the SSH push.
+"""Taking a swarm phase's stack down: `fab swarm.down -p P`, the last step of moving a phase back to the SSH push.
+
+When the SSH push's proxy serves the phase's services (handover.py), each host's proxy first drains the task slots
+(the SSH containers, rolled out before, serve on); a proxy with no SSH container serving refuses, nothing taken down.
 
 Through a manager, `docker stack rm fr-<phase>`; then fleetroll watches until Swarm lists no
 service of the stack and no node runs a task of it. A task's container can outlive its service
@@ -17,7 +20,7 @@ from .. import ledger
 from ..errors import RolloutError
 from ..inventory import Inventory
 from ..plan import operator
-from . import commands
+from . import commands, handover
 from .remote import Host, SwarmCommandError
 from .render import stack_name
 
@@ -39,7 +42,8 @@ class DownReport:
 def check(inv: Inventory, phase: str) -> str:
     """The phase's stack name; RolloutError (nothing asked of any host) unless the phase runs on Swarm."""
     ph = inv.phase(phase)
-    if inv.fleet.engine_of(ph) != "swarm":
+    # A phase back on the SSH push behind its proxy: its stack is what the hand-over back takes down (handover.py).
+    if inv.fleet.engine_of(ph) != "swarm" and not handover.plan(inv, phase):
         raise RolloutError(f"phase {phase} runs on the SSH push, not Swarm: nothing to take down with swarm.down;"
                            f" a service's container goes with `fab remove -s SERVICE -H HOST`")
     return stack_name(phase)
@@ -70,6 +74,10 @@ def down(inv: Inventory, phase: str, manager: Host, nodes: dict[str, Host], wait
             rep.ok = True
             rep.lines.append(f"{stack}: nothing of it on this swarm ({manager.name} lists no service, "
                              f"{', '.join(nodes)} run no task of it); nothing taken down")
+            return _record(rep)
+        held, said = handover.to_ssh(inv, phase)  # the SSH push's proxy stops choosing the tasks before they stop
+        rep.lines += said
+        if not held:
             return _record(rep)
         _remove(manager, stack)
         deadline = time.monotonic() + wait_s

@@ -159,12 +159,27 @@ def proxy_network(lead: Host) -> str:
     rc, out, _err = lead.run(proxy.network_inspect(), check=False)
     if rc == 0:
         if out.split() == ["overlay", "swarm"]:
-            return f"{lead.name}: network {proxy.NETWORK} (overlay) already there; unchanged"
+            return _attachable(lead)
         return (f"FAILED {lead.name}: a network {proxy.NETWORK} exists but is {out.strip() or 'unknown'}, not a swarm overlay;"
                 f" the proxy cannot reach its services over it; fix: remove it (docker network rm {proxy.NETWORK}) if it is"
                 " not in use, then fab swarm.form again")
     lead.run(proxy.network_create())
-    return f"{lead.name}: made the overlay network {proxy.NETWORK} for the proxy and the services behind it"
+    return f"{lead.name}: made the overlay network {proxy.NETWORK} (attachable) for the proxy and the services behind it"
+
+
+def _attachable(lead: Host) -> str:
+    """An overlay made before it had to be attachable (the SSH push's proxy joins it now): made again while no service
+    uses it (Docker refuses to remove one in use), else the fix is said and nothing is changed."""
+    _rc, out, _err = lead.run(proxy.network_attachable(), check=False)
+    if out.strip() == "true":
+        return f"{lead.name}: network {proxy.NETWORK} (overlay, attachable) already there; unchanged"
+    rc, _out, err = lead.run(proxy.network_remove(), check=False)
+    if rc != 0:
+        return (f"FAILED {lead.name}: the overlay {proxy.NETWORK} is not attachable, so the SSH push's proxy cannot join it,"
+                f" and Docker would not remove it ({err.strip()[:160]}); fix: fab swarm.down each swarm phase on it, then"
+                " fab swarm.form again (it is made again attachable), and roll those phases out again")
+    lead.run(proxy.network_create())
+    return f"{lead.name}: made the overlay {proxy.NETWORK} again, attachable (it was not, and no service used it)"
 
 
 def leave(inv: Inventory, only: list[str] | None = None) -> FormReport:

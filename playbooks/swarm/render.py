@@ -325,11 +325,7 @@ def _behind_or_proxy(inv: Inventory, name: str, entry: dict[str, Any], out: Rend
     entry["networks"] = [proxy.NETWORK]
     rp = inv.fleet.reverse_proxy
     if not inv.fleet.is_proxy(name):
-        if proxy.swarm_phase_of(inv, rp.service) is None:
-            raise RenderError(f"services.{name} is behind the proxy {rp.service!r}, which no swarm phase runs: a swarm task"
-                              " is reached only by the proxy on Swarm; fix: put the proxy on a swarm phase too (first in this"
-                              " phase, or a phase of its own), or keep both on engine: ssh")
-        return
+        return  # the proxy on Swarm, or the SSH push's joined to the overlay (handover.py), finds its tasks by DNS
     try:
         backs = proxy.backends(inv)
         text = proxy.config(backs, rp.health_port)
