@@ -231,3 +231,42 @@ def test_only_names_render_made_go_into_a_state_command():
     assert [c for c in rt.sent if c.startswith("set")] == ["set server be_web/a state maint; set server be_web/task2 state maint"]
     with pytest.raises(proxy.ProxyError):
         rt.set_state("web", ["a"], "ready; shutdown")
+
+
+def _answers(ok: bool):
+    """handover.call, faked: every host answers every service with `ok` (and two tasks up when ok)."""
+    calls = []
+
+    def call(inv, moving, action, pool=None, **_kw):
+        calls.append((action, {h: dict(d) for h, d in moving.items()}))
+        after = {"ssh": [], "tasks": ["10.0.1.5:8080", "10.0.1.6:8080"]} if ok else {"ssh": ["172.18.0.4:8080"], "tasks": []}
+        return {h: transport.CallResult(host=h, ok=ok, answer={"data": {"proxy": "edge", "services": {
+            s: {"ok": ok, "after": after, "message": "" if ok else "0 of 2 Swarm task(s) UP"} for s in d}}})
+            for h, d in moving.items()}
+    return calls, call
+
+
+def test_the_ssh_container_goes_only_after_its_proxy_drained_it_and_a_left_one_goes_on_the_next_noop_rollout(
+        tmp_path, monkeypatch):
+    from playbooks import ledger, operate
+    from playbooks.plan import NOOP, Plan, Step
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    removed = []
+    monkeypatch.setattr(operate, "remove", lambda inv, s, h, reason="": removed.append((s, h)) or {"removed": [{"name": s}]})
+    inv = inv_of(tmp_path, "swarm")
+    facts = {"pc2": {"docker": {"containers": [{"name": "web", "running": True}]}}}
+    calls, call = _answers(ok=False)
+    monkeypatch.setattr(handover, "call", call)
+    results = {h: _result(h, {"web": "committed", "api": "committed"} if h == "pc2" else {"web": "committed"})
+               for h in ("mainpc", "pc2")}
+    lines = handover.to_swarm(inv, "web", "r1", handover.plan(inv, "web"), results, facts)
+    assert calls == [("to-swarm", {"pc2": {"web": 2}})] and removed == [], calls  # only where an SSH container runs
+    assert "FAILED hand-over web on pc2: 0 of 2" in lines[0] and "serves on" in lines[0]
+    calls, call = _answers(ok=True)
+    monkeypatch.setattr(handover, "call", call)
+    steps = [Step(host=h, service=s, action=NOOP) for h in ("mainpc", "pc2") for s in ("web",)]
+    lines = handover.leftovers(inv, "web", Plan(rollout_id="r2", phase="web", operator="t", steps=steps), facts)
+    assert [a for a, _ in calls] == ["attach", "to-swarm"] and removed == [("web", "pc2")], (calls, removed)
+    assert any("hand-over web on pc2: the proxy serves 2 Swarm task(s)" in ln for ln in lines), lines
+    assert [r["to"] for r in ledger.read() if r.get("kind") == "handover"] == ["swarm", "swarm"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 
-from agent.vocabulary import Outcome
+from agent.vocabulary import Outcome, State
 
 from .. import ledger, rollout, transport
 from ..ending import Interrupted, RolloutReport
@@ -281,6 +281,8 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
             if dry_run:
                 ro.report.messages.append(f"swarm: stack {stack} would be deployed through {manager.name} (fab swarm.render -p"
                                           f" {phase} prints it)")
+            elif ro.report.state == State.NOOP:  # Swarm runs it all: an SSH container a move left still serving goes now
+                ro.report.messages += handover.leftovers(inv, phase, ro.plan, pre.facts, pool)
             ro.report.elapsed_s = time.monotonic() - ro.t0
             return ro.report
         try:

@@ -164,3 +164,14 @@ def to_ssh(inv: Inventory, phase: str) -> tuple[bool, list[str]]:
                        f" on. Fix: fab rollout -p {phase} with the phase on engine: ssh, then fab swarm.down -p {phase}"]
     return True, [f"hand-over {s} on {h}: the proxy serves the SSH container, the Swarm task slots drained"
                   for h, d in got.items() for s in d]
+
+
+def leftovers(inv: Inventory, phase: str, done: Any, facts: dict[str, dict], pool: transport.Pool | None = None) -> list[str]:
+    """A rollout with nothing to deploy (Swarm runs every planned digest: `done` is its all-noop Plan) still hands over the
+    SSH containers an earlier move left serving (their proxies did not see the tasks up in time): the same steps."""
+    moving = {h: here for h, d in plan(inv, phase).items() if (here := {s: n for s, n in d.items() if pushed(facts, h, s)})}
+    if not moving:
+        return []
+    noop = {h: transport.CallResult(host=h, ok=True, answer={"data": {"services": [
+        {"service": st.service, "outcome": Outcome.NOOP} for st in done.steps if st.host == h]}}) for h in moving}
+    return attach(inv, moving, pool) + to_swarm(inv, phase, done.rollout_id, moving, noop, facts, pool)
