@@ -164,7 +164,9 @@ def describe_failure(host: str, s: dict, next_cmd: str, phase: str = "") -> str:
         seen.append(f"{ev.get('restarts', 0)} restarts")
         if ev.get("oom_killed"):
             seen.append("OOM-KILLED (it ran out of memory)")
-        parts.append("  container, inspected after the failure: " + ", ".join(seen))
+        what = (f"swarm task {ev['task']}, as a manager saw it last" if s.get("engine") == "swarm" and ev.get("task")
+                else "container, inspected after the failure")
+        parts.append(f"  {what}: " + ", ".join(seen) + (f" ({ev['message']})" if ev.get("message") else ""))
     elif ev.get("error"):
         parts.append(f"  container: {ev['error']}")
     last = (s.get("gate") or {}).get("last") or {}

@@ -109,6 +109,25 @@ def test_a_new_service_that_never_runs_everywhere_is_not_committed_there():
     assert f.done["pc2"]["details"]["restarts"] == 1
 
 
+def test_a_new_service_whose_task_never_ran_says_the_state_swarm_left_it_in():
+    """At the end of the wait, no failed task on pc2: the newest task there and its state are the evidence (and the
+    report says it as the manager saw it), with 0 restarts, so nothing claims the release failed there."""
+    from playbooks import ending
+
+    f = follow("create")
+    stuck = task("p", "n2", NEW, "preparing")
+    stuck.update(UpdatedAt="2030-01-01T00:00:05Z", Status={**stuck["Status"], "Message": "preparing"})
+    older = {**task("q", "n2", NEW, "pending"), "UpdatedAt": "2030-01-01T00:00:01Z"}
+    v = view(None, [task("a", "n1", NEW), older, stuck])
+    assert judge.judge(f, v, now=100, min_healthy_time=2)
+    ev = f.done["pc2"]["details"]
+    assert f.done["pc2"]["outcome"] == "needs-operator" and ev["status"] == "preparing" and ev["restarts"] == 0, ev
+    assert ev["task"] == "p"
+    text = ending.describe_failure("pc2", f.done["pc2"], "fab status")
+    assert "swarm task p, as a manager saw it last: preparing, 0 restarts (preparing)" in text, text
+    assert judge.judge(follow("create"), view(None, [task("a", "n1", NEW)]), now=100, min_healthy_time=2)
+
+
 def test_own_ports_are_freed_from_the_preflight_facts():
     v = view(None, [task("a", "n1", NEW)])
     v.services["web"]["Spec"]["EndpointSpec"] = {"Ports": [{"PublishedPort": 9300}]}
