@@ -11,7 +11,8 @@ between the engines is then two changes of server state on this proxy, each with
 - to-ssh: once a slot serves the SSH container, drain the task slots, wait, put them in maintenance (before the
   stack is taken down); nothing is drained when no slot serves.
 
-Each answer says per service what the proxy showed before and after: the controller reports what was seen.
+Each answer says per service what the proxy showed before and after: the controller reports what was seen. Done
+under the host's lock, as the SSH push's swaps that point the same slots are: a busy host refuses, nothing changed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import contract, proxy, proxytasks
+from . import contract, lock, proxy, proxytasks
 from .answer import answer
 
 ACTIONS = ("attach", "to-swarm", "to-ssh", "look")
@@ -81,15 +82,28 @@ def _one(rt: proxy.Runtime, action: str, service: str, expect: int, wait_s: floa
 
 
 def handover_op(args: dict[str, Any]) -> dict:
-    """{"action", "proxy": container name, "services": {name: expected tasks}, "wait_s", "drain_s"} -> per service."""
-    from .facts import docker_client
-    from .proxyswitch import attach
-
+    """{"action", "proxy": container name, "services": {name: expected tasks}, "wait_s", "drain_s", "operator",
+    "rollout_id"} -> per service, under the host's lock."""
     action, name = args.get("action"), str(args.get("proxy") or "")
     services = args.get("services") or {}
     if action not in ACTIONS or not contract.NAME_RE.fullmatch(name) or not all(contract.NAME_RE.fullmatch(str(s))
                                                                                for s in services):
         return answer("proxy_handover", False, f"bad request: action {action!r}, proxy {name!r}, services {list(services)}")
+    try:  # the SSH push's swaps point the same slots under this lock: one of them at a time
+        held = lock.acquire(str(args.get("operator") or "unknown"), str(args.get("rollout_id") or "proxy-handover"))
+    except lock.Locked as exc:
+        return answer("proxy_handover", False, f"host is {exc}; nothing handed over: run it again once that ends",
+                      {"locked": exc.holder})
+    try:
+        return _handover(args, action, name, services)
+    finally:
+        held.release()
+
+
+def _handover(args: dict[str, Any], action: str, name: str, services: dict[str, Any]) -> dict:
+    from .facts import docker_client
+    from .proxyswitch import attach
+
     client = docker_client(timeout=30)
     try:
         c = client.containers.get(name)

@@ -32,7 +32,9 @@ pytestmark = pytest.mark.lab
 
 EDGE, WEB_PHASE, PROXY, WEB, LISTEN = "hand-edge", "hand-web", "edge", "web", 18092
 HOSTS = ("mainpc", "pc2")
-FAST = {"healthy_deadline": 3, "min_healthy_time": 1, "interval": 0.25}
+# A deadline only bounds a failure, and none is expected here: under load (the 2-core machine at load 30) the proxy's
+# start script alone spends up to 2 s resolving a backend name that has no container yet, so 3 s failed its gate.
+FAST = {"healthy_deadline": 20, "min_healthy_time": 1, "interval": 0.25}
 
 
 def fab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -164,6 +164,9 @@ def test_a_proxy_that_did_not_answer_or_runs_nowhere_is_a_failure_said_by_host()
     got = handover.said({"a": transport.CallResult(host="a", ok=False, answer=None, error="timeout"),
                          "b": transport.CallResult(host="b", ok=True, answer={"data": {"proxy": "absent"}})})
     assert "no answer: timeout" in got["a"][""]["message"] and "no proxy runs on b" in got["b"][""]["message"]
+    locked = handover.said({"c": transport.CallResult(host="c", ok=False, answer={"ok": False, "msg": "host is locked by x",
+                                                                                 "data": {"locked": {"holder": "x"}}})})
+    assert locked == {"c": {"": {"ok": False, "message": "host is locked by x"}}}
 
 
 # --- the hand-over: what the agent does on the proxy ---------------------------------------------------------------
@@ -240,7 +243,7 @@ def _answers(ok: bool):
     def call(inv, moving, action, pool=None, **_kw):
         calls.append((action, {h: dict(d) for h, d in moving.items()}))
         after = {"ssh": [], "tasks": ["10.0.1.5:8080", "10.0.1.6:8080"]} if ok else {"ssh": ["172.18.0.4:8080"], "tasks": []}
-        return {h: transport.CallResult(host=h, ok=ok, answer={"data": {"proxy": "edge", "services": {
+        return {h: transport.CallResult(host=h, ok=ok, answer={"ok": ok, "data": {"proxy": "edge", "services": {
             s: {"ok": ok, "after": after, "message": "" if ok else "0 of 2 Swarm task(s) UP"} for s in d}}})
             for h, d in moving.items()}
     return calls, call
@@ -270,3 +273,17 @@ def test_the_ssh_container_goes_only_after_its_proxy_drained_it_and_a_left_one_g
     assert [a for a, _ in calls] == ["attach", "to-swarm"] and removed == [("web", "pc2")], (calls, removed)
     assert any("hand-over web on pc2: the proxy serves 2 Swarm task(s)" in ln for ln in lines), lines
     assert [r["to"] for r in ledger.read() if r.get("kind") == "handover"] == ["swarm", "swarm"]
+
+
+def test_the_agent_hands_over_only_under_the_host_lock_and_checks_its_request(monkeypatch):
+    from agent import lock
+
+    def busy(holder, rid):
+        raise lock.Locked({"holder": "ops@laptop", "rollout_id": "r-ssh-swap"})
+
+    monkeypatch.setattr(lock, "acquire", busy)
+    got = agent_handover.handover_op({"action": "to-swarm", "proxy": "edge", "services": {"web": 2}})
+    assert not got["ok"] and "nothing handed over" in got["msg"] and got["data"]["locked"]["holder"] == "ops@laptop"
+    for bad in ({"action": "shutdown", "proxy": "edge"}, {"action": "to-ssh", "proxy": "edge;x"},
+                {"action": "to-ssh", "proxy": "edge", "services": {"web\nshow": 1}}):
+        assert not agent_handover.handover_op(bad)["ok"] and "bad request" in agent_handover.handover_op(bad)["msg"]

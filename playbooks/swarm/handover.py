@@ -77,11 +77,12 @@ def committed(results: dict[str, transport.CallResult], service: str) -> str:
 
 
 def call(inv: Inventory, moving: dict[str, dict[str, int]], action: str, pool: transport.Pool | None = None,
-         wait_s: float = WAIT_S, drain_s: float = DRAIN_S) -> dict[str, transport.CallResult]:
-    """The agent's proxy_handover on every host of `moving`, in parallel."""
+         wait_s: float = WAIT_S, drain_s: float = DRAIN_S, rollout_id: str = "") -> dict[str, transport.CallResult]:
+    """The agent's proxy_handover on every host of `moving`, in parallel (each under its host's lock)."""
     rp = inv.fleet.reverse_proxy
     return transport.on_hosts(inv, list(moving), OP, lambda h: {"action": action, "proxy": rp.service, "services": moving[h],
-                                                               "wait_s": wait_s, "drain_s": drain_s},
+                                                               "wait_s": wait_s, "drain_s": drain_s, "operator": operator(),
+                                                               "rollout_id": rollout_id or f"handover-{action}"},
                               timeout=wait_s + drain_s + 60, pool=pool)
 
 
@@ -98,6 +99,8 @@ def said(results: dict[str, transport.CallResult]) -> dict[str, dict[str, Any]]:
             out[h] = {s: v for s, v in (data.get("services") or {}).items()}
             if str(data.get("overlay", "")).startswith(("refused", "not")):
                 out[h][""] = {"ok": False, "message": f"the overlay: {data['overlay']}"}
+            elif not r.answer.get("ok") and all(v.get("ok") for v in out[h].values()):  # locked, refused: said by the agent
+                out[h][""] = {"ok": False, "message": str(r.answer.get("msg") or r.error or "refused")}
     return out
 
 
@@ -129,7 +132,7 @@ def to_swarm(inv: Inventory, phase: str, rollout_id: str, moving: dict[str, dict
                 todo.setdefault(h, {})[s] = n
     if not todo:
         return lines
-    got = said(call(inv, todo, "to-swarm", pool))
+    got = said(call(inv, todo, "to-swarm", pool, rollout_id=rollout_id))
     record: dict[str, dict[str, Any]] = {}
     for h, services in todo.items():
         for s in services:
