@@ -97,6 +97,44 @@ def test_the_lab_forms_a_swarm_from_the_inventory_and_forming_again_changes_noth
     assert set(swarm) == {"mainpc", "pc2", "bad-driver"} and all(c["status"] == "pass" for c in swarm.values()), swarm
 
 
+def test_a_new_service_that_crashes_is_removed_and_that_release_frozen_until_thawed(swarm_lab, tmp_path):
+    """A service new to Swarm has no earlier version to go back to: fleetroll removes it once its task was seen to
+    fail, reports `removed` (exit 4), and freezes its phase on that host against the release, as the SSH push does
+    for a create it removed; the same release is refused (exit 3) until `fab thaw`. Second in the module: on a swarm
+    just formed (after the rescheduling test's dockerd restart, a loaded lab's manager left the task `starting` past
+    the wait, and a task never seen failing rightly freezes nothing)."""
+    lab, _inv = swarm_lab
+    phase, svc, bad = "swarm-new", "fresh", new_tag()
+    images.push(lab, "core", bad, "crash")
+
+    def edit(doc):
+        doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}
+        # A long deadline costs nothing here (the wait ends at the third failed task); under load it lets the first
+        # crash be seen at all: with no failed task seen, fleetroll removes the service but, rightly, freezes nothing.
+        doc["services"][svc] = {"image": "core", "tag": bad, "hosts": ["mainpc"], "ports": ["9302:8080"], "stop_timeout": 2,
+                                "health": {"port": 9302, "healthy_deadline": 30, "min_healthy_time": 1, "interval": 0.25}}
+
+    inv = derive_inventory(lab, tmp_path, edit, lambda doc: doc["phases"].append(
+        {"name": phase, "engine": "swarm", "services": [svc]}))
+    t0 = time.monotonic()
+    r = fab("rollout", "-p", phase, "-i", str(inv), "-y", "-j")
+    assert r.returncode == 4, r.stdout[-3000:] + r.stderr
+    rep = json.loads(r.stdout)["phases"][0]
+    (s,) = rep["hosts"]["mainpc"]["services"]
+    assert s["outcome"] == "removed" and s["check"] == "swarm-create", s
+    assert (s.get("details") or {}).get("status") == "failed", json.dumps(s)  # a task of it was seen to run and fail
+    assert s["frozen"] and any(m.startswith(f"frozen: phase {phase} on mainpc against {svc}:{bad}@") and
+                               "after the removal of a new service that failed" in m for m in rep["messages"]), rep["messages"]
+    assert f"fr-{phase}_{svc}" not in [x.name for x in dclient(lab, "mainpc").services.list()]
+    again = fab("rollout", "-p", phase, "-i", str(inv), "-y", "-j")
+    assert again.returncode == 3, again.stdout[-3000:] + again.stderr
+    assert f"phase {phase} is frozen on mainpc: rollout {rep['rollout_id']}" in "\n".join(
+        json.loads(again.stdout)["phases"][0]["messages"])
+    thawed = fab("thaw", "--phase", phase, "--reason", "lab: the crash was on purpose", "-i", str(inv))
+    assert thawed.returncode == 0 and f"mainpc: thawed {phase}" in thawed.stdout, thawed.stdout + thawed.stderr
+    print(f"new swarm service: failed, removed, frozen, refused, thawed in {time.monotonic() - t0:.1f}s")
+
+
 def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_by_swarm(swarm_lab, tmp_path):
     lab, _inv = swarm_lab
     first = swarm_inventory(lab, tmp_path / "first", images.BASELINE_TAG)
@@ -289,39 +327,6 @@ def test_a_replicas_service_is_rescheduled_when_its_node_s_dockerd_stops_and_sta
     print(f"mover rescheduled from {gone.name} to {other} in {moved:.1f}s")
 
 
-def test_a_new_service_that_crashes_is_removed_and_that_release_frozen_until_thawed(swarm_lab, tmp_path):
-    """A service new to Swarm has no earlier version to go back to: fleetroll removes it once its task was seen to
-    fail, reports `removed` (exit 4), and freezes its phase on that host against the release, as the SSH push does
-    for a create it removed; the same release is refused (exit 3) until `fab thaw`."""
-    lab, _inv = swarm_lab
-    phase, svc, bad = "swarm-new", "fresh", new_tag()
-    images.push(lab, "core", bad, "crash")
-
-    def edit(doc):
-        doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}
-        doc["services"][svc] = {"image": "core", "tag": bad, "hosts": ["mainpc"], "ports": ["9302:8080"], "stop_timeout": 2,
-                                "health": {"port": 9302, "healthy_deadline": 3, "min_healthy_time": 1, "interval": 0.25}}
-
-    inv = derive_inventory(lab, tmp_path, edit, lambda doc: doc["phases"].append(
-        {"name": phase, "engine": "swarm", "services": [svc]}))
-    t0 = time.monotonic()
-    r = fab("rollout", "-p", phase, "-i", str(inv), "-y", "-j")
-    assert r.returncode == 4, r.stdout[-3000:] + r.stderr
-    rep = json.loads(r.stdout)["phases"][0]
-    (s,) = rep["hosts"]["mainpc"]["services"]
-    assert s["outcome"] == "removed" and s["check"] == "swarm-create" and s["details"]["status"] == "failed", s
-    assert s["frozen"] and any(m.startswith(f"frozen: phase {phase} on mainpc against {svc}:{bad}@") and
-                               "after the removal of a new service that failed" in m for m in rep["messages"]), rep["messages"]
-    assert f"fr-{phase}_{svc}" not in [x.name for x in dclient(lab, "mainpc").services.list()]
-    again = fab("rollout", "-p", phase, "-i", str(inv), "-y", "-j")
-    assert again.returncode == 3, again.stdout[-3000:] + again.stderr
-    assert f"phase {phase} is frozen on mainpc: rollout {rep['rollout_id']}" in "\n".join(
-        json.loads(again.stdout)["phases"][0]["messages"])
-    thawed = fab("thaw", "--phase", phase, "--reason", "lab: the crash was on purpose", "-i", str(inv))
-    assert thawed.returncode == 0 and f"mainpc: thawed {phase}" in thawed.stdout, thawed.stdout + thawed.stderr
-    print(f"new swarm service: failed, removed, frozen, refused, thawed in {time.monotonic() - t0:.1f}s")
-
-
 def test_swarm_down_takes_the_phase_s_stack_off_every_node_and_a_second_one_finds_nothing(swarm_lab):
     """The way back to the SSH push, step 1 (docs/swarm.md): no service listed, no node running a task of it, ledgered."""
     lab, inv = swarm_lab
@@ -334,6 +339,15 @@ def test_swarm_down_takes_the_phase_s_stack_off_every_node_and_a_second_one_find
     assert any(json.loads(x).get("kind") == "swarm-down" for x in ledger.path().read_text().splitlines())
     again = fab("swarm.down", "-p", PHASE, "-i", str(inv), "-y")
     assert again.returncode == 0 and "nothing taken down" in again.stdout, again.stdout + again.stderr
+    # With the stack gone no spec names the Swarm secrets of either value: fab prune takes them (grace 0: no rollout runs).
+    mgr = dclient(lab, "mainpc")
+    made = sorted(x.name for x in mgr.secrets.list() if x.name.startswith(f"fr_{SECRET}_"))
+    assert len(made) == 2, made
+    env = {**os.environ, "FLEETROLL_SWARM_SECRET_GRACE_S": "0"}
+    pruned = subprocess.run([FAB, "prune", "-i", str(inv), "-j"], cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    assert pruned.returncode == 0, pruned.stdout[-2000:] + pruned.stderr
+    assert sorted(json.loads(pruned.stdout)["swarm"]["removed"]) == made
+    assert not [x.name for x in mgr.secrets.list() if x.name.startswith(f"fr_{SECRET}_")]
 
 
 def secret_reached_the_tasks_and_no_record(lab, report: str) -> None:
