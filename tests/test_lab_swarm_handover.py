@@ -24,6 +24,7 @@ import time
 import pytest
 
 from lab import images
+from playbooks import ledger
 
 from .conftest import FAB, ROOT, dclient, derive_inventory, new_tag, swarm_formed
 from .test_lab_zero_downtime import Load
@@ -114,6 +115,7 @@ def test_a_phase_moves_to_swarm_is_upgraded_there_and_moves_back_without_droppin
         timings["to swarm"] = time.monotonic() - t
         assert rc == 0 and outcomes(rep) == {(h, WEB): "committed" for h in HOSTS}, said
         assert all(f"hand-over {WEB} on {h}: the proxy serves" in messages(rep) for h in HOSTS), said
+        assert "hand-over: the proxy on mainpc, pc2 is on fr-proxy" in messages(rep), said
         assert ssh_web(lab) == dict.fromkeys(HOSTS, False) and all(swarm_web(lab).values()), (ssh_web(lab), swarm_web(lab))
 
         t = time.monotonic()
@@ -134,6 +136,8 @@ def test_a_phase_moves_to_swarm_is_upgraded_there_and_moves_back_without_droppin
         lines = "\n".join(rep["lines"])
         assert all(f"hand-over {WEB} on {h}: the proxy serves the SSH container" in lines for h in HOSTS), said
         assert swarm_web(lab) == dict.fromkeys(HOSTS, 0), swarm_web(lab)
+        moves = [(r["to"], sorted(r["hosts"])) for r in ledger.read() if r.get("kind") == "handover"]
+        assert moves == [("swarm", list(HOSTS)), ("ssh", list(HOSTS))], moves
         time.sleep(1)
     finally:
         results = [g.finish() for g in loads]
