@@ -1,15 +1,13 @@
 """Agent operations on rollout state: rollout, journal (follow), status, unlock, prepare, freeze; and dispatch.
 
-dispatch() routes every operation but `facts` (answered by agent/__main__.py): the six above
-here; logs, details, versions, exec, prune and remove to agent/container_ops.py;
-swarm_secrets to agent/swarm_secrets.py;
-proxy_handover to agent/handover.py.
+dispatch() routes every operation but `facts` (answered by agent/__main__.py): the six above here; logs, details,
+versions, exec, prune and remove to agent/container_ops.py; swarm_secrets to agent/swarm_secrets.py; proxy_handover
+to agent/handover.py.
 
-A rollout runs in a detached grandchild process (its own session, no tie to the SSH
-channel) that holds the host's lock: the process the controller talks to only follows
-the journal and relays it as progress events. If the controller is killed or the link
-drops, the grandchild finishes the transaction and writes its outcome regardless; if
-the grandchild itself dies, whoever next takes the lock recovers its journal.
+A rollout runs in a detached grandchild process (its own session, no tie to the SSH channel) that holds the host's
+lock: the process the controller talks to only follows the journal and relays it as progress events. If the controller
+is killed or the link drops, the grandchild finishes the transaction and writes its outcome regardless; if the
+grandchild itself dies, whoever next takes the lock recovers its journal.
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ from .vocabulary import HostState, Journal, Step
 
 HEARTBEAT_S = 2.0
 LOCK_UNSAFE_GRACE_S = 60.0  # a lock check failing this long while following is an answer, not a blip (a dockerd restart)
-
-
 _answer = answer
 
 
@@ -140,13 +136,15 @@ def _recover_holding(rid: str, held: lock.Held) -> None:
 
 
 def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:
+    from . import secret_sweep
     from .transaction import Transaction  # already imported by rollout(): the fork inherits it
 
     rid = args["rollout_id"]
     held.record(args.get("operator", "unknown"))  # the holder is now this process
     journal.append(rid, Step.WORKER, pid=os.getpid())
     try:
-        result = Transaction(args).run()
+        tx = Transaction(args)
+        result = tx.run()
     except Exception as exc:  # noqa: BLE001 - the journal must get an outcome whatever happens
         # Whatever the transaction did not finish, recovery finishes from its journal.
         journal.append(rid, Step.CRASHED, error=str(exc)[:300], traceback=traceback.format_exc())
@@ -159,6 +157,7 @@ def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:
         return
     journal.append(rid, Step.DONE, **result)
     journal.mark_closed(rid)
+    secret_sweep.after_transaction(rid, tx.client)  # still under the lock: a container removed by hand leaves its secrets
     held.release()
 
 

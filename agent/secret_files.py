@@ -278,11 +278,14 @@ def _empty(d: int) -> list[str]:
     """Unlink the regular files of an open secret directory; what is anything else is left, and named."""
     left = []
     for entry in os.listdir(d):
-        st = os.lstat(entry, dir_fd=d)
-        if stat.S_ISREG(st.st_mode) and secrets.NAME_RE.fullmatch(entry):
-            os.unlink(entry, dir_fd=d)
-        else:
-            left.append(entry)
+        try:
+            st = os.lstat(entry, dir_fd=d)
+            if stat.S_ISREG(st.st_mode) and secrets.NAME_RE.fullmatch(entry):
+                os.unlink(entry, dir_fd=d)
+            else:
+                left.append(entry)
+        except FileNotFoundError:  # another remover of the same directory was first: gone is what was wanted
+            continue
     return left
 
 

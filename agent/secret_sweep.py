@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from . import paths, secret_files
@@ -28,28 +27,49 @@ def unused(names: Iterable[str], mounted: set[str]) -> list[str]:
     return sorted(n for n in names if secret_files.DIR_RE.fullmatch(n) and n not in mounted)
 
 
-def mounted_names(containers: Iterable[dict[str, Any]], where: Path) -> set[str]:
-    """Names of the directories under `where` that these containers (`docker inspect` attrs) mount (pure)."""
-    return {name for attrs in containers for name in secret_files.dirs_of(attrs, where)}
+def _sources(c: dict[str, Any]) -> list[str]:
+    """Every host path a container mounts, as the Engine API's list (`Mounts`) or inspect (`HostConfig`) says it (pure)."""
+    hc = c.get("HostConfig") or {}
+    return ([str(m.get("Source") or "") for m in [*(c.get("Mounts") or []), *(hc.get("Mounts") or [])]]
+            + [str(b).split(":", 1)[0] for b in hc.get("Binds") or []])
+
+
+def mounted_names(containers: Iterable[dict[str, Any]]) -> set[str]:
+    """The last part of every path these containers mount, when it is a name `materialize` makes (pure).
+
+    By name, not by full path: the run directory can be spelt two ways (/var/run is /run), and a
+    path compared as text would then call a live container's directory unmounted. A name carries 64
+    random bits, so a match by name alone is as good as a match by path, and it errs towards keeping.
+    """
+    return {n for c in containers for src in _sources(c)
+            if secret_files.DIR_RE.fullmatch(n := os.path.basename(src.rstrip("/")))}
+
+
+def _listed(client: Any) -> list[dict[str, Any]]:
+    """Every container (running, stopped, created, kept aside): one Engine API list call carries each one's mounts;
+    a client without the Engine (the tests' fake daemon) is asked container by container."""
+    engine = getattr(client, "engine", None)
+    if engine is not None:
+        return engine.call("GET", "/containers/json", {"all": True}) or []
+    return [c.attrs for c in client.containers.list(all=True)]
 
 
 def sweep(client: Any) -> tuple[list[str], list[str]]:
     """Remove this daemon's secret directories no container mounts: (removed names, what was left and why).
 
-    `client` is the transaction's Docker client; every container (running, stopped, kept aside) is
-    asked for only when there is a directory to judge. The caller holds the host lock.
+    `client` is the transaction's Docker client; the containers are listed only when there is a
+    directory to judge. The caller holds the host lock.
     """
     where = paths.run_dir() / "secrets" / secret_files.daemon_key(paths.docker_endpoint())
-    if not os.path.isdir(where):
+    if not os.path.isdir(where):  # never made here (secret_files._namespace would make it): nothing to sweep
         return [], []
     ns, where = secret_files._namespace()
     try:
         names = [n for n in os.listdir(ns) if secret_files.DIR_RE.fullmatch(n)]
         if not names:
             return [], []
-        gone = unused(names, mounted_names((c.attrs for c in client.containers.list(all=True)), where))
         removed, left = [], []
-        for name in gone:
+        for name in unused(names, mounted_names(_listed(client))):
             why = secret_files._remove_dir(ns, name, where)
             (left if why else removed).append(why or name)
         return removed, left
@@ -58,7 +78,8 @@ def sweep(client: Any) -> tuple[list[str], list[str]]:
 
 
 def after_transaction(rid: str, client: Any) -> None:
-    """Sweep once a transaction is done, still under its lock; what went and what stayed is journalled (names only).
+    """Sweep once a transaction's outcome is journalled, still under its lock; what went and what stayed is journalled
+    too (names only). After the outcome, so a worker killed mid-sweep leaves a finished transaction, not an open one.
 
     Never raises: a sweep that cannot run leaves the directories for the next transaction (or the
     next boot) and says so in the journal; the transaction's own outcome is not touched.
@@ -69,7 +90,8 @@ def after_transaction(rid: str, client: Any) -> None:
     try:
         removed, left = sweep(client)
     except Exception as exc:  # noqa: BLE001 - see the docstring
-        journal.append(rid, Step.SECRET_FILES_LEFT, left=[f"unused secret directories not swept: {str(exc)[:200]}"])
+        journal.append(rid, Step.SECRET_FILES_LEFT, left=[f"unused secret directories under {paths.run_dir()}/secrets not"
+                                                          f" swept: {str(exc)[:200]}; the next transaction tries again"])
         return
     if removed:
         journal.append(rid, Step.SECRET_FILES_SWEPT, removed=removed)

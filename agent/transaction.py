@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import container_args, contract, decisions, health, journal, proxy, secret_files, secret_sweep, secrets
+from . import container_args, contract, decisions, health, journal, proxy, secret_files, secrets
 from .decisions import ServiceResult
 from .docker_errors import APIError, NotFound
 from .facts import docker_client
@@ -331,7 +331,6 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         else:
             self._run_swaps(steps, policy)
             self._freeze_after(steps)
-        secret_sweep.after_transaction(self.rid, self.client)  # still under the lock: a container removed by hand leaves its secrets
         return self.summary(time.monotonic() - t0)
 
     def _freeze_after(self, steps: list[dict]) -> None:
