@@ -166,7 +166,9 @@ def describe_failure(host: str, s: dict, next_cmd: str, phase: str = "") -> str:
             seen.append("OOM-KILLED (it ran out of memory)")
         what = (f"swarm task {ev['task']}, as a manager saw it last" if s.get("engine") == "swarm" and ev.get("task")
                 else "container, inspected after the failure")
-        parts.append(f"  {what}: " + ", ".join(seen) + (f" ({ev['message']})" if ev.get("message") else ""))
+        said = [f"({ev['message']})"] if ev.get("message") and ev.get("message") != ev.get("status") else []
+        said += [f"error: {ev['error']}"] if s.get("engine") == "swarm" and ev.get("error") else []
+        parts.append(f"  {what}: " + ", ".join(seen) + "".join(f" {x}" for x in said))
     elif ev.get("error"):
         parts.append(f"  container: {ev['error']}")
     last = (s.get("gate") or {}).get("last") or {}

@@ -116,16 +116,30 @@ def test_a_new_service_whose_task_never_ran_says_the_state_swarm_left_it_in():
 
     f = follow("create")
     stuck = task("p", "n2", NEW, "preparing")
-    stuck.update(UpdatedAt="2030-01-01T00:00:05Z", Status={**stuck["Status"], "Message": "preparing"})
-    older = {**task("q", "n2", NEW, "pending"), "UpdatedAt": "2030-01-01T00:00:01Z"}
+    stuck.update(Version={"Index": 90}, UpdatedAt="2030-01-01T00:00:05.9Z", Status={**stuck["Status"], "Message": "pulling"})
+    older = {**task("q", "n2", NEW, "pending"), "Version": {"Index": 80}, "UpdatedAt": "2030-01-01T00:00:05.95Z"}
     v = view(None, [task("a", "n1", NEW), older, stuck])
     assert judge.judge(f, v, now=100, min_healthy_time=2)
     ev = f.done["pc2"]["details"]
     assert f.done["pc2"]["outcome"] == "needs-operator" and ev["status"] == "preparing" and ev["restarts"] == 0, ev
-    assert ev["task"] == "p"
+    assert ev["task"] == "p", "newest by Swarm's version index, not by a timestamp string"
     text = ending.describe_failure("pc2", f.done["pc2"], "fab status")
-    assert "swarm task p, as a manager saw it last: preparing, 0 restarts (preparing)" in text, text
+    assert "swarm task p, as a manager saw it last: preparing, 0 restarts (pulling)" in text, text
     assert judge.judge(follow("create"), view(None, [task("a", "n1", NEW)]), now=100, min_healthy_time=2)
+
+
+def test_a_task_waiting_with_an_error_is_no_restart_and_the_error_is_in_the_report():
+    from playbooks import ending
+
+    f = follow("create")
+    waiting = {**task("w", "n2", NEW, "pending", err="no suitable node (insufficient resources on 2 nodes)"),
+               "Version": {"Index": 7}}
+    v = view(None, [task("a", "n1", NEW), waiting])
+    assert judge.judge(f, v, now=100, min_healthy_time=2)
+    ev = f.done["pc2"]["details"]
+    assert ev["status"] == "pending" and ev["restarts"] == 0, ev
+    text = ending.describe_failure("pc2", f.done["pc2"], "fab status")
+    assert "pending, 0 restarts error: no suitable node (insufficient resources on 2 nodes)" in text, text
 
 
 def test_own_ports_are_freed_from_the_preflight_facts():

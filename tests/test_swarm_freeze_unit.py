@@ -158,9 +158,13 @@ def test_a_new_service_that_failed_and_was_removed_freezes_only_where_its_task_r
     got = freeze.decide(results(mainpc=[removed()], pc2=[healthy]), plan())
     assert list(got) == ["mainpc"] and got["mainpc"]["web"]["digest"] == NEW
     # rejected or never placed, or an error that points at the node rather than the release: nothing
-    for d in (removed("rejected", "no suitable node (insufficient resources on 2 nodes)"),
-              removed("failed", "host-mode port already in use on 1 node"), removed("failed", "No such container: 1f2e")):
+    port_held = ("starting container failed: driver failed programming external connectivity on endpoint fr-new_fresh.1.x"
+                 " (3c9e): Bind for 0.0.0.0:9555 failed: port is already allocated")  # as a lab dockerd said it
+    for d in (removed("rejected", "no suitable node (insufficient resources on 2 nodes)"), removed("failed", port_held),
+              removed("failed", "No such container: 1f2e"), removed("failed", "")):
         assert freeze.decide(results(mainpc=[d]), plan()) == {}, d
+    unhealthy = removed("failed", "task: non-zero exit (137): dockerexec: unhealthy container")
+    assert list(freeze.decide(results(mainpc=[unhealthy]), plan())) == ["mainpc"]
 
 
 def test_a_removed_new_service_is_frozen_and_the_same_create_is_refused_until_a_fix(agents):

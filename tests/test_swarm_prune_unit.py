@@ -33,15 +33,22 @@ def service(current: list[dict], previous: list[dict] | None = None) -> dict:
 def test_only_fleetroll_s_secrets_no_spec_names_and_old_enough_go():
     secrets = [secret("s1", "fr_tok_aaaaaaaaaaaa"), secret("s2", "fr_tok_bbbbbbbbbbbb"), secret("s3", "fr_tok_cccccccccccc"),
                secret("s4", "fr_tok_dddddddddddd", created=NEW), secret("s5", "db_password", ours=False),
-               secret("s6", "fr_tok_eeeeeeeeeeee", created="garbled")]
+               secret("s6", "fr_tok_eeeeeeeeeeee", created="garbled"), secret("s7", "fr_tok_ffffffffffff", created="0001-01-01T00:00:00Z")]
     services = [service([{"SecretID": "s3", "SecretName": "fr_tok_cccccccccccc"}],
                         previous=[{"SecretName": "fr_tok_bbbbbbbbbbbb"}])]  # Swarm's rollback would need s2
     gone, kept = prune.unused(secrets, services, NOW)
-    assert gone == ["fr_tok_aaaaaaaaaaaa"]
+    assert gone == [("s1", "fr_tok_aaaaaaaaaaaa")]
     why = {k["name"]: k["why"] for k in kept}
-    assert set(why) == {"fr_tok_bbbbbbbbbbbb", "fr_tok_cccccccccccc", "fr_tok_dddddddddddd", "fr_tok_eeeeeeeeeeee"}
+    assert set(why) == {"fr_tok_bbbbbbbbbbbb", "fr_tok_cccccccccccc", "fr_tok_dddddddddddd", "fr_tok_eeeeeeeeeeee",
+                        "fr_tok_ffffffffffff"}, "an unreadable or never-set CreatedAt is not 'old'"
     assert "previous spec" in why["fr_tok_bbbbbbbbbbbb"] and "15 min" in why["fr_tok_dddddddddddd"]
     assert "db_password" not in why, "a secret fleetroll did not make is not even listed"
+
+
+def test_docker_times_are_read_with_their_offset_and_go_s_zero_time_is_unknown():
+    assert prune.docker_time("2026-11-30T10:00:00.663248305+01:00") == datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    assert prune.docker_time("2026-11-30T09:00:00Z") == prune.docker_time("2026-11-30T09:00:00.5Z").replace(microsecond=0)
+    assert prune.docker_time("0001-01-01T00:00:00Z") is None and prune.docker_time("yesterday") is None
 
 
 class Manager:
@@ -50,8 +57,9 @@ class Manager:
     name = "mainpc"
 
     def __init__(self, refuse: tuple[str, ...] = ()):
-        long_ago = "2025-11-30T10:00:00.5Z"  # prune reads the clock: well past its grace whenever the test runs
+        long_ago = "2026-11-30T07:00:00.5Z"  # two hours before the manager's clock below
         self.secrets = [secret("s1", "fr_tok_aaaaaaaaaaaa", long_ago), secret("s2", "fr_tok_bbbbbbbbbbbb", long_ago)]
+        self.clock = "2026-11-30T10:00:00.000000001+01:00"  # the manager's time, not the controller's
         self.services = [service([{"SecretID": "s2"}])]
         self.refuse, self.ran, self.closed = refuse, [], False
 
@@ -65,12 +73,15 @@ class Manager:
 
     def json(self, argv):
         self.ran.append(argv)
+        if argv[:2] == ["docker", "info"]:
+            return self.clock
         return self.secrets if argv[:3] == ["docker", "secret", "inspect"] else self.services
 
     def run(self, argv, check=True):
         self.ran.append(argv)
         assert argv[:3] == ["docker", "secret", "rm"] and not check
         return (1, "", f"Error response from daemon: secret {argv[3]} is in use") if argv[3] in self.refuse else (0, argv[3], "")
+
 
     def close(self):
         self.closed = True
@@ -92,7 +103,7 @@ def test_fab_prune_removes_the_unused_secret_through_a_manager_and_ledgers_it(in
     assert dry["swarm"]["removed"] == ["fr_tok_aaaaaaaaaaaa"] and not any(a[:3] == ["docker", "secret", "rm"] for a in m.ran)
     out = operate.prune(inv)
     assert out["swarm"]["removed"] == ["fr_tok_aaaaaaaaaaaa"] and out["swarm"]["failed"] == [] and m.closed
-    assert ["docker", "secret", "rm", "fr_tok_aaaaaaaaaaaa"] in m.ran and ["docker", "secret", "rm", "fr_tok_bbbbbbbbbbbb"] not in m.ran
+    assert ["docker", "secret", "rm", "s1"] in m.ran and ["docker", "secret", "rm", "s2"] not in m.ran  # by ID
     assert ledger.read()[-1]["swarm_secrets_removed"] == ["fr_tok_aaaaaaaaaaaa"]
     text = render.prune_text(out)
     assert "swarm (through mainpc): removed 1 Swarm secret(s)" in text and "kept fr_tok_bbbbbbbbbbbb" in text
@@ -100,8 +111,17 @@ def test_fab_prune_removes_the_unused_secret_through_a_manager_and_ledgers_it(in
     assert "swarm" not in operate.prune(inv, hosts=["pc2"])
 
 
+def test_a_manager_whose_clock_says_the_secret_is_young_keeps_it(inv, monkeypatch):
+    m = Manager()
+    m.clock = "2026-11-30T07:05:00Z"  # five minutes after the secrets were made, whatever the controller's clock says
+    monkeypatch.setattr(deploy, "open_manager", lambda inv: m)
+    out = operate.prune(inv)
+    assert out["swarm"]["removed"] == [] and {k["name"] for k in out["swarm"]["kept"]} == {"fr_tok_aaaaaaaaaaaa",
+                                                                                         "fr_tok_bbbbbbbbbbbb"}
+
+
 def test_a_secret_docker_refuses_and_a_swarm_with_no_manager_are_said(inv, monkeypatch):
-    monkeypatch.setattr(deploy, "open_manager", lambda inv: Manager(refuse=("fr_tok_aaaaaaaaaaaa",)))
+    monkeypatch.setattr(deploy, "open_manager", lambda inv: Manager(refuse=("s1",)))
     out = operate.prune(inv)
     assert out["swarm"]["removed"] == [] and out["swarm"]["failed"][0]["name"] == "fr_tok_aaaaaaaaaaaa"
     assert "FAILED fr_tok_aaaaaaaaaaaa: Error response from daemon" in render.prune_text(out)

@@ -29,8 +29,13 @@ from ..plan import Plan
 
 ROLLED_BACK = "swarm-update"  # judge._reverted's check: Swarm's rollback seen, the old task seen running on that host
 REMOVED_NEW = "swarm-create"  # deploy._remove_failed_creations' check: a new service that failed, seen gone
-# Words in a failed task's error that point away from the release, as agent/motion.points_away reads a container's.
-NOT_ITS_FAULT = ("no such container", "marked for removal", "node is down", "no suitable node", "port already in use")
+# A task that ran and failed says "task: non-zero exit (N)" (its process exited, or Swarm killed it as unhealthy:
+# "... (137): dockerexec: unhealthy container"). One that never got to run its process fails too, with words that
+# point away from the release, as agent/motion.points_away reads a container's: a port held by something else
+# ("starting container failed: ... port is already allocated"), a node going away, a container removed under it.
+RAN_AND_FAILED = "non-zero exit"
+NOT_ITS_FAULT = ("starting container failed", "no such container", "marked for removal", "node is down",
+                 "no suitable node", "port is already allocated", "address already in use", "port already in use")
 FINE = (Outcome.COMMITTED, Outcome.NOOP)
 Results = dict[str, transport.CallResult]  # what the swarm rollout hands to ending.conclude: per host, its services' ends
 
@@ -43,15 +48,15 @@ def failed_here(d: dict[str, Any]) -> bool:
     """Did this end see the release itself fail on this host (pure)?
 
     Swarm's rollback seen there; or a new service removed after a task of the new digest *ran and
-    failed* on this host (state `failed`: a non-zero exit, or unhealthy by its healthcheck), with no
-    word in its error pointing away from the release.
+    failed* on this host (state `failed` with "non-zero exit": its process exited, or it was killed
+    as unhealthy), with no word in its error pointing away from the release.
     """
     if d.get("outcome") == Outcome.REVERTED and d.get("check") == ROLLED_BACK:
         return True
     ev = d.get("details") or {}
     text = f"{ev.get('error') or ''} {d.get('message') or ''}".lower()
     return (d.get("outcome") == Outcome.REMOVED and d.get("check") == REMOVED_NEW and ev.get("status") == "failed"
-            and not any(w in text for w in NOT_ITS_FAULT))
+            and RAN_AND_FAILED in text and not any(w in text for w in NOT_ITS_FAULT))
 
 
 def decide(results: Results, plan: Plan) -> dict[str, dict[str, dict[str, str]]]:

@@ -51,21 +51,19 @@ def _action(f: Follow) -> str:
 
 
 def _evidence(view: observe.View, f: Follow, host: str) -> dict[str, Any]:
-    """What a manager last saw of the new release's tasks on `host`: the newest that failed (with how many did), else
-    the newest at all, whatever its state (a task still `preparing` or `pending` when the wait ended says why no
-    task became healthy; `restarts` 0: none failed). {} when Swarm made no task of it there."""
-    bad = [r for r in observe.failed(view, f.service, f.new_digest) if r["host"] == host]
-    if bad:
-        last = bad[0]
-        return {"status": last["state"], "exit_code": last["exit_code"], "restarts": len(bad), "error": last["error"],
-                "task": last["id"][:12]}
+    """What a manager last saw of the new release's tasks on `host`, newest by Swarm's version index: the newest task
+    that failed, was rejected or carries an error, else the newest at all, whatever its state (a task still
+    `preparing` or `pending` when the wait ended says why no task became healthy). `restarts` counts only tasks that
+    ran and failed (state `failed`); a task waiting with an error (no suitable node) is not one. {} when Swarm made no
+    task of it there."""
     mine = [r for r in (observe.task_row(view, t) for t in view.tasks.get(f.service, []))
             if r["host"] == host and r["image"].endswith(f"@{f.new_digest}")]
     if not mine:
         return {}
-    last = max(mine, key=lambda r: r["updated"])
-    return {"status": last["state"], "exit_code": last["exit_code"], "restarts": 0, "error": last["error"],
-            "message": last["message"], "task": last["id"][:12]}
+    bad = [r for r in observe.failed(view, f.service, f.new_digest) if r["host"] == host]
+    last = max(bad or mine, key=lambda r: r["index"])
+    return {"status": last["state"], "exit_code": last["exit_code"], "restarts": sum(r["state"] == "failed" for r in bad),
+            "error": last["error"], "message": last["message"], "task": last["id"][:12]}
 
 
 def _commit(f: Follow, host: str, task: dict[str, Any], why: str) -> None:

@@ -81,7 +81,7 @@ def task_row(view: View, t: dict[str, Any]) -> dict[str, Any]:
     return {"id": t.get("ID", ""), "host": view.nodes.get(t.get("NodeID", ""), "") or f"node {t.get('NodeID', '')[:12]}",
             "state": st.get("State", ""), "desired": t.get("DesiredState", ""), "image": task_image(t),
             "error": st.get("Err", ""), "message": st.get("Message", ""), "exit_code": cs.get("ExitCode"),
-            "slot": t.get("Slot"), "updated": t.get("UpdatedAt", "")}
+            "slot": t.get("Slot"), "updated": t.get("UpdatedAt", ""), "index": (t.get("Version") or {}).get("Index") or 0}
 
 
 def running(view: View, service: str, digest: str = "") -> dict[str, dict[str, Any]]:

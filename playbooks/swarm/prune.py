@@ -16,6 +16,7 @@ who knows no rollout runs (and for the lab test).
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,18 +48,29 @@ def referenced(services: list[dict[str, Any]]) -> set[str]:
     return out
 
 
-def _age_s(created: str, now: datetime) -> float | None:
-    """Seconds since Docker's CreatedAt (RFC 3339, nanoseconds, 'Z'); None when it cannot be read."""
-    try:
-        head = created.rstrip("Z").split(".")[0]
-        return (now - datetime.fromisoformat(head).replace(tzinfo=UTC)).total_seconds()
-    except (AttributeError, ValueError):
+_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?")
+
+
+def docker_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 time (nanoseconds; 'Z' or an offset, as `docker info` gives local time) as UTC; None if not one."""
+    m = _TIME.fullmatch(str(text).strip())
+    if not m:
         return None
+    when = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(2) in (None, "Z") else m.group(2))).astimezone(UTC)
+    return None if when.year < 2000 else when  # Go's zero time (0001-01-01): never set, not old
+
+
+def _age_s(created: str, now: datetime) -> float | None:
+    """Seconds since Docker's CreatedAt; None when it cannot be read."""
+    when = docker_time(created)
+    return None if when is None else (now - when).total_seconds()
 
 
 def unused(secrets: list[dict[str, Any]], services: list[dict[str, Any]], now: datetime,
-           grace: float = GRACE_S) -> tuple[list[str], list[dict]]:
-    """(names to remove, [{name, why}] kept) among fleetroll's Swarm secrets (pure)."""
+           grace: float = GRACE_S) -> tuple[list[tuple[str, str]], list[dict]]:
+    """([(id, name)] to remove, [{name, why}] kept) among fleetroll's Swarm secrets (pure).
+
+    `now` is the manager's clock (its CreatedAt stamps are), not the controller's."""
     used = referenced(services)
     gone, kept = [], []
     for s in sorted(secrets, key=lambda s: (s.get("Spec") or {}).get("Name") or ""):
@@ -73,8 +85,17 @@ def unused(secrets: list[dict[str, Any]], services: list[dict[str, Any]], now: d
             kept.append({"name": name, "why": f"made less than {grace / 60:.0f} min ago (or its age is unknown):"
                                               " a rollout may be about to use it"})
         else:
-            gone.append(name)
+            gone.append((s.get("ID") or name, name))
     return gone, kept
+
+
+def _manager_now(manager: Any) -> datetime:
+    """The manager's own time (docker info's SystemTime): a controller clock ahead by the grace would make young old."""
+    raw = manager.json(["docker", "info", "--format", "{{json .SystemTime}}"])
+    now = docker_time(str(raw))
+    if now is None:
+        raise SwarmCommandError(manager.name, ["docker", "info"], -1, f"SystemTime {raw!r} is not a time")
+    return now
 
 
 def prune(inv: Inventory, dry_run: bool = False) -> dict[str, Any]:
@@ -88,13 +109,14 @@ def prune(inv: Inventory, dry_run: bool = False) -> dict[str, Any]:
         secrets = manager.json(["docker", "secret", "inspect", *ids]) if ids else []
         svc_ids = manager.lines(["docker", "service", "ls", "-q"])
         services = manager.json(["docker", "service", "inspect", *svc_ids]) if svc_ids else []
-        gone, kept = unused(secrets or [], services or [], datetime.now(UTC), grace)
+        gone, kept = unused(secrets or [], services or [], _manager_now(manager), grace)
         removed, failed = [], []
-        for name in gone:
+        for sid, name in gone:
             if dry_run:
                 removed.append(name)
                 continue
-            rc, _out, err = manager.run(["docker", "secret", "rm", name], check=False)
+            # By ID: a secret removed and made again under the same name since it was read is another one, and young.
+            rc, _out, err = manager.run(["docker", "secret", "rm", sid], check=False)
             (removed.append(name) if rc == 0 else failed.append({"name": name, "error": err.strip()[-300:]}))
     except SwarmCommandError as exc:
         raise RolloutError(f"pruning Swarm secrets through {manager.name}: {exc}; nothing more was removed") from None
