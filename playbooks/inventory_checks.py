@@ -203,7 +203,31 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
         if ph.update is None and len({json.dumps([u.canary, u.max_parallel]) for u in blocks.values()}) > 1:
             problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: services {', '.join(blocks)} give"
                             f" different update: blocks; a phase rolls in one order: fix: give phase {ph.name!r} its own update:")
-    return problems
+    return problems + _swarm_name_checks(phases, fleet, path, lines)
+
+
+def _swarm_name_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict) -> list[str]:
+    """In a fleet that uses Swarm, `fr-<phase>_<service>` names a Swarm service and the DNS name its tasks answer to
+    (tasks.fr-<phase>_<service>, which the SSH push's proxy resolves too): one DNS label, so at most 63 characters, and
+    one per (phase, service). `_` is allowed in both names, so `a_b` + `web` and `a` + `b_web` would meet."""
+    if "swarm" not in fleet.model_fields_set and not any(fleet.engine_of(ph) == "swarm" for ph in phases):
+        return []
+    out, seen = [], {}
+    for i, ph in enumerate(phases):
+        at = f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]"
+        for s in (s for s in ph.services if s in fleet.services):
+            name = f"fr-{ph.name}_{s}"
+            if "." in name:
+                out.append(f"{at}: phase {ph.name!r} and service {s!r} make the Swarm name {name}, whose '.' would split the"
+                           f" DNS name tasks.{name} its tasks are found by; fix: rename without '.'")
+            elif len(name) > 63:
+                out.append(f"{at}: phase {ph.name!r} and service {s!r} make the Swarm name {name} ({len(name)} characters),"
+                           " longer than the 63 of a DNS label its tasks are found by; fix: shorten the phase or service name")
+            elif name in seen:
+                out.append(f"{at}: phase {ph.name!r} and service {s!r} make the Swarm name {name}, as phase {seen[name][0]!r} and"
+                           f" service {seen[name][1]!r} do; fix: rename one (without '_')")
+            seen.setdefault(name, (ph.name, s))
+    return out
 
 
 def _swarm_phase_checks(ph: Phase, fleet: Fleet, at: str) -> list[str]:

@@ -70,10 +70,26 @@ def web_tags(lab) -> dict[str, set[str]]:
             for h in ("mainpc", "pc2")}
 
 
+def _no_ssh_copies(lab) -> None:
+    """An earlier module on this worker's lab may have left SSH-pushed containers of these names (the hand-over test ends
+    on the SSH push): the swarm rollout rightly refuses a host where one runs, so the lab starts without them here."""
+    import docker
+
+    for h in ("mainpc", "pc2"):
+        for name in (PROXY, WEB):
+            try:
+                c = dclient(lab, h).containers.get(name)
+            except docker.errors.NotFound:
+                continue
+            if c.labels.get("io.fleetroll.managed") == "true":  # a test's own, started through fleetroll
+                c.remove(force=True)
+
+
 @pytest.fixture(scope="module")
 def proxied(lab_session, tmp_path_factory):
     lab = lab_session()
     tmp = tmp_path_factory.mktemp("swarm-proxy")
+    _no_ssh_copies(lab)
     proxy_tag = images.push_proxy(lab)
     inv = inventory(lab, tmp / "base", proxy_tag, images.BASELINE_TAG)
     with swarm_formed(lab, inv) as formed:

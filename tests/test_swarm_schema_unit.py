@@ -93,3 +93,27 @@ def test_replicas_is_swarm_s_and_fits_its_hosts(tmp_path):
     assert any("services.api.replicas: 3 tasks over 2 host(s)" in p and "fix: replicas <=" in p for p in many), many
     one = problems(tmp_path, "engine: swarm\n" + BASE.replace("    hosts: [mainpc, pc2]\n", "    host: mainpc\n    replicas: 1\n"))
     assert any("with host: there is no other host to reschedule to" in p for p in one), one
+
+
+def test_swarm_names_must_be_one_dns_label_and_unique_in_a_fleet_that_uses_swarm(tmp_path):
+    """fr-<phase>_<service> names the Swarm service and tasks.fr-<phase>_<service> is what the proxies resolve: with `_`
+    allowed in both names, two pairs can meet, and a long pair exceeds a DNS label."""
+    two = BASE + """\
+  b_web:
+    image: family-cpu-py311
+    tag: 20250817-abc1234
+    hosts: [mainpc]
+    ports: ["8081:8080"]
+    health: {port: 8081}
+"""
+    clash = "phases:\n  - {name: a_b, services: [api]}\n  - {name: a, services: [b_api]}\n"
+    fleet = two.replace("b_web:", "b_api:")
+    got = problems(tmp_path, "swarm: {managers: [mainpc]}\n" + fleet, clash)
+    assert len(got) == 1 and "make the Swarm name fr-a_b_api, as phase 'a_b' and service 'api' do" in got[0], got
+    assert "phases.yml:3: phases[1]" in got[0] and "fix: rename one" in got[0]
+    assert load(write(tmp_path, fleet, clash)).phase("a") is not None, "a fleet without Swarm has no such names"
+    long_phase = "p" * 60
+    got = problems(tmp_path, BASE, f"phases:\n  - {{name: {long_phase}, services: [api], engine: swarm}}\n")
+    assert any(f"fr-{long_phase}_api (67 characters)" in p and "shorten" in p for p in got), got
+    got = problems(tmp_path, BASE, "phases:\n  - {name: v1.2, services: [api], engine: swarm}\n")
+    assert any("fr-v1.2_api, whose '.' would split" in p for p in got), got

@@ -282,7 +282,11 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
                 ro.report.messages.append(f"swarm: stack {stack} would be deployed through {manager.name} (fab swarm.render -p"
                                           f" {phase} prints it)")
             elif ro.report.state == State.NOOP:  # Swarm runs it all: an SSH container a move left still serving goes now
-                ro.report.messages += handover.leftovers(inv, phase, ro.plan, pre.facts, pool)
+                failed: list[tuple[str, str, str]] = []
+                ro.report.messages += handover.leftovers(inv, phase, ro.plan, pre.facts, pool, failed)
+                if failed:  # nothing was deployed, but the move it finishes is still not done: not a clean no-op
+                    ro.report.state, ro.report.ok = State.NEEDS_OPERATOR, False
+                    ro.report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(f"{h} {s}: {w}" for h, s, w in failed))
             ro.report.elapsed_s = time.monotonic() - ro.t0
             return ro.report
         try:
@@ -291,7 +295,9 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
                 ro.report.messages += handover.attach(inv, moving, pool)
             results = _deploy_and_follow(ro, manager, rendered, before)
             if moving:
-                ro.report.messages += handover.to_swarm(inv, phase, ro.plan.rollout_id, moving, results, pre.facts, pool)
+                failed = []
+                ro.report.messages += handover.to_swarm(inv, phase, ro.plan.rollout_id, moving, results, pre.facts, pool, failed)
+                handover.unfinished(results, failed)  # a half-done move is needs-operator in the report, exit and ledger
             # As the SSH push's host transaction: freeze what Swarm was seen to roll back; a clean commit lifts that
             ro.report.messages += freeze.record(inv, ro.plan, results, pool)
             ro.report.messages += freeze.lift(inv, ro.plan, results, pre.facts, pool)

@@ -114,11 +114,36 @@ def attach(inv: Inventory, moving: dict[str, dict[str, int]], pool: transport.Po
             f" {', '.join(sorted({s for d in moving.values() for s in d}))}"]
 
 
+def unfinished(results: dict[str, transport.CallResult], failed: list[tuple[str, str, str]]) -> None:
+    """Each (host, service, why) whose hand-over did not finish becomes needs-operator in the rollout's results (in place).
+
+    Swarm committed the service, but the move is not done: its SSH container still serves beside the tasks, or was not
+    removed. The report's state, exit code and `finished` record come from these results (ending.conclude), so the
+    command does not end 0 on a half-done move; the hand-over's own line says what the proxy showed.
+    """
+    for h, svc, why in failed:
+        r = results.get(h)
+        if r is None or r.answer is None:
+            r = results[h] = transport.CallResult(host=h, ok=True, answer={"ok": True, "data": {"services": []}})
+        entries = r.answer.setdefault("data", {}).setdefault("services", [])
+        d = next((d for d in entries if d.get("service") == svc), None)
+        if d is None:
+            d = {"service": svc, "action": "handover", "engine": "swarm", "after_tag": "", "after_digest": "", "message": ""}
+            entries.append(d)
+        d.pop("gate", None)
+        d.update(outcome=Outcome.NEEDS_OPERATOR, check="handover",
+                 message=f"{d['message'] + '; but ' if d.get('message') else ''}the hand-over on {h} did not finish: {why}")
+
+
 def to_swarm(inv: Inventory, phase: str, rollout_id: str, moving: dict[str, dict[str, int]],
-             results: dict[str, transport.CallResult], facts: dict[str, dict], pool: transport.Pool | None = None) -> list[str]:
-    """After the follow: drain slots a/b where the tasks are UP, then remove the SSH containers they served. Ledgered."""
+             results: dict[str, transport.CallResult], facts: dict[str, dict], pool: transport.Pool | None = None,
+             failed: list[tuple[str, str, str]] | None = None) -> list[str]:
+    """After the follow: drain slots a/b where the tasks are UP, then remove the SSH containers they served. Ledgered.
+
+    Each (host, service) whose hand-over did not finish is added to `failed`, with why."""
     from .. import operate
 
+    failed = failed if failed is not None else []
     lines: list[str] = []
     todo: dict[str, dict[str, int]] = {}
     for h, services in moving.items():
@@ -141,6 +166,7 @@ def to_swarm(inv: Inventory, phase: str, rollout_id: str, moving: dict[str, dict
             if not v.get("ok"):
                 lines.append(f"FAILED hand-over {s} on {h}: {v.get('message')}; its SSH container serves on (fab rollout -p"
                              f" {phase} again hands it over)")
+                failed.append((h, s, f"{v.get('message')}; fab rollout -p {phase} again hands it over"))
                 continue
             try:
                 gone = operate.remove(inv, s, h, reason=f"moved to Swarm by {rollout_id}")
@@ -150,6 +176,7 @@ def to_swarm(inv: Inventory, phase: str, rollout_id: str, moving: dict[str, dict
             except RolloutError as exc:
                 lines.append(f"hand-over {s} on {h}: the proxy serves the Swarm tasks, slots a/b drained; removing the SSH"
                              f" container FAILED ({exc}): it is a leftover now, fab remove -s {s} -H {h}")
+                failed.append((h, s, f"its SSH container was not removed ({exc}); fab remove -s {s} -H {h}"))
     ledger.append("handover", rollout_id=rollout_id, phase=phase, to="swarm", operator=operator(), hosts=record)
     return lines
 
@@ -169,7 +196,8 @@ def to_ssh(inv: Inventory, phase: str) -> tuple[bool, list[str]]:
                   for h, d in got.items() for s in d]
 
 
-def leftovers(inv: Inventory, phase: str, done: Any, facts: dict[str, dict], pool: transport.Pool | None = None) -> list[str]:
+def leftovers(inv: Inventory, phase: str, done: Any, facts: dict[str, dict], pool: transport.Pool | None = None,
+              failed: list[tuple[str, str, str]] | None = None) -> list[str]:
     """A rollout with nothing to deploy (Swarm runs every planned digest: `done` is its all-noop Plan) still hands over the
     SSH containers an earlier move left serving (their proxies did not see the tasks up in time): the same steps."""
     moving = {h: here for h, d in plan(inv, phase).items() if (here := {s: n for s, n in d.items() if pushed(facts, h, s)})}
@@ -177,4 +205,4 @@ def leftovers(inv: Inventory, phase: str, done: Any, facts: dict[str, dict], poo
         return []
     noop = {h: transport.CallResult(host=h, ok=True, answer={"data": {"services": [
         {"service": st.service, "outcome": Outcome.NOOP} for st in done.steps if st.host == h]}}) for h in moving}
-    return attach(inv, moving, pool) + to_swarm(inv, phase, done.rollout_id, moving, noop, facts, pool)
+    return attach(inv, moving, pool) + to_swarm(inv, phase, done.rollout_id, moving, noop, facts, pool, failed)
