@@ -69,7 +69,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    """Order for the xdist workers (three, pyproject.toml), each with a lab of its own: longest first.
+    """Order for the xdist workers (four, pyproject.toml), each with a lab of its own: longest first.
 
     The family builders first, then the lab modules by `stage` (a stage replaces the lab, so it
     comes after the modules that share the default one), then the unit tests, which fill the gaps
