@@ -39,6 +39,7 @@ def problems(args: dict[str, Any], plan_host_paths: list[str] | None = None) -> 
         out.append(user_problem)
     config = (args.get("env") or {}).get(proxy.CONFIG_ENV)
     own, host_own = paths.own_dirs(), paths.host_paths()
+    run_dirs = {str(d / "proxy-run") for d in paths.state_dir_candidates()}
     allowed = paths.allowed_prefixes(plan_host_paths, host_own)
     if plan_host_paths is not None and host_own is not None:
         source = (f"defaults.host_paths: {', '.join(plan_host_paths) or 'none'} and FLEETROLL_HOST_PATHS:"
@@ -54,12 +55,15 @@ def problems(args: dict[str, Any], plan_host_paths: list[str] | None = None) -> 
         src, _, rest = b.partition(":")
         # The proxy's admin socket directory (in the state directory) is the one own path a
         # container sees: the proxy's, checked below as a configuration render() made.
-        proxy_run = config is not None and rest.split(":")[0] == proxy.SOCKET_IN_CONTAINER and any(
-            src == str(d / "proxy-run") for d in paths.state_dir_candidates())
+        proxy_run = config is not None and rest.split(":")[0] == proxy.SOCKET_IN_CONTAINER and src in run_dirs
         p = contract.host_path_problem(src) or bind_problem(src, [] if proxy_run else own, None if proxy_run else allowed,
                                                             source)
         if p:
             out.append(p)
+    if config is not None and not any(b.partition(":")[0] in run_dirs for b in args.get("binds") or []):
+        out.append(f"env {proxy.CONFIG_ENV} is the reverse proxy's own configuration, and this container does not mount the"
+                   " proxy's admin socket directory as the agent's proxy does: it is not the proxy; fix: remove"
+                   f" {proxy.CONFIG_ENV} from its env (only reverse_proxy.service carries it, rendered by fleetroll)")
     out += secret_files.problems(args)
     network_problem = contract.network_problem(str(args.get("network") or ""))
     if network_problem:
@@ -127,13 +131,12 @@ def swarm_network_problem(container: dict[str, Any], network: dict[str, Any]) ->
     engines. Only the proxy: its configuration is checked line by line (proxy.config_problems) and it publishes
     nothing but the listen ports; any other container on that overlay would reach every task of every stack on it.
     """
-    from . import proxy, proxytasks
+    from . import proxytasks
 
-    labels = (container.get("Config") or {}).get("Labels") or {}
-    env = [str(e) for e in (container.get("Config") or {}).get("Env") or []]
-    if labels.get(contract.MANAGED) != "true" or not any(e.startswith(proxy.CONFIG_ENV + "=") for e in env):
-        return (f"container {container.get('Name', '?')!r} is not fleetroll's proxy: only the proxy joins the overlay"
-                f" {proxytasks.SWARM_NETWORK} (a container may join only fleetroll's bridge network or the default bridge)")
+    problem = proxy_problem(container)
+    if problem:
+        return (f"{problem}: only the proxy joins the overlay {proxytasks.SWARM_NETWORK} (a container may join only"
+                " fleetroll's bridge network or the default bridge)")
     key, value = proxytasks.SWARM_NETWORK_LABEL
     got = (network.get("Name"), network.get("Driver"), network.get("Scope"), bool(network.get("Attachable")),
            (network.get("Labels") or {}).get(key))
@@ -141,3 +144,29 @@ def swarm_network_problem(container: dict[str, Any], network: dict[str, Any]) ->
         return (f"network {network.get('Name')!r} is not the overlay fab swarm.form makes (name, driver, scope, attachable,"
                 f" label: {got}); fix: fab swarm.form (it says how to make it again)")
     return None
+
+
+def proxy_problem(container: dict[str, Any], run_dir: str | None = None) -> str | None:
+    """Why `container` (`docker inspect`) is not the proxy this agent made and talks to; None if it is.
+
+    Not a name from a request, nor a label anyone can give a `docker run`: the container is running, named as its
+    service label says, carries fleetroll's label and the created-by label the agent's transaction sets, mounts
+    `run_dir` (default: this agent's <state>/proxy-run, where the runtime API it drives has its socket) at the proxy's
+    socket path, and its configuration is one render() makes (proxy.config_problems). problems() lets no other
+    container have that mount or that configuration.
+    """
+    from . import proxy
+    from .motion import CREATED_BY
+
+    cfg, hc = container.get("Config") or {}, container.get("HostConfig") or {}
+    labels, name = cfg.get("Labels") or {}, str(container.get("Name") or "?").lstrip("/")
+    env = dict(str(e).partition("=")[::2] for e in cfg.get("Env") or [])
+    run_dir = run_dir or str(paths.state_dir() / "proxy-run")
+    why = ("not running" if not (container.get("State") or {}).get("Running") else
+           "not labelled as a container fleetroll made" if labels.get(contract.MANAGED) != "true" or not labels.get(CREATED_BY)
+           or labels.get(contract.SERVICE) != name else
+           f"does not mount the agent's {run_dir} at {proxy.SOCKET_IN_CONTAINER}" if not any(
+               str(b).split(":")[:2] == [run_dir, proxy.SOCKET_IN_CONTAINER] for b in hc.get("Binds") or []) else
+           f"has no {proxy.CONFIG_ENV}" if proxy.CONFIG_ENV not in env else
+           "; ".join(proxy.config_problems(env[proxy.CONFIG_ENV])))
+    return f"container {name!r} is not fleetroll's proxy ({why})" if why else None

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agent import contract
+from agent.proxy import CONFIG_ENV
 
 from .inventory_yaml import _line_for
 from .schema import PORT_RE, Fleet, Host, Phase, Service
@@ -117,6 +118,10 @@ def _proxy_checks(fleet: Fleet, name: str, at) -> list[str]:
         out.append(f"{at('update', 'order')}: services.{name}.update.order: start-first runs the new container beside the"
                    " old one, which cannot take the same host port; fix: put the service behind the proxy (proxy:"
                    " {listen: PORT, port: CONTAINER_PORT}) or use order: stop-first")
+    if CONFIG_ENV in svc.env and (rp is None or rp.service != name):
+        out.append(f"{at('env', CONFIG_ENV)}: services.{name}.env.{CONFIG_ENV}: the reverse proxy's own configuration,"
+                   f" which fleetroll renders for reverse_proxy.service ({rp.service if rp else 'none'}) alone; a host refuses"
+                   f" it on any other container; fix: remove {CONFIG_ENV} from services.{name}.env")
     if rp is not None and rp.service == name:
         if svc.proxy is not None:
             out.append(f"{at('proxy')}: services.{name}.proxy: the reverse proxy cannot sit behind itself; fix: remove proxy:")

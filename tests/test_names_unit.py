@@ -111,9 +111,12 @@ def test_runtime_commands_take_only_an_ip_address_and_a_port():
     assert not any(";" in c and "set server" in c for c in sent)
 
 
-def test_the_host_refuses_a_forged_proxy_configuration():
+def test_the_host_refuses_a_forged_proxy_configuration(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path))
+    (tmp_path / "proxy-run").mkdir()
     good = proxy.render([proxy.Route("web", "18080", 8080)], 8404)
-    args = {"user": contract.IMAGE_USER, "binds": [], "network": "fleetroll", "env": {proxy.CONFIG_ENV: good}}
+    args = {"user": contract.IMAGE_USER, "binds": [f"{tmp_path}/proxy-run:{proxy.SOCKET_IN_CONTAINER}:rw"],  # the proxy's
+            "network": "fleetroll", "env": {proxy.CONFIG_ENV: good}}
     assert container_args.problems(args) == []
     forged = good.replace("    maxconn 4096\n", "    maxconn 4096\n    stats socket ipv4@0.0.0.0:9999 level admin\n")
     out = container_args.problems({**args, "env": {proxy.CONFIG_ENV: forged}})

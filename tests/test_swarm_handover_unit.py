@@ -99,8 +99,16 @@ def test_render_refuses_a_task_token_it_cannot_check(tasks):
 # --- the overlay -------------------------------------------------------------------------------------------------
 
 
-def _proxy_container(managed: str = "true", env: str = proxy.CONFIG_ENV + "=global") -> dict:
-    return {"Name": "/edge", "Config": {"Labels": {"io.fleetroll.managed": managed}, "Env": [env]}}
+def _proxy_container(managed: str = "true", env: str = "") -> dict:
+    """The proxy as the agent makes it: fleetroll's labels, the agent's socket directory, a configuration render() makes."""
+    from agent import paths
+    from agent.motion import CREATED_BY
+
+    cfg = proxy.render([proxy.Route("web", "18080", 8080)], 8404)
+    return {"Name": "/edge", "State": {"Running": True},
+            "Config": {"Labels": {"io.fleetroll.managed": managed, "io.fleetroll.service": "edge", CREATED_BY: "r1"},
+                       "Env": [env or f"{proxy.CONFIG_ENV}={cfg}"]},
+            "HostConfig": {"Binds": [f"{paths.state_dir() / 'proxy-run'}:{proxy.SOCKET_IN_CONTAINER}:rw"]}}
 
 
 def _network(**over) -> dict:
@@ -108,9 +116,12 @@ def _network(**over) -> dict:
             "Labels": {"io.fleetroll.network": "proxy"}, **over}
 
 
-def test_only_the_proxy_joins_only_the_overlay_swarm_form_makes():
+def test_only_the_proxy_joins_only_the_overlay_swarm_form_makes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path))
     assert host_checks.swarm_network_problem(_proxy_container(), _network()) is None
     assert "not fleetroll's proxy" in host_checks.swarm_network_problem(_proxy_container(env="X=1"), _network())
+    forged = host_checks.swarm_network_problem(_proxy_container(env=proxy.CONFIG_ENV + "=x"), _network())
+    assert "not fleetroll's proxy" in forged and "render() never writes" in forged, forged
     assert "not fleetroll's proxy" in host_checks.swarm_network_problem(_proxy_container(managed="false"), _network())
     for bad in ({"Attachable": False}, {"Driver": "bridge"}, {"Labels": {}}, {"Name": "other"}, {"Scope": "local"}):
         assert "fab swarm.form" in host_checks.swarm_network_problem(_proxy_container(), _network(**bad)), bad
@@ -202,7 +213,8 @@ def ssh_serving(tasks_up: bool) -> FakeProxy:
 def test_to_swarm_drains_slots_a_b_only_once_the_proxy_sees_the_tasks_up(monkeypatch):
     monkeypatch.setattr(agent_handover.time, "sleep", lambda s: None)
     rt = ssh_serving(tasks_up=True)
-    got = agent_handover._one(rt, "to-swarm", "web", 1, 0.0, 0.5)
+    got = agent_handover._one(rt, "to-swarm", "web", 1, 0.0, 0.5, lambda: {"172.18.0.4:8080"})
+    assert got["before"]["ssh"] == ["172.18.0.4:8080"] and got["changed"], got
     assert got["ok"] and got["after"]["ssh"] == [] and got["after"]["tasks"] == ["10.0.1.5:8080"], got
     changes = [c for c in rt.sent if c.startswith("set")]
     assert changes == ["set server be_web/a state drain", "set server be_web/a state maint; set server be_web/b state maint"]
@@ -215,11 +227,11 @@ def test_to_swarm_drains_slots_a_b_only_once_the_proxy_sees_the_tasks_up(monkeyp
 def test_to_ssh_drains_the_task_slots_only_while_an_ssh_container_serves(monkeypatch):
     monkeypatch.setattr(agent_handover.time, "sleep", lambda s: None)
     rt = ssh_serving(tasks_up=True)
-    got = agent_handover._one(rt, "to-ssh", "web", 1, 0.0, 0.5)
+    got = agent_handover._one(rt, "to-ssh", "web", 1, 0.0, 0.5, lambda: {"172.18.0.4:8080"})
     assert got["ok"] and got["after"]["tasks"] == [] and got["after"]["ssh"] == ["172.18.0.4:8080"], got
     rt = FakeProxy({"a": ("172.18.0.4", 2, 1, 1), "b": ("127.0.0.1", 2, 1, 0), "task1": ("10.0.1.5", 2, 0, 1)})
-    got = agent_handover._one(rt, "to-ssh", "web", 1, 0.0, 0.5)
-    assert not got["ok"] and "no SSH container serves" in got["message"] and not any(c.startswith("set") for c in rt.sent)
+    got = agent_handover._one(rt, "to-ssh", "web", 1, 0.0, 0.5, lambda: {"172.18.0.4:8080"})
+    assert not got["ok"] and "no SSH container of web serves" in got["message"] and not any(c.startswith("set") for c in rt.sent)
 
 
 def test_a_proxy_started_without_task_lines_refuses_the_hand_over():
@@ -284,6 +296,6 @@ def test_the_agent_hands_over_only_under_the_host_lock_and_checks_its_request(mo
     monkeypatch.setattr(lock, "acquire", busy)
     got = agent_handover.handover_op({"action": "to-swarm", "proxy": "edge", "services": {"web": 2}})
     assert not got["ok"] and "nothing handed over" in got["msg"] and got["data"]["locked"]["holder"] == "ops@laptop"
-    for bad in ({"action": "shutdown", "proxy": "edge"}, {"action": "to-ssh", "proxy": "edge;x"},
+    for bad in ({"action": "shutdown", "proxy": "edge"}, {"action": "to-ssh", "proxy": "edge;x", "services": {"web": 1}},
                 {"action": "to-ssh", "proxy": "edge", "services": {"web\nshow": 1}}):
         assert not agent_handover.handover_op(bad)["ok"] and "bad request" in agent_handover.handover_op(bad)["msg"]
