@@ -177,12 +177,14 @@ def handover_op(args: dict[str, Any]) -> dict:
 
 
 def find_proxy(client: Any) -> tuple[Any, str]:
-    """(the proxy container this agent made, '') or (None, why none): running, fleetroll's, host_checks.proxy_problem."""
+    """(the proxy container this agent made, '') or (None, why none): running under its service's name (not a copy set
+    aside), fleetroll's, and host_checks.proxy_problem finds nothing against it."""
     from .host_checks import proxy_problem
 
     run_dir = str(proxy.runtime_dir(create=False))
     found = [c for c in client.containers.list(filters={"label": f"{contract.MANAGED}=true"})
-             if proxy_problem(c.attrs, run_dir) is None]
+             if (c.attrs.get("State") or {}).get("Running") and proxy_problem(c.attrs, run_dir) is None
+             and ((c.attrs.get("Config") or {}).get("Labels") or {}).get(contract.SERVICE) == str(c.attrs.get("Name")).lstrip("/")]
     if len(found) > 1:
         return None, f"{len(found)} containers look like the proxy ({', '.join(c.name for c in found)}); refused"
     return (found[0], "") if found else (None, "")

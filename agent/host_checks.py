@@ -149,11 +149,12 @@ def swarm_network_problem(container: dict[str, Any], network: dict[str, Any]) ->
 def proxy_problem(container: dict[str, Any], run_dir: str | None = None) -> str | None:
     """Why `container` (`docker inspect`) is not the proxy this agent made and talks to; None if it is.
 
-    Not a name from a request, nor a label anyone can give a `docker run`: the container is running, named as its
-    service label says, carries fleetroll's label and the created-by label the agent's transaction sets, mounts
-    `run_dir` (default: this agent's <state>/proxy-run, where the runtime API it drives has its socket) at the proxy's
-    socket path, and its configuration is one render() makes (proxy.config_problems). problems() lets no other
-    container have that mount or that configuration.
+    Not a name from a request, nor a label anyone can give a `docker run`: the container carries fleetroll's label and
+    the created-by label the agent's transaction sets, mounts `run_dir` (default: this agent's <state>/proxy-run, where
+    the runtime API it drives has its socket) at the proxy's socket path, and its configuration is one render() makes
+    (proxy.config_problems). problems() lets no other container have that mount or that configuration. Whether it runs,
+    and under its service's name, is the caller's (agent/handover.py find_proxy): a restored proxy joins the overlay
+    again from what it was inspected as.
     """
     from . import proxy
     from .motion import CREATED_BY
@@ -162,10 +163,8 @@ def proxy_problem(container: dict[str, Any], run_dir: str | None = None) -> str 
     labels, name = cfg.get("Labels") or {}, str(container.get("Name") or "?").lstrip("/")
     env = dict(str(e).partition("=")[::2] for e in cfg.get("Env") or [])
     run_dir = run_dir or str(paths.state_dir() / "proxy-run")
-    why = ("not running" if not (container.get("State") or {}).get("Running") else
-           "not labelled as a container fleetroll made" if labels.get(contract.MANAGED) != "true" or not labels.get(CREATED_BY)
-           or labels.get(contract.SERVICE) != name else
-           f"does not mount the agent's {run_dir} at {proxy.SOCKET_IN_CONTAINER}" if not any(
+    why = ("not labelled as a container fleetroll made" if labels.get(contract.MANAGED) != "true" or not labels.get(CREATED_BY)
+           else f"does not mount the agent's {run_dir} at {proxy.SOCKET_IN_CONTAINER}" if not any(
                str(b).split(":")[:2] == [run_dir, proxy.SOCKET_IN_CONTAINER] for b in hc.get("Binds") or []) else
            f"has no {proxy.CONFIG_ENV}" if proxy.CONFIG_ENV not in env else
            "; ".join(proxy.config_problems(env[proxy.CONFIG_ENV])))

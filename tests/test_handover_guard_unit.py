@@ -146,8 +146,7 @@ def forged(run_dir: str, cfg: str) -> list[dict]:
     """What a `docker run` can give a container that is not the proxy the agent made."""
     bare = {"Name": "/evil", "State": {"Running": True}, "HostConfig": {}, "Config": {"Labels": {contract.MANAGED: "true"},
                                                                       "Env": [f"{proxy.CONFIG_ENV}=x"]}}
-    return [bare, proxy_attrs(run_dir, "x"), proxy_attrs("/tmp/elsewhere", cfg), proxy_attrs(run_dir, cfg, labels={CREATED_BY: ""}),
-            proxy_attrs(run_dir, cfg, labels={contract.SERVICE: "web"}), proxy_attrs(run_dir, cfg, State={"Running": False})]
+    return [bare, proxy_attrs(run_dir, "x"), proxy_attrs("/tmp/elsewhere", cfg), proxy_attrs(run_dir, cfg, labels={CREATED_BY: ""})]
 
 
 def test_only_the_container_the_agent_made_as_its_proxy_is_the_proxy(tmp_path, host):
@@ -192,6 +191,9 @@ def test_a_forged_container_named_in_the_request_is_never_attached(tmp_path, hos
     edge = FakeContainer("edge", proxy_attrs(host, cfg))
     got, joined = run_op(monkeypatch, FakeClient([evil, edge]), rt, {"action": "attach", "proxy": "evil", "services": {"web": 1}})
     assert joined == ["edge"] and got["ok"] and got["changed"] and got["data"]["proxy"] == "edge", got
+    for other in (FakeContainer("edge--kept-1", proxy_attrs(host, cfg)),  # a copy set aside, not the proxy that serves
+                  FakeContainer("edge", proxy_attrs(host, cfg, State={"Running": False}))):
+        assert agent_handover.find_proxy(FakeClient([evil, other])) == (None, ""), other.name
     twin = FakeContainer("edge2", proxy_attrs(host, cfg, labels={contract.SERVICE: "edge2"}))
     got, joined = run_op(monkeypatch, FakeClient([edge, twin]), rt, {"action": "attach", "services": {"web": 1}})
     assert joined == [] and not got["ok"] and "2 containers look like the proxy" in got["msg"], got
