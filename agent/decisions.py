@@ -37,7 +37,7 @@ class ServiceResult:
     tried_digest: str = ""
     tried_config: str = ""  # freeze.config_fingerprint of the spec it was deployed with
     # False when the evidence points away from the release (its container removed by someone else mid-gate,
-    # the daemon gone): it is reverted all the same, but no freeze condemns it.
+    # the daemon gone, a rename Docker refused before the new one ran): it is reverted all the same, but no freeze condemns it.
     at_fault: bool = True
     frozen: bool = False  # this failure froze the phase against tried_digest + tried_config on this host
     switch: dict = field(default_factory=dict)  # the proxy switch, as the proxy confirmed it

@@ -19,6 +19,10 @@ from .vocabulary import Step
 CREATED_BY = "io.fleetroll.created-by"  # the transaction that created a container (recovery removes only its own)
 
 
+class RenameRefused(APIError):
+    """Docker refused to rename a container (a name taken, an endpoint it cannot move): about the containers, not a release."""
+
+
 class StepFailed(Exception):
     def __init__(self, check: str, message: str):
         self.check = check
@@ -119,9 +123,10 @@ def points_away(exc: BaseException, message: str, evidence: dict) -> bool:
     """Does the evidence say the failure was not the release's (pure)? Then it is reverted but freezes nothing.
 
     Its container removed or killed by someone else mid-gate (`dead or marked for removal`),
-    or the Docker daemon gone: the same release with the same configuration may well pass.
+    the Docker daemon gone, or Docker refusing a rename (before the new container ran at all):
+    the same release with the same configuration may well pass.
     """
-    if isinstance(exc, DaemonUnreachable):
+    if isinstance(exc, (DaemonUnreachable, RenameRefused)):  # a rename refused comes before the new container runs
         return True
     text = f"{message} {evidence.get('error', '')} {evidence.get('error_text', '')}".lower()
     return evidence.get("status") in (GONE, "removing", "dead") or any(
@@ -200,7 +205,12 @@ class MotionOps:
             self.j(Step.SECRET_FILES_LEFT, service, container=c.id, left=left)
 
     def _rename(self, c, name: str) -> None:
-        settled_retry(lambda: c.rename(name))
+        try:
+            settled_retry(lambda: c.rename(name))
+        except NotFound:
+            raise
+        except APIError as exc:
+            raise RenameRefused(f"Docker refused to rename {c.id[:12]} to {name}: {exc.explanation}", exc.status) from exc
 
     def _evidence(self, container_id: str, hide: tuple[str, ...] = ()) -> dict:
         """What the failed container itself says, read after the failure: its state and its last log lines.

@@ -13,7 +13,16 @@ from typing import Any
 
 from . import container_args, proxy, proxytasks
 from .decisions import ServiceResult
+from .docker_errors import DockerError
+from .motion import failure_text, settled_retry
 from .vocabulary import Step
+
+TASKS_WAIT_S = 15.0  # how long a new proxy may take to see a Swarm task UP that the old one served
+
+
+def on_overlay(said: str) -> bool:
+    """Is the proxy on fr-proxy, by what attach said?"""
+    return said in (f"on {proxytasks.SWARM_NETWORK}", f"joined {proxytasks.SWARM_NETWORK}")
 
 
 class ProxySwitch:
@@ -32,18 +41,20 @@ class ProxySwitch:
         """A new proxy passed its gate: point each backend at the container that runs its service now.
 
         Its start script resolved the names it could; this makes it exact (a name Docker could
-        not resolve in time starts at no server). A failure here fails the proxy's swap.
+        not resolve in time starts at no server). A backend with no container here is left to its
+        Swarm tasks only once one is UP in this proxy: one that the old proxy served by its tasks
+        (journalled as it left the overlay) and this one cannot fails the swap, which restores the
+        old proxy. A failure here fails the proxy's swap.
         """
         joined = attach(self.client, self._get(service))
         rt = proxy.Runtime()
-        pointed = {}
+        pointed: dict = {}
         for be, slots in rt.servers().items():
             name = be.removeprefix("be_")
             c = self._get(name) if be.startswith("be_") else None
             if c is None or not (c.attrs.get("State") or {}).get("Running"):
                 if be.startswith("be_") and any(proxytasks.is_task(s) for s in slots):
-                    rt.set_state(name, list(proxy.SLOTS), "maint")  # served by its Swarm tasks alone: no slot at nothing
-                    pointed[name] = "swarm tasks"
+                    pointed[name] = self._to_tasks(rt, be, name, joined, name in self._served_by_tasks(service))
                 continue
             addr = proxy.container_address(c.attrs, container_args.network_of(c.attrs.get("HostConfig") or {}))
             port = next(iter(slots.values())).port
@@ -52,6 +63,70 @@ class ProxySwitch:
                 rt.retire(name, addr, port)
         self.j(Step.PROXY_BACKENDS, service, pointed={k: v if isinstance(v, str) else v["to"] for k, v in pointed.items()},
                overlay=joined)
+
+    def _to_tasks(self, rt: Any, be: str, name: str, joined: str, served_before: bool) -> str:
+        """A backend with no SSH container: slots a/b to maintenance (they point at nothing); what serves it, said.
+
+        Waits (at most TASKS_WAIT_S) for a Swarm task UP only for a service the old proxy served by its tasks, and
+        raises ProxyError when none comes UP (the swap restores the old proxy): that service would be unserved.
+        """
+        deadline = time.monotonic() + (TASKS_WAIT_S if served_before and on_overlay(joined) else 0.0)
+        while True:
+            up = on_overlay(joined) and any(proxytasks.is_task(n) and s.up for n, s in rt.servers().get(be, {}).items())
+            if up or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if not up and served_before:
+            raise proxy.ProxyError(f"{name} was served by its Swarm tasks through the old proxy, and the new one serves"
+                                   f" none of them (overlay: {joined}; no task UP within {TASKS_WAIT_S:g}s)")
+        rt.set_state(name, list(proxy.SLOTS), "maint")
+        return "swarm tasks" if up else "unserved: no container here, no Swarm task UP yet"
+
+    def _served_by_tasks(self, service: str) -> list[str]:
+        """The services the old proxy served by Swarm tasks when it left the overlay (its proxy-overlay record)."""
+        from . import journal
+
+        recs = [x for x in journal.read(self.rid) if x.get("step") == Step.PROXY_OVERLAY and x.get("service") == service
+                and x.get("action") == "left"]
+        return list(recs[-1].get("served_by_tasks") or []) if recs else []
+
+    def _off_overlay(self, r: ServiceResult, old: Any, stop: bool) -> bool:
+        """Before a stop-first swap renames the old proxy aside: stop it and take it off fr-proxy, if it is on it.
+
+        Docker refuses to rename a running container attached to a swarm overlay ("could not add service state
+        for endpoint … on rename"). Stopped, the proxy serves nothing, so leaving the overlay loses nothing; the
+        journal says it was on it (restore joins it again) and which services it served by their Swarm tasks.
+        Returns whether the caller still has to stop it.
+        """
+        net = proxytasks.SWARM_NETWORK
+        if not stop or net not in ((old.attrs.get("NetworkSettings") or {}).get("Networks") or {}):
+            return stop
+        try:
+            served = sorted(be.removeprefix("be_") for be, slots in proxy.Runtime().servers().items()
+                            if any(proxytasks.is_task(n) and s.up for n, s in slots.items()))
+        except proxy.ProxyError:
+            served = []  # its runtime API does not answer: it serves nothing through it either
+        self.j(Step.PROXY_OVERLAY, r.service, action="left", container=old.id, network=net, served_by_tasks=served)
+        self._stop_old(r, old)
+        try:
+            settled_retry(lambda: self.client.engine.call("POST", f"/networks/{net}/disconnect",
+                                                          body={"Container": old.id, "Force": True}))
+        except DockerError as exc:  # a stopped container is renamed whatever networks it is on: said, not fatal
+            self.j(Step.PROXY_OVERLAY, r.service, action="not-left", container=old.id, error=failure_text(exc))
+        old.reload()
+        return False
+
+    def _rejoin(self, r: ServiceResult, kept: Any) -> None:
+        """A restored proxy that left fr-proxy to be set aside joins it again (after its rename back and start)."""
+        from . import journal
+
+        if not any(x.get("step") == Step.PROXY_OVERLAY and x.get("service") == r.service and x.get("action") == "left"
+                   and x.get("container") == r.old_container for x in journal.read(self.rid)):
+            return
+        said = attach(self.client, kept)
+        self.j(Step.PROXY_OVERLAY, r.service, action="rejoined", container=kept.id, overlay=said)
+        if said.startswith(("refused", "not joined")):
+            raise proxy.ProxyError(f"the restored proxy could not join {proxytasks.SWARM_NETWORK} again: {said}")
 
     def _switch_to(self, r: ServiceResult, c, h: dict, drain_s: float) -> dict:
         """Point the host's proxy at `c` (the only ready server of the service's backend), drain the other, retire it.
@@ -82,7 +157,6 @@ def attach(client: Any, c: Any) -> str:
     swarm has nothing to join, and its proxy serves slots a/b as before. A network that is not the one
     `fab swarm.form` makes, or a container that is not the proxy, is refused (agent/host_checks.py).
     """
-    from .docker_errors import DockerError
     from .host_checks import swarm_network_problem
 
     net = proxytasks.SWARM_NETWORK

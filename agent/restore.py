@@ -38,6 +38,7 @@ class RestoreCommit:
                 r.after_tag = r.after_digest = ""
                 self.j(Step.REMOVED, service, message="no earlier version to go back to; the new container was removed")
                 return
+            self._rejoin(r, kept)  # a proxy that left fr-proxy to be set aside joins it again
             gate = self._gate(kept, h, service)
             if gate.ok and beside:
                 r.switch = {**self._switch_to(r, kept, h, 0.0), "back": True}

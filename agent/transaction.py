@@ -201,6 +201,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         self.j(Step.SET_ASIDE, service, container=old.id, kept_name=r.kept_name, old_config=r.old_config,
                prev_ref=r.prev_ref, prev_digest=r.prev_digest, order=r.order)
         self._settle(old, service)  # a crash-looping container is made still first: renaming it races with Docker
+        stop = self._off_overlay(r, old, stop)  # the proxy on fr-proxy is stopped and leaves it first: Docker renames none on it
         self._rename(old, r.kept_name)
         self.hit(Step.SET_ASIDE, service)
         if stop:

@@ -37,6 +37,7 @@ class Step(StrEnum):
     GATE_PROGRESS = "gate-progress"
     GATED = "gated"
     PROXY_BACKENDS = "proxy-backends"
+    PROXY_OVERLAY = "proxy-overlay"  # the old proxy left fr-proxy to be set aside (Docker renames none on it), or rejoined
     SWITCH = "switch"
     SWITCHED = "switched"
     DRAIN = "drain"

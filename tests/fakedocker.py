@@ -57,6 +57,7 @@ class FakeContainer:
         # On a user-defined network (the proxy's) a running container has an address there, as on Docker.
         self.network = host_config.get("network_mode") or ""
         self.address = f"172.18.0.{next(_ips)}" if self.network else ""
+        self.joined: dict[str, str] = {}  # networks connected after creation (the proxy's overlay fr-proxy): name -> address
 
     def crash_loop(self) -> None:
         """Make this container crash-loop as a restart policy makes Docker do (exit code 3, restarting)."""
@@ -96,7 +97,8 @@ class FakeContainer:
             "HostConfig": {"PortBindings": ports, "Binds": binds, "Mounts": [dict(m) for m in self.host_config.get("mounts") or []],
                            "RestartPolicy": {"Name": self.restart_policy}, "DeviceRequests": reqs,
                            "NetworkMode": self.network or "default"},
-            "NetworkSettings": {"Networks": {self.network: {"IPAddress": self.address}} if self.network and self.running else {}},
+            "NetworkSettings": {"Networks": {**({self.network: {"IPAddress": self.address}} if self.network and self.running else {}),
+                                             **{n: {"IPAddress": a if self.running else ""} for n, a in self.joined.items()}}},
         }
 
     def host_ports(self) -> list[int]:
@@ -115,6 +117,11 @@ class FakeContainer:
         self._in_motion("rename")
         if any(c.name == name and c is not self for c in self.daemon.containers.by_id.values()):
             raise docker_errors.APIError(f"Conflict. The container name {name!r} is already in use")
+        if self.running and any(n in self.daemon.overlays for n in self.joined):
+            # As dockerd (daemon/rename.go): a running container's endpoints are renamed in its sandbox, and on a swarm
+            # overlay the cluster's endpoint table refuses it. A stopped one is renamed whatever networks it is on.
+            raise docker_errors.APIError(f"Could not add service state for endpoint {name} to cluster on rename: cannot create"
+                                         " entry in table endpoint_table: an entry with the same key already exists")
         self.name = name
 
     def update(self, restart_policy: dict | None = None, **_: Any) -> None:
@@ -236,6 +243,39 @@ class FakeNetworks:
         return name
 
 
+class FakeEngine:
+    """The Engine API calls the agent makes directly (agent/engine.py): /info, a network's inspect, connect, disconnect."""
+
+    def __init__(self, daemon: FakeDaemon):
+        self.daemon = daemon
+
+    def get(self, path: str, **_: Any) -> Any:
+        self.daemon.call(f"engine.get {path}")
+        if path == "/info":
+            return {"Swarm": {"LocalNodeState": "active" if self.daemon.swarm else "inactive"}}
+        name = path.removeprefix("/networks/")
+        if name in self.daemon.overlays:
+            return {"Name": name, "Driver": "overlay", "Scope": "swarm", "Attachable": True,
+                    "Labels": {"io.fleetroll.network": "proxy"}}
+        raise docker_errors.NotFound(f"network {name} not found")
+
+    def call(self, method: str, path: str, query: dict | None = None, body: Any = None, **_: Any) -> Any:
+        if (method, path) == ("GET", "/containers/json"):  # the list (agent/secret_sweep.py): inspect's shape carries the mounts
+            return [c.attrs for c in self.daemon.containers.list(all=True)]
+        net, _, what = path.removeprefix("/networks/").partition("/")
+        self.daemon.call(f"network.{what}")
+        c = self.daemon.containers.get(body["Container"])
+        if net not in self.daemon.overlays:
+            raise docker_errors.NotFound(f"network {net} not found")
+        if what == "connect":
+            c.joined[net] = f"10.0.9.{next(_ips)}"
+        elif net not in c.joined:
+            raise docker_errors.APIError(f"container {c.id[:12]} is not connected to network {net}", 403)
+        else:
+            c.joined.pop(net)
+        return None
+
+
 class FakeProxy:
     """The host's HAProxy as its runtime API answers (agent/proxy.Runtime): two slots per service, one live.
 
@@ -277,6 +317,9 @@ class FakeDaemon:
 
     def __init__(self) -> None:
         self.networks = FakeNetworks(self)
+        self.engine = FakeEngine(self)
+        self.swarm = False  # a swarm node (docker info's Swarm.LocalNodeState active)
+        self.overlays: set[str] = set()  # swarm overlays here (fab swarm.form's fr-proxy)
         self.containers = FakeContainers(self)
         self.images = FakeImages(self)
         self.api = FakeAPI(self)

@@ -6,12 +6,14 @@ for web also resolves web's Swarm tasks (`tasks.fr-<phase>_web`) once the proxy 
 independent client (tests/test_lab_zero_downtime.py `Load`) sends requests through each node's proxy while:
 
 1. web's phase moves to `engine: swarm` (`fab rollout`): the stack is deployed beside the SSH containers, each
-   proxy sees the tasks UP, drains slots a/b, and the SSH containers are removed;
+   proxy sees the tasks UP, drains slots a/b, and the SSH containers are removed; then the proxy's own phase is
+   rolled out with another stop_timeout while the proxy is on fr-proxy (stop-first: its ports close for that swap, so
+   the load pauses around it): it commits, and the new proxy is on fr-proxy and serves web's tasks;
 2. web is upgraded on Swarm (start-first: new task IPs, which the proxy follows by DNS);
 3. web's phase moves back to `engine: ssh` (`fab rollout`, then `fab swarm.down`, which drains the task slots
    before `docker stack rm`).
 
-Every request must come back 200, and each step must say what it did.
+Every request sent while no proxy swap runs must come back 200, and each step must say what it did.
 """
 
 from __future__ import annotations
@@ -42,13 +44,13 @@ def fab(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
-def inventory(lab, tmp, proxy_tag: str, web_tag: str, engine: str):
+def inventory(lab, tmp, proxy_tag: str, web_tag: str, engine: str, proxy_stop: int = 2):
     """The lab inventory with `swarm:`, the proxy on an SSH phase and web behind it on a phase of `engine`."""
     def edit(doc):
         doc["swarm"] = {"managers": ["mainpc"], "healthcheck": "wget"}
         doc["reverse_proxy"] = {"service": PROXY}
-        doc["services"][PROXY] = {"image": "fleetroll-proxy", "tag": proxy_tag, "hosts": list(HOSTS), "stop_timeout": 2,
-                                  "health": {"port": 8404, **FAST}}
+        doc["services"][PROXY] = {"image": "fleetroll-proxy", "tag": proxy_tag, "hosts": list(HOSTS),
+                                  "stop_timeout": proxy_stop, "health": {"port": 8404, **FAST}}
         doc["services"][WEB] = {"image": "core", "tag": web_tag, "hosts": list(HOSTS), "stop_timeout": 2,
                                 "proxy": {"listen": str(LISTEN), "port": 8080}, "update": {"drain_s": 0.5},
                                 "health": {"port": 8080, **FAST}}
@@ -107,7 +109,7 @@ def test_a_phase_moves_to_swarm_is_upgraded_there_and_moves_back_without_droppin
     loads = [Load(lab.host(h).address, LISTEN, rate=20.0) for h in HOSTS]
     for g in loads:
         g.start()
-    timings = {}
+    timings, results = {}, []
     try:
         t = time.monotonic()
         to_swarm = inventory(lab, tmp / "to-swarm", proxy_tag, images.BASELINE_TAG, "swarm")
@@ -118,15 +120,30 @@ def test_a_phase_moves_to_swarm_is_upgraded_there_and_moves_back_without_droppin
         assert "hand-over: the proxy on mainpc, pc2 is on fr-proxy" in messages(rep), said
         assert ssh_web(lab) == dict.fromkeys(HOSTS, False) and all(swarm_web(lab).values()), (ssh_web(lab), swarm_web(lab))
 
+        # The proxy's own stop-first swap while it is on the overlay: Docker renames no running container on a swarm
+        # overlay, so the agent stops the old proxy and takes it off fr-proxy before it sets it aside. Its ports close
+        # for that swap (as for any change of the proxy): the load pauses around it.
+        results += [g.finish() for g in loads]
+        t = time.monotonic()
+        rc, rep, said = run("rollout", "-p", EDGE, "-i", str(inventory(lab, tmp / "edge", proxy_tag, images.BASELINE_TAG,
+                                                                          "swarm", proxy_stop=3)))
+        timings["proxy rollout on fr-proxy"] = time.monotonic() - t
+        assert rc == 0 and outcomes(rep) == {(h, PROXY): "committed" for h in HOSTS}, said
+        assert all("fr-proxy" in dclient(lab, h).containers.get(PROXY).attrs["NetworkSettings"]["Networks"]
+                   for h in HOSTS), said
+        loads = [Load(lab.host(h).address, LISTEN, rate=20.0) for h in HOSTS]
+        for g in loads:
+            g.start()
+
         t = time.monotonic()
         tag = new_tag()
         images.push(lab, "core", tag, "healthy")
-        rc, rep, said = run("rollout", "-p", WEB_PHASE, "-i", str(inventory(lab, tmp / "up", proxy_tag, tag, "swarm")))
+        rc, rep, said = run("rollout", "-p", WEB_PHASE, "-i", str(inventory(lab, tmp / "up", proxy_tag, tag, "swarm", 3)))
         timings["upgrade on swarm"] = time.monotonic() - t
         assert rc == 0 and outcomes(rep) == {(h, WEB): "committed" for h in HOSTS}, said
 
         t = time.monotonic()
-        back = inventory(lab, tmp / "back", proxy_tag, tag, "ssh")
+        back = inventory(lab, tmp / "back", proxy_tag, tag, "ssh", 3)
         rc, rep, said = run("rollout", "-p", WEB_PHASE, "-i", str(back))
         assert rc == 0 and outcomes(rep) == {(h, WEB): "committed" for h in HOSTS}, said
         assert ssh_web(lab) == dict.fromkeys(HOSTS, True), ssh_web(lab)
@@ -140,9 +157,9 @@ def test_a_phase_moves_to_swarm_is_upgraded_there_and_moves_back_without_droppin
         assert moves == [("swarm", list(HOSTS)), ("ssh", list(HOSTS))], moves
         time.sleep(1)
     finally:
-        results = [g.finish() for g in loads]
+        results += [g.finish() for g in loads]
     sent, failed = sum(r["requests"] for r in results), sum(r["failed"] for r in results)
-    print(f"hand-over through the SSH push's proxies (mainpc, pc2): {sent} requests, {failed} failed;"
+    print(f"hand-over through the SSH push's proxies (mainpc, pc2), the proxy swap aside: {sent} requests, {failed} failed;"
           f" {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}; p99 {[r['p99_ms'] for r in results]} ms;"
           f" per proxy {[(r['requests'], r['failed']) for r in results]}")
     assert sent > 100 and failed == 0, results
