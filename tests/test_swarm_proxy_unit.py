@@ -123,10 +123,17 @@ def test_a_name_that_is_not_plain_or_would_split_the_dns_name_never_reaches_the_
     assert repr(name) in str(exc.value)
 
 
-def test_a_name_with_a_dot_is_refused_by_the_render_with_the_fix(tmp_path):
+def test_a_name_with_a_dot_is_refused_at_load_and_by_the_render_with_the_fix(tmp_path, monkeypatch):
+    from playbooks import inventory_checks
+    from playbooks.inventory import InventoryError
+
     fleet = FLEET.replace("  web:\n", "  we.b:\n").replace("[web, api]", "[we.b, api]")
+    phases = PHASES.replace("[web, api]", "[we.b, api]")
+    with pytest.raises(InventoryError, match=r"fr-\S+_we\.b, whose '\.' would split"):
+        load(write(tmp_path, fleet, phases))
+    monkeypatch.setattr(inventory_checks, "_swarm_name_checks", lambda *a: [])  # past the loader: the render's own check
     with pytest.raises(render.RenderError, match=r"has a '\.'.*fix: rename"):
-        render.render(load(write(tmp_path, fleet, PHASES.replace("[web, api]", "[we.b, api]"))), "edge")
+        render.render(load(write(tmp_path, fleet, phases)), "edge")
 
 
 def test_a_health_path_that_is_not_plain_is_refused_before_haproxy_sees_it(inv):
