@@ -208,3 +208,23 @@ def test_status_of_a_replicas_service_says_where_it_runs_now(tmp_path):
     rows = status_view.rows(inv, v, "web")
     assert rows["pc2"]["status"] == "swarm task b running" and rows["pc2"]["healthy"] and rows["pc2"]["drift"] == ""
     assert rows["mainpc"]["status"] == "elsewhere" and rows["mainpc"]["health"].endswith("replica(s) on pc2")
+
+
+def test_a_rollback_still_in_progress_at_the_end_of_the_wait_is_given_its_grace_once():
+    """Swarm is rolling back when fleetroll's wait ends (a loaded node starts the old spec's tasks slowly): one more
+    window to see how it ends, then, if it still has not, needs-operator as before — never `reverted` unseen."""
+    f = follow()
+    f.rollback_grace = 50.0
+    going = view({"State": "rollback_started", "StartedAt": "2030-01-01T00:00:00Z"},
+                 [task("x", "n1", NEW, "failed", "shutdown", "unhealthy", 1), task("y", "n2", OLD, "starting")])
+    assert not judge.judge(f, going, now=100, min_healthy_time=2) and f.done == {} and f.deadline == 150.0
+    assert not judge.judge(f, going, now=120, min_healthy_time=2)
+    done = view({"State": "rollback_completed", "StartedAt": "2030-01-01T00:00:00Z", "Message": "rolled back"},
+                [task("a", "n1", OLD), task("b", "n2", OLD)])
+    assert judge.judge(f, done, now=130, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"reverted"}
+    g = follow()
+    g.rollback_grace = 50.0
+    assert not judge.judge(g, going, now=100, min_healthy_time=2)
+    assert judge.judge(g, going, now=151, min_healthy_time=2)  # the grace is given once
+    assert {d["outcome"] for d in g.done.values()} == {"needs-operator"}

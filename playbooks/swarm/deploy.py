@@ -132,7 +132,8 @@ def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: obse
                      + svc.health.min_healthy_time + 15)
         wait = per_batch * math.ceil(len(hosts) / par) * (2 if mode == "update" else 1) + 20
         out.append(Follow(name, mode, hosts, svc.tag, next(s.new_digest for s in plan.changes if s.service == name), tag, digest,
-                          observe.update_state(old)[2], t0 + wait, want, svc.replicas or 0))
+                          observe.update_state(old)[2], t0 + wait, want, svc.replicas or 0,
+                          rollback_grace=per_batch * math.ceil(len(hosts) / par)))
     return out
 
 

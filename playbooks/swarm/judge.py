@@ -39,6 +39,9 @@ class Follow:
     first_running: float = 0.0
     running_ids: frozenset = frozenset()
     since: dict[str, tuple[str, float]] = field(default_factory=dict)  # host -> (task id, first seen running)
+    # Once, when the wait ends while Swarm is still rolling the update back: that much longer to see how it ends
+    # (a loaded node starts the previous spec's tasks slowly), rather than calling a rollback in progress unobserved.
+    rollback_grace: float = 0.0
 
 
 def base(f: Follow, host: str, action: str) -> dict[str, Any]:
@@ -111,6 +114,9 @@ def _each(f: Follow, view: observe.View, on: dict[str, dict[str, Any]], tag: str
 def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
     """An update Swarm started: completed, rolled back, paused, or still going."""
     state, message, _started = observe.update_state(view.services.get(f.service))
+    if timed_out and state == "rollback_started" and f.rollback_grace > 0:
+        f.deadline, f.rollback_grace = f.deadline + f.rollback_grace, 0.0
+        return False
     if state == "completed":
         _each(f, view, observe.running(view, f.service, f.new_digest), f.new_tag,
               lambda h, t: _commit(f, h, t, "the update completed through its monitor window"),
