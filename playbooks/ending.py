@@ -189,7 +189,8 @@ def describe_failure(host: str, s: dict, next_cmd: str, phase: str = "") -> str:
                      f" configuration goes ahead (or: fab thaw --phase {phase} --reason '...')")
     elif s.get("at_fault") is False:
         parts.append("  not frozen: the evidence points away from the release (its container was removed or the daemon"
-                     " went away mid-gate); the same release may be rolled out again")
+                     " went away mid-gate, or Docker refused a step before the new container ran); the same release may be"
+                     " rolled out again")
     parts.append(f"  next: {next_cmd}")
     return "\n".join(parts)
 
