@@ -179,7 +179,10 @@ def attach(client: Any, c: Any) -> str:
     except DockerError as exc:
         return f"not joined: {exc}"
     if problem:
-        client.engine.call("POST", f"/networks/{net}/disconnect", body={"Container": c.id, "Force": True})
+        try:
+            client.engine.call("POST", f"/networks/{net}/disconnect", body={"Container": c.id, "Force": True})
+        except DockerError as exc:  # said, not raised, as every other end of this function
+            return f"refused: {problem}; and it could not be taken off {net} again ({exc}): docker network disconnect {net}"
         return f"refused and left again: {problem}"
     c.reload()
     return f"joined {net}"
