@@ -25,6 +25,18 @@ DNS_LABEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # no '.': it would split
 PATH_RE = re.compile(r"/[A-Za-z0-9._~/%-]{0,200}")  # the schema's rule for health.path, checked again here
 TASK_PREFIX = "task"  # server-template names: task1, task2, ...
 MAX_SLOTS = 256
+MIN_SLOTS = 16
+
+
+def slots_for(tasks: int) -> int:
+    """Server-template slots for a service of `tasks` tasks (old and new at once under start-first: twice that). Pure.
+
+    At least MIN_SLOTS, then the next power of two: the count is in every proxy's configuration, and a count that
+    followed each change of a service's hosts or replicas would change every proxy's text, and so recreate every
+    proxy (stop-first: its listen ports close), for a placement change elsewhere. Empty slots cost a DNS answer each.
+    """
+    want = max(MIN_SLOTS, 2 * max(1, int(tasks)))
+    return min(MAX_SLOTS, 1 << (want - 1).bit_length())
 
 RESOLVERS = [
     "resolvers docker",

@@ -41,9 +41,9 @@ def test_a_fleet_that_uses_swarm_gives_each_backend_its_tasks_and_one_without_ke
     web = cfg[cfg.index("\nbackend be_web") + 1:].split("\n\n")[0].split("\n")
     assert web == ["backend be_web", "    option httpchk GET /healthz", "    http-check expect status 200",
                    "    server a web:8080 init-addr libc,127.0.0.1", "    server b 127.0.0.1:8080 weight 0",
-                   "    server-template task 1-4 tasks.fr-web_web:8080 resolvers docker init-addr none resolve-prefer ipv4"
+                   "    server-template task 1-16 tasks.fr-web_web:8080 resolvers docker init-addr none resolve-prefer ipv4"
                    " check inter 1s fall 2 rise 1"]
-    assert "tasks.fr-web_api:9000" in cfg and "server-template task 1-2 " in cfg  # api: host: pc2, one task (old and new)
+    assert "tasks.fr-web_api:9000" in cfg and "server-template task 1-16 " in cfg  # api: one task; the same 16 slots
     plain = config(inv_of(tmp_path, fleet=NO_SWARM))
     assert plain == proxy.render([proxy.Route("web", "18080", 8080), proxy.Route("api", "18081", 9000)], 8404)
     assert "resolvers" not in plain and "server-template" not in plain and "retry-on" not in plain
@@ -69,7 +69,7 @@ def test_the_host_accepts_the_task_lines_it_renders_and_haproxy_parses_them(tmp_
     ("tasks.fr-web_web:8080", "tasks.fr-web_api:8080"),  # another service's tasks in web's backend
     ("tasks.fr-web_web:8080", "tasks.fr-web_web:22"),  # another port than the service's
     ("nameserver dns 127.0.0.11:53", "nameserver dns 10.0.0.9:53"),  # another resolver
-    ("task 1-4 tasks.fr-web_web", "task 1-999 tasks.fr-web_web"),  # more slots than the inventory's
+    ("task 1-16 tasks.fr-web_web", "task 1-999 tasks.fr-web_web"),  # more slots than the inventory's
     ("check inter 1s fall 2 rise 1\n", "check inter 1s fall 2 rise 1 backup\n"),
     ("GET /healthz", "GET /healthz HTTP/1.1\\r\\nHost:\\ x"),
     ("    option httpchk GET /healthz\n", ""),  # the check gone: tasks would serve unchecked

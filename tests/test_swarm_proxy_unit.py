@@ -91,9 +91,9 @@ def test_the_config_reaches_each_service_s_tasks_by_dns_and_retries_a_stopping_t
     text = render.render(inv, "edge").doc["services"]["edge"]["environment"][CONFIG_ENV]
     assert "resolvers docker\n    nameserver dns 127.0.0.11:53\n" in text and "hold obsolete 0s" in text
     assert "    retry-on conn-failure empty-response response-timeout\n" in text and "    option redispatch 1\n" in text
-    assert ("    server-template task 1-4 tasks.fr-web_web:8080 resolvers docker init-addr none resolve-prefer ipv4"
+    assert ("    server-template task 1-16 tasks.fr-web_web:8080 resolvers docker init-addr none resolve-prefer ipv4"
             " check inter 1s fall 2 rise 1\n") in text
-    assert "tasks.fr-web_api:9000" in text and "server-template task 1-2 " in text  # one host: old and new task
+    assert "tasks.fr-web_api:9000" in text and "server-template task 1-16 " in text  # at least 16 slots, whatever the placement
     assert "frontend fe_web\n    bind :18080\n    default_backend be_web\n" in text
     assert "    option httpchk GET /healthz\n" in text and "bind :8404" in text
     assert "stats socket" not in text  # no runtime API on Swarm: nothing switches, DNS does
@@ -272,3 +272,17 @@ def test_preflight_checks_the_proxy_swarm_runs_not_the_ssh_push_s_socket(inv):
     no_net = checks.proxy_checks(inv, "edge", hosts, "", None)
     assert {c.status for c in no_net} == {"fail"} and "fab swarm.form" in no_net[0].fix
     assert {c.status for c in checks.proxy_checks(inv, "edge", hosts, "overlay swarm", None)} == {"pass"}  # deployed with it
+
+
+def test_slots_follow_placement_only_in_powers_of_two_from_16_so_a_placement_change_rarely_recreates_a_proxy(tmp_path):
+    from agent import proxytasks
+
+    assert [proxytasks.slots_for(n) for n in (0, 1, 2, 8, 9, 16, 17, 100, 500)] == [16, 16, 16, 16, 32, 32, 64, 256, 256]
+    web = "    hosts: [mainpc, pc2]\n    stop_timeout: 7\n"
+    assert web in FLEET
+    invs = []
+    for d, hosts in (("one", "[mainpc]"), ("two", "[mainpc, pc2]")):
+        (tmp_path / d).mkdir()
+        invs.append(load(write(tmp_path / d, FLEET.replace(web, f"    hosts: {hosts}\n    stop_timeout: 7\n"), PHASES)))
+    text = [render.render(i, "edge").doc["services"]["edge"]["environment"][CONFIG_ENV] for i in invs]
+    assert text[0] == text[1], "moving web from one host to two changed every proxy's configuration"

@@ -99,7 +99,7 @@ def backends(inv: Inventory) -> list[Backend]:
             raise ProxyRenderError(str(exc)) from None
         tasks = svc.replicas or len(fleet.hosts_of(name))
         out.append(Backend(_dns_part("service", name), _dns_part("phase", STACK_PREFIX + phase), listen, port,
-                           svc.health.path, max(2, 2 * tasks)))
+                           svc.health.path, proxytasks.slots_for(tasks)))
     return out
 
 
@@ -210,8 +210,8 @@ def ssh_routes(inv: Inventory, host: str) -> list[ssh_proxy.Route]:
     for name in fleet.proxied_on(host):
         svc = fleet.services[name]
         phase = phase_of(inv, name) if swarm else None
-        tasks = (proxytasks.Tasks(STACK_PREFIX + phase, svc.health.path, max(2, 2 * (svc.replicas or len(fleet.hosts_of(name)))))
-                 if phase else None)
+        tasks = (proxytasks.Tasks(STACK_PREFIX + phase, svc.health.path,
+                                  proxytasks.slots_for(svc.replicas or len(fleet.hosts_of(name)))) if phase else None)
         out.append(ssh_proxy.Route(name, svc.proxy.listen, svc.proxy.port, tasks))
     return out
 
