@@ -47,6 +47,7 @@ class ProxySwitch:
         old proxy. A failure here fails the proxy's swap.
         """
         joined = attach(self.client, self._get(service))
+        served_by_tasks = self._served_by_tasks(service)  # one read of the journal, not one per backend
         rt = proxy.Runtime()
         pointed: dict = {}
         for be, slots in rt.servers().items():
@@ -54,7 +55,7 @@ class ProxySwitch:
             c = self._get(name) if be.startswith("be_") else None
             if c is None or not (c.attrs.get("State") or {}).get("Running"):
                 if be.startswith("be_") and any(proxytasks.is_task(s) for s in slots):
-                    pointed[name] = self._to_tasks(rt, be, name, joined, name in self._served_by_tasks(service))
+                    pointed[name] = self._to_tasks(rt, be, name, joined, name in served_by_tasks)
                 continue
             addr = proxy.container_address(c.attrs, container_args.network_of(c.attrs.get("HostConfig") or {}))
             port = next(iter(slots.values())).port
