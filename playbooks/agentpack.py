@@ -11,8 +11,10 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
 import re
 import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,12 +50,69 @@ def _vendored_files() -> list[tuple[str, Path]]:
     return files
 
 
+def _entries() -> list[tuple[str, Path]]:
+    return [("__main__.py", AGENT_DIR / "bootstrap.py"), *_source_files(AGENT_DIR, "agent"), *_vendored_files()]
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fleetroll" / "agent-digests.json"
+
+
+def _files_key(entries: list[tuple[str, Path]]) -> str:
+    """What the archive is made of, by name, size, inode and modification time (ns), and the zlib that packs it."""
+    h = hashlib.sha256(zlib.ZLIB_RUNTIME_VERSION.encode())
+    for arc, path in sorted(entries):
+        st = path.stat()
+        h.update(f"{arc}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def digest() -> str:
+    """The archive's SHA-256, without building it when its files are as they were at the last build here.
+
+    Every agent call names the archive by its hash; building and hashing it costs ~25 ms of
+    CPU, which a command's first SSH packet would wait for (and prewarm before anything else).
+    The cache maps the files' sizes, inodes and nanosecond modification times to the hash the
+    build gave; any change to a file builds again. A command that uploads builds anyway.
+    """
+    if build.cache_info().currsize:
+        return build()[1]
+    key = ""
+    try:
+        key = _files_key(_entries())
+        known = json.loads(_cache_file().read_text())
+        if isinstance(known, dict) and _HEX64.fullmatch(str(known.get(key, ""))):
+            return known[key]
+    except (OSError, ValueError):
+        pass
+    sha = build()[1]
+    if key:
+        _remember(key, sha)
+    return sha
+
+
+def _remember(key: str, sha: str) -> None:
+    """Keep the newest few builds' hashes (one per checkout or version in use); a cache that cannot be written is no cache."""
+    path = _cache_file()
+    try:
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        known = {k: v for k, v in (known.items() if isinstance(known, dict) else []) if k != key}
+        known = dict(list(known.items())[-7:]) | {key: sha}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 @lru_cache(maxsize=1)
 def build() -> tuple[bytes, str]:
     """Return (archive bytes, sha256 hex) for the agent as this checkout defines it."""
-    entries = [("__main__.py", AGENT_DIR / "bootstrap.py")]
-    entries += _source_files(AGENT_DIR, "agent")
-    entries += _vendored_files()
+    entries = _entries()
     contents = {arc: path.read_bytes() for arc, path in sorted(entries)}
     # What the host checks its unpacked tree against before every run (bootstrap.py).
     contents["MANIFEST.json"] = json.dumps({arc: hashlib.sha256(b).hexdigest() for arc, b in contents.items()},
