@@ -47,7 +47,7 @@ FLEET_NOTES: dict[str, Doc] = {
     # ssh
     "ssh": Doc(
         "How the controller reaches the hosts.",
-        "ssh: {known_hosts: known_hosts, connect_timeout: 5, max_parallel: 10}",
+        "ssh: {known_hosts: known_hosts, connect_timeout: 5, max_parallel: 10, client: auto}",
         "every task that contacts a host."),
     "ssh.known_hosts": Doc(
         "fleetroll's own file of pinned host keys, relative to the inventory's directory unless absolute. Only `fab"
@@ -66,6 +66,16 @@ FLEET_NOTES: dict[str, Doc] = {
         "How many hosts a task contacts at once; `--max-parallel N` overrides it for one command.",
         "max_parallel: 10",
         "preflight, rollout, rollback, status and every other call on many hosts (playbooks/transport.py)."),
+    "ssh.client": Doc(
+        "Which SSH client carries the agent's calls. `auto` (the default): the system's OpenSSH `ssh` whenever it is on"
+        " PATH, else paramiko. `openssh`: OpenSSH or a clear error. `paramiko`: the Python client. Both refuse unknown"
+        " and changed host keys and forward nothing; OpenSSH does the handshake outside the controller's process (less"
+        " controller CPU per host), lets `fleetroll rollout/preflight/status` start the logins while the command is"
+        " still starting up (FLEETROLL_PREWARM=0 turns that off), honours `@revoked`/`@cert-authority` lines in"
+        " known_hosts and the operator's ~/.ssh/config (ProxyJump and the like; never its forwardings or connection"
+        " sharing). The Swarm engine's docker commands use paramiko either way.",
+        "client: auto",
+        "every agent call (playbooks/transport.py, playbooks/openssh.py, playbooks/prewarm.py)."),
     # defaults
     "defaults": Doc(
         "Fleet-wide defaults and limits.",

@@ -89,6 +89,9 @@ class Ssh(_Strict):
     known_hosts: str = "known_hosts"
     connect_timeout: float = Field(default=5.0, gt=0)
     max_parallel: int = Field(default=10, ge=1)
+    # Which SSH client carries the agent's calls: the system's OpenSSH (auto: whenever `ssh` is on PATH) or paramiko.
+    # Both refuse unknown and changed keys; OpenSSH also honours @revoked and @cert-authority lines (playbooks/openssh.py).
+    client: Literal["auto", "openssh", "paramiko"] = "auto"
 
 
 class Security(_Strict):

@@ -16,17 +16,19 @@ auth: all inside `Connection.open`) start only once it holds one.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paramiko
-from fabric import Connection
-
-from .inventory import Inventory
 from .timings import HostTimes
+
+if TYPE_CHECKING:  # the inventory's models load pydantic: prewarm reaches this module before they are needed
+    from fabric import Connection
+
+    from .inventory import Inventory
 
 HANDSHAKES_PER_CPU = 4  # a handshake waits on the network for most of its time; a few per CPU keep the CPU busy, not queued
 
@@ -86,12 +88,39 @@ class Target:
         )
 
 
+def link_errors() -> tuple[type[BaseException], ...]:
+    """What a lost SSH link raises: paramiko's own exceptions only once paramiko is loaded (the OpenSSH path never loads it)."""
+    paramiko = sys.modules.get("paramiko")
+    return (OSError, EOFError, paramiko.SSHException) if paramiko else (OSError, EOFError)
+
+
+def check_known_hosts(t: Target, paramiko_reads_it: bool) -> None:
+    """The pinned known_hosts must exist; paramiko must also be able to honour every line of it (hostkeys.check_file)."""
+    if not t.known_hosts.exists():
+        raise TransportError(
+            "host-key-unknown",
+            f"{t.name}: known_hosts file {t.known_hosts} does not exist; pin the host's key with"
+            f" fab hostkeys --hosts {t.name} (it shows the fingerprint to compare out of band)",
+        )
+    if paramiko_reads_it:
+        from .hostkeys import HostKeyFileError, check_file
+
+        try:
+            check_file(t.known_hosts)
+        except HostKeyFileError as exc:
+            raise TransportError("host-key-file", f"{t.name}: {exc}") from None
+
+
 def connect(t: Target) -> Connection:
     """Open a Fabric connection that trusts only keys already in known_hosts, once a handshake slot is free.
 
     conn.fleetroll_times (a TransportError's .times when it fails) says how long the host waited for
-    its slot and how long TCP connect + handshake + authentication then took.
+    its slot and how long TCP connect + handshake + authentication then took. paramiko and Fabric are
+    imported here, on first use: a command on the OpenSSH path (playbooks/openssh.py) never loads them.
     """
+    import paramiko
+    from fabric import Connection
+
     kwargs: dict[str, Any] = {
         "banner_timeout": t.connect_timeout,
         "auth_timeout": t.connect_timeout,
@@ -103,18 +132,7 @@ def connect(t: Target) -> Connection:
     # pyenv/conda shim that costs a shell and an exec on every call.
     conn.fleetroll_python = t.python
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    if not t.known_hosts.exists():
-        raise TransportError(
-            "host-key-unknown",
-            f"{t.name}: known_hosts file {t.known_hosts} does not exist; pin the host's key with"
-            f" fab hostkeys --hosts {t.name} (it shows the fingerprint to compare out of band)",
-        )
-    from .hostkeys import HostKeyFileError, check_file
-
-    try:
-        check_file(t.known_hosts)
-    except HostKeyFileError as exc:
-        raise TransportError("host-key-file", f"{t.name}: {exc}") from None
+    check_known_hosts(t, paramiko_reads_it=True)
     conn.client.load_host_keys(str(t.known_hosts))
     queued = time.monotonic()
     with HANDSHAKES:
@@ -130,6 +148,8 @@ def connect(t: Target) -> Connection:
 
 def _open(conn: Connection, t: Target) -> None:
     """TCP connect, handshake, host key check, authentication: every paramiko timeout starts in here."""
+    import paramiko
+
     where = f"{t.name} ({t.user}@{t.address}:{t.port})"
     try:
         conn.open()

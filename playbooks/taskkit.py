@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 
 from .errors import RolloutError
+from .inventory_path import CHECKOUT_INVENTORY, default_inventory  # noqa: F401 - where callers have always found them
 from .program import as_run, program, run_as  # noqa: F401  (program: re-exported for the tasks)
 
 
@@ -128,19 +129,6 @@ def task(*args, **kwargs):
     if len(args) == 1 and callable(args[0]) and not isinstance(args[0], invoke.Task):
         return invoke.task(one_line_errors(args[0]), **kwargs)
     return lambda body: invoke.task(*args, **kwargs)(one_line_errors(body))
-
-
-CHECKOUT_INVENTORY = Path(__file__).resolve().parent.parent / "inventory" / "fleet.yml"
-
-
-def default_inventory() -> str:
-    """--inventory, else $FLEETROLL_INVENTORY, else ./inventory/fleet.yml here, else (in fleetroll's checkout) its own."""
-    here = Path.cwd() / "inventory" / "fleet.yml"
-    if os.environ.get("FLEETROLL_INVENTORY"):
-        return os.environ["FLEETROLL_INVENTORY"]
-    if here.exists() or not CHECKOUT_INVENTORY.exists():
-        return str(here)
-    return str(CHECKOUT_INVENTORY)
 
 
 def load_inventory(path: str | None, as_json: bool = False):

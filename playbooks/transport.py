@@ -4,29 +4,37 @@ A call to the agent is one exec, `python3 -I -c <VERIFIER>
 .fleetroll/agent-<h16>.pyz <sha256>` (agentpack.command), with the JSON request on stdin: a
 fixed verifier of the controller's checks the archive's owner, mode and SHA-256 before any of
 its code runs, then the archive checks its unpacked tree. Only when the host lacks that exact
-agent build does the controller upload it (SFTP) and try again, so a warm call is one round trip.
+agent build does the controller upload it and try again, so a warm call is one round trip.
+
+Two SSH clients carry the same conversation (inventory `ssh.client`): the system's OpenSSH
+(playbooks/openssh.py; `auto`, the default, wherever an `ssh` program is on PATH) and paramiko
+(playbooks/ssh_connection.py). Both refuse unknown and changed host keys the same way.
 
 Every call records where its seconds went (playbooks/timings.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
+import functools
+import shutil
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import Any
-
-import paramiko
-from fabric import Connection
 
 from agent import PROTOCOL  # noqa: E402,F401 - one protocol version, the agent's own
 
-from . import agentpack, remote
+from . import prewarm
+from .agent_session import (  # noqa: F401 - the session's names, where callers have always found them
+    READ_ONLY_OPS,
+    AgentSession,
+    CallResult,
+    OpenSSHSession,
+    agent_needs_upload,
+    call_agent,
+    no_answer,
+)
 from .inventory import Inventory
 from .ssh_connection import (  # noqa: F401 - the connection's names, where the callers have always found them
     HANDSHAKES,
@@ -35,173 +43,41 @@ from .ssh_connection import (  # noqa: F401 - the connection's names, where the 
     TransportError,
     connect,
     handshake_slots,
+    link_errors,
     usable_cpus,
 )
-from .timings import HostTimes, first_call
-
-# What python3 says when the agent file is missing or not a complete zipapp: upload it again.
-_DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad local file header", "fleetroll-agent: archive damaged")
+from .timings import HostTimes
 
 
-def agent_needs_upload(rc: int, err: str) -> bool:
-    """No answer and python3 could not run the archive: it is missing, or damaged on the host."""
-    return rc != 0 and any(marker in err for marker in _DAMAGED)
-def no_answer(host: str, rc: int, err: str, python: str) -> str:
-    if rc == 127:  # the shell could not find the interpreter
-        return (f"{host}: {python} is not on this host (exit 127); fix: install Python 3.11+ there or set"
-                f" hosts.{host}.python to the interpreter's absolute path")
-    return f"{host}: the agent gave no answer (exit {rc}): {remote.clean_text(err.strip()[-400:]) or 'no output'}"
+@functools.lru_cache(maxsize=1)
+def _ssh_program() -> str | None:
+    return shutil.which("ssh")
 
 
-READ_ONLY_OPS = ("facts", "status", "journal", "prepare")  # safe to repeat on a fresh connection
+def client_for(inv: Inventory) -> str:
+    """Which SSH client carries this inventory's agent calls: `openssh` or `paramiko`."""
+    chosen = inv.fleet.ssh.client
+    if chosen == "auto":
+        return "openssh" if _ssh_program() else "paramiko"
+    if chosen == "openssh" and not _ssh_program():
+        raise TransportError("ssh-client", f"{inv.path}: ssh.client is openssh but no `ssh` program is on PATH; install"
+                                           " OpenSSH's client (Debian: openssh-client) or set ssh.client: paramiko")
+    return chosen
 
 
-@dataclass
-class CallResult:
-    host: str
-    ok: bool
-    answer: dict[str, Any] | None = None
-    error: str = ""
-    error_kind: str = ""
-    round_trips: int = 0
-    uploaded: bool = False
-    elapsed_s: float = 0.0
-    events: list[dict] = field(default_factory=remote.Events)
-    times: HostTimes = field(default_factory=HostTimes)  # this call's share: connect (if it connected), start, work
+def open_session(inv: Inventory, host: str) -> AgentSession | OpenSSHSession:
+    """A logged-in session to one host, on the inventory's SSH client; TransportError (with its times) if not."""
+    target = Target.from_inventory(inv, host)
+    if client_for(inv) == "openssh":
+        openssh_ready(target)
+        return OpenSSHSession(target, host).login()
+    return AgentSession(connect(target), host)
 
 
-def _upload(conn: Connection, name: str, data: bytes) -> None:
-    sftp = conn.client.open_sftp()
-    try:
-        try:
-            sftp.mkdir(".fleetroll", 0o700)
-        except OSError:
-            pass
-        # A unique temporary name: two controllers (or lab hosts sharing a home) may upload at once.
-        tmp = f"{name}.{os.getpid()}.{threading.get_ident()}.part"
-        with sftp.open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            sftp.posix_rename(tmp, name)
-        except OSError:
-            sftp.rename(tmp, name)
-    finally:
-        sftp.close()
+def openssh_ready(t: Target) -> None:
+    from .ssh_connection import check_known_hosts
 
-
-def call_agent(
-    conn: Connection,
-    host: str,
-    op: str,
-    args: dict[str, Any],
-    timeout: float = 120.0,
-    on_event: Callable[[dict], None] | None = None,
-) -> CallResult:
-    """One request on the caller's connection, through the same path as every other (an agent session of one call)."""
-    sess = AgentSession(conn, host)
-    try:
-        return sess.call(op, args, timeout=timeout, on_event=on_event)
-    finally:
-        sess.close()
-
-
-def _judge(res: CallResult) -> CallResult:
-    """Set ok/error from the agent's answer: a wrong protocol or ok=false is a failed call."""
-    if res.answer.get("protocol") != PROTOCOL:
-        res.error_kind = "agent"
-        res.error = f"{res.host}: agent speaks protocol {res.answer.get('protocol')}, controller {PROTOCOL}"
-    else:
-        res.ok = bool(res.answer.get("ok"))
-        if not res.ok:
-            res.error_kind, res.error = "agent", res.answer.get("msg", "")
-    return res
-
-
-class AgentSession:
-    """One agent process kept open on a host: requests go in one per line, answers come back.
-
-    The first request carries "session": true, so the agent keeps reading; closing stdin
-    ends it. Saves a process start and a docker SDK import per call after the first.
-    """
-
-    def __init__(self, conn: Connection, host: str):
-        self.conn, self.host = conn, host
-        self.chan = None
-        self.out = None
-        self.started_at: float | None = None  # when the agent process was exec'd, until its first answer
-
-    def _open(self, timeout: float) -> None:
-        _, digest = agentpack.build()
-        self.chan = self.conn.client.get_transport().open_session(timeout=timeout)
-        self.started_at = time.monotonic()
-        self.chan.exec_command(shlex.join(agentpack.command(digest, getattr(self.conn, "fleetroll_python", "python3"))))
-        self.out = self.chan.makefile("rb")
-
-    def call(self, op: str, args: dict[str, Any], timeout: float, on_event=None) -> CallResult:
-        res = CallResult(host=self.host, ok=False)
-        t0 = time.monotonic()
-        request = (json.dumps({"protocol": PROTOCOL, "op": op, "args": args, "session": True}) + "\n").encode()
-        for attempt in range(2):
-            if self.chan is None:
-                self._open(timeout)
-            self.chan.settimeout(timeout)
-            try:
-                sent = time.monotonic()
-                self.chan.sendall(request)
-                res.round_trips += 1
-                while True:
-                    raw = self.out.readline(remote.MAX_LINE + 1)
-                    if not raw:
-                        break
-                    try:
-                        obj = remote.parse_line(raw)
-                    except remote.BadAnswer:
-                        continue
-                    if "event" in obj:
-                        res.events.keep(obj, len(raw))
-                        if on_event:
-                            on_event(obj)
-                        continue
-                    res.answer = obj
-                    self._time(res, sent)
-                    break
-            except TimeoutError:
-                raise TransportError("timeout", f"agent gave no answer within {timeout:g}s") from None
-            if res.answer is not None:
-                break
-            rc = self.chan.recv_exit_status()
-            err = self.chan.makefile_stderr("rb").read(remote.MAX_STDERR).decode(errors="replace")
-            self.close()
-            if attempt == 0 and agent_needs_upload(rc, err):
-                data, digest = agentpack.build()
-                _upload(self.conn, agentpack.remote_name(digest), data)
-                res.uploaded = True
-                res.round_trips += 1
-                continue
-            res.error_kind = "agent"
-            res.error = no_answer(self.host, rc, err, getattr(self.conn, "fleetroll_python", "python3"))
-            break
-        res.elapsed_s = time.monotonic() - t0
-        return _judge(res) if res.answer is not None else res
-
-    def _time(self, res: CallResult, sent: float) -> None:
-        """The first answer of a process splits exec -> answer into start and work; later ones are all work."""
-        now = time.monotonic()
-        if self.started_at is not None:
-            res.times.start_s, res.times.agent_s = first_call(now - self.started_at, res.answer.get("uptime_s"))
-            self.started_at = None
-        else:
-            res.times.agent_s = now - sent  # the process was already running, idle on stdin until the request
-        res.times.calls = 1
-
-    def close(self) -> None:
-        if self.chan is not None:
-            try:
-                self.chan.shutdown_write()
-                self.chan.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
-        self.chan = self.out = None
+    check_known_hosts(t, paramiko_reads_it=False)
 
 
 class Pool:
@@ -213,16 +89,16 @@ class Pool:
     """
 
     def __init__(self) -> None:
-        self.sessions: dict[str, AgentSession] = {}
+        self.sessions: dict[str, AgentSession | OpenSSHSession] = {}
         self.lock = threading.Lock()
         self.times: dict[str, HostTimes] = {}  # every call's times through this pool, per host, for the whole command
 
-    def get(self, inv: Inventory, host: str) -> AgentSession:
+    def get(self, inv: Inventory, host: str) -> AgentSession | OpenSSHSession:
         with self.lock:
             sess = self.sessions.get(host)
-        if sess is not None and sess.conn.is_connected and sess.conn.client.get_transport().is_active():
+        if sess is not None and sess.alive():
             return sess
-        sess = AgentSession(connect(Target.from_inventory(inv, host)), host)
+        sess = open_session(inv, host)
         with self.lock:
             self.sessions[host] = sess
         return sess
@@ -235,15 +111,22 @@ class Pool:
         with self.lock:
             sess = self.sessions.pop(host, None)
         if sess is not None:
-            sess.close()
-            sess.conn.close()
+            sess.shut()
 
     def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc) -> None:
-        for host in list(self.sessions):
-            self.drop(host)
+        """Every host's agent gets the end of its input at once, then all get up to 2 s together to exit."""
+        with self.lock:
+            sessions, self.sessions = list(self.sessions.values()), {}
+        for sess in sessions:
+            sess.shut(wait_s=0)
+        deadline = time.monotonic() + 2.0
+        for sess in sessions:
+            if isinstance(sess, OpenSSHSession):
+                sess.reap(max(0.0, deadline - time.monotonic()))
+        prewarm.discard()
 
 
 def _attempt(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str, Any]], timeout: float,
@@ -262,26 +145,22 @@ def _call(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str
         if pool:
             before = pool.sessions.get(host)
             sess = pool.get(inv, host)
-            conn = sess.conn
         else:
-            conn = connect(Target.from_inventory(inv, host))
+            sess = open_session(inv, host)
     except TransportError as exc:
         return CallResult(host=host, ok=False, error=str(exc), error_kind=exc.kind, elapsed_s=time.monotonic() - t0, times=exc.times)
     # This call paid for the connection only if it made it (a pooled session's later calls did not).
-    connected = getattr(conn, "fleetroll_times", HostTimes()) if not pool or sess is not before else HostTimes()
+    connected = sess.connect_times if not pool or sess is not before else HostTimes()
     try:
         cb = (lambda ev: on_event(host, ev)) if on_event else None
-        if pool:
-            res = sess.call(op, args_for(host), timeout=timeout, on_event=cb)
-        else:
-            res = call_agent(conn, host, op, args_for(host), timeout=timeout, on_event=cb)
+        res = sess.call(op, args_for(host), timeout=timeout, on_event=cb)
         res.times.wait_s, res.times.connect_s = connected.wait_s, connected.connect_s
         return res
     except TransportError as exc:
         if pool:
             pool.drop(host)
         return CallResult(host=host, ok=False, error=f"{host}: {exc}", error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
+    except link_errors() as exc:
         if pool:
             pool.drop(host)
         return CallResult(
@@ -290,7 +169,7 @@ def _call(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str
         )
     finally:
         if not pool:
-            conn.close()
+            sess.shut()
 
 
 def on_hosts(

@@ -233,6 +233,7 @@ def wire(monkeypatch):
 
     monkeypatch.setattr(transport.Target, "from_inventory", classmethod(lambda cls, inv, h: h))
     monkeypatch.setattr(transport, "connect", connect)
+    monkeypatch.setattr(transport, "client_for", lambda inv: "paramiko")
     monkeypatch.setattr(transport.AgentSession, "call", call)
     monkeypatch.setattr(transport.AgentSession, "close", lambda self: setattr(self, "chan", None))
     return seen

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fabric import Connection
 
 from playbooks import ssh_connection, transport
 from playbooks.timings import HostTimes
@@ -43,7 +44,7 @@ def test_at_most_the_slots_handshake_at_once_and_paramiko_runs_only_inside_a_slo
         with lock:
             inside[0] -= 1
 
-    monkeypatch.setattr(ssh_connection.Connection, "open", fake_open)
+    monkeypatch.setattr(Connection, "open", fake_open)
     conns = []
     threads = [threading.Thread(target=lambda i=i: conns.append(transport.connect(_target(tmp_path, f"h{i}")))) for i in range(12)]
     for t in threads:
@@ -63,7 +64,7 @@ def test_a_failed_handshake_gives_its_slot_back_and_says_how_long_it_tried(tmp_p
     def refuse(self):
         raise TimeoutError
 
-    monkeypatch.setattr(ssh_connection.Connection, "open", refuse)
+    monkeypatch.setattr(Connection, "open", refuse)
     for _ in range(2):  # the second would block for ever if the first kept its slot
         with pytest.raises(transport.TransportError) as err:
             transport.connect(_target(tmp_path, "h"))
@@ -91,6 +92,7 @@ class _Conn:
 def test_a_pool_counts_the_connect_once_and_every_call_of_the_command(monkeypatch):
     monkeypatch.setattr(transport.Target, "from_inventory", classmethod(lambda cls, inv, h: h))
     monkeypatch.setattr(transport, "connect", lambda t: _Conn())
+    monkeypatch.setattr(transport, "client_for", lambda inv: "paramiko")
     answers = iter([HostTimes(start_s=0.3, agent_s=0.1, calls=1), HostTimes(agent_s=2.0, calls=1)])
 
     def call(self, op, args, timeout, on_event=None):

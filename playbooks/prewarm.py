@@ -1,0 +1,192 @@
+"""The hosts' SSH logins started while the `fleetroll` command is still starting up (OpenSSH client only).
+
+A command spends ~0.15 s importing its libraries and checking the inventory before it can send
+a byte, and each host then spends ~0.3 s on TCP, SSH, its login shell and the agent's start
+(bench/REPORT.md). Both are waits the operator sits through one after the other; started
+first, each login in an `ssh` process of its own, they overlap.
+
+Why this is safe to do before the inventory is validated:
+- a prewarmed process runs only the agent's fixed command line (the verifier and the archive's
+  hash); the agent reads a request before it does anything, and a process nobody claims gets
+  the end of its stdin and exits having done nothing. A wrong guess (an inventory that then
+  fails validation, a host the command does not call) costs one idle login, never a change;
+- a process is used only if the validated inventory yields the very same ssh command line
+  (openssh.argv of transport.Target.from_inventory): the raw YAML read here decides nothing;
+- values that would not pass validation (an address that is not a host name or IP address, a
+  login name that is not one) are never put on an ssh command line; such a host is skipped.
+Only the tasks that call the hosts of a phase at once (rollout of one phase, preflight,
+status); never when FLEETROLL_PREWARM=0 or ssh.client is not OpenSSH.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from . import openssh
+from .ssh_connection import Target, TransportError
+
+TASKS = ("rollout", "preflight", "status")
+# The schema's defaults for what goes on the ssh command line (tests/test_prewarm_unit.py holds them equal).
+DEFAULTS = {"port": 22, "user": "root", "python": "/usr/bin/python3", "known_hosts": "known_hosts", "connect_timeout": 5.0,
+            "client": "auto"}
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_LOGIN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_PYTHON = re.compile(r"/[A-Za-z0-9._/+-]+")
+
+_warm: dict[tuple[str, ...], openssh.Session] = {}
+_lock = threading.Lock()
+
+
+def wanted(argv: list[str]) -> dict[str, Any] | None:
+    """The task, phase, hosts and inventory a command line names, when it is one prewarm serves; else None."""
+    words = list(argv)
+    if not words or words[0] not in TASKS:
+        return None
+    task, opts, i = words[0], {"task": words[0], "phase": None, "hosts": None, "inventory": None}, 1
+    names = {"-p": "phase", "--phase": "phase", "-H": "hosts", "--hosts": "hosts", "-i": "inventory", "--inventory": "inventory"}
+    while i < len(words):
+        w = words[i]
+        if w in ("--all", "-n", "--dry-run", "-h", "--help", "-f", "--follow") or w in TASKS:
+            return None  # several phases, a plan only, help, a stream, or a second task: not one set of hosts now
+        key, _, value = w.partition("=")
+        if key in names:
+            if not value:
+                if i + 1 >= len(words):
+                    return None
+                i, value = i + 1, words[i + 1]
+            opts[names[key]] = value
+        i += 1
+    if task == "rollout" and not opts["phase"]:
+        return None
+    return opts
+
+
+def _raw(path: Path) -> dict:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as f:
+        data = yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader, C or Python
+    return data if isinstance(data, dict) else {}
+
+
+def _hosts_of(fleet: dict, service: str) -> list[str]:
+    svc = (fleet.get("services") or {}).get(service) or {}
+    if svc.get("host"):
+        return [svc["host"]]
+    if svc.get("hosts"):
+        return list(svc["hosts"])
+    return list((fleet.get("groups") or {}).get(svc.get("group") or "", []))
+
+
+def hosts_for(fleet: dict, phases: dict, phase: str | None, named: str | None) -> list[str]:
+    """The hosts the command will call, from the raw files; [] whenever that is not plain (a swarm phase, odd shapes)."""
+    hosts = fleet.get("hosts") or {}
+    chosen = list(hosts)
+    if phase:
+        found = [p for p in phases.get("phases") or [] if isinstance(p, dict) and p.get("name") == phase]
+        if len(found) != 1 or (found[0].get("engine") or fleet.get("engine") or "ssh") != "ssh":
+            return []
+        touched = {h for s in found[0].get("services") or [] for h in _hosts_of(fleet, s)}
+        chosen = [h for h in hosts if h in touched]
+    if named:
+        chosen = [h for h in chosen if h in named.split(",")]
+    return chosen
+
+
+def target(inventory: Path, fleet: dict, host: str) -> Target | None:
+    """The Target the validated inventory will give this host (transport.Target.from_inventory), or None if unsure."""
+    h, ssh = (fleet.get("hosts") or {}).get(host), fleet.get("ssh") or {}
+    if not isinstance(h, dict) or not isinstance(ssh, dict):
+        return None
+    address, user = str(h.get("address", "")), h.get("user", DEFAULTS["user"])
+    port, python = h.get("port", DEFAULTS["port"]), h.get("python", DEFAULTS["python"])
+    timeout, key = ssh.get("connect_timeout", DEFAULTS["connect_timeout"]), h.get("key_filename")
+    if not (_address_ok(address) and isinstance(user, str) and _LOGIN.fullmatch(user) and type(port) is int
+            and 1 <= port <= 65535 and isinstance(python, str) and _PYTHON.fullmatch(python)
+            and type(timeout) in (int, float) and timeout > 0 and (key is None or isinstance(key, str))):
+        return None
+    known = Path(str(h.get("known_hosts") or ssh.get("known_hosts") or DEFAULTS["known_hosts"])).expanduser()
+    return Target(name=host, address=address, port=port, user=user,
+                  known_hosts=known if known.is_absolute() else inventory.parent / known,
+                  key_filename=str(Path(key).expanduser()) if key else None, connect_timeout=float(timeout), python=python)
+
+
+def _address_ok(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(v))
+
+
+def start(argv: list[str], default_inventory) -> int:
+    """Start the logins the command line will need; how many. Never raises: this is a guess, and the command goes on
+    (and says what is wrong, if anything is) whatever happens here."""
+    try:
+        want = wanted(argv)
+        if want is None or os.environ.get("FLEETROLL_PREWARM", "1") == "0" or not shutil.which("ssh"):
+            return 0
+        path = Path(want["inventory"] or default_inventory())
+        fleet = _raw(path)
+        if ((fleet.get("ssh") or {}).get("client") or DEFAULTS["client"]) not in ("auto", "openssh"):
+            return 0
+        phases = _raw(path.parent / "phases.yml") if want["phase"] else {}
+        targets = [t for t in (target(path, fleet, h) for h in hosts_for(fleet, phases, want["phase"], want["hosts"])) if t]
+        waiting = []
+        for t in targets:  # as many as there are free handshake slots, here: a thread would wait on the imports' GIL
+            sess = _register(t)
+            if sess is not None and not _try(sess, blocking=False):
+                waiting.append(sess)
+        if waiting:
+            threading.Thread(target=lambda: [_try(s, blocking=True) for s in waiting], name="fleetroll-prewarm",
+                             daemon=True).start()
+        return len(targets)
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _register(t: Target) -> openssh.Session | None:
+    try:
+        sess = openssh.Session(t, openssh.agent_command(t.python))
+    except (OSError, RuntimeError, ValueError):
+        return None
+    with _lock:
+        return _warm.setdefault(tuple(openssh.argv(t, sess.command)), sess)
+
+
+def _try(sess: openssh.Session, blocking: bool) -> bool:
+    try:
+        return sess.start(blocking)
+    except (OSError, TransportError):
+        return True  # it will not start: the claimer's own connect() says why
+
+
+def _spawn(targets: list[Target], command) -> None:
+    """Register and start each target's login, waiting for slots (tests drive this directly)."""
+    for t in targets:
+        sess = openssh.Session(t, command(t.python))
+        with _lock:
+            sess = _warm.setdefault(tuple(openssh.argv(t, sess.command)), sess)
+        _try(sess, blocking=True)
+
+
+def claim(t: Target, command: str) -> openssh.Session | None:
+    """The process started ahead for exactly this command line, if any; each is handed out once."""
+    with _lock:
+        return _warm.pop(tuple(openssh.argv(t, command)), None)  # not spawned yet: connect() spawns it (once)
+
+
+def discard() -> None:
+    """Close every process nobody claimed: its agent reads the end of its input and exits having done nothing."""
+    with _lock:
+        left = list(_warm.values())
+        _warm.clear()
+    for sess in left:
+        sess.close(wait_s=0)
