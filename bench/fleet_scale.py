@@ -62,13 +62,18 @@ def lab(need: int) -> model.LabState:
     return fleet.up(need)
 
 
-def inventory(state: model.LabState, n: int, user: str, tags: dict[str, str]) -> Path:
+# The SSH clients a no-op is timed with, side by side in one run (--clients): the inventory's ssh.client, and
+# whether the command may start the hosts' logins while it starts up (playbooks/prewarm.py).
+CLIENTS = {"openssh": ("auto", {}), "openssh-no-prewarm": ("openssh", {"FLEETROLL_PREWARM": "0"}), "paramiko": ("paramiko", {})}
+
+
+def inventory(state: model.LabState, n: int, user: str, tags: dict[str, str], client: str = "auto") -> Path:
     """The first n lab hosts as `user`, services s1-s3 on all of them, one phase `scale`."""
     doc = yaml.safe_load(Path(state.inventory).read_text())
     hosts = [h.name for h in state.hosts[:n]]
     doc["hosts"] = {h: {**doc["hosts"][h], "user": user} for h in hosts}
     doc["groups"] = {"fleet": hosts}
-    doc["ssh"].update(max_parallel=n, connect_timeout=3)
+    doc["ssh"].update(max_parallel=n, connect_timeout=3, client=client)
     doc["services"] = {s: {"image": "cpu-svc", "tag": tags[s], "group": "fleet", "ports": [f"{p}:8080"], "stop_timeout": 1,
                            "health": {"port": p, "healthy_deadline": 30, "min_healthy_time": 0, "interval": 0.05}}
                        for s, p in SERVICES.items()}
@@ -112,8 +117,8 @@ def failures(report: dict) -> tuple[int, int]:
     return len(ssh), len({c["host"] for c in checks if c["status"] == "fail"} - ssh)
 
 
-def noop(inv: Path, n: int) -> tuple[command.Ran, dict]:
-    ran = command.fleetroll("rollout", "-p", "scale", "-i", str(inv), "-y", "--json", env=ENV)
+def noop(inv: Path, n: int, env: dict | None = None) -> tuple[command.Ran, dict]:
+    ran = command.fleetroll("rollout", "-p", "scale", "-i", str(inv), "-y", "--json", env={**ENV, **(env or {})})
     rep = ran.json()["phases"][0]
     if rep["state"] == "noop":  # one SSH session and one agent call per host, and one round trip each
         assert rep["agent_calls"] == n and set(rep["preflight"]["round_trips"].values()) == {1}, rep["preflight"]["round_trips"]
@@ -136,7 +141,8 @@ def push(state: model.LabState) -> dict[str, str]:
     return tags
 
 
-def measure_size(state: model.LabState, n: int, user: str, runs: int, upgrade: bool) -> list[dict]:
+def measure_size(state: model.LabState, n: int, user: str, runs: int, upgrade: bool,
+                 clients: tuple[str, ...] = ("openssh",)) -> list[dict]:
     rows = []
     tags = push(state)
     inv = inventory(state, n, user, tags)
@@ -149,17 +155,21 @@ def measure_size(state: model.LabState, n: int, user: str, runs: int, upgrade: b
     else:
         raise SystemExit(f"initial rollout at {n} hosts failed twice (exit {first.rc})")
     rows.append(row("initial rollout (create 3 services per host)", n, [first], [], [first.json()["phases"][0]["elapsed_s"]]))
-    cmd, fl, pre, inproc, fails, pfails = [], [], [], [], [0, 0, 0], [0, 0, 0]
-    for _ in range(runs):  # interleaved: drift in the machine's load hits all three alike
+    fl, pre, pfails = [], [], [0, 0, 0]
+    by = {c: {"inv": inventory(state, n, user, tags, CLIENTS[c][0]), "cmd": [], "inproc": [], "fails": [0, 0, 0]}
+          for c in clients}
+    for _ in range(runs):  # interleaved: drift in the machine's load hits every variant alike
         fl.append(floor_noop(state, n, user, tags))
-        ran, rep = noop(inv, n)
-        cmd.append(ran)
-        inproc.append(rep["elapsed_s"])
-        fails = [a + b for a, b in zip(fails, (*failures(rep), rep["state"] != "noop"), strict=True)]
+        for c in clients:
+            ran, rep = noop(by[c]["inv"], n, CLIENTS[c][1])
+            by[c]["cmd"].append(ran)
+            by[c]["inproc"].append(rep["elapsed_s"])
+            by[c]["fails"] = [a + b for a, b in zip(by[c]["fails"], (*failures(rep), rep["state"] != "noop"), strict=True)]
         p = command.fleetroll("preflight", "-p", "scale", "-i", str(inv), "--json", env=ENV)
         pre.append(p)
         pfails = [a + b for a, b in zip(pfails, (*failures(p.json()), not p.json()["ok"]), strict=True)]
-    rows.append(row("no-op", n, cmd, fl, inproc, fails))
+    for c in clients:
+        rows.append(row("no-op" if c == "openssh" else f"no-op, {c}", n, by[c]["cmd"], fl, by[c]["inproc"], by[c]["fails"]))
     rows.append(row("preflight", n, pre, fl, [], pfails))
     if upgrade:
         ups, ufl, uin = [], [], []
@@ -208,14 +218,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--upgrade-sizes", default="2,20")
     ap.add_argument("--user", default=model.LAB_PYENV_USER)
+    ap.add_argument("--clients", default="openssh", help=f"no-op variants, comma-separated, of {', '.join(CLIENTS)}")
     args = ap.parse_args()
+    clients = tuple(args.clients.split(","))
+    if not set(clients) <= set(CLIENTS):
+        ap.error(f"--clients: each of {', '.join(CLIENTS)}")
     sizes = [int(x) for x in args.sizes.split(",")]
     ups = {int(x) for x in args.upgrade_sizes.split(",") if x}
     state = lab(max(sizes))
     command.warm()
     rows = []
     for n in sizes:
-        rows += measure_size(state, n, args.user, args.runs if n <= 20 else 1, n in ups)
+        rows += measure_size(state, n, args.user, args.runs if n <= 20 else 1, n in ups, clients)
         print(table(rows), flush=True)
     print(f"\nuser {args.user}; medians of {args.runs} runs at 2 and 20 hosts, 1 at 50 and 100; load {os.getloadavg()}")
 
