@@ -6,13 +6,23 @@ runs the same tasks on invoke alone, playbooks/cli.py), and so do the lab's task
 lab/tasks.py): the lab belongs to the repository, not to the installed tool.
 """
 
+import atexit
+import gc
 import sys
 
-from fabric.executor import Executor
+from playbooks import prewarm
+from playbooks.inventory_path import default_inventory
 
-from lab.tasks import lab
-from playbooks.taskkit import SHORT_FLAGS, invoke, quiet_when_the_reader_leaves
-from playbooks.tasks import ns as fleet_tasks
+# The hosts' logins start now, while the tasks' modules and the inventory load (playbooks/prewarm.py);
+# and the exit skips the collector's walk over every imported object (as playbooks/cli.py does).
+prewarm.start(sys.argv[1:], default_inventory)
+atexit.register(gc.freeze)
+
+from fabric.executor import Executor  # noqa: E402
+
+from lab.tasks import lab  # noqa: E402
+from playbooks.taskkit import SHORT_FLAGS, invoke, quiet_when_the_reader_leaves  # noqa: E402
+from playbooks.tasks import ns as fleet_tasks  # noqa: E402
 
 
 def with_lab(fleet: invoke.Collection) -> invoke.Collection:

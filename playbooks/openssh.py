@@ -99,6 +99,11 @@ def failure(t: Target, err: str, budget: float | None = None) -> TransportError:
             f"{where}: HOST KEY CHANGED — it offered {offered}, not the key {t.known_hosts} records. Refusing to connect."
             " If the host was reinstalled, verify the new key out of band and replace its line in known_hosts;"
             " otherwise treat this as an attack.")
+    if "REVOKED HOST KEY" in err:
+        return TransportError(
+            "host-key-revoked",
+            f"{where}: the host offered a key {t.known_hosts} marks @revoked. Refusing to connect. A revoked key"
+            " may be a stolen one: give the host a new key, verify it out of band and pin it with fab hostkeys.")
     if "Host key verification failed" in err or re.search(r"No \S+ host key is known for", err):
         return TransportError(
             "host-key-unknown",

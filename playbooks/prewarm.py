@@ -34,7 +34,7 @@ from .ssh_connection import Target, TransportError
 TASKS = ("rollout", "preflight", "status")
 # The schema's defaults for what goes on the ssh command line (tests/test_prewarm_unit.py holds them equal).
 DEFAULTS = {"port": 22, "user": "root", "python": "/usr/bin/python3", "known_hosts": "known_hosts", "connect_timeout": 5.0,
-            "client": "auto"}
+            "client": "auto", "max_parallel": 10}
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 _LOGIN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _PYTHON = re.compile(r"/[A-Za-z0-9._/+-]+")
@@ -48,8 +48,9 @@ def wanted(argv: list[str]) -> dict[str, Any] | None:
     words = list(argv)
     if not words or words[0] not in TASKS:
         return None
-    task, opts, i = words[0], {"task": words[0], "phase": None, "hosts": None, "inventory": None}, 1
-    names = {"-p": "phase", "--phase": "phase", "-H": "hosts", "--hosts": "hosts", "-i": "inventory", "--inventory": "inventory"}
+    task, opts, i = words[0], {"task": words[0], "phase": None, "hosts": None, "inventory": None, "max_parallel": None}, 1
+    names = {"-p": "phase", "--phase": "phase", "-H": "hosts", "--hosts": "hosts", "-i": "inventory", "--inventory": "inventory",
+             "--max-parallel": "max_parallel"}
     while i < len(words):
         w = words[i]
         if w in ("--all", "-n", "--dry-run", "-h", "--help", "-f", "--follow") or w in TASKS:
@@ -65,6 +66,16 @@ def wanted(argv: list[str]) -> dict[str, Any] | None:
     if task == "rollout" and not opts["phase"]:
         return None
     return opts
+
+
+def _parallel(flag: str | None, fleet: dict) -> int:
+    """How many hosts the command contacts at once (--max-parallel, else ssh.max_parallel, else 10): no more logins
+    than that are started ahead; the command starts the others when their turn comes, as without prewarm."""
+    value = flag if flag is not None else (fleet.get("ssh") or {}).get("max_parallel", DEFAULTS["max_parallel"])
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _raw(path: Path) -> dict:
@@ -138,7 +149,8 @@ def start(argv: list[str], default_inventory) -> int:
         if ((fleet.get("ssh") or {}).get("client") or DEFAULTS["client"]) not in ("auto", "openssh"):
             return 0
         phases = _raw(path.parent / "phases.yml") if want["phase"] else {}
-        targets = [t for t in (target(path, fleet, h) for h in hosts_for(fleet, phases, want["phase"], want["hosts"])) if t]
+        hosts = hosts_for(fleet, phases, want["phase"], want["hosts"])[: _parallel(want["max_parallel"], fleet)]
+        targets = [t for t in (target(path, fleet, h) for h in hosts) if t]
         waiting = []
         for t in targets:  # as many as there are free handshake slots, here: a thread would wait on the imports' GIL
             sess = _register(t)

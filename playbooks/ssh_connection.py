@@ -54,7 +54,7 @@ HANDSHAKES = threading.BoundedSemaphore(handshake_slots(usable_cpus()))  # proce
 
 
 class TransportError(Exception):
-    """kind: unreachable, host-key-unknown, host-key-changed, auth, agent, timeout, link-lost."""
+    """kind: unreachable, host-key-unknown, host-key-changed, host-key-revoked, host-key-file, auth, agent, timeout, link-lost."""
 
     def __init__(self, kind: str, message: str, times: HostTimes | None = None):
         self.kind = kind

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import images
+from lab import fleet, images
 from playbooks import executor, transport
 from playbooks.inventory import load
 from playbooks.plan import build_plan
@@ -247,6 +247,16 @@ def test_hostkeys_pins_only_what_the_operator_confirms(lab, tmp_path):
     assert rc == 0, out
     rc, out = fab("hostkeys", "--hosts", "mainpc")
     assert rc == 0 and "same" in out
-    pinned.write_text("@revoked * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n" + text)
+    # A revocation is never ignored: OpenSSH (the default client) honours it, paramiko's client refuses the file.
+    other = "@revoked * ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    pinned.write_text(other + text)
     rc, out = fab("preflight", "--hosts", "mainpc")
-    assert rc == 1 and "'@revoked' lines are not supported" in out
+    assert rc == 0, "another host's key revoked: mainpc's own still connects\n" + out
+    own = " ".join(fleet.host_key_line(lab.host("mainpc")).split()[1:3])
+    pinned.write_text(f"@revoked * {own}\n" + text)
+    rc, out = fab("preflight", "--hosts", "mainpc")
+    assert rc == 1 and "marks @revoked" in out and "Refusing to connect" in out, out
+    on_paramiko = derive_inventory(lab, tmp_path / "inv-paramiko", lambda d: (edit(d), d["ssh"].update(client="paramiko")))
+    r = subprocess.run([FAB, "preflight", "--hosts", "mainpc", "--inventory", str(on_paramiko)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and "'@revoked' lines are not supported" in r.stdout + r.stderr

@@ -71,6 +71,9 @@ CHANGED = textwrap.dedent("""\
     (UNKNOWN, "host-key-unknown", ["host key not in", "never trusts on first use", "fab hostkeys --hosts h1"]),
     (CHANGED, "host-key-changed", ["HOST KEY CHANGED", "ED25519 SHA256:abcDEF0123456789abcDEF0123456789abcDEF01234,",
                                    "Refusing to connect"]),
+    ("@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@       WARNING: REVOKED HOST KEY DETECTED!               @\n"
+     "The ED25519 host key for 192.0.2.7 is marked as revoked.\nHost key verification failed.\n", "host-key-revoked",
+     ["marks @revoked", "Refusing to connect"]),
     ("ops@192.0.2.7: Permission denied (publickey).\n", "auth", ["authentication failed", "check user and key_filename"]),
     ("ssh: connect to host 192.0.2.7 port 2222: Connection refused\n", "unreachable", ["SSH failed", "Connection refused"]),
     ("ssh: connect to host 192.0.2.7 port 2222: Connection timed out\n", "unreachable", ["no answer within 2.5s"]),
@@ -180,8 +183,8 @@ def test_a_host_without_the_agent_gets_it_uploaded_then_answers(tmp_path, fake_s
 
 def test_prewarm_reads_the_hosts_a_command_line_will_call():
     assert prewarm.wanted(["rollout", "-p", "gpu-mainpc", "-y", "--json"])["phase"] == "gpu-mainpc"
-    assert prewarm.wanted(["preflight", "--hosts=pc2", "-i", "x.yml"]) == {"task": "preflight", "phase": None,
-                                                                          "hosts": "pc2", "inventory": "x.yml"}
+    assert prewarm.wanted(["preflight", "--hosts=pc2", "-i", "x.yml", "--max-parallel", "3"]) == {
+        "task": "preflight", "phase": None, "hosts": "pc2", "inventory": "x.yml", "max_parallel": "3"}
     for line in (["rollout", "--all", "-y"], ["rollout", "-y"], ["rollout", "-p", "x", "-n"], ["status", "-f"],
                  ["rollout", "-p", "x", "--help"], ["hostkeys"], ["preflight", "status"], ["rollout", "-p"], []):
         assert prewarm.wanted(line) is None, line
@@ -209,6 +212,12 @@ def test_prewarm_targets_are_exactly_the_validated_inventorys(tmp_path, monkeypa
     assert prewarm.hosts_for(raw, phases, "no-such-phase", None) == []
 
 
+def test_prewarm_starts_no_more_logins_than_the_command_runs_at_once():
+    assert prewarm._parallel(None, {}) == 10 and prewarm._parallel(None, {"ssh": {"max_parallel": 4}}) == 4
+    assert prewarm._parallel("2", {"ssh": {"max_parallel": 4}}) == 2, "--max-parallel wins, as in the command"
+    assert prewarm._parallel("x", {}) == 0 and prewarm._parallel(None, {"ssh": {"max_parallel": "many"}}) == 0
+
+
 def test_prewarm_never_puts_an_unvalidated_value_on_an_ssh_command_line(tmp_path):
     path = tmp_path / "fleet.yml"
     for bad in ({"address": "-oProxyCommand=x"}, {"address": "h", "user": "-F/tmp/x"}, {"address": "h", "port": "22"},
@@ -222,7 +231,7 @@ def test_the_prewarm_defaults_are_the_schemas():
     h, s = Host.model_fields, Ssh.model_fields
     assert prewarm.DEFAULTS == {"port": h["port"].default, "user": h["user"].default, "python": h["python"].default,
                                 "known_hosts": s["known_hosts"].default, "connect_timeout": s["connect_timeout"].default,
-                                "client": s["client"].default}
+                                "client": s["client"].default, "max_parallel": s["max_parallel"].default}
 
 
 def test_a_prewarmed_login_is_handed_out_once_and_only_for_its_own_command_line(tmp_path, fake_ssh):
