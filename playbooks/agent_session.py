@@ -273,10 +273,11 @@ class OpenSSHSession(_Conversation):
 
     def _ended(self) -> tuple[int, str]:
         rc, err = self.ssh.exit_status(), self.ssh.stderr()
-        if rc == 255:  # ssh's own status: the link or the login failed, not the agent
-            if not self.ssh.authed_at:
+        if rc == 255:  # ssh's own status (the login or the link failed), or the agent killed by a signal
+            if not self.ssh.authed_at or openssh.said_by_ssh(err):
                 raise openssh.failure(self.target, err)
-            raise EOFError(f"ssh ended (exit 255): {remote.clean_text(err.strip()[-300:]) or 'no output'}")
+            raise EOFError(f"the link was lost or the agent was killed (ssh exit 255):"
+                           f" {remote.clean_text(err.strip()[-300:]) or 'no output'}")
         return rc, err
 
     def _upload_agent(self) -> None:

@@ -59,11 +59,12 @@ def _cache_file() -> Path:
 
 
 def _files_key(entries: list[tuple[str, Path]]) -> str:
-    """What the archive is made of, by name, size, inode and modification time (ns), and the zlib that packs it."""
+    """What the archive is made of, by name, size, device and inode, modification and change times (ns), and the zlib
+    that packs it. The change time moves on any write, even one that puts the old modification time back (cp -p)."""
     h = hashlib.sha256(zlib.ZLIB_RUNTIME_VERSION.encode())
     for arc, path in sorted(entries):
         st = path.stat()
-        h.update(f"{arc}\0{st.st_size}\0{st.st_ino}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{arc}\0{st.st_size}\0{st.st_dev}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -72,8 +73,8 @@ def digest() -> str:
 
     Every agent call names the archive by its hash; building and hashing it costs ~25 ms of
     CPU, which a command's first SSH packet would wait for (and prewarm before anything else).
-    The cache maps the files' sizes, inodes and nanosecond modification times to the hash the
-    build gave; any change to a file builds again. A command that uploads builds anyway.
+    The cache maps the files' sizes, inodes and nanosecond modification and change times to the
+    hash the build gave; any change to a file builds again. A command that uploads builds anyway.
     """
     if build.cache_info().currsize:
         return build()[1]

@@ -68,7 +68,7 @@ FLEET_NOTES: dict[str, Doc] = {
         "preflight, rollout, rollback, status and every other call on many hosts (playbooks/transport.py)."),
     "ssh.client": Doc(
         "Which SSH client carries the agent's calls. `auto` (the default): the system's OpenSSH `ssh` whenever it is on"
-        " PATH, else paramiko. `openssh`: OpenSSH or a clear error. `paramiko`: the Python client. Both refuse unknown"
+        " PATH and 8.7 or newer, else paramiko. `openssh`: OpenSSH or a clear error. `paramiko`: the Python client. Both refuse unknown"
         " and changed host keys and forward nothing; OpenSSH does the handshake outside the controller's process (less"
         " controller CPU per host), lets `fleetroll rollout/preflight/status` start the logins while the command is"
         " still starting up (FLEETROLL_PREWARM=0 turns that off), honours `@revoked`/`@cert-authority` lines in"

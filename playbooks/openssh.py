@@ -14,31 +14,71 @@ The guarantees are the paramiko path's (playbooks/ssh_connection.py):
 - handshakes bounded apart from sessions: a host holds one of ssh_connection.HANDSHAKES from
   the spawn until OpenSSH says it authenticated, and its handshake clock starts with the slot.
 OpenSSH's words on failure are turned into the same error kinds and operator text.
+
+OpenSSH 8.7 or newer (`auto` falls back to paramiko on older). From the operator's
+~/.ssh/config, what decides where and how to connect still applies (ProxyJump, HostKeyAlias,
+ciphers); what could widen trust or change the session is overridden on the command line
+(KnownHostsCommand, SSHFP records, forwardings, RemoteCommand, SessionType, SendEnv). Two
+things cannot be overridden and are said here instead: IdentityFile lines there add keys to
+the one `key_filename` names (IdentitiesOnly still keeps the agent's out), and SetEnv there
+is sent (sshd takes it only where AcceptEnv allows; the agent runs `python3 -I`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import select
 import shlex
+import signal
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from . import remote
 from .ssh_connection import HANDSHAKES, Target, TransportError
 from .timings import HostTimes
 
-AUTHENTICATED = b"Authenticated to "  # OpenSSH's LogLevel=VERBOSE line once the login succeeded
+AUTHENTICATED = b"Authenticated to "  # OpenSSH's LogLevel=VERBOSE line once a login succeeded (a jump host's too)
 _NOISE = (AUTHENTICATED, b"Transferred: ", b"Bytes per second")  # VERBOSE lines that are not the host's words
+LIVE: weakref.WeakSet = weakref.WeakSet()  # every Session this process spawned (kill_all's list)
 HANDSHAKE_TIMEOUTS = 3  # TCP connect, key exchange, authentication: paramiko gives each connect_timeout
 
 
+MIN_VERSION = (8, 7)  # the oldest OpenSSH that knows every option below (SessionType, StdinNull, KnownHostsCommand, ^)
+
+
+@functools.lru_cache(maxsize=1)
+def version() -> tuple[int, int] | None:
+    """The `ssh` on PATH as (major, minor), or None if there is none or it is not OpenSSH."""
+    try:
+        said = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=5).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.match(r"OpenSSH_(\d+)\.(\d+)", said.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def usable() -> bool:
+    """An OpenSSH client new enough for fleetroll's command line is on PATH (else `auto` means paramiko)."""
+    v = version()
+    return v is not None and v >= MIN_VERSION
+
+
+class PathError(ValueError):
+    """A path OpenSSH would read as something else ($VAR, a quote, a backslash, a control character)."""
+
+
 def _opt(value: str) -> str:
-    """A path as an ssh -o value: OpenSSH expands %-tokens and splits on blanks, so escape both."""
+    """A path as an ssh -o value: OpenSSH expands %-tokens and splits on blanks, so escape both; what it would expand
+    or unquote otherwise (${VAR}, quotes, backslashes) cannot be escaped, so such a path is refused."""
+    if re.search(r'[$"\\\x00-\x1f\x7f]', value):
+        raise PathError(f"{value!r}: OpenSSH would read '$', quotes, backslashes and control characters in a path as"
+                        " something else; rename the file, or set ssh.client: paramiko")
     value = value.replace("%", "%%")
     return f'"{value}"' if re.search(r"\s", value) else value
 
@@ -51,6 +91,8 @@ def argv(t: Target, command: str) -> list[str]:
         "StrictHostKeyChecking": "yes",
         "UserKnownHostsFile": _opt(str(t.known_hosts)),
         "GlobalKnownHostsFile": "/dev/null",
+        "KnownHostsCommand": "none",  # an operator's config could otherwise add keys from outside the pinned file
+        "VerifyHostKeyDNS": "no",  # nor SSHFP records from DNS
         "CheckHostIP": "no",
         "UpdateHostKeys": "no",
         "ConnectTimeout": str(max(1, math.ceil(t.connect_timeout))),
@@ -68,6 +110,12 @@ def argv(t: Target, command: str) -> list[str]:
         "ControlMaster": "no",
         "ControlPath": "none",
         "RequestTTY": "no",
+        # What an operator's config could make of the session itself: another command, none, no stdin, a fork.
+        "RemoteCommand": "none",
+        "SessionType": "default",
+        "StdinNull": "no",
+        "ForkAfterAuthentication": "no",
+        "SendEnv": "-*",  # the controller's environment stays on the controller
         "LogLevel": "VERBOSE",
         "Port": str(t.port),
         "User": t.user,
@@ -133,6 +181,7 @@ class Session:
         self._authed, self._ended = threading.Event(), threading.Event()
         self._err = bytearray()
         self._buf = bytearray()
+        self._poll = None
         self._slot = False
         self._lock = threading.Lock()
         self._starting = threading.Lock()  # prewarm's thread and the claimer may both call start(): one spawn
@@ -166,6 +215,7 @@ class Session:
             self._release()
             self._ended.set()
             raise TransportError("unreachable", f"{self.target.name}: cannot run ssh: {exc}") from None
+        LIVE.add(self)
         threading.Thread(target=self._read_stderr, name=f"ssh-stderr-{self.target.name}", daemon=True).start()
         if self._closed:  # closed while it spawned: the end of its input ends it
             self.proc.stdin.close()
@@ -177,15 +227,33 @@ class Session:
                 HANDSHAKES.release()
 
     def _read_stderr(self) -> None:
-        for line in self.proc.stderr:
-            if line.startswith(AUTHENTICATED) and not self._authed.is_set():
-                self.authed_at = time.monotonic()
-                self._authed.set()
-                self._release()
-            elif not line.startswith(_NOISE) and len(self._err) < remote.MAX_STDERR:
-                self._err += line
+        """Drain ssh's stderr in bounded chunks (a host can write without end): keep MAX_STDERR bytes of the host's
+        words, and note the login to *this* host (a jump host's own "Authenticated to" names another)."""
+        mine = b"%s%s (" % (AUTHENTICATED, self.target.address.encode())
+        fd, pending = self.proc.stderr.fileno(), b""
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > 4096:  # no newline in sight: keep what fits, never the whole
+                lines.append(pending)
+                pending = b""
+            for line in lines:
+                self._stderr_line(line + b"\n", mine)
+        if pending:
+            self._stderr_line(pending, mine)
         self._release()
         self._ended.set()
+
+    def _stderr_line(self, line: bytes, mine: bytes) -> None:
+        if line.startswith(mine) and not self._authed.is_set():
+            self.authed_at = time.monotonic()
+            self._authed.set()
+            self._release()
+        elif not line.startswith(_NOISE) and len(self._err) < remote.MAX_STDERR:
+            self._err += line[: remote.MAX_STDERR - len(self._err)]
 
     def connect(self) -> Session:
         """Wait for the login (started now if nobody started it): TransportError with the operator's text if it fails."""
@@ -231,8 +299,10 @@ class Session:
                 line = bytes(self._buf[:n])
                 del self._buf[:n]
                 return line
-            ready, _, _ = select.select([fd], [], [], timeout)
-            if not ready:
+            if self._poll is None:
+                self._poll = select.poll()  # not select(): a command with hundreds of hosts has fds over 1024
+                self._poll.register(fd, select.POLLIN)
+            if not self._poll.poll(max(0, int(timeout * 1000))):
                 raise TimeoutError
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -269,26 +339,49 @@ class Session:
         self._release()
 
     def kill(self) -> None:
+        """SIGKILL ssh's whole process group (start_new_session made it its own): a ProxyCommand child goes with it."""
+        self._closed = True  # a start still waiting for its slot then spawns nothing
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                self.proc.kill()
             self.proc.wait()
         self._release()
 
 
+def kill_all() -> None:
+    """Every ssh this process started and has not seen end: the command is being interrupted (Ctrl-C), and a thread
+    blocked on a host's answer must not hold its exit up. The hosts' transactions run detached and go on."""
+    for sess in list(LIVE):
+        sess.kill()
+
+
 def upload(t: Target, name: str, data: bytes, timeout: float = 120.0) -> None:
-    """Put the agent archive at ~/name on the host, whole or not at all (a temporary name, then a rename)."""
+    """Put the agent archive at ~/name on the host, whole or not at all (a temporary name, then a rename).
+
+    A login of its own, holding a handshake slot only until it has logged in (as every session does)."""
     tmp = f"{name}.{os.getpid()}.{threading.get_ident()}.part"
     folder = str(Path(name).parent)
     command = (f"umask 077 && mkdir -p {shlex.quote(folder)} && cat > {shlex.quote(tmp)}"
                f" && mv -f {shlex.quote(tmp)} {shlex.quote(name)}")
-    with HANDSHAKES:
-        try:
-            done = subprocess.run(argv(t, command), input=data, capture_output=True, timeout=timeout, start_new_session=True)
-        except subprocess.TimeoutExpired:
-            raise TransportError("timeout", f"{t.name}: uploading the agent took over {timeout:g}s") from None
-    if done.returncode != 0:
-        err = b"\n".join(ln for ln in done.stderr.splitlines() if not ln.startswith(_NOISE)).decode(errors="replace")
-        if done.returncode == 255 and AUTHENTICATED not in done.stderr:
-            raise failure(t, err)
-        raise TransportError("agent", f"{t.name}: could not upload the agent to ~/{name} (exit {done.returncode}):"
-                                      f" {remote.clean_text(err.strip()[-300:]) or 'no output'}")
+    sess = Session(t, command).connect()
+    sent = sess.send(data)
+    sess.close(wait_s=timeout)
+    rc = sess.proc.wait()
+    sess._ended.wait(2.0)
+    if rc == 0 and sent:
+        return
+    if rc == -signal.SIGKILL:
+        raise TransportError("timeout", f"{t.name}: uploading the agent took over {timeout:g}s")
+    err = sess.stderr()
+    if rc == 255 and said_by_ssh(err):
+        raise failure(t, err)
+    raise TransportError("agent", f"{t.name}: could not upload the agent to ~/{name} (exit {rc}):"
+                                  f" {remote.clean_text(err.strip()[-300:]) or 'no output'}")
+
+
+def said_by_ssh(err: str) -> bool:
+    """ssh's own refusal (a host key, the login), not the remote command's words nor a cut link."""
+    return any(w in err for w in ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
+                                  "REVOKED HOST KEY", "Permission denied", "Too many authentication failures"))

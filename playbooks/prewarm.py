@@ -36,6 +36,7 @@ TASKS = ("rollout", "preflight", "status")
 DEFAULTS = {"port": 22, "user": "root", "python": "/usr/bin/python3", "known_hosts": "known_hosts", "connect_timeout": 5.0,
             "client": "auto", "max_parallel": 10}
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an IPv6 zone: an interface name, never shell text
 _LOGIN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _PYTHON = re.compile(r"/[A-Za-z0-9._/+-]+")
 
@@ -123,7 +124,10 @@ def target(inventory: Path, fleet: dict, host: str) -> Target | None:
             and 1 <= port <= 65535 and isinstance(python, str) and _PYTHON.fullmatch(python)
             and type(timeout) in (int, float) and timeout > 0 and (key is None or isinstance(key, str))):
         return None
-    known = Path(str(h.get("known_hosts") or ssh.get("known_hosts") or DEFAULTS["known_hosts"])).expanduser()
+    known = h.get("known_hosts") or ssh.get("known_hosts") or DEFAULTS["known_hosts"]
+    if not isinstance(known, str):
+        return None
+    known = Path(known).expanduser()
     return Target(name=host, address=address, port=port, user=user,
                   known_hosts=known if known.is_absolute() else inventory.parent / known,
                   key_filename=str(Path(key).expanduser()) if key else None, connect_timeout=float(timeout), python=python)
@@ -132,7 +136,7 @@ def target(inventory: Path, fleet: dict, host: str) -> Target | None:
 def _address_ok(v: str) -> bool:
     try:
         ipaddress.ip_address(v)
-        return True
+        return "%" not in v or bool(_SCOPE.fullmatch(v.partition("%")[2]))
     except ValueError:
         return bool(_HOSTNAME.fullmatch(v))
 
@@ -201,4 +205,7 @@ def discard() -> None:
         left = list(_warm.values())
         _warm.clear()
     for sess in left:
-        sess.close(wait_s=0)
+        if sess.authed_at is None:
+            sess.kill()  # still logging in (or waiting for a slot): nothing of it runs on the host yet
+        else:
+            sess.close(wait_s=0)  # its agent reads the end of its input and exits; ssh follows

@@ -59,9 +59,12 @@ def _address(v: str) -> str:
 
     try:
         ipaddress.ip_address(v)
-        return v
     except ValueError:
         pass
+    else:
+        if "%" in v and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", v.partition("%")[2]):
+            raise ValueError(f"address {v!r}: an IPv6 zone after '%' is an interface name (letters, digits, '_', '.', '-')")
+        return v
     if not HOSTNAME_RE.fullmatch(v):
         raise ValueError(f"address {v!r} is neither an IP address nor a host name (letters, digits, '-', '.')")
     return v

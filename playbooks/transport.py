@@ -15,8 +15,6 @@ Every call records where its seconds went (playbooks/timings.py).
 
 from __future__ import annotations
 
-import functools
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from typing import Any
 
 from agent import PROTOCOL  # noqa: E402,F401 - one protocol version, the agent's own
 
-from . import prewarm
+from . import openssh, prewarm
 from .agent_session import (  # noqa: F401 - the session's names, where callers have always found them
     READ_ONLY_OPS,
     AgentSession,
@@ -49,19 +47,17 @@ from .ssh_connection import (  # noqa: F401 - the connection's names, where the 
 from .timings import HostTimes
 
 
-@functools.lru_cache(maxsize=1)
-def _ssh_program() -> str | None:
-    return shutil.which("ssh")
-
-
 def client_for(inv: Inventory) -> str:
     """Which SSH client carries this inventory's agent calls: `openssh` or `paramiko`."""
     chosen = inv.fleet.ssh.client
     if chosen == "auto":
-        return "openssh" if _ssh_program() else "paramiko"
-    if chosen == "openssh" and not _ssh_program():
-        raise TransportError("ssh-client", f"{inv.path}: ssh.client is openssh but no `ssh` program is on PATH; install"
-                                           " OpenSSH's client (Debian: openssh-client) or set ssh.client: paramiko")
+        return "openssh" if openssh.usable() else "paramiko"
+    if chosen == "openssh" and not openssh.usable():
+        v = openssh.version()
+        found = f"OpenSSH {v[0]}.{v[1]}" if v else "no OpenSSH `ssh` on PATH"
+        need = ".".join(map(str, openssh.MIN_VERSION))
+        raise TransportError("ssh-client", f"{inv.path}: ssh.client is openssh but there is {found}; fleetroll needs"
+                                           f" OpenSSH {need} or newer (Debian: openssh-client) or set ssh.client: paramiko")
     return chosen
 
 
@@ -70,7 +66,10 @@ def open_session(inv: Inventory, host: str) -> AgentSession | OpenSSHSession:
     target = Target.from_inventory(inv, host)
     if client_for(inv) == "openssh":
         openssh_ready(target)
-        return OpenSSHSession(target, host).login()
+        try:
+            return OpenSSHSession(target, host).login()
+        except openssh.PathError as exc:
+            raise TransportError("ssh-client", f"{host}: {exc}") from None
     return AgentSession(connect(target), host)
 
 
@@ -204,6 +203,7 @@ def on_hosts(
     except KeyboardInterrupt:
         # Calls in flight are not waited for: the hosts' transactions run detached and finish on their own.
         threads.shutdown(wait=False, cancel_futures=True)
+        openssh.kill_all()  # a worker blocked on an ssh's answer ends with it (paramiko's end when their pool closes)
         raise
     threads.shutdown(wait=True)
     results = [f.result() for f in futures]

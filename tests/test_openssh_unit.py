@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent import PROTOCOL
-from playbooks import agentpack, openssh, prewarm, ssh_connection, transport
+from playbooks import agentpack, openssh, prewarm, remote, ssh_connection, transport
 from playbooks.inventory import load
 from playbooks.ssh_connection import Target
 
@@ -43,6 +43,8 @@ def test_the_command_line_refuses_unknown_keys_forwards_nothing_and_ends_options
     assert (o["ForwardAgent"], o["ForwardX11"], o["ClearAllForwardings"], o["PermitLocalCommand"]) == ("no", "no", "yes", "no")
     assert (o["ControlMaster"], o["ControlPath"]) == ("no", "none"), "each session its own login, as paramiko's"
     assert (o["Port"], o["User"], o["ConnectTimeout"]) == ("2222", "ops", "3")
+    assert (o["KnownHostsCommand"], o["VerifyHostKeyDNS"]) == ("none", "no"), "no keys from outside the pinned file"
+    assert (o["RemoteCommand"], o["SessionType"], o["StdinNull"], o["SendEnv"]) == ("none", "default", "no", "-*")
     assert (o["IdentityFile"], o["IdentitiesOnly"], o["IdentityAgent"]) == ("/keys/id_ed25519", "yes", "none")
     assert "IdentityFile" not in _opts(openssh.argv(_target(tmp_path), "true")), "no key named: OpenSSH's own defaults"
 
@@ -96,7 +98,13 @@ if mode == "unknown":
     sys.stderr.write({unknown!r}); sys.exit(255)
 if mode == "hang":
     time.sleep(30); sys.exit(255)
+if mode == "jump":  # a jump host's login, then the target's key refused
+    sys.stderr.write('Authenticated to jumphost ([192.0.2.1]:22) using "publickey".\\n' + {unknown!r}); sys.exit(255)
+if sys.argv[1:] == ["-V"]:
+    sys.stderr.write(os.environ.get("FAKE_SSH_VERSION", "OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19\\n")); sys.exit(0)
 sys.stderr.write('Authenticated to 192.0.2.7 ([192.0.2.7]:2222) using "publickey".\\n'); sys.stderr.flush()
+if mode == "flood":
+    sys.stderr.write("x" * (3 << 20)); sys.stderr.flush()
 if mode == "missing":
     sys.stderr.write("python3: can't open file '.fleetroll/agent-x.pyz'\\n"); sys.exit(2)
 t0 = time.monotonic()
@@ -252,3 +260,54 @@ def test_the_openssh_path_loads_neither_paramiko_nor_fabric():
             "print(sorted(m for m in ('paramiko', 'fabric', 'invoke') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == []
+
+
+def test_a_jump_hosts_login_is_not_the_targets_and_a_refused_key_behind_it_is_said_as_one(tmp_path, fake_ssh, monkeypatch):
+    monkeypatch.setenv("FAKE_SSH", "jump")
+    with pytest.raises(transport.TransportError) as err:
+        transport.OpenSSHSession(_target(tmp_path), "h1").login()
+    assert err.value.kind == "host-key-unknown", "not link-lost: the target's key was refused"
+
+
+def test_a_host_that_floods_stderr_costs_at_most_max_stderr(tmp_path, fake_ssh, monkeypatch):
+    monkeypatch.setenv("FAKE_SSH", "flood")
+    sess = transport.OpenSSHSession(_target(tmp_path), "h1").login()
+    assert sess.call("facts", {}, timeout=10).ok
+    kept = len(sess.ssh._err)
+    sess.shut()
+    assert kept <= remote.MAX_STDERR
+
+
+def test_an_interrupted_command_kills_its_ssh_processes_so_no_worker_waits_on_them(tmp_path, fake_ssh, monkeypatch):
+    monkeypatch.setenv("FAKE_SSH", "silent")
+    sess = transport.OpenSSHSession(_target(tmp_path), "h1").login()
+    assert sess.ssh.send(b"{}\n")
+    openssh.kill_all()
+    began = time.monotonic()
+    assert sess.ssh.readline(30) == b"" and time.monotonic() - began < 5, "the blocked read ends at once"
+    assert sess.ssh.proc.poll() is not None
+
+
+def test_paths_that_openssh_would_expand_are_refused_not_passed(tmp_path):
+    for bad in ("/k/${HOME}", '/k/a"b', "/k/a\\b", "/k/a\nb"):
+        with pytest.raises(openssh.PathError):
+            openssh.argv(_target(tmp_path, key_filename=bad), "true")
+
+
+def test_auto_means_openssh_only_from_8_7(tmp_path, fake_ssh, monkeypatch):
+    for said, ok in (("OpenSSH_9.2p1 Debian", True), ("OpenSSH_8.7p1", True), ("OpenSSH_8.4p1 Debian-5", False),
+                     ("Sun_SSH_1.1", False)):
+        monkeypatch.setenv("FAKE_SSH_VERSION", said)
+        openssh.version.cache_clear()
+        assert openssh.usable() is ok, said
+    openssh.version.cache_clear()
+
+
+def test_an_ipv6_zone_is_an_interface_name_never_shell_text():
+    from playbooks.schema_base import _address
+
+    assert _address("fe80::1%eth0") == "fe80::1%eth0" and prewarm._address_ok("fe80::1%eth0")
+    for bad in ("fe80::1%`touch x`", "fe80::1%$(id)", "fe80::1%a b"):
+        with pytest.raises(ValueError):
+            _address(bad)
+        assert not prewarm._address_ok(bad)
