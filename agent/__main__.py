@@ -14,16 +14,40 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import traceback
 
 from . import PROTOCOL
 from .answer import answer
 
+SESSION = {"open": False}  # a "session" request: the controller keeps our stdin open until it has the answer
+
 
 def emit(obj: dict) -> None:
+    """One line out. A progress line first checks that the controller is still there (controller_gone)."""
+    if "event" in obj and SESSION["open"] and controller_gone():
+        raise BrokenPipeError("the controller closed its side of the session")
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
+
+
+def controller_gone() -> bool:
+    """Our stdin at its end while an op runs: the controller died or gave up on this call.
+
+    Over paramiko a dead controller closes the whole channel and the next write fails; over
+    OpenSSH the controller's `ssh` can outlive it, still reading our output, and only passes
+    on the end of its input. Either way this process stops here, as at a failed write: a
+    rollout's transaction runs detached and finishes (or is recovered) without it. Only in
+    a session, where the controller sends nothing while it waits for an answer: peeking
+    cannot take a byte of a next request.
+    """
+    try:
+        if not select.select([sys.stdin], [], [], 0)[0]:
+            return False
+        return sys.stdin.buffer.peek(1) == b""
+    except (OSError, ValueError):
+        return False
 
 
 def handle(request: dict) -> dict:
@@ -66,6 +90,7 @@ def serve_one(raw: str) -> tuple[dict, dict]:
         request = json.loads(raw)
     except ValueError as exc:
         return {}, answer("", False, f"request is not JSON: {exc}")
+    SESSION["open"] = isinstance(request, dict) and bool(request.get("session"))
     try:
         result = handle(request)
     except Exception as exc:  # noqa: BLE001 - the controller must always get an answer
