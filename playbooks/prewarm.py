@@ -20,6 +20,7 @@ status); never when FLEETROLL_PREWARM=0 or ssh.client is not OpenSSH.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import re
@@ -163,6 +164,8 @@ def start(argv: list[str], default_inventory) -> int:
         if waiting:
             threading.Thread(target=lambda: [_try(s, blocking=True) for s in waiting], name="fleetroll-prewarm",
                              daemon=True).start()
+        if targets:
+            atexit.register(discard)  # a command that ends before it calls a host (bad input, a refusal) ends them too
         return len(targets)
     except Exception:  # noqa: BLE001
         return 0
