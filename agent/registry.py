@@ -118,6 +118,13 @@ class RegistryClient:
                 self.conns.pop(key, None)
                 if attempt == 2:
                     raise
+            except BaseException:
+                # A timeout (or anything else) mid-request leaves the connection waiting for an answer that may never
+                # come: kept, the next request on it fails at once with CannotSendRequest('Request-sent'), so the
+                # one retry a late registry gets (facts._inspect_once_more_if_late) would never really be made.
+                conn.close()
+                self.conns.pop(key, None)
+                raise
         hdrs = {k.title(): v for k, v in r.getheaders()}
         if r.status in (301, 302, 303, 307, 308) and redirects and hdrs.get("Location"):
             nxt = urllib.parse.urljoin(url, hdrs["Location"])

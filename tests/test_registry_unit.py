@@ -260,3 +260,35 @@ def test_an_https_registry_login_is_not_sent_to_a_plain_http_token_realm(tmp_pat
     assert "pa55" not in str(exc.value) and "sig=x" not in str(exc.value)
     anonymous = RegistryClient(timeout=1, auth_config=str(tmp_path / "none.json"))
     assert anonymous._authorize("reg.example", 'Bearer realm="http://127.0.0.1:9/token"', "acme/svc") is None  # refused port
+
+
+
+def test_a_registry_late_once_is_asked_again_on_a_fresh_connection_and_answers():
+    """A timeout mid-request must not leave that connection kept: the retry a late registry gets went out on it and
+    failed at once with CannotSendRequest('Request-sent') (seen at 100 hosts as 'did not answer: Request-sent')."""
+    import time
+
+    from agent import facts
+
+    blobs = ThreadingHTTPServer(("127.0.0.1", 0), Blobs)
+    base = registry_handler(blobs.server_address[1])
+    late = {"left": 1}
+
+    class LateOnce(base):
+        def do_GET(self):  # noqa: N802
+            if "/manifests/" in self.path and late["left"]:
+                late["left"] -= 1
+                time.sleep(1.5)  # past the client's 1 s timeout
+            return super().do_GET()
+
+    reg = ThreadingHTTPServer(("127.0.0.1", 0), LateOnce)
+    for srv in (blobs, reg):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        ref = f"127.0.0.1:{reg.server_address[1]}/acme/svc:20261126-abcdef0"
+        out = facts.images([ref], insecure=True, timeout=1.0)
+    finally:
+        for srv in (blobs, reg):
+            srv.shutdown()
+    assert late["left"] == 0, "the first request was the late one"
+    assert out[ref]["ok"], out
