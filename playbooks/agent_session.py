@@ -248,8 +248,10 @@ class OpenSSHSession(_Conversation):
     def login(self) -> OpenSSHSession:
         """Connect (or take the process prewarm started for exactly this command line); TransportError if it fails."""
         command = openssh.agent_command(self.python)
-        self.ssh = prewarm.claim(self.target, command) or openssh.Session(self.target, command)
+        claimed = prewarm.claim(self.target, command)
+        self.ssh = claimed or openssh.Session(self.target, command)
         self.ssh.connect()
+        self.ssh.connect_times.ahead = int(claimed is not None)
         self.started_at = self.ssh.authed_at
         return self
 

@@ -157,6 +157,9 @@ def failure(t: Target, err: str, budget: float | None = None) -> TransportError:
             "host-key-unknown",
             f"{where}: host key not in {t.known_hosts}; fleetroll never trusts on first use."
             f" Pin it with fab hostkeys --hosts {t.name}, after comparing the fingerprint out of band.")
+    if "UNPROTECTED PRIVATE KEY FILE" in err:
+        key = t.key_filename or "the key"
+        return TransportError("auth", f"{where}: OpenSSH will not use {key}: others can read it; fix: chmod 600 {key}")
     if "Permission denied" in err or "Too many authentication failures" in err:
         return TransportError("auth", f"{where}: authentication failed ({remote.clean_text(said)}); check user and key_filename")
     if budget is not None or "timed out" in err:

@@ -24,7 +24,6 @@ import atexit
 import ipaddress
 import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,7 @@ def start(argv: list[str], default_inventory) -> int:
     (and says what is wrong, if anything is) whatever happens here."""
     try:
         want = wanted(argv)
-        if want is None or os.environ.get("FLEETROLL_PREWARM", "1") == "0" or not shutil.which("ssh"):
+        if want is None or os.environ.get("FLEETROLL_PREWARM", "1") == "0" or not openssh.usable():
             return 0
         path = Path(want["inventory"] or default_inventory())
         fleet = _raw(path)

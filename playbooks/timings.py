@@ -23,6 +23,7 @@ class HostTimes:
     start_s: float | None = None  # exec -> the agent running: the remote login shell, the interpreter, the archive check
     agent_s: float | None = None  # the agent's own work, by its own clock
     calls: int = 0  # agent calls answered
+    ahead: int = 0  # logins prewarm started while the command itself started up: their connect began before its clock
 
     def add(self, other: HostTimes) -> HostTimes:
         """This host's times with another call's added (connects and starts add up; a None stays unknown only alone)."""
@@ -32,6 +33,7 @@ class HostTimes:
             start_s=_plus(self.start_s, other.start_s),
             agent_s=_plus(self.agent_s, other.agent_s),
             calls=self.calls + other.calls,
+            ahead=self.ahead + other.ahead,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +84,9 @@ def text(times: dict[str, HostTimes], wall_s: float | None = None) -> str:
     out = [line.format(*header)] + [line.format(*r) for r in rows]
     out.append("seconds per host; hosts run in parallel, so the sums are work done, not time waited"
                + (f" (the command took {wall_s:.3f} s)" if wall_s is not None else ""))
+    if s.ahead:
+        out.append(f"{s.ahead} of {len(times)} hosts' logins started while the command itself was starting up (prewarm):"
+                   " their ssh connect and start began before the command's clock")
     return "\n".join(x.rstrip() for x in out)
 
 

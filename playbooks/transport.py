@@ -153,7 +153,7 @@ def _call(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str
     try:
         cb = (lambda ev: on_event(host, ev)) if on_event else None
         res = sess.call(op, args_for(host), timeout=timeout, on_event=cb)
-        res.times.wait_s, res.times.connect_s = connected.wait_s, connected.connect_s
+        res.times.wait_s, res.times.connect_s, res.times.ahead = connected.wait_s, connected.connect_s, connected.ahead
         return res
     except TransportError as exc:
         if pool:

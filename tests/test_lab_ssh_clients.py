@@ -80,11 +80,13 @@ def test_the_command_logs_in_once_per_host_with_or_without_prewarm(lab, tmp_path
     addresses = sorted([lab.host("mainpc").address, lab.host("pc2").address])
     for prewarm in ("1", "0"):
         log.unlink(missing_ok=True)
-        r = subprocess.run([FLEETROLL, "preflight", "-i", str(inv), "-H", "mainpc,pc2", "--json"], cwd=tmp_path,
+        r = subprocess.run([FLEETROLL, "preflight", "-i", str(inv), "-H", "mainpc,pc2", "--json", "--timings"], cwd=tmp_path,
                            env={**env, "FLEETROLL_PREWARM": prewarm}, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        assert json.loads(r.stdout)["ok"]
+        out = json.loads(r.stdout)
+        assert out["ok"]
         assert _started(log) == addresses, f"prewarm={prewarm}: one ssh per host, the prewarmed one used"
+        assert sum(t["ahead"] for t in out["timings"].values()) == (2 if prewarm == "1" else 0), out["timings"]
 
 
 def test_an_inventory_that_fails_validation_exits_1_and_its_prewarmed_logins_end_having_done_nothing(lab, tmp_path,

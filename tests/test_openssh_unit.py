@@ -77,6 +77,9 @@ CHANGED = textwrap.dedent("""\
      "The ED25519 host key for 192.0.2.7 is marked as revoked.\nHost key verification failed.\n", "host-key-revoked",
      ["marks @revoked", "Refusing to connect"]),
     ("ops@192.0.2.7: Permission denied (publickey).\n", "auth", ["authentication failed", "check user and key_filename"]),
+    ("@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n@         WARNING: UNPROTECTED PRIVATE KEY FILE!          @\n"
+     "Permissions 0644 for '/k/id' are too open.\nops@192.0.2.7: Permission denied (publickey).\n", "auth",
+     ["OpenSSH will not use", "chmod 600"]),
     ("ssh: connect to host 192.0.2.7 port 2222: Connection refused\n", "unreachable", ["SSH failed", "Connection refused"]),
     ("ssh: connect to host 192.0.2.7 port 2222: Connection timed out\n", "unreachable", ["no answer within 2.5s"]),
 ])

@@ -19,7 +19,7 @@ def test_times_add_up_and_unknown_stays_unknown_only_alone():
     assert a.add(b) == HostTimes(wait_s=0.5, connect_s=0.25, start_s=0.5, agent_s=2.125, calls=2)
     assert HostTimes().add(HostTimes()).agent_s is None
     assert HostTimes(agent_s=1.23456789).to_json() == {"wait_s": 0.0, "connect_s": None, "start_s": None, "agent_s": 1.2346,
-                                                      "calls": 0}
+                                                      "calls": 0, "ahead": 0}
 
 
 def test_the_table_puts_the_slowest_host_first_and_sums_the_work():
@@ -34,11 +34,18 @@ def test_the_table_puts_the_slowest_host_first_and_sums_the_work():
     assert out[4].split() == ["(sum)", "3.500", "1.550", "1.000", "3.125", "4"]
     assert "(the command took 4.500 s)" in out[5] and "not time waited" in out[5]
     assert len({len(line) for line in out[:5]}) == 1, "columns line up"
+    assert len(out) == 6, "no logins started ahead: no word about them"
+
+
+def test_logins_started_ahead_of_the_commands_clock_are_said():
+    times = {"a": HostTimes(connect_s=0.1, calls=1, ahead=1), "b": HostTimes(connect_s=0.1, calls=1)}
+    assert "1 of 2 hosts' logins started while the command itself was starting up" in timings.text(times)
+    assert HostTimes(ahead=1).add(HostTimes(ahead=1)).ahead == 2
 
 
 def test_json_is_per_host():
     assert timings.to_json({"h": HostTimes(connect_s=0.1, calls=1)}) == {
-        "h": {"wait_s": 0.0, "connect_s": 0.1, "start_s": None, "agent_s": None, "calls": 1}}
+        "h": {"wait_s": 0.0, "connect_s": 0.1, "start_s": None, "agent_s": None, "calls": 1, "ahead": 0}}
 
 
 def test_the_ledgers_finished_record_carries_each_hosts_timings(tmp_path, monkeypatch):
@@ -51,5 +58,6 @@ def test_the_ledgers_finished_record_carries_each_hosts_timings(tmp_path, monkey
     answered = transport.CallResult(host="pc2", ok=True, answer={"protocol": transport.PROTOCOL, "ok": True, "data": {"services": []}})
     ending.conclude("rollout", rep, {"pc2": answered}, {"rollout_id": "r-t", "phase": "core"}, 0.0, "inv/fleet.yml")
     finished = [r for r in ledger.read() if r["kind"] == "finished"]
-    assert finished[-1]["timings"] == {"pc2": {"wait_s": 0.5, "connect_s": 0.25, "start_s": 0.5, "agent_s": 1.0, "calls": 2}}
+    assert finished[-1]["timings"] == {"pc2": {"wait_s": 0.5, "connect_s": 0.25, "start_s": 0.5, "agent_s": 1.0, "calls": 2,
+                                               "ahead": 0}}
     assert rep.to_json()["timings"] == finished[-1]["timings"]
