@@ -33,6 +33,8 @@ _DAMAGED = ("can't open file", "SyntaxError", "BadZipFile", "zipimport", "bad lo
 def agent_needs_upload(rc: int, err: str) -> bool:
     """No answer and python3 could not run the archive: it is missing, or damaged on the host."""
     return rc != 0 and any(marker in err for marker in _DAMAGED)
+
+
 def no_answer(host: str, rc: int, err: str, python: str) -> str:
     if rc == 127:  # the shell could not find the interpreter
         return (f"{host}: {python} is not on this host (exit 127); fix: install Python 3.11+ there or set"

@@ -169,10 +169,10 @@ def failure(t: Target, err: str, budget: float | None = None) -> TransportError:
 
 
 class Session:
-    """One `ssh` process running the agent on one host: requests go in one per line on its stdin, answers come back.
+    """One `ssh` process running a command on one host (the agent, or an upload): its login, its pipes, its end.
 
-    The same contract as transport.AgentSession (the paramiko one): `call`, `close`, and
-    `connect_times`; `start()` may run early (prewarm) and `connect()` then only waits for the login.
+    The I/O under agent_session.OpenSSHSession (send, readline, exit_status, close): `start()`
+    may run early (prewarm) and `connect()` then only waits for the login.
     """
 
     def __init__(self, target: Target, command: str):
@@ -180,7 +180,6 @@ class Session:
         self.proc: subprocess.Popen | None = None
         self.connect_times = HostTimes()
         self.spawned_at = self.authed_at = None
-        self.fresh = True  # no request sent to this process yet: its first answer splits start from work
         self._authed, self._ended = threading.Event(), threading.Event()
         self._err = bytearray()
         self._buf = bytearray()

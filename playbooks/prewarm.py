@@ -32,7 +32,7 @@ from . import openssh
 from .ssh_connection import Target, TransportError
 
 TASKS = ("rollout", "preflight", "status")
-# The schema's defaults for what goes on the ssh command line (tests/test_prewarm_unit.py holds them equal).
+# The schema's defaults for what goes on the ssh command line (tests/test_openssh_unit.py holds them equal).
 DEFAULTS = {"port": 22, "user": "root", "python": "/usr/bin/python3", "known_hosts": "known_hosts", "connect_timeout": 5.0,
             "client": "auto", "max_parallel": 10}
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
@@ -173,10 +173,11 @@ def start(argv: list[str], default_inventory) -> int:
 def _register(t: Target) -> openssh.Session | None:
     try:
         sess = openssh.Session(t, openssh.agent_command(t.python))
+        key = tuple(openssh.argv(t, sess.command))  # a path OpenSSH would misread: PathError, no login for this host
     except (OSError, RuntimeError, ValueError):
         return None
     with _lock:
-        return _warm.setdefault(tuple(openssh.argv(t, sess.command)), sess)
+        return _warm.setdefault(key, sess)
 
 
 def _try(sess: openssh.Session, blocking: bool) -> bool:
@@ -184,15 +185,6 @@ def _try(sess: openssh.Session, blocking: bool) -> bool:
         return sess.start(blocking)
     except (OSError, TransportError):
         return True  # it will not start: the claimer's own connect() says why
-
-
-def _spawn(targets: list[Target], command) -> None:
-    """Register and start each target's login, waiting for slots (tests drive this directly)."""
-    for t in targets:
-        sess = openssh.Session(t, command(t.python))
-        with _lock:
-            sess = _warm.setdefault(tuple(openssh.argv(t, sess.command)), sess)
-        _try(sess, blocking=True)
 
 
 def claim(t: Target, command: str) -> openssh.Session | None:

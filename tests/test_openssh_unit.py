@@ -247,15 +247,17 @@ def test_the_prewarm_defaults_are_the_schemas():
 
 def test_a_prewarmed_login_is_handed_out_once_and_only_for_its_own_command_line(tmp_path, fake_ssh):
     t = _target(tmp_path)
-    prewarm._spawn([t], lambda py: "agent-command")
+    command = openssh.agent_command(t.python)
+    assert prewarm._try(prewarm._register(t), blocking=True)
     assert prewarm.claim(t, "another-command") is None
-    got = prewarm.claim(t, "agent-command")
-    assert got is not None and got.proc is not None and prewarm.claim(t, "agent-command") is None
+    got = prewarm.claim(t, command)
+    assert got is not None and got.proc is not None and prewarm.claim(t, command) is None
     got.close()
-    prewarm._spawn([t], lambda py: "agent-command")
-    left = prewarm._warm[tuple(openssh.argv(t, "agent-command"))]
+    prewarm._try(prewarm._register(t), blocking=True)
+    left = prewarm._warm[tuple(openssh.argv(t, command))]
+    left.connect()  # logged in: discard ends it by the end of its input, not a kill
     prewarm.discard()
-    assert not prewarm._warm and left.proc.wait(5) is not None, "an unclaimed login ends at the end of its input"
+    assert not prewarm._warm and left.proc.wait(5) == 0, "an unclaimed login ends at the end of its input"
 
 
 def test_the_openssh_path_loads_neither_paramiko_nor_fabric():
