@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -24,11 +23,10 @@ from typing import Any
 from . import container_args, journal, lock
 from .answer import answer
 from .container_ops import details_op, exec_op, logs_op, prune_op, remove_op, versions_op  # noqa: F401 - dispatch's, and tests' names
+from .follow import follow_journal as _follow
 from .paths import state_dir
 from .vocabulary import HostState, Journal, Step
 
-HEARTBEAT_S = 2.0
-LOCK_UNSAFE_GRACE_S = 60.0  # a lock check failing this long while following is an answer, not a blip (a dockerd restart)
 _answer = answer
 
 
@@ -63,76 +61,6 @@ def _detach(fn: Callable[[], None]) -> int:
     if not gpid:
         raise RuntimeError("could not start the detached transaction process (fork failed)")
     return gpid
-
-
-def _follow(rid: str, emit: Callable[[dict], None], deadline: float | None = None) -> dict | None:
-    """Relay journal records as events until the outcome is written.
-
-    The worker's liveness is the lock itself: if this process can take it, the worker is
-    dead (the kernel released its flock). This process then recovers the transaction (in a
-    thread, still relaying) and the recovered outcome is the answer.
-    """
-    path = journal.path_for(rid)
-    offset, last_beat, last_check = 0, time.monotonic(), time.monotonic()
-    unsafe_since: float | None = None
-    recovering: threading.Thread | None = None
-    while True:
-        new = []
-        if path.exists():
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            offset += len(complete)
-            new = [json.loads(x) for x in complete.splitlines() if x.strip()]
-        for rec in new:
-            # The old configuration stays on the host (its env values are the host's business).
-            # The old configuration stays here whole; anything else that carries an env leaves as names and hashes.
-            safe = container_args.redacted_record(rec) if "env" in json.dumps(rec) else rec
-            emit({"event": rec.get("step"), **{k: v for k, v in safe.items() if k not in ("step", "old_config")}})
-            if rec.get("step") == Step.DONE:
-                return rec
-        now = time.monotonic()
-        if not new and now - last_beat > HEARTBEAT_S:
-            emit({"event": "heartbeat", "rollout_id": rid})
-            last_beat = now
-        elif new:
-            last_beat = now
-        if not new and recovering is None and now - last_check > 0.5:
-            last_check = now
-            try:
-                held = lock.try_acquire("recovery", rid)
-                unsafe_since = None
-            except lock.LockUnsafe:
-                # The lock's checks need the Docker socket's group: while dockerd restarts the socket is gone for a
-                # moment. That says nothing about the worker (it holds its flock either way): look again shortly,
-                # and give up only if the lock stays unusable.
-                held, unsafe_since = None, unsafe_since or now
-                if now - unsafe_since > LOCK_UNSAFE_GRACE_S:
-                    raise
-            if held is not None:
-                # The worker is dead. Recover in a thread while this loop keeps relaying the
-                # journal (and heartbeats), so the controller sees the restore as it happens.
-                recovering = threading.Thread(target=_recover_holding, args=(rid, held), daemon=True)
-                recovering.start()
-        if recovering is not None and not recovering.is_alive() and not new:
-            done = journal.outcome(journal.read(rid))
-            if done is None or offset >= path.stat().st_size:
-                return done
-        if deadline and now > deadline:
-            return None
-        time.sleep(0.02)
-
-
-def _recover_holding(rid: str, held: lock.Held) -> None:
-    from .recovery import recover
-
-    try:
-        recover(rid)
-    except Exception:  # noqa: BLE001 - the follower reports a missing outcome; the traceback goes to the agent log
-        traceback.print_exc()
-    finally:
-        held.release()
 
 
 def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from agent import journal, lock, ops
+from agent import follow, journal, lock, ops
 from agent.vocabulary import Step
 
 pytestmark = pytest.mark.usefixtures("host_state")
@@ -37,7 +37,7 @@ def test_a_lock_check_that_fails_while_dockerd_restarts_does_not_end_the_follow(
 
 def test_a_lock_that_stays_unusable_is_an_error(monkeypatch):
     journal.append("r-g", Step.ACCEPTED)
-    monkeypatch.setattr(ops, "LOCK_UNSAFE_GRACE_S", 0.3)
+    monkeypatch.setattr(follow, "LOCK_UNSAFE_GRACE_S", 0.3)
     monkeypatch.setattr(lock, "try_acquire", lambda *a, **k: (_ for _ in ()).throw(lock.LockUnsafe("forged")))
     with pytest.raises(lock.LockUnsafe):
         ops._follow("r-g", lambda e: None, time.monotonic() + 10)
@@ -65,3 +65,32 @@ def test_remove_takes_only_fleetrolls_containers_and_journals_it(monkeypatch, da
     d = daemon.api.create_container(name="hand-made", image="x", labels={})
     assert d and not ops.dispatch("remove", {"service": "hand-made", "rollout_id": "r-rm2"}, lambda e: None)["ok"]
     assert not ops.dispatch("remove", {"service": "a;b", "rollout_id": "r-rm3"}, lambda e: None)["ok"]
+
+
+def test_a_follower_whose_controller_goes_lets_its_recovery_finish_before_it_ends(monkeypatch):
+    """The controller went while this follower recovered a dead transaction: relaying stops, the recovery does not
+    (it may have stopped a service and not yet started the old one again)."""
+    from agent import recovery
+
+    journal.append("r-h", Step.ACCEPTED)
+    state = {"started": False, "finished": False, "released": False}
+
+    class Held:
+        def release(self):
+            state["released"] = True
+
+    def slow_recover(rid):
+        state["started"] = True
+        time.sleep(0.5)
+        state["finished"] = True
+
+    def emit(ev):
+        if state["started"]:
+            raise BrokenPipeError("the controller closed its side of the session")
+
+    monkeypatch.setattr(follow, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(lock, "try_acquire", lambda *a, **k: Held())
+    monkeypatch.setattr(recovery, "recover", slow_recover)
+    with pytest.raises(BrokenPipeError):
+        ops._follow("r-h", emit, time.monotonic() + 10)
+    assert state == {"started": True, "finished": True, "released": True}
