@@ -21,7 +21,7 @@ from agent import PROTOCOL
 
 from . import agentpack, openssh, prewarm, remote
 from .ssh_connection import Target, TransportError, link_errors
-from .timings import HostTimes, first_call
+from .timings import HostTimes, first_call, plus
 
 if TYPE_CHECKING:
     from fabric import Connection
@@ -124,7 +124,8 @@ class _Conversation:
         t0 = time.monotonic()
         request = (json.dumps({"protocol": PROTOCOL, "op": op, "args": args, "session": True}) + "\n").encode()
         for attempt in range(2):
-            self._begin(timeout)
+            relogin = self._begin(timeout)
+            res.times.connect_s = plus(res.times.connect_s, relogin)
             try:
                 sent = time.monotonic()
                 self._send(request)
@@ -152,7 +153,7 @@ class _Conversation:
             rc, err = self._ended()
             self.close()
             if attempt == 0 and agent_needs_upload(rc, err):
-                self._upload_agent()
+                res.times.connect_s = plus(res.times.connect_s, self._upload_agent())  # OpenSSH: a login of its own
                 res.uploaded = True
                 res.round_trips += 1
                 continue
@@ -197,7 +198,7 @@ class AgentSession(_Conversation):
     def alive(self) -> bool:
         return bool(self.conn.is_connected and self.conn.client.get_transport().is_active())
 
-    def _begin(self, timeout: float) -> None:
+    def _begin(self, timeout: float) -> float | None:
         if self.chan is None:
             digest = agentpack.digest()
             self.chan = self.conn.client.get_transport().open_session(timeout=timeout)
@@ -205,6 +206,7 @@ class AgentSession(_Conversation):
             self.chan.exec_command(shlex.join(agentpack.command(digest, self.python)))
             self.out = self.chan.makefile("rb")
         self.chan.settimeout(timeout)
+        return None  # a channel on the connection already made: no login of its own
 
     def _send(self, data: bytes) -> None:
         self.chan.sendall(data)
@@ -251,9 +253,10 @@ class OpenSSHSession(_Conversation):
         """Connect (or take the process prewarm started for exactly this command line); TransportError if it fails."""
         command = openssh.agent_command(self.python)
         claimed = prewarm.claim(self.target, command)
+        ahead = claimed is not None and claimed.proc is not None  # registered but never spawned: this login is ours
         self.ssh = claimed or openssh.Session(self.target, command)
         self.ssh.connect()
-        self.ssh.connect_times.ahead = int(claimed is not None)
+        self.ssh.connect_times.ahead = int(ahead)
         self.started_at = self.ssh.authed_at
         return self
 
@@ -264,9 +267,11 @@ class OpenSSHSession(_Conversation):
     def alive(self) -> bool:
         return self.ssh is not None and self.ssh.alive()
 
-    def _begin(self, timeout: float) -> None:
-        if self.ssh is None:
+    def _begin(self, timeout: float) -> float | None:
+        if self.ssh is None:  # a new login after an upload (the first is made by open_session)
             self.login()
+            return self.ssh.connect_times.connect_s
+        return None
 
     def _send(self, data: bytes) -> None:
         if not self.ssh.send(data):
@@ -284,9 +289,9 @@ class OpenSSHSession(_Conversation):
                            f" {remote.clean_text(err.strip()[-300:]) or 'no output'}")
         return rc, err
 
-    def _upload_agent(self) -> None:
+    def _upload_agent(self) -> float | None:
         data, digest = agentpack.build()
-        openssh.upload(self.target, agentpack.remote_name(digest), data)
+        return openssh.upload(self.target, agentpack.remote_name(digest), data)
 
     def close(self, wait_s: float = 2.0) -> None:
         if self.ssh is not None:

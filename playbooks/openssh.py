@@ -219,8 +219,8 @@ class Session:
             raise TransportError("unreachable", f"{self.target.name}: cannot run ssh: {exc}") from None
         LIVE.add(self)
         threading.Thread(target=self._read_stderr, name=f"ssh-stderr-{self.target.name}", daemon=True).start()
-        if self._closed:  # closed while it spawned: the end of its input ends it
-            self.proc.stdin.close()
+        if self._closed:  # closed (or killed) while it spawned: it must not go on logging in after the command
+            self.kill()
 
     def _release(self) -> None:
         with self._lock:
@@ -359,7 +359,7 @@ def kill_all() -> None:
         sess.kill()
 
 
-def upload(t: Target, name: str, data: bytes, timeout: float = 120.0) -> None:
+def upload(t: Target, name: str, data: bytes, timeout: float = 120.0) -> float | None:
     """Put the agent archive at ~/name on the host, whole or not at all (a temporary name, then a rename).
 
     A login of its own, holding a handshake slot only until it has logged in (as every session does)."""
@@ -373,7 +373,7 @@ def upload(t: Target, name: str, data: bytes, timeout: float = 120.0) -> None:
     rc = sess.proc.wait()
     sess._ended.wait(2.0)
     if rc == 0 and sent:
-        return
+        return sess.connect_times.connect_s  # its login, for the host's timings
     if rc == -signal.SIGKILL:
         raise TransportError("timeout", f"{t.name}: uploading the agent took over {timeout:g}s")
     err = sess.stderr()

@@ -44,27 +44,38 @@ _warm: dict[tuple[str, ...], openssh.Session] = {}
 _lock = threading.Lock()
 
 
+VALUED = {"-p": "phase", "--phase": "phase", "-H": "hosts", "--hosts": "hosts", "-i": "inventory", "--inventory": "inventory",
+          "--max-parallel": "max_parallel", "--on-failure": None}
+FLAGS = ("-y", "--yes", "-j", "--json", "--timings")
+
+
 def wanted(argv: list[str]) -> dict[str, Any] | None:
-    """The task, phase, hosts and inventory a command line names, when it is one prewarm serves; else None."""
-    words = list(argv)
-    if not words or words[0] not in TASKS:
+    """The task, phase, hosts and inventory a command line names, when it is one prewarm serves; else None.
+
+    Only a command line read exactly as invoke reads it: any word not known here (another
+    flag, combined short flags, a second task) means no prewarm rather than a guess, so a
+    login never goes to a host of an inventory the operator did not name.
+    """
+    if not argv or argv[0] not in TASKS:
         return None
-    task, opts, i = words[0], {"task": words[0], "phase": None, "hosts": None, "inventory": None, "max_parallel": None}, 1
-    names = {"-p": "phase", "--phase": "phase", "-H": "hosts", "--hosts": "hosts", "-i": "inventory", "--inventory": "inventory",
-             "--max-parallel": "max_parallel"}
-    while i < len(words):
-        w = words[i]
-        if w in ("--all", "-n", "--dry-run", "-h", "--help", "-f", "--follow") or w in TASKS:
-            return None  # several phases, a plan only, help, a stream, or a second task: not one set of hosts now
-        key, _, value = w.partition("=")
-        if key in names:
-            if not value:
-                if i + 1 >= len(words):
-                    return None
-                i, value = i + 1, words[i + 1]
-            opts[names[key]] = value
+    opts: dict[str, Any] = {"task": argv[0], "phase": None, "hosts": None, "inventory": None, "max_parallel": None}
+    i = 1
+    while i < len(argv):
+        w = argv[i]
+        key, eq, value = w.partition("=")
+        if not eq and len(w) > 2 and w[:2] in ("-p", "-H", "-i") and w[1] != "-":
+            key, value = w[:2], w[2:]  # -pPHASE, as invoke reads it
+        elif key in VALUED and not eq:
+            if i + 1 >= len(argv):
+                return None
+            i, value = i + 1, argv[i + 1]
+        if key in VALUED:
+            if VALUED[key]:
+                opts[VALUED[key]] = value
+        elif w not in FLAGS:
+            return None  # --all, --dry-run, --help, --follow, a second task, or anything else: not one set of hosts now
         i += 1
-    if task == "rollout" and not opts["phase"]:
+    if opts["task"] == "rollout" and not opts["phase"]:
         return None
     return opts
 
@@ -155,6 +166,8 @@ def start(argv: list[str], default_inventory) -> int:
         phases = _raw(path.parent / "phases.yml") if want["phase"] else {}
         hosts = hosts_for(fleet, phases, want["phase"], want["hosts"])[: _parallel(want["max_parallel"], fleet)]
         targets = [t for t in (target(path, fleet, h) for h in hosts) if t]
+        if targets:
+            atexit.register(discard)  # a command that ends before it calls a host (bad input, a refusal) ends them too
         waiting = []
         for t in targets:  # as many as there are free handshake slots, here: a thread would wait on the imports' GIL
             sess = _register(t)
@@ -163,8 +176,6 @@ def start(argv: list[str], default_inventory) -> int:
         if waiting:
             threading.Thread(target=lambda: [_try(s, blocking=True) for s in waiting], name="fleetroll-prewarm",
                              daemon=True).start()
-        if targets:
-            atexit.register(discard)  # a command that ends before it calls a host (bad input, a refusal) ends them too
         return len(targets)
     except Exception:  # noqa: BLE001
         return 0
@@ -173,11 +184,11 @@ def start(argv: list[str], default_inventory) -> int:
 def _register(t: Target) -> openssh.Session | None:
     try:
         sess = openssh.Session(t, openssh.agent_command(t.python))
-        key = tuple(openssh.argv(t, sess.command))  # a path OpenSSH would misread: PathError, no login for this host
+        key = (t.name, *openssh.argv(t, sess.command))  # a path OpenSSH would misread: PathError, no login for this host
     except (OSError, RuntimeError, ValueError):
         return None
     with _lock:
-        return _warm.setdefault(key, sess)
+        return _warm.setdefault(key, sess)  # keyed by host name too: its errors then name that host
 
 
 def _try(sess: openssh.Session, blocking: bool) -> bool:
@@ -190,7 +201,7 @@ def _try(sess: openssh.Session, blocking: bool) -> bool:
 def claim(t: Target, command: str) -> openssh.Session | None:
     """The process started ahead for exactly this command line, if any; each is handed out once."""
     with _lock:
-        return _warm.pop(tuple(openssh.argv(t, command)), None)  # not spawned yet: connect() spawns it (once)
+        return _warm.pop((t.name, *openssh.argv(t, command)), None)  # not spawned yet: connect() spawns it (once)
 
 
 def discard() -> None:

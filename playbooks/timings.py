@@ -29,9 +29,9 @@ class HostTimes:
         """This host's times with another call's added (connects and starts add up; a None stays unknown only alone)."""
         return HostTimes(
             wait_s=self.wait_s + other.wait_s,
-            connect_s=_plus(self.connect_s, other.connect_s),
-            start_s=_plus(self.start_s, other.start_s),
-            agent_s=_plus(self.agent_s, other.agent_s),
+            connect_s=plus(self.connect_s, other.connect_s),
+            start_s=plus(self.start_s, other.start_s),
+            agent_s=plus(self.agent_s, other.agent_s),
             calls=self.calls + other.calls,
             ahead=self.ahead + other.ahead,
         )
@@ -40,7 +40,8 @@ class HostTimes:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def _plus(a: float | None, b: float | None) -> float | None:
+def plus(a: float | None, b: float | None) -> float | None:
+    """a + b where None is unknown: unknown only if both are."""
     if a is None:
         return b
     return a if b is None else a + b

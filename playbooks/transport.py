@@ -44,7 +44,7 @@ from .ssh_connection import (  # noqa: F401 - the connection's names, where the 
     link_errors,
     usable_cpus,
 )
-from .timings import HostTimes
+from .timings import HostTimes, plus
 
 
 def client_for(inv: Inventory) -> str:
@@ -153,12 +153,17 @@ def _call(inv: Inventory, host: str, op: str, args_for: Callable[[str], dict[str
     try:
         cb = (lambda ev: on_event(host, ev)) if on_event else None
         res = sess.call(op, args_for(host), timeout=timeout, on_event=cb)
-        res.times.wait_s, res.times.connect_s, res.times.ahead = connected.wait_s, connected.connect_s, connected.ahead
+        # The session's own logins after this call's first (an upload's, OpenSSH's new one after it) add to its connect.
+        res.times.wait_s, res.times.ahead = connected.wait_s, connected.ahead
+        res.times.connect_s = plus(connected.connect_s, res.times.connect_s)
         return res
     except TransportError as exc:
         if pool:
             pool.drop(host)
         return CallResult(host=host, ok=False, error=f"{host}: {exc}", error_kind=exc.kind, elapsed_s=time.monotonic() - t0)
+    except KeyboardInterrupt:
+        openssh.kill_all()  # no 2 s wait in `finally` for an agent blocked on, say, a quiet log stream
+        raise
     except link_errors() as exc:
         if pool:
             pool.drop(host)

@@ -189,6 +189,7 @@ def test_a_host_without_the_agent_gets_it_uploaded_then_answers(tmp_path, fake_s
     monkeypatch.setattr(openssh, "upload", upload)
     res = sess.call("facts", {}, timeout=10)
     sess.shut()
+    assert res.times.connect_s is not None, "the new login after the upload is in the host's connect time"
     assert res.ok and res.uploaded and res.round_trips == 3 and uploads == [agentpack.remote_name(agentpack.build()[1])]
 
 
@@ -196,8 +197,13 @@ def test_prewarm_reads_the_hosts_a_command_line_will_call():
     assert prewarm.wanted(["rollout", "-p", "gpu-mainpc", "-y", "--json"])["phase"] == "gpu-mainpc"
     assert prewarm.wanted(["preflight", "--hosts=pc2", "-i", "x.yml", "--max-parallel", "3"]) == {
         "task": "preflight", "phase": None, "hosts": "pc2", "inventory": "x.yml", "max_parallel": "3"}
+    assert prewarm.wanted(["status", "-istaging/fleet.yml", "-Hpc2"]) == {
+        "task": "status", "phase": None, "hosts": "pc2", "inventory": "staging/fleet.yml", "max_parallel": None}, "as invoke"
+    assert prewarm.wanted(["rollout", "-pgpu", "-yj", "--on-failure", "stop"]) is None, "combined flags: not read, no guess"
+    assert prewarm.wanted(["rollout", "-pgpu", "-y", "--on-failure=stop", "--timings"])["phase"] == "gpu"
     for line in (["rollout", "--all", "-y"], ["rollout", "-y"], ["rollout", "-p", "x", "-n"], ["status", "-f"],
-                 ["rollout", "-p", "x", "--help"], ["hostkeys"], ["preflight", "status"], ["rollout", "-p"], []):
+                 ["rollout", "-p", "x", "--help"], ["hostkeys"], ["preflight", "status"], ["rollout", "-p"], [],
+                 ["status", "--unknown"], ["-H", "x", "rollout", "-p", "y"]):
         assert prewarm.wanted(line) is None, line
 
 
@@ -254,7 +260,7 @@ def test_a_prewarmed_login_is_handed_out_once_and_only_for_its_own_command_line(
     assert got is not None and got.proc is not None and prewarm.claim(t, command) is None
     got.close()
     prewarm._try(prewarm._register(t), blocking=True)
-    left = prewarm._warm[tuple(openssh.argv(t, command))]
+    left = prewarm._warm[(t.name, *openssh.argv(t, command))]
     left.connect()  # logged in: discard ends it by the end of its input, not a kill
     prewarm.discard()
     assert not prewarm._warm and left.proc.wait(5) == 0, "an unclaimed login ends at the end of its input"
@@ -316,3 +322,25 @@ def test_an_ipv6_zone_is_an_interface_name_never_shell_text():
         with pytest.raises(ValueError):
             _address(bad)
         assert not prewarm._address_ok(bad)
+
+
+def test_a_prewarmed_login_is_its_own_hosts_even_at_a_shared_address(tmp_path, fake_ssh):
+    a, b = _target(tmp_path, name="pc-a"), _target(tmp_path, name="pc-b")
+    command = openssh.agent_command(a.python)
+    assert prewarm._try(prewarm._register(a), blocking=True)
+    assert prewarm.claim(b, command) is None, "pc-b's errors must name pc-b: it logs in itself"
+    got = prewarm.claim(a, command)
+    assert got is not None
+    got.close()
+
+
+def test_a_login_prewarm_registered_but_never_started_is_not_counted_ahead(tmp_path, fake_ssh):
+    t = _target(tmp_path)
+    prewarm._register(t)  # no handshake slot was free: registered, never spawned
+    sess = transport.OpenSSHSession(t, "h1").login()
+    assert sess.connect_times.ahead == 0
+    sess.shut()
+    assert prewarm._try(prewarm._register(t), blocking=True)
+    sess = transport.OpenSSHSession(t, "h1").login()
+    assert sess.connect_times.ahead == 1
+    sess.shut()
