@@ -111,7 +111,7 @@ class RegistryClient:
                 conn.request("GET" if body is None else "POST", (u.path or "/") + (f"?{u.query}" if u.query else ""),
                              body=body, headers=headers)
                 r = conn.getresponse()
-                body = r.read()
+                content = r.read()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
@@ -130,8 +130,9 @@ class RegistryClient:
             nxt = urllib.parse.urljoin(url, hdrs["Location"])
             if _origin(nxt) != _origin(url):  # credentials never follow to another host, port or scheme
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            return self._request(nxt, headers, redirects - 1)
-        return Response(r.status, hdrs, body, url)
+            # 307 and 308 repeat the request as it was (a token POST stays a POST); the others become a GET.
+            return self._request(nxt, headers, redirects - 1, body if r.status in (307, 308) else None)
+        return Response(r.status, hdrs, content, url)
 
     def _get(self, host: str, repo: str, path: str, accept: str | None = None) -> Response:
         url = f"{self.scheme}://{host}/v2/{repo}/{path}"
