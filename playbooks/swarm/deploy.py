@@ -117,6 +117,13 @@ def own_ports_freed(facts: dict[str, dict], before: observe.View) -> dict[str, d
 # --- doing it ---------------------------------------------------------------------------------
 
 
+# Swarm's rollback of a host-port service can wait on a task it restarted for the failed release and could not place
+# ("host-mode port already in use": desired Shutdown, stuck Pending) before it starts the previous spec's task there:
+# watched on the lab, a 2-node rollback that takes 19 s took 75 s (Ready for a minute), and ended completed on its own.
+# While Swarm says rollback_started at the end of the wait, fleetroll waits this much more (once) before needs-operator.
+ROLLBACK_STALL_S = 90.0
+
+
 def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: observe.View, t0: float) -> list[Follow]:
     out = []
     for name in dict.fromkeys(s.service for s in plan.changes):
@@ -133,7 +140,7 @@ def _follows(inv: Inventory, plan: Plan, rendered: render.Rendered, before: obse
         wait = per_batch * math.ceil(len(hosts) / par) * (2 if mode == "update" else 1) + 20
         out.append(Follow(name, mode, hosts, svc.tag, next(s.new_digest for s in plan.changes if s.service == name), tag, digest,
                           observe.update_state(old)[2], t0 + wait, want, svc.replicas or 0,
-                          rollback_grace=per_batch * math.ceil(len(hosts) / par)))
+                          rollback_grace=per_batch * math.ceil(len(hosts) / par) + ROLLBACK_STALL_S))
     return out
 
 
