@@ -97,6 +97,8 @@ def _rollout(
     ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress)
     ro.failpoint = failpoint
     ro.report.timings = pool.times  # the pool's own dict: every later call of this command counts in it
+    if dry_run or not ro.plan.changes or not ro.report.preflight.ok:
+        ro.pool.finish()  # no host is called again: the agents end while the ledger and the report are written
     if _stop_before_changing(ro, dry_run, confirm):
         ro.report.elapsed_s = time.monotonic() - ro.t0
         return ro.report

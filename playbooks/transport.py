@@ -91,6 +91,7 @@ class Pool:
         self.sessions: dict[str, AgentSession | OpenSSHSession] = {}
         self.lock = threading.Lock()
         self.times: dict[str, HostTimes] = {}  # every call's times through this pool, per host, for the whole command
+        self.closing: list[AgentSession | OpenSSHSession] = []  # given the end of their input, not yet waited for
 
     def get(self, inv: Inventory, host: str) -> AgentSession | OpenSSHSession:
         with self.lock:
@@ -115,16 +116,26 @@ class Pool:
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc) -> None:
-        """Every host's agent gets the end of its input at once, then all get up to 2 s together to exit."""
+    def finish(self) -> None:
+        """The command will call no host again: every agent gets the end of its input now, without waiting for it.
+
+        Their exits then overlap what the command still does (plan, report, ledger) instead of
+        following it; __exit__ waits for what is left. A call after this opens a new session.
+        """
         with self.lock:
             sessions, self.sessions = list(self.sessions.values()), {}
+            self.closing += sessions
         for sess in sessions:
             sess.shut(wait_s=0)
+
+    def __exit__(self, *exc) -> None:
+        """Every host's agent gets the end of its input at once, then all get up to 2 s together to exit."""
+        self.finish()
         deadline = time.monotonic() + 2.0
-        for sess in sessions:
+        for sess in self.closing:
             if isinstance(sess, OpenSSHSession):
                 sess.reap(max(0.0, deadline - time.monotonic()))
+        self.closing = []
         prewarm.discard()
 
 

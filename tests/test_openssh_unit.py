@@ -344,3 +344,16 @@ def test_a_login_prewarm_registered_but_never_started_is_not_counted_ahead(tmp_p
     sess = transport.OpenSSHSession(t, "h1").login()
     assert sess.connect_times.ahead == 1
     sess.shut()
+
+
+def test_a_pool_finished_early_lets_its_agents_end_while_the_command_still_works(tmp_path, fake_ssh):
+    sess = transport.OpenSSHSession(_target(tmp_path), "h1").login()
+    pool = transport.Pool()
+    pool.sessions["h1"] = sess
+    proc = sess.ssh.proc
+    pool.finish()
+    assert not pool.sessions and pool.closing == [sess], "no host is called again; nothing waited for yet"
+    assert proc.stdin.closed
+    proc.wait(5)  # the agent read the end of its input and exited on its own, with no wait in the pool
+    pool.__exit__(None, None, None)
+    assert pool.closing == [] and proc.returncode == 0
