@@ -283,7 +283,7 @@ class OpenSSHSession(_Conversation):
     def _ended(self) -> tuple[int, str]:
         rc, err = self.ssh.exit_status(), self.ssh.stderr()
         if rc == 255:  # ssh's own status (the login or the link failed), or the agent killed by a signal
-            if not self.ssh.authed_at or openssh.said_by_ssh(err):
+            if not self.ssh.authed_at or openssh.said_by_ssh(self.target, err):
                 raise openssh.failure(self.target, err)
             raise EOFError(f"the link was lost or the agent was killed (ssh exit 255):"
                            f" {remote.clean_text(err.strip()[-300:]) or 'no output'}")

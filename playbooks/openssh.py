@@ -377,13 +377,12 @@ def upload(t: Target, name: str, data: bytes, timeout: float = 120.0) -> float |
     if rc == -signal.SIGKILL:
         raise TransportError("timeout", f"{t.name}: uploading the agent took over {timeout:g}s")
     err = sess.stderr()
-    if rc == 255 and said_by_ssh(err):
+    if rc == 255 and said_by_ssh(t, err):
         raise failure(t, err)
     raise TransportError("agent", f"{t.name}: could not upload the agent to ~/{name} (exit {rc}):"
                                   f" {remote.clean_text(err.strip()[-300:]) or 'no output'}")
 
 
-def said_by_ssh(err: str) -> bool:
-    """ssh's own refusal (a host key, the login), not the remote command's words nor a cut link."""
-    return any(w in err for w in ("Host key verification failed", "REMOTE HOST IDENTIFICATION HAS CHANGED",
-                                  "REVOKED HOST KEY", "Permission denied", "Too many authentication failures"))
+def said_by_ssh(t: Target, err: str) -> bool:
+    """ssh's own refusal (a host key, the login), not the remote command's words nor a cut link: what failure() names."""
+    return failure(t, err).kind != "unreachable"

@@ -21,24 +21,19 @@ status); never when FLEETROLL_PREWARM=0 or ssh.client is not OpenSSH.
 from __future__ import annotations
 
 import atexit
-import ipaddress
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from . import openssh
 from .ssh_connection import Target, TransportError
+from .ssh_names import LOGIN_RE, PYTHON_RE, address_problem
 
 TASKS = ("rollout", "preflight", "status")
 # The schema's defaults for what goes on the ssh command line (tests/test_openssh_unit.py holds them equal).
 DEFAULTS = {"port": 22, "user": "root", "python": "/usr/bin/python3", "known_hosts": "known_hosts", "connect_timeout": 5.0,
             "client": "auto", "max_parallel": 10}
-_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
-_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an IPv6 zone: an interface name, never shell text
-_LOGIN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_PYTHON = re.compile(r"/[A-Za-z0-9._/+-]+")
 
 _warm: dict[tuple[str, ...], openssh.Session] = {}
 _lock = threading.Lock()
@@ -131,8 +126,8 @@ def target(inventory: Path, fleet: dict, host: str) -> Target | None:
     address, user = str(h.get("address", "")), h.get("user", DEFAULTS["user"])
     port, python = h.get("port", DEFAULTS["port"]), h.get("python", DEFAULTS["python"])
     timeout, key = ssh.get("connect_timeout", DEFAULTS["connect_timeout"]), h.get("key_filename")
-    if not (_address_ok(address) and isinstance(user, str) and _LOGIN.fullmatch(user) and type(port) is int
-            and 1 <= port <= 65535 and isinstance(python, str) and _PYTHON.fullmatch(python)
+    if not (_address_ok(address) and isinstance(user, str) and LOGIN_RE.fullmatch(user) and type(port) is int
+            and 1 <= port <= 65535 and isinstance(python, str) and PYTHON_RE.fullmatch(python)
             and type(timeout) in (int, float) and timeout > 0 and (key is None or isinstance(key, str))):
         return None
     known = h.get("known_hosts") or ssh.get("known_hosts") or DEFAULTS["known_hosts"]
@@ -145,11 +140,7 @@ def target(inventory: Path, fleet: dict, host: str) -> Target | None:
 
 
 def _address_ok(v: str) -> bool:
-    try:
-        ipaddress.ip_address(v)
-        return "%" not in v or bool(_SCOPE.fullmatch(v.partition("%")[2]))
-    except ValueError:
-        return bool(_HOSTNAME.fullmatch(v))
+    return address_problem(v) is None
 
 
 def start(argv: list[str], default_inventory) -> int:

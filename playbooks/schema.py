@@ -35,6 +35,7 @@ from .schema_service import (  # noqa: F401
     Service,
     Update,
 )
+from .ssh_names import PYTHON_PATTERN
 
 
 class Registry(_Strict):
@@ -65,7 +66,7 @@ class Host(_Strict):
     key_filename: str | None = None
     # The interpreter the agent runs under, as an absolute path (not `python3` from the login PATH, which on
     # many accounts is a pyenv or conda shim). Debian 12's system Python by default.
-    python: str = Field(default="/usr/bin/python3", pattern=r"^/[A-Za-z0-9._/+-]+$")
+    python: str = Field(default="/usr/bin/python3", pattern=PYTHON_PATTERN)
     known_hosts: str | None = None  # overrides ssh.known_hosts for this host
     gpus: GpuSpec | None = None
     disk_min_free_gb: float | None = Field(default=None, ge=0)

@@ -11,6 +11,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict
 
+from .ssh_names import HOSTNAME_RE, LOGIN_RE, address_problem  # noqa: F401 - the schema's names for them
+
 TAG_RE = re.compile(r"(?P<date>\d{8})-(?P<sha>[0-9a-f]{7,40})")
 DEFAULT_MIN_DRIVER = "535"
 
@@ -48,23 +50,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-HOSTNAME_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
-LOGIN_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~/%-]*")
 PORT_RE = re.compile(r"(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>tcp|udp))?")
 
 
 def _address(v: str) -> str:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(v)
-    except ValueError:
-        pass
-    else:
-        if "%" in v and not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", v.partition("%")[2]):
-            raise ValueError(f"address {v!r}: an IPv6 zone after '%' is an interface name (letters, digits, '_', '.', '-')")
-        return v
-    if not HOSTNAME_RE.fullmatch(v):
-        raise ValueError(f"address {v!r} is neither an IP address nor a host name (letters, digits, '-', '.')")
+    problem = address_problem(v)
+    if problem:
+        raise ValueError(problem)
     return v

@@ -39,6 +39,7 @@ from .ssh_connection import (  # noqa: F401 - the connection's names, where the 
     HANDSHAKES_PER_CPU,
     Target,
     TransportError,
+    check_known_hosts,
     connect,
     handshake_slots,
     link_errors,
@@ -65,18 +66,12 @@ def open_session(inv: Inventory, host: str) -> AgentSession | OpenSSHSession:
     """A logged-in session to one host, on the inventory's SSH client; TransportError (with its times) if not."""
     target = Target.from_inventory(inv, host)
     if client_for(inv) == "openssh":
-        openssh_ready(target)
+        check_known_hosts(target, paramiko_reads_it=False)  # OpenSSH itself honours @revoked/@cert-authority
         try:
             return OpenSSHSession(target, host).login()
         except openssh.PathError as exc:
             raise TransportError("ssh-client", f"{host}: {exc}") from None
     return AgentSession(connect(target), host)
-
-
-def openssh_ready(t: Target) -> None:
-    from .ssh_connection import check_known_hosts
-
-    check_known_hosts(t, paramiko_reads_it=False)
 
 
 class Pool:
