@@ -16,7 +16,6 @@ import json
 import os
 import select
 import sys
-import traceback
 
 from . import PROTOCOL
 from .answer import answer
@@ -69,6 +68,8 @@ def _recover() -> list[dict]:
     try:
         return recover_pending()
     except Exception as exc:  # noqa: BLE001 - the call itself must still be answered
+        import traceback
+
         return [{"error": f"recovery of an interrupted transaction failed: {exc}", "traceback": traceback.format_exc()}]
 
 
@@ -94,6 +95,8 @@ def serve_one(raw: str) -> tuple[dict, dict]:
     try:
         result = handle(request)
     except Exception as exc:  # noqa: BLE001 - the controller must always get an answer
+        import traceback  # here, not at the top: ~1.5 ms of every call's start, for the rare failure
+
         result = answer(request.get("op", ""), False, f"agent error: {exc}", {"traceback": traceback.format_exc()})
     return request, result
 

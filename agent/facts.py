@@ -7,13 +7,13 @@ never decide pass or fail: the controller's policy does, from the facts alone.
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import time
 import urllib.parse
 from typing import Any
 
-from . import contract
+from . import contract, listening
 from .registry import RegistryClient, RegistryError
 
 HOOK = "nvidia-container-runtime-hook"
@@ -71,28 +71,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-# --- listening ports -------------------------------------------------------------------
-
-
-def parse_proc_net(text: str) -> set[int]:
-    """Ports in LISTEN state (st 0A) from /proc/net/tcp or tcp6 contents."""
-    ports = set()
-    for line in text.splitlines()[1:]:
-        cols = line.split()
-        if len(cols) > 3 and cols[3] == "0A":
-            ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def listening_ports() -> list[int]:
-    ports: set[int] = set()
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                ports |= parse_proc_net(f.read())
-        except OSError:
-            continue
-    return sorted(ports)
+# --- listening ports: agent/listening.py (sock_diag netlink, /proc/net as the fallback) ----
 
 
 # --- disk ------------------------------------------------------------------------------
@@ -163,62 +142,95 @@ def proxy_view() -> dict[str, Any]:
         return {"ok": False, "error": str(exc)[:300]}
 
 
-def docker_facts() -> dict[str, Any]:
-    """Daemon version, data root, runtimes and fleetroll's containers (full inspect each), read over the Engine API."""
-    from . import engine, secret_files
+def docker_facts(inspected: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Daemon version, data root, runtimes and fleetroll's containers (full inspect each), read over the Engine API.
+
+    One /info, not /version as well: dockerd runs `runc --version` and `docker-init --version` for each of the
+    two (~6 ms of the host's CPU apiece, on every host of every preflight), and /info already says the daemon's
+    version; the API version comes in the Api-Version header dockerd puts on every answer. `inspected`, when
+    given, is filled with each container's full inspect by name, so the plan's diffs need not ask again.
+    """
+    from . import engine
 
     try:
         eng = engine.open_engine()
         if eng is None:  # a tcp:// or ssh:// DOCKER_HOST: not spoken (engine.py says why)
             return {"ok": False, "error": engine.unsupported_host_message()}
         with eng:
-            version = eng.get("/version")
-            info = eng.get("/info")
+            with eng.open("GET", "/info") as answer:
+                info = json.loads(answer.read())
+                api_version = answer.response.getheader("Api-Version") or ""
             listed = eng.get("/containers/json", all=1, filters={"label": [contract.MANAGED]})
             containers = []
             for c in listed:
                 try:
                     attrs = eng.get(f"/containers/{c['Id']}/json")
-                    containers.append({**summarize_container(attrs), "secret_files_missing": secret_files.missing(attrs)})
                 except engine.EngineError as exc:
                     if exc.status != 404:  # removed between list and inspect: it is not there
                         raise
+                    continue
+                containers.append({**summarize_container(attrs), "secret_files_missing": _secret_files_missing(attrs)})
+                if inspected is not None:
+                    inspected[attrs.get("Name", "").lstrip("/")] = attrs
     except Exception as exc:  # noqa: BLE001 - any failure here means "daemon not usable"
         return {"ok": False, "error": f"Docker daemon not reachable: {str(exc)[:200]}"}
-    return _facts(version, info, containers)
+    return _facts(info, api_version, containers)
 
 
-def _facts(version: dict, info: dict, containers: list[dict]) -> dict[str, Any]:
+def _secret_files_missing(attrs: dict) -> str:
+    """secret_files.missing, imported only for a container that mounts secret files (most mount none)."""
+    from . import secrets
+
+    if not secrets.secret_mount_sources(attrs.get("HostConfig") or {}):
+        return ""
+    from . import secret_files
+
+    return secret_files.missing(attrs)
+
+
+def _facts(info: dict, api_version: str, containers: list[dict]) -> dict[str, Any]:
     return {
         "ok": True,
-        "version": version.get("Version", ""),
-        "api_version": version.get("ApiVersion", ""),
+        "version": info.get("ServerVersion", ""),
+        "api_version": api_version,
         "root_dir": info.get("DockerRootDir", "/var/lib/docker"),
         "runtimes": sorted((info.get("Runtimes") or {}).keys()),
         "containers": containers,
     }
 
 
-def config_diffs(specs: dict[str, dict]) -> dict[str, list[str]]:
-    """Per planned service: how its running container's configuration differs from the plan (names only, no values)."""
-    from . import container_args, engine, proxy
+def config_diffs(specs: dict[str, dict], inspected: dict[str, dict] | None = None) -> dict[str, list[str]]:
+    """Per planned service: how its running container's configuration differs from the plan (names only, no values).
 
-    specs = {name: proxy.host_spec(spec, create=False) for name, spec in specs.items()}
+    `inspected`: the inspects docker_facts just read in this call, by container name; only a name not among
+    them is asked for again. Each image is inspected once however many services run it.
+    """
+    from . import container_args, engine
+
+    if any(spec.get("role") == "proxy" for spec in specs.values()):
+        from . import proxy
+
+        specs = {name: proxy.host_spec(spec, create=False) for name, spec in specs.items()}
+    inspected = inspected or {}
     eng = engine.require_engine()
     out: dict[str, list[str]] = {}
+    image_envs: dict[str, dict[str, str]] = {}
     with eng:
         for name, spec in specs.items():
-            try:
-                attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
-            except engine.EngineError as exc:
-                if exc.status == 404:
-                    continue
-                raise
-            try:
-                image_env = _env_of(eng.get(f"/images/{attrs['Image']}/json"))
-            except engine.EngineError:
-                image_env = {}
-            out[name] = container_args.diff(container_args.from_inspect(attrs), spec, image_env)
+            attrs = inspected.get(name)
+            if attrs is None:
+                try:
+                    attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
+                except engine.EngineError as exc:
+                    if exc.status == 404:
+                        continue
+                    raise
+            if attrs["Image"] not in image_envs:
+                try:
+                    image_envs[attrs["Image"]] = _env_of(eng.get(f"/images/{attrs['Image']}/json"))
+                except engine.EngineError:
+                    image_envs[attrs["Image"]] = {}
+            out[name] = container_args.diff(container_args.from_inspect(attrs), spec, image_envs[attrs["Image"]])
     return out
 
 
@@ -226,9 +238,18 @@ def _env_of(image_attrs: dict) -> dict[str, str]:
     return dict(e.partition("=")[::2] for e in (image_attrs.get("Config") or {}).get("Env") or [])
 
 
+def _on_path(name: str) -> str | None:
+    """shutil.which for one plain name, without importing shutil (and its bz2 and lzma) on every facts call."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def nvidia_runtime(runtimes: list[str]) -> dict[str, Any]:
     """Docker's --gpus needs the NVIDIA prestart hook on dockerd's PATH (or an nvidia runtime)."""
-    hook = shutil.which(HOOK) or next(
+    hook = _on_path(HOOK) or next(
         (os.path.join(d, HOOK) for d in HOOK_DIRS if os.access(os.path.join(d, HOOK), os.X_OK)), None
     )
     return {"hook": hook, "nvidia_runtime": "nvidia" in runtimes}
@@ -273,8 +294,9 @@ def _inspect_once_more_if_late(client: RegistryClient, ref: str) -> dict[str, An
 def gather(args: dict[str, Any]) -> dict[str, Any]:
     """All facts preflight, plan and status need, in one agent call."""
     t0 = time.monotonic()
-    docker = docker_facts()
-    out: dict[str, Any] = {"docker": docker, "ports": listening_ports()}
+    inspected: dict[str, dict] = {}
+    docker = docker_facts(inspected)
+    out: dict[str, Any] = {"docker": docker, "ports": listening.listening_ports()}
     root = docker.get("root_dir", "/var/lib/docker") if docker.get("ok") else "/"
     out["disk"] = disk_free(root if os.path.exists(root) else "/")
     if args.get("gpu", True):
@@ -289,6 +311,6 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("proxy") and docker.get("ok"):
         out["proxy"] = proxy_view()
     if args.get("diff_specs") and docker.get("ok"):
-        out["diffs"] = config_diffs(args["diff_specs"])
+        out["diffs"] = config_diffs(args["diff_specs"], inspected)
     out["elapsed_s"] = round(time.monotonic() - t0, 3)
     return out

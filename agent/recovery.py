@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import decisions, journal, lock
+from . import journal
 from .vocabulary import FINAL_STEPS, Outcome, Step
 
 
@@ -54,6 +54,8 @@ def service_states(records: list[dict]) -> dict[str, dict[str, Any]]:
 
 def decide(records: list[dict]) -> dict[str, str]:
     """Per unfinished service: "commit" or "restore" (pure). Untouched services are left out."""
+    from . import decisions
+
     accepted = next((r for r in records if r.get("step") == Step.ACCEPTED), {})
     policy = accepted.get("policy", "revert-phase")
     revert_op = accepted.get("kind") == "revert"
@@ -125,6 +127,8 @@ def recover_pending(holder: str = "recovery") -> list[dict]:
     ids = journal.open_ids()
     if not ids:
         return []
+    from . import lock  # only now: every agent call starts here, and almost always finds nothing to recover
+
     held = lock.try_acquire(holder, "recovery")
     if held is None:
         return []  # a live transaction holds the lock: it is running, not interrupted

@@ -18,7 +18,6 @@ import json
 import re
 import ssl
 import urllib.parse
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import registry_auth
@@ -45,18 +44,29 @@ class RegistryError(Exception):
         super().__init__(message)
 
 
-@dataclass
 class ImageInfo:
-    ref: str
-    digest: str
-    user: str = ""
-    entrypoint: list[str] = field(default_factory=list)
-    cmd: list[str] = field(default_factory=list)
-    labels: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)  # e.g. a credential file ignored (preflight shows it)
+    """What the registry says of one image: its digest and the config fields preflight and the plan read.
+
+    A plain class, not a dataclass: `dataclasses` imports `inspect`, ~5 ms of every agent call's start.
+    """
+
+    FIELDS = ("ref", "digest", "user", "entrypoint", "cmd", "labels", "warnings")
+
+    def __init__(self, ref: str, digest: str, user: str = "", entrypoint: list[str] | None = None, cmd: list[str] | None = None,
+                 labels: dict[str, str] | None = None, warnings: list[str] | None = None):
+        self.ref, self.digest, self.user = ref, digest, user
+        self.entrypoint, self.cmd = list(entrypoint or []), list(cmd or [])
+        self.labels = dict(labels or {})
+        self.warnings = list(warnings or [])  # e.g. a credential file ignored (preflight shows it)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImageInfo) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"ImageInfo({self.ref!r}, {self.digest!r})"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self.FIELDS}
 
 
 def split_ref(ref: str) -> tuple[str, str, str]:

@@ -60,6 +60,7 @@ class Handler(BaseHTTPRequestHandler):
     def reply(self, status: int, body: object = None) -> None:
         data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
+        self.send_header("Api-Version", "1.41")  # as dockerd puts on every answer
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -99,6 +100,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(201, {"Id": cid, "Warnings": []})
         if (method, path) == ("GET", "/containers/json"):
             return self.reply(200, [{"Id": cid} for cid in st.containers] + [{"Id": "f" * 64}])  # the last: gone by the inspect
+        if (method, path) == ("GET", "/info"):
+            return self.reply(200, {"ServerVersion": "20.10.24+dfsg1", "DockerRootDir": "/srv/docker",
+                                    "Runtimes": {"runc": {}, "nvidia": {}}})
         if (method, path) == ("POST", "/images/create"):
             ref = f"{q['fromImage']}@{q['tag']}"
             if "missing" in q["fromImage"]:
@@ -388,3 +392,31 @@ def test_no_daemon_is_unreachable_and_a_tcp_docker_host_is_refused_by_name(tmp_p
         facts.docker_client()
     assert "DOCKER_HOST='tcp://10.0.0.1:2375'" in str(exc.value)
     assert facts.docker_facts() == {"ok": False, "error": str(exc.value)}
+
+
+def test_facts_read_the_daemon_with_one_info_and_one_inspect_per_container_and_image(fake, monkeypatch):
+    """dockerd runs runc and docker-init for each /version and /info: facts ask /info only (its version, the
+    Api-Version header), and the plan's diffs reuse the containers facts just inspected, one image inspect each."""
+    from agent import facts
+
+    client, state = fake
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{client.engine.path}")
+    state.images["reg:5000/lab/svc:1"] = {"Id": IMAGE_ID, "Config": {"Env": ["PATH=/bin"]}}
+    for name in ("a", "b"):
+        create(client, {**ARGS, "name": name, "image": "reg:5000/lab/svc:1"})
+    for c in state.containers.values():
+        c["Image"] = IMAGE_ID
+    state.seen.clear()
+    inspected: dict[str, dict] = {}
+    got = facts.docker_facts(inspected)
+    assert (got["ok"], got["version"], got["api_version"], got["root_dir"], got["runtimes"]) == (
+        True, "20.10.24+dfsg1", "1.41", "/srv/docker", ["nvidia", "runc"])
+    assert sorted(c["name"] for c in got["containers"]) == ["a", "b"] and sorted(inspected) == ["a", "b"]
+    specs = {n: {"name": n, "repo": "reg:5000/lab/svc", "tag": "1", "ports": {}, "env": {}, "volumes": [], "user": "10001:10001",
+                 "gpus": 0, "restart": "unless-stopped", "stop_timeout": 7} for n in ("a", "b", "c")}
+    diffs = facts.config_diffs(specs, inspected)
+    assert sorted(diffs) == ["a", "b"]  # c has no container: nothing to compare
+    paths = [p for _m, p, _q, _b in state.seen]
+    assert "/version" not in paths and paths.count("/info") == 1
+    assert paths.count("/containers/c/json") == 1  # only the one facts had not inspected
+    assert [p for p in paths if p.startswith("/images/")] == [f"/images/{IMAGE_ID}/json"]

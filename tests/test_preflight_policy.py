@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.facts import parse_proc_net
+from agent.listening import parse_proc_net
 from playbooks import agentpack, preflight
 from playbooks.inventory import load
 

@@ -101,3 +101,26 @@ def test_the_agents_rollout_path_talks_to_docker_without_the_sdk(tmp_path):
     names = imported([sys.executable, "-c", AGENT_RUN], expect=("agent.dockerapi",), env=env)
     assert {"agent.ops", "agent.transaction", "agent.dockerapi", "agent.engine"} <= names
     assert sorted(set(AGENT_HEAVY) & names) == []
+
+
+# What a preflight's facts call must start without (issue 24): each agent call is a fresh process on every host, and
+# on a 20-host lab sharing two cores these modules were ~30 % of the call's CPU. `dataclasses` brings `inspect`, `ast`
+# and `dis`; the recovery check needs `lock` and `decisions` only when a transaction was interrupted.
+FACTS_LEAN = ["dataclasses", "inspect", "traceback", "shutil", "agent.lock", "agent.decisions", "agent.proxy",
+              "agent.transaction", "agent.secret_files", *AGENT_HEAVY]
+FACTS = ('{"protocol": 1, "op": "facts", "args": {"gpu": false, "images": ["127.0.0.1:9/lab/svc:1"], "insecure_registry": true,'
+         ' "registry_timeout": 1, "diff_specs": {"svc": {"name": "svc", "repo": "127.0.0.1:9/lab/svc", "tag": "1"}}}}\n')
+
+
+def test_a_facts_call_imports_only_what_it_reads_with(tmp_path):
+    """No daemon and no registry answer here (a missing socket, a closed port): the call still reads the ports, the disk,
+    the journal and the registry (the lab tests run it against real dockerd, diffs included)."""
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "FLEETROLL_STATE_DIR": str(tmp_path / "state"),
+           "PYTHONPROFILEIMPORTTIME": "1"}
+    r = subprocess.run([sys.executable, "-m", "agent"], cwd=ROOT, input=FACTS, capture_output=True, text=True, timeout=60, env=env)
+    answer = __import__("json").loads(r.stdout.splitlines()[-1])
+    assert answer["ok"] and answer["data"]["docker"]["ok"] is False, r.stdout
+    assert answer["data"]["images"]["127.0.0.1:9/lab/svc:1"]["kind"] == "unreachable"
+    names = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:") and "|" in line}
+    assert {"agent.facts", "agent.registry", "agent.listening", "agent.recovery", "http.client"} <= names
+    assert sorted(set(FACTS_LEAN) & names) == []
