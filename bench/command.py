@@ -26,6 +26,7 @@ class Ran:
     rc: int
     out: str
     err: str
+    machine_cpu_s: float = 0.0  # every CPU's busy time while it ran: on the lab that includes the hosts' side
 
     def json(self) -> dict:
         return json.loads(self.out)
@@ -34,15 +35,28 @@ class Ran:
 def run(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Ran:
     """Run argv with its output captured (temporary files, so a pipe never stalls it); time it from spawn to exit."""
     with open(os.devnull, "rb") as null, _spool() as out, _spool() as err:
+        busy0 = machine_busy_s()
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=null, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        busy = machine_busy_s() - busy0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         return Ran(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode,
-                   out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+                   out.read().decode(errors="replace"), err.read().decode(errors="replace"), busy)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of this machine has spent busy since boot (/proc/stat, idle and iowait left out).
+
+    The lab's hosts share this machine: the difference across a command is what the command cost the whole
+    fleet (its own process, the hosts' sshd, shells, agents, dockerds, the registry), plus whatever else ran.
+    """
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _spool():

@@ -194,17 +194,20 @@ def row(what: str, n: int, ran: list[command.Ran], floor: list[command.Ran], inp
     assert not broken, broken[:1]
     return {"what": what, "hosts": n, "wall": med(r.wall_s for r in ran), "floor": med(r.wall_s for r in floor) if floor else None,
             "inproc": med(inproc) if inproc else None, "cpu": med(r.cpu_s for r in ran), "rss": max(r.maxrss_mb for r in ran),
+            "machine": med(r.machine_cpu_s for r in ran), "floor_machine": med(r.machine_cpu_s for r in floor) if floor else None,
             "fails": fails, "runs": len(ran)}
 
 
 def table(rows: list[dict]) -> str:
     out = ["| measure | hosts | fleetroll (command) | in-process | floor | ratio | controller CPU | CPU per host | peak RSS |"
-           " hosts failed: SSH / other check | runs not as named |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           " machine CPU (floor's) | hosts failed: SSH / other check | runs not as named |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['wall'] / r['floor']:.2f}×" if r["floor"] else "—"
+        machine = f"{r['machine']:.2f} s" + (f" ({r['floor_machine']:.2f} s)" if r["floor_machine"] is not None else "")
         out.append(f"| {r['what']} | {r['hosts']} | {r['wall']:.2f} s | {_s(r['inproc'])} | {_s(r['floor'])} | {ratio} |"
-                   f" {r['cpu']:.2f} s | {r['cpu'] / r['hosts'] * 1000:.0f} ms | {r['rss']:.0f} MB | {r['fails'][0]} / {r['fails'][1]} |"
-                   f" {r['fails'][2]} of {r['runs']} |")
+                   f" {r['cpu']:.2f} s | {r['cpu'] / r['hosts'] * 1000:.0f} ms | {r['rss']:.0f} MB | {machine} |"
+                   f" {r['fails'][0]} / {r['fails'][1]} | {r['fails'][2]} of {r['runs']} |")
     return "\n".join(out)
 
 

@@ -4,7 +4,7 @@ The same lab, hosts, account and containers as bench/fleet_scale.py (whose funct
 lab hosts, 3 services per host (`s1`-`s3`, cpu-svc, ports 8701-8703), entered as the lab's frpyenv account
 (bash, a ~/.bashrc costing 0.2 s). fleetroll creates the containers once; then each round runs, in a rotating
 order, each of these as a fresh process timed from spawn to exit by bench/command.py (wall, the child's CPU
-seconds, its peak RSS):
+seconds, its peak RSS, and the whole machine's busy CPU while it ran: on the lab that is the hosts' side too):
 
 - floor: one bash starting one OpenSSH `ssh` per host, each running `docker inspect` of s1-s3 and one registry
   HEAD per image (fleet_scale.floor_noop);
@@ -155,8 +155,8 @@ def measure(state: model.LabState, n: int, user: str, rounds: int) -> dict[str, 
 
 def table(results: dict[int, dict[str, list]]) -> str:
     med = statistics.median
-    out = ["| hosts | command (no-op) | wall | CPU | peak RSS | ratio to floor | fleetroll faster by |",
-           "|---:|---|---:|---:|---:|---:|---:|"]
+    out = ["| hosts | command (no-op) | wall | CPU | machine CPU | peak RSS | ratio to floor | fleetroll faster by |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for n, runs in results.items():
         floor, fr = med(r.wall_s for r in runs["floor"]), med(r.wall_s for r in runs["fleetroll"])
         for side in [k for k in runs if k not in ("not noop", "timings", "load")]:
@@ -168,7 +168,7 @@ def table(results: dict[int, dict[str, list]]) -> str:
             else:
                 faster = "—"
             name = f"fleetroll ({sum(runs['not noop'])} of {len(ran)} not a no-op)" if side == "fleetroll" else side
-            out.append(f"| {n} | {name} | {wall:.2f} s | {med(r.cpu_s for r in ran):.2f} s | "
+            out.append(f"| {n} | {name} | {wall:.2f} s | {med(r.cpu_s for r in ran):.2f} s | {med(r.machine_cpu_s for r in ran):.2f} s | "
                        f"{max(r.maxrss_mb for r in ran):.0f} MB | {wall / floor:.2f}× | {faster} |")
     for n, runs in results.items():  # fleetroll's own per-host clocks (its --json `timings`), median host, median round
         t = {k: med(r[k] for r in runs["timings"]) for k in runs["timings"][0]}
@@ -178,7 +178,8 @@ def table(results: dict[int, dict[str, list]]) -> str:
 
 
 def _fig(r):
-    return {"wall_s": r.wall_s, "cpu_s": r.cpu_s, "maxrss_mb": r.maxrss_mb, "rc": r.rc} if isinstance(r, command.Ran) else r
+    return ({"wall_s": r.wall_s, "cpu_s": r.cpu_s, "machine_cpu_s": r.machine_cpu_s, "maxrss_mb": r.maxrss_mb, "rc": r.rc}
+            if isinstance(r, command.Ran) else r)
 
 
 def main() -> None:
