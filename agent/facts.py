@@ -258,9 +258,11 @@ def nvidia_runtime(runtimes: list[str]) -> dict[str, Any]:
 # --- registry --------------------------------------------------------------------------
 
 
-def images(refs: list[str], insecure: bool, timeout: float = 5.0) -> dict[str, Any]:
-    """Digest and config of each ref, as the registry answers this host."""
+def images(refs: list[str], insecure: bool, timeout: float = 5.0, local: bool = False) -> dict[str, Any]:
+    """Digest and config of each ref, as the registry answers this host (`local`: configs this host's Docker holds
+    are read from it, not fetched again)."""
     client = RegistryClient(insecure=insecure, timeout=timeout)
+    local_config = _local_image_config if local else None
     out: dict[str, Any] = {}
     unreachable: str | None = None
     for ref in refs:
@@ -269,7 +271,7 @@ def images(refs: list[str], insecure: bool, timeout: float = 5.0) -> dict[str, A
             out[ref] = {"ok": False, "kind": "unreachable", "error": unreachable}
             continue
         try:
-            out[ref] = {"ok": True, **_inspect_once_more_if_late(client, ref)}
+            out[ref] = {"ok": True, **_inspect_once_more_if_late(client, ref, local_config)}
         except RegistryError as exc:
             out[ref] = {"ok": False, "kind": exc.kind, "error": str(exc)}
             if exc.kind == "unreachable":
@@ -277,18 +279,32 @@ def images(refs: list[str], insecure: bool, timeout: float = 5.0) -> dict[str, A
     return out
 
 
-def _inspect_once_more_if_late(client: RegistryClient, ref: str) -> dict[str, Any]:
+def _inspect_once_more_if_late(client: RegistryClient, ref: str, local_config: Any = None) -> dict[str, Any]:
     """A registry that answered nothing in time is asked once more before it is called unreachable.
 
     A hundred hosts asking one registry at once (fleet-wide preflight) made a few of them wait past
     the timeout on a registry that was up; a refused connection or an unknown name is not retried.
     """
     try:
-        return client.inspect(ref).to_json()
+        return client.inspect(ref, local_config=local_config).to_json()
     except RegistryError as exc:
         if exc.kind != "unreachable" or "timed out" not in str(exc):
             raise
-    return client.inspect(ref).to_json()
+    return client.inspect(ref, local_config=local_config).to_json()
+
+
+def _local_image_config(config_digest: str) -> dict[str, Any] | None:
+    """The image config Docker holds under this digest (its image id), or None: then the registry's blob is read."""
+    from . import engine
+
+    try:
+        with engine.require_engine(timeout=5.0) as eng:
+            attrs = eng.get(f"/images/{config_digest}/json")
+    except Exception:  # noqa: BLE001 - not there, or the daemon would not say: the registry answers instead
+        return None
+    if attrs.get("Id") != config_digest:
+        return None
+    return attrs.get("Config") or {}
 
 
 def gather(args: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +320,8 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
         out["runtime"] = nvidia_runtime(docker.get("runtimes", []))
     refs = args.get("images") or []
     if refs:
-        out["images"] = images(refs, bool(args.get("insecure_registry")), float(args.get("registry_timeout", 5)))
+        out["images"] = images(refs, bool(args.get("insecure_registry")), float(args.get("registry_timeout", 5)),
+                               local=bool(docker.get("ok")))
     from .freeze import all_freezes
 
     out["freezes"] = all_freezes()

@@ -15,7 +15,7 @@ class _Registry:
     def __init__(self, failures: list[str]):
         self.failures, self.calls = list(failures), 0
 
-    def inspect(self, ref: str) -> _Info:
+    def inspect(self, ref: str, local_config=None) -> _Info:
         self.calls += 1
         if self.failures:
             raise RegistryError("unreachable", f"registry r did not answer: {self.failures.pop(0)}")

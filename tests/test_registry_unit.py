@@ -84,6 +84,23 @@ def test_inspect_takes_a_token_computes_the_digest_and_keeps_credentials_off_oth
     assert seen == [("blobs", "")]  # the bearer token did not follow the redirect to the storage host
 
 
+def test_a_config_the_host_already_holds_is_not_fetched_and_the_digest_still_comes_from_the_registry(registry):
+    seen.clear()
+    asked: list[str] = []
+    local = {"User": "0:0", "Entrypoint": ["/local"], "Labels": {"from": "docker"}}
+
+    def holds(digest: str) -> dict | None:
+        asked.append(digest)
+        return local
+
+    info = RegistryClient(insecure=True).inspect(f"{registry}/acme/svc:20261126-abcdef0", local_config=holds)
+    assert asked == ["sha256:" + "c" * 64] and seen == []  # the manifest's config digest; no blob read
+    assert info.digest == "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    assert (info.user, info.entrypoint, info.labels) == ("0:0", ["/local"], {"from": "docker"})
+    info = RegistryClient(insecure=True).inspect(f"{registry}/acme/svc:20261126-abcdef0", local_config=lambda d: None)
+    assert seen == [("blobs", "")] and info.user == "10001:10001"  # not held: read from the registry as before
+
+
 def test_missing_tag_and_unreachable_registry_are_named(registry):
     with pytest.raises(RegistryError) as exc:
         RegistryClient(insecure=True).digest(f"{registry}/acme/svc:nosuch")
