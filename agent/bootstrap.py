@@ -5,7 +5,7 @@ bytecode can be cached there. Unpacking once into a directory named by the archi
 content hash (and compiling it) makes every later call pay only for cached bytecode.
 
 The controller does not trust this file to check the archive it is part of (a replaced
-archive would simply carry no checks): it runs a fixed verifier first, `python3 -I -c
+archive would simply carry no checks): it runs a fixed verifier first, `python3 -I -S -c
 <the controller's VERIFIER> .fleetroll/agent-<hash16>.pyz <sha256>`, which opens the archive
 with O_NOFOLLOW, checks its and its directory's owner and mode, hashes the open file and
 only then runs it from that same open file, handing this file FLEETROLL_VERIFIED = (archive

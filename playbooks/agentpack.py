@@ -129,7 +129,7 @@ def build() -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-# The fixed verifier the controller runs before any of the archive's own code (`python3 -I -c VERIFIER
+# The fixed verifier the controller runs before any of the archive's own code (`python3 -I -S -c VERIFIER
 # <remote path> <sha256>`): a replaced archive cannot skip checks it would carry itself. It opens
 # ~/.fleetroll and the archive with O_NOFOLLOW, requires both to be this user's or root's and not
 # writable by group or others, hashes the open file and, only if the SHA-256 is the one named, runs
@@ -144,7 +144,7 @@ def no(why, code=96):
     sys.exit(code)
 if len(sys.argv) != 3 or not re.fullmatch("[.]fleetroll/agent-[0-9a-f]{16}[.]pyz", sys.argv[1]) \\
         or not re.fullmatch("[0-9a-f]{64}", sys.argv[2]) or sys.argv[1][17:33] != sys.argv[2][:16]:
-    no("usage: python3 -I -c VERIFIER .fleetroll/agent-<sha256[:16]>.pyz <sha256>")
+    no("usage: python3 -I -S -c VERIFIER .fleetroll/agent-<sha256[:16]>.pyz <sha256>")
 path, want = sys.argv[1:]
 try:
     d = os.open(".fleetroll", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -174,10 +174,14 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 def command(digest: str, python: str = "/usr/bin/python3") -> list[str]:
     """How a host runs the agent: its named interpreter, isolated from PYTHON* variables, the user site and the
     current directory, running the fixed VERIFIER on the archive's path and full hash (the archive's own code runs
-    only once those hold)."""
+    only once those hold).
+
+    `-S`: no `site` either. The agent needs nothing outside the standard library and its archive, and `site` would
+    run the host installation's `.pth` lines and sitecustomize (Debian's among them) before the verifier: code the
+    agent did not bring, and ~7 ms of the host's CPU per call (20 hosts calling at once on the lab)."""
     if not _HEX64.fullmatch(digest):
         raise ValueError(f"agent digest {digest!r} is not 64 lowercase hex digits")
-    return [python, "-I", "-c", VERIFIER, remote_name(digest), digest]
+    return [python, "-I", "-S", "-c", VERIFIER, remote_name(digest), digest]
 
 
 def remote_name(digest: str) -> str:

@@ -1,6 +1,6 @@
 """Calling the agent on the fleet: one connection per host (playbooks/ssh_connection.py), the agent shipped by hash.
 
-A call to the agent is one exec, `python3 -I -c <VERIFIER>
+A call to the agent is one exec, `python3 -I -S -c <VERIFIER>
 .fleetroll/agent-<h16>.pyz <sha256>` (agentpack.command), with the JSON request on stdin: a
 fixed verifier of the controller's checks the archive's owner, mode and SHA-256 before any of
 its code runs, then the archive checks its unpacked tree. Only when the host lacks that exact

@@ -1,6 +1,6 @@
 """The agent is verified before any of its code runs (issue 21, item 4).
 
-The controller's command is `python3 -I -c <agentpack.VERIFIER> .fleetroll/agent-<h16>.pyz <sha256>`:
+The controller's command is `python3 -I -S -c <agentpack.VERIFIER> .fleetroll/agent-<h16>.pyz <sha256>`:
 a fixed verifier that belongs to the controller, not to the archive. Here it runs exactly as a
 host's shell runs it (the command line shlex-joined, through `sh -c`, in a home directory of
 tmp_path), against archives whose __main__ leaves a marker file when any of its code runs.
