@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.parse
 from typing import Any
@@ -195,8 +196,16 @@ def _facts(info: dict, api_version: str, containers: list[dict]) -> dict[str, An
         "api_version": api_version,
         "root_dir": info.get("DockerRootDir", "/var/lib/docker"),
         "runtimes": sorted((info.get("Runtimes") or {}).keys()),
+        "image_store": image_store(info),
         "containers": containers,
     }
+
+
+def image_store(info: dict) -> str:
+    """"containerd" when dockerd keeps images in containerd's store (its driver-type says the snapshotter), else
+    "classic" (graph drivers: overlay2 and the like). Pure."""
+    status = dict(pair for pair in info.get("DriverStatus") or [] if isinstance(pair, list) and len(pair) == 2)
+    return "containerd" if "containerd" in str(status.get("driver-type", "")) else "classic"
 
 
 def config_diffs(specs: dict[str, dict], inspected: dict[str, dict] | None = None) -> dict[str, list[str]]:
@@ -240,7 +249,12 @@ def _env_of(image_attrs: dict) -> dict[str, str]:
 
 def _on_path(name: str) -> str | None:
     """shutil.which for one plain name, without importing shutil (and its bz2 and lzma) on every facts call."""
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+    search = os.environ.get("PATH")
+    if search is None:
+        search = os.defpath
+    if not search:  # PATH set and empty: nothing is on it (shutil.which says the same)
+        return None
+    for d in search.split(os.pathsep):
         path = os.path.join(d or ".", name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
@@ -262,7 +276,7 @@ def images(refs: list[str], insecure: bool, timeout: float = 5.0, local: bool = 
     """Digest and config of each ref, as the registry answers this host (`local`: configs this host's Docker holds
     are read from it, not fetched again)."""
     client = RegistryClient(insecure=insecure, timeout=timeout)
-    local_config = _local_image_config if local else None
+    local_config = (lambda digest: _local_image_config(digest, timeout)) if local else None
     out: dict[str, Any] = {}
     unreachable: str | None = None
     for ref in refs:
@@ -293,18 +307,29 @@ def _inspect_once_more_if_late(client: RegistryClient, ref: str, local_config: A
     return client.inspect(ref, local_config=local_config).to_json()
 
 
-def _local_image_config(config_digest: str) -> dict[str, Any] | None:
-    """The image config Docker holds under this digest (its image id), or None: then the registry's blob is read."""
+def _local_image_config(config_digest: str, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The image config Docker holds under this digest, or None: then the registry's blob is read.
+
+    Docker's classic image store names an image by its config's digest; the containerd store (an option
+    since Docker 24) names it by its manifest's, so there the lookup finds nothing and the blob is read as
+    before (docker_facts says which store, and gather asks only the classic one). The id must be the
+    digest itself: a config is used only when it is that very content.
+    """
     from . import engine
 
+    if not _CONFIG_DIGEST.fullmatch(config_digest):
+        return None
     try:
-        with engine.require_engine(timeout=5.0) as eng:
+        with engine.require_engine(timeout=timeout) as eng:
             attrs = eng.get(f"/images/{config_digest}/json")
     except Exception:  # noqa: BLE001 - not there, or the daemon would not say: the registry answers instead
         return None
-    if attrs.get("Id") != config_digest:
+    if not isinstance(attrs, dict) or attrs.get("Id") != config_digest or not isinstance(attrs.get("Config") or {}, dict):
         return None
     return attrs.get("Config") or {}
+
+
+_CONFIG_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def gather(args: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +346,7 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     refs = args.get("images") or []
     if refs:
         out["images"] = images(refs, bool(args.get("insecure_registry")), float(args.get("registry_timeout", 5)),
-                               local=bool(docker.get("ok")))
+                               local=bool(docker.get("ok")) and docker.get("image_store") == "classic")
     from .freeze import all_freezes
 
     out["freezes"] = all_freezes()

@@ -17,6 +17,7 @@ NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP_INTR = 0x10  # the table changed while it was dumped: the answer may miss sockets
 TCP_LISTEN = 10
 _NLMSG = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _REQ = struct.Struct("=BBBxI48x")  # inet_diag_req_v2: family, protocol, ext, pad, states, an empty inet_diag_sockid
@@ -38,14 +39,21 @@ def parse(data: bytes) -> tuple[set[int], bool]:
     ports: set[int] = set()
     off = 0
     while off + _NLMSG.size <= len(data):
-        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
+        length, kind, flags, _seq, _pid = _NLMSG.unpack_from(data, off)
         if length < _NLMSG.size or off + length > len(data):
             raise OSError(f"sock_diag: a malformed message ({length} bytes at offset {off})")
-        if kind == NLMSG_DONE:
-            return ports, True
-        if kind == NLMSG_ERROR:
+        if flags & NLM_F_DUMP_INTR:
+            raise OSError("sock_diag: the socket table changed during the dump")
+        if kind in (NLMSG_DONE, NLMSG_ERROR):
+            # Both carry an errno (negative, 0 for none): a dump that failed half-way ends with it in its DONE.
+            if length < _NLMSG.size + 4:
+                raise OSError(f"sock_diag: a {'DONE' if kind == NLMSG_DONE else 'ERROR'} message without its code")
             err = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
-            raise OSError(err, f"sock_diag: {os.strerror(err)}")
+            if err:
+                raise OSError(err, f"sock_diag: {os.strerror(err)}")
+            if kind == NLMSG_DONE:
+                return ports, True
+            raise OSError("sock_diag: an acknowledgement where the dump was expected")
         if kind == SOCK_DIAG_BY_FAMILY and length >= _NLMSG.size + _MSG_HEAD.size + _SPORT.size:
             _family, state = _MSG_HEAD.unpack_from(data, off + _NLMSG.size)
             if state == TCP_LISTEN:

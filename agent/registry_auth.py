@@ -48,6 +48,12 @@ class Credentials:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Credentials are read-only ({name})")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Credentials are read-only ({name})")
+
+    def __reduce__(self) -> tuple:  # copy, deepcopy and pickle: made anew through __init__
+        return (Credentials, self._key())
+
     def _key(self) -> tuple[str, ...]:
         return tuple(getattr(self, n) for n in self.__slots__)
 

@@ -21,7 +21,7 @@ ciphers); what could widen trust or change the session is overridden on the comm
 (KnownHostsCommand, SSHFP records, forwardings, RemoteCommand, SessionType, SendEnv). Two
 things cannot be overridden and are said here instead: IdentityFile lines there add keys to
 the one `key_filename` names (IdentitiesOnly still keeps the agent's out), and SetEnv there
-is sent (sshd takes it only where AcceptEnv allows; the agent runs `python3 -I`).
+is sent (sshd takes it only where AcceptEnv allows; the agent runs `python3 -I -S`).
 """
 
 from __future__ import annotations

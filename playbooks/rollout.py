@@ -303,6 +303,7 @@ def _revert_phase(ro: _Rollout, results: dict[str, transport.CallResult], failed
 
 def _record(ro: _Rollout, results: dict[str, transport.CallResult]) -> RolloutReport:
     """Report and ledger, both from what the hosts reported (ending.conclude), then the after-hooks."""
+    ro.pool.finish()  # every host has answered for good: their agents exit while the report and ledger are written
     report = ro.report
     report.messages += recovered_notes(results)
     notes = swap_notes(ro.plan, [(h, s) for h, r in results.items() for s in services_of(r)])

@@ -420,3 +420,45 @@ def test_facts_read_the_daemon_with_one_info_and_one_inspect_per_container_and_i
     assert "/version" not in paths and paths.count("/info") == 1
     assert paths.count("/containers/c/json") == 1  # only the one facts had not inspected
     assert [p for p in paths if p.startswith("/images/")] == [f"/images/{IMAGE_ID}/json"]
+
+
+def test_an_image_config_is_read_from_docker_only_under_its_own_digest(fake, monkeypatch):
+    from agent import facts
+
+    client, state = fake
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{client.engine.path}")
+    state.images["reg:5000/lab/svc:1"] = {"Id": IMAGE_ID, "Config": {"User": "10001:10001", "Labels": {"a": "b"}}}
+    assert facts._local_image_config(IMAGE_ID) == {"User": "10001:10001", "Labels": {"a": "b"}}
+    assert facts._local_image_config("sha256:" + "2" * 64) is None  # not held: the registry's blob is read
+    state.seen.clear()
+    assert facts._local_image_config("reg:5000/lab/svc:1") is None  # not a config digest: Docker is not even asked
+    assert facts._local_image_config("sha256:../../x") is None and state.seen == []
+
+
+def test_which_image_store_dockerd_keeps_and_what_is_on_path(monkeypatch, tmp_path):
+    from agent import facts
+
+    assert facts.image_store({"Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]]}) == "classic"
+    assert facts.image_store({"Driver": "overlayfs", "DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]]}) == "containerd"
+    assert facts.image_store({}) == "classic"
+    hook = tmp_path / facts.HOOK
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
+    monkeypatch.setenv("PATH", f"/nonexistent:{tmp_path}")
+    assert facts._on_path(facts.HOOK) == str(hook)
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.chdir(tmp_path)
+    assert facts._on_path(facts.HOOK) is None  # an empty PATH holds nothing, not the current directory
+
+
+@pytest.mark.parametrize(("store", "local"), [("classic", True), ("containerd", False)])
+def test_gather_reads_configs_from_docker_only_where_images_are_named_by_their_config(monkeypatch, tmp_path, store, local):
+    from agent import facts
+
+    monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(facts, "docker_facts", lambda inspected: {"ok": True, "root_dir": "/", "runtimes": [], "image_store": store,
+                                                                    "containers": []})
+    asked = []
+    monkeypatch.setattr(facts, "images", lambda refs, insecure, timeout, local: asked.append(local) or {})
+    facts.gather({"gpu": False, "images": ["reg:5000/lab/svc:1"]})
+    assert asked == [local]
