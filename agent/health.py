@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay
 
 
 @dataclass
@@ -134,11 +134,16 @@ def gate(
 
 
 def _until_healthy(attempt: Callable[[], bool], healthy_deadline: float, interval: float) -> bool:
-    """Attempt every `interval` until one passes (True) or `healthy_deadline` has gone by (False)."""
+    """Attempt every `interval` until one passes (True) or `healthy_deadline` has gone by (False).
+
+    The last attempt is at the deadline itself, not up to an interval after it: a service that turns healthy
+    just before its deadline still passes, and a release that never does is failed (and its host begins
+    putting the old container back) when the deadline says, not up to one `interval` later.
+    """
     try:
         for att in Retrying(
             stop=stop_after_delay(healthy_deadline),
-            wait=wait_fixed(interval),
+            wait=lambda state: min(interval, max(0.0, healthy_deadline - state.seconds_since_start)),
             retry=retry_if_result(lambda ok: not ok),
         ):
             with att:

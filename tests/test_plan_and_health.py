@@ -177,3 +177,26 @@ def test_a_long_gate_says_it_is_still_waiting_every_tick(monkeypatch):
     assert g.ok
     waiting = [m for m in said if m.startswith("still gating after")]
     assert waiting and "last probe connection refused" in waiting[0], said
+
+
+def test_a_gate_probes_last_at_its_deadline_not_up_to_an_interval_after_it(monkeypatch):
+    """On a clock of its own (each probe takes 0.01 s): probes every 0.25 s, the last at 3.0 s, failed there."""
+    from agent import health
+
+    clock = [100.0]
+    probes: list[float] = []
+
+    def probe(url, timeout):
+        probes.append(round(clock[0] - 100.0, 3))
+        clock[0] += 0.01
+        return health.Probe(False, "HTTP 500")
+
+    monkeypatch.setattr(health, "probe", probe)
+    # The gate and tenacity (its clock and its naps) both read the time module: one clock for all.
+    monkeypatch.setattr(health.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(health.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    g = health.gate("http://x/health", healthy_deadline=3, min_healthy_time=0, interval=0.25,
+                    container_state=lambda: (True, 0, "running"))
+    assert not g.ok and g.phase == "deadline" and "not healthy within 3s: HTTP 500" in g.reason
+    assert probes[-1] == 3.0 and probes[-2] == 2.86  # 0, 0.26, 0.52, ... 2.86, then at the deadline itself
+    assert round(g.elapsed_s, 3) == 3.01  # was up to 3.0 + 0.25 + a probe
