@@ -228,3 +228,48 @@ def test_a_rollback_still_in_progress_at_the_end_of_the_wait_is_given_its_grace_
     assert not judge.judge(g, going, now=100, min_healthy_time=2)
     assert judge.judge(g, going, now=151, min_healthy_time=2)  # the grace is given once
     assert {d["outcome"] for d in g.done.values()} == {"needs-operator"}
+
+
+def test_an_update_swarm_calls_completed_while_its_new_tasks_failed_is_rolled_back_by_asking_swarm():
+    """Seen in CI under load: Swarm marked the update completed, its new tasks killed as unhealthy on both nodes, no
+    rollback. The stack says failure_action rollback: fleetroll asks Swarm for it (once), then judges its end."""
+    f = follow()
+    failed = [task("x", "n1", NEW, "failed", "shutdown", "task: non-zero exit (143): dockerexec: unhealthy container", 143),
+              task("y", "n2", NEW, "failed", "shutdown", "task: non-zero exit (143): dockerexec: unhealthy container", 143)]
+    done = view({"State": "completed", "StartedAt": "2030-01-01T00:00:00Z"}, failed)
+    assert not judge.judge(f, done, now=10, min_healthy_time=2) and f.done == {}
+    assert "no task of t-new runs on mainpc, pc2" in f.ask_rollback and "unhealthy container" in f.ask_rollback
+    f.rollback_asked, f.ask_rollback = f.ask_rollback, ""  # what the follow loop does once it has asked
+    assert not judge.judge(f, done, now=11, min_healthy_time=2) and not f.ask_rollback  # asked once, never again
+    back = view({"State": "rollback_completed", "StartedAt": "2030-01-01T00:01:00Z", "Message": "manually requested rollback"},
+                [*failed, task("a", "n1", OLD), task("b", "n2", OLD)])
+    assert judge.judge(f, back, now=20, min_healthy_time=2)
+    assert {h: d["outcome"] for h, d in f.done.items()} == {"mainpc": "reverted", "pc2": "reverted"}
+    assert "Swarm rolled the update back: manually requested rollback" in f.done["pc2"]["message"]
+
+
+def test_a_completed_update_with_a_failed_task_where_a_new_one_now_runs_is_committed_not_rolled_back():
+    f = follow()
+    tasks = [task("x", "n1", NEW, "failed", "shutdown", "unhealthy", 143), task("a", "n1", NEW), task("b", "n2", NEW)]
+    assert judge.judge(f, view({"State": "completed", "StartedAt": "2030-01-01T00:00:00Z"}, tasks), now=10, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"committed"} and not f.ask_rollback
+
+
+def test_the_follow_loop_asks_swarm_for_the_rollback_once_and_waits_for_it(monkeypatch):
+    from playbooks.swarm import deploy
+
+    ran: list[list[str]] = []
+
+    class Manager:
+        def run(self, argv, timeout=None):
+            ran.append(argv)
+
+    class Report:
+        messages: list[str] = []
+
+    f = follow()
+    f.rollback_grace, f.ask_rollback = 80.0, "Swarm marked the update of web completed, yet ..."
+    deploy._ask_rollback(Manager(), "fr-p", f, 50.0, Report)
+    assert ran == [["docker", "service", "rollback", "--detach", "--quiet", "fr-p_web"]]
+    assert f.rollback_asked.startswith("Swarm marked") and not f.ask_rollback and f.deadline == 130.0
+    assert Report.messages == [f.rollback_asked]

@@ -209,6 +209,21 @@ def _remove_failed_creations(manager: Host, stack: str, follows: list[Follow]) -
                 d["message"] += f"; removing it failed: {err}"
 
 
+def _ask_rollback(manager: Host, stack: str, f: Follow, now: float, report) -> None:
+    """Swarm completed an update whose new tasks failed (judge._failed_where_none_runs): ask it for the rollback its
+    failure_action says, once, and follow that as a Swarm rollback (its end decides reverted or needs-operator)."""
+    from .rollback import service_rollback
+
+    why, f.ask_rollback, f.rollback_asked = f.ask_rollback, "", f.ask_rollback
+    try:
+        manager.run(service_rollback(f"{stack}_{f.service}"), timeout=60)
+    except SwarmCommandError as exc:
+        report.messages.append(f"{why}; Swarm refused it: {exc}")
+        return
+    f.deadline = max(f.deadline, now + f.rollback_grace)
+    report.messages.append(why)
+
+
 def _results(follows: list[Follow]) -> dict[str, transport.CallResult]:
     by_host: dict[str, list[dict]] = {}
     for f in follows:
@@ -251,6 +266,9 @@ def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: obs
         now = time.monotonic()
         pending = [f for f in pending
                    if not judge(f, view, now, inv.fleet.services[f.service].health.min_healthy_time)]
+        for f in pending:
+            if f.ask_rollback:
+                _ask_rollback(manager, rendered.stack, f, now, report)
         if pending:
             time.sleep(POLL_S)
     _remove_failed_creations(manager, rendered.stack, follows)

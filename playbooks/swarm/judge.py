@@ -42,6 +42,11 @@ class Follow:
     # Once, when the wait ends while Swarm is still rolling the update back: that much longer to see how it ends
     # (a loaded node starts the previous spec's tasks slowly), rather than calling a rollback in progress unobserved.
     rollback_grace: float = 0.0
+    # Swarm can mark an update completed although the new tasks failed their healthcheck (a task that fails before
+    # Swarm's monitor watches it is not counted): `ask_rollback` is set, with why, for the follow loop to ask Swarm
+    # for the rollback its own failure_action would have done; `rollback_asked` keeps that it was asked (once).
+    ask_rollback: str = ""
+    rollback_asked: str = ""
 
 
 def base(f: Follow, host: str, action: str) -> dict[str, Any]:
@@ -117,6 +122,9 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
     if timed_out and state == "rollback_started" and f.rollback_grace > 0:
         f.deadline, f.rollback_grace = f.deadline + f.rollback_grace, 0.0
         return False
+    if state == "completed" and not f.rollback_asked and _failed_where_none_runs(f, view):
+        f.ask_rollback = _failed_where_none_runs(f, view)
+        return False
     if state == "completed":
         _each(f, view, observe.running(view, f.service, f.new_digest), f.new_tag,
               lambda h, t: _commit(f, h, t, "the update completed through its monitor window"),
@@ -134,6 +142,23 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
             _needs(f, view, h, f"Swarm's update is still {state or 'not started'} at the end of fleetroll's wait; Swarm carries"
                                " on: follow it with fab status")
     return all(h in f.done for h in f.hosts)
+
+
+def _failed_where_none_runs(f: Follow, view: observe.View) -> str:
+    """Why Swarm should have rolled back: hosts where a task of the new release failed and none of it runs ("" if
+    none). The stack says failure_action rollback with max_failure_ratio 0, so one such host is enough. Pure."""
+    on = observe.running(view, f.service, f.new_digest)
+    if f.replicas and _placed(f, on):
+        return ""
+    bad = [r for r in observe.failed(view, f.service, f.new_digest) if r["host"] in f.hosts and r["host"] not in on]
+    if not bad:
+        return ""
+    hosts = sorted({r["host"] for r in bad})
+    first = bad[0]
+    error = first.get("error") or first.get("state") or "failed"
+    return (f"Swarm marked the update of {f.service} completed, yet no task of {f.new_tag} runs on {', '.join(hosts)}: task"
+            f" {first['id'][:12]} on {first['host']}: {error}; the stack's failure_action is rollback, so fleetroll asked"
+            " Swarm for it (docker service rollback)")
 
 
 def _seen_running(f: Follow, on: dict[str, dict[str, Any]], now: float) -> None:
