@@ -253,9 +253,9 @@ class RegistryClient:
                 local_config: Callable[[str], dict[str, Any] | None] | None = None) -> ImageInfo:
         """The tag's digest (always asked of the registry) and its image's config.
 
-        `local_config(config_digest)`: the config as this host's Docker already holds it, or None. Docker names
-        a pulled image by its config's digest, so an image the host has is the very config the blob would be:
-        one registry round trip fewer per image on every preflight of a host already running its release.
+        `local_config(config_digest)`: the config as this host's Docker already holds it, or None. Docker's classic
+        image store names an image by its config's digest, so an image held under it is the very config the blob
+        would be: one registry round trip fewer per image on every preflight of a host already running its release.
         """
         host, repo, ref_tag = split_ref(ref)
         r = self._get(host, repo, f"manifests/{ref_tag}", ACCEPT)
