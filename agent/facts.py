@@ -12,6 +12,7 @@ import os
 import re
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from . import contract, listening
@@ -293,7 +294,8 @@ def images(refs: list[str], insecure: bool, timeout: float = 5.0, local: bool = 
     return out
 
 
-def _inspect_once_more_if_late(client: RegistryClient, ref: str, local_config: Any = None) -> dict[str, Any]:
+def _inspect_once_more_if_late(client: RegistryClient, ref: str,
+                              local_config: Callable[[str], dict[str, Any] | None] | None = None) -> dict[str, Any]:
     """A registry that answered nothing in time is asked once more before it is called unreachable.
 
     A hundred hosts asking one registry at once (fleet-wide preflight) made a few of them wait past

@@ -209,7 +209,7 @@ def _remove_failed_creations(manager: Host, stack: str, follows: list[Follow]) -
                 d["message"] += f"; removing it failed: {err}"
 
 
-def _ask_rollback(manager: Host, stack: str, f: Follow, now: float, report) -> None:
+def _ask_rollback(manager: Host, stack: str, f: Follow, now: float, report: RolloutReport) -> None:
     """Swarm completed an update whose new tasks failed (judge._failed_where_none_runs): ask it for the rollback its
     failure_action says, once, and follow that as a Swarm rollback (its end decides reverted or needs-operator)."""
     from .rollback import service_rollback

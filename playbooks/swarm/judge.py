@@ -122,8 +122,8 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
     if timed_out and state == "rollback_started" and f.rollback_grace > 0:
         f.deadline, f.rollback_grace = f.deadline + f.rollback_grace, 0.0
         return False
-    if state == "completed" and not f.rollback_asked and _failed_where_none_runs(f, view):
-        f.ask_rollback = _failed_where_none_runs(f, view)
+    if state == "completed" and not f.rollback_asked and (why := _failed_where_none_runs(f, view)):
+        f.ask_rollback = why
         return False
     if state == "completed":
         _each(f, view, observe.running(view, f.service, f.new_digest), f.new_tag,
