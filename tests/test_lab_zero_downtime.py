@@ -10,6 +10,7 @@ container's process in NVML's compute processes — with the memory the test say
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import statistics
 import threading
@@ -39,6 +40,7 @@ class Load(threading.Thread):
         self.address, self.port, self.rate, self.workers = address, port, rate, workers
         self.stop_at: float | None = None
         self.latencies: list[float] = []
+        self.answered: list[float] = []  # monotonic times at which a request ended, good or bad
         self.failures: list[str] = []
         self._lock = threading.Lock()
         self.t0 = self.t1 = 0.0
@@ -60,6 +62,7 @@ class Load(threading.Thread):
                 bad = f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self.latencies.append(time.perf_counter() - t)
+                self.answered.append(time.monotonic())
                 if bad:
                     self.failures.append(bad)
             time.sleep(max(0.0, nxt - time.monotonic()))
@@ -74,10 +77,14 @@ class Load(threading.Thread):
         self.t1 = time.monotonic()
 
     def finish(self) -> dict:
+        """What the clients saw. `rate` falls when the suite's other workers load the 2 cores, so the tests judge
+        coverage by `longest_gap_s` (no moment without answers) rather than by throughput."""
         self.stop_at = time.monotonic()
         self.join(30)
         lat = sorted(self.latencies)
+        ends = sorted([self.t0, *self.answered, self.t1])
         return {"requests": len(lat), "failed": len(self.failures), "rate": round(len(lat) / max(0.001, self.t1 - self.t0), 1),
+                "longest_gap_s": round(max(b - a for a, b in itertools.pairwise(ends)), 2),
                 "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
                 "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)] * 1000, 2) if lat else None,
                 "slower_than_500ms": sum(1 for x in lat if x > 0.5),
@@ -224,7 +231,7 @@ def test_ten_upgrades_and_a_failed_release_drop_no_request(edge):
     live, addr = serving(lab, "pc2", "web")
     assert live == [f"{addr}:8080"], (live, addr)
     assert result["failed"] == 0, result
-    assert result["rate"] >= 50, result
+    assert result["requests"] >= 200 and result["longest_gap_s"] < 3, result  # the load ran through every swap
 
 
 def test_status_shows_which_backend_the_proxy_serves(edge):
@@ -268,7 +275,7 @@ def test_gpu_service_stop_first_when_the_card_lacks_room_start_first_when_it_has
     s = svc(rep, "mainpc", "llm-edge")
     assert s["order"] == "start-first", s
     assert any("llm-edge: start-first, needs 14.0 GB beside the running copy, 20.0 GB free on GPU 0" in m for m in rep.messages)
-    assert result["failed"] == 0 and result["rate"] >= 50, result
+    assert result["failed"] == 0 and result["requests"] >= 50 and result["longest_gap_s"] < 3, result
 
 
 def test_a_plan_that_cannot_fit_the_card_is_refused_in_preflight(edge):
