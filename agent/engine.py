@@ -1,4 +1,4 @@
-"""The Docker Engine API over the daemon's unix socket, with http.client alone: every call the agent makes to Docker.
+"""The Docker Engine API over the daemon's unix socket (agent/http1.py): every call the agent makes to Docker.
 
 Why not the docker SDK: importing it (requests, urllib3 and the SDK's own modules) cost
 about 0.2 s of CPU per agent call, most of a no-op's cost on a host, and the agent needs
@@ -18,7 +18,6 @@ host whose daemon it drives, and that daemon listens on a unix socket.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -27,26 +26,22 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
+from . import http1
 from .docker_errors import APIError, DaemonTimeout, DaemonUnreachable, UnsupportedDockerHost, error_for
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 EngineError = APIError  # the name the reads (facts.py) catch; `.status` is the HTTP status
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self.path)
-        except BaseException:
-            s.close()
-            raise
-        self.sock = s
+def _connect(path: str, timeout: float) -> http1.Connection:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except BaseException:
+        s.close()
+        raise
+    return http1.Connection(s, "docker")
 
 
 def socket_path() -> str | None:
@@ -102,7 +97,7 @@ class _Wire:
             return False
         if isinstance(exc, TimeoutError):
             raise DaemonTimeout(f"no answer from the Docker daemon within {self.timeout:.0f} s ({self.what})") from None
-        if isinstance(exc, (OSError, http.client.HTTPException)):
+        if isinstance(exc, OSError):  # http1.ProtocolError among them
             raise DaemonUnreachable(f"the Docker daemon dropped the connection ({self.what}): {exc!r}") from None
         return False
 
@@ -110,7 +105,7 @@ class _Wire:
 class Stream:
     """An answer read as it comes: a pull's progress lines, a log or an exec's output. Closes its connection."""
 
-    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, wire: _Wire):
+    def __init__(self, conn: http1.Connection, response: http1.Response, wire: _Wire):
         self.conn, self.response, self.wire = conn, response, wire
 
     def read(self, n: int | None = None) -> bytes:
@@ -169,22 +164,20 @@ class Engine:
         timeout = self.timeout if timeout is None else timeout
         url = url_for(path, query)
         wire = _Wire(f"{method} {path}", timeout)
-        conn = _UnixConnection(self.path, timeout)
         try:
-            conn.connect()
+            conn = _connect(self.path, timeout)
         except TimeoutError:
             raise DaemonTimeout(f"the Docker daemon at {self.path} did not accept a connection within {timeout:.0f} s") from None
         except OSError as exc:
             raise DaemonUnreachable(f"cannot reach the Docker daemon at {self.path}: {exc.strerror or exc!r}") from None
-        headers = {**(headers or {}), "Host": "docker"}
+        headers = dict(headers or {})
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
             with wire:
-                conn.request(method, url, body=data, headers=headers)
-                response = conn.getresponse()
+                response = conn.request(method, url, headers, data)
             if response.status >= 400:
                 with wire:
                     text = response.read()

@@ -13,15 +13,14 @@ credentials, and a refusal is kind "denied" naming the registry and the config f
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import re
-import ssl
+import socket
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from . import registry_auth
+from . import http1, registry_auth
 
 ACCEPT = ", ".join(
     [
@@ -94,9 +93,9 @@ class Response:
 
 
 class RegistryClient:
-    """Registry API v2 over http.client: keep-alive per host, bearer tokens (with the user's docker login), redirects.
+    """Registry API v2 over agent/http1.py: keep-alive per host, bearer tokens (with the user's docker login), redirects.
 
-    Not requests: importing it costs ~0.1 s per agent call, and preflight asks on every host.
+    Not requests (~0.1 s of imports per agent call) nor http.client (~14 ms): preflight asks on every host.
     `auth_config` is the Docker client config to read logins from (None: the agent user's own).
     """
 
@@ -104,7 +103,7 @@ class RegistryClient:
         self.scheme = "http" if insecure else "https"
         self.timeout = timeout
         self.auth_config = auth_config
-        self.conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        self.conns: dict[tuple[str, str], http1.Connection] = {}
         self.tokens: dict[tuple[str, str], str] = {}  # (host, repo) -> the Authorization header that worked
         self.logins: dict[str, registry_auth.Lookup | RegistryError] = {}
         self._config_warning: str | None = None
@@ -114,28 +113,34 @@ class RegistryClient:
         key = (u.scheme, u.netloc)
         for attempt in (1, 2):  # a kept-alive connection the server closed: once more on a fresh one
             conn = self.conns.get(key)
-            if conn is None:
-                conn = (http.client.HTTPSConnection(u.netloc, timeout=self.timeout, context=ssl.create_default_context())
-                        if u.scheme == "https" else http.client.HTTPConnection(u.netloc, timeout=self.timeout))
-                self.conns[key] = conn
+            if conn is not None and not conn.reusable:
+                conn.close()
+                conn = None
             try:
-                conn.request("GET" if body is None else "POST", (u.path or "/") + (f"?{u.query}" if u.query else ""),
-                             body=body, headers=headers)
-                r = conn.getresponse()
+                if conn is None:
+                    conn = self.conns[key] = self._connect(u)
+                r = conn.request("GET" if body is None else "POST", (u.path or "/") + (f"?{u.query}" if u.query else ""),
+                                 headers, body)
                 content = r.read()
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            except (http1.Disconnected, BrokenPipeError, ConnectionResetError):
+                if conn is None:
+                    raise
                 conn.close()
                 self.conns.pop(key, None)
                 if attempt == 2:
                     raise
             except BaseException:
                 # A timeout (or anything else) mid-request leaves the connection waiting for an answer that may never
-                # come: kept, the next request on it fails at once with CannotSendRequest('Request-sent'), so the
-                # one retry a late registry gets (facts._inspect_once_more_if_late) would never really be made.
-                conn.close()
+                # come: kept, the next request on it would read that late answer as its own, so the one retry a late
+                # registry gets (facts._inspect_once_more_if_late) is made on a fresh connection.
+                if conn is not None:
+                    conn.close()
                 self.conns.pop(key, None)
                 raise
+        if r.will_close:
+            conn.close()
+            self.conns.pop(key, None)
         hdrs = {k.title(): v for k, v in r.getheaders()}
         if r.status in (301, 302, 303, 307, 308) and redirects and hdrs.get("Location"):
             nxt = urllib.parse.urljoin(url, hdrs["Location"])
@@ -144,6 +149,28 @@ class RegistryClient:
             # 307 and 308 repeat the request as it was (a token POST stays a POST); the others become a GET.
             return self._request(nxt, headers, redirects - 1, body if r.status in (307, 308) else None)
         return Response(r.status, hdrs, content, url)
+
+    def _connect(self, u: urllib.parse.SplitResult) -> http1.Connection:
+        """A connection to the URL's host; TLS (imported only then) verified against the system's CAs for https."""
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise http1.ProtocolError(f"not an http(s) URL: {u.geturl()[:120]!r}")
+        try:
+            port = u.port or (443 if u.scheme == "https" else 80)
+        except ValueError:
+            raise http1.ProtocolError(f"not a port in {u.netloc!r}") from None
+        # An ASCII name goes to getaddrinfo as bytes: a str is IDNA-encoded first, and that codec's import (with
+        # stringprep and unicodedata) is ~1 ms of every call; a name that is not ASCII still is.
+        host = u.hostname.encode() if u.hostname.isascii() else u.hostname
+        sock = socket.create_connection((host, port), timeout=self.timeout)
+        try:
+            if u.scheme == "https":
+                import ssl
+
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=u.hostname)
+            return http1.Connection(sock, u.netloc)
+        except BaseException:
+            sock.close()
+            raise
 
     def _get(self, host: str, repo: str, path: str, accept: str | None = None) -> Response:
         url = f"{self.scheme}://{host}/v2/{repo}/{path}"
@@ -161,7 +188,9 @@ class RegistryClient:
                     self.tokens[(host, repo)] = auth
                     headers["Authorization"] = auth
                     r = self._request(url, headers)
-        except (OSError, http.client.HTTPException) as exc:
+        except ValueError as exc:  # a redirect to a URL that cannot be sent (http1 refuses control characters)
+            raise RegistryError("bad-answer", f"registry {host}: {_short(exc)}") from exc
+        except OSError as exc:  # http1.ProtocolError among them
             raise RegistryError("unreachable", f"registry {host} did not answer: {_short(exc)}") from exc
         return r
 
@@ -219,7 +248,7 @@ class RegistryClient:
             body = r.json() if r.ok else {}
             token = body.get("token") or body.get("access_token")
             return f"Bearer {token}" if token else None
-        except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError):
             return None
 
     def _refused(self, ref: str, host: str, r: Response) -> RegistryError:

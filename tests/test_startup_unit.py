@@ -107,7 +107,7 @@ def test_the_agents_rollout_path_talks_to_docker_without_the_sdk(tmp_path):
 # on a 20-host lab sharing two cores these modules were ~30 % of the call's CPU. `dataclasses` brings `inspect`, `ast`
 # and `dis`; the recovery check needs `lock` and `decisions` only when a transaction was interrupted.
 FACTS_LEAN = ["dataclasses", "inspect", "traceback", "shutil", "agent.lock", "agent.decisions", "agent.proxy",
-              "agent.transaction", "agent.secret_files", *AGENT_HEAVY]
+              "agent.transaction", "agent.secret_files", "http.client", "email", "ssl", "urllib.request", *AGENT_HEAVY]
 FACTS = ('{"protocol": 1, "op": "facts", "args": {"gpu": false, "images": ["127.0.0.1:9/lab/svc:1"], "insecure_registry": true,'
          ' "registry_timeout": 1, "diff_specs": {"svc": {"name": "svc", "repo": "127.0.0.1:9/lab/svc", "tag": "1"}}}}\n')
 
@@ -122,5 +122,5 @@ def test_a_facts_call_imports_only_what_it_reads_with(tmp_path):
     assert answer["ok"] and answer["data"]["docker"]["ok"] is False, r.stdout
     assert answer["data"]["images"]["127.0.0.1:9/lab/svc:1"]["kind"] == "unreachable"
     names = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:") and "|" in line}
-    assert {"agent.facts", "agent.registry", "agent.listening", "agent.recovery", "http.client"} <= names
+    assert {"agent.facts", "agent.registry", "agent.listening", "agent.recovery", "agent.http1"} <= names
     assert sorted(set(FACTS_LEAN) & names) == []
