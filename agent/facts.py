@@ -17,6 +17,7 @@ from typing import Any
 
 from . import contract, listening
 from .registry import RegistryClient, RegistryError
+from .timestamps import up_seconds
 
 HOOK = "nvidia-container-runtime-hook"
 HOOK_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/sbin")
@@ -97,16 +98,6 @@ def docker_client(timeout: float = 10.0):
     return dockerapi.DockerClient(engine.require_engine(timeout))
 
 
-def up_seconds(started_at: str, now: float) -> float | None:
-    """Seconds since Docker's StartedAt (RFC 3339, nanoseconds, UTC). Pure."""
-    import calendar
-
-    try:
-        return max(0.0, now - calendar.timegm(time.strptime(started_at[:19], "%Y-%m-%dT%H:%M:%S")))
-    except (ValueError, TypeError):
-        return None
-
-
 def summarize_container(attrs: dict, now: float | None = None) -> dict[str, Any]:
     """The parts of `docker inspect` that planning and status need."""
     cfg = attrs.get("Config") or {}
@@ -144,13 +135,15 @@ def proxy_view() -> dict[str, Any]:
         return {"ok": False, "error": str(exc)[:300]}
 
 
-def docker_facts(inspected: dict[str, dict] | None = None) -> dict[str, Any]:
+def docker_facts(inspected: dict[str, dict] | None = None, runtimes: bool = True) -> dict[str, Any]:
     """Daemon version, data root, runtimes and fleetroll's containers (full inspect each), read over the Engine API.
 
-    One /info, not /version as well: dockerd runs `runc --version` and `docker-init --version` for each of the
-    two (~6 ms of the host's CPU apiece, on every host of every preflight), and /info already says the daemon's
-    version; the API version comes in the Api-Version header dockerd puts on every answer. `inspected`, when
-    given, is filled with each container's full inspect by name, so the plan's diffs need not ask again.
+    /info only where its runtimes are needed (`runtimes`: a GPU host's nvidia runtime) or nothing else says the rest:
+    dockerd runs `runc --version` and `docker-init --version` for every /info (and /version), ~7 ms of the host's
+    CPU, on every host of every preflight. Elsewhere the version comes from the Server header dockerd puts on every
+    answer (with Api-Version), and the data root from a container's own files, which dockerd keeps under
+    <root>/containers/<id>/. `inspected`, when given, is filled with each container's full inspect by name, so the
+    plan's diffs need not ask again.
     """
     from . import engine
 
@@ -159,11 +152,12 @@ def docker_facts(inspected: dict[str, dict] | None = None) -> dict[str, Any]:
         if eng is None:  # a tcp:// or ssh:// DOCKER_HOST: not spoken (engine.py says why)
             return {"ok": False, "error": engine.unsupported_host_message()}
         with eng:
-            with eng.open("GET", "/info") as answer:
-                info = json.loads(answer.read())
+            info = _info(eng) if runtimes else None
+            with eng.open("GET", "/containers/json", {"all": 1, "filters": {"label": [contract.MANAGED]}}) as answer:
+                listed = json.loads(answer.read())
                 api_version = answer.response.getheader("Api-Version") or ""
-            listed = eng.get("/containers/json", all=1, filters={"label": [contract.MANAGED]})
-            containers = []
+                server = answer.response.getheader("Server") or ""
+            containers, root = [], None
             for c in listed:
                 try:
                     attrs = eng.get(f"/containers/{c['Id']}/json")
@@ -172,11 +166,44 @@ def docker_facts(inspected: dict[str, dict] | None = None) -> dict[str, Any]:
                         raise
                     continue
                 containers.append({**summarize_container(attrs), "secret_files_missing": _secret_files_missing(attrs)})
+                root = root or root_from_container(attrs)
                 if inspected is not None:
                     inspected[attrs.get("Name", "").lstrip("/")] = attrs
+            version = server_version(server)
+            if info is None and (root is None or not version):
+                info = _info(eng)
     except Exception as exc:  # noqa: BLE001 - any failure here means "daemon not usable"
         return {"ok": False, "error": f"Docker daemon not reachable: {str(exc)[:200]}"}
+    if info is None:
+        return {"ok": True, "version": version, "api_version": api_version, "root_dir": root, "runtimes": None,
+                "image_store": "", "containers": containers}
     return _facts(info, api_version, containers)
+
+
+def _info(eng) -> dict:
+    info = eng.get("/info")
+    return info if isinstance(info, dict) else {}
+
+
+def server_version(server: str) -> str:
+    """dockerd's version from its Server header, "Docker/20.10.24+dfsg1 (linux)"; "" from anything else. Pure."""
+    name, _, rest = server.partition("/")
+    version = rest.split(" ", 1)[0]
+    return version if name == "Docker" and version and version.isprintable() else ""
+
+
+def root_from_container(attrs: dict) -> str | None:
+    """Docker's data root from where it keeps this container's own files (<root>/containers/<id>/), or None. Pure.
+
+    Only a path naming this very container's id counts: a container sharing another's network names that one's
+    resolv.conf."""
+    cid = attrs.get("Id") or ""
+    for key, leaf in (("HostnamePath", "hostname"), ("ResolvConfPath", "resolv.conf"), ("HostsPath", "hosts")):
+        path = attrs.get(key) or ""
+        tail = f"/containers/{cid}/{leaf}"
+        if cid and isinstance(path, str) and path.endswith(tail) and path.startswith("/") and len(path) > len(tail):
+            return path[: -len(tail)]
+    return None
 
 
 def _secret_files_missing(attrs: dict) -> str:
@@ -338,9 +365,9 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     """All facts preflight, plan and status need, in one agent call."""
     t0 = time.monotonic()
     inspected: dict[str, dict] = {}
-    docker = docker_facts(inspected)
+    docker = docker_facts(inspected, runtimes=bool(args.get("gpu", True)))
     out: dict[str, Any] = {"docker": docker, "ports": listening.listening_ports()}
-    root = docker.get("root_dir", "/var/lib/docker") if docker.get("ok") else "/"
+    root = (docker.get("root_dir") or "/var/lib/docker") if docker.get("ok") else "/"
     out["disk"] = disk_free(root if os.path.exists(root) else "/")
     if args.get("gpu", True):
         out["nvml"] = nvml()
@@ -348,7 +375,7 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     refs = args.get("images") or []
     if refs:
         out["images"] = images(refs, bool(args.get("insecure_registry")), float(args.get("registry_timeout", 5)),
-                               local=bool(docker.get("ok")) and docker.get("image_store") == "classic")
+                               local=bool(docker.get("ok")) and docker.get("image_store") != "containerd")
     from .freeze import all_freezes
 
     out["freezes"] = all_freezes()

@@ -49,6 +49,7 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    server_version, sys_version = "Docker/20.10.24+dfsg1", "(linux)"  # dockerd's Server header on every answer
     state: State
 
     def log_message(self, *a) -> None:
@@ -96,7 +97,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.error(404, f"No such image: {body['Image']}")
             cid = f"{len(st.containers) + 1:064x}"
             st.containers[cid] = {"Id": cid, "Name": "/" + q["name"], "Config": {k: body.get(k) for k in ("Image", "User", "Env", "Labels")},
-                                  "HostConfig": body["HostConfig"], "State": {"Status": "created", "Running": False}}
+                                  "HostConfig": body["HostConfig"], "State": {"Status": "created", "Running": False},
+                                  "HostnamePath": f"/srv/docker/containers/{cid}/hostname"}
             return self.reply(201, {"Id": cid, "Warnings": []})
         if (method, path) == ("GET", "/containers/json"):
             return self.reply(200, [{"Id": cid} for cid in st.containers] + [{"Id": "f" * 64}])  # the last: gone by the inspect
@@ -422,6 +424,50 @@ def test_facts_read_the_daemon_with_one_info_and_one_inspect_per_container_and_i
     assert [p for p in paths if p.startswith("/images/")] == [f"/images/{IMAGE_ID}/json"]
 
 
+def test_a_host_without_gpus_is_read_without_info_unless_nothing_else_names_the_root(fake, monkeypatch):
+    """/info makes dockerd run runc and docker-init (~7 ms of the host's CPU): a host whose runtimes nobody asks about
+    gets its version from the Server header and its data root from a container's own files; /info only when
+    no container names the root or the daemon's Server header is not Docker's."""
+    from agent import facts
+
+    client, state = fake
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{client.engine.path}")
+    state.seen.clear()
+    got = facts.docker_facts(runtimes=False)
+    assert (got["version"], got["root_dir"], got["runtimes"]) == ("20.10.24+dfsg1", "/srv/docker", ["nvidia", "runc"])
+    assert [p for _m, p, _q, _b in state.seen].count("/info") == 1  # no container yet: /info says the root
+    state.images["reg:5000/lab/svc:1"] = {"Id": IMAGE_ID, "Config": {}}
+    create(client, {**ARGS, "name": "a", "image": "reg:5000/lab/svc:1"})
+    state.seen.clear()
+    got = facts.docker_facts(runtimes=False)
+    assert (got["ok"], got["version"], got["api_version"], got["root_dir"], got["runtimes"], got["image_store"]) == (
+        True, "20.10.24+dfsg1", "1.41", "/srv/docker", None, "")
+    assert "/info" not in [p for _m, p, _q, _b in state.seen]
+    monkeypatch.setattr(Handler, "server_version", "Libpod/4.3")
+    assert facts.docker_facts(runtimes=False)["runtimes"] == ["nvidia", "runc"]  # not Docker's header: /info
+
+
+@pytest.mark.parametrize(("server", "version"), [("Docker/20.10.24+dfsg1 (linux)", "20.10.24+dfsg1"), ("Docker/27.3.1", "27.3.1"),
+                                                  ("Libpod/4.3.1 (linux)", ""), ("", ""), ("Docker/", ""), ("Docker", "")])
+def test_the_daemon_version_from_its_server_header(server, version):
+    from agent import facts
+
+    assert facts.server_version(server) == version
+
+
+def test_the_data_root_from_a_containers_own_files_only():
+    from agent import facts
+
+    cid = "a" * 64
+    assert facts.root_from_container({"Id": cid, "HostnamePath": f"/var/lib/docker/containers/{cid}/hostname"}) == "/var/lib/docker"
+    assert facts.root_from_container({"Id": cid, "HostnamePath": "", "ResolvConfPath": f"/srv/d/containers/{cid}/resolv.conf"}) == "/srv/d"
+    # --network container:other names the other container's resolv.conf: not this one's, so not evidence
+    assert facts.root_from_container({"Id": cid, "ResolvConfPath": f"/var/lib/docker/containers/{'b' * 64}/resolv.conf"}) is None
+    assert facts.root_from_container({"Id": cid, "HostsPath": f"containers/{cid}/hosts"}) is None
+    assert facts.root_from_container({"Id": "", "HostsPath": "/x/containers//hosts"}) is None
+    assert facts.root_from_container({}) is None
+
+
 def test_an_image_config_is_read_from_docker_only_under_its_own_digest(fake, monkeypatch):
     from agent import facts
 
@@ -451,13 +497,13 @@ def test_which_image_store_dockerd_keeps_and_what_is_on_path(monkeypatch, tmp_pa
     assert facts._on_path(facts.HOOK) is None  # an empty PATH holds nothing, not the current directory
 
 
-@pytest.mark.parametrize(("store", "local"), [("classic", True), ("containerd", False)])
+@pytest.mark.parametrize(("store", "local"), [("classic", True), ("containerd", False), ("", True)])
 def test_gather_reads_configs_from_docker_only_where_images_are_named_by_their_config(monkeypatch, tmp_path, store, local):
     from agent import facts
 
     monkeypatch.setenv("FLEETROLL_STATE_DIR", str(tmp_path))
-    monkeypatch.setattr(facts, "docker_facts", lambda inspected: {"ok": True, "root_dir": "/", "runtimes": [], "image_store": store,
-                                                                    "containers": []})
+    monkeypatch.setattr(facts, "docker_facts", lambda inspected, runtimes: {"ok": True, "root_dir": "/", "runtimes": [],
+                                                                              "image_store": store, "containers": []})
     asked = []
     monkeypatch.setattr(facts, "images", lambda refs, insecure, timeout, local: asked.append(local) or {})
     facts.gather({"gpu": False, "images": ["reg:5000/lab/svc:1"]})

@@ -165,6 +165,27 @@ def test_container_uptime_from_dockers_timestamp():
     assert c["up_s"] == 30.0
 
 
+@pytest.mark.parametrize("stamp", ["1970-01-01T00:00:00Z", "2000-02-29T12:34:56.5Z", "2024-12-31T23:59:59.999999999Z",
+                                   "2100-03-01T00:00:01Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+def test_uptime_parsed_by_hand_agrees_with_calendar(stamp):
+    """facts.up_seconds parses without calendar/time.strptime (their imports cost every agent call ~3 ms)."""
+    import calendar
+    import time
+
+    from agent.facts import up_seconds
+
+    now = 253402300800.0  # year 10000: every stamp above is in the past
+    assert up_seconds(stamp, now) == now - calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
+@pytest.mark.parametrize("stamp", ["", "soon", "2026-13-01T00:00:00Z", "2026-11-26 10:00:00Z", "2026-11-26T25:00:00Z",
+                                   "２０２６-11-26T10:00:00Z", None])
+def test_a_timestamp_that_is_not_rfc3339_has_no_uptime(stamp):
+    from agent.facts import up_seconds
+
+    assert up_seconds(stamp, 1.0) is None
+
+
 def test_a_long_gate_says_it_is_still_waiting_every_tick(monkeypatch):
     from agent import health
 
