@@ -480,10 +480,57 @@ def test_health_probe_turns_any_exception_into_a_failed_probe():
     t.start()
     port = srv.getsockname()[1]
     p = health.probe(f"http://127.0.0.1:{port}/health", 2)
-    assert not p.ok and "BadStatusLine" in p.reason
+    assert not p.ok and "not a valid HTTP answer (not an HTTP/1.x status line: b'SSH-2.0-OpenSSH_9.2p1" in p.reason, p.reason
     p = health.probe(f"http://127.0.0.1:{port}/he alth", 2)
     assert not p.ok and ("InvalidURL" in p.reason or "not a valid HTTP answer" in p.reason or "HTTP" in p.reason)
     srv.close()
+
+
+def test_health_probe_reads_the_answer_and_follows_redirects_only_on_the_same_address():
+    """The probe speaks agent/http1.py: status and body as the verdict needs them, an error status's body too, a
+    redirect on the container's own address and port followed, one elsewhere refused with the reason."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Service(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            here = f"http://127.0.0.1:{self.server.server_address[1]}"
+            status, headers, body = {
+                "/health": (200, {}, b'{"status":"ok"}'),
+                "/degraded": (503, {}, b'{"status":"degraded"}'),
+                "/moved": (301, {"Location": "/health"}, b""),
+                "/moved-abs": (307, {"Location": f"{here}/health?x=1"}, b""),
+                "/away": (302, {"Location": "http://127.0.0.2:9/health"}, b""),
+                "/loop": (302, {"Location": "/loop"}, b""),
+            }.get(self.path.split("?")[0], (404, {}, b"no"))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert health.probe(f"{base}/health", 2).ok
+        p = health.probe(f"{base}/degraded", 2)
+        assert (p.ok, p.status, p.reason, p.body) == (False, 503, "HTTP 503", '{"status":"degraded"}')
+        assert health.probe(f"{base}/moved", 2).ok and health.probe(f"{base}/moved-abs", 2).ok
+        p = health.probe(f"{base}/away", 2)
+        assert not p.ok and p.reason.startswith("HTTP 302 to http://127.0.0.2:9/health: not followed"), p.reason
+        p = health.probe(f"{base}/loop", 2)
+        assert (p.ok, p.reason) == (False, "HTTP 302")  # four hops, then the redirect itself is the answer
+        p = health.probe("https://127.0.0.1:1/health", 2)
+        assert not p.ok and "not an http:// URL" in p.reason
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_derive_state_only_trusts_observed_outcomes():
