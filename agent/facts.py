@@ -166,7 +166,8 @@ def docker_facts(inspected: dict[str, dict] | None = None, runtimes: bool = True
                         raise
                     continue
                 containers.append({**summarize_container(attrs), "secret_files_missing": _secret_files_missing(attrs)})
-                root = root or root_from_container(attrs)
+                if root is None or (attrs.get("State") or {}).get("Running"):
+                    root = root_from_container(attrs) or root  # a running container's paths: those of dockerd now
                 if inspected is not None:
                     inspected[attrs.get("Name", "").lstrip("/")] = attrs
             version = server_version(server)
@@ -341,7 +342,7 @@ def _local_image_config(config_digest: str, timeout: float = 5.0) -> dict[str, A
 
     Docker's classic image store names an image by its config's digest; the containerd store (an option
     since Docker 24) names it by its manifest's, so there the lookup finds nothing and the blob is read as
-    before (docker_facts says which store, and gather asks only the classic one). The id must be the
+    before (gather skips the lookup where /info said containerd, and tries it where /info was not asked). The id must be the
     digest itself: a config is used only when it is that very content.
     """
     from . import engine

@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 
 MAX_LINE = 65536
-MAX_HEADERS = 100
+MAX_HEADERS = 100  # header lines, folded continuations included (as http.client counts them)
 _NO_BODY = (204, 304)
 
 
@@ -59,6 +59,14 @@ def encode_request(method: str, target: str, host: str, headers: dict[str, str] 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
+def _content_length(value: str) -> int:
+    """A Content-Length; the same length repeated ("2, 2": a header sent twice) is that length."""
+    lengths = {v.strip() for v in value.split(",")}
+    if len(lengths) != 1 or not all(v.isascii() and v.isdigit() for v in lengths):
+        raise ProtocolError(f"bad Content-Length {value[:40]!r}")
+    return int(lengths.pop())
+
+
 class Response:
     """One answer, read as the caller asks: whole (`read()`), by size, by line, or as it arrives (`read1`)."""
 
@@ -76,16 +84,15 @@ class Response:
         self._buf = b""
         self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         self._chunk_left = 0  # bytes left in the current chunk
-        self._ended = False
+        self._ended = self._closed = False
         length = self.headers.get("content-length")
         if method == "HEAD" or self.status in _NO_BODY or self.status < 200:
             self._left: int | None = 0
+            self._chunked = False
         elif self._chunked:
             self._left = None
         elif length is not None:
-            if not length.strip().isdigit():
-                raise ProtocolError(f"bad Content-Length {length[:40]!r}")
-            self._left = int(length)
+            self._left = _content_length(length)
         else:
             self._left = None  # to the connection's end
         connection = self.headers.get("connection", "").lower()
@@ -103,28 +110,28 @@ class Response:
         if not line:
             raise Disconnected("the peer closed the connection without answering")
         parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-        if len(parts) < 2 or parts[0] not in ("HTTP/1.0", "HTTP/1.1") or not (parts[1].isdigit() and len(parts[1]) == 3):
+        if len(parts) < 2 or parts[0] not in ("HTTP/1.0", "HTTP/1.1") or not (
+                parts[1].isascii() and parts[1].isdigit() and len(parts[1]) == 3):
             raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
         return int(parts[1]), parts[2] if len(parts) > 2 else "", parts[0]
 
     def _headers(self) -> list[tuple[str, str]]:
-        pairs: list[tuple[str, str]] = []
-        while True:
+        parts: list[tuple[str, list[str]]] = []
+        for _ in range(MAX_HEADERS + 1):
             line = self._line()
             if not line:
                 raise ProtocolError("the connection ended inside the answer's headers")
             if line in (b"\r\n", b"\n"):
-                return pairs
-            if len(pairs) >= MAX_HEADERS:
-                raise ProtocolError(f"more than {MAX_HEADERS} header lines")
+                return [(name, " ".join(values)) for name, values in parts]
             text = line.decode("latin-1").rstrip("\r\n")
-            if text[:1] in (" ", "\t") and pairs:  # an obsolete folded line continues the last header
-                pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]} {text.strip()}")
+            if text[:1] in (" ", "\t") and parts:  # an obsolete folded line continues the last header
+                parts[-1][1].append(text.strip())
                 continue
             name, sep, value = text.partition(":")
             if not sep or not name or name != name.strip():
                 raise ProtocolError(f"not an HTTP header line: {line[:80]!r}")
-            pairs.append((name, value.strip()))
+            parts.append((name, [value.strip()]))
+        raise ProtocolError(f"more than {MAX_HEADERS} header lines")
 
     def getheader(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)
@@ -139,10 +146,9 @@ class Response:
         if self._chunked:
             if not self._chunk_left:
                 size = self._line().split(b";", 1)[0].strip()
-                try:
-                    self._chunk_left = int(size, 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size {size[:20]!r}") from None
+                if not size or size.strip(b"0123456789abcdefABCDEF"):  # hex digits only: not "-5", "0x10" or "1_0"
+                    raise ProtocolError(f"bad chunk size {size[:20]!r}")
+                self._chunk_left = int(size, 16)
                 if self._chunk_left == 0:
                     while self._line() not in (b"\r\n", b"\n", b""):  # trailers: read and ignored
                         pass
@@ -170,6 +176,9 @@ class Response:
 
     def read(self, n: int | None = None) -> bytes:
         """The whole rest of the body, or exactly n bytes of it (fewer only at its end)."""
+        if n is not None and len(self._buf) >= n:
+            data, self._buf = self._buf[:n], self._buf[n:]
+            return data
         parts = [self._buf]
         have = len(self._buf)
         self._buf = b""
@@ -183,6 +192,8 @@ class Response:
 
     def read1(self, n: int = 65536) -> bytes:
         """What has arrived, up to n bytes (at least one unless the body has ended): a stream as it comes."""
+        if n <= 0:
+            return b""
         if self._buf:
             data, self._buf = self._buf[:n], self._buf[n:]
             return data
@@ -202,10 +213,13 @@ class Response:
     @property
     def complete(self) -> bool:
         """The whole body was read and nothing of it is left over: the connection may carry another request."""
-        return self._ended and not self._buf or (self._left == 0 and not self._chunked and not self._buf)
+        if self._closed or self._buf:
+            return False
+        return self._ended or (self._left == 0 and not self._chunked)
 
     def close(self) -> None:
-        self._ended = True
+        """Stop reading: what is left of the body stays unread, so the connection is not used again."""
+        self._ended = self._closed = True
 
 
 class Connection:
@@ -215,18 +229,22 @@ class Connection:
         self.sock, self.host = sock, host
         self.fp = sock.makefile("rb")
         self.response: Response | None = None
+        self.broken = False  # a request failed half-way: what is on the wire is unknown
 
     def request(self, method: str, target: str, headers: dict[str, str] | None = None, body: bytes | None = None) -> Response:
-        if self.response is not None and not (self.response.complete and not self.response.will_close):
+        if not self.reusable:
             raise ProtocolError("the connection's last answer was not read to its end")
-        self.sock.sendall(encode_request(method, target, self.host, headers, body))
+        data = encode_request(method, target, self.host, headers, body)
+        self.broken, self.response = True, None
+        self.sock.sendall(data)
         self.response = Response(self.fp, method)
+        self.broken = False
         return self.response
 
     @property
     def reusable(self) -> bool:
         r = self.response
-        return r is None or (r.complete and not r.will_close)
+        return not self.broken and (r is None or (r.complete and not r.will_close))
 
     def close(self) -> None:
         try:

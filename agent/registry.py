@@ -124,9 +124,9 @@ class RegistryClient:
                 content = r.read()
                 break
             except (http1.Disconnected, BrokenPipeError, ConnectionResetError):
-                if conn is None:
-                    raise
-                conn.close()
+                # (also a reset while connecting: a load balancer dropping one handshake of a fleet-wide preflight)
+                if conn is not None:
+                    conn.close()
                 self.conns.pop(key, None)
                 if attempt == 2:
                     raise
@@ -145,6 +145,10 @@ class RegistryClient:
         if r.status in (301, 302, 303, 307, 308) and redirects and hdrs.get("Location"):
             nxt = urllib.parse.urljoin(url, hdrs["Location"])
             if _origin(nxt) != _origin(url):  # credentials never follow to another host, port or scheme
+                if body is not None and r.status in (307, 308):
+                    # A token POST's form carries the refresh token: not repeated to another origin (an https realm
+                    # redirecting to http would put it in clear text); the redirect is the answer, no token is got.
+                    return Response(r.status, hdrs, content, url)
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             # 307 and 308 repeat the request as it was (a token POST stays a POST); the others become a GET.
             return self._request(nxt, headers, redirects - 1, body if r.status in (307, 308) else None)
@@ -167,7 +171,7 @@ class RegistryClient:
                 import ssl
 
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=u.hostname)
-            return http1.Connection(sock, u.netloc)
+            return http1.Connection(sock, u.netloc.rpartition("@")[2])  # never a URL's user:password in the Host header
         except BaseException:
             sock.close()
             raise

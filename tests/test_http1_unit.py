@@ -144,3 +144,58 @@ def test_a_connection_whose_answer_was_not_read_is_not_reused():
     assert not conn.reusable
     with pytest.raises(http1.ProtocolError):
         conn.request("GET", "/b")
+
+
+def test_folded_lines_count_against_the_header_limit():
+    """A peer folding one header over thousands of lines must hit the cap, not grow a value quadratically."""
+    conn, peer = pair(b"HTTP/1.1 200 OK\r\nX: a\r\n" + b"\r\n".join(
+        [b"\t" + b"b" * 1000] * 150) + b"\r\n\r\n")
+    peer.shutdown(socket.SHUT_WR)
+    with pytest.raises(http1.ProtocolError, match="more than 100 header lines"):
+        conn.request("GET", "/v2/")
+
+
+def test_a_head_answer_is_bodiless_even_when_it_says_chunked():
+    conn, _ = pair(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert conn.request("HEAD", "/v2/lab/svc/manifests/1").read() == b"" and conn.reusable
+    assert conn.request("GET", "/v2/").read() == b"ok"
+
+
+def test_an_answer_closed_unread_or_a_request_cut_short_leaves_the_connection_unusable():
+    conn, _ = pair(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789")
+    r = conn.request("GET", "/a")
+    assert r.read(3) == b"012"
+    r.close()
+    assert not r.complete and not conn.reusable
+    conn, peer = pair()
+    peer.close()
+    with pytest.raises(OSError):
+        conn.request("GET", "/a")
+    assert not conn.reusable
+
+
+def test_read_after_readline_returns_what_was_asked():
+    conn, _ = pair(b"HTTP/1.1 200 OK\r\nContent-Length: 24\r\n\r\nline\n0123456789abcdefghi")
+    r = conn.request("GET", "/logs")
+    assert r.readline() == b"line\n"
+    assert r.read(4) == b"0123" and r.read1(0) == b"" and r.read1(3) == b"456" and r.read() == b"789abcdefghi"
+
+
+@pytest.mark.parametrize(("length", "ok"), [("2, 2", True), ("2, 3", False), ("\u00b2", False), ("+2", False)])
+def test_a_repeated_content_length_must_agree_and_be_ascii_digits(length, ok):
+    conn, peer = pair(f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nok".encode())
+    peer.shutdown(socket.SHUT_WR)
+    if ok:
+        assert conn.request("GET", "/").read() == b"ok"
+    else:
+        with pytest.raises(http1.ProtocolError):
+            conn.request("GET", "/")
+
+
+@pytest.mark.parametrize("size", [b"-5", b"0x10", b"1_0", b""])
+def test_a_chunk_size_is_hex_digits_only(size):
+    conn, peer = pair(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n")
+    peer.shutdown(socket.SHUT_WR)
+    r = conn.request("GET", "/")
+    with pytest.raises(http1.ProtocolError, match="bad chunk size"):
+        r.read()

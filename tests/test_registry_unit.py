@@ -1,4 +1,4 @@
-"""The agent's registry client (http.client, no requests): token challenge, redirects, digest — against a server in this process."""
+"""The agent's registry client (agent/http1.py, no requests): token challenge, redirects, digest — against a server in this process."""
 
 from __future__ import annotations
 
@@ -309,3 +309,57 @@ def test_a_registry_late_once_is_asked_again_on_a_fresh_connection_and_answers()
             srv.shutdown()
     assert late["left"] == 0, "the first request was the late one"
     assert out[ref]["ok"], out
+
+
+def test_a_token_post_is_not_repeated_to_another_origin_and_a_reset_connect_is_tried_again():
+    """A 307 from the token realm to another host would repeat the form, refresh token and all (in clear text if the
+    other host is http): the redirect is the answer instead. A connection reset while connecting (a balancer
+    dropping one handshake of a fleet-wide preflight) gets the one retry a dropped kept-alive connection gets."""
+    got: list[bytes] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            got.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Realm(Elsewhere):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{other.server_address[1]}/collect")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    realm = ThreadingHTTPServer(("127.0.0.1", 0), Realm)
+    for srv in (other, realm):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        client = RegistryClient(insecure=True, timeout=2)
+        r = client._request(f"http://127.0.0.1:{realm.server_address[1]}/token", {}, body=b"refresh_token=SECRET")
+        assert r.status_code == 307 and got == []
+        tries = []
+        real = client._connect
+
+        def reset_once(u):
+            tries.append(u.netloc)
+            if len(tries) == 1:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return real(u)
+
+        client._connect = reset_once
+        assert client._request(f"http://127.0.0.1:{other.server_address[1]}/x", {}, body=b"a=1").status_code == 200
+        assert len(tries) == 2 and got == [b"a=1"]
+    finally:
+        for srv in (other, realm):
+            srv.shutdown()
+            srv.server_close()
