@@ -273,6 +273,20 @@ def parse_servers_state(text: str) -> dict[str, dict[str, Slot]]:
     return out
 
 
+def parse_sessions(text: str, be: str) -> dict[str, int]:
+    """`show stat` (CSV) -> {server: sessions in flight (scur)} of backend `be` (pure)."""
+    out: dict[str, int] = {}
+    header: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            header = line[2:].split(",")
+            continue
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == be and row.get("svname") not in (None, "BACKEND", "FRONTEND") and (row.get("scur") or "0").isdigit():
+            out[row["svname"]] = int(row.get("scur") or 0)
+    return out
+
+
 def _known_slots(slots: dict[str, Slot]) -> dict[str, Slot]:
     """Only the slots render() made (a and b): a server name goes into a command line only if it is one."""
     return {k: v for k, v in slots.items() if k in SLOTS}
@@ -306,6 +320,15 @@ class Runtime:
 
     def servers(self) -> dict[str, dict[str, Slot]]:
         return parse_servers_state(self.cmd("show servers state"))
+
+    def wait_idle(self, service: str, servers: list[str], within: float) -> bool:
+        """Until none of `servers` (just left by the proxy) has a request in flight (scur), at most `within` s."""
+        be, end = backend(service), time.monotonic() + within
+        while True:
+            busy = [n for n, cur in parse_sessions(self.cmd("show stat"), be).items() if n in servers and cur]
+            if not busy or time.monotonic() >= end:
+                return not busy
+            time.sleep(0.02)
 
     def slots(self, service: str) -> dict[str, Slot]:
         be = backend(service)

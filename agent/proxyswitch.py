@@ -18,6 +18,7 @@ from .motion import failure_text, settled_retry
 from .vocabulary import Step
 
 TASKS_WAIT_S = 15.0  # how long a new proxy may take to see a Swarm task UP that the old one served
+IDLE_WAIT_S = 2.0  # at most, for the requests on a server the proxy left without a drain (the schema's default drain_s)
 
 
 def on_overlay(said: str) -> bool:
@@ -147,6 +148,10 @@ class ProxySwitch:
         if done["switched"] and drain_s:
             self.j(Step.DRAIN, service, seconds=drain_s)
             time.sleep(drain_s)
+        elif done["switched"]:
+            # No drain asked (a restore switching back, a commit by recovery, drain_s: 0): the requests already on
+            # the server just left still finish before it goes to maintenance and its container can be stopped.
+            done["idle"] = rt.wait_idle(service, done["from"], IDLE_WAIT_S)
         rt.retire(service, addr, port)
         return done
 

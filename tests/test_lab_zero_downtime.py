@@ -345,7 +345,7 @@ def test_start_first_killed_at_each_step_boundary_is_recovered_without_dropping_
     assert live == [f"{addr}:8080"], (live, addr)
     recs = [json.loads(x) for x in (killer.dir / f"{rep.rollout_id}.jsonl").read_text().splitlines()]
     assert recs[-1]["recovered"] is True and [r["step"] for r in recs].count("failpoint") == 1
-    assert result["failed"] == 0, result
+    assert result["failed"] == 0, (result["first_failures"], result)
 
 
 def test_a_service_put_behind_a_proxy_that_does_not_know_it_yet_is_refused_in_preflight(edge):

@@ -29,6 +29,32 @@ def test_render_gives_each_route_a_frontend_and_a_two_slot_backend():
     assert "option http-server-close" in cfg and "option redispatch 1" in cfg
 
 
+STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout
+fe_web,FRONTEND,,,3,9,,120,0,0
+be_web,a,0,0,0,4,,60,0,0
+be_web,b,0,0,2,5,,60,0,0
+be_web,BACKEND,0,0,2,9,,120,0,0
+be_llm,a,0,0,1,1,,1,0,0
+"""
+
+
+def test_requests_in_flight_per_server_from_show_stat():
+    assert agent_proxy.parse_sessions(STAT, "be_web") == {"a": 0, "b": 2}
+    assert agent_proxy.parse_sessions(STAT, "be_llm") == {"a": 1}
+    assert agent_proxy.parse_sessions("garbage\n", "be_web") == {}
+
+
+def test_a_server_the_proxy_left_is_waited_for_until_its_requests_finish(monkeypatch):
+    """A restore switching back (no drain): the new container's requests in flight finish before it is stopped."""
+    answers = iter([STAT, STAT, STAT.replace("be_web,b,0,0,2", "be_web,b,0,0,0")])
+    rt = agent_proxy.Runtime(path=Path("/nonexistent"))
+    monkeypatch.setattr(rt, "cmd", lambda line: next(answers))
+    assert rt.wait_idle("web", ["b"], within=5.0) is True
+    monkeypatch.setattr(rt, "cmd", lambda line: STAT)
+    assert rt.wait_idle("web", ["b"], within=0.05) is False  # still busy at the bound: it stops waiting all the same
+    assert rt.wait_idle("web", ["a"], within=5.0) is True
+
+
 STATE = """1
 # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
 4 be_web 1 a 172.18.0.3 2 0 1 1 2 1 0 0 0 0 0 0 - 8080 - 0 0 - - 0
