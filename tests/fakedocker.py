@@ -286,6 +286,7 @@ class FakeProxy:
     def __init__(self) -> None:
         self.live: dict[str, str] = {}  # service -> "addr:port" the proxy sends it to
         self.switches: list[tuple[str, str]] = []
+        self.idle_waits: list[tuple[str, tuple[str, ...]]] = []  # switches made without a drain waited for these
         self.fail_next = ""
 
     def runtime(self, *_a, **_kw) -> FakeProxy:
@@ -307,6 +308,10 @@ class FakeProxy:
 
     def retire(self, service: str, keep_addr: str, keep_port: int) -> None:
         pass
+
+    def wait_idle(self, service: str, servers: list[str], within: float) -> bool:
+        self.idle_waits.append((service, tuple(servers)))
+        return True
 
     def servers(self) -> dict:
         return {}

@@ -123,6 +123,8 @@ def test_recovery_after_death_once_the_proxy_switched_ends_on_one_release_the_pr
     out = recovery.recover_pending()
     assert out[0]["services"] == {"web": "reverted"} and out[0]["state"] == "good"
     assert only(daemon, "web").id == old and edge.live["web"] == f"{daemon.containers.by_id[old].address}:8080"
+    # the switch back asked no drain: the new container's requests in flight were waited for before it went
+    assert edge.idle_waits[-1] == ("web", ("a",))  # (the fake names the slot left "a")
 
 
 def test_the_rollback_and_restart_plans_follow_the_services_order(tmp_path):
