@@ -78,7 +78,8 @@ SERVICE_NOTES: dict[str, Doc] = {
         "the plan (playbooks/order.py); inventory validation (`start-first` needs `proxy:`); the agent's swap."),
     "services.<name>.update.drain_s": Doc(
         "Seconds the old container keeps finishing its requests after the proxy switched away from it, before it"
-        " stops (kept for revert).",
+        " stops (kept for revert). With 0 (and on a revert switching back) the agent still waits, up to 2 s, until"
+        " the proxy reports no request in flight on the server it left.",
         "drain_s: 2",
         "the agent's swap behind the proxy."),
     "services.<name>.ports": Doc(
@@ -160,7 +161,9 @@ SERVICE_NOTES: dict[str, Doc] = {
         "inventory validation; the agent checks each bind source again on the host, as it resolves there."),
     "services.<name>.health": Doc(
         "The health gate: `GET <path>` on `port` must answer HTTP 200 with the JSON `{\"status\": \"ok\"}` within"
-        " `healthy_deadline`, then keep doing so for `min_healthy_time`. A restart or exit of the container fails it.",
+        " `healthy_deadline`, then keep doing so for `min_healthy_time`. A restart or exit of the container fails it."
+        " A redirect is followed (up to four) only on the same address and port: another host's answer is not this"
+        " container's health.",
         "health: {port: 8080, healthy_deadline: 180, min_healthy_time: 15}",
         "the agent's gate (agent/health.py) after every start: rollout, revert, rollback, restart; `fab status` (one"
         " probe of the same URL)."),
