@@ -9,7 +9,6 @@ pure function; the polling uses tenacity for the wait-until-deadline part.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -18,8 +17,6 @@ from dataclasses import asdict, dataclass, field
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay
 
 from . import http1
-
-REDIRECTS = (301, 302, 303, 307, 308)
 
 
 @dataclass
@@ -79,15 +76,14 @@ def _get(url: str, timeout: float, hops: int = 4) -> tuple[int, bytes]:
     if u.scheme != "http" or not u.hostname:
         raise ValueError(f"not an http:// URL: {url[:120]!r}")
     port = u.port or 80
-    host = u.hostname.encode() if u.hostname.isascii() else u.hostname  # an ASCII name skips the IDNA codec's import
-    conn = http1.Connection(socket.create_connection((host, port), timeout=timeout), u.netloc)
+    conn = http1.Connection(http1.tcp_socket(u.hostname, port, timeout), u.netloc.rpartition("@")[2])
     try:
         r = conn.request("GET", (u.path or "/") + (f"?{u.query}" if u.query else ""), {"Connection": "close"})
         body = r.read(4096)
     finally:
         conn.close()
     location = r.getheader("location")
-    if r.status in REDIRECTS and location and hops:
+    if r.status in http1.REDIRECTS and location and hops:
         nxt = urllib.parse.urljoin(url, location)
         v = urllib.parse.urlsplit(nxt)
         if (v.scheme, v.hostname, v.port or 80) != (u.scheme, u.hostname, port):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 
+REDIRECTS = (301, 302, 303, 307, 308)
 MAX_LINE = 65536
 MAX_HEADERS = 100  # header lines, folded continuations included (as http.client counts them)
 _NO_BODY = (204, 304)
@@ -220,6 +221,12 @@ class Response:
     def close(self) -> None:
         """Stop reading: what is left of the body stays unread, so the connection is not used again."""
         self._ended = self._closed = True
+
+
+def tcp_socket(hostname: str, port: int, timeout: float) -> socket.socket:
+    """A connected TCP socket. An ASCII name goes to getaddrinfo as bytes: a str is IDNA-encoded first, and that
+    codec's import (with stringprep and unicodedata) is ~1 ms of every agent call; a name that is not ASCII still is."""
+    return socket.create_connection((hostname.encode() if hostname.isascii() else hostname, port), timeout=timeout)
 
 
 class Connection:

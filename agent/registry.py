@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -142,7 +141,7 @@ class RegistryClient:
             conn.close()
             self.conns.pop(key, None)
         hdrs = {k.title(): v for k, v in r.getheaders()}
-        if r.status in (301, 302, 303, 307, 308) and redirects and hdrs.get("Location"):
+        if r.status in http1.REDIRECTS and redirects and hdrs.get("Location"):
             nxt = urllib.parse.urljoin(url, hdrs["Location"])
             if _origin(nxt) != _origin(url):  # credentials never follow to another host, port or scheme
                 if body is not None and r.status in (307, 308):
@@ -162,10 +161,7 @@ class RegistryClient:
             port = u.port or (443 if u.scheme == "https" else 80)
         except ValueError:
             raise http1.ProtocolError(f"not a port in {u.netloc!r}") from None
-        # An ASCII name goes to getaddrinfo as bytes: a str is IDNA-encoded first, and that codec's import (with
-        # stringprep and unicodedata) is ~1 ms of every call; a name that is not ASCII still is.
-        host = u.hostname.encode() if u.hostname.isascii() else u.hostname
-        sock = socket.create_connection((host, port), timeout=self.timeout)
+        sock = http1.tcp_socket(u.hostname, port, self.timeout)
         try:
             if u.scheme == "https":
                 import ssl
