@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import contract, paths, proxytasks
+from .proxy_state import Slot, parse_servers_state, parse_sessions
 from .proxytasks import Tasks
 
 SOCKET_IN_CONTAINER = "/run/fleetroll-proxy"
@@ -227,66 +228,6 @@ def socket_path() -> Path:
     return paths.state_dir() / "proxy-run" / SOCKET_NAME
 
 
-@dataclass
-class Slot:
-    name: str
-    addr: str
-    port: int
-    admin: int  # HAProxy's srv_admin_state bits: 0 ready, 0x01/0x04/0x20 maintenance, 0x08/0x10 drain
-    op: int  # srv_op_state: 0 stopped, 2 running
-    weight: int = 1  # srv_uweight: the idle slot starts at 0 (never chosen)
-
-    @property
-    def live(self) -> bool:
-        return self.admin == 0 and self.weight > 0
-
-    @property
-    def up(self) -> bool:
-        """A checked server (a Swarm task's slot) that serves: enabled, resolved, and its health check passing."""
-        return self.admin == 0 and self.op == 2 and self.addr not in ("", "-", "0.0.0.0")
-
-    @property
-    def state(self) -> str:
-        if self.admin == 0:
-            return "ready" if self.weight > 0 else "idle"
-        return "drain" if self.admin & 0x18 and not self.admin & 0x25 else "maint"
-
-
-def parse_servers_state(text: str) -> dict[str, dict[str, Slot]]:
-    """`show servers state` -> {backend: {slot: Slot}} (pure)."""
-    out: dict[str, dict[str, Slot]] = {}
-    header: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("# "):
-            header = line[2:].split()
-            continue
-        parts = line.split()
-        if not header or len(parts) < len(header) - 8:
-            continue
-        row = dict(zip(header, parts, strict=False))
-        try:
-            out.setdefault(row["be_name"], {})[row["srv_name"]] = Slot(
-                row["srv_name"], row["srv_addr"], int(row.get("srv_port", 0)), int(row["srv_admin_state"]),
-                int(row["srv_op_state"]), int(row.get("srv_uweight", 1)))
-        except (KeyError, ValueError):
-            continue
-    return out
-
-
-def parse_sessions(text: str, be: str) -> dict[str, int]:
-    """`show stat` (CSV) -> {server: sessions in flight (scur)} of backend `be` (pure)."""
-    out: dict[str, int] = {}
-    header: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("# "):
-            header = line[2:].split(",")
-            continue
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == be and row.get("svname") not in (None, "BACKEND", "FRONTEND") and (row.get("scur") or "0").isdigit():
-            out[row["svname"]] = int(row.get("scur") or 0)
-    return out
-
-
 def _known_slots(slots: dict[str, Slot]) -> dict[str, Slot]:
     """Only the slots render() made (a and b): a server name goes into a command line only if it is one."""
     return {k: v for k, v in slots.items() if k in SLOTS}
@@ -321,14 +262,21 @@ class Runtime:
     def servers(self) -> dict[str, dict[str, Slot]]:
         return parse_servers_state(self.cmd("show servers state"))
 
-    def wait_idle(self, service: str, servers: list[str], within: float) -> bool:
-        """Until none of `servers` (just left by the proxy) has a request in flight (scur), at most `within` s."""
-        be, end = backend(service), time.monotonic() + within
-        while True:
-            busy = [n for n, cur in parse_sessions(self.cmd("show stat"), be).items() if n in servers and cur]
-            if not busy or time.monotonic() >= end:
-                return not busy
-            time.sleep(0.02)
+    def wait_idle(self, service: str, servers: list[str], within: float) -> bool | str:
+        """Until none of `servers` has a request in flight (scur), at most `within` s: True, False, or why unknown."""
+        be, end, timeout = backend(service), time.monotonic() + within, self.timeout
+        try:
+            while servers:
+                self.timeout = max(0.1, min(timeout, end - time.monotonic()))
+                busy = [n for n, cur in parse_sessions(self.cmd("show stat"), be).items() if n in servers and cur]
+                if not busy or time.monotonic() >= end:
+                    return not busy
+                time.sleep(0.02)
+        except ProxyError as exc:
+            return str(exc)[:200]
+        finally:
+            self.timeout = timeout
+        return True
 
     def slots(self, service: str) -> dict[str, Slot]:
         be = backend(service)

@@ -265,7 +265,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
             if is_proxy:
                 self._point_backends(service)
             if h.get("proxied"):
-                r.switch = self._switch_to(r, new, h, drain_s if start_first else 0.0)
+                r.switch = self._switch_to(r, new, h, drain_s if start_first else 0.0, settle=start_first)
                 r.timings["switch_ms"] = r.switch["switch_ms"]
             if start_first:
                 self._stop_old(r, current)

@@ -78,8 +78,8 @@ SERVICE_NOTES: dict[str, Doc] = {
         "the plan (playbooks/order.py); inventory validation (`start-first` needs `proxy:`); the agent's swap."),
     "services.<name>.update.drain_s": Doc(
         "Seconds the old container keeps finishing its requests after the proxy switched away from it, before it"
-        " stops (kept for revert). With 0 (and on a revert switching back) the agent still waits, up to 2 s, until"
-        " the proxy reports no request in flight on the server it left.",
+        " stops (kept for revert). After it (also with 0, and on a revert switching back) the agent waits, up to 2 s"
+        " more, until the proxy reports no request in flight on the server it left.",
         "drain_s: 2",
         "the agent's swap behind the proxy."),
     "services.<name>.ports": Doc(

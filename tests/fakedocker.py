@@ -285,8 +285,10 @@ class FakeProxy:
 
     def __init__(self) -> None:
         self.live: dict[str, str] = {}  # service -> "addr:port" the proxy sends it to
+        self.slot: dict[str, str] = {}  # service -> the slot ("a" or "b") serving it
         self.switches: list[tuple[str, str]] = []
-        self.idle_waits: list[tuple[str, tuple[str, ...]]] = []  # switches made without a drain waited for these
+        self.idle_waits: list[tuple[str, tuple[str, ...]]] = []  # the slots each switch waited on for requests in flight
+        self.idle_answer: bool | str = True  # what wait_idle says (a string: the proxy could not be read)
         self.fail_next = ""
 
     def runtime(self, *_a, **_kw) -> FakeProxy:
@@ -300,18 +302,18 @@ class FakeProxy:
             raise ProxyError(msg)
         to = f"{addr}:{port}"
         if self.live.get(service) == to:
-            return {"switched": False, "to": "a", "from": [], "switch_ms": 0.0}
-        before = self.live.get(service)
-        self.live[service] = to
+            return {"switched": False, "to": self.slot.get(service, "a"), "from": [], "switch_ms": 0.0}
+        before = self.slot.get(service)
+        self.live[service], self.slot[service] = to, "b" if before == "a" else "a"
         self.switches.append((service, to))
-        return {"switched": True, "to": "b" if before else "a", "from": ["a"] if before else [], "switch_ms": 0.1}
+        return {"switched": True, "to": self.slot[service], "from": [before] if before else [], "switch_ms": 0.1}
 
     def retire(self, service: str, keep_addr: str, keep_port: int) -> None:
         pass
 
-    def wait_idle(self, service: str, servers: list[str], within: float) -> bool:
+    def wait_idle(self, service: str, servers: list[str], within: float) -> bool | str:
         self.idle_waits.append((service, tuple(servers)))
-        return True
+        return self.idle_answer
 
     def servers(self) -> dict:
         return {}

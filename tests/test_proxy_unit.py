@@ -53,6 +53,15 @@ def test_a_server_the_proxy_left_is_waited_for_until_its_requests_finish(monkeyp
     monkeypatch.setattr(rt, "cmd", lambda line: STAT)
     assert rt.wait_idle("web", ["b"], within=0.05) is False  # still busy at the bound: it stops waiting all the same
     assert rt.wait_idle("web", ["a"], within=5.0) is True
+    monkeypatch.setattr(rt, "cmd", lambda line: pytest.fail("nothing to wait on: the proxy is not asked"))
+    assert rt.wait_idle("web", [], within=5.0) is True
+
+    def unreadable(line):
+        raise agent_proxy.ProxyError("the proxy's runtime API did not answer")
+
+    monkeypatch.setattr(rt, "cmd", unreadable)
+    assert rt.wait_idle("web", ["b"], within=5.0) == "the proxy's runtime API did not answer"  # said, not raised
+    assert rt.timeout == 5.0  # each command's timeout was cut to what was left of the bound, then put back
 
 
 STATE = """1

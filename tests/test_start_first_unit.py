@@ -45,7 +45,7 @@ def serving_old(d: FakeDaemon, p: FakeProxy) -> str:
     cid = d.api.create_container(**ckw, host_config=d.api.create_host_config(**hkw))["Id"]
     c = d.containers.get(cid)
     c.start()
-    p.live["web"] = f"{c.address}:8080"
+    p.live["web"], p.slot["web"] = f"{c.address}:8080", "a"
     return cid
 
 
@@ -123,8 +123,24 @@ def test_recovery_after_death_once_the_proxy_switched_ends_on_one_release_the_pr
     out = recovery.recover_pending()
     assert out[0]["services"] == {"web": "reverted"} and out[0]["state"] == "good"
     assert only(daemon, "web").id == old and edge.live["web"] == f"{daemon.containers.by_id[old].address}:8080"
-    # the switch back asked no drain: the new container's requests in flight were waited for before it went
-    assert edge.idle_waits[-1] == ("web", ("a",))  # (the fake names the slot left "a")
+    # the switch back asked no drain: the new container's slot (b) was waited on for requests in flight before it went
+    assert edge.switches[-1][1] == f"{daemon.containers.by_id[old].address}:8080" and edge.idle_waits[-1] == ("web", ("b",))
+
+
+def test_a_proxy_unreadable_while_waiting_for_requests_in_flight_does_not_fail_the_switch_back(daemon, edge, monkeypatch):
+    """The wait after a switch is advisory: `show stat` failing (wait_idle says why) is journalled, and the revert
+    ends reverted, the new container removed, as it did before the wait existed."""
+    old = serving_old(daemon, edge)
+    daemon.image(REPO, NEW_D)
+    die_at(daemon, "switched", {"rollout_id": "r-unread", "phase": "web", "operator": "op", "on_failure": "revert-phase",
+                                "steps": [swap(proxied_spec())]})
+    edge.idle_answer = "the proxy's runtime API did not answer"
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    out = recovery.recover_pending()
+    assert out[0]["services"] == {"web": "reverted"} and out[0]["state"] == "good"
+    assert only(daemon, "web").id == old and edge.live["web"] == f"{daemon.containers.by_id[old].address}:8080"
+    drains = [r for r in journal.read("r-unread") if r["step"] == "drain"]
+    assert drains and drains[-1]["idle"] == "the proxy's runtime API did not answer", drains
 
 
 def test_the_rollback_and_restart_plans_follow_the_services_order(tmp_path):
