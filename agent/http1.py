@@ -74,7 +74,11 @@ class Response:
     def __init__(self, fp, method: str):
         self.fp = fp
         self.status, self.reason, version = self._status_line()
-        while 100 <= self.status < 200 and self.status != 101:  # interim answers (100 Continue): skipped
+        interim = 0  # answers like 100 Continue or 103 Early Hints: skipped, a bounded number of them
+        while 100 <= self.status < 200 and self.status != 101:
+            interim += 1
+            if interim > MAX_HEADERS:
+                raise ProtocolError(f"more than {MAX_HEADERS} interim answers")
             self._headers()
             self.status, self.reason, version = self._status_line()
         self._pairs = self._headers()

@@ -199,3 +199,12 @@ def test_a_chunk_size_is_hex_digits_only(size):
     r = conn.request("GET", "/")
     with pytest.raises(http1.ProtocolError, match="bad chunk size"):
         r.read()
+
+
+def test_interim_answers_are_skipped_but_not_without_end():
+    conn, _ = pair(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert conn.request("GET", "/").read() == b"ok"
+    conn, peer = pair(b"HTTP/1.1 100 Continue\r\n\r\n" * 101)
+    peer.shutdown(socket.SHUT_WR)
+    with pytest.raises(http1.ProtocolError, match="interim answers"):
+        conn.request("GET", "/")
