@@ -128,7 +128,8 @@ def test_a_swapped_agent_archive_is_refused_before_any_of_its_code_runs(lab):
                 sftp.close()
 
         swap()
-        r = conn.run(shlex.join(agentpack.command(digest, t.python)), in_stream=io.StringIO("{}"), hide=True, warn=True)
+        r = conn.run(shlex.join(agentpack.command(digest, t.python)), hide=True, warn=True,
+                     in_stream=False)  # refused before it reads: no stdin writer to race its exit
         assert r.exited == 97 and "archive damaged" in r.stderr, (r.exited, r.stderr)
         assert _gone(conn, marker), "the swapped archive's code ran"
         swap()
