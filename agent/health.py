@@ -85,8 +85,7 @@ def _get(url: str, timeout: float, hops: int = 4) -> tuple[int, bytes]:
     location = r.getheader("location")
     if r.status in http1.REDIRECTS and location and hops:
         nxt = urllib.parse.urljoin(url, location)
-        v = urllib.parse.urlsplit(nxt)
-        if (v.scheme, v.hostname, v.port or 80) != (u.scheme, u.hostname, port):
+        if http1.origin(nxt) != http1.origin(url):
             raise _Elsewhere(f"HTTP {r.status} to {nxt[:120]}: not followed (a health check is the container's own answer)")
         return _get(nxt, timeout, hops - 1)
     return r.status, body

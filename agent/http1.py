@@ -17,6 +17,7 @@ dropped connection is); a connection closed before any answer is `Disconnected`.
 from __future__ import annotations
 
 import socket
+import urllib.parse
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_LINE = 65536
@@ -231,6 +232,17 @@ def tcp_socket(hostname: str, port: int, timeout: float) -> socket.socket:
     """A connected TCP socket. An ASCII name goes to getaddrinfo as bytes: a str is IDNA-encoded first, and that
     codec's import (with stringprep and unicodedata) is ~1 ms of every agent call; a name that is not ASCII still is."""
     return socket.create_connection((hostname.encode() if hostname.isascii() else hostname, port), timeout=timeout)
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the default port filled in: what must match for credentials, or a health
+    check's answer, to count as the same server's. A port that is not one gives an origin nothing else equals."""
+    u = urllib.parse.urlsplit(url)
+    try:
+        port = u.port
+    except ValueError:
+        return (u.scheme.lower(), u.netloc.lower(), -1)
+    return (u.scheme.lower(), (u.hostname or "").lower(), port or {"https": 443, "http": 80}.get(u.scheme.lower()))
 
 
 class Connection:

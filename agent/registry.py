@@ -143,7 +143,7 @@ class RegistryClient:
         hdrs = {k.title(): v for k, v in r.getheaders()}
         if r.status in http1.REDIRECTS and redirects and hdrs.get("Location"):
             nxt = urllib.parse.urljoin(url, hdrs["Location"])
-            if _origin(nxt) != _origin(url):  # credentials never follow to another host, port or scheme
+            if http1.origin(nxt) != http1.origin(url):  # credentials never follow to another host, port or scheme
                 if body is not None and r.status in (307, 308):
                     # A token POST's form carries the refresh token: not repeated to another origin (an https realm
                     # redirecting to http would put it in clear text); the redirect is the answer, no token is got.
@@ -182,7 +182,7 @@ class RegistryClient:
             r = self._request(url, headers)
             # Only the registry's own 401 is answered: one from a host a redirect led to (a CDN serving a blob)
             # must not get this registry's login at the realm it names, and is returned as it is.
-            if r.status_code == 401 and not auth and _origin(r.url) == _origin(url):
+            if r.status_code == 401 and not auth and http1.origin(r.url) == http1.origin(url):
                 auth = self._authorize(host, r.headers.get("Www-Authenticate", ""), repo)
                 if auth:
                     self.tokens[(host, repo)] = auth
@@ -254,7 +254,7 @@ class RegistryClient:
     def _refused(self, ref: str, host: str, r: Response) -> RegistryError:
         """kind "denied" for a 401/403, saying whose login was used (none, if the refusal came from elsewhere) and what to do."""
         status = r.status_code
-        if r.url and _origin(r.url) != _origin(f"{self.scheme}://{host}/"):
+        if r.url and http1.origin(r.url) != http1.origin(f"{self.scheme}://{host}/"):
             return RegistryError("denied", f"{ref}: registry {host} redirected to {_where(r.url)}, which refused access"
                                            f" (HTTP {status}); the login for {host} is not sent to another host")
         login = self.login(host)
@@ -343,16 +343,6 @@ def manifest_digest(header: str, body: bytes) -> str:
     if header.startswith("sha256:"):
         return header
     return "sha256:" + hashlib.sha256(body).hexdigest()
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) of a URL, the default port filled in: what must match for credentials to go there."""
-    u = urllib.parse.urlsplit(url)
-    try:
-        port = u.port
-    except ValueError:  # not a port: an origin nothing else equals
-        return (u.scheme.lower(), u.netloc.lower(), -1)
-    return (u.scheme.lower(), (u.hostname or "").lower(), port or {"https": 443, "http": 80}.get(u.scheme.lower()))
 
 
 def _where(url: str) -> str:
