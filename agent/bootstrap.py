@@ -19,17 +19,30 @@ Before every run:
   there that the archive did not put there (bytecode aside: it is compiled with checked
   hashes), and nothing in the tree may be a symlink, another user's or writable by others.
   A tree that fails is unpacked again.
+
+Every run holds a shared lock (flock) on the tree it runs from, inherited by the detached
+transaction it may fork. The first run of a new version prunes the earlier ones: each release
+left ~2.4 MB in ~/.fleetroll, and a checkout that changes its agent with every commit filled
+homes. The KEEP most recently uploaded earlier versions stay (two operators on two releases do
+not re-upload each other's), and so does any tree a process still holds; a pruned version the
+controller asks for again is simply uploaded again.
 This file is copied to the archive's root as __main__.py; it uses the standard library only.
 """
 
 import hashlib
 import json
 import os
+import re
 import stat
 import sys
 
 DAMAGED = "fleetroll-agent: archive damaged"  # the controller re-uploads when it reads this
 REFUSED = 96
+KEEP = 3  # earlier agent versions kept beside the running one
+LEFTOVER_S = 3600  # an unpack's own temporary tree older than this was left by a process that died
+_VERSION = re.compile(r"agent-([0-9a-f]{16})(\.pyz)?")
+_LEFTOVER = re.compile(r"agent-[0-9a-f]{16}\.(tmp|bad|prune)[0-9]+")
+_HELD: list[int] = []  # the shared lock on the tree this process runs from (open for its whole life, and its forks')
 
 
 def _refuse(msg: str, code: int = REFUSED) -> None:
@@ -141,13 +154,138 @@ def _unpacked(archive: str, want: str, verified: str = "") -> str:
             _refuse(f"{DAMAGED}: its SHA-256 is not {want}", 97)
     target = archive[: -len(".pyz")] if archive.endswith(".pyz") else archive + ".d"
     for attempt in range(2):
-        if os.path.isfile(os.path.join(target, ".complete")) and _tree_ok(target):
+        # Locked before it is checked: a tree checked and then pruned under us would fail our imports later.
+        if os.path.isfile(os.path.join(target, ".complete")) and _hold(target) and _tree_ok(target):
             _private(target, "the agent's unpacked tree")
+            if attempt:  # this run unpacked a version new to this home: the earlier ones can go
+                _prune(os.path.dirname(archive), os.path.basename(target))
             return target
+        _release()
         if attempt == 0:
             _unpack(verified or archive, target)
     _refuse(f"{DAMAGED}: the unpacked tree {target} does not match the archive's manifest", 97)
     return target
+
+
+def _hold(target: str) -> bool:
+    """Take a shared lock on `target` for this process's life; False if `target` is not (or no longer) that tree.
+
+    A pruner renames a tree away while it holds the exclusive lock: the check after our lock
+    compares the locked directory with what `target` names now, so we never run from a tree on
+    its way out.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        same = os.path.samestat(os.fstat(fd), os.lstat(target))
+    except OSError:
+        same = False
+    if not same:
+        os.close(fd)
+        return False
+    _HELD.append(fd)
+    return True
+
+
+def _release() -> None:
+    while _HELD:
+        os.close(_HELD.pop())
+
+
+def _prune(directory: str, current: str, keep: int = KEEP) -> list[str]:
+    """Remove earlier agent versions from `directory` (~/.fleetroll): all but the `keep` uploaded last and any in use.
+
+    Only names this bootstrap and the controller's upload make are touched (agent-<16 hex>, its
+    .pyz, an unpack's .tmp/.bad/.prune leftovers), only this user's, never through a symlink, and
+    a tree only when it holds the MANIFEST.json every unpack writes. Best effort: a failure leaves
+    the version in place and the call goes on. Returns the versions removed.
+    """
+    me = os.geteuid()
+    found: dict[str, float] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        try:
+            st = os.lstat(os.path.join(directory, name))
+        except OSError:
+            continue
+        m = _VERSION.fullmatch(name)
+        if m and f"agent-{m.group(1)}" != current and st.st_uid == me:
+            found[m.group(1)] = max(found.get(m.group(1), 0.0), st.st_mtime)
+        elif _LEFTOVER.fullmatch(name) and st.st_uid == me and stat.S_ISDIR(st.st_mode) and st.st_mtime < _now() - LEFTOVER_S:
+            _remove_tree(os.path.join(directory, name), need_manifest=False)
+    removed = []
+    for version in sorted(found, key=found.get, reverse=True)[keep:]:
+        if _remove_version(directory, version, me):
+            removed.append(version)
+    return removed
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _remove_version(directory: str, version: str, me: int) -> bool:
+    """One earlier version: its tree (unless a process holds it), then its archive."""
+    import fcntl
+
+    tree = os.path.join(directory, f"agent-{version}")
+    try:
+        st = os.lstat(tree)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return False
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
+            return False  # a symlink or someone else's: not ours to follow or remove
+        try:
+            fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while any process runs from it
+            if not os.path.samestat(os.fstat(fd), os.lstat(tree)) or not _is_file(os.path.join(tree, "MANIFEST.json")):
+                return False
+            aside = f"{tree}.prune{os.getpid()}"
+            os.rename(tree, aside)  # gone from its name while still locked: a run that opened it first sees that
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        _remove_tree(aside, need_manifest=True)
+    archive = f"{tree}.pyz"
+    try:
+        st = os.lstat(archive)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == me:
+            os.unlink(archive)  # a run that has it open keeps reading it; one that asks for it again gets it uploaded
+    except OSError:
+        pass
+    return True
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _remove_tree(path: str, need_manifest: bool) -> None:
+    import shutil
+
+    if need_manifest and not _is_file(os.path.join(path, "MANIFEST.json")):
+        return
+    shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: never follows a symlink inside
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ tmp_path), against archives whose __main__ leaves a marker file when any of its 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -247,3 +250,96 @@ def test_a_tree_that_fails_its_check_is_replaced_whole(tree, tmp_path):
     bootstrap._unpack(str(archive), str(tree))
     assert (tree / "agent" / "x.py").read_bytes() == b"X = 1\n" and bootstrap._tree_ok(str(tree))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(tree.name + ".")] == []
+
+
+# --- earlier versions are pruned, never one in use ------------------------------------------
+
+
+def _version(home: Path, tree_src: Path, version: str, age_s: float) -> Path:
+    """An earlier agent version as a host keeps it: agent-<version>/ (a copy of a real tree) and its .pyz."""
+    d = home / ".fleetroll"
+    d.mkdir(mode=0o700, exist_ok=True)
+    t = d / f"agent-{version}"
+    shutil.copytree(tree_src, t, symlinks=True)
+    (d / f"agent-{version}.pyz").write_bytes(b"PK")
+    when = time.time() - age_s
+    for p in (t, d / f"agent-{version}.pyz"):
+        os.utime(p, (when, when))
+    return t
+
+
+def test_a_new_version_prunes_all_but_the_three_uploaded_last_and_the_running_one(home, tree):
+    """The real archive's first run in a home with five earlier versions: the two oldest go, nothing else."""
+    olds = {f"{i:016x}": _version(home, tree, f"{i:016x}", age_s=3600 * (i + 1)) for i in range(5)}
+    unrelated = [home / ".fleetroll" / n for n in ("notes.txt", "agent-xyz.pyz", "agent-0000000000000004.pyz.bak")]
+    for p in unrelated:
+        p.write_text("the operator's")
+    data, digest = agentpack.build()
+    place(home, data, digest)
+    r = run(home, digest, b'{"protocol": 99, "op": "facts"}')
+    assert r.returncode == 1 and b"protocol mismatch" in r.stdout, r
+    left = sorted(p.name for p in (home / ".fleetroll").iterdir())
+    current = agentpack.remote_name(digest)[len(".fleetroll/"):]
+    kept = [f"agent-{v:016x}{ext}" for v in range(3) for ext in ("", ".pyz")]
+    assert left == sorted([current, current[: -len(".pyz")], *kept, *(p.name for p in unrelated)]), left
+    # A second run of the same version prunes nothing more (it unpacked nothing).
+    _version(home, tree, "00000000000000aa", age_s=10 * 86400)
+    run(home, digest, b'{"protocol": 99, "op": "facts"}')
+    assert (home / ".fleetroll" / "agent-00000000000000aa").is_dir()
+    assert not olds["0000000000000003"].exists()
+
+
+def test_a_version_a_process_still_runs_from_is_never_pruned(tmp_path, tree):
+    d = tmp_path / ".fleetroll"
+    olds = [_version(tmp_path, tree, f"{i:016x}", age_s=3600 * (i + 1)) for i in range(3)]
+    fd = os.open(olds[2], os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a running agent of that version, or the transaction it detached
+    try:
+        assert bootstrap._prune(str(d), "agent-ffffffffffffffff", keep=0) == ["0000000000000000", "0000000000000001"]
+        assert olds[2].is_dir() and (d / f"{olds[2].name}.pyz").exists()
+        assert not olds[0].exists() and not (d / f"{olds[0].name}.pyz").exists()
+    finally:
+        os.close(fd)
+    assert bootstrap._prune(str(d), "agent-ffffffffffffffff", keep=0) == ["0000000000000002"]
+    assert sorted(p.name for p in d.iterdir()) == []
+
+
+def test_pruning_never_follows_a_symlink_or_removes_what_an_unpack_did_not_make(tmp_path, tree):
+    d = tmp_path / ".fleetroll"
+    d.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tree, elsewhere)
+    (d / "agent-1111111111111111").symlink_to(elsewhere)  # a name like ours, pointing at someone's files
+    foreign = d / "agent-2222222222222222"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("no MANIFEST.json: not an unpacked agent tree")
+    assert bootstrap._prune(str(d), "agent-ffffffffffffffff", keep=0) == []
+    assert (elsewhere / "MANIFEST.json").exists() and (d / "agent-1111111111111111").is_symlink()
+    assert (foreign / "data.txt").exists()
+
+
+def test_an_unpack_left_by_a_dead_process_goes_after_an_hour_not_before(tmp_path, tree):
+    d = tmp_path / ".fleetroll"
+    d.mkdir(mode=0o700)
+    old, fresh = d / "agent-3333333333333333.tmp4242", d / "agent-3333333333333333.tmp4343"
+    for p in (old, fresh):
+        shutil.copytree(tree, p)
+    os.utime(old, (time.time() - 2 * bootstrap.LEFTOVER_S,) * 2)
+    bootstrap._prune(str(d), "agent-ffffffffffffffff")
+    assert not old.exists() and fresh.is_dir()
+
+
+def test_a_run_never_holds_a_tree_renamed_away_under_it(tree, monkeypatch):
+    """The pruner renames a tree while it holds the exclusive lock: a run that opened it just before must notice."""
+    real_flock = fcntl.flock
+
+    def flock_after_a_prune(fd, op):
+        os.rename(tree, f"{tree}.prune1")
+        os.mkdir(tree)  # and a new tree of that name, as another unpack may put there
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_prune)
+    assert not bootstrap._hold(str(tree)) and bootstrap._HELD == []
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert bootstrap._hold(str(tree)) and len(bootstrap._HELD) == 1
+    bootstrap._release()
