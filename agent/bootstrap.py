@@ -38,10 +38,15 @@ import sys
 
 DAMAGED = "fleetroll-agent: archive damaged"  # the controller re-uploads when it reads this
 REFUSED = 96
-KEEP = 3  # earlier agent versions kept beside the running one
-LEFTOVER_S = 3600  # an unpack's own temporary tree older than this was left by a process that died
+KEEP = 3  # earlier agent versions kept beside the running one: the ones uploaded last
+MIN_AGE_S = 7 * 86400  # and any uploaded this recently (a teammate's release; an agent from before these locks)
+LEFTOVER_S = 3600  # an unpack's or an upload's own temporary file older than this was left by a process that died
+NAMES_LOCK = ".names.lock"  # held while a name in ~/.fleetroll changes (unpack into place, replace, prune)
 _VERSION = re.compile(r"agent-([0-9a-f]{16})(\.pyz)?")
-_LEFTOVER = re.compile(r"agent-[0-9a-f]{16}\.(tmp|bad|prune)[0-9]+")
+_LEFTOVER = re.compile(r"agent-[0-9a-f]{16}(\.(tmp|bad|prune)[0-9]+|\.pyz\.[0-9]+\.[0-9]+\.part)")
+# statfs f_type of the filesystems whose flock is this machine's own: ext2/3/4, xfs, btrfs, tmpfs, ramfs, overlayfs,
+# zfs, f2fs, bcachefs. A home on NFS (or anything else) is never pruned: a lock there may not reach the other hosts.
+_LOCAL_FS = {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x858458F6, 0x794C7630, 0x2FC12FC1, 0xF2F52010, 0xCA451A4E}
 _HELD: list[int] = []  # the shared lock on the tree this process runs from (open for its whole life, and its forks')
 
 
@@ -126,22 +131,30 @@ def _unpack(archive: str, target: str) -> None:
     finally:
         os.umask(umask)
     open(os.path.join(tmp, ".complete"), "w").close()
+    names = _names_lock(os.path.dirname(target))  # no prune renames a tree between our check and our rename
     try:
-        os.rename(tmp, target)  # in place at once, or refused because something is already there
-        return
-    except OSError:
+        try:
+            os.rename(tmp, target)  # in place at once, or refused because something is already there
+            return
+        except OSError:
+            pass
+        if os.path.isfile(os.path.join(target, ".complete")) and _tree_ok(target):
+            shutil.rmtree(tmp, ignore_errors=True)  # another call put the same tree in place first
+            return
+        # Ours to replace: named after this archive, beside it, in the private directory checked above. A run
+        # holding the old tree imports by path, so from now on from this same version's sound tree.
+        aside = f"{target}.bad{os.getpid()}"
+        os.rename(target, aside)
+        os.rename(tmp, target)
+    finally:
+        os.close(names)
+    try:
+        if os.path.islink(aside) or not os.path.isdir(aside):
+            os.unlink(aside)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    except FileNotFoundError:
         pass
-    if os.path.isfile(os.path.join(target, ".complete")) and _tree_ok(target):
-        shutil.rmtree(tmp, ignore_errors=True)  # another call put the same tree in place first
-        return
-    # Ours to replace: named after this archive, beside it, in the private directory checked above.
-    aside = f"{target}.bad{os.getpid()}"
-    os.rename(target, aside)
-    os.rename(tmp, target)
-    if os.path.islink(aside) or not os.path.isdir(aside):
-        os.unlink(aside)
-    else:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _unpacked(archive: str, want: str, verified: str = "") -> str:
@@ -168,21 +181,22 @@ def _unpacked(archive: str, want: str, verified: str = "") -> str:
 
 
 def _hold(target: str) -> bool:
-    """Take a shared lock on `target` for this process's life; False if `target` is not (or no longer) that tree.
+    """Take a shared lock on `target`'s .complete for this process's life; False if `target` is not (or no longer) that tree.
 
     A pruner renames a tree away while it holds the exclusive lock: the check after our lock
-    compares the locked directory with what `target` names now, so we never run from a tree on
-    its way out.
+    compares the locked file with what `target` names now, so we never run from a tree on its
+    way out. A regular file, not the directory: flock of a directory is less portable.
     """
     import fcntl
 
+    marker = os.path.join(target, ".complete")
     try:
-        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
-    fcntl.flock(fd, fcntl.LOCK_SH)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a pruner checks and renames (milliseconds)
     try:
-        same = os.path.samestat(os.fstat(fd), os.lstat(target))
+        same = os.path.samestat(os.fstat(fd), os.lstat(marker))
     except OSError:
         same = False
     if not same:
@@ -197,72 +211,101 @@ def _release() -> None:
         os.close(_HELD.pop())
 
 
-def _prune(directory: str, current: str, keep: int = KEEP) -> list[str]:
-    """Remove earlier agent versions from `directory` (~/.fleetroll): all but the `keep` uploaded last and any in use.
+def _names_lock(directory: str) -> int:
+    import fcntl
+
+    fd = os.open(os.path.join(directory, NAMES_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _prune(directory: str, current: str, keep: int = KEEP, min_age_s: float = MIN_AGE_S) -> list[str]:
+    """Remove earlier agent versions from `directory` (~/.fleetroll): not the `keep` uploaded last, not one uploaded
+    within `min_age_s`, not one a process runs from. Returns the versions removed.
 
     Only names this bootstrap and the controller's upload make are touched (agent-<16 hex>, its
-    .pyz, an unpack's .tmp/.bad/.prune leftovers), only this user's, never through a symlink, and
-    a tree only when it holds the MANIFEST.json every unpack writes. Best effort: a failure leaves
-    the version in place and the call goes on. Returns the versions removed.
+    .pyz, the .tmp/.bad/.prune/.part leftovers), only this user's, never through a symlink, and a
+    tree only when it holds the .complete and MANIFEST.json every unpack writes. Best effort: a
+    failure leaves the version in place and the call goes on.
     """
-    me = os.geteuid()
-    found: dict[str, float] = {}
+    import time
+
     try:
-        names = os.listdir(directory)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return []
+    try:
+        if _fs_type(dfd) not in _LOCAL_FS:
+            return []
+        names = os.listdir(dfd)
+    except OSError:
+        return []
+    finally:
+        os.close(dfd)
+    me, now = os.geteuid(), time.time()
+    uploaded: dict[str, float] = {}
     for name in names:
         try:
             st = os.lstat(os.path.join(directory, name))
         except OSError:
             continue
+        if st.st_uid != me:
+            continue
         m = _VERSION.fullmatch(name)
-        if m and f"agent-{m.group(1)}" != current and st.st_uid == me:
-            found[m.group(1)] = max(found.get(m.group(1), 0.0), st.st_mtime)
-        elif _LEFTOVER.fullmatch(name) and st.st_uid == me and stat.S_ISDIR(st.st_mode) and st.st_mtime < _now() - LEFTOVER_S:
-            _remove_tree(os.path.join(directory, name), need_manifest=False)
-    removed = []
-    for version in sorted(found, key=found.get, reverse=True)[keep:]:
-        if _remove_version(directory, version, me):
-            removed.append(version)
-    return removed
+        if m and f"agent-{m.group(1)}" != current:
+            uploaded[m.group(1)] = max(uploaded.get(m.group(1), 0.0), st.st_mtime)
+        elif _LEFTOVER.fullmatch(name) and st.st_ctime < now - LEFTOVER_S:  # ctime: a rename resets it, mtime not
+            _remove_leftover(os.path.join(directory, name), st)
+    doomed = [v for v in sorted(uploaded, key=uploaded.get, reverse=True)[keep:] if uploaded[v] < now - min_age_s]
+    asides: dict[str, str] = {}
+    if doomed:
+        names_fd = _names_lock(directory)
+        try:
+            for version in doomed:
+                aside = _take_version(directory, version, me)
+                if aside is not None:
+                    asides[version] = aside
+        finally:
+            os.close(names_fd)
+    for aside in asides.values():
+        if aside:
+            _remove_tree(aside)
+    return list(asides)
 
 
-def _now() -> float:
-    import time
+def _take_version(directory: str, version: str, me: int) -> str | None:
+    """Under the names lock: rename an unused tree of `version` away and unlink its archive.
 
-    return time.time()
-
-
-def _remove_version(directory: str, version: str, me: int) -> bool:
-    """One earlier version: its tree (unless a process holds it), then its archive."""
+    The tree's path once renamed ("" if there was no tree), or None when the version stays.
+    """
     import fcntl
 
     tree = os.path.join(directory, f"agent-{version}")
+    aside = ""
     try:
         st = os.lstat(tree)
     except FileNotFoundError:
         st = None
     except OSError:
-        return False
+        return None
     if st is not None:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != me:
-            return False  # a symlink or someone else's: not ours to follow or remove
+            return None  # a symlink or someone else's: not ours to follow or remove
+        marker = os.path.join(tree, ".complete")
         try:
-            fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
-            return False
+            return None  # not a tree an unpack finished: not ours to judge
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while any process runs from it
-            if not os.path.samestat(os.fstat(fd), os.lstat(tree)) or not _is_file(os.path.join(tree, "MANIFEST.json")):
-                return False
+            if not os.path.samestat(os.fstat(fd), os.lstat(marker)) or not _is_file(os.path.join(tree, "MANIFEST.json")):
+                return None
             aside = f"{tree}.prune{os.getpid()}"
             os.rename(tree, aside)  # gone from its name while still locked: a run that opened it first sees that
         except OSError:
-            return False
+            return None
         finally:
             os.close(fd)
-        _remove_tree(aside, need_manifest=True)
     archive = f"{tree}.pyz"
     try:
         st = os.lstat(archive)
@@ -270,7 +313,18 @@ def _remove_version(directory: str, version: str, me: int) -> bool:
             os.unlink(archive)  # a run that has it open keeps reading it; one that asks for it again gets it uploaded
     except OSError:
         pass
-    return True
+    return aside
+
+
+def _fs_type(fd: int) -> int:
+    """statfs(2) f_type of the filesystem `fd` is on (os.statvfs has none); -1 when it cannot be read."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(512)  # struct statfs: 120 bytes on 64-bit Linux, f_type (a long) first
+    if libc.fstatfs(ctypes.c_int(fd), buf) != 0:
+        return -1
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 def _is_file(path: str) -> bool:
@@ -280,11 +334,19 @@ def _is_file(path: str) -> bool:
         return False
 
 
-def _remove_tree(path: str, need_manifest: bool) -> None:
+def _remove_leftover(path: str, st: os.stat_result) -> None:
+    if stat.S_ISREG(st.st_mode):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    elif stat.S_ISDIR(st.st_mode):
+        _remove_tree(path)
+
+
+def _remove_tree(path: str) -> None:
     import shutil
 
-    if need_manifest and not _is_file(os.path.join(path, "MANIFEST.json")):
-        return
     shutil.rmtree(path, ignore_errors=True)  # fd-based on Linux: never follows a symlink inside
 
 

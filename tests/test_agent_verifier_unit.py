@@ -254,6 +254,9 @@ def test_a_tree_that_fails_its_check_is_replaced_whole(tree, tmp_path):
 
 # --- earlier versions are pruned, never one in use ------------------------------------------
 
+DAY = 86400.0
+NOBODY = "ffffffffffffffff"  # the "current" version of the in-process _prune calls below: none of theirs
+
 
 def _version(home: Path, tree_src: Path, version: str, age_s: float) -> Path:
     """An earlier agent version as a host keeps it: agent-<version>/ (a copy of a real tree) and its .pyz."""
@@ -268,9 +271,14 @@ def _version(home: Path, tree_src: Path, version: str, age_s: float) -> Path:
     return t
 
 
-def test_a_new_version_prunes_all_but_the_three_uploaded_last_and_the_running_one(home, tree):
-    """The real archive's first run in a home with five earlier versions: the two oldest go, nothing else."""
-    olds = {f"{i:016x}": _version(home, tree, f"{i:016x}", age_s=3600 * (i + 1)) for i in range(5)}
+def _prune(d: Path, **kw) -> list[str]:
+    return bootstrap._prune(str(d), f"agent-{NOBODY}", **{"keep": 0, "min_age_s": 0, **kw})
+
+
+def test_a_new_version_prunes_what_is_neither_among_the_three_uploaded_last_nor_this_weeks(home, tree):
+    """The real archive's first run in a home with six earlier versions: the three oldest go, nothing else does."""
+    ages = {"0000000000000005": 1 * DAY, **{f"{i:016x}": (8 + i) * DAY for i in range(5)}}
+    olds = {v: _version(home, tree, v, age) for v, age in ages.items()}
     unrelated = [home / ".fleetroll" / n for n in ("notes.txt", "agent-xyz.pyz", "agent-0000000000000004.pyz.bak")]
     for p in unrelated:
         p.write_text("the operator's")
@@ -278,33 +286,75 @@ def test_a_new_version_prunes_all_but_the_three_uploaded_last_and_the_running_on
     place(home, data, digest)
     r = run(home, digest, b'{"protocol": 99, "op": "facts"}')
     assert r.returncode == 1 and b"protocol mismatch" in r.stdout, r
-    left = sorted(p.name for p in (home / ".fleetroll").iterdir())
     current = agentpack.remote_name(digest)[len(".fleetroll/"):]
-    kept = [f"agent-{v:016x}{ext}" for v in range(3) for ext in ("", ".pyz")]
-    assert left == sorted([current, current[: -len(".pyz")], *kept, *(p.name for p in unrelated)]), left
+    kept = [f"agent-{v}{ext}" for v in ("0000000000000005", "0000000000000000", "0000000000000001") for ext in ("", ".pyz")]
+    left = sorted(p.name for p in (home / ".fleetroll").iterdir())
+    assert left == sorted([current, current[: -len(".pyz")], *kept, *(p.name for p in unrelated), bootstrap.NAMES_LOCK]), left
     # A second run of the same version prunes nothing more (it unpacked nothing).
-    _version(home, tree, "00000000000000aa", age_s=10 * 86400)
+    _version(home, tree, "00000000000000aa", age_s=30 * DAY)
     run(home, digest, b'{"protocol": 99, "op": "facts"}')
-    assert (home / ".fleetroll" / "agent-00000000000000aa").is_dir()
-    assert not olds["0000000000000003"].exists()
+    assert (home / ".fleetroll" / "agent-00000000000000aa").is_dir() and not olds["0000000000000004"].exists()
 
 
-def test_a_version_a_process_still_runs_from_is_never_pruned(tmp_path, tree):
-    d = tmp_path / ".fleetroll"
-    olds = [_version(tmp_path, tree, f"{i:016x}", age_s=3600 * (i + 1)) for i in range(3)]
-    fd = os.open(olds[2], os.O_RDONLY | os.O_DIRECTORY)
-    fcntl.flock(fd, fcntl.LOCK_SH)  # a running agent of that version, or the transaction it detached
+def test_a_running_agent_keeps_its_version_until_it_exits(home):
+    """A real agent process waiting for its request holds its tree: pruning passes it by, then takes it once it ended."""
+    data, digest = agentpack.build()
+    place(home, data, digest)
+    line = shlex.join(agentpack.command(digest, sys.executable))
+    p = subprocess.Popen(["sh", "-c", line], cwd=home, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    tree = home / agentpack.remote_name(digest)[: -len(".pyz")]
     try:
-        assert bootstrap._prune(str(d), "agent-ffffffffffffffff", keep=0) == ["0000000000000000", "0000000000000001"]
+        deadline = time.monotonic() + 60
+        while not (tree / ".complete").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # past the bootstrap: the agent now waits on its stdin, holding the tree
+        assert p.poll() is None
+        assert _prune(home / ".fleetroll") == [] and tree.is_dir()
+    finally:
+        out, err = p.communicate(b"", timeout=60)
+    assert p.returncode in (0, 2), err
+    assert _prune(home / ".fleetroll") == [digest[:16]] and not tree.exists()
+
+
+def test_a_forked_transaction_keeps_the_version_after_the_agent_that_started_it_exited(tmp_path, tree):
+    """The rollout's worker is a fork of the agent (agent/ops.py _detach): it inherits the lock and keeps it."""
+    d = tmp_path / ".fleetroll"
+    t = _version(tmp_path, tree, "0000000000000001", age_s=30 * DAY)
+    r, w = os.pipe()
+    code = ("import os, sys; from agent import bootstrap\n"
+            f"assert bootstrap._hold({str(t)!r})\n"
+            "if os.fork() == 0:\n"
+            f"    os.read({r}, 1); os._exit(0)\n"  # the worker: runs until the test lets it go
+            "os._exit(0)\n")  # the agent that started it: gone at once
+    subprocess.run([sys.executable, "-c", code], check=True, pass_fds=(r,), cwd=Path(bootstrap.__file__).parent.parent)
+    os.close(r)
+    try:
+        assert _prune(d) == [] and t.is_dir()
+    finally:
+        os.close(w)  # the worker ends
+    deadline = time.monotonic() + 10
+    while _prune(d) != ["0000000000000001"]:
+        assert time.monotonic() < deadline, "the worker's lock outlived it"
+        time.sleep(0.05)
+    assert not t.exists()
+
+
+def test_a_version_a_process_holds_is_never_pruned(tmp_path, tree):
+    d = tmp_path / ".fleetroll"
+    olds = [_version(tmp_path, tree, f"{i:016x}", age_s=30 * DAY + i) for i in range(3)]
+    assert bootstrap._hold(str(olds[2]))
+    try:
+        assert sorted(_prune(d)) == ["0000000000000000", "0000000000000001"]
         assert olds[2].is_dir() and (d / f"{olds[2].name}.pyz").exists()
         assert not olds[0].exists() and not (d / f"{olds[0].name}.pyz").exists()
     finally:
-        os.close(fd)
-    assert bootstrap._prune(str(d), "agent-ffffffffffffffff", keep=0) == ["0000000000000002"]
-    assert sorted(p.name for p in d.iterdir()) == []
+        bootstrap._release()
+    assert _prune(d) == ["0000000000000002"]
+    assert sorted(p.name for p in d.iterdir()) == [bootstrap.NAMES_LOCK]
 
 
-def test_pruning_never_follows_a_symlink_or_removes_what_an_unpack_did_not_make(tmp_path, tree):
+def test_pruning_never_follows_a_symlink_or_removes_what_an_unpack_did_not_make(tmp_path, tree, monkeypatch):
     d = tmp_path / ".fleetroll"
     d.mkdir(mode=0o700)
     elsewhere = tmp_path / "elsewhere"
@@ -312,30 +362,52 @@ def test_pruning_never_follows_a_symlink_or_removes_what_an_unpack_did_not_make(
     (d / "agent-1111111111111111").symlink_to(elsewhere)  # a name like ours, pointing at someone's files
     foreign = d / "agent-2222222222222222"
     foreign.mkdir()
-    (foreign / "data.txt").write_text("no MANIFEST.json: not an unpacked agent tree")
-    assert bootstrap._prune(str(d), "agent-ffffffffffffffff", keep=0) == []
+    (foreign / "data.txt").write_text("no .complete, no MANIFEST.json: not an unpacked agent tree")
+    half = _version(tmp_path, tree, "3333333333333333", age_s=30 * DAY)
+    (half / "MANIFEST.json").unlink()
+    assert _prune(d) == []
     assert (elsewhere / "MANIFEST.json").exists() and (d / "agent-1111111111111111").is_symlink()
-    assert (foreign / "data.txt").exists()
+    assert (foreign / "data.txt").exists() and half.is_dir()
+    # Another user's versions (here: every file, seen from another uid) are not ours to remove.
+    _version(tmp_path, tree, "4444444444444444", age_s=30 * DAY)
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 54321)
+    assert _prune(d) == [] and (d / "agent-4444444444444444").is_dir() and (d / "agent-4444444444444444.pyz").exists()
 
 
-def test_an_unpack_left_by_a_dead_process_goes_after_an_hour_not_before(tmp_path, tree):
+def test_a_home_on_a_network_filesystem_is_never_pruned(tmp_path, tree, monkeypatch):
+    """flock on NFS may not reach the other hosts sharing the home: there, a held tree could look free."""
+    t = _version(tmp_path, tree, "0000000000000001", age_s=30 * DAY)
+    monkeypatch.setattr(bootstrap, "_fs_type", lambda fd: 0x6969)  # NFS_SUPER_MAGIC
+    assert _prune(tmp_path / ".fleetroll") == [] and t.is_dir()
+    monkeypatch.undo()
+    assert bootstrap._fs_type(os.open(tmp_path, os.O_RDONLY)) in bootstrap._LOCAL_FS  # where the tests run
+
+
+def test_leftovers_go_once_untouched_for_an_hour_by_their_ctime_not_their_mtime(tmp_path, tree, monkeypatch):
+    """A rename keeps a directory's mtime: a live unpack's .bad or a pruner's .prune may carry an old one."""
     d = tmp_path / ".fleetroll"
     d.mkdir(mode=0o700)
-    old, fresh = d / "agent-3333333333333333.tmp4242", d / "agent-3333333333333333.tmp4343"
-    for p in (old, fresh):
-        shutil.copytree(tree, p)
-    os.utime(old, (time.time() - 2 * bootstrap.LEFTOVER_S,) * 2)
-    bootstrap._prune(str(d), "agent-ffffffffffffffff")
-    assert not old.exists() and fresh.is_dir()
+    old_mtime = d / "agent-3333333333333333.tmp4242"
+    shutil.copytree(tree, old_mtime)
+    os.utime(old_mtime, (time.time() - 2 * 3600,) * 2)
+    aside = d / "agent-3333333333333333.bad4343"
+    os.rename(old_mtime, aside)  # just renamed, as a live replace does: ctime now, mtime two hours ago
+    part = d / "agent-3333333333333333.pyz.4444.139.part"
+    part.write_bytes(b"PK")
+    _prune(d)
+    assert aside.is_dir() and part.exists()
+    monkeypatch.setattr(bootstrap, "LEFTOVER_S", -60.0)  # as if an hour had passed
+    _prune(d)
+    assert not aside.exists() and not part.exists()
 
 
-def test_a_run_never_holds_a_tree_renamed_away_under_it(tree, monkeypatch):
+def test_a_run_never_holds_a_tree_renamed_away_under_it(tree, tmp_path, monkeypatch):
     """The pruner renames a tree while it holds the exclusive lock: a run that opened it just before must notice."""
     real_flock = fcntl.flock
 
     def flock_after_a_prune(fd, op):
         os.rename(tree, f"{tree}.prune1")
-        os.mkdir(tree)  # and a new tree of that name, as another unpack may put there
+        shutil.copytree(f"{tree}.prune1", tree)  # and a new tree of that name, as another unpack may put there
         return real_flock(fd, op)
 
     monkeypatch.setattr(fcntl, "flock", flock_after_a_prune)
@@ -343,3 +415,19 @@ def test_a_run_never_holds_a_tree_renamed_away_under_it(tree, monkeypatch):
     monkeypatch.setattr(fcntl, "flock", real_flock)
     assert bootstrap._hold(str(tree)) and len(bootstrap._HELD) == 1
     bootstrap._release()
+
+
+def test_replacing_a_bad_tree_waits_while_a_pruner_renames(tree, tmp_path):
+    """Both change names in ~/.fleetroll: one at a time, so a pruner never renames the tree an unpack just put there."""
+    import threading
+
+    archive = _archive_of(tree, tmp_path / "agent.zip")
+    (tree / "agent" / "x.py").write_bytes(b"X = 'tampered'\n")
+    names = bootstrap._names_lock(str(tree.parent))
+    t = threading.Thread(target=bootstrap._unpack, args=(str(archive), str(tree)))
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive() and (tree / "agent" / "x.py").read_bytes() == b"X = 'tampered'\n"
+    os.close(names)
+    t.join(30)
+    assert not t.is_alive() and bootstrap._tree_ok(str(tree))
