@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import sys
 
 from . import PROTOCOL
 from .answer import answer
-
-SESSION = {"open": False}  # a "session" request: the controller keeps our stdin open until it has the answer
+from .session import SESSION, controller_gone
 
 
 def emit(obj: dict) -> None:
@@ -29,24 +27,6 @@ def emit(obj: dict) -> None:
         raise BrokenPipeError("the controller closed its side of the session")
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
-
-
-def controller_gone() -> bool:
-    """Our stdin at its end while an op runs: the controller died or gave up on this call.
-
-    Over paramiko a dead controller closes the whole channel and the next write fails; over
-    OpenSSH the controller's `ssh` can outlive it, still reading our output, and only passes
-    on the end of its input. Either way this process stops here, as at a failed write: a
-    rollout's transaction runs detached and finishes (or is recovered) without it. Only in
-    a session, where the controller sends nothing while it waits for an answer: peeking
-    cannot take a byte of a next request.
-    """
-    try:
-        if not select.select([sys.stdin], [], [], 0)[0]:
-            return False
-        return sys.stdin.buffer.peek(1) == b""
-    except (OSError, ValueError):
-        return False
 
 
 def handle(request: dict) -> dict:

@@ -13,8 +13,9 @@ from typing import Any
 
 from . import journal
 from .answer import answer
-from .docker_errors import APIError, ImageNotFound, NotFound
+from .docker_errors import APIError, DockerError, ImageNotFound, NotFound
 from .paths import state_dir
+from .session import on_controller_gone
 
 _answer = answer
 
@@ -51,8 +52,16 @@ def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     if not args.get("follow"):
         text = c.logs(**kw).decode(errors="replace")
         return _answer("logs", True, "", {"service": service, "status": c.status, "lines": text.splitlines()})
+    following: dict[str, Any] = {}  # the log stream being read, for the watcher to cut
+    gone = on_controller_gone(lambda: _cut(following))
     while True:
-        _stream_lines(c, kw, emit)
+        try:
+            _stream_lines(c, kw, emit, following, gone)
+        except (OSError, DockerError):  # the cut stream's error: ours to swallow once the controller is gone
+            if not gone.is_set():
+                raise
+        if gone.is_set():
+            return _answer("logs", False, "the controller closed the session; stopped following", {"service": service})
         # Docker ends a follow when the container's process exits. A crash-looping container comes
         # back: follow it run after run (only what is new), until it stays stopped or is removed.
         since = time.time()
@@ -63,9 +72,18 @@ def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
         kw = {**{k: v for k, v in kw.items() if k != "tail"}, "since": since}
 
 
-def _stream_lines(c, kw: dict, emit: Callable[[dict], None]) -> None:
+def _cut(following: dict[str, Any]) -> None:
+    cut = getattr(following.get("stream"), "cut", None)
+    if cut:
+        cut()
+
+
+def _stream_lines(c, kw: dict, emit: Callable[[dict], None], following: dict[str, Any], gone) -> None:
     buf = b""
-    for chunk in c.logs(stream=True, follow=True, **kw):
+    following["stream"] = chunks = c.logs(stream=True, follow=True, **kw)
+    if gone.is_set():  # gone before the watcher could see this stream
+        _cut(following)
+    for chunk in chunks:
         buf += chunk
         *lines, buf = buf.split(b"\n")
         for line in lines:

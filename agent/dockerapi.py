@@ -103,6 +103,24 @@ def _demux(stream: Stream, tty: bool) -> tuple[bytes, bytes]:
     return b"".join(out), b"".join(err)
 
 
+class LogChunks:
+    """A log read as it comes (chunks of bytes); `cut()` from another thread ends a follow that waits for a line."""
+
+    def __init__(self, s: Stream, tty: bool):
+        self.s, self.tty = s, tty
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.s:
+            if self.tty:
+                yield from self.s.chunks()
+            else:
+                for _, payload in self.s.frames():
+                    yield payload
+
+    def cut(self) -> None:
+        self.s.cut()
+
+
 class Container:
     def __init__(self, client: DockerClient, attrs: dict[str, Any]):
         self.client, self.attrs = client, attrs
@@ -170,18 +188,9 @@ class Container:
         tty = bool((self.attrs.get("Config") or {}).get("Tty"))
         s = self.engine.open("GET", self._path("/logs"), query)
         if stream:
-            return self._chunks(s, tty)
+            return LogChunks(s, tty)
         with s:  # stdout and stderr interleaved, as they came
             return b"".join(s.chunks()) if tty else b"".join(payload for _, payload in s.frames())
-
-    @staticmethod
-    def _chunks(s: Stream, tty: bool) -> Iterator[bytes]:
-        with s:
-            if tty:
-                yield from s.chunks()
-            else:
-                for _, payload in s.frames():
-                    yield payload
 
     def exec_run(self, cmd: list[str], user: str = "", demux: bool = False) -> ExecResult:
         """Run `cmd` (argv, no shell) in the container as `user` ("" = the container's own) and wait for it to end."""

@@ -142,6 +142,13 @@ class Stream:
         self.response.close()
         self.conn.close()
 
+    def cut(self) -> None:
+        """End a read blocked on this answer, from another thread: the reader then finds its end (or an error)."""
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already
+
     def __enter__(self) -> Stream:
         return self
 

@@ -50,3 +50,74 @@ def test_follow_reattaches_after_each_restart_without_repeating_lines(monkeypatc
     assert answer["ok"] and answer["msg"] == "vision-api stopped (exited)"
     # the first attach shows the last lines; each re-attach only what came after the previous run ended
     assert c.calls[0]["tail"] == 5 and all("since" in k and "tail" not in k for k in c.calls[1:])
+
+
+def test_follow_of_a_quiet_container_ends_when_the_controller_closes_the_session(monkeypatch, tmp_path):
+    """`fab logs -f`, then Ctrl-C: the agent must not wait on Docker's stream until the container next says something.
+
+    A fake dockerd on a unix socket answers the inspect, then sends one log line and keeps the
+    follow open without another byte. The agent's stdin is a pipe (a session, as the controller
+    runs it); closing its write end is the controller going away.
+    """
+    import io
+    import json
+    import os
+    import socket
+    import struct
+    import sys
+    import threading
+    import time
+
+    from agent import container_ops, dockerapi, engine, facts, session
+
+    path = str(tmp_path / "docker.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(4)
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            if b"/logs" in head.split(b"\r\n")[0]:
+                line = b"one line, then nothing\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + f"{8 + len(line):x}\r\n".encode() + struct.pack(">BxxxL", 1, len(line)) + line + b"\r\n")
+                held.append(conn)  # the follow stays open: no end, no further line
+                continue
+            body = json.dumps({"Id": "c1", "Name": "/quiet", "State": {"Status": "running", "Running": True},
+                               "Config": {"Tty": False, "Labels": {}}}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(facts, "docker_client", lambda timeout=None: dockerapi.DockerClient(engine.Engine(path, timeout or 10)))
+    r, w = os.pipe()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.FileIO(r, "r"))))
+    monkeypatch.setitem(session.SESSION, "open", True)
+    lines: list[str] = []
+    done: dict = {}
+    follower = threading.Thread(target=lambda: done.update(container_ops.logs_op({"service": "quiet", "follow": True, "tail": 5},
+                                                                                    lambda e: lines.append(e["line"]))))
+    follower.start()
+    deadline = time.monotonic() + 10
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lines == ["one line, then nothing"]
+    time.sleep(0.2)
+    assert follower.is_alive(), "following a container that is still running"
+    t0 = time.monotonic()
+    os.close(w)  # the controller is gone
+    follower.join(5)
+    assert not follower.is_alive(), "the follower outlived its controller"
+    assert time.monotonic() - t0 < 2
+    assert done["ok"] is False and "controller closed the session" in done["msg"]
+    srv.close()
+    for c in held:
+        c.close()
