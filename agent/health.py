@@ -9,6 +9,7 @@ pure function; the polling uses tenacity for the wait-until-deadline part.
 from __future__ import annotations
 
 import json
+import string
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -84,7 +85,8 @@ def _get(url: str, timeout: float, hops: int = 4) -> tuple[int, bytes]:
         conn.close()
     location = r.getheader("location")
     if r.status in http1.REDIRECTS and location and hops:
-        nxt = urllib.parse.urljoin(url, location)
+        # Quoted as urllib's redirect handler does: a space or a non-ASCII byte in a Location is sent %-encoded.
+        nxt = urllib.parse.quote(urllib.parse.urljoin(url, location), safe=string.punctuation, encoding="iso-8859-1")
         if http1.origin(nxt) != http1.origin(url):
             raise _Elsewhere(f"HTTP {r.status} to {nxt[:120]}: not followed (a health check is the container's own answer)")
         return _get(nxt, timeout, hops - 1)

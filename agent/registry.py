@@ -190,7 +190,9 @@ class RegistryClient:
                     r = self._request(url, headers)
         except ValueError as exc:  # a redirect to a URL that cannot be sent (http1 refuses control characters)
             raise RegistryError("bad-answer", f"registry {host}: {_short(exc)}") from exc
-        except OSError as exc:  # http1.ProtocolError among them
+        except http1.ProtocolError as exc:  # it answered, but not as an HTTP/1.x server (or sent us to a non-http URL)
+            raise RegistryError("bad-answer", f"registry {host} answered, but not as an HTTP registry: {_short(exc)}") from exc
+        except OSError as exc:
             raise RegistryError("unreachable", f"registry {host} did not answer: {_short(exc)}") from exc
         return r
 

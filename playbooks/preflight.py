@@ -223,6 +223,8 @@ def _image_checks(inv: Inventory, host: str, services: list[str], cc: str | None
                 "missing": f"push {ref} (fab build --push) or fix services.{s}.tag",
                 "unreachable": "check the registry is up and reachable from this host",
                 "denied": "log in to the registry on the host (docker login)",
+                "bad-answer": "check registry.host (host:port of a Docker registry) and registry.insecure (true: plain"
+                              " HTTP, false: HTTPS) in the inventory",
             }.get(kind, "check the registry")
             out.append(Check(host, f"image:{s}", FAIL, info.get("error", ""), fix))
             continue

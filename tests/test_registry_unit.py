@@ -363,3 +363,24 @@ def test_a_token_post_is_not_repeated_to_another_origin_and_a_reset_connect_is_t
         for srv in (other, realm):
             srv.shutdown()
             srv.server_close()
+
+
+def test_a_registry_that_answers_but_not_in_http_is_a_bad_answer_not_an_unreachable_one():
+    """Something listens at the address (an SSH server, a TLS port asked in plain HTTP): the fix is the address, not the network."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def speak_ssh() -> None:
+        conn, _ = srv.accept()
+        conn.recv(4096)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        conn.close()
+
+    threading.Thread(target=speak_ssh, daemon=True).start()
+    with pytest.raises(RegistryError) as exc:
+        RegistryClient(insecure=True, timeout=2).digest(f"127.0.0.1:{srv.getsockname()[1]}/acme/svc:20261126-abcdef0")
+    srv.close()
+    assert exc.value.kind == "bad-answer" and "not as an HTTP registry" in str(exc.value) and "SSH-2.0" in str(exc.value)
