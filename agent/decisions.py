@@ -168,6 +168,21 @@ def freeze_after(results: list[ServiceResult], tags: dict[str, str]) -> FreezeDe
     return FreezeDecision(thaw=swapped and all(r.outcome in (Outcome.COMMITTED, Outcome.NOOP) for r in results))
 
 
+# How a release that failed on its own ended on the host, in the freeze's reason (what `fab rollout` shows when it refuses).
+_ENDED = {Outcome.REVERTED: "reverted to its previous version", Outcome.REMOVED: "removed (it had no earlier version)",
+          Outcome.REVERT_FAILED: "not brought back (its revert failed)"}
+
+
+def freeze_reason(rollout_id: str, results: list[ServiceResult], releases: dict[str, str]) -> str:
+    """The automatic freeze's reason, saying per service how the failed release ended (pure).
+
+    "Reverted" alone was wrong for a new service whose failed first release was removed.
+    """
+    ended = {r.service: _ENDED.get(r.outcome, r.outcome) for r in results}
+    what = "; ".join(f"{s}:{t} failed with its configuration and was {ended.get(s, 'ended')}" for s, t in sorted(releases.items()))
+    return f"rollout {rollout_id} failed: {what}"
+
+
 def summary(results: list[ServiceResult], elapsed: float) -> dict[str, Any]:
     """The host's answer: ok, its state (good unless a service needs an operator), and each service's result."""
     outcomes = [r.outcome for r in results]

@@ -348,8 +348,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         d = decisions.freeze_after(self.results, tags)
         try:
             if d.freeze:
-                what = ", ".join(f"{s}:{t}" for s, t in sorted(d.releases.items()))
-                freeze.write(phase, f"automatic revert of rollout {self.rid}: {what} failed with its configuration",
+                freeze.write(phase, decisions.freeze_reason(self.rid, self.results, d.releases),
                              self.args.get("operator", "unknown"), auto=True, releases=d.releases, rollout_id=self.rid, failed=d.freeze)
                 self.j(Step.FROZEN, phase=phase, releases=d.releases, failed=d.freeze)
                 for r in self.results:

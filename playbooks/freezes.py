@@ -8,6 +8,7 @@ from typing import Any
 from agent.freeze import config_fingerprint
 
 from .plan import Plan, Step
+from .remote import clean_text
 
 
 def when(ts: float) -> str:
@@ -47,8 +48,9 @@ def blocking(plan: Plan, facts: dict[str, dict[str, Any]], inventory: str) -> li
         again = sorted((st for st in plan.changes if st.host == host and repeats(f, st)), key=lambda st: st.service)
         if again:
             what = ", ".join(f"{st.service}:{st.new_tag}@{st.new_digest[7:19]}" for st in again)
-            out.append(f"phase {plan.phase} is frozen on {host}: rollout {f.get('rollout_id')} was reverted automatically at"
-                       f" {when(f.get('ts', 0))} and this plan would deploy {what} again with the same configuration that failed;"
-                       f" nothing was changed. Fix the image (a new tag) or the configuration, or, if the failure was not the"
-                       f" release's: {thaw}")
+            # The host's own words for how that rollout ended (reverted, or a new service removed, or Swarm's rollback).
+            ended = clean_text(str(f.get("reason") or f"rollout {f.get('rollout_id')} failed"))[:400]
+            out.append(f"phase {plan.phase} is frozen on {host} since {when(f.get('ts', 0))}, automatically: {ended}."
+                       f" This plan would deploy {what} again with the same configuration that failed; nothing was changed."
+                       f" Fix the image (a new tag) or the configuration, or, if the failure was not the release's: {thaw}")
     return out

@@ -103,11 +103,11 @@ def frozen_for(inv: Inventory, service: str, freezes: list[dict]) -> list[str]:
         if not f.get("auto"):
             out.append(f"phase {phase} frozen by {f.get('by')}: {f.get('reason')!r} (blocks every rollout of the phase)")
         elif failed:
-            out.append(f"phase {phase} frozen by the automatic revert of rollout {f.get('rollout_id')}: refuses {failed.get('tag')}"
+            out.append(f"phase {phase} frozen automatically after rollout {f.get('rollout_id')} failed: refuses {failed.get('tag')}"
                        f"@{(failed.get('digest') or '')[7:19]} with configuration {failed.get('config')} (what failed); a new tag"
                        " or a changed configuration goes ahead")
         elif service in (f.get("releases") or {}):
-            out.append(f"phase {phase} frozen by the automatic revert of rollout {f.get('rollout_id')}: refuses tag"
+            out.append(f"phase {phase} frozen automatically after rollout {f.get('rollout_id')} failed: refuses tag"
                        f" {f['releases'][service]}")
     return out
 

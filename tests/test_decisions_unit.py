@@ -84,3 +84,12 @@ def test_the_summary_is_good_unless_something_needs_an_operator(host_state):
 def test_one_refusal_shape():
     r = decisions.refuse(ServiceResult("a", "replace"), "foreign-container", "not ours; nothing was stopped")
     assert (r.outcome, r.check, r.message) == (Outcome.REFUSED, "foreign-container", "not ours; nothing was stopped")
+
+
+def test_the_freeze_says_how_each_failed_release_ended_not_always_reverted():
+    """A new service's failed first release was removed, not reverted: the refusal shown later quotes this reason."""
+    results = [_r("web", Outcome.REVERTED), _r("fresh", Outcome.REMOVED), _r("stuck", Outcome.REVERT_FAILED)]
+    reason = decisions.freeze_reason("r-1", results, {"web": "T2", "fresh": "T1", "stuck": "T3"})
+    assert reason == ("rollout r-1 failed: fresh:T1 failed with its configuration and was removed (it had no earlier version);"
+                      " stuck:T3 failed with its configuration and was not brought back (its revert failed);"
+                      " web:T2 failed with its configuration and was reverted to its previous version")

@@ -38,6 +38,8 @@ def test_a_reverted_release_freezes_its_phase_against_that_digest_and_configurat
     # the same image with the same configuration again is stopped ...
     msgs = blocking(planned(spec()), facts(), "inv/fleet.yml")
     assert len(msgs) == 1 and "svc:20261126-bbbbbbb@" in msgs[0] and "fab thaw --phase gpu" in msgs[0] and "r-new" in msgs[0]
+    assert ("automatically: rollout r-new failed: svc:20261126-bbbbbbb failed with its configuration and was reverted to"
+            " its previous version.") in msgs[0], msgs[0]  # the host's words for how it ended
     # ... a new image, or the same image with another configuration, goes ahead
     assert blocking(planned(spec(tag="20261127-ccccccc", digest="sha256:" + "c" * 64)), facts(), "inv/fleet.yml") == []
     assert blocking(planned(spec(env={"MACHINE": "mainpc", "FIXED": "1"})), facts(), "inv/fleet.yml") == []

@@ -56,7 +56,8 @@ def test_an_automatic_revert_freezes_the_phase_against_the_failed_tag_until_thaw
     again = executor.rollout(inv, PHASE)
     assert again.state == "refused" and executor.exit_code([again.state]) == 3
     text = "\n".join(again.messages)
-    assert f"llm-api:{bad}" in text and "reverted automatically" in text and f"fab thaw --phase {PHASE}" in text
+    assert f"llm-api:{bad} failed with its configuration and was reverted to its previous version" in text, text
+    assert f"fab thaw --phase {PHASE}" in text
     assert again.hosts == {} and ledger.read()[-1]["reason"] == "phase frozen"
     st = executor.status(inv, ["mainpc"])
     assert any(f["auto"] and f["releases"] == {"llm-api": bad} for f in st["hosts"]["mainpc"]["freezes"])

@@ -128,8 +128,9 @@ def test_a_new_service_that_crashes_is_removed_and_that_release_frozen_until_tha
     assert f"fr-{phase}_{svc}" not in [x.name for x in dclient(lab, "mainpc").services.list()]
     again = fab("rollout", "-p", phase, "-i", str(inv), "-y", "-j")
     assert again.returncode == 3, again.stdout[-3000:] + again.stderr
-    assert f"phase {phase} is frozen on mainpc: rollout {rep['rollout_id']}" in "\n".join(
-        json.loads(again.stdout)["phases"][0]["messages"])
+    refusal = "\n".join(json.loads(again.stdout)["phases"][0]["messages"])
+    assert f"phase {phase} is frozen on mainpc since " in refusal and f"automatically: rollout {rep['rollout_id']} ended in the" \
+        " removal of a new service that failed" in refusal, refusal
     thawed = fab("thaw", "--phase", phase, "--reason", "lab: the crash was on purpose", "-i", str(inv))
     assert thawed.returncode == 0 and f"mainpc: thawed {phase}" in thawed.stdout, thawed.stdout + thawed.stderr
     print(f"new swarm service: failed, removed, frozen, refused, thawed in {time.monotonic() - t0:.1f}s")
@@ -201,7 +202,8 @@ def the_rolled_back_release_is_frozen_until_thawed(bad_inv, rep: dict, fin: dict
     text = "\n".join(refused["messages"])
     assert refused["state"] == "refused" and refused["hosts"] == {}, refused
     for h in ("mainpc", "pc2"):  # the SSH push's own words (playbooks/freezes.blocking)
-        assert f"phase {PHASE} is frozen on {h}: rollout {rep['rollout_id']} was reverted automatically" in text, text
+        assert f"phase {PHASE} is frozen on {h} since " in text, text
+        assert f"automatically: rollout {rep['rollout_id']} ended in Swarm's rollback" in text, text
     assert f"{SERVICE}:{bad}@" in text and f"fab thaw --phase {PHASE}" in text
     assert ledger.read()[-1]["reason"] == "phase frozen"
     thawed = fab("thaw", "--phase", PHASE, "--reason", "lab: tried again on purpose", "-i", inv)

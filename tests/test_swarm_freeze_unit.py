@@ -86,7 +86,8 @@ def test_a_rollback_freezes_each_host_and_the_same_release_is_refused_with_the_s
     # the next rollout of the same release is refused, host by host, with the SSH push's own words
     all_facts = {h: facts(h) for h in ("mainpc", "pc2")}
     msgs = freezes.blocking(plan(rid="r-2"), all_facts, "inv.yml")
-    assert len(msgs) == 2 and all("rollout r-1 was reverted automatically" in m and "web:t-bad@111111111111" in m
+    assert len(msgs) == 2 and all("automatically: rollout r-1 ended in Swarm's rollback: web:t-bad failed" in m
+                                  and "web:t-bad@111111111111" in m
                                   and "fab thaw --phase swarm-web" in m for m in msgs), msgs
     # a new image, or the same image with a fixed configuration, goes ahead
     assert freezes.blocking(plan("t-fix", "sha256:" + "2" * 64, rid="r-3"), all_facts, "inv.yml") == []
@@ -177,7 +178,9 @@ def test_a_removed_new_service_is_frozen_and_the_same_create_is_refused_until_a_
     assert res["mainpc"].answer["data"]["services"][0]["frozen"]
     create = Plan("r-2", "swarm-web", "op", [Step("mainpc", "web", CREATE, "", "", "t-bad", NEW, {**SPEC, "tag": "t-bad"})])
     (msg,) = freezes.blocking(create, {"mainpc": facts("mainpc")}, "inv.yml")
-    assert "rollout r-1 was reverted automatically" in msg and "web:t-bad@111111111111" in msg
+    # what happened to it, not "reverted": a new service has nothing to go back to
+    assert "automatically: rollout r-1 ended in the removal of a new service that failed" in msg and "revert" not in msg, msg
+    assert "web:t-bad@111111111111" in msg
     fixed = Plan("r-3", "swarm-web", "op", [Step("mainpc", "web", CREATE, "", "", "t-fix", "sha256:" + "2" * 64,
                                                  {**SPEC, "tag": "t-fix", "digest": "sha256:" + "2" * 64})])
     assert freezes.blocking(fixed, {"mainpc": facts("mainpc")}, "inv.yml") == []
