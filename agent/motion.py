@@ -46,9 +46,10 @@ def daemon_retry(fn, budget_s: float = 60.0):
 
 # Docker's answers while it restarts a container under our feet: its sandbox is being torn down or set
 # up, a restart is in flight, or a removal is already under way; or (an update) its process has just
-# died and Docker has not yet noticed. Each passes within seconds.
+# died and Docker has not yet noticed: dockerd still thinks it runs and asks runc to update it, which
+# answers "container not running". Each passes within seconds.
 TRANSIENT = ("sandbox", "is restarting", "conflict", "in progress", "is not running", "cannot kill container", "is paused",
-             "cannot update a stopped container")
+             "cannot update a stopped container", "container not running")
 SETTLE_S = 30.0  # how long a container may take to hold still once its restart policy is off
 
 

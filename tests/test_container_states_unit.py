@@ -106,6 +106,9 @@ def test_transient_docker_answers_are_told_apart_from_real_ones():
     assert not transient(docker_errors.NotFound("No such container: abc"))
     # an update just after the process died, before Docker noticed (seen under load in a crash loop)
     assert transient(docker_errors.APIError("Cannot update container 04c8f553: cannot update a stopped container: unknown"))
+    # the same race one step earlier: dockerd still thought it ran and asked runc, whose process had exited (seen in CI)
+    assert transient(docker_errors.APIError("Cannot update container 69fc33c7e: failed to update resources: runc did not"
+                                            " terminate successfully: exit status 1: container not running\n: unknown"))
     assert not transient(docker_errors.APIError("port is already allocated"))
     assert not transient(RuntimeError("sandbox"))
     assert container_state({"State": {"Running": True, "Restarting": True, "Status": "restarting"}}) == "restarting"
