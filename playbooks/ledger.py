@@ -123,6 +123,9 @@ def rollouts() -> list[dict]:
             entry["started"] = rec["time"]
         if rec["kind"] in (Record.FINISHED, Record.REFUSED):
             entry["finished"] = rec["time"]
+        if rec["kind"] == Record.REFUSED:  # it ended there, before any host changed anything: not a controller that died
+            entry["final"] = str(Record.REFUSED)
+            entry["note"] = f"refused: {rec.get('reason') or 'see the ledger record'}; nothing was changed"
     for entry in by_id.values():
         hosts = entry.pop("_hosts", {})
         if entry.get("finished") is not None:

@@ -125,6 +125,19 @@ def test_ledger_merges_started_and_finished(tmp_path, monkeypatch):
     assert got == {"r1": "committed", "r2": "unfinished (controller stopped before the end)"}
 
 
+def test_history_calls_a_refused_rollout_refused_not_a_controller_that_stopped(tmp_path, monkeypatch):
+    """A refusal (frozen phase, failed preflight, a pre-rollout hook) is the rollout's end: nothing was started."""
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "l.jsonl"))
+    from playbooks import ledger
+    from playbooks.render import history_text
+
+    ledger.append("refused", rollout_id="r3", phase="p", reason="phase frozen", failures=["frozen on mainpc"])
+    (e,) = rollouts()
+    assert e["final"] == "refused" and e["note"] == "refused: phase frozen; nothing was changed"
+    text = history_text(rollouts(), "l.jsonl")
+    assert "refused" in text and "unfinished" not in text and "r3: refused: phase frozen" in text
+
+
 def test_sha_drift_rules():
     from playbooks.executor import sha_drift
 
