@@ -13,6 +13,10 @@ only the laptop that set it. Two kinds:
   evidence points away from the release (its container removed by someone else mid-gate,
   the daemon restarting) freezes nothing.
 
+The two stack, never silently replace each other: a manual freeze set while an automatic one
+stands keeps it underneath (`kept_auto`), and an automatic one written while a manual one
+stands goes underneath it. Thawing the manual freeze then brings the automatic one back, so
+"freeze for maintenance, thaw after" does not let the release that failed through again.
 Thawing removes the freeze and appends what was removed, by whom and why, to
 `freezes.jsonl` beside it.
 """
@@ -68,22 +72,35 @@ def _history(rec: dict) -> None:
 
 def write(phase: str, reason: str, by: str, auto: bool = False, releases: dict[str, str] | None = None,
           rollout_id: str = "", failed: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-    """Freeze `phase` on this host (replacing an earlier freeze of it; a manual one is never replaced by an automatic one).
+    """Freeze `phase` on this host; returns the record now in force (the manual one, when an automatic one goes under it).
 
     `releases`: {service: tag} that failed, for people; `failed`: {service: {tag, digest, config}},
     what an automatic freeze blocks (the digest and configuration fingerprint deployed together).
+    A manual freeze replaces an earlier manual one (the answer says whose); an automatic one
+    replaces an earlier automatic one (the newer failure is what is blocked).
     """
     current = read(phase)
-    if auto and current and not current.get("auto"):
-        return current
     rec = {"phase": phase, "reason": reason, "by": by, "ts": round(time.time(), 3), "auto": auto,
            "releases": dict(releases or {}), "failed": dict(failed or {}), "rollout_id": rollout_id}
+    if auto and current and not current.get("auto"):
+        top = {**current, "kept_auto": rec}  # the manual freeze stays in force; this one waits under it
+        _store(phase, top)
+        _history({"event": "freeze", **rec, "under": {k: current.get(k) for k in ("by", "reason", "ts")}})
+        return top
+    if not auto and current:
+        kept = current if current.get("auto") else current.get("kept_auto")
+        if kept:
+            rec["kept_auto"] = kept
+    _store(phase, rec)
+    _history({"event": "freeze", **rec})
+    return rec
+
+
+def _store(phase: str, rec: dict[str, Any]) -> None:
     p = _path(phase)
     tmp = p.with_name(f".{p.name}.{os.getpid()}")
     tmp.write_text(json.dumps(rec))
     os.replace(tmp, p)
-    _history({"event": "freeze", **rec})
-    return rec
 
 
 def read(phase: str) -> dict[str, Any] | None:
@@ -107,16 +124,32 @@ def all_freezes() -> list[dict[str, Any]]:
 
 
 def thaw(phase: str, by: str, reason: str, only_auto: bool = False) -> dict[str, Any] | None:
-    """Remove the freeze of `phase` here; return what was removed (None if there was none)."""
+    """Remove the freeze of `phase` here; return what was removed (None if there was none).
+
+    A manual freeze with an automatic one under it gives way to that one (the record returned
+    keeps it as `kept_auto`, for the answer to say so). `only_auto` (a clean commit): the automatic
+    freeze goes, wherever it is; a manual one stays.
+    """
     current = read(phase)
-    if current is None or (only_auto and not current.get("auto")):
+    if current is None:
         return None
-    try:
-        _path(phase).unlink()
-    except FileNotFoundError:
-        return None
-    _history({"event": "thaw", "phase": phase, "by": by, "reason": reason, "ts": round(time.time(), 3), "removed": current})
-    return current
+    kept = current.get("kept_auto")
+    if only_auto and not current.get("auto"):
+        if not kept:
+            return None
+        _store(phase, {k: v for k, v in current.items() if k != "kept_auto"})
+        removed = kept
+    elif kept and not only_auto:
+        _store(phase, kept)  # the automatic freeze is in force again
+        removed = current
+    else:
+        try:
+            _path(phase).unlink()
+        except FileNotFoundError:
+            return None
+        removed = current
+    _history({"event": "thaw", "phase": phase, "by": by, "reason": reason, "ts": round(time.time(), 3), "removed": removed})
+    return removed
 
 
 MAX_FAILED = 64  # services one automatic freeze names: a phase has a handful; more is not a controller's request

@@ -285,12 +285,38 @@ def freeze_op(args: dict[str, Any]) -> dict:
     try:
         if args.get("thaw"):
             removed = freeze.thaw(phase, by, reason, only_auto=bool(args.get("only_auto")))
-            return _answer("freeze", True, f"thawed {phase}" if removed else f"{phase} was not frozen here",
-                           {"removed": removed}, changed=removed is not None)
+            return _answer("freeze", True, _thawed_words(phase, removed), {"removed": removed}, changed=removed is not None)
+        before = freeze.read(phase)
         rec = freeze.write(phase, reason, by, **freeze.automatic(args))
-        return _answer("freeze", True, f"froze {phase}", {"freeze": rec}, changed=True)
+        return _answer("freeze", True, _froze_words(phase, before, rec), {"freeze": rec}, changed=True)
     except (ValueError, OSError) as exc:
         return _answer("freeze", False, str(exc))
+
+
+def _auto_words(rec: dict[str, Any]) -> str:
+    what = ", ".join(f"{s}:{t}" for s, t in sorted((rec.get("releases") or {}).items())) or "a failed release"
+    return f"the automatic freeze against {what} (rollout {rec.get('rollout_id') or '?'})"
+
+
+def _froze_words(phase: str, before: dict[str, Any] | None, rec: dict[str, Any]) -> str:
+    """What `fab freeze` did here, including what it did not replace silently (pure)."""
+    if rec.get("auto"):
+        return f"froze {phase}"
+    words = f"froze {phase}"
+    if before and not before.get("auto"):
+        words += f", replacing the freeze by {before.get('by')} ({before.get('reason')!r})"
+    if rec.get("kept_auto"):
+        words += f"; {_auto_words(rec['kept_auto'])} stays under it and is back in force when this is thawed"
+    return words
+
+
+def _thawed_words(phase: str, removed: dict[str, Any] | None) -> str:
+    if removed is None:
+        return f"{phase} was not frozen here"
+    if removed.get("kept_auto"):
+        return (f"thawed {phase} (the freeze by {removed.get('by')}); {_auto_words(removed['kept_auto'])} is in force"
+                f" again: it refuses only that release; fab thaw --phase {phase} again to lift it")
+    return f"thawed {phase}"
 
 
 def dispatch(op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> dict:

@@ -102,6 +102,8 @@ def frozen_for(inv: Inventory, service: str, freezes: list[dict]) -> list[str]:
         failed = (f.get("failed") or {}).get(service)
         if not f.get("auto"):
             out.append(f"phase {phase} frozen by {f.get('by')}: {f.get('reason')!r} (blocks every rollout of the phase)")
+            if f.get("kept_auto"):  # in force again once the manual freeze is thawed
+                out += [f"{line} (under the freeze by {f.get('by')})" for line in frozen_for(inv, service, [f["kept_auto"]])]
         elif failed:
             out.append(f"phase {phase} frozen automatically after rollout {f.get('rollout_id')} failed: refuses {failed.get('tag')}"
                        f"@{(failed.get('digest') or '')[7:19]} with configuration {failed.get('config')} (what failed); a new tag"

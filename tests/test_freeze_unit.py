@@ -94,9 +94,9 @@ def test_a_clean_commit_lifts_an_automatic_freeze_but_never_a_manual_one(daemon)
     daemon.image(REPO, "sha256:" + "c" * 64)
     assert run(daemon, [step(spec(tag="20261127-ccccccc", digest="sha256:" + "c" * 64))], rid="r-2")["ok"]
     assert freeze.read("gpu")["reason"] == "GPU driver upgrade tonight"
-    # nor does a later automatic revert overwrite the manual freeze's reason
+    # nor does a later automatic revert overwrite the manual freeze's reason: it waits under it
     freeze.write("gpu", "auto", "op", auto=True, releases={"svc": "x"})
-    assert not freeze.read("gpu")["auto"]
+    assert not freeze.read("gpu")["auto"] and freeze.read("gpu")["kept_auto"]["releases"] == {"svc": "x"}
 
 
 def test_manual_freeze_blocks_every_rollout_of_its_phase_only():
@@ -113,3 +113,37 @@ def test_thaw_records_what_it_removed():
     assert freeze.thaw("gpu", "bob", "again") is None
     with pytest.raises(ValueError):
         freeze.write("../etc", "x", "y")
+
+
+def test_a_manual_freeze_over_an_automatic_one_keeps_it_and_its_thaw_brings_it_back(daemon):
+    """Freeze for maintenance, thaw after: the release that failed before must still be refused (it was let through)."""
+    from agent import ops
+
+    running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    assert run(daemon, [step(spec())])["services"][0]["frozen"]
+    facts = lambda: {"mainpc": {"freezes": freeze.all_freezes()}}  # noqa: E731
+    bad = planned(spec())
+    r = ops.freeze_op({"phase": "gpu", "reason": "GPU driver maintenance", "operator": "alice"})
+    assert r["ok"] and "the automatic freeze against svc:20261126-bbbbbbb (rollout r-new) stays under it" in r["msg"], r["msg"]
+    r = ops.freeze_op({"phase": "gpu", "reason": "longer maintenance", "operator": "bob"})
+    assert "replacing the freeze by alice ('GPU driver maintenance')" in r["msg"] and "stays under it" in r["msg"], r["msg"]
+    assert "frozen on mainpc by bob" in blocking(plan(svc="20261127-ccccccc"), facts(), "inv")[0]  # manual: every release
+    r = ops.freeze_op({"phase": "gpu", "reason": "maintenance done", "operator": "bob", "thaw": True})
+    assert "thawed gpu (the freeze by bob); the automatic freeze against svc:20261126-bbbbbbb" in r["msg"], r["msg"]
+    assert "fab thaw --phase gpu again" in r["msg"]
+    assert freeze.read("gpu")["auto"] and len(blocking(bad, facts(), "inv")) == 1, "the failed release is refused again"
+    assert blocking(plan(svc="20261127-ccccccc"), facts(), "inv") == [], "and only it"
+    r = ops.freeze_op({"phase": "gpu", "reason": "the failure was the host's", "operator": "bob", "thaw": True})
+    assert r["msg"] == "thawed gpu" and freeze.read("gpu") is None
+
+
+def test_an_automatic_freeze_under_a_manual_one_waits_there_and_a_commit_lifts_only_it():
+    freeze.write("gpu", "driver upgrade", "alice")
+    top = freeze.write("gpu", "rollout r-1 failed: ...", "op", auto=True, releases={"svc": "T1"}, rollout_id="r-1",
+                       failed={"svc": {"tag": "T1", "digest": "sha256:1", "config": "cfg:x"}})
+    assert not top["auto"] and top["reason"] == "driver upgrade" and top["kept_auto"]["releases"] == {"svc": "T1"}
+    assert freeze.thaw("gpu", "op", "rollout r-2 committed", only_auto=True)["rollout_id"] == "r-1"
+    now = freeze.read("gpu")
+    assert now["reason"] == "driver upgrade" and "kept_auto" not in now, "the manual freeze stays, without the lifted one"
+    assert freeze.thaw("gpu", "op", "again", only_auto=True) is None

@@ -118,9 +118,9 @@ def record(inv: Inventory, plan: Plan, results: Results, pool: transport.Pool | 
             lines.append(f"frozen: phase {phase} on {h} against {what} with its configuration (automatic, after {how(results, h)}"
                          f" of rollout {rid}); a new tag or a fixed configuration goes ahead, or: fab thaw --phase {phase}"
                          " --reason '...'")
-        else:  # agent/freeze.write keeps a manual freeze: it already refuses every rollout of the phase
+        else:  # agent/freeze.write keeps a manual freeze on top: it already refuses every rollout of the phase
             lines.append(f"frozen: phase {phase} on {h} stays frozen by {rec.get('by')} ({rec.get('reason')!r}), which refuses"
-                         f" every rollout; the automatic freeze against {what} was not written over it")
+                         f" every rollout; the automatic freeze against {what} waits under it and is in force once that is thawed")
     return lines
 
 
