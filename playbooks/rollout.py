@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.vocabulary import Outcome, State
 
-from . import batches, freezes, hooks, ledger, targets, timings, transport
+from . import batches, freeze_spread, freezes, hooks, ledger, targets, timings, transport
 from .ending import Interrupted, RolloutReport, conclude, services_of
 from .errors import RolloutError
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
@@ -233,6 +233,8 @@ def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
     failed_hosts = [h for h, r in results.items() if not r.ok]
     if failed_hosts and ro.policy == "revert-phase":
         _revert_phase(ro, results, failed_hosts)
+    if failed_hosts:  # a release that failed on its own is refused on the hosts it did not reach, too
+        report.messages += freeze_spread.record(inv, plan, results, ro.pool)
     return results
 
 
