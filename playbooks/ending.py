@@ -209,8 +209,13 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
         return f"{look}; fab status -H {host}; then fab rollback -p {phase} -s {svc} --to <a tag from fab versions -s {svc}>"
     if kind == "rollback":
         return f"{look}; fab versions -s {svc} (choose a version that passed its gate here), then fab rollback -p {phase} -s {svc} --to TAG"
-    if kind == "restart":
+    if kind == "restart" and s.get("check") == "not-running":  # nothing to restart: removed by hand, or never rolled out
+        return (f"fab rollback -p {phase} -s {svc} -H {host} (its last committed configuration here), or"
+                f" fab rollout --phase {phase} --inventory {inventory}")
+    if kind == "restart" and s.get("outcome") == Outcome.REVERTED:
         return f"{look}; the old container serves again"
+    if kind == "restart":
+        return f"{look}; fab status -H {host}"
     if s.get("outcome") == Outcome.REFUSED:
         return f"fix what is named above, then: fab rollout --phase {phase} --inventory {inventory}"
     return (f"{look}; fix the image (a new tag) or its configuration in {inventory}, then:"

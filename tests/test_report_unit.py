@@ -163,3 +163,16 @@ def test_orphans_are_fleetroll_containers_the_inventory_no_longer_places():
     got = orphans(cs, ["rag-api"])
     assert [o["name"] for o in got] == ["old-api"] and got[0]["rollout_id"] == "r-0"
     assert orphans(cs, ["rag-api", "old-api"]) == []
+
+
+def test_a_restart_s_next_step_says_what_is_true_of_that_outcome():
+    """Found on the lab: a restart refused because the container was removed by hand said 'the old container serves again'."""
+    from playbooks.ending import next_step
+
+    gone = {"service": "vision-api", "outcome": "refused", "check": "not-running"}
+    line = next_step("restart", "mainpc", gone, "gpu-mainpc", "inv.yml")
+    assert "serves again" not in line and "fab rollback -p gpu-mainpc -s vision-api -H mainpc" in line, line
+    reverted = {"service": "vision-api", "outcome": "reverted", "check": "health-deadline"}
+    assert next_step("restart", "mainpc", reverted, "gpu-mainpc", "inv.yml").endswith("the old container serves again")
+    foreign = {"service": "vision-api", "outcome": "refused", "check": "foreign-container"}
+    assert "serves again" not in next_step("restart", "mainpc", foreign, "gpu-mainpc", "inv.yml")
