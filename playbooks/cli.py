@@ -29,6 +29,9 @@ def main() -> None:
 
     from . import prewarm
     from .inventory_path import default_inventory
+    from .program import interrupted_while_starting
+
+    interrupted_while_starting()
 
     # First, before invoke, pydantic and the inventory load: the hosts' logins run while this process starts up.
     prewarm.start(sys.argv[1:], default_inventory)

@@ -61,6 +61,34 @@ def _import_invoke() -> types.ModuleType:
 invoke = _import_invoke()
 Exit = invoke.Exit
 
+
+def _ctrl_c_is_the_tasks_once_they_run() -> None:
+    """Give SIGINT back to Python when invoke starts executing tasks (program.interrupted_while_starting took it).
+
+    On invoke's Executor, which Fabric's subclasses: every task of `fab` and `fleetroll`, the lab's
+    included, then sees Ctrl-C as KeyboardInterrupt. A task that handles it says what happens next
+    (a rollout: the hosts finish on their own) and exits 130; one that does not (status, details, …)
+    left invoke to turn it into exit 1 with no word: here it is exit 130, said.
+    """
+    if getattr(invoke.Executor.execute, "_fleetroll", False):
+        return
+    original = invoke.Executor.execute
+
+    def execute(self, *tasks):
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return original(self, *tasks)
+        except KeyboardInterrupt:
+            raise Exit("interrupted (Ctrl-C)", code=130) from None
+
+    execute._fleetroll = True
+    invoke.Executor.execute = execute
+
+
+_ctrl_c_is_the_tasks_once_they_run()
+
 # One meaning per short flag across every task; every other option is long only.
 SHORT_FLAGS = {"inventory": "i", "hosts": "H", "host": "H", "phase": "p", "service": "s", "json": "j", "yes": "y",
                "follow": "f", "dry_run": "n"}
