@@ -134,7 +134,9 @@ def revert_facts(prev: dict | None, replica: dict | None) -> dict[str, Any] | No
     if not prev:
         return None
     rows = (replica or {}).get("versions") or []
-    seen = next((v for v in rows if v.get("tag") == prev.get("tag") and v.get("digest") == prev.get("digest")), None)
+    # The container's label names the pin (<tag>-prev, agent/decisions.pin_for); the journal names the release's own tag.
+    release = str(prev.get("tag") or "").removesuffix("-prev")
+    seen = next((v for v in rows if v.get("tag") == release and v.get("digest") == prev.get("digest")), None)
     return {**prev, **({k: seen.get(k) for k in ("ts", "rollout_id", "operator", "outcome", "image_present")} if seen else {})}
 
 

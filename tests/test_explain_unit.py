@@ -53,7 +53,7 @@ def write_trivy(where: Path, digest: str = DIGEST) -> None:
 def container(git_sha: str = SHA, rollout_id: str = RID) -> dict:
     return {"name": SVC, "id": "c0ffee", "image": f"{INV.repo(SVC)}:{TAG}", "tag": TAG, "digest": DIGEST, "status": "running",
             "running": True, "restart_count": 0, "git_sha": git_sha, "rollout_id": rollout_id, "operator": "ana@laptop",
-            "prev": {"tag": "20251201-aaaaaaa", "digest": "sha256:" + "cd" * 32, "pinned": True}}
+            "prev": {"tag": "20251201-aaaaaaa-prev", "digest": "sha256:" + "cd" * 32, "pinned": True}}  # the pin's tag, as details says
 
 
 LEDGER = [{"rollout_id": RID, "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:01:00Z", "operator": "ana@laptop",
@@ -88,7 +88,7 @@ def test_a_complete_chain_names_every_link_and_nothing_missing(artifacts):
     for want in (f"image     {TAG}@{DIGEST}", "they agree", f"12 packages, {artifacts / 'sbom.spdx.json'}",
                  f"Trivy     warn for {DIGEST[:19]}",
                  "accepted  CVE-2026-0001 by ops until", f"rollout   {RID}: phase gpu-mainpc, by ana@laptop", "gate      passed (healthy after 12.5s",
-                 "work_s 41.50s, calls 3", "revert to 20251201-aaaaaaa@sha256:cdcdcdcdcdcd (pinned on the host); ran from rollout r-old",
+                 "work_s 41.50s, calls 3", "revert to 20251201-aaaaaaa-prev@sha256:cdcdcdcdcdcd (pinned on the host); ran from rollout r-old",
                  "frozen    phase gpu-mainpc frozen by ana", "drift     none: already running", "health    healthy: healthy; 0 restarts"):
         assert want in text, (want, text)
     assert "missing" not in text
