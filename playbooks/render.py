@@ -260,8 +260,13 @@ def prune_text(out: dict) -> str:
         if not v.get("reachable"):
             lines.append(f"{h}: UNREACHABLE: {v.get('error')}")
             continue
-        lines.append(f"{h}: {verb} {len(v.get('removed', []))} image(s), {v.get('freed_bytes', 0) / 1e6:.0f} MB freed;"
-                     f" kept {len(v.get('kept', []))}")
+        if out.get("dry_run"):  # nothing was freed: say what the images weigh (layers shared with kept ones would stay)
+            size = sum(int(x.get("size") or 0) for x in v.get("removed", [])) / 1e6
+            lines.append(f"{h}: {verb} {len(v.get('removed', []))} image(s) of {size:.0f} MB in all (layers shared with kept"
+                         f" images stay); kept {len(v.get('kept', []))}")
+        else:
+            lines.append(f"{h}: {verb} {len(v.get('removed', []))} image(s), {v.get('freed_bytes', 0) / 1e6:.0f} MB freed;"
+                         f" kept {len(v.get('kept', []))}")
         lines += [f"  - {', '.join(x['names'])}" for x in v.get("removed", [])]
         lines += [f"  kept {', '.join(x['names'])}: {x['why']}" for x in v.get("kept", [])]
         lines += [f"  FAILED {', '.join(x['names'])}: {x['error']}" for x in v.get("failed", [])]

@@ -133,19 +133,25 @@ def one_line_errors(body):
         try:
             return body(*args, **kwargs)
         except Exit as exc:
-            if exc.message and as_run(exc.message) != exc.message:  # a hint naming `fab …`, run as another program
-                raise Exit(as_run(exc.message), code=exc.code) from None
-            raise
+            message, code = exc.message, exc.code
         except RolloutError as exc:
-            raise Exit(as_run(str(exc)), code=1) from None
+            message, code = str(exc), 1
         except Exception as exc:
             # Imported here: the inventory module is loaded whenever one of its errors exists, and
             # importing it at the top would cost every command pydantic's start-up.
             from .inventory import InventoryError
 
-            if isinstance(exc, InventoryError):
-                raise Exit(as_run(str(exc)), code=1) from None
-            raise
+            if not isinstance(exc, InventoryError):
+                raise
+            message, code = str(exc), 1
+        message = as_run(message) if message else message  # a hint naming `fab …`, in the words of the program run
+        if message and code and kwargs.get("json"):
+            # A script asked for JSON: the error is a JSON object on stdout too (the line stays on stderr for people),
+            # as an invalid inventory's always was, not plain text and an empty stdout.
+            from . import render
+
+            render.dump_json({"error": message, "exit_code": code})
+        raise Exit(message, code=code) from None
 
     return run
 

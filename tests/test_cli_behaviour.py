@@ -293,3 +293,15 @@ def test_once_a_task_runs_ctrl_c_is_a_keyboard_interrupt_again():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "default", r
     assert r.returncode == 130 and "interrupted (Ctrl-C)" in r.stderr, r  # invoke's own answer was exit 1, silent
+
+
+def test_an_error_of_a_json_task_is_a_json_object_on_stdout_too(tmp_path):
+    """Found on the lab: status -j -H nosuch, rollout -j -H nosuch -n and explain -j put plain text on stderr, stdout empty."""
+    import json
+
+    inv = str(ROOT / "inventory" / "fleet.yml")
+    for task in (["status", "-H", "nosuch"], ["rollout", "-p", "gpu-mainpc", "-H", "nosuch", "-n"], ["explain", "nosuch/llm-api"]):
+        r = fab(*task, "--json", "-i", inv)
+        assert r.returncode == 1 and r.stderr.strip(), (task, r.stdout, r.stderr)
+        out = json.loads(r.stdout)
+        assert out["exit_code"] == 1 and "nosuch" in out["error"] and out["error"] in r.stderr, (task, out, r.stderr)

@@ -133,3 +133,15 @@ def test_a_secret_docker_refuses_and_a_swarm_with_no_manager_are_said(inv, monke
     out = operate.prune(inv)
     assert out["swarm"]["error"].startswith("no swarm manager answers")
     assert "swarm: Swarm secrets not pruned: no swarm manager answers" in render.prune_text(out)
+
+
+def test_a_dry_run_says_what_the_images_weigh_not_zero_freed():
+    """Found on the lab: the dry run said '0 MB freed' and the real run then freed 16 MB."""
+    from playbooks import render
+
+    host = {"reachable": True, "ok": True, "removed": [{"image": "sha256:1", "names": ["r/a:t1"], "size": 9_000_000},
+                                                       {"image": "sha256:2", "names": ["r/a:t2"], "size": 7_000_000}],
+            "kept": [], "failed": [], "freed_bytes": 0}
+    text = render.prune_text({"dry_run": True, "hosts": {"pc2": host}})
+    assert "pc2: would remove 2 image(s) of 16 MB in all" in text and "freed" not in text, text
+    assert "removed 2 image(s), 16 MB freed" in render.prune_text({"hosts": {"pc2": {**host, "freed_bytes": 16_000_000}}})
