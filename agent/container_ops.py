@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import journal
+from . import contract, journal
 from .answer import answer
 from .docker_errors import APIError, DockerError, ImageNotFound, NotFound
 from .paths import state_dir
@@ -44,14 +44,24 @@ def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
 
     service = args.get("service", "")
     since = int(time.time() - float(args["since_s"])) if args.get("since_s") else None
+    client = docker_client(timeout=60 if not args.get("follow") else 86400)
     try:
-        c = docker_client(timeout=60 if not args.get("follow") else 86400).containers.get(service)
+        c = client.containers.get(service)
     except NotFound:
         return _answer("logs", False, f"no container named {service!r} on this host")
     kw = {"tail": tail, "timestamps": bool(args.get("timestamps")), **({"since": since} if since else {})}
     if not args.get("follow"):
         text = c.logs(**kw).decode(errors="replace")
         return _answer("logs", True, "", {"service": service, "status": c.status, "lines": text.splitlines()})
+    return _follow(client, c, service, kw, emit)
+
+
+SUCCESSOR_S = 10.0  # how long a follow waits for another container to take the service's name (a swap's gap)
+
+
+def _follow(client, c, service: str, kw: dict[str, Any], emit: Callable[[dict], None]) -> dict:
+    """Follow the service, not one container: through Docker's restarts of it, and to whatever container takes its
+    name when a swap, a restart or a rollback replaces it, until none runs under that name."""
     following: dict[str, Any] = {}  # the log stream being read, for the watcher to cut
     gone = on_controller_gone(lambda: _cut(following))
     while True:
@@ -66,10 +76,31 @@ def logs_op(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
         # back: follow it run after run (only what is new), until it stays stopped or is removed.
         since = time.time()
         status = _next_run(c)
-        if status != "running":
+        if status == "running":
+            emit({"event": "log", "line": f"-- {service} restarted (restart {c.attrs.get('RestartCount', 0)}) --"})
+            kw = {**{k: v for k, v in kw.items() if k != "tail"}, "since": since}
+            continue
+        nxt = _successor(client, service, c.id)
+        if nxt is None:
             return _answer("logs", True, f"{service} stopped ({status})", {"service": service, "status": status, "lines": []})
-        emit({"event": "log", "line": f"-- {service} restarted (restart {c.attrs.get('RestartCount', 0)}) --"})
-        kw = {**{k: v for k, v in kw.items() if k != "tail"}, "since": since}
+        tag = (nxt.labels or {}).get(contract.TAG, "")
+        emit({"event": "log", "line": f"-- {service} replaced: now container {nxt.id[:12]}{f' ({tag})' if tag else ''} --"})
+        c, kw = nxt, {k: v for k, v in kw.items() if k not in ("tail", "since")}  # every line of the new one
+
+
+def _successor(client, service: str, old_id: str, wait_s: float = SUCCESSOR_S):
+    """Another container under the service's name, waiting up to wait_s for one to appear (None if none does)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            nxt = client.containers.get(service)
+            if nxt.id != old_id:
+                return nxt
+        except NotFound:
+            pass
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
 
 
 def _cut(following: dict[str, Any]) -> None:
@@ -179,7 +210,11 @@ def versions_op(args: dict[str, Any]) -> dict:
         return _answer("versions", True, f"Docker not reachable, image presence unknown: {str(exc)[:200]}",
                        {"service": service, "versions": rows, "running": running})
     for r in rows:
-        r["running"] = bool(running) and r["tag"] == running.get("tag") and r["digest"] == running.get("digest")
+        r["running"] = False
+    same = [r for r in rows if running and r["tag"] == running.get("tag") and r["digest"] == running.get("digest")]
+    if same:  # one row runs: the start that made the container (its rollout id), else the latest start of that release
+        mine = [r for r in same if r.get("rollout_id") == running.get("rollout_id")] or same
+        max(mine, key=lambda r: r.get("ts") or 0)["running"] = True
     return _answer("versions", True, "", {"service": service, "versions": rows, "running": running})
 
 

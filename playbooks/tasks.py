@@ -176,7 +176,8 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
 
 
 @task(help={"service": "service whose log to show", "host": "host to read from (default: the service's; with --agent: required)",
-            "follow": "keep printing new lines until the container stops (Ctrl-C to leave)", "since": "only lines newer than this: 90s, 10m, 2h, 1d",
+            "follow": "keep printing new lines, through restarts and swaps (the container that takes the service's name),"
+                      " until none runs under it (Ctrl-C to leave)", "since": "only lines newer than this: 90s, 10m, 2h, 1d",
             "tail": "last N lines (default 100)", "agent": "the host's agent log instead (where a failed transaction's traceback goes)",
             "timestamps": "prefix each line with Docker's timestamp", "inventory": "inventory file"})
 def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=False, timestamps=False, inventory=None):

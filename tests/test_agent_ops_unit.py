@@ -94,3 +94,31 @@ def test_a_follower_whose_controller_goes_lets_its_recovery_finish_before_it_end
     with pytest.raises(BrokenPipeError):
         ops._follow("r-h", emit, time.monotonic() + 10)
     assert state == {"started": True, "finished": True, "released": True}
+
+
+def test_versions_marks_one_row_running_when_a_release_was_started_twice(monkeypatch):
+    """Found on the lab: a release rolled out, then restarted, showed 'running' on both rows."""
+    from agent import container_ops, contract, facts, versions
+
+    rows = [{"tag": "T1", "digest": "sha256:1", "image": "i1", "ts": 1.0, "rollout_id": "r-1", "outcome": "committed"},
+            {"tag": "T1", "digest": "sha256:1", "image": "i1", "ts": 2.0, "rollout_id": "r-2", "outcome": "committed"},
+            {"tag": "T0", "digest": "sha256:0", "image": "i0", "ts": 0.5, "rollout_id": "r-0", "outcome": "committed"}]
+    monkeypatch.setattr(versions, "list_versions", lambda service: [dict(r) for r in rows])
+
+    def client(rid: str):
+        class C:
+            labels = {contract.TAG: "T1", contract.DIGEST: "sha256:1", contract.ROLLOUT_ID: rid}
+
+        class Client:
+            class containers:  # noqa: N801
+                get = staticmethod(lambda name: C)
+
+            class images:  # noqa: N801
+                get = staticmethod(lambda ref: None)
+
+        return Client
+
+    for rid, want in (("r-2", "r-2"), ("r-1", "r-1"), ("r-9", "r-2")):  # r-9: no row of its own: the latest start of T1
+        monkeypatch.setattr(facts, "docker_client", lambda timeout=None, rid=rid: client(rid))
+        out = container_ops.versions_op({"service": "svc"})["data"]["versions"]
+        assert [r["rollout_id"] for r in out if r["running"]] == [want], (rid, out)

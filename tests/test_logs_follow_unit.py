@@ -8,6 +8,9 @@ from agent import ops
 class Looping:
     """A container that crashes twice (each run logs a line, then Docker restarts it), then stays stopped."""
 
+    id = "c-looping"
+    labels: dict = {}
+
     def __init__(self):
         self.runs = 0
         self.states = []  # what reload() shows next
@@ -121,3 +124,49 @@ def test_follow_of_a_quiet_container_ends_when_the_controller_closes_the_session
     srv.close()
     for c in held:
         c.close()
+
+
+class Once:
+    """A container that logs its lines, then stops for good (a swap stopped it, or it was replaced)."""
+
+    def __init__(self, cid: str, lines: list[str], tag: str, removed: bool = False):
+        self.id, self.lines, self.labels, self.removed = cid, lines, {"io.fleetroll.tag": tag}, removed
+        self.attrs = {"State": {"Running": True}}
+        self.status = "running"
+        self.calls: list[dict] = []
+
+    def logs(self, **kw):
+        self.calls.append(kw)
+        return iter([f"{x}\n".encode() for x in self.lines])
+
+    def reload(self):
+        from agent.docker_errors import NotFound
+
+        if self.removed:
+            raise NotFound("No such container")
+        self.attrs, self.status = {"State": {"Running": False, "Restarting": False}}, "exited"
+
+
+def test_follow_goes_on_with_the_container_that_takes_the_service_s_name(monkeypatch):
+    """Found on the lab: logs -f during fab restart ended 'stopped (exited)', exit 0, while the service ran on in a new container."""
+    from agent import facts
+
+    old = Once("c-old", ["old serving"], "T1", removed=True)  # a restart: stopped, renamed aside, then removed
+    new = Once("c-new", ["new starting", "new serving"], "T1")
+    named = iter([old, new, new, new])  # by name: the old at first, then the new one for good
+
+    class Client:
+        class containers:  # noqa: N801 - the docker SDK's attribute name
+            @staticmethod
+            def get(name):
+                return next(named, new)
+
+    monkeypatch.setattr(facts, "docker_client", lambda timeout=None: Client)
+    monkeypatch.setattr(ops.time, "sleep", lambda s: None)
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(ops.time, "monotonic", lambda: next(ticks))
+    lines: list[str] = []
+    answer = ops.logs_op({"service": "vision-api", "follow": True, "tail": 5}, lambda e: lines.append(e["line"]))
+    assert lines == ["old serving", "-- vision-api replaced: now container c-new (T1) --", "new starting", "new serving"], lines
+    assert answer["ok"] and answer["msg"] == "vision-api stopped (exited)"
+    assert "tail" not in new.calls[0] and "since" not in new.calls[0], "every line of the new container"
