@@ -205,6 +205,9 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
     """The command an operator runs next for this failed service."""
     svc = s["service"]
     look = f"fab logs -s {svc} -H {host}; fab details -s {svc} -H {host}"
+    if s.get("outcome") in (Outcome.REVERTED, Outcome.REMOVED) and (s.get("details") or {}).get("last_logs"):
+        # The failed container is gone: its last lines are in this report; fab logs would show the one running now.
+        look = f"read its last log lines above (that container is gone); fab details -s {svc} -H {host}"
     if s.get("outcome") in NEEDS:
         return f"{look}; fab status -H {host}; then fab rollback -p {phase} -s {svc} --to <a tag from fab versions -s {svc}>"
     if kind == "rollback":

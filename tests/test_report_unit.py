@@ -61,7 +61,8 @@ def test_the_report_names_what_failed_what_runs_now_the_crash_message_and_the_fr
     assert "now:   20261101-aaaaaaa@aaaaaaaaaaaa — the old container itself" in text
     assert "20261126-bbbbbbb (failed) -> 20261101-aaaaaaa@aaaaaaaaaaaa" in text, "the row says tried -> now, not old -> old"
     assert "| rag-api: crashing (exit 3)" in text and "Traceback: KeyError MODEL_PATH" in text
-    assert "frozen: phase gpu on mainpc" in text and "next: fab logs -s svc -H mainpc" in text
+    # fab logs would show the old container now running: the failed one's lines are the ones above
+    assert "frozen: phase gpu on mainpc" in text and "next: read its last log lines above (that container is gone)" in text, text
     assert "in 4.2s" in text, "the elapsed time is the command's"
     blob = json.dumps(rep.to_json())
     assert "rag-api: crashing (exit 3)" in blob and '"next"' in blob and '"frozen": true' in blob
