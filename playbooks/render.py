@@ -138,7 +138,8 @@ def status_text(st: dict) -> str:
     rows, notes = [], []
     for h, info in st["hosts"].items():
         if not info.get("reachable"):
-            rows.append([h, "-", "-", "-", "-", "-", "UNREACHABLE", info.get("error", "")[:60]])
+            rows.append([h, "-", "-", "-", "-", "-", "UNREACHABLE", "(below)"])
+            notes.append(f"{h}: UNREACHABLE: {info.get('error', '')}")  # whole: a reason cut mid-word told nobody anything
             continue
         for s, v in info["services"].items():
             drift = "; ".join(x for x in (v["drift"], v.get("sha_drift")) if x) or "-"
@@ -158,9 +159,12 @@ def status_text(st: dict) -> str:
                          f" {o['rollout_id'] or '?'}), no longer in the inventory for this host; remove it with:"
                          f" fab remove -s {o['name']} -H {h}")
         for f in info.get("freezes") or []:
-            kind = "frozen by an automatic revert" if f.get("auto") else f"frozen by {f.get('by')}"
+            kind = f"frozen automatically after rollout {f.get('rollout_id')}" if f.get("auto") else f"frozen by {f.get('by')}"
+            under = f.get("kept_auto")
             notes.append(f"{h}: phase {f.get('phase')} {kind} since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(f.get('ts') or 0))}:"
-                         f" {f.get('reason')} (fab thaw --phase {f.get('phase')} --reason ...)")
+                         f" {f.get('reason')} (fab thaw --phase {f.get('phase')} --reason ...)"
+                         + (f"; under it, the automatic freeze after rollout {under.get('rollout_id')}: {under.get('reason')}"
+                            if under else ""))
         lock = info.get("lock")
         if lock and lock.get("unsafe"):
             notes.append(f"{h}: LOCK REFUSED (no rollout can run here): {lock['unsafe']}")

@@ -163,6 +163,21 @@ def test_status_table_has_a_state_and_restarts_column():
     assert "restarting, 7 restarts" in text
 
 
+def test_status_prints_an_unreachable_host_s_reason_whole_and_a_freeze_kept_under_another():
+    """Found on the lab: the table cut the reason at 60 characters ('... is the hos') and it was nowhere else."""
+    from playbooks import render
+
+    why = "mainpc: no answer within 3s; is the host up and on the network? (ssh: connect to host 10.0.0.1 port 22: timed out)"
+    auto = {"phase": "gpu", "auto": True, "rollout_id": "r-1", "reason": "rollout r-1 failed: llm:T2 ... reverted", "ts": 0}
+    st = {"collector": None, "hosts": {"mainpc": {"reachable": False, "error": why},
+                                       "pc2": {"reachable": True, "services": {}, "freezes": [
+                                           {"phase": "gpu", "auto": False, "by": "alice", "reason": "driver", "ts": 0,
+                                            "kept_auto": auto}]}}}
+    text = render.status_text(st)
+    assert f"mainpc: UNREACHABLE: {why}" in text, text
+    assert "pc2: phase gpu frozen by alice" in text and "under it, the automatic freeze after rollout r-1" in text, text
+
+
 @pytest.mark.parametrize("args,says", [
     (["rollout", "-p", "gpu-mainpc", "-H", "nohost", "-y"], "--hosts nohost: no such host"),
     (["rollout", "-p", "gpu-mainpc", "-H", "pc2", "-y"], "--hosts pc2: phase gpu-mainpc has no service there; its hosts: mainpc"),
