@@ -157,6 +157,9 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     if dry_run:
         report.ok, report.state = True, State.DRY_RUN
         report.messages.append(plan_text(plan))
+        hook = hooks.path_of(ro.inv.path, "pre-rollout")
+        if plan.changes and hook.exists():  # not run by a dry run (it may act); a real rollout is refused if it fails
+            report.messages.append(f"a real rollout first runs {hook}; a dry run does not (it is refused if that hook fails)")
         update = ro.inv.update_for(plan.phase)
         order = batches.schedule(plan, update)
         if len(order) > 1:

@@ -265,6 +265,10 @@ def test_hooks_run_beside_the_inventory_and_a_failing_pre_hook_refuses(lab, tmp_
     r = fab("rollout", "-p", PHASE, "-y", "-i", str(inv.path))
     assert r.returncode == 3 and "pre-rollout hook" in r.stdout and "change freeze: Friday" in r.stdout, r.stdout + r.stderr
     assert docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("llm-api").id == before
+    # a dry run does not run it (it may act), but says a real rollout would, and would be refused if it fails
+    r = fab("rollout", "-p", PHASE, "-n", "-i", str(inv.path))
+    assert r.returncode == 2 and f"a real rollout first runs {hooks_dir / 'pre-rollout'}; a dry run does not" in r.stdout, (
+        r.stdout + r.stderr)
     # on-revert hears about an automatic revert
     (hooks_dir / "pre-rollout").write_text("#!/bin/sh\nexit 0\n")
     bad = new_tag()
