@@ -76,24 +76,53 @@ def write(phase: str, reason: str, by: str, auto: bool = False, releases: dict[s
 
     `releases`: {service: tag} that failed, for people; `failed`: {service: {tag, digest, config}},
     what an automatic freeze blocks (the digest and configuration fingerprint deployed together).
-    A manual freeze replaces an earlier manual one (the answer says whose); an automatic one
-    replaces an earlier automatic one (the newer failure is what is blocked).
+    A manual freeze replaces an earlier manual one (the answer says whose). An automatic one adds
+    to an earlier automatic one, service by service (the newer failure of a service wins): a
+    canary failing on service B must not let the release of A that failed here before through.
     """
-    current = read(phase)
-    rec = {"phase": phase, "reason": reason, "by": by, "ts": round(time.time(), 3), "auto": auto,
-           "releases": dict(releases or {}), "failed": dict(failed or {}), "rollout_id": rollout_id}
-    if auto and current and not current.get("auto"):
-        top = {**current, "kept_auto": rec}  # the manual freeze stays in force; this one waits under it
-        _store(phase, top)
-        _history({"event": "freeze", **rec, "under": {k: current.get(k) for k in ("by", "reason", "ts")}})
-        return top
-    if not auto and current:
-        kept = current if current.get("auto") else current.get("kept_auto")
-        if kept:
-            rec["kept_auto"] = kept
-    _store(phase, rec)
-    _history({"event": "freeze", **rec})
-    return rec
+    with _locked():
+        current = read(phase)
+        rec = {"phase": phase, "reason": reason, "by": by, "ts": round(time.time(), 3), "auto": auto,
+               "releases": dict(releases or {}), "failed": dict(failed or {}), "rollout_id": rollout_id}
+        if auto and current and not current.get("auto"):
+            top = {**current, "kept_auto": _merged(current.get("kept_auto"), rec)}  # the manual one stays in force
+            _store(phase, top)
+            _history({"event": "freeze", **rec, "under": {k: current.get(k) for k in ("by", "reason", "ts")}})
+            return top
+        if auto:
+            rec = _merged(current, rec)
+        elif current:
+            kept = current if current.get("auto") else current.get("kept_auto")
+            if kept:
+                rec["kept_auto"] = kept
+        _store(phase, rec)
+        _history({"event": "freeze", **rec})
+        return rec
+
+
+def _merged(older: dict[str, Any] | None, newer: dict[str, Any]) -> dict[str, Any]:
+    """An automatic freeze written over another: both blocks stand, per service; the newer one's words first (pure)."""
+    if not older or not older.get("auto"):
+        return newer
+    kept = sorted(set(older.get("failed") or {}) - set(newer["failed"]))
+    if not kept:
+        return newer
+    earlier = f"; and from rollout {older.get('rollout_id') or '?'}: {', '.join(kept)} ({older.get('reason', '')[:300]})"
+    return {**newer, "failed": {**(older.get("failed") or {}), **newer["failed"]},
+            "releases": {**(older.get("releases") or {}), **newer["releases"]}, "reason": newer["reason"] + earlier}
+
+
+class _locked:
+    """One writer of the freezes at a time on this host (a transaction's automatic freeze beside an operator's fab freeze)."""
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.fd = os.open(_dir() / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o660)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
 
 
 def _store(phase: str, rec: dict[str, Any]) -> None:
@@ -123,14 +152,38 @@ def all_freezes() -> list[dict[str, Any]]:
     return out
 
 
-def thaw(phase: str, by: str, reason: str, only_auto: bool = False) -> dict[str, Any] | None:
+def thaw(phase: str, by: str, reason: str, only_auto: bool = False, services: list[str] | None = None) -> dict[str, Any] | None:
     """Remove the freeze of `phase` here; return what was removed (None if there was none).
 
     A manual freeze with an automatic one under it gives way to that one (the record returned
     keeps it as `kept_auto`, for the answer to say so). `only_auto` (a clean commit): the automatic
-    freeze goes, wherever it is; a manual one stays.
+    freeze goes, wherever it is; a manual one stays. With `services` (the ones that commit
+    committed), only their blocks go: another service's failed release stays refused.
     """
-    current = read(phase)
+    with _locked():
+        current = read(phase)
+        if only_auto and services is not None and current is not None:
+            auto = current if current.get("auto") else current.get("kept_auto")
+            rest = sorted(set((auto or {}).get("failed") or {}) - set(services))
+            if auto and rest:
+                return _lift(phase, current, auto, rest, by, reason)
+        return _thaw(phase, current, by, reason, only_auto)
+
+
+def _lift(phase: str, current: dict[str, Any], auto: dict[str, Any], rest: list[str], by: str, reason: str) -> dict[str, Any] | None:
+    """Drop the committed services' blocks from the automatic freeze; the others stay (None if none of them was there)."""
+    gone = sorted(set(auto.get("failed") or {}) - set(rest))
+    if not gone:
+        return None
+    left = {**auto, "failed": {s: auto["failed"][s] for s in rest},
+            "releases": {s: t for s, t in (auto.get("releases") or {}).items() if s in rest}}
+    _store(phase, left if current is auto else {**current, "kept_auto": left})
+    removed = {**auto, "failed": {s: auto["failed"][s] for s in gone}}
+    _history({"event": "thaw", "phase": phase, "by": by, "reason": reason, "ts": round(time.time(), 3), "removed": removed})
+    return removed
+
+
+def _thaw(phase: str, current: dict[str, Any] | None, by: str, reason: str, only_auto: bool) -> dict[str, Any] | None:
     if current is None:
         return None
     kept = current.get("kept_auto")

@@ -287,8 +287,9 @@ def freeze_op(args: dict[str, Any]) -> dict:
             removed = freeze.thaw(phase, by, reason, only_auto=bool(args.get("only_auto")))
             return _answer("freeze", True, _thawed_words(phase, removed), {"removed": removed}, changed=removed is not None)
         before = freeze.read(phase)
-        rec = freeze.write(phase, reason, by, **freeze.automatic(args))
-        return _answer("freeze", True, _froze_words(phase, before, rec), {"freeze": rec}, changed=True)
+        auto = freeze.automatic(args)
+        rec = freeze.write(phase, reason, by, **auto)
+        return _answer("freeze", True, _froze_words(phase, before, rec, bool(auto)), {"freeze": rec}, changed=True)
     except (ValueError, OSError) as exc:
         return _answer("freeze", False, str(exc))
 
@@ -298,9 +299,11 @@ def _auto_words(rec: dict[str, Any]) -> str:
     return f"the automatic freeze against {what} (rollout {rec.get('rollout_id') or '?'})"
 
 
-def _froze_words(phase: str, before: dict[str, Any] | None, rec: dict[str, Any]) -> str:
+def _froze_words(phase: str, before: dict[str, Any] | None, rec: dict[str, Any], auto: bool) -> str:
     """What `fab freeze` did here, including what it did not replace silently (pure)."""
-    if rec.get("auto"):
+    if auto and not rec.get("auto"):
+        return f"froze {phase} automatically, under the freeze by {rec.get('by')} (in force once that is thawed)"
+    if auto:
         return f"froze {phase}"
     words = f"froze {phase}"
     if before and not before.get("auto"):

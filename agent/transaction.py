@@ -354,7 +354,9 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
                 for r in self.results:
                     r.frozen = r.service in d.freeze
             elif d.thaw:
-                if freeze.thaw(phase, self.args.get("operator", "unknown"), f"rollout {self.rid} committed", only_auto=True):
+                done = [r.service for r in self.results if r.action in ("create", "replace") and r.outcome == Outcome.COMMITTED]
+                if freeze.thaw(phase, self.args.get("operator", "unknown"), f"rollout {self.rid} committed", only_auto=True,
+                               services=done):
                     self.j(Step.THAWED, phase=phase)
         except OSError as exc:  # the transaction's outcome stands; the freeze is a guard, not part of it
             self.j(Step.FREEZE_FAILED, error=str(exc))

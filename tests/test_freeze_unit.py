@@ -147,3 +147,34 @@ def test_an_automatic_freeze_under_a_manual_one_waits_there_and_a_commit_lifts_o
     now = freeze.read("gpu")
     assert now["reason"] == "driver upgrade" and "kept_auto" not in now, "the manual freeze stays, without the lifted one"
     assert freeze.thaw("gpu", "op", "again", only_auto=True) is None
+
+
+def test_automatic_freezes_add_up_per_service_and_a_commit_lifts_only_its_own_services():
+    """A canary failing on B must not let A's release that failed here before through; A's later commit lifts only A."""
+    a = {"a": {"tag": "A1", "digest": "sha256:a", "config": "cfg:a"}}
+    b = {"b": {"tag": "B1", "digest": "sha256:b", "config": "cfg:b"}}
+    freeze.write("gpu", "rollout r-1 failed: a:A1 ...", "op", auto=True, releases={"a": "A1"}, rollout_id="r-1", failed=a)
+    rec = freeze.write("gpu", "rollout r-2 failed: b:B1 ...", "op", auto=True, releases={"b": "B1"}, rollout_id="r-2", failed=b)
+    assert rec["failed"] == {**a, **b} and rec["releases"] == {"a": "A1", "b": "B1"} and rec["rollout_id"] == "r-2"
+    assert rec["reason"].startswith("rollout r-2 failed: b:B1") and "and from rollout r-1: a (rollout r-1 failed: a:A1" in rec["reason"]
+    removed = freeze.thaw("gpu", "op", "rollout r-3 committed", only_auto=True, services=["a"])
+    assert set(removed["failed"]) == {"a"} and set(freeze.read("gpu")["failed"]) == {"b"}, "b's failed release stays refused"
+    assert freeze.thaw("gpu", "op", "rollout r-4 committed", only_auto=True, services=["c"]) is None
+    assert freeze.thaw("gpu", "op", "rollout r-5 committed", only_auto=True, services=["b"]) and freeze.read("gpu") is None
+    # the same under a manual freeze: both wait there, and are lifted the same way
+    freeze.write("gpu", "driver upgrade", "alice")
+    freeze.write("gpu", "r-6 a", "op", auto=True, releases={"a": "A1"}, rollout_id="r-6", failed=a)
+    top = freeze.write("gpu", "r-7 b", "op", auto=True, releases={"b": "B1"}, rollout_id="r-7", failed=b)
+    assert top["reason"] == "driver upgrade" and set(top["kept_auto"]["failed"]) == {"a", "b"}
+    freeze.thaw("gpu", "op", "r-8 committed", only_auto=True, services=["b"])
+    now = freeze.read("gpu")
+    assert now["reason"] == "driver upgrade" and set(now["kept_auto"]["failed"]) == {"a"}
+
+
+def test_an_automatic_freeze_under_a_manual_one_is_said_as_such():
+    from agent import ops
+
+    freeze.write("gpu", "driver upgrade", "alice")
+    r = ops.freeze_op({"phase": "gpu", "operator": "op", "auto": True, "rollout_id": "r-1", "releases": {"a": "A1"},
+                       "failed": {"a": {"tag": "A1", "digest": "sha256:a", "config": "cfg:a"}}, "reason": "r-1 failed"})
+    assert r["msg"] == "froze gpu automatically, under the freeze by alice (in force once that is thawed)", r["msg"]
