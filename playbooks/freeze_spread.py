@@ -25,6 +25,9 @@ from .inventory import Inventory
 from .plan import Plan
 
 Results = dict[str, transport.CallResult]
+# Where the release never ran on that host: a later batch not started, a refusal before anything changed. A host where
+# it ran and passed (then sent back by a phase revert) says nothing against it, as decisions.freeze_after holds.
+NOT_RUN = (Outcome.SKIPPED, Outcome.REFUSED)
 
 
 def _services(results: Results, host: str) -> list[dict]:
@@ -49,8 +52,9 @@ def decide(plan: Plan, results: Results) -> dict[str, dict[str, dict[str, str]]]
         if (st.service, st.new_digest) not in bad or not st.new_digest:
             continue
         mine = next((s for s in _services(results, st.host) if s.get("service") == st.service), {})
-        if mine.get("frozen") or mine.get("outcome") == Outcome.COMMITTED:
-            continue  # frozen by its own transaction, or it runs this release now (revert-service kept it)
+        if mine.get("outcome", Outcome.SKIPPED) not in NOT_RUN:
+            continue  # it ran there: committed, frozen by its own transaction, or passed and sent back by a phase revert
+
         out.setdefault(st.host, {})[st.service] = {"tag": st.new_tag, "digest": st.new_digest, "config": config_fingerprint(st.spec)}
     return out
 
@@ -66,7 +70,7 @@ def record(inv: Inventory, plan: Plan, results: Results, pool: transport.Pool | 
         where = ", ".join(sorted({f"{s}:{v['tag']} failed on {bad[(s, v['digest'])]}" for s, v in todo[h].items()}))
         return {"phase": plan.phase, "operator": plan.operator, "auto": True, "failed": todo[h], "rollout_id": plan.rollout_id,
                 "releases": {s: v["tag"] for s, v in todo[h].items()},
-                "reason": f"rollout {plan.rollout_id}: {where}; refused on this host too, where it did not run"}
+                "reason": f"rollout {plan.rollout_id}: {where}; refused on this host too, where it was not started"}
 
     answers = transport.on_hosts(inv, sorted(todo), "freeze", request, timeout=30, pool=pool)
     lines = []

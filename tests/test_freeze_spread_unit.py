@@ -34,8 +34,11 @@ def skipped() -> dict:
 
 def test_only_the_hosts_the_failure_did_not_reach_are_asked_each_with_its_own_configuration():
     committed = {**skipped(), "outcome": Outcome.COMMITTED, "check": ""}
-    got = freeze_spread.decide(plan(), results(mainpc=[failed_canary()], pc2=[skipped()], node3=[committed]))
-    assert list(got) == ["pc2"], "the canary froze itself; node3 runs the release now (revert-service kept it)"
+    sent_back = {**skipped(), "outcome": Outcome.REVERTED, "check": "phase-revert"}  # it passed there; the phase went back
+    lost = {**skipped(), "outcome": Outcome.NEEDS_OPERATOR, "check": "transaction"}
+    got = freeze_spread.decide(plan(("mainpc", "pc2", "node3", "node4", "node5")),
+                               results(mainpc=[failed_canary()], pc2=[skipped()], node3=[committed], node4=[sent_back], node5=[lost]))
+    assert list(got) == ["pc2"], "only where it never ran: not where it passed, was sent back, or was not observed"
     from agent.freeze import config_fingerprint
 
     assert got["pc2"] == {"multi": {"tag": "t-bad", "digest": BAD, "config": config_fingerprint(spec("pc2"))}}
