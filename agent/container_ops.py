@@ -16,6 +16,7 @@ from .answer import answer
 from .docker_errors import APIError, DockerError, ImageNotFound, NotFound
 from .paths import state_dir
 from .session import on_controller_gone
+from .timestamps import up_seconds
 
 _answer = answer
 
@@ -64,6 +65,7 @@ def _follow(client, c, service: str, kw: dict[str, Any], emit: Callable[[dict], 
     name when a swap, a restart or a rollback replaces it, until none runs under that name."""
     following: dict[str, Any] = {}  # the log stream being read, for the watcher to cut
     gone = on_controller_gone(lambda: _cut(following))
+    began = time.time()
     while True:
         try:
             _stream_lines(c, kw, emit, following, gone)
@@ -85,7 +87,11 @@ def _follow(client, c, service: str, kw: dict[str, Any], emit: Callable[[dict], 
             return _answer("logs", True, f"{service} stopped ({status})", {"service": service, "status": status, "lines": []})
         tag = (nxt.labels or {}).get(contract.TAG, "")
         emit({"event": "log", "line": f"-- {service} replaced: now container {nxt.id[:12]}{f' ({tag})' if tag else ''} --"})
-        c, kw = nxt, {k: v for k, v in kw.items() if k not in ("tail", "since")}  # every line of the new one
+        # Every line of a container started while we followed; of an older one given its name back (a revert restores
+        # the very container set aside, days old perhaps) only what it said since the follow began.
+        up = up_seconds(str((nxt.attrs.get("State") or {}).get("StartedAt") or ""), time.time())
+        older = up is None or time.time() - up < began
+        c, kw = nxt, {**{k: v for k, v in kw.items() if k not in ("tail", "since")}, **({"since": began} if older else {})}
 
 
 def _successor(client, service: str, old_id: str, wait_s: float = SUCCESSOR_S):
@@ -94,7 +100,8 @@ def _successor(client, service: str, old_id: str, wait_s: float = SUCCESSOR_S):
     while True:
         try:
             nxt = client.containers.get(service)
-            if nxt.id != old_id:
+            # Docker resolves a name it does not know as an id prefix: only a container named so, of this service
+            if nxt.id != old_id and nxt.attrs.get("Name") == f"/{service}" and (nxt.labels or {}).get(contract.SERVICE) == service:
                 return nxt
         except NotFound:
             pass

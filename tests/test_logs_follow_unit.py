@@ -129,9 +129,15 @@ def test_follow_of_a_quiet_container_ends_when_the_controller_closes_the_session
 class Once:
     """A container that logs its lines, then stops for good (a swap stopped it, or it was replaced)."""
 
-    def __init__(self, cid: str, lines: list[str], tag: str, removed: bool = False):
-        self.id, self.lines, self.labels, self.removed = cid, lines, {"io.fleetroll.tag": tag}, removed
-        self.attrs = {"State": {"Running": True}}
+    def __init__(self, cid: str, lines: list[str], tag: str, removed: bool = False, started: float | None = None,
+                 name: str = "vision-api"):
+        import time
+
+        self.id, self.lines, self.removed = cid, lines, removed
+        self.labels = {"io.fleetroll.tag": tag, "io.fleetroll.service": name}
+        when = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime(time.time() + 1 if started is None else started))
+        self.name = {"Name": f"/{name}", "State": {"Running": True, "StartedAt": when}}
+        self.attrs = dict(self.name)
         self.status = "running"
         self.calls: list[dict] = []
 
@@ -144,7 +150,8 @@ class Once:
 
         if self.removed:
             raise NotFound("No such container")
-        self.attrs, self.status = {"State": {"Running": False, "Restarting": False}}, "exited"
+        self.attrs = {**self.name, "State": {**self.name["State"], "Running": False, "Restarting": False}}
+        self.status = "exited"
 
 
 def test_follow_goes_on_with_the_container_that_takes_the_service_s_name(monkeypatch):
@@ -170,3 +177,34 @@ def test_follow_goes_on_with_the_container_that_takes_the_service_s_name(monkeyp
     assert lines == ["old serving", "-- vision-api replaced: now container c-new (T1) --", "new starting", "new serving"], lines
     assert answer["ok"] and answer["msg"] == "vision-api stopped (exited)"
     assert "tail" not in new.calls[0] and "since" not in new.calls[0], "every line of the new container"
+
+
+def test_a_container_given_its_name_back_is_followed_from_when_the_follow_began_not_its_whole_history(monkeypatch):
+    """A failed swap restores the very container set aside (maybe days old): its whole log would flood the terminal.
+
+    And a name Docker resolves as an id prefix of another service's container is not a successor."""
+    import time
+
+    from agent import facts
+
+    new = Once("c-new", ["new starting"], "T2", removed=True)  # the failed release, removed by the revert
+    stranger = Once("c-other", ["someone else's line"], "X", name="vision-api-other")  # not this service
+    restored = Once("c-old", ["old again"], "T1", started=time.time() - 5 * 86400)  # days old, given its name back
+    named = iter([new, stranger, restored])
+
+    class Client:
+        class containers:  # noqa: N801 - the docker SDK's attribute name
+            @staticmethod
+            def get(name):
+                return next(named, restored)
+
+    monkeypatch.setattr(facts, "docker_client", lambda timeout=None: Client)
+    monkeypatch.setattr(ops.time, "sleep", lambda s: None)
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(ops.time, "monotonic", lambda: next(ticks))
+    lines: list[str] = []
+    t0 = time.time()
+    ops.logs_op({"service": "vision-api", "follow": True, "tail": 5}, lambda e: lines.append(e["line"]))
+    assert lines == ["new starting", "-- vision-api replaced: now container c-old (T1) --", "old again"], lines
+    assert stranger.calls == [], "another container is never followed"
+    assert "tail" not in restored.calls[0] and t0 - 1 <= restored.calls[0]["since"] <= time.time(), restored.calls[0]
