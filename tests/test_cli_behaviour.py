@@ -270,7 +270,13 @@ def test_a_fleetroll_flag_before_the_task_is_refused_not_read_as_fabrics(args, s
 
 
 def test_flags_after_the_task_are_untouched():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
     import fabfile
+
+    # imported by a test, fabfile leaves the worker's Ctrl-C alone (its fixtures' teardown must still run)
+    assert signal.getsignal(signal.SIGINT) is before
 
     assert fabfile.flags_before_the_task(["fab", "status", "-H", "mainpc"], {"status"}) == ""
     assert fabfile.flags_before_the_task(["fab", "--list"], {"status"}) == ""
@@ -279,8 +285,9 @@ def test_flags_after_the_task_are_untouched():
 
 def test_ctrl_c_while_the_command_starts_exits_130_saying_nothing_was_asked():
     """invoke made a Ctrl-C during start-up exit 1 (bad input, in the README's table) without a word. Found on the lab."""
-    code = ("import os, signal, time\n"
+    code = ("import os, signal, sys, time\n"
             "from playbooks.program import interrupted_while_starting\n"
+            "sys.argv[0] = '/usr/local/bin/fleetroll'\n"  # only the command the operator ran takes SIGINT over
             "interrupted_while_starting()\n"
             "os.kill(os.getpid(), signal.SIGINT)\n"  # as if the operator pressed Ctrl-C during the imports
             "time.sleep(10)\n")
@@ -290,9 +297,11 @@ def test_ctrl_c_while_the_command_starts_exits_130_saying_nothing_was_asked():
 
 def test_once_a_task_runs_ctrl_c_is_a_keyboard_interrupt_again():
     """The task's own Ctrl-C handling (a rollout: exit 130, the hosts finish) needs Python's handler back, lab tasks too."""
-    code = ("import signal\n"
+    code = ("import signal, sys\n"
             "from playbooks.program import interrupted_while_starting\n"
+            "sys.argv[0] = 'fab'\n"
             "interrupted_while_starting()\n"
+            "assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler\n"
             "from playbooks.taskkit import invoke\n"
             "seen = []\n"
             "@invoke.task\n"
