@@ -273,3 +273,37 @@ def test_the_follow_loop_asks_swarm_for_the_rollback_once_and_waits_for_it(monke
     assert ran == [["docker", "service", "rollback", "--detach", "--quiet", "fr-p_web"]]
     assert f.rollback_asked.startswith("Swarm marked") and not f.ask_rollback and f.deadline == 130.0
     assert Report.messages == [f.rollback_asked]
+
+
+
+def test_a_rollback_swarm_had_already_begun_is_followed_not_given_up(monkeypatch):
+    """Seen in CI under load: Swarm's own failure_action rolled back between fleetroll's view ('completed') and its request,
+    and answered 'does not have a previous spec'. That is no refusal: the follow waits for the rollback and judges it."""
+    from playbooks.swarm import deploy
+    from playbooks.swarm.remote import SwarmCommandError
+
+    class Manager:
+        def run(self, argv, timeout=None):
+            raise SwarmCommandError("mainpc", argv, 1, "Error response from daemon: rpc error: code = FailedPrecondition desc ="
+                                                       " service qoyq3q9 does not have a previous spec")
+
+    class Report:
+        messages: list[str] = []
+
+    f = follow()
+    f.rollback_grace, f.ask_rollback = 80.0, "Swarm marked the update of web completed, yet ..."
+    deploy._ask_rollback(Manager(), "fr-p", f, 50.0, Report)
+    assert f.deadline == 130.0 and f.rollback_asked.startswith("Swarm marked")
+    assert Report.messages == ["Swarm marked the update of web completed, yet ...; Swarm answered that the service has no"
+                               " previous spec any more (it clears it when it rolls back by itself): fleetroll follows what it does"]
+
+    class Refusing(Manager):
+        def run(self, argv, timeout=None):
+            raise SwarmCommandError("mainpc", argv, 1, "Error response from daemon: service not found")
+
+    g = follow()
+    g.rollback_grace, g.ask_rollback = 80.0, "why"
+    before = g.deadline
+    Report.messages = []
+    deploy._ask_rollback(Refusing(), "fr-p", g, 50.0, Report)
+    assert g.deadline == before and Report.messages[0].startswith("why; Swarm refused it:")

@@ -218,8 +218,13 @@ def _ask_rollback(manager: Host, stack: str, f: Follow, now: float, report: Roll
     try:
         manager.run(service_rollback(f"{stack}_{f.service}"), timeout=60)
     except SwarmCommandError as exc:
-        report.messages.append(f"{why}; Swarm refused it: {exc}")
-        return
+        if "does not have a previous spec" not in exc.err:
+            report.messages.append(f"{why}; Swarm refused it: {exc}")
+            return
+        # Swarm's own rollback got there between our view and our request (it clears the previous spec): follow it as
+        # asked; what it ends in is judged from what is then seen running, as any rollback.
+        why += ("; Swarm answered that the service has no previous spec any more (it clears it when it rolls back by"
+                " itself): fleetroll follows what it does")
     f.deadline = max(f.deadline, now + f.rollback_grace)
     report.messages.append(why)
 
