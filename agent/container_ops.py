@@ -309,14 +309,32 @@ def remove_op(args: dict[str, Any]) -> dict:
     controller refuses a service the inventory still places on the host. Journalled here
     like a transaction (accepted, removed, done), so the host's record says who removed what.
     """
+    service, rid = args.get("service", ""), args.get("rollout_id", "")
+    if not contract.NAME_RE.fullmatch(service or "") or not rid:
+        return _answer("remove", False, f"not a service name: {service!r}")
+    from . import lock
+
+    try:  # a transaction running here may need these containers: its revert restores the one it set aside
+        held = lock.acquire(args.get("operator") or "unknown", rid)
+    except lock.Locked as exc:
+        return _answer("remove", False, f"host is {exc}; a transaction runs here and may need {service}'s containers (its"
+                       " revert restores the one it set aside): nothing was removed; wait for it (fab status --follow), or if"
+                       " it is stuck: fab unlock --host <host> --force --reason ...", {"locked": exc.holder})
+    except lock.LockUnsafe as exc:
+        return _answer("remove", False, f"this host's lock cannot be trusted ({exc}); nothing was removed")
+    try:
+        return _remove_held(args, service, rid)
+    finally:
+        held.release()
+
+
+def _remove_held(args: dict[str, Any], service: str, rid: str) -> dict:
+    """remove_op's work, under the host's lock."""
     from . import contract, secret_files
     from .facts import docker_client
     from .motion import settled_retry
     from .vocabulary import HostState, Outcome, Step
 
-    service, rid = args.get("service", ""), args.get("rollout_id", "")
-    if not contract.NAME_RE.fullmatch(service or "") or not rid:
-        return _answer("remove", False, f"not a service name: {service!r}")
     client = docker_client(timeout=120)
     try:
         main = client.containers.get(service)

@@ -40,6 +40,7 @@ class ServiceResult:
     # the daemon gone, a rename Docker refused before the new one ran): it is reverted all the same, but no freeze condemns it.
     at_fault: bool = True
     frozen: bool = False  # this failure froze the phase against tried_digest + tried_config on this host
+    recreated: bool = False  # the container set aside was gone (removed by hand): the revert made one from its recorded config
     switch: dict = field(default_factory=dict)  # the proxy switch, as the proxy confirmed it
     gate: dict = field(default_factory=dict)
     revert_gate: dict = field(default_factory=dict)

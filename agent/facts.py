@@ -380,6 +380,12 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     from .freeze import all_freezes
 
     out["freezes"] = all_freezes()
+    from .journal import open_ids
+
+    if open_ids():  # nearly never: the lock is read only when a transaction's journal is open
+        from .lock import busy
+
+        out["busy"] = busy()
     if args.get("proxy") and docker.get("ok"):
         out["proxy"] = proxy_view()
     if args.get("diff_specs") and docker.get("ok"):

@@ -192,3 +192,20 @@ def read() -> dict[str, Any] | None:
         return state_of(fd, read_record(fd))
     finally:
         os.close(fd)
+
+
+def busy() -> dict[str, Any] | None:
+    """A transaction running on this host now (who holds the lock, per the kernel), or None.
+
+    Asked after this call's recovery: a journal still open then belongs to a live transaction. Its
+    containers are in motion (a new one under test runs under the service's name), so no plan can be
+    made from them. The lock is read only then: nearly every call finds no open journal.
+    """
+    from . import journal
+
+    if not journal.open_ids():
+        return None
+    try:
+        return read()
+    except LockUnsafe as exc:
+        return {"unsafe": str(exc)}

@@ -70,7 +70,8 @@ class RestoreCommit:
             return None
         kept = self._get(r.old_container)
         if kept is None:
-            # Gone (removed by hand?): recreate it from its recorded configuration.
+            # Gone (removed by hand?): recreate it from its recorded configuration, and say so (not "the old container").
+            r.recreated = True
             return self._create_start({**r.old_config, "name": r.kept_name} if beside else r.old_config, r.service)
         self._settle(kept, r.service)  # cut short before it was stopped, it may still be crash-looping
         if not beside and kept.name != r.service:

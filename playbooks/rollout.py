@@ -133,6 +133,25 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     return _Rollout(inv, plan, report, common, policy, max_parallel, progress, pool, t0)
 
 
+def in_motion(plan: Plan, facts: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per host where another transaction runs now (its agent's `busy`): nothing can be planned there (pure).
+
+    Mid-swap, the container under test runs under the service's name: a plan read from it said
+    "nothing to do" (exit 0) while that release was still being gated, and then reverted.
+    """
+    out = []
+    for h in plan.hosts:
+        b = (facts.get(h) or {}).get("busy") or {}
+        if not b or b.get("unsafe"):
+            continue
+        since = time.strftime("%H:%M:%SZ", time.gmtime(b.get("time") or 0))
+        out.append(f"{h} is in the middle of rollout {b.get('rollout_id') or '?'} ({b.get('holder') or '?'}, pid"
+                   f" {b.get('pid') or '?'}, since {since}): its containers are in motion, so nothing can be planned from"
+                   f" them; nothing was changed. Follow it: fab status --follow -H {h}; if it is stuck: fab unlock -H {h}"
+                   " --reason '...'")
+    return out
+
+
 def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     """Every reason not to touch any host: failed preflight, blocked plan, dry run, no-op, no confirmation."""
     report, plan, pre = ro.report, ro.plan, ro.report.preflight
@@ -142,7 +161,12 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
         if not dry_run:
             ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)
         return True
-    frozen = freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else []
+    moving = in_motion(plan, pre.facts)
+    if moving and not dry_run:
+        report.messages += moving
+        ledger.append("refused", **ro.common, reason="host in the middle of another rollout", failures=moving)
+        return True
+    frozen = moving + (freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else [])
     if frozen and not dry_run:
         report.messages += frozen
         ledger.append("refused", **ro.common, reason="phase frozen", failures=frozen)

@@ -122,3 +122,58 @@ def test_versions_marks_one_row_running_when_a_release_was_started_twice(monkeyp
         monkeypatch.setattr(facts, "docker_client", lambda timeout=None, rid=rid: client(rid))
         out = container_ops.versions_op({"service": "svc"})["data"]["versions"]
         assert [r["rollout_id"] for r in out if r["running"]] == [want], (rid, out)
+
+
+def test_a_host_mid_transaction_says_who_holds_it_and_a_rollout_there_is_refused_even_as_a_no_op(host_state):
+    """Found on the lab: a second rollout while the first was gating planned from the container under test, said
+    'nothing to do' (exit 0) and recorded noop; the first then reverted. The agent now says the host is busy."""
+    from agent import journal, lock
+    from playbooks.plan import Plan, Step
+    from playbooks.rollout import in_motion
+
+    assert lock.busy() is None, "no open journal: nothing runs"
+    held = lock.try_acquire("op@laptop", "r-live")
+    assert held is not None
+    journal.append("r-live", "accepted")
+    journal.mark_open("r-live")
+    try:
+        b = lock.busy()
+        assert b and b["rollout_id"] == "r-live" and b["holder"] == "op@laptop" and b["pid"], b
+        plan = Plan("r-next", "web", "op", [Step("pc2", "web", "noop")])
+        (line,) = in_motion(plan, {"pc2": {"busy": b}})
+        assert line.startswith("pc2 is in the middle of rollout r-live (op@laptop, pid") and "fab status --follow -H pc2" in line
+        assert in_motion(plan, {"pc2": {"busy": {"unsafe": "forged lock"}}}) == [] and in_motion(plan, {"pc2": {}}) == []
+    finally:
+        held.release()
+
+
+def test_remove_waits_for_no_transaction_it_refuses_while_one_runs(host_state, monkeypatch):
+    """Found on the lab: fab remove --force mid-gate removed the container the transaction had set aside, so its revert
+    had to recreate it. remove now takes the host's lock like a transaction: refused while one runs, nothing touched."""
+    from agent import container_ops, facts, lock
+
+    asked = []
+    monkeypatch.setattr(facts, "docker_client", lambda timeout=None: asked.append("docker") or _NoContainers)
+    held = lock.try_acquire("alice@laptop", "r-live")
+    try:
+        out = container_ops.remove_op({"service": "good1", "rollout_id": "r-rm", "operator": "bob"})
+        assert not out["ok"] and out["msg"].startswith("host is locked by alice@laptop (rollout r-live") and asked == [], out
+        assert "nothing was removed" in out["msg"] and "fab status --follow" in out["msg"]
+    finally:
+        held.release()
+    out = container_ops.remove_op({"service": "good1", "rollout_id": "r-rm", "operator": "bob"})
+    assert out["ok"] and out["msg"] == "no container of good1 here; nothing to remove" and asked == ["docker"]
+    assert lock.try_acquire("carol", "r-next") is not None, "and it let the lock go"
+
+
+class _NoContainers:
+    class containers:  # noqa: N801 - the docker SDK's attribute name
+        @staticmethod
+        def get(name):
+            from agent.docker_errors import NotFound
+
+            raise NotFound(f"No such container: {name}")
+
+        @staticmethod
+        def list(**kw):
+            return []

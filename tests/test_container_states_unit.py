@@ -130,3 +130,27 @@ def test_rollback_and_restart_recreations_meet_the_hard_rules_before_anything_st
                        policy="revert-service"))["svc"]
     assert r["outcome"] == "refused" and r["check"] == "container-config" and "nothing was stopped" in r["message"]
     assert only(daemon, "svc").id == running_before and only(daemon, "svc").running
+
+
+def test_a_kept_container_removed_mid_gate_is_recreated_and_the_report_says_so_not_the_old_container_itself(daemon, monkeypatch):
+    """Found on the lab (before fab remove took the host lock): the container set aside was removed during the gate;
+    the revert made a new one from its recorded configuration, and the report called it 'the old container itself'."""
+    from playbooks.ending import _now_line
+
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    real_gate = Transaction._gate
+
+    def remove_the_kept_one_then_gate(self, c, h, service):
+        if c.id != old and old in daemon.containers.by_id:
+            daemon.containers.by_id[old].remove(force=True)  # someone's `docker rm -f` on the kept container
+        return real_gate(self, c, h, service)
+
+    monkeypatch.setattr(Transaction, "_gate", remove_the_kept_one_then_gate)
+    r = by_service(run(daemon, [step(spec())]))["svc"]
+    assert r["outcome"] == "reverted" and r["recreated"], r
+    back = only(daemon, "svc")
+    assert back.id != old and back.running
+    line = _now_line(r)
+    assert "a new container" in line and "recorded configuration (the container set aside was gone)" in line, line
+    assert "the old container itself" not in line

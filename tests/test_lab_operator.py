@@ -177,7 +177,7 @@ def test_ctrl_c_mid_gate_exits_130_records_it_and_status_follow_reattaches(lab, 
     assert executor.rollout(load(lab.inventory), PHASE).ok
     tag = new_tag()
     images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
-    inv = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=6)
+    inv = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=10)  # long enough for a second rollout to meet it
     led = tmp_path / "ctrlc-ledger.jsonl"
     env = {**os.environ, "FLEETROLL_LEDGER": str(led)}
     p = subprocess.Popen([FAB, "rollout", "-p", PHASE, "-y", "-i", str(inv.path)], cwd=ROOT, env=env,
@@ -200,6 +200,10 @@ def test_ctrl_c_mid_gate_exits_130_records_it_and_status_follow_reattaches(lab, 
     assert recs[-1]["kind"] == "interrupted" and recs[-1]["phase"] == PHASE
     hist = fab("history", "--json", env_ledger=led)
     assert json.loads(hist.stdout)[-1]["final"].startswith("interrupted by the operator")
+    # the same release again while that transaction still gates: refused (3), not "nothing to do" read off the
+    # container under test (found by an exploratory run: exit 0, noop, and the first one then reverted)
+    again = fab("rollout", "-p", PHASE, "-y", "-i", str(inv.path), env_ledger=led)
+    assert again.returncode == 3 and "mainpc is in the middle of rollout" in again.stdout, again.stdout + again.stderr
     # re-attach: waits for the gate it left, then shows the host's outcome
     r = subprocess.run([FAB, "status", "--follow", "-H", "mainpc", "-i", str(inv.path)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -207,8 +211,11 @@ def test_ctrl_c_mid_gate_exits_130_records_it_and_status_follow_reattaches(lab, 
     c = docker.DockerClient(base_url=lab.host("mainpc").docker_host).containers.get("llm-api")
     assert c.labels["io.fleetroll.tag"] == tag and c.status == "running"
     # history now says how the host ended it; the Ctrl-C stays as a note
-    e = json.loads(fab("history", "--json", env_ledger=led).stdout)[-1]
+    rid = recs[-1]["rollout_id"]
+    entries = json.loads(fab("history", "--json", env_ledger=led).stdout)
+    e = next(x for x in entries if x["rollout_id"] == rid)
     assert e["final"] == "committed" and "interrupted by the operator" in e["note"] and "llm-api committed" in e["note"], e
+    assert entries[-1]["final"] == "refused", entries[-1]  # the second rollout, refused while the first was in motion
 
 
 def test_dry_run_shows_each_changed_key_without_values_and_a_stopped_container_as_such(lab, tmp_path):
