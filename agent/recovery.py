@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import journal
+from . import contract, journal
 from .vocabulary import FINAL_STEPS, Outcome, Step
 
 
@@ -91,6 +91,10 @@ def recover(rid: str) -> dict | None:
                           old_container=st.get("old_container", ""), kept_name=st.get("kept_name", ""),
                           old_config=st.get("old_config") or {}, prev_ref=st.get("prev_ref", ""),
                           prev_digest=st.get("prev_digest", ""), new_container=(st["created"] or [""])[-1], gate=st.get("gate") or {})
+        # What was tried and what ran before, as the journal says: the report shows "tried -> now", not "(none)"
+        old_labels = (st.get("old_config") or {}).get("labels") or {}
+        r.before_tag, r.before_digest = old_labels.get(contract.TAG, ""), old_labels.get(contract.DIGEST, "")
+        r.tried_tag, r.tried_digest = st.get("tag", ""), st.get("digest", "")
         results.append(r)
         action = plan.get(svc)
         if action is None:

@@ -116,6 +116,7 @@ class Record(StrEnum):
     INTERRUPTED = "interrupted"  # the operator pressed Ctrl-C; the hosts carry on
     RECOVERED = "recovered"  # a later call found the host's interrupted transaction and finished it
     OBSERVED = "observed"  # a later fab status read how the host ended a rollout the controller never finished
+    UNLOCKED = "unlocked"  # an operator's fab unlock --force stopped the rollout's live transaction on a host
 
 
 # Per-service outcome transitions, as data: from each outcome, what it may become next.

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, exit_code, state_of
+from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, Step, exit_code, state_of
 
 from . import ledger, transport
 from . import timings as host_times
@@ -47,7 +47,7 @@ class RolloutReport:
     pins: list[dict] = field(default_factory=list)
     elapsed_s: float = 0.0
     agent_calls: int = 0
-    frozen: bool = False  # a dry run found a freeze that would refuse the real rollout (exit 3)
+    frozen: bool = False  # a dry run found a freeze, or a host mid-transaction, that would refuse the real rollout (exit 3)
     timings: dict[str, host_times.HostTimes] = field(default_factory=dict)  # per host, every call of the command (transport.Pool)
 
     def to_json(self) -> dict:
@@ -133,6 +133,8 @@ def _now_line(s: dict) -> str:
         pin = f" (pinned as {s['prev_ref']})" if s.get("prev_ref") else ""
         how = (f"the old container itself{pin}, with its own configuration" if s.get("action") != "revert"
                else "its recorded configuration")
+        if s.get("recreated"):  # the one set aside was gone (removed mid-transaction): a new one, from what was recorded
+            how = f"a new container{pin} from the old one's recorded configuration (the container set aside was gone)"
         return f"  now:   {_ref(s.get('after_tag', ''), s.get('after_digest', ''))} — {how}, proven healthy after the revert" + (
             f" ({proof})" if proof else "")
     if o == Outcome.REMOVED:
@@ -208,6 +210,9 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
     if s.get("outcome") in (Outcome.REVERTED, Outcome.REMOVED) and (s.get("details") or {}).get("last_logs"):
         # The failed container is gone: its last lines are in this report; fab logs would show the one running now.
         look = f"read its last log lines above (that container is gone); fab details -s {svc} -H {host}"
+    if s.get("check") == Step.RECOVERED and s.get("outcome") == Outcome.REVERTED:  # cut short (a forced unlock, a crash):
+        return (f"nothing judged the release: its transaction was interrupted and the host put the old one back;"  # not its fault
+                f" when ready, roll it out again: fab rollout --phase {phase} --inventory {inventory}")
     if s.get("outcome") in NEEDS:
         return f"{look}; fab status -H {host}; then fab rollback -p {phase} -s {svc} --to <a tag from fab versions -s {svc}>"
     if kind == "rollback":

@@ -118,6 +118,10 @@ def rollouts() -> list[dict]:
             entry["interruption"] = f"interrupted by the operator at {rec['time']}"
             entry["interrupted"] = rec["time"]
             continue
+        if rec["kind"] == Record.UNLOCKED:  # said whether or not the controller finished: the host's work was cut short
+            entry.setdefault("_unlocks", []).append(f"its transaction on {rec.get('host')} was stopped by fab unlock --force"
+                                                    f" ({rec.get('by')}, {rec['time']}: {rec.get('reason')!r})")
+            continue
         entry.update({k: v for k, v in rec.items() if k != "kind"})
         if rec["kind"] == Record.STARTED:
             entry["started"] = rec["time"]
@@ -128,6 +132,9 @@ def rollouts() -> list[dict]:
             entry["note"] = f"refused: {rec.get('reason') or 'see the ledger record'}; nothing was changed"
     for entry in by_id.values():
         hosts = entry.pop("_hosts", {})
+        unlocks = "; ".join(entry.pop("_unlocks", []))
+        if unlocks:
+            entry["note"] = f"{entry['note']}; {unlocks}" if entry.get("note") else unlocks
         if entry.get("finished") is not None:
             continue
         why = entry.get("interruption") or "the controller stopped before the end"

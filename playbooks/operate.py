@@ -225,3 +225,14 @@ def remove(inv: Inventory, service: str, host: str, reason: str = "", force: boo
     ledger.append("remove", rollout_id=rid, host=host, service=service, operator=operator(), reason=reason,
                   removed=out.get("removed", []), forced=bool(force and service in inv.services_for(None, [host])))
     return out
+
+
+def record_unlock(host: str, answer: dict[str, Any], reason: str) -> None:
+    """After a forced unlock stopped a live transaction: the ledger says so under that rollout (fab history's note)."""
+    stopped = (answer.get("data") or {}).get("holder") or {}
+    if not stopped.get("rollout_id"):
+        return
+    from agent.vocabulary import Record
+
+    ledger.append(Record.UNLOCKED, rollout_id=str(stopped["rollout_id"]).removesuffix("-revert"), host=host, by=operator(),
+                  reason=reason, pid=stopped.get("pid"))

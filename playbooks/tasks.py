@@ -155,12 +155,12 @@ def history(c, json=False, limit=None):
         render.say(render.history_text(entries, str(ledger.path())))
 
 
-@task(help={"host": "host to unlock", "reason": "why (recorded on the host)",
+@task(help={"host": "host to unlock", "reason": "why (recorded on the host, and in the ledger when --force stopped a rollout)",
             "force": "stop the live but stuck transaction process holding the lock, then recover its transaction",
             "inventory": "inventory file"})
 def unlock(c, host=None, reason=None, force=False, inventory=None):
     """Free a host stuck behind a live transaction (--force); a dead holder's lock frees itself. Recorded with the reason."""
-    from . import render, transport
+    from . import operate, render, transport
     from .plan import operator
 
     host = _required(host, "host", 'fab unlock --host mainpc --reason "why"')
@@ -173,6 +173,8 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
     render.say(f"{host}: {res.answer.get('msg')}")
     if not res.ok:
         raise Exit(code=1)
+    if force:  # fab history then says which rollout's transaction was cut short here, and by whom
+        operate.record_unlock(host, res.answer, reason)
 
 
 @task(help={"service": "service whose log to show", "host": "host to read from (default: the service's; with --agent: required)",

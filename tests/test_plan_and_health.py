@@ -234,3 +234,20 @@ def test_a_gate_probes_last_at_its_deadline_not_up_to_an_interval_after_it(monke
     assert not g.ok and g.phase == "deadline" and "not healthy within 3s: HTTP 500" in g.reason
     assert probes[-1] == 3.0 and probes[-2] == 2.86  # 0, 0.26, 0.52, ... 2.86, then at the deadline itself
     assert round(g.elapsed_s, 3) == 3.01  # was up to 3.0 + 0.25 + a probe
+
+
+def test_history_says_a_rollout_s_transaction_was_stopped_by_a_forced_unlock(tmp_path, monkeypatch):
+    """Found on the lab: fab unlock --force was recorded only on the host (unlocks.jsonl); fab history never said it."""
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "l.jsonl"))
+    from agent.vocabulary import Record
+    from playbooks import ledger, operate
+
+    ledger.append("started", rollout_id="r5", phase="p")
+    answer = {"ok": True, "data": {"holder": {"rollout_id": "r5", "pid": 3512, "holder": "ana@laptop"}}}
+    operate.record_unlock("pc2", answer, "gate hung on a dead NFS mount")
+    ledger.append("finished", rollout_id="r5", phase="p", final="reverted")
+    operate.record_unlock("pc2", {"ok": True, "data": {"holder": None}}, "nothing held it")  # nothing stopped: nothing said
+    (e,) = rollouts()
+    assert e["final"] == "reverted" and "its transaction on pc2 was stopped by fab unlock --force" in e["note"], e
+    assert "'gate hung on a dead NFS mount'" in e["note"]
+    assert [r["kind"] for r in ledger.read()].count(Record.UNLOCKED) == 1

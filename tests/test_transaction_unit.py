@@ -689,3 +689,18 @@ def test_a_gpu_service_must_be_on_a_gpu_within_its_budget_after_it_turns_healthy
     if says:
         assert s["check"] == "health-gpu" and says in s["message"]
         assert only(daemon, "svc").id == old  # the old container serves again
+
+
+def test_a_recovered_service_says_what_was_tried_and_its_next_step_does_not_blame_the_release(daemon, monkeypatch):
+    """Found on the lab after fab unlock --force mid-gate: the row read 'reverted (none) -> T1' and the next step said
+    'fix the image (a new tag)' though nothing had judged the release: its transaction was cut short."""
+    from playbooks.ending import next_step
+
+    old, rid = _interrupted(daemon, "gate")
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    recovery.recover_pending()
+    (s,) = journal.outcome(journal.read(rid))["services"]
+    assert s["outcome"] == "reverted" and s["check"] == "recovered", s
+    assert (s["tried_tag"], s["tried_digest"]) == ("20261126-bbbbbbb", NEW_D) and s["before_tag"] == "20261101-aaaaaaa", s
+    line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
+    assert "fix the image" not in line and line.startswith("nothing judged the release") and "fab rollout --phase gpu" in line
