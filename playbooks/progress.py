@@ -32,6 +32,8 @@ def describe(ev: dict[str, Any]) -> tuple[str, str]:
     detail = ev.get("message") or ev.get("reason") or ev.get("ref") or ev.get("prev_ref") or ""
     if step == Step.DONE:
         detail = "host finished: " + ("ok" if ev.get("ok") else "FAILED")
+    if step == Step.SWITCHED:  # journalled also when the proxy already served that container: nothing moved then
+        detail = f"the proxy now serves it ({ev.get('switch_ms')} ms)" if ev.get("switched") else "the proxy already served it: no switch"
     return step, str(detail)
 
 

@@ -68,6 +68,8 @@ def print_reports(reports, as_json: bool, one_object: bool = False) -> None:
     from . import render
 
     if as_json:
+        from agent.vocabulary import State
+
         from . import executor
 
         if one_object:
@@ -75,7 +77,9 @@ def print_reports(reports, as_json: bool, one_object: bool = False) -> None:
             return
         states = [executor.report_state(r) for r in reports]
         code = executor.exit_code(states)
-        worst = next(st for st in states if executor.exit_code([st]) == code)
+        same = [st for st in states if executor.exit_code([st]) == code]
+        # Of the states with that code, the one that says most: a phase committed beside one with nothing to do is committed
+        worst = next((st for st in (State.COMMITTED, State.CHANGES_PLANNED) if st in same), same[0])
         render.dump_json({"state": worst, "exit_code": code, "phases": [r.to_json() for r in reports]})
         return
     for r in reports:

@@ -329,3 +329,20 @@ def test_an_error_of_a_json_task_is_a_json_object_on_stdout_too(tmp_path):
         assert r.returncode == 1 and r.stderr.strip(), (task, r.stdout, r.stderr)
         out = json.loads(r.stdout)
         assert out["exit_code"] == 1 and "nosuch" in out["error"] and out["error"] in r.stderr, (task, out, r.stderr)
+
+
+def test_rollout_all_json_says_committed_when_one_phase_committed_beside_a_no_op(capsys):
+    """Found on the lab: --all -j gave state 'noop' while phase pair had committed (the first state with exit 0 won)."""
+    import json
+    from types import SimpleNamespace
+
+    from playbooks import taskio
+
+    def rep(state):
+        return SimpleNamespace(state=state, frozen=False, plan=None, to_json=lambda: {"state": state})
+
+    taskio.print_reports([rep("noop"), rep("committed")], as_json=True)
+    out = json.loads(capsys.readouterr().out)
+    assert (out["state"], out["exit_code"]) == ("committed", 0), out
+    taskio.print_reports([rep("committed"), rep("reverted")], as_json=True)
+    assert json.loads(capsys.readouterr().out)["state"] == "reverted"
