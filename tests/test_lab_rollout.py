@@ -210,7 +210,10 @@ def test_concurrent_rollout_refused_with_holder(lab, tmp_path):
     assert seen and seen["rollout_id"] == first["rep"].rollout_id, "the second account must see the first one's lock"
     assert not second.ok and second.state == "refused"
     text = "\n".join(second.messages)
-    assert "host is locked by" in text and first["rep"].rollout_id in text and "fab unlock" in text
+    # refused at preflight, before anything is pulled or planned from the containers the first one has in motion
+    assert f"mainpc is in the middle of rollout {first['rep'].rollout_id} (" in text and "fab unlock -H mainpc" in text, text
+    refused = [r for r in ledger.read() if r.get("rollout_id") == second.rollout_id]
+    assert "fab status --follow -H mainpc" in text and refused[-1]["reason"] == "host in the middle of another rollout", refused
     assert first["rep"].ok
 
 
