@@ -109,13 +109,17 @@ def write(path: Path, accepted: list[Scan]) -> None:
     os.replace(tmp, path)
 
 
-def parse_accepts(items: list[str]) -> dict[str, str]:
-    """--accept HOST=SHA256:... values as {host: fingerprint}; a malformed one is a HostKeyFileError naming it."""
+def parse_accepts(items: list[str], hosts: list[str] | None = None) -> dict[str, str]:
+    """--accept HOST=SHA256:... values as {host: fingerprint}; a malformed one, or one for a host this run does not
+    scan (`hosts`), is a HostKeyFileError naming it: an --accept must never be dropped without a word."""
     expected: dict[str, str] = {}
     for item in items:
         host, sep, fp = item.partition("=")
         if not sep or not fp.startswith("SHA256:"):
             raise HostKeyFileError(f"--accept {item!r}: write it as HOST=SHA256:<fingerprint>")
+        if hosts is not None and host not in hosts:
+            raise HostKeyFileError(f"--accept {item!r}: {host} is not among the hosts this run scans ({', '.join(hosts)});"
+                                   " nothing was pinned: name it in --hosts too, or leave --hosts out")
         expected[host] = fp
     return expected
 
@@ -136,6 +140,10 @@ def decide(scans: list[Scan], expected: dict[str, str], ask, say) -> tuple[list[
     otherwise `ask(question) -> bool` decides (None: no terminal, nothing is pinned)."""
     accepted, open_ = [], []
     for s in scans:
+        if s.status == "same" and s.host in expected and expected[s.host] != s.fingerprint:
+            say(f"{s.host}: its pinned key is {s.fingerprint}, not the {expected[s.host]} you named; nothing changed")
+            open_.append(s)  # what the operator asked for did not happen: said, and the command fails
+            continue
         if s.status in ("same", "unreachable"):
             continue
         if s.host in expected:

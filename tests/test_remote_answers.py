@@ -107,3 +107,23 @@ def test_a_host_key_of_another_type_is_changed_and_replaces_the_old_pin(tmp_path
     hostkeys.write(path, [s])
     pinned = [ln.split()[1] for ln in path.read_text().splitlines() if ln.startswith("[10.0.0.1]")]
     assert pinned == [ecdsa.get_name()], "the old key of the other type is no longer trusted"
+
+
+def test_an_accept_that_cannot_be_honoured_is_said_and_fails_never_dropped(tmp_path):
+    """Found on the lab: --accept with a wrong fingerprint for an already-pinned host, or for a host outside --hosts,
+    ended silently with exit 0."""
+    import paramiko
+    import pytest
+
+    from playbooks import hostkeys
+
+    key = paramiko.ECDSAKey.generate()
+    s = hostkeys.Scan("pc2", "[10.0.0.2]:22", tmp_path / "known_hosts")
+    s.key, s.status = key, "same"
+    said: list[str] = []
+    accepted, open_ = hostkeys.decide([s], {"pc2": "SHA256:AAAAwrong"}, None, said.append)
+    assert accepted == [] and open_ == [s] and said == [f"pc2: its pinned key is {s.fingerprint}, not the SHA256:AAAAwrong you"
+                                                         " named; nothing changed"]
+    assert hostkeys.decide([s], {"pc2": s.fingerprint}, None, said.append) == ([], []), "naming the pinned key is fine"
+    with pytest.raises(hostkeys.HostKeyFileError, match=r"pc3 is not among the hosts this run scans \(pc2\)"):
+        hostkeys.parse_accepts(["pc3=SHA256:x"], ["pc2"])
