@@ -86,14 +86,14 @@ class Inventory:
         ph = self.phase(phase)
         return ph.update or next((u for s in ph.services if (u := self.fleet.services[s].update) and u.batches), None)
 
-    def select_hosts(self, hosts: list[str] | None, phase: str | None = None) -> list[str]:
-        """Hosts to act on: those named (checked), else those the phase touches, else all."""
+    def select_hosts(self, hosts: list[str] | None, phase: str | None = None, option: str = "--hosts") -> list[str]:
+        """Hosts to act on: those named (checked), else those the phase touches, else all. `option`: the flag that named them."""
         if hosts:
             unknown = [h for h in hosts if h not in self.fleet.hosts]
             if unknown:
                 raise InventoryError(
                     [
-                        f"{self.path}: --hosts names {', '.join(unknown)}, not in the inventory;"
+                        f"{self.path}: {option} names {', '.join(unknown)}, not in the inventory;"
                         f" known hosts: {', '.join(self.fleet.hosts)}"
                     ]
                 )

@@ -75,7 +75,7 @@ def logs(inv: Inventory, service: str | None, host: str | None = None, tail: int
     if agent:
         if not host:
             raise RolloutError("--agent shows one host's agent log: add --host NAME")
-        target = inv.select_hosts([host])[0]
+        target = inv.select_hosts([host], option="--host")[0]
     else:
         known_service(inv, service)
         from .swarm import operate as swarm
@@ -220,7 +220,8 @@ def remove(inv: Inventory, service: str, host: str, reason: str = "", force: boo
     r = transport.on_hosts(inv, [host], "remove", lambda h: {"service": service, "rollout_id": rid, "operator": operator(),
                                                            "reason": reason}, timeout=180)[host]
     if r.answer is None or not r.ok:
-        raise RolloutError(f"{host}: {r.error or (r.answer or {}).get('msg')}")
+        why = str(r.error or (r.answer or {}).get("msg"))
+        raise RolloutError(why if why.startswith(f"{host}: ") else f"{host}: {why}")  # a transport error names the host already
     out = {"host": host, "service": service, "rollout_id": rid, **(r.answer.get("data") or {}), "msg": r.answer.get("msg")}
     ledger.append("remove", rollout_id=rid, host=host, service=service, operator=operator(), reason=reason,
                   removed=out.get("removed", []), forced=bool(force and service in inv.services_for(None, [host])))

@@ -110,6 +110,8 @@ def _row_refs(s: dict) -> str:
     failed_release = s.get("action") != "revert" and s.get("outcome") not in (vocabulary.Outcome.REFUSED, vocabulary.Outcome.NEEDS_OPERATOR)
     if failed_release and s.get("outcome") in vocabulary.FAILED and s.get("tried_tag"):
         return f"{s['tried_tag']} (failed) -> {after}"
+    if s.get("outcome") == vocabulary.Outcome.SKIPPED and s.get("tried_tag"):  # a later batch, or after a failed service
+        return f"{s['tried_tag']} (not started) -> {after}"
     return f"{s.get('before_tag') or '(none)'} -> {after}"
 
 

@@ -268,7 +268,8 @@ def _run(ro: _Rollout) -> dict[str, transport.CallResult]:
 def _untouched(st: Step, outcome: str, check: str, message: str) -> dict[str, Any]:
     """A service's outcome when its host changed nothing for it (refused, or never started)."""
     return {"service": st.service, "action": st.action, "prev_ref": "", "prev_digest": "", "outcome": outcome, "check": check,
-            "message": message, "before_tag": st.current_tag, "after_tag": st.current_tag, "after_digest": st.current_digest}
+            "message": message, "before_tag": st.current_tag, "after_tag": st.current_tag, "after_digest": st.current_digest,
+            "tried_tag": st.new_tag, "tried_digest": st.new_digest}  # what it would have run: the row names it
 
 
 def _not_started(plan: Plan, host: str, why: str) -> transport.CallResult:

@@ -72,8 +72,9 @@ def print_reports(reports, as_json: bool, one_object: bool = False) -> None:
 
         from . import executor
 
-        if one_object:
-            render.dump_json(reports[0].to_json())
+        if one_object:  # rollback, restart: their exit code beside the report, as rollout's JSON has it
+            r = reports[0]
+            render.dump_json({**r.to_json(), "exit_code": 0 if r.ok else executor.exit_code([executor.report_state(r)])})
             return
         states = [executor.report_state(r) for r in reports]
         code = executor.exit_code(states)

@@ -57,9 +57,9 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
         "dry-run": "print the plan and change nothing",
         "hosts": "comma-separated hosts to limit the phase to",
         "max-parallel": "hosts changed at once",
-        "on-failure": "revert-phase (default), revert-service or stop",
-        "json": "print the report as JSON",
-        "yes": "do not ask for confirmation",
+        "on-failure": "a failed service always goes back; revert-phase (default): so does the whole phase, on every host;"
+                      " revert-service: the rest carry on; stop: what passed stays, nothing after the failure starts",
+        "json": "print the report as JSON", "yes": "do not ask for confirmation",
         "inventory": "inventory file",
         "timings": "per host: waiting for a handshake slot, SSH connect, remote shell + agent start, agent work (also in --json)",
     }
@@ -71,7 +71,8 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
 
     inv = _inventory(inventory, json)
     if bool(phase) == bool(all):
-        raise Exit("say which: --phase P, or --all (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=1)
+        raise Exit(("--phase and --all: give one, not both" if phase else "say which: --phase P, or --all")
+                   + " (phases: " + ", ".join(p.name for p in inv.phases) + ")", code=1)
     progress = executor.Progress(enabled=not json)
     kw = dict(hosts=_hosts(hosts), dry_run=dry_run, max_parallel=_int(max_parallel, "max-parallel"),
               on_failure=on_failure, confirm=_confirm_or_yes(yes), progress=progress)
@@ -166,7 +167,7 @@ def unlock(c, host=None, reason=None, force=False, inventory=None):
     host = _required(host, "host", 'fab unlock --host mainpc --reason "why"')
     reason = _required(reason, "reason", 'fab unlock --host mainpc --reason "why"')
     inv = _inventory(inventory)
-    inv.select_hosts([host])
+    inv.select_hosts([host], option="--host")
     res = transport.on_hosts(inv, [host], "unlock", lambda h: {"reason": reason, "force": force, "operator": operator()})[host]
     if res.answer is None:
         raise Exit(res.error, code=1)
@@ -374,7 +375,7 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
     inv = _inventory(inventory)
     targets = inv.select_hosts(_hosts(hosts))
     try:
-        expected = hk.parse_accepts(accept or [])
+        expected = hk.parse_accepts(accept or [], targets)
         scans = hk.scan_hosts(inv, targets)
     except hk.HostKeyFileError as exc:
         raise Exit(str(exc), code=1) from None

@@ -67,7 +67,9 @@ def test_a_hint_is_rewritten_only_where_it_names_the_fab_command(monkeypatch, ca
     (["rollout", "--phase", "gpu-mainpc", "--max-parallel", "abc"], "--max-parallel must be a whole number, not 'abc'"),
     (["preflight", "--max-parallel", "0"], "--max-parallel must be 1 or more"),
     (["history", "--limit", "x"], "--limit must be a whole number, not 'x'"),
-    (["unlock", "--host", "nosuchhost", "--reason", "r"], "--hosts names nosuchhost, not in the inventory"),
+    (["unlock", "--host", "nosuchhost", "--reason", "r"], "--host names nosuchhost, not in the inventory"),  # its own flag
+    (["logs", "--agent", "-H", "nosuchhost"], "--host names nosuchhost, not in the inventory"),
+    (["rollout", "--all", "-p", "gpu-mainpc"], "--phase and --all: give one, not both"),
     (["unlock", "--host", "mainpc"], "--reason is required"),
     (["rollback"], "--phase is required"),
     (["freeze", "--phase", "gpu-mainpc"], "--reason is required"),
@@ -346,3 +348,31 @@ def test_rollout_all_json_says_committed_when_one_phase_committed_beside_a_no_op
     assert (out["state"], out["exit_code"]) == ("committed", 0), out
     taskio.print_reports([rep("committed"), rep("reverted")], as_json=True)
     assert json.loads(capsys.readouterr().out)["state"] == "reverted"
+
+
+
+def test_rollback_and_restart_json_carry_their_exit_code(capsys):
+    """Found on the lab: rollout -j had a top-level exit_code, rollback -j and restart -j did not."""
+    import json
+    from types import SimpleNamespace
+
+    from playbooks import taskio
+
+    def rep(state, ok):
+        return SimpleNamespace(state=state, ok=ok, frozen=False, plan=None, to_json=lambda: {"state": state})
+
+    for state, ok, code in (("reverted", True, 0), ("committed", True, 0), ("needs-operator", False, 5), ("reverted", False, 4)):
+        taskio.print_reports([rep(state, ok)], as_json=True, one_object=True)
+        assert json.loads(capsys.readouterr().out) == {"state": state, "exit_code": code}
+
+
+def test_a_skipped_row_names_the_release_that_was_not_started():
+    """Found on the lab: the canary's skipped host read 'T1 -> T1' instead of what it skipped."""
+    from playbooks.plan import Step
+    from playbooks.render import _row_refs
+    from playbooks.rollout import _untouched
+
+    st = Step("pc2", "multi", "replace", current_tag="T1", current_digest="sha256:" + "a" * 64, new_tag="T2",
+              new_digest="sha256:" + "b" * 64)
+    row = _untouched(st, "skipped", "batch", "not started: batch 1 failed")
+    assert _row_refs(row) == "T2 (not started) -> T1@aaaaaaaaaaaa", _row_refs(row)

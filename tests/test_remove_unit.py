@@ -55,3 +55,14 @@ def test_the_container_a_move_to_swarm_leaves_behind_goes_without_force(inv, ask
 
 def test_an_orphan_goes_without_force(inv, asked):
     assert operate.remove(inv, "old-api", "pc2")["removed"] == ["old-api"]
+
+
+def test_a_host_s_error_names_it_once(inv, monkeypatch):
+    """Found on the lab: 'pc2: pc2: known_hosts file ... does not exist'."""
+    def on_hosts(inventory, hosts, op, args_for, **kw):
+        return {h: transport.CallResult(h, False, None, f"{h}: known_hosts file /x/known_hosts does not exist") for h in hosts}
+
+    monkeypatch.setattr(transport, "on_hosts", on_hosts)
+    with pytest.raises(RolloutError) as exc:
+        operate.remove(inv, "old-api", "pc2")
+    assert str(exc.value) == "pc2: known_hosts file /x/known_hosts does not exist"
