@@ -121,6 +121,10 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
     checks += _image_checks(inv, host, services, cc, facts.get("images") or {})
     checks += _port_checks(inv, host, services, facts)
     checks += _proxy_checks(inv, host, phase, services, facts)
+    busy = facts.get("busy") or {}
+    if busy and not busy.get("unsafe"):  # a rollout now would be refused (rollout.in_motion); what is read here is in motion
+        checks.append(Check(host, "transaction", WARN, f"rollout {busy.get('rollout_id') or '?'} runs here now ({busy.get('holder')},"
+                            f" pid {busy.get('pid') or '?'}): containers and ports are in motion", "wait for it: fab status --follow"))
     return checks
 
 

@@ -155,16 +155,16 @@ def in_motion(plan: Plan, facts: dict[str, dict[str, Any]]) -> list[str]:
 def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     """Every reason not to touch any host: failed preflight, blocked plan, dry run, no-op, no confirmation."""
     report, plan, pre = ro.report, ro.plan, ro.report.preflight
+    moving = in_motion(plan, pre.facts)  # first: mid-swap, the other checks read containers and ports in motion too
+    if moving and not dry_run:
+        report.messages += moving
+        ledger.append("refused", **ro.common, reason="host in the middle of another rollout", failures=moving)
+        return True
     if not pre.ok:
         failing = [f"{c.host} {c.check}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "") for c in pre.checks if c.status == "fail"]
         report.messages.append("preflight failed; nothing was changed:\n  " + "\n  ".join(failing))
         if not dry_run:
             ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)
-        return True
-    moving = in_motion(plan, pre.facts)
-    if moving and not dry_run:
-        report.messages += moving
-        ledger.append("refused", **ro.common, reason="host in the middle of another rollout", failures=moving)
         return True
     frozen = moving + (freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else [])
     if frozen and not dry_run:

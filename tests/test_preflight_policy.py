@@ -197,3 +197,11 @@ def test_a_gpu_memory_budget_needs_a_gpu(tmp_path):
     with _pytest.raises(InventoryError) as exc:
         load(tmp_path / "fleet.yml")
     assert any("services.s.gpu_memory_gb: a GPU memory budget on a service with gpus: 0" in p for p in exc.value.problems)
+
+
+def test_a_host_mid_transaction_is_a_warning_naming_the_rollout_and_the_way_to_wait():
+    busy = {"rollout_id": "r-live", "holder": "ana@laptop", "pid": 4242}
+    c = by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", {**facts(), "busy": busy}))["transaction"]
+    assert c.status == preflight.WARN and "rollout r-live runs here now (ana@laptop, pid 4242)" in c.detail
+    assert c.fix == "wait for it: fab status --follow"
+    assert "transaction" not in by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", facts()))
