@@ -19,7 +19,7 @@ from typing import Any
 from agent.freeze import config_fingerprint
 from agent.vocabulary import Outcome
 
-from . import transport
+from . import freezes, transport
 from .ending import services_of
 from .inventory import Inventory
 from .plan import Plan
@@ -72,19 +72,12 @@ def record(inv: Inventory, plan: Plan, results: Results, pool: transport.Pool | 
                 "releases": {s: v["tag"] for s, v in todo[h].items()},
                 "reason": f"rollout {plan.rollout_id}: {where}; refused on this host too, where it was not started"}
 
-    answers = transport.on_hosts(inv, sorted(todo), "freeze", request, timeout=30, pool=pool)
-    lines = []
-    for h in sorted(todo):
-        r, what = answers[h], ", ".join(f"{s}:{v['tag']}@{v['digest'][7:19]}" for s, v in sorted(todo[h].items()))
-        if r.answer is None or not r.ok:
-            why = r.error or (r.answer or {}).get("msg") or "no answer"
-            lines.append(f"FAILED recording the freeze of phase {plan.phase} on {h} against {what}, which failed elsewhere: {why};"
-                         f" that release is not refused there: fab freeze --phase {plan.phase} --reason '...' to stop it by hand")
-            continue
+    def where(h: str) -> str:
+        return f"it failed on {', '.join(sorted({bad[(s, v['digest'])] for s, v in todo[h].items()}))} in rollout {plan.rollout_id}"
+
+    done, lines = freezes.ask_hosts(inv, plan.phase, todo, request, where, pool)
+    for h in done:
         for s in _services(results, h):
             if s.get("service") in todo[h]:
                 s.update(frozen=True, tried_config=todo[h][s["service"]]["config"])
-        lines.append(f"frozen: phase {plan.phase} on {h} against {what} with its configuration there (it failed on"
-                     f" {', '.join(sorted({bad[(s, v['digest'])] for s, v in todo[h].items()}))}); a new tag or a fixed"
-                     f" configuration goes ahead, or: fab thaw --phase {plan.phase} --reason '...'")
     return lines

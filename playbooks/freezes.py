@@ -1,12 +1,14 @@
-"""Which host-side phase freezes stop a planned rollout (pure; the hosts keep the freezes, agent/freeze.py)."""
+"""Which host-side phase freezes stop a planned rollout (pure), and asking hosts to record one (the hosts keep them, agent/freeze.py)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.freeze import config_fingerprint
 
+from . import transport
 from .plan import Plan, Step
 from .remote import clean_text
 
@@ -54,3 +56,32 @@ def blocking(plan: Plan, facts: dict[str, dict[str, Any]], inventory: str) -> li
                        f" This plan would deploy {what} again with the same configuration that failed; nothing was changed."
                        f" Fix the image (a new tag) or the configuration, or, if the failure was not the release's: {thaw}")
     return out
+
+
+def ask_hosts(inv, phase: str, todo: dict[str, dict[str, dict[str, str]]], request: Callable[[str], dict[str, Any]],
+              after: Callable[[str], str], pool: transport.Pool | None = None) -> tuple[list[str], list[str]]:
+    """Ask each host of `todo` ({host: {service: {tag, digest, config}}}) to record the automatic freeze `request(h)`
+    builds (its agent's freeze op); (the hosts that recorded it, the report's line for each).
+
+    For what a controller saw fail without a host transaction of its own to write it: Swarm's rollback
+    (playbooks/swarm/freeze.py), a failed canary's release on the hosts it kept from starting
+    (playbooks/freeze_spread.py). `after(h)` says why, in the line: "after Swarm's rollback of rollout R".
+    """
+    answers = transport.on_hosts(inv, sorted(todo), "freeze", request, timeout=30, pool=pool)
+    done, lines = [], []
+    for h in sorted(todo):
+        r, what = answers[h], ", ".join(f"{s}:{v['tag']}@{v['digest'][7:19]}" for s, v in sorted(todo[h].items()))
+        if r.answer is None or not r.ok:
+            why = r.error or (r.answer or {}).get("msg") or "no answer"
+            lines.append(f"FAILED recording the automatic freeze of phase {phase} on {h} {after(h)} ({what}): {why}; the same"
+                         f" release is not refused there: fab freeze --phase {phase} --reason '...' to stop it by hand")
+            continue
+        done.append(h)
+        rec = (r.answer.get("data") or {}).get("freeze") or {}
+        if rec.get("auto"):
+            lines.append(f"frozen: phase {phase} on {h} against {what} with its configuration there (automatic, {after(h)});"
+                         f" a new tag or a fixed configuration goes ahead, or: fab thaw --phase {phase} --reason '...'")
+        else:  # agent/freeze.write keeps a manual freeze on top: it already refuses every rollout of the phase
+            lines.append(f"frozen: phase {phase} on {h} stays frozen by {rec.get('by')} ({rec.get('reason')!r}), which refuses"
+                         f" every rollout; the automatic freeze against {what} waits under it and is in force once that is thawed")
+    return done, lines

@@ -23,7 +23,7 @@ from typing import Any
 from agent.freeze import config_fingerprint
 from agent.vocabulary import Outcome
 
-from .. import transport
+from .. import freezes, transport
 from ..inventory import Inventory
 from ..plan import Plan
 
@@ -100,27 +100,12 @@ def record(inv: Inventory, plan: Plan, results: Results, pool: transport.Pool | 
     if not failed:
         return []
     phase, rid = plan.phase, plan.rollout_id
-    answers = transport.on_hosts(inv, sorted(failed), "freeze", lambda h: _request(phase, rid, plan.operator, failed[h], how(results, h)),
-                                 timeout=30, pool=pool)
+    done, lines = freezes.ask_hosts(inv, phase, failed, lambda h: _request(phase, rid, plan.operator, failed[h], how(results, h)),
+                                    lambda h: f"after {how(results, h)} of rollout {rid}", pool)
     ends = {(h, d.get("service")): d for h, d in _ends(results)}
-    lines = []
-    for h in sorted(failed):
-        r, what = answers[h], ", ".join(f"{s}:{v['tag']}@{v['digest'][7:19]}" for s, v in sorted(failed[h].items()))
-        if r.answer is None or not r.ok:
-            why = r.error or (r.answer or {}).get("msg") or "no answer"
-            lines.append(f"FAILED recording the automatic freeze of phase {phase} on {h} after {how(results, h)} ({what}): {why};"
-                         f" the same release is not refused there: fab freeze --phase {phase} --reason '...' to stop it by hand")
-            continue
+    for h in done:
         for svc, v in failed[h].items():
             ends[(h, svc)].update(frozen=True, tried_config=v["config"])
-        rec = (r.answer.get("data") or {}).get("freeze") or {}
-        if rec.get("auto"):
-            lines.append(f"frozen: phase {phase} on {h} against {what} with its configuration (automatic, after {how(results, h)}"
-                         f" of rollout {rid}); a new tag or a fixed configuration goes ahead, or: fab thaw --phase {phase}"
-                         " --reason '...'")
-        else:  # agent/freeze.write keeps a manual freeze on top: it already refuses every rollout of the phase
-            lines.append(f"frozen: phase {phase} on {h} stays frozen by {rec.get('by')} ({rec.get('reason')!r}), which refuses"
-                         f" every rollout; the automatic freeze against {what} waits under it and is in force once that is thawed")
     return lines
 
 
