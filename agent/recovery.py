@@ -47,6 +47,8 @@ def service_states(records: list[dict]) -> dict[str, dict[str, Any]]:
         elif step == Step.START_NEW:
             st["started"] = True
             st["tag"], st["digest"] = rec.get("tag", ""), rec.get("digest", "")
+        elif step == Step.SWAP_FAILED:  # its gate (or Docker) had judged it before the revert was cut short
+            st["failed"] = {"check": rec.get("check", ""), "reason": rec.get("reason", ""), "evidence": rec.get("evidence") or {}}
         elif step in FINAL_STEPS:
             st["final"] = step
     return out
@@ -68,6 +70,18 @@ def decide(records: list[dict]) -> dict[str, str]:
     return out
 
 
+def _result(result_class, svc: str, st: dict[str, Any], accepted: dict[str, Any]):
+    """The service's result as the journal left it: what ran before and what was tried (the report's "tried -> now")."""
+    r = result_class(svc, "revert" if accepted.get("kind") == "revert" else "replace",
+                     old_container=st.get("old_container", ""), kept_name=st.get("kept_name", ""),
+                     old_config=st.get("old_config") or {}, prev_ref=st.get("prev_ref", ""),
+                     prev_digest=st.get("prev_digest", ""), new_container=(st["created"] or [""])[-1], gate=st.get("gate") or {})
+    old_labels = (st.get("old_config") or {}).get("labels") or {}
+    r.before_tag, r.before_digest = old_labels.get(contract.TAG, ""), old_labels.get(contract.DIGEST, "")
+    r.tried_tag, r.tried_digest = st.get("tag", ""), st.get("digest", "")
+    return r
+
+
 def recover(rid: str) -> dict | None:
     """Finish one interrupted transaction (the caller holds the lock). Returns its outcome record."""
     from .transaction import ServiceResult, Transaction
@@ -87,14 +101,7 @@ def recover(rid: str) -> dict | None:
     results = []
     to_restore = []
     for svc, st in states.items():
-        r = ServiceResult(svc, "revert" if accepted.get("kind") == "revert" else "replace",
-                          old_container=st.get("old_container", ""), kept_name=st.get("kept_name", ""),
-                          old_config=st.get("old_config") or {}, prev_ref=st.get("prev_ref", ""),
-                          prev_digest=st.get("prev_digest", ""), new_container=(st["created"] or [""])[-1], gate=st.get("gate") or {})
-        # What was tried and what ran before, as the journal says: the report shows "tried -> now", not "(none)"
-        old_labels = (st.get("old_config") or {}).get("labels") or {}
-        r.before_tag, r.before_digest = old_labels.get(contract.TAG, ""), old_labels.get(contract.DIGEST, "")
-        r.tried_tag, r.tried_digest = st.get("tag", ""), st.get("digest", "")
+        r = _result(ServiceResult, svc, st, accepted)
         results.append(r)
         action = plan.get(svc)
         if action is None:
@@ -105,6 +112,11 @@ def recover(rid: str) -> dict | None:
             r.after_tag, r.after_digest = st.get("tag", ""), st.get("digest", "")
             tx.commit(r)
             r.check, r.message = "recovered", "passed its gate before the interruption; committed by recovery"
+        elif st.get("failed"):  # it failed first: the report says what failed, as an uninterrupted revert would
+            f = st["failed"]
+            r.check, r.details = f["check"] or "gate", f["evidence"]
+            r.message = f"{f['reason']}; its revert was cut short (after step {st['last']!r}) and finished by recovery"
+            to_restore.append(r)
         else:
             r.check = "recovered"
             r.message = f"transaction interrupted after step {st['last']!r}; restored by recovery"

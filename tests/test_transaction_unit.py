@@ -704,3 +704,19 @@ def test_a_recovered_service_says_what_was_tried_and_its_next_step_does_not_blam
     assert (s["tried_tag"], s["tried_digest"]) == ("20261126-bbbbbbb", NEW_D) and s["before_tag"] == "20261101-aaaaaaa", s
     line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
     assert "fix the image" not in line and line.startswith("nothing judged the release") and "fab rollout --phase gpu" in line
+
+
+def test_a_release_that_failed_its_gate_before_the_revert_was_cut_short_is_reported_as_failed_not_unjudged(daemon, monkeypatch):
+    """From an independent read: cut short while reverting a release whose gate had failed, recovery called it 'recovered'
+    and the next step said 'nothing judged the release ... roll it out again'."""
+    from playbooks.ending import next_step
+
+    old, rid = _interrupted(daemon, "reverting", "bad")
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    recovery.recover_pending()
+    (s,) = journal.outcome(journal.read(rid))["services"]
+    assert s["outcome"] == "reverted" and s["check"] != "recovered" and "its revert was cut short" in s["message"], s
+    assert s["tried_tag"] == "20261126-bbbbbbb"
+    line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
+    assert "nothing judged" not in line and "fix the image" in line, line
+    assert only(daemon, "svc").id == old
