@@ -195,17 +195,19 @@ def read() -> dict[str, Any] | None:
 
 
 def busy() -> dict[str, Any] | None:
-    """A transaction running on this host now (who holds the lock, per the kernel), or None.
+    """A transaction running on this host now (who holds the lock, per the kernel), one left interrupted, or None.
 
-    Asked after this call's recovery: a journal still open then belongs to a live transaction. Its
-    containers are in motion (a new one under test runs under the service's name), so no plan can be
-    made from them. The lock is read only then: nearly every call finds no open journal.
+    Asked after this call's recovery: a journal still open then belongs to a live transaction, or, with
+    the lock free, to one whose recovery failed ({"interrupted": ids}). Either way its containers are
+    in motion or half-swapped (a new one may run under the service's name), so no plan can be made
+    from them. The lock is read only then: nearly every call finds no open journal.
     """
     from . import journal
 
-    if not journal.open_ids():
+    ids = journal.open_ids()
+    if not ids:
         return None
     try:
-        return read()
+        return read() or {"interrupted": ids}
     except LockUnsafe as exc:
         return {"unsafe": str(exc)}

@@ -19,6 +19,7 @@ from . import batches, freeze_spread, freezes, hooks, ledger, targets, timings, 
 from .ending import Interrupted, RolloutReport, conclude, services_of
 from .errors import RolloutError
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
+from .in_motion import in_motion
 from .inventory import Inventory
 from .plan import BLOCKED, NOOP, Plan, Step, build_plan, plan_text
 from .runner import run_preflight
@@ -133,25 +134,6 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     return _Rollout(inv, plan, report, common, policy, max_parallel, progress, pool, t0)
 
 
-def in_motion(plan: Plan, facts: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per host where another transaction runs now (its agent's `busy`): nothing can be planned there (pure).
-
-    Mid-swap, the container under test runs under the service's name: a plan read from it said
-    "nothing to do" (exit 0) while that release was still being gated, and then reverted.
-    """
-    out = []
-    for h in plan.hosts:
-        b = (facts.get(h) or {}).get("busy") or {}
-        if not b or b.get("unsafe"):
-            continue
-        since = time.strftime("%H:%M:%SZ", time.gmtime(b.get("time") or 0))
-        out.append(f"{h} is in the middle of rollout {b.get('rollout_id') or '?'} ({b.get('holder') or '?'}, pid"
-                   f" {b.get('pid') or '?'}, since {since}): its containers are in motion, so nothing can be planned from"
-                   f" them; nothing was changed. Follow it: fab status --follow -H {h}; if it is stuck: fab unlock -H {h}"
-                   " --reason '...'")
-    return out
-
-
 def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     """Every reason not to touch any host: failed preflight, blocked plan, dry run, no-op, no confirmation."""
     report, plan, pre = ro.report, ro.plan, ro.report.preflight
@@ -160,19 +142,21 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
         report.messages += moving
         ledger.append("refused", **ro.common, reason="host in the middle of another rollout", failures=moving)
         return True
+    report.messages += [f"a real rollout would be refused now: {m}" for m in moving]
+    report.frozen = bool(moving)
     if not pre.ok:
         failing = [f"{c.host} {c.check}: {c.detail}" + (f" (fix: {c.fix})" if c.fix else "") for c in pre.checks if c.status == "fail"]
         report.messages.append("preflight failed; nothing was changed:\n  " + "\n  ".join(failing))
         if not dry_run:
             ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)
         return True
-    frozen = moving + (freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else [])
+    frozen = freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else []
     if frozen and not dry_run:
         report.messages += frozen
         ledger.append("refused", **ro.common, reason="phase frozen", failures=frozen)
         return True
     report.messages += [f"a real rollout would be refused now: {m}" for m in frozen]
-    report.frozen = bool(frozen)
+    report.frozen = report.frozen or bool(frozen)
     if plan.blocked:
         report.messages += [f"{s.host} {s.service}: blocked: {s.reason}" for s in plan.blocked]
         if not dry_run:

@@ -128,8 +128,8 @@ def test_a_host_mid_transaction_says_who_holds_it_and_a_rollout_there_is_refused
     """Found on the lab: a second rollout while the first was gating planned from the container under test, said
     'nothing to do' (exit 0) and recorded noop; the first then reverted. The agent now says the host is busy."""
     from agent import journal, lock
+    from playbooks.in_motion import in_motion
     from playbooks.plan import Plan, Step
-    from playbooks.rollout import in_motion
 
     assert lock.busy() is None, "no open journal: nothing runs"
     held = lock.try_acquire("op@laptop", "r-live")
@@ -177,3 +177,48 @@ class _NoContainers:
         @staticmethod
         def list(**kw):
             return []
+
+
+def test_a_host_whose_recovery_failed_is_refused_too_and_each_holder_is_named_for_what_it_is(host_state):
+    """From an independent read: an open journal with the lock free (recovery failed) is half-swapped, not free; and a
+    recovery or a fab remove holding the lock is not 'another rollout'."""
+    from agent import journal, lock
+    from playbooks.in_motion import in_motion
+    from playbooks.plan import Plan, Step
+
+    journal.append("r-dead", "accepted")
+    journal.mark_open("r-dead")
+    assert lock.busy() == {"interrupted": ["r-dead"]}, "nobody holds the lock: it was left, not running"
+    plan = Plan("r-next", "web", "op", [Step("pc2", "web", "noop")])
+    (line,) = in_motion(plan, {"pc2": {"busy": {"interrupted": ["r-dead"]}}})
+    assert line.startswith("pc2 has an interrupted transaction (r-dead) that recovery could not finish") and "fab status -H pc2" in line
+    (line,) = in_motion(plan, {"pc2": {"busy": {"rollout_id": "recovery", "holder": "recovery", "pid": 9}}})
+    assert line.startswith("pc2 is recovering an interrupted transaction (recovery, pid 9")
+    (line,) = in_motion(plan, {"pc2": {"busy": {"rollout_id": "remove-web-1", "holder": "bob", "pid": 9}}})
+    assert line.startswith("pc2 is removing a container (fab remove, remove-web-1) (bob, pid 9")
+
+
+def test_the_rollout_refuses_a_busy_host_first_and_a_dry_run_says_it_would(tmp_path, monkeypatch):
+    """The refusal comes before preflight's verdict (a port the new container holds must not hide it): exit 3, a ledger
+    record; a dry run exits 3 saying a real rollout would be refused, even when preflight also failed."""
+    from types import SimpleNamespace
+
+    from playbooks import ending, executor, ledger, preflight
+    from playbooks.plan import Plan, Step
+    from playbooks.rollout import _stop_before_changing
+    from playbooks.runner import PreflightReport
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "l.jsonl"))
+    busy = {"rollout_id": "r-live", "holder": "ana", "pid": 7}
+    port = preflight.Check("pc2", "port:8080", preflight.FAIL, "8080 in use", "")  # the new container's, mid-swap
+    for dry in (False, True):
+        plan = Plan("r-next", "web", "op", [Step("pc2", "web", "noop")])
+        pre = PreflightReport("web", ["pc2"], [port], {"pc2": {"busy": busy}})
+        report = ending.RolloutReport("r-next", "web", False, "refused", plan, pre)
+        ro = SimpleNamespace(report=report, plan=plan, common={"rollout_id": "r-next", "phase": "web"}, inv=None)
+        assert _stop_before_changing(ro, dry, None)
+        assert report.messages[0].startswith("a real rollout would be refused now: pc2 is in the middle of rollout r-live"
+                                             if dry else "pc2 is in the middle of rollout r-live"), report.messages
+        assert executor.exit_code([ending.report_state(report)]) == 3
+    refused = [r for r in ledger.read() if r["kind"] == "refused"]
+    assert len(refused) == 1 and refused[0]["reason"] == "host in the middle of another rollout", "the dry run records nothing"
