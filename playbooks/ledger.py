@@ -107,6 +107,8 @@ def rollouts() -> list[dict]:
         rid = rec.get("rollout_id")
         if not rid or rec.get("kind") not in set(Record):
             continue
+        if rec["kind"] == Record.UNLOCKED and rid not in by_id:
+            continue  # the lock was held by something else than this ledger's rollouts (a recovery, a remove, a teammate's)
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
         if rec["kind"] in (Record.OBSERVED, Record.RECOVERED):
             entry.setdefault(rec["kind"], []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})

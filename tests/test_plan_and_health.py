@@ -251,3 +251,13 @@ def test_history_says_a_rollout_s_transaction_was_stopped_by_a_forced_unlock(tmp
     assert e["final"] == "reverted" and "its transaction on pc2 was stopped by fab unlock --force" in e["note"], e
     assert "'gate hung on a dead NFS mount'" in e["note"]
     assert [r["kind"] for r in ledger.read()].count(Record.UNLOCKED) == 1
+
+
+def test_an_unlock_of_a_lock_not_held_by_one_of_this_ledger_s_rollouts_makes_no_row(tmp_path, monkeypatch):
+    """From an independent read: unlocking a stuck remove or a teammate's rollout added a phantom 'unfinished' row."""
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "l.jsonl"))
+    from playbooks import ledger, operate
+
+    ledger.append("finished", rollout_id="r1", phase="p", final="committed")
+    operate.record_unlock("pc2", {"data": {"holder": {"rollout_id": "remove-llm-api-1", "pid": 7}}}, "stuck remove")
+    assert [e["rollout_id"] for e in rollouts()] == ["r1"]
