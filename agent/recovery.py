@@ -46,9 +46,10 @@ def service_states(records: list[dict]) -> dict[str, dict[str, Any]]:
             st["gate"] = rec.get("gate") or {}
         elif step == Step.START_NEW:
             st["started"] = True
-            st["tag"], st["digest"] = rec.get("tag", ""), rec.get("digest", "")
+            st["tag"], st["digest"], st["config"] = rec.get("tag", ""), rec.get("digest", ""), rec.get("config", "")
         elif step == Step.SWAP_FAILED:  # its gate (or Docker) had judged it before the revert was cut short
-            st["failed"] = {"check": rec.get("check", ""), "reason": rec.get("reason", ""), "evidence": rec.get("evidence") or {}}
+            st["failed"] = {"check": rec.get("check", ""), "reason": rec.get("reason", ""), "evidence": rec.get("evidence") or {},
+                            "at_fault": rec.get("at_fault", True)}
         elif step in FINAL_STEPS:
             st["final"] = step
     return out
@@ -78,8 +79,33 @@ def _result(result_class, svc: str, st: dict[str, Any], accepted: dict[str, Any]
                      prev_digest=st.get("prev_digest", ""), new_container=(st["created"] or [""])[-1], gate=st.get("gate") or {})
     old_labels = (st.get("old_config") or {}).get("labels") or {}
     r.before_tag, r.before_digest = old_labels.get(contract.TAG, ""), old_labels.get(contract.DIGEST, "")
-    r.tried_tag, r.tried_digest = st.get("tag", ""), st.get("digest", "")
+    r.tried_tag, r.tried_digest, r.tried_config = st.get("tag", ""), st.get("digest", ""), st.get("config", "")
+    r.at_fault = bool((st.get("failed") or {}).get("at_fault"))  # only a release seen failing says anything about itself
     return r
+
+
+def _freeze_failed(rid: str, accepted: dict[str, Any], results: list) -> None:
+    """A release seen failing before its revert was cut short freezes its phase as the uninterrupted revert would have.
+
+    Only from what the journal saw (its swap-failed record, with the fingerprint start-new recorded);
+    a service that was merely interrupted says nothing about its release. Best effort, like the
+    transaction's own freeze: a failure to write it is journalled, the recovery stands.
+    """
+    from . import decisions, freeze
+
+    phase = accepted.get("phase") or ""
+    d = decisions.freeze_after(results, {r.service: r.tried_tag for r in results})
+    if not d.freeze or not freeze.PHASE_RE.fullmatch(phase):
+        return
+    try:
+        freeze.write(phase, decisions.freeze_reason(rid, results, d.releases) + " (its revert was finished by recovery)",
+                     accepted.get("operator", "unknown"), auto=True, releases=d.releases, rollout_id=rid, failed=d.freeze)
+    except OSError as exc:
+        journal.append(rid, Step.FREEZE_FAILED, error=str(exc))
+        return
+    journal.append(rid, Step.FROZEN, phase=phase, releases=d.releases, failed=d.freeze)
+    for r in results:
+        r.frozen = r.service in d.freeze
 
 
 def recover(rid: str) -> dict | None:
@@ -128,6 +154,7 @@ def recover(rid: str) -> dict | None:
                 # A revert op that was cut short: what came back is the release it was reverting.
                 r.outcome, r.message = Outcome.REVERT_FAILED, r.message + " (the revert did not complete; the release it was reverting runs again)"
     tx.results = results
+    _freeze_failed(rid, accepted, results)
     summary = tx.summary(time.monotonic() - t0)
     summary["ok"] = False  # an interrupted transaction did not do what it was asked, whatever recovery saved
     summary["recovered"] = True

@@ -249,7 +249,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
             if current is not None:
                 self._set_aside(r, current, repo, pin, stop=not start_first)
             self.j(Step.START_NEW, service, image=new_args["image"], tag=new_args["labels"].get(contract.TAG),
-                   digest=new_args["labels"].get(contract.DIGEST), operator=self.args.get("operator", ""))
+                   digest=new_args["labels"].get(contract.DIGEST), operator=self.args.get("operator", ""), config=r.tried_config)
             t1 = time.monotonic()
             new = self._create_start(new_args, service)
             r.new_container = new.id

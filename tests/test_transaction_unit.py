@@ -704,6 +704,9 @@ def test_a_recovered_service_says_what_was_tried_and_its_next_step_does_not_blam
     assert (s["tried_tag"], s["tried_digest"]) == ("20261126-bbbbbbb", NEW_D) and s["before_tag"] == "20261101-aaaaaaa", s
     line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
     assert "fix the image" not in line and line.startswith("nothing judged the release") and "fab rollout --phase gpu" in line
+    from agent import freeze
+
+    assert not s.get("frozen") and freeze.read("gpu") is None, "an interrupted release is not condemned"
 
 
 def test_a_release_that_failed_its_gate_before_the_revert_was_cut_short_is_reported_as_failed_not_unjudged(daemon, monkeypatch):
@@ -720,3 +723,10 @@ def test_a_release_that_failed_its_gate_before_the_revert_was_cut_short_is_repor
     line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
     assert "nothing judged" not in line and "fix the image" in line, line
     assert only(daemon, "svc").id == old
+    # and it is frozen against, as the uninterrupted revert would have done (the fingerprint start-new journalled)
+    from agent import freeze
+
+    f = freeze.read("gpu")
+    assert s["frozen"] and f["auto"] and f["failed"]["svc"] == {"tag": "20261126-bbbbbbb", "digest": NEW_D,
+                                                                 "config": freeze.config_fingerprint(spec())}, f
+    assert f["reason"].endswith("(its revert was finished by recovery)")
