@@ -34,9 +34,9 @@ def interrupted_while_starting() -> None:
     """Ctrl-C before a task's body runs (imports, the inventory, parsing): exit 130 and say that nothing was asked.
 
     invoke turns a KeyboardInterrupt it catches into exit 1 with no word, which the README gives to bad
-    input; a script would read an operator's Ctrl-C as a broken inventory. Until taskkit hands
-    SIGINT back to Python when invoke executes the task (taskkit), this handler ends the process itself. A login
-    prewarm started only waits for a request: the end of its input (this exit) ends it.
+    input; a script would read an operator's Ctrl-C as a broken inventory. Until taskkit hands SIGINT
+    back to Python as invoke executes the task, this handler ends the process itself. A login prewarm
+    started only waits for a request: the end of its input (this exit) ends it.
     """
     import os
     import signal
