@@ -382,10 +382,11 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     out["freezes"] = all_freezes()
     from .journal import open_ids
 
-    if open_ids():  # nearly never: the lock is read only when a transaction's journal is open
+    ids = open_ids()
+    if ids:  # nearly never: the lock is read only when a transaction's journal is open
         from .lock import busy
 
-        out["busy"] = busy()
+        out["busy"] = busy(ids)
     if args.get("proxy") and docker.get("ok"):
         out["proxy"] = proxy_view()
     if args.get("diff_specs") and docker.get("ok"):

@@ -194,7 +194,7 @@ def read() -> dict[str, Any] | None:
         os.close(fd)
 
 
-def busy() -> dict[str, Any] | None:
+def busy(ids: list[str] | None = None) -> dict[str, Any] | None:
     """A transaction running on this host now (who holds the lock, per the kernel), one left interrupted, or None.
 
     Asked after this call's recovery: a journal still open then belongs to a live transaction, or, with
@@ -202,9 +202,10 @@ def busy() -> dict[str, Any] | None:
     in motion or half-swapped (a new one may run under the service's name), so no plan can be made
     from them. The lock is read only then: nearly every call finds no open journal.
     """
-    from . import journal
+    if ids is None:  # the caller (facts) has usually listed them already
+        from . import journal
 
-    ids = journal.open_ids()
+        ids = journal.open_ids()
     if not ids:
         return None
     try:

@@ -107,8 +107,11 @@ def rollouts() -> list[dict]:
         rid = rec.get("rollout_id")
         if not rid or rec.get("kind") not in set(Record):
             continue
-        if rec["kind"] == Record.UNLOCKED and rid not in by_id:
-            continue  # the lock was held by something else than this ledger's rollouts (a recovery, a remove, a teammate's)
+        if rec["kind"] == Record.UNLOCKED:  # said whether or not the controller finished: the host's work was cut short
+            if rid in by_id:  # else the lock was held by something else than this ledger's rollouts (a recovery, a remove)
+                by_id[rid].setdefault("_unlocks", []).append(f"its transaction on {rec.get('host')} was stopped by fab unlock"
+                                                             f" --force ({rec.get('by')}, {rec['time']}: {rec.get('reason')!r})")
+            continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
         if rec["kind"] in (Record.OBSERVED, Record.RECOVERED):
             entry.setdefault(rec["kind"], []).append({k: rec.get(k) for k in ("host", "host_rollout_id", "state", "services", "time")})
@@ -119,10 +122,6 @@ def rollouts() -> list[dict]:
         if rec["kind"] == Record.INTERRUPTED:
             entry["interruption"] = f"interrupted by the operator at {rec['time']}"
             entry["interrupted"] = rec["time"]
-            continue
-        if rec["kind"] == Record.UNLOCKED:  # said whether or not the controller finished: the host's work was cut short
-            entry.setdefault("_unlocks", []).append(f"its transaction on {rec.get('host')} was stopped by fab unlock --force"
-                                                    f" ({rec.get('by')}, {rec['time']}: {rec.get('reason')!r})")
             continue
         entry.update({k: v for k, v in rec.items() if k != "kind"})
         if rec["kind"] == Record.STARTED:
