@@ -9,6 +9,8 @@ follower stops relaying but lets a recovery it started finish first.
 from __future__ import annotations
 
 import json
+import os
+import select
 import threading
 import time
 import traceback
@@ -18,19 +20,24 @@ from . import container_args, journal, lock
 from .vocabulary import Step
 
 HEARTBEAT_S = 2.0
+LOCK_CHECK_S = 0.5  # with no news, how often the worker's lock is tried (it is free only once the worker is dead)
+POLL_S = 0.02  # how often the journal is read when no wake-up pipe says when
 LOCK_UNSAFE_GRACE_S = 60.0  # a lock check failing this long while following is an answer, not a blip (a dockerd restart)
 
 
-def follow_journal(rid: str, emit: Callable[[dict], None], deadline: float | None = None) -> dict | None:
+def follow_journal(rid: str, emit: Callable[[dict], None], deadline: float | None = None,
+                   wake_fd: int | None = None) -> dict | None:
     """Relay journal records as events until the outcome is written.
 
     The worker's liveness is the lock itself: if this process can take it, the worker is
     dead (the kernel released its flock). This process then recovers the transaction (in a
-    thread, still relaying) and the recovered outcome is the answer.
+    thread, still relaying) and the recovered outcome is the answer. `wake_fd` (the worker's
+    wake-up pipe, from ops._detach) is read instead of polling the journal: a byte per record,
+    and end of file when the worker has exited, so the lock is looked at then, not up to 0.5 s later.
     """
     recovering: list[threading.Thread] = []
     try:
-        return _relay(rid, journal.path_for(rid), emit, deadline, recovering)
+        return _relay(rid, journal.path_for(rid), emit, deadline, recovering, [wake_fd] if wake_fd is not None else [])
     except BrokenPipeError:
         # The controller is gone. A recovery this process started must not die with it half-way (a service
         # stopped and not yet started again): relaying stops, the recovery finishes, then this process ends.
@@ -39,9 +46,26 @@ def follow_journal(rid: str, emit: Callable[[dict], None], deadline: float | Non
         raise
 
 
+def _wait(wake: list[int], idle_s: float) -> bool:
+    """Until the worker writes its next record (or up to idle_s); True when its pipe ended: it has exited.
+
+    Without a pipe (a follower that did not start the worker, or once recovery writes the journal
+    from this very process) the journal is looked at every POLL_S.
+    """
+    if not wake:
+        time.sleep(POLL_S)
+        return False
+    if select.select(wake, [], [], idle_s)[0]:
+        if not os.read(wake[0], 4096):
+            wake.clear()
+            return True
+    return False
+
+
 def _relay(rid: str, path, emit: Callable[[dict], None], deadline: float | None,
-           recovering_out: list[threading.Thread]) -> dict | None:
+           recovering_out: list[threading.Thread], wake: list[int]) -> dict | None:
     offset, last_beat, last_check = 0, time.monotonic(), time.monotonic()
+    worker_exited = False
     unsafe_since: float | None = None
     recovering: threading.Thread | None = None
     while True:
@@ -66,8 +90,8 @@ def _relay(rid: str, path, emit: Callable[[dict], None], deadline: float | None,
             last_beat = now
         elif new:
             last_beat = now
-        if not new and recovering is None and now - last_check > 0.5:
-            last_check = now
+        if not new and recovering is None and (worker_exited or now - last_check > LOCK_CHECK_S):
+            last_check, worker_exited = now, False
             try:
                 held = lock.try_acquire("recovery", rid)
                 unsafe_since = None
@@ -90,7 +114,8 @@ def _relay(rid: str, path, emit: Callable[[dict], None], deadline: float | None,
                 return done
         if deadline and now > deadline:
             return None
-        time.sleep(0.02)
+        # The worker has exited: if it wrote no outcome, its lock is free now (looked at on the next pass).
+        worker_exited = _wait(wake if recovering is None else [], min(LOCK_CHECK_S / 2, HEARTBEAT_S)) or worker_exited
 
 
 def _recover_holding(rid: str, held: lock.Held) -> None:

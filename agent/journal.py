@@ -30,6 +30,21 @@ def path_for(rollout_id: str) -> Path:
     return _dir() / f"{safe}.jsonl"
 
 
+_wake: list[int] = []  # in a detached transaction: the pipe its follower waits on (ops._detach)
+
+
+def wake_follower_through(fd: int) -> None:
+    """From now on every record written by this process also writes a byte to `fd` (non-blocking).
+
+    The agent process that relays a detached transaction's journal to the controller then waits
+    on the pipe, not on a timer: each record reaches the controller when it is written, and a
+    follower idle through a long gate costs the host nothing. The journal stays the only record;
+    the byte says nothing but "look again".
+    """
+    os.set_blocking(fd, False)
+    _wake[:] = [fd]
+
+
 def append(rollout_id: str, step: str, **fields: Any) -> dict:
     """Write one record and fsync it. A step outside the vocabulary is a programming error, refused before writing."""
     if not vocabulary.is_step(step):
@@ -42,6 +57,13 @@ def append(rollout_id: str, step: str, **fields: Any) -> dict:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if _wake:
+        try:
+            os.write(_wake[0], b"\n")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups the follower has not read yet: it will look anyway
+        except OSError:
+            _wake.clear()  # the follower is gone (its controller went): nobody waits any more
     return rec
 
 

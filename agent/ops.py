@@ -30,9 +30,14 @@ from .vocabulary import HostState, Journal, Step
 _answer = answer
 
 
-def _detach(fn: Callable[[], None]) -> int:
-    """Run fn in a grandchild in its own session; return the grandchild's pid."""
+def _detach(fn: Callable[[], None]) -> tuple[int, int]:
+    """Run fn in a grandchild in its own session; return the grandchild's pid and the read end of its wake-up pipe.
+
+    The grandchild writes a byte to that pipe with every journal record (journal.wake_follower_through),
+    and the pipe's end of file says it has exited (or died): the follower waits on it instead of a timer.
+    """
     r, w = os.pipe()
+    wake_r, wake_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
@@ -40,8 +45,10 @@ def _detach(fn: Callable[[], None]) -> int:
             if os.fork():
                 os._exit(0)
             os.close(r)
+            os.close(wake_r)
             os.write(w, str(os.getpid()).encode())
             os.close(w)
+            journal.wake_follower_through(wake_w)
             devnull = os.open(os.devnull, os.O_RDWR)
             log = os.open(state_dir() / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o660)
             os.dup2(devnull, 0)
@@ -55,12 +62,14 @@ def _detach(fn: Callable[[], None]) -> int:
         finally:
             os._exit(0)
     os.close(w)
+    os.close(wake_w)  # the grandchild's is then the only write end: its exit is this end's end of file
     os.waitpid(pid, 0)
     gpid = int(os.read(r, 32) or b"0")
     os.close(r)
     if not gpid:
+        os.close(wake_r)
         raise RuntimeError("could not start the detached transaction process (fork failed)")
-    return gpid
+    return gpid, wake_r
 
 
 def _run_detached_transaction(args: dict[str, Any], held: lock.Held) -> None:
@@ -116,7 +125,7 @@ def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
     journal.mark_open(rid)
     journal.append(rid, Step.ACCEPTED, **accepted_record(args))
     try:
-        _detach(lambda: _run_detached_transaction(args, held))
+        _, wake = _detach(lambda: _run_detached_transaction(args, held))
     except Exception:
         journal.append(rid, Step.DONE, ok=False, state=HostState.GOOD, error="could not start the transaction process", services=[])
         journal.mark_closed(rid)
@@ -124,7 +133,10 @@ def rollout(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
         raise
     # The worker holds the lock through the descriptor it inherited; ours goes (not unlocked).
     os.close(held.fd)
-    done = _follow(rid, emit)
+    try:
+        done = _follow(rid, emit, wake_fd=wake)
+    finally:
+        os.close(wake)
     if done is None:
         return _answer("rollout", False, f"no outcome from the transaction; see the journal {journal.path_for(rid)} and the agent log"
                        f" {state_dir() / 'agent.log'} (fab logs --agent --host {args.get('host') or 'HOST'})", {"rollout_id": rid})

@@ -8,6 +8,7 @@ way. The follow keeps relaying, and only a lock that stays unusable is an error.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -41,6 +42,42 @@ def test_a_lock_that_stays_unusable_is_an_error(monkeypatch):
     monkeypatch.setattr(lock, "try_acquire", lambda *a, **k: (_ for _ in ()).throw(lock.LockUnsafe("forged")))
     with pytest.raises(lock.LockUnsafe):
         ops._follow("r-g", lambda e: None, time.monotonic() + 10)
+
+
+def test_the_worker_pipe_relays_each_record_and_its_end_says_the_worker_is_gone(monkeypatch):
+    """A detached worker's records wake its follower through a pipe, and the pipe's end of file (the worker exited
+    without an outcome: killed) sends the follower to the lock at once. With the periodic lock check pushed out of
+    reach, only the pipe's end can have started the recovery here."""
+    from agent import recovery
+
+    rid = "r-pipe"
+    journal.append(rid, Step.ACCEPTED)
+    monkeypatch.setattr(follow, "LOCK_CHECK_S", 1e9)
+    recovered = []
+
+    class Held:
+        def release(self):
+            recovered.append("released")
+
+    def recover(r):
+        recovered.append(r)
+        journal.append(r, Step.DONE, ok=False, state="good", services=[])
+
+    monkeypatch.setattr(lock, "try_acquire", lambda *a, **k: Held())
+    monkeypatch.setattr(recovery, "recover", recover)
+
+    def worker():  # a transaction that got as far as its gate, then was killed (no outcome written)
+        journal.append(rid, Step.GATE, service="svc")
+        os._exit(9)
+
+    pid, wake = ops._detach(worker)
+    events: list[dict] = []
+    try:
+        done = ops._follow(rid, events.append, time.monotonic() + 20, wake_fd=wake)
+    finally:
+        os.close(wake)
+    assert [e["event"] for e in events] == ["accepted", "gate", "done"] and pid > 0
+    assert done is not None and recovered == [rid, "released"]
 
 
 def test_exec_runs_as_the_containers_own_user_only():
