@@ -211,8 +211,11 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
         # The failed container is gone: its last lines are in this report; fab logs would show the one running now.
         look = f"read its last log lines above (that container is gone); fab details -s {svc} -H {host}"
     if s.get("check") == Step.RECOVERED and s.get("outcome") == Outcome.REVERTED:  # cut short (a forced unlock, a crash):
-        return (f"nothing judged the release: its transaction was interrupted and the host put the old one back;"  # not its fault
-                f" when ready, roll it out again: fab rollout --phase {phase} --inventory {inventory}")
+        again = {"restart": f"restart it again: fab restart -s {svc} -H {host} --inventory {inventory}",
+                 "rollback": f"roll it back again: fab rollback -p {phase} -s {svc} -H {host} --inventory {inventory}"}
+        return (f"nothing judged the {'restart' if kind == 'restart' else 'release'}: its transaction was interrupted and"
+                " the host put the old one back;"  # not its fault
+                f" when ready, {again.get(kind) or f'roll it out again: fab rollout --phase {phase} --inventory {inventory}'}")
     if s.get("outcome") in NEEDS:
         return f"{look}; fab status -H {host}; then fab rollback -p {phase} -s {svc} --to <a tag from fab versions -s {svc}>"
     if kind == "rollback":
