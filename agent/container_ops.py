@@ -312,6 +312,13 @@ def remove_op(args: dict[str, Any]) -> dict:
     service, rid = args.get("service", ""), args.get("rollout_id", "")
     if not contract.NAME_RE.fullmatch(service or "") or not rid:
         return _answer("remove", False, f"not a service name: {service!r}")
+    if args.get("dry_run"):  # what a remove would take, for the operator's question: read only, no lock
+        from .facts import docker_client
+
+        ours = _removable(docker_client(timeout=30), service)
+        if isinstance(ours, dict):
+            return ours
+        return _answer("remove", True, "", {"would_remove": [_row(c) for c in ours]})
     from . import lock
 
     try:  # a transaction running here may need these containers: its revert restores the one it set aside
@@ -328,37 +335,49 @@ def remove_op(args: dict[str, Any]) -> dict:
         held.release()
 
 
-def _remove_held(args: dict[str, Any], service: str, rid: str) -> dict:
-    """remove_op's work, under the host's lock."""
-    from . import contract, secret_files
-    from .facts import docker_client
-    from .motion import settled_retry
-    from .vocabulary import HostState, Outcome, Step
-
-    client = docker_client(timeout=120)
+def _removable(client, service: str) -> list | dict:
+    """The containers `fab remove` takes for `service` (its own and its kept ones), or the refusal's answer."""
     try:
         main = client.containers.get(service)
     except NotFound:
         main = None
     if main is not None and (main.labels or {}).get(contract.MANAGED) != "true":
         return _answer("remove", False, f"{service!r} was not started by fleetroll; not removing it")
-    ours = [c for c in client.containers.list(all=True, filters={"label": [contract.MANAGED, f"{contract.SERVICE}={service}"]})]
+    ours = list(client.containers.list(all=True, filters={"label": [contract.MANAGED, f"{contract.SERVICE}={service}"]}))
     if main is not None and main.id not in {c.id for c in ours}:
         ours.append(main)
+    return ours
+
+
+def _row(c) -> dict[str, str]:
+    labels = c.labels or {}
+    return {"name": c.name, "id": c.id[:12], "tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, ""),
+            "status": str((c.attrs.get("State") or {}).get("Status") or "")}
+
+
+def _remove_held(args: dict[str, Any], service: str, rid: str) -> dict:
+    """remove_op's work, under the host's lock."""
+    from . import secret_files
+    from .facts import docker_client
+    from .motion import settled_retry
+    from .vocabulary import HostState, Outcome, Step
+
+    ours = _removable(docker_client(timeout=120), service)
+    if isinstance(ours, dict):
+        return ours
     if not ours:
         return _answer("remove", True, f"no container of {service} here; nothing to remove", {"removed": []})
     journal.append(rid, Step.ACCEPTED, kind="remove", service=service, operator=args.get("operator", ""), reason=args.get("reason", ""))
     removed = []
     for c in ours:
-        labels = c.labels or {}
+        row = _row(c)
         settled_retry(lambda c=c: c.update(restart_policy={"Name": "no"}))
         settled_retry(lambda c=c: c.remove(force=True))
         left = secret_files.release(c.attrs)  # its secret files go with it (only the directory the agent made for it)
         if left:
             journal.append(rid, Step.SECRET_FILES_LEFT, service=service, container=c.id, left=left)
-        removed.append({"name": c.name, "id": c.id[:12], "tag": labels.get(contract.TAG, ""), "digest": labels.get(contract.DIGEST, ""),
-                        **({"secret_files_left": left} if left else {})})
-        journal.append(rid, Step.REMOVED, service=service, container=c.id, name=c.name, tag=labels.get(contract.TAG, ""))
+        removed.append({**row, **({"secret_files_left": left} if left else {})})
+        journal.append(rid, Step.REMOVED, service=service, container=c.id, name=row["name"], tag=row["tag"])
     journal.append(rid, Step.DONE, ok=True, state=HostState.GOOD,
                    services=[{"service": service, "action": "remove", "outcome": Outcome.REMOVED}])
     return _answer("remove", True, f"removed {', '.join(x['name'] for x in removed)}", {"removed": removed}, changed=True)

@@ -8,6 +8,7 @@ executor.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from . import ledger, transport
@@ -207,8 +208,13 @@ def _still_placed(inv: Inventory, service: str, host: str, force: bool) -> str:
             f" again), go back with fab rollback -s {service}, or give --force to remove it anyway")
 
 
-def remove(inv: Inventory, service: str, host: str, reason: str = "", force: bool = False) -> dict[str, Any]:
-    """Remove, on `host`, the containers of `service` that fleetroll started and the inventory no longer places there."""
+def remove(inv: Inventory, service: str, host: str, reason: str = "", force: bool = False,
+           confirm: Callable[[list[dict[str, str]]], None] | None = None) -> dict[str, Any]:
+    """Remove, on `host`, the containers of `service` that fleetroll started and the inventory no longer places there.
+
+    With `confirm` (no --yes), the host is first asked what a remove would take (read only); nothing there is
+    said without a question, and `confirm` sees the containers it would remove (it raises to stop).
+    """
     from .plan import new_rollout_id
 
     if host not in inv.fleet.hosts:
@@ -217,15 +223,33 @@ def remove(inv: Inventory, service: str, host: str, reason: str = "", force: boo
     if why_not:
         raise RolloutError(why_not)
     rid = new_rollout_id("remove", service)
-    r = transport.on_hosts(inv, [host], "remove", lambda h: {"service": service, "rollout_id": rid, "operator": operator(),
-                                                           "reason": reason}, timeout=180)[host]
-    if r.answer is None or not r.ok:
-        why = str(r.error or (r.answer or {}).get("msg"))
-        raise RolloutError(why if why.startswith(f"{host}: ") else f"{host}: {why}")  # a transport error names the host already
-    out = {"host": host, "service": service, "rollout_id": rid, **(r.answer.get("data") or {}), "msg": r.answer.get("msg")}
+    args = {"service": service, "rollout_id": rid, "operator": operator(), "reason": reason}
+    with transport.Pool() as pool:
+        if confirm is not None:
+            would = _removal_answer(host, transport.on_hosts(inv, [host], "remove", lambda h: {**args, "dry_run": True},
+                                                             timeout=60, pool=pool)[host]).get("would_remove") or []
+            if not would:
+                return {"host": host, "service": service, "removed": [], "msg": f"no container of {service} here; nothing to remove"}
+            confirm(would)
+        data = _removal_answer(host, transport.on_hosts(inv, [host], "remove", lambda h: args, timeout=180, pool=pool)[host])
+    out = {"host": host, "service": service, "rollout_id": rid, **data}
     ledger.append("remove", rollout_id=rid, host=host, service=service, operator=operator(), reason=reason,
                   removed=out.get("removed", []), forced=bool(force and service in inv.services_for(None, [host])))
     return out
+
+
+def remove_question(service: str, host: str, would: list[dict[str, str]]) -> str:
+    """What `fab remove` asks, naming each container it would take (pure)."""
+    return (f"remove {service} from {host} for good ("
+            + "; ".join(f"{c['name']} {c['id']} {c.get('tag') or 'untagged'} {c.get('status', '')}".rstrip() for c in would) + ")?")
+
+
+def _removal_answer(host: str, r: transport.CallResult) -> dict[str, Any]:
+    """The answer's data and message, or the host's refusal (or a lost answer) as the command's error."""
+    if r.answer is None or not r.ok:
+        why = str(r.error or (r.answer or {}).get("msg"))
+        raise RolloutError(why if why.startswith(f"{host}: ") else f"{host}: {why}")  # a transport error names the host already
+    return {**(r.answer.get("data") or {}), "msg": r.answer.get("msg")}
 
 
 def record_unlock(host: str, answer: dict[str, Any], reason: str) -> None:

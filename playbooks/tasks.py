@@ -329,8 +329,8 @@ def remove(c, service=None, host=None, reason="", json=False, yes=False, invento
     service = _required(service, "service", "fab remove -s old-api -H pc2")
     host = _required(host, "host", "fab remove -s old-api -H pc2")
     inv = _inventory(inventory, json)
-    _ask_unless_yes(yes, f"remove {service} from {host} for good?")
-    out = operate.remove(inv, service, host, reason, force=force)
+    out = operate.remove(inv, service, host, reason, force=force,  # asks once the host has said what it would remove
+                         confirm=None if yes else lambda would: _ask_unless_yes(False, operate.remove_question(service, host, would)))
     if json:
         render.dump_json(out)
     else:

@@ -95,6 +95,9 @@ def test_remove_takes_only_fleetrolls_containers_and_journals_it(monkeypatch, da
 
     monkeypatch.setattr(facts, "docker_client", lambda timeout=None: daemon)
     running_old(daemon, name="old-api", port=8001)
+    look = ops.dispatch("remove", {"service": "old-api", "rollout_id": "r-rm", "dry_run": True}, lambda e: None)
+    assert look["ok"] and [x["name"] for x in look["data"]["would_remove"]] == ["old-api"] and daemon.containers.by_id
+    assert journal.read("r-rm") == [], "a dry run only looks"
     out = ops.dispatch("remove", {"service": "old-api", "rollout_id": "r-rm", "operator": "op"}, lambda e: None)
     assert out["ok"] and [x["name"] for x in out["data"]["removed"]] == ["old-api"] and not daemon.containers.by_id
     steps = [r["step"] for r in journal.read("r-rm")]
