@@ -50,15 +50,21 @@ def confirm_or_yes(yes: bool):
     return confirm
 
 
-def interrupted(message: str) -> None:
+def interrupted(message: str, as_json: bool = False) -> None:
     """Ctrl-C: say what happens now and leave with 130 at once, not waiting for calls still in flight.
 
     The hosts' transactions run detached from the SSH session, so leaving cannot strand a host.
+    Under --json the same words are a JSON object on stdout too: a script reading it gets an
+    answer, not an empty stream.
     """
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C while this prints: out at once
     if sys.stderr.isatty():
         sys.stderr.write("\x1b[?25h")  # the live progress display hides the cursor; give it back
     print(f"\n{as_run(message)}", file=sys.stderr, flush=True)
+    if as_json:
+        from . import render
+
+        render.dump_json({"error": as_run(message), "exit_code": 130, "interrupted": True})
     sys.stdout.flush()
     os._exit(130)
 

@@ -136,6 +136,8 @@ def one_line_errors(body):
             message, code = exc.message, exc.code
         except RolloutError as exc:
             message, code = str(exc), 1
+        except KeyboardInterrupt:  # a task that does not say more about it (status, details, …): said, 130, JSON too
+            message, code = "interrupted (Ctrl-C)", 130
         except Exception as exc:
             # Imported here: the inventory module is loaded whenever one of its errors exists, and
             # importing it at the top would cost every command pydantic's start-up.

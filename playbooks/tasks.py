@@ -80,9 +80,9 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
         with progress:
             reports = executor.rollout_all(inv, **kw) if all else [executor.rollout(inv, phase, **kw)]
     except executor.Interrupted as exc:
-        _interrupted(str(exc))
+        _interrupted(str(exc), json)
     except KeyboardInterrupt:
-        _interrupted("interrupted before any host was asked to change anything; nothing was changed")
+        _interrupted("interrupted before any host was asked to change anything; nothing was changed", json)
     _print_reports(reports, json)
     if timings and not json:
         from . import render
@@ -128,7 +128,7 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
             with executor.Progress(enabled=not json) as progress:
                 done = operate.follow_running(inv, _hosts(hosts), progress=progress)
         except KeyboardInterrupt:
-            _interrupted("stopped following; the hosts carry on")
+            _interrupted("stopped following; the hosts carry on", json)
         for h, d in done.items():
             svc = ", ".join(f"{s['service']} {s['outcome']}" for s in d["services"]) or d["error"]
             print(f"{h}: rollout {d['rollout_id']} ended: {svc}", file=sys.stderr)
@@ -264,7 +264,7 @@ def restart(c, service=None, host=None, json=False, yes=False, inventory=None):
         with executor.Progress(enabled=not json) as progress:
             rep = executor.restart(inv, service, progress=progress, host=host)
     except KeyboardInterrupt:
-        _interrupted("interrupted: the host finishes the restart on its own (fab status --follow)")
+        _interrupted("interrupted: the host finishes the restart on its own (fab status --follow)", json)
     _print_reports([rep], json, one_object=True)
     code = executor.exit_code([executor.report_state(rep)])
     if code:

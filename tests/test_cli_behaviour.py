@@ -321,6 +321,28 @@ def test_once_a_task_runs_ctrl_c_is_a_keyboard_interrupt_again():
     assert r.returncode == 130 and "interrupted (Ctrl-C)" in r.stderr, r  # invoke's own answer was exit 1, silent
 
 
+def test_ctrl_c_under_json_is_a_json_object_on_stdout_too():
+    """A script reading --json got an empty stdout on Ctrl-C: a task's own handling (rollout, restart, status --follow)
+    and a task without one (details, logs, …) now both leave {"error", "exit_code": 130} there as well."""
+    import json
+
+    code = ("import sys\n"
+            "from playbooks.taskio import interrupted\n"
+            "interrupted('interrupted: the host finishes the restart on its own (fab status --follow)', as_json=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and "finishes the restart on its own" in r.stderr, r
+    assert json.loads(r.stdout) == {"error": "interrupted: the host finishes the restart on its own (fab status --follow)",
+                                    "exit_code": 130, "interrupted": True}
+    code = ("from playbooks.taskkit import invoke, task\n"
+            "@task\n"
+            "def slow(c, json=False):\n"
+            "    raise KeyboardInterrupt\n"
+            "invoke.Program(namespace=invoke.Collection(slow)).run(['prog', 'slow', '--json'])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and "interrupted (Ctrl-C)" in r.stderr, r
+    assert json.loads(r.stdout) == {"error": "interrupted (Ctrl-C)", "exit_code": 130}
+
+
 def test_an_error_of_a_json_task_is_a_json_object_on_stdout_too(tmp_path):
     """Found on the lab: status -j -H nosuch, rollout -j -H nosuch -n and explain -j put plain text on stderr, stdout empty."""
     import json
