@@ -62,18 +62,37 @@ def service_health(c: dict | None, probe: dict) -> tuple[bool, str]:
 
 def proxy_route_view(view: dict | None, service: str, container: dict | None, network: str) -> str:
     """Which backend the host's proxy sends `service` to, in words (pure): the service's container, or what else."""
+    return proxy_route(view, service, container, network)[1]
+
+
+def proxy_route(view: dict | None, service: str, container: dict | None, network: str) -> tuple[str, str]:
+    """(why the proxy does not send `service`'s requests to its running container alone, or "" if it does;
+    the route in words). Pure."""
     if not view or not view.get("ok"):
-        return f"proxy not answering: {(view or {}).get('error', 'not asked')}"
+        return "the proxy is not answering", f"proxy not answering: {(view or {}).get('error', 'not asked')}"
     be = (view.get("backends") or {}).get(service)
     if be is None:
-        return "the proxy has no backend for it (roll out the proxy's phase)"
+        return "the proxy has no backend for it", "the proxy has no backend for it (roll out the proxy's phase)"
     serving = be.get("serving") or []
     if not serving:
-        return "no ready server: requests fail"
+        return "the proxy has no ready server for it", "no ready server: requests fail"
     mine = ((container or {}).get("addresses") or {}).get(network, "")
     if len(serving) == 1 and mine and serving[0].split(":")[0] == mine:
-        return f"-> {service} ({(container or {}).get('id', '')[:12]}) at {serving[0]}"
-    return f"-> {', '.join(serving)}, which is not the running {service} container ({mine or 'no address'})"
+        return "", f"-> {service} ({(container or {}).get('id', '')[:12]}) at {serving[0]}"
+    return ("the proxy sends its requests elsewhere",
+            f"-> {', '.join(serving)}, which is not the running {service} container ({mine or 'no address'})")
+
+
+def served_health(healthy: bool, health: str, not_served: str) -> tuple[bool, str]:
+    """A proxied service is healthy for its clients only if the proxy serves its container (pure).
+
+    Its own /health can pass while the host's proxy is down or routes elsewhere: the operator's
+    question, "does it work?", is then no, and `fab status` exits 1 saying why (the route in full
+    is the proxy line under the table).
+    """
+    if healthy and not_served:
+        return False, f"{health}, but not served: {not_served}"
+    return healthy, health
 
 
 def gpu_memory_view(inv: Inventory, host: str, nvml: dict | None) -> list[dict[str, Any]]:
@@ -142,7 +161,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                            "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
                            "healthy": healthy, "health": health, "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
             if inv.fleet.services[s].proxy is not None:
-                services[s]["proxy"] = proxy_route_view(data.get("proxy"), s, c, inv.fleet.reverse_proxy.network)
+                not_served, services[s]["proxy"] = proxy_route(data.get("proxy"), s, c, inv.fleet.reverse_proxy.network)
+                services[s]["healthy"], services[s]["health"] = served_health(healthy, health, not_served)
             if reports is not None and c:
                 rep = reports.get((h, s))
                 services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None

@@ -354,6 +354,22 @@ def test_status_names_the_container_the_proxy_serves_or_what_is_wrong():
     assert "no ready server" in executor.proxy_route_view({"ok": True, "backends": {"web": {"serving": []}}}, "web", c, "fleetroll")
 
 
+def test_a_proxied_service_the_proxy_does_not_serve_is_not_healthy_for_status():
+    """Noticed on the lab: with the host's proxy stopped, fab status called web healthy (exit 0) beside a note that the
+    proxy did not answer. Its clients reach nothing: not healthy, and the reason says so."""
+    from playbooks import status
+
+    c = {"id": "abcdef123456789", "addresses": {"fleetroll": "172.18.0.3"}}
+    down, words = status.proxy_route({"ok": False, "error": "connection refused"}, "web", c, "fleetroll")
+    assert words == "proxy not answering: connection refused"
+    assert status.served_health(True, "healthy", down) == (False, "healthy, but not served: the proxy is not answering")
+    up, words = status.proxy_route({"ok": True, "backends": {"web": {"serving": ["172.18.0.3:8080"]}}}, "web", c, "fleetroll")
+    assert up == "" and words.startswith("-> web (") and status.served_health(True, "healthy", up) == (True, "healthy")
+    elsewhere, _ = status.proxy_route({"ok": True, "backends": {"web": {"serving": ["172.18.0.9:8080"]}}}, "web", c, "fleetroll")
+    assert status.served_health(True, "healthy", elsewhere) == (False, "healthy, but not served: the proxy sends its requests elsewhere")
+    assert status.served_health(False, "no /health answer", down) == (False, "no /health answer")  # its own reason first
+
+
 def test_network_round_trips_through_inspect_and_shows_in_the_diff():
     attrs = {"Config": {"Env": [], "Labels": {}}, "HostConfig": {"NetworkMode": "fleetroll"}, "Name": "/web"}
     assert container_args.from_inspect(attrs)["network"] == "fleetroll"
