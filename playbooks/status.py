@@ -145,28 +145,7 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
             continue
         data = r.answer.get("data") or {}
         containers = {c["name"]: c for c in (data.get("docker") or {}).get("containers", [])}
-        services = {}
-        for s in inv.services_for(None, [h]):
-            want = inv.fleet.services[s].tag
-            c = containers.get(s)
-            probe = (data.get("health") or {}).get(s) or {}
-            if c is None:
-                drift = "not running"
-            elif c.get("tag") != want:
-                drift = f"runs {c.get('tag')}, inventory says {want}"
-            else:
-                drift = ""
-            healthy, health = service_health(c, probe)
-            services[s] = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
-                           "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
-                           "healthy": healthy, "health": health, "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
-            if inv.fleet.services[s].proxy is not None:
-                not_served, services[s]["proxy"] = proxy_route(data.get("proxy"), s, c, inv.fleet.reverse_proxy.network)
-                services[s]["healthy"], services[s]["health"] = served_health(healthy, health, not_served)
-            if reports is not None and c:
-                rep = reports.get((h, s))
-                services[s]["reported_git_sha"] = rep.get("git_sha") if rep else None
-                services[s]["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
+        services = {s: _service_row(inv, h, s, containers.get(s), data, reports) for s in inv.services_for(None, [h])}
         out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last"),
                            "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or [],
                            "gpus": gpu_memory_view(inv, h, data.get("nvml")),
@@ -176,6 +155,30 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
         ledger.observe(h, out["hosts"][h].get("last_rollout"))
     swarm_rows(inv, out, inv.select_hosts(hosts))
     return out
+
+
+def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, reports: dict | None) -> dict[str, Any]:
+    """One service's row of `fab status` from its host's answer (pure)."""
+    want = inv.fleet.services[s].tag
+    probe = (data.get("health") or {}).get(s) or {}
+    if c is None:
+        drift = "not running"
+    elif c.get("tag") != want:
+        drift = f"runs {c.get('tag')}, inventory says {want}"
+    else:
+        drift = ""
+    healthy, health = service_health(c, probe)
+    row = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
+           "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
+           "healthy": healthy, "health": health, "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
+    if inv.fleet.services[s].proxy is not None:
+        not_served, row["proxy"] = proxy_route(data.get("proxy"), s, c, inv.fleet.reverse_proxy.network)
+        row["healthy"], row["health"] = served_health(healthy, health, not_served)
+    if reports is not None and c:
+        rep = reports.get((h, s))
+        row["reported_git_sha"] = rep.get("git_sha") if rep else None
+        row["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
+    return row
 
 
 def swarm_rows(inv: Inventory, out: dict[str, Any], hosts: list[str]) -> None:
