@@ -84,7 +84,7 @@ def host_outcomes(results: dict[str, transport.CallResult]) -> dict[str, dict]:
                 "locked": bool(((r.answer or {}).get("data") or {}).get("locked"))} for h, r in results.items()}
 
 
-def derive_state(hosts: dict[str, dict]) -> tuple[str, list[str]]:
+def derive_state(hosts: dict[str, dict], kind: str = "rollout") -> tuple[str, list[str]]:
     """The state from per-service outcomes the hosts reported, and what needs an operator. Pure.
 
     Only what was observed counts: a host that did not answer, answered without per-service
@@ -114,7 +114,17 @@ def derive_state(hosts: dict[str, dict]) -> tuple[str, list[str]]:
         if not r["ok"] and not any(o in FAILED for o in mine):
             mine.append(Outcome.REFUSED)  # failed before changing anything (an interrupted transaction recovered early)
         outcomes += mine
-    return str(state_of(outcomes, unobserved=bool(needs))), needs
+    state = state_of(outcomes, unobserved=bool(needs))
+    return str(rollback_state(state, outcomes) if kind == "rollback" else state), needs
+
+
+def rollback_state(state: str, outcomes: list[str]) -> str:
+    """A rollback's state (pure): `reverted` is its success, so a service it refused (nothing recorded to go back to,
+    a hard rule) is not hidden behind the others' success: the rollback as a whole is `refused` (3), and the report's
+    lines say which services did go back. (A rollout's revert of other hosts still outranks a refusal: 4.)"""
+    if state == State.REVERTED and Outcome.REFUSED in outcomes:
+        return State.REFUSED
+    return state
 
 
 def _ref(tag: str, digest: str) -> str:
@@ -262,7 +272,7 @@ def conclude(kind: str, report, results: dict[str, transport.CallResult], common
                     for h, r in results.items()}
     all_svcs = [(h, s) for h, r in results.items() for s in services_of(r)]
     report.pins = pins_of(all_svcs)
-    report.state, needs = derive_state(host_outcomes(results))
+    report.state, needs = derive_state(host_outcomes(results), kind)
     report.ok = report.state in ((State.REVERTED, State.NOOP) if kind == "rollback" else (State.COMMITTED, State.NOOP))
     for h, s in all_svcs:
         line = _good_line(kind, h, s)

@@ -549,6 +549,13 @@ def test_derive_state_only_trusts_observed_outcomes():
     assert derive_state({"h1": refused}) == ("refused", [])
     pending = {"answered": True, "ok": False, "services": [{"service": "a", "outcome": "gated"}]}
     assert derive_state({"h1": pending})[0] == "needs-operator"
+    # a rollout that reverted one host and was refused on another ended in rollback (4); a rollback for which
+    # reverted is success must not hide a service it refused (found on the lab: REVERTED, exit 0, "FAILED pc2 embed")
+    assert derive_state({"h1": reverted, "h2": refused})[0] == "reverted"
+    assert derive_state({"h1": reverted, "h2": refused}, "rollback")[0] == "refused"
+    locked = {"answered": True, "ok": False, "locked": True, "services": []}
+    assert derive_state({"h1": reverted, "h2": locked}, "rollback")[0] == "refused"
+    assert derive_state({"h1": reverted}, "rollback")[0] == "reverted"
     codes = [exit_code(s) for s in (["committed"], ["noop"], ["changes-planned"], ["refused"], ["noop", "reverted"],
                                      ["reverted", "needs-operator"], ["refused", "changes-planned"])]
     assert codes == [0, 0, 2, 3, 4, 5, 3]
