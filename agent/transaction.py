@@ -16,7 +16,6 @@ container, proven healthy — and the journal says which. Three rules make it ho
 Kept containers are removed only when the whole host commits, so a later service's failure under `revert-phase`
 restores earlier ones from their kept containers too (gates run concurrently). After a commit, `-prev` still pins the
 old image and the journal and the ledger keep its create configuration, so a later revert recreates it exactly.
-
 If this process dies, the next agent call finishes the job from the journal (recovery.py), with this restore and commit.
 """
 
@@ -248,8 +247,9 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         try:
             if current is not None:
                 self._set_aside(r, current, repo, pin, stop=not start_first)
-            self.j(Step.START_NEW, service, image=new_args["image"], tag=new_args["labels"].get(contract.TAG),
-                   digest=new_args["labels"].get(contract.DIGEST), operator=self.args.get("operator", ""), config=r.tried_config)
+            labels = new_args["labels"]  # made_by: the configuration's own rollout (a revert's or restart's is older)
+            self.j(Step.START_NEW, service, image=new_args["image"], tag=labels.get(contract.TAG), digest=labels.get(contract.DIGEST),
+                   operator=self.args.get("operator", ""), config=r.tried_config, made_by=labels.get(contract.ROLLOUT_ID, ""))
             t1 = time.monotonic()
             new = self._create_start(new_args, service)
             r.new_container = new.id

@@ -54,7 +54,7 @@ def history(service: str, journals: list[list[dict]]) -> list[dict[str, Any]]:
             outcome = "no outcome recorded"
         out.append({"tag": start.get("tag", ""), "digest": start.get("digest", ""), "image": start.get("image", ""),
                     "ts": start.get("ts", 0), "rollout_id": start.get("rollout_id", ""), "operator": head.get("operator") or start.get("operator", ""),
-                    "kind": head.get("kind", "rollout"), "outcome": outcome})
+                    "kind": head.get("kind", "rollout"), "outcome": outcome, "made_by": start.get("made_by", "")})
     return out
 
 
@@ -77,7 +77,8 @@ def config_for(service: str, tag: str, journals: list[list[dict]]) -> tuple[dict
             if (r.get("step") == Step.SET_ASIDE and r.get("service") == service and labels.get(contract.TAG) == tag
                     and labels.get(contract.ROLLOUT_ID) in committed):
                 return cfg, ""
-    return {}, f"{service} {tag} is running now or was never replaced here, so no configuration of it was set aside"
+    return {}, (f"no configuration of {service} {tag} was set aside on this host: it is running now, or it was removed"
+                " without a rollout (its configuration went with it)")
 
 
 def list_versions(service: str) -> list[dict[str, Any]]:
@@ -89,9 +90,14 @@ def find_config(service: str, tag: str) -> tuple[dict, str]:
 
 
 def last_committed_rollout(service: str) -> str:
-    """The rollout that last committed `service` on this host, by the journals ("" if none)."""
+    """The rollout whose configuration the last commit of `service` on this host left running ("" if none).
+
+    A rollout's own; after a rollback or a restart, the rollout that made the configuration they started
+    again (its rollout label, journalled as `made_by`): so a rollback of a container removed by hand goes
+    back from what ran, as it does from a running container's label, not to the release a rollback undid.
+    """
     runs = [v for v in history(service, all_journals()) if v["outcome"].startswith("committed")]
-    return runs[-1]["rollout_id"] if runs else ""
+    return (runs[-1]["made_by"] or runs[-1]["rollout_id"]) if runs else ""
 
 
 def recorded_config(rollout_id: str, service: str) -> dict:

@@ -259,6 +259,24 @@ def _committed(daemon) -> dict:
     return by_service(out)["svc"]
 
 
+def test_a_rollback_of_a_container_removed_by_hand_after_a_rollback_does_not_bring_back_the_undone_release(daemon):
+    """Found by an exploratory run: rollout (r-new), rollback (back on r-old's configuration), the container removed by
+    hand, then `fab rollback` again recreated r-new's configuration: the host's last commit was the rollback, and what
+    it had set aside (r-new's) was taken for what ran before. It goes back from what ran: r-old's configuration, whose
+    own earlier one was never recorded here, so it is refused and nothing is changed."""
+    _committed(daemon)
+    out = run(daemon, [{"action": "revert", "spec": spec(), "expect_rollout_id": "r-new"}], rid="r-new-revert", policy="revert-service")
+    assert by_service(out)["svc"]["outcome"] == "reverted"
+    from agent import versions
+
+    assert versions.last_committed_rollout("svc") == "r-old", "the rollback's commit left r-old's configuration running"
+    daemon.containers.by_id.pop(only(daemon, "svc").id)  # removed by hand
+    out = run(daemon, [{"action": "revert", "spec": spec()}], rid="r-again", policy="revert-service")
+    r = by_service(out)["svc"]
+    assert r["outcome"] == "refused" and r["check"] == "no-recorded-config" and "r-old" in r["message"], r
+    assert not daemon.containers.by_id, "nothing recreated: not the release the first rollback undid"
+
+
 def test_revert_committed_recreates_the_recorded_old_configuration(daemon):
     _committed(daemon)
     rev = {"action": "revert", "spec": spec(), "expect_rollout_id": "r-new"}
