@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from . import container_args, journal, lock
+from . import container_args, contract, journal, lock
 from .answer import answer
 from .container_ops import details_op, exec_op, logs_op, prune_op, remove_op, versions_op  # noqa: F401 - dispatch's, and tests' names
 from .follow import follow_journal as _follow
@@ -163,9 +163,13 @@ def status(args: dict[str, Any]) -> dict:
 
     docker = docker_facts()
     probes = {}
-    addresses = {c["name"]: c.get("addresses") or {} for c in docker.get("containers") or []}
+    running = {c["name"]: c for c in docker.get("containers") or []}
     for svc, h in (args.get("health") or {}).items():
-        addr = addresses.get(svc, {}).get(h.get("network") or "", "")
+        # What runs is probed by the settings it was started with (a rollback may have brought back another port);
+        # the inventory's are for a container that has none recorded.
+        c = running.get(svc) or {}
+        h = container_args.health_of({contract.HEALTH: c.get("health") or ""}, h)
+        addr = (c.get("addresses") or {}).get(h.get("network") or "", "")
         if h.get("network") and not addr:
             probes[svc] = health.Probe(False, f"no container with an address on {h['network']}").__dict__
             continue

@@ -166,7 +166,7 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
     elif c.get("tag") != want:
         drift = f"runs {c.get('tag')}, inventory says {want}"
     else:
-        drift = ""
+        drift = config_drift(inv, s, h, c)
     healthy, health = service_health(c, probe)
     row = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
            "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
@@ -179,6 +179,25 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
         row["reported_git_sha"] = rep.get("git_sha") if rep else None
         row["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
     return row
+
+
+def config_drift(inv: Inventory, s: str, h: str, c: dict) -> str:
+    """Does the container run the inventory's configuration of `s` on `h`? "" if so, else what to do (pure).
+
+    The tag alone hid changed ports, env, volumes, health settings, and the proxy's own routes (a
+    `proxy.listen` edited in a service changes the proxy's configuration, not the service's tag). The
+    container's configuration label is compared with the hash a rollout would give it, for the digest
+    the container runs: the inventory's tag already names that digest here.
+    """
+    from .plan import container_spec, spec_hash
+    from .targets import phase_of_service
+
+    if not c.get("spec_hash") or not c.get("digest"):
+        return "no configuration label (started by hand?)"
+    spec = {k: v for k, v in container_spec(inv, s, h).items() if k not in ("digest", "spec_hash")}
+    if spec_hash(spec, c["digest"]) == c["spec_hash"]:
+        return ""
+    return f"configuration differs from the inventory (how: fab rollout -p {phase_of_service(inv, s)} -n)"
 
 
 def swarm_rows(inv: Inventory, out: dict[str, Any], hosts: list[str]) -> None:

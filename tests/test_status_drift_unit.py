@@ -1,0 +1,54 @@
+"""`fab status` against what runs: configuration drift beyond the tag, and health probed by the container's own settings.
+
+Found by an exploratory run: after `fab rollback` brought back a configuration with another health port, status probed
+the inventory's port and called a healthy container unhealthy; and with ports, env or a proxy's routes changed in the
+inventory, its drift column said `-` because it compared tags only.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent import ops
+from playbooks import status
+from playbooks.inventory import load
+from playbooks.plan import container_spec, spec_hash
+
+from .conftest import ROOT
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.fixture
+def inv():
+    return load(ROOT / "inventory" / "fleet.yml")
+
+
+def _running(inv, service: str, host: str, spec: dict | None = None) -> dict:
+    spec = spec if spec is not None else container_spec(inv, service, host)
+    return {"name": service, "tag": inv.fleet.services[service].tag, "digest": DIGEST, "spec_hash": spec_hash(spec, DIGEST)}
+
+
+def test_a_container_on_the_inventory_s_configuration_has_no_drift_and_one_on_another_does(inv):
+    assert status.config_drift(inv, "rag-api", "pc2", _running(inv, "rag-api", "pc2")) == ""
+    other = {**container_spec(inv, "rag-api", "pc2"), "ports": {"8080/tcp": "9999"}}
+    drift = status.config_drift(inv, "rag-api", "pc2", _running(inv, "rag-api", "pc2", other))
+    assert drift.startswith("configuration differs from the inventory") and "fab rollout -p" in drift and "-n" in drift
+    assert "started by hand" in status.config_drift(inv, "rag-api", "pc2", {"name": "rag-api", "digest": DIGEST})
+
+
+@pytest.mark.usefixtures("host_state")
+def test_status_probes_a_container_by_the_health_settings_it_was_started_with(monkeypatch):
+    from agent import facts, health
+
+    label = json.dumps({"path": "/health", "port": 8101, "healthy_deadline": 30})
+    monkeypatch.setattr(facts, "docker_facts", lambda: {"ok": True, "containers": [
+        {"name": "rag-api", "health": label, "addresses": {}}, {"name": "embed", "health": "", "addresses": {}}]})
+    urls = []
+    monkeypatch.setattr(health, "probe", lambda url, timeout: (urls.append(url), health.Probe(True, "ok"))[1])
+    monkeypatch.setattr(ops.lock, "read", lambda: None)
+    inventory_says = {"path": "/health", "port": 8102}
+    ops.status({"health": {"rag-api": inventory_says, "embed": {"path": "/health", "port": 8200}}})
+    assert urls == ["http://127.0.0.1:8101/health", "http://127.0.0.1:8200/health"], urls
