@@ -175,6 +175,19 @@ def spec_hash(spec: dict[str, Any], digest: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def runs_inventory_config(inv: Inventory, service: str, host: str, container: dict[str, Any]) -> bool | None:
+    """Does this container (a facts summary) run the inventory's configuration of `service` on `host`? (pure)
+
+    Its configuration label against the hash a rollout would give it for the digest it runs; None
+    when it has no label (started by hand). The tag is compared by whoever asks: here it is the
+    configuration around it (ports, env, volumes, health, a proxy's routes).
+    """
+    if not container.get("spec_hash") or not container.get("digest"):
+        return None
+    spec = {k: v for k, v in container_spec(inv, service, host).items() if k not in ("digest", "spec_hash")}
+    return spec_hash(spec, container["digest"]) == container["spec_hash"]
+
+
 def build_plan(
     inv: Inventory,
     phase: str,

@@ -14,6 +14,7 @@ from typing import Any
 from agent import contract
 
 from .inventory import Inventory, parse_version, tag_problem
+from .plan import runs_inventory_config
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 ARCH_LABEL = contract.ARCH
@@ -153,6 +154,12 @@ def _proxy_checks(inv: Inventory, host: str, phase: str | None, services: list[s
         return [Check(host, "proxy", FAIL, f"the proxy {rp.service} here has no backend for {', '.join(missing)}: it was"
                                            " started before they were put behind it",
                       f"roll out the proxy's phase again (its configuration lists them): fab rollout --phase {fix_phase}")]
+    running = next((c for c in (facts.get("docker") or {}).get("containers", []) if c.get("name") == rp.service), None)
+    if running is not None and runs_inventory_config(inv, rp.service, host, running) is False:
+        # A service's proxy.listen (or another proxied service) changed: its rollout commits, the proxy still routes as before.
+        return [Check(host, "proxy", WARN, f"the proxy {rp.service} here runs a configuration other than the inventory's (a listen"
+                                           f" port or a route changed): what it serves for {', '.join(behind)} follows the"
+                                           " inventory only once it is rolled out", f"fab rollout --phase {fix_phase} (-n shows the change)")]
     return [Check(host, "proxy", PASS, f"{rp.service} answers, with a backend for {', '.join(behind)}")]
 
 

@@ -189,15 +189,13 @@ def config_drift(inv: Inventory, s: str, h: str, c: dict) -> str:
     container's configuration label is compared with the hash a rollout would give it, for the digest
     the container runs: the inventory's tag already names that digest here.
     """
-    from .plan import container_spec, spec_hash
+    from .plan import runs_inventory_config
     from .targets import phase_of_service
 
-    if not c.get("spec_hash") or not c.get("digest"):
+    same = runs_inventory_config(inv, s, h, c)
+    if same is None:
         return "no configuration label (started by hand?)"
-    spec = {k: v for k, v in container_spec(inv, s, h).items() if k not in ("digest", "spec_hash")}
-    if spec_hash(spec, c["digest"]) == c["spec_hash"]:
-        return ""
-    return f"configuration differs from the inventory (how: fab rollout -p {phase_of_service(inv, s)} -n)"
+    return "" if same else f"configuration differs from the inventory (how: fab rollout -p {phase_of_service(inv, s)} -n)"
 
 
 def swarm_rows(inv: Inventory, out: dict[str, Any], hosts: list[str]) -> None:

@@ -398,6 +398,29 @@ def test_preflight_refuses_services_behind_a_proxy_that_does_not_answer_or_lacks
     assert proxy_check(inv, "pc2", "edge", {}) == []  # nothing behind the proxy in that phase
 
 
+def test_preflight_warns_when_the_proxy_runs_another_configuration_than_the_inventory_s(tmp_path):
+    """Found by an exploratory run: web's proxy.listen 18080 -> 18081 and `fab rollout -p web` committed, status said
+    healthy, and 18081 refused connections: the listen port is the proxy's configuration, applied by its own phase."""
+    from playbooks.plan import container_spec, spec_hash
+    from playbooks.preflight import _proxy_checks
+
+    inv = load(write(tmp_path, FLEET))
+    digest = "sha256:" + "cd" * 32
+    spec = container_spec(inv, "edge", "pc2")
+    proxy = {"name": "edge", "digest": digest, "spec_hash": spec_hash(spec, digest)}
+    view = {"ok": True, "backends": {"web": {}}}
+
+    def check(container):
+        return _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), {"proxy": view, "docker": {"containers": [container]}})
+
+    assert [c.status for c in check(proxy)] == ["pass"]
+    old_routes = {**proxy, "spec_hash": spec_hash({**spec, "env": {**spec["env"], "FLEETROLL_PROXY_CONFIG": "listen 18080"}}, digest)}
+    [c] = check(old_routes)
+    assert c.status == "warn" and "runs a configuration other than the inventory's" in c.detail and "web" in c.detail
+    assert c.fix.startswith("fab rollout --phase edge")
+    assert [c.status for c in check({"name": "edge"})] == ["pass"], "no label (started by hand): not this check's to judge"
+
+
 def test_preflight_wants_the_proxy_before_the_services_behind_it_in_one_phase(tmp_path):
     fleet = write(tmp_path, FLEET)
     (tmp_path / "phases.yml").write_text("phases:\n  - {name: all, services: [web, edge, llm, plain]}\n")
