@@ -11,7 +11,6 @@ import json
 import os
 import re
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -238,45 +237,6 @@ def image_store(info: dict) -> str:
     return "containerd" if "containerd" in str(status.get("driver-type", "")) else "classic"
 
 
-def config_diffs(specs: dict[str, dict], inspected: dict[str, dict] | None = None) -> dict[str, list[str]]:
-    """Per planned service: how its running container's configuration differs from the plan (names only, no values).
-
-    `inspected`: the inspects docker_facts just read in this call, by container name; only a name not among
-    them is asked for again. Each image is inspected once however many services run it.
-    """
-    from . import container_args, engine
-
-    if any(spec.get("role") == "proxy" for spec in specs.values()):
-        from . import proxy
-
-        specs = {name: proxy.host_spec(spec, create=False) for name, spec in specs.items()}
-    inspected = inspected or {}
-    eng = engine.require_engine()
-    out: dict[str, list[str]] = {}
-    image_envs: dict[str, dict[str, str]] = {}
-    with eng:
-        for name, spec in specs.items():
-            attrs = inspected.get(name)
-            if attrs is None:
-                try:
-                    attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
-                except engine.EngineError as exc:
-                    if exc.status == 404:
-                        continue
-                    raise
-            if attrs["Image"] not in image_envs:
-                try:
-                    image_envs[attrs["Image"]] = _env_of(eng.get(f"/images/{attrs['Image']}/json"))
-                except engine.EngineError:
-                    image_envs[attrs["Image"]] = {}
-            out[name] = container_args.diff(container_args.from_inspect(attrs), spec, image_envs[attrs["Image"]])
-    return out
-
-
-def _env_of(image_attrs: dict) -> dict[str, str]:
-    return dict(e.partition("=")[::2] for e in (image_attrs.get("Config") or {}).get("Env") or [])
-
-
 def _on_path(name: str) -> str | None:
     """shutil.which for one plain name, without importing shutil (and its bz2 and lzma) on every facts call."""
     search = os.environ.get("PATH")
@@ -391,6 +351,11 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("proxy") and docker.get("ok"):
         out["proxy"] = proxy_view()
     if args.get("diff_specs") and docker.get("ok"):
-        out["diffs"] = config_diffs(args["diff_specs"], inspected)
+        foreign: dict[str, dict] = {}
+        from .container_diffs import config_diffs
+
+        out["diffs"] = config_diffs(args["diff_specs"], inspected, foreign)
+        if foreign:
+            out["foreign"] = foreign
     out["elapsed_s"] = round(time.monotonic() - t0, 3)
     return out

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 import traceback
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -205,7 +206,29 @@ def status(args: dict[str, Any]) -> dict:
         gpu = nvml()
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
                    {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector,
-                    "freezes": all_freezes(), "nvml": gpu, "proxy": proxied})
+                    "freezes": all_freezes(), "nvml": gpu, "proxy": proxied,
+                    "foreign": _foreign([s for s in args.get("health") or {} if s not in running]) if docker.get("ok") else {}})
+
+
+def _foreign(names: list[str]) -> dict[str, dict]:
+    """Of services with no fleetroll container here, those whose name a container fleetroll did not start holds."""
+    from . import engine
+    from .container_diffs import foreign_summary
+
+    out: dict[str, dict] = {}
+    if not names:
+        return out
+    with engine.require_engine() as eng:
+        for name in names:
+            try:
+                attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
+            except engine.EngineError as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            if ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.MANAGED) != "true":
+                out[name] = foreign_summary(attrs)
+    return out
 
 
 def _collector_services(port: int) -> dict:

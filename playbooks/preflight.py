@@ -122,6 +122,10 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
     checks += _image_checks(inv, host, services, cc, facts.get("images") or {})
     checks += _port_checks(inv, host, services, facts)
     checks += _proxy_checks(inv, host, phase, services, facts)
+    for name, c in sorted((facts.get("foreign") or {}).items()):  # a rollout refuses to touch it (foreign-container)
+        checks.append(Check(host, "names", FAIL, f"{name} here is a container fleetroll did not start ({c.get('image') or '?'},"
+                            f" {c.get('status') or '?'}, {c.get('id') or '?'}): a rollout will not stop or replace it",
+                            f"remove or rename it yourself (docker rm -f {name}, or docker rename {name} {name}-by-hand), then roll out"))
     busy = facts.get("busy") or {}
     if busy and not busy.get("unsafe"):  # a rollout now would be refused (rollout.in_motion); what is read here is in motion
         checks.append(Check(host, "transaction", WARN, f"rollout {busy.get('rollout_id') or '?'} runs here now ({busy.get('holder')},"

@@ -168,8 +168,12 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
     else:
         drift = config_drift(inv, s, h, c)
     healthy, health = service_health(c, probe)
+    alien = (data.get("foreign") or {}).get(s) if c is None else None
+    if alien:  # the name is held by a container a rollout will not touch: say so, not "no container"
+        health = f"a container fleetroll did not start holds the name ({alien.get('image')}, {alien.get('id')})"
+        drift = "not fleetroll's: remove or rename it, then roll out"
     row = {"tag": c.get("tag") if c else None, "digest": c.get("digest") if c else None,
-           "status": c.get("status") if c else "absent", "restarts": c.get("restart_count", 0) if c else 0,
+           "status": c.get("status") if c else (f"foreign, {alien.get('status')}" if alien else "absent"), "restarts": c.get("restart_count", 0) if c else 0,
            "healthy": healthy, "health": health, "drift": drift, "rollout_id": c.get("rollout_id") if c else None}
     if inv.fleet.services[s].proxy is not None:
         not_served, row["proxy"] = proxy_route(data.get("proxy"), s, c, inv.fleet.reverse_proxy.network)

@@ -399,7 +399,7 @@ def test_no_daemon_is_unreachable_and_a_tcp_docker_host_is_refused_by_name(tmp_p
 def test_facts_read_the_daemon_with_one_info_and_one_inspect_per_container_and_image(fake, monkeypatch):
     """dockerd runs runc and docker-init for each /version and /info: facts ask /info only (its version, the
     Api-Version header), and the plan's diffs reuse the containers facts just inspected, one image inspect each."""
-    from agent import facts
+    from agent import container_diffs, facts
 
     client, state = fake
     monkeypatch.setenv("DOCKER_HOST", f"unix://{client.engine.path}")
@@ -416,12 +416,18 @@ def test_facts_read_the_daemon_with_one_info_and_one_inspect_per_container_and_i
     assert sorted(c["name"] for c in got["containers"]) == ["a", "b"] and sorted(inspected) == ["a", "b"]
     specs = {n: {"name": n, "repo": "reg:5000/lab/svc", "tag": "1", "ports": {}, "env": {}, "volumes": [], "user": "10001:10001",
                  "gpus": 0, "restart": "unless-stopped", "stop_timeout": 7} for n in ("a", "b", "c")}
-    diffs = facts.config_diffs(specs, inspected)
+    diffs = container_diffs.config_diffs(specs, inspected)
     assert sorted(diffs) == ["a", "b"]  # c has no container: nothing to compare
     paths = [p for _m, p, _q, _b in state.seen]
     assert "/version" not in paths and paths.count("/info") == 1
     assert paths.count("/containers/c/json") == 1  # only the one facts had not inspected
     assert [p for p in paths if p.startswith("/images/")] == [f"/images/{IMAGE_ID}/json"]
+    # a container fleetroll did not start under a planned name: no diff against it, named as foreign (found on the lab:
+    # the dry run said "create … not running yet" beside a diff read off the hand-made container)
+    create(client, {**ARGS, "name": "c", "image": "reg:5000/lab/svc:1", "labels": {}})
+    foreign: dict[str, dict] = {}
+    diffs = container_diffs.config_diffs(specs, inspected, foreign)
+    assert sorted(diffs) == ["a", "b"] and list(foreign) == ["c"] and foreign["c"]["id"], foreign
 
 
 def test_a_host_without_gpus_is_read_without_info_unless_nothing_else_names_the_root(fake, monkeypatch):

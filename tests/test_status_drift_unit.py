@@ -52,3 +52,19 @@ def test_status_probes_a_container_by_the_health_settings_it_was_started_with(mo
     inventory_says = {"path": "/health", "port": 8102}
     ops.status({"health": {"rag-api": inventory_says, "embed": {"path": "/health", "port": 8200}}})
     assert urls == ["http://127.0.0.1:8101/health", "http://127.0.0.1:8200/health"], urls
+
+
+def test_a_container_fleetroll_did_not_start_under_a_service_s_name_is_named_by_status_and_fails_preflight(inv):
+    """Found by an exploratory run: with core-mainpc replaced by a hand-made container, status said 'absent … no
+    container', preflight passed and the dry run planned a create; the real rollout was then refused (exit 3)."""
+    from playbooks.preflight import FAIL, evaluate
+
+    alien = {"image": "busybox:latest", "status": "running", "id": "fe1e940372a7"}
+    row = status._service_row(inv, "pc2", "rag-api", None, {"foreign": {"rag-api": alien}}, None)
+    assert row["status"] == "foreign, running" and not row["healthy"] and "fleetroll did not start" in row["health"]
+    assert "fe1e940372a7" in row["health"] and row["drift"].startswith("not fleetroll's")
+    assert status._service_row(inv, "pc2", "rag-api", None, {}, None)["status"] == "absent"
+    facts = {"docker": {"ok": True, "containers": []}, "disk": {"free_gb": 100, "path": "/"}, "foreign": {"rag-api": alien}}
+    names = [c for c in evaluate(inv, "pc2", None, facts) if c.check == "names"]
+    assert [c.status for c in names] == [FAIL] and "rag-api here is a container fleetroll did not start" in names[0].detail
+    assert "docker rm -f rag-api" in names[0].fix
