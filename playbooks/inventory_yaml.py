@@ -118,15 +118,43 @@ def _line_for(lines: dict, loc: tuple) -> int:
     return lines.get(loc, 1)
 
 
+# A value that may be one of several types fails once per type, each under its type's name (pydantic's union
+# branches): one line per field, in the inventory's words, instead.
+_BRANCHES = {"str": "a string", "int": "a whole number", "SecretRef": "a secret reference ({secret: NAME})",
+             "literal['all']": "'all'"}
+
+
+def _one_per_union(errors: list[dict]) -> list[dict]:
+    """Fold the errors of one field's union branches (loc ending in a branch name) into one error about the field."""
+    out: list[dict] = []
+    groups: dict[tuple, list[dict]] = {}
+    for e in errors:
+        loc = tuple(e["loc"])
+        if len(loc) > 1 and str(loc[-1]) in _BRANCHES:
+            groups.setdefault(loc[:-1], []).append(e)
+        else:
+            out.append(e)
+    for loc, es in groups.items():
+        if len(es) == 1:
+            out.append(es[0])
+            continue
+        wanted = " or ".join(_BRANCHES[str(x["loc"][-1])] for x in es)
+        scalar = isinstance(es[0].get("input"), (int, float, bool))
+        fix = (f"quote it ({loc[-1]}: \"{es[0].get('input')}\"), or give {wanted.split(' or ')[-1]}" if scalar and "env" in loc
+               else "correct the value")
+        out.append({"loc": loc, "msg": f"must be {wanted}", "type": "union", "input": es[0].get("input"), "fix": fix})
+    return out
+
+
 def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
     out = []
-    for e in err.errors():
+    for e in _one_per_union(err.errors()):
         loc = tuple(e["loc"])
         # A name that fails its pattern is shown quoted (a newline in it must not start a line here).
         field = ".".join(str(p) if contract.NAME_RE.fullmatch(str(p)) or isinstance(p, int) else repr(p)
                          for p in loc if p != "[key]") or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        fix = _FIXES.get(e["type"], "correct the value")
+        fix = e.get("fix") or _FIXES.get(e["type"], "correct the value")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1, cutoff=0.6)

@@ -72,6 +72,16 @@ def test_wrong_type(tmp_path):
     assert "hosts.pc2.port" in out[0] and ":10:" in out[0] and "twenty-two" in out[0]
 
 
+def test_a_value_of_the_wrong_type_for_a_union_field_is_one_line_in_the_inventory_s_words(tmp_path):
+    """Found by an exploratory run: env {MACHINE: 42} gave two lines naming pydantic's union branches
+    (env.'MACHINE'.str, env.'MACHINE'.'SecretRef')."""
+    out = problems(tmp_path, BASE.replace("    health: {port: 8080}\n", "    health: {port: 8080}\n    env: {MACHINE: 42}\n"))
+    assert len(out) == 1 and ".str" not in out[0] and "SecretRef" not in out[0], out
+    assert "must be a string or a secret reference ({secret: NAME}) (got 42)" in out[0] and 'quote it (MACHINE: "42")' in out[0]
+    out = problems(tmp_path, BASE.replace("    health: {port: 8080}\n", "    health: {port: 8080}\n    gpus: two\n"))
+    assert len(out) == 1 and "services.api.gpus: must be a whole number or 'all' (got 'two')" in out[0], out
+
+
 @pytest.mark.parametrize("tag", ["latest", "2025-08-17-abc1234", "20250817-ABC1234", "20250817-abc12", "20251340-abc1234"])
 def test_bad_tags_refused(tmp_path, tag):
     out = problems(tmp_path, BASE.replace("20250817-abc1234", tag))
