@@ -117,6 +117,7 @@ class Record(StrEnum):
     RECOVERED = "recovered"  # a later call found the host's interrupted transaction and finished it
     OBSERVED = "observed"  # a later fab status read how the host ended a rollout the controller never finished
     UNLOCKED = "unlocked"  # an operator's fab unlock --force stopped the rollout's live transaction on a host
+    REMOVED = "removal"  # fab remove took a service's containers off a host (its own row in fab history)
 
 
 # Per-service outcome transitions, as data: from each outcome, what it may become next.

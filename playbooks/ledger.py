@@ -105,12 +105,17 @@ def rollouts() -> list[dict]:
     by_id: dict[str, dict] = {}
     for rec in read():
         rid = rec.get("rollout_id")
+        if rec.get("kind") == _OLD_REMOVAL:
+            rec = {**rec, "kind": Record.REMOVED}
         if not rid or rec.get("kind") not in set(Record):
             continue
         if rec["kind"] == Record.UNLOCKED:  # said whether or not the controller finished: the host's work was cut short
             if rid in by_id:  # else the lock was held by something else than this ledger's rollouts (a recovery, a remove)
                 by_id[rid].setdefault("_unlocks", []).append(f"its transaction on {rec.get('host')} was stopped by fab unlock"
                                                              f" --force ({rec.get('by')}, {rec['time']}: {rec.get('reason')!r})")
+            continue
+        if rec["kind"] == Record.REMOVED:
+            by_id[rid] = _removal(rec)
             continue
         entry = by_id.setdefault(rid, {"rollout_id": rid, "final": "unfinished (controller stopped before the end)"})
         if rec["kind"] in (Record.OBSERVED, Record.RECOVERED):
@@ -149,6 +154,18 @@ def rollouts() -> list[dict]:
         elif entry.get("interruption"):
             entry["final"] = "interrupted by the operator (hosts finished on their own; see fab status)"
     return list(by_id.values())
+
+
+_OLD_REMOVAL = "remove"  # the kind a removal had in ledgers written before it was a row of fab history
+
+
+def _removal(rec: dict) -> dict:
+    """A `fab remove` as a row of fab history: what went, from where, forced or not, and why."""
+    gone = ", ".join(f"{x.get('name', '?')} {x.get('id', '')}".strip() if isinstance(x, dict) else str(x) for x in rec.get("removed") or [])
+    why = f"; reason: {rec['reason']!r}" if rec.get("reason") else ""
+    return {"rollout_id": rec["rollout_id"], "started": rec.get("time"), "finished": rec.get("time"), "operator": rec.get("operator", ""),
+            "phase": f"({rec.get('service')})", "final": "removed" if gone else "nothing removed",
+            "note": f"fab remove{' --force' if rec.get('forced') else ''} on {rec.get('host')}: {gone or 'nothing there'}{why}"}
 
 
 def redaction_key() -> bytes:

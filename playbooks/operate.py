@@ -229,11 +229,15 @@ def remove(inv: Inventory, service: str, host: str, reason: str = "", force: boo
             would = _removal_answer(host, transport.on_hosts(inv, [host], "remove", lambda h: {**args, "dry_run": True},
                                                              timeout=60, pool=pool)[host]).get("would_remove") or []
             if not would:
-                return {"host": host, "service": service, "removed": [], "msg": f"no container of {service} here; nothing to remove"}
+                raise RolloutError(_nothing_there(host, service))
             confirm(would)
         data = _removal_answer(host, transport.on_hosts(inv, [host], "remove", lambda h: args, timeout=180, pool=pool)[host])
+    if not data.get("removed"):  # a name that is nowhere there (a typo?) is an error, as a --service naming nothing is
+        raise RolloutError(_nothing_there(host, service))
     out = {"host": host, "service": service, "rollout_id": rid, **data}
-    ledger.append("remove", rollout_id=rid, host=host, service=service, operator=operator(), reason=reason,
+    from agent.vocabulary import Record
+
+    ledger.append(Record.REMOVED, rollout_id=rid, host=host, service=service, operator=operator(), reason=reason,
                   removed=out.get("removed", []), forced=bool(force and service in inv.services_for(None, [host])))
     return out
 
@@ -242,6 +246,10 @@ def remove_question(service: str, host: str, would: list[dict[str, str]]) -> str
     """What `fab remove` asks, naming each container it would take (pure)."""
     return (f"remove {service} from {host} for good ("
             + "; ".join(f"{c['name']} {c['id']} {c.get('tag') or 'untagged'} {c.get('status', '')}".rstrip() for c in would) + ")?")
+
+
+def _nothing_there(host: str, service: str) -> str:
+    return f"{host}: no container of {service} here; nothing was removed (fab status -H {host} lists what runs there, orphans too)"
 
 
 def _removal_answer(host: str, r: transport.CallResult) -> dict[str, Any]:

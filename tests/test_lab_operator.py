@@ -371,7 +371,7 @@ def test_a_service_dropped_from_the_inventory_shows_as_an_orphan_and_fab_remove_
         assert r.returncode == 0 and "mainpc: removed old-api" in r.stdout, r.stdout + r.stderr
         assert "old-api" not in [c.name for c in cl.containers.list(all=True)]
         assert "ORPHAN old-api" not in fab("status", "-H", "mainpc", "-i", lab.inventory).stdout
-        assert any(x["kind"] == "remove" and x["service"] == "old-api" for x in ledger.read())
+        assert any(x["kind"] == "removal" and x["service"] == "old-api" for x in ledger.read())
     finally:
         for name in ("old-api", "hand-made"):
             try:

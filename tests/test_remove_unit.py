@@ -42,7 +42,7 @@ def test_a_service_the_ssh_push_still_places_there_is_refused_without_asking_the
 def test_force_removes_it_and_the_ledger_says_it_was_forced(inv, asked):
     out = operate.remove(inv, "api", "pc2", reason="replaced by hand", force=True)
     assert out["removed"] == ["api"] and asked == [(["pc2"], "remove")]
-    rec = [r for r in ledger.read() if r["kind"] == "remove"][-1]
+    rec = [r for r in ledger.read() if r["kind"] == "removal"][-1]
     assert (rec["service"], rec["forced"], rec["reason"]) == ("api", True, "replaced by hand")
 
 
@@ -50,7 +50,7 @@ def test_the_container_a_move_to_swarm_leaves_behind_goes_without_force(inv, ask
     # web's phase runs on Swarm: the container pushed over SSH is what moving the phase leaves, not what it places
     out = operate.remove(inv, "web", "mainpc")
     assert out["removed"] == ["web"] and asked == [(["mainpc"], "remove")]
-    assert [r for r in ledger.read() if r["kind"] == "remove"][-1]["forced"] is False
+    assert [r for r in ledger.read() if r["kind"] == "removal"][-1]["forced"] is False
 
 
 def test_an_orphan_goes_without_force(inv, asked):
@@ -82,9 +82,13 @@ def test_without_yes_the_host_is_asked_first_and_nothing_there_is_said_without_a
         return {h: transport.CallResult(h, True, {"protocol": transport.PROTOCOL, "ok": True, "msg": "", "data": data}) for h in hosts}
 
     monkeypatch.setattr(transport, "on_hosts", on_hosts)
-    out = operate.remove(inv, "nosuch", "pc2", confirm=lambda w: questions.append(w))
-    assert calls == [("remove", True)] and questions == [] and out["removed"] == [] and "nothing to remove" in out["msg"]
-    assert not [r for r in ledger.read() if r["kind"] == "remove"], "nothing was done: nothing recorded"
+    with pytest.raises(RolloutError, match="pc2: no container of nosuch here; nothing was removed"):  # a typo: exit 1
+        operate.remove(inv, "nosuch", "pc2", confirm=lambda w: questions.append(w))
+    assert calls == [("remove", True)] and questions == []
+    assert not [r for r in ledger.read() if r["kind"] == "removal"], "nothing was done: nothing recorded"
+    with pytest.raises(RolloutError, match="nothing was removed"):  # --yes: the host finds nothing either
+        operate.remove(inv, "nosuch", "pc2")
+    assert not [r for r in ledger.read() if r["kind"] == "removal"]
 
     calls.clear()
     out = operate.remove(inv, "old-api", "pc2", confirm=lambda w: questions.append(operate.remove_question("old-api", "pc2", w)))
@@ -99,3 +103,18 @@ def test_without_yes_the_host_is_asked_first_and_nothing_there_is_said_without_a
     with pytest.raises(SystemExit):
         operate.remove(inv, "old-api", "pc2", confirm=no)
     assert calls == [("remove", True)], "declined: only the read-only question reached the host"
+
+
+def test_a_remove_is_a_row_of_fab_history(inv, asked):
+    """Found by an exploratory run: the ledger held the remove record, fab history and history -j did not show it."""
+    operate.remove(inv, "api", "pc2", reason="replaced by hand", force=True)
+    row = [e for e in ledger.rollouts() if e["final"] == "removed"]
+    assert len(row) == 1 and row[0]["phase"] == "(api)" and row[0]["operator"], row
+    assert row[0]["note"] == "fab remove --force on pc2: api; reason: 'replaced by hand'"
+
+
+def test_a_removal_an_older_version_recorded_is_a_row_of_fab_history_too(inv, asked):
+    ledger.append("remove", rollout_id="r-old-remove", host="pc2", service="api", operator="op", reason="", removed=["api"],
+                  forced=False)
+    row = [e for e in ledger.rollouts() if e["rollout_id"] == "r-old-remove"]
+    assert row and row[0]["final"] == "removed" and row[0]["note"] == "fab remove on pc2: api", row
