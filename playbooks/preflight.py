@@ -78,8 +78,9 @@ def image_contract(info: dict[str, Any], cc: str | None, wants_gpu: bool) -> lis
     return out
 
 
-def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any] | None, error: str = "") -> list[Check]:
-    """All checks for one host given its facts (None when the agent could not be reached)."""
+def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any] | None, error: str = "",
+             ahead: tuple[str, ...] = ()) -> list[Check]:
+    """All checks for one host given its facts (None when the agent could not be reached); `ahead`: see _proxy_checks."""
     if facts is None:
         return [Check(host, "ssh", FAIL, error or "no answer", "fix SSH access, then re-run fab preflight")]
     checks = [Check(host, "ssh", PASS, "reachable, host key trusted")]
@@ -121,7 +122,7 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
 
     checks += _image_checks(inv, host, services, cc, facts.get("images") or {})
     checks += _port_checks(inv, host, services, facts)
-    checks += _proxy_checks(inv, host, phase, services, facts)
+    checks += _proxy_checks(inv, host, phase, services, facts, ahead)
     for name, c in sorted((facts.get("foreign") or {}).items()):  # a rollout refuses to touch it (foreign-container)
         checks.append(Check(host, "names", FAIL, f"{name} here is a container fleetroll did not start ({c.get('image') or '?'},"
                             f" {c.get('status') or '?'}, {c.get('id') or '?'}): a rollout will not stop or replace it",
@@ -133,11 +134,25 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
     return checks
 
 
-def _proxy_checks(inv: Inventory, host: str, phase: str | None, services: list[str], facts: dict[str, Any]) -> list[Check]:
+def _proxy_checks(inv: Inventory, host: str, phase: str | None, services: list[str], facts: dict[str, Any],
+                  ahead: tuple[str, ...] = ()) -> list[Check]:
     """Services behind the proxy need it answering here, with a backend for each, before anything stops.
 
-    The proxy's own phase is checked by order instead (it must come before the services behind it).
+    The proxy's own phase is checked by order instead (it must come before the services behind it). In a
+    `--all` dry run whose earlier phases (`ahead`) include the proxy's, what the proxy lacks now is what that
+    phase would bring: said as a warning, not a refusal the real run would not meet.
     """
+    checks = _proxy_now(inv, host, phase, services, facts)
+    fix_phase = next((p.name for p in inv.phases if inv.fleet.reverse_proxy and inv.fleet.reverse_proxy.service in p.services), "")
+    if fix_phase and fix_phase in ahead:
+        for c in checks:
+            if c.status in (FAIL, WARN):
+                c.status, c.detail = WARN, f"{c.detail} (phase {fix_phase}, earlier in this run, rolls the proxy out first)"
+    return checks
+
+
+def _proxy_now(inv: Inventory, host: str, phase: str | None, services: list[str], facts: dict[str, Any]) -> list[Check]:
+    """_proxy_checks against the proxy as it runs now."""
     rp = inv.fleet.reverse_proxy
     behind = [s for s in services if inv.fleet.services[s].proxy is not None]
     if rp is None or not behind:

@@ -86,8 +86,12 @@ def _rollout(
     confirm: Callable[[Plan], bool] | None = None,
     progress: Callable[[str, dict], None] | None = None,
     failpoint: dict | None = None,
+    ahead: tuple[str, ...] = (),
 ) -> RolloutReport:
-    """failpoint (tests only): {"after": step, "service": name} makes the host transaction stop dead there."""
+    """failpoint (tests only): {"after": step, "service": name} makes the host transaction stop dead there.
+
+    ahead: the phases a `--all` dry run has planned before this one (they would run first).
+    """
     if on_failure not in POLICIES:
         raise RolloutError(f"--on-failure must be one of {', '.join(POLICIES)}, not {on_failure!r}")
     targets.check(inv, phase, hosts)
@@ -95,7 +99,7 @@ def _rollout(
         from .swarm.deploy import rollout_swarm
 
         return rollout_swarm(inv, phase, pool, hosts, dry_run, max_parallel, on_failure, confirm, progress, failpoint)
-    ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress)
+    ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress, ahead)
     ro.failpoint = failpoint
     ro.report.timings = pool.times  # the pool's own dict: every later call of this command counts in it
     if dry_run or not ro.plan.changes or not ro.report.preflight.ok:
@@ -113,11 +117,12 @@ def _rollout(
     return _record(ro, results)
 
 
-def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_parallel, policy: str, progress) -> _Rollout:
+def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_parallel, policy: str, progress,
+            ahead: tuple[str, ...] = ()) -> _Rollout:
     """Preflight (which also recovers interrupted transactions on each host), plan, security gate."""
     t0 = time.monotonic()
     inv.phase(phase)
-    pre = run_preflight(inv, phase, hosts, max_parallel, pool=pool)
+    pre = run_preflight(inv, phase, hosts, max_parallel, pool=pool, ahead=ahead)
     plan = build_plan(inv, phase, pre.facts, hosts)
     report = RolloutReport(plan.rollout_id, phase, False, "refused", plan, pre, agent_calls=len(pre.hosts))
     report.messages += recovered_notes(pre.calls)
@@ -345,7 +350,9 @@ def rollout_all(inv: Inventory, **kw) -> list[RolloutReport]:
     """Every phase in order; a phase starts only when the one before succeeded."""
     reports = []
     for ph in inv.phases:
-        rep = rollout(inv, ph.name, **kw)
+        # A dry run changes nothing: a later phase is judged knowing which phases before it this run would roll out.
+        ahead = tuple(p.name for p in inv.phases[: len(reports)]) if kw.get("dry_run") else ()
+        rep = rollout(inv, ph.name, **kw, ahead=ahead)
         reports.append(rep)
         if not rep.ok:
             rep.messages.append(f"later phases not started: {', '.join(p.name for p in inv.phases[len(reports):]) or '(none)'}")

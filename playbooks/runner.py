@@ -35,7 +35,7 @@ class PreflightReport:
 
 def run_preflight(
     inv: Inventory, phase: str | None = None, hosts: list[str] | None = None, max_parallel: int | None = None,
-    pool: transport.Pool | None = None,
+    pool: transport.Pool | None = None, ahead: tuple[str, ...] = (),
 ) -> PreflightReport:
     t0 = time.monotonic()
     targets = inv.select_hosts(hosts, phase)
@@ -43,7 +43,7 @@ def run_preflight(
         # A session answers as soon as its answer line is written; a one-off exec also waits for the remote
         # interpreter to exit, which on every host is time the operator waits for nothing.
         with transport.Pool() as own:
-            return run_preflight(inv, phase, hosts, max_parallel, own)
+            return run_preflight(inv, phase, hosts, max_parallel, own, ahead)
     calls = transport.on_hosts(
         inv, targets, "facts", lambda h: preflight.request_args(inv, h, phase), max_parallel=max_parallel, timeout=60, pool=pool
     )
@@ -54,7 +54,7 @@ def run_preflight(
         data = r.answer.get("data") if r.ok and r.answer else None
         if data is not None:
             facts[h] = data
-        checks += preflight.evaluate(inv, h, phase, data, r.error)
+        checks += preflight.evaluate(inv, h, phase, data, r.error, ahead)
     report = PreflightReport(phase, targets, checks, facts, calls, time.monotonic() - t0)
     if phase and inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # nodes and the stack's own ports: a manager says
         from .swarm import checks as swarm_checks

@@ -421,6 +421,19 @@ def test_preflight_warns_when_the_proxy_runs_another_configuration_than_the_inve
     assert [c.status for c in check({"name": "edge"})] == ["pass"], "no label (started by hand): not this check's to judge"
 
 
+def test_a_dry_run_of_every_phase_warns_where_an_earlier_phase_of_the_run_brings_the_proxy(tmp_path):
+    """Found by an exploratory run: `fab rollout --all -n` on a fresh fleet refused phase web (exit 3) because the proxy did
+    not answer yet, though phase edge, earlier in that very run, would roll it out; the real --all does not meet that."""
+    from playbooks.preflight import _proxy_checks
+
+    inv = load(write(tmp_path, FLEET))
+    down = {"proxy": {"ok": False, "error": "the proxy's runtime API did not answer"}}
+    [c] = _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), down, ahead=("edge",))
+    assert c.status == "warn" and "phase edge, earlier in this run, rolls the proxy out first" in c.detail
+    [c] = _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), down, ahead=())
+    assert c.status == "fail", "alone (or after other phases only), it is the refusal it always was"
+
+
 def test_preflight_wants_the_proxy_before_the_services_behind_it_in_one_phase(tmp_path):
     fleet = write(tmp_path, FLEET)
     (tmp_path / "phases.yml").write_text("phases:\n  - {name: all, services: [web, edge, llm, plain]}\n")
