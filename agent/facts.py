@@ -118,6 +118,9 @@ def summarize_container(attrs: dict, now: float | None = None) -> dict[str, Any]
         "rollout_id": labels.get(contract.ROLLOUT_ID, ""),
         "spec_hash": labels.get(contract.SPEC_HASH, ""),
         "health": labels.get(contract.HEALTH, ""),  # the gate settings it was started with: status probes by these
+        # The host ports it publishes: preflight names fleetroll's own container (an orphan) holding a wanted port.
+        "host_ports": sorted({str(b.get("HostPort")) for bs in ((attrs.get("HostConfig") or {}).get("PortBindings") or {}).values()
+                              for b in bs or [] if b.get("HostPort")}),
         "phase": labels.get(contract.PHASE, ""),
         # Addresses on user-defined networks (the proxy's): where the proxy and the gate reach it.
         "addresses": {n: (v or {}).get("IPAddress", "") for n, v in ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).items()

@@ -270,16 +270,22 @@ def _image_checks(inv: Inventory, host: str, services: list[str], cc: str | None
 def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str, Any]) -> list[Check]:
     listening = set(facts.get("ports") or [])
     containers = {c["name"]: c for c in (facts.get("docker") or {}).get("containers", [])}
-    busy = []
+    busy: list[str] = []
+    orphans: list[str] = []
     for s in services:
         pairs = [hp for hp, _cp, _proto in inv.fleet.services[s].port_pairs()]
         if inv.fleet.is_proxy(s):  # the listen ports of the services behind it on this host
             pairs += [inv.fleet.services[b].proxy.listen_port for b in inv.fleet.proxied_on(host)]
         for hp in pairs:
             if hp in listening and not (containers.get(s) or {}).get("running"):
-                busy.append(f"{hp} (wanted by {s})")
+                held = next((c["name"] for c in containers.values() if c.get("running") and str(hp) in (c.get("host_ports") or [])), "")
+                busy.append(f"{hp} (wanted by {s}" + (f"; published by fleetroll's container {held}" if held else "") + ")")
+                if held and held not in inv.services_for(None, [host]):
+                    orphans.append(held)
     if busy:
-        return [Check(host, "ports", FAIL, f"host ports in use by something else: {', '.join(busy)}", "stop what holds them (ss -ltnp) or change the inventory's ports")]
+        fix = "; ".join(f"fab remove -s {o} -H {host} (an orphan: the inventory no longer places it here)" for o in orphans)
+        return [Check(host, "ports", FAIL, f"host ports in use by something else: {', '.join(busy)}",
+                      fix or "stop what holds them (ss -ltnp) or change the inventory's ports")]
     return [Check(host, "ports", PASS, "all service ports free or held by the service itself")]
 
 

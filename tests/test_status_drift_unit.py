@@ -68,3 +68,16 @@ def test_a_container_fleetroll_did_not_start_under_a_service_s_name_is_named_by_
     names = [c for c in evaluate(inv, "pc2", None, facts) if c.check == "names"]
     assert [c.status for c in names] == [FAIL] and "rag-api here is a container fleetroll did not start" in names[0].detail
     assert "docker rm -f rag-api" in names[0].fix
+
+
+def test_a_port_held_by_fleetroll_s_own_orphan_names_it_and_how_to_remove_it(inv):
+    """Found by an exploratory run: after a service was renamed, preflight blamed 'something else (ss -ltnp)' for the port
+    its old container (fleetroll's, now an orphan) still published."""
+    from playbooks.preflight import _port_checks
+
+    old = {"name": "old-rag", "running": True, "host_ports": ["8101"]}
+    [c] = _port_checks(inv, "pc2", ["rag-api"], {"ports": [8101], "docker": {"containers": [old]}})
+    assert c.status == "fail" and "8101 (wanted by rag-api; published by fleetroll's container old-rag)" in c.detail
+    assert c.fix == "fab remove -s old-rag -H pc2 (an orphan: the inventory no longer places it here)"
+    [c] = _port_checks(inv, "pc2", ["rag-api"], {"ports": [8101], "docker": {"containers": []}})
+    assert c.status == "fail" and "ss -ltnp" in c.fix  # held by something that is not fleetroll's: as before
