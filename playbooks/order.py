@@ -39,9 +39,9 @@ def choose(service: str, order: str, proxied: bool, running: bool, gpus_req: Any
            reserve_gb: float, nvml: dict | None) -> Decision:
     """How to swap `service` on one host, from the inventory and that host's NVML facts."""
     if not running:
-        return Decision(STOP_FIRST, "nothing runs yet: started and gated, then served")
+        return Decision(STOP_FIRST, "nothing runs now: the new container is started, then gated")
     if not proxied:
-        return Decision(STOP_FIRST, "stop-first, not behind the proxy: the new container needs the old one's host port")
+        return Decision(STOP_FIRST, "stop-first, not behind the proxy: its clients reach the container itself, one at a time")
     if order == STOP_FIRST:
         return Decision(STOP_FIRST, "stop-first, as update.order says")
     wants_gpu = gpus_req == "all" or int(gpus_req or 0) > 0

@@ -153,6 +153,6 @@ def test_the_rollback_and_restart_plans_follow_the_services_order(tmp_path):
     inv = load(write(tmp_path, FLEET))
     order, why, drain = _order(inv, "web", True)
     assert (order, drain) == ("start-first", 1.0) and "behind the proxy" in why
-    assert _order(inv, "plain", True)[0] == "stop-first", "not behind the proxy: it needs the old one's host port"
+    assert _order(inv, "plain", True)[0] == "stop-first", "not behind the proxy: its clients reach the container itself"
     assert _order(inv, "llm", True)[0] == "stop-first", "a GPU budget and no NVML facts: stop-first"
     assert _order(inv, "web", False)[0] == "stop-first", "nothing runs: started, gated, then served"
