@@ -243,6 +243,9 @@ def kept_name(service: str, rollout_id: str) -> str:
     return f"{service}--kept-{hashlib.sha256(rollout_id.encode()).hexdigest()[:8]}"
 
 
+GATE_TIMINGS = ("healthy_deadline", "min_healthy_time", "interval")  # how long a gate waits and watches: not the container's
+
+
 def health_of(labels: dict[str, str], fallback: dict) -> dict:
     """The health settings a container was started with (a label), else the given ones."""
     try:

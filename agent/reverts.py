@@ -40,7 +40,11 @@ class Reverts:
         new_args = {**container_args.from_inspect(current.attrs), "name": service}
         if self._refuse_unsafe(r, new_args):
             return r
-        self._replace(r, current, new_args, container_args.health_of(labels, spec["health"]), spec["repo"], pin=False,
+        # Gated where and how it was started, for as long as the inventory now says (a changed healthy_deadline
+        # replaces no container: plan.gate_only_change; it applies from the next swap, this one included).
+        h = container_args.health_of(labels, spec["health"])
+        h = {**h, **{k: spec["health"][k] for k in container_args.GATE_TIMINGS if k in (spec.get("health") or {})}}
+        self._replace(r, current, new_args, h, spec["repo"], pin=False,
                       order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)))
         if r.outcome == Outcome.GATED:
             r.after_tag, r.after_digest = r.before_tag, r.before_digest

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.container_args import redact_env
+from agent.container_args import GATE_TIMINGS, redact_env
 
 from . import order as swap_order
 from .inventory import Inventory, SecretRef
@@ -185,7 +185,45 @@ def runs_inventory_config(inv: Inventory, service: str, host: str, container: di
     if not container.get("spec_hash") or not container.get("digest"):
         return None
     spec = {k: v for k, v in container_spec(inv, service, host).items() if k not in ("digest", "spec_hash")}
-    return spec_hash(spec, container["digest"]) == container["spec_hash"]
+    return spec_hash(spec, container["digest"]) == container["spec_hash"] or bool(gate_only_change(spec, container))
+
+
+def gate_only_change(spec: dict[str, Any], running: dict[str, Any]) -> list[str]:
+    """The gate timings that are all a running container's configuration differs from `spec` in, else [] (pure).
+
+    They change how long a swap waits and watches, not the container: no reason to stop a service (a GPU
+    model that takes minutes to load) to change them. Found by comparing the container's configuration
+    label with the hash the spec would have with the container's own timings (its health label).
+    """
+    try:
+        was = json.loads(running.get("health") or "")
+    except ValueError:
+        return []
+    now = spec.get("health") or {}
+    changed = [k for k in GATE_TIMINGS if isinstance(was, dict) and k in was and was.get(k) != now.get(k)]
+    if not changed or not running.get("digest"):
+        return []
+    alt = {k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}
+    alt["health"] = {**now, **{k: was[k] for k in changed}}
+    return changed if spec_hash(alt, running["digest"]) == running.get("spec_hash") else []
+
+
+def _action(running: dict[str, Any] | None, spec: dict[str, Any], digest: str) -> tuple[str, str]:
+    """What to do with the service's container on its host, and why (pure)."""
+    if running is None:
+        return CREATE, "not running yet"
+    if not running.get("spec_hash"):
+        return REPLACE, "runs without fleetroll's configuration label (started by hand?); replace it with the inventory's"
+    same = running.get("spec_hash") == spec["spec_hash"]
+    gate_only = [] if same or running.get("digest") != digest else gate_only_change(spec, running)
+    if (same or gate_only) and _steady(running):
+        return NOOP, "already running this digest with this configuration" + (
+            f"; new {', '.join('health.' + k for k in gate_only)}: the gate uses it from the next swap" if gate_only else "")
+    if same or gate_only:
+        return REPLACE, f"container is {_how(running)}; start it afresh"
+    if running.get("digest") == digest:
+        return REPLACE, "same image, configuration changed"
+    return REPLACE, "new image"
 
 
 def build_plan(
@@ -222,23 +260,7 @@ def build_plan(
         if running and running.get("digest") != step.new_digest:
             step.changes.append(f"image: {running.get('tag') or '?'}@{(running.get('digest') or '?')[:19]} -> {svc.tag}@{step.new_digest[:19]}")
         step.changes += (host_facts.get("diffs") or {}).get(service) or []
-        if running is None:
-            step.reason = "not running yet"
-        elif not running.get("spec_hash"):
-            step.action = REPLACE
-            step.reason = "runs without fleetroll's configuration label (started by hand?); replace it with the inventory's"
-        elif running.get("spec_hash") == spec["spec_hash"] and _steady(running):
-            step.action = NOOP
-            step.reason = "already running this digest with this configuration"
-        elif running.get("spec_hash") == spec["spec_hash"]:
-            step.action = REPLACE
-            step.reason = f"container is {_how(running)}; start it afresh"
-        elif running.get("digest") == step.new_digest:
-            step.action = REPLACE
-            step.reason = "same image, configuration changed"
-        else:
-            step.action = REPLACE
-            step.reason = "new image"
+        step.action, step.reason = _action(running, spec, step.new_digest)
         if step.action in (CREATE, REPLACE):
             wanted, step.drain_s = inv.fleet.update_order(service)
             d = swap_order.choose(service, wanted, svc.proxy is not None, bool(running and running.get("running")), svc.gpus,

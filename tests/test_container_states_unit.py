@@ -54,6 +54,25 @@ def test_forward_swap_replaces_a_container_in_every_state(daemon, state):
     assert only(daemon, "svc").running and len(daemon.containers.by_id) == 1
 
 
+def test_a_restart_gates_for_as_long_as_the_inventory_now_says(daemon, monkeypatch):
+    """A changed healthy_deadline replaces no container (plan.gate_only_change); the next swap, a restart included,
+    waits as the inventory now says, at the address and path the container was started with."""
+    running_old(daemon)
+    seen = []
+    real_gate = Transaction._gate
+
+    def gate(self, c, h, service):
+        seen.append(h)
+        return real_gate(self, c, h, service)
+
+    monkeypatch.setattr(Transaction, "_gate", gate)
+    s = spec(tag="20261101-aaaaaaa")
+    s["health"] = {**s["health"], "healthy_deadline": 0.7, "min_healthy_time": 0.05}
+    r = by_service(run(daemon, [{"action": "restart", "spec": s}], policy="revert-service"))["svc"]
+    assert r["outcome"] == "committed", r
+    assert (seen[0]["healthy_deadline"], seen[0]["min_healthy_time"], seen[0]["port"]) == (0.7, 0.05, 8000), seen
+
+
 @pytest.mark.parametrize("state", ("restarting", "paused"))
 def test_restart_of_a_container_in_motion(daemon, state):
     cid = running_old(daemon)

@@ -69,6 +69,29 @@ def test_config_change_is_replace():
     assert "configuration changed" in plan.for_host("mainpc")[0].reason
 
 
+def test_a_change_of_the_gate_s_timings_alone_replaces_nothing():
+    """Found by an exploratory run: healthy_deadline 8 -> 9 replaced the container stop-first (downtime, and on a GPU
+    service a model reload) for a setting of the gate, not of the container. It applies from the next swap."""
+    import json
+
+    spec = container_spec(INV, "llm-inference")
+    was = {**spec["health"], "healthy_deadline": spec["health"]["healthy_deadline"] + 60, "min_healthy_time": 1.0}
+    old = {**running("llm-inference"), "spec_hash": spec_hash({**spec, "health": was}, DIGEST), "health": json.dumps(was)}
+    plan = build_plan(INV, "gpu-mainpc", facts_with([old, running("vision-audio")]))
+    step = plan.for_host("mainpc")[0]
+    assert step.action == NOOP and "new health.healthy_deadline, health.min_healthy_time: the gate uses it" in step.reason, step.reason
+    # the timings and something of the container (env): replaced, as any configuration change
+    other = {**spec, "env": {**spec["env"], "NEW": "1"}, "health": was}
+    mixed = {**old, "spec_hash": spec_hash(other, DIGEST)}
+    assert actions(build_plan(INV, "gpu-mainpc", facts_with([mixed, running("vision-audio")])))["llm-inference"] == REPLACE
+    # a new digest with new timings is a new release, whatever its timings
+    moved = {**old, "digest": "sha256:" + "0" * 64, "spec_hash": spec_hash({**spec, "health": was}, "sha256:" + "0" * 64)}
+    assert actions(build_plan(INV, "gpu-mainpc", facts_with([moved, running("vision-audio")])))["llm-inference"] == REPLACE
+    # crash-looping: started afresh (with the new timings), not left alone
+    looping = {**old, "status": "restarting"}
+    assert actions(build_plan(INV, "gpu-mainpc", facts_with([looping, running("vision-audio")])))["llm-inference"] == REPLACE
+
+
 def test_stopped_container_is_replaced():
     plan = build_plan(INV, "gpu-mainpc", facts_with([running("llm-inference", running=False), running("vision-audio")]))
     assert actions(plan)["llm-inference"] == REPLACE
