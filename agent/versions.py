@@ -54,7 +54,7 @@ def history(service: str, journals: list[list[dict]]) -> list[dict[str, Any]]:
             outcome = "no outcome recorded"
         out.append({"tag": start.get("tag", ""), "digest": start.get("digest", ""), "image": start.get("image", ""),
                     "ts": start.get("ts", 0), "rollout_id": start.get("rollout_id", ""), "operator": head.get("operator") or start.get("operator", ""),
-                    "kind": head.get("kind", "rollout"), "outcome": outcome, "made_by": start.get("made_by", "")})
+                    "kind": head.get("kind", "rollout"), "outcome": outcome, "made_by": start.get("made_by")})
     return out
 
 
@@ -97,7 +97,10 @@ def last_committed_rollout(service: str) -> str:
     back from what ran, as it does from a running container's label, not to the release a rollback undid.
     """
     runs = [v for v in history(service, all_journals()) if v["outcome"].startswith("committed")]
-    return (runs[-1]["made_by"] or runs[-1]["rollout_id"]) if runs else ""
+    if not runs:
+        return ""
+    # None: a journal from before `made_by` (the run's own id, as then); "": a configuration no rollout made (by hand).
+    return runs[-1]["rollout_id"] if runs[-1]["made_by"] is None else runs[-1]["made_by"]
 
 
 def recorded_config(rollout_id: str, service: str) -> dict:

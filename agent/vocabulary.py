@@ -190,6 +190,15 @@ def state_of(outcomes: list[str], unobserved: bool = False) -> State:
     return State.COMMITTED
 
 
+def rollback_state(state: str, outcomes: list[str]) -> str:
+    """A rollback's state (pure): `reverted` is its success, so a service it refused (nothing recorded to go back to,
+    a hard rule, a locked host) is not hidden behind the others' success: the rollback as a whole is `refused` (3),
+    and the report's lines say which services did go back. (A rollout's revert still outranks a refusal: 4.)"""
+    if state == State.REVERTED and Outcome.REFUSED in outcomes:
+        return State.REFUSED
+    return state
+
+
 def exit_code(states: list[str]) -> int:
     """The worst of the states' codes (a later phase never hides an earlier one's revert); unknown names are 5."""
     codes = [EXIT_CODES.get(State(s), 5) if s in State._value2member_map_ else 5 for s in states]

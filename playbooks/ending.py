@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, Step, exit_code, state_of
+from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, Step, exit_code, rollback_state, state_of
 
 from . import ledger, transport
 from . import timings as host_times
@@ -118,15 +118,6 @@ def derive_state(hosts: dict[str, dict], kind: str = "rollout") -> tuple[str, li
     return str(rollback_state(state, outcomes) if kind == "rollback" else state), needs
 
 
-def rollback_state(state: str, outcomes: list[str]) -> str:
-    """A rollback's state (pure): `reverted` is its success, so a service it refused (nothing recorded to go back to,
-    a hard rule) is not hidden behind the others' success: the rollback as a whole is `refused` (3), and the report's
-    lines say which services did go back. (A rollout's revert of other hosts still outranks a refusal: 4.)"""
-    if state == State.REVERTED and Outcome.REFUSED in outcomes:
-        return State.REFUSED
-    return state
-
-
 def _ref(tag: str, digest: str) -> str:
     return f"{tag or '(none)'}@{digest[7:19] or '?'}" if digest else (tag or "(none)")
 
@@ -222,7 +213,8 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
         look = f"read its last log lines above (that container is gone); fab details -s {svc} -H {host}"
     if s.get("check") == Step.RECOVERED and s.get("outcome") == Outcome.REVERTED:  # cut short (a forced unlock, a crash):
         again = {"restart": f"restart it again: fab restart -s {svc} -H {host} --inventory {inventory}",
-                 "rollback": f"roll it back again: fab rollback -p {phase} -s {svc} -H {host} --inventory {inventory}"}
+                 "rollback": f"roll it back again: fab rollback -p {phase} -s {svc} -H {host}"
+                             + (f" --to {s['tried_tag']}" if s.get("tried_tag") else "") + f" --inventory {inventory}"}
         return (f"nothing judged the {'restart' if kind == 'restart' else 'release'}: its transaction was interrupted and"
                 " the host put the old one back;"  # not its fault
                 f" when ready, {again.get(kind) or f'roll it out again: fab rollout --phase {phase} --inventory {inventory}'}")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.vocabulary import Journal, Record, state_of
+from agent.vocabulary import Journal, Record, rollback_state, state_of
 
 
 def path() -> Path:
@@ -146,7 +146,8 @@ def rollouts() -> list[dict]:
         why = entry.get("interruption") or "the controller stopped before the end"
         if hosts:
             outcomes = [o for _kind, svcs, _st in hosts.values() for o in svcs.values()]
-            entry["final"] = str(state_of(outcomes))
+            state = state_of(outcomes)
+            entry["final"] = str(rollback_state(state, outcomes) if entry.get("rollback") else state)  # as ending judges it
             said = "; ".join(f"{'recovered' if kind == Record.RECOVERED else 'finished'} on {h} ("
                              + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "no service had changed") + f"; host {st})"
                              for h, (kind, svcs, st) in hosts.items())

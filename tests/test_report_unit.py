@@ -143,6 +143,19 @@ def test_history_shows_what_the_hosts_reported_after_an_interruption(tmp_path, m
     assert ledger.pending() == {"r-1"}, "a finished rollout leaves nothing pending"
 
 
+def test_an_interrupted_rollback_that_refused_a_service_is_refused_in_history_as_when_finished(tmp_path, monkeypatch):
+    """From an independent read: the controller's ending made such a rollback `refused` (3), but a rollback the operator
+    left with Ctrl-C, observed later by fab status, still read `reverted` in fab history."""
+    from playbooks import ledger
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    ledger.append("started", rollout_id="r-rb", phase="cpu", rollback=True)
+    ledger.append("interrupted", rollout_id="r-rb", phase="cpu", reason="Ctrl-C")
+    ledger.observe("pc2", {"rollout_id": "r-rb", "state": "finished", "outcome": {"state": "good", "services": [
+        {"service": "a", "outcome": "reverted"}, {"service": "b", "outcome": "refused"}]}})
+    assert ledger.rollouts()[0]["final"] == "refused"
+
+
 def test_a_recovery_on_a_host_says_more_than_a_later_status_of_it(tmp_path, monkeypatch):
     from playbooks import ledger
 

@@ -732,7 +732,7 @@ def test_a_recovered_service_says_what_was_tried_and_its_next_step_does_not_blam
     # a restart (or rollback) cut short points at the command the operator ran, not at a rollout of the phase
     again = next_step("restart", "mainpc", s, "gpu", "inv.yml")
     assert again.startswith("nothing judged the restart") and "fab restart -s svc -H mainpc" in again and "rollout" not in again
-    assert "fab rollback -p gpu -s svc -H mainpc" in next_step("rollback", "mainpc", s, "gpu", "inv.yml")
+    assert f"fab rollback -p gpu -s svc -H mainpc --to {s['tried_tag']}" in next_step("rollback", "mainpc", s, "gpu", "inv.yml")
     from agent import freeze
 
     assert not s.get("frozen") and freeze.read("gpu") is None, "an interrupted release is not condemned"
