@@ -62,3 +62,24 @@ def foreign_summary(attrs: dict) -> dict[str, str]:
 
 def _env_of(image_attrs: dict) -> dict[str, str]:
     return dict(e.partition("=")[::2] for e in (image_attrs.get("Config") or {}).get("Env") or [])
+
+
+def foreign_by_name(names: list[str]) -> dict[str, dict]:
+    """Of these names (services with no fleetroll container here), those a container fleetroll did not start holds.
+
+    One inspect per name; a name the daemon cannot answer about now is left out (the rest of the answer stands).
+    """
+    from . import engine
+
+    out: dict[str, dict] = {}
+    if not names:
+        return out
+    with engine.require_engine() as eng:
+        for name in names:
+            try:
+                attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
+            except Exception:  # noqa: BLE001 - 404 (nothing there) or an answer that says nothing about this name
+                continue
+            if isinstance(attrs, dict) and ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.MANAGED) != "true":
+                out[name] = foreign_summary(attrs)
+    return out

@@ -353,12 +353,17 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
         out["busy"] = busy(ids)
     if args.get("proxy") and docker.get("ok"):
         out["proxy"] = proxy_view()
+    foreign: dict[str, dict] = {}
     if args.get("diff_specs") and docker.get("ok"):
-        foreign: dict[str, dict] = {}
         from .container_diffs import config_diffs
 
         out["diffs"] = config_diffs(args["diff_specs"], inspected, foreign)
-        if foreign:
-            out["foreign"] = foreign
+    rest = [n for n in args.get("names") or [] if n not in inspected and n not in (args.get("diff_specs") or {})]
+    if rest and docker.get("ok"):  # `fab preflight` without a phase: no diffs asked, names still looked at
+        from .container_diffs import foreign_by_name
+
+        foreign.update(foreign_by_name(rest))
+    if foreign:
+        out["foreign"] = foreign
     out["elapsed_s"] = round(time.monotonic() - t0, 3)
     return out

@@ -17,7 +17,6 @@ import os
 import signal
 import time
 import traceback
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +38,12 @@ def _detach(fn: Callable[[], None]) -> tuple[int, int]:
     """
     r, w = os.pipe()
     wake_r, wake_w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (r, w, wake_r, wake_w):  # this process serves more calls: leak nothing
+            os.close(fd)
+        raise
     if pid == 0:  # child
         try:
             os.setsid()
@@ -160,6 +164,7 @@ def follow(args: dict[str, Any], emit: Callable[[dict], None]) -> dict:
 
 def status(args: dict[str, Any]) -> dict:
     from . import health
+    from .container_diffs import foreign_by_name
     from .facts import docker_facts
 
     docker = docker_facts()
@@ -207,28 +212,7 @@ def status(args: dict[str, Any]) -> dict:
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
                    {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector,
                     "freezes": all_freezes(), "nvml": gpu, "proxy": proxied,
-                    "foreign": _foreign([s for s in args.get("health") or {} if s not in running]) if docker.get("ok") else {}})
-
-
-def _foreign(names: list[str]) -> dict[str, dict]:
-    """Of services with no fleetroll container here, those whose name a container fleetroll did not start holds."""
-    from . import engine
-    from .container_diffs import foreign_summary
-
-    out: dict[str, dict] = {}
-    if not names:
-        return out
-    with engine.require_engine() as eng:
-        for name in names:
-            try:
-                attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
-            except engine.EngineError as exc:
-                if exc.status == 404:
-                    continue
-                raise
-            if ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.MANAGED) != "true":
-                out[name] = foreign_summary(attrs)
-    return out
+                    "foreign": foreign_by_name([s for s in args.get("health") or {} if s not in running]) if docker.get("ok") else {}})
 
 
 def _collector_services(port: int) -> dict:

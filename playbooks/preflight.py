@@ -79,7 +79,7 @@ def image_contract(info: dict[str, Any], cc: str | None, wants_gpu: bool) -> lis
 
 
 def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any] | None, error: str = "",
-             ahead: tuple[str, ...] = ()) -> list[Check]:
+             ahead: frozenset[tuple[str, str]] = frozenset()) -> list[Check]:
     """All checks for one host given its facts (None when the agent could not be reached); `ahead`: see _proxy_checks."""
     if facts is None:
         return [Check(host, "ssh", FAIL, error or "no answer", "fix SSH access, then re-run fab preflight")]
@@ -124,6 +124,8 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
     checks += _port_checks(inv, host, services, facts)
     checks += _proxy_checks(inv, host, phase, services, facts, ahead)
     for name, c in sorted((facts.get("foreign") or {}).items()):  # a rollout refuses to touch it (foreign-container)
+        if _on_swarm(inv, name):
+            continue
         checks.append(Check(host, "names", FAIL, f"{name} here is a container fleetroll did not start ({c.get('image') or '?'},"
                             f" {c.get('status') or '?'}, {c.get('id') or '?'}): a rollout will not stop or replace it",
                             f"remove or rename it yourself (docker rm -f {name}, or docker rename {name} {name}-by-hand), then roll out"))
@@ -135,16 +137,17 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
 
 
 def _proxy_checks(inv: Inventory, host: str, phase: str | None, services: list[str], facts: dict[str, Any],
-                  ahead: tuple[str, ...] = ()) -> list[Check]:
+                  ahead: frozenset[tuple[str, str]] = frozenset()) -> list[Check]:
     """Services behind the proxy need it answering here, with a backend for each, before anything stops.
 
     The proxy's own phase is checked by order instead (it must come before the services behind it). In a
-    `--all` dry run whose earlier phases (`ahead`) include the proxy's, what the proxy lacks now is what that
-    phase would bring: said as a warning, not a refusal the real run would not meet.
+    `--all` dry run where an earlier phase would (re)start the proxy on this host (`ahead`: its dry run passed,
+    not frozen, and its plan creates or replaces the proxy here), what the proxy lacks now is what that phase
+    would bring: said as a warning, not a refusal the real run would not meet.
     """
     checks = _proxy_now(inv, host, phase, services, facts)
     fix_phase = next((p.name for p in inv.phases if inv.fleet.reverse_proxy and inv.fleet.reverse_proxy.service in p.services), "")
-    if fix_phase and fix_phase in ahead:
+    if fix_phase and (fix_phase, host) in ahead:
         for c in checks:
             if c.status in (FAIL, WARN):
                 c.status, c.detail = WARN, f"{c.detail} (phase {fix_phase}, earlier in this run, rolls the proxy out first)"
@@ -176,8 +179,10 @@ def _proxy_now(inv: Inventory, host: str, phase: str | None, services: list[str]
     running = next((c for c in (facts.get("docker") or {}).get("containers", []) if c.get("name") == rp.service), None)
     if running is not None and runs_inventory_config(inv, rp.service, host, running) is False:
         # A service's proxy.listen (or another proxied service) changed: its rollout commits, the proxy still routes as before.
-        return [Check(host, "proxy", WARN, f"the proxy {rp.service} here runs a configuration other than the inventory's (a listen"
-                                           f" port or a route changed): what it serves for {', '.join(behind)} follows the"
+        want = inv.fleet.services[rp.service].tag
+        what = (f"runs {running.get('tag') or '?'}, the inventory says {want}" if running.get("tag") != want
+                else "runs a configuration other than the inventory's (a listen port, a route or its own settings changed)")
+        return [Check(host, "proxy", WARN, f"the proxy {rp.service} here {what}: what it serves for {', '.join(behind)} follows the"
                                            " inventory only once it is rolled out", f"fab rollout --phase {fix_phase} (-n shows the change)")]
     return [Check(host, "proxy", PASS, f"{rp.service} answers, with a backend for {', '.join(behind)}")]
 
@@ -272,6 +277,7 @@ def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str
     containers = {c["name"]: c for c in (facts.get("docker") or {}).get("containers", [])}
     busy: list[str] = []
     orphans: list[str] = []
+    others = False  # a wanted port held by anything but an orphan of fleetroll's
     for s in services:
         pairs = [hp for hp, _cp, _proto in inv.fleet.services[s].port_pairs()]
         if inv.fleet.is_proxy(s):  # the listen ports of the services behind it on this host
@@ -282,11 +288,20 @@ def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str
                 busy.append(f"{hp} (wanted by {s}" + (f"; published by fleetroll's container {held}" if held else "") + ")")
                 if held and held not in inv.services_for(None, [host]):
                     orphans.append(held)
+                else:
+                    others = True
     if busy:
-        fix = "; ".join(f"fab remove -s {o} -H {host} (an orphan: the inventory no longer places it here)" for o in orphans)
-        return [Check(host, "ports", FAIL, f"host ports in use by something else: {', '.join(busy)}",
-                      fix or "stop what holds them (ss -ltnp) or change the inventory's ports")]
+        fixes = [f"fab remove -s {o} -H {host} (an orphan: the inventory no longer places it here)" for o in dict.fromkeys(orphans)]
+        if others:
+            fixes.append("stop what holds the others (ss -ltnp) or change the inventory's ports" if orphans
+                         else "stop what holds them (ss -ltnp) or change the inventory's ports")
+        return [Check(host, "ports", FAIL, f"host ports in use: {', '.join(busy)}", "; ".join(fixes))]
     return [Check(host, "ports", PASS, "all service ports free or held by the service itself")]
+
+
+def _on_swarm(inv: Inventory, service: str) -> bool:
+    phase = next((p for p in inv.phases if service in p.services), None)
+    return phase is not None and inv.fleet.engine_of(phase) == "swarm"
 
 
 def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]:
@@ -294,6 +309,9 @@ def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]
 
     services = inv.services_for(phase, [host])
     return {
+        # Names a container fleetroll did not start may hold (a rollout refuses to touch it): the SSH push's only;
+        # Swarm names its tasks' containers itself.
+        "names": [s for s in services if not _on_swarm(inv, s)],
         # The host compares these with what runs (the dry run's per-key diff); only change names come back.
         **({"diff_specs": {s: container_spec(inv, s, host) for s in services}} if phase else {}),
         "gpu": inv.fleet.hosts[host].gpus is not None,

@@ -21,7 +21,7 @@ from .errors import RolloutError
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
 from .in_motion import in_motion
 from .inventory import Inventory
-from .plan import BLOCKED, NOOP, Plan, Step, build_plan, plan_text
+from .plan import BLOCKED, CREATE, NOOP, REPLACE, Plan, Step, build_plan, plan_text
 from .runner import run_preflight
 
 POLICIES = ("revert-phase", "revert-service", "stop")
@@ -86,11 +86,11 @@ def _rollout(
     confirm: Callable[[Plan], bool] | None = None,
     progress: Callable[[str, dict], None] | None = None,
     failpoint: dict | None = None,
-    ahead: tuple[str, ...] = (),
+    ahead: frozenset[tuple[str, str]] = frozenset(),
 ) -> RolloutReport:
     """failpoint (tests only): {"after": step, "service": name} makes the host transaction stop dead there.
 
-    ahead: the phases a `--all` dry run has planned before this one (they would run first).
+    ahead: (phase, host) where a `--all` dry run's earlier phase would (re)start the proxy (it would run first).
     """
     if on_failure not in POLICIES:
         raise RolloutError(f"--on-failure must be one of {', '.join(POLICIES)}, not {on_failure!r}")
@@ -118,7 +118,7 @@ def _rollout(
 
 
 def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_parallel, policy: str, progress,
-            ahead: tuple[str, ...] = ()) -> _Rollout:
+            ahead: frozenset[tuple[str, str]] = frozenset()) -> _Rollout:
     """Preflight (which also recovers interrupted transactions on each host), plan, security gate."""
     t0 = time.monotonic()
     inv.phase(phase)
@@ -348,11 +348,14 @@ def swap_notes(plan: Plan, reported: list[tuple[str, dict]]) -> list[str]:
 
 def rollout_all(inv: Inventory, **kw) -> list[RolloutReport]:
     """Every phase in order; a phase starts only when the one before succeeded."""
-    reports = []
+    reports: list[RolloutReport] = []
+    ahead: frozenset[tuple[str, str]] = frozenset()
     for ph in inv.phases:
-        # A dry run changes nothing: a later phase is judged knowing which phases before it this run would roll out.
-        ahead = tuple(p.name for p in inv.phases[: len(reports)]) if kw.get("dry_run") else ()
         rep = rollout(inv, ph.name, **kw, ahead=ahead)
+        if kw.get("dry_run") and rep.ok and not rep.frozen and rep.plan is not None and inv.fleet.reverse_proxy:
+            # A dry run changes nothing: a later phase is judged knowing where an earlier one would (re)start the proxy.
+            ahead |= {(ph.name, st.host) for st in rep.plan.steps
+                      if st.service == inv.fleet.reverse_proxy.service and st.action in (CREATE, REPLACE)}
         reports.append(rep)
         if not rep.ok:
             rep.messages.append(f"later phases not started: {', '.join(p.name for p in inv.phases[len(reports):]) or '(none)'}")

@@ -35,7 +35,7 @@ class PreflightReport:
 
 def run_preflight(
     inv: Inventory, phase: str | None = None, hosts: list[str] | None = None, max_parallel: int | None = None,
-    pool: transport.Pool | None = None, ahead: tuple[str, ...] = (),
+    pool: transport.Pool | None = None, ahead: frozenset[tuple[str, str]] = frozenset(),
 ) -> PreflightReport:
     t0 = time.monotonic()
     targets = inv.select_hosts(hosts, phase)

@@ -428,6 +428,8 @@ def test_facts_read_the_daemon_with_one_info_and_one_inspect_per_container_and_i
     foreign: dict[str, dict] = {}
     diffs = container_diffs.config_diffs(specs, inspected, foreign)
     assert sorted(diffs) == ["a", "b"] and list(foreign) == ["c"] and foreign["c"]["id"], foreign
+    # without a phase (no diffs asked) the names are looked at one by one: fleetroll's and absent ones are not foreign
+    assert list(container_diffs.foreign_by_name(["c", "nosuch", "a"])) == ["c"]
 
 
 def test_a_host_without_gpus_is_read_without_info_unless_nothing_else_names_the_root(fake, monkeypatch):

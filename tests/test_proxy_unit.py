@@ -407,7 +407,7 @@ def test_preflight_warns_when_the_proxy_runs_another_configuration_than_the_inve
     inv = load(write(tmp_path, FLEET))
     digest = "sha256:" + "cd" * 32
     spec = container_spec(inv, "edge", "pc2")
-    proxy = {"name": "edge", "digest": digest, "spec_hash": spec_hash(spec, digest)}
+    proxy = {"name": "edge", "tag": inv.fleet.services["edge"].tag, "digest": digest, "spec_hash": spec_hash(spec, digest)}
     view = {"ok": True, "backends": {"web": {}}}
 
     def check(container):
@@ -419,6 +419,8 @@ def test_preflight_warns_when_the_proxy_runs_another_configuration_than_the_inve
     assert c.status == "warn" and "runs a configuration other than the inventory's" in c.detail and "web" in c.detail
     assert c.fix.startswith("fab rollout --phase edge")
     assert [c.status for c in check({"name": "edge"})] == ["pass"], "no label (started by hand): not this check's to judge"
+    [c] = check({**old_routes, "tag": "20250101-0000000"})  # its own tag bumped in the inventory: said as such
+    assert c.status == "warn" and f"runs 20250101-0000000, the inventory says {inv.fleet.services['edge'].tag}" in c.detail
 
 
 def test_a_dry_run_of_every_phase_warns_where_an_earlier_phase_of_the_run_brings_the_proxy(tmp_path):
@@ -428,10 +430,13 @@ def test_a_dry_run_of_every_phase_warns_where_an_earlier_phase_of_the_run_brings
 
     inv = load(write(tmp_path, FLEET))
     down = {"proxy": {"ok": False, "error": "the proxy's runtime API did not answer"}}
-    [c] = _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), down, ahead=("edge",))
+    [c] = _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), down, ahead=frozenset({("edge", "pc2")}))
     assert c.status == "warn" and "phase edge, earlier in this run, rolls the proxy out first" in c.detail
-    [c] = _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), down, ahead=())
+    [c] = _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), down, ahead=frozenset())
     assert c.status == "fail", "alone (or after other phases only), it is the refusal it always was"
+    # edge's dry run would leave the proxy on pc2 as it is (or was frozen, or ran elsewhere): still the refusal
+    [c] = _proxy_checks(inv, "pc2", "apps", inv.services_for("apps", ["pc2"]), down, ahead=frozenset({("edge", "mainpc")}))
+    assert c.status == "fail"
 
 
 def test_preflight_wants_the_proxy_before_the_services_behind_it_in_one_phase(tmp_path):

@@ -70,7 +70,7 @@ def test_a_container_fleetroll_did_not_start_under_a_service_s_name_is_named_by_
     assert "docker rm -f rag-api" in names[0].fix
 
 
-def test_a_port_held_by_fleetroll_s_own_orphan_names_it_and_how_to_remove_it(inv):
+def test_a_port_held_by_fleetroll_s_own_orphan_names_it_and_how_to_remove_it(inv, monkeypatch):
     """Found by an exploratory run: after a service was renamed, preflight blamed 'something else (ss -ltnp)' for the port
     its old container (fleetroll's, now an orphan) still published."""
     from playbooks.preflight import _port_checks
@@ -81,3 +81,9 @@ def test_a_port_held_by_fleetroll_s_own_orphan_names_it_and_how_to_remove_it(inv
     assert c.fix == "fab remove -s old-rag -H pc2 (an orphan: the inventory no longer places it here)"
     [c] = _port_checks(inv, "pc2", ["rag-api"], {"ports": [8101], "docker": {"containers": []}})
     assert c.status == "fail" and "ss -ltnp" in c.fix  # held by something that is not fleetroll's: as before
+    # two wanted ports held by one orphan, a third by something else: the orphan once, and the others' advice too
+    both = {"name": "old-rag", "running": True, "host_ports": ["8101", "8102"]}
+    monkeypatch.setattr(type(inv.fleet.services["rag-api"]), "port_pairs", lambda self: [(8101, 8080, "tcp"), (8102, 8081, "tcp"),
+                                                                                         (8103, 8082, "tcp")])
+    [c] = _port_checks(inv, "pc2", ["rag-api"], {"ports": [8101, 8102, 8103], "docker": {"containers": [both]}})
+    assert c.fix.count("fab remove -s old-rag -H pc2") == 1 and "stop what holds the others (ss -ltnp)" in c.fix, c.fix
