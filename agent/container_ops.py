@@ -365,6 +365,11 @@ def _remove_held(args: dict[str, Any], service: str, rid: str) -> dict:
     ours = _removable(docker_client(timeout=120), service)
     if isinstance(ours, dict):
         return ours
+    asked = args.get("expect_ids")  # what the operator was shown and said yes to
+    if asked is not None and sorted(c.id[:12] for c in ours) != sorted(asked):
+        now = "; ".join(f"{r['name']} {r['id']}" for r in map(_row, ours)) or "nothing"
+        return _answer("remove", False, f"what there is of {service} changed since you were asked (now: {now}); nothing was"
+                       " removed: run fab remove again")
     if not ours:
         return _answer("remove", True, f"no container of {service} here; nothing to remove", {"removed": []})
     journal.append(rid, Step.ACCEPTED, kind="remove", service=service, operator=args.get("operator", ""), reason=args.get("reason", ""))

@@ -231,6 +231,7 @@ def remove(inv: Inventory, service: str, host: str, reason: str = "", force: boo
             if not would:
                 raise RolloutError(_nothing_there(host, service))
             confirm(would)
+            args["expect_ids"] = [c["id"] for c in would]  # the host removes what was shown, or nothing
         data = _removal_answer(host, transport.on_hosts(inv, [host], "remove", lambda h: args, timeout=180, pool=pool)[host])
     if not data.get("removed"):  # a name that is nowhere there (a typo?) is an error, as a --service naming nothing is
         raise RolloutError(_nothing_there(host, service))

@@ -152,7 +152,7 @@ def one_line_errors(body):
             # as an invalid inventory's always was, not plain text and an empty stdout.
             from . import render
 
-            render.dump_json({"error": message, "exit_code": code})
+            render.dump_json({"error": message, "exit_code": code, **({"interrupted": True} if code == 130 else {})})
         raise Exit(message, code=code) from None
 
     return run

@@ -98,6 +98,8 @@ def test_remove_takes_only_fleetrolls_containers_and_journals_it(monkeypatch, da
     look = ops.dispatch("remove", {"service": "old-api", "rollout_id": "r-rm", "dry_run": True}, lambda e: None)
     assert look["ok"] and [x["name"] for x in look["data"]["would_remove"]] == ["old-api"] and daemon.containers.by_id
     assert journal.read("r-rm") == [], "a dry run only looks"
+    changed = ops.dispatch("remove", {"service": "old-api", "rollout_id": "r-rm", "expect_ids": ["not-that-one"]}, lambda e: None)
+    assert not changed["ok"] and "changed since you were asked" in changed["msg"] and daemon.containers.by_id, changed
     out = ops.dispatch("remove", {"service": "old-api", "rollout_id": "r-rm", "operator": "op"}, lambda e: None)
     assert out["ok"] and [x["name"] for x in out["data"]["removed"]] == ["old-api"] and not daemon.containers.by_id
     steps = [r["step"] for r in journal.read("r-rm")]

@@ -340,7 +340,7 @@ def test_ctrl_c_under_json_is_a_json_object_on_stdout_too():
             "invoke.Program(namespace=invoke.Collection(slow)).run(['prog', 'slow', '--json'])\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 130 and "interrupted (Ctrl-C)" in r.stderr, r
-    assert json.loads(r.stdout) == {"error": "interrupted (Ctrl-C)", "exit_code": 130}
+    assert json.loads(r.stdout) == {"error": "interrupted (Ctrl-C)", "exit_code": 130, "interrupted": True}
 
 
 def test_an_error_of_a_json_task_is_a_json_object_on_stdout_too(tmp_path):

@@ -71,13 +71,15 @@ def test_a_host_s_error_names_it_once(inv, monkeypatch):
 def test_without_yes_the_host_is_asked_first_and_nothing_there_is_said_without_a_question(inv, monkeypatch):
     """Found by an operator: `fab remove -s nosuch -H pc2` asked "remove nosuch from pc2 for good?" and only then found
     nothing. The host is asked what a remove would take (read only); the question names each container."""
-    calls, questions = [], []
+    calls, questions, sent = [], [], []
     would = {"old-api": [{"name": "old-api", "id": "0123456789ab", "tag": "T1", "digest": "sha256:1", "status": "running"}],
              "nosuch": []}
 
     def on_hosts(inventory, hosts, op, args_for, **kw):
         args = args_for(hosts[0])
         calls.append((op, bool(args.get("dry_run"))))
+        if not args.get("dry_run"):
+            sent.append(args.get("expect_ids"))
         data = {"would_remove": would[args["service"]]} if args.get("dry_run") else {"removed": would[args["service"]]}
         return {h: transport.CallResult(h, True, {"protocol": transport.PROTOCOL, "ok": True, "msg": "", "data": data}) for h in hosts}
 
@@ -94,6 +96,7 @@ def test_without_yes_the_host_is_asked_first_and_nothing_there_is_said_without_a
     out = operate.remove(inv, "old-api", "pc2", confirm=lambda w: questions.append(operate.remove_question("old-api", "pc2", w)))
     assert calls == [("remove", True), ("remove", False)] and out["removed"][0]["name"] == "old-api"
     assert questions == ["remove old-api from pc2 for good (old-api 0123456789ab T1 running)?"]
+    assert sent[-1] == ["0123456789ab"], "the host is told what was shown: it removes that, or nothing"
 
     calls.clear()
 
