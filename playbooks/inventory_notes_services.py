@@ -179,7 +179,8 @@ SERVICE_NOTES: dict[str, Doc] = {
         "port: 8080",
         "the gate; `fab status`; inventory validation."),
     "services.<name>.health.healthy_deadline": Doc(
-        "Seconds a new container has to become healthy.",
+        "Seconds a new container has to become healthy. Changing this (or `min_healthy_time`, `interval`) and nothing"
+        " else replaces no running container: the gate uses the new value from the service's next swap or restart.",
         "healthy_deadline: 180",
         "the gate."),
     "services.<name>.health.min_healthy_time": Doc(
