@@ -47,7 +47,9 @@ def parse_target(inv: Inventory, target: str | None) -> tuple[str, str]:
         raise RolloutError(f"{target}: no host {host!r} in {inv.path}; hosts: {', '.join(inv.fleet.hosts)}")
     placed = inv.services_for(None, [host])
     if service not in inv.fleet.services:
-        raise RolloutError(f"{target}: no service {service!r} in {inv.path}; services on {host}: {', '.join(placed) or 'none'}")
+        raise RolloutError(f"{target}: no service {service!r} in {inv.path}; services on {host}: {', '.join(placed) or 'none'}."
+                           f" A container fleetroll started that the inventory no longer names: fab status -H {host} lists it"
+                           f" (ORPHAN, with the rollout that started it); fab remove -s {service} -H {host} removes it")
     if service not in placed:
         raise RolloutError(f"{target}: the inventory does not place {service} on {host}; it runs on"
                            f" {', '.join(inv.fleet.hosts_of(service))} (services on {host}: {', '.join(placed) or 'none'})")

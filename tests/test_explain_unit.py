@@ -170,6 +170,13 @@ def test_a_target_not_in_the_inventory_is_one_line_naming_the_valid_ones(target,
     assert "mainpc" in str(err.value)
 
 
+def test_a_name_the_inventory_does_not_know_points_at_where_an_orphan_is_listed_and_removed():
+    """Noticed on the lab: fab explain HOST/ORPHAN only said 'no service'; status lists orphans, remove removes them."""
+    with pytest.raises(RolloutError) as err:
+        explain.parse_target(INV, "mainpc/old-api")
+    assert "fab status -H mainpc lists it (ORPHAN" in str(err.value) and "fab remove -s old-api -H mainpc" in str(err.value)
+
+
 def test_a_service_placed_elsewhere_names_where_it_runs():
     other = next(h for h in INV.fleet.hosts if SVC not in INV.services_for(None, [h]))
     with pytest.raises(RolloutError, match=f"does not place {SVC} on {other}; it runs on {HOST}"):
