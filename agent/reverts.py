@@ -44,7 +44,7 @@ class Reverts:
         # replaces no container: plan.gate_only_change; it applies from the next swap, this one included).
         h = container_args.health_of(labels, spec["health"])
         h = {**h, **{k: spec["health"][k] for k in container_args.GATE_TIMINGS if k in (spec.get("health") or {})}}
-        self._replace(r, current, new_args, h, spec["repo"], pin=False,
+        self._replace(r, current, new_args, h, spec["repo"], pin=False, gpu_budget_gb=spec.get("gpu_memory_gb"),
                       order=step.get("order", "stop-first"), drain_s=float(step.get("drain_s", 0.0)))
         if r.outcome == Outcome.GATED:
             r.after_tag, r.after_digest = r.before_tag, r.before_digest
@@ -113,7 +113,7 @@ class Reverts:
         """Replace what runs with the recorded configuration, gated; commit it, or say the release came back (or did not)."""
         target = ServiceResult(r.service, "revert")
         self._replace(target, current, new_args, h, repo, pin=False, order=step.get("order", "stop-first"),
-                      drain_s=float(step.get("drain_s", 0.0)))
+                      drain_s=float(step.get("drain_s", 0.0)), gpu_budget_gb=(step.get("spec") or {}).get("gpu_memory_gb"))
         r.gate, r.details, r.timings, r.order, r.switch = target.gate, target.details, target.timings, target.order, target.switch
         r.old_container, r.new_container, r.kept_name = target.old_container, target.new_container, target.kept_name
         if target.outcome == Outcome.GATED:

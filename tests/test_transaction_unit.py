@@ -716,6 +716,24 @@ def test_a_gpu_service_must_be_on_a_gpu_within_its_budget_after_it_turns_healthy
         assert only(daemon, "svc").id == old  # the old container serves again
 
 
+def test_a_restart_of_a_gpu_service_is_gated_on_its_gpu_budget_too(daemon, monkeypatch):
+    """Found by an exploratory run: fab restart (and a rollback) of a GPU service with gpu_memory_gb said 'proven
+    healthy' while NVML showed it off the GPU (CPU fallback) or over its budget; only a release's swap checked."""
+    from agent import gpuproc
+
+    s_old = spec(tag="20261101-aaaaaaa", digest=OLD_D, gpus=1, gpu_memory_gb=6.0)
+    img = daemon.image(REPO, OLD_D)
+    daemon.images.by_id[img.id] = img
+    labels = container_args.labels_for(s_old, s_old["tag"], OLD_D, "r-old", "gpu", "op", "aaaaaaa")
+    ckw, hkw = container_args.api_kwargs(container_args.from_spec(s_old, img.id, labels))
+    old = daemon.api.create_container(**ckw, host_config=daemon.api.create_host_config(**hkw))["Id"]
+    daemon.containers.get(old).start()
+    monkeypatch.setattr(gpuproc, "processes", lambda: [])  # nothing on the GPU: fallen back to CPU
+    r = by_service(run(daemon, [{"action": "restart", "spec": s_old}], policy="revert-service"))["svc"]
+    assert r["outcome"] == "reverted" and r["check"] == "health-gpu" and "fallen back to CPU" in r["message"], (r["message"], r.get("revert_gate"))
+    assert only(daemon, "svc").id == old
+
+
 def test_a_recovered_service_says_what_was_tried_and_its_next_step_does_not_blame_the_release(daemon, monkeypatch):
     """Found on the lab after fab unlock --force mid-gate: the row read 'reverted (none) -> T1' and the next step said
     'fix the image (a new tag)' though nothing had judged the release: its transaction was cut short."""
