@@ -144,6 +144,15 @@ def recovery_action(gated: bool, committing: bool, revert_op: bool, policy: str)
     return "commit" if gated and (committing or revert_op or policy != "revert-phase") else "restore"
 
 
+def skipped(step: dict) -> ServiceResult:
+    """A service not started because an earlier one on its host failed: what it would have run, and that what it
+    runs now is what it ran before (the report's row: `T2 (not started) -> T1@…`, not `(none) -> (none)`)."""
+    spec, tag, digest = step["spec"], step.get("current_tag", ""), step.get("current_digest", "")
+    return ServiceResult(spec["name"], step["action"], outcome=Outcome.SKIPPED, message="not started: an earlier service failed",
+                         tried_tag=spec.get("tag", ""), tried_digest=spec.get("digest", ""), before_tag=tag, before_digest=digest,
+                         after_tag=tag, after_digest=digest)
+
+
 @dataclass
 class FreezeDecision:
     freeze: dict[str, dict[str, str]] = field(default_factory=dict)  # service -> {tag, digest, config} that failed

@@ -366,7 +366,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         for step in steps:
             action, name = step["action"], step["spec"]["name"]
             if failed and policy != "revert-service":
-                self.results.append(ServiceResult(name, action, outcome=Outcome.SKIPPED, message="not started: an earlier service failed"))
+                self.results.append(decisions.skipped(step))
                 continue
             if action in ("create", "replace"):
                 res = self.swap(step)

@@ -190,3 +190,13 @@ def test_a_restart_s_next_step_says_what_is_true_of_that_outcome():
     assert next_step("restart", "mainpc", reverted, "gpu-mainpc", "inv.yml").endswith("the old container serves again")
     foreign = {"service": "vision-api", "outcome": "refused", "check": "foreign-container"}
     assert "serves again" not in next_step("restart", "mainpc", foreign, "gpu-mainpc", "inv.yml")
+
+
+def test_a_failed_release_that_wrote_no_log_lines_is_not_sent_to_fab_logs():
+    """Found by an exploratory run: a degraded release (no log lines) was reverted and the next step said
+    `fab logs -s vision-api`, which shows the old container now running, not the one that failed."""
+    from playbooks.ending import next_step
+
+    s = {"service": "vision-api", "action": "replace", "outcome": "reverted", "check": "health-deadline", "details": {}}
+    line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
+    assert "fab logs" not in line and "it wrote no log lines; its last /health answer is above (that container is gone)" in line
