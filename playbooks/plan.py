@@ -208,6 +208,14 @@ def gate_only_change(spec: dict[str, Any], running: dict[str, Any]) -> list[str]
     return changed if spec_hash(alt, running["digest"]) == running.get("spec_hash") else []
 
 
+GATE_NOTE = "; new "  # how a no-op's reason goes on when only the gate's timings changed
+
+
+def gate_note(step: Step) -> str:
+    """The part of a no-op's reason that says new gate timings wait for the next swap ("" if none)."""
+    return step.reason.split(GATE_NOTE, 1)[1] if step.action == NOOP and GATE_NOTE in step.reason else ""
+
+
 def _action(running: dict[str, Any] | None, spec: dict[str, Any], digest: str) -> tuple[str, str]:
     """What to do with the service's container on its host, and why (pure)."""
     if running is None:
@@ -218,7 +226,7 @@ def _action(running: dict[str, Any] | None, spec: dict[str, Any], digest: str) -
     gate_only = [] if same or running.get("digest") != digest else gate_only_change(spec, running)
     if (same or gate_only) and _steady(running):
         return NOOP, "already running this digest with this configuration" + (
-            f"; new {', '.join('health.' + k for k in gate_only)}: the gate uses it from the next swap" if gate_only else "")
+            f"{GATE_NOTE}{', '.join('health.' + k for k in gate_only)}: the gate uses it from the next swap" if gate_only else "")
     if same or gate_only:
         return REPLACE, f"container is {_how(running)}; start it afresh"
     if running.get("digest") == digest:

@@ -21,7 +21,7 @@ from .errors import RolloutError
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
 from .in_motion import in_motion
 from .inventory import Inventory
-from .plan import BLOCKED, CREATE, NOOP, REPLACE, Plan, Step, build_plan, plan_text
+from .plan import BLOCKED, CREATE, NOOP, REPLACE, Plan, Step, build_plan, gate_note, plan_text
 from .runner import run_preflight
 
 POLICIES = ("revert-phase", "revert-service", "stop")
@@ -181,6 +181,7 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     if not plan.changes:
         report.ok, report.state = True, State.NOOP
         report.messages.append(f"phase {plan.phase}: nothing to do; every service already runs its planned digest")
+        report.messages += [f"{st.host} {st.service}: new {gate_note(st)}" for st in plan.steps if gate_note(st)]
         ledger.append("finished", **ro.common, final=State.NOOP, services=[s.record(ledger.redaction_key()) for s in plan.steps],
                       elapsed_s=round(time.monotonic() - ro.t0, 3), timings=timings.to_json(report.timings))
         return True

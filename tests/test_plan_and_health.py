@@ -80,6 +80,9 @@ def test_a_change_of_the_gate_s_timings_alone_replaces_nothing():
     plan = build_plan(INV, "gpu-mainpc", facts_with([old, running("vision-audio")]))
     step = plan.for_host("mainpc")[0]
     assert step.action == NOOP and "new health.healthy_deadline, health.min_healthy_time: the gate uses it" in step.reason, step.reason
+    from playbooks.plan import gate_note
+
+    assert gate_note(step) == "health.healthy_deadline, health.min_healthy_time: the gate uses it from the next swap"
     # the timings and something of the container (env): replaced, as any configuration change
     other = {**spec, "env": {**spec["env"], "NEW": "1"}, "health": was}
     mixed = {**old, "spec_hash": spec_hash(other, DIGEST)}
