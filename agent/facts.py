@@ -118,6 +118,8 @@ def summarize_container(attrs: dict, now: float | None = None) -> dict[str, Any]
         "rollout_id": labels.get(contract.ROLLOUT_ID, ""),
         "spec_hash": labels.get(contract.SPEC_HASH, ""),
         "health": labels.get(contract.HEALTH, ""),  # the gate settings it was started with: status probes by these
+        # What `docker update --restart` may have changed by hand since fleetroll made it (its labels do not say).
+        "restart_policy": (((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "no"),
         # The host ports it publishes: preflight names fleetroll's own container (an orphan) holding a wanted port.
         "host_ports": sorted({str(b.get("HostPort")) for bs in ((attrs.get("HostConfig") or {}).get("PortBindings") or {}).values()
                               for b in bs or [] if b.get("HostPort")}),

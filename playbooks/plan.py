@@ -185,6 +185,8 @@ def runs_inventory_config(inv: Inventory, service: str, host: str, container: di
     if not container.get("spec_hash") or not container.get("digest"):
         return None
     spec = {k: v for k, v in container_spec(inv, service, host).items() if k not in ("digest", "spec_hash")}
+    if hand_changed(container, spec):
+        return False
     return spec_hash(spec, container["digest"]) == container["spec_hash"] or bool(gate_only_change(spec, container))
 
 
@@ -208,6 +210,18 @@ def gate_only_change(spec: dict[str, Any], running: dict[str, Any]) -> list[str]
     return changed if spec_hash(alt, running["digest"]) == running.get("spec_hash") else []
 
 
+def hand_changed(running: dict[str, Any], spec: dict[str, Any]) -> str:
+    """What was changed on a labelled container after fleetroll made it, which its labels cannot say (pure).
+
+    Only `docker update` changes a container in place, and of what fleetroll sets only the restart policy;
+    a container recreated by hand has no configuration label (and is replaced for that).
+    """
+    have, want = running.get("restart_policy"), spec.get("restart", "unless-stopped")
+    if have and have != want:
+        return f"its restart policy is {have}, the inventory says {want} (changed by hand?)"
+    return ""
+
+
 GATE_NOTE = "; new "  # how a no-op's reason goes on when only the gate's timings changed
 
 
@@ -224,6 +238,9 @@ def _action(running: dict[str, Any] | None, spec: dict[str, Any], digest: str) -
         return REPLACE, "runs without fleetroll's configuration label (started by hand?); replace it with the inventory's"
     same = running.get("spec_hash") == spec["spec_hash"]
     gate_only = [] if same or running.get("digest") != digest else gate_only_change(spec, running)
+    by_hand = hand_changed(running, spec)
+    if (same or gate_only) and by_hand:
+        return REPLACE, f"{by_hand}; start it afresh with the inventory's"
     if (same or gate_only) and _steady(running):
         return NOOP, "already running this digest with this configuration" + (
             f"{GATE_NOTE}{', '.join('health.' + k for k in gate_only)}: the gate uses it from the next swap" if gate_only else "")

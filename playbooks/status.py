@@ -193,12 +193,15 @@ def config_drift(inv: Inventory, s: str, h: str, c: dict) -> str:
     container's configuration label is compared with the hash a rollout would give it, for the digest
     the container runs: the inventory's tag already names that digest here.
     """
-    from .plan import runs_inventory_config
+    from .plan import container_spec, hand_changed, runs_inventory_config
     from .targets import phase_of_service
 
     same = runs_inventory_config(inv, s, h, c)
     if same is None:
         return "no configuration label (started by hand?)"
+    by_hand = hand_changed(c, container_spec(inv, s, h))
+    if by_hand:
+        return f"{by_hand} (how: fab rollout -p {phase_of_service(inv, s)} -n)"
     return "" if same else f"configuration differs from the inventory (how: fab rollout -p {phase_of_service(inv, s)} -n)"
 
 

@@ -95,6 +95,15 @@ def test_a_change_of_the_gate_s_timings_alone_replaces_nothing():
     assert actions(build_plan(INV, "gpu-mainpc", facts_with([looping, running("vision-audio")])))["llm-inference"] == REPLACE
 
 
+def test_a_restart_policy_changed_by_hand_is_put_back():
+    """Found by an exploratory run: `docker update --restart=no` on a service left it a no-op for every rollout and
+    `-` in status's drift (its configuration label cannot know): the planner reads the live policy."""
+    changed = {**running("llm-inference"), "restart_policy": "no"}
+    plan = build_plan(INV, "gpu-mainpc", facts_with([changed, {**running("vision-audio"), "restart_policy": "unless-stopped"}]))
+    assert actions(plan) == {"llm-inference": REPLACE, "vision-audio": NOOP}
+    assert plan.for_host("mainpc")[0].reason.startswith("its restart policy is no, the inventory says unless-stopped")
+
+
 def test_stopped_container_is_replaced():
     plan = build_plan(INV, "gpu-mainpc", facts_with([running("llm-inference", running=False), running("vision-audio")]))
     assert actions(plan)["llm-inference"] == REPLACE

@@ -37,6 +37,8 @@ def test_a_container_on_the_inventory_s_configuration_has_no_drift_and_one_on_an
     drift = status.config_drift(inv, "rag-api", "pc2", _running(inv, "rag-api", "pc2", other))
     assert drift.startswith("configuration differs from the inventory") and "fab rollout -p" in drift and "-n" in drift
     assert "started by hand" in status.config_drift(inv, "rag-api", "pc2", {"name": "rag-api", "digest": DIGEST})
+    by_hand = {**_running(inv, "rag-api", "pc2"), "restart_policy": "no"}  # docker update --restart=no
+    assert status.config_drift(inv, "rag-api", "pc2", by_hand).startswith("its restart policy is no, the inventory says")
 
 
 @pytest.mark.usefixtures("host_state")
