@@ -58,6 +58,14 @@ def blocking(plan: Plan, facts: dict[str, dict[str, Any]], inventory: str) -> li
     return out
 
 
+def idle_notes(plan: Plan, facts: dict[str, dict[str, Any]], inventory: str) -> list[str]:
+    """A plan with nothing to change still says which manual freezes hold its phase (a change would be refused)."""
+    thaw = f"fab thaw --phase {plan.phase} --reason '...' --inventory {inventory}"
+    return [f"note: phase {plan.phase} is frozen on {host} by {f.get('by')} since {when(f.get('ts', 0))}: {f.get('reason')!r};"
+            f" nothing to do now, and a change would be refused until: {thaw}"
+            for host, f in of_phase(facts, plan.phase) if not f.get("auto")]
+
+
 def ask_hosts(inv, phase: str, todo: dict[str, dict[str, dict[str, str]]], request: Callable[[str], dict[str, Any]],
               after: Callable[[str], str], pool: transport.Pool | None = None) -> tuple[list[str], list[str]]:
     """Ask each host of `todo` ({host: {service: {tag, digest, config}}}) to record the automatic freeze `request(h)`

@@ -90,6 +90,10 @@ class Inventory:
         """Hosts to act on: those named (checked), else those the phase touches, else all. `option`: the flag that named them."""
         if hosts:
             unknown = [h for h in hosts if h not in self.fleet.hosts]
+            listed = [h for h in unknown if "," in h and all(x.strip() in self.fleet.hosts for x in h.split(","))]
+            if listed:  # a single-host option given a list
+                raise InventoryError([f"{self.path}: {option} takes one host, not a list ({listed[0]}): run the command once per"
+                                      f" host; known hosts: {', '.join(self.fleet.hosts)}"])
             if unknown:
                 raise InventoryError(
                     [
@@ -97,7 +101,7 @@ class Inventory:
                         f" known hosts: {', '.join(self.fleet.hosts)}"
                     ]
                 )
-            return list(hosts)
+            return list(dict.fromkeys(hosts))  # named twice, acted on once
         if phase:
             touched = {h for s in self.phase(phase).services for h in self.fleet.hosts_of(s)}
             return [h for h in self.fleet.hosts if h in touched]

@@ -156,6 +156,7 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
             ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)
         return True
     frozen = freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else []
+    report.messages += [] if plan.changes else freezes.idle_notes(plan, pre.facts, str(ro.inv.path))
     if frozen and not dry_run:
         report.messages += frozen
         ledger.append("refused", **ro.common, reason="phase frozen", failures=frozen)

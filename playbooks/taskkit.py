@@ -191,7 +191,7 @@ def load_inventory(path: str | None, as_json: bool = False):
 
 def required(value, option: str, example: str) -> str:
     """A task option every run needs (a flag, not a positional, so `fab TASK --help` prints help)."""
-    if value in (None, ""):
+    if value is None or not str(value).strip():  # blank is not a reason, a phase or a service
         raise Exit(f"--{option} is required, e.g. {example}", code=1)
     return str(value)
 

@@ -192,7 +192,7 @@ def logs(c, service=None, host=None, follow=False, since=None, tail=None, agent=
         out = operate.logs(inv, service, host, tail=_int(tail, "tail") or 100, since=since, follow=follow, agent=agent,
                             timestamps=timestamps, on_line=render.say if follow else None)
     except KeyboardInterrupt:
-        raise Exit(code=130) from None
+        raise Exit("stopped following (Ctrl-C); nothing changed on the host" if follow else "interrupted (Ctrl-C)", code=130) from None
     if agent:
         render.say(f"{out['host']}: {out.get('path')}")
     if out.get("lines"):

@@ -398,3 +398,13 @@ def test_a_skipped_row_names_the_release_that_was_not_started():
               new_digest="sha256:" + "b" * 64)
     row = _untouched(st, "skipped", "batch", "not started: batch 1 failed")
     assert _row_refs(row) == "T2 (not started) -> T1@aaaaaaaaaaaa", _row_refs(row)
+
+
+def test_a_blank_reason_is_no_reason():
+    """Found by an exploratory run: fab freeze -p P --reason '  ' recorded a whitespace reason; an empty one was refused."""
+    from playbooks.taskkit import Exit, required
+
+    for blank in ("", "  ", "\t"):
+        with pytest.raises(Exit, match="--reason is required"):
+            required(blank, "reason", 'fab freeze --phase gpu-mainpc --reason "why"')
+    assert required(" why ", "reason", "") == " why "

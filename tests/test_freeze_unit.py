@@ -178,3 +178,14 @@ def test_an_automatic_freeze_under_a_manual_one_is_said_as_such():
     r = ops.freeze_op({"phase": "gpu", "operator": "op", "auto": True, "rollout_id": "r-1", "releases": {"a": "A1"},
                        "failed": {"a": {"tag": "A1", "digest": "sha256:a", "config": "cfg:a"}}, "reason": "r-1 failed"})
     assert r["msg"] == "froze gpu automatically, under the freeze by alice (in force once that is thawed)", r["msg"]
+
+
+def test_a_plan_with_nothing_to_change_still_names_the_manual_freeze_that_holds_its_phase():
+    """Found by an exploratory run: under a manual freeze, a rollout with nothing to change exited 0 and never said so."""
+    from playbooks import freezes
+    from playbooks.plan import Plan
+
+    facts = {"pc2": {"freezes": [{"phase": "rep", "by": "ana", "ts": 0, "reason": "driver upgrade"}]},
+             "mainpc": {"freezes": [{"phase": "rep", "auto": True, "reason": "rollout r1 failed"}]}}
+    [note] = freezes.idle_notes(Plan("r2", "rep", "op", []), facts, "inv.yml")
+    assert note.startswith("note: phase rep is frozen on pc2 by ana") and "'driver upgrade'" in note and "fab thaw --phase rep" in note

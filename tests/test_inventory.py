@@ -326,3 +326,14 @@ def test_phases_live_beside_the_inventory_and_the_old_place_is_read_once_with_a_
     assert "phases now live beside the inventory" in capsys.readouterr().err
     other = tmp_path / "elsewhere" / "fleet.yml"
     assert inventory_mod.default_phases_path(other) == other.parent / "phases.yml", "never for another inventory"
+
+
+def test_a_host_named_twice_is_acted_on_once_and_a_list_for_one_host_is_said_so():
+    """Found by an exploratory run: preflight -H mainpc,mainpc checked mainpc twice ('2 hosts'); unlock -H mainpc,pc2
+    said 'mainpc,pc2, not in the inventory'."""
+    inv = load(ROOT / "inventory" / "fleet.yml")
+    assert inv.select_hosts(["mainpc", "mainpc", "pc2"]) == ["mainpc", "pc2"]
+    with pytest.raises(InventoryError, match="--host takes one host, not a list \\(mainpc,pc2\\)"):
+        inv.select_hosts(["mainpc,pc2"], option="--host")
+    with pytest.raises(InventoryError, match="names nosuch, not in the inventory"):
+        inv.select_hosts(["nosuch"])

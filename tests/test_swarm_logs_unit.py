@@ -128,5 +128,5 @@ def test_ctrl_c_ends_fab_logs_follow_with_exit_130_as_the_ssh_push_does(inv, mon
     monkeypatch.setattr(tasks, "_inventory", lambda i: inv)
     with pytest.raises(tasks.Exit) as ended:
         tasks.logs(invoke.Context(), service="api", follow=True)
-    assert ended.value.code == 130 and seen["closed"]
+    assert ended.value.code == 130 and seen["closed"] and "stopped following (Ctrl-C)" in str(ended.value)
     assert "line one" in capsys.readouterr().out
