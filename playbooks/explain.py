@@ -39,7 +39,8 @@ def usage(task: Any) -> str:
 
 def parse_target(inv: Inventory, target: str | None) -> tuple[str, str]:
     """HOST/SERVICE as the inventory places it, or one line naming the valid choices (before any host is asked)."""
-    example = "fab explain mainpc/llm-inference"
+    first = next(((h, s) for h in inv.fleet.hosts for s in inv.services_for(None, [h])), ("mainpc", "llm-inference"))
+    example = f"fab explain {first[0]}/{first[1]}"  # one of this inventory's, not the sample's
     if not target or target.count("/") != 1:
         raise RolloutError(f"give the container as HOST/SERVICE, e.g. {example} (hosts: {', '.join(inv.fleet.hosts)})")
     host, service = target.split("/")

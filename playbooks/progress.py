@@ -33,7 +33,7 @@ def describe(ev: dict[str, Any]) -> tuple[str, str]:
     if step == Step.DONE:
         detail = "host finished: " + ("ok" if ev.get("ok") else "FAILED")
     if step == Step.SWITCHED:  # journalled also when the proxy already served that container: nothing moved then
-        detail = f"the proxy now serves it ({ev.get('switch_ms')} ms)" if ev.get("switched") else "the proxy already served it: no switch"
+        detail = f"the proxy now serves it ({ev.get('switch_ms')} ms)" if ev.get("switched") else "the proxy serves it: confirmed, nothing to switch"
     return step, str(detail)
 
 

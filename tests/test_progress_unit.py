@@ -103,5 +103,5 @@ def test_a_switch_that_moved_nothing_is_not_shown_as_a_switch():
     """Found on the lab: a failed start-first release showed '[pc2] web: switched' though the proxy had never moved."""
     from playbooks.progress import describe
 
-    assert describe({"event": "switched", "switched": False, "switch_ms": 0.0}) == ("switched", "the proxy already served it: no switch")
+    assert describe({"event": "switched", "switched": False, "switch_ms": 0.0}) == ("switched", "the proxy serves it: confirmed, nothing to switch")
     assert describe({"event": "switched", "switched": True, "switch_ms": 3.2}) == ("switched", "the proxy now serves it (3.2 ms)")
