@@ -40,7 +40,7 @@ def config_diffs(specs: dict[str, dict], inspected: dict[str, dict] | None = Non
                     if exc.status == 404:
                         continue
                     raise
-                if ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.MANAGED) != "true":
+                if not _managed(attrs):
                     if foreign is not None:
                         foreign[name] = foreign_summary(attrs)
                     continue
@@ -51,6 +51,10 @@ def config_diffs(specs: dict[str, dict], inspected: dict[str, dict] | None = Non
                     image_envs[attrs["Image"]] = {}
             out[name] = container_args.diff(container_args.from_inspect(attrs), spec, image_envs[attrs["Image"]])
     return out
+
+
+def _managed(attrs: dict) -> bool:
+    return ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.MANAGED) == "true"
 
 
 def foreign_summary(attrs: dict) -> dict[str, str]:
@@ -80,6 +84,6 @@ def foreign_by_name(names: list[str]) -> dict[str, dict]:
                 attrs = eng.get(f"/containers/{urllib.parse.quote(name)}/json")
             except Exception:  # noqa: BLE001 - 404 (nothing there) or an answer that says nothing about this name
                 continue
-            if isinstance(attrs, dict) and ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.MANAGED) != "true":
+            if isinstance(attrs, dict) and not _managed(attrs):
                 out[name] = foreign_summary(attrs)
     return out

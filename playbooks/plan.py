@@ -175,16 +175,18 @@ def spec_hash(spec: dict[str, Any], digest: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def runs_inventory_config(inv: Inventory, service: str, host: str, container: dict[str, Any]) -> bool | None:
+def runs_inventory_config(inv: Inventory, service: str, host: str, container: dict[str, Any],
+                          spec: dict[str, Any] | None = None) -> bool | None:
     """Does this container (a facts summary) run the inventory's configuration of `service` on `host`? (pure)
 
-    Its configuration label against the hash a rollout would give it for the digest it runs; None
-    when it has no label (started by hand). The tag is compared by whoever asks: here it is the
-    configuration around it (ports, env, volumes, health, a proxy's routes).
+    Its configuration label against the hash a rollout would give it for the digest it runs (and its live
+    restart policy); None when it has no label (started by hand). The tag is compared by whoever asks: here
+    it is the configuration around it (ports, env, volumes, health, a proxy's routes). `spec`: the
+    inventory's container_spec of it, when the caller has it already.
     """
     if not container.get("spec_hash") or not container.get("digest"):
         return None
-    spec = {k: v for k, v in container_spec(inv, service, host).items() if k not in ("digest", "spec_hash")}
+    spec = {k: v for k, v in (spec or container_spec(inv, service, host)).items() if k not in ("digest", "spec_hash")}
     if hand_changed(container, spec):
         return False
     return spec_hash(spec, container["digest"]) == container["spec_hash"] or bool(gate_only_change(spec, container))
@@ -201,8 +203,10 @@ def gate_only_change(spec: dict[str, Any], running: dict[str, Any]) -> list[str]
         was = json.loads(running.get("health") or "")
     except ValueError:
         return []
+    if not isinstance(was, dict):
+        return []
     now = spec.get("health") or {}
-    changed = [k for k in GATE_TIMINGS if isinstance(was, dict) and k in was and was.get(k) != now.get(k)]
+    changed = [k for k in GATE_TIMINGS if k in was and was[k] != now.get(k)]
     if not changed or not running.get("digest"):
         return []
     alt = {k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}

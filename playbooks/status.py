@@ -196,13 +196,14 @@ def config_drift(inv: Inventory, s: str, h: str, c: dict) -> str:
     from .plan import container_spec, hand_changed, runs_inventory_config
     from .targets import phase_of_service
 
-    same = runs_inventory_config(inv, s, h, c)
+    spec = container_spec(inv, s, h)
+    same = runs_inventory_config(inv, s, h, c, spec)
     if same is None:
         return "no configuration label (started by hand?)"
-    by_hand = hand_changed(c, container_spec(inv, s, h))
-    if by_hand:
-        return f"{by_hand} (how: fab rollout -p {phase_of_service(inv, s)} -n)"
-    return "" if same else f"configuration differs from the inventory (how: fab rollout -p {phase_of_service(inv, s)} -n)"
+    if same:
+        return ""
+    how = f"(how: fab rollout -p {phase_of_service(inv, s)} -n)"
+    return f"{hand_changed(c, spec) or 'configuration differs from the inventory'} {how}"
 
 
 def swarm_rows(inv: Inventory, out: dict[str, Any], hosts: list[str]) -> None:
