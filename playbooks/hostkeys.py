@@ -159,6 +159,18 @@ def decide(scans: list[Scan], expected: dict[str, str], ask, say) -> tuple[list[
     return accepted, open_
 
 
+def not_done(open_: list[Scan]) -> str:
+    """Why fab hostkeys ends with exit 1 (pure): keys not pinned, and --accept fingerprints that named another key than
+    the one already pinned (said apart: that host's pin is unchanged, not missing)."""
+    wrong = [s.host for s in open_ if s.status == "same"]
+    missing = [s.host for s in open_ if s.status != "same"]
+    said = [f"not pinned: {', '.join(missing)}"] if missing else []
+    if wrong:
+        said.append(f"--accept named another key than the one pinned for {', '.join(wrong)} (its pin is unchanged)")
+    said = said or ["not pinned: unreachable hosts"]
+    return "; ".join(said) + "; confirm each fingerprint out of band, then run fab hostkeys again (interactively, or with --accept HOST=SHA256:...)"
+
+
 def pin(accepted: list[Scan]) -> None:
     """Write every accepted key into its known_hosts file (one atomic write per file)."""
     for path in {s.path for s in accepted}:

@@ -387,9 +387,7 @@ def hostkeys(c, hosts=None, inventory=None, accept=None):
     for s in accepted:
         render.say(f"{s.host}: pinned {s.fingerprint} in {s.path}")
     if open_ or any(s.status == "unreachable" for s in scans):
-        names = ", ".join(s.host for s in open_)
-        raise Exit(f"not pinned: {names or 'unreachable hosts'}; confirm each fingerprint out of band, then run"
-                   " fab hostkeys again (interactively, or with --accept HOST=SHA256:...)", code=1)
+        raise Exit(hk.not_done(open_), code=1)
 
 
 from .tasks_build import audit, build, runbook  # noqa: E402 - the images and runbook tasks
