@@ -77,6 +77,9 @@ def test_the_worker_pipe_relays_each_record_and_its_end_says_the_worker_is_gone(
     finally:
         os.close(wake)
     assert [e["event"] for e in events] == ["accepted", "gate", "done"] and pid > 0
+    end = time.monotonic() + 10  # the recovery thread lets go of the lock just after it wrote the outcome
+    while "released" not in recovered and time.monotonic() < end:
+        time.sleep(0.01)
     assert done is not None and recovered == [rid, "released"]
 
 
