@@ -253,8 +253,8 @@ class Runtime:
                     break
                 chunks.append(b)
         except OSError as exc:
-            raise ProxyError(f"the proxy's runtime API at {self.path} did not answer ({exc}); is the proxy running?"
-                             " (fab status)") from None
+            raise ProxyError(f"the proxy's runtime API at {self.path} did not answer ({exc}); is the proxy's container"
+                             " running?") from None
         finally:
             s.close()
         return b"".join(chunks).decode(errors="replace")

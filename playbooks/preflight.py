@@ -170,12 +170,13 @@ def _proxy_now(inv: Inventory, host: str, phase: str | None, services: list[str]
     if not view.get("ok"):
         return [Check(host, "proxy", FAIL, f"the proxy {rp.service} does not answer here ({view.get('error', 'not asked')});"
                                            f" {', '.join(behind)} cannot be switched to",
-                      f"roll out the proxy first: fab rollout --phase {fix_phase or '<its phase>'}")]
+                      f"roll out the proxy first: fab rollout --phase {fix_phase or '<its phase>'} --inventory {inv.path}")]
     missing = [s for s in behind if s not in (view.get("backends") or {})]
     if missing:
         return [Check(host, "proxy", FAIL, f"the proxy {rp.service} here has no backend for {', '.join(missing)}: it was"
                                            " started before they were put behind it",
-                      f"roll out the proxy's phase again (its configuration lists them): fab rollout --phase {fix_phase}")]
+                      f"roll out the proxy's phase again (its configuration lists them): fab rollout --phase {fix_phase}"
+                      f" --inventory {inv.path}")]
     running = next((c for c in (facts.get("docker") or {}).get("containers", []) if c.get("name") == rp.service), None)
     if running is not None and runs_inventory_config(inv, rp.service, host, running) is False:
         # A service's proxy.listen (or another proxied service) changed: its rollout commits, the proxy still routes as before.
@@ -183,7 +184,7 @@ def _proxy_now(inv: Inventory, host: str, phase: str | None, services: list[str]
         what = (f"runs {running.get('tag') or '?'}, the inventory says {want}" if running.get("tag") != want
                 else "runs a configuration other than the inventory's (a listen port, a route or its own settings changed)")
         return [Check(host, "proxy", WARN, f"the proxy {rp.service} here {what}: what it serves for {', '.join(behind)} follows the"
-                                           " inventory only once it is rolled out", f"fab rollout --phase {fix_phase} (-n shows the change)")]
+                                           " inventory only once it is rolled out", f"fab rollout --phase {fix_phase} --inventory {inv.path} (-n shows the change)")]
     return [Check(host, "proxy", PASS, f"{rp.service} answers, with a backend for {', '.join(behind)}")]
 
 

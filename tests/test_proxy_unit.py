@@ -390,7 +390,7 @@ def proxy_check(inv, host, phase, view):
 def test_preflight_refuses_services_behind_a_proxy_that_does_not_answer_or_lacks_their_backend(tmp_path):
     inv = load(write(tmp_path, FLEET))
     [c] = proxy_check(inv, "pc2", "apps", {"ok": False, "error": "the proxy's runtime API did not answer"})
-    assert c.status == "fail" and "does not answer here" in c.detail and c.fix == "roll out the proxy first: fab rollout --phase edge"
+    assert c.status == "fail" and "does not answer here" in c.detail and c.fix == f"roll out the proxy first: fab rollout --phase edge --inventory {inv.path}"
     [c] = proxy_check(inv, "pc2", "apps", {"ok": True, "backends": {}})
     assert c.status == "fail" and "no backend for web" in c.detail and "fab rollout --phase edge" in c.fix
     [c] = proxy_check(inv, "pc2", "apps", {"ok": True, "backends": {"web": {}}})
