@@ -246,6 +246,34 @@ def kept_name(service: str, rollout_id: str) -> str:
 GATE_TIMINGS = ("healthy_deadline", "min_healthy_time", "interval")  # how long a gate waits and watches: not the container's
 
 
+def config_hash(spec: dict, digest: str) -> str:
+    """Identity of what should run: the configuration (without digest and hash) plus the exact image digest.
+
+    The controller labels each container with it (plan.spec_hash); here so that a restart can relabel one.
+    """
+    blob = json.dumps({"spec": spec, "digest": digest}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def relabel_for_timings(labels: dict[str, str], spec: dict) -> dict[str, str] | None:
+    """The labels a restart gives the fresh container when only the gate's timings changed, else None (pure).
+
+    A change of healthy_deadline (or min_healthy_time, interval) alone replaces no container (the planner's
+    gate_only_change); the restart that then gates with the new values records them, and the configuration
+    hash they give, so the planner and status see the inventory's configuration from then on. Only when the
+    container's hash is exactly the spec's with its own recorded timings: anything else keeps its labels.
+    """
+    was, now = health_of(labels, {}), dict(spec.get("health") or {})
+    if not was or not any(k in was and was[k] != now.get(k) for k in GATE_TIMINGS):
+        return None
+    base = {k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}
+    digest = labels.get(contract.DIGEST, "")
+    if config_hash({**base, "health": {**now, **{k: was[k] for k in GATE_TIMINGS if k in was}}}, digest) != labels.get(contract.SPEC_HASH):
+        return None
+    return {**labels, contract.HEALTH: json.dumps(now, sort_keys=True, separators=(",", ":")),
+            contract.SPEC_HASH: config_hash(base, digest)}
+
+
 def health_of(labels: dict[str, str], fallback: dict) -> dict:
     """The health settings a container was started with (a label), else the given ones."""
     try:

@@ -38,6 +38,9 @@ class Reverts:
         r.before_tag, r.before_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
         r.tried_tag, r.tried_digest = r.before_tag, r.before_digest
         new_args = {**container_args.from_inspect(current.attrs), "name": service}
+        relabelled = container_args.relabel_for_timings(labels, spec)  # new gate timings: recorded, as this gate uses them
+        if relabelled is not None:
+            new_args["labels"] = relabelled
         if self._refuse_unsafe(r, new_args):
             return r
         # Gated where and how it was started, for as long as the inventory now says (a changed healthy_deadline

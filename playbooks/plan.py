@@ -14,7 +14,6 @@ nothing. The plan is plain data: printable for --dry-run, shipped to agents as J
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import socket
@@ -23,7 +22,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.container_args import GATE_TIMINGS, redact_env
+from agent.container_args import GATE_TIMINGS, config_hash, redact_env
 
 from . import order as swap_order
 from .inventory import Inventory, SecretRef
@@ -170,9 +169,8 @@ def container_spec(inv: Inventory, service: str, host: str | None = None) -> dic
 
 
 def spec_hash(spec: dict[str, Any], digest: str) -> str:
-    """Identity of what should run: the config plus the exact image digest."""
-    blob = json.dumps({"spec": spec, "digest": digest}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """Identity of what should run: the config plus the exact image digest (the agent's restart relabels with it too)."""
+    return config_hash(spec, digest)
 
 
 def runs_inventory_config(inv: Inventory, service: str, host: str, container: dict[str, Any],

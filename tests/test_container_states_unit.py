@@ -73,6 +73,42 @@ def test_a_restart_gates_for_as_long_as_the_inventory_now_says(daemon, monkeypat
     assert (seen[0]["healthy_deadline"], seen[0]["min_healthy_time"], seen[0]["port"]) == (0.7, 0.05, 8000), seen
 
 
+def test_a_restart_with_new_gate_timings_records_them_so_the_next_plan_sees_the_inventory_s_configuration(daemon):
+    """Found by an exploratory run: after the restart gated with the new healthy_deadline, the fresh container kept the
+    old health label (details, explain and the dry run kept saying 'from the next swap'). It is relabelled, with the
+    configuration hash the planner gives the inventory's spec, only when the timings were all that differed."""
+    import json
+
+    from agent import container_args
+    from agent.contract import HEALTH, SPEC_HASH
+
+    from .test_transaction_unit import OLD_D
+
+    def started(s):
+        img = daemon.image(REPO, OLD_D)
+        daemon.images.by_id[img.id] = img
+        base = {k: v for k, v in s.items() if k not in ("digest", "spec_hash")}
+        labels = container_args.labels_for({**s, "spec_hash": container_args.config_hash(base, OLD_D)}, s["tag"], OLD_D,
+                                           "r-old", "gpu", "op", "aaaaaaa")
+        ckw, hkw = container_args.api_kwargs(container_args.from_spec(s, img.id, labels))
+        daemon.containers.get(daemon.api.create_container(**ckw, host_config=daemon.api.create_host_config(**hkw))["Id"]).start()
+
+    s_old = spec(tag="20261101-aaaaaaa", digest=OLD_D)
+    started(s_old)
+    s_new = {**s_old, "health": {**s_old["health"], "healthy_deadline": 0.7}}
+    r = by_service(run(daemon, [{"action": "restart", "spec": s_new}], policy="revert-service"))["svc"]
+    assert r["outcome"] == "committed", r
+    labels = only(daemon, "svc").labels
+    assert json.loads(labels[HEALTH])["healthy_deadline"] == 0.7
+    base = {k: v for k, v in s_new.items() if k not in ("digest", "spec_hash")}
+    assert labels[SPEC_HASH] == container_args.config_hash(base, OLD_D)
+    # a container that differs in more than the timings keeps its labels (the restart is of what runs)
+    other = {**s_new, "env": {"MACHINE": "elsewhere"}, "health": {**s_new["health"], "healthy_deadline": 0.9}}
+    before = dict(only(daemon, "svc").labels)
+    assert by_service(run(daemon, [{"action": "restart", "spec": other}], rid="r-2", policy="revert-service"))["svc"]["outcome"] == "committed"
+    assert {k: only(daemon, "svc").labels[k] for k in (HEALTH, SPEC_HASH)} == {k: before[k] for k in (HEALTH, SPEC_HASH)}
+
+
 @pytest.mark.parametrize("state", ("restarting", "paused"))
 def test_restart_of_a_container_in_motion(daemon, state):
     cid = running_old(daemon)
