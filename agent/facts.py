@@ -355,6 +355,10 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
         out["busy"] = busy(ids)
     if args.get("proxy") and docker.get("ok"):
         out["proxy"] = proxy_view()
+    if args.get("secrets"):
+        from .secrets import problems
+
+        out["secrets"] = problems(args["secrets"])
     foreign: dict[str, dict] = {}
     if args.get("diff_specs") and docker.get("ok"):
         from .container_diffs import config_diffs

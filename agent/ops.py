@@ -281,8 +281,11 @@ def prepare(args: dict[str, Any]) -> dict:
 
     The controller runs this on every host before any host swaps, so a registry that went
     away after preflight or a tag re-pushed after planning stops the rollout everywhere
-    before the first container is touched.
+    before the first container is touched. So does what the swap itself would refuse before
+    stopping anything (a secret missing or unreadable here, a bind or user the hard rules
+    forbid): found here, no other host swaps and reverts for it.
     """
+    from . import proxy
     from .transaction import StepFailed, Transaction, failure_text
 
     tx = Transaction({**args, "rollout_id": f"{args['rollout_id']}-prepare"})
@@ -290,7 +293,10 @@ def prepare(args: dict[str, Any]) -> dict:
     for step in args.get("steps") or []:
         name = step["spec"]["name"]
         try:
-            tx.prepare(step["spec"], name)
+            image, _sha = tx.prepare(step["spec"], name)
+            refused = tx._unsafe(container_args.from_spec(proxy.host_spec(step["spec"], create=False), image.id, {}))
+            if refused:
+                raise StepFailed("container-config", "; ".join(refused) + "; refused, nothing was stopped")
             out.append({"service": name, "ok": True})
         except StepFailed as exc:
             out.append({"service": name, "ok": False, "check": exc.check, "message": str(exc)})

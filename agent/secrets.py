@@ -143,6 +143,20 @@ def read(name: str) -> str:
         os.close(fd)
 
 
+def problems(names: list[str]) -> dict[str, str]:
+    """Of these secret names, those this host could not hand to a container now, and why (preflight's `secrets`).
+
+    Each is read as a create would read it (so the same refusals); its value is dropped at once, never answered.
+    """
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            read(name)
+        except SecretError as exc:
+            out[name] = str(exc)
+    return out
+
+
 def resolve(env: dict[str, Any]) -> dict[str, str]:
     """Env with every reference replaced by its value: only ever handed to Docker's create call.
 

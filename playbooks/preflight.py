@@ -17,6 +17,7 @@ from .inventory import Inventory, parse_version, tag_problem
 from .plan import runs_inventory_config
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
+_SECRETS_DIR = "/etc/fleetroll/secrets"  # the agent's default (FLEETROLL_SECRETS_DIR on the host overrides it)
 ARCH_LABEL = contract.ARCH
 REVISION_LABEL = contract.REVISION
 IMAGE_USER = contract.IMAGE_USER
@@ -123,17 +124,33 @@ def evaluate(inv: Inventory, host: str, phase: str | None, facts: dict[str, Any]
     checks += _image_checks(inv, host, services, cc, facts.get("images") or {})
     checks += _port_checks(inv, host, services, facts)
     checks += _proxy_checks(inv, host, phase, services, facts, ahead)
+    checks += _what_a_swap_would_refuse(inv, host, services, facts)
+    busy = facts.get("busy") or {}
+    if busy and not busy.get("unsafe"):  # a rollout now would be refused (rollout.in_motion); what is read here is in motion
+        checks.append(Check(host, "transaction", WARN, f"rollout {busy.get('rollout_id') or '?'} runs here now ({busy.get('holder')},"
+                            f" pid {busy.get('pid') or '?'}): containers and ports are in motion", "wait for it: fab status --follow"))
+    return checks
+
+
+def _what_a_swap_would_refuse(inv: Inventory, host: str, services: list[str], facts: dict[str, Any]) -> list[Check]:
+    """What each host's swap refuses before stopping anything, said here, before any host swaps: a secret it cannot
+    read, and a container fleetroll did not start holding a service's name."""
+    checks = []
+    for name, why in sorted((facts.get("secrets") or {}).items()):
+        users = ", ".join(s for s in services if _references(inv.fleet.services[s].env, name)) or "a service here"
+        checks.append(Check(host, "secrets", FAIL, f"{why} (used by {users})",
+                            f"place it on {host} as root: install -o root -g root -m 0600 FILE {_SECRETS_DIR}/{name}"))
     for name, c in sorted((facts.get("foreign") or {}).items()):  # a rollout refuses to touch it (foreign-container)
         if _on_swarm(inv, name):
             continue
         checks.append(Check(host, "names", FAIL, f"{name} here is a container fleetroll did not start ({c.get('image') or '?'},"
                             f" {c.get('status') or '?'}, {c.get('id') or '?'}): a rollout will not stop or replace it",
                             f"remove or rename it yourself (docker rm -f {name}, or docker rename {name} {name}-by-hand), then roll out"))
-    busy = facts.get("busy") or {}
-    if busy and not busy.get("unsafe"):  # a rollout now would be refused (rollout.in_motion); what is read here is in motion
-        checks.append(Check(host, "transaction", WARN, f"rollout {busy.get('rollout_id') or '?'} runs here now ({busy.get('holder')},"
-                            f" pid {busy.get('pid') or '?'}): containers and ports are in motion", "wait for it: fab status --follow"))
     return checks
+
+
+def _references(env: dict[str, Any], name: str) -> bool:
+    return any(getattr(v, "secret", None) == name for v in (env or {}).values())
 
 
 def _proxy_checks(inv: Inventory, host: str, phase: str | None, services: list[str], facts: dict[str, Any],
@@ -309,12 +326,17 @@ def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]
     from .plan import container_spec
 
     services = inv.services_for(phase, [host])
+    pushed = [s for s in services if not _on_swarm(inv, s)]
+    specs = {s: container_spec(inv, s, host) for s in pushed}
     return {
         # Names a container fleetroll did not start may hold (a rollout refuses to touch it): the SSH push's only;
         # Swarm names its tasks' containers itself.
-        "names": [s for s in services if not _on_swarm(inv, s)],
+        "names": pushed,
+        # Every secret those services' env references, read as a create would: a missing one refuses before any swap.
+        "secrets": sorted({ref.get("secret") or ref.get("report_key") for spec in specs.values()
+                           for ref in (spec.get("env") or {}).values() if isinstance(ref, dict)} - {None}),
         # The host compares these with what runs (the dry run's per-key diff); only change names come back.
-        **({"diff_specs": {s: container_spec(inv, s, host) for s in services}} if phase else {}),
+        **({"diff_specs": {s: specs.get(s) or container_spec(inv, s, host) for s in services}} if phase else {}),
         "gpu": inv.fleet.hosts[host].gpus is not None,
         "proxy": any(inv.fleet.services[s].proxy is not None for s in services),
         "images": sorted({inv.image_ref(s) for s in services if not tag_problem(inv.fleet.services[s].tag)}),

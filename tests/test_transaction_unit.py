@@ -159,6 +159,22 @@ def test_restore_recreates_from_recorded_config_when_the_kept_container_vanished
     assert c.id != old and "OLD_ONLY=1" in c.attrs["Config"]["Env"] and c.labels[contract.TAG] == "20261101-aaaaaaa"
 
 
+def test_the_prepare_every_host_runs_first_refuses_what_the_swap_would_refuse_before_stopping_anything(daemon, monkeypatch):
+    """Found by an exploratory run: a secret present on mainpc and missing on pc2 passed the fleet-wide prepare; mainpc
+    swapped and committed, pc2 refused, and the phase reverted mainpc (exit 4 where 3 was due)."""
+    from agent import ops
+
+    old = running_old(daemon)
+    daemon.image(REPO, NEW_D)
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    s = spec(env={"MACHINE": "pc2", "API_TOKEN": {"secret": "api_token"}})
+    out = ops.prepare({"rollout_id": "r-prep", "phase": "gpu", "steps": [step(s)]})
+    assert not out["ok"], out
+    [r] = out["data"]["services"]
+    assert r["check"] == "container-config" and "api_token" in r["message"] and "nothing was stopped" in r["message"], r
+    assert only(daemon, "svc").id == old and only(daemon, "svc").running
+
+
 def test_new_service_that_fails_is_removed(daemon):
     daemon.image(REPO, NEW_D, behaviour="bad")
     out = run(daemon, [step(spec(), "create")])
