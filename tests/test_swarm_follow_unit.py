@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from playbooks.swarm import commands, deploy, form, judge, observe
 
 NEW, OLD = "sha256:" + "1" * 64, "sha256:" + "0" * 64
@@ -228,6 +230,26 @@ def test_a_rollback_still_in_progress_at_the_end_of_the_wait_is_given_its_grace_
     assert not judge.judge(g, going, now=100, min_healthy_time=2)
     assert judge.judge(g, going, now=151, min_healthy_time=2)  # the grace is given once
     assert {d["outcome"] for d in g.done.values()} == {"needs-operator"}
+
+
+def test_a_rollback_still_moving_when_its_grace_is_spent_is_waited_on_and_one_that_stopped_is_not():
+    """Seen in CI under load: Swarm's rollback was still placing the previous spec's tasks when the grace ended, and
+    the rollout said needs-operator although Swarm finished it a little later. While its tasks keep changing, fleetroll
+    waits a window at a time (up to a bound); a rollback whose tasks stopped changing is left to an operator as before."""
+    f = follow()
+    f.rollback_grace = 0.0
+    state = {"State": "rollback_started", "StartedAt": "2030-01-01T00:00:00Z"}
+    stuck = view(state, [task("x", "n1", NEW, "failed", "shutdown", "unhealthy", 1), task("y", "n2", OLD, "pending")])
+    moving = view(state, [task("x", "n1", NEW, "failed", "shutdown", "unhealthy", 1), task("y", "n2", OLD, "starting")])
+    assert not judge.judge(f, stuck, now=10, min_healthy_time=2)  # first sight, before the deadline
+    assert not judge.judge(f, moving, now=f.deadline + 1, min_healthy_time=2) and f.done == {}, "it moved: waited on"
+    assert f.deadline == pytest.approx(f.progress_at + judge.ROLLBACK_PROGRESS_S)
+    assert judge.judge(f, moving, now=f.deadline + judge.ROLLBACK_PROGRESS_S, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"needs-operator"}, "it stopped moving: needs an operator"
+    g = follow()  # moving for ever: still bounded
+    g.extended = judge.ROLLBACK_MORE_MAX
+    assert not judge.judge(g, stuck, now=10, min_healthy_time=2)
+    assert judge.judge(g, moving, now=g.deadline + 1, min_healthy_time=2)
 
 
 def test_an_update_swarm_calls_completed_while_its_new_tasks_failed_is_rolled_back_by_asking_swarm():

@@ -47,6 +47,11 @@ class Follow:
     # for the rollback its own failure_action would have done; `rollback_asked` keeps that it was asked (once).
     ask_rollback: str = ""
     rollback_asked: str = ""
+    # A rollback still moving (its tasks changed within ROLLBACK_PROGRESS_S) when the grace is spent is waited on, a
+    # window at a time, up to ROLLBACK_MORE_MAX in all: only one that stopped moving is left to an operator.
+    progress_sig: tuple = ()
+    progress_at: float = float("-inf")
+    extended: float = 0.0
 
 
 def base(f: Follow, host: str, action: str) -> dict[str, Any]:
@@ -116,11 +121,29 @@ def _each(f: Follow, view: observe.View, on: dict[str, dict[str, Any]], tag: str
             _needs(f, view, h, missing.replace("{host}", h))
 
 
-def _judge_update(f: Follow, view: observe.View, timed_out: bool) -> bool:
+ROLLBACK_PROGRESS_S = 60.0
+ROLLBACK_MORE_MAX = 300.0
+
+
+def _moved(f: Follow, view: observe.View, now: float) -> None:
+    """Note when the service's tasks last changed (ids, states, desired states); the first sight is not a change."""
+    sig = tuple(sorted((t.get("ID", ""), (t.get("Status") or {}).get("State", ""), t.get("DesiredState", ""))
+                       for t in view.tasks.get(f.service) or []))
+    if f.progress_sig and sig != f.progress_sig:
+        f.progress_at = now
+    f.progress_sig = sig
+
+
+def _judge_update(f: Follow, view: observe.View, timed_out: bool, now: float) -> bool:
     """An update Swarm started: completed, rolled back, paused, or still going."""
     state, message, _started = observe.update_state(view.services.get(f.service))
+    if state == "rollback_started":
+        _moved(f, view, now)
     if timed_out and state == "rollback_started" and f.rollback_grace > 0:
         f.deadline, f.rollback_grace = f.deadline + f.rollback_grace, 0.0
+        return False
+    if timed_out and state == "rollback_started" and now - f.progress_at < ROLLBACK_PROGRESS_S and f.extended < ROLLBACK_MORE_MAX:
+        f.deadline, f.extended = now + ROLLBACK_PROGRESS_S, f.extended + ROLLBACK_PROGRESS_S  # seen in CI under load
         return False
     if state == "completed" and not f.rollback_asked and (why := _failed_where_none_runs(f, view)):
         f.ask_rollback = why
@@ -227,5 +250,5 @@ def judge(f: Follow, view: observe.View, now: float, min_healthy_time: float) ->
     _state, _message, started = observe.update_state(view.services.get(f.service))
     timed_out = now >= f.deadline
     if f.mode == "update" and started and started != f.started_before:
-        return _judge_update(f, view, timed_out)
+        return _judge_update(f, view, timed_out, now)
     return _judge_tasks(f, view, now, min_healthy_time, timed_out)
