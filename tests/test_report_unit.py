@@ -200,3 +200,16 @@ def test_a_failed_release_that_wrote_no_log_lines_is_not_sent_to_fab_logs():
     s = {"service": "vision-api", "action": "replace", "outcome": "reverted", "check": "health-deadline", "details": {}}
     line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
     assert "fab logs" not in line and "it wrote no log lines; its last /health answer is above (that container is gone)" in line
+
+
+def test_a_refused_rollback_or_restart_is_not_sent_to_logs_and_a_rollback_again():
+    """Found by an exploratory run: a rollback refused because the version's image was gone said 'next: fab logs …;
+    fab versions … then fab rollback … --to TAG'; a restart refused for a missing secret said 'fab logs'."""
+    from playbooks.ending import next_step
+
+    s = {"service": "embed-api", "action": "revert", "outcome": "refused", "check": "image-gone"}
+    line = next_step("rollback", "pc2", s, "cpu-pc2", "inv.yml")
+    assert line.startswith("nothing was changed") and "fab logs" not in line and "fab rollout --phase cpu-pc2" in line
+    s = {"service": "core-pc2", "action": "restart", "outcome": "refused", "check": "container-config"}
+    line = next_step("restart", "pc2", s, "core-infra", "inv.yml")
+    assert "fab logs" not in line and "fab restart -s core-pc2 -H pc2" in line
