@@ -223,7 +223,7 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
     if s.get("outcome") == Outcome.REFUSED and kind == "rollback":  # nothing changed; the reason says what is missing
         return (f"nothing was changed; fab versions -s {svc} -H {host} lists what can be gone back to here; a release no"
                 f" longer here goes back by rolling it out: fab rollout --phase {phase} --inventory {inventory}")
-    if s.get("outcome") == Outcome.REFUSED and kind == "restart":
+    if s.get("outcome") == Outcome.REFUSED and kind == "restart" and s.get("check") != "not-running":
         return f"nothing was changed; fix what is named above, then: fab restart -s {svc} -H {host} --inventory {inventory}"
     if s.get("outcome") in NEEDS:
         return f"{look}; fab status -H {host}; then fab rollback -p {phase} -s {svc} --to <a tag from fab versions -s {svc}>"
