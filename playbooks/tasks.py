@@ -289,8 +289,9 @@ def exec_(c, service=None, host=None, inventory=None):
     inv = _inventory(inventory)
     try:
         out = operate.exec_in(inv, service, argv, host)
-    except KeyboardInterrupt:
-        raise Exit(code=130) from None
+    except KeyboardInterrupt:  # Docker has no call that stops an exec: say that it may go on
+        raise Exit(f"interrupted (Ctrl-C): the command may still run in {service}'s container (Docker cannot stop an exec"
+                   " from outside it; end it from inside, e.g. with kill)", code=130) from None
     from .remote import clean_text
 
     sys.stdout.write(clean_text(out.get("stdout", "")) if out.get("stdout") else "")

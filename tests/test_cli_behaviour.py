@@ -408,3 +408,21 @@ def test_a_blank_reason_is_no_reason():
         with pytest.raises(Exit, match="--reason is required"):
             required(blank, "reason", 'fab freeze --phase gpu-mainpc --reason "why"')
     assert required(" why ", "reason", "") == " why "
+
+
+def test_ctrl_c_on_exec_says_the_command_may_go_on_in_the_container(monkeypatch):
+    """Found by an exploratory run: Ctrl-C on `fab exec -s S -- sleep 45` exited 130 without a word while the command
+    went on in the container (Docker has no call that stops an exec)."""
+    from playbooks import operate, tasks
+    from playbooks.taskkit import Exit, invoke
+
+    monkeypatch.setattr(tasks, "_inventory", lambda i, *a: None)
+    monkeypatch.setattr(tasks, "_remainder_argv", lambda: ["sleep", "45"])
+
+    def cut(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(operate, "exec_in", cut)
+    with pytest.raises(Exit) as ended:
+        tasks.exec_(invoke.Context(), service="core-pc2")
+    assert ended.value.code == 130 and "the command may still run in core-pc2's container" in str(ended.value)
