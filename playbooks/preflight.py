@@ -17,7 +17,6 @@ from .inventory import Inventory, parse_version, tag_problem
 from .plan import runs_inventory_config
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
-_SECRETS_DIR = "/etc/fleetroll/secrets"  # the agent's default (FLEETROLL_SECRETS_DIR on the host overrides it)
 ARCH_LABEL = contract.ARCH
 REVISION_LABEL = contract.REVISION
 IMAGE_USER = contract.IMAGE_USER
@@ -139,7 +138,7 @@ def _what_a_swap_would_refuse(inv: Inventory, host: str, services: list[str], fa
     for name, why in sorted((facts.get("secrets") or {}).items()):
         users = ", ".join(s for s in services if _references(inv.fleet.services[s].env, name)) or "a service here"
         checks.append(Check(host, "secrets", FAIL, f"{why} (used by {users})",
-                            f"place it on {host} as root: install -o root -g root -m 0600 FILE {_SECRETS_DIR}/{name}"))
+                            f"place it on {host} where the line above says, as root: install -o root -m 0600 FILE PATH"))
     for name, c in sorted((facts.get("foreign") or {}).items()):  # a rollout refuses to touch it (foreign-container)
         if _on_swarm(inv, name):
             continue

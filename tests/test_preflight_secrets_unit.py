@@ -34,5 +34,5 @@ def test_preflight_asks_for_every_referenced_secret_and_fails_on_each_one_missin
     facts = {"docker": {"ok": True, "containers": []}, "disk": {"free_gb": 100, "path": "/"},
              "secrets": {"api_token": "secret 'api_token' is not on this host (expected /etc/fleetroll/secrets/api_token, …)"}}
     [c] = [c for c in preflight.evaluate(inv, "mainpc", "one", facts) if c.check == "secrets"]
-    assert c.status == preflight.FAIL and "(used by api)" in c.detail and c.fix.startswith("place it on mainpc as root")
+    assert c.status == preflight.FAIL and "(used by api)" in c.detail and c.fix.startswith("place it on mainpc where the line above says, as root")
     assert not [c for c in preflight.evaluate(inv, "mainpc", "one", {**facts, "secrets": {}}) if c.check == "secrets"]
