@@ -293,8 +293,11 @@ def prepare(args: dict[str, Any]) -> dict:
     for step in args.get("steps") or []:
         name = step["spec"]["name"]
         try:
-            image, _sha = tx.prepare(step["spec"], name)
-            refused = tx._unsafe(container_args.from_spec(proxy.host_spec(step["spec"], create=False), image.id, {}))
+            spec = step["spec"]
+            image, git_sha = tx.prepare(spec, name)
+            labels = container_args.labels_for(spec, spec["tag"], spec["digest"], args["rollout_id"], args.get("phase", ""),
+                                               args.get("operator", ""), git_sha)  # as the swap makes them (its env reads the digest)
+            refused = tx._unsafe(container_args.from_spec(proxy.host_spec(spec, create=False), image.id, labels))
             if refused:
                 raise StepFailed("container-config", "; ".join(refused) + "; refused, nothing was stopped")
             out.append({"service": name, "ok": True})

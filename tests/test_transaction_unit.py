@@ -175,6 +175,22 @@ def test_the_prepare_every_host_runs_first_refuses_what_the_swap_would_refuse_be
     assert only(daemon, "svc").id == old and only(daemon, "svc").running
 
 
+def test_the_prepare_check_sees_the_env_the_swap_would_give_a_report_key_included(daemon, monkeypatch, tmp_path):
+    """CI: with a collector, every service's env derives a report key from FLEETROLL_HOST, _SERVICE and the image digest
+    the swap sets; a prepare that checked the env without that digest refused every service of the phase."""
+    from agent import ops
+
+    monkeypatch.setenv("FLEETROLL_SECRETS_DIR", str(tmp_path))
+    (tmp_path / "fleet").write_text("fleet-report-secret")
+    (tmp_path / "fleet").chmod(0o600)
+    running_old(daemon)
+    daemon.image(REPO, NEW_D)
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    s = spec(env={"MACHINE": "pc2", "FLEETROLL_HOST": "pc2", "FLEETROLL_SERVICE": "svc", "FLEETROLL_REPORT_KEY": {"report_key": "fleet"}})
+    out = ops.prepare({"rollout_id": "r-prep2", "phase": "gpu", "steps": [step(s)]})
+    assert out["ok"], out
+
+
 def test_new_service_that_fails_is_removed(daemon):
     daemon.image(REPO, NEW_D, behaviour="bad")
     out = run(daemon, [step(spec(), "create")])
