@@ -172,6 +172,9 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     bad = new_tag()
     images.push(lab, "core", bad, "degraded")
     r = fab("rollout", "-p", PHASE, "-i", str(swarm_inventory(lab, tmp_path / "bad", bad)), "-y", "-j")
+    if r.returncode == 5 and "still rollback_started at the end of fleetroll's wait" in r.stdout:
+        swarm_stalled_its_rollback(lab, json.loads(r.stdout)["phases"][0], good, digest)
+        return
     assert r.returncode == 4, r.stdout[-3000:] + r.stderr
     rep = json.loads(r.stdout)["phases"][0]
     assert rep["state"] == "reverted"
@@ -185,6 +188,25 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     assert {(x["host"], x["outcome"]) for x in fin[0]["services"]} == {("mainpc", "reverted"), ("pc2", "reverted")}
     print(f"swarm rollouts (create, good, bad) took {time.monotonic() - t0:.1f}s")
     the_rolled_back_release_is_frozen_until_thawed(tmp_path / "bad", rep, fin[0], bad)
+
+
+def swarm_stalled_its_rollback(lab, rep: dict, good: str, digest: str) -> None:
+    """Seen in about one CI run in four (quiet or loaded): Swarm's own rollback of the host-port service stays
+    rollback_started for minutes, its failed task restarted and 'starting', past fleetroll's wait and its extensions.
+    fleetroll must then say it did not observe the end (needs-operator, exit 5), never `reverted`; and Swarm does end
+    the rollback on its own: the previous release runs on both nodes within a few minutes more."""
+    assert rep["state"] == "needs-operator", rep
+    for h in ("mainpc", "pc2"):
+        s = rep["hosts"][h]["services"][0]
+        assert s["outcome"] == "needs-operator" and s["after_tag"] == "" and "Swarm carries on" in s["message"], s
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        seen = task_images(lab)
+        if len(seen) == 2 and all(img.endswith(f"{good}@{digest}") for img in seen.values()):
+            print("swarm stalled its rollback past fleetroll's wait; reported needs-operator; Swarm then finished it")
+            return
+        time.sleep(5)
+    raise AssertionError(f"Swarm did not finish its rollback within 5 more minutes: {task_images(lab)}")
 
 
 def the_rolled_back_release_is_frozen_until_thawed(bad_inv, rep: dict, fin: dict, bad: str) -> None:
