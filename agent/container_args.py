@@ -255,23 +255,38 @@ def config_hash(spec: dict, digest: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def gate_only_keys(health_label: str, label_hash: str, digest: str, spec: dict) -> list[str]:
+    """The gate timings that are all a container's configuration differs from `spec` in, else [] (pure).
+
+    They change how long a swap waits and watches, not the container: no reason to stop a service (a GPU model that
+    takes minutes to load) to change them. Found by comparing the container's configuration hash (`label_hash`) with
+    the hash `spec` has with the container's own timings (its health label). The planner's no-op and the restart's
+    relabelling both ask this.
+    """
+    try:
+        was = json.loads(health_label or "")
+    except ValueError:
+        return []
+    if not isinstance(was, dict) or not digest:
+        return []
+    now = spec.get("health") or {}
+    changed = [k for k in GATE_TIMINGS if k in was and was[k] != now.get(k)]
+    base = {k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}
+    same_but_timings = config_hash({**base, "health": {**now, **{k: was[k] for k in changed}}}, digest) == label_hash
+    return changed if changed and same_but_timings else []
+
+
 def relabel_for_timings(labels: dict[str, str], spec: dict) -> dict[str, str] | None:
     """The labels a restart gives the fresh container when only the gate's timings changed, else None (pure).
 
-    A change of healthy_deadline (or min_healthy_time, interval) alone replaces no container (the planner's
-    gate_only_change); the restart that then gates with the new values records them, and the configuration
-    hash they give, so the planner and status see the inventory's configuration from then on. Only when the
-    container's hash is exactly the spec's with its own recorded timings: anything else keeps its labels.
+    The restart that gates with the new values records them, and the configuration hash they give, so the planner
+    and status see the inventory's configuration from then on; anything else keeps its labels.
     """
-    was, now = health_of(labels, {}), dict(spec.get("health") or {})
-    if not was or not any(k in was and was[k] != now.get(k) for k in GATE_TIMINGS):
+    if not gate_only_keys(labels.get(contract.HEALTH, ""), labels.get(contract.SPEC_HASH, ""), labels.get(contract.DIGEST, ""), spec):
         return None
     base = {k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}
-    digest = labels.get(contract.DIGEST, "")
-    if config_hash({**base, "health": {**now, **{k: was[k] for k in GATE_TIMINGS if k in was}}}, digest) != labels.get(contract.SPEC_HASH):
-        return None
-    return {**labels, contract.HEALTH: json.dumps(now, sort_keys=True, separators=(",", ":")),
-            contract.SPEC_HASH: config_hash(base, digest)}
+    return {**labels, contract.HEALTH: json.dumps(spec.get("health") or {}, sort_keys=True, separators=(",", ":")),
+            contract.SPEC_HASH: config_hash(base, labels.get(contract.DIGEST, ""))}
 
 
 def health_of(labels: dict[str, str], fallback: dict) -> dict:

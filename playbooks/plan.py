@@ -14,7 +14,6 @@ nothing. The plan is plain data: printable for --dry-run, shipped to agents as J
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
 import time
@@ -22,7 +21,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.container_args import GATE_TIMINGS, config_hash, redact_env
+from agent.container_args import config_hash, gate_only_keys, redact_env
 
 from . import order as swap_order
 from .inventory import Inventory, SecretRef
@@ -191,25 +190,8 @@ def runs_inventory_config(inv: Inventory, service: str, host: str, container: di
 
 
 def gate_only_change(spec: dict[str, Any], running: dict[str, Any]) -> list[str]:
-    """The gate timings that are all a running container's configuration differs from `spec` in, else [] (pure).
-
-    They change how long a swap waits and watches, not the container: no reason to stop a service (a GPU
-    model that takes minutes to load) to change them. Found by comparing the container's configuration
-    label with the hash the spec would have with the container's own timings (its health label).
-    """
-    try:
-        was = json.loads(running.get("health") or "")
-    except ValueError:
-        return []
-    if not isinstance(was, dict):
-        return []
-    now = spec.get("health") or {}
-    changed = [k for k in GATE_TIMINGS if k in was and was[k] != now.get(k)]
-    if not changed or not running.get("digest"):
-        return []
-    alt = {k: v for k, v in spec.items() if k not in ("digest", "spec_hash")}
-    alt["health"] = {**now, **{k: was[k] for k in changed}}
-    return changed if spec_hash(alt, running["digest"]) == running.get("spec_hash") else []
+    """The gate timings that are all a running container (a facts summary) differs from `spec` in, else [] (pure)."""
+    return gate_only_keys(running.get("health") or "", running.get("spec_hash") or "", running.get("digest") or "", spec)
 
 
 def hand_changed(running: dict[str, Any], spec: dict[str, Any]) -> str:
