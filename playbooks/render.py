@@ -75,10 +75,11 @@ def say(text: str = "") -> None:
 
 
 def dump_json(obj: Any, stream=None) -> None:
+    """One write: json.dump writes token by token, a system call each on an unbuffered stdout (PYTHONUNBUFFERED)."""
+    out = stream or sys.stdout
     try:
-        json.dump(obj, stream or sys.stdout, indent=2, default=str)
-        (stream or sys.stdout).write("\n")
-        (stream or sys.stdout).flush()
+        out.write(json.dumps(obj, indent=2, default=str) + "\n")
+        out.flush()
     except BrokenPipeError:
         _closed_pipe()
 
