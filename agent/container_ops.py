@@ -1,4 +1,4 @@
-"""Operations on one service's container that change no rollout state: logs, details, versions, exec, prune.
+"""Operations on one service's container that change no rollout state: logs, details, versions, exec (prune: agent/prune.py).
 
 They answer in the same JSON shape as every agent operation (agent/answer.py); the rollout's own
 operations (rollout, follow, status, unlock, prepare, freeze) stay in ops.py.
@@ -13,7 +13,7 @@ from typing import Any
 
 from . import contract, journal
 from .answer import answer
-from .docker_errors import APIError, DockerError, ImageNotFound, NotFound
+from .docker_errors import DockerError, ImageNotFound, NotFound
 from .paths import state_dir
 from .session import on_controller_gone
 from .timestamps import up_seconds
@@ -250,56 +250,6 @@ def exec_op(args: dict[str, Any]) -> dict:
     cap = 1 << 20
     return _answer("exec", True, "", {"exit_code": res.exit_code, "stdout": (out or b"")[-cap:].decode(errors="replace"),
                                       "stderr": (err or b"")[-cap:].decode(errors="replace")})
-
-
-def prune_op(args: dict[str, Any]) -> dict:
-    """Remove images of fleetroll's repositories that nothing needs any more; `keep` recorded good versions stay.
-
-    Needed, so kept: what any container (running, stopped, kept aside) was created from, every
-    -prev pin, and the images of each service's last `keep` versions that passed their gate
-    here. Only images of the repositories the inventory names are considered: anything else
-    on the host is not fleetroll's to remove.
-    """
-    from . import versions
-    from .facts import docker_client
-
-    repos = set(args.get("repos") or [])
-    keep = max(1, int(args.get("keep") or 3))
-    client = docker_client(timeout=120)
-    needed: dict[str, str] = {}
-    for c in client.containers.list(all=True):
-        needed[c.attrs.get("Image", "")] = f"used by container {c.name}"
-    journals = versions.all_journals()  # read once, not once per service
-    for svc in args.get("services") or []:
-        good = [v for v in versions.history(svc, journals) if v["outcome"].startswith("committed") and v.get("image")]
-        for v in good[-keep:]:
-            needed.setdefault(v["image"], f"{svc} {v['tag']} (one of its last {keep} good versions)")
-    removed, kept, failed, freed = [], [], [], 0
-    for img in client.images.list():
-        names = list(img.tags) + list(img.attrs.get("RepoDigests") or [])
-        ours = [n for n in names if n.rsplit("@", 1)[0].rsplit(":", 1)[0] in repos]
-        if not ours:
-            continue
-        why = needed.get(img.id) or next((f"pinned as {t}" for t in img.tags if t.endswith("-prev")), None)
-        if why:
-            kept.append({"image": img.id[:19], "names": ours[:3], "why": why})
-            continue
-        if args.get("dry_run"):
-            removed.append({"image": img.id[:19], "names": ours[:3], "size": img.attrs.get("Size", 0)})
-            continue
-        try:
-            # Our names go one by one; the image itself goes only when no other name (not ours) holds it.
-            for n in ours:
-                client.images.remove(n)
-            removed.append({"image": img.id[:19], "names": ours[:3], "size": img.attrs.get("Size", 0)})
-            try:
-                client.images.get(img.id)
-            except ImageNotFound:
-                freed += int(img.attrs.get("Size", 0))
-        except APIError as exc:
-            failed.append({"image": img.id[:19], "names": ours[:3], "error": str(getattr(exc, "explanation", exc))[:200]})
-    return _answer("prune", not failed, "", {"removed": removed, "kept": kept, "failed": failed, "freed_bytes": freed},
-                   changed=bool(removed) and not args.get("dry_run"))
 
 
 def remove_op(args: dict[str, Any]) -> dict:

@@ -22,9 +22,10 @@ from typing import Any
 
 from . import container_args, contract, journal, lock
 from .answer import answer
-from .container_ops import details_op, exec_op, logs_op, prune_op, remove_op, versions_op  # noqa: F401 - dispatch's, and tests' names
+from .container_ops import details_op, exec_op, logs_op, remove_op, versions_op  # noqa: F401 - dispatch's, and tests' names
 from .follow import follow_journal as _follow
 from .paths import state_dir
+from .prune import prune_op
 from .vocabulary import HostState, Journal, Step
 
 _answer = answer

@@ -162,18 +162,23 @@ def exec_in(inv: Inventory, service: str, argv: list[str], host: str | None = No
 
 
 def prune(inv: Inventory, hosts: list[str] | None = None, keep: int = 3, dry_run: bool = False) -> dict[str, Any]:
-    """Remove, on each host, images of the inventory's repositories that no container, pin or last-`keep` good version needs."""
+    """Remove, on each host, images of the inventory's repositories that no container, rollback or last-`keep` good version needs."""
+    from .plan import new_rollout_id
+
     targets = inv.select_hosts(hosts)
     repos = sorted({inv.repo(s) for s in inv.fleet.services})
+    rid = new_rollout_id("prune")  # the host's lock names it while the prune holds it
 
     def args(h: str) -> dict:
-        return {"repos": repos, "keep": keep, "dry_run": dry_run, "services": inv.services_for(None, [h])}
+        return {"repos": repos, "keep": keep, "dry_run": dry_run, "services": inv.services_for(None, [h]),
+                "rollout_id": rid, "operator": operator()}
 
     results = transport.on_hosts(inv, targets, "prune", args, timeout=600)
     out: dict[str, Any] = {"hosts": {}, "dry_run": dry_run, "keep": keep}
     for h, r in results.items():
         out["hosts"][h] = ({"reachable": False, "error": r.error} if r.answer is None
-                          else {"reachable": True, "ok": r.ok, **(r.answer.get("data") or {})})
+                          else {"reachable": True, "ok": r.ok, **({} if r.ok else {"error": r.answer.get("msg") or r.error}),
+                                **(r.answer.get("data") or {})})
     if not hosts and any(inv.fleet.engine_of(p) == "swarm" for p in inv.phases):
         out["swarm"] = _prune_swarm(inv, dry_run)  # Swarm secrets are the swarm's, not one host's: only on a whole-fleet prune
     ledger.append("prune", operator=operator(), hosts=targets, keep=keep, dry_run=dry_run,

@@ -267,6 +267,9 @@ def prune_text(out: dict) -> str:
         if not v.get("reachable"):
             lines.append(f"{h}: UNREACHABLE: {v.get('error')}")
             continue
+        if v.get("error") and not v.get("removed") and not v.get("failed"):
+            lines.append(f"{h}: NOT PRUNED: {v['error']}")
+            continue
         if out.get("dry_run"):  # nothing was freed: say what the images weigh (layers shared with kept ones would stay)
             size = sum(int(x.get("size") or 0) for x in v.get("removed", [])) / 1e6
             lines.append(f"{h}: {verb} {len(v.get('removed', []))} image(s) of {size:.0f} MB in all (layers shared with kept"

@@ -300,12 +300,13 @@ def exec_(c, service=None, host=None, inventory=None):
         raise Exit(code=int(out["exit_code"]) if 0 < int(out["exit_code"]) < 256 else 1)
 
 
-@task(help={"keep": "good versions kept per service besides what runs and the -prev pins (default 3)",
+@task(help={"keep": "good versions kept per service, what runs among them (default 3); what runs, and what"
+                    " fab rollback goes back to, stay whatever it says",
             "hosts": "limit to these hosts (Swarm secrets are pruned only without it)",
             "dry-run": "list what would go, remove nothing", "json": "JSON output",
             "inventory": "inventory file"})
 def prune(c, keep=None, hosts=None, dry_run=False, json=False, inventory=None):
-    """Remove images no container, -prev pin or recent good version needs; with swarm phases, unused Swarm secrets too."""
+    """Remove images no container, rollback or recent good version needs (old -prev pins too); with swarm phases, unused Swarm secrets too."""
     from . import operate, render
 
     inv = _inventory(inventory, json)

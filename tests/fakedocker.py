@@ -201,7 +201,28 @@ class FakeImages:
             raise docker_errors.APIError(f"manifest for {ref} not found")
         self.by_id[img.id] = img
         self.daemon.refs[ref] = img
+        if "@" in ref and ref not in img.attrs.setdefault("RepoDigests", []):
+            img.attrs["RepoDigests"].append(ref)
         return img
+
+    def list(self) -> list[FakeImage]:
+        self.daemon.call("images.list")
+        return list(self.by_id.values())
+
+    def remove(self, ref: str) -> None:
+        """As dockerd: one name goes; the image goes with its last name, unless a container still uses it."""
+        self.daemon.call("images.remove")
+        img = self.daemon.refs.get(ref) or self.by_id.get(ref)
+        if img is None:
+            raise docker_errors.ImageNotFound(f"No such image: {ref}")
+        img.tags = [t for t in img.tags if t != ref]
+        img.attrs["RepoDigests"] = [d for d in img.attrs.get("RepoDigests") or [] if d != ref]
+        self.daemon.refs.pop(ref, None)
+        if img.tags or img.attrs["RepoDigests"]:
+            return
+        if any(c.attrs.get("Image") == img.id for c in self.daemon.containers.by_id.values()):
+            raise docker_errors.APIError(f"conflict: unable to delete {img.id[7:19]} - image is being used by a container")
+        self.by_id.pop(img.id, None)
 
     def get(self, ref: str) -> FakeImage:
         self.daemon.call("images.get")

@@ -310,7 +310,7 @@ def test_restart_exec_and_prune(lab, tmp_path):
     assert r.returncode == 0 and r.stdout == "a  b $HOME ; id\n", r.stdout + r.stderr
     r = fab("exec", "-s", "llm-api", "-i", lab.inventory, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert r.returncode == 3 and r.stdout == "out\n" and "err" in r.stderr
-    # prune: what runs, the -prev pins and recent good versions stay; the rest of our repositories' images go
+    # prune: what runs, what rollback goes back to and recent good versions stay; the rest (old -prev pins too) goes
     running_images = {c.attrs["Image"] for c in cl.containers.list(all=True)}
     dry = json.loads(fab("prune", "-H", "mainpc", "--keep", "1", "-n", "-j", "-i", lab.inventory).stdout)["hosts"]["mainpc"]
     r = fab("prune", "-H", "mainpc", "--keep", "1", "-j", "-i", lab.inventory)
@@ -319,8 +319,10 @@ def test_restart_exec_and_prune(lab, tmp_path):
     assert len(out["removed"]) == len(dry["removed"]) > 0 and out["failed"] == []
     left = {i.id for i in cl.images.list()}
     assert running_images <= left
-    assert any(t.endswith("-prev") for i in cl.images.list() for t in i.tags)
-    assert all("-prev" not in n for x in out["removed"] for n in x["names"])
+    kept = {n for x in out["kept"] for n in x["names"]} | {i.id[:19] for i in cl.images.list() if i.id in running_images}
+    assert all(x["why"] for x in out["kept"])
+    assert all(t in kept or i.id[:19] in {x["image"] for x in out["kept"]} for i in cl.images.list() for t in i.tags
+               if t.endswith("-prev")), "a -prev pin left is one prune kept for a reason it gave"
     assert executor.rollout(inv, PHASE).state == "noop"
 
 
