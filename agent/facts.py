@@ -170,7 +170,8 @@ def docker_facts(inspected: dict[str, dict] | None = None, runtimes: bool = True
                     if exc.status != 404:  # removed between list and inspect: it is not there
                         raise
                     continue
-                containers.append({**summarize_container(attrs), "secret_files_missing": _secret_files_missing(attrs)})
+                containers.append({**summarize_container(attrs), "secret_files_missing": _secret_files_missing(attrs),
+                                   **_secrets_since_start(attrs)})
                 if root is None or (attrs.get("State") or {}).get("Running"):
                     root = root_from_container(attrs) or root  # a running container's paths: those of dockerd now
                 if inspected is not None:
@@ -210,6 +211,17 @@ def root_from_container(attrs: dict) -> str | None:
         if cid and isinstance(path, str) and path.endswith(tail) and path.startswith("/") and len(path) > len(tail):
             return path[: -len(tail)]
     return None
+
+
+def _secrets_since_start(attrs: dict) -> dict:
+    """{"secrets_since_start": …} for a container given secrets (secrets.since_start), else nothing: most are given none."""
+    label = ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.SECRET_ENV)
+    if not label:
+        return {}
+    from . import secrets
+
+    found = secrets.since_start(label, (attrs.get("State") or {}).get("StartedAt", ""), time.time())
+    return {"secrets_since_start": found} if found else {}
 
 
 def _secret_files_missing(attrs: dict) -> str:

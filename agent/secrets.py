@@ -179,3 +179,40 @@ def resolve(env: dict[str, Any]) -> dict[str, str]:
                 raise SecretError(f"env {k}: a report key needs FLEETROLL_HOST, FLEETROLL_SERVICE and FLEETROLL_IMAGE_DIGEST")
             out[k] = report_key(read(v["report_key"]), *ctx)
     return out
+
+
+def since_start(label: str, started_at: str, now: float) -> dict[str, list[str]]:
+    """Of the secrets a container's secret-env label names, those rewritten on this host after it started, and those gone.
+
+    A container holds the value it was created with: a secret rotated on the host reaches it only
+    with the next start (`fab restart`, a release), and nothing in its configuration changes, so
+    only the file's modification time can say it. Seconds are compared with a second's margin
+    (Docker's StartedAt is read to the second): a rotation within the start's own second is missed,
+    never invented. Values are never read here.
+    """
+    import json
+
+    from .timestamps import up_seconds
+
+    try:
+        recorded = json.loads(label) if label else {}
+    except ValueError:
+        return {}
+    names = sorted({r.get("secret") or r.get("report_key") for r in map(ref_from_label, (recorded or {}).values())
+                    if r and NAME_RE.fullmatch(str(r.get("secret") or r.get("report_key") or ""))})
+    up = up_seconds(started_at, now)
+    if not names or up is None:
+        return {}
+    started = now - up
+    changed, gone = [], []
+    for name in names:
+        try:
+            mtime = os.stat(secrets_dir() / name, follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            gone.append(name)
+            continue
+        except OSError:
+            continue
+        if mtime > started + 1:
+            changed.append(name)
+    return {k: v for k, v in (("changed", changed), ("gone", gone)) if v}

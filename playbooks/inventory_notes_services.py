@@ -115,7 +115,9 @@ SERVICE_NOTES: dict[str, Doc] = {
     "services.<name>.env.<VAR>.secret": Doc(
         "Name of a file in the host's secrets directory (`/etc/fleetroll/secrets`, or `$FLEETROLL_SECRETS_DIR` in the"
         " agent's environment): a regular file, no symlink, owned by root, mode 0640 or 0600. Its content becomes the"
-        " variable's value at container create; only the reference is recorded.",
+        " variable's value at container create; only the reference is recorded. A value rotated on the host reaches"
+        " the container at its next start (`fab restart -s S`, or a release); until then `fab status` names the secret"
+        " in its drift column (by the file's modification time: values are never compared).",
         "HF_TOKEN: {secret: hf_token}",
         "the agent at container create (agent/secrets.py)."),
     "services.<name>.env.<VAR>.as": Doc(

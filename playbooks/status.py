@@ -167,6 +167,8 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
         drift = f"runs {c.get('tag')}, inventory says {want}"
     else:
         drift = config_drift(inv, s, h, c)
+    if c and c.get("secrets_since_start"):
+        drift = "; ".join(x for x in (drift, secrets_drift(s, c["secrets_since_start"])) if x)
     healthy, health = service_health(c, probe)
     alien = (data.get("foreign") or {}).get(s) if c is None else None
     if alien:  # the name is held by a container a rollout will not touch: say so, not "no container"
@@ -183,6 +185,20 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
         row["reported_git_sha"] = rep.get("git_sha") if rep else None
         row["sha_drift"] = sha_drift(c.get("tag", ""), rep, c.get("started_at", ""))
     return row
+
+
+def secrets_drift(s: str, found: dict[str, list[str]]) -> str:
+    """What the host's secrets did since the container started (agent/secrets.since_start), in words (pure)."""
+    out = []
+    if found.get("changed"):
+        names = ", ".join(found["changed"])
+        out.append(f"secret {names} changed on the host since the container started; it still has the value it started"
+                   f" with (fab restart -s {s})")
+    if found.get("gone"):
+        names = ", ".join(found["gone"])
+        out.append(f"secret {names} is no longer on the host; the next start of {s} will be refused (put it back:"
+                   " fab preflight names it)")
+    return "; ".join(out)
 
 
 def config_drift(inv: Inventory, s: str, h: str, c: dict) -> str:
