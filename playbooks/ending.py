@@ -34,6 +34,21 @@ class Interrupted(Exception):
                          " Re-attach with: fab status --follow")
 
 
+def interrupted_all(during: BaseException, phase: str, done: list[RolloutReport], not_started: list[str]) -> Interrupted:
+    """Ctrl-C during `fab rollout --all`: what the interrupted phase's hosts do, what earlier phases ended in, what never
+    started. The earlier phases' states are their own reports' (observed); the interrupted one's is not known here."""
+    if isinstance(during, Interrupted):
+        exc, words = during, str(during)
+    else:  # before this phase asked any host to change anything
+        exc = Interrupted("", phase, [])
+        words = f"interrupted before phase {phase} asked any host to change anything"
+    before = ", ".join(f"{r.phase} {r.state}" for r in done)
+    words += f". Before it, this run's phases ended: {before}" if before else ""
+    words += f". Not started: {', '.join(not_started)}" if not_started else ""
+    exc.args = (words,)
+    return exc
+
+
 @dataclass
 class RolloutReport:
     rollout_id: str

@@ -16,7 +16,7 @@ from typing import Any
 from agent.vocabulary import Outcome, State
 
 from . import batches, freeze_spread, freezes, hooks, ledger, targets, timings, transport
-from .ending import Interrupted, RolloutReport, conclude, services_of
+from .ending import Interrupted, RolloutReport, conclude, interrupted_all, services_of
 from .errors import RolloutError
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
 from .in_motion import in_motion
@@ -352,8 +352,13 @@ def rollout_all(inv: Inventory, **kw) -> list[RolloutReport]:
     """Every phase in order; a phase starts only when the one before succeeded."""
     reports: list[RolloutReport] = []
     ahead: frozenset[tuple[str, str]] = frozenset()
-    for ph in inv.phases:
-        rep = rollout(inv, ph.name, **kw, ahead=ahead)
+    for i, ph in enumerate(inv.phases):
+        try:
+            rep = rollout(inv, ph.name, **kw, ahead=ahead)
+        except (Interrupted, KeyboardInterrupt) as exc:
+            if not reports:
+                raise  # the first phase: its own words are the whole story
+            raise interrupted_all(exc, ph.name, reports, [p.name for p in inv.phases[i + 1:]]) from None
         if kw.get("dry_run") and rep.ok and not rep.frozen and rep.plan is not None and inv.fleet.reverse_proxy:
             # A dry run changes nothing: a later phase is judged knowing where an earlier one would (re)start the proxy.
             ahead |= {(ph.name, st.host) for st in rep.plan.steps
