@@ -128,4 +128,7 @@ class RestoreCommit:
             except Exception as exc:  # noqa: BLE001 - the new release serves; a leftover kept container harms nothing
                 r.message = f"committed; the kept old container {r.kept_name} could not be removed: {failure_text(exc)}"
         r.outcome = Outcome.COMMITTED
-        self.j(Step.COMMITTED, r.service, tag=r.after_tag, digest=r.after_digest, container=r.new_container, gate=r.gate)
+        # A rollback commits the earlier version it recreated, then says `reverted`: `revert` keeps the operator's
+        # progress from showing 'committed' for a rollback (versions still count the start as good).
+        self.j(Step.COMMITTED, r.service, tag=r.after_tag, digest=r.after_digest, container=r.new_container, gate=r.gate,
+               **({"revert": True} if r.action == "revert" else {}))

@@ -51,8 +51,8 @@ class Progress:
 
     def __call__(self, host: str, ev: dict) -> None:
         step, detail = describe(ev)
-        if not self.enabled or step not in SHOWN:
-            return
+        if not self.enabled or step not in SHOWN or (step == Step.COMMITTED and ev.get("revert")):
+            return  # a rollback's own commit of the version it brought back: its line is `reverted`, which follows
         svc = ev.get("service") or ""
         with self.lock:
             if not self.live_wanted:

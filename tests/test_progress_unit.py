@@ -105,3 +105,17 @@ def test_a_switch_that_moved_nothing_is_not_shown_as_a_switch():
 
     assert describe({"event": "switched", "switched": False, "switch_ms": 0.0}) == ("switched", "the proxy serves it: confirmed, nothing to switch")
     assert describe({"event": "switched", "switched": True, "switch_ms": 3.2}) == ("switched", "the proxy now serves it (3.2 ms)")
+
+
+def test_a_rollback_shows_reverted_not_the_commit_of_the_version_it_brought_back():
+    """Found by an exploratory run: fab rollback's progress read 'committed' then 'reverted' for one service."""
+    import io
+
+    from playbooks.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(stream=out, live=False)
+    p("pc2", {"event": "committed", "service": "embed", "revert": True})
+    p("pc2", {"event": "reverted", "service": "embed", "tag": "T0"})
+    p("pc2", {"event": "committed", "service": "web"})
+    assert out.getvalue().splitlines() == ["[pc2] embed: reverted", "[pc2] web: committed"]
