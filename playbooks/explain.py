@@ -115,7 +115,8 @@ def ledger_facts(entries: list[dict], rollout_id: str, host: str, service: str) 
             "operator": entry.get("operator"), "phase": entry.get("phase"), "final": entry.get("final"),
             "outcome": mine.get("outcome"), "order": mine.get("order"),
             "gate": {k: gate[k] for k in ("ok", "phase", "reason", "time_to_healthy_s", "elapsed_s") if k in gate} or None,
-            "timings": (entry.get("timings") or {}).get(host), "elapsed_s": entry.get("elapsed_s"), "note": entry.get("note")}
+            "timings": (entry.get("timings") or {}).get(host), "elapsed_s": entry.get("elapsed_s"), "note": entry.get("note"),
+            "interrupted": entry.get("interrupted")}
 
 
 def git_facts(label: str, reported: str | None, why_not: str) -> dict[str, Any]:
@@ -227,8 +228,11 @@ def _rollout_lines(out: dict) -> list[str]:
     if r is None:
         return [f"  rollout   no ledger record of the rollout that started it"
                 f" ({out['container'].get('rollout_id') or 'no rollout id label'}; ledger {out['ledger']})"]
-    lines = [f"  rollout   {r['rollout_id']}: phase {r['phase']}, by {r['operator']}, started {r['started']},"
-             f" finished {r['finished'] or 'never recorded'}; {r['final']}" + (f"; here {r['outcome']}" if r.get("outcome") else "")]
+    # Unfinished: the controller stopped watching (Ctrl-C, killed); the note below says how the hosts ended it, if known.
+    ended = (f"finished {r['finished']}" if r.get("finished") else
+             f"the controller was interrupted at {r['interrupted']}" if r.get("interrupted") else "the controller never recorded its end")
+    lines = [f"  rollout   {r['rollout_id']}: phase {r['phase']}, by {r['operator']}, started {r['started']}, {ended};"
+             f" {r['final']}" + (f"; here {r['outcome']}" if r.get("outcome") else "")]
     g = r.get("gate")
     if g:
         healthy = f"healthy after {g['time_to_healthy_s']:.1f}s, " if g.get("time_to_healthy_s") is not None else ""

@@ -281,3 +281,15 @@ def test_a_collector_on_another_host_is_asked_on_that_hosts_own_session(artifact
     assert [op for h, _s, op, _a in wire["calls"] if h == HOST] == ["details", "status", "versions", "facts"]
     assert [(op, "collector_port" in a) for h, _s, op, a in wire["calls"] if h == other] == [("status", True)]
     assert out["git"]["reported"] == LABELLED
+
+
+def test_a_rollout_the_controller_was_interrupted_in_says_so_and_how_the_hosts_ended_it(artifacts):
+    """Found by an exploratory run: explain said 'finished never recorded' of a rollout cut short by Ctrl-C."""
+    cut = [{**LEDGER[0], "finished": None, "interrupted": "2026-01-01T00:00:30Z", "final": "committed",
+            "note": "interrupted by the operator at 2026-01-01T00:00:30Z; the hosts ended it on their own: finished on"
+                    f" {HOST} ({SVC} committed; host committed)"}]
+    text = explain.explain_text(answer(container(), entries=cut))
+    assert "started 2026-01-01T00:00:00Z, the controller was interrupted at 2026-01-01T00:00:30Z; committed" in text, text
+    assert "the hosts ended it on their own" in text and "never recorded" not in text
+    killed = [{**LEDGER[0], "finished": None, "final": "unfinished (controller stopped before the end)"}]
+    assert "the controller never recorded its end; unfinished" in explain.explain_text(answer(container(), entries=killed))
