@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.vocabulary import Outcome, State
 
-from . import batches, freeze_spread, freezes, hooks, ledger, targets, timings, transport
+from . import batches, freeze_spread, freezes, hooks, ledger, moved, targets, timings, transport
 from .ending import Interrupted, RolloutReport, conclude, interrupted_all, services_of
 from .errors import RolloutError
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
@@ -132,6 +132,7 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     except ValueError as exc:
         raise RolloutError(str(exc)) from None
     report.messages += [f"security WARN: {r}" for v in verdicts if v.status == "warn" for r in v.reasons]
+    report.messages += moved.notes(inv, plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
               "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts, "policy": policy,
               "security": [v.to_json() for v in verdicts if v.status != "pass"],
