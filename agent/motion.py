@@ -58,8 +58,8 @@ def transient(exc: BaseException) -> bool:
     if not isinstance(exc, APIError):
         return False
     text = str(getattr(exc, "explanation", None) or exc).lower()
-    if "no such container" in text:
-        return False
+    if "no such container" in text or "is already in use" in text:
+        return False  # gone, or a name another container holds: "no" (a 409 like "is restarting", but it stays so)
     return any(t in text for t in TRANSIENT)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from agent import contract
-from agent.transaction import Transaction, container_state, transient
+from agent.transaction import Transaction, container_state, settled_retry, transient
 
 from .test_transaction_unit import NEW_D, REPO, _committed, by_service, only, run, running_old, spec, step
 
@@ -165,6 +165,15 @@ def test_transient_docker_answers_are_told_apart_from_real_ones():
     assert transient(docker_errors.APIError("Cannot update container 69fc33c7e: failed to update resources: runc did not"
                                             " terminate successfully: exit status 1: container not running\n: unknown"))
     assert not transient(docker_errors.APIError("port is already allocated"))
+    # a name another container holds stays held: failed at once, not after SETTLE_S of retries (it said "Conflict.")
+    held = docker_errors.APIError('Conflict. The container name "/svc" is already in use by container "c1". You have to'
+                                  ' remove (or rename) that container to be able to reuse that name.')
+    assert not transient(held)
+    calls = []
+    with pytest.raises(docker_errors.APIError):
+        settled_retry(lambda: calls.append(1) or (_ for _ in ()).throw(held))
+    assert calls == [1]
+    assert transient(docker_errors.APIError("Conflict: removal of container abc is already in progress"))
     assert not transient(RuntimeError("sandbox"))
     assert container_state({"State": {"Running": True, "Restarting": True, "Status": "restarting"}}) == "restarting"
     assert container_state({"State": {"Running": True, "Paused": True, "Status": "paused"}}) == "paused"
