@@ -288,7 +288,7 @@ def test_a_409_is_an_api_error_with_the_daemons_message(fake):
         client.containers.get(other).rename("svc")
     assert exc.value.status == 409 and not isinstance(exc.value, NotFound)
     assert exc.value.explanation.startswith('Conflict. The container name "/svc" is already in use')
-    assert transient(exc.value)  # Docker's "conflict" while a container is in motion: the transaction retries it
+    assert not transient(exc.value)  # a name another container holds stays held: failed at once, not retried
     with pytest.raises(APIError, match="already in use"):
         create(client)
     c = client.containers.get("svc")
