@@ -208,7 +208,24 @@ def _phase_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, in
         if ph.update is None and len({json.dumps([u.canary, u.max_parallel]) for u in blocks.values()}) > 1:
             problems.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: services {', '.join(blocks)} give"
                             f" different update: blocks; a phase rolls in one order: fix: give phase {ph.name!r} its own update:")
-    return problems + _swarm_name_checks(phases, fleet, path, lines)
+    return problems + _phase_cover_checks(phases, fleet, path, lines, invalid) + _swarm_name_checks(phases, fleet, path, lines)
+
+
+def _phase_cover_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict, invalid: frozenset | set) -> list[str]:
+    """Every service in a phase (else no rollout ever deploys it, and nothing said so); a phase behind the proxy after
+    the proxy's own (else `fab rollout --all` fails at the first such phase, every time)."""
+    where = {s: i for i, ph in reversed(list(enumerate(phases))) for s in ph.services}
+    out = [f"{path}:1: phases: service {s!r} of the inventory is in no phase, so no rollout would deploy it;"
+           " fix: add it to a phase's services: (or remove it from the inventory)"
+           for s in fleet.services if s not in where and s not in invalid]
+    rp = fleet.reverse_proxy.service if fleet.reverse_proxy else None
+    if rp in where:
+        for s, i in where.items():
+            if s in fleet.services and fleet.services[s].proxy is not None and i < where[rp]:
+                out.append(f"{path}:{_line_for(lines, ('phases', i, 'name'))}: phases[{i}]: {s!r} sits behind the proxy"
+                           f" {rp!r}, whose phase {phases[where[rp]].name!r} comes later; fix: move phase"
+                           f" {phases[where[rp]].name!r} before {phases[i].name!r} (or {rp!r} into it, listed first)")
+    return out
 
 
 def _swarm_name_checks(phases: list[Phase], fleet: Fleet, path: Path, lines: dict) -> list[str]:

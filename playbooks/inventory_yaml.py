@@ -19,19 +19,36 @@ from agent import contract
 
 from .schema import Fleet, Host, InventoryError, Phases, Service
 
+MAX_NODES = 1_000_000  # far above any real fleet (5,000 services are ~100,000 nodes); an alias bomb meets it at once
+RAW = ("__raw__",)  # lines[RAW]: {path: a scalar as written}, for fixes that say "quote it" in the operator's own text
 
-def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
-    """Map each dotted path in the document to the 1-based line it starts on."""
-    out = {} if out is None else out
+
+class _TooBig(Exception):
+    pass
+
+
+def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None, budget: list | None = None) -> dict:
+    """Map each dotted path in the document to the 1-based line it starts on (and each scalar to its text as written).
+
+    Aliases share nodes, so a few lines can expand to billions of values (`&a [*b, *b, ...]` nested): walking or
+    validating them would never end. The walk counts what it visits and stops at MAX_NODES.
+    """
+    out = {RAW: {}} if out is None else out
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key = k.value
             out[path + (key,)] = k.start_mark.line + 1
-            _line_index(v, path + (key,), out)
+            _line_index(v, path + (key,), out, budget)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _line_index(v, path + (i,), out)
+            _line_index(v, path + (i,), out, budget)
+    elif isinstance(node, yaml.ScalarNode) and len(path) <= 8:
+        out[RAW][path] = node.value
     return out
 
 
@@ -62,15 +79,25 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def _read_yaml(path: Path) -> tuple[Any, dict]:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise InventoryError([f"{path}: cannot read it ({exc.strerror}); check the path"]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InventoryError([f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); fix: save the file as UTF-8"
+                              " (an editor's 'encoding' setting, or iconv -f latin1 -t utf-8)"]) from None
     loader = _LOADER(text)  # one parse gives both the nodes (lines, duplicates) and the data
     try:
         node = loader.get_single_node()
         # Lines and duplicate keys from the nodes as written, before construct_document: it flattens merge keys
         # (`<<: *anchor`) into the mapping node in place, and an override of a merged key would then look given twice.
-        lines = _line_index(node) if node is not None else {}
+        try:
+            lines = _line_index(node) if node is not None else {RAW: {}}
+        except _TooBig:
+            raise InventoryError([f"{path}: expands to more than {MAX_NODES:,} values (YAML aliases repeating aliases?);"
+                                  " fix: write the values out, or use anchors only for small repeated blocks"]) from None
         lines[("__duplicates__",)] = _duplicate_keys(node, path) if node is not None else []  # reported with the rest
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
@@ -80,7 +107,8 @@ def _read_yaml(path: Path) -> tuple[Any, dict]:
     finally:
         loader.dispose()
     if node is None or not isinstance(data, dict):
-        raise InventoryError([f"{path}:1: expected a YAML mapping at the top level"])
+        raise InventoryError([f"{path}:1: expected a YAML mapping at the top level (the file is empty, or is a list or a"
+                              f" single value); fix: start from the shape of {DOC} (python -m playbooks.inventory_doc)"])
     return data, lines
 
 
@@ -139,28 +167,57 @@ def _one_per_union(errors: list[dict]) -> list[dict]:
             out.append(es[0])
             continue
         wanted = " or ".join(_BRANCHES[str(x["loc"][-1])] for x in es)
-        scalar = isinstance(es[0].get("input"), (int, float, bool))
-        fix = (f"quote it ({loc[-1]}: \"{es[0].get('input')}\"), or give {wanted.split(' or ')[-1]}" if scalar and "env" in loc
-               else "correct the value")
-        out.append({"loc": loc, "msg": f"must be {wanted}", "type": "union", "input": es[0].get("input"), "fix": fix})
+        out.append({"loc": loc, "msg": f"must be {wanted}", "type": "union", "input": es[0].get("input")})
     return out
+
+
+_YAML_TYPE = {bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _quote_fix(loc: tuple, e: dict, raw: dict) -> str | None:
+    """A string field given an unquoted YAML scalar (NO, 1.10, 22:22, no): YAML changed it (False, 1.1, 1342, False).
+
+    The fix quotes what the operator wrote, read back from the file; for env, where a value may be a secret, it
+    says how without repeating it."""
+    value = e.get("input")
+    if type(value) not in _YAML_TYPE or e["type"] not in ("string_type", "literal_error", "union"):
+        return None
+    seen = f"; unquoted, YAML read it as {_YAML_TYPE[type(value)]}"
+    if "env" in loc:
+        return f"put the value in quotes exactly as written ({loc[-1]}: \"...\"){seen}"
+    written = raw.get(tuple(loc))
+    if written is None:
+        return None
+    return f"quote it as written ({f'{loc[-1]}: ' if isinstance(loc[-1], str) else '- '}\"{written}\"){seen}"
+
+
+def _shown(loc: tuple, value: Any) -> str:
+    """What a message may repeat of the value given: a short scalar, never anything under env (a value may be a secret)
+    and never a whole mapping (a service's includes its env)."""
+    rest = tuple(loc)[tuple(loc).index("env") + 1:] if "env" in loc else None
+    if rest is not None and (len(rest) <= 1 or rest[1] == "str"):  # env, or a variable's value (a reference's fields show)
+        return ""
+    if not isinstance(value, (str, int, float, bool)) or len(repr(value)) > 80:
+        return ""
+    return f" (got {value!r})"
 
 
 def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
     out = []
+    raw = lines.get(RAW) or {}
     for e in _one_per_union(err.errors()):
         loc = tuple(e["loc"])
         # A name that fails its pattern is shown quoted (a newline in it must not start a line here).
         field = ".".join(str(p) if contract.NAME_RE.fullmatch(str(p)) or isinstance(p, int) else repr(p)
                          for p in loc if p != "[key]") or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
-        fix = e.get("fix") or _FIXES.get(e["type"], "correct the value")
+        fix = e.get("fix") or _quote_fix(loc, e, raw) or _FIXES.get(e["type"], "correct the value")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1, cutoff=0.6)
             if close:
                 fix = f"did you mean {close[0]!r}? (else remove it)"
-        got = "" if e["type"] in ("missing", "extra_forbidden", "name", "network") else f" (got {e.get('input')!r})"
+        got = "" if e["type"] in ("missing", "extra_forbidden", "name", "network") else _shown(loc, e.get("input"))
         out.append(f"{path}:{_line_for(lines, loc)}: {field}: {msg}{got}; fix: {fix}")
     return out
 

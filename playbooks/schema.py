@@ -43,6 +43,18 @@ class Registry(_Strict):
     org: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     insecure: bool = False  # plain HTTP; only for the lab's own registry
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        scheme, sep, rest = v.partition("://")
+        if sep:
+            raise ValueError(f"registry host {v!r} has a scheme: give HOST[:PORT] alone ({rest.split('/')[0]!r});"
+                             + (" plain HTTP is insecure: true" if scheme.lower() == "http" else " HTTPS is the default"))
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?|\[[0-9A-Fa-f:]+\](:\d{1,5})?", v):
+            raise ValueError(f"registry host {v!r} must be HOST[:PORT], e.g. ghcr.io or 10.0.0.5:5000 (no path: the"
+                             " organisation is registry.org)")
+        return v
+
 
 class GpuSpec(_Strict):
     model: str

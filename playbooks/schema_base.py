@@ -47,7 +47,8 @@ def parse_version(text: str) -> tuple[int, ...]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan anywhere: `healthy_deadline: .inf` made a failing release gate forever with its old container stopped.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~/%-]*")

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from agent import contract, secrets
+from agent.proxy import CONFIG_ENV
 
 from .schema_base import HEALTH_PATH_RE, PORT_RE, _Strict, tag_problem
 
@@ -20,9 +21,11 @@ from .schema_base import HEALTH_PATH_RE, PORT_RE, _Strict, tag_problem
 class Health(_Strict):
     path: str = "/health"
     port: int = Field(ge=1, le=65535)
-    healthy_deadline: float = Field(default=60.0, gt=0)
-    min_healthy_time: float = Field(default=10.0, ge=0)
-    interval: float = Field(default=0.5, gt=0)
+    # Bounded: a failing release waits out its deadline with the old container stopped (stop-first). Six hours covers
+    # the largest model's load; more is a typo, not a plan.
+    healthy_deadline: float = Field(default=60.0, gt=0, le=21600)
+    min_healthy_time: float = Field(default=10.0, ge=0, le=3600)
+    interval: float = Field(default=0.5, gt=0, le=60)
 
     @field_validator("path")
     @classmethod
@@ -123,8 +126,16 @@ class ReverseProxy(_Strict):
         return v
 
 
+# Docker's reference grammar for a repository path: lowercase components joined by '/', each separated inside only by
+# '.', '_', '__' or dashes. `x/../cpu-svc` or `cpu-svc/` passed the old pattern and failed on the host.
+IMAGE_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+# A variable name the environment can hold and a shell can name; FLEETROLL_ is fleetroll's own (it sets those itself).
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+RESERVED_ENV = "FLEETROLL_"
+
+
 class Service(_Strict):
-    image: str = Field(pattern=r"^[a-z0-9][a-z0-9_./-]*$")
+    image: str
     tag: str
     # Where it runs: one host, a list of hosts, or a host group (exactly one of the three).
     host: str | None = None
@@ -147,9 +158,36 @@ class Service(_Strict):
     volumes: list[str] = []
     health: Health
 
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if not IMAGE_RE.fullmatch(v) or len(v) > 255:
+            raise ValueError(f"image {v!r} is not a repository path Docker accepts: lowercase letters and digits in"
+                             " components joined by '/', each separated inside only by '.', '_', '__' or '-'"
+                             " (e.g. family-cpu-py311 or team/family-cpu-py311)")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict) -> dict:
+        """Names and values a container's environment can hold; never the value in a message (it may be a secret)."""
+        for name, value in v.items():
+            if not ENV_NAME_RE.fullmatch(name):
+                raise ValueError(f"env name {name!r} is not a variable name (letters, digits, '_', '.', '-', not starting"
+                                 " with a digit; '=' would split it into another variable's name and value)")
+            if name.startswith(RESERVED_ENV) and name != CONFIG_ENV:  # the proxy's own: inventory_checks says more
+                raise ValueError(f"env {name}: variables starting with {RESERVED_ENV} are set by fleetroll itself (its"
+                                 " host, service and image digest); the inventory's value would be replaced: rename it")
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"env {name}: the value holds a NUL character, which no process environment can hold"
+                                 " (Docker refuses it when the container is created, after the old one stopped)")
+        return v
+
     @field_validator("volumes")
     @classmethod
     def _volumes(cls, v: list[str]) -> list[str]:
+        import posixpath
+
         for item in v:
             if not re.fullmatch(r"([A-Za-z0-9][\w.-]*|/[^:]*):/[^:]*(:ro|:rw)?", item):
                 raise ValueError(f"volume {item!r} must be NAME:/path or /host/path:/path (optionally :ro)")
@@ -159,6 +197,11 @@ class Service(_Strict):
             if secrets.in_mount_dir(item):  # the host refuses it too (agent/host_checks.py); say so before any host is asked
                 raise ValueError(f"volume {item!r}: {secrets.MOUNT_DIR} in the container is where fleetroll mounts secret"
                                  " files (env: {KEY: {secret: NAME, as: file}}); mount the volume somewhere else")
+            inside = item.split(":")[1]
+            if posixpath.normpath(inside) != inside or "/.." in inside:
+                raise ValueError(f"volume {item!r}: the container path {inside!r} is not normalized (no '..', '.', '//'"
+                                 f" or trailing '/'; it resolves to {posixpath.normpath(inside)!r}); write the path it is"
+                                 " meant to be")
         return v
 
     @model_validator(mode="after")

@@ -77,7 +77,9 @@ def test_a_value_of_the_wrong_type_for_a_union_field_is_one_line_in_the_inventor
     (env.'MACHINE'.str, env.'MACHINE'.'SecretRef')."""
     out = problems(tmp_path, BASE.replace("    health: {port: 8080}\n", "    health: {port: 8080}\n    env: {MACHINE: 42}\n"))
     assert len(out) == 1 and ".str" not in out[0] and "SecretRef" not in out[0], out
-    assert "must be a string or a secret reference ({secret: NAME}) (got 42)" in out[0] and 'quote it (MACHINE: "42")' in out[0]
+    assert "must be a string or a secret reference ({secret: NAME}); fix: put the value in quotes exactly as written" \
+        " (MACHINE: \"...\"); unquoted, YAML read it as a number" in out[0], out
+    assert "42" not in out[0].split("env.")[1], "an env value is never repeated (it may be a secret)"
     out = problems(tmp_path, BASE.replace("    health: {port: 8080}\n", "    health: {port: 8080}\n    gpus: two\n"))
     assert len(out) == 1 and "services.api.gpus: must be a whole number or 'all' (got 'two')" in out[0], out
 

@@ -53,7 +53,7 @@ def test_the_regenerate_command_prints_the_document():
 def test_schema_facts_come_from_the_models():
     rows = {r.path: r for r in inventory_doc.rows()}
     assert rows["services.<name>.health.healthy_deadline"].default == "`60.0`"
-    assert rows["services.<name>.health.healthy_deadline"].constraints == "> 0"
+    assert rows["services.<name>.health.healthy_deadline"].constraints == "> 0; ≤ 21600"
     assert rows["services.<name>.health.port"].default == "required"
     assert rows["services.<name>.health.port"].constraints == "≥ 1; ≤ 65535"
     assert rows["reverse_proxy.health_port"].default == "`8404`"
