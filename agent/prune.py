@@ -59,8 +59,14 @@ def _prune_needed(client, services: list[str], keep: int) -> dict[str, str]:
         if back.get("image"):
             tag = (back.get("labels") or {}).get(contract.TAG) or "(untagged)"
             needed.setdefault(back["image"], f"{svc} {tag}: what fab rollback -s {svc} goes back to")
-        good = [v for v in versions.history(svc, journals) if v["outcome"].startswith("committed") and v.get("image")]
-        for v in good[-keep:]:
+        # Versions, not starts: a restart or a rollback starts a release again, and counting each start let three
+        # restarts push every earlier good release out of --keep.
+        good: dict[str, dict] = {}
+        for v in versions.history(svc, journals):
+            if v["outcome"].startswith("committed") and v.get("image"):
+                good.pop(v["image"], None)
+                good[v["image"]] = v  # the latest start of each image last
+        for v in list(good.values())[-keep:]:
             needed.setdefault(v["image"], f"{svc} {v['tag']} (one of its last {keep} good versions)")
     return needed
 

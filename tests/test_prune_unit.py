@@ -82,3 +82,14 @@ def test_a_prune_waits_for_no_transaction_it_refuses_while_one_holds_the_lock(da
         held.release()
     assert not out["ok"] and "nothing was removed" in out["msg"] and names(daemon) == before
     assert prune.prune_op({"repos": [REPO], "services": ["svc"], "keep": 1, "rollout_id": "prune-4"})["ok"]
+
+
+def test_restarts_do_not_count_as_versions(daemon, monkeypatch):
+    """Found by an exploratory run: three restarts of what runs made --keep 3 keep nothing older."""
+    monkeypatch.setattr(facts, "docker_client", lambda timeout=None: daemon)
+    week(daemon)
+    for i in range(3):
+        out = run(daemon, [{"action": "restart", "spec": spec(tag="20261104-4444444", digest=DIGESTS[4])}], rid=f"r-restart-{i}")
+        assert by_service(out)["svc"]["outcome"] == "committed", out
+    dry = prune.prune_op({"repos": [REPO], "services": ["svc"], "keep": 3, "dry_run": True})
+    assert {n for x in dry["data"]["removed"] for n in x["names"]} == {f"{REPO}:20261101-aaaaaaa-prev"}, dry
