@@ -172,6 +172,9 @@ def load_inventory(path: str | None, as_json: bool = False):
     from . import render
     from .inventory import InventoryError, load
 
+    if path is not None and not str(path).strip():  # -i "" (a script's unset variable): not "the default inventory"
+        raise Exit("--inventory '' names no file: give --inventory FILE, or leave it out for $FLEETROLL_INVENTORY or"
+                   " ./inventory/fleet.yml", code=1)
     chosen = path or default_inventory()
     if not Path(chosen).exists():
         msg = (f"no inventory at {chosen}: give --inventory FILE, set FLEETROLL_INVENTORY, or run where"
@@ -210,7 +213,14 @@ def whole_number(value, option: str) -> int | None:
 
 
 def host_list(value: str | None) -> list[str] | None:
-    return [h.strip() for h in value.split(",") if h.strip()] if value else None
+    """The hosts -H names; None when it was not given. Given but naming none (-H "", -H ",": a script's unset
+    variable) is an error, never "every host"."""
+    if value is None or value is True:
+        return None
+    names = [h.strip() for h in str(value).split(",") if h.strip()]
+    if not names:
+        raise Exit(f"--hosts {value!r} names no host: give -H NAME[,NAME...], or leave --hosts out for every host", code=1)
+    return names
 
 
 def quiet_when_the_reader_leaves() -> None:

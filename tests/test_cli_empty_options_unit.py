@@ -1,0 +1,28 @@
+"""An option given but naming nothing (a script's unset variable) is an error, never "everything" or "the default".
+
+Found by an exploratory run: `-H ""` (and `-H ","`) planned the whole phase on every host, and `-i ""` loaded
+$FLEETROLL_INVENTORY or ./inventory/fleet.yml instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .conftest import FAB, ROOT
+
+INV = str(ROOT / "inventory" / "fleet.yml")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["rollout", "-p", "core-infra", "-n", "-H", "", "-i", INV], "--hosts '' names no host"),
+    (["preflight", "-H", ",", "-i", INV], "--hosts ',' names no host"),
+    (["status", "-i", ""], "--inventory '' names no file"),
+])
+def test_an_empty_hosts_or_inventory_option_is_exit_1_naming_it(argv, says):
+    r = subprocess.run([FAB, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1 and says in r.stderr, (r.stdout, r.stderr)
+    r = subprocess.run([FAB, *argv, "-j"], cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1 and says in json.loads(r.stdout)["error"], (r.stdout, r.stderr)
