@@ -324,7 +324,22 @@ def _host_checks(fleet: Fleet, path: Path, lines: dict) -> list[str]:
             problems.append(f"{at}: hosts.{name}.address: {h.address}:{h.port} is also host {other!r}; fix: one entry per"
                             " machine (two names for one sshd would let two rollouts take the same host)")
         seen.setdefault((h.address, h.port), name)
-        if h.key_filename and not Path(h.key_filename).expanduser().exists():
-            problems.append(f"{path}:{_line_for(lines, ('hosts', name, 'key_filename'))}: hosts.{name}.key_filename: no such file"
-                            f" {Path(h.key_filename).expanduser()}; fix: point it at the SSH private key for {h.user}@{h.address}")
+        key = Path(h.key_filename).expanduser() if h.key_filename else None
+        at_key = f"{path}:{_line_for(lines, ('hosts', name, 'key_filename'))}: hosts.{name}.key_filename"
+        if key is not None and not key.exists():
+            problems.append(f"{at_key}: no such file {key}; fix: point it at the SSH private key for {h.user}@{h.address}")
+        elif key is not None and _public_key(key):
+            private = f" ({key.with_suffix('')})" if key.suffix == ".pub" else ""
+            problems.append(f"{at_key}: {key} is a public key (the half the host holds); fix: point it at the private key"
+                            f" beside it{private}")
     return problems
+
+
+def _public_key(key: Path) -> bool:
+    """An OpenSSH public key line (`ssh-ed25519 AAAA… comment`), which OpenSSH cannot log in with: read its first bytes."""
+    try:
+        with key.open("rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False  # unreadable: OpenSSH's own words say why, at connect
+    return head.startswith((b"ssh-", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-"))

@@ -116,3 +116,12 @@ def test_a_phase_behind_the_proxy_before_the_proxys_own_phase_is_refused(tmp_pat
     assert any("'api' sits behind the proxy 'edge', whose phase 'edge' comes later; fix: move phase 'edge' before 'web'" in p
                for p in out), out
     load(write(tmp_path, fleet, "phases:\n  - name: edge\n    services: [edge]\n  - name: web\n    services: [api]\n"))
+
+
+def test_a_public_key_as_key_filename_says_so_and_names_the_private_one(tmp_path):
+    """Found by an exploratory run: OpenSSH's 'others can read it; fix: chmod 600 id_ed25519.pub' sent the operator astray."""
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl op@laptop\n")
+    out = problems(tmp_path, BASE.replace("    address: 10.0.0.1\n", f"    address: 10.0.0.1\n    key_filename: {pub}\n"))
+    assert len(out) == 1 and f"hosts.mainpc.key_filename: {pub} is a public key" in out[0], out
+    assert f"fix: point it at the private key beside it ({tmp_path / 'id_ed25519'})" in out[0]
