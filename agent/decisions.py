@@ -63,6 +63,7 @@ class ServiceResult:
 def refuse(r: ServiceResult, check: str, message: str) -> ServiceResult:
     """The one shape of a refusal: nothing was changed for this service, and the message says why and what to do."""
     r.outcome, r.check, r.message = Outcome.REFUSED, check, message
+    r.after_tag, r.after_digest = r.before_tag, r.before_digest  # it runs what it ran (a row said "-> (none)")
     return r
 
 
@@ -105,14 +106,15 @@ class RevertTarget:
 
 
 def revert_target(service: str, step: dict, labels: dict[str, str], running: bool, expect: str, recorded: dict,
-                  version: tuple[dict, str] | None) -> RevertTarget:
+                  version: tuple[dict, str] | None, first: bool = False) -> RevertTarget:
     """Choose what a revert of `service` recreates (pure: the caller read the container and the journals).
 
     step: the revert step (`to_tag`, `remove_if_no_prev`); labels: the running container's
     (empty when none runs); expect: the rollout whose release is being reverted (from the
     container's label, or the host's last committed one when the container was removed by
     hand); recorded: what that rollout journalled as the configuration before it; version:
-    (config, why not) of `--to TAG` from the host's versions.
+    (config, why not) of `--to TAG` from the host's versions; first: `expect` started the service here from
+    nothing (its journal shows the start and no set-aside), so there is no earlier version to go back to.
     """
     to_tag = step.get("to_tag")
     if not running and not to_tag and not expect:
@@ -133,6 +135,9 @@ def revert_target(service: str, step: dict, labels: dict[str, str], running: boo
         return RevertTarget(config=recorded)
     if running and step.get("remove_if_no_prev") and not labels.get(contract.PREV_TAG):
         return RevertTarget(outcome=Outcome.REMOVED, message=f"{service} was new in this rollout; removed it")
+    if first:  # a phase rollback must not call the services it leaves alone refused, nor send the operator to roll out
+        return RevertTarget(outcome=Outcome.SKIPPED, message=f"{service} has no earlier version on this host (rollout"
+                                                             f" {expect} started its first container here); left as it is")
     return RevertTarget(outcome=Outcome.REFUSED, check="no-recorded-config",
                         message=f"this host's journal has no recorded configuration of {service} from before rollout"
                                 f" {labels.get(contract.ROLLOUT_ID) or expect or '(unknown)'}; nothing was changed — roll out the"

@@ -64,7 +64,8 @@ class Reverts:
             expect = expect or versions.last_committed_rollout(service)  # removed by hand: go back from the last commit here
         recorded = versions.recorded_config(expect, service) if expect and not to_tag else {}
         version = versions.find_config(service, to_tag) if to_tag else None
-        return decisions.revert_target(service, step, labels, running, expect, recorded, version)
+        first = bool(expect) and not to_tag and not recorded and versions.created_by(expect, service)
+        return decisions.revert_target(service, step, labels, running, expect, recorded, version, first=first)
 
     def revert_committed(self, step: dict) -> ServiceResult:
         """Send a service back to a configuration this host journalled: the one before its release, or --to a tag's."""
@@ -78,6 +79,8 @@ class Reverts:
             labels = (current.labels or {}) if current is not None else {}
             r.before_tag, r.before_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
             target = self._revert_target(service, step, labels, current is not None)
+            if target.outcome == Outcome.SKIPPED:  # nothing changes: it still runs what it ran (as a refusal says too)
+                r.after_tag, r.after_digest = r.before_tag, r.before_digest
             if target.outcome == Outcome.REFUSED:
                 return self._refuse(r, target.check, target.message)
             if target.outcome == Outcome.SKIPPED:

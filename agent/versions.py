@@ -109,3 +109,14 @@ def recorded_config(rollout_id: str, service: str) -> dict:
         if rec.get("step") == Step.SET_ASIDE and rec.get("service") == service and rec.get("old_config"):
             return rec["old_config"]
     return {}
+
+
+def created_by(rollout_id: str, service: str) -> bool:
+    """Did `rollout_id` start `service` here with nothing to set aside (its first container on this host)?
+
+    Then a rollback of it has nothing to go back to, which is not the same as a journal that lost
+    what it set aside (that one is refused): the journal must show the start, and no set-aside.
+    """
+    mine = [r for r in journal.read(rollout_id) if r.get("service") == service]
+    return any(r.get("step") == Step.START_NEW for r in mine) and not any(r.get("step") == Step.SET_ASIDE for r in mine)
+

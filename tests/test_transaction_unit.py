@@ -809,3 +809,27 @@ def test_a_release_that_failed_its_gate_before_the_revert_was_cut_short_is_repor
     assert s["frozen"] and f["auto"] and f["failed"]["svc"] == {"tag": "20261126-bbbbbbb", "digest": NEW_D,
                                                                  "config": freeze.config_fingerprint(spec())}, f
     assert f["reason"].endswith("(its revert was finished by recovery)")
+
+
+def test_a_rollback_of_a_services_first_container_leaves_it_as_it_is_not_refused(daemon):
+    """Found by an exploratory run: `fab rollback -p P` of a phase where one service had a new release and another had
+    only its first rollout said REFUSED ('no-recorded-config') and sent the operator to `fab rollout -p P`, which would
+    have undone the rollback. The first container has no earlier version: the service is skipped, said so."""
+    daemon.image(REPO, NEW_D)
+    out = run(daemon, [{"action": "create", "spec": spec()}], rid="r-first")
+    assert by_service(out)["svc"]["outcome"] == "committed", out
+    first = only(daemon, "svc").id
+    out = run(daemon, [{"action": "revert", "spec": spec(), "expect_rollout_id": "r-first"}], rid="r-first-revert",
+              policy="revert-service")
+    r = by_service(out)["svc"]
+    assert r["outcome"] == "skipped" and "no earlier version on this host (rollout r-first started its first" in r["message"], r
+    assert out["ok"] and only(daemon, "svc").id == first, "left as it is"
+
+
+def test_a_refused_rollback_row_says_the_service_still_runs_what_it_ran(daemon):
+    """Found by an exploratory run: `rollback --to nonsense` read 'refused T -> (none)', as if the container were gone."""
+    _committed(daemon)
+    out = run(daemon, [{"action": "revert", "spec": spec(), "expect_rollout_id": "r-new", "to_tag": "20260101-0000000"}],
+              rid="r-to", policy="revert-service")
+    r = by_service(out)["svc"]
+    assert r["outcome"] == "refused" and r["after_tag"] == r["before_tag"] == "20261126-bbbbbbb", r
