@@ -245,8 +245,9 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
     if kind == "rollback":
         return f"{look}; fab versions -s {svc} (choose a version that passed its gate here), then fab rollback -p {phase} -s {svc} --to TAG"
     if kind == "restart" and s.get("check") == "not-running":  # nothing to restart: removed by hand, or never rolled out
-        return (f"fab rollback -p {phase} -s {svc} -H {host} (its last committed configuration here), or"
-                f" fab rollout --phase {phase} --inventory {inventory}")
+        # Not `fab rollback` alone: with no container it goes back from the last commit here, one version *before* it.
+        return (f"fab rollout --phase {phase} --inventory {inventory} starts the inventory's release again; or fab versions"
+                f" -s {svc} -H {host}, then fab rollback -p {phase} -s {svc} -H {host} --to TAG recreates one that ran here")
     if kind == "restart" and s.get("outcome") == Outcome.REVERTED:
         return f"{look}; the old container serves again"
     if kind == "restart":

@@ -185,7 +185,9 @@ def test_a_restart_s_next_step_says_what_is_true_of_that_outcome():
 
     gone = {"service": "vision-api", "outcome": "refused", "check": "not-running"}
     line = next_step("restart", "mainpc", gone, "gpu-mainpc", "inv.yml")
-    assert "serves again" not in line and "fab rollback -p gpu-mainpc -s vision-api -H mainpc" in line, line
+    assert "serves again" not in line and "fab rollout --phase gpu-mainpc" in line, line
+    # Found by an exploratory run: a bare `fab rollback` there goes back one version *before* the last commit.
+    assert "fab rollback -p gpu-mainpc -s vision-api -H mainpc --to TAG" in line and "(its last committed" not in line
     reverted = {"service": "vision-api", "outcome": "reverted", "check": "health-deadline"}
     assert next_step("restart", "mainpc", reverted, "gpu-mainpc", "inv.yml").endswith("the old container serves again")
     foreign = {"service": "vision-api", "outcome": "refused", "check": "foreign-container"}
