@@ -34,14 +34,41 @@ def repeats(f: dict[str, Any], st: Step) -> bool:
     return (f.get("releases") or {}).get(st.service) == st.new_tag and bool(st.new_tag)
 
 
-def blocking(plan: Plan, facts: dict[str, dict[str, Any]], inventory: str) -> list[str]:
+def elsewhere(facts: dict[str, dict[str, Any]], phase: str, phases: list[str] | None) -> list[tuple[str, dict]]:
+    """(host, freeze) kept under another phase's name that still holds this plan (pure).
+
+    Freezes are kept by phase name, so renaming a phase in phases.yml, or moving a service to another
+    phase, walked past them. An automatic freeze is about its services' releases, whatever phase they
+    are in now: every one counts (blocking() keeps those that repeat the failure). A manual freeze
+    under a name phases.yml no longer has cannot be told apart from a renamed phase's: it holds
+    every phase on its host until thawed by that name (`fab thaw` takes it)."""
+    gone = None if phases is None else set(phases)
+    return [(h, f) for h in sorted(facts) for f in (facts[h] or {}).get("freezes") or []
+            if f.get("phase") != phase and (f.get("auto") or (gone is not None and f.get("phase") not in gone))]
+
+
+def blocking(plan: Plan, facts: dict[str, dict[str, Any]], inventory: str, phases: list[str] | None = None) -> list[str]:
     """One message per freeze that stops this plan; empty when nothing does.
 
     A manual freeze stops every rollout of its phase. An automatic one (left by a revert)
     stops only a plan that would deploy the same image with the same configuration that failed.
+    `phases`: the inventory's phase names (a freeze under a name it no longer has still holds; elsewhere()).
     """
     out = []
     thaw = f"fab thaw --phase {plan.phase} --reason '...' --inventory {inventory}"
+    for host, f in elsewhere(facts, plan.phase, phases):
+        other = f"fab thaw --phase {f.get('phase')} --reason '...' --inventory {inventory}"
+        if not f.get("auto"):
+            out.append(f"{host} is frozen under phase {f.get('phase')!r}, which phases.yml no longer names (renamed?), by"
+                       f" {f.get('by')} since {when(f.get('ts', 0))}: {f.get('reason')!r}; it holds every rollout on"
+                       f" {host}; nothing was changed. When it may go ahead: {other}")
+            continue
+        again = sorted((st for st in plan.changes if st.host == host and repeats(f, st)), key=lambda st: st.service)
+        if again:
+            what = ", ".join(f"{st.service}:{st.new_tag}@{st.new_digest[7:19]}" for st in again)
+            out.append(f"{what} failed on {host} with this configuration under phase {f.get('phase')!r} (frozen"
+                       f" automatically since {when(f.get('ts', 0))}); nothing was changed. Fix the image (a new tag) or the"
+                       f" configuration, or, if the failure was not the release's: {other}")
     for host, f in of_phase(facts, plan.phase):
         if not f.get("auto"):
             out.append(f"phase {plan.phase} is frozen on {host} by {f.get('by')} since {when(f.get('ts', 0))}: {f.get('reason')!r};"
@@ -93,3 +120,29 @@ def ask_hosts(inv, phase: str, todo: dict[str, dict[str, dict[str, str]]], reque
             lines.append(f"frozen: phase {phase} on {h} stays frozen by {rec.get('by')} ({rec.get('reason')!r}), which refuses"
                          f" every rollout; the automatic freeze against {what} waits under it and is in force once that is thawed")
     return done, lines
+
+
+def on_other_hosts(inv, phase: str, asked: list[str], inventory: str, pool=None) -> tuple[list[str], list[str]]:
+    """A manual freeze holds its whole phase: with --hosts naming only some of its hosts, the others are asked too.
+
+    Found by an exploratory run: pc2 held the freeze of cpu-pc2, and `fab rollout -p cpu-pc2 -H mainpc` (mainpc newly
+    placed in the phase, so holding no record) committed. (what blocks, notes about hosts that could not be asked)."""
+    others = [h for h in inv.select_hosts(None, phase) if h not in asked]
+    if not others:
+        return [], []
+    answers = transport.on_hosts(inv, others, "details", lambda h: {"services": {}}, timeout=30, pool=pool)
+    thaw = f"fab thaw --phase {phase} --reason '...' --inventory {inventory}"
+    block, notes = [], []
+    for h in others:
+        r = answers[h]
+        if r.answer is None or not r.ok:
+            notes.append(f"note: could not ask {h} (also in phase {phase}, not in --hosts) whether the phase is frozen there:"
+                         f" {r.error or (r.answer or {}).get('msg')}")
+            continue
+        for f in (r.answer.get("data") or {}).get("freezes") or []:
+            if f.get("phase") == phase and not f.get("auto"):
+                block.append(f"phase {phase} is frozen on {h} by {f.get('by')} since {when(f.get('ts', 0))}: {f.get('reason')!r};"
+                             f" a freeze holds the whole phase, the hosts --hosts names included; nothing was changed. When"
+                             f" it may go ahead: {thaw}")
+    return block, notes
+

@@ -20,9 +20,13 @@ from .targets import known_service, replica_host  # noqa: F401 - the tasks' name
 
 
 def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, hosts: list[str] | None = None) -> tuple[bool, list[str]]:
-    """Freeze (or thaw) a phase on every host it runs on; recorded in the ledger. Returns (all hosts answered, lines)."""
-    inv.phase(phase)
-    targets = inv.select_hosts(hosts, phase)
+    """Freeze (or thaw) a phase on every host it runs on; recorded in the ledger. Returns (all hosts answered, lines).
+
+    A thaw of a name phases.yml no longer has (a renamed phase's freeze still holds its hosts) asks every host."""
+    stale = thaw and phase not in {p.name for p in inv.phases}
+    if not stale:
+        inv.phase(phase)
+    targets = inv.select_hosts(hosts, None if stale else phase)
     who = operator()
     results = transport.on_hosts(inv, targets, "freeze", lambda h: {"phase": phase, "reason": reason, "thaw": thaw, "operator": who},
                                  timeout=30)

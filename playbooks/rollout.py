@@ -73,6 +73,7 @@ class _Rollout:
     pool: transport.Pool
     t0: float
     failpoint: dict | None = None
+    hosts: list[str] | None = None  # what --hosts named (None: the phase's every host)
 
 
 def _rollout(
@@ -100,7 +101,7 @@ def _rollout(
 
         return rollout_swarm(inv, phase, pool, hosts, dry_run, max_parallel, on_failure, confirm, progress, failpoint)
     ro = _decide(inv, phase, pool, hosts, max_parallel, on_failure, progress, ahead)
-    ro.failpoint = failpoint
+    ro.failpoint, ro.hosts = failpoint, hosts
     ro.report.timings = pool.times  # the pool's own dict: every later call of this command counts in it
     if dry_run or not ro.plan.changes or not ro.report.preflight.ok:
         ro.pool.finish()  # no host is called again: the agents end while the ledger and the report are written
@@ -140,6 +141,20 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     return _Rollout(inv, plan, report, common, policy, max_parallel, progress, pool, t0)
 
 
+def _frozen(ro: _Rollout) -> list[str]:
+    """The freezes that stop this plan (its phase's, one under a name phases.yml lost, a failed release's in another
+    phase; with --hosts, the phase's other hosts' too); a plan with nothing to change only names its phase's."""
+    plan, facts, inventory = ro.plan, ro.report.preflight.facts, str(ro.inv.path)
+    if not plan.changes:
+        ro.report.messages += freezes.idle_notes(plan, facts, inventory)
+        return []
+    frozen = freezes.blocking(plan, facts, inventory, [p.name for p in ro.inv.phases])
+    if ro.hosts:  # --hosts: a freeze on the phase's other hosts holds these too
+        elsewhere, notes = freezes.on_other_hosts(ro.inv, plan.phase, list(facts), inventory)
+        frozen, ro.report.messages = frozen + elsewhere, ro.report.messages + notes
+    return frozen
+
+
 def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
     """Every reason not to touch any host: failed preflight, blocked plan, dry run, no-op, no confirmation."""
     report, plan, pre = ro.report, ro.plan, ro.report.preflight
@@ -156,8 +171,7 @@ def _stop_before_changing(ro: _Rollout, dry_run: bool, confirm) -> bool:
         if not dry_run:
             ledger.append("refused", **ro.common, reason="preflight failed", failures=failing)
         return True
-    frozen = freezes.blocking(plan, pre.facts, str(ro.inv.path)) if plan.changes else []
-    report.messages += [] if plan.changes else freezes.idle_notes(plan, pre.facts, str(ro.inv.path))
+    frozen = _frozen(ro)
     if frozen and not dry_run:
         report.messages += frozen
         ledger.append("refused", **ro.common, reason="phase frozen", failures=frozen)

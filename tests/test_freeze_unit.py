@@ -189,3 +189,51 @@ def test_a_plan_with_nothing_to_change_still_names_the_manual_freeze_that_holds_
              "mainpc": {"freezes": [{"phase": "rep", "auto": True, "reason": "rollout r1 failed"}]}}
     [note] = freezes.idle_notes(Plan("r2", "rep", "op", []), facts, "inv.yml")
     assert note.startswith("note: phase rep is frozen on pc2 by ana") and "'driver upgrade'" in note and "fab thaw --phase rep" in note
+
+
+def test_a_freeze_under_a_phase_name_phases_yml_no_longer_has_still_holds_its_host():
+    """Found by an exploratory run: renaming a phase in phases.yml walked past its freeze, and `fab thaw --phase OLD` then
+    failed with 'no phase named'. It holds every rollout on its host until thawed by that name."""
+    facts = {"mainpc": {"freezes": [{"phase": "gpu", "reason": "storage migration", "by": "alice", "ts": 0, "auto": False}]}}
+    renamed = Plan("r-next", "gpu-main", "op", [Step("mainpc", "svc", "replace", new_tag="20261127-ccccccc")])
+    msgs = blocking(renamed, facts, "inv/fleet.yml", ["gpu-main", "cpu"])
+    assert len(msgs) == 1 and "mainpc is frozen under phase 'gpu', which phases.yml no longer names" in msgs[0], msgs
+    assert "fab thaw --phase gpu --reason" in msgs[0] and "'storage migration'" in msgs[0]
+    assert blocking(renamed, facts, "inv/fleet.yml", ["gpu-main", "gpu"]) == [], "another existing phase's freeze: its own"
+
+
+def test_an_automatic_freeze_follows_its_service_into_another_phase(daemon):
+    """The failed release moved (with its service) into another phase is still the failed release."""
+    running_old(daemon)
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    assert run(daemon, [step(spec())])["services"][0]["outcome"] == "reverted"
+    moved = Plan("r-next", "other", "op", [Step("mainpc", "svc", "replace", new_tag=spec()["tag"], new_digest=NEW_D, spec=spec())])
+    msgs = blocking(moved, facts(), "inv/fleet.yml", ["other"])
+    assert len(msgs) == 1 and "failed on mainpc with this configuration under phase 'gpu'" in msgs[0], msgs
+    assert "fab thaw --phase gpu" in msgs[0]
+    fixed = Plan("r-next", "other", "op", [Step("mainpc", "svc", "replace", new_tag="20261127-ccccccc",
+                                                new_digest="sha256:" + "c" * 64, spec=spec(tag="20261127-ccccccc"))])
+    assert blocking(fixed, facts(), "inv/fleet.yml", ["other"]) == []
+
+
+def test_with_hosts_naming_some_of_the_phase_a_freeze_on_the_others_holds_them(monkeypatch):
+    """Found by an exploratory run: pc2 held the freeze; `fab rollout -p P -H mainpc` (newly placed there) committed."""
+    from types import SimpleNamespace
+
+    from playbooks import freezes, transport
+
+    inv = SimpleNamespace(select_hosts=lambda hosts, phase=None: ["mainpc", "pc2", "node3"])
+    frozen = {"freezes": [{"phase": "cpu", "reason": "maintenance window", "by": "alice", "ts": 0, "auto": False}]}
+    asked = []
+
+    def on_hosts(inv, hosts, op, request, timeout=None, pool=None):
+        asked.extend(hosts)
+        return {"pc2": SimpleNamespace(answer={"data": frozen}, ok=True, error=""),
+                "node3": SimpleNamespace(answer=None, ok=False, error="connection refused")}
+
+    monkeypatch.setattr(transport, "on_hosts", on_hosts)
+    block, notes = freezes.on_other_hosts(inv, "cpu", ["mainpc"], "inv/fleet.yml")
+    assert asked == ["pc2", "node3"]
+    assert len(block) == 1 and "phase cpu is frozen on pc2 by alice" in block[0] and "the hosts --hosts names included" in block[0]
+    assert notes == ["note: could not ask node3 (also in phase cpu, not in --hosts) whether the phase is frozen there:"
+                     " connection refused"]
