@@ -43,6 +43,8 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
         facts = transport.on_hosts(inv, plan.hosts, "facts", lambda h: {"gpu": False}, max_parallel=max_parallel, timeout=60, pool=pool)
         report.messages += recovered_notes(facts)
         record_recoveries(facts)
+        if _unheard(facts, report, common, plan, phase, service, t0):
+            return report
         targets_of: dict[tuple[str, str], dict] = {}
         for s in plan.steps:
             data = (facts[s.host].answer or {}).get("data") or {}
@@ -61,6 +63,25 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
 
         results = run_on_hosts(inv, plan, plan.hosts, args_for, max_parallel, progress, report, pool)
     return conclude("rollback", report, results, common, t0, str(inv.path))
+
+
+def _unheard(facts: dict, report: RolloutReport, common: dict, plan: Plan, phase: str, service: str | None, t0: float) -> bool:
+    """A host that did not answer before anything changed refuses the whole rollback (as preflight refuses a rollout).
+
+    Found by an exploratory run: with pc2 unreachable, a rollback of a service on mainpc and pc2 reverted mainpc and
+    said 'no outcome observed' for pc2 (needs-operator), leaving the two replicas on different versions."""
+    silent = {h: r.error or (r.answer or {}).get("msg") or "no answer" for h, r in facts.items() if r.answer is None or not r.ok}
+    if not silent:
+        return False
+    heard = [h for h in plan.hosts if h not in silent]
+    report.state, report.elapsed_s = State.REFUSED, time.monotonic() - t0
+    report.messages += [f"FAILED {h}: {why}" for h, why in sorted(silent.items())]
+    alone = f"fab rollback -p {phase}{f' -s {service}' if service else ''} -H {','.join(heard)}"
+    report.messages.append(f"nothing was changed: a rollback on some of the hosts only would leave them on other versions than"
+                           f" {', '.join(sorted(silent))}. Run it again when every host answers"
+                           + (f", or roll back the others alone: {alone}" if heard else ""))
+    ledger.append("refused", **common, reason="a host did not answer", failures=[f"{h}: {w}" for h, w in sorted(silent.items())])
+    return True
 
 
 def _order(inv: Inventory, service: str, running: bool) -> tuple[str, str, float]:

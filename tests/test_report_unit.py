@@ -215,3 +215,31 @@ def test_a_refused_rollback_or_restart_is_not_sent_to_logs_and_a_rollback_again(
     s = {"service": "core-pc2", "action": "restart", "outcome": "refused", "check": "container-config"}
     line = next_step("restart", "pc2", s, "core-infra", "inv.yml")
     assert "fab logs" not in line and "fab restart -s core-pc2 -H pc2" in line
+
+
+def test_a_rollback_with_a_host_that_does_not_answer_changes_nothing_anywhere(inv, tmp_path, monkeypatch):
+    """Found by an exploratory run: pc2 unreachable, the rollback of a service on mainpc and pc2 reverted mainpc and left
+    the two replicas on different versions. Now refused before anything changes, naming the rollback of the others."""
+    from types import SimpleNamespace
+
+    from playbooks import hostcalls, rollback, transport
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    phase = next(p for p in inv.phases if len(targets.phase_hosts(inv, p.name)) > 1)  # core-infra: mainpc and pc2
+    hosts = targets.phase_hosts(inv, phase.name)
+
+    def on_hosts(inv, hs, op, request, **kw):
+        return {h: (SimpleNamespace(answer=None, ok=False, error="no answer within 3s") if h == hosts[-1]
+                    else SimpleNamespace(answer={"ok": True, "data": {"docker": {"containers": []}}}, ok=True, error=""))
+                for h in hs}
+
+    ran = []
+    monkeypatch.setattr(transport, "on_hosts", on_hosts)
+    monkeypatch.setattr(rollback, "run_on_hosts", lambda *a, **k: ran.append(a) or {})
+    monkeypatch.setattr(rollback, "record_recoveries", lambda facts: None)
+    monkeypatch.setattr(hostcalls, "record_recoveries", lambda facts: None)
+    rep = rollback.rollback(inv, phase.name)
+    assert ran == [] and rep.state == "refused" and executor.exit_code([rep.state]) == 3
+    text = "\n".join(rep.messages)
+    assert f"FAILED {hosts[-1]}: no answer within 3s" in text and "nothing was changed" in text, text
+    assert f"or roll back the others alone: fab rollback -p {phase.name} -H {','.join(hosts[:-1])}" in text
