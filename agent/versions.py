@@ -44,6 +44,8 @@ def history(service: str, journals: list[list[dict]]) -> list[dict[str, Any]]:
         recovered = next((r for r in recs if r.get("step") == Step.RECOVERED), None)
         if Step.COMMITTED in after:
             outcome = "committed"
+        elif Step.GATED in after and Step.REVERTED in after and not any(s in after for s in FAILED_STEPS):
+            outcome = "passed its gate; sent back with its phase"  # another service of the phase failed
         elif any(s in after for s in FAILED_STEPS):
             failed = next(r for r in mine if r.get("step") in FAILED_STEPS and r.get("ts", 0) >= start.get("ts", 0))
             outcome = f"failed {failed.get('check') or 'its gate'}"
@@ -67,6 +69,10 @@ def config_for(service: str, tag: str, journals: list[list[dict]]) -> tuple[dict
     if not runs:
         return {}, f"{service} never ran {tag} on this host (see fab versions --service {service})"
     if not any(v["outcome"].startswith("committed") for v in runs):
+        if runs[-1]["outcome"].startswith("passed its gate"):
+            return {}, (f"{service} {tag} passed its gate here but was sent back with its phase (rollout"
+                        f" {runs[-1]['rollout_id']}), so no configuration of it ever ran committed to go back to; roll it"
+                        " out by tag instead")
         return {}, (f"{service} {tag} never passed its health gate on this host ({runs[-1]['outcome']} in rollout"
                     f" {runs[-1]['rollout_id']}); fleetroll does not roll back to a version that failed")
     committed = {v["rollout_id"] for v in runs if v["outcome"].startswith("committed")}

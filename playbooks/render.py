@@ -109,6 +109,8 @@ def _row_refs(s: dict) -> str:
     if s.get("outcome") in vocabulary.NEEDS and not ((s.get("revert_gate") or {}).get("ok") and s.get("after_tag")):
         after = "NOT PROVEN HEALTHY"
     failed_release = s.get("action") != "revert" and s.get("outcome") not in (vocabulary.Outcome.REFUSED, vocabulary.Outcome.NEEDS_OPERATOR)
+    if failed_release and s.get("check") == "phase-revert" and (s.get("gate") or {}).get("ok") and s.get("tried_tag"):
+        return f"{s['tried_tag']} (passed its gate; sent back with its phase) -> {after}"  # not its failure
     if failed_release and s.get("outcome") in vocabulary.FAILED and s.get("tried_tag"):
         return f"{s['tried_tag']} (failed) -> {after}"
     if s.get("outcome") == vocabulary.Outcome.SKIPPED and s.get("tried_tag"):  # a later batch, or after a failed service

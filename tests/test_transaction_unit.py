@@ -257,6 +257,14 @@ def test_revert_phase_restores_earlier_gated_services_from_their_kept_containers
     assert only(daemon, "a").id == a_old and only(daemon, "b").id == b_old
     recs = [r["step"] for r in journal.read("r-new")]
     assert "abort-host" in recs and "commit-host" not in recs
+    # Found by an exploratory run: fab versions said 'no outcome recorded' of a, and its row read '(failed)'.
+    from agent import versions
+    from playbooks.render import _row_refs
+
+    assert versions.list_versions("a")[0]["outcome"] == "passed its gate; sent back with its phase"
+    assert versions.list_versions("b")[0]["outcome"].startswith("failed")
+    assert "(passed its gate; sent back with its phase) ->" in _row_refs(res["a"]) and "(failed) ->" in _row_refs(res["b"])
+    assert "was sent back with its phase" in versions.find_config("a", "20261126-bbbbbbb")[1]
 
 
 def test_revert_service_keeps_the_good_ones(daemon):
