@@ -103,10 +103,15 @@ def rollouts() -> list[dict]:
     outcome a later `fab status` read. The interruption, and how the hosts ended, stay as a note.
     """
     by_id: dict[str, dict] = {}
-    for rec in read():
+    for i, rec in enumerate(read()):
         rid = rec.get("rollout_id")
         if rec.get("kind") == _OLD_REMOVAL:
             rec = {**rec, "kind": Record.REMOVED}
+        if rec.get("kind") in _OPERATOR_ACTS:  # who froze, thawed or pruned what: rows of fab history too
+            if not rec.get("dry_run"):
+                row = _operator_act(rec)
+                by_id[f"{row['rollout_id']}#{i}"] = row  # two acts within a second are two rows
+            continue
         if not rid or rec.get("kind") not in set(Record):
             continue
         if rec["kind"] == Record.UNLOCKED:  # said whether or not the controller finished: the host's work was cut short
@@ -158,6 +163,23 @@ def rollouts() -> list[dict]:
 
 
 _OLD_REMOVAL = "remove"  # the kind a removal had in ledgers written before it was a row of fab history
+_OPERATOR_ACTS = ("freeze", "thaw", "prune")  # recorded by playbooks/operate.py; no rollout id of their own
+
+
+def _operator_act(rec: dict) -> dict:
+    """`fab freeze`, `fab thaw` or a real `fab prune` as a row of fab history (found missing by an exploratory run)."""
+    kind, hosts = rec["kind"], ", ".join(rec.get("hosts") or []) or "(no host)"
+    if kind == "prune":
+        gone = sum(len(v) for v in (rec.get("removed") or {}).values())
+        final = f"{gone} image(s) removed"
+        note = f"fab prune --keep {rec.get('keep')} on {hosts}"
+        phase = "(prune)"
+    else:
+        final = ("frozen" if kind == "freeze" else "thawed") + ("" if rec.get("ok", True) else " (not on every host)")
+        note = f"fab {kind} on {hosts}: {rec.get('reason')!r}"
+        phase = rec.get("phase", "")
+    return {"rollout_id": f"{kind}-{rec.get('time', '')}", "started": rec.get("time"), "finished": rec.get("time"),
+            "operator": rec.get("operator", ""), "phase": phase, "final": final, "note": note, "kind": kind}
 
 
 def _removal(rec: dict) -> dict:
