@@ -266,7 +266,8 @@ def _now_lines(out: dict) -> list[str]:
     elif d.get("action") == NOOP:
         drift = [f"  drift     none: {d['reason']}"]
     else:
-        drift = [f"  drift     a rollout of phase {d.get('phase')} would {d.get('action')}: {d.get('reason')}"]
+        held = "; a freeze below may refuse it" if out.get("freezes") else ""  # two facts side by side, not a contradiction
+        drift = [f"  drift     a rollout of phase {d.get('phase')} would {d.get('action')}: {d.get('reason')}{held}"]
         drift += [f"            ~ {c}" for c in d.get("changes") or []]
     health = (f"  health    unknown: {h['error']}" if "error" in h else
               f"  health    {'healthy' if h['healthy'] else 'NOT HEALTHY'}: {h['text']}; {h['restarts']} restarts"

@@ -45,6 +45,10 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
         record_recoveries(facts)
         if _unheard(facts, report, common, plan, phase, service, t0):
             return report
+        report.messages += [f"note: phase {phase} is frozen on {h} by {f.get('by')} ({f.get('reason')!r}); a rollback goes"
+                            " ahead all the same (it puts back what ran before; a freeze holds rollouts of new releases)"
+                            for h in plan.hosts for f in ((facts[h].answer or {}).get("data") or {}).get("freezes") or []
+                            if f.get("phase") == phase and not f.get("auto")]
         targets_of: dict[tuple[str, str], dict] = {}
         for s in plan.steps:
             data = (facts[s.host].answer or {}).get("data") or {}

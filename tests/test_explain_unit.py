@@ -293,3 +293,13 @@ def test_a_rollout_the_controller_was_interrupted_in_says_so_and_how_the_hosts_e
     assert "the hosts ended it on their own" in text and "never recorded" not in text
     killed = [{**LEDGER[0], "finished": None, "final": "unfinished (controller stopped before the end)"}]
     assert "the controller never recorded its end; unfinished" in explain.explain_text(answer(container(), entries=killed))
+
+
+def test_drift_beside_a_freeze_says_the_freeze_may_refuse_it(artifacts):
+    """Found by an exploratory run: 'drift: a rollout would replace' right under 'frozen … refuses' read as a contradiction."""
+    out = answer(container(), frozen=["phase gpu-mainpc frozen by ana: 'ASR demo' (blocks every rollout of the phase)"])
+    out["drift"] = {"action": "replace", "reason": "new image", "phase": "gpu-mainpc", "changes": []}
+    assert "would replace: new image; a freeze below may refuse it" in explain.explain_text(out)
+    out = answer(container())
+    out["drift"] = {"action": "replace", "reason": "new image", "phase": "gpu-mainpc", "changes": []}
+    assert "freeze below" not in explain.explain_text(out)

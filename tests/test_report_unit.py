@@ -243,3 +243,24 @@ def test_a_rollback_with_a_host_that_does_not_answer_changes_nothing_anywhere(in
     text = "\n".join(rep.messages)
     assert f"FAILED {hosts[-1]}: no answer within 3s" in text and "nothing was changed" in text, text
     assert f"or roll back the others alone: fab rollback -p {phase.name} -H {','.join(hosts[:-1])}" in text
+
+
+def test_a_rollback_through_a_manual_freeze_says_it_goes_ahead(inv, tmp_path, monkeypatch):
+    """Found by an exploratory run: rollback went through 'gpu maint' without a word, though the freeze 'blocks every rollout'."""
+    from types import SimpleNamespace
+
+    from playbooks import rollback, transport
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    phase = inv.phases[0]
+    frozen = {"freezes": [{"phase": phase.name, "by": "alice", "reason": "gpu maint", "auto": False, "ts": 0}],
+              "docker": {"containers": []}}
+    monkeypatch.setattr(transport, "on_hosts", lambda inv, hs, op, request, **kw: {
+        h: SimpleNamespace(answer={"ok": True, "data": frozen}, ok=True, error="") for h in hs})
+    monkeypatch.setattr(rollback, "run_on_hosts", lambda *a, **k: {})
+    monkeypatch.setattr(rollback, "record_recoveries", lambda facts: None)
+    monkeypatch.setattr(rollback, "conclude", lambda kind, report, *a, **k: report)
+    rep = rollback.rollback(inv, phase.name)
+    assert any(m.startswith(f"note: phase {phase.name} is frozen on ") and "'gpu maint'); a rollback goes ahead" in m
+               for m in rep.messages), rep.messages
+
