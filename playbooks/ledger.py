@@ -142,24 +142,29 @@ def rollouts() -> list[dict]:
             entry["final"] = str(Record.REFUSED)
             entry["note"] = f"refused: {rec.get('reason') or 'see the ledger record'}; nothing was changed"
     for entry in by_id.values():
-        hosts = entry.pop("_hosts", {})
-        unlocks = "; ".join(entry.pop("_unlocks", []))
-        if unlocks:
-            entry["note"] = f"{entry['note']}; {unlocks}" if entry.get("note") else unlocks
-        if entry.get("finished") is not None:
-            continue
-        why = entry.get("interruption") or "the controller stopped before the end"
-        if hosts:
-            outcomes = [o for _kind, svcs, _st in hosts.values() for o in svcs.values()]
-            state = state_of(outcomes)
-            entry["final"] = str(rollback_state(state, outcomes) if entry.get("rollback") else state)  # as ending judges it
-            said = "; ".join(f"{'recovered' if kind == Record.RECOVERED else 'finished'} on {h} ("
-                             + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "no service had changed") + f"; host {st})"
-                             for h, (kind, svcs, st) in hosts.items())
-            entry["note"] = f"{why}; the hosts ended it on their own: {said}"
-        elif entry.get("interruption"):
-            entry["final"] = "interrupted by the operator (hosts finished on their own; see fab status)"
+        _judge_unfinished(entry)
     return list(by_id.values())
+
+
+def _judge_unfinished(entry: dict) -> None:
+    """A rollout the controller never finished takes its state from what its hosts said afterwards (see rollouts())."""
+    hosts = entry.pop("_hosts", {})
+    unlocks = "; ".join(entry.pop("_unlocks", []))
+    if unlocks:
+        entry["note"] = f"{entry['note']}; {unlocks}" if entry.get("note") else unlocks
+    if entry.get("finished") is not None:
+        return
+    why = entry.get("interruption") or "the controller stopped before the end"
+    if hosts:
+        outcomes = [o for _kind, svcs, _st in hosts.values() for o in svcs.values()]
+        state = state_of(outcomes)
+        entry["final"] = str(rollback_state(state, outcomes) if entry.get("rollback") else state)  # as ending judges it
+        said = "; ".join(f"{'recovered' if kind == Record.RECOVERED else 'finished'} on {h} ("
+                         + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "no service had changed") + f"; host {st})"
+                         for h, (kind, svcs, st) in hosts.items())
+        entry["note"] = f"{why}; the hosts ended it on their own: {said}"
+    elif entry.get("interruption"):
+        entry["final"] = "interrupted by the operator (hosts finished on their own; see fab status)"
 
 
 _OLD_REMOVAL = "remove"  # the kind a removal had in ledgers written before it was a row of fab history

@@ -45,10 +45,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
         record_recoveries(facts)
         if _unheard(facts, report, common, plan, phase, service, t0):
             return report
-        report.messages += [f"note: phase {phase} is frozen on {h} by {f.get('by')} ({f.get('reason')!r}); a rollback goes"
-                            " ahead all the same (it puts back what ran before; a freeze holds rollouts of new releases)"
-                            for h in plan.hosts for f in ((facts[h].answer or {}).get("data") or {}).get("freezes") or []
-                            if f.get("phase") == phase and not f.get("auto")]
+        report.messages += _through_freezes(facts, plan.hosts, phase)
         targets_of: dict[tuple[str, str], dict] = {}
         for s in plan.steps:
             data = (facts[s.host].answer or {}).get("data") or {}
@@ -67,6 +64,14 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
 
         results = run_on_hosts(inv, plan, plan.hosts, args_for, max_parallel, progress, report, pool)
     return conclude("rollback", report, results, common, t0, str(inv.path))
+
+
+def _through_freezes(facts: dict, hosts: list[str], phase: str) -> list[str]:
+    """A rollback goes through a manual freeze (it puts back what ran before); it says so, not silently (pure)."""
+    return [f"note: phase {phase} is frozen on {h} by {f.get('by')} ({f.get('reason')!r}); a rollback goes ahead all the"
+            " same (it puts back what ran before; a freeze holds rollouts of new releases)"
+            for h in hosts for f in ((facts[h].answer or {}).get("data") or {}).get("freezes") or []
+            if f.get("phase") == phase and not f.get("auto")]
 
 
 def _unheard(facts: dict, report: RolloutReport, common: dict, plan: Plan, phase: str, service: str | None, t0: float) -> bool:
