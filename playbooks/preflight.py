@@ -278,7 +278,12 @@ def _image_checks(inv: Inventory, host: str, services: list[str], cc: str | None
                 "bad-answer": "check registry.host (host:port of a Docker registry) and registry.insecure (true: plain"
                               " HTTP, false: HTTPS) in the inventory",
             }.get(kind, "check the registry")
-            out.append(Check(host, f"image:{s}", FAIL, info.get("error", ""), fix))
+            err = str(info.get("error", ""))
+            if kind == "unreachable" and ("WRONG_VERSION_NUMBER" in err or "wrong version number" in err.lower()):
+                # TLS spoken to a plain-HTTP registry: it answered, in the other protocol
+                fix = ("the registry answers plain HTTP, not HTTPS: if that is meant (a registry on your own network),"
+                       " set registry.insecure: true in the inventory")
+            out.append(Check(host, f"image:{s}", FAIL, err, fix))
             continue
         found = image_contract(info, cc, svc.wants_gpu) + [(WARN, w, "") for w in info.get("warnings") or []]
         worst = FAIL if any(p[0] == FAIL for p in found) else WARN if found else PASS

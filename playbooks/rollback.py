@@ -14,7 +14,7 @@ from . import ledger, targets, transport
 from . import order as swap_order
 from .ending import RolloutReport, conclude
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
-from .inventory import Inventory
+from .inventory import Inventory, tag_problem
 from .plan import Plan, Step, build_plan, container_spec, new_rollout_id, operator
 
 
@@ -28,6 +28,9 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     with an old image — and no env value ever travels back to the controller.
     """
     targets.check(inv, phase, hosts, service)
+    if to_tag and tag_problem(to_tag):  # before any host is asked: 'x;id' is not a tag any host ran
+        raise targets.TargetError(f"--to {to_tag!r}: {tag_problem(to_tag)}; fab versions -s {service or 'SERVICE'} lists"
+                                  " the tags that ran")
     if inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # Swarm's previous spec, or --to through the rollout's gates
         from .swarm.rollback import rollback_swarm
 

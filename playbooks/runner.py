@@ -38,6 +38,10 @@ def run_preflight(
     pool: transport.Pool | None = None, ahead: frozenset[tuple[str, str]] = frozenset(),
 ) -> PreflightReport:
     t0 = time.monotonic()
+    if phase and hosts:  # as rollout says it: a host outside the phase is an input error, not a one-host pass
+        from .targets import check as check_targets
+
+        check_targets(inv, phase, hosts)
     targets = inv.select_hosts(hosts, phase)
     if pool is None:
         # A session answers as soon as its answer line is written; a one-off exec also waits for the remote

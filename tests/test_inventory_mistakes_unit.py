@@ -125,3 +125,23 @@ def test_a_public_key_as_key_filename_says_so_and_names_the_private_one(tmp_path
     out = problems(tmp_path, BASE.replace("    address: 10.0.0.1\n", f"    address: 10.0.0.1\n    key_filename: {pub}\n"))
     assert len(out) == 1 and f"hosts.mainpc.key_filename: {pub} is a public key" in out[0], out
     assert f"fix: point it at the private key beside it ({tmp_path / 'id_ed25519'})" in out[0]
+
+
+def test_https_spoken_to_a_plain_http_registry_names_registry_insecure():
+    """Found by an exploratory run: 'insecure: false' against an HTTP registry said only '[SSL: WRONG_VERSION_NUMBER] ...
+    (fix: check the registry is up ...)'."""
+    from playbooks.preflight import _image_checks
+
+    inv = load(write_default())
+    s = inv.phases[0].services[0]
+    err = "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"
+    out = _image_checks(inv, "mainpc", [s], None, {inv.image_ref(s): {"ok": False, "kind": "unreachable", "error": err}})
+    assert out[0].status == "fail" and "set registry.insecure: true" in out[0].fix, out
+    out = _image_checks(inv, "mainpc", [s], None, {inv.image_ref(s): {"ok": False, "kind": "unreachable", "error": "timed out"}})
+    assert "insecure" not in out[0].fix
+
+
+def write_default():
+    from .test_inventory import ROOT
+
+    return ROOT / "inventory" / "fleet.yml"

@@ -117,10 +117,10 @@ def test_rollback_of_a_swarm_phase_goes_to_swarm_and_to_tag_needs_a_service(inv,
     ssh_rollback.rollback(inv, "one")
     assert seen["plain"] == ("one", ["llm", "api"])
     with pytest.raises(RolloutError, match="add -s SERVICE"):
-        ssh_rollback.rollback(inv, "one", to_tag="t-good")
+        ssh_rollback.rollback(inv, "one", to_tag="20261201-abcdef0")
     got = {}
     monkeypatch.setattr(deploy, "rollout_swarm", lambda i, p, pool, **kw: got.update(tag=i.fleet.services["api"].tag,
                                                                                        llm=i.fleet.services["llm"].tag, **kw))
-    ssh_rollback.rollback(inv, "one", service="api", to_tag="t-good")
-    assert got["tag"] == "t-good" and got["llm"] == inv.fleet.services["llm"].tag and got["only"] == "api"
-    assert got["record"] == {"rollback": True, "to_tag": "t-good"}
+    ssh_rollback.rollback(inv, "one", service="api", to_tag="20261201-abcdef0")
+    assert got["tag"] == "20261201-abcdef0" and got["llm"] == inv.fleet.services["llm"].tag and got["only"] == "api"
+    assert got["record"] == {"rollback": True, "to_tag": "20261201-abcdef0"}
