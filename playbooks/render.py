@@ -211,10 +211,13 @@ def versions_text(out: dict) -> str:
 
 def _replica_versions_text(out: dict) -> str:
     rows = []
+    run = out.get("running") or {}
     for v in out["versions"]:
         when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(v.get("ts") or 0))
-        can = v["outcome"].startswith("committed") and v.get("image_present") and not v.get("running")
-        mark = "running" if v.get("running") else ("rollback --to" if can else "-")
+        # Another start of what runs (a restart, a rollback to it) is no rollback target: `--to` it does nothing.
+        same = bool(run) and v["tag"] == run.get("tag") and v["digest"] == run.get("digest")
+        can = v["outcome"].startswith("committed") and v.get("image_present") and not v.get("running") and not same
+        mark = "running" if v.get("running") else ("same as running" if same else "rollback --to" if can else "-")
         rows.append([when, v["tag"], (v["digest"] or "")[7:19], v["rollout_id"], v["operator"], v["kind"], v["outcome"], mark])
     head = f"{out['service']} on {out['host']}" + (f" (running {out['running'].get('tag')})" if out.get("running") else " (not running)")
     lines = [head, table(rows, ["started", "tag", "digest", "rollout", "operator", "kind", "outcome", "use"]) if rows else "  no versions recorded"]

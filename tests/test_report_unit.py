@@ -264,3 +264,20 @@ def test_a_rollback_through_a_manual_freeze_says_it_goes_ahead(inv, tmp_path, mo
     assert any(m.startswith(f"note: phase {phase.name} is frozen on ") and "'gpu maint'); a rollback goes ahead" in m
                for m in rep.messages), rep.messages
 
+
+
+def test_versions_offers_no_rollback_to_what_already_runs():
+    """Found by an exploratory run: after restarts each restart row offered 'rollback --to' the running tag (a no-op)."""
+    from playbooks.render import versions_text
+
+    run = {"tag": "20261104-4444444", "digest": "sha256:" + "d" * 64}
+    rows = [{"tag": t, "digest": d, "ts": i, "rollout_id": f"r-{i}", "operator": "op", "kind": k, "outcome": "committed",
+             "image_present": True, "running": r}
+            for i, (t, d, k, r) in enumerate([(run["tag"], run["digest"], "restart", False), (run["tag"], run["digest"], "rollout", True),
+                                              ("20261103-3333333", "sha256:" + "c" * 64, "rollout", False)])]
+    text = versions_text({"replicas": [{"service": "svc", "host": "pc2", "running": run, "versions": rows}]})
+    lines = text.splitlines()
+    assert "same as running" in next(x for x in lines if "r-0" in x)
+    assert "running" in next(x for x in lines if "r-1" in x)
+    assert "rollback --to" in next(x for x in lines if "r-2" in x)
+    assert sum("rollback --to" in x for x in lines) == 1
