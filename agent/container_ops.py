@@ -172,7 +172,10 @@ def details_op(args: dict[str, Any]) -> dict:
         entry = {**summarize_container(attrs), "exit_code": state.get("ExitCode"), "error": state.get("Error", ""),
                  "oom_killed": bool(state.get("OOMKilled")), "ports": cfg["ports"], "gpus": cfg["gpus"], "user": cfg["user"],
                  "restart_policy": cfg["restart"], "health": container_args.health_of(labels, {}),
-                 "operator": labels.get(contract.OPERATOR, ""), "git_sha": labels.get(contract.GIT_SHA, "")}
+                 "operator": labels.get(contract.OPERATOR, ""), "git_sha": labels.get(contract.GIT_SHA, ""),
+                 # The transaction that made this very container: a rollback or restart brings an older rollout's
+                 # configuration (and its rollout label) back, so the label alone names the wrong event.
+                 "created_by": labels.get("io.fleetroll.created-by", "")}
         prev_tag, prev_digest = labels.get(contract.PREV_TAG, ""), labels.get(contract.PREV_DIGEST, "")
         if prev_tag and repos.get(svc):
             try:

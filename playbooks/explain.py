@@ -193,7 +193,12 @@ def gather(inv: Inventory, host: str, service: str) -> dict[str, Any]:
     c = d.get("container") or {}
     sbom, trivy = security_facts(inv, service, c.get("tag", ""), c.get("digest", "")) if c else (
         {"path": "", "present": False}, {"path": "", "present": False})
-    rollout = ledger_facts(ledger.rollouts(), c.get("rollout_id", ""), host, service) if c else None
+    entries = ledger.rollouts() if c else []
+    rollout = ledger_facts(entries, c.get("rollout_id", ""), host, service) if c else None
+    made = c.get("created_by") or ""
+    if rollout is not None and made and made != c.get("rollout_id"):  # a rollback or restart made this very container
+        by = next((e for e in entries if e.get("rollout_id") == made), None)
+        rollout["recreated_by"] = {"rollout_id": made, **({k: by.get(k) for k in ("started", "operator", "final")} if by else {})}
     return assemble(host, service, d, now, step, versions, sbom, trivy, rollout, reported, str(ledger.path()))
 
 
@@ -233,6 +238,11 @@ def _rollout_lines(out: dict) -> list[str]:
              f"the controller was interrupted at {r['interrupted']}" if r.get("interrupted") else "the controller never recorded its end")
     lines = [f"  rollout   {r['rollout_id']}: phase {r['phase']}, by {r['operator']}, started {r['started']}, {ended};"
              f" {r['final']}" + (f"; here {r['outcome']}" if r.get("outcome") else "")]
+    again = r.get("recreated_by")
+    if again:  # the configuration is that rollout's; the container itself was made later, by this one
+        lines.append(f"  made by   {again['rollout_id']}" + (f" ({again.get('operator')}, {again.get('started')}, {again.get('final')})"
+                                                            if again.get("started") else " (not in this ledger)")
+                     + f", which recreated {r['rollout_id']}'s configuration")
     g = r.get("gate")
     if g:
         healthy = f"healthy after {g['time_to_healthy_s']:.1f}s, " if g.get("time_to_healthy_s") is not None else ""

@@ -303,3 +303,13 @@ def test_drift_beside_a_freeze_says_the_freeze_may_refuse_it(artifacts):
     out = answer(container())
     out["drift"] = {"action": "replace", "reason": "new image", "phase": "gpu-mainpc", "changes": []}
     assert "freeze below" not in explain.explain_text(out)
+
+
+def test_a_container_a_rollback_recreated_names_the_rollback_beside_the_configurations_rollout(artifacts):
+    """Found by an exploratory run: after fab rollback, explain named only the original rollout (finished long before the
+    container was created); the container's own created-by label names the rollback that made it."""
+    out = answer(container())
+    out["rollout"]["recreated_by"] = {"rollout_id": "r-back", "started": "2026-01-02T00:00:00Z", "operator": "bo",
+                                      "final": "reverted"}
+    text = explain.explain_text(out)
+    assert (f"made by   r-back (bo, 2026-01-02T00:00:00Z, reverted), which recreated {RID}'s configuration") in text, text
