@@ -146,7 +146,7 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
 
 @task(help={"json": "JSON output", "limit": "show the last N rollouts (default 20)"})
 def history(c, json=False, limit=None):
-    """Rollouts recorded in the ledger: who, when, phase, outcome."""
+    """Rollouts, rollbacks, removals, freezes, thaws and prunes recorded in the ledger: who, when, phase, outcome."""
     from . import ledger, render
 
     entries = ledger.rollouts()[-(_int(limit, "limit") or 20):]
