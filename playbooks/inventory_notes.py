@@ -30,7 +30,7 @@ FLEET_NOTES: dict[str, Doc] = {
         "every image reference: preflight `image:<service>`, the plan (tag → digest), the hosts' pulls, `fab build --push`,"
         " `fab prune`."),
     "registry.host": Doc(
-        "The registry's host name (and `:port`), without a scheme.",
+        "The registry's host name (and `:port`), without a scheme or path (plain HTTP is `insecure: true`).",
         "host: ghcr.io",
         "image references (see `registry`)."),
     "registry.org": Doc(

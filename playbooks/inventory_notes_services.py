@@ -22,7 +22,8 @@ SERVICE_NOTES: dict[str, Doc] = {
         "every task."),
     "services.<name>.image": Doc(
         "The image's repository name under `registry.host/registry.org`, lowercase (a family image, e.g."
-        " `family-cpu-py311`).",
+        " `family-cpu-py311`): components joined by `/`, each separated inside only by `.`, `_`, `__` or `-`, as"
+        " Docker's reference grammar has it.",
         "image: family-cpu-py311",
         "image references (preflight `image:<service>`, the plan, pulls, `fab prune`); the security gate (reports at"
         " `<artifacts>/<image>/<tag>/trivy.json`, acceptances by image)."),
@@ -109,7 +110,9 @@ SERVICE_NOTES: dict[str, Doc] = {
     "services.<name>.env": Doc(
         "Environment variables: a string, or `{secret: NAME}` read on the host when the container is created. fleetroll"
         " adds `FLEETROLL_SERVICE`, `FLEETROLL_HOST` (and the collector's variables when `observability.collector` is"
-        " set). Values never appear in the ledger, pins, `--json`, progress or `fab status`: only keyed hashes.",
+        " set); names starting with `FLEETROLL_` are its own and refused here. A name is letters, digits, `_`, `.` and"
+        " `-`, not starting with a digit; a value holds no NUL. Values never appear in the ledger, pins, `--json`,"
+        " progress, `fab status` or an inventory error: only keyed hashes.",
         "env: {MACHINE: mainpc, HF_TOKEN: {secret: hf_token}}",
         "the plan; container create."),
     "services.<name>.env.<VAR>.secret": Doc(
@@ -158,7 +161,7 @@ SERVICE_NOTES: dict[str, Doc] = {
         "container create; the agent stopping an old container."),
     "services.<name>.volumes": Doc(
         "`NAME:/path` (a named volume) or `/host/path:/path` (a bind mount, only under `defaults.host_paths`), each"
-        " optionally `:ro` or `:rw`.",
+        " optionally `:ro` or `:rw`. The container path is written normalized (no `..`, `.`, `//` or trailing `/`).",
         'volumes: ["models:/models:ro", "/srv/models/llm:/weights:ro"]',
         "inventory validation; the agent checks each bind source again on the host, as it resolves there."),
     "services.<name>.health": Doc(
@@ -196,7 +199,9 @@ SERVICE_NOTES: dict[str, Doc] = {
     # phases.yml
     "phases": Doc(
         "The rollout phases, in order, in `phases.yml` beside `fleet.yml`. `fab rollout --all` runs them top to bottom,"
-        " each only after the one before succeeded. Every service named belongs to exactly one phase.",
+        " each only after the one before succeeded. Every service of the inventory belongs to exactly one phase (one"
+        " in none would never be deployed: refused). A freeze is kept under its phase's name: renaming a phase leaves"
+        " the freeze holding its hosts until thawed by the old name.",
         "phases: [{name: core-infra, services: [gateway]}]",
         "`-p/--phase` of preflight, rollout, rollback, freeze and thaw; `fab rollout --all`."),
     "phases[].name": Doc(
