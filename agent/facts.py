@@ -220,7 +220,7 @@ def _secrets_since_start(attrs: dict) -> dict:
         return {}
     from . import secrets
 
-    found = secrets.since_start(label, (attrs.get("State") or {}).get("StartedAt", ""), time.time())
+    found = secrets.since_start(label, attrs.get("Created") or "", time.time())  # resolved at create, not at each start
     return {"secrets_since_start": found} if found else {}
 
 

@@ -181,14 +181,16 @@ def resolve(env: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def since_start(label: str, started_at: str, now: float) -> dict[str, list[str]]:
-    """Of the secrets a container's secret-env label names, those rewritten on this host after it started, and those gone.
+def since_start(label: str, created_at: str, now: float) -> dict[str, list[str]]:
+    """Of the secrets a container's secret-env label names, those rewritten on this host after it was created, and
+    those gone.
 
-    A container holds the value it was created with: a secret rotated on the host reaches it only
-    with the next start (`fab restart`, a release), and nothing in its configuration changes, so
-    only the file's modification time can say it. Seconds are compared with a second's margin
-    (Docker's StartedAt is read to the second): a rotation within the start's own second is missed,
-    never invented. Values are never read here.
+    A container holds the values it was created with (env and secret files are resolved at create; a
+    restart by its policy, `docker restart` or a reboot re-reads nothing): a secret rotated on the host
+    reaches it only with the next create (`fab restart`, a release), and nothing in its configuration
+    changes, so only the file's modification time can say it, against Docker's `Created` (not StartedAt,
+    which every restart moves). Seconds are compared with a second's margin (read to the second): a
+    rotation within the create's own second is missed, never invented. Values are never read here.
     """
     import json
 
@@ -200,10 +202,10 @@ def since_start(label: str, started_at: str, now: float) -> dict[str, list[str]]
         return {}
     names = sorted({r.get("secret") or r.get("report_key") for r in map(ref_from_label, (recorded or {}).values())
                     if r and NAME_RE.fullmatch(str(r.get("secret") or r.get("report_key") or ""))})
-    up = up_seconds(started_at, now)
-    if not names or up is None:
+    age = up_seconds(created_at, now)
+    if not names or age is None:
         return {}
-    started = now - up
+    created = now - age
     changed, gone = [], []
     for name in names:
         try:
@@ -213,6 +215,6 @@ def since_start(label: str, started_at: str, now: float) -> dict[str, list[str]]
             continue
         except OSError:
             continue
-        if mtime > started + 1:
+        if mtime > created + 1:
             changed.append(name)
     return {k: v for k, v in (("changed", changed), ("gone", gone)) if v}

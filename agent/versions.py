@@ -44,7 +44,8 @@ def history(service: str, journals: list[list[dict]]) -> list[dict[str, Any]]:
         recovered = next((r for r in recs if r.get("step") == Step.RECOVERED), None)
         if Step.COMMITTED in after:
             outcome = "committed"
-        elif Step.GATED in after and Step.REVERTED in after and not any(s in after for s in FAILED_STEPS):
+        elif (Step.GATED in after and Step.REVERTED in after and not any(s in after for s in FAILED_STEPS)
+              and any(r.get("step") == Step.ABORT_HOST for r in recs) and recovered is None):
             outcome = "passed its gate; sent back with its phase"  # another service of the phase failed
         elif any(s in after for s in FAILED_STEPS):
             failed = next(r for r in mine if r.get("step") in FAILED_STEPS and r.get("ts", 0) >= start.get("ts", 0))
@@ -124,5 +125,11 @@ def created_by(rollout_id: str, service: str) -> bool:
     what it set aside (that one is refused): the journal must show the start, and no set-aside.
     """
     mine = [r for r in journal.read(rollout_id) if r.get("service") == service]
-    return any(r.get("step") == Step.START_NEW for r in mine) and not any(r.get("step") == Step.SET_ASIDE for r in mine)
+    starts = [r for r in mine if r.get("step") == Step.START_NEW]
+    if not starts or any(r.get("step") == Step.SET_ASIDE for r in mine):
+        return False
+    # Nothing to set aside also when an earlier release's container was removed (by hand, fab remove) first: then
+    # there is an earlier version here, only no recorded configuration to go back to (refused, as before).
+    t = starts[0].get("ts", 0)
+    return not any(v["outcome"].startswith("committed") and v["ts"] < t for v in history(service, all_journals()))
 

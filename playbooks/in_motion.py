@@ -8,6 +8,7 @@ anything else (exit 3), and a dry run says a real rollout would be refused.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -31,7 +32,10 @@ def _line(h: str, b: dict[str, Any]) -> str:
     rid = str(b.get("rollout_id") or "?")
     if rid == "recovery" or str(b.get("holder") or "").startswith(("recovery", "unlock by")):
         what = f"recovering an interrupted transaction {who}"
-    elif rid.startswith("remove-"):
+    elif re.fullmatch(r"r\d{8}T\d{6}Z-prune-[0-9a-f]{6}", rid):  # playbooks/plan.new_rollout_id("prune")
+        return (f"{h} is pruning images (fab prune, {rid}) {who}: a rollout's pulled image could go before it starts;"
+                " nothing was changed. Run it again when the prune has finished (seconds to minutes)")
+    elif rid.startswith("remove-") or re.fullmatch(r"r\d{8}T\d{6}Z-remove-.+-[0-9a-f]{6}", rid):
         what = f"removing a container (fab remove, {rid}) {who}"
     else:
         what = f"in the middle of rollout {rid} {who}"

@@ -119,7 +119,8 @@ SERVICE_NOTES: dict[str, Doc] = {
         "Name of a file in the host's secrets directory (`/etc/fleetroll/secrets`, or `$FLEETROLL_SECRETS_DIR` in the"
         " agent's environment): a regular file, no symlink, owned by root, mode 0640 or 0600. Its content becomes the"
         " variable's value at container create; only the reference is recorded. A value rotated on the host reaches"
-        " the container at its next start (`fab restart -s S`, or a release); until then `fab status` names the secret"
+        " the container when it is next created (`fab restart -s S`, or a release; not a restart by its policy or a"
+        " reboot); until then `fab status` names the secret"
         " in its drift column (by the file's modification time: values are never compared).",
         "HF_TOKEN: {secret: hf_token}",
         "the agent at container create (agent/secrets.py)."),
@@ -161,7 +162,7 @@ SERVICE_NOTES: dict[str, Doc] = {
         "container create; the agent stopping an old container."),
     "services.<name>.volumes": Doc(
         "`NAME:/path` (a named volume) or `/host/path:/path` (a bind mount, only under `defaults.host_paths`), each"
-        " optionally `:ro` or `:rw`. The container path is written normalized (no `..`, `.`, `//` or trailing `/`).",
+        " optionally `:ro` or `:rw`. The container path has no `..` component.",
         'volumes: ["models:/models:ro", "/srv/models/llm:/weights:ro"]',
         "inventory validation; the agent checks each bind source again on the host, as it resolves there."),
     "services.<name>.health": Doc(

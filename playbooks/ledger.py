@@ -181,6 +181,8 @@ def _operator_act(rec: dict) -> dict:
         phase = "(prune)"
     else:
         final = ("frozen" if kind == "freeze" else "thawed") + ("" if rec.get("ok", True) else " (not on every host)")
+        if kind == "thaw" and rec.get("changed") == []:  # every host answered that nothing was frozen there
+            final = "nothing was frozen"
         note = f"fab {kind} on {hosts}: {rec.get('reason')!r}"
         phase = rec.get("phase", "")
     return {"rollout_id": f"{kind}-{rec.get('time', '')}", "started": rec.get("time"), "finished": rec.get("time"),

@@ -32,7 +32,7 @@ def last_homes(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
             for s in rec.get("services") or []:
                 if s.get("outcome") in _THERE or (not s.get("outcome") and s.get("action") == NOOP):
                     homes[(s.get("service", ""), s.get("host", ""))] = rec.get("time", "")
-        elif rec.get("kind") == Record.REMOVED and rec.get("removed"):
+        elif rec.get("kind") in (Record.REMOVED, "remove") and rec.get("removed"):  # "remove": ledgers before it was a row
             homes.pop((rec.get("service", ""), rec.get("host", "")), None)
     return homes
 

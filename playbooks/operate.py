@@ -30,7 +30,7 @@ def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, host
     who = operator()
     results = transport.on_hosts(inv, targets, "freeze", lambda h: {"phase": phase, "reason": reason, "thaw": thaw, "operator": who},
                                  timeout=30)
-    lines, ok = [], True
+    lines, ok, changed = [], True, []
     for h in targets:
         r = results[h]
         if r.answer is None or not r.ok:
@@ -38,7 +38,13 @@ def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, host
             lines.append(f"{h}: FAILED: {r.error or (r.answer or {}).get('msg')}")
         else:
             lines.append(f"{h}: {r.answer.get('msg')}")
-    ledger.append("thaw" if thaw else "freeze", phase=phase, operator=who, reason=reason, hosts=targets, ok=ok, inventory=str(inv.path))
+            if r.answer.get("changed"):
+                changed.append(h)
+    if stale and ok and not changed:  # a typo, not a renamed phase's freeze: say so, exit 1, and no "thawed" row
+        known = ", ".join(p.name for p in inv.phases)
+        return False, [*lines, f"no host holds a freeze of phase {phase!r}, and phases.yml has no such phase (phases: {known})"]
+    ledger.append("thaw" if thaw else "freeze", phase=phase, operator=who, reason=reason, hosts=targets, ok=ok,
+                  changed=changed, inventory=str(inv.path))
     return ok, lines
 
 

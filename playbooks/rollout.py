@@ -115,7 +115,14 @@ def _rollout(
         ledger.append("interrupted", **ro.common, reason="the operator pressed Ctrl-C; the hosts finish their transactions on"
                       " their own", hosts_busy=ro.plan.hosts)
         raise Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts) from None
-    return _record(ro, results)
+    try:
+        return _record(ro, results)
+    except KeyboardInterrupt:  # the hosts had answered; the report, the ledger's end or a hook was cut short
+        ledger.append("interrupted", **ro.common, reason="the operator pressed Ctrl-C after the hosts had ended (report, hooks)")
+        cut = Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts)
+        cut.args = (f"interrupted after the hosts of phase {phase} had ended their transactions, while the controller"
+                    " wrote its report and ran its hooks; fab status shows how they ended",)
+        raise cut from None
 
 
 def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_parallel, policy: str, progress,

@@ -168,7 +168,7 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
     else:
         drift = config_drift(inv, s, h, c)
     if c and c.get("secrets_since_start"):
-        drift = "; ".join(x for x in (drift, secrets_drift(s, c["secrets_since_start"])) if x)
+        drift = "; ".join(x for x in (drift, secrets_drift(s, c["secrets_since_start"], h)) if x)
     healthy, health = service_health(c, probe)
     alien = (data.get("foreign") or {}).get(s) if c is None else None
     if alien:  # the name is held by a container a rollout will not touch: say so, not "no container"
@@ -187,13 +187,13 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
     return row
 
 
-def secrets_drift(s: str, found: dict[str, list[str]]) -> str:
-    """What the host's secrets did since the container started (agent/secrets.since_start), in words (pure)."""
+def secrets_drift(s: str, found: dict[str, list[str]], host: str = "") -> str:
+    """What the host's secrets did since the container was created (agent/secrets.since_start), in words (pure)."""
     out = []
     if found.get("changed"):
         names = ", ".join(found["changed"])
-        out.append(f"secret {names} changed on the host since the container started; it still has the value it started"
-                   f" with (fab restart -s {s})")
+        out.append(f"secret {names} changed on the host since the container was created; it still has the value it was"
+                   f" created with (fab restart -s {s}{f' -H {host}' if host else ''})")
     if found.get("gone"):
         names = ", ".join(found["gone"])
         out.append(f"secret {names} is no longer on the host; the next start of {s} will be refused (put it back:"

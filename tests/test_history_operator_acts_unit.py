@@ -17,3 +17,28 @@ def test_freeze_thaw_and_prune_are_rows_of_fab_history(tmp_path, monkeypatch):
     text = render.history_text(rows, "ledger.jsonl")
     assert "fab freeze on pc2: 'maintenance window'" in text and "fab thaw on pc2, mainpc: 'done'" in text
     assert "fab prune --keep 2 on pc2" in text and "--keep 3" not in text, "a dry run changed nothing: not a row"
+
+
+def test_a_thaw_of_a_name_no_phase_has_and_no_host_froze_is_exit_1_not_thawed(tmp_path, monkeypatch):
+    """Found by a review: `fab thaw --phase gpu-mainp` (a typo) answered 'not frozen here' on each host, exit 0, and
+    history said 'thawed' while gpu-mainpc stayed frozen."""
+    from types import SimpleNamespace
+
+    from playbooks import operate, transport
+    from playbooks.inventory import load
+
+    from .conftest import ROOT
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    inv = load(ROOT / "inventory" / "fleet.yml")
+    monkeypatch.setattr(transport, "on_hosts", lambda inv, hosts, op, req, **kw: {
+        h: SimpleNamespace(answer={"ok": True, "msg": "gpu-mainp was not frozen here", "changed": False}, ok=True, error="")
+        for h in hosts})
+    ok, lines = operate.set_freeze(inv, "gpu-mainp", "typo", thaw=True)
+    assert not ok and "no host holds a freeze of phase 'gpu-mainp', and phases.yml has no such phase" in lines[-1], lines
+    assert "gpu-mainpc" in lines[-1] and ledger.rollouts() == []
+    monkeypatch.setattr(transport, "on_hosts", lambda inv, hosts, op, req, **kw: {
+        h: SimpleNamespace(answer={"ok": True, "msg": "gpu-mainpc was not frozen here", "changed": False}, ok=True, error="")
+        for h in hosts})
+    assert operate.set_freeze(inv, "gpu-mainpc", "nothing there", thaw=True)[0]
+    assert ledger.rollouts()[-1]["final"] == "nothing was frozen"

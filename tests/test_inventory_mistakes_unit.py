@@ -59,7 +59,8 @@ def test_image_names_docker_would_refuse_are_refused(tmp_path, image):
 
 def test_a_container_path_with_dot_dot_is_refused(tmp_path):
     out = problems(tmp_path, _with("    volumes: ['models:/data/../../etc']\n"))
-    assert len(out) == 1 and "container path '/data/../../etc' is not normalized" in out[0] and "'/etc'" in out[0], out
+    assert len(out) == 1 and "container path '/data/../../etc' has a '..' component" in out[0] and "'/etc'" in out[0], out
+    load(write(tmp_path, _with("    volumes: ['models:/models/', 'cache:/a/./b']\n")))  # harmless: Docker takes them
 
 
 @pytest.mark.parametrize("host, says", [("http://10.0.0.5:5000", "has a scheme: give HOST[:PORT] alone ('10.0.0.5:5000'); plain HTTP"

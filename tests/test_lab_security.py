@@ -127,11 +127,11 @@ def test_env_values_and_secrets_appear_in_no_record_or_output(lab, tmp_path):
     assert env_rec["HF_TOKEN"] == {"secret": "hf_token"} and env_rec["PLAIN"].startswith("hmac:")
     assert json.dumps(env_rec).count("hmac:") >= 2
     # Rotated on the host: the container keeps the value it started with, and status says so until a restart.
-    time.sleep(1.1)  # the start is read to the second: a rotation in its own second is not claimed
+    time.sleep(1.1)  # the create is read to the second: a rotation in its own second is not claimed
     rotated = f"tok-{pysecrets.token_hex(8)}"
     fleet.put_secret(host, "hf_token", rotated)
     row = json.loads(fab("status", "--json", "--inventory", str(third), ok=(0, 1)).stdout)["hosts"]["mainpc"]["services"]["llm-api"]
-    assert "secret hf_token changed on the host since the container started" in row["drift"], row
+    assert "secret hf_token changed on the host since the container was created" in row["drift"], row
     fab("restart", "--service", "llm-api", "--yes", "--inventory", str(third))
     assert f"HF_TOKEN={rotated}" in dclient(lab).containers.get("llm-api").attrs["Config"]["Env"]
     row = json.loads(fab("status", "--json", "--inventory", str(third), ok=(0, 1)).stdout)["hosts"]["mainpc"]["services"]["llm-api"]

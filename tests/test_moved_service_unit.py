@@ -38,3 +38,9 @@ def test_nothing_is_said_where_the_service_stays_or_nothing_is_created():
     assert moved.notes(_inv({"rag-api": ["mainpc", "pc2"]}), _plan(("mainpc", "rag-api", CREATE)), LEDGER) == []
     assert moved.notes(_inv({"rag-api": ["mainpc"]}), _plan(("mainpc", "rag-api", REPLACE)), records=None) == [], \
         "no create: the ledger is not even read"
+
+
+def test_a_removal_recorded_by_an_older_version_counts_too():
+    old = [{"kind": "finished", "time": "T1", "services": [{"host": "pc2", "service": "rag-api", "outcome": "committed"}]},
+           {"kind": "remove", "time": "T2", "host": "pc2", "service": "rag-api", "removed": ["rag-api"]}]
+    assert moved.notes(_inv({"rag-api": ["mainpc"]}), _plan(("mainpc", "rag-api", CREATE)), old) == []

@@ -281,3 +281,11 @@ def test_versions_offers_no_rollback_to_what_already_runs():
     assert "running" in next(x for x in lines if "r-1" in x)
     assert "rollback --to" in next(x for x in lines if "r-2" in x)
     assert sum("rollback --to" in x for x in lines) == 1
+
+
+def test_a_host_held_by_a_prune_is_said_to_be_pruning_not_in_a_rollout():
+    """Found by a review: a rollout planned during fab prune read 'in the middle of rollout r…-prune-…', 'Follow it'."""
+    from playbooks.in_motion import _line as busy_line
+
+    line = busy_line("pc2", {"rollout_id": "r20261201T000000Z-prune-1a2b3c", "holder": "op", "pid": 7, "time": 0})
+    assert "is pruning images (fab prune" in line and "Follow it" not in line and "in the middle of rollout" not in line

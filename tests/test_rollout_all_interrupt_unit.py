@@ -47,3 +47,28 @@ def test_an_interrupted_first_phase_keeps_its_own_words(monkeypatch):
     monkeypatch.setattr(rollout, "rollout", _fake_rollout({}, "edge", KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         rollout.rollout_all(_inv("edge", "web"))
+
+
+def test_ctrl_c_while_a_phases_report_and_hooks_are_written_is_not_called_nothing_changed(monkeypatch, tmp_path):
+    """Found by a review: Ctrl-C in a phase's post-rollout hook (after the hosts had ended) left rollout() as a bare
+    KeyboardInterrupt, which --all then called 'interrupted before phase web asked any host to change anything'."""
+    from playbooks import transport
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    plan = SimpleNamespace(rollout_id="r-web", phase="web", hosts=["pc2"], changes=[1])
+    ro = SimpleNamespace(plan=plan, report=SimpleNamespace(timings=None, preflight=SimpleNamespace(ok=True)), common={},
+                         pool=SimpleNamespace(finish=lambda: None, times={}), failpoint=None, hosts=None)
+
+    def hooks_cut(ro, results):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollout.targets, "check", lambda *a, **k: None)
+    monkeypatch.setattr(rollout, "_decide", lambda *a, **k: ro)
+    monkeypatch.setattr(rollout, "_stop_before_changing", lambda *a, **k: False)
+    monkeypatch.setattr(rollout, "_run", lambda ro: {})
+    monkeypatch.setattr(rollout, "_record", hooks_cut)
+    inv = SimpleNamespace(fleet=SimpleNamespace(engine_of=lambda p: "ssh"), phase=lambda name: name)
+    with transport.Pool() as pool:
+        with pytest.raises(Interrupted) as caught:
+            rollout._rollout(inv, "web", pool=pool)
+    assert "after the hosts of phase web had ended their transactions" in str(caught.value)

@@ -1,4 +1,4 @@
-"""A secret rotated on a host after its container started: the container keeps the old value; status says so.
+"""A secret rotated on a host after its container was created: the container keeps the old value; status says so.
 
 Secret values are never compared (they never leave the host): the file's modification time
 against the container's own start is what the host can say without reading a value.
@@ -36,7 +36,7 @@ def _secret(d, name: str, mtime: float) -> None:
 
 def test_a_secret_rewritten_after_the_start_is_changed_one_before_is_not_and_a_missing_one_is_gone(sdir):
     now = time.time()
-    started = int(now) - 600 + 0.9  # StartedAt is read to the second: the start is known to lie within [int, int + 1)
+    started = int(now) - 600 + 0.9  # Created is read to the second: the create is known to lie within [int, int + 1)
     _secret(sdir, "hf_token", started + 300)  # rotated 5 minutes after the start
     _secret(sdir, "db_password", started - 3600)
     _secret(sdir, "same_second", started - 0.5)  # written before the start, in its second: never claimed as a rotation
@@ -52,9 +52,10 @@ def test_facts_carry_it_only_for_containers_given_secrets(sdir):
     now = time.time()
     _secret(sdir, "hf_token", now - 10)
     given = {"Config": {"Labels": {"io.fleetroll.secret-env": json.dumps({"HF_TOKEN": "hf_token"})}},
-             "State": {"StartedAt": _stamp(now - 600)}}
-    assert facts._secrets_since_start(given) == {"secrets_since_start": {"changed": ["hf_token"]}}
-    assert facts._secrets_since_start({"Config": {"Labels": {}}, "State": {"StartedAt": _stamp(now - 600)}}) == {}
+             "Created": _stamp(now - 600), "State": {"StartedAt": _stamp(now - 5)}}
+    assert facts._secrets_since_start(given) == {"secrets_since_start": {"changed": ["hf_token"]}}, \
+        "restarted since the rotation (a reboot, its restart policy): still the value it was created with"
+    assert facts._secrets_since_start({"Config": {"Labels": {}}, "Created": _stamp(now - 600)}) == {}
 
 
 def test_status_names_the_rotated_secret_and_the_restart_that_takes_it():
@@ -63,7 +64,7 @@ def test_status_names_the_rotated_secret_and_the_restart_that_takes_it():
     c = {"name": s, "tag": inv.fleet.services[s].tag, "digest": "sha256:" + "ab" * 32, "status": "running", "running": True,
          "secrets_since_start": {"changed": ["hf_token"], "gone": ["db_password"]}}
     row = status._service_row(inv, h, s, c, {}, None)
-    assert "secret hf_token changed on the host since the container started" in row["drift"]
-    assert f"fab restart -s {s}" in row["drift"]
+    assert "secret hf_token changed on the host since the container was created" in row["drift"]
+    assert f"fab restart -s {s} -H {h}" in row["drift"]
     assert f"secret db_password is no longer on the host; the next start of {s} will be refused" in row["drift"]
     assert "secret" not in status._service_row(inv, h, s, {**c, "secrets_since_start": {}}, {}, None)["drift"]

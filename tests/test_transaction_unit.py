@@ -841,3 +841,30 @@ def test_a_refused_rollback_row_says_the_service_still_runs_what_it_ran(daemon):
               rid="r-to", policy="revert-service")
     r = by_service(out)["svc"]
     assert r["outcome"] == "refused" and r["after_tag"] == r["before_tag"] == "20261126-bbbbbbb", r
+
+
+def test_a_container_recreated_after_a_hand_removal_is_not_taken_for_the_first(daemon):
+    """Found by a review: v1 committed, its container removed by hand, r-2 created v2 with nothing to set aside; the
+    rollback said 'no earlier version' (exit 0) though v1 had run here. It is refused, as before (nothing recorded)."""
+    daemon.image(REPO, NEW_D)
+    assert by_service(run(daemon, [{"action": "create", "spec": spec()}], rid="r-1"))["svc"]["outcome"] == "committed"
+    daemon.containers.by_id.pop(only(daemon, "svc").id)  # removed by hand
+    v2 = "sha256:" + "e" * 64
+    daemon.image(REPO, v2)
+    out = run(daemon, [{"action": "create", "spec": spec(tag="20261127-eeeeeee", digest=v2)}], rid="r-2")
+    assert by_service(out)["svc"]["outcome"] == "committed", out
+    back = run(daemon, [{"action": "revert", "spec": spec(), "expect_rollout_id": "r-2"}], rid="r-2-revert", policy="revert-service")
+    r = by_service(back)["svc"]
+    assert r["outcome"] == "refused" and r["check"] == "no-recorded-config", r
+
+
+def test_a_transaction_recovered_after_its_gate_is_not_called_sent_back_with_its_phase(daemon, monkeypatch):
+    """Found by a review: recovery of a transaction killed after its gate journals gated + reverted, which fab versions
+    took for a phase revert ('passed its gate; sent back with its phase') though no other service failed."""
+    from agent import versions
+
+    _interrupted(daemon, "gate")
+    monkeypatch.setattr(tx_mod, "docker_client", lambda timeout=120: daemon)
+    recovery.recover_pending()
+    outcome = versions.list_versions("svc")[0]["outcome"]
+    assert "sent back with its phase" not in outcome and outcome.startswith(("interrupted", "committed")), outcome
