@@ -130,6 +130,25 @@ class ProxySwitch:
         if said.startswith(("refused", "not joined")):
             raise proxy.ProxyError(f"the restored proxy could not join {proxytasks.SWARM_NETWORK} again: {said}")
 
+    def _unserve(self, r: ServiceResult, h: dict, start_first: bool) -> None:
+        """Stop-first behind the proxy: no server for the service from the old container's stop until a switch.
+
+        Docker may give the stopped container's address to the new one, and a slot left pointing at it
+        then sends clients to a release that has not passed its gate (found by an exploratory run: 2,894
+        answers from a degraded release during its 20 s gate). Stop-first has its downtime anyway: the
+        proxy answers 503 in it. The switch after the gate, or the restore's switch back, makes a slot
+        ready again (recovery too). Advisory: a proxy that cannot be told is one that serves nothing.
+        """
+        if start_first or not h.get("proxied"):
+            return
+        try:
+            rt = proxy.Runtime()
+            live = [s.name for s in rt.slots(r.service).values() if s.live]
+            rt.set_state(r.service, live, "maint")
+            self.j(Step.SWITCH, r.service, to="maintenance", servers=live)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self.j(Step.SWITCH, r.service, to="maintenance", error=failure_text(exc))
+
     def _switch_to(self, r: ServiceResult, c, h: dict, drain_s: float, settle: bool = True) -> dict:
         """Point the host's proxy at `c` (the only ready server of the service's backend), drain the other, retire it.
 

@@ -9,9 +9,8 @@ container, proven healthy — and the journal says which. Three rules make it ho
   (`<service>--kept-<hash>`), its restart policy switched off, and stopped; its full create
   configuration is journalled first. Restoring means starting *that* container again: its
   own image, env, ports, volumes and GPU requests, whatever the new release changed.
-* Every failure after the first change — a gate that fails, a Docker error, any exception —
-  goes to the restore branch; a restore that fails ends in `revert-failed` (needs an
-  operator) with the evidence, never in a silent half-state.
+* Every failure after the first change — a gate that fails, a Docker error, any exception — goes to the restore
+  branch; a restore that fails ends in `revert-failed` (needs an operator) with the evidence, never a silent half-state.
 
 Kept containers are removed only when the whole host commits, so a later service's failure under `revert-phase`
 restores earlier ones from their kept containers too (gates run concurrently). After a commit, `-prev` still pins the
@@ -246,6 +245,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         r.order = "start-first" if start_first else "stop-first"
         try:
             if current is not None:
+                self._unserve(r, h, start_first)  # stop-first behind the proxy: the old one's address may go to the new one
                 self._set_aside(r, current, repo, pin, stop=not start_first)
             labels = new_args["labels"]  # made_by: the configuration's own rollout (a revert's or restart's is older)
             self.j(Step.START_NEW, service, image=new_args["image"], tag=labels.get(contract.TAG), digest=labels.get(contract.DIGEST),

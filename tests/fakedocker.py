@@ -311,6 +311,7 @@ class FakeProxy:
         self.idle_waits: list[tuple[str, tuple[str, ...]]] = []  # the slots each switch waited on for requests in flight
         self.idle_answer: bool | str = True  # what wait_idle says (a string: the proxy could not be read)
         self.fail_next = ""
+        self.states: list[tuple[str, tuple[str, ...], str]] = []  # set_state calls
 
     def runtime(self, *_a, **_kw) -> FakeProxy:
         return self
@@ -331,6 +332,18 @@ class FakeProxy:
 
     def retire(self, service: str, keep_addr: str, keep_port: int) -> None:
         pass
+
+    def slots(self, service: str) -> dict:
+        from types import SimpleNamespace
+
+        live = self.slot.get(service) if service in self.live else None
+        return {n: SimpleNamespace(name=n, live=n == live) for n in ("a", "b")}
+
+    def set_state(self, service: str, servers: list[str], state: str) -> None:
+        """maint of the live slot: the proxy sends the service's clients nowhere (503) until the next point()."""
+        self.states.append((service, tuple(servers), state))
+        if state == "maint" and self.slot.get(service) in servers:
+            self.live.pop(service, None)
 
     def wait_idle(self, service: str, servers: list[str], within: float) -> bool | str:
         self.idle_waits.append((service, tuple(servers)))

@@ -156,3 +156,24 @@ def test_the_rollback_and_restart_plans_follow_the_services_order(tmp_path):
     assert _order(inv, "plain", True)[0] == "stop-first", "not behind the proxy: its clients reach the container itself"
     assert _order(inv, "llm", True)[0] == "stop-first", "a GPU budget and no NVML facts: stop-first"
     assert _order(inv, "web", False)[0] == "stop-first", "nothing runs: started, gated, then served"
+
+
+def test_stop_first_behind_the_proxy_serves_nothing_until_the_new_one_passed(daemon, edge, monkeypatch):
+    """Found by an exploratory run: stop-first behind the proxy left the live slot on the old container's address, which
+    Docker gave to the new container: a degraded release answered clients for its whole gate. The slot goes to
+    maintenance before the old one stops; the restore's switch back makes a slot ready again."""
+    old = serving_old(daemon, edge)
+    daemon.image(REPO, NEW_D, behaviour="bad")
+    seen = {}
+    real_gate = Transaction._gate
+
+    def look(self, c, h, service):
+        seen.setdefault("during_gate", edge.live.get("web"))
+        return real_gate(self, c, h, service)
+
+    monkeypatch.setattr(Transaction, "_gate", look)
+    r = by_service(run(daemon, [{**swap(proxied_spec()), "order": "stop-first"}]))["web"]
+    assert r["outcome"] == "reverted" and r["order"] == "stop-first", r
+    assert seen["during_gate"] is None, "no server while the new one is gated"
+    assert edge.states and edge.states[0][2] == "maint"
+    assert only(daemon, "web").id == old and edge.live["web"] == f"{daemon.containers.by_id[old].address}:8080"
