@@ -151,6 +151,14 @@ def _proxy_checks(fleet: Fleet, name: str, at) -> list[str]:
     if missing:
         out.append(f"{at('proxy')}: services.{name}.proxy: the proxy {rp.service!r} does not run on {', '.join(missing)};"
                    f" fix: place {rp.service} on every host this service runs on (hosts: or group:)")
+    if svc.proxy.listen_port == rp.health_port:  # two frontends on one port: the kernel splits clients between them
+        out.append(f"{at('proxy', 'listen')}: services.{name}.proxy.listen: {svc.proxy.listen} is the proxy's own health"
+                   f" port (reverse_proxy.health_port); fix: another listen port, or move health_port")
+    if ".." in name or name.endswith(".") or name.startswith("."):
+        # The proxy finds the container by this name in DNS: 'a..b' resolves to nothing (HAProxy falls back to 127.0.0.1)
+        # and 'web.' as a fully qualified name to the container of 'web', after any restart that reads its configuration.
+        out.append(f"{at('proxy')}: services.{name}.proxy: the proxy reaches the service by its name in DNS, where"
+                   f" {name!r} is not a host name (empty label, or a trailing dot); fix: rename the service")
     return out
 
 

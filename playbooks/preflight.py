@@ -304,8 +304,11 @@ def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str
         pairs = [hp for hp, _cp, _proto in inv.fleet.services[s].port_pairs()]
         if inv.fleet.is_proxy(s):  # the listen ports of the services behind it on this host
             pairs += [inv.fleet.services[b].proxy.listen_port for b in inv.fleet.proxied_on(host)]
+        mine = containers.get(s) or {}
         for hp in pairs:
-            if hp in listening and not (containers.get(s) or {}).get("running"):
+            # Held by the service's own running container *on that port* is fine (the swap frees it); a running
+            # container does not vouch for a port it does not publish yet (a new listen port, a changed mapping).
+            if hp in listening and not (mine.get("running") and str(hp) in (mine.get("host_ports") or [])):
                 held = next((c["name"] for c in containers.values() if c.get("running") and str(hp) in (c.get("host_ports") or [])), "")
                 busy.append(f"{hp} (wanted by {s}" + (f"; published by fleetroll's container {held}" if held else "") + ")")
                 if held and held not in inv.services_for(None, [host]):

@@ -146,3 +146,25 @@ def write_default():
     from .test_inventory import ROOT
 
     return ROOT / "inventory" / "fleet.yml"
+
+
+def _behind_proxy(name: str = "api", listen: str = "18080") -> str:
+    return BASE.replace("  api:\n", f"  {name}:\n").replace("    ports: [\"8080:8080\"]\n", f"    proxy: {{listen: '{listen}', port: 8080}}\n").replace(
+        "services:\n", "reverse_proxy: {service: edge}\nservices:\n  edge:\n    image: fleetroll-proxy\n    tag: 20250817-abc1234\n"
+                       "    host: mainpc\n    health: {port: 8404}\n")
+
+
+EDGE_FIRST = "phases:\n  - name: edge\n    services: [edge]\n  - name: one\n    services: [{}]\n"
+
+
+def test_a_listen_port_equal_to_the_proxys_health_port_is_refused(tmp_path):
+    """Found by an exploratory run: both frontends bound :8404 and the kernel split clients between them."""
+    out = problems(tmp_path, _behind_proxy(listen="8404"), EDGE_FIRST.format("api"))
+    assert any("services.api.proxy.listen: 8404 is the proxy's own health port" in p for p in out), out
+
+
+@pytest.mark.parametrize("name", ["a..b", "web."])
+def test_a_proxied_service_whose_name_is_no_dns_name_is_refused(tmp_path, name):
+    """Found by an exploratory run: after a proxy restart 'a..b' went to 127.0.0.1 and 'web.' to the container of 'web'."""
+    out = problems(tmp_path, _behind_proxy(name=name), EDGE_FIRST.format(f"'{name}'"))
+    assert any(f"{name!r} is not a host name" in p for p in out), out

@@ -82,7 +82,7 @@ def test_port_held_by_someone_else():
 
 def test_port_held_by_the_service_itself_passes():
     f = facts(ports=[8000])
-    f["docker"]["containers"] = [{"name": "llm-inference", "running": True}]
+    f["docker"]["containers"] = [{"name": "llm-inference", "running": True, "host_ports": ["8000"]}]
     assert by_name(preflight.evaluate(INV, "mainpc", "gpu-mainpc", f))["ports"].status == "pass"
 
 

@@ -89,3 +89,17 @@ def test_a_port_held_by_fleetroll_s_own_orphan_names_it_and_how_to_remove_it(inv
                                                                                          (8103, 8082, "tcp")])
     [c] = _port_checks(inv, "pc2", ["rag-api"], {"ports": [8101, 8102, 8103], "docker": {"containers": [both]}})
     assert c.fix.count("fab remove -s old-rag -H pc2") == 1 and "stop what holds the others (ss -ltnp)" in c.fix, c.fix
+
+
+def test_a_new_port_of_a_running_service_held_by_something_else_fails_preflight(inv):
+    """Found by an exploratory run: a listen port added behind the proxy was held by another process; preflight passed
+    (the proxy container was running), the proxy's stop-first swap stopped it and failed to bind: every proxied service
+    on the host refused connections. The service's own container vouches only for the ports it publishes."""
+    from playbooks.preflight import _port_checks
+
+    runs = {"name": "rag-api", "running": True, "host_ports": ["8101"]}
+    [c] = _port_checks(inv, "pc2", ["rag-api"], {"ports": [8101], "docker": {"containers": [runs]}})
+    assert c.status == "pass", c
+    moved = {**runs, "host_ports": ["9999"]}  # runs, but publishes another port than the inventory now wants
+    [c] = _port_checks(inv, "pc2", ["rag-api"], {"ports": [8101], "docker": {"containers": [moved]}})
+    assert c.status == "fail" and "8101 (wanted by rag-api" in c.detail, c
