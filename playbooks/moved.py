@@ -1,4 +1,4 @@
-"""A service the inventory moved to another host: the copy on its old host is not the rollout's to touch; say so.
+"""What a rollout leaves behind and says so: a moved service's old copy, the services a moving proxy leaves.
 
 A rollout acts on the hosts the inventory places a phase's services on. A service moved from
 pc2 to mainpc is created on mainpc and its old container keeps running on pc2 (Kamal and
@@ -52,3 +52,13 @@ def notes(inv: Inventory, plan: Plan, records: list[dict[str, Any]] | None = Non
                            " it; this rollout does not touch that copy. If it still runs there (fab status lists it as an"
                            f" orphan), remove it once the new one serves: fab remove -s {svc} -H {h}")
     return out
+
+
+def proxy_network_notes(inv: Inventory, plan: Plan) -> list[str]:
+    """The proxy moving to another network leaves the services behind it on the old one until their own phases roll
+    out: unreachable in between (found by an exploratory run: every request failed after the proxy's phase)."""
+    rp = inv.fleet.reverse_proxy
+    return [f"WARNING {st.host} {st.service}: the proxy moves to network {rp.network}; the services behind it here"
+            f" ({', '.join(inv.fleet.proxied_on(st.host)) or 'none'}) stay on their network, unreachable through it, until"
+            " their phases roll out: roll them out right after (fab rollout --all runs them in order)"
+            for st in plan.changes if rp and st.service == rp.service and any(c.startswith("network:") for c in st.changes)]

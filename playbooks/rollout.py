@@ -140,7 +140,7 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     except ValueError as exc:
         raise RolloutError(str(exc)) from None
     report.messages += [f"security WARN: {r}" for v in verdicts if v.status == "warn" for r in v.reasons]
-    report.messages += moved.notes(inv, plan)
+    report.messages += moved.notes(inv, plan) + moved.proxy_network_notes(inv, plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
               "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts, "policy": policy,
               "security": [v.to_json() for v in verdicts if v.status != "pass"],

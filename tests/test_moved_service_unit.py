@@ -44,3 +44,19 @@ def test_a_removal_recorded_by_an_older_version_counts_too():
     old = [{"kind": "finished", "time": "T1", "services": [{"host": "pc2", "service": "rag-api", "outcome": "committed"}]},
            {"kind": "remove", "time": "T2", "host": "pc2", "service": "rag-api", "removed": ["rag-api"]}]
     assert moved.notes(_inv({"rag-api": ["mainpc"]}), _plan(("mainpc", "rag-api", CREATE)), old) == []
+
+
+def test_the_proxy_moving_to_another_network_warns_that_its_services_wait_for_their_phases():
+    """Found by an exploratory run: reverse_proxy.network changed, the edge phase committed, every request to the services
+    behind it failed until their phases rolled out; nothing had warned."""
+    from playbooks.moved import proxy_network_notes as _proxy_network_notes
+
+    inv = SimpleNamespace(fleet=SimpleNamespace(reverse_proxy=SimpleNamespace(service="edge", network="fleetroll-b"),
+                                                proxied_on=lambda h: ["web", "api"]))
+    st = SimpleNamespace(host="pc2", service="edge", action=REPLACE, changes=["network: fleetroll -> fleetroll-b"])
+    out = _proxy_network_notes(inv, SimpleNamespace(changes=[st]))
+    assert out == ["WARNING pc2 edge: the proxy moves to network fleetroll-b; the services behind it here (web, api) stay"
+                   " on their network, unreachable through it, until their phases roll out: roll them out right after"
+                   " (fab rollout --all runs them in order)"]
+    st.changes = ["env MODE: changed"]
+    assert _proxy_network_notes(inv, SimpleNamespace(changes=[st])) == []
