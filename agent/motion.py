@@ -120,18 +120,24 @@ def secret_values(env: dict) -> tuple[str, ...]:
     return tuple(v for v in values if len(v) >= 4)
 
 
+# Docker could not bind a published port (another process holds it, or the host has no such address): the host's state,
+# found before the new container ran; the release may well pass once the port is free (found by an exploratory run:
+# such a failure froze the proxy's phase, which the contract keeps for the release's own failures).
+PORT_HELD = ("address already in use", "port is already allocated", "cannot assign requested address")
+
+
 def points_away(exc: BaseException, message: str, evidence: dict) -> bool:
     """Does the evidence say the failure was not the release's (pure)? Then it is reverted but freezes nothing.
 
     Its container removed or killed by someone else mid-gate (`dead or marked for removal`),
-    the Docker daemon gone, or Docker refusing a rename (before the new container ran at all):
-    the same release with the same configuration may well pass.
+    the Docker daemon gone, Docker refusing a rename, or a published port it could not bind
+    (before the new container ran at all): the same release with the same configuration may well pass.
     """
     if isinstance(exc, (DaemonUnreachable, RenameRefused)):  # a rename refused comes before the new container runs
         return True
     text = f"{message} {evidence.get('error', '')} {evidence.get('error_text', '')}".lower()
     return evidence.get("status") in (GONE, "removing", "dead") or any(
-        m in text for m in (GONE, "marked for removal", "no such container", "did not answer"))
+        m in text for m in (GONE, "marked for removal", "no such container", "did not answer", *PORT_HELD))
 
 
 def failure_text(exc: BaseException) -> str:

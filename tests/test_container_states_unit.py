@@ -218,3 +218,15 @@ def test_a_kept_container_removed_mid_gate_is_recreated_and_the_report_says_so_n
     line = _now_line(r)
     assert "a new container" in line and "recorded configuration (the container set aside was gone)" in line, line
     assert "the old container itself" not in line
+
+
+def test_a_port_docker_could_not_bind_points_away_from_the_release():
+    """Found by an exploratory run: 'bind: address already in use' froze the proxy's phase as if the release had failed."""
+    from agent import docker_errors
+    from agent.motion import points_away
+
+    for said in ("driver failed programming external connectivity: listen tcp4 0.0.0.0:18400: bind: address already in use",
+                 "Bind for 0.0.0.0:8080 failed: port is already allocated",
+                 "listen tcp4 10.213.6.99:18080: bind: cannot assign requested address"):
+        assert points_away(docker_errors.APIError(said), f"APIError: {said} (while replacing edge)", {}), said
+    assert not points_away(RuntimeError("gate"), "health-deadline: HTTP 500", {"status": "running"})
