@@ -81,16 +81,17 @@ def _replica_checks(fleet: Fleet, name: str, svc: Service, h: str, at, used: dic
     """One replica on host `h`: its host ports clash with no other service's there (recorded in `used`); its GPUs exist."""
     problems = []
     replica = f"{name}@{h}" if fleet.replicated(name) else name
-    bindings = svc.port_bindings()
+    bindings = [(*b, "ports") for b in svc.port_bindings()]
     if svc.proxy is not None:  # the proxy holds this port on the host for the service
-        bindings = [*bindings, (svc.proxy.address, svc.proxy.listen_port, svc.proxy.port, "tcp")]
-    for ip, hp, _cp, proto in bindings:
+        bindings = [*bindings, (svc.proxy.address, svc.proxy.listen_port, svc.proxy.port, "tcp", "proxy.listen")]
+    for ip, hp, _cp, proto, field in bindings:
         # Two bindings of one port clash on the same address, or when either takes every address.
         other = next((o for (oh, oip, ohp, op), o in used.items()
                       if (oh, ohp, op) == (h, hp, proto) and (not ip or not oip or ip == oip)), None)
         if other:
+            where = field.split(".")
             problems.append(
-                f"{at('ports')}: services.{name}.ports: host port {hp}/{proto} on {h} is"
+                f"{at(*where)}: services.{name}.{field}: host port {hp}/{proto} on {h} is"
                 f" already published by service {other!r}; fix: give one of them another host port"
             )
         used[(h, ip, hp, proto)] = replica

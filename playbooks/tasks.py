@@ -144,8 +144,8 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
         raise Exit(code=1)
 
 
-@task(help={"json": "JSON output", "limit": "show the last N rollouts (default 20)"})
-def history(c, json=False, limit=None):
+@task(help={"json": "JSON output", "limit": "show the last N rows (default 20)", "inventory": "ignored: the ledger is this controller's"})
+def history(c, json=False, limit=None, inventory=None):
     """Rollouts, rollbacks, removals, freezes, thaws and prunes recorded in the ledger: who, when, phase, outcome."""
     from . import ledger, render
 

@@ -168,3 +168,13 @@ def test_a_proxied_service_whose_name_is_no_dns_name_is_refused(tmp_path, name):
     """Found by an exploratory run: after a proxy restart 'a..b' went to 127.0.0.1 and 'web.' to the container of 'web'."""
     out = problems(tmp_path, _behind_proxy(name=name), EDGE_FIRST.format(f"'{name}'"))
     assert any(f"{name!r} is not a host name" in p for p in out), out
+
+
+def test_a_listen_port_clash_names_proxy_listen_not_ports(tmp_path):
+    """Found by an exploratory run: a clash between a proxy.listen and another service's port said 'services.web.ports'."""
+    fleet = _behind_proxy(listen="9000") + "  other:\n    image: family-cpu-py311\n    tag: 20250817-abc1234\n" \
+                                           "    host: mainpc\n    ports: ['9000:9000']\n    health: {port: 9000}\n"
+    out = problems(tmp_path, fleet, "phases:\n  - name: edge\n    services: [edge]\n  - name: one\n    services: [api, other]\n")
+    clash = [p for p in out if "host port 9000/tcp on mainpc is already published" in p]
+    assert clash and ("services.api.proxy.listen:" in clash[0] or "services.other.ports:" in clash[0]), out
+    assert not any("services.api.ports:" in p for p in clash), out
