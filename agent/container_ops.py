@@ -158,6 +158,7 @@ def details_op(args: dict[str, Any]) -> dict:
     """Per service: its container as Docker sees it, any kept container, and whether its -prev pin is still here."""
     from . import container_args, contract
     from .facts import docker_client, summarize_container
+    from .motion import CREATED_BY
 
     repos: dict[str, str] = args.get("services") or {}
     client = docker_client()
@@ -175,7 +176,7 @@ def details_op(args: dict[str, Any]) -> dict:
                  "operator": labels.get(contract.OPERATOR, ""), "git_sha": labels.get(contract.GIT_SHA, ""),
                  # The transaction that made this very container: a rollback or restart brings an older rollout's
                  # configuration (and its rollout label) back, so the label alone names the wrong event.
-                 "created_by": labels.get("io.fleetroll.created-by", "")}
+                 "created_by": labels.get(CREATED_BY, "")}
         prev_tag, prev_digest = labels.get(contract.PREV_TAG, ""), labels.get(contract.PREV_DIGEST, "")
         if prev_tag and repos.get(svc):
             try:

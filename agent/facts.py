@@ -171,7 +171,7 @@ def docker_facts(inspected: dict[str, dict] | None = None, runtimes: bool = True
                         raise
                     continue
                 containers.append({**summarize_container(attrs), "secret_files_missing": _secret_files_missing(attrs),
-                                   **_secrets_since_start(attrs)})
+                                   **_secrets_since_created(attrs)})
                 if root is None or (attrs.get("State") or {}).get("Running"):
                     root = root_from_container(attrs) or root  # a running container's paths: those of dockerd now
                 if inspected is not None:
@@ -213,15 +213,15 @@ def root_from_container(attrs: dict) -> str | None:
     return None
 
 
-def _secrets_since_start(attrs: dict) -> dict:
-    """{"secrets_since_start": …} for a container given secrets (secrets.since_start), else nothing: most are given none."""
+def _secrets_since_created(attrs: dict) -> dict:
+    """{"secrets_since_created": …} for a container given secrets (secrets.since_created), else nothing: most are given none."""
     label = ((attrs.get("Config") or {}).get("Labels") or {}).get(contract.SECRET_ENV)
     if not label:
         return {}
     from . import secrets
 
-    found = secrets.since_start(label, attrs.get("Created") or "", time.time())  # resolved at create, not at each start
-    return {"secrets_since_start": found} if found else {}
+    found = secrets.since_created(label, attrs.get("Created") or "", time.time())  # resolved at create, not at each start
+    return {"secrets_since_created": found} if found else {}
 
 
 def _secret_files_missing(attrs: dict) -> str:

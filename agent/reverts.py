@@ -64,7 +64,7 @@ class Reverts:
             expect = expect or versions.last_committed_rollout(service)  # removed by hand: go back from the last commit here
         recorded = versions.recorded_config(expect, service) if expect and not to_tag else {}
         version = versions.find_config(service, to_tag) if to_tag else None
-        first = bool(expect) and not to_tag and not recorded and versions.created_by(expect, service)
+        first = bool(expect) and not to_tag and not recorded and versions.first_here(expect, service)
         return decisions.revert_target(service, step, labels, running, expect, recorded, version, first=first)
 
     def revert_committed(self, step: dict) -> ServiceResult:
@@ -79,11 +79,10 @@ class Reverts:
             labels = (current.labels or {}) if current is not None else {}
             r.before_tag, r.before_digest = labels.get(contract.TAG, ""), labels.get(contract.DIGEST, "")
             target = self._revert_target(service, step, labels, current is not None)
-            if target.outcome == Outcome.SKIPPED:  # nothing changes: it still runs what it ran (as a refusal says too)
-                r.after_tag, r.after_digest = r.before_tag, r.before_digest
             if target.outcome == Outcome.REFUSED:
                 return self._refuse(r, target.check, target.message)
-            if target.outcome == Outcome.SKIPPED:
+            if target.outcome == Outcome.SKIPPED:  # nothing changes: it still runs what it ran (as a refusal says too)
+                r.after_tag, r.after_digest = r.before_tag, r.before_digest
                 r.outcome, r.message = Outcome.SKIPPED, target.message
                 self.j(Step.SKIPPED, service, message=r.message)
                 return r

@@ -181,7 +181,7 @@ def resolve(env: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def since_start(label: str, created_at: str, now: float) -> dict[str, list[str]]:
+def since_created(label: str, created_at: str, now: float) -> dict[str, list[str]]:
     """Of the secrets a container's secret-env label names, those rewritten on this host after it was created, and
     those gone.
 

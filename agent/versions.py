@@ -118,7 +118,7 @@ def recorded_config(rollout_id: str, service: str) -> dict:
     return {}
 
 
-def created_by(rollout_id: str, service: str) -> bool:
+def first_here(rollout_id: str, service: str) -> bool:
     """Did `rollout_id` start `service` here with nothing to set aside (its first container on this host)?
 
     Then a rollback of it has nothing to go back to, which is not the same as a journal that lost

@@ -130,7 +130,10 @@ def on_other_hosts(inv, phase: str, asked: list[str], inventory: str, pool=None)
     others = [h for h in inv.select_hosts(None, phase) if h not in asked]
     if not others:
         return [], []
-    answers = transport.on_hosts(inv, others, "details", lambda h: {"services": {}}, timeout=30, pool=pool)
+    # details answers a host's freezes beside its containers: asked about the phase's own services only (an empty
+    # list would mean every container there, each with its -prev lookup).
+    answers = transport.on_hosts(inv, others, "details", lambda h: {"services": {s: inv.repo(s) for s in inv.services_for(phase, [h])}},
+                                 timeout=30, pool=pool)
     thaw = f"fab thaw --phase {phase} --reason '...' --inventory {inventory}"
     block, notes = [], []
     for h in others:

@@ -167,8 +167,8 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
         drift = f"runs {c.get('tag')}, inventory says {want}"
     else:
         drift = config_drift(inv, s, h, c)
-    if c and c.get("secrets_since_start"):
-        drift = "; ".join(x for x in (drift, secrets_drift(s, c["secrets_since_start"], h)) if x)
+    if c and c.get("secrets_since_created"):
+        drift = "; ".join(x for x in (drift, secrets_drift(s, c["secrets_since_created"], h)) if x)
     healthy, health = service_health(c, probe)
     alien = (data.get("foreign") or {}).get(s) if c is None else None
     if alien:  # the name is held by a container a rollout will not touch: say so, not "no container"
@@ -188,7 +188,7 @@ def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, rep
 
 
 def secrets_drift(s: str, found: dict[str, list[str]], host: str = "") -> str:
-    """What the host's secrets did since the container was created (agent/secrets.since_start), in words (pure)."""
+    """What the host's secrets did since the container was created (agent/secrets.since_created), in words (pure)."""
     out = []
     if found.get("changed"):
         names = ", ".join(found["changed"])

@@ -222,12 +222,14 @@ def test_with_hosts_naming_some_of_the_phase_a_freeze_on_the_others_holds_them(m
 
     from playbooks import freezes, transport
 
-    inv = SimpleNamespace(select_hosts=lambda hosts, phase=None: ["mainpc", "pc2", "node3"])
+    inv = SimpleNamespace(select_hosts=lambda hosts, phase=None: ["mainpc", "pc2", "node3"],
+                          services_for=lambda phase, hosts: ["batch"], repo=lambda s: f"reg/{s}")
     frozen = {"freezes": [{"phase": "cpu", "reason": "maintenance window", "by": "alice", "ts": 0, "auto": False}]}
     asked = []
 
     def on_hosts(inv, hosts, op, request, timeout=None, pool=None):
         asked.extend(hosts)
+        assert request("pc2") == {"services": {"batch": "reg/batch"}}, "only the phase's own containers are described"
         return {"pc2": SimpleNamespace(answer={"data": frozen}, ok=True, error=""),
                 "node3": SimpleNamespace(answer=None, ok=False, error="connection refused")}
 
