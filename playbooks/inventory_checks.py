@@ -283,6 +283,10 @@ def _swarm_phase_checks(ph: Phase, fleet: Fleet, at: str) -> list[str]:
         if svc.update is not None and svc.update.canary:
             out.append(f"{why}: services.{name}.update.canary: Swarm has no canary batch; fix: remove canary (parallelism"
                        " comes from max_parallel) or keep the phase on engine: ssh")
+        in_env = [k for k, v in svc.env.items() if not isinstance(v, str) and v.as_ == "env"]  # SecretRef given as env
+        if in_env:  # said at load, not by the rollout after a passing preflight (found by an exploratory run)
+            out.append(f"{why}: services.{name}.env.{in_env[0]}: Swarm cannot put a secret's value in the environment;"
+                       " it gives secrets as files: fix: {secret: NAME, as: file}, or keep the phase on engine: ssh")
         if svc.replicas and svc.replicas > len(fleet.hosts_of(name)):
             out.append(f"{why}: services.{name}.replicas: {svc.replicas} tasks over {len(fleet.hosts_of(name))} host(s), and a"
                        " host runs at most one (one set of ports, one GPU budget); fix: replicas <= the number of its hosts")

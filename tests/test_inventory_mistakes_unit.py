@@ -178,3 +178,13 @@ def test_a_listen_port_clash_names_proxy_listen_not_ports(tmp_path):
     clash = [p for p in out if "host port 9000/tcp on mainpc is already published" in p]
     assert clash and ("services.api.proxy.listen:" in clash[0] or "services.other.ports:" in clash[0]), out
     assert not any("services.api.ports:" in p for p in clash), out
+
+
+def test_a_secret_given_as_env_on_a_swarm_phase_is_refused_at_load(tmp_path):
+    """Found by an exploratory run: preflight passed and the Swarm rollout refused 'cannot put a secret's value in the
+    environment'. It is a rule of the inventory: said at load."""
+    fleet = _with("    env: {API_KEY: {secret: apikey}}\n").replace("registry:", "swarm: {managers: [mainpc]}\nregistry:")
+    out = problems(tmp_path, fleet, "phases:\n  - name: one\n    engine: swarm\n    services: [api]\n")
+    assert any("services.api.env.API_KEY: Swarm cannot put a secret's value in the environment" in p for p in out), out
+    load(write(tmp_path, fleet.replace("{secret: apikey}", "{secret: apikey, as: file}"),
+               "phases:\n  - name: one\n    engine: swarm\n    services: [api]\n"))

@@ -23,7 +23,12 @@ PROXY_CHECK = "proxy"  # the SSH push's check of the same name, answered by what
 
 def node_checks(manager: str, view: observe.View, hosts: list[str]) -> list[preflight.Check]:
     """One check per host: its node (by the fleetroll.host label) is Ready and active. Pure."""
-    by_host = {h: nid for nid, h in view.nodes.items() if h}
+    # A host that left and joined again has two nodes labelled with its name, the old one down: the ready one is the
+    # host (found by an exploratory run: whichever id sorted last won, and a down one refused every rollout).
+    by_host: dict[str, str] = {}
+    for nid, h in view.nodes.items():
+        if h and (h not in by_host or view.node_status.get(nid, ("", ""))[0] == "ready"):
+            by_host[h] = nid
     out = []
     for h in hosts:
         nid = by_host.get(h)
@@ -38,6 +43,27 @@ def node_checks(manager: str, view: observe.View, hosts: list[str]) -> list[pref
         else:
             out.append(preflight.Check(h, CHECK, preflight.PASS, f"node {nid[:12]} ready, active, seen by {manager}"))
     return out
+
+
+def secret_checks(inv: Inventory, phase: str, manager: str) -> list[preflight.Check]:
+    """Swarm secrets are made from the manager's own secret files: each one the phase references must be readable there.
+
+    Asked of the manager's agent without making anything (`create: False`). Found by an exploratory run: preflight
+    passed and the rollout then refused 'Swarm secrets nokey: secret 'nokey' is not on this host'."""
+    from ..schema import SecretRef
+    from .secrets import on_manager
+
+    names = sorted({v.secret for s in inv.phase(phase).services for v in inv.fleet.services[s].env.values()
+                    if isinstance(v, SecretRef)})
+    if not names:
+        return []
+    try:
+        with transport.Pool() as pool:
+            on_manager(inv, pool, manager, names, create=False)
+    except RolloutError as exc:
+        said, _, fix = str(exc).partition("; fix: ")
+        return [preflight.Check(manager, "secrets", preflight.FAIL, said, fix)]
+    return [preflight.Check(manager, "secrets", preflight.PASS, f"{len(names)} secret(s) readable on the manager")]
 
 
 def proxy_checks(inv: Inventory, phase: str, hosts: list[str], network: str, deployed: dict | None) -> list[preflight.Check]:
@@ -115,6 +141,7 @@ def apply(inv: Inventory, report) -> None:
     report.checks = [c for h in report.hosts
                      for c in (preflight.evaluate(inv, h, phase, freed[h]) if h in freed else [c for c in report.checks if c.host == h])]
     report.checks += node_checks(manager.name, view, report.hosts)
+    report.checks += secret_checks(inv, phase, manager.name)
     swarm_proxy = proxy_checks(inv, phase, report.hosts, network, deployed)
     if swarm_proxy:  # the SSH push's proxy check asked the agent for a runtime socket Swarm's proxy does not have
         report.checks = [c for c in report.checks if c.check != PROXY_CHECK] + swarm_proxy

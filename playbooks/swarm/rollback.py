@@ -39,7 +39,8 @@ def refusal(name: str, svc: dict[str, Any] | None) -> str:
     if svc is None:
         return f"{name} is not in the swarm: nothing to go back from"
     if not svc.get("PreviousSpec"):
-        return f"Swarm keeps no previous spec of {name} (it was deployed once): nothing to go back to"
+        return (f"Swarm keeps no previous spec of {name} (it was deployed once, or a rollback, Swarm's own or fab's,"
+                " has used it up): nothing to go back to; choose a version: fab rollback --to TAG")
     state = observe.update_state(svc)[0]
     if state.startswith("rollback_"):
         tag = observe.deployed(svc, previous=True)[0] or "?"
