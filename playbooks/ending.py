@@ -225,9 +225,14 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
     look = f"fab logs -s {svc} -H {host}; fab details -s {svc} -H {host}"
     if s.get("outcome") in (Outcome.REVERTED, Outcome.REMOVED) and s.get("action") != "revert":
         # The failed container is gone: what it said is in this report; fab logs would show the one running now.
-        said = ("read its last log lines above" if (s.get("details") or {}).get("last_logs")
-                else "it wrote no log lines; its last /health answer is above")
-        look = f"{said} (that container is gone); fab details -s {svc} -H {host}"
+        details = s.get("details") or {}
+        if details.get("last_logs"):
+            said = "read its last log lines above (that container is gone)"
+        elif s.get("engine") == "swarm":  # nobody read them here: Swarm keeps the failed task's logs (fab logs asks it)
+            said = f"what its task wrote: fab logs -s {svc} -H {host}"
+        else:
+            said = "it wrote no log lines; its last /health answer is above (that container is gone)"
+        look = f"{said}; fab details -s {svc} -H {host}"
     if s.get("check") == Step.RECOVERED and s.get("outcome") == Outcome.REVERTED:  # cut short (a forced unlock, a crash):
         again = {"restart": f"restart it again: fab restart -s {svc} -H {host} --inventory {inventory}",
                  "rollback": f"roll it back again: fab rollback -p {phase} -s {svc} -H {host}"

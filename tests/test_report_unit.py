@@ -289,3 +289,13 @@ def test_a_host_held_by_a_prune_is_said_to_be_pruning_not_in_a_rollout():
 
     line = busy_line("pc2", {"rollout_id": "r20261201T000000Z-prune-1a2b3c", "holder": "op", "pid": 7, "time": 0})
     assert "is pruning images (fab prune" in line and "Follow it" not in line and "in the middle of rollout" not in line
+
+
+def test_a_swarm_task_that_failed_is_not_said_to_have_written_nothing():
+    """Found by an exploratory run: 'it wrote no log lines' for a Swarm task whose logs said 'ansi crash' (nobody had
+    read them; fab logs reads them through the manager)."""
+    from playbooks.ending import next_step
+
+    s = {"service": "multi", "action": "replace", "outcome": "reverted", "check": "swarm-rollback", "engine": "swarm"}
+    line = next_step("rollout", "pc2", s, "sw-multi", "inv.yml")
+    assert "wrote no log lines" not in line and "what its task wrote: fab logs -s multi -H pc2" in line, line
