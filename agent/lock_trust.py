@@ -44,6 +44,9 @@ def dir_problem(st: os.stat_result, where: str, euid: int, groups: set[int]) -> 
     if st.st_mode & stat.S_IWOTH:
         return f"lock directory {where} is writable by any user (mode {stat.S_IMODE(st.st_mode):o}); {fix}"
     if st.st_mode & stat.S_IWGRP and st.st_gid not in groups:
+        if groups == {0}:  # no Docker socket to read its group from: the likely fault is dockerd, not the directory
+            return (f"lock directory {where} is writable by group {_group_name(st.st_gid)}, and the Docker socket whose"
+                    " group may write it is not there (is dockerd running?): start dockerd; if it runs, " + fix.removeprefix("fix: "))
         return (f"lock directory {where} is writable by group {_group_name(st.st_gid)}, which is not the Docker socket's group"
                 f" (mode {stat.S_IMODE(st.st_mode):o}); {fix}")
     return None
