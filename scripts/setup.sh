@@ -16,5 +16,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+# Installed once per pyproject.toml: an editable install sees code changes by itself, and reinstalling rewrites
+# .venv/bin's console scripts under whatever runs them (the test of the README's first command runs this script
+# while other test workers run .venv/bin/fleetroll: one found it missing, exit 127).
+stamp=.venv/.fleetroll-setup
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x .venv/bin/fab ] || [ ! -x .venv/bin/fleetroll ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi
 echo "setup done: .venv/bin/fab --list"
