@@ -43,6 +43,7 @@ class Reverts:
             new_args["labels"] = relabelled
         if self._refuse_unsafe(r, new_args):
             return r
+        r.message = self._through_manual_freeze()
         # Gated where and how it was started, for as long as the inventory now says (a changed healthy_deadline
         # replaces no container: plan.gate_only_change; it applies from the next swap, this one included).
         h = container_args.health_of(labels, spec["health"])
@@ -53,6 +54,20 @@ class Reverts:
             r.after_tag, r.after_digest = r.before_tag, r.before_digest
         r.timings["total_s"] = round(time.monotonic() - t0, 3)
         return r
+
+    def _through_manual_freeze(self) -> str:
+        """A restart goes through a manual freeze (the same release afresh; a freeze holds new ones): it says so.
+
+        Read here, from the file the freeze lives in, so that a restart costs no extra call for it.
+        """
+        from . import freeze
+
+        phase = str(self.args.get("phase") or "")
+        rec = freeze.read(phase) if phase else None
+        if not rec or rec.get("auto"):
+            return ""
+        return (f"phase {phase} is frozen here by {rec.get('by')} ({rec.get('reason')!r}); the restart went ahead all the"
+                " same (the same release afresh; a freeze holds new releases)")
 
     # --- revert a committed service (phase-wide revert, fab rollback) ------------------
 

@@ -269,7 +269,8 @@ def _good_line(kind: str, h: str, s: dict) -> str | None:
         return (f"{h} {s['service']}: now on {_ref(s.get('after_tag', ''), s.get('after_digest', ''))}, its recorded configuration,"
                 f" proven healthy ({((s.get('revert_gate') or {}).get('last') or {}).get('reason') or 'gate passed'})")
     if kind == "restart" and o == Outcome.COMMITTED:
-        return f"{h} {s['service']}: restarted in a fresh container, proven healthy ({s.get('after_tag')})"
+        note = f"; note: {s['message']}" if s.get("message") else ""
+        return f"{h} {s['service']}: restarted in a fresh container, proven healthy ({s.get('after_tag')}){note}"
     if o in (Outcome.SKIPPED, Outcome.NOOP) and kind != "rollout":
         return f"{h} {s['service']}: {o}: {s.get('message')}"
     return None

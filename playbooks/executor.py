@@ -1,7 +1,7 @@
 """The controller's workflows under one name (tasks, tests and benches say `executor.rollout`, ...).
 
 Each workflow lives in a module of its own: rollout.py (preflight, plan, transactions,
-phase-wide revert), rollback.py (rollback, restart), status.py; they share hostcalls.py
+phase-wide revert), rollback.py, restart.py, status.py; they share hostcalls.py
 (calling hosts, re-attaching) and end through ending.py (observed outcomes -> report,
 state, exit code, pins, ledger). Names are imported when first used (PEP 562), so a
 `fab status` does not pay for the rollout's imports before its first SSH packet.
@@ -20,7 +20,7 @@ _WHERE = {
     "RolloutError": "playbooks.errors",
     "record_recoveries": "playbooks.hostcalls", "recovered_notes": "playbooks.hostcalls", "step_args": "playbooks.hostcalls",
     "Progress": "playbooks.progress",
-    "restart": "playbooks.rollback", "rollback": "playbooks.rollback",
+    "restart": "playbooks.restart", "rollback": "playbooks.rollback",
     "POLICIES": "playbooks.rollout", "acceptances_path": "playbooks.rollout", "rollout": "playbooks.rollout",
     "rollout_all": "playbooks.rollout", "security_gate": "playbooks.rollout", "swap_notes": "playbooks.rollout",
     "gpu_memory_view": "playbooks.status", "proxy_route_view": "playbooks.status", "service_health": "playbooks.status",

@@ -1,7 +1,7 @@
-"""Sending services back: `fab rollback` (to the recorded configuration, or --to a tag) and `fab restart`.
+"""Sending services back: `fab rollback` (to the recorded configuration, or --to a tag).
 
-Both are host transactions of their own (revert, restart), gated like a swap, and end
-through ending.conclude like a rollout.
+A host transaction of its own (revert), gated like a swap, ending through ending.conclude
+like a rollout; `fab restart` (restart.py) swaps in the order `swap_order_of` chooses here too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from . import order as swap_order
 from .ending import RolloutReport, conclude
 from .hostcalls import record_recoveries, recovered_notes, run_on_hosts, step_args
 from .inventory import Inventory, tag_problem
-from .plan import Plan, Step, build_plan, container_spec, new_rollout_id, operator
+from .plan import Plan, build_plan, container_spec, new_rollout_id, operator
 
 
 def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list[str] | None = None,
@@ -57,7 +57,7 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             s.action, s.spec = "revert", container_spec(inv, s.service, s.host)
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
             s.reason = f"running release from rollout {rid or '(unknown)'}" + (f", back to {to_tag}" if to_tag else "")
-            s.order, s.order_reason, s.drain_s = _order(inv, s.service, running is not None)
+            s.order, s.order_reason, s.drain_s = swap_order_of(inv, s.service, running is not None)
             targets_of[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
         ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
 
@@ -96,7 +96,7 @@ def _unheard(facts: dict, report: RolloutReport, common: dict, plan: Plan, phase
     return True
 
 
-def _order(inv: Inventory, service: str, running: bool) -> tuple[str, str, float]:
+def swap_order_of(inv: Inventory, service: str, running: bool) -> tuple[str, str, float]:
     """How a rollback or restart swaps: as the service's update.order says, start-first behind the proxy when it can.
 
     No NVML facts are read for these: a GPU service with a memory budget goes stop-first.
@@ -106,25 +106,3 @@ def _order(inv: Inventory, service: str, running: bool) -> tuple[str, str, float
     how = swap_order.choose(service, wanted, svc.proxy is not None, running, svc.gpus, svc.gpu_memory_gb,
                             inv.fleet.defaults.gpu_memory_reserve_gb, None)
     return (how.order if not how.refused else "stop-first"), how.reason, drain_s
-
-
-def _phase_of(inv: Inventory, service: str) -> str:
-    return next((p.name for p in inv.phases if service in p.services), "")
-
-
-def restart(inv: Inventory, service: str, progress=None, host: str | None = None) -> RolloutReport:
-    """A service in a fresh container with the same configuration, gated like a swap; the old one comes back if it fails."""
-    t0 = time.monotonic()
-    host = targets.replica_host(inv, service, host)
-    phase = _phase_of(inv, service)
-    order, why, drain_s = _order(inv, service, True)
-    plan = Plan(new_rollout_id("restart", service), phase, operator(),
-                [Step(host, service, "restart", spec=container_spec(inv, service, host), reason="operator restart",
-                      order=order, order_reason=why, drain_s=drain_s)])
-    report = RolloutReport(plan.rollout_id, phase, False, State.FAILED, plan)
-    common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path), "restart": service}
-    ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
-    with transport.Pool() as pool:
-        results = run_on_hosts(inv, plan, [host], lambda h: step_args(plan, h, "revert-service", inv, ("restart",)), None,
-                                progress, report, pool)
-    return conclude("restart", report, results, common, t0, str(inv.path))

@@ -70,3 +70,15 @@ def replica_host(inv: Inventory, service: str, host: str | None) -> str:
     if len(placed) > 1:
         raise RolloutError(f"{service} runs on {len(placed)} hosts ({', '.join(placed)}): name one with --host")
     return placed[0]
+
+
+def replica_hosts(inv: Inventory, service: str, hosts: list[str] | None) -> list[str]:
+    """The hosts an operation on every replica goes to, in inventory order: all of `service`'s, or those `hosts` names."""
+    known_service(inv, service)
+    placed = inv.fleet.hosts_of(service)
+    if not hosts:
+        return list(placed)
+    outside = [h for h in hosts if h not in placed]
+    if outside:
+        raise RolloutError(f"{service} has no replica on {', '.join(outside)}; it runs on {', '.join(placed)}")
+    return [h for h in placed if h in hosts]

@@ -251,10 +251,10 @@ def versions(c, service=None, host=None, json=False, inventory=None):
         render.say(render.versions_text(out))
 
 
-@task(help={"service": "service to restart", "host": "the replica's host (required for a replicated service)",
+@task(help={"service": "service to restart", "hosts": "only these replicas' hosts (default: every one, one after another)",
             "json": "JSON output", "yes": "do not ask", "inventory": "inventory file"})
-def restart(c, service=None, host=None, json=False, yes=False, inventory=None):
-    """Restart a service in a fresh container with the same configuration, health-gated; the old one returns if it fails."""
+def restart(c, service=None, hosts=None, json=False, yes=False, inventory=None):
+    """Restart a service in a fresh container, same configuration, one replica at a time, gated; a failure stops it."""
     from . import executor
 
     service = _required(service, "service", "fab restart -s llm-inference")
@@ -262,7 +262,7 @@ def restart(c, service=None, host=None, json=False, yes=False, inventory=None):
     _ask_unless_yes(yes, f"restart {service}?")
     try:
         with executor.Progress(enabled=not json) as progress:
-            rep = executor.restart(inv, service, progress=progress, host=host)
+            rep = executor.restart(inv, service, progress=progress, hosts=_hosts(hosts))
     except KeyboardInterrupt:
         _interrupted("interrupted: the host finishes the restart on its own (fab status --follow)", json)
     _print_reports([rep], json, one_object=True)

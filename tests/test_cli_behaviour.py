@@ -190,7 +190,7 @@ def test_status_prints_an_unreachable_host_s_reason_whole_and_a_freeze_kept_unde
     (["rollback", "-s", "rag-api", "-H", "mainpc", "-y"], "--hosts mainpc: phase cpu-pc2 has no service there"),  # -s names the phase
     (["rollback", "-s", "nosvc", "-y"], "--service 'nosvc' is not in the inventory"),
     (["restart", "-s", "nosvc", "-y"], "nosvc"),
-    (["restart", "-s", "rag-api", "-H", "mainpc", "-y"], "rag-api has no replica on 'mainpc'; it runs on pc2"),
+    (["restart", "-s", "rag-api", "-H", "mainpc", "-y"], "rag-api has no replica on mainpc; it runs on pc2"),
     (["logs", "-s", "rag-api", "-H", "nohost"], "rag-api has no replica on 'nohost'"),
     (["exec", "-s", "rag-api", "-H", "mainpc", "--", "true"], "rag-api has no replica on 'mainpc'"),
     (["remove", "-s", "rag-api", "-H", "pc2", "-y"], "rag-api is in the inventory on pc2: remove it from"),

@@ -146,7 +146,7 @@ def test_a_proxy_unreadable_while_waiting_for_requests_in_flight_does_not_fail_t
 def test_the_rollback_and_restart_plans_follow_the_services_order(tmp_path):
     """fab rollback and fab restart swap start-first behind the proxy, as a rollout does (no NVML: GPU budgets go stop-first)."""
     from playbooks.inventory import load
-    from playbooks.rollback import _order
+    from playbooks.rollback import swap_order_of as _order
 
     from .test_proxy_unit import FLEET, write
 
