@@ -346,6 +346,8 @@ def gather(args: dict[str, Any]) -> dict[str, Any]:
     inspected: dict[str, dict] = {}
     docker = docker_facts(inspected, runtimes=bool(args.get("gpu", True)))
     out: dict[str, Any] = {"docker": docker, "ports": listening.listening_ports()}
+    if args.get("addresses"):
+        out["addresses_missing"] = listening.missing_addresses(args["addresses"])
     root = (docker.get("root_dir") or "/var/lib/docker") if docker.get("ok") else "/"
     out["disk"] = disk_free(root if os.path.exists(root) else "/")
     if args.get("gpu", True):

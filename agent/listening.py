@@ -102,3 +102,28 @@ def listening_ports() -> list[int]:
         return sorted(by_netlink())
     except OSError:
         return sorted(by_proc())
+
+
+def missing_addresses(addresses: list[str]) -> list[str]:
+    """Of the addresses the inventory binds ports to, those this host does not have.
+
+    Asked of the kernel the way Docker's bind will be: a socket bound to (address, any port).
+    EADDRNOTAVAIL means the host has no such address, so the swap's port bind would fail after
+    the old container had stopped; anything else (a permission, a port) is not this question's.
+    """
+    import errno
+    import ipaddress
+
+    out = []
+    for addr in addresses:
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+        except ValueError:
+            continue  # not an IP address: the inventory's own checks refuse it before any host is asked
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((addr, 0))
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    out.append(addr)
+    return out

@@ -315,6 +315,11 @@ def _port_checks(inv: Inventory, host: str, services: list[str], facts: dict[str
                     orphans.append(held)
                 else:
                     others = True
+    gone = facts.get("addresses_missing") or []
+    if gone:
+        return [Check(host, "ports", FAIL, f"{', '.join(gone)}: not an address of {host}; the inventory binds ports to"
+                      f" {'it' if len(gone) == 1 else 'them'} (Docker's bind would fail after the old container stopped)",
+                      "use one of the host's own addresses (ip -brief address), or leave the address out to publish on all")]
     if busy:
         fixes = [f"fab remove -s {o} -H {host} (an orphan: the inventory no longer places it here)" for o in dict.fromkeys(orphans)]
         if others:
@@ -344,12 +349,23 @@ def request_args(inv: Inventory, host: str, phase: str | None) -> dict[str, Any]
                            for ref in (spec.get("env") or {}).values() if isinstance(ref, dict)} - {None}),
         # The host compares these with what runs (the dry run's per-key diff); only change names come back.
         **({"diff_specs": {s: specs.get(s) or container_spec(inv, s, host) for s in services}} if phase else {}),
+        # The addresses ports are bound to: one this host lacks fails Docker's bind after the old container stopped.
+        **({"addresses": bound} if (bound := bind_addresses(inv, host, services)) else {}),
         "gpu": inv.fleet.hosts[host].gpus is not None,
         "proxy": any(inv.fleet.services[s].proxy is not None for s in services),
         "images": sorted({inv.image_ref(s) for s in services if not tag_problem(inv.fleet.services[s].tag)}),
         "insecure_registry": inv.fleet.registry.insecure,
         "registry_timeout": min(5.0, inv.fleet.ssh.connect_timeout + 2),
     }
+
+
+def bind_addresses(inv: Inventory, host: str, services: list[str]) -> list[str]:
+    """The explicit addresses `services` publish ports on at `host`; a proxy's include its services' listen (pure)."""
+    out = {ip for s in services for ip, _hp, _cp, _p in inv.fleet.services[s].port_bindings() if ip}
+    for s in services:
+        if inv.fleet.is_proxy(s):
+            out |= {inv.fleet.services[b].proxy.address for b in inv.fleet.proxied_on(host)} - {""}
+    return sorted(out - {"0.0.0.0", "::"})
 
 
 def failed(checks: list[Check]) -> bool:
