@@ -212,18 +212,37 @@ def versions_text(out: dict) -> str:
 def _replica_versions_text(out: dict) -> str:
     rows = []
     run = out.get("running") or {}
-    for v in out["versions"]:
+    for v, n in _restarts_together(out["versions"]):
         when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(v.get("ts") or 0))
         # Another start of what runs (a restart, a rollback to it) is no rollback target: `--to` it does nothing.
         same = bool(run) and v["tag"] == run.get("tag") and v["digest"] == run.get("digest")
         can = v["outcome"].startswith("committed") and v.get("image_present") and not v.get("running") and not same
         mark = "running" if v.get("running") else ("same as running" if same else "rollback --to" if can else "-")
-        rows.append([when, v["tag"], (v["digest"] or "")[7:19], v["rollout_id"], v["operator"], v["kind"], v["outcome"], mark])
+        kind = f"{v['kind']} x{n} (newest)" if n > 1 else v["kind"]
+        rows.append([when, v["tag"], (v["digest"] or "")[7:19], v["rollout_id"], v["operator"], kind, v["outcome"], mark])
     head = f"{out['service']} on {out['host']}" + (f" (running {out['running'].get('tag')})" if out.get("running") else " (not running)")
     lines = [head, table(rows, ["started", "tag", "digest", "rollout", "operator", "kind", "outcome", "use"]) if rows else "  no versions recorded"]
     if out.get("note"):
         lines.append(out["note"])
     return "\n".join(lines)
+
+
+def _restarts_together(versions: list[dict]) -> list[tuple[dict, int]]:
+    """Back-to-back restarts of one version, one row with their count: fifty restarts are not fifty rows of one tag (pure).
+
+    Only rows that say nothing apart are joined (kind restart, same tag, digest and outcome, neither running);
+    `--json` keeps every row.
+    """
+    out: list[tuple[dict, int]] = []
+    for v in versions:
+        if out:
+            last, n = out[-1]
+            if (v["kind"] == last["kind"] == "restart" and not v.get("running") and not last.get("running")
+                    and (v["tag"], v["digest"], v["outcome"]) == (last["tag"], last["digest"], last["outcome"])):
+                out[-1] = (last, n + 1)
+                continue
+        out.append((v, 1))
+    return out
 
 
 def _up(seconds) -> str:

@@ -299,3 +299,24 @@ def test_a_swarm_task_that_failed_is_not_said_to_have_written_nothing():
     s = {"service": "multi", "action": "replace", "outcome": "reverted", "check": "swarm-rollback", "engine": "swarm"}
     line = next_step("rollout", "pc2", s, "sw-multi", "inv.yml")
     assert "wrote no log lines" not in line and "what its task wrote: fab logs -s multi -H pc2" in line, line
+
+
+def test_back_to_back_restarts_of_one_version_are_one_row_with_their_count():
+    """Found by an exploratory run: fifty restarts made fifty-one rows of one tag in fab versions."""
+    from playbooks.render import versions_text
+
+    run = {"tag": "20261104-4444444", "digest": "sha256:" + "d" * 64}
+    old = ("20261103-3333333", "sha256:" + "c" * 64)
+
+    def row(i, tag, digest, kind, outcome="committed", running=False):
+        return {"tag": tag, "digest": digest, "ts": i, "rollout_id": f"r-{i}", "operator": "op", "kind": kind,
+                "outcome": outcome, "image_present": True, "running": running}
+
+    rows = [row(0, *run.values(), "restart", running=True), *(row(i, *run.values(), "restart") for i in range(1, 50)),
+            row(50, *run.values(), "rollout"), row(51, *old, "restart"), row(52, *old, "restart", outcome="reverted"),
+            row(53, *old, "restart")]
+    lines = versions_text({"replicas": [{"service": "svc", "host": "pc2", "running": run, "versions": rows}]}).splitlines()
+    body = [x for x in lines[2:] if x.strip() and not set(x.strip()) <= set("-+ ")]
+    assert len(body) == 6, lines  # running; 49 restarts as one; the rollout; and three rows that each say something apart
+    assert "restart x49 (newest)" in next(x for x in body if "r-1 " in x) and not any("r-2 " in x for x in body)
+    assert "r-0 " in body[0] and "running" in body[0] and "x" not in body[0].split()[5]
