@@ -60,7 +60,7 @@ def _duplicate_keys(node: yaml.Node, path: Path, trail: tuple = ()) -> list[str]
         for k, v in node.value:
             key, line = str(k.value), k.start_mark.line + 1
             if key in seen:
-                field = ".".join(str(p) for p in (*trail, key))
+                field = written_field((*trail, key))
                 out.append(f"{path}:{line}: {field}: key given twice (lines {seen[key]} and {line}); fix: keep one of them")
             else:
                 seen[key] = line
@@ -202,14 +202,29 @@ def _shown(loc: tuple, value: Any) -> str:
     return f" (got {value!r})"
 
 
+def written_field(loc: tuple) -> str:
+    """A field as every message writes it: `phases[2].services`, `services.web.ports[0]` (pure).
+
+    A list index is written in brackets after its list, as the checks written by hand do; a name
+    that is no plain name is quoted (a newline in it must not start a line of the message).
+    """
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            part = str(p) if contract.NAME_RE.fullmatch(str(p)) else repr(p)
+            out += f".{part}" if out else part
+    return out
+
+
 def _explain(path: Path, lines: dict, err: ValidationError) -> list[str]:
     out = []
     raw = lines.get(RAW) or {}
     for e in _one_per_union(err.errors()):
         loc = tuple(e["loc"])
         # A name that fails its pattern is shown quoted (a newline in it must not start a line here).
-        field = ".".join(str(p) if contract.NAME_RE.fullmatch(str(p)) or isinstance(p, int) else repr(p)
-                         for p in loc if p != "[key]") or "(top level)"
+        field = written_field(tuple(p for p in loc if p != "[key]")) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         fix = e.get("fix") or _quote_fix(loc, e, raw) or _FIXES.get(e["type"], "correct the value")
         if e["type"] == "extra_forbidden":

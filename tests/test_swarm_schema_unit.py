@@ -53,7 +53,7 @@ def test_a_phase_engine_wins_over_the_inventory_s(tmp_path):
 
 def test_an_unknown_engine_names_file_line_field_and_choices(tmp_path):
     out = problems(tmp_path, BASE, "phases:\n  - {name: one, services: [api], engine: nomad}\n")
-    assert len(out) == 1 and out[0].startswith(f"{tmp_path / 'phases.yml'}:2: phases.0.engine:"), out
+    assert len(out) == 1 and out[0].startswith(f"{tmp_path / 'phases.yml'}:2: phases[0].engine:"), out
     assert "'ssh'" in out[0] and "'swarm'" in out[0]
 
 
