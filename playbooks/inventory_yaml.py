@@ -153,15 +153,28 @@ _BRANCHES = {"str": "a string", "int": "a whole number", "SecretRef": "a secret 
 
 
 def _one_per_union(errors: list[dict]) -> list[dict]:
-    """Fold the errors of one field's union branches (loc ending in a branch name) into one error about the field."""
+    """Fold the errors of one field's union branches into one error about the field.
+
+    A branch's error either ends in the branch's name (the value is not of that type) or goes on
+    inside it (`env.TOK.SecretRef.as`: a mapping that is a secret reference, with a wrong key).
+    When one branch got that far, its errors are the mistake and the other branches' "not a
+    string" is noise: one error for `as: files`, not two.
+    """
     out: list[dict] = []
     groups: dict[tuple, list[dict]] = {}
+    inside: dict[tuple, list[dict]] = {}
     for e in errors:
         loc = tuple(e["loc"])
-        if len(loc) > 1 and str(loc[-1]) in _BRANCHES:
+        at = next((i for i in range(1, len(loc)) if str(loc[i]) in _BRANCHES), None)
+        if at is None:
+            out.append(e)
+        elif at == len(loc) - 1:
             groups.setdefault(loc[:-1], []).append(e)
         else:
-            out.append(e)
+            inside.setdefault(loc[:at], []).append({**e, "loc": loc[:at] + loc[at + 1:]})
+    for loc, es in inside.items():
+        out += es
+        groups.pop(loc, None)
     for loc, es in groups.items():
         if len(es) == 1:
             out.append(es[0])
@@ -202,6 +215,9 @@ def _shown(loc: tuple, value: Any) -> str:
     return f" (got {value!r})"
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # a service, host or env name as written: no quotes needed
+
+
 def written_field(loc: tuple) -> str:
     """A field as every message writes it: `phases[2].services`, `services.web.ports[0]` (pure).
 
@@ -213,7 +229,7 @@ def written_field(loc: tuple) -> str:
         if isinstance(p, int):
             out += f"[{p}]"
         else:
-            part = str(p) if contract.NAME_RE.fullmatch(str(p)) else repr(p)
+            part = str(p) if _PLAIN_KEY.fullmatch(str(p)) else repr(p)
             out += f".{part}" if out else part
     return out
 

@@ -188,3 +188,9 @@ def test_a_secret_given_as_env_on_a_swarm_phase_is_refused_at_load(tmp_path):
     assert any("services.api.env.API_KEY: Swarm cannot put a secret's value in the environment" in p for p in out), out
     load(write(tmp_path, fleet.replace("{secret: apikey}", "{secret: apikey, as: file}"),
                "phases:\n  - name: one\n    engine: swarm\n    services: [api]\n"))
+
+
+def test_a_wrong_key_in_a_secret_reference_is_one_error_at_that_key(tmp_path):
+    """Found by an exploratory run: `{secret: tok, as: files}` gave two errors, one of them 'should be a valid string'."""
+    out = problems(tmp_path, BASE.replace(SVC, SVC + "    env: {TOK: {secret: tok, as: files}}\n"))
+    assert len(out) == 1 and "services.api.env.TOK.as: Input should be 'env' or 'file' (got 'files')" in out[0], out
