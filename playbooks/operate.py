@@ -145,6 +145,10 @@ def details(inv: Inventory, service: str | None = None, hosts: list[str] | None 
         out["hosts"][h] = {"reachable": True, "freezes": freezes,
                            "services": {s: {**got.get(s, {"container": None, "kept": []}), "inventory_tag": inv.fleet.services[s].tag,
                                             "frozen": frozen_for(inv, s, freezes)} for s in names[h]}}
+    if any(inv.fleet.engine_of(p) == "swarm" for p in inv.phases):
+        from .swarm.details_view import overlay  # Swarm names its tasks' containers: a manager knows them, the agents do not
+
+        overlay(inv, out)
     return out
 
 

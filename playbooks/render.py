@@ -262,6 +262,11 @@ def details_text(out: dict) -> str:
         for svc, d in info["services"].items():
             c = d.get("container")
             frozen = [f"  frozen    {why}" for why in d.get("frozen") or []]
+            if d.get("engine") == "swarm":
+                from .swarm.details_view import text as swarm_text
+
+                blocks.append("\n".join([*swarm_text(svc, h, d), *frozen]))
+                continue
             if c is None:
                 blocks.append("\n".join([f"{svc} on {h}: no container (inventory tag {d['inventory_tag']})", *frozen]))
                 continue

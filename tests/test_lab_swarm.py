@@ -187,6 +187,11 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     assert fin and fin[0]["final"] == "reverted" and fin[0]["engine"] == "swarm"
     assert {(x["host"], x["outcome"]) for x in fin[0]["services"]} == {("mainpc", "reverted"), ("pc2", "reverted")}
     print(f"swarm rollouts (create, good, bad) took {time.monotonic() - t0:.1f}s")
+    # fab details, where every Swarm failure report sends the operator: each host's tasks from the manager
+    d = fab("details", "-s", SERVICE, "-i", str(inv))
+    assert d.returncode == 0 and f"{SERVICE} on pc2 (Swarm service fr-{PHASE}_{SERVICE})" in d.stdout, d.stdout + d.stderr
+    assert "  update    rollback_completed" in d.stdout and f" running (desired running) core:{good}@{digest}" in d.stdout, d.stdout
+    assert "no container" not in d.stdout
     the_rolled_back_release_is_frozen_until_thawed(tmp_path / "bad", rep, fin[0], bad)
 
 
