@@ -33,6 +33,13 @@ def test_versions_are_what_swarm_records_started_on_that_host():
     assert swarm.history(RECORDS, "api", "node03") == []  # noop: nothing was started there
 
 
+def test_a_record_of_a_host_where_nothing_was_tried_is_no_version():
+    """Found by an exploratory run: a row with no tag and no digest in fab versions after a rollout that changed nothing."""
+    empty = [{"kind": "finished", "engine": "swarm", "rollout_id": "r9", "ts": 9.0,
+              "services": [{"host": "pc2", "service": "api", "outcome": "needs-operator", "tried_tag": "", "tried_digest": ""}]}]
+    assert swarm.history(RECORDS + empty, "api", "pc2")[-1]["rollout_id"] == "r3"
+
+
 def test_the_version_swarm_runs_is_marked_and_the_specs_are_said():
     task = {"ID": "task1234567890", "NodeID": "n1", "DesiredState": "running", "Status": {"State": "running"},
             "Spec": {"ContainerSpec": {"Image": f"{REPO}:t-good@{OLD}"}}}

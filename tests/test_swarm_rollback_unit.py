@@ -124,3 +124,29 @@ def test_rollback_of_a_swarm_phase_goes_to_swarm_and_to_tag_needs_a_service(inv,
     ssh_rollback.rollback(inv, "one", service="api", to_tag="20261201-abcdef0")
     assert got["tag"] == "20261201-abcdef0" and got["llm"] == inv.fleet.services["llm"].tag and got["only"] == "api"
     assert got["record"] == {"rollback": True, "to_tag": "20261201-abcdef0"}
+
+
+def test_a_previous_spec_that_is_the_running_one_is_skipped_and_a_config_only_one_is_said_so(inv):
+    """Found by an exploratory run: a phase rollback said 'reverted T -> T' of a service its release had not changed."""
+    same = service({"State": "completed", "StartedAt": "s0"})
+    same["PreviousSpec"]["Labels"] = dict(same["Spec"]["Labels"])
+    assert rollback.unchanged("api", same).startswith("Swarm's previous spec of api is the one it runs (t-bad, same configuration)")
+    assert rollback.unchanged("api", service({"State": "completed", "StartedAt": "s0"})) == ""
+    # the same image with an earlier configuration: reverted, and the words say which it was
+    cfg = service({"State": "completed", "StartedAt": "s0"})
+    cfg["PreviousSpec"]["Labels"] = labels("t-bad", NEW, "h-older")
+    f = rollback.follow_of(inv, "api", cfg, now=0.0)
+    done = {"State": "rollback_completed", "StartedAt": "s1", "Message": "rollback completed"}
+    v = observe.View(nodes={"n1": "pc2", "n2": "node03"}, services={"api": {**cfg, "UpdateStatus": done}},
+                     tasks={"api": [task("t1", "n1", NEW), task("t2", "n2", NEW)]})
+    assert rollback.judge_rollback(f, v, now=5.0)
+    assert f.done["pc2"]["message"].startswith("Swarm rolled api back to its previous spec (the same image, its earlier configuration)")
+
+
+def test_a_rollback_whose_only_service_was_skipped_is_not_refused():
+    from playbooks.ending import derive_state, host_outcomes
+
+    f = rollback.Follow("api", "update", ["pc2"], "t", NEW, "t", NEW, "", 0.0)
+    rollback._done(f, "pc2", "skipped", "Swarm's previous spec of api is the one it runs", after_tag="t", after_digest=NEW)
+    state, needs = derive_state(host_outcomes(rollback._results([f])), "rollback")
+    assert state != "refused" and not needs, state

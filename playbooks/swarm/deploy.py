@@ -83,6 +83,8 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
                          f" {st.host}), then roll the phase out again, or keep the phase on engine: ssh")
         elif svc is None:
             st.action, st.reason = CREATE, "not in the swarm yet"
+        elif why := mode_change(svc, rendered.doc["services"][st.service]["deploy"], plan.phase):
+            st.action, st.reason = BLOCKED, why
         elif shash == want and st.host in observe.running(before, st.service, digest):
             st.action, st.reason = NOOP, "Swarm already runs this digest with this configuration here"
         elif shash == want and len(observe.running(before, st.service, digest)) >= (inv.fleet.services[st.service].replicas or 1e9):
@@ -97,6 +99,22 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
             st.reason += f"; then the SSH push's proxy hands {st.service} over from its SSH container (handover.py)"
         if st.action == REPLACE and digest != st.new_digest:
             st.changes.append(f"image: {tag or '?'}@{(digest or '?')[:19]} -> {st.new_tag}@{st.new_digest[:19]}")
+
+
+def mode_change(svc: dict, deploy: dict, phase: str) -> str:
+    """Why the stack deploy would fail on this service's mode, or "" (pure).
+
+    Found by an exploratory run: `hosts:` changed to `replicas:` passed the plan, and the deploy then
+    failed with Docker's 'service mode change is not allowed' (nothing changed, but no fix was given).
+    """
+    was = "global" if "Global" in ((svc.get("Spec") or {}).get("Mode") or {}) else "replicated"
+    now = deploy.get("mode", "replicated")
+    if was == now:
+        return ""
+    words = {"global": "one task on each of its hosts (hosts: without replicas:)", "replicated": "replicated (host: or replicas:)"}
+    return (f"Swarm runs it as {words[was]} and the inventory now makes it {words[now]}: Swarm cannot change a service's mode"
+            f" in place ('service mode change is not allowed'). Take the stack down and deploy it again (downtime):"
+            f" fab swarm.down -p {phase}, then fab rollout -p {phase}; or put the inventory's placement back")
 
 
 def only_this(plan: Plan, service: str, phase: str) -> None:

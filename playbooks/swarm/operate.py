@@ -38,6 +38,8 @@ def history(records: list[dict], service: str, host: str) -> list[dict[str, Any]
         for s in r.get("services") or []:
             if s.get("service") != service or s.get("host") != host or s.get("outcome") in SKIP:
                 continue
+            if not (s.get("tried_tag") or s.get("tried_digest")):  # nothing was tried there (a host Swarm put no task on)
+                continue
             out.append({"ts": r.get("ts"), "tag": s.get("tried_tag", ""), "digest": s.get("tried_digest", ""),
                         "rollout_id": r.get("rollout_id", ""), "operator": r.get("operator", ""),
                         "kind": "rollback" if r.get("rollback") else "rollout", "outcome": s.get("outcome", ""),

@@ -49,6 +49,19 @@ def refusal(name: str, svc: dict[str, Any] | None) -> str:
     return ""
 
 
+def unchanged(name: str, svc: dict[str, Any]) -> str:
+    """Why going back to the previous spec would change nothing, or '' (pure).
+
+    Found by an exploratory run: a phase rollback reported 'reverted T -> T' for a service whose previous
+    spec was the very one it runs (the phase's release changed another service): it is skipped, said so.
+    """
+    cur, prev = observe.deployed(svc), observe.deployed(svc, previous=True)
+    if cur[2] and cur == prev:
+        return (f"Swarm's previous spec of {name} is the one it runs ({cur[0]}, same configuration): nothing to go back to;"
+                f" left as it is")
+    return ""
+
+
 def follow_of(inv: Inventory, name: str, svc: dict[str, Any], now: float) -> Follow:
     """What to follow: the previous spec is the target (tried), the current one what runs before (pure but for the clock)."""
     cur_tag, cur_digest, _ = observe.deployed(svc)
@@ -73,7 +86,8 @@ def judge_rollback(f: Follow, view: observe.View, now: float) -> bool:
         on = observe.running(view, f.service, f.new_digest)
         for h in f.hosts:
             if h in on:
-                _done(f, h, Outcome.REVERTED, f"Swarm rolled {f.service} back to its previous spec: {message or 'completed'}",
+                same_image = " (the same image, its earlier configuration)" if f.new_digest == f.old_digest else ""
+                _done(f, h, Outcome.REVERTED, f"Swarm rolled {f.service} back to its previous spec{same_image}: {message or 'completed'}",
                       after_tag=f.new_tag, after_digest=f.new_digest,
                       revert_gate={"ok": True, "last": {"reason": f"Swarm task {on[h]['id'][:12]} runs {f.new_tag} on {h}, healthy"
                                                         " by its healthcheck, after Swarm's rollback"}})
@@ -99,7 +113,7 @@ def _results(follows: list[Follow]) -> dict[str, transport.CallResult]:
     for f in follows:
         for h in f.hosts:
             by_host.setdefault(h, []).append(f.done[h])
-    return {h: transport.CallResult(host=h, ok=all(s["outcome"] in (Outcome.REVERTED, Outcome.NOOP) for s in svcs),
+    return {h: transport.CallResult(host=h, ok=all(s["outcome"] in (Outcome.REVERTED, Outcome.NOOP, Outcome.SKIPPED) for s in svcs),
                                     answer={"protocol": transport.PROTOCOL, "ok": True, "data": {"services": svcs}})
             for h, svcs in by_host.items()}
 
@@ -160,8 +174,12 @@ def _previous_spec(inv: Inventory, phase: str, names: list[str], hosts: list[str
             why = refusal(name, svc)
             f = follow_of(inv, name, svc, now) if svc else Follow(name, "update", inv.fleet.hosts_of(name), "", "", "", "", "", now)
             (refused if why else follows).append(f)
-            for h in f.hosts if why else ():
-                _done(f, h, Outcome.REFUSED, why, after_tag=f.old_tag, after_digest=f.old_digest)
+            same = not why and unchanged(name, svc)
+            for h in f.hosts if why or same else ():
+                _done(f, h, Outcome.SKIPPED if same else Outcome.REFUSED, same or why, after_tag=f.old_tag, after_digest=f.old_digest)
+            if same:
+                follows.remove(f)
+                refused.append(f)
         plan = Plan(new_rollout_id(phase, "rollback"), phase, operator(),
                     [Step(h, f.service, REVERT, f.old_tag, f.old_digest, f.new_tag, f.new_digest,
                           reason=next(iter(f.done.values()), {}).get("message") or "Swarm's previous spec")
