@@ -60,3 +60,12 @@ def test_a_placement_that_changes_the_service_s_mode_is_blocked_in_the_plan_with
                           " makes it replicated (host: or replicas:)")
     assert "fab swarm.down -p p, then fab rollout -p p" in why
     assert "replicated (host: or replicas:) and the inventory now makes it one task on each" in mode_change(repl, {"mode": "global"}, "p")
+
+
+def test_a_noop_over_an_update_swarm_never_finished_says_so():
+    from playbooks.swarm.deploy import unfinished_update
+
+    assert unfinished_update({"UpdateStatus": {"State": "completed"}}, "web") == ""
+    assert unfinished_update(None, "web") == ""
+    note = unfinished_update({"UpdateStatus": {"State": "paused", "Message": "update paused due to failure"}}, "web")
+    assert note.startswith("but Swarm's last update of it is paused (update paused due to failure): look with fab details -s web")

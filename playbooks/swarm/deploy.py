@@ -95,10 +95,25 @@ def swarm_plan(inv: Inventory, plan: Plan, rendered: render.Rendered, before: ob
             st.action, st.reason = REPLACE, "same image, configuration changed"
         else:
             st.action, st.reason = REPLACE, "new image"
+        if st.action == NOOP and (unfinished := unfinished_update(svc, st.service)):
+            st.reason += f"; {unfinished}"
         if pushed is not None and st.action != BLOCKED:
             st.reason += f"; then the SSH push's proxy hands {st.service} over from its SSH container (handover.py)"
         if st.action == REPLACE and digest != st.new_digest:
             st.changes.append(f"image: {tag or '?'}@{(digest or '?')[:19]} -> {st.new_tag}@{st.new_digest[:19]}")
+
+
+def unfinished_update(svc: dict | None, name: str) -> str:
+    """A note when Swarm's last update of the service did not finish, or "" (pure).
+
+    Found by an exploratory run: after a node's dockerd restarted mid-update, Swarm left the update
+    'updating'/'paused' and the next rollout called the service a no-op without a word.
+    """
+    state, message, _ = observe.update_state(svc)
+    if state not in ("updating", "paused", "rollback_started", "rollback_paused"):
+        return ""
+    return (f"but Swarm's last update of it is {state.replace('_', ' ')}" + (f" ({message})" if message else "")
+            + f": look with fab details -s {name}; fab rollback -s {name} goes back to its previous spec")
 
 
 def mode_change(svc: dict, deploy: dict, phase: str) -> str:
@@ -298,6 +313,17 @@ def _deploy_and_follow(ro, manager: Host, rendered: render.Rendered, before: obs
     return _results(follows)
 
 
+def _noop(inv: Inventory, phase: str, ro, before: observe.View, facts: dict[str, dict], pool: transport.Pool) -> None:
+    """Swarm runs it all: an unfinished update is said; an SSH container a move left still serving goes now."""
+    ro.report.messages += [f"note: {n}: {w}" for n in dict.fromkeys(st.service for st in ro.plan.steps)
+                           if (w := unfinished_update(before.services.get(n), n))]
+    failed: list[tuple[str, str, str]] = []
+    ro.report.messages += handover.leftovers(inv, phase, ro.plan, facts, pool, failed)
+    if failed:  # nothing was deployed, but the move it finishes is still not done: not a clean no-op
+        ro.report.state, ro.report.ok = State.NEEDS_OPERATOR, False
+        ro.report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(f"{h} {s}: {w}" for h, s, w in failed))
+
+
 def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[str] | None = None, dry_run: bool = False,
                   max_parallel: int | None = None, on_failure: str = "revert-phase", confirm=None, progress=None,
                   failpoint: dict | None = None, only: str | None = None, record: dict | None = None) -> RolloutReport:
@@ -330,12 +356,8 @@ def rollout_swarm(inv: Inventory, phase: str, pool: transport.Pool, hosts: list[
             if dry_run:
                 ro.report.messages.append(f"swarm: stack {stack} would be deployed through {manager.name} (fab swarm.render -p"
                                           f" {phase} prints it)")
-            elif ro.report.state == State.NOOP:  # Swarm runs it all: an SSH container a move left still serving goes now
-                failed: list[tuple[str, str, str]] = []
-                ro.report.messages += handover.leftovers(inv, phase, ro.plan, pre.facts, pool, failed)
-                if failed:  # nothing was deployed, but the move it finishes is still not done: not a clean no-op
-                    ro.report.state, ro.report.ok = State.NEEDS_OPERATOR, False
-                    ro.report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(f"{h} {s}: {w}" for h, s, w in failed))
+            elif ro.report.state == State.NOOP:
+                _noop(inv, phase, ro, before, pre.facts, pool)
             ro.report.elapsed_s = time.monotonic() - ro.t0
             return ro.report
         try:
