@@ -53,6 +53,9 @@ def probe(url: str, timeout: float) -> Probe:
     the email package with it, is ~15 ms of every rollout's agent before its first probe). A redirect
     is followed only to the same address and port: a container's health is its own answer.
     """
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host.endswith(".invalid"):  # url_for's "no address on the network yet": said at once, never asked of a resolver
+        return Probe(False, f"no answer (the container has no address on network {host[len('no-address-on-'):-8]} yet)")
     try:
         status, body = _get(url, timeout)
         return verdict(status, body.decode(errors="replace"))
