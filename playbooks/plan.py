@@ -275,10 +275,25 @@ def build_plan(
             d = swap_order.choose(service, wanted, svc.proxy is not None, bool(running and running.get("running")), svc.gpus,
                                   svc.gpu_memory_gb, inv.fleet.defaults.gpu_memory_reserve_gb, host_facts.get("nvml"))
             step.order, step.order_reason = d.order, d.reason
+            if inv.fleet.is_proxy(service) and running and running.get("running"):
+                step.order_reason = proxy_swap_words(inv, service, host)
             if d.refused:
                 step.action, step.reason = BLOCKED, d.refused
         steps.append(step)
     return Plan(rollout_id or new_rollout_id(phase), phase, who or operator(), steps)
+
+
+def proxy_swap_words(inv: Inventory, proxy: str, host: str) -> str:
+    """What the proxy's own swap costs, said before it happens (pure).
+
+    Found by an exploratory run: the dry run of the proxy's release said 'not behind the proxy: its
+    clients reach the container itself', true but silent on what matters: the proxy holds the listen
+    ports of every service behind it on this host, so they all get no requests while it is swapped.
+    """
+    behind = inv.fleet.proxied_on(host)
+    return ("stop-first, it is the proxy: nothing sits in front of it, and the services behind it on this host"
+            f" ({', '.join(behind) or 'none yet'}) get no requests between the old one's stop and the new one's start (and again"
+            " while the old one comes back, if the new one fails its gate)")
 
 
 def plan_text(plan: Plan) -> str:

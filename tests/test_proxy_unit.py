@@ -322,6 +322,18 @@ def test_the_plan_says_which_order_and_why_per_service(tmp_path):
     assert "= stop-first, needs 14.0 GB beside the running copy, 9.0 GB free on GPU 0" in plan_text(plan)
 
 
+def test_the_proxy_s_own_swap_says_which_services_get_no_requests_meanwhile(tmp_path):
+    """Found by an exploratory run: the proxy's release said 'not behind the proxy: its clients reach the container
+    itself', silent on the services behind it, which get no requests while it is swapped."""
+    inv = load(write(tmp_path, FLEET))
+    f = facts(9, {"edge": "pc2", "web": "pc2", "plain": "pc2"})
+    f["pc2"]["images"][inv.image_ref("edge")] = {"ok": True, "digest": "sha256:" + "1" * 64}
+    step = next(s for s in build_plan(inv, "edge", f, hosts=["pc2"]).steps if s.service == "edge")
+    assert step.order == "stop-first" and step.order_reason.startswith(
+        "stop-first, it is the proxy: nothing sits in front of it, and the services behind it on this host (web) get no"
+        " requests between the old one's stop and the new one's start"), step.order_reason
+
+
 def test_an_explicit_start_first_gpu_service_without_room_is_blocked(tmp_path):
     inv = load(write(tmp_path, FLEET.replace("    gpu_memory_gb: 14\n", "    gpu_memory_gb: 14\n    update: {order: start-first}\n")))
     f = facts(9, {"llm": "mainpc"})
