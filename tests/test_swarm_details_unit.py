@@ -69,3 +69,15 @@ def test_a_noop_over_an_update_swarm_never_finished_says_so():
     assert unfinished_update(None, "web") == ""
     note = unfinished_update({"UpdateStatus": {"State": "paused", "Message": "update paused due to failure"}}, "web")
     assert note.startswith("but Swarm's last update of it is paused (update paused due to failure): look with fab details -s web")
+
+
+def test_status_names_an_ssh_container_a_move_to_swarm_left_running():
+    from playbooks.swarm.status_view import with_leftover
+
+    row = {"status": "swarm task abc running", "healthy": True, "drift": ""}
+    pushed = {"status": "running", "tag": "t0", "rollout_id": "r-ssh"}
+    got = with_leftover(row, pushed, "web", "pc2")
+    assert got["drift"] == ("a container web pushed over SSH (t0) still runs here, left by the move to Swarm: it holds the"
+                            " service's ports; fab remove -s web -H pc2") and got["leftover"]["rollout_id"] == "r-ssh"
+    assert with_leftover(row, {"status": "absent"}, "web", "pc2") is row
+    assert with_leftover(row, {"status": "exited", "rollout_id": "r"}, "web", "pc2") is row

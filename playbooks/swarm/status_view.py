@@ -50,6 +50,21 @@ def rows(inv: Inventory, view: observe.View, service: str) -> dict[str, dict[str
     return out
 
 
+def with_leftover(row: dict[str, Any], pushed: dict[str, Any], service: str, host: str) -> dict[str, Any]:
+    """The Swarm row, and the SSH push's container of the service if one still runs there (pure).
+
+    Found by an exploratory run: after a phase moved to Swarm, status showed only Swarm's task and
+    said nothing of the SSH-pushed container the move left running on the host (the rollout's plan
+    names it): it holds the service's ports and serves beside, or instead of, Swarm's task.
+    """
+    if pushed.get("status") != "running" or not pushed.get("rollout_id"):
+        return row
+    left = (f"a container {service} pushed over SSH ({pushed.get('tag')}) still runs here, left by the move to Swarm: it"
+            f" holds the service's ports; fab remove -s {service} -H {host}")
+    return {**row, "drift": "; ".join(x for x in (row.get("drift"), left) if x), "leftover": {"tag": pushed.get("tag"),
+            "rollout_id": pushed.get("rollout_id")}}
+
+
 def overlay(inv: Inventory, out: dict[str, Any], hosts: list[str]) -> None:
     """Replace the agents' rows of swarm services in `out` (fab status) by what a manager says; say so when none answers."""
     from .deploy import open_manager
@@ -71,7 +86,8 @@ def overlay(inv: Inventory, out: dict[str, Any], hosts: list[str]) -> None:
             for s in p.services:
                 for h, row in rows(inv, view, s).items():
                     if h in out["hosts"] and out["hosts"][h].get("reachable"):
-                        out["hosts"][h]["services"][s] = row
+                        pushed = out["hosts"][h]["services"].get(s) or {}
+                        out["hosts"][h]["services"][s] = with_leftover(row, pushed, s, h)
     except SwarmCommandError as exc:
         out["swarm"] = {"error": str(exc)}
     finally:
