@@ -20,12 +20,11 @@ what a container must not be on this host (`problems`, re-exported here) is host
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from typing import Any
 
 from . import contract, secrets
+from .digests import sha256
 from .host_checks import bind_problem, problems  # noqa: F401 - re-exported: callers know them here
 
 CreateArgs = dict[str, Any]
@@ -229,7 +228,9 @@ def redacted_record(value: Any) -> Any:
 
 def redact_env(env: dict[str, Any], key: bytes) -> dict[str, Any]:
     """Names stay, references stay (they are not secret), values become short keyed hashes."""
-    return {k: v if secrets.is_ref(v) else "hmac:" + hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:12]
+    import hmac  # here, not at the top: it loads OpenSSL, which most agent calls never need
+
+    return {k: v if secrets.is_ref(v) else "hmac:" + hmac.new(key, str(v).encode(), sha256).hexdigest()[:12]
             for k, v in env.items()}
 
 
@@ -240,7 +241,7 @@ def prev_of(labels: dict[str, str]) -> tuple[str, str]:
 
 def kept_name(service: str, rollout_id: str) -> str:
     """The name an old container waits under while its successor is gated."""
-    return f"{service}--kept-{hashlib.sha256(rollout_id.encode()).hexdigest()[:8]}"
+    return f"{service}--kept-{sha256(rollout_id.encode()).hexdigest()[:8]}"
 
 
 GATE_TIMINGS = ("healthy_deadline", "min_healthy_time", "interval")  # how long a gate waits and watches: not the container's
@@ -252,7 +253,7 @@ def config_hash(spec: dict, digest: str) -> str:
     The controller labels each container with it (plan.spec_hash); here so that a restart can relabel one.
     """
     blob = json.dumps({"spec": spec, "digest": digest}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return sha256(blob).hexdigest()[:16]
 
 
 def gate_only_keys(health_label: str, label_hash: str, digest: str, spec: dict) -> list[str]:

@@ -23,7 +23,6 @@ Thawing removes the freeze and appends what was removed, by whom and why, to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .digests import sha256
 from .paths import state_dir
 
 PHASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -50,7 +50,7 @@ def config_fingerprint(spec: dict[str, Any]) -> str:
     it (the spec holds references), so it can sit in a world-readable freeze record.
     """
     blob = json.dumps({k: v for k, v in spec.items() if k not in NOT_CONFIG}, sort_keys=True, default=str).encode()
-    return "cfg:" + hashlib.sha256(blob).hexdigest()[:16]
+    return "cfg:" + sha256(blob).hexdigest()[:16]
 
 
 def _dir() -> Path:

@@ -9,12 +9,12 @@ lock. Anything else is refused as LockUnsafe, naming the path and the fix.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from .digests import sha256
 from .lock_trust import DIR_MODE, dir_problem, file_problem, trusted_groups
 from .paths import docker_endpoint, socket_gid, state_dir
 
@@ -31,7 +31,7 @@ def lock_dir() -> Path:
 
 
 def file_name() -> str:
-    return f"fleetroll-docker-{hashlib.sha256(docker_endpoint().encode()).hexdigest()[:16]}.lock"
+    return f"fleetroll-docker-{sha256(docker_endpoint().encode()).hexdigest()[:16]}.lock"
 
 
 def path() -> Path:

@@ -12,7 +12,6 @@ credentials, and a refusal is kind "denied" naming the registry and the config f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import urllib.parse
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import http1, registry_auth
+from .digests import sha256
 
 ACCEPT = ", ".join(
     [
@@ -344,7 +344,7 @@ def manifest_digest(header: str, body: bytes) -> str:
     """
     if header.startswith("sha256:"):
         return header
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    return "sha256:" + sha256(body).hexdigest()
 
 
 def _where(url: str) -> str:

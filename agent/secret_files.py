@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import re
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import contract, paths, secrets
+from .digests import sha256
 
 DIR_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\.[0-9a-f]{16}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -110,7 +110,7 @@ def dir_problem(st: os.stat_result, what: str, socket_gid: int | None, top: bool
 
 def daemon_key(endpoint: str) -> str:
     """The directory name of one Docker daemon's secret files (pure)."""
-    return hashlib.sha256(endpoint.encode()).hexdigest()[:12]
+    return sha256(endpoint.encode()).hexdigest()[:12]
 
 
 # POSIX ACL as the kernel's xattr takes it (linux/posix_acl_xattr.h): a version, then (tag, perm, id) sorted by tag.

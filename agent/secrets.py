@@ -21,14 +21,14 @@ other than the collector's.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import posixpath
 import re
 import stat
 from pathlib import Path
 from typing import Any
+
+from .digests import sha256
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -120,7 +120,9 @@ def ref_from_label(recorded: Any) -> dict | None:
 def report_key(fleet_secret: str, host: str, service: str, digest: str) -> str:
     """The start-up report key of one container (the collector computes the same function)."""
     msg = b"\0".join([REPORT_KEY_CONTEXT, host.encode(), service.encode(), digest.encode()])
-    return hmac.new(fleet_secret.encode(), msg, hashlib.sha256).hexdigest()
+    import hmac  # here, not at the top: it loads OpenSSL, which most agent calls never need
+
+    return hmac.new(fleet_secret.encode(), msg, sha256).hexdigest()
 
 
 def read(name: str) -> str:

@@ -15,13 +15,12 @@ a dry run), true also makes the missing Swarm secrets through this host's docker
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import re
 from typing import Any
 
 from . import journal, secrets
 from .answer import answer
+from .digests import sha256
 
 OP = "swarm_secrets"
 PREFIX = "fr_"
@@ -32,7 +31,9 @@ SWARM_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}[A-Za-z0-9]")  # Doc
 
 def versioned_name(name: str, value: str, key: bytes) -> str:
     """`fr_<name>_<12 hex of HMAC(key, name, value)>`: one Swarm secret per value, never the value itself (pure)."""
-    mac = hmac.new(key, b"\0".join([CONTEXT, name.encode(), value.encode()]), hashlib.sha256).hexdigest()[:12]
+    import hmac  # here, not at the top: it loads OpenSSL, which most agent calls never need
+
+    mac = hmac.new(key, b"\0".join([CONTEXT, name.encode(), value.encode()]), sha256).hexdigest()[:12]
     out = f"{PREFIX}{name}_{mac}"
     if not SWARM_NAME_RE.fullmatch(out):
         raise secrets.SecretError(f"secret name {name!r} is too long for a Swarm secret ({out!r} has {len(out)} characters,"

@@ -164,6 +164,19 @@ def test_the_real_agent_runs_through_the_verifier_and_its_tree_is_checked(home):
     assert not ran(home) and not (tree / "agent").is_symlink() and bootstrap._tree_ok(str(tree))
 
 
+def test_a_call_after_the_first_imports_neither_openssl_nor_runpy(home):
+    """Every agent call on every host goes through the verifier and the bootstrap: hashlib loads OpenSSL (~2.5 ms of
+    the host's CPU per call), runpy pulls in pkgutil and importlib.util (~3 ms). Untimed: the import graph only."""
+    data, digest = agentpack.build()
+    place(home, data, digest)
+    assert run(home, digest, b'{"protocol": 99, "op": "facts"}').returncode == 1  # the first call unpacks
+    argv = agentpack.command(digest, sys.executable)
+    r = run(home, digest, b'{"protocol": 99, "op": "facts"}', argv=[argv[0], "-X", "importtime", *argv[1:]])
+    assert r.returncode == 1 and b"protocol mismatch" in r.stdout, r
+    names = {line.rsplit("|", 1)[1].strip() for line in r.stderr.decode().splitlines() if line.startswith("import time:")}
+    assert "agent.__main__" in names and sorted(names & {"hashlib", "_hashlib", "runpy", "pkgutil", "importlib.util"}) == []
+
+
 # --- the unpacked tree: no symlink anywhere -------------------------------------------------
 
 

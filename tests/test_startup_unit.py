@@ -107,7 +107,8 @@ def test_the_agents_rollout_path_talks_to_docker_without_the_sdk(tmp_path):
 # on a 20-host lab sharing two cores these modules were ~30 % of the call's CPU. `dataclasses` brings `inspect`, `ast`
 # and `dis`; the recovery check needs `lock` and `decisions` only when a transaction was interrupted.
 FACTS_LEAN = ["dataclasses", "inspect", "traceback", "shutil", "agent.lock", "agent.decisions", "agent.proxy",
-              "agent.transaction", "agent.secret_files", "http.client", "email", "ssl", "urllib.request", *AGENT_HEAVY]
+              "agent.transaction", "agent.secret_files", "http.client", "email", "ssl", "urllib.request", *AGENT_HEAVY,
+              "hashlib", "_hashlib", "hmac"]  # OpenSSL's load: ~2.5 ms of every call (agent/digests.py)
 FACTS = ('{"protocol": 1, "op": "facts", "args": {"gpu": false, "images": ["127.0.0.1:9/lab/svc:1"], "insecure_registry": true,'
          ' "registry_timeout": 1, "diff_specs": {"svc": {"name": "svc", "repo": "127.0.0.1:9/lab/svc", "tag": "1"}}}}\n')
 
