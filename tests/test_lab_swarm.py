@@ -196,10 +196,12 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
 
 
 def swarm_stalled_its_rollback(lab, rep: dict, good: str, digest: str) -> None:
-    """Seen in about one CI run in four (quiet or loaded): Swarm's own rollback of the host-port service stays
-    rollback_started for minutes, its failed task restarted and 'starting', past fleetroll's wait and its extensions.
-    fleetroll must then say it did not observe the end (needs-operator, exit 5), never `reverted`; and Swarm does end
-    the rollback on its own: the previous release runs on both nodes within a few minutes more."""
+    """A rollback Swarm really left stuck (swarmkit's updater waits, with no timeout, on a task of its own that a
+    restarted task of the failed release beat to the host port). Where the previous release nonetheless runs healthy on
+    every node, fleetroll now reports it reverted from what runs (judge._rolled_back_as_seen), so this branch is for a
+    rollback whose tasks do not all run in time: fleetroll must say it did not observe the end (needs-operator, exit 5),
+    never `reverted`; the previous release's tasks then run on both nodes within a few minutes more (Swarm's
+    UpdateStatus may stay rollback_started)."""
     assert rep["state"] == "needs-operator", rep
     for h in ("mainpc", "pc2"):
         s = rep["hosts"][h]["services"][0]

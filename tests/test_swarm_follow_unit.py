@@ -329,3 +329,35 @@ def test_a_rollback_swarm_had_already_begun_is_followed_not_given_up(monkeypatch
     Report.messages = []
     deploy._ask_rollback(Refusing(), "fr-p", g, 50.0, Report)
     assert g.deadline == before and Report.messages[0].startswith("why; Swarm refused it:")
+
+
+def test_a_rollback_swarm_still_calls_started_while_the_previous_release_runs_everywhere_is_reverted_as_seen():
+    """Seen on the lab (a failed-release restart racing the rollback's task for the host port): Swarm's UpdateStatus
+    stays rollback_started although the previous spec is Swarm's spec again and its tasks run healthy on every host,
+    a surplus task of it pending "host-mode port already in use". Judged by what runs, once it has run past Swarm's own
+    monitor and ROLLBACK_SETTLE_S: reverted, without waiting out the grace; never while the failed release is wanted."""
+    def stalled(*extra):
+        v = view({"State": "rollback_started", "StartedAt": "2030-01-01T00:00:00Z",
+                  "Message": "update rolled back due to failure or early termination of task x"},
+                 [task("x", "n1", NEW, "failed", "shutdown", "unhealthy container", 143), task("a", "n1", OLD),
+                  task("b", "n2", OLD), task("r", "n1", NEW, "pending", "shutdown", "host-mode port already in use on 1 node"),
+                  task("s", "n1", OLD, "pending", "running", "host-mode port already in use on 1 node"), *extra])
+        v.services["web"]["Spec"]["Labels"]["io.fleetroll.digest"] = OLD
+        return v
+    f = follow()
+    f.rollback_grace = 118.0
+    assert not judge.judge(f, stalled(), now=10, min_healthy_time=1) and f.done == {}  # first seen running: the clock starts
+    assert not judge.judge(f, stalled(), now=10 + judge.ROLLBACK_SETTLE_S, min_healthy_time=1) and f.done == {}
+    assert judge.judge(f, stalled(), now=11 + judge.ROLLBACK_SETTLE_S, min_healthy_time=1)  # well before the deadline (100)
+    assert {h: d["outcome"] for h, d in f.done.items()} == {"mainpc": "reverted", "pc2": "reverted"}
+    assert f.done["mainpc"]["message"].startswith("Swarm rolled the update back") and "surplus task of it, s" in f.done["mainpc"]["message"]
+    assert f.done["pc2"]["after_digest"] == OLD and f.done["pc2"]["revert_gate"]["ok"]
+    g = follow()  # a task of the failed release still wanted running somewhere: not a rollback seen through
+    wanted = stalled(task("n", "n2", NEW, "starting", "running"))
+    assert not judge.judge(g, wanted, now=10, min_healthy_time=1) and not judge.judge(g, wanted, now=50, min_healthy_time=1)
+    assert g.done == {}
+    h = follow()  # Swarm's spec not (yet) the previous release: nothing claimed from the tasks alone
+    spec_new = stalled()
+    spec_new.services["web"]["Spec"]["Labels"]["io.fleetroll.digest"] = NEW
+    assert not judge.judge(h, spec_new, now=10, min_healthy_time=1) and not judge.judge(h, spec_new, now=50, min_healthy_time=1)
+    assert h.done == {}

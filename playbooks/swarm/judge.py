@@ -52,6 +52,8 @@ class Follow:
     progress_sig: tuple = ()
     progress_at: float = float("-inf")
     extended: float = 0.0
+    # host -> (task id, first seen running) of the previous release's tasks while Swarm says rollback_started
+    old_since: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 def base(f: Follow, host: str, action: str) -> dict[str, Any]:
@@ -124,6 +126,46 @@ def _each(f: Follow, view: observe.View, on: dict[str, dict[str, Any]], tag: str
 ROLLBACK_PROGRESS_S = 60.0
 ROLLBACK_MORE_MAX = 300.0
 
+# Swarm's rollback of a host-port service can stay rollback_started although the previous release already runs again
+# on every host. When the failed task dies, Swarm's restart policy makes a replacement of the failed release on that
+# node within milliseconds of the rollback's own task for it (and the global orchestrator can add a third): all want
+# the node's one host port, and the scheduler gives it to one of them in no set order. swarmkit's updater then waits,
+# with no timeout, for *its* task to run, and a stop-first task waits for the task it replaces to stop, which one that
+# never got the port never does (a pending task that never reached its node keeps state pending for good; swarmkit
+# gives up waiting after its fixed 1-minute old-task timeout). Seen in the lab: a task of the previous spec held
+# desired=ready for 60 s beside a failed-release task pending desired=shutdown "host-mode port already in use".
+# What serves is what is judged: the previous spec is Swarm's spec again, its task on every host has run healthy this
+# long past Swarm's own monitor, and nothing of the failed release is wanted running: that is the rollback, done.
+ROLLBACK_SETTLE_S = 15.0
+
+
+def _rolled_back_as_seen(f: Follow, view: observe.View, now: float, min_healthy_time: float, message: str) -> bool:
+    """rollback_started, but the previous release runs on every host through min_healthy_time + ROLLBACK_SETTLE_S, the
+    service's spec is the previous release again, and no task of the failed release is desired running: reverted."""
+    svc = view.services.get(f.service)
+    if not f.old_digest or observe.deployed(svc)[1] != f.old_digest:
+        return False
+    on_old = {h: t for h, t in observe.running(view, f.service, f.old_digest).items() if h in f.hosts}
+    for h in list(f.old_since):
+        if h not in on_old:
+            del f.old_since[h]
+    for h, t in on_old.items():
+        if f.old_since.get(h, ("", 0.0))[0] != t["id"]:
+            f.old_since[h] = (t["id"], now)
+    rows = [observe.task_row(view, t) for t in view.tasks.get(f.service, [])]
+    if any(r["image"].endswith(f"@{f.new_digest}") and r["desired"] == "running" for r in rows):
+        return False
+    if not _placed(f, on_old) or any(now - f.old_since[h][1] < min_healthy_time + ROLLBACK_SETTLE_S for h in on_old):
+        return False
+    surplus = [r for r in rows if r["state"] == "pending" and r["desired"] in ("running", "ready")
+               and r["image"].endswith(f"@{f.old_digest}") and r["id"] not in {t["id"] for t in on_old.values()}]
+    why = (f"{message or 'rollback started'}; Swarm still says rollback_started, but the previous release runs again on"
+           f" every host, the same healthy task for {min_healthy_time + ROLLBACK_SETTLE_S:g}s or more"
+           + (f" (Swarm's updater waits on a surplus task of it, {surplus[0]['id'][:12]} on {surplus[0]['host']}, pending:"
+              f" {surplus[0]['error'] or surplus[0]['message']})" if surplus else ""))
+    _each(f, view, on_old, f.old_tag, lambda h, t: _reverted(f, view, h, t, why), "", True)
+    return True
+
 
 def _moved(f: Follow, view: observe.View, now: float) -> None:
     """Note when the service's tasks last changed (ids, states, desired states); the first sight is not a change."""
@@ -134,11 +176,13 @@ def _moved(f: Follow, view: observe.View, now: float) -> None:
     f.progress_sig = sig
 
 
-def _judge_update(f: Follow, view: observe.View, timed_out: bool, now: float) -> bool:
+def _judge_update(f: Follow, view: observe.View, timed_out: bool, now: float, min_healthy_time: float = 0.0) -> bool:
     """An update Swarm started: completed, rolled back, paused, or still going."""
     state, message, _started = observe.update_state(view.services.get(f.service))
     if state == "rollback_started":
         _moved(f, view, now)
+        if _rolled_back_as_seen(f, view, now, min_healthy_time, message):
+            return all(h in f.done for h in f.hosts)
     if timed_out and state == "rollback_started" and f.rollback_grace > 0:
         f.deadline, f.rollback_grace = f.deadline + f.rollback_grace, 0.0
         return False
@@ -250,5 +294,5 @@ def judge(f: Follow, view: observe.View, now: float, min_healthy_time: float) ->
     _state, _message, started = observe.update_state(view.services.get(f.service))
     timed_out = now >= f.deadline
     if f.mode == "update" and started and started != f.started_before:
-        return _judge_update(f, view, timed_out, now)
+        return _judge_update(f, view, timed_out, now, min_healthy_time)
     return _judge_tasks(f, view, now, min_healthy_time, timed_out)
