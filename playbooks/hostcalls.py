@@ -51,7 +51,9 @@ def run_on_hosts(inv: Inventory, plan: Plan, hosts: list[str], args_for, max_par
     for h, res in list(results.items()):
         if res.answer is None and res.error_kind in ("timeout", "agent", "link-lost"):
             report.messages.append(f"{h}: lost contact during the transaction ({res.error}); the host finishes on its own — re-attaching")
-            again = reattach(inv, h, plan.rollout_id, progress, pool)
+            # The transaction's own id: a phase revert runs as '<rollout>-revert', and re-attaching to the rollout's
+            # journal instead read its 'committed' as the revert's outcome (found by an exploratory run).
+            again = reattach(inv, h, args_for(h).get("rollout_id") or plan.rollout_id, progress, pool)
             report.agent_calls += 1
             if again is not None:
                 results[h] = again
