@@ -100,16 +100,53 @@ def write(phase: str, reason: str, by: str, auto: bool = False, releases: dict[s
         return rec
 
 
+MAX_BLOCKS = 8  # earlier failed releases of one service an automatic freeze keeps refusing (newest first)
+
+
+def _key(block: dict[str, str]) -> tuple[str, str]:
+    return block.get("digest", ""), block.get("config", "")
+
+
 def _merged(older: dict[str, Any] | None, newer: dict[str, Any]) -> dict[str, Any]:
-    """An automatic freeze written over another: both blocks stand, per service; the newer one's words first (pure)."""
+    """An automatic freeze written over another: every block stands; the newer one's words first (pure).
+
+    Blocks are per service and per release: a service that fails again with another release (or a
+    configuration-only change) keeps its earlier failed release refused too (`also_failed`), as
+    the freeze promises "until the image or the configuration is fixed, or thaw". Found by an
+    exploratory run: the newer failure replaced the older block, and the release that had failed
+    first was deployed again. Each service's block names the rollout it failed in (`rollouts`).
+    """
     if not older or not older.get("auto"):
         return newer
-    kept = sorted(set(older.get("failed") or {}) - set(newer["failed"]))
-    if not kept:
-        return newer
-    earlier = f"; and from rollout {older.get('rollout_id') or '?'}: {', '.join(kept)} ({older.get('reason', '')[:300]})"
-    return {**newer, "failed": {**(older.get("failed") or {}), **newer["failed"]},
-            "releases": {**(older.get("releases") or {}), **newer["releases"]}, "reason": newer["reason"] + earlier}
+    was = older.get("failed") or {}
+    also = {svc: list(blocks) for svc, blocks in (older.get("also_failed") or {}).items()}
+    for svc, block in was.items():
+        also.setdefault(svc, []).insert(0, block)
+    failed = {**was, **newer["failed"]}
+    for svc in list(also):
+        seen, kept = {_key(failed[svc])}, []
+        for block in also[svc]:
+            if _key(block) not in seen:
+                seen.add(_key(block))
+                kept.append(block)
+        also[svc] = kept[:MAX_BLOCKS]
+        if not also[svc]:
+            del also[svc]
+    rollouts = {**{svc: older.get("rollout_id", "") for svc in was}, **(older.get("rollouts") or {}),
+                **{svc: newer.get("rollout_id", "") for svc in newer["failed"]}}
+    out = {**newer, "failed": failed, "also_failed": also, "rollouts": rollouts,
+           "releases": {**(older.get("releases") or {}), **newer["releases"]}}
+    earlier = sorted(set(was) - set(newer["failed"]))
+    if earlier:  # named by service and rollout, not by nesting the older record's words (which nested without end)
+        out["reason"] = newer["reason"] + "; still refused from earlier failures: " + ", ".join(
+            f"{svc} (rollout {rollouts.get(svc) or '?'})" for svc in earlier)
+    return out
+
+
+def blocks_of(record: dict[str, Any], service: str) -> list[dict[str, str]]:
+    """Every release of `service` an automatic freeze refuses, newest first (pure)."""
+    first = (record.get("failed") or {}).get(service)
+    return ([first] if first else []) + list((record.get("also_failed") or {}).get(service) or [])
 
 
 class _locked:
@@ -176,6 +213,7 @@ def _lift(phase: str, current: dict[str, Any], auto: dict[str, Any], rest: list[
     if not gone:
         return None
     left = {**auto, "failed": {s: auto["failed"][s] for s in rest},
+            "also_failed": {s: b for s, b in (auto.get("also_failed") or {}).items() if s in rest},
             "releases": {s: t for s, t in (auto.get("releases") or {}).items() if s in rest}}
     _store(phase, left if current is auto else {**current, "kept_auto": left})
     removed = {**auto, "failed": {s: auto["failed"][s] for s in gone}}

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.freeze import config_fingerprint
+from agent.freeze import blocks_of, config_fingerprint
 
 from . import transport
 from .plan import Plan, Step
@@ -28,9 +28,10 @@ def repeats(f: dict[str, Any], st: Step) -> bool:
     Exactly: the same image digest with the same configuration fingerprint. A freeze written
     before fingerprints were recorded names tags only, and blocks by tag.
     """
-    failed = (f.get("failed") or {}).get(st.service)
-    if failed:
-        return failed.get("digest") == st.new_digest and failed.get("config") == config_fingerprint(st.spec)
+    blocks = blocks_of(f, st.service)
+    if blocks:
+        config = config_fingerprint(st.spec)
+        return any(b.get("digest") == st.new_digest and b.get("config") == config for b in blocks)
     return (f.get("releases") or {}).get(st.service) == st.new_tag and bool(st.new_tag)
 
 

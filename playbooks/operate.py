@@ -116,9 +116,13 @@ def frozen_for(inv: Inventory, service: str, freezes: list[dict]) -> list[str]:
             if f.get("kept_auto"):  # in force again once the manual freeze is thawed
                 out += [f"{line} (under the freeze by {f.get('by')})" for line in frozen_for(inv, service, [f["kept_auto"]])]
         elif failed:
-            out.append(f"phase {phase} frozen automatically after rollout {f.get('rollout_id')} failed: refuses {failed.get('tag')}"
-                       f"@{(failed.get('digest') or '')[7:19]} with configuration {failed.get('config')} (what failed); a new tag"
-                       " or a changed configuration goes ahead")
+            from agent.freeze import blocks_of
+
+            rid = (f.get("rollouts") or {}).get(service) or f.get("rollout_id")
+            what = ", ".join(f"{b.get('tag')}@{(b.get('digest') or '')[7:19]} with configuration {b.get('config')}"
+                             for b in blocks_of(f, service))
+            out.append(f"phase {phase} frozen automatically after rollout {rid} failed: refuses {what} (what failed); a new"
+                       " tag or a changed configuration goes ahead")
         elif service in (f.get("releases") or {}):
             out.append(f"phase {phase} frozen automatically after rollout {f.get('rollout_id')} failed: refuses tag"
                        f" {f['releases'][service]}")

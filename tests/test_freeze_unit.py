@@ -156,7 +156,8 @@ def test_automatic_freezes_add_up_per_service_and_a_commit_lifts_only_its_own_se
     freeze.write("gpu", "rollout r-1 failed: a:A1 ...", "op", auto=True, releases={"a": "A1"}, rollout_id="r-1", failed=a)
     rec = freeze.write("gpu", "rollout r-2 failed: b:B1 ...", "op", auto=True, releases={"b": "B1"}, rollout_id="r-2", failed=b)
     assert rec["failed"] == {**a, **b} and rec["releases"] == {"a": "A1", "b": "B1"} and rec["rollout_id"] == "r-2"
-    assert rec["reason"].startswith("rollout r-2 failed: b:B1") and "and from rollout r-1: a (rollout r-1 failed: a:A1" in rec["reason"]
+    assert rec["reason"] == "rollout r-2 failed: b:B1 ...; still refused from earlier failures: a (rollout r-1)"
+    assert rec["rollouts"] == {"a": "r-1", "b": "r-2"}
     removed = freeze.thaw("gpu", "op", "rollout r-3 committed", only_auto=True, services=["a"])
     assert set(removed["failed"]) == {"a"} and set(freeze.read("gpu")["failed"]) == {"b"}, "b's failed release stays refused"
     assert freeze.thaw("gpu", "op", "rollout r-4 committed", only_auto=True, services=["c"]) is None
@@ -169,6 +170,31 @@ def test_automatic_freezes_add_up_per_service_and_a_commit_lifts_only_its_own_se
     freeze.thaw("gpu", "op", "r-8 committed", only_auto=True, services=["b"])
     now = freeze.read("gpu")
     assert now["reason"] == "driver upgrade" and set(now["kept_auto"]["failed"]) == {"a"}
+
+
+def test_a_service_that_fails_again_keeps_its_earlier_failed_release_refused(monkeypatch):
+    """Found by an exploratory run: rag-api's release failed (frozen), then a configuration-only change of it failed too;
+    the second block replaced the first, and the release that had failed first was planned '0 blocked' and deployed
+    again (another outage). Both stay refused; a third failure's words do not nest the earlier ones."""
+    first = {"tag": "T2", "digest": "sha256:new", "config": "cfg:1"}
+    second = {"tag": "T1", "digest": "sha256:old", "config": "cfg:2"}
+    freeze.write("gpu", "rollout r-1 failed: svc:T2", "op", auto=True, releases={"svc": "T2"}, rollout_id="r-1",
+                 failed={"svc": first})
+    rec = freeze.write("gpu", "rollout r-2 failed: svc:T1", "op", auto=True, releases={"svc": "T1"}, rollout_id="r-2",
+                       failed={"svc": second})
+    assert rec["failed"] == {"svc": second} and rec["also_failed"] == {"svc": [first]}
+    assert freeze.blocks_of(rec, "svc") == [second, first]
+    import playbooks.freezes as fz
+
+    for block, blocked in ((first, True), (second, True), ({**first, "config": "cfg:3"}, False)):
+        monkeypatch.setattr(fz, "config_fingerprint", lambda spec, c=block["config"]: c)  # the plan's spec, fingerprinted
+        st = Step("mainpc", "svc", "replace", new_tag=block["tag"], new_digest=block["digest"], spec={})
+        assert fz.repeats(rec, st) is blocked, block
+    again = freeze.write("gpu", "rollout r-3 failed: svc:T2", "op", auto=True, releases={"svc": "T2"}, rollout_id="r-3",
+                         failed={"svc": first})
+    assert freeze.blocks_of(again, "svc") == [first, second] and "still refused" not in again["reason"]
+    freeze.thaw("gpu", "op", "rollout r-4 committed", only_auto=True, services=["svc"])
+    assert freeze.read("gpu") is None  # a clean commit of the service lifts every block of it
 
 
 def test_an_automatic_freeze_under_a_manual_one_is_said_as_such():
