@@ -123,11 +123,16 @@ def ask_hosts(inv, phase: str, todo: dict[str, dict[str, dict[str, str]]], reque
     return done, lines
 
 
-def on_other_hosts(inv, phase: str, asked: list[str], inventory: str, pool=None) -> tuple[list[str], list[str]]:
-    """A manual freeze holds its whole phase: with --hosts naming only some of its hosts, the others are asked too.
+def on_other_hosts(inv, phase: str, asked: list[str], inventory: str, pool=None,
+                   plan: Plan | None = None) -> tuple[list[str], list[str]]:
+    """With --hosts naming only some of a phase's hosts, the others are asked for their freezes too.
 
-    Found by an exploratory run: pc2 held the freeze of cpu-pc2, and `fab rollout -p cpu-pc2 -H mainpc` (mainpc newly
-    placed in the phase, so holding no record) committed. (what blocks, notes about hosts that could not be asked)."""
+    A manual freeze holds its whole phase. Found by an exploratory run: pc2 held the freeze of
+    cpu-pc2, and `fab rollout -p cpu-pc2 -H mainpc` (mainpc newly placed in the phase, so holding no
+    record) committed. An automatic freeze there holds the release that failed there: found by
+    another, a canary interrupted before the controller could spread its freeze (freeze_spread)
+    left the hosts it never reached free, and `-H` those hosts deployed the condemned release.
+    (what blocks, notes about hosts that could not be asked)."""
     others = [h for h in inv.select_hosts(None, phase) if h not in asked]
     if not others:
         return [], []
@@ -148,5 +153,27 @@ def on_other_hosts(inv, phase: str, asked: list[str], inventory: str, pool=None)
                 block.append(f"phase {phase} is frozen on {h} by {f.get('by')} since {when(f.get('ts', 0))}: {f.get('reason')!r};"
                              f" a freeze holds the whole phase, the hosts --hosts names included; nothing was changed. When"
                              f" it may go ahead: {thaw}")
+            elif f.get("auto") and plan is not None:
+                block += _failed_there(inv, plan, h, f, inventory)
     return block, notes
 
+
+def _failed_there(inv, plan: Plan, host: str, f: dict[str, Any], inventory: str) -> list[str]:
+    """The plan's changes that would deploy, on the hosts --hosts names, a release that failed on `host` (pure).
+
+    The same release: its digest, with the configuration the inventory gives it on `host` (each host's own
+    fingerprint differs by FLEETROLL_HOST alone), the one its failure there was recorded with.
+    """
+    from .plan import container_spec
+
+    out = []
+    for st in plan.changes:
+        if host not in inv.fleet.hosts_of(st.service) or not st.new_digest:
+            continue
+        there = config_fingerprint(container_spec(inv, st.service, host))
+        if any(b.get("digest") == st.new_digest and b.get("config") == there for b in blocks_of(f, st.service)):
+            out.append(f"{st.service}:{st.new_tag}@{st.new_digest[7:19]} failed on {host} (phase {f.get('phase')} frozen there"
+                       f" automatically since {when(f.get('ts', 0))}, rollout {(f.get('rollouts') or {}).get(st.service) or f.get('rollout_id')});"
+                       f" refused on {st.host} too; nothing was changed. Fix the image (a new tag) or the configuration, or,"
+                       f" if the failure was not the release's: fab thaw --phase {f.get('phase')} --reason '...' --inventory {inventory}")
+    return out

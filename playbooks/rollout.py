@@ -157,7 +157,7 @@ def _frozen(ro: _Rollout) -> list[str]:
         return []
     frozen = freezes.blocking(plan, facts, inventory, [p.name for p in ro.inv.phases])
     if ro.hosts:  # --hosts: a freeze on the phase's other hosts holds these too
-        elsewhere, notes = freezes.on_other_hosts(ro.inv, plan.phase, list(facts), inventory)
+        elsewhere, notes = freezes.on_other_hosts(ro.inv, plan.phase, list(facts), inventory, plan=plan)
         frozen, ro.report.messages = frozen + elsewhere, ro.report.messages + notes
     return frozen
 

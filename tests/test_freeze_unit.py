@@ -265,3 +265,30 @@ def test_with_hosts_naming_some_of_the_phase_a_freeze_on_the_others_holds_them(m
     assert len(block) == 1 and "phase cpu is frozen on pc2 by alice" in block[0] and "the hosts --hosts names included" in block[0]
     assert notes == ["note: could not ask node3 (also in phase cpu, not in --hosts) whether the phase is frozen there:"
                      " connection refused"]
+
+
+def test_with_hosts_a_release_that_failed_on_another_host_of_the_phase_is_refused(monkeypatch, tmp_path):
+    """Found by an exploratory run: a canary interrupted before the controller spread its freeze left mainpc free, and
+    `fab rollout -p P -H mainpc` would deploy the release that had failed (and froze) on pc2."""
+    from types import SimpleNamespace
+
+    from agent.freeze import config_fingerprint
+    from playbooks import freezes, transport
+    from playbooks.plan import container_spec
+
+    from .test_restart_unit import replicated_inventory
+
+    inv = replicated_inventory(tmp_path)
+    bad = "sha256:" + "b" * 64
+    there = config_fingerprint(container_spec(inv, "rag-api", "pc2"))
+    rec = {"phase": "cpu-pc2", "auto": True, "ts": 0, "rollout_id": "r-canary", "reason": "rollout r-canary reverted",
+           "failed": {"rag-api": {"tag": "T9", "digest": bad, "config": there}}}
+    monkeypatch.setattr(transport, "on_hosts", lambda inv, hosts, op, request, **kw: {
+        h: SimpleNamespace(answer={"data": {"freezes": [rec]}}, ok=True, error="") for h in hosts})
+    phase = next(p.name for p in inv.phases if "rag-api" in p.services)
+    step = Step("mainpc", "rag-api", "replace", new_tag="T9", new_digest=bad, spec=container_spec(inv, "rag-api", "mainpc"))
+    block, _ = freezes.on_other_hosts(inv, phase, ["mainpc"], "inv/fleet.yml", plan=Plan("r-next", phase, "op", [step]))
+    assert len(block) == 1 and block[0].startswith("rag-api:T9@bbbbbbbbbbbb failed on pc2 (phase cpu-pc2 frozen there") \
+        and "refused on mainpc too" in block[0], block
+    fixed = Step("mainpc", "rag-api", "replace", new_tag="T10", new_digest="sha256:" + "c" * 64, spec=step.spec)
+    assert freezes.on_other_hosts(inv, phase, ["mainpc"], "x", plan=Plan("r-next", phase, "op", [fixed]))[0] == []

@@ -29,8 +29,7 @@ def _replicated(inv) -> tuple[str, list[str]]:
     return name, list(inv.fleet.hosts_of(name))
 
 
-@pytest.fixture
-def inv(tmp_path):
+def replicated_inventory(tmp_path):
     """The repository's inventory with rag-api on both hosts."""
     import shutil
     from pathlib import Path
@@ -44,6 +43,11 @@ def inv(tmp_path):
     assert one in text
     fleet.write_text(text.replace(one, one.replace("host: pc2", "hosts: [mainpc, pc2]")))
     return load(fleet)
+
+
+@pytest.fixture
+def inv(tmp_path):
+    return replicated_inventory(tmp_path)
 
 
 @pytest.fixture
