@@ -27,11 +27,17 @@ __all__ = ["Interrupted", "RolloutReport", "conclude", "derive_state", "describe
 class Interrupted(Exception):
     """The operator pressed Ctrl-C after hosts were asked to change; they finish on their own."""
 
-    def __init__(self, rollout_id: str, phase: str, hosts: list[str]):
+    def __init__(self, rollout_id: str, phase: str, hosts: list[str], policy: str = ""):
         self.rollout_id, self.phase, self.hosts = rollout_id, phase, hosts
-        super().__init__(f"interrupted: rollout {rollout_id} of {phase} was running on {', '.join(hosts) or '(no host yet)'};"
-                         " each host finishes its transaction on its own (commit, or back to its last-known-good)."
-                         " Re-attach with: fab status --follow")
+        # Found by exploratory runs: after Ctrl-C a host that had committed kept the new release while another failed and
+        # went back; nothing said that the phase-wide revert is this controller's and would not happen.
+        split = (f" The phase-wide revert (--on-failure {policy}) is this controller's and will not run: a host that"
+                 f" commits keeps the new release even if another fails; fab status shows where each stands, and"
+                 f" fab rollback -p {phase} -H HOSTS sends committed ones back." if policy == "revert-phase" and len(hosts) > 1 else "")
+        super().__init__(f"interrupted: rollout {rollout_id} of {phase} had these hosts in its plan:"
+                         f" {', '.join(hosts) or '(no host yet)'}; each host asked to change finishes its transaction on its"
+                         " own (commit, or back to its last-known-good); a host a later batch had not reached changes"
+                         f" nothing.{split} Re-attach with: fab status --follow")
 
 
 def interrupted_all(during: BaseException, phase: str, done: list[RolloutReport], not_started: list[str]) -> Interrupted:

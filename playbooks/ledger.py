@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.vocabulary import Journal, Record, rollback_state, state_of
+from agent.vocabulary import FAILED, Journal, Outcome, Record, rollback_state, state_of
 
 
 def path() -> Path:
@@ -163,8 +163,30 @@ def _judge_unfinished(entry: dict) -> None:
                          + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "no service had changed") + f"; host {st})"
                          for h, (kind, svcs, st) in hosts.items())
         entry["note"] = f"{why}; the hosts ended it on their own: {said}"
+        split = _split_phase(entry, hosts)
+        if split:
+            entry["final"], entry["note"] = "needs-operator", f"{entry['note']}; {split}"
     elif entry.get("interruption"):
         entry["final"] = "interrupted by the operator (hosts finished on their own; see fab status)"
+
+
+def _split_phase(entry: dict, hosts: dict) -> str:
+    """Why an unfinished rollout whose hosts ended apart needs an operator, or "" (pure).
+
+    Found by exploratory runs: the controller killed (or Ctrl-C) between one host's commit and another's failure;
+    the phase-wide revert is the controller's, so it never ran: one host on the new release, the other back on the
+    old, and history said `reverted`.
+    """
+    if entry.get("rollback") or entry.get("restart") or entry.get("policy", "revert-phase") != "revert-phase":
+        return ""
+    committed = sorted(h for h, (_k, svcs, _st) in hosts.items() if Outcome.COMMITTED in svcs.values())
+    failed = sorted(h for h, (_k, svcs, _st) in hosts.items() if set(svcs.values()) & set(FAILED))
+    if not committed or not failed:
+        return ""
+    phase = entry.get("phase") or "P"
+    return (f"the phase is split: committed on {', '.join(committed)}, failed on {', '.join(failed)}; its phase-wide revert"
+            f" (revert-phase) is the controller's and never ran: fab rollback -p {phase} -H {','.join(committed)} sends"
+            f" {'it' if len(committed) == 1 else 'them'} back, or fix the release and roll the phase out again")
 
 
 _OLD_REMOVAL = "remove"  # the kind a removal had in ledgers written before it was a row of fab history

@@ -114,7 +114,7 @@ def _rollout(
         # Said honestly: not what the hosts did (not observed), only that the controller stopped watching.
         ledger.append("interrupted", **ro.common, reason="the operator pressed Ctrl-C; the hosts finish their transactions on"
                       " their own", hosts_busy=ro.plan.hosts)
-        raise Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts) from None
+        raise Interrupted(ro.plan.rollout_id, ro.plan.phase, ro.plan.hosts, ro.policy) from None
     try:
         return _record(ro, results)
     except KeyboardInterrupt:  # the hosts had answered; the report, the ledger's end or a hook was cut short

@@ -143,6 +143,33 @@ def test_history_shows_what_the_hosts_reported_after_an_interruption(tmp_path, m
     assert ledger.pending() == {"r-1"}, "a finished rollout leaves nothing pending"
 
 
+def test_an_interrupted_rollout_whose_hosts_ended_apart_is_a_split_phase_that_needs_an_operator(tmp_path, monkeypatch):
+    """Found by two exploratory runs: the controller killed (or Ctrl-C) between mainpc's commit and pc2's failure; the
+    phase-wide revert never ran (mainpc on the new release, pc2 back on the old) and history said `reverted`."""
+    from playbooks import ledger
+    from playbooks.ending import Interrupted
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    ledger.append("started", rollout_id="r-s", phase="core", policy="revert-phase")
+    ledger.append("interrupted", rollout_id="r-s", phase="core", reason="Ctrl-C")
+    for h, o in (("mainpc", "committed"), ("pc2", "reverted")):
+        ledger.observe(h, {"rollout_id": "r-s", "state": "finished", "outcome": {"state": "good", "services": [
+            {"service": f"core-{h}", "outcome": o}]}})
+    e = ledger.rollouts()[0]
+    assert e["final"] == "needs-operator", e
+    assert e["note"].endswith("the phase is split: committed on mainpc, failed on pc2; its phase-wide revert (revert-phase) is"
+                              " the controller's and never ran: fab rollback -p core -H mainpc sends it back, or fix the"
+                              " release and roll the phase out again"), e["note"]
+    ledger.append("started", rollout_id="r-t", phase="core", policy="stop")  # --on-failure stop: apart is what was asked
+    for h, o in (("mainpc", "committed"), ("pc2", "reverted")):
+        ledger.observe(h, {"rollout_id": "r-t", "state": "finished", "outcome": {"state": "good", "services": [
+            {"service": f"core-{h}", "outcome": o}]}})
+    assert next(x for x in ledger.rollouts() if x["rollout_id"] == "r-t")["final"] == "reverted"
+    words = str(Interrupted("r-s", "core", ["mainpc", "pc2"], "revert-phase"))
+    assert "The phase-wide revert (--on-failure revert-phase) is this controller's and will not run" in words
+    assert "fab rollback -p core -H HOSTS" in words and "will not run" not in str(Interrupted("r", "core", ["mainpc"], "revert-phase"))
+
+
 def test_an_interrupted_rollback_that_refused_a_service_is_refused_in_history_as_when_finished(tmp_path, monkeypatch):
     """From an independent read: the controller's ending made such a rollback `refused` (3), but a rollback the operator
     left with Ctrl-C, observed later by fab status, still read `reverted` in fab history."""

@@ -38,7 +38,7 @@ def test_an_interrupted_second_phase_names_what_the_first_did_and_what_never_sta
     assert words.endswith("Not started: gpu-mainpc, gpu-pc2")
     assert "nothing was changed" not in words
     if isinstance(how, Interrupted):
-        assert "rollout r-web of web was running on pc2" in words and "fab status --follow" in words
+        assert "rollout r-web of web had these hosts in its plan: pc2" in words and "fab status --follow" in words
     else:
         assert "interrupted before phase web asked any host to change anything" in words
 
