@@ -220,8 +220,13 @@ def versions_op(args: dict[str, Any]) -> dict:
     except Exception as exc:  # noqa: BLE001 - the journal's record stands without Docker's view
         return _answer("versions", True, f"Docker not reachable, image presence unknown: {str(exc)[:200]}",
                        {"service": service, "versions": rows, "running": running})
+    journals = versions.all_journals()
     for r in rows:
         r["running"] = False
+        # `fab rollback --to` recreates a configuration some rollout set aside here: a version whose configuration went
+        # with its container (removed by hand, fab remove) is no target, however present its image (exploratory run).
+        if r["outcome"].startswith("committed"):
+            r["config_recorded"] = bool(versions.config_for(service, r["tag"], journals)[0])
     same = [r for r in rows if running and r["tag"] == running.get("tag") and r["digest"] == running.get("digest")]
     if same:  # one row runs: the start that made the container (its rollout id), else the latest start of that release
         mine = [r for r in same if r.get("rollout_id") == running.get("rollout_id")] or same

@@ -117,9 +117,13 @@ def revert_target(service: str, step: dict, labels: dict[str, str], running: boo
     nothing (its journal shows the start and no set-aside), so there is no earlier version to go back to.
     """
     to_tag = step.get("to_tag")
+    # `named`: the operator's -s named this service. What it asked for and cannot have is refused (3), not a quiet
+    # no-op (0): found by an exploratory run, `fab rollback -s S` of a first release, or of one removed by hand, exited 0.
+    named = bool(step.get("named"))
     if not running and not to_tag and not expect:
-        return RevertTarget(outcome=Outcome.SKIPPED, message=f"{service} is not running here and this host's journal has"
-                                                             " no committed release of it to go back from; nothing to revert")
+        return RevertTarget(outcome=Outcome.REFUSED if named else Outcome.SKIPPED, check="no-earlier-version",
+                            message=f"{service} is not running here and this host's journal has no committed release of it"
+                                    " to go back from; nothing to revert" + ("; roll it out (fab rollout)" if named else ""))
     if running and expect and labels.get(contract.ROLLOUT_ID) != expect:
         return RevertTarget(outcome=Outcome.REFUSED, check="not-this-rollout",
                             message=f"{service} runs the container of rollout {labels.get(contract.ROLLOUT_ID) or '(unknown)'},"
@@ -135,9 +139,14 @@ def revert_target(service: str, step: dict, labels: dict[str, str], running: boo
         return RevertTarget(config=recorded)
     if running and step.get("remove_if_no_prev") and not labels.get(contract.PREV_TAG):
         return RevertTarget(outcome=Outcome.REMOVED, message=f"{service} was new in this rollout; removed it")
-    if first:  # a phase rollback must not call the services it leaves alone refused, nor send the operator to roll out
+    if first and running and not named:  # a phase rollback must not call the services it leaves alone refused
         return RevertTarget(outcome=Outcome.SKIPPED, message=f"{service} has no earlier version on this host (rollout"
                                                              f" {expect} started its first container here); left as it is")
+    if first:
+        gone = "; it is not running here (removed by hand?): fab rollout starts its release again" if not running else ""
+        return RevertTarget(outcome=Outcome.REFUSED, check="no-earlier-version",
+                            message=f"{service} has no earlier version on this host (rollout {expect} started its first"
+                                    f" container here){gone}; nothing was changed")
     return RevertTarget(outcome=Outcome.REFUSED, check="no-recorded-config",
                         message=f"this host's journal has no recorded configuration of {service} from before rollout"
                                 f" {labels.get(contract.ROLLOUT_ID) or expect or '(unknown)'}; nothing was changed — roll out the"

@@ -217,7 +217,9 @@ def _replica_versions_text(out: dict) -> str:
         # Another start of what runs (a restart, a rollback to it) is no rollback target: `--to` it does nothing.
         same = bool(run) and v["tag"] == run.get("tag") and v["digest"] == run.get("digest")
         can = v["outcome"].startswith("committed") and v.get("image_present") and not v.get("running") and not same
-        mark = "running" if v.get("running") else ("same as running" if same else "rollback --to" if can else "-")
+        lost = can and v.get("config_recorded") is False  # its configuration went with its container: --to refuses it
+        mark = "running" if v.get("running") else ("same as running" if same else "- (configuration not kept)" if lost
+                                                   else "rollback --to" if can else "-")
         kind = f"{v['kind']} x{n} (newest)" if n > 1 else v["kind"]
         rows.append([when, v["tag"], (v["digest"] or "")[7:19], v["rollout_id"], v["operator"], kind, v["outcome"], mark])
     head = f"{out['service']} on {out['host']}" + (f" (running {out['running'].get('tag')})" if out.get("running") else " (not running)")

@@ -58,7 +58,8 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
             s.current_tag, s.current_digest = (running or {}).get("tag", ""), (running or {}).get("digest", "")
             s.reason = f"running release from rollout {rid or '(unknown)'}" + (f", back to {to_tag}" if to_tag else "")
             s.order, s.order_reason, s.drain_s = swap_order_of(inv, s.service, running is not None)
-            targets_of[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {})}
+            targets_of[(s.host, s.service)] = {"expect_rollout_id": rid, **({"to_tag": to_tag} if to_tag else {}),
+                                               **({"named": True} if service else {})}
         ledger.append("started", **common, plan=plan.to_json(ledger.redaction_key()))
 
         def args_for(h: str) -> dict:

@@ -50,6 +50,36 @@ def test_revert_target_covers_every_case():
     assert t.outcome == Outcome.REFUSED and t.check == "no-recorded-config"
 
 
+def test_a_rollback_of_a_named_service_with_nothing_to_go_back_to_is_refused_not_a_quiet_noop():
+    """Found by two exploratory runs: `fab rollback -p P -s S` of a first release, or of one whose container was removed
+    by hand, said 'skipped ... NOOP' and exited 0 (a script's `fab rollback && ...` went on)."""
+    named = {"named": True}
+    # running its first container: a phase rollback leaves it alone (skipped); one that names it is refused
+    assert decisions.revert_target("svc", {}, RUNNING, True, "r-new", {}, None, first=True).outcome == Outcome.SKIPPED
+    t = decisions.revert_target("svc", named, RUNNING, True, "r-new", {}, None, first=True)
+    assert t.outcome == Outcome.REFUSED and t.check == "no-earlier-version" and "nothing was changed" in t.message
+    # removed by hand after its first release: refused either way (the service is down), with the way back up
+    for step in ({}, named):
+        t = decisions.revert_target("svc", step, {}, False, "r-new", {}, None, first=True)
+        assert t.outcome == Outcome.REFUSED and "not running here (removed by hand?): fab rollout" in t.message
+    # never committed here at all: skipped in a phase rollback, refused when named
+    assert decisions.revert_target("svc", {}, {}, False, "", {}, None).outcome == Outcome.SKIPPED
+    assert decisions.revert_target("svc", named, {}, False, "", {}, None).outcome == Outcome.REFUSED
+
+
+def test_versions_marks_no_rollback_target_whose_configuration_went_with_its_container():
+    """Found by an exploratory run: after the container was removed by hand, fab versions offered 'rollback --to' for a
+    version whose configuration no rollout had set aside; --to then refused it."""
+    from playbooks.render import versions_text
+
+    row = {"tag": "T1", "digest": "sha256:" + "1" * 64, "ts": 0, "rollout_id": "r-1", "operator": "op", "kind": "rollout",
+           "outcome": "committed", "image_present": True, "running": False}
+    text = versions_text({"replicas": [{"service": "svc", "host": "pc2", "running": {}, "versions": [
+        {**row, "config_recorded": False}, {**row, "rollout_id": "r-2", "tag": "T2", "config_recorded": True}]}]})
+    assert "- (configuration not kept)" in next(x for x in text.splitlines() if "r-1" in x)
+    assert "rollback --to" in next(x for x in text.splitlines() if "r-2" in x)
+
+
 def _r(service: str, outcome: str, action="replace", **kw) -> ServiceResult:
     return ServiceResult(service, action, outcome=outcome, tried_tag="T2", tried_digest="sha256:2", tried_config="cfg:x", **kw)
 
