@@ -149,9 +149,12 @@ def status_text(st: dict) -> str:
         for s, v in info["services"].items():
             drift = "; ".join(x for x in (v["drift"], v.get("sha_drift")) if x) or "-"
             reported = (v.get("reported_git_sha") or "-")[:7] if "sha_drift" in v else "n/a"
-            state = f"{v['status']}, {v.get('restarts', 0)} restarts" if v["status"] != "absent" else "absent"
+            state = f"{v['status']}, {v.get('restarts', 0)} restarts" if v["status"] not in ("absent", "unknown") else v["status"]
             rows.append([h, s, v["tag"] or "-", (v["digest"] or "")[7:19] or "-", state, reported,
                          v["health"] or v["status"], drift])  # never cut: "crash loo" told nobody anything
+        if info.get("docker_error"):  # before the rest: every row above and the last rollout's word hang on it
+            notes.append(f"{h}: DOCKER DID NOT ANSWER: {info['docker_error']}; what runs there is unknown (its containers may"
+                         f" be running); look at dockerd on {h} (systemctl status docker), then fab status -H {h} again")
         for s, v in info["services"].items():
             if v.get("proxy"):
                 notes.append(f"{h}: proxy {s} {v['proxy']}")
@@ -183,19 +186,25 @@ def status_text(st: dict) -> str:
                 svc = ", ".join(f"{s} {o}" for s, o in (rec.get("services") or {}).items())
                 notes.append(f"{h}: recovered interrupted transaction {rec['rollout_id']} (stopped after"
                              f" {rec.get('interrupted_after')!r}): {svc}; host state {rec.get('state')}")
-        last = info.get("last_rollout")
-        if last:
-            o = last.get("outcome") or {}
-            what = f"{last['state']}" + (f", {'ok' if o.get('ok') else 'failed'}, host state {o.get('state')}" if o else "")
-            if o.get("recovered"):
-                what += f", recovered after an interruption at {o.get('interrupted_after')!r}"
-            if last["state"] == vocabulary.Journal.FINISHED:
-                svc = ", ".join(f"{x['service']} {x['outcome']}" for x in o.get("services", []))
-                what += f" ({svc})" if svc else ""
-            notes.append(f"{h}: last rollout {last['rollout_id']}: {what}")
+        if info.get("last_rollout"):
+            notes.append(_last_rollout_note(h, info))
     if st.get("collector") == "unreachable":
         notes.append("collector: not answering; git SHA drift not checked")
     return "\n".join([table(rows, ["host", "service", "tag", "digest", "state", "reported git", "health", "drift"])] + notes)
+
+
+def _last_rollout_note(h: str, info: dict) -> str:
+    """The host's last transaction as its journal tells it; beside a silent Docker, not taken for what runs now."""
+    last = info["last_rollout"]
+    o = last.get("outcome") or {}
+    what = f"{last['state']}" + (f", {'ok' if o.get('ok') else 'failed'}, host state {o.get('state')}" if o else "")
+    if o.get("recovered"):
+        what += f", recovered after an interruption at {o.get('interrupted_after')!r}"
+    if last["state"] == vocabulary.Journal.FINISHED:
+        svc = ", ".join(f"{x['service']} {x['outcome']}" for x in o.get("services", []))
+        what += f" ({svc})" if svc else ""
+    seen = " (its journal's record; Docker did not answer, so not what runs now)" if info.get("docker_error") else ""
+    return f"{h}: last rollout {last['rollout_id']}: {what}{seen}"
 
 
 def history_text(entries: list[dict], where: str) -> str:

@@ -140,21 +140,39 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
     out: dict[str, Any] = {"hosts": {}, "collector": None if not coll else ("ok" if reports is not None else "unreachable")}
     for h in inv.select_hosts(hosts):
         r = results[h]
-        if r.answer is None:
-            out["hosts"][h] = {"reachable": False, "error": r.error}
-            continue
-        data = r.answer.get("data") or {}
-        containers = {c["name"]: c for c in (data.get("docker") or {}).get("containers", [])}
-        services = {s: _service_row(inv, h, s, containers.get(s), data, reports) for s in inv.services_for(None, [h])}
-        out["hosts"][h] = {"reachable": True, "services": services, "lock": data.get("lock"), "last_rollout": data.get("last"),
-                           "recovered": r.answer.get("recovered") or [], "freezes": data.get("freezes") or [],
-                           "gpus": gpu_memory_view(inv, h, data.get("nvml")),
-                           "orphans": orphans(list(containers.values()), inv.services_for(None, [h]))}
+        out["hosts"][h] = {"reachable": False, "error": r.error} if r.answer is None else host_view(inv, h, r.answer, reports)
     record_recoveries(results)
     for h in inv.select_hosts(hosts):
         ledger.observe(h, out["hosts"][h].get("last_rollout"))
     swarm_rows(inv, out, inv.select_hosts(hosts))
     return out
+
+
+def host_view(inv: Inventory, h: str, answer: dict, reports: dict | None) -> dict[str, Any]:
+    """One reachable host's part of `fab status` from its agent's answer (pure).
+
+    A Docker daemon that did not answer (hung, stopped, its socket gone) says nothing about what
+    runs: its containers may all be running. Its rows then say "unknown" and unhealthy, never
+    "absent", and no orphan is listed from an empty list.
+    """
+    data = answer.get("data") or {}
+    docker = data.get("docker") or {}
+    placed = inv.services_for(None, [h])
+    base = {"reachable": True, "lock": data.get("lock"), "last_rollout": data.get("last"),
+            "recovered": answer.get("recovered") or [], "freezes": data.get("freezes") or [],
+            "gpus": gpu_memory_view(inv, h, data.get("nvml"))}
+    if not docker.get("ok"):
+        err = str(docker.get("error") or answer.get("msg") or "the agent's answer says nothing of Docker")
+        return {**base, "docker_error": err, "services": {s: docker_unknown_row(err) for s in placed}, "orphans": []}
+    containers = {c["name"]: c for c in docker.get("containers") or []}
+    services = {s: _service_row(inv, h, s, containers.get(s), data, reports) for s in placed}
+    return {**base, "services": services, "orphans": orphans(list(containers.values()), placed)}
+
+
+def docker_unknown_row(err: str) -> dict[str, Any]:
+    """A service's row on a host whose Docker daemon did not answer: what runs is unknown, not absent (pure)."""
+    return {"tag": None, "digest": None, "status": "unknown", "restarts": 0, "healthy": False,
+            "health": f"Docker daemon did not answer: {err}", "drift": "unknown (Docker did not answer)", "rollout_id": None}
 
 
 def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, reports: dict | None) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
     else:
         render.say(render.status_text(out))
     unhealthy = [f"{h} {s}" for h, info in out["hosts"].items() for s, v in (info.get("services") or {}).items() if not v["healthy"]]
-    if any(not h.get("reachable") for h in out["hosts"].values()) or unhealthy:
+    if any(not h.get("reachable") or h.get("docker_error") for h in out["hosts"].values()) or unhealthy:
         raise Exit(code=1)
 
 
