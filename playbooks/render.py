@@ -163,9 +163,11 @@ def status_text(st: dict) -> str:
             notes.append(f"{h}: GPU {g['index']} {g['name']}: {g['used_gb']:.1f} of {g['total_gb']:.1f} GB in use;"
                          f" budgets: {budgets}")
         for o in info.get("orphans") or []:
+            why = (f"fleetroll's container of {o['service']} under another name (renamed by hand?): no rollout touches it"
+                   if o.get("renamed") else "no longer in the inventory for this host")
             notes.append(f"{h}: ORPHAN {o['name']} ({o['tag'] or '?'}, {o['status']}): started by fleetroll (rollout"
-                         f" {o['rollout_id'] or '?'}), no longer in the inventory for this host; remove it with:"
-                         f" fab remove -s {o['name']} -H {h}")
+                         f" {o['rollout_id'] or '?'}), {why}; remove it with: fab remove -s {o['name']} -H {h}"
+                         + (f", then fab rollout {o['service']}'s phase" if o.get("renamed") else ""))
         for f in info.get("freezes") or []:
             kind = f"frozen automatically after rollout {f.get('rollout_id')}" if f.get("auto") else f"frozen by {f.get('by')}"
             under = f.get("kept_auto")

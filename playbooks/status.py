@@ -105,14 +105,16 @@ def gpu_memory_view(inv: Inventory, host: str, nvml: dict | None) -> list[dict[s
 
 
 def orphans(containers: list[dict], placed: list[str]) -> list[dict[str, Any]]:
-    """Containers fleetroll started on a host that the inventory no longer places there (pure).
+    """Containers fleetroll started on a host under a name the inventory does not place there (pure).
 
-    Kept containers of a transaction in progress (`<service>--kept-…`) are not orphans: the
-    transaction (or its recovery) owns them.
+    One whose service label names a placed service was renamed by hand (`docker rename rag-api
+    rag-api-old`): it is listed too, `renamed`, since no rollout will ever touch it. Kept
+    containers of a transaction (`<service>--kept-…`) are not orphans: the transaction (or its
+    recovery) owns them.
     """
     return [{"name": c["name"], "service": c.get("service") or c["name"], "tag": c.get("tag", ""), "status": c.get("status", ""),
-             "rollout_id": c.get("rollout_id", "")}
-            for c in containers if c["name"] not in placed and "--kept-" not in c["name"] and c.get("service") not in placed]
+             "rollout_id": c.get("rollout_id", ""), "renamed": c.get("service") in placed}
+            for c in containers if c["name"] not in placed and "--kept-" not in c["name"]]
 
 
 def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | None = None) -> dict[str, Any]:
@@ -165,14 +167,25 @@ def host_view(inv: Inventory, h: str, answer: dict, reports: dict | None) -> dic
         err = str(docker.get("error") or answer.get("msg") or "the agent's answer says nothing of Docker")
         return {**base, "docker_error": err, "services": {s: docker_unknown_row(err) for s in placed}, "orphans": []}
     containers = {c["name"]: c for c in docker.get("containers") or []}
+    found = orphans(list(containers.values()), placed)
     services = {s: _service_row(inv, h, s, containers.get(s), data, reports) for s in placed}
-    return {**base, "services": services, "orphans": orphans(list(containers.values()), placed)}
+    for o in found:
+        row = services.get(o["service"])
+        if o.get("renamed") and row is not None and containers.get(o["service"]) is None:
+            row["health"] = f"no container named {o['service']}; {renamed_words(o['name'], h)}"
+    return {**base, "services": services, "orphans": found}
 
 
 def docker_unknown_row(err: str) -> dict[str, Any]:
     """A service's row on a host whose Docker daemon did not answer: what runs is unknown, not absent (pure)."""
     return {"tag": None, "digest": None, "status": "unknown", "restarts": 0, "healthy": False,
             "health": f"Docker daemon did not answer: {err}", "drift": "unknown (Docker did not answer)", "rollout_id": None}
+
+
+def renamed_words(name: str, h: str) -> str:
+    """What to do about a fleetroll container of a placed service that runs under another name (pure)."""
+    return (f"a fleetroll container {name} holds this service's release: renamed by hand? fab remove -s {name} -H {h},"
+            " then fab rollout")
 
 
 def _service_row(inv: Inventory, h: str, s: str, c: dict | None, data: dict, reports: dict | None) -> dict[str, Any]:
