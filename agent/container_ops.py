@@ -190,9 +190,17 @@ def details_op(args: dict[str, Any]) -> dict:
             slot["container"] = entry
         else:
             slot["kept"].append(entry)
+    from . import lock
     from .freeze import all_freezes
+    from .kept import origins
 
-    return _answer("details", True, "", {"services": out, "freezes": all_freezes()})
+    try:  # who holds the lock, by the kernel's word: a kept container is a running transaction's or a leftover
+        holder = lock.read()
+    except lock.LockUnsafe as exc:
+        holder = {"unsafe": str(exc)}
+    kept = origins([k["name"] for slot in out.values() for k in slot["kept"]])
+    return _answer("details", True, "", {"services": out, "freezes": all_freezes(), "open": journal.open_ids(), "lock": holder,
+                                         "kept": kept})
 
 
 def versions_op(args: dict[str, Any]) -> dict:

@@ -113,6 +113,11 @@ def mark_closed(rollout_id: str) -> None:
         pass
 
 
+def ids() -> list[str]:
+    """Every journal kept here, by its file's name (the rollout id as path_for made it safe); none is read."""
+    return [p.name[: -len(".jsonl")] for p in _dir().glob("*.jsonl")]
+
+
 def open_ids() -> list[str]:
     """Transactions that were accepted and have not (yet) written their outcome."""
     d = _dir() / "open"

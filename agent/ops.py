@@ -210,8 +210,12 @@ def status(args: dict[str, Any]) -> dict:
         from .facts import nvml
 
         gpu = nvml()
+    from .kept import origins
+
+    # Whether a kept container is a transaction's or a leftover: open journals and the lock (above) say; no Docker call.
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
                    {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector,
+                    "open": journal.open_ids(), "kept": origins(list(running)),
                     "freezes": all_freezes(), "nvml": gpu, "proxy": proxied,
                     "foreign": foreign_by_name([s for s in args.get("health") or {} if s not in running]) if docker.get("ok") else {}})
 

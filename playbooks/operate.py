@@ -146,7 +146,9 @@ def details(inv: Inventory, service: str | None = None, hosts: list[str] | None 
             continue
         got = (r.answer.get("data") or {}).get("services") or {}
         freezes = (r.answer.get("data") or {}).get("freezes") or []
-        out["hosts"][h] = {"reachable": True, "freezes": freezes,
+        data = r.answer.get("data") or {}  # what holds a kept container now: open journals, the lock, who set it aside
+        tx = {k: data[k] for k in ("open", "lock", "kept") if k in data} if "open" in data else None
+        out["hosts"][h] = {"reachable": True, "freezes": freezes, "transaction": tx,
                            "services": {s: {**got.get(s, {"container": None, "kept": []}), "inventory_tag": inv.fleet.services[s].tag,
                                             "frozen": frozen_for(inv, s, freezes)} for s in names[h]}}
     if any(inv.fleet.engine_of(p) == "swarm" for p in inv.phases):

@@ -140,6 +140,8 @@ def rollout_text(r) -> str:
 
 
 def status_text(st: dict) -> str:
+    from .status import leftover_words
+
     rows, notes = [], []
     for h, info in st["hosts"].items():
         if not info.get("reachable"):
@@ -168,6 +170,8 @@ def status_text(st: dict) -> str:
             notes.append(f"{h}: ORPHAN {o['name']} ({o['tag'] or '?'}, {o['status']}): started by fleetroll (rollout"
                          f" {o['rollout_id'] or '?'}), {why}; remove it with: fab remove -s {o['name']} -H {h}"
                          + (f", then fab rollout {o['service']}'s phase" if o.get("renamed") else ""))
+        for k in info.get("kept_leftovers") or []:
+            notes.append(f"{h}: LEFTOVER {leftover_words(k, h)}")
         for f in info.get("freezes") or []:
             kind = f"frozen automatically after rollout {f.get('rollout_id')}" if f.get("auto") else f"frozen by {f.get('by')}"
             under = f.get("kept_auto")
@@ -280,8 +284,10 @@ def details_text(out: dict) -> str:
 
                 blocks.append("\n".join([*swarm_text(svc, h, d), *frozen]))
                 continue
+            kept = [f"  kept      {k['name']}: {k['tag']}@{k['digest'][:19]} ({k['status']}) — {_kept_words(k, h, info.get('transaction'))}"
+                    for k in d.get("kept") or []]  # with or without a container under the service's name
             if c is None:
-                blocks.append("\n".join([f"{svc} on {h}: no container (inventory tag {d['inventory_tag']})", *frozen]))
+                blocks.append("\n".join([f"{svc} on {h}: no container (inventory tag {d['inventory_tag']})", *kept, *frozen]))
                 continue
             state = c["status"] + (f", exit code {c['exit_code']}" if c["status"] == "exited" else "") + (", OOM-killed" if c["oom_killed"] else "")
             ports = ", ".join(f"{v}->{k}" for k, v in (c.get("ports") or {}).items()) or "-"
@@ -295,11 +301,26 @@ def details_text(out: dict) -> str:
             prev = c.get("prev")
             if prev:
                 lines.append(f"  -prev     {prev['tag']}@{prev['digest']} ({'pinned on the host' if prev['pinned'] else 'NOT on the host any more'})")
-            for k in d.get("kept") or []:
-                lines.append(f"  kept      {k['name']}: {k['tag']}@{k['digest'][:19]} ({k['status']}) — a transaction in progress or interrupted")
-            lines += frozen
+            lines += kept + frozen
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _kept_words(k: dict, h: str, tx: dict | None) -> str:
+    """Whose a kept container is, by what the host said: the running transaction's, an interrupted one's, or nobody's."""
+    from .status import nobody_holds_words
+
+    if tx is None:  # an agent that does not say: no claim either way
+        return "a transaction in progress, or one that ended and left it (the host's agent did not say which)"
+    lock = tx.get("lock") or {}
+    if lock.get("unsafe"):
+        return f"whether a transaction holds it is unknown: the host's lock cannot be trusted ({lock['unsafe']})"
+    if lock:
+        return f"held by the running transaction {lock.get('rollout_id') or '?'} (pid {lock.get('pid') or '?'})"
+    if tx.get("open"):
+        return (f"its transaction {', '.join(tx['open'])} is still open and no process holds the lock: interrupted, and its"
+                " recovery did not finish (fab status says why)")
+    return nobody_holds_words({**k, "left_by": (tx.get("kept") or {}).get(k["name"])}, h)
 
 
 def prune_text(out: dict) -> str:

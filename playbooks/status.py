@@ -173,7 +173,51 @@ def host_view(inv: Inventory, h: str, answer: dict, reports: dict | None) -> dic
         row = services.get(o["service"])
         if o.get("renamed") and row is not None and containers.get(o["service"]) is None:
             row["health"] = f"no container named {o['service']}; {renamed_words(o['name'], h)}"
-    return {**base, "services": services, "orphans": found}
+    left = kept_leftovers(list(containers.values()), data)
+    for k in left:
+        if k["service"] in services:
+            row = services[k["service"]]
+            row["drift"] = "; ".join(x for x in (row["drift"], leftover_words(k, h)) if x)
+    return {**base, "services": services, "orphans": found, "kept_leftovers": left}
+
+
+def kept_leftovers(containers: list[dict], data: dict) -> list[dict[str, Any]]:
+    """Kept containers (`<service>--kept-…`) no transaction holds now: no journal open, the lock free (pure).
+
+    A transaction removes its kept container on commit or starts it again on a revert; one whose revert
+    failed leaves it, running or not, and nothing removes it later. While a journal is open or the lock
+    is held (or cannot be read, or the agent does not say) it may be a transaction's own: none is listed.
+    """
+    if "open" not in data or data.get("open") or data.get("lock"):
+        return []
+    origins = data.get("kept") or {}
+    return [{"name": c["name"], "service": c.get("service") or c["name"].partition("--kept-")[0], "tag": c.get("tag", ""),
+             "status": c.get("status", ""), "left_by": origins.get(c["name"])} for c in containers if "--kept-" in c["name"]]
+
+
+def left_by_words(origin: dict | None) -> str:
+    """Which transaction set a kept container aside and how it ended, from the host's journal (pure)."""
+    if not origin:
+        return "left by a transaction whose journal is no longer on the host"
+    rid = origin.get("rollout_id")
+    if not origin.get("ended"):
+        return f"left by rollout {rid}, interrupted before it wrote an outcome"
+    if origin.get("outcome") == "revert-failed":
+        return f"left by rollout {rid} (its revert failed)"
+    return f"left by rollout {rid} (it ended {origin.get('outcome') or origin.get('state') or 'without an outcome for it'})"
+
+
+def leftover_words(k: dict[str, Any], h: str) -> str:
+    """A leftover kept container in words, with the command that removes it (pure).
+
+    `fab remove` takes a container by its name, under the host's lock (it refuses while a transaction runs).
+    """
+    return f"kept container {k['name']} ({k['status'] or '?'}, {k['tag'] or '?'}) {nobody_holds_words(k, h)}"
+
+
+def nobody_holds_words(k: dict[str, Any], h: str) -> str:
+    """Who left a kept container that no transaction holds, and what removes it (pure)."""
+    return f"{left_by_words(k.get('left_by'))}, no transaction holds it now; remove it with: fab remove -s {k['name']} -H {h}"
 
 
 def docker_unknown_row(err: str) -> dict[str, Any]:

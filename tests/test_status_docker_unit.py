@@ -63,3 +63,88 @@ def test_a_fleetroll_container_renamed_by_hand_is_an_orphan_and_its_service_s_ro
     text = render.status_text(st)
     assert "pc2: ORPHAN rag-api-old (T0, running)" in text and "renamed by hand?" in text
     assert "fab remove -s rag-api-old -H pc2" in text
+
+
+KEPT_DETAILS = {"name": "", "tag": "T0", "digest": "sha256:" + "ab" * 32, "status": "running"}
+
+
+@pytest.mark.usefixtures("host_state")
+def test_the_agent_says_which_rollout_set_a_kept_container_aside_and_whether_a_transaction_is_open(monkeypatch):
+    """The status answer carries open journals and each kept container's origin, from the state dir (no Docker call)."""
+    from agent import container_args, facts, journal, ops
+
+    journal.append("r-1", "accepted", kind="rollout")
+    journal.append("r-1", "done", ok=False, state="needs-operator", services=[{"service": "rag-api", "outcome": "revert-failed"}])
+    journal.append("r-2", "accepted", kind="rollout")
+    kept = container_args.kept_name("rag-api", "r-1")
+    monkeypatch.setattr(facts, "docker_facts", lambda: {"ok": True, "containers": [
+        {"name": kept, "service": "rag-api", "status": "running"}, {"name": "rag-api--kept-00000000", "service": "rag-api"}]})
+    monkeypatch.setattr(ops.lock, "read", lambda: None)
+    data = ops.status({})["data"]
+    assert data["open"] == []
+    assert data["kept"] == {kept: {"rollout_id": "r-1", "ended": True, "ok": False, "state": "needs-operator",
+                                   "outcome": "revert-failed"}}
+    from agent.kept import origins
+
+    assert origins([container_args.kept_name("rag-api", "r-2")])[container_args.kept_name("rag-api", "r-2")]["ended"] is False
+
+
+def test_a_kept_container_no_transaction_holds_is_named_by_status_with_the_command_that_removes_it(inv, monkeypatch):
+    """A revert failed, a later rollback succeeded: the kept container ran on and status exited 0 without a word."""
+    kept = {"name": "rag-api--kept-1a2b3c4d", "service": "rag-api", "tag": "T0", "status": "running"}
+    origin = {"rollout_id": "r-1", "ended": True, "ok": False, "state": "needs-operator", "outcome": "revert-failed"}
+    data = {"docker": {"ok": True, "containers": [kept]}, "open": [], "lock": None, "kept": {kept["name"]: origin}}
+    _answers(monkeypatch, lambda h: data)
+    st = status.status(inv, ["pc2"])
+    pc2 = st["hosts"]["pc2"]
+    assert [k["name"] for k in pc2["kept_leftovers"]] == [kept["name"]] and pc2["orphans"] == []
+    drift = pc2["services"]["rag-api"]["drift"]
+    assert "left by rollout r-1 (its revert failed), no transaction holds it now" in drift
+    assert "fab remove -s rag-api--kept-1a2b3c4d -H pc2" in drift
+    assert "pc2: LEFTOVER kept container rag-api--kept-1a2b3c4d (running, T0) left by rollout r-1" in render.status_text(st)
+    for held in ({"open": ["r-2"], "lock": None}, {"open": ["r-2"], "lock": {"rollout_id": "r-2", "pid": 7}},
+                 {"open": [], "lock": {"unsafe": "owned by another user"}}, {}):
+        data = {"docker": {"ok": True, "containers": [kept]}, **held}
+        assert status.kept_leftovers([kept], data) == [], held  # a transaction's own, or nobody said: no claim
+
+
+def test_details_words_a_kept_container_by_what_holds_it(inv, monkeypatch):
+    """`fab details` said "a transaction in progress or interrupted" of a kept container nothing held any more."""
+    from playbooks import operate
+
+    kept = {**KEPT_DETAILS, "name": "rag-api--kept-1a2b3c4d"}
+    origin = {"rollout_id": "r-1", "ended": True, "ok": False, "state": "needs-operator", "outcome": "revert-failed"}
+    tx = {"open": [], "lock": None, "kept": {kept["name"]: origin}}
+
+    def details_for(host_says):
+        _answers(monkeypatch, lambda h: {"services": {"rag-api": {"container": None, "kept": [kept]}}, **host_says})
+        return render.details_text(operate.details(inv, "rag-api"))
+
+    text = details_for(tx)
+    assert "left by rollout r-1 (its revert failed), no transaction holds it now" in text
+    assert "fab remove -s rag-api--kept-1a2b3c4d -H pc2" in text and "in progress" not in text
+    text = details_for({**tx, "open": ["r-2"], "lock": {"rollout_id": "r-2", "pid": 42}})
+    assert "held by the running transaction r-2 (pid 42)" in text and "no transaction holds it" not in text
+    assert "is still open and no process holds the lock" in details_for({**tx, "open": ["r-2"]})
+    assert "did not say which" in details_for({})
+
+
+@pytest.mark.usefixtures("host_state")
+def test_the_agent_s_details_answer_says_what_holds_its_kept_containers(monkeypatch):
+    """details_op adds the open journals, the lock and each kept container's origin to what Docker said."""
+    from types import SimpleNamespace
+
+    from agent import container_args, container_ops, contract, facts, journal, lock
+
+    journal.append("r-1", "accepted", kind="rollout")
+    journal.append("r-1", "done", ok=False, state="needs-operator", services=[{"service": "rag-api", "outcome": "revert-failed"}])
+    name = container_args.kept_name("rag-api", "r-1")
+    labels = {contract.MANAGED: "true", contract.SERVICE: "rag-api", contract.TAG: "T0"}
+    attrs = {"Id": "c" * 64, "Name": "/" + name, "State": {"Status": "running", "Running": True}, "Config": {"Labels": labels},
+             "HostConfig": {}, "NetworkSettings": {}}
+    box = SimpleNamespace(attrs=attrs, labels=labels, name=name)
+    monkeypatch.setattr(facts, "docker_client", lambda: SimpleNamespace(containers=SimpleNamespace(list=lambda **kw: [box])))
+    monkeypatch.setattr(lock, "read", lambda: None)
+    data = container_ops.details_op({"services": {"rag-api": ""}})["data"]
+    assert [k["name"] for k in data["services"]["rag-api"]["kept"]] == [name]
+    assert data["open"] == [] and data["lock"] is None and data["kept"][name]["outcome"] == "revert-failed"
