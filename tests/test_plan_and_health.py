@@ -271,6 +271,35 @@ def test_a_gate_probes_last_at_its_deadline_not_up_to_an_interval_after_it(monke
     assert round(g.elapsed_s, 3) == 3.01  # was up to 3.0 + 0.25 + a probe
 
 
+def test_a_daemon_that_holds_the_state_past_the_deadline_fails_the_gate_and_says_why(monkeypatch):
+    """Found by an exploratory run: dockerd stopped 30 s during the gate of a release with a 5 s deadline; the state read
+    waited it out, the probe after it passed, and the gate said 'healthy after 30.04s'. Nothing was seen in time."""
+    from agent import health
+    from agent.motion import points_away
+
+    clock = [100.0]
+    monkeypatch.setattr(health, "probe", lambda url, timeout: health.Probe(True, "HTTP 200"))
+    monkeypatch.setattr(health.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(health.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    reads = iter([(True, 0, "running"), "stall"] + [(True, 0, "running")] * 100)
+
+    def state():
+        got = next(reads)
+        if got == "stall":
+            clock[0] += 30.0  # the daemon answers 30 s later
+            return True, 0, "running"
+        return got
+
+    g = health.gate("http://x/health", healthy_deadline=5, min_healthy_time=0, interval=0.25, container_state=state)
+    assert not g.ok and g.phase == "deadline", g
+    assert "did not answer the container's state for 30s; the 5s deadline passed meanwhile" in g.reason, g.reason
+    assert points_away(Exception(), g.reason, {}), "not the release's fault: no freeze"
+    # a state unknown from the start is no '(restarts -1)': the first answer sets what a restart is counted from
+    unknown = iter([(False, -1, "unknown (the Docker daemon did not answer)")] + [(True, 4, "running")] * 100)
+    g = health.gate("http://x/health", healthy_deadline=5, min_healthy_time=0.5, interval=0.25, container_state=lambda: next(unknown))
+    assert g.ok, g
+
+
 def test_history_says_a_rollout_s_transaction_was_stopped_by_a_forced_unlock(tmp_path, monkeypatch):
     """Found on the lab: fab unlock --force was recorded only on the host (unlocks.jsonl); fab history never said it."""
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "l.jsonl"))
