@@ -317,7 +317,9 @@ def conclude(kind: str, report, results: dict[str, transport.CallResult], common
     if report.pins:
         report.messages.append(f"pins written to {ledger.write_pins(report.rollout_id, report.pins)}")
     report.elapsed_s = time.monotonic() - t0
+    unobserved = sorted(h for h, r in results.items() if r.answer is None)
     ledger.append("finished", **common, final=report.state, services=[{"host": h, **s} for h, s in all_svcs],
+                  **({"unobserved": unobserved} if unobserved and report.state == State.NEEDS_OPERATOR else {}),
                   needs_operator=needs, pins=report.pins, messages=report.messages, elapsed_s=round(report.elapsed_s, 3),
                   **({"timings": host_times.to_json(report.timings)} if report.timings else {}))
     return report

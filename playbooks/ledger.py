@@ -39,6 +39,11 @@ def append(kind: str, **fields: Any) -> dict:
         d = _pending_dir()
         d.mkdir(parents=True, exist_ok=True)
         (d / _safe(rid)).write_text(json.dumps({"rollout_id": rid}))
+    elif kind == Record.FINISHED and rid and fields.get("unobserved"):
+        # Found by an exploratory run: a rollout that lost a host's link ended needs-operator, and stayed so in fab
+        # history after fab status had read how that host ended. The marker stays for those hosts (observe()).
+        _pending_dir().mkdir(parents=True, exist_ok=True)
+        (_pending_dir() / _safe(rid)).write_text(json.dumps({"rollout_id": rid, "hosts": list(fields["unobserved"])}))
     elif kind in (Record.FINISHED, Record.REFUSED) and rid:
         (_pending_dir() / _safe(rid)).unlink(missing_ok=True)
     rec = {"kind": kind, "ts": round(time.time(), 3), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
@@ -72,7 +77,7 @@ def observe(host: str, last: dict[str, Any] | None) -> None:
         mark = json.loads(marker.read_text())
     except (FileNotFoundError, ValueError):
         return
-    if host in mark.get("observed", []):
+    if host in mark.get("observed", []) or ("hosts" in mark and host not in mark["hosts"]):
         return
     o = last["outcome"]
     append(Record.OBSERVED, rollout_id=rid, host=host, host_rollout_id=last.get("rollout_id"), state=o.get("state"),
@@ -153,6 +158,7 @@ def _judge_unfinished(entry: dict) -> None:
     if unlocks:
         entry["note"] = f"{entry['note']}; {unlocks}" if entry.get("note") else unlocks
     if entry.get("finished") is not None:
+        _observed_after(entry, hosts)
         return
     why = entry.get("interruption") or "the controller stopped before the end"
     if hosts:
@@ -168,6 +174,34 @@ def _judge_unfinished(entry: dict) -> None:
             entry["final"], entry["note"] = "needs-operator", f"{entry['note']}; {split}"
     elif entry.get("interruption"):
         entry["final"] = "interrupted by the operator (hosts finished on their own; see fab status)"
+
+
+def _observed_after(entry: dict, hosts: dict) -> None:
+    """A finished rollout that did not observe some host: how those hosts ended, once fab status read it (see append)."""
+    late = {h: v for h, v in hosts.items() if h in (entry.get("unobserved") or [])}
+    if not late:
+        return
+    seen = set(late)
+    outcomes = [s.get("outcome", "") for s in entry.get("services") or [] if s.get("host") not in seen]
+    outcomes += [o for _kind, svcs, _st in late.values() for o in svcs.values()]
+    state = state_of(outcomes)
+    was = entry.get("final")
+    entry["final"] = str(rollback_state(state, outcomes) if entry.get("rollback") else state)
+    said = "; ".join(f"{h} ended " + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "with no service changed") + f" (host {st})"
+                     for h, (_kind, svcs, st) in late.items())
+    missing = sorted(set(entry["unobserved"]) - seen)
+    entry["note"] = "; ".join(x for x in (entry.get("note"), f"the command ended {was} (no outcome from {', '.join(entry['unobserved'])});"
+                                          f" fab status read later: {said}" + (f"; still not heard: {', '.join(missing)}" if missing else ""))
+                              if x)
+    if missing:
+        entry["final"] = was
+        return
+    every = {h: ("", {}, "") for h in {s.get("host") for s in entry.get("services") or []}}
+    for svc in entry.get("services") or []:
+        every[svc.get("host")][1][svc.get("service")] = svc.get("outcome", "")
+    split = _split_phase(entry, {**every, **late})
+    if split:
+        entry["final"], entry["note"] = "needs-operator", f"{entry['note']}; {split}"
 
 
 def _split_phase(entry: dict, hosts: dict) -> str:

@@ -170,6 +170,26 @@ def test_an_interrupted_rollout_whose_hosts_ended_apart_is_a_split_phase_that_ne
     assert "fab rollback -p core -H HOSTS" in words and "will not run" not in str(Interrupted("r", "core", ["mainpc"], "revert-phase"))
 
 
+def test_a_finished_rollout_that_lost_a_host_takes_that_host_s_outcome_once_status_reads_it(tmp_path, monkeypatch):
+    """Found by an exploratory run: a rollout that lost pc2's link ended needs-operator (right then); fab status later read
+    that pc2 had reverted, and fab history still said needs-operator with no note."""
+    from playbooks import ledger
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    ledger.append("started", rollout_id="r-L", phase="cpu", policy="revert-phase")
+    ledger.append("finished", rollout_id="r-L", phase="cpu", final="needs-operator", unobserved=["pc2"],
+                  services=[{"host": "mainpc", "service": "a", "outcome": "reverted"}])
+    assert ledger.rollouts()[0]["final"] == "needs-operator" and ledger.pending() == {"r-L"}
+    ledger.observe("mainpc", {"rollout_id": "r-L", "state": "finished", "outcome": {"state": "good", "services": [
+        {"service": "a", "outcome": "committed"}]}})  # a host the command did hear: its record stands
+    ledger.observe("pc2", {"rollout_id": "r-L", "state": "finished", "outcome": {"state": "good", "services": [
+        {"service": "b", "outcome": "reverted"}]}})
+    e = ledger.rollouts()[0]
+    assert e["final"] == "reverted", e
+    assert "the command ended needs-operator (no outcome from pc2); fab status read later: pc2 ended b reverted (host good)" in e["note"]
+    assert len([r for r in ledger.read() if r["kind"] == "observed"]) == 1
+
+
 def test_an_interrupted_rollback_that_refused_a_service_is_refused_in_history_as_when_finished(tmp_path, monkeypatch):
     """From an independent read: the controller's ending made such a rollback `refused` (3), but a rollback the operator
     left with Ctrl-C, observed later by fab status, still read `reverted` in fab history."""
