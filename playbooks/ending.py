@@ -236,8 +236,11 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
             said = "read its last log lines above (that container is gone)"
         elif s.get("engine") == "swarm":  # nobody read them here: Swarm keeps the failed task's logs (fab logs asks it)
             said = f"what its task wrote: fab logs -s {svc} -H {host}"
-        else:
-            said = "it wrote no log lines; its last /health answer is above (that container is gone)"
+        else:  # only what describe_failure printed: an answer, a probe's failure, or the failure's own words
+            last = (s.get("gate") or {}).get("last") or {}
+            shown = ("its last /health answer is above" if last.get("status") is not None or last.get("body")
+                     else "its last /health probe is above" if last.get("reason") else "what failed is said above")
+            said = f"it wrote no log lines; {shown} (that container is gone)"
         look = f"{said}; fab details -s {svc} -H {host}"
     if s.get("check") == Step.RECOVERED and s.get("outcome") == Outcome.REVERTED:  # cut short (a forced unlock, a crash):
         again = {"restart": f"restart it again: fab restart -s {svc} -H {host} --inventory {inventory}",
@@ -265,6 +268,9 @@ def next_step(kind: str, host: str, s: dict, phase: str, inventory: str) -> str:
         return f"{look}; fab status -H {host}"
     if s.get("outcome") == Outcome.REFUSED:
         return f"fix what is named above, then: fab rollout --phase {phase} --inventory {inventory}"
+    if s.get("at_fault") is False:  # not frozen: 'fix the image' would contradict the line above it (exploratory run)
+        return (f"{look}; what failed points away from the release (said above): once that is dealt with, the same release"
+                f" may go again: fab rollout --phase {phase} --inventory {inventory}")
     return (f"{look}; fix the image (a new tag) or its configuration in {inventory}, then:"
             f" fab rollout --phase {phase} --inventory {inventory}")
 

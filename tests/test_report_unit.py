@@ -246,9 +246,17 @@ def test_a_failed_release_that_wrote_no_log_lines_is_not_sent_to_fab_logs():
     `fab logs -s vision-api`, which shows the old container now running, not the one that failed."""
     from playbooks.ending import next_step
 
-    s = {"service": "vision-api", "action": "replace", "outcome": "reverted", "check": "health-deadline", "details": {}}
+    s = {"service": "vision-api", "action": "replace", "outcome": "reverted", "check": "health-deadline", "details": {},
+         "gate": {"last": {"status": 200, "body": '{"status": "degraded"}'}}}
     line = next_step("rollout", "mainpc", s, "gpu", "inv.yml")
     assert "fab logs" not in line and "it wrote no log lines; its last /health answer is above (that container is gone)" in line
+    # Found by another: 'its last /health answer is above' where no answer was printed (nothing ever answered; a GPU check)
+    refused = {**s, "gate": {"last": {"reason": "no answer (connection refused)"}}}
+    assert "its last /health probe is above" in next_step("rollout", "mainpc", refused, "gpu", "inv.yml")
+    assert "what failed is said above" in next_step("rollout", "mainpc", {**s, "gate": {}}, "gpu", "inv.yml")
+    # not frozen (the daemon went away): no 'fix the image', which the line above it contradicted
+    away = next_step("rollout", "mainpc", {**s, "at_fault": False}, "gpu", "inv.yml")
+    assert "fix the image" not in away and "the same release may go again: fab rollout --phase gpu" in away
 
 
 def test_a_refused_rollback_or_restart_is_not_sent_to_logs_and_a_rollback_again():
