@@ -335,7 +335,9 @@ def diff(running: CreateArgs, spec: dict, image_env: dict[str, str] | None = Non
     want_binds = set(from_spec({**spec, "env": {}}, "", {})["binds"])
     out += [f"volume {b}: added" for b in sorted(want_binds - have_binds)]
     out += [f"volume {b}: removed" for b in sorted(have_binds - want_binds)]
-    pairs = [("gpus", running.get("gpus", 0), gpus_count(spec.get("gpus"))),
+    shown_gpus = {-1: "all", 0: "none"}  # Docker's count: -1 is every card (found leaking as 'gpus: -1 -> 1')
+    have_g, want_g = running.get("gpus", 0), gpus_count(spec.get("gpus"))
+    pairs = [("gpus", shown_gpus.get(have_g, have_g), shown_gpus.get(want_g, want_g)),
              ("user", running.get("user") or contract.IMAGE_USER, spec.get("user") or contract.IMAGE_USER),
              ("restart", running.get("restart") or "no", spec.get("restart", "unless-stopped")),
              ("stop_timeout", int(running.get("stop_timeout") or 10), int(spec.get("stop_timeout", 10))),

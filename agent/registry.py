@@ -273,7 +273,7 @@ class RegistryClient:
         host, repo, ref_tag = split_ref(ref)
         r = self._get(host, repo, f"manifests/{ref_tag}", ACCEPT)
         if r.status_code == 404:
-            raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
+            raise _missing(ref, host, repo, r.content)
         if r.status_code in (401, 403):
             raise self._refused(ref, host, r)
         if not r.ok:
@@ -291,7 +291,7 @@ class RegistryClient:
         host, repo, ref_tag = split_ref(ref)
         r = self._get(host, repo, f"manifests/{ref_tag}", ACCEPT)
         if r.status_code == 404:
-            raise RegistryError("missing", f"{ref}: no such tag in registry {host}")
+            raise _missing(ref, host, repo, r.content)
         if r.status_code in (401, 403):
             raise self._refused(ref, host, r)
         if not r.ok:
@@ -359,3 +359,15 @@ def _short(exc: Exception) -> str:
         if marker in text:
             return marker
     return text[:160]
+
+
+def _missing(ref: str, host: str, repo: str, body: bytes) -> RegistryError:
+    """A 404 for a manifest, in the registry's own words: no such repository (the image's name or the org is wrong)
+    or no such tag in it. Found by an exploratory run: a misspelled image was told to fix its tag."""
+    try:
+        codes = {e.get("code") for e in json.loads(body or b"{}").get("errors") or [] if isinstance(e, dict)}
+    except (ValueError, AttributeError):
+        codes = set()
+    if "NAME_UNKNOWN" in codes:
+        return RegistryError("missing", f"{ref}: no repository {repo} in registry {host}")
+    return RegistryError("missing", f"{ref}: no such tag in registry {host}")

@@ -279,6 +279,8 @@ def _image_checks(inv: Inventory, host: str, services: list[str], cc: str | None
                               " HTTP, false: HTTPS) in the inventory",
             }.get(kind, "check the registry")
             err = str(info.get("error", ""))
+            if kind == "missing" and ": no repository " in err:  # the name is wrong, not the tag (the agent's words)
+                fix = f"check services.{s}.image and registry.org: {ref.rsplit(':', 1)[0]} is not in the registry"
             if kind == "unreachable" and ("WRONG_VERSION_NUMBER" in err or "wrong version number" in err.lower()):
                 # TLS spoken to a plain-HTTP registry: it answered, in the other protocol
                 fix = ("the registry answers plain HTTP, not HTTPS: if that is meant (a registry on your own network),"

@@ -36,7 +36,7 @@ def test_ports_volumes_gpu_user_restart_and_health_settings():
     out = container_args.diff(have, want)
     assert "port 8080/tcp: 8001 -> 127.0.0.1:8002" in out
     assert "volume /srv/models2:/models:ro: added" in out and "volume /srv/models:/models:ro: removed" in out
-    assert "gpus: 0 -> -1" in out and "restart: unless-stopped -> always" in out
+    assert "gpus: none -> all" in out and "restart: unless-stopped -> always" in out
     assert "health.path: /health -> /ready" in out and "health.healthy_deadline: None -> 60" in out
     assert container_args.diff(running({"A": "1"}), spec({"A": "1"})) == []
 

@@ -53,7 +53,9 @@ def registry_handler(blob_port: int):
                 return self.send(401, WWW_Authenticate=f'Bearer realm="http://127.0.0.1:{port}/token",service="reg"')
             if "/manifests/" in self.path:
                 if self.path.endswith("/nosuch"):
-                    return self.send(404)
+                    return self.send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}')
+                if "/acme/typo/" in self.path:  # as the Docker registry answers for a repository it does not have
+                    return self.send(404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}')
                 return self.send(200, MANIFEST, Content_Type="application/vnd.oci.image.manifest.v1+json")  # no digest header
             if "/blobs/" in self.path:
                 return self.send(307, Location=f"http://127.0.0.1:{blob_port}/storage/blob")
@@ -104,7 +106,11 @@ def test_a_config_the_host_already_holds_is_not_fetched_and_the_digest_still_com
 def test_missing_tag_and_unreachable_registry_are_named(registry):
     with pytest.raises(RegistryError) as exc:
         RegistryClient(insecure=True).digest(f"{registry}/acme/svc:nosuch")
-    assert exc.value.kind == "missing"
+    assert exc.value.kind == "missing" and "no such tag" in str(exc.value)
+    # a misspelled image (or org) is said to be one: it was told to fix its tag (exploratory run)
+    with pytest.raises(RegistryError) as exc:
+        RegistryClient(insecure=True).inspect(f"{registry}/acme/typo:20261126-abcdef0")
+    assert exc.value.kind == "missing" and str(exc.value).endswith(f": no repository acme/typo in registry {registry}")
     with pytest.raises(RegistryError) as exc:
         RegistryClient(insecure=True, timeout=1).digest("127.0.0.1:9/acme/svc:20261126-abcdef0")
     assert exc.value.kind == "unreachable" and "Connection refused" in str(exc.value)
