@@ -232,7 +232,8 @@ FLEET_NOTES: dict[str, Doc] = {
         "count: 1",
         "preflight `gpus`; inventory validation (a service's `gpus: N` may not exceed it)."),
     "hosts.<name>.gpus.compute_capability": Doc(
-        "The cards' compute capability, `major.minor`; quote it so YAML keeps it a string.",
+        "The cards' compute capability, `MAJOR.MINOR` with one digit after the dot, as `nvidia-smi --query-gpu=compute_cap`"
+        " prints it; quote it so YAML keeps it a string.",
         'compute_capability: "8.9"',
         "preflight `gpus` (each card) and `image:<service>` (a GPU image's CUDA arch-list label must cover it; covered"
         " only by PTX of a lower arch is a warning)."),

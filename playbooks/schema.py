@@ -59,8 +59,18 @@ class Registry(_Strict):
 class GpuSpec(_Strict):
     model: str
     count: int = Field(ge=1)
-    compute_capability: str = Field(pattern=r"^\d+\.\d$")
+    compute_capability: str
     min_driver: str = DEFAULT_MIN_DRIVER
+
+    @field_validator("compute_capability")
+    @classmethod
+    def _capability(cls, v: str) -> str:
+        """MAJOR.MINOR as NVIDIA writes it: a regex in the error told the operator nothing (exploratory run: "8.90")."""
+        if not re.fullmatch(r"\d+\.\d", v):
+            raise ValueError(f"compute_capability {v!r} must be MAJOR.MINOR with one digit after the dot, as"
+                             " `nvidia-smi --query-gpu=compute_cap --format=csv` prints it: \"8.9\" for an RTX 4090,"
+                             " \"8.6\" for an RTX 3060")
+        return v
 
     @field_validator("min_driver")
     @classmethod

@@ -194,3 +194,10 @@ def test_a_wrong_key_in_a_secret_reference_is_one_error_at_that_key(tmp_path):
     """Found by an exploratory run: `{secret: tok, as: files}` gave two errors, one of them 'should be a valid string'."""
     out = problems(tmp_path, BASE.replace(SVC, SVC + "    env: {TOK: {secret: tok, as: files}}\n"))
     assert len(out) == 1 and "services.api.env.TOK.as: Input should be 'env' or 'file' (got 'files')" in out[0], out
+
+
+def test_a_compute_capability_that_is_no_major_minor_says_what_it_must_look_like(tmp_path):
+    """Found by an exploratory run: quoting "8.90" as advised gave 'String should match pattern ^\\d+\\.\\d$'."""
+    out = problems(tmp_path, BASE.replace('compute_capability: "8.9"', 'compute_capability: "8.90"'))
+    assert len(out) == 1 and "compute_capability '8.90' must be MAJOR.MINOR with one digit after the dot" in out[0], out
+    assert "pattern" not in out[0]
