@@ -24,7 +24,7 @@ _WHERE = {
     "POLICIES": "playbooks.rollout", "acceptances_path": "playbooks.rollout", "rollout": "playbooks.rollout",
     "rollout_all": "playbooks.rollout", "security_gate": "playbooks.rollout", "swap_notes": "playbooks.rollout",
     "gpu_memory_view": "playbooks.status", "proxy_route_view": "playbooks.status", "service_health": "playbooks.status",
-    "sha_drift": "playbooks.status", "status": "playbooks.status",
+    "sha_drift": "playbooks.status", "status": "playbooks.status", "needs_attention": "playbooks.status",
 }
 __all__ = sorted(_WHERE)
 

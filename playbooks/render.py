@@ -157,6 +157,7 @@ def status_text(st: dict) -> str:
         if info.get("docker_error"):  # before the rest: every row above and the last rollout's word hang on it
             notes.append(f"{h}: DOCKER DID NOT ANSWER: {info['docker_error']}; what runs there is unknown (its containers may"
                          f" be running); look at dockerd on {h} (systemctl status docker), then fab status -H {h} again")
+        notes += [f"{h}: GPU NOT AS THE INVENTORY SAYS: {p}" for p in info.get("gpu_problems") or []]
         for s, v in info["services"].items():
             if v.get("proxy"):
                 notes.append(f"{h}: proxy {s} {v['proxy']}")

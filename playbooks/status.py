@@ -150,6 +150,29 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
     return out
 
 
+def needs_attention(out: dict[str, Any]) -> bool:
+    """fab status's exit 1 (pure): a host unreachable, its Docker silent, a kept container left, its cards not the
+    inventory's, or a service not healthy."""
+    return any(not h.get("reachable") or h.get("docker_error") or h.get("kept_leftovers") or h.get("gpu_problems")
+               or any(not v["healthy"] for v in (h.get("services") or {}).values()) for h in out["hosts"].values())
+
+
+def gpu_problems(inv: Inventory, h: str, nvml: dict | None) -> dict[str, Any]:
+    """{"gpu_problems": [...]} when the host's cards or driver are not what the inventory says, else {} (pure).
+
+    Found by an exploratory run: with mainpc's RTX 4090 swapped for an RTX 3060 (or its driver below min_driver),
+    fab status printed the card and said nothing; only a rollout's preflight compared it. The same check, on the
+    NVML facts status reads anyway.
+    """
+    spec = inv.fleet.hosts[h].gpus
+    if spec is None or nvml is None:
+        return {}
+    from .preflight import FAIL, _gpu_checks
+
+    found = [f"{c.detail} ({c.fix})" for c in _gpu_checks(h, spec, nvml) if c.status == FAIL]
+    return {"gpu_problems": found} if found else {}
+
+
 def host_view(inv: Inventory, h: str, answer: dict, reports: dict | None) -> dict[str, Any]:
     """One reachable host's part of `fab status` from its agent's answer (pure).
 
@@ -162,7 +185,7 @@ def host_view(inv: Inventory, h: str, answer: dict, reports: dict | None) -> dic
     placed = inv.services_for(None, [h])
     base = {"reachable": True, "lock": data.get("lock"), "last_rollout": data.get("last"),
             "recovered": answer.get("recovered") or [], "freezes": data.get("freezes") or [],
-            "gpus": gpu_memory_view(inv, h, data.get("nvml"))}
+            "gpus": gpu_memory_view(inv, h, data.get("nvml")), **gpu_problems(inv, h, data.get("nvml"))}
     if not docker.get("ok"):
         err = str(docker.get("error") or answer.get("msg") or "the agent's answer says nothing of Docker")
         return {**base, "docker_error": err, "services": {s: docker_unknown_row(err) for s in placed}, "orphans": []}

@@ -119,7 +119,7 @@ def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=F
 @task(help={"json": "JSON output", "hosts": "limit to these hosts", "inventory": "inventory file",
             "follow": "first re-attach to transactions running now (after Ctrl-C or a lost link) and wait for them"})
 def status(c, json=False, hosts=None, inventory=None, follow=False):
-    """What runs where: tag, digest, health, drift, last rollout, locks. Exit 1 if a host or service is unhealthy or a kept container is left."""
+    """What runs where: tag, digest, health, drift, last rollout, locks. Exit 1 when something needs looking at."""
     from . import executor, operate, render
 
     inv = _inventory(inventory, json)
@@ -139,8 +139,7 @@ def status(c, json=False, hosts=None, inventory=None, follow=False):
         render.dump_json(out)
     else:
         render.say(render.status_text(out))
-    unhealthy = [f"{h} {s}" for h, info in out["hosts"].items() for s, v in (info.get("services") or {}).items() if not v["healthy"]]
-    if any(not h.get("reachable") or h.get("docker_error") or h.get("kept_leftovers") for h in out["hosts"].values()) or unhealthy:
+    if executor.needs_attention(out):
         raise Exit(code=1)
 
 

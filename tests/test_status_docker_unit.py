@@ -148,3 +148,22 @@ def test_the_agent_s_details_answer_says_what_holds_its_kept_containers(monkeypa
     data = container_ops.details_op({"services": {"rag-api": ""}})["data"]
     assert [k["name"] for k in data["services"]["rag-api"]["kept"]] == [name]
     assert data["open"] == [] and data["lock"] is None and data["kept"][name]["outcome"] == "revert-failed"
+
+
+def test_cards_or_a_driver_not_as_the_inventory_says_are_named_by_status_and_exit_1(inv, monkeypatch):
+    """Found by an exploratory run: mainpc's RTX 4090 swapped for an RTX 3060 (or its driver below min_driver) and fab
+    status printed the card without a word; only a rollout's preflight compared it with the inventory."""
+    spec = inv.fleet.hosts["mainpc"].gpus
+    good = {"ok": True, "driver_version": "999.1", "gpus": [
+        {"index": 0, "name": spec.model, "compute_capability": spec.compute_capability, "memory_mib": 24564,
+         "memory_used_mib": 0}]}
+    swapped = {**good, "gpus": [{**good["gpus"][0], "name": "NVIDIA GeForce RTX 3060", "compute_capability": "8.6"}]}
+    for nvml, bad in ((good, False), (swapped, True)):
+        _answers(monkeypatch, lambda h, n=nvml: {"docker": {"ok": True, "containers": []}, "nvml": n})
+        st = status.status(inv, ["mainpc"])
+        found = st["hosts"]["mainpc"].get("gpu_problems") or []
+        assert bool(found) is bad, found
+    assert "GPU 0 is 'NVIDIA GeForce RTX 3060', inventory expects" in found[0]
+    assert f"mainpc: GPU NOT AS THE INVENTORY SAYS: {found[0]}" in render.status_text(st)
+    assert status.needs_attention({"hosts": {"mainpc": {"reachable": True, "services": {}, "gpu_problems": found}}})
+    assert not status.needs_attention({"hosts": {"mainpc": {"reachable": True, "services": {}}}})
