@@ -35,3 +35,10 @@ def test_a_missing_address_fails_the_port_check_naming_it_and_the_fix(tmp_path):
     assert "ip -brief address" in c.fix
     [ok] = _port_checks(inv, "mainpc", ["edge", "llm"], {"ports": [], "docker": {"containers": []}, "addresses_missing": []})
     assert ok.status == "pass"
+
+
+def test_ports_are_not_called_someone_else_s_when_docker_did_not_answer(tmp_path):
+    """Found by an exploratory run: with dockerd SIGSTOPped, the service's own port read as 'in use: stop what holds it'."""
+    inv = load(write(tmp_path, FLEET))
+    [c] = _port_checks(inv, "pc2", ["plain"], {"ports": [9000], "docker": {"ok": False, "error": "no answer within 10 s"}})
+    assert c.status == "warn" and c.detail.startswith("not checked: Docker did not answer") and "ss -ltnp" not in c.fix

@@ -233,3 +233,17 @@ def test_unlock_force_stops_a_confirmed_holder_that_inherited_the_lock(tmp_path)
         except ProcessLookupError:
             pass
         p.wait()
+
+
+def test_unlock_without_force_tells_another_account_it_may_not_stop_the_holder(monkeypatch):
+    """Found by an exploratory run: the second operator account was told '--force stops that process'; its --force then
+    (rightly) refused, the holder being the first account's."""
+    import os
+
+    from agent import unlock_op
+
+    mine = {"pid": os.getpid()}
+    assert unlock_op._force_words(mine).startswith("--force stops that process")
+    monkeypatch.setattr(os, "geteuid", lambda: 12345)  # another, unprivileged account; pid 1 is root's
+    words = unlock_op._force_words({"pid": 1})
+    assert words.startswith("that process belongs to another account (uid 0)") and "--force stops" not in words
