@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import procgroup
+
 NAMES = ("pre-rollout", "post-rollout", "on-revert")
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -43,15 +45,24 @@ def run(inventory_path: Path, name: str, payload: dict[str, Any], timeout: float
     env = {**os.environ, "FLEETROLL_HOOK": name, "FLEETROLL_ROLLOUT_ID": str(payload.get("rollout_id", "")),
            "FLEETROLL_PHASE": str(payload.get("phase", "")), "FLEETROLL_STATE": str(payload.get("state", "")),
            "FLEETROLL_INVENTORY": str(inventory_path)}
-    try:
-        r = subprocess.run([str(p)], input=json.dumps(payload, default=str), capture_output=True, text=True, timeout=timeout,
-                           env=env, cwd=str(inventory_path.parent))
-    except subprocess.TimeoutExpired:
-        return HookResult(name, str(p), ran=True, ok=False, detail=f"did not finish within {timeout:g} s (FLEETROLL_HOOK_TIMEOUT)")
+    try:  # a session of its own: a timeout or Ctrl-C stops the hook and everything it started (procgroup)
+        proc = subprocess.Popen([str(p)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env, cwd=str(inventory_path.parent), start_new_session=True)
     except OSError as exc:
         return HookResult(name, str(p), ran=False, ok=False, detail=f"could not be run: {exc.strerror}")
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(json.dumps(payload, default=str), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stopped = procgroup.stop(proc)
+            return HookResult(name, str(p), ran=True, ok=False,
+                              detail=f"did not finish within {timeout:g} s (FLEETROLL_HOOK_TIMEOUT); fleetroll {stopped};"
+                                     " make it finish sooner or raise FLEETROLL_HOOK_TIMEOUT")
+        except KeyboardInterrupt:
+            procgroup.stop(proc)
+            raise
     from .remote import clean_text
 
-    tail = clean_text(" | ".join((r.stdout + r.stderr).strip().splitlines()[-3:]))[:500]
-    return HookResult(name, str(p), ran=True, ok=r.returncode == 0,
-                      detail=(f"exit {r.returncode}" + (f": {tail}" if tail else "")) if r.returncode else tail)
+    tail = clean_text(" | ".join((stdout + stderr).strip().splitlines()[-3:]))[:500]
+    return HookResult(name, str(p), ran=True, ok=proc.returncode == 0,
+                      detail=(f"exit {proc.returncode}" + (f": {tail}" if tail else "")) if proc.returncode else tail)

@@ -39,3 +39,52 @@ def test_failing_timing_out_and_unrunnable_hooks_fail_with_a_reason(tmp_path):
     inv = hook(tmp_path, "post-rollout", "exit 0\n", mode=0o644)
     r = hooks.run(inv, "post-rollout", {})
     assert not r.ok and "not an executable file; fix: chmod +x" in r.detail
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """The process with this pid (one the test's own hook recorded) has ended: absent, or a zombie no one reaped yet."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_timed_out_hook_is_stopped_with_every_process_it_started(tmp_path):
+    """Found by an exploratory run: a hook's `sleep 300` kept running, re-parented to PID 1, after the timeout."""
+    inv = hook(tmp_path, "pre-rollout", 'sleep 300 &\necho $! > "$(dirname "$0")/child.pid"\nsleep 300\n')
+    r = hooks.run(inv, "pre-rollout", {}, timeout=0.5)
+    assert not r.ok and "did not finish within 0.5 s (FLEETROLL_HOOK_TIMEOUT)" in r.detail
+    assert "stopped it and every process it started (process group" in r.detail and "raise FLEETROLL_HOOK_TIMEOUT" in r.detail
+    assert _gone(int((tmp_path / "hooks/child.pid").read_text())), "the hook's background child outlived the timeout"
+
+
+def test_ctrl_c_while_a_hook_runs_stops_its_process_group_too(tmp_path, monkeypatch):
+    import subprocess
+    import time
+
+    import pytest
+
+    inv = hook(tmp_path, "pre-rollout", 'sleep 300 &\necho $! > "$(dirname "$0")/child.pid"\nsleep 300\n')
+    pid_file = tmp_path / "hooks/child.pid"
+
+    original = subprocess.Popen.communicate
+
+    def ctrl_c(self, input=None, timeout=None):  # only the hook's own call: other threads of this worker may run commands too
+        if self.args != [str(tmp_path / "hooks/pre-rollout")]:
+            return original(self, input, timeout)
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            time.sleep(0.02)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        hooks.run(inv, "pre-rollout", {}, timeout=30)
+    assert _gone(int(pid_file.read_text()))
