@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import ledger
+from . import ledger, procgroup
 
 HEADING = re.compile(r"^###\s+(?P<id>[a-z0-9][a-z0-9-]*)\s+[—-]+\s+(?P<title>.+?)\s*$")
 FENCE = re.compile(r"^```sh(?P<opts>[^\n`]*)$")
@@ -131,22 +131,54 @@ def run(path: Path, start: str | None = None, yes: bool = False, confirm=None, o
             print(f"stopped before {step.id}; resume with: fab runbook {path} --from {step.id}", file=out)
             break
         t0 = time.monotonic()
-        proc = subprocess.run(["bash", "-eo", "pipefail", "-c", step.command], cwd=cwd, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            code, lines = _execute(step.command, cwd, env)
+        except _Interrupted as cut:  # recorded as interrupted, not lost: the ledger says where the run stopped
+            elapsed = time.monotonic() - t0
+            ledger.append("runbook-step", rollout_id=rid, runbook=str(path), step=step.id, ok=False, exit_code=cut.code,
+                          expected=step.expect_exit, elapsed_s=round(elapsed, 2), output_tail=cut.lines[-80:], interrupted=True)
+            print("\n".join(f"   | {line}" for line in cut.lines[-15:]), file=out)
+            print(f"INTERRUPTED step {step.id} (Ctrl-C) after {elapsed:.1f}s: fleetroll {cut.stopped}; recorded in the ledger"
+                  f" as interrupted\ncheck what it had done, then resume with: fab runbook {path} --from {step.id}", file=out, flush=True)
+            raise KeyboardInterrupt from None
         elapsed = time.monotonic() - t0
-        lines = proc.stdout.splitlines()
-        ok = proc.returncode == step.expect_exit
-        res = StepResult(step.id, ok, proc.returncode, step.expect_exit, round(elapsed, 2), lines[-80:])
+        ok = code == step.expect_exit
+        res = StepResult(step.id, ok, code, step.expect_exit, round(elapsed, 2), lines[-80:])
         results.append(res)
-        ledger.append("runbook-step", rollout_id=rid, runbook=str(path), step=step.id, ok=ok, exit_code=proc.returncode,
+        ledger.append("runbook-step", rollout_id=rid, runbook=str(path), step=step.id, ok=ok, exit_code=code,
                       expected=step.expect_exit, elapsed_s=res.elapsed_s, output_tail=lines[-80:])
         print("\n".join(f"   | {line}" for line in lines[-15:]), file=out)
         if not ok:
-            print(f"FAILED step {step.id}: exit {proc.returncode}, expected {step.expect_exit} ({elapsed:.1f}s)\n"
+            print(f"FAILED step {step.id}: exit {code}, expected {step.expect_exit} ({elapsed:.1f}s)\n"
                   f"fix it, then resume with: fab runbook {path} --from {step.id}", file=out)
             break
         print(f"   ok ({elapsed:.1f}s)", file=out, flush=True)
     return results
+
+
+class _Interrupted(Exception):
+    """Ctrl-C while a step ran: its process group is stopped; what it had printed and how it ended."""
+
+    def __init__(self, code: int | None, lines: list[str], stopped: str) -> None:
+        super().__init__(stopped)
+        self.code, self.lines, self.stopped = code, lines, stopped
+
+
+def _execute(command: str, cwd: Path | None, env: dict[str, str]) -> tuple[int, list[str]]:
+    """Run a step's command by bash in a session of its own: (exit code, output lines).
+
+    Ctrl-C reaches only the foreground process group, and bash starts `cmd &` with SIGINT
+    ignored: an exploratory run's `sleep 200 &` outlived the runbook. So the step gets a group
+    of its own, and Ctrl-C here stops that whole group (procgroup) before it goes on, as _Interrupted.
+    """
+    with subprocess.Popen(["bash", "-eo", "pipefail", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
+        try:
+            output, _ = proc.communicate()
+        except KeyboardInterrupt:
+            stopped = procgroup.stop(proc, ctrl_c_first=True)
+            raise _Interrupted(proc.returncode, procgroup.output_after_stop(proc)[0].splitlines(), stopped) from None
+    return proc.returncode, output.splitlines()
 
 
 def _ask(step: Step) -> bool:

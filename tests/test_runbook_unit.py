@@ -126,3 +126,39 @@ def test_documented_variables_are_the_ones_the_tool_reads(monkeypatch, tmp_path)
 def test_a_success_text_wrapped_over_lines_is_kept_whole():
     steps = runbook.parse("### one — x\n```sh\ntrue\n```\nSuccess: exit 4 with `FAILED …`,\n`now: …` and the next command.\n\nMore prose.\n")
     assert steps[0].success == "exit 4 with `FAILED …`, `now: …` and the next command."
+
+
+def test_ctrl_c_stops_the_steps_whole_process_group_and_records_it_as_interrupted(tmp_path, monkeypatch):
+    """Found by an exploratory run: on Ctrl-C a step's `sleep 200 &` survived, and the step was not in the ledger."""
+    import subprocess
+    import time
+
+    from .test_hooks_unit import _gone
+
+    pid_file = tmp_path / "child.pid"
+    rb = tmp_path / "rb.md"
+    rb.write_text('### long — runs a while\n```sh\nsleep 200 &\necho $! > "$PIDF"\necho started\nsleep 100\n```\nSuccess: y\n')
+    monkeypatch.setenv("PIDF", str(pid_file))
+    original = subprocess.Popen.communicate
+
+    pressed = []
+
+    def ctrl_c_once(self, *args, **kwargs):  # only the step's own call: other threads of this worker may run commands too
+        if self.args[:2] == ["bash", "-eo"] and "$PIDF" in self.args[-1] and not pressed:
+            pressed.append(self.pid)
+            while not pid_file.exists() or not pid_file.read_text().strip():
+                time.sleep(0.02)
+            time.sleep(0.1)
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", ctrl_c_once)
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        runbook.run(rb, yes=True, out=out)
+    assert _gone(int(pid_file.read_text())), "the step's background child outlived Ctrl-C"
+    text = out.getvalue()
+    assert "INTERRUPTED step long (Ctrl-C)" in text and "stopped it and every process it started (process group" in text
+    assert "recorded in the ledger as interrupted" in text and "--from long" in text and "| started" in text
+    [rec] = [r for r in ledger.read() if r["kind"] == "runbook-step"]
+    assert rec["step"] == "long" and rec["interrupted"] is True and rec["ok"] is False and rec["output_tail"] == ["started"]
