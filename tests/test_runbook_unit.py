@@ -162,3 +162,40 @@ def test_ctrl_c_stops_the_steps_whole_process_group_and_records_it_as_interrupte
     assert "recorded in the ledger as interrupted" in text and "--from long" in text and "| started" in text
     [rec] = [r for r in ledger.read() if r["kind"] == "runbook-step"]
     assert rec["step"] == "long" and rec["interrupted"] is True and rec["ok"] is False and rec["output_tail"] == ["started"]
+
+
+def _sbom_step_with_a_collector(tmp_path, status: dict) -> tuple[int, list[str], int]:
+    """The repo runbook's sbom-sha-check, run as `fab runbook` runs a step, with a fake `fab` answering `status` (and no waits)."""
+    import json
+    import os
+
+    step = next(s for s in runbook.parse((ROOT / "docs" / "runbook.md").read_text()) if s.id == "sbom-sha-check")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    fakes = {"fab": f'echo "$*" >> "{tmp_path}/calls"\nif [ "$2" = --json ]; then cat "{tmp_path}/status.json"; else echo table; fi\n',
+             "sleep": "exit 0\n"}
+    for name, body in fakes.items():
+        (bin_ / name).write_text("#!/bin/sh\n" + body)
+        (bin_ / name).chmod(0o755)
+    (tmp_path / "run").mkdir()
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "FLEETROLL_RUN_DIR": str(tmp_path / "run")}
+    code, lines = runbook._execute(step.command, tmp_path, env)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    return code, lines, calls.count("status --json")
+
+
+def test_the_sbom_sha_check_step_fails_when_its_check_never_passes(tmp_path):
+    """Found by an exploratory run: 20x `AssertionError: collector not answering`, yet the step passed (exit 0): the
+    retry loop's `python3 ... && break` swallowed the failure and the last `fab status` decided the step."""
+    code, lines, tries = _sbom_step_with_a_collector(tmp_path, {"collector": "down", "hosts": {}})
+    assert code != 0 and tries == 20, (code, tries)
+    text = "\n".join(lines)
+    assert text.count("AssertionError: collector not answering") == 20 and "reported and matching" not in text
+    assert "sbom-sha-check FAILED: the check failed all 20 tries" in text
+
+
+def test_the_sbom_sha_check_step_passes_once_the_check_does(tmp_path):
+    ok = {"collector": "ok", "hosts": {"pc2": {"services": {"hello": {"sha_drift": "", "reported_git_sha": "0123456789abcdef"}}}}}
+    code, lines, tries = _sbom_step_with_a_collector(tmp_path, ok)
+    assert code == 0 and tries == 1 and "reported and matching: hello=0123456789ab" in lines and lines[-1] == "table", lines
