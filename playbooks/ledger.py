@@ -236,13 +236,37 @@ def _operator_act(rec: dict) -> dict:
         note = f"fab prune --keep {rec.get('keep')} on {hosts}"
         phase = "(prune)"
     else:
-        final = ("frozen" if kind == "freeze" else "thawed") + ("" if rec.get("ok", True) else " (not on every host)")
-        if kind == "thaw" and rec.get("changed") == []:  # every host answered that nothing was frozen there
-            final = "nothing was frozen"
-        note = f"fab {kind} on {hosts}: {rec.get('reason')!r}"
+        final, note = _freeze_words(rec)
         phase = rec.get("phase", "")
     return {"rollout_id": f"{kind}-{rec.get('time', '')}", "started": rec.get("time"), "finished": rec.get("time"),
             "operator": rec.get("operator", ""), "phase": phase, "final": final, "note": note, "kind": kind}
+
+
+def _freeze_words(rec: dict) -> tuple[str, str]:
+    """(final, note) of a `fab freeze`/`fab thaw` row: the hosts it changed, and those that did not answer.
+
+    An exploratory run's partial freeze (pc2 unreachable) read "fab freeze on mainpc, pc2", and a thaw of
+    a freeze pc2 alone held "fab thaw on mainpc, pc2, bad-driver": every host asked, as if each had changed.
+    """
+    kind, hosts, ok, reason = rec["kind"], rec.get("hosts") or [], rec.get("ok", True), rec.get("reason")
+    if "changed" not in rec:  # a ledger written before records said which hosts changed: the hosts asked is all it knows
+        final = ("frozen" if kind == "freeze" else "thawed") + ("" if ok else " (not on every host)")
+        return final, f"fab {kind} on {', '.join(hosts) or '(no host)'}: {reason!r}"
+    changed = rec["changed"]
+    # Records before `failed`: an answering host always changes a freeze, and a thaw that ok says every host answered.
+    failed = rec.get("failed", [h for h in hosts if h not in changed] if kind == "freeze" or ok else None)
+    if kind == "freeze":
+        final = ("frozen" + ("" if ok else " (not on every host)")) if changed else "not frozen: no host answered"
+    elif changed:
+        final = "thawed" + ("" if ok else " (not on every host)")
+    else:
+        final = "nothing was frozen" if ok else "nothing thawed (not every host answered)"
+    unanswered = [h for h in hosts if h not in changed] if failed is None else failed
+    still = "not frozen there" if kind == "freeze" else "a freeze there stays"
+    why = ("did not answer or had nothing frozen" if failed is None else
+           f"did not answer: {still}") if unanswered else ""
+    missing = f" ({', '.join(unanswered)} {why})" if unanswered else ""
+    return final, f"fab {kind} on {', '.join(changed) or 'no host'}{missing}: {reason!r}"
 
 
 def _removal(rec: dict) -> dict:

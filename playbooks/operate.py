@@ -30,11 +30,12 @@ def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, host
     who = operator()
     results = transport.on_hosts(inv, targets, "freeze", lambda h: {"phase": phase, "reason": reason, "thaw": thaw, "operator": who},
                                  timeout=30)
-    lines, ok, changed = [], True, []
+    lines, ok, changed, failed = [], True, [], []
     for h in targets:
         r = results[h]
         if r.answer is None or not r.ok:
             ok = False
+            failed.append(h)
             lines.append(f"{h}: FAILED: {r.error or (r.answer or {}).get('msg')}")
         else:
             lines.append(f"{h}: {r.answer.get('msg')}")
@@ -44,7 +45,7 @@ def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, host
         known = ", ".join(p.name for p in inv.phases)
         return False, [*lines, f"no host holds a freeze of phase {phase!r}, and phases.yml has no such phase (phases: {known})"]
     ledger.append("thaw" if thaw else "freeze", phase=phase, operator=who, reason=reason, hosts=targets, ok=ok,
-                  changed=changed, inventory=str(inv.path))
+                  changed=changed, failed=failed, inventory=str(inv.path))
     return ok, lines
 
 

@@ -42,3 +42,37 @@ def test_a_thaw_of_a_name_no_phase_has_and_no_host_froze_is_exit_1_not_thawed(tm
         for h in hosts})
     assert operate.set_freeze(inv, "gpu-mainpc", "nothing there", thaw=True)[0]
     assert ledger.rollouts()[-1]["final"] == "nothing was frozen"
+
+
+def test_a_partial_freeze_or_thaw_names_only_the_hosts_it_changed_and_those_that_did_not_answer(tmp_path, monkeypatch):
+    """Found by an exploratory run: `fab freeze -p core-infra` with pc2 unreachable said "freeze is incomplete", yet
+    history read "fab freeze on mainpc, pc2"; a thaw of pc2's freeze read "fab thaw on mainpc, pc2, bad-driver"."""
+    from types import SimpleNamespace
+
+    from playbooks import operate, transport
+    from playbooks.inventory import load
+
+    from .conftest import ROOT
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    inv = load(ROOT / "inventory" / "fleet.yml")
+    down = SimpleNamespace(answer=None, ok=False, error="ssh: connect to host pc2: No route to host")
+    monkeypatch.setattr(transport, "on_hosts", lambda inv, hosts, op, req, **kw: {
+        h: down if h == "pc2" else SimpleNamespace(answer={"ok": True, "msg": "frozen", "changed": True}, ok=True, error="")
+        for h in hosts})
+    ok, _ = operate.set_freeze(inv, "core-infra", "maint window")
+    assert not ok and ledger.read()[-1]["failed"] == ["pc2"]
+    row = ledger.rollouts()[-1]
+    assert row["final"] == "frozen (not on every host)"
+    assert row["note"] == "fab freeze on mainpc (pc2 did not answer: not frozen there): 'maint window'", row["note"]
+    ledger.append("freeze", phase="core-infra", operator="al", reason="w", hosts=["mainpc", "pc2"], ok=False, changed=["mainpc"])
+    assert ledger.rollouts()[-1]["note"] == "fab freeze on mainpc (pc2 did not answer: not frozen there): 'w'", "a record before failed"
+    ledger.append("thaw", phase="cpu-pc2", operator="al", reason="done", hosts=["mainpc", "pc2", "bad-driver"], ok=True,
+                  changed=["pc2"], failed=[])
+    assert (ledger.rollouts()[-1]["final"], ledger.rollouts()[-1]["note"]) == ("thawed", "fab thaw on pc2: 'done'")
+    ledger.append("thaw", phase="cpu-pc2", operator="al", reason="d", hosts=["mainpc", "pc2"], ok=False, changed=[], failed=["pc2"])
+    row = ledger.rollouts()[-1]
+    assert row["final"] == "nothing thawed (not every host answered)"
+    assert row["note"] == "fab thaw on no host (pc2 did not answer: a freeze there stays): 'd'", row["note"]
+    text = render.history_text(ledger.rollouts(), "ledger.jsonl")
+    assert "fab freeze on mainpc, pc2" not in text and "fab thaw on mainpc" not in text
