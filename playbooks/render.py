@@ -112,7 +112,10 @@ def _row_refs(s: dict) -> str:
     if failed_release and s.get("check") == "phase-revert" and (s.get("gate") or {}).get("ok") and s.get("tried_tag"):
         return f"{s['tried_tag']} (passed its gate; sent back with its phase) -> {after}"  # not its failure
     if failed_release and s.get("outcome") in vocabulary.FAILED and s.get("tried_tag"):
-        return f"{s['tried_tag']} (failed) -> {after}"
+        # A transaction cut short (a forced unlock, a killed agent) judged nothing: 'failed' contradicted the words
+        # under it, 'nothing judged the release' (exploratory run).
+        cut = s.get("check") == vocabulary.Step.RECOVERED and not s.get("at_fault", True)
+        return f"{s['tried_tag']} ({'interrupted, not judged' if cut else 'failed'}) -> {after}"
     if s.get("outcome") == vocabulary.Outcome.SKIPPED and s.get("tried_tag"):  # a later batch, or after a failed service
         return f"{s['tried_tag']} (not started) -> {after}"
     return f"{s.get('before_tag') or '(none)'} -> {after}"

@@ -375,3 +375,14 @@ def test_back_to_back_restarts_of_one_version_are_one_row_with_their_count():
     assert len(body) == 6, lines  # running; 49 restarts as one; the rollout; and three rows that each say something apart
     assert "restart x49 (newest)" in next(x for x in body if "r-1 " in x) and not any("r-2 " in x for x in body)
     assert "r-0 " in body[0] and "running" in body[0] and "x" not in body[0].split()[5]
+
+
+def test_a_release_whose_transaction_was_cut_short_is_not_called_failed_in_its_row():
+    """Found by an exploratory run: after fab unlock --force mid-gate the row said 'T2 (failed) -> T1' while the words
+    under it said 'nothing judged the release'."""
+    from playbooks.render import _row_refs
+
+    s = {"service": "svc", "action": "replace", "outcome": "reverted", "check": "recovered", "at_fault": False,
+         "tried_tag": "T2", "after_tag": "T1", "after_digest": "sha256:" + "1" * 64, "revert_gate": {"ok": True}}
+    assert _row_refs(s) == "T2 (interrupted, not judged) -> T1@111111111111"
+    assert _row_refs({**s, "at_fault": True}) == "T2 (failed) -> T1@111111111111"  # it was seen failing before the cut
