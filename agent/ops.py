@@ -202,6 +202,7 @@ def status(args: dict[str, Any]) -> dict:
         state = Journal.FINISHED if done else (Journal.RUNNING if holder and not holder.get("unsafe") else Journal.INTERRUPTED)
         last_info = {"rollout_id": last, "state": state, "outcome": redact_record(done, key), "steps": len(records),
                      "last_step": redact_record(records[-1], key) if records else None}
+    earlier = _finished_earlier(args.get("pending") or [], last)
     from .facts import proxy_view
     from .freeze import all_freezes
 
@@ -216,9 +217,27 @@ def status(args: dict[str, Any]) -> dict:
     # Whether a kept container is a transaction's or a leftover: open journals and the lock (above) say; no Docker call.
     return _answer("status", docker.get("ok", False), docker.get("error", ""),
                    {"docker": docker, "health": probes, "lock": holder, "last": last_info, "collector": collector,
-                    "open": journal.open_ids(), "kept": origins(list(running)),
+                    "open": journal.open_ids(), "kept": origins(list(running)), "earlier": earlier,
                     "freezes": all_freezes(), "nvml": gpu, "proxy": proxied,
                     "foreign": foreign_by_name([s for s in args.get("health") or {} if s not in running]) if docker.get("ok") else {}})
+
+
+def _finished_earlier(pending: list, last: str) -> list[dict[str, Any]]:
+    """How transactions the controller never saw end did end here, when a later one is this host's last.
+
+    Found by an exploratory run: a rollout killed with the controller, then superseded by the next rollout, stayed
+    'unfinished' in fab history for good: status reports only the host's last transaction. The controller names
+    the rollouts it still waits to hear of (a handful at most); only those journals are read.
+    """
+    from .container_args import redact_record
+
+    out = []
+    for rid in [r for r in pending if isinstance(r, str)][:20]:
+        for hid in (rid, f"{rid}-revert"):
+            done = journal.outcome(journal.read(hid)) if hid != last else None
+            if done:
+                out.append({"rollout_id": hid, "state": Journal.FINISHED, "outcome": redact_record(done, journal.redaction_key())})
+    return out
 
 
 def _collector_services(port: int) -> dict:

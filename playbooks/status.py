@@ -127,7 +127,11 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
                              "gpu": inv.fleet.hosts[h].gpus is not None, "proxy": bool(inv.fleet.proxied_on(h))}
         if h == coll_host:
             a["collector_port"] = inv.fleet.services[coll].port_pairs()[0][0]
+        if waiting:  # rollouts this controller never saw end: the host says how they did, even under a later one
+            a["pending"] = waiting
         return a
+
+    waiting = sorted(ledger.pending())[-20:]
 
     if coll_host and coll_host not in targets:
         targets = [*targets, coll_host]
@@ -145,6 +149,8 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
         out["hosts"][h] = {"reachable": False, "error": r.error} if r.answer is None else host_view(inv, h, r.answer, reports)
     record_recoveries(results)
     for h in inv.select_hosts(hosts):
+        for earlier in ((results[h].answer or {}).get("data") or {}).get("earlier") or []:
+            ledger.observe(h, earlier)
         ledger.observe(h, out["hosts"][h].get("last_rollout"))
     swarm_rows(inv, out, inv.select_hosts(hosts))
     return out

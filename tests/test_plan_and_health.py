@@ -294,6 +294,14 @@ def test_a_daemon_that_holds_the_state_past_the_deadline_fails_the_gate_and_says
     assert not g.ok and g.phase == "deadline", g
     assert "did not answer the container's state for 30s; the 5s deadline passed meanwhile" in g.reason, g.reason
     assert points_away(Exception(), g.reason, {}), "not the release's fault: no freeze"
+    # a failing release stays the release's failure however slow the daemon was (found by CI under load: a busy host
+    # made a failing release's last attempt late, and 'did not answer' then kept it unfrozen)
+    clock[0] = 100.0
+    monkeypatch.setattr(health, "probe", lambda url, timeout: health.Probe(False, "HTTP 500"))
+    reads = iter([(True, 0, "running"), "stall"] + [(True, 0, "running")] * 100)
+    g = health.gate("http://x/health", healthy_deadline=5, min_healthy_time=0, interval=0.25, container_state=state)
+    assert not g.ok and g.reason == "not healthy within 5s: HTTP 500", g.reason
+    monkeypatch.setattr(health, "probe", lambda url, timeout: health.Probe(True, "HTTP 200"))
     # a state unknown from the start is no '(restarts -1)': the first answer sets what a restart is counted from
     unknown = iter([(False, -1, "unknown (the Docker daemon did not answer)")] + [(True, 4, "running")] * 100)
     g = health.gate("http://x/health", healthy_deadline=5, min_healthy_time=0.5, interval=0.25, container_state=lambda: next(unknown))

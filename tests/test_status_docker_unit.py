@@ -167,3 +167,34 @@ def test_cards_or_a_driver_not_as_the_inventory_says_are_named_by_status_and_exi
     assert f"mainpc: GPU NOT AS THE INVENTORY SAYS: {found[0]}" in render.status_text(st)
     assert status.needs_attention({"hosts": {"mainpc": {"reachable": True, "services": {}, "gpu_problems": found}}})
     assert not status.needs_attention({"hosts": {"mainpc": {"reachable": True, "services": {}}}})
+
+
+def test_a_rollout_superseded_before_status_read_its_end_is_still_matched_with_how_it_ended(inv, monkeypatch, tmp_path):
+    """Found by an exploratory run: a rollout killed with its controller, then superseded by the next rollout, stayed
+    'unfinished (controller stopped before the end)' in fab history for good (status read only the host's last)."""
+    from agent import journal, ops
+    from playbooks import ledger
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    ledger.append("started", rollout_id="r-killed", phase="cpu-pc2")
+    ends = {"r-killed": {"state": "good", "services": [{"service": "rag-api", "outcome": "committed"}]}}
+    monkeypatch.setattr(journal, "read", lambda rid: [rid] if rid in ends else [])
+    monkeypatch.setattr(journal, "outcome", lambda recs: ends.get(recs[0]) if recs else None)
+    said = ops._finished_earlier(["r-killed", "r-never", 7], last="r-next")
+    assert [x["rollout_id"] for x in said] == ["r-killed"] and said[0]["state"] == "finished"
+    assert ops._finished_earlier(["r-killed"], last="r-killed") == []  # the last one is reported as such already
+    asked = []
+
+    def data_for(h):
+        return {"docker": {"ok": True, "containers": []}, "earlier": said if h == "pc2" else []}
+
+    def on_hosts(inventory, hosts, op, args_for, **kw):
+        asked.extend(args_for(h).get("pending") for h in hosts)
+        return {h: transport.CallResult(h, True, {"protocol": transport.PROTOCOL, "ok": True, "msg": "", "data": data_for(h)})
+                for h in hosts}
+
+    monkeypatch.setattr(transport, "on_hosts", on_hosts)
+    status.status(inv, ["pc2"])
+    assert asked == [["r-killed"]]
+    e = next(x for x in ledger.rollouts() if x["rollout_id"] == "r-killed")
+    assert e["final"] == "committed" and "finished on pc2 (rag-api committed" in e["note"], e
