@@ -12,11 +12,14 @@ import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from . import contract, listening
 from .registry import RegistryClient, RegistryError
 from .timestamps import up_seconds
+
+TYPE_CHECKING = False  # importing typing costs every agent call ~2.5 ms; Any is only ever an annotation here
+if TYPE_CHECKING:
+    from typing import Any
 
 HOOK = "nvidia-container-runtime-hook"
 HOOK_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/sbin")

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import stat
-from typing import NamedTuple
 
 HELPER_TIMEOUT = 15.0
 _NOT_FOUND = "credentials not found"  # what docker-credential-* print when they hold nothing for the server
@@ -79,12 +78,16 @@ class Credentials:
         return base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
 
 
-class Lookup(NamedTuple):
-    """What the config says for one registry: credentials or None, the config's path, and why it was ignored if it was."""
+class Lookup:
+    """What the config says for one registry: credentials or None, the config's path, and why it was ignored if it was.
 
-    creds: Credentials | None
-    path: str
-    warning: str = ""
+    A plain class, as Credentials: a NamedTuple would import typing into every agent call.
+    """
+
+    __slots__ = ("creds", "path", "warning")
+
+    def __init__(self, creds: Credentials | None, path: str, warning: str = "") -> None:
+        self.creds, self.path, self.warning = creds, path, warning
 
 
 def config_path(env: dict[str, str] | None = None) -> str:

@@ -108,7 +108,8 @@ def test_the_agents_rollout_path_talks_to_docker_without_the_sdk(tmp_path):
 # and `dis`; the recovery check needs `lock` and `decisions` only when a transaction was interrupted.
 FACTS_LEAN = ["dataclasses", "inspect", "traceback", "shutil", "agent.lock", "agent.decisions", "agent.proxy",
               "agent.transaction", "agent.secret_files", "http.client", "email", "ssl", "urllib.request", *AGENT_HEAVY,
-              "hashlib", "_hashlib", "hmac"]  # OpenSSL's load: ~2.5 ms of every call (agent/digests.py)
+              "hashlib", "_hashlib", "hmac",  # OpenSSL's load: ~2.5 ms of every call (agent/digests.py)
+              "typing"]  # ~2.5 ms of every call: the agent's annotations only name it (TYPE_CHECKING = False)
 FACTS = ('{"protocol": 1, "op": "facts", "args": {"gpu": false, "images": ["127.0.0.1:9/lab/svc:1"], "insecure_registry": true,'
          ' "registry_timeout": 1, "diff_specs": {"svc": {"name": "svc", "repo": "127.0.0.1:9/lab/svc", "tag": "1"}}}}\n')
 
@@ -125,3 +126,14 @@ def test_a_facts_call_imports_only_what_it_reads_with(tmp_path):
     names = {line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:") and "|" in line}
     assert {"agent.facts", "agent.registry", "agent.listening", "agent.recovery", "agent.http1"} <= names
     assert sorted(set(FACTS_LEAN) & names) == []
+
+
+def test_the_modules_a_no_op_facts_call_reads_its_diffs_with_import_no_typing_or_openssl():
+    """The facts call above has no daemon, so it never reaches the per-container diffs a no-op's facts call makes on
+    every host (container_diffs, container_args, host_checks): imported here, untimed."""
+    out = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+                          " import agent.__main__, agent.facts, agent.container_diffs, agent.freeze, agent.secrets;"
+                          " print(sorted(m for m in ('typing', 'hashlib', '_hashlib', 'hmac', 'dataclasses') if m in sys.modules))",
+                          str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
