@@ -146,12 +146,7 @@ def _rolled_back_as_seen(f: Follow, view: observe.View, now: float, min_healthy_
     if not f.old_digest or observe.deployed(svc)[1] != f.old_digest:
         return False
     on_old = {h: t for h, t in observe.running(view, f.service, f.old_digest).items() if h in f.hosts}
-    for h in list(f.old_since):
-        if h not in on_old:
-            del f.old_since[h]
-    for h, t in on_old.items():
-        if f.old_since.get(h, ("", 0.0))[0] != t["id"]:
-            f.old_since[h] = (t["id"], now)
+    _seen_running(f.old_since, on_old, now)
     rows = [observe.task_row(view, t) for t in view.tasks.get(f.service, [])]
     if any(r["image"].endswith(f"@{f.new_digest}") and r["desired"] == "running" for r in rows):
         return False
@@ -228,14 +223,14 @@ def _failed_where_none_runs(f: Follow, view: observe.View) -> str:
             " Swarm for it (docker service rollback)")
 
 
-def _seen_running(f: Follow, on: dict[str, dict[str, Any]], now: float) -> None:
+def _seen_running(since: dict[str, tuple[str, float]], on: dict[str, dict[str, Any]], now: float) -> None:
     """Remember since when each host's task has been seen running: another task id (a restart) starts the clock again."""
-    for h in list(f.since):
+    for h in list(since):
         if h not in on:
-            del f.since[h]
+            del since[h]
     for h, t in on.items():
-        if f.since.get(h, ("", 0.0))[0] != t["id"]:
-            f.since[h] = (t["id"], now)
+        if since.get(h, ("", 0.0))[0] != t["id"]:
+            since[h] = (t["id"], now)
 
 
 def _commit_proven(f: Follow, view: observe.View, on: dict[str, dict[str, Any]], now: float, min_healthy_time: float,
@@ -257,7 +252,7 @@ def _commit_proven(f: Follow, view: observe.View, on: dict[str, dict[str, Any]],
 def _judge_tasks(f: Follow, view: observe.View, now: float, min_healthy_time: float, timed_out: bool) -> bool:
     """No update to read (a new service, a spec Swarm already had, settings that replace no task): the tasks say it."""
     on_new = observe.running(view, f.service, f.new_digest)
-    _seen_running(f, on_new, now)
+    _seen_running(f.since, on_new, now)
     if f.mode == "update" and timed_out:
         for h in f.hosts:
             _needs(f, view, h, f"Swarm started no update of {f.service} within fleetroll's wait; look: fab status")
