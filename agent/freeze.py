@@ -122,9 +122,10 @@ def _merged(older: dict[str, Any] | None, newer: dict[str, Any]) -> dict[str, An
     if not older or not older.get("auto"):
         return newer
     was = older.get("failed") or {}
+    older_ids = {**{svc: older.get("rollout_id", "") for svc in was}, **(older.get("rollouts") or {})}
     also = {svc: list(blocks) for svc, blocks in (older.get("also_failed") or {}).items()}
-    for svc, block in was.items():
-        also.setdefault(svc, []).insert(0, block)
+    for svc, block in was.items():  # each earlier block keeps the rollout it failed in (the words name it)
+        also.setdefault(svc, []).insert(0, {"rollout_id": older_ids.get(svc, ""), **block})
     failed = {**was, **newer["failed"]}
     for svc in list(also):
         seen, kept = {_key(failed[svc])}, []
@@ -135,8 +136,7 @@ def _merged(older: dict[str, Any] | None, newer: dict[str, Any]) -> dict[str, An
         also[svc] = kept[:MAX_BLOCKS]
         if not also[svc]:
             del also[svc]
-    rollouts = {**{svc: older.get("rollout_id", "") for svc in was}, **(older.get("rollouts") or {}),
-                **{svc: newer.get("rollout_id", "") for svc in newer["failed"]}}
+    rollouts = {**older_ids, **{svc: newer.get("rollout_id", "") for svc in newer["failed"]}}
     out = {**newer, "failed": failed, "also_failed": also, "rollouts": rollouts,
            "releases": {**(older.get("releases") or {}), **newer["releases"]}}
     earlier = sorted(set(was) - set(newer["failed"]))

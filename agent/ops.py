@@ -233,10 +233,14 @@ def _finished_earlier(pending: list, last: str) -> list[dict[str, Any]]:
 
     out = []
     for rid in [r for r in pending if isinstance(r, str)][:20]:
-        for hid in (rid, f"{rid}-revert"):
-            done = journal.outcome(journal.read(hid)) if hid != last else None
-            if done:
-                out.append({"rollout_id": hid, "state": Journal.FINISHED, "outcome": redact_record(done, journal.redaction_key())})
+        # A phase revert's journal, when there is one, says how the host ended: the rollout's own 'committed' was
+        # undone by it (an independent read found history calling such a host committed, and advising a rollback).
+        hid, recs = f"{rid}-revert", journal.read(f"{rid}-revert")
+        if not recs:
+            hid, recs = rid, journal.read(rid)
+        done = journal.outcome(recs) if hid != last else None
+        if done:
+            out.append({"rollout_id": hid, "state": Journal.FINISHED, "outcome": redact_record(done, journal.redaction_key())})
     return out
 
 

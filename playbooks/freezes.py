@@ -171,9 +171,11 @@ def _failed_there(inv, plan: Plan, host: str, f: dict[str, Any], inventory: str)
         if host not in inv.fleet.hosts_of(st.service) or not st.new_digest:
             continue
         there = config_fingerprint(container_spec(inv, st.service, host))
-        if any(b.get("digest") == st.new_digest and b.get("config") == there for b in blocks_of(f, st.service)):
+        hit = next((b for b in blocks_of(f, st.service) if b.get("digest") == st.new_digest and b.get("config") == there), None)
+        if hit:
+            rid = hit.get("rollout_id") or (f.get("rollouts") or {}).get(st.service) or f.get("rollout_id")
             out.append(f"{st.service}:{st.new_tag}@{st.new_digest[7:19]} failed on {host} (phase {f.get('phase')} frozen there"
-                       f" automatically since {when(f.get('ts', 0))}, rollout {(f.get('rollouts') or {}).get(st.service) or f.get('rollout_id')});"
+                       f" automatically since {when(f.get('ts', 0))}, rollout {rid});"
                        f" refused on {st.host} too; nothing was changed. Fix the image (a new tag) or the configuration, or,"
                        f" if the failure was not the release's: fab thaw --phase {f.get('phase')} --reason '...' --inventory {inventory}")
     return out

@@ -36,14 +36,11 @@ def append(kind: str, **fields: Any) -> dict:
     with the outcome its hosts report later (`observe`)."""
     rid = str(fields.get("rollout_id") or "")
     if kind == Record.STARTED and rid:
-        d = _pending_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        (d / _safe(rid)).write_text(json.dumps({"rollout_id": rid}))
+        _mark(rid, {"rollout_id": rid})
     elif kind == Record.FINISHED and rid and fields.get("unobserved"):
         # Found by an exploratory run: a rollout that lost a host's link ended needs-operator, and stayed so in fab
         # history after fab status had read how that host ended. The marker stays for those hosts (observe()).
-        _pending_dir().mkdir(parents=True, exist_ok=True)
-        (_pending_dir() / _safe(rid)).write_text(json.dumps({"rollout_id": rid, "hosts": list(fields["unobserved"])}))
+        _mark(rid, {"rollout_id": rid, "hosts": list(fields["unobserved"])})
     elif kind in (Record.FINISHED, Record.REFUSED) and rid:
         (_pending_dir() / _safe(rid)).unlink(missing_ok=True)
     rec = {"kind": kind, "ts": round(time.time(), 3), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
@@ -57,6 +54,15 @@ def append(kind: str, **fields: Any) -> dict:
     return rec
 
 
+def _mark(rid: str, mark: dict[str, Any]) -> None:
+    """Write a pending marker whole (a killed controller must not leave half a file for every later status to trip on)."""
+    d = _pending_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{_safe(rid)}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(mark))
+    os.replace(tmp, d / _safe(rid))
+
+
 def _safe(rid: str) -> str:
     return "".join(ch for ch in rid if ch.isalnum() or ch in "-_.T")
 
@@ -64,7 +70,15 @@ def _safe(rid: str) -> str:
 def pending() -> set[str]:
     """Rollout ids the controller started and never finished (a directory listing: cheap on every `fab status`)."""
     d = _pending_dir()
-    return {json.loads(p.read_text()).get("rollout_id", p.name) for p in d.glob("*") if not p.name.endswith(".tmp")} if d.is_dir() else set()
+    out = set()
+    for p in d.glob("*") if d.is_dir() else []:
+        if p.name.endswith(".tmp") or p.name.startswith("."):
+            continue
+        try:
+            out.add(json.loads(p.read_text()).get("rollout_id", p.name))
+        except (OSError, ValueError, AttributeError):  # a marker damaged by hand or an old crash: its name is its id
+            out.add(p.name)
+    return out
 
 
 def observe(host: str, last: dict[str, Any] | None) -> None:
@@ -82,9 +96,11 @@ def observe(host: str, last: dict[str, Any] | None) -> None:
     o = last["outcome"]
     append(Record.OBSERVED, rollout_id=rid, host=host, host_rollout_id=last.get("rollout_id"), state=o.get("state"),
            services={s.get("service"): s.get("outcome") for s in o.get("services") or []})
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({**mark, "observed": [*mark.get("observed", []), host]}))
-    os.replace(tmp, marker)
+    seen = [*mark.get("observed", []), host]
+    if "hosts" in mark and not set(mark["hosts"]) - set(seen):
+        marker.unlink(missing_ok=True)  # every host it waited for has been heard
+        return
+    _mark(rid, {**mark, "observed": seen})
 
 
 def read() -> list[dict]:
@@ -177,25 +193,28 @@ def _judge_unfinished(entry: dict) -> None:
 
 
 def _observed_after(entry: dict, hosts: dict) -> None:
-    """A finished rollout that did not observe some host: how those hosts ended, once fab status read it (see append)."""
+    """A finished rollout that did not observe some host: how those hosts ended, once fab status read it (see append).
+
+    Only what the command could not observe is replaced by what was read later: a needs-operator line of another
+    host (one that failed without per-service rows, say) keeps the state the command gave (an independent read).
+    """
     late = {h: v for h, v in hosts.items() if h in (entry.get("unobserved") or [])}
     if not late:
         return
-    seen = set(late)
-    outcomes = [s.get("outcome", "") for s in entry.get("services") or [] if s.get("host") not in seen]
-    outcomes += [o for _kind, svcs, _st in late.values() for o in svcs.values()]
-    state = state_of(outcomes)
-    was = entry.get("final")
-    entry["final"] = str(rollback_state(state, outcomes) if entry.get("rollback") else state)
     said = "; ".join(f"{h} ended " + (", ".join(f"{s} {o}" for s, o in svcs.items()) or "with no service changed") + f" (host {st})"
                      for h, (_kind, svcs, st) in late.items())
-    missing = sorted(set(entry["unobserved"]) - seen)
+    missing = sorted(set(entry["unobserved"]) - set(late))
+    was = entry.get("final")
     entry["note"] = "; ".join(x for x in (entry.get("note"), f"the command ended {was} (no outcome from {', '.join(entry['unobserved'])});"
                                           f" fab status read later: {said}" + (f"; still not heard: {', '.join(missing)}" if missing else ""))
                               if x)
-    if missing:
-        entry["final"] = was
+    others = [n for n in entry.get("needs_operator") or [] if not any(n.startswith((f"{h}:", f"{h} ")) for h in entry["unobserved"])]
+    if missing or others:
         return
+    outcomes = [s.get("outcome", "") for s in entry.get("services") or [] if s.get("host") not in late]
+    outcomes += [o for _kind, svcs, _st in late.values() for o in svcs.values()]
+    state = state_of(outcomes)
+    entry["final"] = str(rollback_state(state, outcomes) if entry.get("rollback") else state)
     every = {h: ("", {}, "") for h in {s.get("host") for s in entry.get("services") or []}}
     for svc in entry.get("services") or []:
         every[svc.get("host")][1][svc.get("service")] = svc.get("outcome", "")
@@ -219,7 +238,7 @@ def _split_phase(entry: dict, hosts: dict) -> str:
         return ""
     phase = entry.get("phase") or "P"
     return (f"the phase is split: committed on {', '.join(committed)}, failed on {', '.join(failed)}; its phase-wide revert"
-            f" (revert-phase) is the controller's and never ran: fab rollback -p {phase} -H {','.join(committed)} sends"
+            f" (revert-phase, the controller's) did not reach {', '.join(committed)}: fab rollback -p {phase} -H {','.join(committed)} sends"
             f" {'it' if len(committed) == 1 else 'them'} back, or fix the release and roll the phase out again")
 
 

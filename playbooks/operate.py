@@ -121,7 +121,7 @@ def frozen_for(inv: Inventory, service: str, freezes: list[dict]) -> list[str]:
 
             rid = (f.get("rollouts") or {}).get(service) or f.get("rollout_id")
             what = ", ".join(f"{b.get('tag')}@{(b.get('digest') or '')[7:19]} with configuration {b.get('config')}"
-                             for b in blocks_of(f, service))
+                             + (f" (rollout {b['rollout_id']})" if b.get("rollout_id") else "") for b in blocks_of(f, service))
             out.append(f"phase {phase} frozen automatically after rollout {rid} failed: refuses {what} (what failed); a new"
                        " tag or a changed configuration goes ahead")
         elif service in (f.get("releases") or {}):

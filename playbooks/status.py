@@ -149,9 +149,9 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
         out["hosts"][h] = {"reachable": False, "error": r.error} if r.answer is None else host_view(inv, h, r.answer, reports)
     record_recoveries(results)
     for h in inv.select_hosts(hosts):
+        ledger.observe(h, out["hosts"][h].get("last_rollout"))  # first: the host's last word on its last transaction
         for earlier in ((results[h].answer or {}).get("data") or {}).get("earlier") or []:
             ledger.observe(h, earlier)
-        ledger.observe(h, out["hosts"][h].get("last_rollout"))
     swarm_rows(inv, out, inv.select_hosts(hosts))
     return out
 

@@ -263,7 +263,8 @@ def restart(c, service=None, hosts=None, json=False, yes=False, inventory=None):
         with executor.Progress(enabled=not json) as progress:
             rep = executor.restart(inv, service, progress=progress, hosts=_hosts(hosts))
     except KeyboardInterrupt:
-        _interrupted("interrupted: the host finishes the restart on its own (fab status --follow)", json)
+        _interrupted("interrupted: the host being restarted finishes on its own (fab status --follow); the replicas the"
+                     " restart had not reached are untouched", json)
     _print_reports([rep], json, one_object=True)
     code = executor.exit_code([executor.report_state(rep)])
     if code:

@@ -182,8 +182,8 @@ def test_a_service_that_fails_again_keeps_its_earlier_failed_release_refused(mon
                  failed={"svc": first})
     rec = freeze.write("gpu", "rollout r-2 failed: svc:T1", "op", auto=True, releases={"svc": "T1"}, rollout_id="r-2",
                        failed={"svc": second})
-    assert rec["failed"] == {"svc": second} and rec["also_failed"] == {"svc": [first]}
-    assert freeze.blocks_of(rec, "svc") == [second, first]
+    assert rec["failed"] == {"svc": second} and rec["also_failed"] == {"svc": [{**first, "rollout_id": "r-1"}]}
+    assert freeze.blocks_of(rec, "svc") == [second, {**first, "rollout_id": "r-1"}]  # each names the rollout it failed in
     import playbooks.freezes as fz
 
     for block, blocked in ((first, True), (second, True), ({**first, "config": "cfg:3"}, False)):
@@ -192,7 +192,7 @@ def test_a_service_that_fails_again_keeps_its_earlier_failed_release_refused(mon
         assert fz.repeats(rec, st) is blocked, block
     again = freeze.write("gpu", "rollout r-3 failed: svc:T2", "op", auto=True, releases={"svc": "T2"}, rollout_id="r-3",
                          failed={"svc": first})
-    assert freeze.blocks_of(again, "svc") == [first, second] and "still refused" not in again["reason"]
+    assert freeze.blocks_of(again, "svc") == [first, {**second, "rollout_id": "r-2"}] and "still refused" not in again["reason"]
     freeze.thaw("gpu", "op", "rollout r-4 committed", only_auto=True, services=["svc"])
     assert freeze.read("gpu") is None  # a clean commit of the service lifts every block of it
 

@@ -157,9 +157,9 @@ def test_an_interrupted_rollout_whose_hosts_ended_apart_is_a_split_phase_that_ne
             {"service": f"core-{h}", "outcome": o}]}})
     e = ledger.rollouts()[0]
     assert e["final"] == "needs-operator", e
-    assert e["note"].endswith("the phase is split: committed on mainpc, failed on pc2; its phase-wide revert (revert-phase) is"
-                              " the controller's and never ran: fab rollback -p core -H mainpc sends it back, or fix the"
-                              " release and roll the phase out again"), e["note"]
+    assert e["note"].endswith("the phase is split: committed on mainpc, failed on pc2; its phase-wide revert (revert-phase,"
+                              " the controller's) did not reach mainpc: fab rollback -p core -H mainpc sends it back, or fix"
+                              " the release and roll the phase out again"), e["note"]
     ledger.append("started", rollout_id="r-t", phase="core", policy="stop")  # --on-failure stop: apart is what was asked
     for h, o in (("mainpc", "committed"), ("pc2", "reverted")):
         ledger.observe(h, {"rollout_id": "r-t", "state": "finished", "outcome": {"state": "good", "services": [
@@ -188,6 +188,20 @@ def test_a_finished_rollout_that_lost_a_host_takes_that_host_s_outcome_once_stat
     assert e["final"] == "reverted", e
     assert "the command ended needs-operator (no outcome from pc2); fab status read later: pc2 ended b reverted (host good)" in e["note"]
     assert len([r for r in ledger.read() if r["kind"] == "observed"]) == 1
+    assert ledger.pending() == set(), "every host it waited for was heard: its marker goes"
+    # From an independent read: a host that failed without per-service rows (another needs-operator line) keeps the
+    # command's state; only what was not observed is replaced by what status read later.
+    ledger.append("started", rollout_id="r-M", phase="cpu", policy="revert-phase")
+    ledger.append("finished", rollout_id="r-M", phase="cpu", final="needs-operator", unobserved=["pc2"],
+                  needs_operator=["pc2: no outcome observed (link lost)", "node3: the host reported a failure without"
+                                  " per-service outcomes: x"], services=[{"host": "mainpc", "service": "a", "outcome": "committed"}])
+    ledger.observe("pc2", {"rollout_id": "r-M", "state": "finished", "outcome": {"state": "good", "services": [
+        {"service": "b", "outcome": "committed"}]}})
+    m = next(x for x in ledger.rollouts() if x["rollout_id"] == "r-M")
+    assert m["final"] == "needs-operator" and "fab status read later: pc2 ended b committed" in m["note"], m
+    # a marker damaged by a crash does not break every later status
+    (tmp_path / "pending" / "r-broken").write_text("")
+    assert "r-broken" in ledger.pending()
 
 
 def test_an_interrupted_rollback_that_refused_a_service_is_refused_in_history_as_when_finished(tmp_path, monkeypatch):

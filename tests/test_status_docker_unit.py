@@ -183,6 +183,12 @@ def test_a_rollout_superseded_before_status_read_its_end_is_still_matched_with_h
     said = ops._finished_earlier(["r-killed", "r-never", 7], last="r-next")
     assert [x["rollout_id"] for x in said] == ["r-killed"] and said[0]["state"] == "finished"
     assert ops._finished_earlier(["r-killed"], last="r-killed") == []  # the last one is reported as such already
+    # a phase revert's journal, when there is one, is how the host ended (independent read: 'committed' was advised
+    # a rollback though the revert had already put the host back)
+    ends["r-killed-revert"] = {"state": "good", "services": [{"service": "rag-api", "outcome": "reverted"}]}
+    assert [x["rollout_id"] for x in ops._finished_earlier(["r-killed"], last="r-next")] == ["r-killed-revert"]
+    assert ops._finished_earlier(["r-killed"], last="r-killed-revert") == []
+    del ends["r-killed-revert"]
     asked = []
 
     def data_for(h):
