@@ -52,17 +52,9 @@ def own_ledger(tmp_path, monkeypatch):
 FAMILY_BUILDERS = ("test_images_build", "test_lab_runbook", "test_lab_zero_downtime")
 
 
-def _unit_of_work(module: str, nodeid: str = "") -> str:
-    """What one xdist worker runs as a whole: a lab module (its fixtures set a lab up once), the family builders, or
-    one unit test.
-
-    Unit tests go one by one: they come last (pytest_collection_modifyitems) to fill the workers' gaps, and a whole
-    unit module as one piece could not (test_cli_behaviour alone is ~2 minutes of subprocesses: whichever worker
-    drew it last ran on alone while the others idled).
-    """
-    if module in FAMILY_BUILDERS:
-        return "family-builders"
-    return module if module.startswith("test_lab_") or not nodeid else nodeid
+def _unit_of_work(module: str) -> str:
+    """What one xdist worker runs as a whole: a module (its fixtures set a lab up once), or the family builders."""
+    return "family-builders" if module in FAMILY_BUILDERS else module
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -71,7 +63,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByUnitOfWork(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _unit_of_work(nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py"), nodeid)
+            return _unit_of_work(nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py"))
 
     return ByUnitOfWork(config, log)
 
