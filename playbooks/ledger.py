@@ -36,7 +36,13 @@ def append(kind: str, **fields: Any) -> dict:
     with the outcome its hosts report later (`observe`)."""
     rid = str(fields.get("rollout_id") or "")
     if kind == Record.STARTED and rid:
-        _mark(rid, {"rollout_id": rid})
+        # The hosts asked to change: once each has said how it ended, nothing is left to wait for and the marker goes
+        # (else every later fab status asked every host about it, for good: found reading the change again).
+        from .plan import BLOCKED, NOOP
+
+        busy = sorted({st.get("host") for st in (fields.get("plan") or {}).get("steps") or []
+                       if st.get("host") and st.get("action") not in (NOOP, BLOCKED)})
+        _mark(rid, {"rollout_id": rid, **({"hosts": busy} if busy else {})})
     elif kind == Record.FINISHED and rid and fields.get("unobserved"):
         # Found by an exploratory run: a rollout that lost a host's link ended needs-operator, and stayed so in fab
         # history after fab status had read how that host ended. The marker stays for those hosts (observe()).

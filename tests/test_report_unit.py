@@ -400,3 +400,19 @@ def test_a_release_whose_transaction_was_cut_short_is_not_called_failed_in_its_r
          "tried_tag": "T2", "after_tag": "T1", "after_digest": "sha256:" + "1" * 64, "revert_gate": {"ok": True}}
     assert _row_refs(s) == "T2 (interrupted, not judged) -> T1@111111111111"
     assert _row_refs({**s, "at_fault": True}) == "T2 (failed) -> T1@111111111111"  # it was seen failing before the cut
+
+
+def test_an_unfinished_rollout_s_marker_goes_once_every_host_it_changed_has_been_heard(tmp_path, monkeypatch):
+    """Every fab status sends the pending rollouts to the hosts; a marker that never went made that work last for good."""
+    from playbooks import ledger
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    plan = {"steps": [{"host": "mainpc", "action": "replace"}, {"host": "pc2", "action": "replace"},
+                      {"host": "node3", "action": "noop"}]}
+    ledger.append("started", rollout_id="r-k", phase="core", plan=plan)
+    ledger.append("interrupted", rollout_id="r-k", phase="core", reason="Ctrl-C")
+    done = {"state": "finished", "outcome": {"state": "good", "services": [{"service": "a", "outcome": "committed"}]}}
+    ledger.observe("mainpc", {"rollout_id": "r-k", **done})
+    assert ledger.pending() == {"r-k"}, "pc2 has not been heard yet"
+    ledger.observe("pc2", {"rollout_id": "r-k", **done})
+    assert ledger.pending() == set() and ledger.rollouts()[0]["final"] == "committed"
