@@ -269,18 +269,22 @@ LOCKER = r"""
 import json, os, sys, time
 from agent import lock
 t0, rounds, period, hold = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-held = []
+held, refused = [], []
 for k in range(rounds):
     while time.time() < t0 + k * period:
         time.sleep(0.001)
+    before = time.monotonic()  # CLOCK_MONOTONIC is one clock for every process on the host: spans compare across agents
     h = lock.try_acquire(f"uid{os.getuid()}", f"round-{k}")
-    if h is not None:
-        a = time.monotonic()
-        info = lock.read()
-        time.sleep(hold)
-        held.append([k, a, time.monotonic(), info["pid"] == os.getpid()])
-        h.release()
-print(json.dumps(held))
+    if h is None:
+        refused.append([k, before, time.monotonic()])
+        continue
+    a = time.monotonic()
+    info = lock.read()
+    time.sleep(hold)
+    b = time.monotonic()
+    h.release()
+    held.append([k, a, b, info["pid"] == os.getpid(), before, time.monotonic()])
+print(json.dumps({"held": held, "refused": refused}))
 """
 
 
@@ -301,23 +305,29 @@ def test_lock_is_exclusive_across_two_ssh_users_100_rounds(lab, tmp_path):
     procs = [subprocess.Popen(["setpriv", "--reuid", user, "--regid", user, "--init-groups", "/usr/bin/python3", "-c", LOCKER,
                                str(t0), str(rounds), str(period), str(hold)], env=env, stdout=subprocess.PIPE, text=True)
              for user in (fleet.LAB_USER, fleet.LAB_OPS_USER) * 3]
-    held = []
+    held, refused = [], []
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0
-        held += json.loads(out)
+        got = json.loads(out)
+        held += got["held"]
+        refused += got["refused"]
+    assert all(x[3] for x in held), "the holder metadata named another process while the lock was held"
+    spans = sorted((a, b) for _, a, b, *_ in held)
+    overlaps = [(x, y) for x, y in zip(spans, spans[1:], strict=False) if y[0] < x[1]]
+    assert overlaps == [], f"two agents held the lock at once {len(overlaps)} times"
+    # A refusal is right only while another agent held the lock: its try overlaps some holder's call-to-release span.
+    # (A round may end with no holder at all: the last round's holder, descheduled on a busy host, still held it.)
+    wrong = [r for r in refused if not any(s0 < r[2] and r[1] < s1 for *_, s0, s1 in held)]
+    assert wrong == [], f"{len(wrong)} tries were refused while no agent held the lock: {wrong[:3]}"
     by_round: dict[int, int] = {}
     for k, *_ in held:
         by_round[k] = by_round.get(k, 0) + 1
-    assert all(x[3] for x in held), "the holder metadata named another process while the lock was held"
-    assert sorted(by_round) == list(range(rounds)), "a round where nobody got the lock"
-    spans = sorted((a, b) for _, a, b, _ in held)
-    overlaps = [(x, y) for x, y in zip(spans, spans[1:], strict=False) if y[0] < x[1]]
-    assert overlaps == [], f"two agents held the lock at once {len(overlaps)} times"
     # Each agent tries once at its round's start and holds for `hold`: an agent descheduled past that (three test
     # workers on 2 cores) finds the lock free and takes it after the first holder, in the same round. That is the
     # lock working, not failing; the overlap check above is the exclusivity proof. Most rounds still have one holder.
-    assert sum(n == 1 for n in by_round.values()) >= rounds * 0.9, by_round
+    assert sum(n == 1 for n in by_round.values()) >= rounds * 0.85, by_round
+    assert len(held) + len(refused) == 6 * rounds
 
 
 def test_unlock_force_stops_a_live_stuck_holder_and_records_why(lab, tmp_path):
