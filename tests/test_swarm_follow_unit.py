@@ -361,3 +361,62 @@ def test_a_rollback_swarm_still_calls_started_while_the_previous_release_runs_ev
     spec_new.services["web"]["Spec"]["Labels"]["io.fleetroll.digest"] = NEW
     assert not judge.judge(h, spec_new, now=10, min_healthy_time=1) and not judge.judge(h, spec_new, now=50, min_healthy_time=1)
     assert h.done == {}
+
+
+def overwritten(spec_digest: str, *extra) -> observe.View:
+    """Seen in the lab: Swarm's failure_action rolled the update back, then Swarm wrote `completed` over its
+    `rollback_completed`; the spec (its fleetroll labels) is whatever `spec_digest` says."""
+    v = view({"State": "completed", "StartedAt": "2030-01-01T00:00:00Z"},
+             [task("x", "n1", NEW, "failed", "shutdown", "task: non-zero exit (143): unhealthy container", 143),
+              task("y", "n2", NEW, "failed", "shutdown", "task: non-zero exit (143): unhealthy container", 143),
+              task("a", "n1", OLD), task("b", "n2", OLD), *extra])
+    v.services["web"]["Spec"]["Labels"]["io.fleetroll.digest"] = spec_digest
+    return v
+
+
+def test_swarm_completed_written_over_its_own_rollback_is_reverted_once_the_previous_release_is_seen_running():
+    """Swarm says `completed`, but its spec is the previous release again, nothing of the new one is wanted running and
+    the previous release's task ran on every host through min_healthy_time + ROLLBACK_SETTLE_S: reverted, saying what
+    was seen; no rollback is asked of Swarm (it has no previous spec left). A spec still the new release: as before."""
+    f = follow()
+    f.rollback_grace = 50.0
+    window = 2 + judge.ROLLBACK_SETTLE_S
+    assert not judge.judge(f, overwritten(OLD), now=10, min_healthy_time=2) and f.done == {}  # the clock starts
+    assert not f.ask_rollback, "Swarm's spec is the previous release already: nothing to ask it"
+    assert not judge.judge(f, overwritten(OLD), now=10 + window - 0.5, min_healthy_time=2) and f.done == {}
+    assert judge.judge(f, overwritten(OLD), now=10 + window, min_healthy_time=2)  # well before the deadline (100)
+    assert {h: d["outcome"] for h, d in f.done.items()} == {"mainpc": "reverted", "pc2": "reverted"}
+    msg = f.done["mainpc"]["message"]
+    assert msg.startswith("Swarm rolled the update back: Swarm says the update completed, but it rolled back by itself:"), msg
+    assert "its spec is the previous release (t-old) again" in msg and "task a runs t-old on mainpc" in msg, msg
+    assert "task b runs t-old on pc2" in f.done["pc2"]["message"] and f.done["pc2"]["after_digest"] == OLD
+    assert f.done["pc2"]["revert_gate"]["ok"] and f.done["pc2"]["details"]["exit_code"] == 143
+    g = follow()  # the spec is still the new release: asked for the rollback, and needs-operator at the end, as before
+    assert not judge.judge(g, overwritten(NEW), now=10, min_healthy_time=2) and g.ask_rollback
+    g.rollback_asked, g.ask_rollback = g.ask_rollback, ""
+    assert not judge.judge(g, overwritten(NEW), now=50, min_healthy_time=2) and g.done == {}
+    assert judge.judge(g, overwritten(NEW), now=100, min_healthy_time=2)
+    assert {d["outcome"] for d in g.done.values()} == {"needs-operator"}
+    assert "Swarm says the update completed but no task of t-new runs on pc2" in g.done["pc2"]["message"]
+
+
+def test_completed_over_a_rollback_is_not_judged_before_the_same_old_task_ran_through_the_window():
+    """A previous-release task that restarted (another task id) starts the clock again; a task of the new release
+    still wanted running is no rollback seen through: after the grace, needs-operator, never committed nor reverted."""
+    f = follow()
+    window = 2 + judge.ROLLBACK_SETTLE_S
+    assert not judge.judge(f, overwritten(OLD), now=10, min_healthy_time=2)
+    restarted = overwritten(OLD, task("a2", "n1", OLD))
+    restarted.tasks["web"] = [t for t in restarted.tasks["web"] if t["ID"] != "a"]
+    assert not judge.judge(f, restarted, now=20, min_healthy_time=2)
+    assert not judge.judge(f, restarted, now=10 + window, min_healthy_time=2) and f.done == {}, "a2 ran 7 s only"
+    assert judge.judge(f, restarted, now=20 + window, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"reverted"} and "task a2 runs t-old on mainpc" in f.done["mainpc"]["message"]
+    g = follow()
+    g.rollback_grace = 50.0
+    wanted = overwritten(OLD, task("n", "n2", NEW, "starting", "running"))
+    assert not judge.judge(g, wanted, now=10, min_healthy_time=2) and not judge.judge(g, wanted, now=60, min_healthy_time=2)
+    assert not judge.judge(g, wanted, now=100, min_healthy_time=2) and g.deadline == 150.0 and g.done == {}  # grace, once
+    assert judge.judge(g, wanted, now=150, min_healthy_time=2)
+    assert {d["outcome"] for d in g.done.values()} == {"needs-operator"}
+    assert "Swarm says the update completed, but its spec is the previous release (t-old) again" in g.done["pc2"]["message"]

@@ -52,7 +52,7 @@ class Follow:
     progress_sig: tuple = ()
     progress_at: float = float("-inf")
     extended: float = 0.0
-    # host -> (task id, first seen running) of the previous release's tasks while Swarm says rollback_started
+    # host -> (task id, first seen running) of the previous release's tasks while Swarm's spec is it again (back_as_seen)
     old_since: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
@@ -139,19 +139,31 @@ ROLLBACK_MORE_MAX = 300.0
 ROLLBACK_SETTLE_S = 15.0
 
 
+def back_as_seen(f: Follow, view: observe.View, now: float, window: float, back: str, gone: str) -> dict[str, dict[str, Any]]:
+    """{host: task} of digest `back` when the service is seen back on it, else {}: Swarm's spec of the service is
+    `back`, no task of `gone` is desired running, a task of `back` runs on every host (or `replicas` are placed), each
+    the same task seen running for `window` s or more (f.old_since keeps since when; another task id starts it again).
+    The clock is kept only while the spec is `back`. A spec change of the same image (back == gone) is never seen
+    back this way: its tasks cannot be told apart by image, so it is left to Swarm's own word or an operator."""
+    if not back or observe.deployed(view.services.get(f.service))[1] != back:
+        return {}
+    on = {h: t for h, t in observe.running(view, f.service, back).items() if h in f.hosts}
+    _seen_running(f.old_since, on, now)
+    rows = [observe.task_row(view, t) for t in view.tasks.get(f.service, [])]
+    if any(r["image"].endswith(f"@{gone}") and r["desired"] == "running" for r in rows):
+        return {}
+    if not _placed(f, on) or any(now - f.old_since[h][1] < window for h in on):
+        return {}
+    return on
+
+
 def _rolled_back_as_seen(f: Follow, view: observe.View, now: float, min_healthy_time: float, message: str) -> bool:
     """rollback_started, but the previous release runs on every host through min_healthy_time + ROLLBACK_SETTLE_S, the
     service's spec is the previous release again, and no task of the failed release is desired running: reverted."""
-    svc = view.services.get(f.service)
-    if not f.old_digest or observe.deployed(svc)[1] != f.old_digest:
+    on_old = back_as_seen(f, view, now, min_healthy_time + ROLLBACK_SETTLE_S, f.old_digest, f.new_digest)
+    if not on_old:
         return False
-    on_old = {h: t for h, t in observe.running(view, f.service, f.old_digest).items() if h in f.hosts}
-    _seen_running(f.old_since, on_old, now)
     rows = [observe.task_row(view, t) for t in view.tasks.get(f.service, [])]
-    if any(r["image"].endswith(f"@{f.new_digest}") and r["desired"] == "running" for r in rows):
-        return False
-    if not _placed(f, on_old) or any(now - f.old_since[h][1] < min_healthy_time + ROLLBACK_SETTLE_S for h in on_old):
-        return False
     surplus = [r for r in rows if r["state"] == "pending" and r["desired"] in ("running", "ready")
                and r["image"].endswith(f"@{f.old_digest}") and r["id"] not in {t["id"] for t in on_old.values()}]
     why = (f"{message or 'rollback started'}; Swarm still says rollback_started, but the previous release runs again on"
@@ -159,6 +171,33 @@ def _rolled_back_as_seen(f: Follow, view: observe.View, now: float, min_healthy_
            + (f" (Swarm's updater waits on a surplus task of it, {surplus[0]['id'][:12]} on {surplus[0]['host']}, pending:"
               f" {surplus[0]['error'] or surplus[0]['message']})" if surplus else ""))
     _each(f, view, on_old, f.old_tag, lambda h, t: _reverted(f, view, h, t, why), "", True)
+    return True
+
+
+def _completed_over_rollback(f: Follow, view: observe.View, now: float, min_healthy_time: float) -> bool:
+    """Swarm says `completed`, yet its spec is the previous release again: seen in the lab, Swarm's own failure_action
+    rolled the update back and Swarm then wrote `completed` over `rollback_completed`. Reverted once seen as
+    `_rolled_back_as_seen` sees it; until then nothing of the new release is committed (_judge_update waits, with the
+    rollback grace once, then needs-operator). fleetroll does not ask Swarm for a rollback here: Swarm cleared the
+    previous spec when it rolled back ("does not have a previous spec"), and a previous spec it had would be the
+    failed release, so asking could only fail or go forward again.
+
+    The window is min_healthy_time + ROLLBACK_SETTLE_S, as for rollback_started, not min_healthy_time alone: this
+    `completed` is no word on the rollback (it is written over it) and Swarm has said `completed` of tasks that failed
+    their healthcheck before (_failed_where_none_runs), so it adds no evidence; the judgement rests on what fleetroll
+    saw run, at one bar for every rollback judged from its tasks. It costs ROLLBACK_SETTLE_S in a rare case, well
+    inside the wait."""
+    window = min_healthy_time + ROLLBACK_SETTLE_S
+    on_old = back_as_seen(f, view, now, window, f.old_digest, f.new_digest)
+    if not on_old:
+        return False
+    how = "by itself" if not f.rollback_asked else "by itself or as fleetroll asked"
+
+    def seen(h: str, t: dict[str, Any]) -> None:
+        _reverted(f, view, h, t, f"Swarm says the update completed, but it rolled back {how}: its spec is the previous"
+                                 f" release ({f.old_tag}) again, no task of {f.new_tag} is wanted running, and task"
+                                 f" {t['id'][:12]} runs {f.old_tag} on {h}, the same task for {window:g}s or more")
+    _each(f, view, on_old, f.old_tag, seen, "", True)
     return True
 
 
@@ -178,16 +217,25 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool, now: float, mi
         _moved(f, view, now)
         if _rolled_back_as_seen(f, view, now, min_healthy_time, message):
             return all(h in f.done for h in f.hosts)
-    if timed_out and state == "rollback_started" and f.rollback_grace > 0:
+    spec_old = (state == "completed" and f.old_digest != f.new_digest
+                and observe.deployed(view.services.get(f.service))[1] == f.old_digest)
+    if spec_old and _completed_over_rollback(f, view, now, min_healthy_time):
+        return all(h in f.done for h in f.hosts)
+    if timed_out and (state == "rollback_started" or spec_old) and f.rollback_grace > 0:
         f.deadline, f.rollback_grace = f.deadline + f.rollback_grace, 0.0
         return False
     if timed_out and state == "rollback_started" and now - f.progress_at < ROLLBACK_PROGRESS_S and f.extended < ROLLBACK_MORE_MAX:
         f.deadline, f.extended = now + ROLLBACK_PROGRESS_S, f.extended + ROLLBACK_PROGRESS_S  # seen in CI under load
         return False
-    if state == "completed" and not f.rollback_asked and (why := _failed_where_none_runs(f, view)):
+    if state == "completed" and not spec_old and not f.rollback_asked and (why := _failed_where_none_runs(f, view)):
         f.ask_rollback = why
         return False
-    if state == "completed":
+    if spec_old:  # Swarm's spec is the previous release: nothing of the new one is committed; wait, or needs-operator
+        for h in f.hosts if timed_out else ():
+            _needs(f, view, h, f"Swarm says the update completed, but its spec is the previous release ({f.old_tag}) again"
+                               f" and its tasks were not seen running healthy on every host, nothing of {f.new_tag}"
+                               " wanted running, by the end of fleetroll's wait; look: fab status")
+    elif state == "completed":
         _each(f, view, observe.running(view, f.service, f.new_digest), f.new_tag,
               lambda h, t: _commit(f, h, t, "the update completed through its monitor window"),
               f"Swarm says the update completed but no task of {f.new_tag} runs on {{host}}; look: fab status", timed_out)
