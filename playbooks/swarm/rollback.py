@@ -22,7 +22,7 @@ from ..errors import RolloutError
 from ..inventory import Inventory
 from ..plan import Plan, Step, new_rollout_id, operator
 from . import observe, render
-from .judge import Follow, base
+from .judge import ROLLBACK_SETTLE_S, Follow, back_as_seen, base
 from .remote import Host, SwarmCommandError
 
 POLL_S = 0.5
@@ -78,29 +78,67 @@ def _done(f: Follow, host: str, outcome: str, message: str, check: str = "swarm-
     f.done[host] = {**base(f, host, REVERT), "outcome": outcome, "check": check, "message": message, **more}
 
 
-def judge_rollback(f: Follow, view: observe.View, now: float) -> bool:
-    """Fill f.done from what Swarm shows after `docker service rollback`; True when every host has an end. Pure."""
+def _reverted_on(f: Follow, h: str, task: dict[str, Any], said: str) -> None:
+    same_image = " (the same image, its earlier configuration)" if f.new_digest == f.old_digest else ""
+    _done(f, h, Outcome.REVERTED, f"Swarm rolled {f.service} back to its previous spec{same_image}: {said}",
+          after_tag=f.new_tag, after_digest=f.new_digest,
+          revert_gate={"ok": True, "last": {"reason": f"Swarm task {task['id'][:12]} runs {f.new_tag} on {h}, healthy"
+                                            " by its healthcheck, after Swarm's rollback"}})
+
+
+def _elsewhere(f: Follow, h: str, on: dict[str, dict[str, Any]]) -> None:
+    _done(f, h, Outcome.NOOP, f"no task here: Swarm runs the {f.replicas} replica(s) of {f.new_tag} on {', '.join(sorted(on))}",
+          check="swarm", after_tag="", after_digest="")
+
+
+def _back_as_seen(f: Follow, view: observe.View, now: float, min_healthy_time: float, state: str, message: str) -> bool:
+    """Swarm's state after the rollback reads other than rollback_completed (Swarm can write `completed` over it), but
+    its spec is the spec rolled back to (f.new_*: follow_of's target, digest and spec hash), nothing of the release it
+    left (f.old_digest) is wanted running, and the target's same task ran on every host (or the replicas are placed)
+    through min_healthy_time + ROLLBACK_SETTLE_S: reverted, as seen (judge.back_as_seen, the rollout's own rule).
+    The settle as there: a state that is not rollback_completed is no word from Swarm that the rollback went through.
+    A rollback to the same image (an earlier configuration) is not judged so: its tasks cannot be told apart."""
+    if not f.want_hash or observe.deployed(view.services.get(f.service))[1:] != (f.new_digest, f.want_hash):
+        return False
+    window = min_healthy_time + ROLLBACK_SETTLE_S
+    on = back_as_seen(f, view, now, window, f.new_digest, f.old_digest)
+    if not on:
+        return False
+    for h in f.hosts:
+        if h in on:
+            _reverted_on(f, h, on[h], f"Swarm says {state or 'no state'} ({message or 'no message'}), not rollback_completed,"
+                                      f" but its spec is the previous spec ({f.new_tag}) again, no task of {f.old_tag} is"
+                                      f" wanted running, and task {on[h]['id'][:12]} runs {f.new_tag} on {h}, the same task"
+                                      f" for {window:g}s or more")
+        else:
+            _elsewhere(f, h, on)
+    return True
+
+
+def judge_rollback(f: Follow, view: observe.View, now: float, min_healthy_time: float) -> bool:
+    """Fill f.done from what Swarm shows after `docker service rollback`; True when every host has an end. Pure.
+
+    min_healthy_time is the service's (inventory health): how long a task must be seen running to count when Swarm
+    does not say rollback_completed (_back_as_seen)."""
     state, message, started = observe.update_state(view.services.get(f.service))
     timed_out = now >= f.deadline
-    if started and started != f.started_before and state == "rollback_completed":
+    moved = bool(started) and started != f.started_before
+    if moved and state == "rollback_completed":
         on = observe.running(view, f.service, f.new_digest)
         for h in f.hosts:
             if h in on:
-                same_image = " (the same image, its earlier configuration)" if f.new_digest == f.old_digest else ""
-                _done(f, h, Outcome.REVERTED, f"Swarm rolled {f.service} back to its previous spec{same_image}: {message or 'completed'}",
-                      after_tag=f.new_tag, after_digest=f.new_digest,
-                      revert_gate={"ok": True, "last": {"reason": f"Swarm task {on[h]['id'][:12]} runs {f.new_tag} on {h}, healthy"
-                                                        " by its healthcheck, after Swarm's rollback"}})
+                _reverted_on(f, h, on[h], message or "completed")
             elif f.replicas and len([x for x in f.hosts if x in on]) >= f.replicas:
-                _done(f, h, Outcome.NOOP, f"no task here: Swarm runs the {f.replicas} replica(s) of {f.new_tag} on"
-                      f" {', '.join(sorted(on))}", check="swarm", after_tag="", after_digest="")
+                _elsewhere(f, h, on)
             elif timed_out:
                 _done(f, h, Outcome.NEEDS_OPERATOR, f"Swarm says the rollback completed but no task of {f.new_tag} is seen"
                       f" running on {h}; look: fab status", after_tag="", after_digest="")
-    elif started and started != f.started_before and state == "rollback_paused":
+    elif moved and state == "rollback_paused":
         for h in f.hosts:
             _done(f, h, Outcome.NEEDS_OPERATOR, f"Swarm paused the rollback: {message}; nothing proves what serves; look: fab"
                   " status, fab logs", after_tag="", after_digest="")
+    elif moved and _back_as_seen(f, view, now, min_healthy_time, state, message):
+        pass
     elif timed_out:
         for h in f.hosts:
             _done(f, h, Outcome.NEEDS_OPERATOR, f"Swarm's rollback is {state or 'not started'} ({message or 'no message'}) at the"
@@ -152,7 +190,9 @@ def _follow(inv: Inventory, manager: Host, stack: str, follows: list[Follow]) ->
                                           "message": f"lost the manager {manager.name} while following the rollback: {exc};"
                                           " Swarm carries on: look with fab status", "after_tag": "", "after_digest": ""})
             return
-        pending = [f for f in pending if not judge_rollback(f, view, time.monotonic())]
+        now = time.monotonic()
+        pending = [f for f in pending
+                   if not judge_rollback(f, view, now, inv.fleet.services[f.service].health.min_healthy_time)]
         if pending:
             time.sleep(POLL_S)
 
