@@ -175,10 +175,11 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     if r.returncode == 5 and "still rollback_started at the end of fleetroll's wait" in r.stdout:
         swarm_stalled_its_rollback(lab, json.loads(r.stdout)["phases"][0], good, digest)
         return
-    if r.returncode == 5 and "no previous spec any more" in r.stdout:
+    if r.returncode == 5 and ("no previous spec any more" in r.stdout or "its spec is the previous release" in r.stdout):
         # Seen once in CI under load (1 run of 6): Swarm rolled back on its own and then wrote 'completed' over its
-        # 'rollback_completed'; fleetroll's rollback request found no previous spec. Not observed: needs-operator, never
-        # reverted (judging this as seen, like the stalled rollback, is left for the next session).
+        # 'rollback_completed'. fleetroll now judges that from what runs (judge._completed_over_rollback): reverted once
+        # the previous release's tasks ran through the window; this branch is for tasks not seen so in time: not
+        # observed, needs-operator, never reverted.
         rep = json.loads(r.stdout)["phases"][0]
         assert rep["state"] == "needs-operator" and all(
             s["outcome"] == "needs-operator" for v in rep["hosts"].values() for s in v["services"]), rep
@@ -203,7 +204,9 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     # fab details, where every Swarm failure report sends the operator: each host's tasks from the manager
     d = fab("details", "-s", SERVICE, "-i", str(inv))
     assert d.returncode == 0 and f"{SERVICE} on pc2 (Swarm service fr-{PHASE}_{SERVICE})" in d.stdout, d.stdout + d.stderr
-    assert "  update    rollback_completed" in d.stdout and f" running (desired running) core:{good}@{digest}" in d.stdout, d.stdout
+    # Swarm may have written 'completed' over its rollback_completed (judged reverted from what runs, and said so)
+    overwritten = "Swarm says the update completed, but it rolled back" in rep["hosts"]["pc2"]["services"][0]["message"]
+    assert f"  update    {'completed' if overwritten else 'rollback_completed'}" in d.stdout and f" running (desired running) core:{good}@{digest}" in d.stdout, d.stdout
     assert "no container" not in d.stdout
     the_rolled_back_release_is_frozen_until_thawed(tmp_path / "bad", rep, fin[0], bad)
 
