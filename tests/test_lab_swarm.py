@@ -204,9 +204,12 @@ def test_a_good_release_commits_on_both_nodes_and_a_failing_one_is_rolled_back_b
     # fab details, where every Swarm failure report sends the operator: each host's tasks from the manager
     d = fab("details", "-s", SERVICE, "-i", str(inv))
     assert d.returncode == 0 and f"{SERVICE} on pc2 (Swarm service fr-{PHASE}_{SERVICE})" in d.stdout, d.stdout + d.stderr
-    # Swarm may have written 'completed' over its rollback_completed (judged reverted from what runs, and said so)
-    overwritten = "Swarm says the update completed, but it rolled back" in rep["hosts"]["pc2"]["services"][0]["message"]
-    assert f"  update    {'completed' if overwritten else 'rollback_completed'}" in d.stdout and f" running (desired running) core:{good}@{digest}" in d.stdout, d.stdout
+    # What Swarm says of its update is what the report said it saw: rollback_completed; or 'completed' written over it,
+    # or a rollback_started Swarm's updater left stuck, each judged reverted from what runs (and said so, CI under load)
+    said = rep["hosts"]["pc2"]["services"][0]["message"]
+    update = ("completed" if "Swarm says the update completed, but it rolled back" in said
+              else "rollback_started" if "Swarm still says rollback_started" in said else "rollback_completed")
+    assert f"  update    {update}" in d.stdout and f" running (desired running) core:{good}@{digest}" in d.stdout, d.stdout
     assert "no container" not in d.stdout
     the_rolled_back_release_is_frozen_until_thawed(tmp_path / "bad", rep, fin[0], bad)
 
