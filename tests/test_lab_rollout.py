@@ -183,7 +183,18 @@ def test_concurrent_rollout_refused_with_holder(lab, tmp_path):
     baseline(lab)
     tag = new_tag()
     images.push(lab, "torch-svc", tag, "healthy", arch="89;86")
-    slow = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=6)
+    slow = with_tags(lab, tmp_path, {"llm-api": tag}, min_healthy_time=8)
+    # The second operator's release is pushed and its inventory written before the first rollout starts: under CI's
+    # load a push took longer than the first rollout's hold on the lock (the second then found the host free).
+    tag2 = new_tag()
+    images.push(lab, "vision-svc", tag2, "healthy", arch="89;86")
+
+    def second_operator(doc):  # another login account driving the same Docker daemon
+        for host in doc["hosts"].values():
+            host["user"] = fleet.LAB_OPS_USER
+        doc["services"]["vision-api"]["tag"] = tag2
+
+    ops = load(derive_inventory(lab, tmp_path / "ops", second_operator))
     first: dict = {}
     t = threading.Thread(target=lambda: first.update(rep=executor.rollout(slow, "gpu-mainpc")))
     t.start()
@@ -194,15 +205,6 @@ def test_concurrent_rollout_refused_with_holder(lab, tmp_path):
             if st.get("lock"):
                 break
             time.sleep(0.2)
-        tag2 = new_tag()
-        images.push(lab, "vision-svc", tag2, "healthy", arch="89;86")
-
-        def second_operator(doc):  # another login account driving the same Docker daemon
-            for host in doc["hosts"].values():
-                host["user"] = fleet.LAB_OPS_USER
-            doc["services"]["vision-api"]["tag"] = tag2
-
-        ops = load(derive_inventory(lab, tmp_path / "ops", second_operator))
         seen = executor.status(ops, ["mainpc"])["hosts"]["mainpc"]["lock"]
         second = executor.rollout(ops, "gpu-mainpc")
     finally:
