@@ -15,17 +15,15 @@ Before every run:
 * the directory holding the agent must belong to this user (or root) and be closed to
   others' writes (anyone who can write there could run code as this user);
 * the archive's full SHA-256 must equal the one the controller names on the command line;
-* every file of the unpacked tree must match the archive's MANIFEST.json, no file may be
-  there that the archive did not put there (bytecode aside: it is compiled with checked
-  hashes), and nothing in the tree may be a symlink, another user's or writable by others.
-  A tree that fails is unpacked again.
+* every file of the unpacked tree must match the archive's MANIFEST.json (hashed, or unchanged since
+  hashed: _tree_ok), no file may be there that the archive did not put there (bytecode aside: it is
+  compiled with checked hashes), and nothing in the tree may be a symlink, another user's or writable
+  by others. A tree that fails is unpacked again.
 
-Every run holds a shared lock (flock) on the tree it runs from, inherited by the detached
-transaction it may fork. The first run of a new version prunes the earlier ones: each release
-left ~2.4 MB in ~/.fleetroll, and a checkout that changes its agent with every commit filled
-homes. The KEEP most recently uploaded earlier versions stay (two operators on two releases do
-not re-upload each other's), and so does any tree a process still holds; a pruned version the
-controller asks for again is simply uploaded again.
+Every run holds a shared lock (flock) on the tree it runs from, inherited by the detached transaction it may
+fork. The first run of a new version prunes the earlier ones (each left ~2.4 MB in ~/.fleetroll; a checkout
+that changes its agent with every commit filled homes) but the KEEP uploaded last (two operators on two
+releases do not re-upload each other's) and any tree a process still holds; a pruned one is uploaded again.
 This file is copied to the archive's root as __main__.py; it uses the standard library only.
 """
 
@@ -77,11 +75,19 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# The tree's files as lstat saw them when last hashed, (inode, size, mtime, ctime) each: contents are hashed (~4 ms of
+# a call's CPU) only when a file's lstat differs from this seal the last full check wrote (the walk: ~0.4 ms). The
+# kernel sets ctime on every write, rename or chmod and an owner cannot set it back, so an unchanged seal means the
+# bytes hashed then. No stronger than the manifest beside it (a damaged tree); other accounts: the owner/mode checks.
+SEAL = ".sealed.json"
+
+
 def _tree_ok(target: str) -> bool:
     """The unpacked tree is exactly the manifest's files: no symlink anywhere (a file or a directory:
     `http -> elsewhere` would make `import http` run the other code), nothing another user owns or
-    anyone else can write, nothing missing, nothing extra (checked-hash bytecode aside)."""
+    anyone else can write, nothing missing, nothing extra (checked-hash bytecode aside; contents: SEAL)."""
     me = os.geteuid()
+    stats: dict[str, list[int]] = {}
 
     def sound(path: str, is_dir: bool) -> bool:
         try:
@@ -89,6 +95,8 @@ def _tree_ok(target: str) -> bool:
         except OSError:
             return False
         kind = stat.S_ISDIR if is_dir else stat.S_ISREG  # a symlink is neither, by lstat
+        if not is_dir:
+            stats[os.path.relpath(path, target).replace(os.sep, "/")] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         return kind(st.st_mode) and st.st_uid in (me, 0) and not st.st_mode & 0o022
 
     if not sound(target, True):
@@ -108,22 +116,46 @@ def _tree_ok(target: str) -> bool:
             if not sound(full, False):
                 return False
             rel = os.path.relpath(full, target).replace(os.sep, "/")
-            if rel in ("MANIFEST.json", ".complete") or (os.path.basename(top) == "__pycache__" and name.endswith(".pyc")):
+            if rel in ("MANIFEST.json", ".complete", SEAL) or (os.path.basename(top) == "__pycache__" and name.endswith(".pyc")):
                 continue
-            if rel not in manifest or _sha256(full) != manifest[rel]:
+            if top == target and name.startswith(f"{SEAL}.") and name[len(SEAL) + 1:].isdigit():
+                continue  # another call's seal on its way in (_seal), or one a killed call left: never run, only read
+            if rel not in manifest:
                 return False
             seen.add(rel)
-    return seen == set(manifest)
+    if seen != set(manifest):
+        return False
+    return _sealed(target, {rel: stats[rel] for rel in (*seen, "MANIFEST.json")},
+                   lambda: all(_sha256(os.path.join(target, rel)) == manifest[rel] for rel in seen))
+
+
+def _sealed(target: str, checked: dict[str, list[int]], hashed) -> bool:
+    """The files are those the seal says were hashed, or hashed() says they match now (then sealed anew)."""
+    try:
+        with open(os.path.join(target, SEAL)) as f:
+            if json.load(f) == checked:
+                return True
+    except (OSError, ValueError):
+        pass
+    if not hashed():
+        return False
+    tmp = os.path.join(target, f"{SEAL}.{os.getpid()}")  # then a rename: a reader sees the old seal or this one
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "w") as f:
+            json.dump(checked, f)
+        os.replace(tmp, os.path.join(target, SEAL))
+    except OSError:  # a tree that cannot take it (a read-only home) is hashed on every call, as before
+        pass
+    return True
 
 
 def _unpack(archive: str, target: str) -> None:
     """Unpack beside `target`, then put it in place with a rename: never delete a tree another call may run from.
 
-    Two agent calls of one user can start at once (two hosts sharing a home, two operators, a status
-    beside a rollout). Removing the target first, as this once did, deleted the tree the other call had
-    just put in place and was importing from ("No module named agent.paths"). A tree already in place
-    and sound is used as it is; only one that fails the check is moved aside (one rename) and replaced.
-    """
+    Two agent calls of one user can start at once (two hosts sharing a home, two operators, a status beside a
+    rollout). Removing the target first, as this once did, deleted the tree the other call had just put in place
+    and was importing from ("No module named agent.paths"). A tree already in place and sound is used as it is;
+    only one that fails the check is moved aside (one rename) and replaced."""
     import compileall
     import py_compile
     import shutil
@@ -165,8 +197,7 @@ def _unpack(archive: str, target: str) -> None:
 
 
 def _unpacked(archive: str, want: str, verified: str = "") -> str:
-    """The checked tree for `archive`. `verified` names the archive's open file (/proc/self/fd/N) when the
-    controller's verifier has already checked that very file's owner, mode and SHA-256."""
+    """The checked tree for `archive`; `verified`: its open file (/proc/self/fd/N) the controller's verifier checked."""
     _private(os.path.dirname(archive), "the agent's directory")
     if not verified:
         _private(archive, "the agent archive")
@@ -190,10 +221,9 @@ def _unpacked(archive: str, want: str, verified: str = "") -> str:
 def _hold(target: str) -> bool:
     """Take a shared lock on `target`'s .complete for this process's life; False if `target` is not (or no longer) that tree.
 
-    A pruner renames a tree away while it holds the exclusive lock: the check after our lock
-    compares the locked file with what `target` names now, so we never run from a tree on its
-    way out. A regular file, not the directory: flock of a directory is less portable.
-    """
+    A pruner renames a tree away while it holds the exclusive lock: the check after our lock compares the locked
+    file with what `target` names now, so we never run from a tree on its way out. A regular file, not the
+    directory: flock of a directory is less portable."""
     import fcntl
 
     marker = os.path.join(target, ".complete")
@@ -230,10 +260,9 @@ def _prune(directory: str, current: str, keep: int = KEEP, min_age_s: float = MI
     """Remove earlier agent versions from `directory` (~/.fleetroll): not the `keep` uploaded last, not one uploaded
     within `min_age_s`, not one a process runs from. Returns the versions removed.
 
-    Only names this bootstrap and the controller's upload make are touched (agent-<16 hex>, its
-    .pyz, the .tmp/.bad/.prune/.part leftovers), only this user's, never through a symlink, and a
-    tree only when it holds the .complete and MANIFEST.json every unpack writes. Best effort: a
-    failure leaves the version in place and the call goes on.
+    Only names this bootstrap and the controller's upload make are touched (agent-<16 hex>, its .pyz, the
+    .tmp/.bad/.prune/.part leftovers), only this user's, never through a symlink, and a tree only when it holds
+    the .complete and MANIFEST.json every unpack writes. Best effort: a failure leaves the version, the call goes on.
     """
     import time
 
@@ -281,10 +310,8 @@ def _prune(directory: str, current: str, keep: int = KEEP, min_age_s: float = MI
 
 
 def _take_version(directory: str, version: str, me: int) -> str | None:
-    """Under the names lock: rename an unused tree of `version` away and unlink its archive.
-
-    The tree's path once renamed ("" if there was no tree), or None when the version stays.
-    """
+    """Under the names lock: rename an unused tree of `version` away and unlink its archive. The tree's path once
+    renamed ("" if there was no tree), or None when the version stays."""
     import fcntl
 
     tree = os.path.join(directory, f"agent-{version}")

@@ -237,12 +237,60 @@ def test_a_tree_entry_others_can_write_is_refused(tree):
     assert not bootstrap._tree_ok(str(tree))
 
 
+def test_a_sealed_tree_is_not_hashed_again_and_a_file_changed_since_is(tree, monkeypatch):
+    """Every call checked the tree by hashing its ~70 files (~4 ms of CPU of ~47 ms): the seal the last full check
+    wrote lets an unchanged tree (same inode, size, mtime, ctime per file) pass on the walk alone."""
+    assert (tree / bootstrap.SEAL).is_file()  # the fixture's check hashed and sealed it
+    real = bootstrap._sha256
+
+    def no_hashing(path):
+        raise AssertionError(f"hashed {path} of a sealed, unchanged tree")
+
+    monkeypatch.setattr(bootstrap, "_sha256", no_hashing)
+    assert bootstrap._tree_ok(str(tree))
+    # The same size and the mtime set back by hand: the kernel's ctime still moved, so the tree is hashed and refused.
+    x = tree / "agent" / "x.py"
+    st = x.stat()
+    x.write_bytes(b"X = 2\n")
+    os.utime(x, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert x.stat().st_size == st.st_size and x.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(AssertionError, match="hashed"):
+        bootstrap._tree_ok(str(tree))
+    monkeypatch.setattr(bootstrap, "_sha256", real)
+    assert not bootstrap._tree_ok(str(tree))
+    x.write_bytes(b"X = 1\n")  # the manifest's bytes again: hashed, passes, sealed anew
+    assert bootstrap._tree_ok(str(tree))
+    monkeypatch.setattr(bootstrap, "_sha256", no_hashing)
+    assert bootstrap._tree_ok(str(tree))
+
+
+def test_a_changed_manifest_or_a_damaged_seal_means_hashing_again(tree, monkeypatch):
+    calls = []
+    real = bootstrap._sha256
+    monkeypatch.setattr(bootstrap, "_sha256", lambda p: calls.append(p) or real(p))
+    (tree / bootstrap.SEAL).write_text("{not json")
+    assert bootstrap._tree_ok(str(tree)) and len(calls) == 3
+    manifest = json.loads((tree / "MANIFEST.json").read_text())
+    manifest["agent/x.py"] = hashlib.sha256(b"something else").hexdigest()
+    (tree / "MANIFEST.json").write_text(json.dumps(manifest))
+    assert not bootstrap._tree_ok(str(tree)) and len(calls) > 3
+
+
+def test_a_seal_on_its_way_in_is_no_extra_file_but_anything_else_is(tree):
+    (tree / f"{bootstrap.SEAL}.4242").write_text("{}")  # another call between its write and its rename, or killed there
+    (tree / f"{bootstrap.SEAL}.4242").chmod(0o644)
+    assert bootstrap._tree_ok(str(tree))
+    (tree / f"{bootstrap.SEAL}.x").write_text("{}")
+    (tree / f"{bootstrap.SEAL}.x").chmod(0o644)
+    assert not bootstrap._tree_ok(str(tree))
+
+
 def _archive_of(tree: Path, at: Path) -> Path:
     """A zip of `tree`'s files (what the controller ships), to unpack again."""
     with zipfile.ZipFile(at, "w") as zf:
         for p in sorted(tree.rglob("*")):
             rel = p.relative_to(tree).as_posix()
-            if p.is_file() and "__pycache__" not in rel and rel != ".complete":
+            if p.is_file() and "__pycache__" not in rel and rel != ".complete" and not rel.startswith(bootstrap.SEAL):
                 zf.write(p, rel)
     return at
 
