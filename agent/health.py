@@ -112,21 +112,20 @@ class GateResult:
 TICK_S = 5.0
 
 
-def gate(
-    url: str,
-    healthy_deadline: float,
-    min_healthy_time: float,
-    interval: float,
-    container_state: Callable[[], tuple[bool, int, str]],
-    on_tick: Callable[[str], None] | None = None,
-) -> GateResult:
-    """Wait for healthy, then hold it for the window. container_state() -> (running, restarts, status)."""
+def gate(url: str, healthy_deadline: float, min_healthy_time: float, interval: float,
+         container_state: Callable[[], tuple[bool, int, str]], on_tick: Callable[[str], None] | None = None,
+         restarts0: int | None = None) -> GateResult:
+    """Wait for healthy, then hold it for the window. container_state() -> (running, restarts, status).
+
+    `restarts0`: the restart count to count from, when the caller knows it (0: a container it has just created).
+    Unknown (None), the gate reads it; a daemon silent then has its first answer set it (a crash before it unseen)."""
     t0 = time.monotonic()
     timeout = max(0.5, min(2.0, interval * 4))
-    try:
-        restarts0 = container_state()[1]
-    except Exception:  # noqa: BLE001 - attempt() reports it
-        restarts0 = -1
+    if restarts0 is None:
+        try:
+            restarts0 = container_state()[1]
+        except Exception:  # noqa: BLE001 - attempt() reports it
+            restarts0 = -1
     last: list[Probe] = []
     ticked = [t0]
     baseline = [restarts0]  # unknown at the start (the daemon did not answer): the first state read sets it

@@ -147,7 +147,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
         c.start()
         return c
 
-    def _gate(self, c, h: dict, service: str) -> health.GateResult:
+    def _gate(self, c, h: dict, service: str, restarts0: int | None = None) -> health.GateResult:
         url = health.url_for(h, self._address(c, h))
 
         def state() -> tuple[bool, int, str]:
@@ -164,12 +164,8 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
             return bool(st.get("Running")) and not st.get("Restarting"), int(c.attrs.get("RestartCount", 0)), status
 
         return health.gate(
-            url,
-            float(h.get("healthy_deadline", 60)),
-            float(h.get("min_healthy_time", 10)),
-            float(h.get("interval", 0.5)),
-            state,
-            on_tick=lambda msg: (self.j(Step.GATE_PROGRESS, service, message=msg), self.hit(Step.GATE, service)),
+            url, float(h.get("healthy_deadline", 60)), float(h.get("min_healthy_time", 10)), float(h.get("interval", 0.5)), state,
+            on_tick=lambda msg: (self.j(Step.GATE_PROGRESS, service, message=msg), self.hit(Step.GATE, service)), restarts0=restarts0,
         )
 
     # --- one service: replace whatever runs with `new_args`, or put it back ------------
@@ -256,7 +252,7 @@ class Transaction(MotionOps, Prepare, ProxySwitch, RestoreCommit, Reverts):
             r.timings["start_s"] = round(time.monotonic() - t1, 3)
             self.hit(Step.START_NEW, service)
             self.j(Step.GATE, service, health=h)
-            gate = self._gate(new, h, service)
+            gate = self._gate(new, h, service, restarts0=0)  # just created: Docker's restarts of it count from 0
             if gate.ok:
                 gate = self._gpu_gate(new, service, gpu_budget_gb) or gate
             r.gate = gate.to_json()

@@ -61,9 +61,9 @@ def test_a_restart_gates_for_as_long_as_the_inventory_now_says(daemon, monkeypat
     seen = []
     real_gate = Transaction._gate
 
-    def gate(self, c, h, service):
+    def gate(self, c, h, service, **kw):
         seen.append(h)
-        return real_gate(self, c, h, service)
+        return real_gate(self, c, h, service, **kw)
 
     monkeypatch.setattr(Transaction, "_gate", gate)
     s = spec(tag="20261101-aaaaaaa")
@@ -126,10 +126,10 @@ def test_a_failed_swap_whose_new_container_crash_loops_restores_the_old_one(daem
     daemon.image(REPO, NEW_D, behaviour="bad")
     real_gate = Transaction._gate
 
-    def crash_then_gate(self, c, h, service):
+    def crash_then_gate(self, c, h, service, **kw):
         if c.id != old:
             daemon.containers.by_id[c.id].crash_loop()
-        return real_gate(self, c, h, service)
+        return real_gate(self, c, h, service, **kw)
 
     monkeypatch.setattr(Transaction, "_gate", crash_then_gate)
     r = by_service(run(daemon, [step(spec())]))["svc"]
@@ -205,10 +205,10 @@ def test_a_kept_container_removed_mid_gate_is_recreated_and_the_report_says_so_n
     daemon.image(REPO, NEW_D, behaviour="bad")
     real_gate = Transaction._gate
 
-    def remove_the_kept_one_then_gate(self, c, h, service):
+    def remove_the_kept_one_then_gate(self, c, h, service, **kw):
         if c.id != old and old in daemon.containers.by_id:
             daemon.containers.by_id[old].remove(force=True)  # someone's `docker rm -f` on the kept container
-        return real_gate(self, c, h, service)
+        return real_gate(self, c, h, service, **kw)
 
     monkeypatch.setattr(Transaction, "_gate", remove_the_kept_one_then_gate)
     r = by_service(run(daemon, [step(spec())]))["svc"]

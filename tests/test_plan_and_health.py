@@ -308,6 +308,37 @@ def test_a_daemon_that_holds_the_state_past_the_deadline_fails_the_gate_and_says
     assert g.ok, g
 
 
+def test_a_new_container_s_restarts_count_from_zero_even_when_the_daemon_misses_the_first_read(monkeypatch):
+    """Left open last session: a state unknown at the gate's start let the first answer set the baseline, so a new
+    container that crash-restarted before the daemon answered passed. The transaction knows it just created it: 0."""
+    from agent import health
+
+    monkeypatch.setattr(health, "probe", lambda url, timeout: health.Probe(True, "HTTP 200"))
+    reads = [(False, -1, "unknown (the Docker daemon did not answer)")] + [(True, 1, "running")] * 100
+    unknown = iter(reads)
+    g = health.gate("http://x/health", healthy_deadline=1, min_healthy_time=0.2, interval=0.05,
+                    container_state=lambda: next(unknown), restarts0=0)
+    assert not g.ok and "container running, restarted 1 time(s) during the gate" in g.reason, g
+    unknown = iter(reads)  # not known (a container brought back): the first answer still sets it, as before
+    assert health.gate("http://x/health", healthy_deadline=1, min_healthy_time=0.2, interval=0.05,
+                       container_state=lambda: next(unknown)).ok
+
+
+def test_the_transaction_gates_a_container_it_created_from_zero_restarts(monkeypatch):
+    from agent import health, transaction
+
+    seen = {}
+    monkeypatch.setattr(health, "gate", lambda *a, **kw: seen.update(kw) or health.GateResult(True, "passed", "ok"))
+    tx = transaction.Transaction.__new__(transaction.Transaction)
+    monkeypatch.setattr(tx, "_address", lambda c, h: "10.0.0.2", raising=False)
+    tx._gate(object(), {"port": 8080}, "svc", restarts0=0)
+    assert seen["restarts0"] == 0
+    tx._gate(object(), {"port": 8080}, "svc")
+    assert seen["restarts0"] is None
+    src = __import__("inspect").getsource(transaction.Transaction)
+    assert "self._gate(new, h, service, restarts0=0)" in src  # the new container's gate, the one call that knows
+
+
 def test_history_says_a_rollout_s_transaction_was_stopped_by_a_forced_unlock(tmp_path, monkeypatch):
     """Found on the lab: fab unlock --force was recorded only on the host (unlocks.jsonl); fab history never said it."""
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "l.jsonl"))

@@ -143,8 +143,8 @@ def test_restore_recreates_from_recorded_config_when_the_kept_container_vanished
     daemon.image(REPO, NEW_D, behaviour="bad")
     real_gate = Transaction._gate
 
-    def gate_then_lose_kept(self, c, h, service):
-        result = real_gate(self, c, h, service)
+    def gate_then_lose_kept(self, c, h, service, **kw):
+        result = real_gate(self, c, h, service, **kw)
         daemon.containers.by_id.pop(old, None)  # someone removed the kept container by hand mid-gate
         return result
 
@@ -364,12 +364,12 @@ def test_reverts_of_several_services_gate_concurrently(daemon, monkeypatch):
     lock_ = threading.Lock()
     real_gate = Transaction._gate
 
-    def counting_gate(self, c, h, service):
+    def counting_gate(self, c, h, service, **kw):
         with lock_:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         try:
-            return real_gate(self, c, h, service)
+            return real_gate(self, c, h, service, **kw)
         finally:
             with lock_:
                 active[0] -= 1
@@ -652,9 +652,9 @@ def test_kept_always_container_cannot_come_back_by_itself_and_gets_its_policy_ba
     seen = {}
     real_gate = Transaction._gate
 
-    def look_during_gate(self, c, h, service):
+    def look_during_gate(self, c, h, service, **kw):
         seen.setdefault("policy", daemon.containers.by_id[old].restart_policy)  # the new release's gate, not the restore's
-        return real_gate(self, c, h, service)
+        return real_gate(self, c, h, service, **kw)
 
     Transaction._gate = look_during_gate
     try:
