@@ -32,6 +32,7 @@ import os
 import re
 import stat
 import sys
+import time
 
 try:  # the builtin: hashlib would load OpenSSL (~2.5 ms of every call's CPU) for a few SHA-256s
     from _sha256 import sha256
@@ -80,6 +81,7 @@ def _sha256(path: str) -> str:
 # kernel sets ctime on every write, rename or chmod and an owner cannot set it back, so an unchanged seal means the
 # bytes hashed then. No stronger than the manifest beside it (a damaged tree); other accounts: the owner/mode checks.
 SEAL = ".sealed.json"
+SEAL_AFTER_NS = 2_000_000_000  # no seal of a file changed this recently: a same-size rewrite in its clock tick keeps ctime
 
 
 def _tree_ok(target: str) -> bool:
@@ -113,13 +115,13 @@ def _tree_ok(target: str) -> bool:
                 return False
         for name in files:
             full = os.path.join(top, name)
+            if top == target and name.startswith(f"{SEAL}.") and name[len(SEAL) + 1:].isdigit():
+                continue  # another call's seal on its way in (renamed away under our lstat), or a killed call's: never used
             if not sound(full, False):
                 return False
             rel = os.path.relpath(full, target).replace(os.sep, "/")
             if rel in ("MANIFEST.json", ".complete", SEAL) or (os.path.basename(top) == "__pycache__" and name.endswith(".pyc")):
                 continue
-            if top == target and name.startswith(f"{SEAL}.") and name[len(SEAL) + 1:].isdigit():
-                continue  # another call's seal on its way in (_seal), or one a killed call left: never run, only read
             if rel not in manifest:
                 return False
             seen.add(rel)
@@ -132,8 +134,9 @@ def _tree_ok(target: str) -> bool:
 def _sealed(target: str, checked: dict[str, list[int]], hashed) -> bool:
     """The files are those the seal says were hashed, or hashed() says they match now (then sealed anew)."""
     try:
-        with open(os.path.join(target, SEAL)) as f:
-            if json.load(f) == checked:
+        fd = os.open(os.path.join(target, SEAL), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # no FIFO to wait on
+        with os.fdopen(fd) as f:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and json.load(f) == checked:
                 return True
     except (OSError, ValueError):
         pass
@@ -141,9 +144,10 @@ def _sealed(target: str, checked: dict[str, list[int]], hashed) -> bool:
         return False
     tmp = os.path.join(target, f"{SEAL}.{os.getpid()}")  # then a rename: a reader sees the old seal or this one
     try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "w") as f:
-            json.dump(checked, f)
-        os.replace(tmp, os.path.join(target, SEAL))
+        if time.time_ns() - max(st[3] for st in checked.values()) >= SEAL_AFTER_NS:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644), "w") as f:
+                json.dump(checked, f)
+            os.replace(tmp, os.path.join(target, SEAL))
     except OSError:  # a tree that cannot take it (a read-only home) is hashed on every call, as before
         pass
     return True
@@ -204,8 +208,7 @@ def _unpacked(archive: str, want: str, verified: str = "") -> str:
         if _sha256(archive) != want:
             _refuse(f"{DAMAGED}: its SHA-256 is not {want}", 97)
     target = archive[: -len(".pyz")] if archive.endswith(".pyz") else archive + ".d"
-    for attempt in range(2):
-        # Locked before it is checked: a tree checked and then pruned under us would fail our imports later.
+    for attempt in range(2):  # locked before it is checked: a tree checked, then pruned under us, would fail imports
         if os.path.isfile(os.path.join(target, ".complete")) and _hold(target) and _tree_ok(target):
             _private(target, "the agent's unpacked tree")
             if attempt:  # this run unpacked a version new to this home: the earlier ones can go
@@ -264,8 +267,6 @@ def _prune(directory: str, current: str, keep: int = KEEP, min_age_s: float = MI
     .tmp/.bad/.prune/.part leftovers), only this user's, never through a symlink, and a tree only when it holds
     the .complete and MANIFEST.json every unpack writes. Best effort: a failure leaves the version, the call goes on.
     """
-    import time
-
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -387,8 +388,7 @@ def _remove_tree(path: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 2 or len(sys.argv[1]) != 64:
         _refuse("the controller must name the archive's SHA-256: python3 -I <agent>.pyz <sha256>")
-    # Set by the controller's verifier (agentpack.VERIFIER), which runs this file from the
-    # archive's open file: sys.argv[0] is then /proc/self/fd/N, not the archive's path.
+    # Set by the controller's verifier (agentpack.VERIFIER), which runs this file from the archive's open file.
     _verified = globals().get("FLEETROLL_VERIFIED")
     if _verified:
         root = _unpacked(_verified[0], sys.argv[1], f"/proc/self/fd/{int(_verified[1])}")

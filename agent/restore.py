@@ -39,7 +39,7 @@ class RestoreCommit:
                 self.j(Step.REMOVED, service, message="no earlier version to go back to; the new container was removed")
                 return
             self._rejoin(r, kept)  # a proxy that left fr-proxy to be set aside joins it again
-            gate = self._gate(kept, h, service)
+            gate = self._gate(kept, h, service, restarts0=0 if r.recreated else None)  # recreated: counts from 0 too
             if gate.ok and beside:
                 r.switch = {**self._switch_to(r, kept, h, 0.0), "back": True}
                 daemon_retry(lambda: self._finish_bring_back(r, kept))

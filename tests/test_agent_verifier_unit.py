@@ -181,7 +181,7 @@ def test_a_call_after_the_first_imports_neither_openssl_nor_runpy(home):
 
 
 @pytest.fixture
-def tree(tmp_path):
+def tree(tmp_path, monkeypatch):
     """A small unpacked tree as bootstrap._unpack leaves it: files, a manifest, checked-hash bytecode."""
     t = tmp_path / "agent-0123456789abcdef"
     files = {"agent/__init__.py": b"", "agent/x.py": b"X = 1\n", "http/__init__.py": b"# a package named like the stdlib's\n"}
@@ -194,6 +194,7 @@ def tree(tmp_path):
     (t / ".complete").touch()
     for p in [t, *t.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
+    monkeypatch.setattr(bootstrap, "SEAL_AFTER_NS", 0)  # sealed at once (the tests that need the margin set it back)
     assert bootstrap._tree_ok(str(t))
     return t
 
@@ -249,6 +250,8 @@ def test_a_sealed_tree_is_not_hashed_again_and_a_file_changed_since_is(tree, mon
     monkeypatch.setattr(bootstrap, "_sha256", no_hashing)
     assert bootstrap._tree_ok(str(tree))
     # The same size and the mtime set back by hand: the kernel's ctime still moved, so the tree is hashed and refused.
+    # (Past the clock tick of the seal's files: a rewrite within it is what SEAL_AFTER_NS keeps from being sealed.)
+    time.sleep(0.05)
     x = tree / "agent" / "x.py"
     st = x.stat()
     x.write_bytes(b"X = 2\n")
@@ -274,6 +277,46 @@ def test_a_changed_manifest_or_a_damaged_seal_means_hashing_again(tree, monkeypa
     manifest["agent/x.py"] = hashlib.sha256(b"something else").hexdigest()
     (tree / "MANIFEST.json").write_text(json.dumps(manifest))
     assert not bootstrap._tree_ok(str(tree)) and len(calls) > 3
+
+
+def test_a_tree_changed_within_the_margin_is_hashed_and_not_sealed(tree, monkeypatch):
+    """A write of the same size within the clock tick of the file's last change can leave its ctime as it was (kernels
+    before 6.13 stamp files once per tick): no seal is written while a file changed within SEAL_AFTER_NS."""
+    (tree / bootstrap.SEAL).unlink()
+    monkeypatch.setattr(bootstrap, "SEAL_AFTER_NS", 3_600 * 10**9)
+    assert bootstrap._tree_ok(str(tree)) and not (tree / bootstrap.SEAL).exists()
+    monkeypatch.setattr(bootstrap, "SEAL_AFTER_NS", 0)
+    assert bootstrap._tree_ok(str(tree)) and (tree / bootstrap.SEAL).exists()
+
+
+def test_a_seal_that_is_no_regular_file_is_never_waited_on_or_followed(tree):
+    (tree / bootstrap.SEAL).unlink()
+    os.mkfifo(tree / bootstrap.SEAL, 0o644)  # would block a plain open() for ever
+    assert not bootstrap._tree_ok(str(tree))  # not a regular file: the walk refuses it, and the read never waits
+    (tree / bootstrap.SEAL).unlink()
+    (tree / bootstrap.SEAL).symlink_to(tree / "MANIFEST.json")
+    assert not bootstrap._tree_ok(str(tree))
+    (tree / bootstrap.SEAL).unlink()
+    assert bootstrap._sealed(str(tree), {"x": [1, 2, 3, 4]}, lambda: True)  # hashed: passes, and seals
+    os.mkfifo(tree / f"{bootstrap.SEAL}.{os.getpid()}", 0o644)  # our own temporary name taken by a FIFO: no seal, no wait
+    (tree / bootstrap.SEAL).unlink()
+    assert bootstrap._sealed(str(tree), {"x": [1, 2, 3, 4]}, lambda: True) and not (tree / bootstrap.SEAL).exists()
+
+
+def test_a_seal_renamed_in_by_another_call_during_the_walk_is_no_reason_to_refuse(tree, monkeypatch):
+    """Found by review: the walk listed another call's .sealed.json.PID, which was renamed to .sealed.json before the
+    lstat; the sound tree was refused (15 times in 1,570 checks beside a sealing loop) and unpacked again."""
+    real_lstat = os.lstat
+
+    def lstat(path, *a, **kw):
+        if os.path.basename(str(path)).startswith(f"{bootstrap.SEAL}."):
+            raise FileNotFoundError(path)  # gone between the listing and the lstat
+        return real_lstat(path, *a, **kw)
+
+    (tree / f"{bootstrap.SEAL}.777").write_text("{}")
+    (tree / f"{bootstrap.SEAL}.777").chmod(0o644)
+    monkeypatch.setattr(bootstrap.os, "lstat", lstat)
+    assert bootstrap._tree_ok(str(tree))
 
 
 def test_a_seal_on_its_way_in_is_no_extra_file_but_anything_else_is(tree):

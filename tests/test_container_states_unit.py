@@ -205,7 +205,10 @@ def test_a_kept_container_removed_mid_gate_is_recreated_and_the_report_says_so_n
     daemon.image(REPO, NEW_D, behaviour="bad")
     real_gate = Transaction._gate
 
+    counted_from = []
+
     def remove_the_kept_one_then_gate(self, c, h, service, **kw):
+        counted_from.append(kw.get("restarts0"))
         if c.id != old and old in daemon.containers.by_id:
             daemon.containers.by_id[old].remove(force=True)  # someone's `docker rm -f` on the kept container
         return real_gate(self, c, h, service, **kw)
@@ -213,6 +216,7 @@ def test_a_kept_container_removed_mid_gate_is_recreated_and_the_report_says_so_n
     monkeypatch.setattr(Transaction, "_gate", remove_the_kept_one_then_gate)
     r = by_service(run(daemon, [step(spec())]))["svc"]
     assert r["outcome"] == "reverted" and r["recreated"], r
+    assert counted_from == [0, 0], counted_from  # the new release and the recreated one: both just made, restarts from 0
     back = only(daemon, "svc")
     assert back.id != old and back.running
     line = _now_line(r)

@@ -66,10 +66,10 @@ def test_a_container_removed_by_someone_else_mid_gate_is_reverted_but_freezes_no
     daemon.image(REPO, NEW_D)
     real_gate = Transaction._gate
 
-    def remove_then_gate(self, c, h, service):
+    def remove_then_gate(self, c, h, service, **kw):
         if c.id != old:
             daemon.containers.by_id.pop(c.id)  # `docker rm -f` by hand, mid-gate
-        return real_gate(self, c, h, service)
+        return real_gate(self, c, h, service, **kw)
 
     monkeypatch.setattr(Transaction, "_gate", remove_then_gate)
     s = run(daemon, [step(spec())])["services"][0]

@@ -59,10 +59,10 @@ def test_start_first_gates_the_new_one_beside_the_old_then_switches_then_stops_t
     seen = {}
     real_gate = Transaction._gate
 
-    def look(self, c, h, service):
+    def look(self, c, h, service, **kw):
         seen["old_running_during_gate"] = daemon.containers.by_id[old].running
         seen["proxy_during_gate"] = edge.live["web"]
-        return real_gate(self, c, h, service)
+        return real_gate(self, c, h, service, **kw)
 
     Transaction._gate = look
     try:
@@ -167,9 +167,9 @@ def test_stop_first_behind_the_proxy_serves_nothing_until_the_new_one_passed(dae
     seen = {}
     real_gate = Transaction._gate
 
-    def look(self, c, h, service):
+    def look(self, c, h, service, **kw):
         seen.setdefault("during_gate", edge.live.get("web"))
-        return real_gate(self, c, h, service)
+        return real_gate(self, c, h, service, **kw)
 
     monkeypatch.setattr(Transaction, "_gate", look)
     r = by_service(run(daemon, [{**swap(proxied_spec()), "order": "stop-first"}]))["web"]
