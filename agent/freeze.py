@@ -127,6 +127,7 @@ def _merged(older: dict[str, Any] | None, newer: dict[str, Any]) -> dict[str, An
     for svc, block in was.items():  # each earlier block keeps the rollout it failed in (the words name it)
         also.setdefault(svc, []).insert(0, {"rollout_id": older_ids.get(svc, ""), **block})
     failed = {**was, **newer["failed"]}
+    dropped = dict(older.get("dropped") or {})  # service -> how many of its oldest failed releases no longer refused
     for svc in list(also):
         seen, kept = {_key(failed[svc])}, []
         for block in also[svc]:
@@ -134,15 +135,20 @@ def _merged(older: dict[str, Any] | None, newer: dict[str, Any]) -> dict[str, An
                 seen.add(_key(block))
                 kept.append(block)
         also[svc] = kept[:MAX_BLOCKS]
+        if kept[MAX_BLOCKS:]:
+            dropped[svc] = dropped.get(svc, 0) + len(kept[MAX_BLOCKS:])
         if not also[svc]:
             del also[svc]
     rollouts = {**older_ids, **{svc: newer.get("rollout_id", "") for svc in newer["failed"]}}
     out = {**newer, "failed": failed, "also_failed": also, "rollouts": rollouts,
-           "releases": {**(older.get("releases") or {}), **newer["releases"]}}
+           "releases": {**(older.get("releases") or {}), **newer["releases"]}, **({"dropped": dropped} if dropped else {})}
     earlier = sorted(set(was) - set(newer["failed"]))
     if earlier:  # named by service and rollout, not by nesting the older record's words (which nested without end)
         out["reason"] = newer["reason"] + "; still refused from earlier failures: " + ", ".join(
             f"{svc} (rollout {rollouts.get(svc) or '?'})" for svc in earlier)
+    for svc, n in sorted(dropped.items()):  # said, never silent: those releases could be deployed again
+        out["reason"] += (f"; {svc}: its {n} oldest failed release(s) are no longer refused (a freeze keeps a service's"
+                          f" {MAX_BLOCKS + 1} newest)")
     return out
 
 
@@ -217,7 +223,8 @@ def _lift(phase: str, current: dict[str, Any], auto: dict[str, Any], rest: list[
         return None
     left = {**auto, "failed": {s: auto["failed"][s] for s in rest},
             "also_failed": {s: b for s, b in (auto.get("also_failed") or {}).items() if s in rest},
-            "releases": {s: t for s, t in (auto.get("releases") or {}).items() if s in rest}}
+            "releases": {s: t for s, t in (auto.get("releases") or {}).items() if s in rest},
+            "dropped": {s: n for s, n in (auto.get("dropped") or {}).items() if s in rest}}
     _store(phase, left if current is auto else {**current, "kept_auto": left})
     removed = {**auto, "failed": {s: auto["failed"][s] for s in gone}}
     _history({"event": "thaw", "phase": phase, "by": by, "reason": reason, "ts": round(time.time(), 3), "removed": removed})

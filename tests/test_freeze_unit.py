@@ -197,6 +197,24 @@ def test_a_service_that_fails_again_keeps_its_earlier_failed_release_refused(mon
     assert freeze.read("gpu") is None  # a clean commit of the service lifts every block of it
 
 
+def test_a_failed_release_past_what_a_freeze_keeps_is_said_no_longer_refused_never_silently():
+    """Left open last session: an automatic freeze keeps a service's newest failed releases (MAX_BLOCKS more than the
+    one that failed last); the next one dropped the oldest silently, and that release could be deployed again unsaid."""
+    blocks = [{"tag": f"T{i}", "digest": f"sha256:{i}", "config": f"cfg:{i}"} for i in range(freeze.MAX_BLOCKS + 3)]
+    for i, block in enumerate(blocks):
+        rec = freeze.write("gpu", f"rollout r-{i} failed: svc:T{i}", "op", auto=True, releases={"svc": f"T{i}"},
+                           rollout_id=f"r-{i}", failed={"svc": block})
+    kept = freeze.blocks_of(rec, "svc")
+    assert len(kept) == freeze.MAX_BLOCKS + 1 and kept[0] == blocks[-1] and {b["tag"] for b in kept} == {
+        f"T{i}" for i in range(2, freeze.MAX_BLOCKS + 3)}
+    assert rec["dropped"] == {"svc": 2}
+    assert (f"svc: its 2 oldest failed release(s) are no longer refused (a freeze keeps a service's {freeze.MAX_BLOCKS + 1}"
+            " newest)") in rec["reason"], rec["reason"]
+    assert rec["reason"].count("no longer refused") == 1  # rebuilt each time, not nested
+    freeze.thaw("gpu", "op", "rollout r-99 committed", only_auto=True, services=["svc"])
+    assert freeze.read("gpu") is None
+
+
 def test_an_automatic_freeze_under_a_manual_one_is_said_as_such():
     from agent import ops
 
