@@ -363,12 +363,16 @@ def test_reverts_of_several_services_gate_concurrently(daemon, monkeypatch):
     active, peak = [0], [0]
     lock_ = threading.Lock()
     real_gate = Transaction._gate
+    # Each gate waits for the other two to have started (a serial revert would break the barrier after 20 s): under
+    # CI's load a fast gate could end before the next began, and the peak then proved nothing either way (it flaked).
+    together = threading.Barrier(3, timeout=20)
 
     def counting_gate(self, c, h, service, **kw):
         with lock_:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         try:
+            together.wait()
             return real_gate(self, c, h, service, **kw)
         finally:
             with lock_:
