@@ -204,3 +204,30 @@ def test_a_rollout_superseded_before_status_read_its_end_is_still_matched_with_h
     assert asked == [["r-killed"]]
     e = next(x for x in ledger.rollouts() if x["rollout_id"] == "r-killed")
     assert e["final"] == "committed" and "finished on pc2 (rag-api committed" in e["note"], e
+
+
+def test_a_rollback_says_when_the_cards_or_driver_are_not_as_the_inventory_says_and_goes_ahead(inv, monkeypatch, tmp_path):
+    """Left open last session: status and a rollout's preflight compare the cards and driver with the inventory; a
+    rollback asked the hosts for no GPU facts at all. It goes ahead (it puts back what ran before), and says so."""
+    from playbooks import rollback
+
+    spec = inv.fleet.hosts["mainpc"].gpus
+    old_driver = {"ok": True, "driver_version": "470.1", "gpus": [
+        {"index": 0, "name": spec.model, "compute_capability": spec.compute_capability, "memory_mib": 24564,
+         "memory_used_mib": 0}]}
+    asked = {}
+
+    def on_hosts(inventory, hosts, op, args_for, **kw):
+        asked.update({h: args_for(h) for h in hosts})
+        return {h: transport.CallResult(h, True, {"protocol": transport.PROTOCOL, "ok": True, "msg": "", "data": {
+            "docker": {"ok": True, "containers": []}, "nvml": old_driver}}) for h in hosts}
+
+    monkeypatch.setattr(transport, "on_hosts", on_hosts)
+    monkeypatch.setattr(rollback, "run_on_hosts", lambda *a, **kw: {})  # what the hosts then do is not this test's
+    rep = rollback.rollback(inv, "gpu-mainpc")
+    assert asked == {"mainpc": {"gpu": True}}, asked
+    notes = [m for m in rep.messages if "GPU NOT AS THE INVENTORY SAYS" in m]
+    assert len(notes) == 1 and notes[0].startswith("note: mainpc: GPU NOT AS THE INVENTORY SAYS: driver 470.1 < required")
+    assert "the rollback goes ahead" in notes[0]
+    rep = rollback.rollback(inv, "cpu-pc2")  # no GPU service: no NVML asked for, nothing said
+    assert asked["pc2"] == {"gpu": False} and not [m for m in rep.messages if "GPU" in m]
