@@ -221,10 +221,17 @@ def _lift(phase: str, current: dict[str, Any], auto: dict[str, Any], rest: list[
     gone = sorted(set(auto.get("failed") or {}) - set(rest))
     if not gone:
         return None
+    rids, tags = auto.get("rollouts") or {}, auto.get("releases") or {}
+    # Its words are rebuilt from what stays: status printed 'frozen after rollout r-7 failed: b:B1 ...' for b, committed
+    # since, while only a's earlier failure was still refused.
     left = {**auto, "failed": {s: auto["failed"][s] for s in rest},
             "also_failed": {s: b for s, b in (auto.get("also_failed") or {}).items() if s in rest},
-            "releases": {s: t for s, t in (auto.get("releases") or {}).items() if s in rest},
-            "dropped": {s: n for s, n in (auto.get("dropped") or {}).items() if s in rest}}
+            "releases": {s: t for s, t in tags.items() if s in rest},
+            "dropped": {s: n for s, n in (auto.get("dropped") or {}).items() if s in rest},
+            "rollout_id": rids.get(rest[0]) or auto.get("rollout_id", ""),
+            "reason": "; ".join(f"{s}:{tags.get(s) or (auto['failed'][s] or {}).get('tag') or '?'} failed in rollout"
+                                f" {rids.get(s) or auto.get('rollout_id') or '?'} and stays refused" for s in rest)
+            + f" ({', '.join(gone)} went ahead since: {reason})"}
     _store(phase, left if current is auto else {**current, "kept_auto": left})
     removed = {**auto, "failed": {s: auto["failed"][s] for s in gone}}
     _history({"event": "thaw", "phase": phase, "by": by, "reason": reason, "ts": round(time.time(), 3), "removed": removed})

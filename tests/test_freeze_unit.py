@@ -160,6 +160,10 @@ def test_automatic_freezes_add_up_per_service_and_a_commit_lifts_only_its_own_se
     assert rec["rollouts"] == {"a": "r-1", "b": "r-2"}
     removed = freeze.thaw("gpu", "op", "rollout r-3 committed", only_auto=True, services=["a"])
     assert set(removed["failed"]) == {"a"} and set(freeze.read("gpu")["failed"]) == {"b"}, "b's failed release stays refused"
+    # and its words are b's alone: status said 'frozen after rollout r-2 failed: ...; still refused ... a' with a lifted
+    left = freeze.read("gpu")
+    assert left["rollout_id"] == "r-2" and left["reason"] == ("b:B1 failed in rollout r-2 and stays refused (a went ahead"
+                                                              " since: rollout r-3 committed)"), left["reason"]
     assert freeze.thaw("gpu", "op", "rollout r-4 committed", only_auto=True, services=["c"]) is None
     assert freeze.thaw("gpu", "op", "rollout r-5 committed", only_auto=True, services=["b"]) and freeze.read("gpu") is None
     # the same under a manual freeze: both wait there, and are lifted the same way
@@ -170,6 +174,7 @@ def test_automatic_freezes_add_up_per_service_and_a_commit_lifts_only_its_own_se
     freeze.thaw("gpu", "op", "r-8 committed", only_auto=True, services=["b"])
     now = freeze.read("gpu")
     assert now["reason"] == "driver upgrade" and set(now["kept_auto"]["failed"]) == {"a"}
+    assert now["kept_auto"]["rollout_id"] == "r-6" and now["kept_auto"]["reason"].startswith("a:A1 failed in rollout r-6")
 
 
 def test_a_service_that_fails_again_keeps_its_earlier_failed_release_refused(monkeypatch):
