@@ -420,3 +420,24 @@ def test_completed_over_a_rollback_is_not_judged_before_the_same_old_task_ran_th
     assert judge.judge(g, wanted, now=150, min_healthy_time=2)
     assert {d["outcome"] for d in g.done.values()} == {"needs-operator"}
     assert "Swarm says the update completed, but its spec is the previous release (t-old) again" in g.done["pc2"]["message"]
+
+
+def test_completed_over_the_rollback_of_a_configuration_change_is_never_committed():
+    """A change of configuration only (the same image, e.g. an env that fails the healthcheck; lab: VARIANT=http500 on the
+    healthy image): if Swarm writes `completed` over its rollback_completed, its spec is the earlier configuration again,
+    whose tasks run the same digest. They were judged `committed` (the digest is the one rolled out), a commit never
+    observed; judged now by the spec hash Swarm carries: needs-operator at the end of the wait, never committed."""
+    f = judge.Follow("web", "update", ["mainpc", "pc2"], "t-same", OLD, "t-same", OLD, "2020-01-01T00:00:00Z", 100.0, "want")
+    v = overwritten(OLD)
+    v.tasks["web"] = [dict(t, Spec={"ContainerSpec": {"Image": f"{REPO}:t@{OLD}"}}) for t in v.tasks["web"]]
+    v.services["web"]["Spec"]["Labels"]["io.fleetroll.spec-hash"] = "earlier"  # Swarm's spec: the earlier configuration
+    assert not judge.judge(f, v, now=10, min_healthy_time=2) and f.done == {} and not f.ask_rollback
+    assert not judge.judge(f, v, now=60, min_healthy_time=2) and f.done == {}
+    assert judge.judge(f, v, now=100, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"needs-operator"}, f.done
+    assert "its spec is no longer the one deployed" in f.done["pc2"]["message"], f.done["pc2"]["message"]
+    same = judge.Follow("web", "update", ["mainpc", "pc2"], "t-same", OLD, "t-same", OLD, "2020-01-01T00:00:00Z", 100.0, "want")
+    v.services["web"]["Spec"]["Labels"]["io.fleetroll.spec-hash"] = "want"  # the spec deployed, completed: committed
+    v.tasks["web"] = [t for t in v.tasks["web"] if t["ID"] in ("a", "b")]
+    assert judge.judge(same, v, now=10, min_healthy_time=2)
+    assert {d["outcome"] for d in same.done.values()} == {"committed"}

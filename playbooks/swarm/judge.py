@@ -227,10 +227,18 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool, now: float, mi
     if timed_out and state == "rollback_started" and now - f.progress_at < ROLLBACK_PROGRESS_S and f.extended < ROLLBACK_MORE_MAX:
         f.deadline, f.extended = now + ROLLBACK_PROGRESS_S, f.extended + ROLLBACK_PROGRESS_S  # seen in CI under load
         return False
-    if state == "completed" and not spec_old and not f.rollback_asked and (why := _failed_where_none_runs(f, view)):
+    spec_hash = observe.deployed(view.services.get(f.service))[2]
+    spec_other = state == "completed" and not spec_old and bool(f.want_hash) and spec_hash not in ("", f.want_hash)
+    if state == "completed" and not spec_old and not spec_other and not f.rollback_asked and (
+            why := _failed_where_none_runs(f, view)):
         f.ask_rollback = why
         return False
-    if spec_old:  # Swarm's spec is the previous release: nothing of the new one is committed; wait, or needs-operator
+    if spec_other:  # e.g. `completed` over the rollback of a configuration change: the same digest, the earlier spec
+        for h in f.hosts if timed_out else ():
+            _needs(f, view, h, f"Swarm says the update completed, but its spec is no longer the one deployed (spec hash"
+                               f" {spec_hash}, deployed {f.want_hash}): Swarm rolled it back, or another deploy changed it;"
+                               " nothing of this rollout is seen running; look: fab status, fab details")
+    elif spec_old:  # Swarm's spec is the previous release: nothing of the new one is committed; wait, or needs-operator
         for h in f.hosts if timed_out else ():
             _needs(f, view, h, f"Swarm says the update completed, but its spec is the previous release ({f.old_tag}) again"
                                f" and its tasks were not seen running healthy on every host, nothing of {f.new_tag}"
