@@ -68,3 +68,30 @@ def test_fab_logs_and_versions_of_a_swarm_service_go_to_the_manager(inv, monkeyp
     monkeypatch.setattr(swarm, "versions", lambda i, s, h: seen.setdefault("versions", (s, h)))
     operate.versions(inv, "api")
     assert seen["versions"] == ("api", None)
+
+
+def test_versions_offer_fab_rollback_only_where_it_would_go_back():
+    """Seen on the lab: after `fab rollback -s S` (rollback_completed) fab versions still said "back to the previous spec:
+    fab rollback -s S", which then refused ("Swarm already rolled S back") and sent the operator to fab versions again.
+    The note says what fab rollback would do with Swarm's previous spec, as rollback.refusal/unchanged judge it."""
+    def note(svc):
+        return swarm.replica(observe.View(nodes={"n1": "pc2"}, services={"api": svc}, tasks={}), [], "api", "pc2")["note"]
+    assert "back to the previous spec: fab rollback -s api;" in note(service({"State": "completed"}))
+    for svc, why in ((service({"State": "rollback_completed"}), "Swarm already rolled api back"),
+                     (service({"State": "completed"}, previous=False), "Swarm keeps no previous spec of api")):
+        said = note(svc)
+        assert "back to the previous spec: fab rollback" not in said and f"not fab rollback -s api: {why}" in said, said
+        assert "fab rollback -s api --to TAG" in said
+
+
+def test_a_host_without_a_running_task_is_said_elsewhere_only_where_one_runs_elsewhere():
+    """Seen on the lab (a rollback Swarm paused, every task failing): fab versions said "(Swarm places it elsewhere)"
+    of a global service that ran nowhere, because some task of it existed. Said now only where one runs, naming where."""
+    failed = {"ID": "t1", "NodeID": "n1", "DesiredState": "ready", "Status": {"State": "failed"},
+              "Spec": {"ContainerSpec": {"Image": f"{REPO}:t-good@{OLD}"}}}
+    view = observe.View(nodes={"n1": "pc2", "n2": "node03"}, services={"api": service({"State": "rollback_paused"})},
+                        tasks={"api": [failed]})
+    note = swarm.replica(view, [], "api", "pc2")["note"]
+    assert "no task of it runs on this host now" in note and "elsewhere" not in note, note
+    view.tasks["api"].append(dict(failed, ID="t2", NodeID="n2", DesiredState="running", Status={"State": "running"}))
+    assert "no task of it runs on this host now (Swarm runs it on node03)" in swarm.replica(view, [], "api", "pc2")["note"]

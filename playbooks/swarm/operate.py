@@ -20,6 +20,7 @@ from ..errors import RolloutError
 from ..inventory import Inventory
 from . import observe, render
 from .remote import SwarmCommandError
+from .rollback import refusal, unchanged
 
 SKIP = ("noop", "skipped", "refused")  # nothing was started on the host: not a version it ran
 
@@ -68,9 +69,12 @@ def replica(view: observe.View, records: list[dict], service: str, host: str) ->
         notes.append(f"swarm: spec {cur[0] or '?'}@{cur[1][7:19] or '?'}" + (
             f"; previous spec {prev[0] or '?'}@{prev[1][7:19] or '?'}" if svc.get("PreviousSpec") else "; no previous spec"))
         if not task:
-            notes.append("no task of it runs on this host now" + (" (Swarm places it elsewhere)" if service in view.tasks else ""))
-    notes.append(f"back to the previous spec: fab rollback -s {service}; to any tag: fab rollback -s {service} --to TAG"
-                 " (resolved and gated again, as a rollout)")
+            elsewhere = sorted(h for h in observe.running(view, service) if h != host)  # only what runs, not any task
+            notes.append("no task of it runs on this host now" + (f" (Swarm runs it on {', '.join(elsewhere)})" if elsewhere else ""))
+    # what fab rollback -s would do with Swarm's previous spec, by the rules it applies (refused, or nothing to change)
+    why = refusal(service, svc) or (unchanged(service, svc) if svc else "")
+    back = f"not fab rollback -s {service}: {why}" if why else f"back to the previous spec: fab rollback -s {service}"
+    notes.append(f"{back}; to any tag: fab rollback -s {service} --to TAG (resolved and gated again, as a rollout)")
     return {"host": host, "service": service, "running": running, "versions": versions, "note": "\n".join(notes)}
 
 
