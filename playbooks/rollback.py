@@ -31,6 +31,9 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     if to_tag and tag_problem(to_tag):  # before any host is asked: 'x;id' is not a tag any host ran
         raise targets.TargetError(f"--to {to_tag!r}: {tag_problem(to_tag)}; fab versions -s {service or 'SERVICE'} lists"
                                   " the tags that ran")
+    if to_tag and not service:  # each service has its own versions: a phase-wide --to changed some and refused others
+        raise targets.TargetError(f"--to {to_tag} names a version of one service: add -s SERVICE (phase {phase}: "
+                                  f"{', '.join(inv.phase(phase).services)}); nothing was changed")
     if inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # Swarm's previous spec, or --to through the rollout's gates
         from .swarm.rollback import rollback_swarm
 

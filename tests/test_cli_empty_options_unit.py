@@ -31,8 +31,10 @@ def test_an_empty_hosts_or_inventory_option_is_exit_1_naming_it(argv, says):
 @pytest.mark.parametrize("argv, says", [
     (["preflight", "-p", "gpu-mainpc", "-H", "pc2", "-i", INV], "--hosts pc2: phase gpu-mainpc has no service there"),
     (["rollback", "-p", "gpu-mainpc", "-s", "llm-inference", "--to", "x;id", "-y", "-i", INV], "--to 'x;id': tag 'x;id' does"),
+    (["rollback", "-p", "gpu-mainpc", "--to", "20261201-abcdef0", "-y", "-i", INV], "add -s SERVICE (phase gpu-mainpc: "),
 ])
 def test_preflight_and_rollback_refuse_what_rollout_refuses_before_asking_a_host(argv, says):
-    """Found by an exploratory run: preflight -p P -H <host outside P> passed with one host; --to 'x;id' went to the host."""
+    """Found by an exploratory run: preflight -p P -H <host outside P> passed with one host; --to 'x;id' went to the host;
+    --to TAG without -s went to every service of the phase: one that had run TAG went back, the others were refused."""
     r = subprocess.run([FAB, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 1 and says in r.stderr, (r.stdout, r.stderr)
