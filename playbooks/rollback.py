@@ -27,6 +27,16 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     configuration), so the old env, ports and volumes come back, not today's inventory
     with an old image — and no env value ever travels back to the controller.
     """
+    check_request(inv, phase, service, hosts, to_tag)
+    if inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # Swarm's previous spec, or --to through the rollout's gates
+        from .swarm.rollback import rollback_swarm
+
+        return rollback_swarm(inv, phase, service, hosts, progress, to_tag)
+    return _rollback_ssh(inv, phase, service, hosts, max_parallel, progress, to_tag)
+
+
+def check_request(inv: Inventory, phase: str, service: str | None, hosts: list[str] | None, to_tag: str | None) -> None:
+    """A rollback's input, checked before the operator or any host is asked (an error names what to fix)."""
     targets.check(inv, phase, hosts, service)
     if to_tag and tag_problem(to_tag):  # before any host is asked: 'x;id' is not a tag any host ran
         raise targets.TargetError(f"--to {to_tag!r}: {tag_problem(to_tag)}; fab versions -s {service or 'SERVICE'} lists"
@@ -34,10 +44,10 @@ def rollback(inv: Inventory, phase: str, service: str | None = None, hosts: list
     if to_tag and not service:  # each service has its own versions: a phase-wide --to changed some and refused others
         raise targets.TargetError(f"--to {to_tag} names a version of one service: add -s SERVICE (phase {phase}: "
                                   f"{', '.join(inv.phase(phase).services)}); nothing was changed")
-    if inv.fleet.engine_of(inv.phase(phase)) == "swarm":  # Swarm's previous spec, or --to through the rollout's gates
-        from .swarm.rollback import rollback_swarm
 
-        return rollback_swarm(inv, phase, service, hosts, progress, to_tag)
+
+def _rollback_ssh(inv: Inventory, phase: str, service: str | None, hosts: list[str] | None, max_parallel: int | None,
+                  progress, to_tag: str | None) -> RolloutReport:
     t0 = time.monotonic()
     names = [service] if service else inv.services_for(phase, hosts)
     plan = build_plan(inv, phase, {}, hosts, rollout_id=new_rollout_id(phase, "rollback"), who=operator())

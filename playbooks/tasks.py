@@ -25,8 +25,7 @@ Collection = invoke.Collection
     help={
         "phase": "only the hosts and images this phase needs (phases.yml beside the inventory)",
         "hosts": "comma-separated host names to check (default: all, or the phase's)",
-        "json": "print the result as JSON",
-        "inventory": "inventory file (default: $FLEETROLL_INVENTORY or inventory/fleet.yml)",
+        "json": "print the result as JSON", "inventory": "inventory file (default: $FLEETROLL_INVENTORY or inventory/fleet.yml)",
         "max-parallel": "hosts checked at once (default: ssh.max_parallel)",
         "timings": "per host: waiting for a handshake slot, SSH connect, remote shell + agent start, agent work",
     }
@@ -54,8 +53,7 @@ def preflight(c, phase=None, hosts=None, json=False, inventory=None, max_paralle
     help={
         "phase": "phase to roll out (phases.yml beside the inventory)",
         "all": "every phase in order, each gated on the previous one's success",
-        "dry-run": "print the plan and change nothing",
-        "hosts": "comma-separated hosts to limit the phase to",
+        "dry-run": "print the plan and change nothing", "hosts": "comma-separated hosts to limit the phase to",
         "max-parallel": "hosts changed at once",
         "on-failure": "a failed service always goes back; revert-phase (default): so does the whole phase, on every host;"
                       " revert-service: the rest carry on; stop: what passed stays, nothing after the failure starts",
@@ -101,13 +99,13 @@ def rollout(c, phase=None, all=False, dry_run=False, hosts=None, max_parallel=No
 def rollback(c, phase=None, service=None, hosts=None, to=None, json=False, yes=False, inventory=None):
     """Put a phase's services (or one) back on the configuration they ran before their release (or --to a tag), health-gated."""
     from . import executor
+    from .rollback import check_request
+    from .targets import phase_of_service
 
     inv = _inventory(inventory, json)
-    if not phase and service:
-        from .targets import phase_of_service
-
-        phase = phase_of_service(inv, service)  # a service is in one phase: -s names it enough
+    phase = phase or (service and phase_of_service(inv, service))  # a service is in one phase: -s names it enough
     phase = _required(phase, "phase", "fab rollback --phase gpu-mainpc [--service llm-api]")
+    check_request(inv, phase, service, _hosts(hosts), to)  # bad input: exit 1 naming it, before the question
     _ask_unless_yes(yes, f"roll back {service or 'every service of ' + phase}?")
     with executor.Progress(enabled=not json) as progress:
         rep = executor.rollback(inv, phase, service, _hosts(hosts), progress=progress, to_tag=to)
@@ -255,9 +253,11 @@ def versions(c, service=None, host=None, json=False, inventory=None):
 def restart(c, service=None, hosts=None, json=False, yes=False, inventory=None):
     """Restart a service in a fresh container, same configuration, one replica at a time, gated; a failure stops it."""
     from . import executor
+    from .targets import replica_hosts
 
     service = _required(service, "service", "fab restart -s llm-inference")
     inv = _inventory(inventory, json)
+    replica_hosts(inv, service, _hosts(hosts))  # bad input: exit 1 naming it, before the question
     _ask_unless_yes(yes, f"restart {service}?")
     try:
         with executor.Progress(enabled=not json) as progress:

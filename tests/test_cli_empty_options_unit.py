@@ -38,3 +38,18 @@ def test_preflight_and_rollback_refuse_what_rollout_refuses_before_asking_a_host
     --to TAG without -s went to every service of the phase: one that had run TAG went back, the others were refused."""
     r = subprocess.run([FAB, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 1 and says in r.stderr, (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["rollback", "-p", "gpu-mainpc", "-s", "nope", "-i", INV], "--service nope: not a service of phase gpu-mainpc"),
+    (["rollback", "-p", "gpu-mainpc", "-H", "pc2", "-i", INV], "pc2"),
+    (["rollback", "-s", "llm-inference", "--to", "latest", "-i", INV], "--to 'latest': tag 'latest' does not match"),
+    (["restart", "-s", "nope", "-i", INV], "--service 'nope' is not in the inventory"),
+    (["restart", "-s", "llm-inference", "-H", "pc2", "-i", INV], "llm-inference has no replica on pc2"),
+])
+def test_rollback_and_restart_name_bad_input_before_asking_for_confirmation(argv, says):
+    """Found by an exploratory run: without -y (a script, no terminal) a bad -s/-H/--to said only "not confirmed (use
+    --yes ...)", and at a terminal the operator was asked to confirm a restart of a service that does not exist."""
+    r = subprocess.run([FAB, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and says in r.stderr and "not confirmed" not in r.stderr, (r.stdout, r.stderr)
