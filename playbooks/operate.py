@@ -16,7 +16,7 @@ from .ending import services_of as _services
 from .errors import RolloutError
 from .inventory import Inventory
 from .plan import operator
-from .targets import known_service, replica_host  # noqa: F401 - the tasks' names for them
+from .targets import known_service, replica_host, replica_hosts  # noqa: F401 - the tasks' names for them
 
 
 def set_freeze(inv: Inventory, phase: str, reason: str, thaw: bool = False, hosts: list[str] | None = None) -> tuple[bool, list[str]]:
@@ -133,9 +133,8 @@ def frozen_for(inv: Inventory, service: str, freezes: list[dict]) -> list[str]:
 def details(inv: Inventory, service: str | None = None, hosts: list[str] | None = None,
             pool: transport.Pool | None = None) -> dict[str, Any]:
     """Per host and service: container state, restarts, uptime, tag@digest, ports, GPU, kept containers, -prev pin."""
-    if service:
-        known_service(inv, service)
-    targets = [h for h in inv.fleet.hosts_of(service) if not hosts or h in hosts] if service else inv.select_hosts(hosts)
+    # -s S -H H: a host without a replica of S is an input error naming where S runs, not an empty report
+    targets = replica_hosts(inv, service, hosts) if service else inv.select_hosts(hosts)
     names = {h: ([service] if service else inv.services_for(None, [h])) for h in targets}
     results = transport.on_hosts(inv, targets, "details", lambda h: {"services": {s: inv.repo(s) for s in names[h]}}, timeout=60,
                                  pool=pool)

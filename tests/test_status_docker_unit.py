@@ -231,3 +231,15 @@ def test_a_rollback_says_when_the_cards_or_driver_are_not_as_the_inventory_says_
     assert "the rollback goes ahead" in notes[0]
     rep = rollback.rollback(inv, "cpu-pc2")  # no GPU service: no NVML asked for, nothing said
     assert asked["pc2"] == {"gpu": False} and not [m for m in rep.messages if "GPU" in m]
+
+
+def test_details_of_a_service_on_a_host_without_its_replica_is_an_input_error(inv, monkeypatch):
+    """Found by an exploratory run: `fab details -s core-mainpc -H pc2` (and -H nohost) printed nothing and exited 0."""
+    from playbooks import operate
+    from playbooks.errors import RolloutError
+
+    _answers(monkeypatch, lambda h: {"services": {"rag-api": {"container": None, "kept": []}}})
+    for hosts, says in ((["mainpc"], "rag-api has no replica on mainpc; it runs on pc2"), (["nohost"], "no replica on nohost")):
+        with pytest.raises(RolloutError, match=says):
+            operate.details(inv, "rag-api", hosts)
+    assert list(operate.details(inv, "rag-api", ["pc2"])["hosts"]) == ["pc2"]
