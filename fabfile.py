@@ -92,10 +92,47 @@ def flags_before_the_task(argv: list[str], tasks: set[str]) -> str:
     return ""
 
 
+FABRIC_MEANS = {"-i": "--identity", "-H": "--hosts", "-f": "--config", "-p": "--prompt-for-login-password"}
+
+
+def flags_the_task_lacks(argv: list[str], flags_of: dict[str, dict[str, bool]]) -> str:
+    """The one-line error for a fleetroll flag after a task that has no such option ("" if none); pure.
+
+    invoke hands a flag the task lacks to Fabric's core options: `fab freeze -p P -H mainpc` froze every host of P
+    (Fabric's --hosts, the task run once per host named: `-H mainpc,pc2` thawed twice) and `fab status -p P` said
+    "No idea what 'P' is!" (-p: Fabric's --prompt-for-login-password). flags_of: task -> {flag: takes a value}.
+    """
+    ours = {f"-{v}" for v in SHORT_FLAGS.values()} | {"--hosts", "--identity", "--config", "--prompt-for-login-password"}
+    task, value_next = "", False
+    for arg in argv[1:]:
+        if arg == "--":
+            return ""
+        if value_next:
+            value_next = False
+        elif arg in flags_of:
+            task = arg
+        elif task and arg.split("=")[0] in flags_of[task]:
+            value_next = flags_of[task][arg.split("=")[0]] and "=" not in arg
+        elif task and arg.split("=")[0] in ours:
+            flag = arg.split("=")[0]
+            means = FABRIC_MEANS.get(flag, flag)
+            return (f"fab: {task} has no {flag} option (here Fabric would read it as its own {means}); fab {task} --help"
+                    " lists its options")
+    return ""
+
+
+def _flags_of(collection: invoke.Collection) -> dict[str, dict[str, bool]]:
+    out = {}
+    for name in collection.task_names:
+        args = collection[name].get_arguments()
+        out[name] = {("-" if len(n) == 1 else "--") + n.replace("_", "-"): a.takes_value for a in args for n in a.names}
+    return out
+
+
 _exec_keeps_its_remainder()
 quiet_when_the_reader_leaves()
 if sys.argv and sys.argv[0].rsplit("/", 1)[-1] == "fab":  # only the `fab` program parses Fabric's core flags
-    _misplaced = flags_before_the_task(sys.argv, set(ns.task_names))
+    _misplaced = flags_before_the_task(sys.argv, set(ns.task_names)) or flags_the_task_lacks(sys.argv, _flags_of(ns))
     if _misplaced:
         print(_misplaced, file=sys.stderr)
         sys.exit(1)

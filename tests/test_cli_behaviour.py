@@ -426,3 +426,24 @@ def test_ctrl_c_on_exec_says_the_command_may_go_on_in_the_container(monkeypatch)
     with pytest.raises(Exit) as ended:
         tasks.exec_(invoke.Context(), service="core-pc2")
     assert ended.value.code == 130 and "the command may still run in core-pc2's container" in str(ended.value)
+
+
+def test_a_fleetroll_flag_after_a_task_that_lacks_it_is_refused_not_read_as_fabrics():
+    """Found by an exploratory run: `fab freeze -p P -H mainpc` froze every host of P (-H: Fabric's --hosts, the task
+    run once per host: `fab thaw ... -H mainpc,pc2` thawed twice, the second "on no host"), `fab status -p P` said
+    "No idea what 'P' is!" and `fab history -f` asked for a config file."""
+    import fabfile
+
+    flags = fabfile._flags_of(fabfile.ns)
+    lacks = fabfile.flags_the_task_lacks
+    assert lacks(["fab", "freeze", "-p", "core-infra", "-H", "mainpc", "--reason", "x"], flags).startswith(
+        "fab: freeze has no -H option (here Fabric would read it as its own --hosts)")
+    assert "thaw has no --hosts option" in lacks(["fab", "thaw", "--hosts=pc2", "-p", "web"], flags)
+    assert "status has no -p option" in lacks(["fab", "status", "-p", "web"], flags)
+    assert "history has no -f option" in lacks(["fab", "history", "-f"], flags)
+    for fine in (["fab", "status", "-H", "mainpc", "-j"], ["fab", "freeze", "-p", "web", "--reason", "-H"],
+                 ["fab", "exec", "-s", "api", "--", "ls", "-H", "-p"], ["fab", "details", "-s", "x", "-H", "pc2"],
+                 ["fab", "rollout", "-p", "web", "-H", "pc2", "-n", "status", "-f"], ["fab", "--list"]):
+        assert lacks(fine, flags) == "", fine
+    r = fab("freeze", "-p", "web", "-H", "mainpc", "--reason", "x")
+    assert r.returncode == 1 and "fab: freeze has no -H option" in r.stderr and "froze" not in r.stdout + r.stderr, r
