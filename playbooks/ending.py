@@ -17,7 +17,7 @@ from agent.vocabulary import FAILED, NEEDS, REPORTED, Outcome, State, Step, exit
 
 from . import ledger, transport
 from . import timings as host_times
-from .plan import Plan
+from .plan import BLOCKED, NOOP, Plan
 from .runner import PreflightReport
 
 __all__ = ["Interrupted", "RolloutReport", "conclude", "derive_state", "describe_failure", "exit_code", "host_outcomes",
@@ -295,6 +295,21 @@ def is_cause(kind: str, s: dict) -> bool:
     return not (kind == "rollout" and s.get("action") == "revert")
 
 
+def in_flight(plan: Plan | None, host: str, kind: str) -> str:
+    """What a host without an outcome was asked to do, service by service, with the exact tags (pure).
+
+    Found by an exploratory run: a rollout whose link to pc2 dropped and stayed down past the re-attach said only
+    "FAILED pc2: SSH link lost ..." and "no outcome observed": not which service was mid-swap, nor between which tags.
+    """
+    steps = [s for s in (plan.for_host(host) if plan else []) if s.action not in (NOOP, BLOCKED)]
+    if not steps:
+        return ""
+    went = ", ".join(f"{s.service} {s.current_tag or '(none)'} -> {s.new_tag}@{s.new_digest.removeprefix('sha256:')[:12]}"
+                     if s.new_tag else f"{s.service} (running {s.current_tag or 'unknown'})" for s in steps)
+    return (f"\n  asked of it ({kind}): {went}; not observed how it ended, so either may run now (nothing is claimed for"
+            f" them); the host finishes on its own: fab status --hosts {host} and fab versions -s SERVICE -H {host} say which")
+
+
 def conclude(kind: str, report, results: dict[str, transport.CallResult], common: dict[str, Any], t0: float,
              inventory: str, extra_messages: list[str] | None = None) -> Any:
     """Turn what the hosts answered into the report, its state, pins and the ledger's `finished` record.
@@ -316,7 +331,7 @@ def conclude(kind: str, report, results: dict[str, transport.CallResult], common
             report.messages.append(describe_failure(h, s, s["next"], report.phase))
     for h, r in results.items():
         if r.answer is None or (not r.ok and not services_of(r)):
-            report.messages.append(f"FAILED {h}: {r.error}")
+            report.messages.append(f"FAILED {h}: {r.error}" + in_flight(report.plan, h, kind))
     report.messages += extra_messages or []
     if needs:
         report.messages.append("NEEDS AN OPERATOR:\n  " + "\n  ".join(needs))

@@ -79,6 +79,26 @@ def test_a_lost_answer_is_needs_operator_never_reverted(tmp_path, monkeypatch):
     assert "REVERTED" not in rollout_text(rep)
 
 
+def test_a_host_without_an_outcome_is_reported_with_what_it_was_asked_to_do_and_the_exact_tags(tmp_path, monkeypatch):
+    """Found by an exploratory run: pc2's link dropped mid-gate and stayed down past the re-attach; the report said
+    "FAILED pc2: SSH link lost ..." and "no outcome observed", not which service was mid-swap nor between which tags."""
+    from playbooks.plan import Step
+
+    monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
+    steps = [Step("pc2", "core-pc2", "replace", "20261201-881a8f6", OLD_D, "20261201-27bf83f", NEW_D),
+             Step("pc2", "rag-api", "noop", "20261101-aaaaaaa", OLD_D), Step("mainpc", "llm", "replace", "a", OLD_D, "b", NEW_D)]
+    rep = executor.RolloutReport("r-x", "core", False, "failed", Plan("r-x", "core", "op", steps))
+    lost = transport.CallResult(host="pc2", ok=False, error="SSH link lost during rollout", error_kind="link-lost")
+    ending.conclude("rollout", rep, {"pc2": lost}, {"rollout_id": "r-x"}, time.monotonic(), "inv/fleet.yml")
+    text = rollout_text(rep)
+    assert rep.state == "needs-operator" and f"core-pc2 20261201-881a8f6 -> 20261201-27bf83f@{NEW_D[7:19]}" in text, text
+    assert "rag-api" not in text and "llm" not in text and "fab status --hosts pc2" in text
+    assert ending.in_flight(Plan("r", "core", "op", [Step("pc2", "core-pc2", "revert", "20261201-881a8f6")]), "pc2",
+                            "rollback") == ("\n  asked of it (rollback): core-pc2 (running 20261201-881a8f6); not observed how"
+                                            " it ended, so either may run now (nothing is claimed for them); the host finishes"
+                                            " on its own: fab status --hosts pc2 and fab versions -s SERVICE -H pc2 say which")
+
+
 def test_a_rollback_that_reverted_is_reverted_and_one_with_nothing_to_do_is_noop(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEETROLL_LEDGER", str(tmp_path / "ledger.jsonl"))
     back = {"service": "svc", "action": "revert", "outcome": "reverted", "after_tag": "20261101-aaaaaaa", "after_digest": OLD_D,
