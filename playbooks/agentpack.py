@@ -169,7 +169,7 @@ for fd, what, kind in ((d, "~/.fleetroll", stat.S_ISDIR), (f, "~/" + path, stat.
     st = os.fstat(fd)
     if not kind(st.st_mode) or st.st_uid not in (me, 0) or st.st_mode & 0o022:
         no(f"refusing {what}: it must be owned by this user (uid {me}) or root and not writable by group or others"
-           f" (it is uid {st.st_uid}, mode {st.st_mode:o}); fix: chmod go-w {what}")
+           f" (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); fix: chmod go-w {what}")
 h = sha256()
 for chunk in iter(lambda: os.read(f, 1 << 20), b""):
     h.update(chunk)

@@ -129,6 +129,9 @@ def test_an_archive_others_could_have_placed_is_refused_unrun(home, tmp_path, ho
     assert r.returncode == 96 and "fleetroll-agent: refusing" in r.stderr.decode(), r
     assert not agent_needs_upload(r.returncode, r.stderr.decode())
     assert not ran(home)
+    # the permission bits as chmod writes them: "mode 40720" (file type bits included) was found by an exploratory run
+    said = {"archive-group-writable": "mode 0664); fix: chmod go-w", "dir-world-writable": "mode 0777); fix: chmod go-w"}
+    assert said.get(how, "") in r.stderr.decode(), r
 
 
 @pytest.mark.parametrize("path", ["../.fleetroll/agent-aaaaaaaaaaaaaaaa.pyz", ".fleetroll/agent-bbbbbbbbbbbbbbbb.pyz",
