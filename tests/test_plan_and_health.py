@@ -362,3 +362,31 @@ def test_an_unlock_of_a_lock_not_held_by_one_of_this_ledger_s_rollouts_makes_no_
     ledger.append("finished", rollout_id="r1", phase="p", final="committed")
     operate.record_unlock("pc2", {"data": {"holder": {"rollout_id": "remove-llm-api-1", "pid": 7}}}, "stuck remove")
     assert [e["rollout_id"] for e in rollouts()] == ["r1"]
+
+
+def test_a_window_check_that_came_late_says_so_not_a_time_inside_the_window(monkeypatch):
+    """Found by an exploratory run: dockerd stopped 20 s in the 2 s window of a crashing release; the gate said
+    'unhealthy 20.5s into the 2s stability window'. A check inside the window keeps its words."""
+    from agent import health
+
+    clock = [100.0]
+    monkeypatch.setattr(health, "probe", lambda url, timeout: health.Probe(True, "HTTP 200"))
+    monkeypatch.setattr(health.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(health.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+    def reads(stall_s: float):
+        answers = iter([(True, 0, "running"), (True, 0, "running"), "stall"] + [(True, 1, "running")] * 100)
+
+        def state():
+            got = next(answers)
+            if got == "stall":
+                clock[0] += stall_s
+                return True, 1, "restarting"
+            return got
+        return state
+
+    g = health.gate("http://x/health", healthy_deadline=8, min_healthy_time=2, interval=0.25, container_state=reads(20.0))
+    assert not g.ok and g.phase == "window", g
+    assert g.reason.startswith("unhealthy at the end of the 2s stability window (checked 20.2s after it began): container"), g
+    g = health.gate("http://x/health", healthy_deadline=8, min_healthy_time=2, interval=0.25, container_state=reads(0.0))
+    assert not g.ok and g.reason.startswith("unhealthy 0.2s into the 2s stability window: container restarting"), g
