@@ -7,6 +7,7 @@ start apart from the agent's work (the controller's timings module).
 
 from __future__ import annotations
 
+import os
 import time
 
 from . import PROTOCOL
@@ -19,5 +20,8 @@ _LOADED = time.monotonic()  # imported by __main__ before it reads the request: 
 
 
 def answer(op: str, ok: bool, msg: str = "", data: Any = None, changed: bool = False) -> dict:
+    """`repaired`, in the first answer only: the unpacked tree this process runs from had failed its check (a file
+    changed, damaged or added since the unpack) and the bootstrap unpacked it again from the verified archive."""
+    repaired = os.environ.pop("FLEETROLL_AGENT_REPAIRED", "")
     return {"protocol": PROTOCOL, "op": op, "ok": ok, "changed": changed, "msg": msg, "data": data or {},
-            "uptime_s": round(time.monotonic() - _LOADED, 4)}
+            "uptime_s": round(time.monotonic() - _LOADED, 4), **({"repaired": repaired} if repaired else {})}

@@ -26,6 +26,7 @@ and any tree a process still holds; a pruned one is uploaded again.
 This file is copied to the archive's root as __main__.py; it uses the standard library only.
 """
 
+import fcntl
 import json
 import os
 import re
@@ -222,6 +223,8 @@ def _unpacked(archive: str, want: str, verified: str = "") -> str:
             return target
         _release()
         if attempt == 0:
+            if os.path.isfile(os.path.join(target, ".complete")):  # a finished tree failed its check: the answer says so
+                os.environ["FLEETROLL_AGENT_REPAIRED"] = target
             _unpack(verified or archive, target)
     _refuse(f"{DAMAGED}: the unpacked tree {target} does not match the archive's manifest", 97)
     return target
@@ -233,8 +236,6 @@ def _hold(target: str) -> bool:
     A pruner renames a tree away while it holds the exclusive lock: the check after our lock compares the locked
     file with what `target` names now, so we never run from a tree on its way out. A regular file, not the
     directory: flock of a directory is less portable."""
-    import fcntl
-
     marker = os.path.join(target, ".complete")
     try:
         fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW)
@@ -258,8 +259,6 @@ def _release() -> None:
 
 
 def _names_lock(directory: str) -> int:
-    import fcntl
-
     fd = os.open(os.path.join(directory, NAMES_LOCK), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
@@ -319,8 +318,6 @@ def _prune(directory: str, current: str, keep: int = KEEP, min_age_s: float = MI
 def _take_version(directory: str, version: str, me: int) -> str | None:
     """Under the names lock: rename an unused tree of `version` away and unlink its archive. The tree's path once
     renamed ("" if there was no tree), or None when the version stays."""
-    import fcntl
-
     tree = os.path.join(directory, f"agent-{version}")
     aside = ""
     try:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from . import ledger, transport
+from .agent_repaired import repaired_words
 from .ending import RolloutReport
 from .inventory import Inventory
 from .plan import Plan, operator
@@ -75,6 +76,8 @@ def recovered_notes(calls: dict[str, transport.CallResult]) -> list[str]:
     """What hosts said they recovered (an interrupted transaction finished by this call)."""
     out = []
     for h, r in calls.items():
+        if (r.answer or {}).get("repaired"):
+            out.append(repaired_words(h, r.answer["repaired"]))
         done = (r.answer or {}).get("data") or {}
         if done.get("recovered"):
             svcs = ", ".join(f"{s['service']} {s['outcome']}" for s in done.get("services") or [])

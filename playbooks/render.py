@@ -9,6 +9,7 @@ from typing import Any
 
 from agent import vocabulary
 
+from .agent_repaired import repaired_words
 from .preflight import FAIL, PASS, WARN, Check
 from .program import as_run
 
@@ -189,6 +190,7 @@ def status_text(st: dict) -> str:
         elif lock:
             note = f"; {lock['note']}" if lock.get("note") else ""
             notes.append(f"{h}: locked by {lock.get('holder')} (rollout {lock.get('rollout_id')}, pid {lock.get('pid') or '?'}, running{note})")
+        notes += [repaired_words(h, info["repaired"])] if info.get("repaired") else []
         for rec in info.get("recovered") or []:
             if rec.get("error"):
                 notes.append(f"{h}: RECOVERY FAILED: {rec['error']}")

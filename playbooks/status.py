@@ -158,8 +158,9 @@ def status(inv: Inventory, hosts: list[str] | None = None, max_parallel: int | N
 
 def needs_attention(out: dict[str, Any]) -> bool:
     """fab status's exit 1 (pure): a host unreachable, its Docker silent, a kept container left, its cards not the
-    inventory's, or a service not healthy."""
+    inventory's, its agent's files found changed (and unpacked again), or a service not healthy."""
     return any(not h.get("reachable") or h.get("docker_error") or h.get("kept_leftovers") or h.get("gpu_problems")
+               or h.get("repaired")
                or any(not v["healthy"] for v in (h.get("services") or {}).values()) for h in out["hosts"].values())
 
 
@@ -190,7 +191,8 @@ def host_view(inv: Inventory, h: str, answer: dict, reports: dict | None) -> dic
     docker = data.get("docker") or {}
     placed = inv.services_for(None, [h])
     base = {"reachable": True, "lock": data.get("lock"), "last_rollout": data.get("last"),
-            "recovered": answer.get("recovered") or [], "freezes": data.get("freezes") or [],
+            "recovered": answer.get("recovered") or [], "repaired": answer.get("repaired") or "",
+            "freezes": data.get("freezes") or [],
             "gpus": gpu_memory_view(inv, h, data.get("nvml")), **gpu_problems(inv, h, data.get("nvml"))}
     if not docker.get("ok"):
         err = str(docker.get("error") or answer.get("msg") or "the agent's answer says nothing of Docker")

@@ -167,6 +167,30 @@ def test_the_real_agent_runs_through_the_verifier_and_its_tree_is_checked(home):
     assert not ran(home) and not (tree / "agent").is_symlink() and bootstrap._tree_ok(str(tree))
 
 
+def test_a_tree_found_changed_is_unpacked_again_and_the_answer_says_so_once(home):
+    """Found by an exploratory run: a same-size edit of a file in the unpacked tree (mtime put back) was repaired by the
+    next call without a word; an operator should hear that the files of the agent on a host changed under it."""
+    data, digest = agentpack.build()
+    place(home, data, digest)
+    first = json.loads(run(home, digest, b'{"protocol": 99, "op": "facts"}').stdout)
+    assert "repaired" not in first  # the first unpack of a version is no repair
+    tree = home / agentpack.remote_name(digest)[: -len(".pyz")]
+    target = tree / "agent" / "answer.py"
+    st = target.stat()
+    body = target.read_bytes()
+    target.write_bytes(body.replace(b"one shape", b"one SHAPE"))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    said = json.loads(run(home, digest, b'{"protocol": 99, "op": "facts"}').stdout)
+    assert said.get("repaired") == str(tree) and target.read_bytes() == body, said
+    assert "repaired" not in json.loads(run(home, digest, b'{"protocol": 99, "op": "facts"}').stdout)
+    from playbooks import hostcalls, render, status, transport
+
+    r = transport.CallResult("mainpc", False, said)
+    assert hostcalls.recovered_notes({"mainpc": r})[0].startswith(f"mainpc: NOTE: the agent's unpacked files ({tree}) no")
+    view = {"hosts": {"mainpc": {"reachable": True, "services": {}, "repaired": str(tree)}}}
+    assert status.needs_attention(view) and "were unpacked again before anything ran" in render.status_text(view)
+
+
 def test_a_call_after_the_first_imports_neither_openssl_nor_runpy(home):
     """Every agent call on every host goes through the verifier and the bootstrap: hashlib loads OpenSSL (~2.5 ms of
     the host's CPU per call), runpy pulls in pkgutil and importlib.util (~3 ms). Untimed: the import graph only."""
