@@ -1,28 +1,29 @@
 """Zipapp bootstrap: unpack once next to the archive, check the tree, then run from it.
 
-Importing the docker SDK from inside a zip costs about 0.3 s on every call because no bytecode can be cached there.
-Unpacking once into a directory named by the archive's content hash (and compiling it) makes every later call pay only
-for cached bytecode.
+Importing the docker SDK from inside a zip costs about 0.3 s on every call because no
+bytecode can be cached there. Unpacking once into a directory named by the archive's
+content hash (and compiling it) makes every later call pay only for cached bytecode.
 
-The controller does not trust this file to check the archive it is part of (a replaced archive would simply carry no
-checks): it runs a fixed verifier first, `python3 -I -S -c <the controller's VERIFIER> .fleetroll/agent-<hash16>.pyz
-<sha256>`, which opens the archive with O_NOFOLLOW, checks its and its directory's owner and mode, hashes the open
-file and only then runs it from that same open file, handing this file FLEETROLL_VERIFIED = (archive path, fd). Run
-directly (`python3 -I <agent>.pyz <sha256>`), this file checks the same itself.
+The controller does not trust this file to check the archive it is part of (a replaced
+archive would simply carry no checks): it runs a fixed verifier first, `python3 -I -S -c
+<the controller's VERIFIER> .fleetroll/agent-<hash16>.pyz <sha256>`, which opens the archive
+with O_NOFOLLOW, checks its and its directory's owner and mode, hashes the open file and
+only then runs it from that same open file, handing this file FLEETROLL_VERIFIED = (archive
+path, fd). Run directly (`python3 -I <agent>.pyz <sha256>`), this file checks the same itself.
 
 Before every run:
 * the directory holding the agent must belong to this user (or root) and be closed to
   others' writes (anyone who can write there could run code as this user);
 * the archive's full SHA-256 must equal the one the controller names on the command line;
-* every file of the unpacked tree must match the archive's MANIFEST.json (hashed, or unchanged since hashed:
-  _tree_ok), no file may be there that the archive did not put there, the bytecode the unpack compiled must match
-  BYTECODE.json, and nothing in the tree may be a symlink, another user's or writable by others. A tree that fails is
-  unpacked again.
+* every file of the unpacked tree must match the archive's MANIFEST.json (hashed, or unchanged since
+  hashed: _tree_ok), no file may be there that the archive did not put there (bytecode aside: it is
+  compiled with checked hashes), and nothing in the tree may be a symlink, another user's or writable
+  by others. A tree that fails is unpacked again.
 
-Every run holds a shared lock (flock) on the tree it runs from, inherited by the detached transaction it may fork. The
-first run of a new version prunes the earlier ones (each left ~2.4 MB in ~/.fleetroll; a checkout that changes its agent
-with every commit filled homes) but the KEEP uploaded last (two operators on two releases do not re-upload each other's)
-and any tree a process still holds; a pruned one is uploaded again.
+Every run holds a shared lock (flock) on the tree it runs from, inherited by the detached transaction it may
+fork. The first run of a new version prunes the earlier ones (each left ~2.4 MB in ~/.fleetroll; a checkout
+that changes its agent with every commit filled homes) but the KEEP uploaded last (two operators on two
+releases do not re-upload each other's) and any tree a process still holds; a pruned one is uploaded again.
 This file is copied to the archive's root as __main__.py; it uses the standard library only.
 """
 
@@ -81,15 +82,13 @@ def _sha256(path: str) -> str:
 # kernel sets ctime on every write, rename or chmod and an owner cannot set it back, so an unchanged seal means the
 # bytes hashed then. No stronger than the manifest beside it (a damaged tree); other accounts: the owner/mode checks.
 SEAL = ".sealed.json"
-# The bytecode the unpack compiled, by SHA-256: a checked-hash .pyc ties its header, not its body, to the source.
-BYTECODE = "BYTECODE.json"
 SEAL_AFTER_NS = 2_000_000_000  # no seal of a file changed this recently: a same-size rewrite in its clock tick keeps ctime
 
 
 def _tree_ok(target: str) -> bool:
     """The unpacked tree is exactly the manifest's files: no symlink anywhere (a file or a directory:
     `http -> elsewhere` would make `import http` run the other code), nothing another user owns or
-    anyone else can write, nothing missing, nothing extra (bytecode: BYTECODE.json; contents: SEAL)."""
+    anyone else can write, nothing missing, nothing extra (checked-hash bytecode aside; contents: SEAL)."""
     me = os.geteuid()
     stats: dict[str, list[int]] = {}
 
@@ -108,8 +107,6 @@ def _tree_ok(target: str) -> bool:
     try:
         with open(os.path.join(target, "MANIFEST.json")) as f:
             manifest = json.load(f)
-        with open(os.path.join(target, BYTECODE)) as f:  # what the unpack compiled: checked like the sources
-            manifest = {**json.load(f), **manifest}
     except (OSError, ValueError):
         return False
     seen = set()
@@ -124,14 +121,14 @@ def _tree_ok(target: str) -> bool:
             if not sound(full, False):
                 return False
             rel = os.path.relpath(full, target).replace(os.sep, "/")
-            if rel in ("MANIFEST.json", BYTECODE, ".complete", SEAL):
+            if rel in ("MANIFEST.json", ".complete", SEAL) or (os.path.basename(top) == "__pycache__" and name.endswith(".pyc")):
                 continue
             if rel not in manifest:
                 return False
             seen.add(rel)
     if seen != set(manifest):
         return False
-    return _sealed(target, {rel: stats[rel] for rel in (*seen, "MANIFEST.json", BYTECODE)},
+    return _sealed(target, {rel: stats[rel] for rel in (*seen, "MANIFEST.json")},
                    lambda: all(_sha256(os.path.join(target, rel)) == manifest[rel] for rel in seen))
 
 
@@ -175,9 +172,6 @@ def _unpack(archive: str, target: str) -> None:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
         compileall.compile_dir(tmp, quiet=2, workers=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
-        with open(os.path.join(tmp, BYTECODE), "w") as f:
-            json.dump({os.path.relpath(os.path.join(top, n), tmp).replace(os.sep, "/"): _sha256(os.path.join(top, n))
-                       for top, _, names in os.walk(tmp) if os.path.basename(top) == "__pycache__" for n in names}, f)
     finally:
         os.umask(umask)
     open(os.path.join(tmp, ".complete"), "w").close()
@@ -336,8 +330,7 @@ def _take_version(directory: str, version: str, me: int) -> str | None:
             return None  # not a tree an unpack finished: not ours to judge
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while any process runs from it
-            manifest = os.lstat(os.path.join(tree, "MANIFEST.json"))  # none (OSError): not a tree an unpack finished
-            if not os.path.samestat(os.fstat(fd), os.lstat(marker)) or not stat.S_ISREG(manifest.st_mode):
+            if not os.path.samestat(os.fstat(fd), os.lstat(marker)) or not _is_file(os.path.join(tree, "MANIFEST.json")):
                 return None
             aside = f"{tree}.prune{os.getpid()}"
             os.rename(tree, aside)  # gone from its name while still locked: a run that opened it first sees that
@@ -364,6 +357,13 @@ def _fs_type(fd: int) -> int:
     if libc.fstatfs(ctypes.c_int(fd), buf) != 0:
         return -1
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _remove_leftover(path: str, st: os.stat_result) -> None:
