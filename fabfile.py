@@ -115,16 +115,20 @@ def flags_the_task_lacks(argv: list[str], flags_of: dict[str, dict[str, bool]]) 
             value_next = flags_of[task][arg.split("=")[0]] and "=" not in arg
         elif task and arg.split("=")[0] in ours:
             flag = arg.split("=")[0]
-            means = FABRIC_MEANS.get(flag, flag)
-            return (f"fab: {task} has no {flag} option (here Fabric would read it as its own {means}); fab {task} --help"
-                    " lists its options")
+            fabric = f" (here Fabric would read it as its own {FABRIC_MEANS[flag]})" if flag in FABRIC_MEANS else ""
+            return f"fab: {task} has no {flag} option{fabric}; fab {task} --help lists its options"
     return ""
 
 
 def _flags_of(collection: invoke.Collection) -> dict[str, dict[str, bool]]:
+    """task -> {flag: takes a value}. invoke's get_arguments() pops each option's help as it reads it (invoke 2.2): the
+    help is put back, or every `fab TASK --help` printed its options without their help text."""
     out = {}
     for name in collection.task_names:
-        args = collection[name].get_arguments()
+        task = collection[name]
+        helps = dict(task.help)
+        args = task.get_arguments()
+        task.help = helps
         out[name] = {("-" if len(n) == 1 else "--") + n.replace("_", "-"): a.takes_value for a in args for n in a.names}
     return out
 

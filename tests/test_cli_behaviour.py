@@ -447,3 +447,11 @@ def test_a_fleetroll_flag_after_a_task_that_lacks_it_is_refused_not_read_as_fabr
         assert lacks(fine, flags) == "", fine
     r = fab("freeze", "-p", "web", "-H", "mainpc", "--reason", "x")
     assert r.returncode == 1 and "fab: freeze has no -H option" in r.stderr and "froze" not in r.stdout + r.stderr, r
+
+
+def test_task_help_keeps_each_option_s_help_text():
+    """Found by review: the check for misplaced flags read every task's arguments at start-up, and invoke pops each
+    option's help as it reads it: `fab rollout --help` listed its options with no help text at all."""
+    for argv in ([FAB, "rollout", "--help"], [FLEETROLL, "rollout", "--help"]):
+        out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+        assert "hosts changed at once" in out and "every phase in order" in out, out
