@@ -222,16 +222,19 @@ def _lift(phase: str, current: dict[str, Any], auto: dict[str, Any], rest: list[
     if not gone:
         return None
     rids, tags = auto.get("rollouts") or {}, auto.get("releases") or {}
+    also = {s: b for s, b in (auto.get("also_failed") or {}).items() if s in rest}
+    dropped = {s: n for s, n in (auto.get("dropped") or {}).items() if s in rest}
     # Its words are rebuilt from what stays: status printed 'frozen after rollout r-7 failed: b:B1 ...' for b, committed
-    # since, while only a's earlier failure was still refused.
-    left = {**auto, "failed": {s: auto["failed"][s] for s in rest},
-            "also_failed": {s: b for s, b in (auto.get("also_failed") or {}).items() if s in rest},
-            "releases": {s: t for s, t in tags.items() if s in rest},
-            "dropped": {s: n for s, n in (auto.get("dropped") or {}).items() if s in rest},
-            "rollout_id": rids.get(rest[0]) or auto.get("rollout_id", ""),
-            "reason": "; ".join(f"{s}:{tags.get(s) or (auto['failed'][s] or {}).get('tag') or '?'} failed in rollout"
-                                f" {rids.get(s) or auto.get('rollout_id') or '?'} and stays refused" for s in rest)
-            + f" ({', '.join(gone)} went ahead since: {reason})"}
+    # since, while only a's earlier failure was still refused. Every release still refused is named, and what was dropped.
+    words = "; ".join(f"{s}:{tags.get(s) or (auto['failed'][s] or {}).get('tag') or '?'} failed in rollout"
+                      f" {rids.get(s) or auto.get('rollout_id') or '?'} and stays refused"
+                      + "".join(f", as does {b.get('tag') or '?'} (rollout {b.get('rollout_id') or '?'})" for b in also.get(s, []))
+                      for s in rest)
+    words += "".join(f"; {s}: its {n} oldest failed release(s) are no longer refused (a freeze keeps a service's"
+                     f" {MAX_BLOCKS + 1} newest)" for s, n in sorted(dropped.items()))
+    left = {**auto, "failed": {s: auto["failed"][s] for s in rest}, "also_failed": also, "dropped": dropped,
+            "releases": {s: t for s, t in tags.items() if s in rest}, "rollout_id": rids.get(rest[0]) or auto.get("rollout_id", ""),
+            "reason": f"{words} ({', '.join(gone)} went ahead since: {reason})"}
     _store(phase, left if current is auto else {**current, "kept_auto": left})
     removed = {**auto, "failed": {s: auto["failed"][s] for s in gone}}
     _history({"event": "thaw", "phase": phase, "by": by, "reason": reason, "ts": round(time.time(), 3), "removed": removed})

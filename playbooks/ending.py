@@ -304,10 +304,15 @@ def in_flight(plan: Plan | None, host: str, kind: str) -> str:
     steps = [s for s in (plan.for_host(host) if plan else []) if s.action not in (NOOP, BLOCKED)]
     if not steps:
         return ""
-    went = ", ".join(f"{s.service} {s.current_tag or '(none)'} -> {s.new_tag}@{s.new_digest.removeprefix('sha256:')[:12]}"
-                     if s.new_tag else f"{s.service} (running {s.current_tag or 'unknown'})" for s in steps)
+    def asked(s) -> str:
+        if kind != "rollout":  # a rollback's or restart's step names no target tag: the host finds it (its reason says)
+            return f"{s.service} ({kind} of {s.current_tag or 'what runs'}: {s.reason or 'as planned'})"
+        digest = s.new_digest.removeprefix("sha256:")[:12]
+        return f"{s.service} {s.current_tag or '(none)'} -> {s.new_tag}{'@' + digest if digest else ''}"
+
+    went = ", ".join(asked(s) for s in steps)
     return (f"\n  asked of it ({kind}): {went}; not observed how it ended, so either may run now (nothing is claimed for"
-            f" them); the host finishes on its own: fab status --hosts {host} and fab versions -s SERVICE -H {host} say which")
+            f" them); the host finishes on its own: fab status --hosts {host} and fab versions -s {steps[0].service} -H {host} say which")
 
 
 def conclude(kind: str, report, results: dict[str, transport.CallResult], common: dict[str, Any], t0: float,

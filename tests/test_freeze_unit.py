@@ -315,3 +315,21 @@ def test_with_hosts_a_release_that_failed_on_another_host_of_the_phase_is_refuse
         and "refused on mainpc too" in block[0], block
     fixed = Step("mainpc", "rag-api", "replace", new_tag="T10", new_digest="sha256:" + "c" * 64, spec=step.spec)
     assert freezes.on_other_hosts(inv, phase, ["mainpc"], "x", plan=Plan("r-next", phase, "op", [fixed]))[0] == []
+
+
+def test_a_partly_lifted_freeze_still_names_every_release_it_refuses_and_what_it_dropped():
+    """Found by review: the words rebuilt after a partial lift named only each remaining service's newest failure,
+    not its earlier failed releases (still refused) nor that its oldest were no longer refused."""
+    a = [{"tag": f"A{i}", "digest": f"sha256:a{i}", "config": f"cfg:a{i}"} for i in range(freeze.MAX_BLOCKS + 3)]
+    for i, block in enumerate(a):
+        freeze.write("gpu", f"rollout r-{i} failed: a:A{i}", "op", auto=True, releases={"a": f"A{i}"}, rollout_id=f"r-{i}",
+                     failed={"a": block})
+    b = {"tag": "B1", "digest": "sha256:b", "config": "cfg:b"}
+    freeze.write("gpu", "rollout r-50 failed: b:B1", "op", auto=True, releases={"b": "B1"}, rollout_id="r-50", failed={"b": b})
+    freeze.thaw("gpu", "op", "rollout r-51 committed", only_auto=True, services=["b"])
+    words = freeze.read("gpu")["reason"]
+    last = freeze.MAX_BLOCKS + 2
+    assert words.startswith(f"a:A{last} failed in rollout r-{last} and stays refused, as does A{last - 1} (rollout r-{last - 1})")
+    assert all(f"A{i} (rollout r-{i})" in words for i in range(2, last)) and "A1 " not in words, words
+    assert "a: its 2 oldest failed release(s) are no longer refused" in words and words.endswith(
+        "(b went ahead since: rollout r-51 committed)"), words

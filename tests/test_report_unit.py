@@ -93,10 +93,13 @@ def test_a_host_without_an_outcome_is_reported_with_what_it_was_asked_to_do_and_
     text = rollout_text(rep)
     assert rep.state == "needs-operator" and f"core-pc2 20261201-881a8f6 -> 20261201-27bf83f@{NEW_D[7:19]}" in text, text
     assert "rag-api" not in text and "llm" not in text and "fab status --hosts pc2" in text
-    assert ending.in_flight(Plan("r", "core", "op", [Step("pc2", "core-pc2", "revert", "20261201-881a8f6")]), "pc2",
-                            "rollback") == ("\n  asked of it (rollback): core-pc2 (running 20261201-881a8f6); not observed how"
-                                            " it ended, so either may run now (nothing is claimed for them); the host finishes"
-                                            " on its own: fab status --hosts pc2 and fab versions -s SERVICE -H pc2 say which")
+    # A rollback's step carries the inventory's tag, not where it goes back to (review): its words say what it was asked
+    back = Step("pc2", "core-pc2", "revert", "20261201-881a8f6", new_tag="20261201-881a8f6",
+                reason="running release from rollout r-1")
+    assert ending.in_flight(Plan("r", "core", "op", [back]), "pc2", "rollback") == (
+        "\n  asked of it (rollback): core-pc2 (rollback of 20261201-881a8f6: running release from rollout r-1); not observed"
+        " how it ended, so either may run now (nothing is claimed for them); the host finishes on its own: fab status"
+        " --hosts pc2 and fab versions -s core-pc2 -H pc2 say which")
 
 
 def test_a_rollback_that_reverted_is_reverted_and_one_with_nothing_to_do_is_noop(tmp_path, monkeypatch):

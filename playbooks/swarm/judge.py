@@ -237,7 +237,7 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool, now: float, mi
         for h in f.hosts if timed_out else ():
             _needs(f, view, h, f"Swarm says the update completed, but its spec is no longer the one deployed (spec hash"
                                f" {spec_hash}, deployed {f.want_hash}): Swarm rolled it back, or another deploy changed it;"
-                               " nothing of this rollout is seen running; look: fab status, fab details")
+                               " what runs is not this rollout's to judge; look: fab status, fab details")
     elif spec_old:  # Swarm's spec is the previous release: nothing of the new one is committed; wait, or needs-operator
         for h in f.hosts if timed_out else ():
             _needs(f, view, h, f"Swarm says the update completed, but its spec is the previous release ({f.old_tag}) again"
