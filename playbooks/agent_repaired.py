@@ -12,4 +12,5 @@ from __future__ import annotations
 def repaired_words(host: str, tree: str) -> str:
     return (f"{host}: NOTE: the agent's unpacked files ({tree}) no longer matched the verified archive they came from (a"
             " file changed, damaged or added since they were unpacked); they were unpacked again before anything ran. If"
-            " nobody on the host changed them, find out who could: they belong to the login account the inventory names")
+            " nobody on the host changed them (or upgraded its python3, whose new bytecode can do this), find out who could:"
+            " they belong to the login account the inventory names")
