@@ -72,6 +72,10 @@ def _exec_keeps_its_remainder() -> None:
     Executor.expand_calls = expand_calls
 
 
+# What Fabric reads our short flags as, before a task or after one that lacks them (its core options).
+FABRIC_MEANS = {"-i": "--identity", "-H": "--hosts", "-f": "--config", "-p": "--prompt-for-login-password"}
+
+
 def flags_before_the_task(argv: list[str], tasks: set[str]) -> str:
     """The one-line error for a fleetroll short flag given before the task name, where Fabric reads it as its own ("" if none).
 
@@ -80,19 +84,15 @@ def flags_before_the_task(argv: list[str], tasks: set[str]) -> str:
     flag must mean one thing (README). Pure: tested without running `fab`.
     """
     ours = {f"-{v}" for v in SHORT_FLAGS.values()}
-    fabric_means = {"-i": "--identity", "-H": "--hosts", "-f": "--config", "-p": "--prompt-for-login-password"}
     for i, arg in enumerate(argv[1:], 1):
         if arg in tasks or arg.split("=")[0] in tasks:
             return ""
         flag = arg.split("=")[0]
         if flag in ours:
             task = next((a for a in argv[i + 1:] if a in tasks), "TASK")
-            own = f" (before the task, {flag} is Fabric's own {fabric_means[flag]})" if flag in fabric_means else ""
+            own = f" (before the task, {flag} is Fabric's own {FABRIC_MEANS[flag]})" if flag in FABRIC_MEANS else ""
             return f"fab: put {flag} after the task name: fab {task} {flag} …{own}"
     return ""
-
-
-FABRIC_MEANS = {"-i": "--identity", "-H": "--hosts", "-f": "--config", "-p": "--prompt-for-login-password"}
 
 
 def flags_the_task_lacks(argv: list[str], flags_of: dict[str, dict[str, bool]]) -> str:
@@ -102,7 +102,7 @@ def flags_the_task_lacks(argv: list[str], flags_of: dict[str, dict[str, bool]]) 
     (Fabric's --hosts, the task run once per host named: `-H mainpc,pc2` thawed twice) and `fab status -p P` said
     "No idea what 'P' is!" (-p: Fabric's --prompt-for-login-password). flags_of: task -> {flag: takes a value}.
     """
-    ours = {f"-{v}" for v in SHORT_FLAGS.values()} | {"--hosts", "--identity", "--config", "--prompt-for-login-password"}
+    ours = {f"-{v}" for v in SHORT_FLAGS.values()} | set(FABRIC_MEANS.values())
     task, value_next = "", False
     for arg in argv[1:]:
         if arg == "--":

@@ -146,10 +146,14 @@ def _merged(older: dict[str, Any] | None, newer: dict[str, Any]) -> dict[str, An
     if earlier:  # named by service and rollout, not by nesting the older record's words (which nested without end)
         out["reason"] = newer["reason"] + "; still refused from earlier failures: " + ", ".join(
             f"{svc} (rollout {rollouts.get(svc) or '?'})" for svc in earlier)
-    for svc, n in sorted(dropped.items()):  # said, never silent: those releases could be deployed again
-        out["reason"] += (f"; {svc}: its {n} oldest failed release(s) are no longer refused (a freeze keeps a service's"
-                          f" {MAX_BLOCKS + 1} newest)")
+    out["reason"] += _dropped_words(dropped)
     return out
+
+
+def _dropped_words(dropped: dict[str, int]) -> str:
+    """Said, never silent: a service's oldest failed releases past what a freeze keeps could be deployed again (pure)."""
+    return "".join(f"; {svc}: its {n} oldest failed release(s) are no longer refused (a freeze keeps a service's"
+                   f" {MAX_BLOCKS + 1} newest)" for svc, n in sorted(dropped.items()))
 
 
 def blocks_of(record: dict[str, Any], service: str) -> list[dict[str, str]]:
@@ -230,8 +234,7 @@ def _lift(phase: str, current: dict[str, Any], auto: dict[str, Any], rest: list[
                       f" {rids.get(s) or auto.get('rollout_id') or '?'} and stays refused"
                       + "".join(f", as does {b.get('tag') or '?'} (rollout {b.get('rollout_id') or '?'})" for b in also.get(s, []))
                       for s in rest)
-    words += "".join(f"; {s}: its {n} oldest failed release(s) are no longer refused (a freeze keeps a service's"
-                     f" {MAX_BLOCKS + 1} newest)" for s, n in sorted(dropped.items()))
+    words += _dropped_words(dropped)
     left = {**auto, "failed": {s: auto["failed"][s] for s in rest}, "also_failed": also, "dropped": dropped,
             "releases": {s: t for s, t in tags.items() if s in rest}, "rollout_id": rids.get(rest[0]) or auto.get("rollout_id", ""),
             "reason": f"{words} ({', '.join(gone)} went ahead since: {reason})"}
