@@ -250,7 +250,9 @@ def test_collector_down_or_hanging_never_delays_the_start(obs):
         base = min(_time_to_healthy(lab, {}, 8401) for _ in range(3))
         down = min(_time_to_healthy(lab, {"FLEETROLL_COLLECTOR_URL": f"http://{lab.host('pc2').address}:9499"}, 8402) for _ in range(3))
         hanging = min(_time_to_healthy(lab, {"FLEETROLL_COLLECTOR_URL": f"http://{lab.host('pc2').address}:9402"}, 8403) for _ in range(3))
-        unresolvable = _time_to_healthy(lab, {"FLEETROLL_COLLECTOR_URL": "http://collector.invalid:9400"}, 8404)
+        # the best of three, like the others: one sample took 1.48 s against a 0.30 s base once in CI with six labs busy
+        unresolvable = min(_time_to_healthy(lab, {"FLEETROLL_COLLECTOR_URL": "http://collector.invalid:9400"}, 8404)
+                           for _ in range(3))
     finally:
         hang.remove(force=True)
     budget = 0.5  # the emitter is forked beside the service: its cost must stay far below this
