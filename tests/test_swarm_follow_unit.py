@@ -91,6 +91,22 @@ def test_a_paused_update_needs_an_operator_never_reverted():
     v = view({"State": "paused", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update paused due to failure"}, [])
     assert judge.judge(f, v, now=10, min_healthy_time=2)
     assert {d["outcome"] for d in f.done.values()} == {"needs-operator"} and "paused" in f.done["mainpc"]["message"]
+    assert "docker service rollback fr-p_web on a manager" in f.done["mainpc"]["message"]
+
+
+def test_a_paused_rollback_needs_an_operator_and_says_the_command_that_finishes_it():
+    """Seen in CI under load (with Swarm's default rollback failure_action pause): a good task killed as unhealthy
+    mid-rollback. Swarm's rollback used up its previous spec, so `docker service rollback` would fail there: the advice
+    is `update --force`, which puts the spec (the previous release) on every task."""
+    f = follow()
+    v = view({"State": "rollback_paused", "StartedAt": "2030-01-01T00:00:00Z", "Message": "update paused due to failure"
+              " or early termination of task t9"}, [task("a", "n1", OLD), task("b", "n2", NEW, "failed", "shutdown")])
+    assert judge.judge(f, v, now=10, min_healthy_time=2)
+    assert {d["outcome"] for d in f.done.values()} == {"needs-operator"}
+    words = f.done["pc2"]["message"]
+    assert "paused its rollback to t-old part way" in words and "task t9" in words
+    assert "docker service update --force fr-p_web on a manager to put t-old on every task" in words
+    assert "service rollback" not in words and "--rollback" not in words
 
 
 def test_a_new_service_commits_once_the_same_tasks_ran_through_min_healthy_time():

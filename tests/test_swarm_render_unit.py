@@ -135,7 +135,7 @@ def test_update_and_rollback_from_update_and_health(inv):
     api, llm = r.doc["services"]["api"]["deploy"], r.doc["services"]["llm"]["deploy"]
     assert api["update_config"] == {"parallelism": 1, "delay": "0s", "failure_action": "rollback", "monitor": "10s",
                                     "max_failure_ratio": 0, "order": "stop-first"}
-    assert api["rollback_config"]["failure_action"] == "pause" and api["rollback_config"]["parallelism"] == 1
+    assert api["rollback_config"]["failure_action"] == "continue" and api["rollback_config"]["parallelism"] == 1
     assert llm["update_config"]["monitor"] == "15s" and llm["update_config"]["parallelism"] == 0
     assert r.orders["api"][0] == "stop-first" and "host-mode port" in r.orders["api"][1]
     assert llm["restart_policy"] == {"condition": "on-failure"} and api["restart_policy"] == {"condition": "any"}

@@ -253,13 +253,25 @@ def _judge_update(f: Follow, view: observe.View, timed_out: bool, now: float, mi
               f"Swarm rolled the update back ({message}) but no task of {f.old_tag} is seen running on {{host}}", timed_out)
     elif state in ("paused", "rollback_paused"):
         for h in f.hosts:
-            _needs(f, view, h, f"Swarm {state.replace('_', ' ')} the update: {message}; nothing proves what serves; look: fab"
-                               f" status, then docker service update --rollback {f.service} on a manager, or roll out a fix")
+            _needs(f, view, h, _paused_words(f, view, state, message))
     elif timed_out:
         for h in f.hosts:
             _needs(f, view, h, f"Swarm's update is still {state or 'not started'} at the end of fleetroll's wait; Swarm carries"
                                " on: follow it with fab status")
     return all(h in f.done for h in f.hosts)
+
+
+def _paused_words(f: Follow, view: observe.View, state: str, message: str) -> str:
+    """What a paused update means and the one command that moves it on. A paused rollback has already put the previous
+    release back in the spec and used up Swarm's previous spec, so `--rollback` there would fail: `--force` re-deploys
+    the spec (the previous release) on every task instead."""
+    name = ((view.services.get(f.service) or {}).get("Spec") or {}).get("Name") or f.service
+    if state == "rollback_paused":
+        return (f"Swarm paused its rollback to {f.old_tag} part way: {message}; its spec is {f.old_tag} again, but nothing"
+                f" proves what serves on each node; look: fab status, then docker service update --force {name} on"
+                f" a manager to put {f.old_tag} on every task, or roll out a fix")
+    return (f"Swarm paused the update: {message}; nothing proves what serves; look: fab status, then docker service"
+            f" rollback {name} on a manager, or roll out a fix")
 
 
 def _failed_where_none_runs(f: Follow, view: observe.View) -> str:

@@ -168,14 +168,19 @@ def healthcheck(inv: Inventory, service: str) -> dict[str, Any]:
 
 
 def update_settings(inv: Inventory, phase: str, service: str, order: str) -> tuple[dict, dict]:
-    """update_config and rollback_config from `update:` (Nomad's words -> Swarm's) and `health.min_healthy_time`."""
+    """update_config and rollback_config from `update:` (Nomad's words -> Swarm's) and `health.min_healthy_time`.
+
+    The rollback's failure_action is `continue`, not Swarm's default `pause`: a CI run under load saw a task of the
+    previous (good) release killed as unhealthy mid-rollback, and a paused rollback leaves some nodes on the failed
+    release with no spec left to go back to. Continuing puts the previous release on every task (Swarm restarts one
+    that fails); fleetroll still judges the end from what runs, so a task that never runs is needs-operator."""
     svc = inv.fleet.services[service]
     u = inv.phase(phase).update or svc.update
     parallelism = u.max_parallel if u else 0  # 0: every task at once, as fleetroll's SSH push does without batches
     monitor = _seconds(svc.health.min_healthy_time) if svc.health.min_healthy_time else "0s"
     update = {"parallelism": parallelism, "delay": "0s", "failure_action": "rollback", "monitor": monitor,
               "max_failure_ratio": 0, "order": order}
-    rollback = {"parallelism": parallelism, "delay": "0s", "failure_action": "pause", "monitor": monitor,
+    rollback = {"parallelism": parallelism, "delay": "0s", "failure_action": "continue", "monitor": monitor,
                 "max_failure_ratio": 0, "order": order}
     return update, rollback
 
