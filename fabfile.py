@@ -12,8 +12,9 @@ import sys
 
 from playbooks import prewarm
 from playbooks.inventory_path import default_inventory
-from playbooks.program import interrupted_while_starting
+from playbooks.program import interrupted_while_starting, keep_bytecode
 
+keep_bytecode()  # Fabric's program turned bytecode caching off just before it imported this file (program.py)
 interrupted_while_starting()  # Ctrl-C from here until a task's body runs: exit 130, not invoke's silent 1
 
 # The hosts' logins start now, while the tasks' modules and the inventory load (playbooks/prewarm.py);

@@ -29,7 +29,7 @@ def main() -> None:
 
     from . import prewarm
     from .inventory_path import default_inventory
-    from .program import interrupted_while_starting
+    from .program import interrupted_while_starting, keep_bytecode
 
     interrupted_while_starting()
 
@@ -43,6 +43,10 @@ def main() -> None:
         prefix = "fabric"  # the configuration files and FABRIC_* variables it read as a Fabric program
 
     class Fleetroll(invoke.Program):
+        def parse_core(self, argv) -> None:
+            super().parse_core(argv)
+            keep_bytecode()  # invoke has just turned bytecode caching off; the tasks' modules load after this
+
         def print_version(self) -> None:  # importlib.metadata only for --version, not every command
             print(f"fleetroll {_version()}")
 

@@ -50,3 +50,16 @@ def interrupted_while_starting() -> None:
         os._exit(130)
 
     signal.signal(signal.SIGINT, handler)
+
+
+def keep_bytecode() -> None:
+    """Undo invoke's `sys.dont_write_bytecode = True` (its default without `--write-pyc`), keeping the interpreter's own.
+
+    invoke sets it while it parses the command line, before the tasks' modules load (they import what they need as they
+    run). Every `fab`/`fleetroll` command then compiled ~40 modules from source and cached none of them: 65 ms of each
+    command on a 2-core lab machine, every time, for an editable install or a checkout. -B or PYTHONDONTWRITEBYTECODE, the
+    operator's own choice, is still obeyed (sys.flags is what the interpreter started with).
+    """
+    import sys
+
+    sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)

@@ -74,6 +74,24 @@ def test_a_task_body_still_gets_what_it_imports_lazily():
     assert r.returncode == 0 and r.stdout.startswith("fleetroll "), r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("program", [FLEETROLL, str(Path(sys.executable).with_name("fab"))])
+def test_the_modules_a_task_imports_as_it_runs_are_cached_as_bytecode(program, tmp_path):
+    """invoke turns bytecode caching off while it parses the command line (no --write-pyc), before a task imports the
+    inventory, render and the rest: each command compiled them from source again. The interpreter's own setting wins:
+    cached without -B / PYTHONDONTWRITEBYTECODE, not with it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for dont, prefix in (("", tmp_path / "on"), ("1", tmp_path / "off")):
+        run_env = {**env, "PYTHONPYCACHEPREFIX": str(prefix), **({"PYTHONDONTWRITEBYTECODE": dont} if dont else {})}
+        r = subprocess.run([program, "status", "-i", str(tmp_path / "none.yml")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60, env=run_env)
+        assert r.returncode == 1 and "no inventory at" in r.stderr, r.stderr
+        cached = {p.name.split(".")[0] for p in prefix.rglob("*.pyc") if p.parent.name == "playbooks"}
+        if dont:
+            assert cached == set(), cached
+        else:  # imported by the task's body (load_inventory), after invoke parsed the command line
+            assert {"inventory", "inventory_checks", "schema", "render"} <= cached, cached
+
+
 def test_importing_the_transaction_loads_no_docker_sdk():
     names = imported([sys.executable, "-c", "import agent.transaction"], expect=("agent.transaction",))
     assert sorted(set(AGENT_HEAVY) & names) == []
