@@ -130,7 +130,12 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     """Preflight (which also recovers interrupted transactions on each host), plan, security gate."""
     t0 = time.monotonic()
     inv.phase(phase)
-    pre = run_preflight(inv, phase, hosts, max_parallel, pool=pool, ahead=ahead)
+    git_sha = ledger.inventory_git_sha_later(inv.path)  # runs beside the preflight
+    try:
+        pre = run_preflight(inv, phase, hosts, max_parallel, pool=pool, ahead=ahead)
+    except BaseException:
+        git_sha()  # reaps the two git processes (Ctrl-C reaches them too); the ledger gets no entry
+        raise
     plan = build_plan(inv, phase, pre.facts, hosts)
     report = RolloutReport(plan.rollout_id, phase, False, "refused", plan, pre, agent_calls=len(pre.hosts))
     report.messages += recovered_notes(pre.calls)
@@ -142,7 +147,7 @@ def _decide(inv: Inventory, phase: str, pool: transport.Pool, hosts, max_paralle
     report.messages += [f"security WARN: {r}" for v in verdicts if v.status == "warn" for r in v.reasons]
     report.messages += moved.notes(inv, plan) + moved.proxy_network_notes(inv, plan)
     common = {"rollout_id": plan.rollout_id, "phase": phase, "operator": plan.operator, "inventory": str(inv.path),
-              "inventory_git_sha": ledger.inventory_git_sha(inv.path), "hosts": pre.hosts, "policy": policy,
+              "inventory_git_sha": git_sha(), "hosts": pre.hosts, "policy": policy,
               "security": [v.to_json() for v in verdicts if v.status != "pass"],
               "risk_acceptances": [a for v in verdicts for a in v.accepted], "acceptances_file": str(acceptances_path(inv))}
     return _Rollout(inv, plan, report, common, policy, max_parallel, progress, pool, t0)
