@@ -112,6 +112,7 @@ def test_five_upgrades_and_a_failed_release_through_the_per_node_proxy_drop_no_r
             tag = new_tag()
             images.push(lab, "core", tag, "healthy")
             rc, rep, said = rollout(inventory(lab, tmp / f"up{i}", proxy_tag, tag))
+            print(f"{time.monotonic() - loads[0].t0:.1f}s upgrade {i + 1} ended, exit {rc}")  # against the failures' times
             assert rc == 0, said
             assert outcomes(rep) == {(h, WEB): "committed" for h in ("mainpc", "pc2")}, said  # the proxy: nothing to do
             assert all(tag in tags for tags in web_tags(lab).values()), web_tags(lab)
@@ -119,6 +120,7 @@ def test_five_upgrades_and_a_failed_release_through_the_per_node_proxy_drop_no_r
         bad = new_tag()
         images.push(lab, "core", bad, "degraded")
         rc, rep, said = rollout(inventory(lab, tmp / "bad", proxy_tag, bad))
+        print(f"{time.monotonic() - loads[0].t0:.1f}s the failed release ended, exit {rc}")
         assert rc == 4 and rep.get("state") == "reverted", said
         assert outcomes(rep) == {(h, WEB): "reverted" for h in ("mainpc", "pc2")}, said
         assert all(good in tags and bad not in tags for tags in web_tags(lab).values()), web_tags(lab)

@@ -9,6 +9,7 @@ container's process in NVML's compute processes — with the memory the test say
 
 from __future__ import annotations
 
+import collections
 import http.client
 import itertools
 import json
@@ -63,8 +64,8 @@ class Load(threading.Thread):
             with self._lock:
                 self.latencies.append(time.perf_counter() - t)
                 self.answered.append(time.monotonic())
-                if bad:
-                    self.failures.append(bad)
+                if bad:  # when, from the load's start: a failure is placed against the rollouts' timeline
+                    self.failures.append(f"{time.monotonic() - self.t0:.1f}s {bad}")
             time.sleep(max(0.0, nxt - time.monotonic()))
 
     def run(self) -> None:
@@ -88,7 +89,8 @@ class Load(threading.Thread):
                 "p50_ms": round(statistics.median(lat) * 1000, 2) if lat else None,
                 "p99_ms": round(lat[max(0, int(len(lat) * 0.99) - 1)] * 1000, 2) if lat else None,
                 "slower_than_500ms": sum(1 for x in lat if x > 0.5),
-                "first_failures": self.failures[:5]}
+                "first_failures": self.failures[:5], "last_failures": self.failures[-3:] if len(self.failures) > 5 else [],
+                "failure_kinds": dict(collections.Counter(f.split(" ", 1)[1][:60] for f in self.failures).most_common(4))}
 
 
 class GpuFeeder(threading.Thread):

@@ -136,9 +136,14 @@ PROBE_RETRIES = 3
 
 
 def probe_timing(interval_s: float) -> tuple[float, float]:
-    """(interval, timeout) of Swarm's probe for a `health.interval`: at least PROBE_MIN_INTERVAL apart, 2-5 s each."""
+    """(interval, timeout) of Swarm's probe for a `health.interval`: at least PROBE_MIN_INTERVAL apart, 5-10 s each.
+
+    The timeout bounds a process exec'd in the container (runc, the shell, wget), not only the HTTP answer: on a loaded
+    host an exec alone can take seconds, and with 2 s a loaded lab saw Swarm kill healthy tasks as unhealthy (exit 143),
+    mid-rollback too. A release that answers "degraded" fails as fast as before (its probe returns at once); only a
+    probe that hangs is judged later (3 x (interval + timeout))."""
     interval = max(interval_s, PROBE_MIN_INTERVAL)
-    return interval, min(5.0, max(interval * 2, 2.0))
+    return interval, min(10.0, max(interval * 2, 5.0))
 
 
 def judged_unhealthy_within(interval_s: float) -> float:
