@@ -185,9 +185,7 @@ def update_settings(inv: Inventory, phase: str, service: str, order: str) -> tup
     monitor = _seconds(svc.health.min_healthy_time) if svc.health.min_healthy_time else "0s"
     update = {"parallelism": parallelism, "delay": "0s", "failure_action": "rollback", "monitor": monitor,
               "max_failure_ratio": 0, "order": order}
-    rollback = {"parallelism": parallelism, "delay": "0s", "failure_action": "continue", "monitor": monitor,
-                "max_failure_ratio": 0, "order": order}
-    return update, rollback
+    return update, {**update, "failure_action": "continue"}
 
 
 def secret_refs(inv: Inventory, phase: str) -> list[str]:
